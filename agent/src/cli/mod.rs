@@ -1,0 +1,4 @@
+//! `drover-agent` subcommands, one module each.
+
+pub mod enroll;
+pub mod run;

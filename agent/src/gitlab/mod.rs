@@ -1,0 +1,3 @@
+//! GitLab runner REST API: payload types, the client trait, and its HTTP implementation.
+
+pub mod types;

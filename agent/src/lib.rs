@@ -1,0 +1,12 @@
+//! `drover-agent`: runs GitLab CI jobs in Docker, supervised, on an edge box.
+//!
+//! Layout:
+//! - [`gitlab`]: the GitLab runner API client (verify, job request, trace, update, tokens).
+//! - [`executor`]: the Docker executor (the only module that talks to Docker).
+//! - [`trace`]: the job trace pipeline (masking, limits, upload).
+//! - [`cli`]: one module per `drover-agent` subcommand.
+
+pub mod cli;
+pub mod executor;
+pub mod gitlab;
+pub mod trace;

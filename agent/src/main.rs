@@ -1,0 +1,53 @@
+//! `drover-agent` binary: parses arguments, sets up logging and the crypto provider, and
+//! hands over to the subcommand in [`drover_agent::cli`].
+
+use clap::{Parser, Subcommand};
+use drover_agent::cli;
+
+/// Drover agent: runs GitLab CI jobs in Docker on this box.
+#[derive(Debug, Parser)]
+#[command(name = "drover-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll this box with a controller (one-time token).
+    Enroll(cli::enroll::EnrollArgs),
+    /// Run the agent: fleet mode, or standalone with --config.
+    Run(cli::run::RunArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Enroll(a) => cli::enroll::run(a).await,
+            Command::Run(a) => cli::run::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! `drover` subcommands, one module each.

@@ -1,0 +1,3 @@
+//! `drover`: the Drover controller (`drover serve`) and its admin CLI.
+
+pub mod cli;

@@ -1,0 +1,14 @@
+//! Drover's wire contract and shared spec types.
+//!
+//! - [`v1`]: the generated gRPC types (`drover.v1`). Wire types stop at the edge:
+//!   each side converts them into its own domain types with `TryFrom`.
+//! - [`spec`]: gitlab-runner `config.toml` / runner spec types and their validation,
+//!   used by the controller (`drover runner apply`) and the agent (standalone mode).
+
+pub mod spec;
+
+/// Generated code for package `drover.v1`.
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("drover.v1");
+}

@@ -1,0 +1,115 @@
+//! `config.toml` top level and `[[runners]]` tables.
+
+use std::collections::BTreeMap;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use super::DockerConfig;
+
+/// A gitlab-runner `config.toml` (standalone mode) or a Drover runner spec file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    /// Upper bound of jobs running at once across all runners (gitlab-runner default 1).
+    pub concurrent: Option<u32>,
+    /// Seconds between job requests when GitLab does not long-poll (default 3).
+    pub check_interval: Option<u64>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    /// Prometheus metrics address (`host:port`).
+    pub listen_address: Option<String>,
+    /// Seconds to wait for jobs on graceful shutdown.
+    pub shutdown_timeout: Option<u64>,
+    pub session_server: Option<SessionServer>,
+    pub runners: Vec<RunnerConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SessionServer {
+    pub listen_address: Option<String>,
+    pub advertise_address: Option<String>,
+    pub session_timeout: Option<u64>,
+}
+
+/// One `[[runners]]` table.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RunnerConfig {
+    pub name: String,
+    /// GitLab base URL, e.g. `https://gitlab.example.com`.
+    pub url: String,
+    /// Runner authentication token (`glrt-...`) used as is.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_secret")]
+    pub token: Option<SecretString>,
+    /// Legacy registration token (spec files only; held by the controller).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_secret")]
+    pub registration_token: Option<SecretString>,
+    /// Token expiry as written by gitlab-runner (`token_expires_at`).
+    pub token_expires_at: Option<String>,
+    pub token_obtained_at: Option<String>,
+    pub id: Option<i64>,
+    pub executor: String,
+    /// Max jobs this runner runs at once (0 = no limit besides `concurrent`).
+    pub limit: Option<u32>,
+    pub request_concurrency: Option<u32>,
+    /// Max trace size in KiB (gitlab-runner default 4096).
+    pub output_limit: Option<u64>,
+    /// Extra job variables, `KEY=value`.
+    pub environment: Vec<String>,
+    pub pre_build_script: Option<String>,
+    pub post_build_script: Option<String>,
+    pub pre_get_sources_script: Option<String>,
+    pub builds_dir: Option<String>,
+    pub cache_dir: Option<String>,
+    pub clone_url: Option<String>,
+    #[serde(rename = "tls-ca-file")]
+    pub tls_ca_file: Option<String>,
+    pub shell: Option<String>,
+    /// `gitlab-runner register` options (spec files).
+    pub tag_list: Vec<String>,
+    pub run_untagged: Option<bool>,
+    pub locked: Option<bool>,
+    pub access_level: Option<String>,
+    pub maximum_timeout: Option<u64>,
+    pub paused: Option<bool>,
+    pub description: Option<String>,
+    pub maintenance_note: Option<String>,
+    pub custom_build_dir: Option<toml::Table>,
+    pub cache: Option<CacheConfig>,
+    pub docker: Option<DockerConfig>,
+    /// Drover: label selector for the agents that run this runner (spec files).
+    pub selector: BTreeMap<String, String>,
+    /// Feature flags, `FF_*` = bool.
+    pub feature_flags: BTreeMap<String, bool>,
+}
+
+/// `[runners.cache]`. Drover keeps caches on the agent's disk; `s3`/`gcs`/`azure` are
+/// accepted and reported as not implemented.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CacheConfig {
+    #[serde(rename = "Type")]
+    pub kind: Option<String>,
+    #[serde(rename = "Path")]
+    pub path: Option<String>,
+    #[serde(rename = "Shared")]
+    pub shared: Option<bool>,
+    #[serde(rename = "MaxUploadedArchiveSize")]
+    pub max_uploaded_archive_size: Option<u64>,
+    pub s3: Option<toml::Table>,
+    pub gcs: Option<toml::Table>,
+    pub azure: Option<toml::Table>,
+}
+
+fn ser_secret<S: serde::Serializer>(
+    v: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use secrecy::ExposeSecret;
+    match v {
+        Some(t) => s.serialize_str(t.expose_secret()),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command (README "Run the tests"; .ci/run calls it too).
+# Installs what a fresh Debian machine lacks, starts a Docker daemon only if none answers,
+# then runs formatting and lint checks and the whole test suite against the real engine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v busybox >/dev/null 2>&1 || [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
+command -v git >/dev/null 2>&1 || need_pkgs+=(git)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v docker >/dev/null 2>&1 || need_pkgs+=(docker.io)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: missing ${need_pkgs[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  echo "installing ${need_pkgs[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  echo "no Docker daemon answers; starting dockerd" >&2
+  (dockerd >/tmp/drover-dockerd.log 2>&1 &)
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /tmp/drover-dockerd.log" >&2; exit 1; }
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
