@@ -1,3 +1,9 @@
 //! GitLab runner REST API: payload types, the client trait, and its HTTP implementation.
 
+pub mod api;
 pub mod types;
+
+pub use api::{
+    GitLab, GitLabError, JobRequest, JobUpdate, RegisterOptions, RunnerAuth, RunnerCredentials,
+    TraceAnswer, UpdateAnswer,
+};
