@@ -8,5 +8,7 @@
 
 pub mod cli;
 pub mod executor;
+pub mod fleet;
 pub mod gitlab;
+pub mod standalone;
 pub mod trace;

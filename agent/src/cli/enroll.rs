@@ -12,7 +12,11 @@ pub struct EnrollArgs {
     #[arg(long, env = "DROVER_ENROLL_TOKEN", hide_env_values = true)]
     pub token: String,
     /// Where the agent keeps its key, certificates and state.
-    #[arg(long, default_value = "/var/lib/drover-agent", env = "DROVER_AGENT_STATE_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/drover-agent",
+        env = "DROVER_AGENT_STATE_DIR"
+    )]
     pub state_dir: PathBuf,
 }
 

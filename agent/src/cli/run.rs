@@ -9,7 +9,11 @@ pub struct RunArgs {
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Fleet mode: the state dir written by `drover-agent enroll`.
-    #[arg(long, default_value = "/var/lib/drover-agent", env = "DROVER_AGENT_STATE_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/drover-agent",
+        env = "DROVER_AGENT_STATE_DIR"
+    )]
     pub state_dir: PathBuf,
     /// Serve Prometheus metrics on this address (off by default).
     #[arg(long)]
@@ -17,5 +21,8 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("run with {:?} is not built yet", args)
+    match args.config.clone() {
+        Some(config) => crate::standalone::run(config, args).await,
+        None => crate::fleet::run(args).await,
+    }
 }

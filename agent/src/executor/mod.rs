@@ -37,6 +37,10 @@ pub trait Executor: Send + Sync {
     /// see to `trace`. Enforces `runner_info.timeout`. When `cancel` fires, kills the job's
     /// containers within seconds and returns [`JobOutcome::Canceled`]. Removes every
     /// container it created before returning.
-    async fn run(&self, ctx: &JobContext, trace: &TraceSink, cancel: CancellationToken)
-    -> JobOutcome;
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        trace: &TraceSink,
+        cancel: CancellationToken,
+    ) -> JobOutcome;
 }

@@ -127,6 +127,20 @@ pub enum TraceAnswer {
     RangeMismatch { remote_size: u64 },
 }
 
+/// One artifacts archive to upload (`POST /jobs/:id/artifacts`, multipart).
+#[derive(Debug, Clone)]
+pub struct ArtifactUpload {
+    /// File name GitLab shows (`artifacts.zip`, `junit.xml.gz`, ...).
+    pub filename: String,
+    /// `zip`, `gzip` or `raw`.
+    pub artifact_format: String,
+    /// `archive`, `junit`, ...
+    pub artifact_type: String,
+    pub expire_in: Option<String>,
+    /// Local file holding the archive (streamed, not read into memory).
+    pub path: std::path::PathBuf,
+}
+
 /// A runner's identity towards GitLab for job requests.
 #[derive(Debug, Clone)]
 pub struct RunnerAuth {
@@ -172,4 +186,19 @@ pub trait GitLab: Send + Sync {
         offset: u64,
         bytes: &[u8],
     ) -> Result<TraceAnswer, GitLabError>;
+    /// `POST /jobs/:id/artifacts`. `413` is [`GitLabError::TooLarge`].
+    async fn upload_artifacts(
+        &self,
+        job_id: i64,
+        job_token: &SecretString,
+        upload: &ArtifactUpload,
+    ) -> Result<(), GitLabError>;
+    /// `GET /jobs/:id/artifacts` with the dependency's own token; writes the archive to
+    /// `dest` and returns its size in bytes.
+    async fn download_artifacts(
+        &self,
+        job_id: i64,
+        job_token: &SecretString,
+        dest: &std::path::Path,
+    ) -> Result<u64, GitLabError>;
 }

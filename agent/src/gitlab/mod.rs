@@ -4,6 +4,6 @@ pub mod api;
 pub mod types;
 
 pub use api::{
-    GitLab, GitLabError, JobRequest, JobUpdate, RegisterOptions, RunnerAuth, RunnerCredentials,
-    TraceAnswer, UpdateAnswer,
+    ArtifactUpload, GitLab, GitLabError, JobRequest, JobUpdate, RegisterOptions, RunnerAuth,
+    RunnerCredentials, TraceAnswer, UpdateAnswer,
 };

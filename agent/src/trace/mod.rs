@@ -45,9 +45,29 @@ impl TraceSink {
         self.write(&v);
     }
 
+    /// Opens a collapsible GitLab trace section (`section_start:<unix>:<name>\r\e[0K`)
+    /// followed by `header` in bold green, as gitlab-runner prints it.
+    pub fn section_start(&self, name: &str, header: &str) {
+        let now = unix_now();
+        self.write(
+            format!("section_start:{now}:{name}\r\x1b[0K\x1b[0;32m\x1b[1m{header}\x1b[0;m\n")
+                .as_bytes(),
+        );
+    }
+
+    /// Closes the section opened with [`TraceSink::section_start`].
+    pub fn section_end(&self, name: &str) {
+        let now = unix_now();
+        self.write(format!("section_end:{now}:{name}\r\x1b[0K\n").as_bytes());
+    }
+
     /// Everything written so far (for tests and the uploader).
     pub fn snapshot(&self) -> Vec<u8> {
-        self.shared.buf.lock().map(|b| b.clone()).unwrap_or_default()
+        self.shared
+            .buf
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -55,4 +75,11 @@ impl Default for TraceSink {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -103,10 +103,7 @@ pub struct CacheConfig {
     pub azure: Option<toml::Table>,
 }
 
-fn ser_secret<S: serde::Serializer>(
-    v: &Option<SecretString>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn ser_secret<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     use secrecy::ExposeSecret;
     match v {
         Some(t) => s.serialize_str(t.expose_secret()),
