@@ -1,0 +1,129 @@
+//! `POST /api/v4/jobs/:id/artifacts` (multipart upload) and `GET /api/v4/jobs/:id/artifacts`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Multipart, Path, Query, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::respond::{bad_request, forbidden, header, json_status, message, missing};
+use super::state::{JobState, Shared, StoredArtifact};
+
+/// Upload: `201`; `403` unknown job, wrong token or job not running; `413` above the
+/// configured maximum; `400` no `file` part. `artifact_format`, `artifact_type` and
+/// `expire_in` are read from the query string (where gitlab-runner sends them) or from
+/// multipart fields (Grape merges both).
+pub(crate) async fn upload(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    mut multipart: Multipart,
+) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return forbidden(None);
+    };
+    let max = {
+        let st = shared.lock();
+        let Some(job) = st.jobs.get(&id) else {
+            return forbidden(None);
+        };
+        let token = header(&headers, "job-token").or(query.get("token").map(String::as_str));
+        if token != Some(job.token.as_str()) {
+            return forbidden(None);
+        }
+        if !matches!(job.state, JobState::Running | JobState::Canceling) {
+            return forbidden(Some(job.state.as_str()));
+        }
+        st.settings.max_artifact_size
+    };
+    let declared = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max.saturating_add(64 * 1024)) {
+        return message(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let mut fields: HashMap<String, String> = query.clone();
+    let mut file: Option<(String, Vec<u8>)> = None;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return bad_request(&format!("malformed multipart body: {e}")),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "file" {
+            let filename = field.file_name().unwrap_or("artifacts").to_owned();
+            let mut content = Vec::new();
+            let mut field = field;
+            loop {
+                match field.chunk().await {
+                    Ok(Some(chunk)) => {
+                        content.extend_from_slice(&chunk);
+                        if content.len() as u64 > max {
+                            return message(StatusCode::PAYLOAD_TOO_LARGE);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return bad_request(&format!("read file part: {e}")),
+                }
+            }
+            file = Some((filename, content));
+        } else {
+            match field.text().await {
+                Ok(text) => {
+                    fields.insert(name, text);
+                }
+                Err(e) => return bad_request(&format!("read field {name}: {e}")),
+            }
+        }
+    }
+    let Some((filename, content)) = file else {
+        return missing("file");
+    };
+    let artifact = StoredArtifact {
+        filename,
+        artifact_format: fields.get("artifact_format").cloned(),
+        artifact_type: fields.get("artifact_type").cloned(),
+        expire_in: fields.get("expire_in").cloned(),
+        content: content.into(),
+    };
+    let mut st = shared.lock();
+    let Some(job) = st.jobs.get_mut(&id) else {
+        return forbidden(None);
+    };
+    job.artifacts.push(artifact);
+    json_status(StatusCode::CREATED, json!({"id": id}))
+}
+
+/// Download the job's archive: `200` with the bytes; `403` when `JOB-TOKEN` is not the token
+/// of any known job; `404` unknown job or no archive.
+pub(crate) async fn download(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let st = shared.lock();
+    let token = header(&headers, "job-token").unwrap_or_default();
+    if token.is_empty() || !st.jobs.values().any(|j| j.token == token) {
+        return forbidden(None);
+    }
+    let Some(job) = id.parse::<i64>().ok().and_then(|id| st.jobs.get(&id)) else {
+        return message(StatusCode::NOT_FOUND);
+    };
+    let Some(archive) = job.archive() else {
+        return message(StatusCode::NOT_FOUND);
+    };
+    let mut resp = (StatusCode::OK, archive.content.clone()).into_response();
+    resp.headers_mut().insert(
+        "Content-Type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}\"",
+        archive.filename.replace('"', "")
+    )) {
+        resp.headers_mut().insert("Content-Disposition", v);
+    }
+    resp
+}
