@@ -39,12 +39,9 @@ pub(crate) async fn upload(
         }
         st.settings.max_artifact_size
     };
-    let declared = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max.saturating_add(64 * 1024)) {
-        return message(StatusCode::PAYLOAD_TOO_LARGE);
-    }
     let mut fields: HashMap<String, String> = query.clone();
     let mut file: Option<(String, Vec<u8>)> = None;
+    let mut too_large = false;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
@@ -55,18 +52,24 @@ pub(crate) async fn upload(
         if name == "file" {
             let filename = field.file_name().unwrap_or("artifacts").to_owned();
             let mut content = Vec::new();
+            let mut received = 0u64;
             let mut field = field;
             loop {
                 match field.chunk().await {
                     Ok(Some(chunk)) => {
-                        content.extend_from_slice(&chunk);
-                        if content.len() as u64 > max {
-                            return message(StatusCode::PAYLOAD_TOO_LARGE);
+                        // Past the limit the rest is read and dropped, so the client sees
+                        // the 413 instead of a reset connection.
+                        received += chunk.len() as u64;
+                        if received <= max {
+                            content.extend_from_slice(&chunk);
                         }
                     }
                     Ok(None) => break,
                     Err(e) => return bad_request(&format!("read file part: {e}")),
                 }
+            }
+            if received > max {
+                too_large = true;
             }
             file = Some((filename, content));
         } else {
@@ -77,6 +80,9 @@ pub(crate) async fn upload(
                 Err(e) => return bad_request(&format!("read field {name}: {e}")),
             }
         }
+    }
+    if too_large {
+        return message(StatusCode::PAYLOAD_TOO_LARGE);
     }
     let Some((filename, content)) = file else {
         return missing("file");
