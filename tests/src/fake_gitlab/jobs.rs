@@ -26,7 +26,7 @@ fn last_update_response(version: u64) -> Response {
 pub(crate) async fn request(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return bad_request(&e),
     };
     let Some(token) = str_field(&body, "token").map(str::to_owned) else {
         return missing("token");
@@ -98,7 +98,7 @@ pub(crate) async fn update(
 ) -> Response {
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return bad_request(&e),
     };
     let token = str_field(&body, "token")
         .or_else(|| header(&headers, "job-token"))

@@ -54,15 +54,15 @@ pub(crate) fn json_status(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// A request body as a JSON object (runners send JSON); `Err` is the `400` to answer.
-pub(crate) fn json_body(body: &Bytes) -> Result<Map<String, Value>, Response> {
+/// A request body as a JSON object (runners send JSON); `Err` is the reason for a `400`.
+pub(crate) fn json_body(body: &Bytes) -> Result<Map<String, Value>, String> {
     if body.is_empty() {
         return Ok(Map::new());
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(bad_request("body must be a JSON object")),
-        Err(e) => Err(bad_request(&format!("invalid JSON body: {e}"))),
+        Ok(_) => Err("body must be a JSON object".into()),
+        Err(e) => Err(format!("invalid JSON body: {e}")),
     }
 }
 

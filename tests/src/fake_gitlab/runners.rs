@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::respond::{forbidden, json_body, json_status, missing, str_field};
+use super::respond::{bad_request, forbidden, json_body, json_status, missing, str_field};
 use super::state::{RunnerRecord, Shared, format_time, random_alnum};
 
 fn expires(t: Option<OffsetDateTime>) -> Value {
@@ -37,7 +37,7 @@ fn tag_list(v: Option<&Value>) -> Vec<String> {
 pub(crate) async fn register(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return bad_request(&e),
     };
     let Some(token) = str_field(&body, "token") else {
         return missing("token");
@@ -82,7 +82,7 @@ pub(crate) async fn register(AxState(shared): AxState<Arc<Shared>>, body: Bytes)
 pub(crate) async fn verify(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return bad_request(&e),
     };
     let Some(token) = str_field(&body, "token") else {
         return missing("token");
@@ -110,7 +110,7 @@ pub(crate) async fn verify(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -
 pub(crate) async fn reset_token(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return bad_request(&e),
     };
     let Some(token) = str_field(&body, "token").map(str::to_owned) else {
         return missing("token");
@@ -133,7 +133,7 @@ pub(crate) async fn reset_token(AxState(shared): AxState<Arc<Shared>>, body: Byt
 pub(crate) async fn unregister(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return bad_request(&e),
     };
     let Some(token) = str_field(&body, "token") else {
         return missing("token");
@@ -156,7 +156,7 @@ pub(crate) async fn unregister_manager(
 ) -> Response {
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return bad_request(&e),
     };
     let Some(token) = str_field(&body, "token") else {
         return missing("token");
