@@ -733,3 +733,42 @@ async fn tokens_never_show_in_debug_output() {
         assert!(!debug.contains("reg-secret-token"), "{debug}");
     }
 }
+
+#[tokio::test]
+async fn artifact_redirects_never_forward_the_job_token_to_another_origin() {
+    let fake = FakeGitLab::start().await;
+    let gl = client(&fake);
+    fake.add_runner("glrt-r");
+    fake.enqueue_job(JobSpec::new("build"));
+    let build = take_job(&gl, "glrt-r").await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.zip");
+    std::fs::write(&src, b"zip bytes").unwrap();
+    let upload = ArtifactUpload {
+        filename: "a.zip".into(),
+        artifact_format: "zip".into(),
+        artifact_type: "archive".into(),
+        expire_in: None,
+        path: src,
+    };
+    gl.upload_artifacts(build.id, &build.token, &upload)
+        .await
+        .unwrap();
+
+    // Same server, other host name: a different origin for the client.
+    let port = fake.url().rsplit(':').next().unwrap().to_owned();
+    let other_origin = format!("http://localhost:{port}");
+    for (base, expect_token) in [(fake.url().to_owned(), true), (other_origin, false)] {
+        fake.set_artifact_redirect(Some(&base));
+        let dest = dir.path().join("dl.zip");
+        let size = gl
+            .download_artifacts(build.id, &build.token, &dest)
+            .await
+            .expect("download via redirect");
+        assert_eq!(size, 9);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"zip bytes");
+        let seen = fake.storage_tokens().last().cloned().expect("storage hit");
+        assert_eq!(seen.is_some(), expect_token, "{base}: {seen:?}");
+    }
+    assert_eq!(gl.stats().get(endpoint::DOWNLOAD_ARTIFACTS, 302), 2);
+}

@@ -120,6 +120,44 @@ pub(crate) async fn download(
     let Some(archive) = job.archive() else {
         return message(StatusCode::NOT_FOUND);
     };
+    if let Some(base) = &st.settings.artifact_redirect_base {
+        let location = format!(
+            "{}/_object_storage/jobs/{}/archive",
+            base.trim_end_matches('/'),
+            job.id
+        );
+        let mut resp = StatusCode::FOUND.into_response();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert("Location", v);
+        }
+        return resp;
+    }
+    archive_response(archive)
+}
+
+/// `GET /_object_storage/jobs/:id/archive`: the archive without any authentication, as a
+/// presigned object storage URL serves it; records the `JOB-TOKEN` header it got (a client
+/// must not send it here).
+pub(crate) async fn object_storage(
+    AxState(shared): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = shared.lock();
+    st.storage_tokens
+        .push(header(&headers, "job-token").map(str::to_owned));
+    let Some(archive) = id
+        .parse::<i64>()
+        .ok()
+        .and_then(|id| st.jobs.get(&id))
+        .and_then(|j| j.archive())
+    else {
+        return message(StatusCode::NOT_FOUND);
+    };
+    archive_response(archive)
+}
+
+fn archive_response(archive: &StoredArtifact) -> Response {
     let mut resp = (StatusCode::OK, archive.content.clone()).into_response();
     resp.headers_mut().insert(
         "Content-Type",

@@ -37,6 +37,8 @@
 //! - `GET /jobs/:id/artifacts` accepts the `JOB-TOKEN` of any known job (GitLab checks the
 //!   dependency relation), `403` otherwise, `404` for an unknown job or one without an
 //!   archive.
+//! - Artifact downloads can be redirected to an unauthenticated object-storage route
+//!   ([`FakeGitLab::set_artifact_redirect`]), as GitLab does with object storage.
 //! - Long polling: when `long_poll` is set and the runner's `last_update` equals the current
 //!   cursor, the request is held until a job is queued or the time is up (Workhorse does
 //!   this with Redis).
@@ -58,7 +60,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State as AxState};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, patch, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -429,6 +431,18 @@ impl FakeGitLab {
         self.shared.lock().settings.trace_update_interval = secs;
     }
 
+    /// Answer artifact downloads with `302` to `<base>/_object_storage/jobs/:id/archive`
+    /// (`None` serves them directly). `base` may name this server by another host
+    /// (`http://localhost:<port>`) to make the redirect cross-origin.
+    pub fn set_artifact_redirect(&self, base: Option<&str>) {
+        self.shared.lock().settings.artifact_redirect_base = base.map(str::to_owned);
+    }
+
+    /// The `JOB-TOKEN` header of every object storage download (`None` = not sent).
+    pub fn storage_tokens(&self) -> Vec<Option<String>> {
+        self.shared.lock().storage_tokens.clone()
+    }
+
     /// Trace size limit; patches beyond it get `403`.
     pub fn set_max_trace_size(&self, bytes: Option<u64>) {
         self.shared.lock().settings.max_trace_size = bytes;
@@ -532,6 +546,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/api/v4/jobs/{id}/artifacts",
             post(artifacts::upload).get(artifacts::download),
+        )
+        .route(
+            "/_object_storage/jobs/{id}/archive",
+            get(artifacts::object_storage),
         )
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(

@@ -185,6 +185,9 @@ pub(crate) struct Settings {
     pub max_trace_size: Option<u64>,
     /// Lifetime of tokens created by registration/reset; `None` = never expire.
     pub token_lifetime: Option<Duration>,
+    /// Answer artifact downloads with `302` to `/_object_storage/...` on this base URL
+    /// (as GitLab does with object storage).
+    pub artifact_redirect_base: Option<String>,
 }
 
 impl Default for Settings {
@@ -195,6 +198,7 @@ impl Default for Settings {
             trace_update_interval: 3,
             max_trace_size: None,
             token_lifetime: None,
+            artifact_redirect_base: None,
         }
     }
 }
@@ -218,6 +222,8 @@ pub(crate) struct State {
     pub features: Vec<Value>,
     /// `info` of every job request and registration, in order.
     pub infos: Vec<Value>,
+    /// `JOB-TOKEN` header (if any) of every object storage download, in order.
+    pub storage_tokens: Vec<Option<String>>,
 }
 
 impl State {
