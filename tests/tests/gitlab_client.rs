@@ -772,3 +772,67 @@ async fn artifact_redirects_never_forward_the_job_token_to_another_origin() {
     }
     assert_eq!(gl.stats().get(endpoint::DOWNLOAD_ARTIFACTS, 302), 2);
 }
+
+/// A CA and a server certificate for `127.0.0.1` signed by it: (CA PEM, server config).
+fn tls_identity() -> (String, std::sync::Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    (ca_cert.pem(), std::sync::Arc::new(config))
+}
+
+#[tokio::test]
+async fn https_with_tls_ca_file() {
+    let (ca_pem, config) = tls_identity();
+    let fake = FakeGitLab::start_tls(config).await;
+    assert!(fake.url().starts_with("https://127.0.0.1:"));
+    fake.add_runner("glrt-tls");
+
+    // Without the CA the handshake fails: a transport error, nothing reaches the API.
+    let untrusting = HttpGitLab::new(fake.url(), ClientOptions::default()).unwrap();
+    let err = untrusting
+        .verify(&auth("glrt-tls"))
+        .await
+        .expect_err("untrusted");
+    assert!(matches!(err, GitLabError::Transport { .. }), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let gl = HttpGitLab::new(
+        fake.url(),
+        ClientOptions {
+            tls_ca_file: Some(ca_file),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let creds = gl
+        .verify(&auth("glrt-tls"))
+        .await
+        .expect("verify over https");
+    assert_eq!(creds.token.expose_secret(), "glrt-tls");
+    fake.enqueue_job(JobSpec::new("tls").script(["true"]));
+    let job = take_job(&gl, "glrt-tls").await;
+    gl.patch_trace(job.id, &job.token, 0, b"over tls")
+        .await
+        .unwrap();
+    assert_eq!(fake.trace(job.id), b"over tls");
+}

@@ -51,6 +51,7 @@ mod jobs;
 mod respond;
 mod runners;
 mod state;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -150,7 +151,30 @@ impl FakeGitLab {
     /// When the listener has no local address.
     pub fn start_on(listener: tokio::net::TcpListener) -> FakeGitLab {
         let addr = listener.local_addr().expect("fake gitlab listener address");
-        let url = format!("http://{addr}");
+        FakeGitLab::serve(listener, format!("http://{addr}"))
+    }
+
+    /// Starts on `127.0.0.1:<free port>` over HTTPS with `config` (its certificate must name
+    /// `127.0.0.1`); [`FakeGitLab::url`] is `https://127.0.0.1:<port>`.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound (test setup failure).
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> FakeGitLab {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0 for fake gitlab");
+        let addr = tcp.local_addr().expect("fake gitlab listener address");
+        FakeGitLab::serve(
+            tls::TlsListener::new(tcp, config),
+            format!("https://{addr}"),
+        )
+    }
+
+    fn serve<L>(listener: L, url: String) -> FakeGitLab
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let shared = Shared::new(url.clone());
         let shutdown = CancellationToken::new();
         let app = router(Arc::clone(&shared));
