@@ -22,7 +22,9 @@ static BUSYBOX: OnceCell<String> = OnceCell::const_new();
 /// Why the busybox image cannot be built here (`None` = it can): no static busybox.
 pub fn busybox_unavailable() -> Option<String> {
     match std::fs::read(BUSYBOX_BIN) {
-        Err(e) => Some(format!("{BUSYBOX_BIN} is missing ({e}); install busybox-static")),
+        Err(e) => Some(format!(
+            "{BUSYBOX_BIN} is missing ({e}); install busybox-static"
+        )),
         Ok(bytes) if has_interpreter(&bytes) => Some(format!(
             "{BUSYBOX_BIN} is dynamically linked; install busybox-static"
         )),
@@ -42,7 +44,9 @@ pub async fn busybox_image() -> Result<String> {
                 bail!("cannot build {BUSYBOX_IMAGE}: {why}");
             }
             let tar = busybox_tar(Path::new(BUSYBOX_BIN)).context("build busybox rootfs tar")?;
-            let (repo, tag) = BUSYBOX_IMAGE.split_once(':').unwrap_or((BUSYBOX_IMAGE, "latest"));
+            let (repo, tag) = BUSYBOX_IMAGE
+                .split_once(':')
+                .unwrap_or((BUSYBOX_IMAGE, "latest"));
             let opts = CreateImageOptions {
                 from_src: Some("-".to_string()),
                 repo: Some(repo.to_string()),

@@ -42,10 +42,20 @@ async fn setup() -> Option<(Docker, DockerExecutor, String)> {
 }
 
 fn unique_agent(test: &str) -> String {
-    format!("drover-exec-test-{test}-{}-{}", std::process::id(), rand::random::<u32>())
+    format!(
+        "drover-exec-test-{test}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
-fn job(image: &str, script: &[&str], after: &[&str], timeout: u64, extra: serde_json::Value) -> JobResponse {
+fn job(
+    image: &str,
+    script: &[&str],
+    after: &[&str],
+    timeout: u64,
+    extra: serde_json::Value,
+) -> JobResponse {
     let mut v = serde_json::json!({
         "id": rand::random::<u32>() as i64,
         "token": "job-token",
@@ -68,7 +78,9 @@ fn job(image: &str, script: &[&str], after: &[&str], timeout: u64, extra: serde_
 }
 
 fn runner(docker_toml: &str) -> RunnerConfig {
-    let text = format!("name = \"exec-test\"\nexecutor = \"docker\"\n[docker]\npull_policy = \"never\"\n{docker_toml}");
+    let text = format!(
+        "name = \"exec-test\"\nexecutor = \"docker\"\n[docker]\npull_policy = \"never\"\n{docker_toml}"
+    );
     toml::from_str(&text).expect("runner config")
 }
 
@@ -84,9 +96,16 @@ fn ctx(job: JobResponse, runner: RunnerConfig, agent: &str) -> JobContext {
 
 async fn containers_of(docker: &Docker, agent: &str) -> Vec<HashMap<String, String>> {
     let mut filters = HashMap::new();
-    filters.insert("label".to_string(), vec![format!("com.drover.agent={agent}")]);
+    filters.insert(
+        "label".to_string(),
+        vec![format!("com.drover.agent={agent}")],
+    );
     docker
-        .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
         .await
         .expect("list containers")
         .into_iter()
@@ -96,18 +115,33 @@ async fn containers_of(docker: &Docker, agent: &str) -> Vec<HashMap<String, Stri
 
 /// Asserts nothing of `agent` is left but its builds volume, then removes that.
 async fn assert_clean(docker: &Docker, agent: &str) {
-    assert!(containers_of(docker, agent).await.is_empty(), "containers left for {agent}");
+    assert!(
+        containers_of(docker, agent).await.is_empty(),
+        "containers left for {agent}"
+    );
     let mut filters = HashMap::new();
-    filters.insert("label".to_string(), vec![format!("com.drover.agent={agent}")]);
+    filters.insert(
+        "label".to_string(),
+        vec![format!("com.drover.agent={agent}")],
+    );
     let vols = docker
-        .list_volumes(Some(ListVolumesOptions { filters: Some(filters) }))
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(filters),
+        }))
         .await
         .expect("list volumes")
         .volumes
         .unwrap_or_default();
     for v in vols {
-        assert_eq!(v.labels.get("com.drover.kind").map(String::as_str), Some("builds"), "volume {} left", v.name);
-        let _ = docker.remove_volume(&v.name, Some(RemoveVolumeOptions { force: true })).await;
+        assert_eq!(
+            v.labels.get("com.drover.kind").map(String::as_str),
+            Some("builds"),
+            "volume {} left",
+            v.name
+        );
+        let _ = docker
+            .remove_volume(&v.name, Some(RemoveVolumeOptions { force: true }))
+            .await;
     }
 }
 
@@ -119,16 +153,31 @@ async fn engine_runs_privileged(docker: &Docker, image: &str) -> bool {
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["true".to_string()]),
-        host_config: Some(HostConfig { privileged: Some(true), ..Default::default() }),
+        host_config: Some(HostConfig {
+            privileged: Some(true),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let created = docker
-        .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
         .await
         .expect("create probe container");
     let ok = docker.start_container(&created.id, None).await.is_ok();
     let _ = docker
-        .remove_container(&created.id, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+        .remove_container(
+            &created.id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
         .await;
     ok
 }
@@ -136,17 +185,29 @@ async fn engine_runs_privileged(docker: &Docker, image: &str) -> bool {
 async fn run(exec: &DockerExecutor, c: &JobContext) -> (JobOutcome, String) {
     let trace = TraceSink::new();
     let outcome = exec.run(c, &trace, CancellationToken::new()).await;
-    (outcome, String::from_utf8_lossy(&trace.snapshot()).into_owned())
+    (
+        outcome,
+        String::from_utf8_lossy(&trace.snapshot()).into_owned(),
+    )
 }
 
 #[tokio::test]
 async fn success_echoes_and_runs_commands() {
-    let Some((docker, exec, image)) = setup().await else { return };
+    let Some((docker, exec, image)) = setup().await else {
+        return;
+    };
     let agent = unique_agent("ok");
-    let c = ctx(job(&image, &["echo hi", "pwd"], &[], 60, serde_json::json!({})), runner(""), &agent);
+    let c = ctx(
+        job(&image, &["echo hi", "pwd"], &[], 60, serde_json::json!({})),
+        runner(""),
+        &agent,
+    );
     let (outcome, trace) = run(&exec, &c).await;
     assert_eq!(outcome, JobOutcome::Success, "{trace}");
-    assert!(trace.contains("\x1b[32;1m$ echo hi\x1b[0;m\nhi\n"), "{trace}");
+    assert!(
+        trace.contains("\x1b[32;1m$ echo hi\x1b[0;m\nhi\n"),
+        "{trace}"
+    );
     assert!(trace.contains("/builds/group/demo\n"), "{trace}");
     assert!(trace.contains("Using docker image sha256:"), "{trace}");
     assert!(trace.contains("Job succeeded"), "{trace}");
@@ -155,17 +216,28 @@ async fn success_echoes_and_runs_commands() {
 
 #[tokio::test]
 async fn failure_stops_at_the_failing_command_and_runs_after_script() {
-    let Some((docker, exec, image)) = setup().await else { return };
+    let Some((docker, exec, image)) = setup().await else {
+        return;
+    };
     let agent = unique_agent("fail");
     let c = ctx(
-        job(&image, &["echo before", "exit 3", "echo never-runs"], &["echo after-ran $CI_JOB_STATUS"], 60, serde_json::json!({})),
+        job(
+            &image,
+            &["echo before", "exit 3", "echo never-runs"],
+            &["echo after-ran $CI_JOB_STATUS"],
+            60,
+            serde_json::json!({}),
+        ),
         runner(""),
         &agent,
     );
     let (outcome, trace) = run(&exec, &c).await;
     assert_eq!(
         outcome,
-        JobOutcome::Failed { reason: FailureReason::ScriptFailure, exit_code: Some(3) },
+        JobOutcome::Failed {
+            reason: FailureReason::ScriptFailure,
+            exit_code: Some(3)
+        },
         "{trace}"
     );
     assert!(trace.contains("before\n"), "{trace}");
@@ -177,25 +249,55 @@ async fn failure_stops_at_the_failing_command_and_runs_after_script() {
 
 #[tokio::test]
 async fn job_timeout_kills_the_script_and_runs_after_script() {
-    let Some((docker, exec, image)) = setup().await else { return };
+    let Some((docker, exec, image)) = setup().await else {
+        return;
+    };
     let agent = unique_agent("timeout");
-    let c = ctx(job(&image, &["sleep 30"], &["echo after-timeout"], 2, serde_json::json!({})), runner(""), &agent);
+    let c = ctx(
+        job(
+            &image,
+            &["sleep 30"],
+            &["echo after-timeout"],
+            2,
+            serde_json::json!({}),
+        ),
+        runner(""),
+        &agent,
+    );
     let (outcome, trace) = run(&exec, &c).await;
     assert_eq!(
         outcome,
-        JobOutcome::Failed { reason: FailureReason::JobExecutionTimeout, exit_code: None },
+        JobOutcome::Failed {
+            reason: FailureReason::JobExecutionTimeout,
+            exit_code: None
+        },
         "{trace}"
     );
     assert!(trace.contains("after-timeout\n"), "{trace}");
-    assert!(trace.contains("ERROR: Job failed: execution took longer than 2 seconds"), "{trace}");
+    assert!(
+        trace.contains("ERROR: Job failed: execution took longer than 2 seconds"),
+        "{trace}"
+    );
     assert_clean(&docker, &agent).await;
 }
 
 #[tokio::test]
 async fn cancel_kills_the_job_with_labelled_containers() {
-    let Some((docker, exec, image)) = setup().await else { return };
+    let Some((docker, exec, image)) = setup().await else {
+        return;
+    };
     let agent = unique_agent("cancel");
-    let c = ctx(job(&image, &["echo started", "sleep 30"], &["echo after-cancel"], 60, serde_json::json!({})), runner(""), &agent);
+    let c = ctx(
+        job(
+            &image,
+            &["echo started", "sleep 30"],
+            &["echo after-cancel"],
+            60,
+            serde_json::json!({}),
+        ),
+        runner(""),
+        &agent,
+    );
     let trace = TraceSink::new();
     let cancel = CancellationToken::new();
     let run = {
@@ -231,13 +333,28 @@ async fn cancel_kills_the_job_with_labelled_containers() {
 
 #[tokio::test]
 async fn missing_image_with_pull_policy_never_fails_clearly() {
-    let Some((docker, exec, _image)) = setup().await else { return };
+    let Some((docker, exec, _image)) = setup().await else {
+        return;
+    };
     let agent = unique_agent("noimage");
-    let c = ctx(job("drover-test/does-not-exist:1", &["true"], &[], 60, serde_json::json!({})), runner(""), &agent);
+    let c = ctx(
+        job(
+            "drover-test/does-not-exist:1",
+            &["true"],
+            &[],
+            60,
+            serde_json::json!({}),
+        ),
+        runner(""),
+        &agent,
+    );
     let (outcome, trace) = run(&exec, &c).await;
     assert_eq!(
         outcome,
-        JobOutcome::Failed { reason: FailureReason::ImagePullFailure, exit_code: None },
+        JobOutcome::Failed {
+            reason: FailureReason::ImagePullFailure,
+            exit_code: None
+        },
         "{trace}"
     );
     assert!(
@@ -249,7 +366,9 @@ async fn missing_image_with_pull_policy_never_fails_clearly() {
 
 #[tokio::test]
 async fn file_variables_are_readable_and_expanded() {
-    let Some((docker, exec, image)) = setup().await else { return };
+    let Some((docker, exec, image)) = setup().await else {
+        return;
+    };
     let agent = unique_agent("filevar");
     let extra = serde_json::json!({"variables": [
         {"key": "GIT_STRATEGY", "value": "none"},
@@ -257,25 +376,49 @@ async fn file_variables_are_readable_and_expanded() {
         {"key": "GREETING", "value": "hello-$NAME", "raw": false},
         {"key": "NAME", "value": "drover"}
     ]});
-    let c = ctx(job(&image, &["cat $MY_FILE", "echo \"$GREETING\"", "echo \"path=$MY_FILE\""], &["cat $MY_FILE"], 60, extra), runner(""), &agent);
+    let c = ctx(
+        job(
+            &image,
+            &[
+                "cat $MY_FILE",
+                "echo \"$GREETING\"",
+                "echo \"path=$MY_FILE\"",
+            ],
+            &["cat $MY_FILE"],
+            60,
+            extra,
+        ),
+        runner(""),
+        &agent,
+    );
     let (outcome, trace) = run(&exec, &c).await;
     assert_eq!(outcome, JobOutcome::Success, "{trace}");
     assert_eq!(trace.matches("file-content-123").count(), 2, "{trace}");
     assert!(trace.contains("hello-drover\n"), "{trace}");
-    assert!(trace.contains("path=/builds/group/demo.tmp/MY_FILE\n"), "{trace}");
+    assert!(
+        trace.contains("path=/builds/group/demo.tmp/MY_FILE\n"),
+        "{trace}"
+    );
     assert_clean(&docker, &agent).await;
 }
 
 #[tokio::test]
 async fn runner_docker_settings_are_visible_inside() {
-    let Some((docker, exec, image)) = setup().await else { return };
+    let Some((docker, exec, image)) = setup().await else {
+        return;
+    };
     let agent = unique_agent("settings");
     let hostdir = tempfile::tempdir().expect("tempdir");
     std::fs::write(hostdir.path().join("marker"), "from-host").expect("write marker");
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(hostdir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
-        std::fs::set_permissions(hostdir.path().join("marker"), std::fs::Permissions::from_mode(0o644)).expect("chmod file");
+        std::fs::set_permissions(hostdir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        std::fs::set_permissions(
+            hostdir.path().join("marker"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod file");
     }
     let cfg = format!(
         "volumes = [\"{}:/hostdir:ro\", \"/anon\"]\nextra_hosts = [\"drover-db:10.9.8.7\"]\nuser = \"nobody\"\n",
@@ -309,7 +452,13 @@ async fn runner_docker_settings_are_visible_inside() {
 
     let agent = unique_agent("privileged");
     let c = ctx(
-        job(&image, &["ip link set lo down && echo privileged-ok"], &[], 60, serde_json::json!({})),
+        job(
+            &image,
+            &["ip link set lo down && echo privileged-ok"],
+            &[],
+            60,
+            serde_json::json!({}),
+        ),
         runner("privileged = true"),
         &agent,
     );
@@ -323,16 +472,28 @@ async fn runner_docker_settings_are_visible_inside() {
         eprintln!("engine refuses privileged containers; checking the refusal instead");
         assert_eq!(
             outcome,
-            JobOutcome::Failed { reason: FailureReason::RunnerSystemFailure, exit_code: None },
+            JobOutcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                exit_code: None
+            },
             "{trace}"
         );
-        assert!(trace.contains("ERROR: Job failed (system failure): start container"), "{trace}");
+        assert!(
+            trace.contains("ERROR: Job failed (system failure): start container"),
+            "{trace}"
+        );
     }
     assert_clean(&docker, &agent).await;
 
     let agent = unique_agent("capadd");
     let c = ctx(
-        job(&image, &["ip link set lo down && echo cap-ok"], &[], 60, serde_json::json!({})),
+        job(
+            &image,
+            &["ip link set lo down && echo cap-ok"],
+            &[],
+            60,
+            serde_json::json!({}),
+        ),
         runner("cap_add = [\"NET_ADMIN\"]"),
         &agent,
     );
@@ -343,11 +504,26 @@ async fn runner_docker_settings_are_visible_inside() {
 
     let agent = unique_agent("unprivileged");
     let c = ctx(
-        job(&image, &["ip link set lo down"], &[], 60, serde_json::json!({})),
+        job(
+            &image,
+            &["ip link set lo down"],
+            &[],
+            60,
+            serde_json::json!({}),
+        ),
         runner(""),
         &agent,
     );
     let (outcome, trace) = run(&exec, &c).await;
-    assert!(matches!(outcome, JobOutcome::Failed { reason: FailureReason::ScriptFailure, .. }), "{trace}");
+    assert!(
+        matches!(
+            outcome,
+            JobOutcome::Failed {
+                reason: FailureReason::ScriptFailure,
+                ..
+            }
+        ),
+        "{trace}"
+    );
     assert_clean(&docker, &agent).await;
 }

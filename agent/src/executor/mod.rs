@@ -25,9 +25,9 @@ pub mod names;
 mod outcome;
 mod script;
 pub mod sources;
-mod variables;
 #[cfg(test)]
 mod tests;
+mod variables;
 
 use std::sync::Arc;
 
