@@ -78,9 +78,14 @@ fn job(
 }
 
 fn runner(docker_toml: &str) -> RunnerConfig {
-    let text = format!(
-        "name = \"exec-test\"\nexecutor = \"docker\"\n[docker]\npull_policy = \"never\"\n{docker_toml}"
-    );
+    // No registry is reachable: tests use local images unless they set a policy.
+    let policy = if docker_toml.contains("pull_policy") {
+        ""
+    } else {
+        "pull_policy = \"never\"\n"
+    };
+    let text =
+        format!("name = \"exec-test\"\nexecutor = \"docker\"\n[docker]\n{policy}{docker_toml}");
     toml::from_str(&text).expect("runner config")
 }
 
@@ -525,5 +530,57 @@ async fn runner_docker_settings_are_visible_inside() {
         ),
         "{trace}"
     );
+    assert_clean(&docker, &agent).await;
+}
+
+#[tokio::test]
+async fn pull_policy_always_fails_without_a_registry_and_lists_fall_back() {
+    let Some((docker, exec, image)) = setup().await else {
+        return;
+    };
+    let agent = unique_agent("always");
+    let c = ctx(
+        job(
+            "drover-test/not-in-any-registry:1",
+            &["true"],
+            &[],
+            60,
+            serde_json::json!({}),
+        ),
+        runner("pull_policy = \"always\""),
+        &agent,
+    );
+    let (outcome, trace) = run(&exec, &c).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Failed {
+            reason: FailureReason::ImagePullFailure,
+            exit_code: None
+        },
+        "{trace}"
+    );
+    assert!(
+        trace.contains("Pulling docker image drover-test/not-in-any-registry:1 ..."),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("ERROR: Job failed: failed to pull image \"drover-test/not-in-any-registry:1\" with specified policies [always]: pull image drover-test/not-in-any-registry:1:"),
+        "{trace}"
+    );
+    assert_clean(&docker, &agent).await;
+
+    let agent = unique_agent("fallback");
+    let c = ctx(
+        job(&image, &["echo fell-back"], &[], 60, serde_json::json!({})),
+        runner("pull_policy = [\"always\", \"if-not-present\"]"),
+        &agent,
+    );
+    let (outcome, trace) = run(&exec, &c).await;
+    assert_eq!(outcome, JobOutcome::Success, "{trace}");
+    assert!(
+        trace.contains("WARNING: Failed to pull image with policy \"always\""),
+        "{trace}"
+    );
+    assert!(trace.contains("fell-back\n"), "{trace}");
     assert_clean(&docker, &agent).await;
 }

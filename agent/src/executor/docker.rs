@@ -307,10 +307,7 @@ impl DockerExecutor {
                     };
                 }
                 Ok(StepEnd::Canceled) => return End::Canceled,
-                Err(e) => {
-                    trace.write_line(&format!("\x1b[31;1mERROR: {e}\x1b[0;m"));
-                    end = End::system(e);
-                }
+                Err(e) => end = End::system(e),
             }
         }
         self.after_script(ctx, st, &base, trace, cancel, end).await
@@ -386,10 +383,7 @@ impl DockerExecutor {
         docker: &DockerConfig,
         trace: &TraceSink,
     ) -> Result<(String, HostConfig), End> {
-        let hc = host_config(docker).map_err(|e| {
-            trace.write_line(&format!("\x1b[31;1mERROR: {e}\x1b[0;m"));
-            End::system(e)
-        })?;
+        let hc = host_config(docker).map_err(End::system)?;
         let image = image_name(&ctx.job, docker).map_err(End::system)?;
         trace.write_line(&format!("Using Docker executor with image {image} ..."));
         let pull_failure = |e: ExecutorError| End::Failed {
