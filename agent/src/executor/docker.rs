@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions};
 use bytes::Bytes;
-use drover_proto::spec::DockerConfig;
+use drover_proto::spec::{DockerConfig, RunnerConfig};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -32,7 +32,7 @@ use super::script::{generate, quote, shell_command};
 use super::sources::{GitStrategy, SourcesProvider};
 use super::variables::{JobEnv, job_env};
 use super::{Executor, ExecutorError, FailureReason, JobContext, JobOutcome};
-use crate::gitlab::types::StepWhen;
+use crate::gitlab::types::{Step, StepWhen};
 use crate::trace::TraceSink;
 
 /// Job timeout when GitLab sends none (gitlab-runner's default: 1 hour).
@@ -252,7 +252,7 @@ impl DockerExecutor {
             } else {
                 &[]
             };
-            let script = generate(&env.project_dir, pre, &step.script);
+            let script = generate(&env.project_dir, pre, &step_commands(step, &ctx.runner));
             let mut archives = Vec::new();
             if let Some(a) = sources_archive.take() {
                 archives.push((env.project_dir.clone(), a));
@@ -628,6 +628,20 @@ fn timeout_end(timeout: Duration) -> End {
         exit_code: None,
         message: format!("execution took longer than {} seconds", timeout.as_secs()),
     }
+}
+
+/// The commands of a script step: for `script`, the runner's `pre_build_script` before
+/// and `post_build_script` after, in the same shell, as gitlab-runner does.
+fn step_commands(step: &Step, runner: &RunnerConfig) -> Vec<String> {
+    if step.name != "script" {
+        return step.script.clone();
+    }
+    let extra = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+    extra(&runner.pre_build_script)
+        .into_iter()
+        .chain(step.script.iter().cloned())
+        .chain(extra(&runner.post_build_script))
+        .collect()
 }
 
 /// Whether a step with `when` runs given how the job stands.

@@ -608,3 +608,29 @@ async fn cleanup_orphans_touches_only_this_agents_finished_jobs() {
         vec!["running-build".to_string(), "other-agent".to_string()]
     );
 }
+
+#[tokio::test]
+async fn pre_and_post_build_scripts_wrap_the_script_step() {
+    let api = fake();
+    let mut c = ctx(
+        job_json(
+            steps(&["echo main"], &["echo after"]),
+            serde_json::json!({}),
+        ),
+        "",
+    );
+    let mut runner = (*c.runner).clone();
+    runner.pre_build_script = Some("echo pre-build".to_string());
+    runner.post_build_script = Some("echo post-build".to_string());
+    c.runner = Arc::new(runner);
+    let (out, _) = run(&api, &c).await;
+    assert_eq!(out, JobOutcome::Success);
+    let build = stdin_of(&api, "build");
+    let (pre, main, post) = (
+        build.find("echo pre-build").expect("pre"),
+        build.find("echo main").expect("main"),
+        build.find("echo post-build").expect("post"),
+    );
+    assert!(pre < main && main < post, "{build}");
+    assert!(!stdin_of(&api, "after-script").contains("pre-build"));
+}
