@@ -584,3 +584,105 @@ async fn pull_policy_always_fails_without_a_registry_and_lists_fall_back() {
     assert!(trace.contains("fell-back\n"), "{trace}");
     assert_clean(&docker, &agent).await;
 }
+
+#[tokio::test]
+async fn builds_volume_persists_between_jobs_and_git_strategy_empty_clears_it() {
+    let Some((docker, exec, image)) = setup().await else {
+        return;
+    };
+    let agent = unique_agent("persist");
+    let strategy =
+        |s: &str| serde_json::json!({"variables": [{"key": "GIT_STRATEGY", "value": s}]});
+    let mut first = ctx(
+        job(
+            &image,
+            &["echo kept > left-by-job-1"],
+            &[],
+            60,
+            strategy("none"),
+        ),
+        runner(""),
+        &agent,
+    );
+    first.slot = 3;
+    let (outcome, trace) = run(&exec, &first).await;
+    assert_eq!(outcome, JobOutcome::Success, "{trace}");
+
+    let mut second = first.clone();
+    second.job = job(&image, &["cat left-by-job-1"], &[], 60, strategy("none"));
+    let (outcome, trace) = run(&exec, &second).await;
+    assert_eq!(outcome, JobOutcome::Success, "{trace}");
+    assert!(trace.contains("kept\n"), "{trace}");
+
+    let mut third = first.clone();
+    third.job = job(
+        &image,
+        &["ls -A; test ! -e left-by-job-1 && echo emptied"],
+        &[],
+        60,
+        strategy("empty"),
+    );
+    let (outcome, trace) = run(&exec, &third).await;
+    assert_eq!(outcome, JobOutcome::Success, "{trace}");
+    assert!(trace.contains("emptied\n"), "{trace}");
+    assert_clean(&docker, &agent).await;
+}
+
+#[tokio::test]
+async fn cleanup_orphans_removes_only_this_agents_leftovers() {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+    let Some((docker, exec, image)) = setup().await else {
+        return;
+    };
+    let me = unique_agent("orphans");
+    let other = unique_agent("orphans-other");
+    let mut ids = Vec::new();
+    for (agent, job_id) in [(&me, "1"), (&me, "2"), (&other, "1")] {
+        let labels = HashMap::from([
+            ("com.drover.agent".to_string(), agent.clone()),
+            ("com.drover.job".to_string(), job_id.to_string()),
+            ("com.drover.kind".to_string(), "build".to_string()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            cmd: Some(vec!["sleep".to_string(), "60".to_string()]),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let name = format!("{agent}-{job_id}");
+        let c = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .expect("create leftover");
+        docker
+            .start_container(&c.id, None)
+            .await
+            .expect("start leftover");
+        ids.push(c.id);
+    }
+    let report = exec.cleanup_orphans(&me, &[2]).await.expect("cleanup");
+    assert_eq!(report.containers_removed, vec![format!("{me}-1")]);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let left = containers_of(&docker, &me).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["com.drover.job"], "2");
+    assert_eq!(containers_of(&docker, &other).await.len(), 1);
+    for id in ids {
+        let _ = docker
+            .remove_container(
+                &id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    }
+}
