@@ -1,8 +1,49 @@
 //! The Docker executor: runs one GitLab job in containers through the Docker Engine API.
 //!
 //! Invariant: only this module talks to Docker.
+//!
+//! Layout:
+//! - [`docker`]: [`DockerExecutor`], the job flow (steps, timeouts, cancel, cleanup).
+//! - [`api`]: the [`ContainerApi`] seam; `bollard_api` implements it on the engine.
+//! - `script`: the POSIX script fed to the container's shell.
+//! - `variables` + `expand`: the job environment.
+//! - `host_config`: `[runners.docker]` → `HostConfig`.
+//! - `image`: image choice, `allowed_images`, pull policies, registry credentials.
+//! - `names`: container/volume names and labels.
+//! - [`sources`]: the [`SourcesProvider`] hook for `clone`/`fetch`.
+//!
+//! Choices (differences from gitlab-runner are deliberate and listed here):
+//! - No helper image: the job image does everything; the script is fed to its shell over
+//!   stdin (bash when the image has it, else `sh`).
+//! - Builds directory: a named volume per runner + project + slot
+//!   (`runner-<short>-project-<pid>-concurrent-<slot>-cache-<hash>`, kind `builds`) mounted at
+//!   `builds_dir` and kept between jobs so `fetch` can reuse it; `cleanup_orphans` leaves it.
+//!   File variables live in a per-job volume (kind `tmp`) at `<CI_PROJECT_DIR>.tmp`, removed
+//!   when the job ends.
+//! - `pull_policy` defaults to `always`, as in gitlab-runner; on a box without a registry set
+//!   `if-not-present` or `never`.
+//! - Failure reasons: pull errors, `allowed_images` and `allowed_pull_policies` refusals →
+//!   `image_pull_failure`; bad `[runners.docker]` values, a missing image name and Docker
+//!   errors → `runner_system_failure`; script exit codes → `script_failure`.
+//! - The executor writes the result line (`Job succeeded` / `ERROR: Job failed: ...`); the
+//!   runner loop must not print another one.
 
+pub mod api;
+mod bollard_api;
+pub mod docker;
+mod error;
+mod expand;
+#[cfg(test)]
+mod fake;
+mod host_config;
+mod image;
+pub mod names;
 mod outcome;
+mod script;
+pub mod sources;
+#[cfg(test)]
+mod tests;
+mod variables;
 
 use std::sync::Arc;
 
@@ -13,7 +54,12 @@ use tokio_util::sync::CancellationToken;
 use crate::gitlab::types::JobResponse;
 use crate::trace::TraceSink;
 
+pub use api::ContainerApi;
+pub use bollard_api::BollardApi;
+pub use docker::{CleanupReport, ConnectOptions, DockerExecutor};
+pub use error::ExecutorError;
 pub use outcome::{FailureReason, JobOutcome};
+pub use sources::{GitStrategy, SourcesProvider};
 
 /// Everything the executor needs to run one job.
 #[derive(Debug, Clone)]
