@@ -166,3 +166,118 @@ pub fn write_raw<W: Write>(
         .map_err(|e| ArchiveError::io(tar.path(), e))?;
     Ok(file.path.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::artifacts::project_tar::{SelectSpec, select};
+
+    /// A tar shaped like Docker's archive of `/builds/g/proj`.
+    fn project_tar(dir: &tempfile::TempDir) -> ProjectTar {
+        let path = dir.path().join("project.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        let mut add = |name: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_mtime(1_700_000_000);
+            h.set_size(data.len() as u64);
+            if link.is_empty() {
+                b.append_data(&mut h, name, data).unwrap();
+            } else {
+                b.append_link(&mut h, name, link).unwrap();
+            }
+        };
+        add("proj/", tar::EntryType::Directory, 0o755, b"", "");
+        add("proj/out/", tar::EntryType::Directory, 0o755, b"", "");
+        add("proj/out/app", tar::EntryType::Regular, 0o755, b"binary", "");
+        add("proj/out/latest", tar::EntryType::Symlink, 0o777, b"", "app");
+        add("proj/out/copy", tar::EntryType::Link, 0o755, b"", "proj/out/app");
+        add("proj/report-a.xml", tar::EntryType::Regular, 0o644, b"<a/>", "");
+        add("proj/report-b.xml", tar::EntryType::Regular, 0o644, b"<b/>", "");
+        b.finish().unwrap();
+        ProjectTar::new(path, "proj")
+    }
+
+    fn chosen(tar: &ProjectTar, paths: &[&str]) -> Vec<ProjectEntry> {
+        let spec = SelectSpec {
+            paths: paths.iter().map(|s| s.to_string()).collect(),
+            project_dir: "/builds/g/proj".into(),
+            ..SelectSpec::default()
+        };
+        select(&tar.entries().unwrap(), &spec, None).entries
+    }
+
+    #[test]
+    fn zip_keeps_dirs_modes_symlinks_and_hardlink_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = project_tar(&dir);
+        let out = write_zip(&tar, &chosen(&tar, &["out"]), Cursor::new(Vec::new())).unwrap();
+        let mut zip = zip::ZipArchive::new(Cursor::new(out.into_inner())).unwrap();
+        let names: Vec<String> = (0..zip.len())
+            .map(|i| zip.by_index(i).unwrap().name().unwrap().into_owned())
+            .collect();
+        assert_eq!(names, vec!["out/", "out/app", "out/latest", "out/copy"]);
+        let mut app = zip.by_name("out/app").unwrap();
+        assert_eq!(app.unix_mode().unwrap() & 0o777, 0o755);
+        let mut s = String::new();
+        app.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "binary");
+        drop(app);
+        let mut latest = zip.by_name("out/latest").unwrap();
+        assert!(latest.is_symlink());
+        let mut target = String::new();
+        latest.read_to_string(&mut target).unwrap();
+        assert_eq!(target, "app");
+        drop(latest);
+        let mut copy = zip.by_name("out/copy").unwrap();
+        let mut s = String::new();
+        copy.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "binary");
+    }
+
+    #[test]
+    fn gzip_writes_one_member_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = project_tar(&dir);
+        let mut out = Vec::new();
+        let n = write_gzip(&tar, &chosen(&tar, &["report-*.xml"]), &mut out).unwrap();
+        assert_eq!(n, 2);
+        // Each member decodes on its own, in order, with its file name in the header.
+        let mut rest = out.as_slice();
+        let mut members = Vec::new();
+        while !rest.is_empty() {
+            let mut gz = flate2::bufread::GzDecoder::new(rest);
+            let mut s = String::new();
+            gz.read_to_string(&mut s).unwrap();
+            let name = gz.header().unwrap().filename().map(|f| String::from_utf8_lossy(f).into_owned());
+            members.push((name.unwrap(), s));
+            rest = gz.into_inner();
+        }
+        assert_eq!(
+            members,
+            vec![
+                ("report-a.xml".to_string(), "<a/>".to_string()),
+                ("report-b.xml".to_string(), "<b/>".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn raw_takes_exactly_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = project_tar(&dir);
+        let mut out = Vec::new();
+        let name = write_raw(&tar, &chosen(&tar, &["report-a.xml"]), &mut out).unwrap();
+        assert_eq!(name, "report-a.xml");
+        assert_eq!(out, b"<a/>");
+        let err = write_raw(&tar, &chosen(&tar, &["report-*.xml"]), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("exactly one file"), "{err}");
+        assert!(matches!(
+            ArtifactFormat::parse(Some("tar")),
+            Err(ArchiveError::UnknownFormat(_))
+        ));
+    }
+}
