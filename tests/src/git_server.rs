@@ -144,8 +144,14 @@ async fn run_backend(
         drop(stdin);
         r
     });
-    let output = child.wait_with_output().await.context("wait http-backend")?;
-    writer.await.context("join body writer")?.context("write request body")?;
+    let output = child
+        .wait_with_output()
+        .await
+        .context("wait http-backend")?;
+    writer
+        .await
+        .context("join body writer")?
+        .context("write request body")?;
     let out = output.stdout;
     let (head_len, sep_len) = match find(&out, b"\r\n\r\n") {
         Some(i) => (i, 4),
@@ -276,7 +282,16 @@ impl WorkRepo {
     /// Creates and pushes branch `name` at the current commit.
     pub fn branch(&self, name: &str) -> anyhow::Result<()> {
         git(&self.dir, &["branch", "-f", name])?;
-        git(&self.dir, &["push", "-q", "-f", "origin", &format!("{name}:refs/heads/{name}")])?;
+        git(
+            &self.dir,
+            &[
+                "push",
+                "-q",
+                "-f",
+                "origin",
+                &format!("{name}:refs/heads/{name}"),
+            ],
+        )?;
         Ok(())
     }
 
@@ -297,7 +312,15 @@ impl WorkRepo {
         )?;
         git(
             &self.dir,
-            &["-c", "protocol.file.allow=always", "submodule", "update", "--init", "--recursive", "-q"],
+            &[
+                "-c",
+                "protocol.file.allow=always",
+                "submodule",
+                "update",
+                "--init",
+                "--recursive",
+                "-q",
+            ],
         )?;
         self.commit(&[], &format!("add submodule {path}"))
     }

@@ -93,7 +93,8 @@ async fn clone_full_and_shallow() {
     let server = GitServer::start(TOKEN).await.unwrap();
     let repo = server.create_repo("group/proj").unwrap();
     repo.commit(&[("README.md", "one\n")], "first").unwrap();
-    repo.commit(&[("src/main.c", "int main(){}\n")], "second").unwrap();
+    repo.commit(&[("src/main.c", "int main(){}\n")], "second")
+        .unwrap();
     let sha = repo
         .commit(&[("run.sh", "#!/bin/sh\necho hi\n")], "third")
         .unwrap();
@@ -101,7 +102,11 @@ async fn clone_full_and_shallow() {
 
     let full_dir = host_work_dir(builds.path(), "runner-a", 5, 0);
     let trace = TraceSink::new();
-    let j = job(&server, &sha, &[("GIT_STRATEGY", "clone"), ("GIT_DEPTH", "0")]);
+    let j = job(
+        &server,
+        &sha,
+        &[("GIT_STRATEGY", "clone"), ("GIT_DEPTH", "0")],
+    );
     let outcome = get_sources(&j, &full_dir, &trace).await.unwrap();
     assert_eq!(outcome, SourcesOutcome::Repository);
     assert_eq!(head(&full_dir), sha);
@@ -122,7 +127,11 @@ async fn clone_full_and_shallow() {
 
     let shallow_dir = host_work_dir(builds.path(), "runner-a", 5, 1);
     let trace = TraceSink::new();
-    let j = job(&server, &sha, &[("GIT_STRATEGY", "clone"), ("GIT_DEPTH", "1")]);
+    let j = job(
+        &server,
+        &sha,
+        &[("GIT_STRATEGY", "clone"), ("GIT_DEPTH", "1")],
+    );
     get_sources(&j, &shallow_dir, &trace).await.unwrap();
     assert_eq!(head(&shallow_dir), sha);
     assert_eq!(commit_count(&shallow_dir), 1, "depth 1 fetches one commit");
@@ -130,13 +139,21 @@ async fn clone_full_and_shallow() {
     assert_no_token(&trace);
     // The server saw only authenticated git requests after the first challenge.
     let seen = server.seen.lock().unwrap().clone();
-    assert!(seen.iter().any(|r| r.authorized && r.uri.contains("git-upload-pack")));
+    assert!(
+        seen.iter()
+            .any(|r| r.authorized && r.uri.contains("git-upload-pack"))
+    );
 
     // The work dir as a tar keeps .git, modes and content.
     let tmp = tempfile::tempdir().unwrap();
-    let tar = tar_work_dir(&shallow_dir, "builds/group/proj", Owner::default(), tmp.path())
-        .await
-        .unwrap();
+    let tar = tar_work_dir(
+        &shallow_dir,
+        "builds/group/proj",
+        Owner::default(),
+        tmp.path(),
+    )
+    .await
+    .unwrap();
     let mut archive = tar::Archive::new(std::fs::File::open(tar.path()).unwrap());
     let mut names = HashMap::new();
     for e in archive.entries().unwrap() {
@@ -146,9 +163,16 @@ async fn clone_full_and_shallow() {
             e.header().mode().unwrap(),
         );
     }
-    assert!(names.contains_key("builds/group/proj/.git/HEAD"), "{names:?}");
+    assert!(
+        names.contains_key("builds/group/proj/.git/HEAD"),
+        "{names:?}"
+    );
     assert!(names.contains_key("builds/group/proj/src/main.c"));
-    assert_eq!(names["builds/group/proj/run.sh"] & 0o111, 0, "mode kept (not executable)");
+    assert_eq!(
+        names["builds/group/proj/run.sh"] & 0o111,
+        0,
+        "mode kept (not executable)"
+    );
 }
 
 #[tokio::test]
@@ -160,9 +184,13 @@ async fn fetch_reuses_the_work_dir_and_cleans_it() {
     let dir = host_work_dir(builds.path(), "runner-a", 5, 0);
 
     let trace = TraceSink::new();
-    get_sources(&job(&server, &first, &[("GIT_STRATEGY", "fetch")]), &dir, &trace)
-        .await
-        .unwrap();
+    get_sources(
+        &job(&server, &first, &[("GIT_STRATEGY", "fetch")]),
+        &dir,
+        &trace,
+    )
+    .await
+    .unwrap();
     assert_eq!(head(&dir), first);
     assert!(text(&trace).contains("Created fresh repository."));
     std::fs::write(dir.join("leftover.o"), "junk").unwrap();
@@ -171,9 +199,13 @@ async fn fetch_reuses_the_work_dir_and_cleans_it() {
 
     let second = repo.commit(&[("b.txt", "b\n")], "second").unwrap();
     let trace = TraceSink::new();
-    get_sources(&job(&server, &second, &[("GIT_STRATEGY", "fetch")]), &dir, &trace)
-        .await
-        .unwrap();
+    get_sources(
+        &job(&server, &second, &[("GIT_STRATEGY", "fetch")]),
+        &dir,
+        &trace,
+    )
+    .await
+    .unwrap();
     assert_eq!(head(&dir), second, "the new commit appears");
     assert!(dir.join("b.txt").is_file());
     assert!(marker.is_file(), "fetch reused the repository");
@@ -185,22 +217,34 @@ async fn fetch_reuses_the_work_dir_and_cleans_it() {
 
     // clone starts over: the marker in .git is gone.
     let trace = TraceSink::new();
-    get_sources(&job(&server, &second, &[("GIT_STRATEGY", "clone")]), &dir, &trace)
-        .await
-        .unwrap();
+    get_sources(
+        &job(&server, &second, &[("GIT_STRATEGY", "clone")]),
+        &dir,
+        &trace,
+    )
+    .await
+    .unwrap();
     assert!(!marker.exists());
     assert_eq!(head(&dir), second);
 
     // none leaves the dir alone; empty empties it.
     let trace = TraceSink::new();
-    let outcome = get_sources(&job(&server, &second, &[("GIT_STRATEGY", "none")]), &dir, &trace)
-        .await
-        .unwrap();
+    let outcome = get_sources(
+        &job(&server, &second, &[("GIT_STRATEGY", "none")]),
+        &dir,
+        &trace,
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, SourcesOutcome::Untouched);
     assert!(dir.join("b.txt").is_file());
-    let outcome = get_sources(&job(&server, &second, &[("GIT_STRATEGY", "empty")]), &dir, &trace)
-        .await
-        .unwrap();
+    let outcome = get_sources(
+        &job(&server, &second, &[("GIT_STRATEGY", "empty")]),
+        &dir,
+        &trace,
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, SourcesOutcome::Empty);
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
@@ -333,11 +377,18 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
         &trace,
     )
     .await;
-    assert_eq!(saved.len(), 2, "on_failure cache not saved for a successful job");
+    assert_eq!(
+        saved.len(),
+        2,
+        "on_failure cache not saved for a successful job"
+    );
     assert!(saved.iter().all(|s| matches!(s, SaveOutcome::Saved { .. })));
     let t = text(&trace);
     assert!(t.contains("Creating cache main..."), "{t}");
-    assert!(t.contains("vendor/: found 4 matching artifact files and directories"), "{t}");
+    assert!(
+        t.contains("vendor/: found 4 matching artifact files and directories"),
+        "{t}"
+    );
     assert!(store.archive_path(5, "main").unwrap().is_file());
     assert!(!store.archive_path(5, "failed-only").unwrap().exists());
 
@@ -360,7 +411,16 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
     let restore_job: JobResponse = serde_json::from_value(restore_job).unwrap();
     let trace = TraceSink::new();
     let plans = cache_plans(&restore_job, &restore_job.variables, &trace);
-    let restored = restore_caches(&store, &plans, 5, false, Owner::default(), tmp.path(), &trace).await;
+    let restored = restore_caches(
+        &store,
+        &plans,
+        5,
+        false,
+        Owner::default(),
+        tmp.path(),
+        &trace,
+    )
+    .await;
     assert_eq!(restored.len(), 1);
     assert_eq!(restored[0].key, "main");
     let entries = tar_entries(restored[0].tar.path());
@@ -372,7 +432,16 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
 
     // disable_cache: nothing restored.
     let trace = TraceSink::new();
-    let none = restore_caches(&store, &plans, 5, true, Owner::default(), tmp.path(), &trace).await;
+    let none = restore_caches(
+        &store,
+        &plans,
+        5,
+        true,
+        Owner::default(),
+        tmp.path(),
+        &trace,
+    )
+    .await;
     assert!(none.is_empty());
     assert!(text(&trace).contains("disable_cache"));
 
@@ -382,9 +451,27 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
     let var_job: JobResponse = serde_json::from_value(var_job).unwrap();
     let trace = TraceSink::new();
     let plans = cache_plans(&var_job, &var_job.variables, &trace);
-    let restored = restore_caches(&store, &plans, 5, false, Owner::default(), tmp.path(), &trace).await;
+    let restored = restore_caches(
+        &store,
+        &plans,
+        5,
+        false,
+        Owner::default(),
+        tmp.path(),
+        &trace,
+    )
+    .await;
     assert_eq!(restored[0].key, "main");
-    let restored = restore_caches(&store, &plans, 6, false, Owner::default(), tmp.path(), &trace).await;
+    let restored = restore_caches(
+        &store,
+        &plans,
+        6,
+        false,
+        Owner::default(),
+        tmp.path(),
+        &trace,
+    )
+    .await;
     assert!(restored.is_empty());
 }
 
@@ -426,7 +513,11 @@ impl GitLab for RecordingGitLab {
     async fn unregister(&self, _: &SecretString) -> Result<(), GitLabError> {
         Err(unused("unregister"))
     }
-    async fn request_job(&self, _: &RunnerAuth, _: Option<&str>) -> Result<JobRequest, GitLabError> {
+    async fn request_job(
+        &self,
+        _: &RunnerAuth,
+        _: Option<&str>,
+    ) -> Result<JobRequest, GitLabError> {
         Err(unused("request_job"))
     }
     async fn update_job(
@@ -552,7 +643,11 @@ async fn artifacts_zip_exact_with_exclude_and_junit_gzip() {
     .await
     .unwrap();
     let uploads = gitlab.uploads.lock().unwrap();
-    assert_eq!(uploads.len(), 2, "on_failure artifacts skipped for a successful job");
+    assert_eq!(
+        uploads.len(),
+        2,
+        "on_failure artifacts skipped for a successful job"
+    );
 
     let (archive, bytes) = &uploads[0];
     assert_eq!(archive.filename, "artifacts.zip");
@@ -581,8 +676,14 @@ async fn artifacts_zip_exact_with_exclude_and_junit_gzip() {
     assert_eq!(all, "<testsuite name=\"1\"/><testsuite name=\"2\"/>");
     let t = text(&trace);
     assert!(t.contains("Uploading artifacts for successful job"), "{t}");
-    assert!(t.contains("out/: found 5 matching artifact files and directories"), "{t}");
-    assert!(t.contains("Uploading artifacts as \"archive\" to coordinator... 201 Created"), "{t}");
+    assert!(
+        t.contains("out/: found 5 matching artifact files and directories"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Uploading artifacts as \"archive\" to coordinator... 201 Created"),
+        "{t}"
+    );
     assert_no_token(&trace);
 }
 
@@ -602,12 +703,24 @@ async fn artifacts_too_large_is_reported_and_not_retried() {
     let job = artifacts_job(serde_json::json!([{"paths": ["out/"]}]));
     let trace = TraceSink::new();
     let err = upload_job_artifacts(
-        &gitlab, &job, &tar, PROJECT_DIR, None, true, tmp.path(), fast_retry(), &trace,
+        &gitlab,
+        &job,
+        &tar,
+        PROJECT_DIR,
+        None,
+        true,
+        tmp.path(),
+        fast_retry(),
+        &trace,
     )
     .await
     .unwrap_err();
     assert!(err.to_string().contains("too large"), "{err}");
-    assert_eq!(gitlab.uploads.lock().unwrap().len(), 1, "413 is not retried");
+    assert_eq!(
+        gitlab.uploads.lock().unwrap().len(),
+        1,
+        "413 is not retried"
+    );
     let t = text(&trace);
     assert!(
         t.contains("ERROR: Uploading artifacts as \"archive\" to coordinator... too large archive"),
@@ -630,11 +743,21 @@ async fn artifacts_retry_retryable_errors() {
         }));
         answers.push_back(Ok(()));
     }
-    let job = artifacts_job(serde_json::json!([{"paths": ["src.c"], "artifact_format": "raw",
-        "artifact_type": "dotenv"}]));
+    let job = artifacts_job(
+        serde_json::json!([{"paths": ["src.c"], "artifact_format": "raw",
+        "artifact_type": "dotenv"}]),
+    );
     let trace = TraceSink::new();
     upload_job_artifacts(
-        &gitlab, &job, &tar, PROJECT_DIR, None, true, tmp.path(), fast_retry(), &trace,
+        &gitlab,
+        &job,
+        &tar,
+        PROJECT_DIR,
+        None,
+        true,
+        tmp.path(),
+        fast_retry(),
+        &trace,
     )
     .await
     .unwrap();
@@ -669,12 +792,16 @@ async fn dependencies_are_extracted_and_zip_slip_refused() {
     let mut gitlab = RecordingGitLab::default();
     gitlab.artifacts.insert(
         10,
-        zip_bytes(&[("out/app", b"app"), ("out/lib/x.so", b"x")], &[("out/current", "app")]),
+        zip_bytes(
+            &[("out/app", b"app"), ("out/lib/x.so", b"x")],
+            &[("out/current", "app")],
+        ),
     );
     gitlab.tokens.insert(10, "dep-token-10".into());
-    gitlab
-        .artifacts
-        .insert(11, zip_bytes(&[("ok.txt", b"ok"), ("../evil", b"evil")], &[]));
+    gitlab.artifacts.insert(
+        11,
+        zip_bytes(&[("ok.txt", b"ok"), ("../evil", b"evil")], &[]),
+    );
     gitlab.tokens.insert(11, "dep-token-11".into());
     gitlab
         .artifacts
@@ -693,9 +820,16 @@ async fn dependencies_are_extracted_and_zip_slip_refused() {
         {"id": 14, "name": "no-artifacts", "token": "t"}
     ]));
     let trace = TraceSink::new();
-    let archives = download_dependencies(&gitlab, &job, tmp.path(), Owner::default(), fast_retry(), &trace)
-        .await
-        .unwrap();
+    let archives = download_dependencies(
+        &gitlab,
+        &job,
+        tmp.path(),
+        Owner::default(),
+        fast_retry(),
+        &trace,
+    )
+    .await
+    .unwrap();
     assert_eq!(archives.len(), 1);
     let entries = tar_entries(archives[0].path());
     assert_eq!(entries["out/app"], b"app");
@@ -735,6 +869,9 @@ async fn dependencies_are_extracted_and_zip_slip_refused() {
         .await
         .unwrap_err();
         assert!(matches!(err, DependencyError::Missing { .. }), "{err}");
-        assert_eq!(err.failure_reason(), FailureReason::MissingDependencyFailure);
+        assert_eq!(
+            err.failure_reason(),
+            FailureReason::MissingDependencyFailure
+        );
     }
 }

@@ -49,7 +49,9 @@ fn zip_time(mtime: u64) -> zip::DateTime {
     i64::try_from(mtime)
         .ok()
         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-        .and_then(|t| zip::DateTime::try_from(time::PrimitiveDateTime::new(t.date(), t.time())).ok())
+        .and_then(|t| {
+            zip::DateTime::try_from(time::PrimitiveDateTime::new(t.date(), t.time())).ok()
+        })
         .unwrap_or_default()
 }
 
@@ -192,11 +194,41 @@ mod tests {
         };
         add("proj/", tar::EntryType::Directory, 0o755, b"", "");
         add("proj/out/", tar::EntryType::Directory, 0o755, b"", "");
-        add("proj/out/app", tar::EntryType::Regular, 0o755, b"binary", "");
-        add("proj/out/latest", tar::EntryType::Symlink, 0o777, b"", "app");
-        add("proj/out/copy", tar::EntryType::Link, 0o755, b"", "proj/out/app");
-        add("proj/report-a.xml", tar::EntryType::Regular, 0o644, b"<a/>", "");
-        add("proj/report-b.xml", tar::EntryType::Regular, 0o644, b"<b/>", "");
+        add(
+            "proj/out/app",
+            tar::EntryType::Regular,
+            0o755,
+            b"binary",
+            "",
+        );
+        add(
+            "proj/out/latest",
+            tar::EntryType::Symlink,
+            0o777,
+            b"",
+            "app",
+        );
+        add(
+            "proj/out/copy",
+            tar::EntryType::Link,
+            0o755,
+            b"",
+            "proj/out/app",
+        );
+        add(
+            "proj/report-a.xml",
+            tar::EntryType::Regular,
+            0o644,
+            b"<a/>",
+            "",
+        );
+        add(
+            "proj/report-b.xml",
+            tar::EntryType::Regular,
+            0o644,
+            b"<b/>",
+            "",
+        );
         b.finish().unwrap();
         ProjectTar::new(path, "proj")
     }
@@ -252,7 +284,11 @@ mod tests {
             let mut gz = flate2::bufread::GzDecoder::new(rest);
             let mut s = String::new();
             gz.read_to_string(&mut s).unwrap();
-            let name = gz.header().unwrap().filename().map(|f| String::from_utf8_lossy(f).into_owned());
+            let name = gz
+                .header()
+                .unwrap()
+                .filename()
+                .map(|f| String::from_utf8_lossy(f).into_owned());
             members.push((name.unwrap(), s));
             rest = gz.into_inner();
         }

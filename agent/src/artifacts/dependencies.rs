@@ -160,7 +160,8 @@ pub async fn download_dependencies(
         let (zip_path, tar_path): (PathBuf, PathBuf) =
             (zip_file.path().to_path_buf(), tar_file.path().to_path_buf());
         let converted = tokio::task::spawn_blocking(move || -> Result<usize, ArchiveError> {
-            let input = std::fs::File::open(&zip_path).map_err(|e| ArchiveError::io(&zip_path, e))?;
+            let input =
+                std::fs::File::open(&zip_path).map_err(|e| ArchiveError::io(&zip_path, e))?;
             let output =
                 std::fs::File::create(&tar_path).map_err(|e| ArchiveError::io(&tar_path, e))?;
             let mut w = std::io::BufWriter::new(output);

@@ -104,7 +104,9 @@ pub fn zip_to_tar<R: Read + Seek, W: Write>(
             if !symlink_stays_inside(&segments, &target) {
                 return Err(ArchiveError::Unsafe {
                     entry: name.clone(),
-                    reason: format!("symlink target {target:?} points outside the project directory"),
+                    reason: format!(
+                        "symlink target {target:?} points outside the project directory"
+                    ),
                 });
             }
             let prefix = format!("{path}/");

@@ -19,9 +19,13 @@ use crate::sources::TrackedFiles;
 pub enum EntryKind {
     File,
     Dir,
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
     /// A hard link to an earlier entry (relative path), as Docker writes for shared inodes.
-    Hardlink { target: String },
+    Hardlink {
+        target: String,
+    },
 }
 
 /// One entry of the project tar.
@@ -255,7 +259,8 @@ pub fn select(
             .collect();
         chosen.retain(|&i, _| {
             let path = &entries[i].path;
-            let excluded = ancestors_and_self(path).any(|p| globs.iter().any(|(_, g)| g.matches(p)));
+            let excluded =
+                ancestors_and_self(path).any(|p| globs.iter().any(|(_, g)| g.matches(p)));
             if excluded {
                 excluded_count += 1;
             }
@@ -377,12 +382,7 @@ mod tests {
         let sel = select(&tree(), &spec(&[], &[], true), Some(&tracked));
         assert_eq!(
             paths(&sel),
-            vec![
-                "build/app",
-                "build/app.o",
-                "build/tmp/scratch",
-                "out.log"
-            ]
+            vec!["build/app", "build/app.o", "build/tmp/scratch", "out.log"]
         );
     }
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use super::ArchiveError;
 use super::archive::{ArtifactFormat, write_gzip, write_raw, write_zip};
 use super::project_tar::{ProjectEntry, ProjectTar, SelectSpec, select};
 use super::when::{When, WhenError};
-use super::ArchiveError;
 use crate::executor::FailureReason;
 use crate::gitlab::types::{Artifact, JobResponse};
 use crate::gitlab::{ArtifactUpload, GitLab, GitLabError};
@@ -104,7 +104,11 @@ fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile, ArtifactsError> {
 
 fn base_name(name: &str) -> &str {
     let b = name.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-    if b.is_empty() || b == "." { "artifacts" } else { b }
+    if b.is_empty() || b == "." {
+        "artifacts"
+    } else {
+        b
+    }
 }
 
 /// Builds the archive for one `artifacts` entry from the project tar (blocking IO: call it
@@ -242,7 +246,9 @@ pub async fn upload_artifact(
         }
     }
     // The loop returns on its last attempt; this is reached only with attempts == 0.
-    Err(ArtifactsError::Task("no upload attempt was made".to_string()))
+    Err(ArtifactsError::Task(
+        "no upload attempt was made".to_string(),
+    ))
 }
 
 /// The whole "upload artifacts" step of a job: for every `artifacts` entry whose `when`
@@ -262,12 +268,11 @@ pub async fn upload_job_artifacts(
 ) -> Result<(), ArtifactsError> {
     let mut wanted = Vec::new();
     for artifact in &job.artifacts {
-        let when = When::parse(artifact.when.as_deref()).map_err(|source| {
-            ArtifactsError::When {
+        let when =
+            When::parse(artifact.when.as_deref()).map_err(|source| ArtifactsError::When {
                 name: artifact.name.clone(),
                 source,
-            }
-        })?;
+            })?;
         if when.applies(job_succeeded) {
             wanted.push(artifact.clone());
         }

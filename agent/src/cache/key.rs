@@ -55,7 +55,10 @@ mod tests {
         assert_eq!(sanitize_key(""), Err(KeyError::Empty));
         assert!(matches!(sanitize_key("a/b"), Err(KeyError::Separator(_))));
         assert!(matches!(sanitize_key("..\\x"), Err(KeyError::Separator(_))));
-        assert!(matches!(sanitize_key("..%2Fetc"), Err(KeyError::Separator(_))));
+        assert!(matches!(
+            sanitize_key("..%2Fetc"),
+            Err(KeyError::Separator(_))
+        ));
         assert!(matches!(sanitize_key(".."), Err(KeyError::Dots(_))));
         assert!(matches!(sanitize_key("."), Err(KeyError::Dots(_))));
         assert!(matches!(sanitize_key("%2E%2e"), Err(KeyError::Dots(_))));

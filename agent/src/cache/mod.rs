@@ -104,10 +104,22 @@ pub async fn restore_caches(
         return out;
     }
     for plan in wanted {
-        let (store, keys, tmp_dir) = (store.clone(), plan.restore_keys.clone(), tmp_dir.to_path_buf());
-        for key in &keys {
-            trace.write_line(&format!("\x1b[32;1mChecking cache for {key}...\x1b[0;m"));
-        }
+        let (store, keys, tmp_dir) = (
+            store.clone(),
+            plan.restore_keys.clone(),
+            tmp_dir.to_path_buf(),
+        );
+        let checked = keys.clone();
+        // One "Checking cache" line per key tried, each followed by why it missed.
+        let report_checks = |skipped: &[String]| {
+            for (i, key) in checked.iter().enumerate() {
+                trace.write_line(&format!("\x1b[32;1mChecking cache for {key}...\x1b[0;m"));
+                match skipped.get(i) {
+                    Some(reason) => warn(trace, reason),
+                    None => break,
+                }
+            }
+        };
         let result = tokio::task::spawn_blocking(move || -> Result<_, CacheError> {
             let mut skipped = Vec::new();
             let Some(hit) = store.restore(project_id, &keys, &mut skipped)? else {
@@ -128,7 +140,8 @@ pub async fn restore_caches(
         .map_err(|e| CacheError::Task(e.to_string()))
         .and_then(|r| r);
         match result {
-            Ok((Some((hit, entries, tar)), _)) => {
+            Ok((Some((hit, entries, tar)), skipped)) => {
+                report_checks(&skipped);
                 trace.write_line(&format!(
                     "\x1b[32;1mSuccessfully extracted cache {}\x1b[0;m",
                     hit.key
@@ -140,9 +153,7 @@ pub async fn restore_caches(
                 });
             }
             Ok((None, skipped)) => {
-                for s in skipped {
-                    warn(trace, &s);
-                }
+                report_checks(&skipped);
                 warn(trace, "no cache found; continuing without it");
             }
             Err(e) => warn(trace, &format!("Failed to extract cache: {e}")),
@@ -190,10 +201,22 @@ pub async fn save_caches(
             untracked: plan.untracked,
             project_dir: project_dir.to_string(),
         };
-        let (store, key, tar, tracked) = (store.clone(), plan.key.clone(), tar.clone(), tracked.clone());
+        let (store, key, tar, tracked) = (
+            store.clone(),
+            plan.key.clone(),
+            tar.clone(),
+            tracked.clone(),
+        );
         let result = tokio::task::spawn_blocking(move || {
             let mut messages = Vec::new();
-            let r = store.save(project_id, &key, &tar, &spec, tracked.as_deref(), &mut messages);
+            let r = store.save(
+                project_id,
+                &key,
+                &tar,
+                &spec,
+                tracked.as_deref(),
+                &mut messages,
+            );
             (r, messages)
         })
         .await;
@@ -214,7 +237,8 @@ pub async fn save_caches(
                                 evicted.len()
                             ));
                         }
-                        trace.write_line(&format!("\x1b[32;1mCreated cache\x1b[0;m ({size} bytes)"));
+                        trace
+                            .write_line(&format!("\x1b[32;1mCreated cache\x1b[0;m ({size} bytes)"));
                     }
                     SaveOutcome::Empty { .. } => {
                         warn(trace, "Skipping cache archiving due to empty cache")

@@ -75,7 +75,10 @@ impl CachePlan {
     /// Decides one entry. `fallback_variable` is the job's `CACHE_FALLBACK_KEY`; like
     /// gitlab-runner, a value ending in `-protected` is ignored (it would let unprotected
     /// jobs read protected caches).
-    pub fn new(cache: &Cache, fallback_variable: Option<&str>) -> Result<CachePlan, CachePlanError> {
+    pub fn new(
+        cache: &Cache,
+        fallback_variable: Option<&str>,
+    ) -> Result<CachePlan, CachePlanError> {
         let key = match cache.key.trim() {
             "" => "default".to_string(),
             k => k.to_string(),
@@ -94,12 +97,7 @@ impl CachePlan {
         let fallback = fallback_variable
             .map(str::trim)
             .filter(|k| !k.is_empty() && !k.ends_with("-protected"));
-        for k in cache
-            .fallback_keys
-            .iter()
-            .map(|k| k.trim())
-            .chain(fallback)
-        {
+        for k in cache.fallback_keys.iter().map(|k| k.trim()).chain(fallback) {
             if !k.is_empty() && !restore_keys.iter().any(|r| r == k) {
                 restore_keys.push(k.to_string());
             }

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use super::CacheError;
 use super::key::sanitize_key;
 use crate::artifacts::{
-    ArchiveError, Owner, ProjectTar, SelectSpec, select, zip_to_tar, archive::write_zip,
+    ArchiveError, Owner, ProjectTar, SelectSpec, archive::write_zip, select, zip_to_tar,
 };
 use crate::sources::TrackedFiles;
 
@@ -51,7 +51,13 @@ impl CacheStore {
     pub fn new(root: &Path, runner: &str, max_bytes: u64) -> CacheStore {
         let runner: String = runner
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         CacheStore {
             dir: root.join(runner),
@@ -152,7 +158,10 @@ impl CacheStore {
             .into_inner()
             .map_err(|e| CacheError::io(tmp.path(), e.into_error()))?;
         file.sync_all().map_err(|e| CacheError::io(tmp.path(), e))?;
-        let size = file.metadata().map_err(|e| CacheError::io(tmp.path(), e))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| CacheError::io(tmp.path(), e))?
+            .len();
         if size > self.max_bytes {
             return Ok(SaveOutcome::TooLarge {
                 size,
@@ -285,7 +294,9 @@ mod tests {
         assert!(store.archive_path(1, "../x").is_err());
         let mut skipped = Vec::new();
         assert_eq!(
-            store.restore(1, &["../../etc".into()], &mut skipped).unwrap(),
+            store
+                .restore(1, &["../../etc".into()], &mut skipped)
+                .unwrap(),
             None
         );
         assert!(skipped[0].contains("path separator"));

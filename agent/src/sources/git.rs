@@ -13,9 +13,9 @@ use std::process::Stdio;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::process::Command;
 
+use super::SourcesError;
 use super::plan::{GitStrategy, SourcesPlan, SubmoduleStrategy, strip_url_credentials, url_origin};
 use super::tracked::TrackedFiles;
-use super::SourcesError;
 use crate::trace::TraceSink;
 
 /// The environment variable holding the job token for the credential helper.
@@ -113,8 +113,9 @@ impl GitSource {
             GitStrategy::Fetch => {}
         }
         create_dir(work_dir).await?;
-        let origin = url_origin(&plan.repo_url)
-            .ok_or_else(|| SourcesError::Plan(super::PlanError::InvalidRepoUrl(plan.repo_url.clone())))?;
+        let origin = url_origin(&plan.repo_url).ok_or_else(|| {
+            SourcesError::Plan(super::PlanError::InvalidRepoUrl(plan.repo_url.clone()))
+        })?;
         let git = GitRun {
             git: &self.git,
             dir: work_dir,
@@ -132,7 +133,12 @@ impl GitSource {
             trace.write_line(&green("Fetching changes..."));
         }
         let git_dir = work_dir.join(".git");
-        for lock in ["index.lock", "shallow.lock", "HEAD.lock", "hooks/post-checkout"] {
+        for lock in [
+            "index.lock",
+            "shallow.lock",
+            "HEAD.lock",
+            "hooks/post-checkout",
+        ] {
             let path = git_dir.join(lock);
             if tokio::fs::symlink_metadata(&path).await.is_ok() {
                 tokio::fs::remove_file(&path)
@@ -142,8 +148,11 @@ impl GitSource {
         }
         if tokio::fs::metadata(&git_dir).await.is_ok() {
             trace.write_line("Reusing existing Git repository");
-            git.run("set remote", &["remote", "set-url", "origin", &plan.repo_url])
-                .await?;
+            git.run(
+                "set remote",
+                &["remote", "set-url", "origin", &plan.repo_url],
+            )
+            .await?;
         } else {
             git.run("init", &["-c", "init.defaultBranch=main", "init", "-q"])
                 .await?;

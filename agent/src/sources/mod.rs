@@ -75,7 +75,13 @@ impl SourcesError {
 pub fn host_work_dir(root: &Path, runner: &str, project_id: i64, slot: u32) -> PathBuf {
     let runner: String = runner
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     root.join(runner)
         .join(format!("project-{project_id}"))
@@ -95,7 +101,9 @@ pub async fn tar_work_dir(
         .suffix(".tar")
         .tempfile_in(tmp_dir)
         .map_err(|e| SourcesError::io(tmp_dir, e))?;
-    let handle = file.reopen().map_err(|e| SourcesError::io(file.path(), e))?;
+    let handle = file
+        .reopen()
+        .map_err(|e| SourcesError::io(file.path(), e))?;
     let (dir, prefix) = (work_dir.to_path_buf(), prefix.to_string());
     tokio::task::spawn_blocking(move || {
         write_dir_tar(&dir, &prefix, owner, std::io::BufWriter::new(handle))

@@ -360,7 +360,10 @@ mod tests {
             Some("http://gitlab.internal:8080/prefix/"),
         )
         .unwrap();
-        assert_eq!(p.repo_url, "http://gitlab.internal:8080/prefix/group/proj.git");
+        assert_eq!(
+            p.repo_url,
+            "http://gitlab.internal:8080/prefix/group/proj.git"
+        );
         let p = plan(&job(true), &[], Some("http://10.0.0.1")).unwrap();
         assert_eq!(p.repo_url, "http://10.0.0.1/group/proj.git");
         assert!(matches!(
@@ -395,6 +398,9 @@ mod tests {
             strip_url_credentials("http://a@b:1 and https://u:p@c/d"),
             "http://b:1 and https://c/d"
         );
-        assert_eq!(url_origin("https://u:p@h:3/x").as_deref(), Some("https://h:3"));
+        assert_eq!(
+            url_origin("https://u:p@h:3/x").as_deref(),
+            Some("https://h:3")
+        );
     }
 }

@@ -99,7 +99,10 @@ mod tests {
             let path = e.path().unwrap().to_string_lossy().into_owned();
             let mode = e.header().mode().unwrap();
             let kind = e.header().entry_type();
-            let link = e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned());
+            let link = e
+                .link_name()
+                .unwrap()
+                .map(|l| l.to_string_lossy().into_owned());
             let mut data = String::new();
             e.read_to_string(&mut data).unwrap();
             seen.push((path, mode, kind, link, data));

@@ -67,7 +67,8 @@ mod tests {
 
     #[test]
     fn parses_stage_output() {
-        let out = b"100644 aaaa 0\tREADME.md\0100755 bbbb 0\tbin/run\0160000 cccc 0\tvendor/lib\0";
+        let out =
+            b"100644 aaaa 0\tREADME.md\x00100755 bbbb 0\tbin/run\x00160000 cccc 0\tvendor/lib\0";
         let t = TrackedFiles::parse_ls_files_stage(out);
         assert!(!t.is_untracked("README.md"));
         assert!(!t.is_untracked("bin/run"));
