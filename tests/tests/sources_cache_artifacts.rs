@@ -63,7 +63,7 @@ async fn get_sources(
     let p = plan(job, &job.variables, None)?;
     assert!(!p.repo_url.contains(TOKEN), "plan URL carries no token");
     GitSource::default()
-        .get_sources(&p, &job.token, work_dir, trace)
+        .get_sources(&p, &job.token, work_dir, PROJECT_DIR, trace)
         .await
 }
 
@@ -279,7 +279,20 @@ async fn submodules_normal_and_recursive() {
     let j = job(&server, &sha, &[("GIT_SUBMODULE_STRATEGY", "recursive")]);
     get_sources(&j, &recursive, &trace).await.unwrap();
     assert!(recursive.join("lib/deps/inner/inner.txt").is_file());
-    assert!(text(&trace).contains("Updating/initializing submodules recursively..."));
+    let t = text(&trace);
+    assert!(
+        t.contains("Updating/initializing submodules recursively..."),
+        "{t}"
+    );
+    // git's lines keep their order and show the job's path, not the host work dir.
+    let cloning = t
+        .find("Cloning into '/builds/group/proj/lib'...")
+        .expect("submodule clone line with CI_PROJECT_DIR");
+    let inner = t
+        .find("Cloning into '/builds/group/proj/lib/deps/inner'...")
+        .expect("nested submodule clone line");
+    assert!(cloning < inner, "{t}");
+    assert!(!t.contains(&*recursive.to_string_lossy()), "{t}");
     assert_no_token(&trace);
 }
 

@@ -72,16 +72,20 @@ impl GitSource {
 
     /// Brings `work_dir` (kept per runner, project and slot, see [`super::host_work_dir`]) to
     /// the state `plan` asks for, writing gitlab-runner-like progress to `trace` inside a
-    /// `get_sources` section. Dropping the future kills a running git.
+    /// `get_sources` section; host paths in git's output are shown as `project_dir`
+    /// (`CI_PROJECT_DIR`). Dropping the future kills a running git.
     pub async fn get_sources(
         &self,
         plan: &SourcesPlan,
         token: &SecretString,
         work_dir: &Path,
+        project_dir: &str,
         trace: &TraceSink,
     ) -> Result<SourcesOutcome, SourcesError> {
         trace.section_start(SECTION, "Getting source from Git repository");
-        let result = self.run_plan(plan, token, work_dir, trace).await;
+        let result = self
+            .run_plan(plan, token, work_dir, project_dir, trace)
+            .await;
         if let Err(e) = &result {
             trace.write_line(&format!("\x1b[31;1mERROR: {e}\x1b[0;m"));
         }
@@ -94,6 +98,7 @@ impl GitSource {
         plan: &SourcesPlan,
         token: &SecretString,
         work_dir: &Path,
+        project_dir: &str,
         trace: &TraceSink,
     ) -> Result<SourcesOutcome, SourcesError> {
         match plan.strategy {
@@ -119,6 +124,7 @@ impl GitSource {
         let git = GitRun {
             git: &self.git,
             dir: work_dir,
+            display_dir: project_dir,
             token,
             origin: &origin,
             trace,
@@ -261,6 +267,8 @@ impl GitSource {
 struct GitRun<'a> {
     git: &'a Path,
     dir: &'a Path,
+    /// What the job calls `dir` (`CI_PROJECT_DIR`): host paths in git's output are shown so.
+    display_dir: &'a str,
     token: &'a SecretString,
     origin: &'a str,
     trace: &'a TraceSink,
@@ -277,11 +285,25 @@ impl GitRun<'_> {
             "credential.{}.helper=!f() {{ test \"$1\" = get || exit 0; echo username=gitlab-ci-token; echo \"password=${TOKEN_ENV}\"; }}; f",
             self.origin
         );
-        let output = Command::new(self.git)
-            .arg("-c")
+        // stdout and stderr share one pipe so git's lines keep their order.
+        let spawn_err = |source| SourcesError::Spawn {
+            git: self.git.display().to_string(),
+            source,
+        };
+        let (mut reader, writer) = std::io::pipe().map_err(spawn_err)?;
+        let writer_err = writer.try_clone().map_err(spawn_err)?;
+        let mut cmd = Command::new(self.git);
+        cmd.arg("-c")
             .arg("credential.helper=")
             .arg("-c")
             .arg(helper)
+            // Background gc would hold the output pipe open after git exits.
+            .args([
+                "-c",
+                "gc.autoDetach=false",
+                "-c",
+                "maintenance.autoDetach=false",
+            ])
             .args(args)
             .current_dir(self.dir)
             .env(TOKEN_ENV, self.token.expose_secret())
@@ -295,28 +317,38 @@ impl GitRun<'_> {
             .env_remove("GIT_WORK_TREE")
             .env_remove("GIT_INDEX_FILE")
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
+            .stdout(writer)
+            .stderr(writer_err)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        // Drop our copies of the write end, or the reader never sees EOF.
+        drop(cmd);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut buf).map(|_| buf)
+        });
+        let status = child.wait().await.map_err(spawn_err)?;
+        let bytes = read
             .await
-            .map_err(|source| SourcesError::Spawn {
-                git: self.git.display().to_string(),
-                source,
-            })?;
+            .map_err(|e| SourcesError::Task(e.to_string()))?
+            .map_err(spawn_err)?;
         let token = self.token.expose_secret();
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        let clean = sanitize(&text, token);
+        let text = String::from_utf8_lossy(&bytes);
+        let mut clean = sanitize(&text, token);
+        if let Some(host_dir) = self.dir.to_str().filter(|d| !d.is_empty()) {
+            clean = clean.replace(host_dir, self.display_dir);
+        }
         for line in clean.lines().filter(|l| !l.trim().is_empty()) {
             self.trace.write_line(line);
         }
-        if output.status.success() {
+        if status.success() {
             return Ok(());
         }
         let tail: Vec<&str> = clean.lines().filter(|l| !l.trim().is_empty()).collect();
         let start = tail.len().saturating_sub(5);
         Err(SourcesError::Git {
             step: step.to_string(),
-            status: output.status.to_string(),
+            status: status.to_string(),
             output: tail[start..].join("; "),
         })
     }
