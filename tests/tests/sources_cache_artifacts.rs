@@ -369,9 +369,9 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
     let store = CacheStore::new(store_root.path(), "runner-a", 10 * 1024 * 1024);
     let tar = project_tar(&dir, tmp.path());
 
-    let mut save_job = job_json(&server, &sha, &[]);
+    let mut save_job = job_json(&server, &sha, &[("CI_COMMIT_REF_NAME", "main")]);
     save_job["cache"] = serde_json::json!([
-        {"key": "main", "paths": ["vendor/"], "policy": "pull-push"},
+        {"key": "$CI_COMMIT_REF_NAME", "paths": ["vendor/"], "policy": "pull-push"},
         {"key": "untracked", "untracked": true, "policy": "push"},
         {"key": "failed-only", "paths": ["vendor/"], "when": "on_failure"}
     ]);
@@ -603,6 +603,7 @@ fn zip_names_and_content(bytes: &[u8]) -> Vec<(String, String)> {
 fn artifacts_job(artifacts: serde_json::Value) -> JobResponse {
     serde_json::from_value(serde_json::json!({
         "id": 91, "token": TOKEN, "artifacts": artifacts,
+        "variables": [{"key": "CI_PROJECT_DIR", "value": PROJECT_DIR, "public": true}],
     }))
     .unwrap()
 }
@@ -635,7 +636,7 @@ async fn artifacts_zip_exact_with_exclude_and_junit_gzip() {
     let tar = project_tar(dir.path(), tmp.path());
     let gitlab = RecordingGitLab::default();
     let job = artifacts_job(serde_json::json!([
-        {"name": "", "paths": ["out/", "/builds/group/proj/src.c"], "exclude": ["out/**/*.o"],
+        {"name": "", "paths": ["out/", "${CI_PROJECT_DIR}/src.c"], "exclude": ["out/**/*.o"],
          "artifact_type": "archive", "artifact_format": "zip", "expire_in": "1 week"},
         {"name": "junit", "paths": ["reports/junit-*.xml"], "artifact_type": "junit",
          "artifact_format": "gzip", "when": "always"},
@@ -645,6 +646,7 @@ async fn artifacts_zip_exact_with_exclude_and_junit_gzip() {
     upload_job_artifacts(
         &gitlab,
         &job,
+        &job.variables,
         &tar,
         PROJECT_DIR,
         None,
@@ -718,6 +720,7 @@ async fn artifacts_too_large_is_reported_and_not_retried() {
     let err = upload_job_artifacts(
         &gitlab,
         &job,
+        &job.variables,
         &tar,
         PROJECT_DIR,
         None,
@@ -764,6 +767,7 @@ async fn artifacts_retry_retryable_errors() {
     upload_job_artifacts(
         &gitlab,
         &job,
+        &job.variables,
         &tar,
         PROJECT_DIR,
         None,
@@ -887,4 +891,49 @@ async fn dependencies_are_extracted_and_zip_slip_refused() {
             FailureReason::MissingDependencyFailure
         );
     }
+}
+
+#[tokio::test]
+async fn token_never_in_git_arguments() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = GitServer::start(TOKEN).await.unwrap();
+    let lib = server.create_repo("group/lib").unwrap();
+    lib.commit(&[("lib.txt", "lib\n")], "lib").unwrap();
+    let repo = server.create_repo("group/proj").unwrap();
+    repo.commit(&[("a.txt", "a\n")], "a").unwrap();
+    let sha = repo.add_submodule("../lib.git", "lib").unwrap();
+
+    // A git that records its arguments, then runs the real git.
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("argv.log");
+    let wrapper = bin.path().join("git");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec git \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let builds = tempfile::tempdir().unwrap();
+    let j = job(&server, &sha, &[("GIT_SUBMODULE_STRATEGY", "recursive")]);
+    let p = plan(&j, &j.variables, None).unwrap();
+    let trace = TraceSink::new();
+    GitSource::new(&wrapper)
+        .get_sources(
+            &p,
+            &j.token,
+            &host_work_dir(builds.path(), "r", 5, 0),
+            PROJECT_DIR,
+            &trace,
+        )
+        .await
+        .unwrap();
+    let argv = std::fs::read_to_string(&log).unwrap();
+    assert!(argv.contains("fetch origin"), "{argv}");
+    assert!(argv.contains("credential."), "{argv}");
+    assert!(!argv.contains(TOKEN), "token in git arguments:\n{argv}");
+    assert_no_token(&trace);
 }

@@ -8,10 +8,11 @@ use secrecy::SecretString;
 
 use super::ArchiveError;
 use super::archive::{ArtifactFormat, write_gzip, write_raw, write_zip};
+use super::expand::expand;
 use super::project_tar::{ProjectEntry, ProjectTar, SelectSpec, select};
 use super::when::{When, WhenError};
 use crate::executor::FailureReason;
-use crate::gitlab::types::{Artifact, JobResponse};
+use crate::gitlab::types::{Artifact, JobResponse, JobVariable};
 use crate::gitlab::{ArtifactUpload, GitLab, GitLabError};
 use crate::sources::TrackedFiles;
 use crate::trace::TraceSink;
@@ -252,12 +253,13 @@ pub async fn upload_artifact(
 }
 
 /// The whole "upload artifacts" step of a job: for every `artifacts` entry whose `when`
-/// applies to `job_succeeded`, builds the archive from `tar` and uploads it. Tries every
-/// entry and returns the first error.
+/// applies to `job_succeeded`, expands `vars` in its `name`/`paths`/`exclude`, builds the
+/// archive from `tar` and uploads it. Tries every entry and returns the first error.
 #[allow(clippy::too_many_arguments)]
 pub async fn upload_job_artifacts(
     gitlab: &dyn GitLab,
     job: &JobResponse,
+    vars: &[JobVariable],
     tar: &ProjectTar,
     project_dir: &str,
     tracked: Option<Arc<TrackedFiles>>,
@@ -274,7 +276,11 @@ pub async fn upload_job_artifacts(
                 source,
             })?;
         if when.applies(job_succeeded) {
-            wanted.push(artifact.clone());
+            let mut artifact = artifact.clone();
+            artifact.name = expand(&artifact.name, vars);
+            artifact.paths = artifact.paths.iter().map(|p| expand(p, vars)).collect();
+            artifact.exclude = artifact.exclude.iter().map(|p| expand(p, vars)).collect();
+            wanted.push(artifact);
         }
     }
     if wanted.is_empty() {

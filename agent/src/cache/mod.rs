@@ -22,7 +22,7 @@ pub use key::{KeyError, sanitize_key};
 pub use policy::{CachePlan, CachePlanError, CachePolicy};
 pub use store::{CacheHit, CacheStore, SaveOutcome};
 
-use crate::artifacts::{ArchiveError, Owner, ProjectTar, SelectSpec};
+use crate::artifacts::{ArchiveError, Owner, ProjectTar, SelectSpec, expand};
 use crate::gitlab::types::{JobResponse, JobVariable};
 use crate::sources::TrackedFiles;
 use crate::sources::plan::variable;
@@ -54,13 +54,20 @@ impl CacheError {
     }
 }
 
-/// The decided `cache` entries of a job; entries that do not parse are reported and left
-/// out.
+/// The decided `cache` entries of a job, with `vars` expanded in keys and paths (as
+/// gitlab-runner does); entries that do not parse are reported and left out.
 pub fn cache_plans(job: &JobResponse, vars: &[JobVariable], trace: &TraceSink) -> Vec<CachePlan> {
-    let fallback = variable(vars, "CACHE_FALLBACK_KEY");
+    let fallback = variable(vars, "CACHE_FALLBACK_KEY").map(|k| expand(k, vars));
     job.cache
         .iter()
-        .filter_map(|c| match CachePlan::new(c, fallback) {
+        .map(|c| {
+            let mut c = c.clone();
+            c.key = expand(&c.key, vars);
+            c.paths = c.paths.iter().map(|p| expand(p, vars)).collect();
+            c.fallback_keys = c.fallback_keys.iter().map(|k| expand(k, vars)).collect();
+            c
+        })
+        .filter_map(|c| match CachePlan::new(&c, fallback.as_deref()) {
             Ok(p) => Some(p),
             Err(e) => {
                 trace.write_line(&format!("\x1b[0;33mWARNING: {e}\x1b[0;m"));
