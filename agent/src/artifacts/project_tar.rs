@@ -241,6 +241,11 @@ pub fn select(
                 chosen.insert(i, ());
             }
         }
+        if tracked.is_none() {
+            messages.push(
+                "WARNING: untracked: the tracked files are unknown (no git checkout on the agent, e.g. GIT_STRATEGY none); taking every file outside .git".to_string(),
+            );
+        }
         messages.push(format!("untracked: found {count} files"));
     }
 

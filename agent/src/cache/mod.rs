@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub use key::{KeyError, sanitize_key};
 pub use policy::{CachePlan, CachePlanError, CachePolicy};
-pub use store::{CacheHit, CacheStore, SaveOutcome};
+pub use store::{CacheHit, CacheStore, DEFAULT_MAX_BYTES, SaveOutcome};
 
 use crate::artifacts::{ArchiveError, Owner, ProjectTar, SelectSpec, expand};
 use crate::gitlab::types::{JobResponse, JobVariable};

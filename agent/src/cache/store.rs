@@ -14,6 +14,9 @@ use crate::artifacts::{
 };
 use crate::sources::TrackedFiles;
 
+/// A reasonable bound when the runner configures none: 5 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
 /// One runner's caches.
 #[derive(Debug, Clone)]
 pub struct CacheStore {
@@ -194,7 +197,12 @@ impl CacheStore {
             if a.path == keep {
                 continue;
             }
-            std::fs::remove_file(&a.path).map_err(|e| CacheError::io(&a.path, e))?;
+            match std::fs::remove_file(&a.path) {
+                Ok(()) => {}
+                // Another job's eviction got there first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CacheError::io(&a.path, e)),
+            }
             total = total.saturating_sub(a.size);
             evicted.push(a.path);
         }
@@ -224,7 +232,12 @@ fn collect_archives(dir: &Path, out: &mut Vec<Archive>) -> Result<(), CacheError
     for entry in entries {
         let entry = entry.map_err(|e| CacheError::io(dir, e))?;
         let path = entry.path();
-        let meta = entry.metadata().map_err(|e| CacheError::io(&path, e))?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            // Renamed or evicted by a concurrent job since read_dir listed it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(CacheError::io(&path, e)),
+        };
         if meta.is_dir() {
             collect_archives(&path, out)?;
         } else if meta.is_file()

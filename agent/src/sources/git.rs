@@ -40,12 +40,15 @@ pub enum SourcesOutcome {
 #[derive(Debug, Clone)]
 pub struct GitSource {
     git: PathBuf,
+    /// PEM bundle trusted for https remotes (the runner's `tls-ca-file`).
+    ca_file: Option<PathBuf>,
 }
 
 impl Default for GitSource {
     fn default() -> Self {
         GitSource {
             git: PathBuf::from("git"),
+            ca_file: None,
         }
     }
 }
@@ -67,7 +70,17 @@ fn sanitize(text: &str, token: &str) -> String {
 impl GitSource {
     /// Uses `git` at `binary` (a path, or a name looked up in `PATH`).
     pub fn new(binary: impl Into<PathBuf>) -> Self {
-        GitSource { git: binary.into() }
+        GitSource {
+            git: binary.into(),
+            ca_file: None,
+        }
+    }
+
+    /// Trusts the CA certificates in `ca_file` (PEM) for https remotes, like gitlab-runner
+    /// does with the runner's `tls-ca-file`.
+    pub fn with_ca_file(mut self, ca_file: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(ca_file.into());
+        self
     }
 
     /// Brings `work_dir` (kept per runner, project and slot, see [`super::host_work_dir`]) to
@@ -123,6 +136,7 @@ impl GitSource {
         })?;
         let git = GitRun {
             git: &self.git,
+            ca_file: self.ca_file.as_deref(),
             dir: work_dir,
             display_dir: project_dir,
             token,
@@ -266,6 +280,7 @@ impl GitSource {
 /// One job's git invocations share these.
 struct GitRun<'a> {
     git: &'a Path,
+    ca_file: Option<&'a Path>,
     dir: &'a Path,
     /// What the job calls `dir` (`CI_PROJECT_DIR`): host paths in git's output are shown so.
     display_dir: &'a str,
@@ -303,8 +318,12 @@ impl GitRun<'_> {
                 "gc.autoDetach=false",
                 "-c",
                 "maintenance.autoDetach=false",
-            ])
-            .args(args)
+            ]);
+        if let Some(ca) = self.ca_file {
+            cmd.arg("-c")
+                .arg(format!("http.sslCAInfo={}", ca.display()));
+        }
+        cmd.args(args)
             .current_dir(self.dir)
             .env(TOKEN_ENV, self.token.expose_secret())
             .env("GIT_TERMINAL_PROMPT", "0")
