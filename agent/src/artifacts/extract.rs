@@ -232,4 +232,48 @@ mod tests {
             "sub",
         );
     }
+
+    proptest::proptest! {
+        /// Whatever the names and link targets, an accepted archive only holds relative
+        /// paths without `..`, and its symlinks stay inside the root.
+        #[test]
+        fn accepted_archives_never_escape(
+            names in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec!["a", "b", "..", ".", ""]), 1..5),
+                1..6,
+            ),
+            absolute in proptest::collection::vec(proptest::bool::ANY, 6),
+            link_at in proptest::option::of(0usize..6),
+        ) {
+            let joined: Vec<String> = names
+                .iter()
+                .zip(&absolute)
+                .map(|(segs, abs)| format!("{}{}", if *abs { "/" } else { "" }, segs.join("/")))
+                .collect();
+            let mut unique = HashSet::new();
+            let mut items = Vec::new();
+            for (i, n) in joined.iter().enumerate() {
+                // The zip writer refuses duplicate names.
+                if !unique.insert(n.clone()) {
+                    continue;
+                }
+                if link_at == Some(i) {
+                    items.push(Item::Link(n.as_str(), "../x"));
+                } else {
+                    items.push(Item::File(n.as_str(), b"x"));
+                }
+            }
+            if let Ok(entries) = convert(&items) {
+                for (path, kind, data) in entries {
+                    proptest::prop_assert!(!path.starts_with('/'), "{}", path);
+                    proptest::prop_assert!(!path.split('/').any(|s| s == ".."), "{}", path);
+                    if kind == tar::EntryType::Symlink {
+                        let segs: Vec<String> = path.split('/').map(str::to_string).collect();
+                        let target = String::from_utf8_lossy(&data).into_owned();
+                        proptest::prop_assert!(symlink_stays_inside(&segs, &target));
+                    }
+                }
+            }
+        }
+    }
 }
