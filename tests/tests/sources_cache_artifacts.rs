@@ -760,7 +760,7 @@ async fn artifacts_retry_retryable_errors() {
         answers.push_back(Ok(()));
     }
     let job = artifacts_job(
-        serde_json::json!([{"paths": ["src.c"], "artifact_format": "raw",
+        serde_json::json!([{"name": "metrics.txt", "paths": ["src.c"], "artifact_format": "raw",
         "artifact_type": "dotenv"}]),
     );
     let trace = TraceSink::new();
@@ -780,7 +780,7 @@ async fn artifacts_retry_retryable_errors() {
     .unwrap();
     let uploads = gitlab.uploads.lock().unwrap();
     assert_eq!(uploads.len(), 2);
-    assert_eq!(uploads[1].0.filename, "src.c");
+    assert_eq!(uploads[1].0.filename, "metrics.txt");
     assert_eq!(uploads[1].0.artifact_format, "raw");
     assert_eq!(uploads[1].1, b"src");
     assert!(text(&trace).contains("retrying"));

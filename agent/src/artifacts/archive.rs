@@ -3,9 +3,12 @@
 //!
 //! What gitlab-runner does and we copy: `zip` keeps directories, files (deflate) and
 //! symlinks with their unix modes; `gzip` writes one gzip member per file, concatenated
-//! into one stream, each member's header naming the file (GitLab reads every member of a
-//! report, so several junit files in one gzip artifact work); `raw` sends exactly one file
-//! as is and refuses more.
+//! into one stream, each member's header carrying the file's base name and, as comment, its
+//! relative path (gitlab-runner's `helpers/archives/gzip_create.go`; GitLab reads every
+//! member of a report, so several junit files in one gzip artifact work); `raw` sends
+//! exactly one file as is and refuses more. Upload file names follow gitlab-runner's
+//! `artifactFilename`: `<name>.zip`, `<name>.gz`, `<name>` for raw, `name` defaulting to
+//! `artifacts`.
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, Write};
@@ -119,6 +122,7 @@ pub fn write_gzip<W: Write>(
         let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
         let mut gz = GzBuilder::new()
             .filename(name)
+            .comment(entry.path.as_str())
             .mtime(u32::try_from(entry.mtime).unwrap_or(0))
             .write(&mut out, Compression::default());
         std::io::copy(data, &mut gz).map_err(|e| ArchiveError::io(tar.path(), e))?;

@@ -160,10 +160,11 @@ pub fn build_artifact(
                 .map_err(archive_err)?;
             format!("{}.gz", base_name(&artifact.name))
         }
+        // Like gitlab-runner: a raw artifact is named after the artifact, not the file.
         ArtifactFormat::Raw => {
-            let path = write_raw(tar, &selection.entries, std::io::BufWriter::new(handle))
+            write_raw(tar, &selection.entries, std::io::BufWriter::new(handle))
                 .map_err(archive_err)?;
-            base_name(&path).to_string()
+            base_name(&artifact.name).to_string()
         }
     };
     let size = std::fs::metadata(file.path())
