@@ -937,3 +937,44 @@ async fn token_never_in_git_arguments() {
     assert!(!argv.contains(TOKEN), "token in git arguments:\n{argv}");
     assert_no_token(&trace);
 }
+
+#[tokio::test]
+async fn clone_url_overrides_the_host_and_clean_flags_none_keeps_files() {
+    let server = GitServer::start(TOKEN).await.unwrap();
+    let repo = server.create_repo("group/proj").unwrap();
+    let sha = repo.commit(&[("a.txt", "a\n")], "a").unwrap();
+    let builds = tempfile::tempdir().unwrap();
+    let dir = host_work_dir(builds.path(), "r", 5, 0);
+
+    // GitLab's repo_url names a host the agent cannot reach; clone_url points at the server.
+    let mut payload = job_json(&server, &sha, &[("CI_PROJECT_PATH", "group/proj")]);
+    payload["git_info"]["repo_url"] = serde_json::json!(format!(
+        "http://gitlab-ci-token:{TOKEN}@gitlab.invalid/group/proj.git"
+    ));
+    let j: JobResponse = serde_json::from_value(payload).unwrap();
+    let clone_url = format!("http://{}", server.addr);
+    let p = plan(&j, &j.variables, Some(&clone_url)).unwrap();
+    assert_eq!(p.repo_url, server.url("group/proj"));
+    let trace = TraceSink::new();
+    GitSource::default()
+        .get_sources(&p, &j.token, &dir, PROJECT_DIR, &trace)
+        .await
+        .unwrap();
+    assert_eq!(head(&dir), sha);
+
+    // GIT_CLEAN_FLAGS=none keeps untracked files between fetches.
+    std::fs::write(dir.join("kept.o"), "x").unwrap();
+    let j = job(
+        &server,
+        &sha,
+        &[("GIT_STRATEGY", "fetch"), ("GIT_CLEAN_FLAGS", "none")],
+    );
+    get_sources(&j, &dir, &TraceSink::new()).await.unwrap();
+    assert!(dir.join("kept.o").exists());
+    // GIT_CHECKOUT=false skips checkout (and therefore clean).
+    let trace = TraceSink::new();
+    let j = job(&server, &sha, &[("GIT_CHECKOUT", "false")]);
+    get_sources(&j, &dir, &trace).await.unwrap();
+    assert!(text(&trace).contains("Skipping Git checkout"));
+    assert!(dir.join("kept.o").exists());
+}

@@ -2,13 +2,25 @@
 //! dir kept per runner, project and slot (so `GIT_STRATEGY=fetch` reuses it), then hands the
 //! executor a tar of that dir to put into the build volume.
 //!
-//! - [`plan`]: pure decisions from the payload and variables ([`SourcesPlan`]).
+//! - [`mod@plan`]: pure decisions from the payload and variables ([`SourcesPlan`]).
 //! - [`git`]: running git ([`GitSource`]), with the job token only in git's environment.
 //! - [`tarball`]: the work dir as a tar (modes, symlinks, `.git` kept).
 //! - [`tracked`]: tracked files of the checkout, for `untracked: true`.
 //!
 //! Invariant: no Docker here, and the job token never appears in process arguments, in
 //! URLs written to the trace, or in errors.
+//!
+//! # How the executor uses `sources`, `cache` and `artifacts` for one job
+//! 1. `plan(&job, &vars, runner.clone_url)` then [`GitSource::get_sources`] into
+//!    [`host_work_dir`]; unless the outcome is [`SourcesOutcome::Untouched`], empty
+//!    `CI_PROJECT_DIR` in the container and put the tar from [`tar_work_dir`] there.
+//!    Keep [`GitSource::tracked_files`] of the work dir for `untracked`.
+//! 2. `artifacts::download_dependencies` → put each tar into `CI_PROJECT_DIR`.
+//! 3. `cache::cache_plans` + `cache::restore_caches` → put each tar into `CI_PROJECT_DIR`.
+//! 4. Run the script steps.
+//! 5. Download `CI_PROJECT_DIR` as a tar to a file, wrap it in `artifacts::ProjectTar`
+//!    (root = the directory's base name), then `cache::save_caches` and
+//!    `artifacts::upload_job_artifacts`.
 
 pub mod git;
 pub mod plan;
