@@ -4,11 +4,16 @@
 //! - [`gitlab`]: the GitLab runner API client (verify, job request, trace, update, tokens).
 //! - [`executor`]: the Docker executor (the only module that talks to Docker).
 //! - [`trace`]: the job trace pipeline (masking, limits, upload).
+//! - [`sources`], [`cache`], [`artifacts`]: host-side git checkout, local caches and job
+//!   artifacts as host files and tar streams (no Docker; the executor moves the tars).
 //! - [`cli`]: one module per `drover-agent` subcommand.
 
+pub mod artifacts;
+pub mod cache;
 pub mod cli;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
+pub mod sources;
 pub mod standalone;
 pub mod trace;

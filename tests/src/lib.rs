@@ -4,6 +4,8 @@
 //!   specs describe it (status codes and headers included).
 //! - `harness`: starts the real `drover` and `drover-agent` binaries with temporary dirs.
 //! - `images`: builds local test images (busybox) since no registry can be reached.
+//! - `git_server`: a smart-HTTP git server (`git http-backend` as CGI) with job-token auth.
 
 pub mod fake_gitlab;
+pub mod git_server;
 pub mod images;
