@@ -4,11 +4,17 @@
 //! - [`gitlab`]: the GitLab runner API client (verify, job request, trace, update, tokens).
 //! - [`executor`]: the Docker executor (the only module that talks to Docker).
 //! - [`trace`]: the job trace pipeline (masking, limits, upload).
+//! - [`identity`]: the state dir (key, certificate, pinned CA) and TLS to the controller.
+//! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
+//! - [`host_facts`]: hostname, arch, kernel, IPs.
 //! - [`cli`]: one module per `drover-agent` subcommand.
 
 pub mod cli;
+pub mod control;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
+pub mod host_facts;
+pub mod identity;
 pub mod standalone;
 pub mod trace;

@@ -314,7 +314,8 @@ mod tests {
             prop_assert_eq!(cert.validity().not_before.timestamp(), now.unix_timestamp());
             prop_assert_eq!(cert.validity().not_after.timestamp(), now.unix_timestamp() + ttl_secs);
             prop_assert_eq!(cert.public_key().subject_public_key.data.as_ref(), key.public_key_raw());
-            prop_assert!(cert.subject().to_string().contains(&format!("agent {id}")));
+            let want_cn = format!("agent {id}");
+            prop_assert!(cert.subject().to_string().contains(&want_cn));
             prop_assert!(cert.verify_signature(Some(&X509Certificate::from_der(ca.cert_der()).unwrap().1.tbs_certificate.subject_pki)).is_ok());
             prop_assert!(!issued.serial.is_empty());
         }
