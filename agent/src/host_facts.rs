@@ -84,12 +84,13 @@ fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
         let t = line.trim();
         if let Some(rest) = t.strip_prefix("|-- ") {
             last = rest.trim().parse().ok();
-        } else if t.contains("/32 host LOCAL") {
-            if let Some(ip) = last {
-                if !ip.is_loopback() && !ip.is_link_local() && !out.contains(&ip) {
-                    out.push(ip);
-                }
-            }
+        } else if t.contains("/32 host LOCAL")
+            && let Some(ip) = last
+            && !ip.is_loopback()
+            && !ip.is_link_local()
+            && !out.contains(&ip)
+        {
+            out.push(ip);
         }
     }
     out
@@ -124,6 +125,9 @@ mod tests {
     #[test]
     fn if_inet6() {
         let text = "00000000000000000000000000000001 01 80 10 80       lo\n20010db8000000000000000000000001 02 40 00 80     eth0\nfe800000000000000000000000000001 02 40 20 80     eth0\n";
-        assert_eq!(parse_if_inet6(text), vec!["2001:db8::1".parse::<Ipv6Addr>().unwrap()]);
+        assert_eq!(
+            parse_if_inet6(text),
+            vec!["2001:db8::1".parse::<Ipv6Addr>().unwrap()]
+        );
     }
 }

@@ -195,12 +195,11 @@ pub async fn connect_with_config(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let target = addr.to_string();
     // The scheme is http: TLS is done by the connector below, not by tonic.
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
-        ClientError::Connect {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| ClientError::Connect {
             addr: addr.to_string(),
             source: e,
-        }
-    })?;
+        })?;
     endpoint
         .connect_timeout(std::time::Duration::from_secs(10))
         .connect_with_connector(tower::service_fn(move |_: Uri| {

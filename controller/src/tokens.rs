@@ -57,7 +57,10 @@ impl Token {
         if *prefix != PREFIX {
             return Err(TokenFormatError::Shape);
         }
-        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        if id.len() != 16
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(TokenFormatError::Id);
         }
@@ -89,7 +92,8 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
 /// A new token for the CA with fingerprint `ca_fingerprint`: the full token text and its id.
 pub fn generate(ca_fingerprint: &str) -> (SecretString, Token) {
     let id = hex::encode(rand::random::<[u8; 8]>());
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let secret =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let text = format!("{PREFIX}.{id}.{secret}.{ca_fingerprint}");
     let token = Token {
         id,
@@ -185,7 +189,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
-        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (use s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?} (use s, m, h or d)"
+            ));
+        }
     };
     if n <= 0 {
         return Err(format!("duration {s:?} must be positive"));
@@ -256,10 +264,19 @@ mod tests {
         let cases = [
             ("", TokenFormatError::Shape),
             ("garbage", TokenFormatError::Shape),
-            (&format!("drover2.0011223344556677.{secret}.{fp}"), TokenFormatError::Shape),
+            (
+                &format!("drover2.0011223344556677.{secret}.{fp}"),
+                TokenFormatError::Shape,
+            ),
             (&format!("drover1.xyz.{secret}.{fp}"), TokenFormatError::Id),
-            (&format!("drover1.0011223344556677.short.{fp}"), TokenFormatError::Secret),
-            (&format!("drover1.0011223344556677.{secret}.abc"), TokenFormatError::Fingerprint),
+            (
+                &format!("drover1.0011223344556677.short.{fp}"),
+                TokenFormatError::Secret,
+            ),
+            (
+                &format!("drover1.0011223344556677.{secret}.abc"),
+                TokenFormatError::Fingerprint,
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(Token::parse(input).unwrap_err(), want, "{input}");
@@ -271,15 +288,27 @@ mod tests {
         let good = hash_secret("s");
         let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         assert!(check(&record(good), &good, now).is_ok());
-        assert!(matches!(check(&record(good), &hash_secret("x"), now), Err(TokenRefusal::Unknown(_))));
+        assert!(matches!(
+            check(&record(good), &hash_secret("x"), now),
+            Err(TokenRefusal::Unknown(_))
+        ));
         let mut r = record(good);
         r.revoked = true;
-        assert!(matches!(check(&r, &good, now), Err(TokenRefusal::Revoked(_))));
+        assert!(matches!(
+            check(&r, &good, now),
+            Err(TokenRefusal::Revoked(_))
+        ));
         let r = record(good);
-        assert!(matches!(check(&r, &good, now + Duration::hours(1)), Err(TokenRefusal::Expired { .. })));
+        assert!(matches!(
+            check(&r, &good, now + Duration::hours(1)),
+            Err(TokenRefusal::Expired { .. })
+        ));
         let mut r = record(good);
         r.uses_left = 0;
-        assert!(matches!(check(&r, &good, now), Err(TokenRefusal::UsedUp(_))));
+        assert!(matches!(
+            check(&r, &good, now),
+            Err(TokenRefusal::UsedUp(_))
+        ));
     }
 
     #[test]
@@ -295,7 +324,10 @@ mod tests {
 
     #[test]
     fn labels() {
-        assert_eq!(parse_label("site=lab").unwrap(), ("site".into(), "lab".into()));
+        assert_eq!(
+            parse_label("site=lab").unwrap(),
+            ("site".into(), "lab".into())
+        );
         assert!(parse_label("nolabel").is_err());
         assert!(parse_label("=x").is_err());
         assert!(parse_label("a b=x").is_err());

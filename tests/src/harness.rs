@@ -141,7 +141,8 @@ impl Controller {
         let dir = tempfile::tempdir().expect("temp data dir");
         let data = dir.path().join("data");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, grpc_addr, http_addr) = Controller::spawn(dir.path(), &data, "127.0.0.1:0", &extra);
+        let (proc, grpc_addr, http_addr) =
+            Controller::spawn(dir.path(), &data, "127.0.0.1:0", &extra);
         Controller {
             dir,
             proc,
@@ -215,7 +216,11 @@ impl Controller {
         let mut full = vec!["token", "create"];
         full.extend_from_slice(args);
         let out = self.drover(&full);
-        assert!(out.status.success(), "token create failed: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            stderr(&out)
+        );
         let token = stdout(&out).trim().to_string();
         assert_eq!(token.lines().count(), 1, "stdout must hold only the token");
         token
@@ -224,14 +229,22 @@ impl Controller {
     /// `drover agents -o json`, parsed.
     pub fn agents(&self) -> Vec<serde_json::Value> {
         let out = self.drover(&["agents", "-o", "json"]);
-        assert!(out.status.success(), "drover agents failed: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "drover agents failed: {}",
+            stderr(&out)
+        );
         serde_json::from_slice(&out.stdout).expect("agents json")
     }
 
     /// `drover token list -o json`, parsed.
     pub fn tokens(&self) -> Vec<serde_json::Value> {
         let out = self.drover(&["token", "list", "-o", "json"]);
-        assert!(out.status.success(), "drover token list failed: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "drover token list failed: {}",
+            stderr(&out)
+        );
         serde_json::from_slice(&out.stdout).expect("tokens json")
     }
 
@@ -277,7 +290,14 @@ impl Agent {
     /// `drover-agent enroll --controller URL --token TOKEN --state-dir DIR`.
     pub fn enroll(&self, url: &str, token: &str) -> Output {
         Command::new(agent_bin())
-            .args(["enroll", "--controller", url, "--token", token, "--state-dir"])
+            .args([
+                "enroll",
+                "--controller",
+                url,
+                "--token",
+                token,
+                "--state-dir",
+            ])
             .arg(self.state_dir())
             .output()
             .expect("run drover-agent enroll")

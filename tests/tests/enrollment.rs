@@ -52,7 +52,10 @@ async fn enroll_list_delete_and_refuse() {
     assert_eq!(mode(&c.data_dir().join("admin.key")), 0o600);
     assert!(c.read("ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
     let health_text = http_get(&c.http_addr, "/healthz");
-    assert!(health_text.starts_with("HTTP/1.1 200") && health_text.ends_with("ok\n"), "{health_text}");
+    assert!(
+        health_text.starts_with("HTTP/1.1 200") && health_text.ends_with("ok\n"),
+        "{health_text}"
+    );
 
     let token = c.create_token(&["--label", "site=lab", "--label", "rack=r1"]);
     assert!(token.starts_with("drover1."), "{token}");
@@ -85,20 +88,31 @@ async fn enroll_list_delete_and_refuse() {
     assert_eq!(a["runners"], serde_json::json!([]));
     assert_eq!(a["applied_generation"], 0);
     let first_seen = a["last_seen"].as_str().unwrap().to_string();
-    assert!(time::OffsetDateTime::parse(&first_seen, &time::format_description::well_known::Rfc3339).is_ok());
+    assert!(
+        time::OffsetDateTime::parse(&first_seen, &time::format_description::well_known::Rfc3339)
+            .is_ok()
+    );
     // Heartbeats move last_seen.
     wait_for(Duration::from_secs(20), "a heartbeat", || {
-        c.agent(&id).filter(|a| a["last_seen"].as_str() != Some(first_seen.as_str()))
+        c.agent(&id)
+            .filter(|a| a["last_seen"].as_str() != Some(first_seen.as_str()))
     });
     let table = stdout(&c.drover(&["agents"]));
-    assert!(table.contains(&id) && table.contains("healthy") && table.contains("site=lab"), "{table}");
+    assert!(
+        table.contains(&id) && table.contains("healthy") && table.contains("site=lab"),
+        "{table}"
+    );
 
     // Delete: the running agent's stream is closed at once; the agent stops with the reason.
     let out = c.drover(&["agent", "delete", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     let status = agent.proc().wait_exit(Duration::from_secs(20));
     assert!(!status.success());
-    assert!(agent.proc().log_text().contains("revoked"), "{}", agent.proc().log_text());
+    assert!(
+        agent.proc().log_text().contains("revoked"),
+        "{}",
+        agent.proc().log_text()
+    );
     assert_eq!(c.agent(&id).unwrap()["state"], "revoked");
 
     // Its certificate is refused from then on: a new run, and a raw call.
@@ -116,9 +130,13 @@ async fn enroll_list_delete_and_refuse() {
     std::io::Read::read_to_string(again.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("revoked"), "{err}");
 
-    let channel = client::connect(&c.grpc_addr, &c.read("ca.crt"), Some(&agent_identity(&agent)))
-        .await
-        .unwrap();
+    let channel = client::connect(
+        &c.grpc_addr,
+        &c.read("ca.crt"),
+        Some(&agent_identity(&agent)),
+    )
+    .await
+    .unwrap();
     let status = v1::agent_control_client::AgentControlClient::new(channel)
         .renew_certificate(v1::RenewRequest { csr_der: csr_der() })
         .await
@@ -155,7 +173,11 @@ async fn bad_tokens_are_refused() {
     assert_eq!(listed["uses_left"], 3, "a refused enrollment takes no use");
     let out = c.drover(&["token", "revoke", "ffffffffffffffff"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no enrollment token"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no enrollment token"),
+        "{}",
+        stderr(&out)
+    );
 
     // Expired.
     let token = c.create_token(&["--ttl", "1s"]);
@@ -167,8 +189,14 @@ async fn bad_tokens_are_refused() {
     // Malformed: refused by the agent before dialing, and by the controller.
     let out = Agent::new().enroll(&c.url(), "drover1.nope");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("malformed enrollment token"), "{}", stderr(&out));
-    let channel = client::connect(&c.grpc_addr, &c.read("ca.crt"), None).await.unwrap();
+    assert!(
+        stderr(&out).contains("malformed enrollment token"),
+        "{}",
+        stderr(&out)
+    );
+    let channel = client::connect(&c.grpc_addr, &c.read("ca.crt"), None)
+        .await
+        .unwrap();
     let status = v1::enrollment_client::EnrollmentClient::new(channel)
         .enroll(v1::EnrollRequest {
             token: "drover1.0011223344556677.x.y".into(),
@@ -188,7 +216,11 @@ async fn bad_tokens_are_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("novalue"), "{}", stderr(&out));
 
-    assert_eq!(c.agents().len(), 1, "only the first enrollment stored an agent");
+    assert_eq!(
+        c.agents().len(),
+        1,
+        "only the first enrollment stored an agent"
+    );
 }
 
 /// A token from another controller is refused by the agent (CA mismatch); nothing stored.
@@ -202,13 +234,18 @@ async fn token_for_another_controller_is_refused() {
     let out = agent.enroll(&a.url(), &token_b);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("does not match the token's fingerprint"), "{err}");
+    assert!(
+        err.contains("does not match the token's fingerprint"),
+        "{err}"
+    );
     assert!(!agent.state_dir().exists(), "nothing stored on the agent");
     assert!(a.agents().is_empty());
     assert_eq!(b.tokens()[0]["uses_left"], 1);
 
     // The controller refuses it as well, should a client skip the pin.
-    let channel = client::connect(&a.grpc_addr, &a.read("ca.crt"), None).await.unwrap();
+    let channel = client::connect(&a.grpc_addr, &a.read("ca.crt"), None)
+        .await
+        .unwrap();
     let status = v1::enrollment_client::EnrollmentClient::new(channel)
         .enroll(v1::EnrollRequest {
             token: token_b,
@@ -218,7 +255,10 @@ async fn token_for_another_controller_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("another controller"), "{status:?}");
+    assert!(
+        status.message().contains("another controller"),
+        "{status:?}"
+    );
 }
 
 /// No certificate, a certificate from another CA, a bad CSR signature, and an agent
@@ -296,11 +336,17 @@ async fn unauthenticated_and_foreign_callers_are_refused() {
         .unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
     let s = v1::admin_client::AdminClient::new(ch.clone())
-        .delete_agent(v1::DeleteAgentRequest { id: second_id.clone() })
+        .delete_agent(v1::DeleteAgentRequest {
+            id: second_id.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
-    assert_eq!(c.agent(&second_id).unwrap()["state"], "lost", "nothing changed");
+    assert_eq!(
+        c.agent(&second_id).unwrap()["state"],
+        "lost",
+        "nothing changed"
+    );
     // Its own renewal works, and names only itself.
     let renewed = v1::agent_control_client::AgentControlClient::new(ch)
         .renew_certificate(v1::RenewRequest { csr_der: csr_der() })
@@ -326,17 +372,28 @@ async fn renewal_and_expired_certificates() {
     wait_for(Duration::from_secs(20), "certificate renewal", || {
         (running.read("agent.crt") != first_cert).then_some(())
     });
-    wait_for(Duration::from_secs(20), "agent healthy after renewal", || {
-        c.agent(&id).filter(|a| a["state"] == "healthy")
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "agent healthy after renewal",
+        || c.agent(&id).filter(|a| a["state"] == "healthy"),
+    );
     assert_eq!(mode(&running.state_dir().join("agent.key")), 0o600);
     // Still connected well past the first certificate's expiry.
     std::thread::sleep(Duration::from_secs(7));
-    assert!(running.proc().try_exit().is_none(), "{}", running.proc().log_text());
+    assert!(
+        running.proc().try_exit().is_none(),
+        "{}",
+        running.proc().log_text()
+    );
     assert_eq!(c.agent(&id).unwrap()["state"], "healthy");
 
     // The idle agent's certificate has expired: the controller refuses it.
-    let ch = client::connect(&c.grpc_addr, &c.read("ca.crt"), Some(&agent_identity(&idle))).await;
+    let ch = client::connect(
+        &c.grpc_addr,
+        &c.read("ca.crt"),
+        Some(&agent_identity(&idle)),
+    )
+    .await;
     let refused = match ch {
         Err(_) => true,
         Ok(ch) => v1::agent_control_client::AgentControlClient::new(ch)
@@ -383,7 +440,11 @@ async fn agent_reconnects_after_controller_restart() {
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -391,11 +452,10 @@ fn http_get(addr: &str, path: &str) -> String {
 
 fn rustls_pem_der(pem: &str) -> Vec<u8> {
     use base64::Engine;
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
 }
 
 fn hex_sha256(der: &[u8]) -> String {

@@ -8,8 +8,8 @@ pub mod backoff;
 use std::time::Duration;
 
 use drover_proto::v1;
-use drover_proto::v1::agent_message::Kind as AgentKind;
 use drover_proto::v1::agent_control_client::AgentControlClient;
+use drover_proto::v1::agent_message::Kind as AgentKind;
 use drover_proto::v1::controller_message::Kind as ControllerKind;
 use secrecy::ExposeSecret;
 use time::OffsetDateTime;
@@ -126,7 +126,11 @@ async fn session(state: &StateDir, identity: &Identity) -> Result<SessionEnd, Se
         .await
         .map_err(|s| from_status(s, id, false))?
         .into_inner();
-    let welcome = match inbound.message().await.map_err(|s| from_status(s, id, false))? {
+    let welcome = match inbound
+        .message()
+        .await
+        .map_err(|s| from_status(s, id, false))?
+    {
         Some(v1::ControllerMessage {
             kind: Some(ControllerKind::Welcome(w)),
         }) => w,

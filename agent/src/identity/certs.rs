@@ -127,7 +127,11 @@ mod tests {
                 .unwrap();
         csr.verify_signature().unwrap();
         assert_eq!(
-            csr.certification_request_info.subject_pki.subject_public_key.data.as_ref(),
+            csr.certification_request_info
+                .subject_pki
+                .subject_public_key
+                .data
+                .as_ref(),
             k.public_key.as_slice()
         );
     }

@@ -246,7 +246,11 @@ mod tests {
         let mode = std::fs::metadata(s.root()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         s.write_credentials("KEY", "CERT").unwrap();
-        let mode = std::fs::metadata(s.key_file()).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(s.key_file())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         assert!(!s.is_enrolled());
         assert!(matches!(s.load(), Err(StateError::NotEnrolled(_))));

@@ -5,8 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
@@ -93,9 +93,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
         };
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -203,12 +204,11 @@ pub async fn connect(controller: &str, config: rustls::ClientConfig) -> Result<C
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let target = addr.clone();
     // TLS is done by the connector below; tonic sees a plain http endpoint.
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|source| {
-        TlsError::Connect {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|source| TlsError::Connect {
             addr: addr.clone(),
             source,
-        }
-    })?;
+        })?;
     endpoint
         .connect_timeout(std::time::Duration::from_secs(10))
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))

@@ -23,10 +23,14 @@ impl std::fmt::Debug for TokenPin {
 pub fn parse(token: &str) -> Result<TokenPin, String> {
     let parts: Vec<&str> = token.trim().split('.').collect();
     let [prefix, id, secret, fp] = parts.as_slice() else {
-        return Err("malformed enrollment token: expected drover1.<id>.<secret>.<ca-sha256>".into());
+        return Err(
+            "malformed enrollment token: expected drover1.<id>.<secret>.<ca-sha256>".into(),
+        );
     };
     if *prefix != "drover1" {
-        return Err(format!("malformed enrollment token: unknown version {prefix:?}"));
+        return Err(format!(
+            "malformed enrollment token: unknown version {prefix:?}"
+        ));
     }
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("malformed enrollment token: id is not 16 hex characters".into());

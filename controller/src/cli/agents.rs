@@ -14,7 +14,9 @@ pub struct AgentsArgs {
 }
 
 fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
-    t.as_ref().and_then(timefmt::from_proto).map(timefmt::rfc3339)
+    t.as_ref()
+        .and_then(timefmt::from_proto)
+        .map(timefmt::rfc3339)
 }
 
 /// One agent as `drover agents -o json` prints it.
@@ -83,7 +85,16 @@ pub async fn run(cli: &super::Cli, args: &AgentsArgs) -> anyhow::Result<()> {
             print!(
                 "{}",
                 output::table(
-                    &["ID", "HOSTNAME", "STATE", "LABELS", "ARCH", "IPS", "VERSION", "LAST SEEN"],
+                    &[
+                        "ID",
+                        "HOSTNAME",
+                        "STATE",
+                        "LABELS",
+                        "ARCH",
+                        "IPS",
+                        "VERSION",
+                        "LAST SEEN"
+                    ],
                     &rows
                 )
             );

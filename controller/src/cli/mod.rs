@@ -57,7 +57,10 @@ impl Cli {
             Some(path) => Target::from_config_file(path)
                 .with_context(|| format!("load admin config {}", path.display())),
             None => Target::from_data_dir(&DataDir::new(&self.data_dir)).with_context(|| {
-                format!("find the controller through data dir {}", self.data_dir.display())
+                format!(
+                    "find the controller through data dir {}",
+                    self.data_dir.display()
+                )
             }),
         }
     }

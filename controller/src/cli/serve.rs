@@ -20,13 +20,19 @@ pub struct ServeArgs {
     #[arg(long, default_value = "7d", hide = true, env = "DROVER_CERT_TTL")]
     pub cert_ttl: String,
     /// Heartbeat interval asked of agents.
-    #[arg(long, default_value = "10s", hide = true, env = "DROVER_HEARTBEAT_INTERVAL")]
+    #[arg(
+        long,
+        default_value = "10s",
+        hide = true,
+        env = "DROVER_HEARTBEAT_INTERVAL"
+    )]
     pub heartbeat_interval: String,
 }
 
 /// Runs the controller until SIGINT or SIGTERM.
 pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
-    let cert_ttl = parse_duration(&args.cert_ttl).map_err(|e| anyhow::anyhow!("--cert-ttl: {e}"))?;
+    let cert_ttl =
+        parse_duration(&args.cert_ttl).map_err(|e| anyhow::anyhow!("--cert-ttl: {e}"))?;
     let heartbeat = parse_duration(&args.heartbeat_interval)
         .map_err(|e| anyhow::anyhow!("--heartbeat-interval: {e}"))?;
     let grpc = tokio::net::TcpListener::bind(&args.listen)

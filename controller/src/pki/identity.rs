@@ -100,6 +100,9 @@ mod tests {
     #[test]
     fn uri_roundtrip() {
         assert_eq!(Identity::Agent("x1".into()).uri(), "drover://agent/x1");
-        assert_eq!(Identity::Admin("local".into()).uri(), "drover://admin/local");
+        assert_eq!(
+            Identity::Admin("local".into()).uri(),
+            "drover://admin/local"
+        );
     }
 }

@@ -52,9 +52,8 @@ impl VerifiedCsr {
 
 /// Parses a DER CSR and verifies its self-signature; keeps only the public key.
 pub fn verify_csr(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
-    let (rest, csr) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(der)
-            .map_err(|e| CsrError::Parse(e.to_string()))?;
+    let (rest, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
+        .map_err(|e| CsrError::Parse(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CsrError::Parse(format!("{} trailing bytes", rest.len())));
     }
@@ -264,7 +263,8 @@ mod tests {
                         .push(SanType::DnsName(d.try_into().unwrap()));
                 }
                 for u in uris {
-                    p.subject_alt_names.push(SanType::URI(u.try_into().unwrap()));
+                    p.subject_alt_names
+                        .push(SanType::URI(u.try_into().unwrap()));
                 }
                 if ca {
                     p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -327,10 +327,22 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let csr = verify_csr(&csr_for(&CertificateParams::default(), &key)).unwrap();
         let now = OffsetDateTime::now_utc();
-        let a = sign_client(&ca, &csr, &Identity::Agent("a".into()), now, DEFAULT_AGENT_CERT_TTL)
-            .unwrap();
-        let b = sign_client(&ca, &csr, &Identity::Agent("a".into()), now, DEFAULT_AGENT_CERT_TTL)
-            .unwrap();
+        let a = sign_client(
+            &ca,
+            &csr,
+            &Identity::Agent("a".into()),
+            now,
+            DEFAULT_AGENT_CERT_TTL,
+        )
+        .unwrap();
+        let b = sign_client(
+            &ca,
+            &csr,
+            &Identity::Agent("a".into()),
+            now,
+            DEFAULT_AGENT_CERT_TTL,
+        )
+        .unwrap();
         assert_ne!(a.serial, b.serial);
     }
 }

@@ -31,12 +31,13 @@ impl v1::admin_server::Admin for AdminService {
             tokens::validate_label(&k, &v).map_err(Status::invalid_argument)?;
             labels.insert(k, v);
         }
-        let ttl = match r.ttl_seconds {
-            0 => tokens::DEFAULT_TTL,
-            s => Duration::seconds(i64::try_from(s).map_err(|_| {
-                Status::invalid_argument(format!("ttl_seconds {s} is too large"))
-            })?),
-        };
+        let ttl =
+            match r.ttl_seconds {
+                0 => tokens::DEFAULT_TTL,
+                s => Duration::seconds(i64::try_from(s).map_err(|_| {
+                    Status::invalid_argument(format!("ttl_seconds {s} is too large"))
+                })?),
+            };
         let uses = match r.uses {
             0 => tokens::DEFAULT_USES,
             n => n,
@@ -78,7 +79,9 @@ impl v1::admin_server::Admin for AdminService {
         let admin = auth::admin(&req)?;
         let id = &req.get_ref().id;
         if !self.state.store.revoke_token(id)? {
-            return Err(Status::not_found(format!("no enrollment token with id {id:?}")));
+            return Err(Status::not_found(format!(
+                "no enrollment token with id {id:?}"
+            )));
         }
         tracing::info!(token = %id, %admin, "enrollment token revoked");
         Ok(Response::new(v1::RevokeTokenResponse {}))
@@ -109,7 +112,10 @@ impl v1::admin_server::Admin for AdminService {
             .store
             .get_agent(id)?
             .ok_or_else(|| Status::not_found(format!("no agent with id {id:?}")))?;
-        Ok(Response::new(convert::agent_info(&agent, &self.state.sessions)))
+        Ok(Response::new(convert::agent_info(
+            &agent,
+            &self.state.sessions,
+        )))
     }
 
     async fn delete_agent(
@@ -118,7 +124,11 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::DeleteAgentResponse>, Status> {
         let admin = auth::admin(&req)?;
         let id = &req.get_ref().id;
-        if !self.state.store.revoke_agent(id, OffsetDateTime::now_utc())? {
+        if !self
+            .state
+            .store
+            .revoke_agent(id, OffsetDateTime::now_utc())?
+        {
             return Err(Status::not_found(format!("no agent with id {id:?}")));
         }
         self.state.sessions.close(id);

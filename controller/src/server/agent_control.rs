@@ -92,7 +92,8 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                 }
             };
             if guard.cancel.is_cancelled() {
-                let revoked = matches!(state.store.get_agent(&id), Ok(Some(a)) if a.revoked_at.is_some());
+                let revoked =
+                    matches!(state.store.get_agent(&id), Ok(Some(a)) if a.revoked_at.is_some());
                 let status = if revoked {
                     Status::unauthenticated(format!("agent {id} was revoked"))
                 } else if state.shutdown.is_cancelled() {

@@ -46,7 +46,9 @@ impl EnrollmentService {
             ));
         }
         let csr = policy::verify_csr(&r.csr_der)?;
-        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::now_utc());
+        let now = OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap_or(OffsetDateTime::now_utc());
         let id = hex::encode(rand::random::<[u8; 8]>());
         let issued = policy::sign_client(
             &self.state.ca,

@@ -4,7 +4,7 @@
 //! - [`auth`]: per-call identity checks (revocation included).
 //! - [`enrollment`], [`agent_control`], [`admin`]: the three services.
 //! - [`sessions`]: live agent streams, closable at once on revocation.
-//! - [`http`]: `/healthz`.
+//! - [`http`]: the `/healthz` endpoint.
 
 pub mod admin;
 pub mod agent_control;
@@ -76,7 +76,10 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
 }
 
-fn io(action: &'static str, path: std::path::PathBuf) -> impl FnOnce(std::io::Error) -> ServerError {
+fn io(
+    action: &'static str,
+    path: std::path::PathBuf,
+) -> impl FnOnce(std::io::Error) -> ServerError {
     move |source| ServerError::Io {
         action,
         path,
@@ -111,7 +114,9 @@ fn ensure_admin_cert(dir: &DataDir, ca: &Ca) -> Result<(), ServerError> {
             let ca_ok = x509_parser::certificate::X509Certificate::from_der(ca.cert_der())
                 .ok()
                 .is_some_and(|(_, c)| cert.verify_signature(Some(c.public_key())).is_ok());
-            ca_ok && cert.validity().not_after.timestamp() > (now + Duration::days(30)).unix_timestamp()
+            ca_ok
+                && cert.validity().not_after.timestamp()
+                    > (now + Duration::days(30)).unix_timestamp()
         });
     if current_ok {
         return Ok(());
@@ -140,8 +145,12 @@ pub async fn run(
     let (ca, store) = prepare(dir)?;
     let server_cert = policy::issue_server(&ca, OffsetDateTime::now_utc())?;
     let tls_config = Arc::new(tls::server_config(&ca, &server_cert)?);
-    let grpc_addr = grpc.local_addr().map_err(io("read address of", dir.grpc_addr()))?;
-    let http_addr = http.local_addr().map_err(io("read address of", dir.http_addr()))?;
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(io("read address of", dir.grpc_addr()))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(io("read address of", dir.http_addr()))?;
 
     let state = state::AppState {
         store: Arc::new(store),
@@ -155,10 +164,18 @@ pub async fn run(
     let http_task = tokio::spawn(http::serve(http, shutdown.clone()));
     let incoming = tls::incoming(grpc, tls_config, shutdown.clone());
 
-    files::write_atomic(&dir.grpc_addr(), format!("{grpc_addr}\n").as_bytes(), files::PUBLIC)
-        .map_err(io("write", dir.grpc_addr()))?;
-    files::write_atomic(&dir.http_addr(), format!("{http_addr}\n").as_bytes(), files::PUBLIC)
-        .map_err(io("write", dir.http_addr()))?;
+    files::write_atomic(
+        &dir.grpc_addr(),
+        format!("{grpc_addr}\n").as_bytes(),
+        files::PUBLIC,
+    )
+    .map_err(io("write", dir.grpc_addr()))?;
+    files::write_atomic(
+        &dir.http_addr(),
+        format!("{http_addr}\n").as_bytes(),
+        files::PUBLIC,
+    )
+    .map_err(io("write", dir.http_addr()))?;
     tracing::info!(
         grpc = %grpc_addr,
         http = %http_addr,

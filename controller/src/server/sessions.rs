@@ -92,7 +92,10 @@ mod tests {
         let b = s.register("a", &root);
         assert!(a.cancel.is_cancelled());
         drop(a);
-        assert!(s.is_connected("a"), "old guard must not unregister the new session");
+        assert!(
+            s.is_connected("a"),
+            "old guard must not unregister the new session"
+        );
         s.close("a");
         assert!(b.cancel.is_cancelled());
         assert!(!s.is_connected("a"));

@@ -67,10 +67,7 @@ impl AsyncWrite for TlsConn {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -88,7 +85,10 @@ pub enum TlsSetupError {
 
 /// The server config: our server certificate (+ CA) and optional client certificates that,
 /// when presented, must chain to our CA (validity and EKU checked by webpki).
-pub fn server_config(ca: &Ca, server: &IssuedWithKey) -> Result<rustls::ServerConfig, TlsSetupError> {
+pub fn server_config(
+    ca: &Ca,
+    server: &IssuedWithKey,
+) -> Result<rustls::ServerConfig, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.cert_der().clone())?;
     let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
@@ -131,11 +131,10 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let certs = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect()));
+                        let certs =
+                            stream.get_ref().1.peer_certificates().map(|c| {
+                                Arc::new(c.iter().map(|d| d.clone().into_owned()).collect())
+                            });
                         let conn = TlsConn {
                             inner: stream,
                             info: PeerInfo {

@@ -287,18 +287,13 @@ impl Store for SqliteStore {
             "UPDATE agents SET last_seen = ?2 WHERE id = ?1",
             params![id, ts(at)],
         )?;
-        let mut new_facts = match facts {
-            Some(f) => Some(f.clone()),
-            None => None,
-        };
+        let mut new_facts = facts.cloned();
         if let Some(ips) = ips {
             if new_facts.is_none() {
                 let current: Option<String> = tx
-                    .query_row(
-                        "SELECT facts FROM agents WHERE id = ?1",
-                        params![id],
-                        |r| r.get(0),
-                    )
+                    .query_row("SELECT facts FROM agents WHERE id = ?1", params![id], |r| {
+                        r.get(0)
+                    })
                     .optional()?;
                 if let Some(current) = current {
                     new_facts = Some(json::<Facts>("agents", &current)?);
@@ -389,14 +384,27 @@ mod tests {
         let s = SqliteStore::open_in_memory().unwrap();
         s.create_token(&token(1)).unwrap();
         let a = s
-            .enroll("0011223344556677", &tokens::hash_secret("s"), now(), agent("a1"))
+            .enroll(
+                "0011223344556677",
+                &tokens::hash_secret("s"),
+                now(),
+                agent("a1"),
+            )
             .unwrap();
         assert_eq!(a.labels.get("site").map(String::as_str), Some("lab"));
         assert_eq!(s.list_tokens().unwrap()[0].uses_left, 0);
         let err = s
-            .enroll("0011223344556677", &tokens::hash_secret("s"), now(), agent("a2"))
+            .enroll(
+                "0011223344556677",
+                &tokens::hash_secret("s"),
+                now(),
+                agent("a2"),
+            )
             .unwrap_err();
-        assert!(matches!(err, StoreError::Token(TokenRefusal::UsedUp(_))), "{err}");
+        assert!(
+            matches!(err, StoreError::Token(TokenRefusal::UsedUp(_))),
+            "{err}"
+        );
         assert_eq!(s.list_agents().unwrap().len(), 1);
     }
 
@@ -410,11 +418,19 @@ mod tests {
             ("ffffffffffffffff", "s", now()),
             ("0011223344556677", "s", now() + Duration::hours(2)),
         ] {
-            assert!(s.enroll(id, &tokens::hash_secret(secret), at, agent("a1")).is_err());
+            assert!(
+                s.enroll(id, &tokens::hash_secret(secret), at, agent("a1"))
+                    .is_err()
+            );
         }
         s.revoke_token("0011223344556677").unwrap();
         let err = s
-            .enroll("0011223344556677", &tokens::hash_secret("s"), now(), agent("a1"))
+            .enroll(
+                "0011223344556677",
+                &tokens::hash_secret("s"),
+                now(),
+                agent("a1"),
+            )
             .unwrap_err();
         assert!(matches!(err, StoreError::Token(TokenRefusal::Revoked(_))));
         assert!(s.list_agents().unwrap().is_empty());
@@ -425,8 +441,13 @@ mod tests {
     fn seen_renewed_revoked() {
         let s = SqliteStore::open_in_memory().unwrap();
         s.create_token(&token(1)).unwrap();
-        s.enroll("0011223344556677", &tokens::hash_secret("s"), now(), agent("a1"))
-            .unwrap();
+        s.enroll(
+            "0011223344556677",
+            &tokens::hash_secret("s"),
+            now(),
+            agent("a1"),
+        )
+        .unwrap();
         s.agent_seen("a1", now(), None, Some(&["10.0.0.1".to_string()]), Some(3))
             .unwrap();
         let a = s.get_agent("a1").unwrap().unwrap();
