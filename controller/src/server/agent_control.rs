@@ -30,6 +30,9 @@ fn now() -> OffsetDateTime {
     t.replace_nanosecond(0).unwrap_or(t)
 }
 
+/// How long a new session may take to send its hello.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::ControllerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -43,7 +46,10 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
         let agent = auth::agent(&req, self.state.store.as_ref())?;
         let id = agent.id.clone();
         let mut inbound = req.into_inner();
-        let hello = match inbound.message().await? {
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 30 s"))??;
+        let hello = match first {
             Some(v1::AgentMessage {
                 kind: Some(AgentKind::Hello(h)),
             }) => h,
@@ -79,13 +85,26 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
             return Err(Status::cancelled("agent went away"));
         }
         let state = self.state.clone();
+        // An agent silent for three heartbeat intervals is gone (e.g. its network dropped
+        // without closing TCP): end the session so it shows as lost.
+        let idle_limit = self
+            .state
+            .heartbeat_interval
+            .max(std::time::Duration::from_secs(1))
+            * 3;
         tokio::spawn(async move {
+            let idle = tokio::time::sleep(idle_limit);
+            tokio::pin!(idle);
             let end = loop {
                 tokio::select! {
                     _ = guard.cancel.cancelled() => break "closed by controller",
                     _ = tx.closed() => break "agent went away",
+                    _ = &mut idle => break "no heartbeat for three intervals",
                     msg = inbound.message() => match msg {
-                        Ok(Some(m)) => handle(&state, &id, m),
+                        Ok(Some(m)) => {
+                            idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+                            handle(&state, &id, m);
+                        }
                         Ok(None) => break "agent closed the stream",
                         Err(_) => break "stream error",
                     },

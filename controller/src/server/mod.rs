@@ -185,6 +185,8 @@ pub async fn run(
     );
 
     let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(v1::enrollment_server::EnrollmentServer::new(
             enrollment::EnrollmentService {
                 state: state.clone(),
