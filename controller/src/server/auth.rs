@@ -56,3 +56,75 @@ pub fn admin<T>(req: &Request<T>) -> Result<String, Status> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use time::OffsetDateTime;
+    use tonic::Code;
+
+    use super::*;
+    use crate::pki::ca::Ca;
+    use crate::pki::policy;
+    use crate::store::memory::MemoryStore;
+
+    fn request(certs: Option<Vec<rustls_pki_types::CertificateDer<'static>>>) -> Request<()> {
+        let mut r = Request::new(());
+        r.extensions_mut().insert(PeerInfo {
+            remote_addr: None,
+            certs: certs.map(Arc::new),
+        });
+        r
+    }
+
+    #[test]
+    fn no_certificate_is_unauthenticated() {
+        let store = MemoryStore::new();
+        assert_eq!(
+            caller(&Request::new(())).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            admin(&request(None)).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            agent(&request(None), &store).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn wrong_kind_is_permission_denied_and_unknown_agent_unauthenticated() {
+        let ca = Ca::generate().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let admin_cert = policy::issue_admin(&ca, "local", now).unwrap().cert.der;
+        let store = MemoryStore::new();
+        assert_eq!(
+            admin(&request(Some(vec![admin_cert.clone()]))).unwrap(),
+            "local"
+        );
+        let err = agent(&request(Some(vec![admin_cert])), &store).unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap();
+        let csr = policy::verify_csr(csr.der()).unwrap();
+        let agent_cert = policy::sign_client(
+            &ca,
+            &csr,
+            &Identity::Agent("a1".into()),
+            now,
+            policy::DEFAULT_AGENT_CERT_TTL,
+        )
+        .unwrap()
+        .der;
+        let err = admin(&request(Some(vec![agent_cert.clone()]))).unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let err = agent(&request(Some(vec![agent_cert])), &store).unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "not enrolled");
+    }
+}

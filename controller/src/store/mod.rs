@@ -1,11 +1,14 @@
 //! The controller's state: enrollment tokens and agents.
 //!
-//! [`Store`] is the seam; [`sqlite::SqliteStore`] is the embedded implementation
-//! (`SqliteStore::open_in_memory` serves as the fast fake in unit tests).
+//! [`Store`] is the seam; [`sqlite::SqliteStore`] is the embedded implementation and
+//! [`memory::MemoryStore`] the fake; both pass the same suite (`suite.rs`).
 //! Invariant: the store knows nothing about gRPC or TLS, and holds no secret in clear
 //! (tokens as SHA-256 of their secret).
 
+pub mod memory;
 pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
 
 use std::collections::BTreeMap;
 

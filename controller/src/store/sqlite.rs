@@ -344,121 +344,21 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use time::Duration;
 
-    fn now() -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
-    }
-
-    fn token(uses: u32) -> TokenRecord {
-        TokenRecord {
-            id: "0011223344556677".into(),
-            secret_hash: tokens::hash_secret("s"),
-            labels: BTreeMap::from([("site".to_string(), "lab".to_string())]),
-            created_at: now(),
-            expires_at: now() + Duration::hours(1),
-            uses_left: uses,
-            revoked: false,
-        }
-    }
-
-    fn agent(id: &str) -> AgentRecord {
-        AgentRecord {
-            id: id.into(),
-            labels: BTreeMap::new(),
-            facts: Facts {
-                hostname: "box".into(),
-                ..Facts::default()
-            },
-            enrolled_at: now(),
-            last_seen: None,
-            cert_serial: "01".into(),
-            cert_not_after: now() + Duration::days(7),
-            revoked_at: None,
-            applied_generation: 0,
-        }
+    #[test]
+    fn suite() {
+        crate::store::suite::run_all(&|| Box::new(SqliteStore::open_in_memory().unwrap()));
     }
 
     #[test]
-    fn enroll_takes_a_use_and_copies_labels() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.create_token(&token(1)).unwrap();
-        let a = s
-            .enroll(
-                "0011223344556677",
-                &tokens::hash_secret("s"),
-                now(),
-                agent("a1"),
-            )
-            .unwrap();
-        assert_eq!(a.labels.get("site").map(String::as_str), Some("lab"));
-        assert_eq!(s.list_tokens().unwrap()[0].uses_left, 0);
-        let err = s
-            .enroll(
-                "0011223344556677",
-                &tokens::hash_secret("s"),
-                now(),
-                agent("a2"),
-            )
-            .unwrap_err();
-        assert!(
-            matches!(err, StoreError::Token(TokenRefusal::UsedUp(_))),
-            "{err}"
+    fn reopens_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drover.db");
+        let t = crate::store::suite::token(1);
+        SqliteStore::open(&path).unwrap().create_token(&t).unwrap();
+        assert_eq!(
+            SqliteStore::open(&path).unwrap().list_tokens().unwrap(),
+            vec![t]
         );
-        assert_eq!(s.list_agents().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn refused_enrollment_changes_nothing() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.create_token(&token(2)).unwrap();
-        let before = s.list_tokens().unwrap();
-        for (id, secret, at) in [
-            ("0011223344556677", "wrong", now()),
-            ("ffffffffffffffff", "s", now()),
-            ("0011223344556677", "s", now() + Duration::hours(2)),
-        ] {
-            assert!(
-                s.enroll(id, &tokens::hash_secret(secret), at, agent("a1"))
-                    .is_err()
-            );
-        }
-        s.revoke_token("0011223344556677").unwrap();
-        let err = s
-            .enroll(
-                "0011223344556677",
-                &tokens::hash_secret("s"),
-                now(),
-                agent("a1"),
-            )
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Token(TokenRefusal::Revoked(_))));
-        assert!(s.list_agents().unwrap().is_empty());
-        assert_eq!(s.list_tokens().unwrap()[0].uses_left, before[0].uses_left);
-    }
-
-    #[test]
-    fn seen_renewed_revoked() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.create_token(&token(1)).unwrap();
-        s.enroll(
-            "0011223344556677",
-            &tokens::hash_secret("s"),
-            now(),
-            agent("a1"),
-        )
-        .unwrap();
-        s.agent_seen("a1", now(), None, Some(&["10.0.0.1".to_string()]), Some(3))
-            .unwrap();
-        let a = s.get_agent("a1").unwrap().unwrap();
-        assert_eq!(a.facts.ips, vec!["10.0.0.1".to_string()]);
-        assert_eq!(a.facts.hostname, "box");
-        assert_eq!(a.applied_generation, 3);
-        s.agent_cert_renewed("a1", "02", now()).unwrap();
-        assert_eq!(s.get_agent("a1").unwrap().unwrap().cert_serial, "02");
-        assert!(s.revoke_agent("a1", now()).unwrap());
-        assert!(s.revoke_agent("a1", now() + Duration::hours(1)).unwrap());
-        assert_eq!(s.get_agent("a1").unwrap().unwrap().revoked_at, Some(now()));
-        assert!(!s.revoke_agent("nope", now()).unwrap());
     }
 }
