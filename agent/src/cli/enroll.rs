@@ -109,7 +109,7 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
     eprintln!(
         "enrolled as agent {} (certificate valid until {}); state in {}",
         resp.agent_id,
-        info.not_after,
+        certs::rfc3339(info.not_after),
         state.root().display()
     );
     println!("{}", resp.agent_id);

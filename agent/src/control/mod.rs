@@ -67,7 +67,7 @@ pub async fn run(state: StateDir, shutdown: CancellationToken) -> anyhow::Result
             anyhow::bail!(
                 "certificate of agent {} expired at {}; enroll again with a new token",
                 identity.agent_id,
-                identity.not_after
+                certs::rfc3339(identity.not_after)
             );
         }
         let result = tokio::select! {
@@ -213,6 +213,6 @@ async fn renew_certificate(
     state
         .write_credentials(key.key_pem.expose_secret(), &resp.certificate_pem)
         .map_err(|e| transient(true)(e.into()))?;
-    tracing::info!(agent = %id, not_after = %info.not_after, "certificate renewed");
+    tracing::info!(agent = %id, not_after = %certs::rfc3339(info.not_after), "certificate renewed");
     Ok(())
 }

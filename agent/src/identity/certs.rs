@@ -103,6 +103,12 @@ pub fn check_issued(
     Ok(info)
 }
 
+/// `t` as RFC 3339, for messages.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
 /// When to renew: at two thirds of the certificate's lifetime.
 pub fn renew_at(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
     not_before + (not_after - not_before) * 2 / 3
