@@ -139,10 +139,52 @@ impl StateDir {
         self.agent_file().exists()
     }
 
-    /// Writes the key (0600) and certificate, atomically each.
+    /// Writes the key (0600) and certificate as a pair: both go to `*.new` files first, then
+    /// are renamed into place, and [`StateDir::load`] finishes an interrupted switch, so a
+    /// crash never leaves a key beside a certificate for another key.
     pub fn write_credentials(&self, key_pem: &str, cert_pem: &str) -> Result<(), StateError> {
-        write_atomic(&self.key_file(), key_pem.as_bytes(), 0o600)?;
-        write_atomic(&self.cert_file(), cert_pem.as_bytes(), 0o644)
+        let (key_new, cert_new) = (
+            self.pending(&self.key_file()),
+            self.pending(&self.cert_file()),
+        );
+        write_atomic(&key_new, key_pem.as_bytes(), 0o600)?;
+        write_atomic(&cert_new, cert_pem.as_bytes(), 0o644)?;
+        self.finish_pending()
+    }
+
+    fn pending(&self, path: &Path) -> PathBuf {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".new");
+        path.with_file_name(name)
+    }
+
+    /// Completes or discards a key/certificate switch a crash interrupted.
+    fn finish_pending(&self) -> Result<(), StateError> {
+        let (key, cert) = (self.key_file(), self.cert_file());
+        let (key_new, cert_new) = (self.pending(&key), self.pending(&cert));
+        let rename = |from: &Path, to: &Path| {
+            std::fs::rename(from, to).map_err(|source| StateError::Io {
+                action: "rename",
+                path: from.to_path_buf(),
+                source,
+            })
+        };
+        match (key_new.exists(), cert_new.exists()) {
+            // Both written: switch to the new pair (key first).
+            (true, true) => {
+                rename(&key_new, &key)?;
+                rename(&cert_new, &cert)
+            }
+            // The key was moved, the certificate not yet.
+            (false, true) => rename(&cert_new, &cert),
+            // The certificate never arrived: the old pair is intact.
+            (true, false) => std::fs::remove_file(&key_new).map_err(|source| StateError::Io {
+                action: "remove",
+                path: key_new.clone(),
+                source,
+            }),
+            (false, false) => Ok(()),
+        }
     }
 
     /// Writes the pinned CA.
@@ -164,6 +206,7 @@ impl StateDir {
         if !self.is_enrolled() {
             return Err(StateError::NotEnrolled(self.root.clone()));
         }
+        self.finish_pending()?;
         let agent_text = read(&self.agent_file())?;
         let agent: AgentFile =
             serde_json::from_str(&agent_text).map_err(|e| StateError::Invalid {
@@ -252,7 +295,25 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(s.cert_file()).unwrap(), "CERT");
         assert!(!s.is_enrolled());
         assert!(matches!(s.load(), Err(StateError::NotEnrolled(_))));
+    }
+
+    #[test]
+    fn interrupted_switch_is_finished_or_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::new(dir.path());
+        s.write_credentials("K1", "C1").unwrap();
+        // Crash after the key moved, before the certificate did: roll forward.
+        write_atomic(&s.pending(&s.cert_file()), b"C2", 0o644).unwrap();
+        write_atomic(&s.key_file(), b"K2", 0o600).unwrap();
+        s.finish_pending().unwrap();
+        assert_eq!(std::fs::read_to_string(s.cert_file()).unwrap(), "C2");
+        // Crash before the certificate was written: the old pair stays.
+        write_atomic(&s.pending(&s.key_file()), b"K3", 0o600).unwrap();
+        s.finish_pending().unwrap();
+        assert_eq!(std::fs::read_to_string(s.key_file()).unwrap(), "K2");
+        assert!(!s.pending(&s.key_file()).exists());
     }
 }
