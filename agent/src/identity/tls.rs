@@ -232,6 +232,59 @@ pub async fn connect(controller: &str, config: rustls::ClientConfig) -> Result<C
 mod tests {
     use super::*;
 
+    fn ca_and_server() -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (ca.der().clone(), server.der().clone())
+    }
+
+    #[test]
+    fn pinned_verifier_accepts_only_the_pinned_ca() {
+        let (ca, server) = ca_and_server();
+        let name = ServerName::try_from(SERVER_NAME).unwrap();
+        let good = PinnedCaVerifier::new(&fingerprint(&ca));
+        assert!(
+            good.verify_server_cert(
+                &server,
+                std::slice::from_ref(&ca),
+                &name,
+                &[],
+                UnixTime::now()
+            )
+            .is_ok()
+        );
+        let (other_ca, _) = ca_and_server();
+        let bad = PinnedCaVerifier::new(&fingerprint(&other_ca));
+        assert!(
+            bad.verify_server_cert(
+                &server,
+                std::slice::from_ref(&ca),
+                &name,
+                &[],
+                UnixTime::now()
+            )
+            .is_err()
+        );
+        assert_eq!(
+            bad.mismatch.lock().unwrap().clone(),
+            Some(vec![fingerprint(&ca)])
+        );
+        // The pinned CA presented beside a server certificate it did not sign: refused.
+        let (_, foreign_server) = ca_and_server();
+        assert!(
+            good.verify_server_cert(&foreign_server, &[ca], &name, &[], UnixTime::now())
+                .is_err()
+        );
+    }
+
     #[test]
     fn addresses() {
         assert_eq!(dial_addr("https://h:1").unwrap(), "h:1");
