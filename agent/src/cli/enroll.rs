@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use drover_proto::v1;
+use rustls_pki_types::pem::PemObject;
 use secrecy::ExposeSecret;
 
 use crate::host_facts::HostFacts;
@@ -115,5 +116,3 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
     println!("{}", resp.agent_id);
     Ok(())
 }
-
-use rustls_pki_types::pem::PemObject;
