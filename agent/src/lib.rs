@@ -6,14 +6,20 @@
 //! - [`trace`]: the job trace pipeline (masking, limits, upload).
 //! - [`sources`], [`cache`], [`artifacts`]: host-side git checkout, local caches and job
 //!   artifacts as host files and tar streams (no Docker; the executor moves the tars).
+//! - [`identity`]: the state dir (key, certificate, pinned CA) and TLS to the controller.
+//! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
+//! - [`host_facts`]: hostname, arch, kernel, IPs.
 //! - [`cli`]: one module per `drover-agent` subcommand.
 
 pub mod artifacts;
 pub mod cache;
 pub mod cli;
+pub mod control;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
+pub mod host_facts;
+pub mod identity;
 pub mod sources;
 pub mod standalone;
 pub mod trace;
