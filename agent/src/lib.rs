@@ -10,5 +10,6 @@ pub mod cli;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
+pub mod runner;
 pub mod standalone;
 pub mod trace;

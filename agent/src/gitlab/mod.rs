@@ -1,6 +1,7 @@
 //! GitLab runner REST API: payload types, the client trait, and its HTTP implementation.
 
 pub mod api;
+pub mod fake;
 pub mod types;
 
 pub use api::{

@@ -1,0 +1,3 @@
+//! One runner = one job loop.
+
+pub mod backoff;
