@@ -42,7 +42,7 @@ impl Default for UploadOptions {
     fn default() -> Self {
         UploadOptions {
             interval: Duration::from_secs(3),
-            keepalive: Duration::from_secs(30),
+            keepalive: Duration::from_secs(10),
             max_patch: 1024 * 1024,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
