@@ -1,8 +1,33 @@
 //! The Docker executor: runs one GitLab job in containers through the Docker Engine API.
 //!
 //! Invariant: only this module talks to Docker.
+//!
+//! Layout:
+//! - [`docker`]: [`DockerExecutor`], the job flow (steps, timeouts, cancel, cleanup).
+//! - [`api`]: the [`ContainerApi`] seam; `bollard_api` implements it on the engine.
+//! - `script`: the POSIX script fed to the container's shell.
+//! - `variables` + `expand`: the job environment.
+//! - `host_config`: `[runners.docker]` → `HostConfig`.
+//! - `image`: image choice, `allowed_images`, pull policies, registry credentials.
+//! - `names`: container/volume names and labels.
+//! - [`sources`]: the [`SourcesProvider`] hook for `clone`/`fetch`.
 
+pub mod api;
+mod bollard_api;
+pub mod docker;
+mod error;
+mod expand;
+#[cfg(test)]
+mod fake;
+mod host_config;
+mod image;
+pub mod names;
 mod outcome;
+mod script;
+pub mod sources;
+mod variables;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -13,7 +38,12 @@ use tokio_util::sync::CancellationToken;
 use crate::gitlab::types::JobResponse;
 use crate::trace::TraceSink;
 
+pub use api::ContainerApi;
+pub use bollard_api::BollardApi;
+pub use docker::{CleanupReport, ConnectOptions, DockerExecutor};
+pub use error::ExecutorError;
 pub use outcome::{FailureReason, JobOutcome};
+pub use sources::{GitStrategy, SourcesProvider};
 
 /// Everything the executor needs to run one job.
 #[derive(Debug, Clone)]

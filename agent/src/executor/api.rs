@@ -1,0 +1,78 @@
+//! The Docker seam: the few engine calls the executor makes, as a trait, so the job flow
+//! (steps, timeouts, cancel, cleanup) is unit-tested against a fake without an engine.
+//!
+//! Invariant: implementations hold no job logic; they translate one call to the engine.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bollard::auth::DockerCredentials;
+use bollard::models::ContainerCreateBody;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use tokio::io::AsyncWrite;
+
+use super::ExecutorError;
+
+/// Output and input of an attached container.
+pub struct Attached {
+    /// stdout and stderr bytes as they come, in order.
+    pub output: BoxStream<'static, Result<Bytes, ExecutorError>>,
+    /// The container's stdin; shutting it down closes the container's stdin (`StdinOnce`).
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// A container as listed by label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// A volume as listed by label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// A tar archive body streamed into a container.
+pub type ArchiveStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// The Docker Engine calls the executor needs.
+#[async_trait]
+pub trait ContainerApi: Send + Sync {
+    /// The image's id (`sha256:...`) when the image is present locally, `None` when not.
+    async fn image_id(&self, image: &str) -> Result<Option<String>, ExecutorError>;
+    /// Pulls `image`; each progress line (`Pulling fs layer`...) goes to `progress`.
+    async fn pull(
+        &self,
+        image: &str,
+        credentials: Option<DockerCredentials>,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(), ExecutorError>;
+    /// Creates a container named `name`; returns its id.
+    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, ExecutorError>;
+    /// Attaches to stdin, stdout and stderr (call before `start` so no output is lost).
+    async fn attach(&self, id: &str) -> Result<Attached, ExecutorError>;
+    async fn start(&self, id: &str) -> Result<(), ExecutorError>;
+    /// Waits until the container stops; returns its exit code.
+    async fn wait(&self, id: &str) -> Result<i64, ExecutorError>;
+    /// Sends SIGKILL. A container that already stopped is not an error.
+    async fn kill(&self, id: &str) -> Result<(), ExecutorError>;
+    /// Removes the container by force, with its anonymous volumes. A missing container is
+    /// not an error.
+    async fn remove(&self, id: &str) -> Result<(), ExecutorError>;
+    /// Extracts the tar archive `tar` at `path` in the container (created or running).
+    async fn put_archive(&self, id: &str, path: &str, tar: ArchiveStream)
+    -> Result<(), ExecutorError>;
+    /// All containers (running or not) carrying the label `key=value`.
+    async fn list_containers(&self, key: &str, value: &str)
+    -> Result<Vec<ContainerInfo>, ExecutorError>;
+    /// All volumes carrying the label `key=value`.
+    async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<VolumeInfo>, ExecutorError>;
+    /// Removes a volume. A missing volume is not an error.
+    async fn remove_volume(&self, name: &str) -> Result<(), ExecutorError>;
+}

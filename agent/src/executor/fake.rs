@@ -1,0 +1,298 @@
+//! An in-memory [`ContainerApi`] for unit tests: containers "run" a programmed behaviour per
+//! kind (output, exit code, or hanging until killed) and every call is recorded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::auth::DockerCredentials;
+use bollard::models::ContainerCreateBody;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, VolumeInfo};
+use super::names::LABEL_KIND;
+use super::ExecutorError;
+
+/// What a container of some kind does when started.
+#[derive(Debug, Clone)]
+pub struct Behavior {
+    pub output: String,
+    pub exit: i64,
+    /// Runs until killed.
+    pub hang: bool,
+}
+
+impl Behavior {
+    pub fn exits(output: &str, exit: i64) -> Self {
+        Behavior { output: output.to_string(), exit, hang: false }
+    }
+    pub fn hangs(output: &str) -> Self {
+        Behavior { output: output.to_string(), exit: 0, hang: true }
+    }
+}
+
+/// One fake container.
+pub struct FakeContainer {
+    pub id: String,
+    pub name: String,
+    pub body: ContainerCreateBody,
+    pub stdin: Arc<Mutex<Vec<u8>>>,
+    pub archives: Vec<(String, Vec<u8>)>,
+    pub started: bool,
+    pub killed: bool,
+    pub removed: bool,
+    exit_tx: watch::Sender<Option<i64>>,
+    out_tx: Option<mpsc::UnboundedSender<Bytes>>,
+    out_rx: Option<mpsc::UnboundedReceiver<Bytes>>,
+}
+
+#[derive(Default)]
+struct State {
+    images: HashMap<String, String>,
+    pulls: Vec<String>,
+    fail_pulls: bool,
+    behaviors: HashMap<String, Behavior>,
+    containers: Vec<FakeContainer>,
+    volumes: HashMap<String, HashMap<String, String>>,
+    removed_volumes: Vec<String>,
+    fail_create: Option<String>,
+}
+
+/// The fake engine.
+#[derive(Clone, Default)]
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+}
+
+fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    s.lock().expect("fake state lock")
+}
+
+fn server_error(code: u16, message: &str) -> bollard::errors::Error {
+    bollard::errors::Error::DockerResponseServerError { status_code: code, message: message.to_string() }
+}
+
+impl FakeApi {
+    pub fn add_image(&self, name: &str, id: &str) {
+        lock(&self.state).images.insert(name.to_string(), id.to_string());
+    }
+    pub fn fail_pulls(&self, fail: bool) {
+        lock(&self.state).fail_pulls = fail;
+    }
+    pub fn pulls(&self) -> Vec<String> {
+        lock(&self.state).pulls.clone()
+    }
+    /// Containers labelled `com.drover.kind=<kind>` behave like `b` (default: exit 0).
+    pub fn behave(&self, kind: &str, b: Behavior) {
+        lock(&self.state).behaviors.insert(kind.to_string(), b);
+    }
+    /// Makes `create` fail for containers of `kind`.
+    pub fn fail_create(&self, kind: &str) {
+        lock(&self.state).fail_create = Some(kind.to_string());
+    }
+    pub fn add_volume(&self, name: &str, labels: HashMap<String, String>) {
+        lock(&self.state).volumes.insert(name.to_string(), labels);
+    }
+    pub fn add_stopped_container(&self, name: &str, labels: HashMap<String, String>) {
+        let (exit_tx, _) = watch::channel(Some(0));
+        let mut st = lock(&self.state);
+        let id = format!("id-{}", st.containers.len());
+        st.containers.push(FakeContainer {
+            id,
+            name: name.to_string(),
+            body: ContainerCreateBody { labels: Some(labels), ..Default::default() },
+            stdin: Arc::default(),
+            archives: Vec::new(),
+            started: true,
+            killed: false,
+            removed: false,
+            exit_tx,
+            out_tx: None,
+            out_rx: None,
+        });
+    }
+    pub fn removed_volumes(&self) -> Vec<String> {
+        lock(&self.state).removed_volumes.clone()
+    }
+    /// Inspects the containers created so far.
+    pub fn with_containers<T>(&self, f: impl FnOnce(&[FakeContainer]) -> T) -> T {
+        f(&lock(&self.state).containers)
+    }
+
+    fn kind_of(body: &ContainerCreateBody) -> String {
+        body.labels.as_ref().and_then(|l| l.get(LABEL_KIND)).cloned().unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl ContainerApi for FakeApi {
+    async fn image_id(&self, image: &str) -> Result<Option<String>, ExecutorError> {
+        Ok(lock(&self.state).images.get(image).cloned())
+    }
+
+    async fn pull(
+        &self,
+        image: &str,
+        _credentials: Option<DockerCredentials>,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(), ExecutorError> {
+        let mut st = lock(&self.state);
+        st.pulls.push(image.to_string());
+        if st.fail_pulls {
+            return Err(ExecutorError::docker(format!("pull image {image}"), server_error(500, "no registry")));
+        }
+        progress("Pull complete".to_string());
+        st.images.insert(image.to_string(), format!("sha256:pulled-{image}"));
+        Ok(())
+    }
+
+    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, ExecutorError> {
+        let mut st = lock(&self.state);
+        if st.fail_create.as_deref() == Some(Self::kind_of(&body).as_str()) {
+            return Err(ExecutorError::docker(format!("create container {name}"), server_error(500, "boom")));
+        }
+        if st.containers.iter().any(|c| c.name == name && !c.removed) {
+            return Err(ExecutorError::docker(format!("create container {name}"), server_error(409, "name in use")));
+        }
+        let id = format!("id-{}", st.containers.len());
+        let (exit_tx, _) = watch::channel(None);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        st.containers.push(FakeContainer {
+            id: id.clone(),
+            name: name.to_string(),
+            body,
+            stdin: Arc::default(),
+            archives: Vec::new(),
+            started: false,
+            killed: false,
+            removed: false,
+            exit_tx,
+            out_tx: Some(out_tx),
+            out_rx: Some(out_rx),
+        });
+        Ok(id)
+    }
+
+    async fn attach(&self, id: &str) -> Result<Attached, ExecutorError> {
+        let mut st = lock(&self.state);
+        let c = st
+            .containers
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or_else(|| ExecutorError::docker(format!("attach container {id}"), server_error(404, "no such container")))?;
+        let rx = c.out_rx.take().expect("attach once");
+        let output = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) }).boxed();
+        let (theirs, mut ours) = tokio::io::duplex(1 << 16);
+        let sink = c.stdin.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = ours.read_to_end(&mut buf).await;
+            if let Ok(mut s) = sink.lock() {
+                s.extend_from_slice(&buf);
+            }
+        });
+        Ok(Attached { output, input: Box::pin(theirs) })
+    }
+
+    async fn start(&self, id: &str) -> Result<(), ExecutorError> {
+        let mut st = lock(&self.state);
+        let behaviors = st.behaviors.clone();
+        let c = st.containers.iter_mut().find(|c| c.id == id).expect("container");
+        c.started = true;
+        let b = behaviors.get(&Self::kind_of(&c.body)).cloned().unwrap_or_else(|| Behavior::exits("", 0));
+        let out = if b.hang { c.out_tx.clone() } else { c.out_tx.take() };
+        if let Some(tx) = &out {
+            let _ = tx.send(Bytes::from(b.output.clone()));
+        }
+        if !b.hang {
+            drop(out);
+            let exit = c.exit_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ = exit.send(Some(b.exit));
+            });
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, id: &str) -> Result<i64, ExecutorError> {
+        let mut rx = {
+            let st = lock(&self.state);
+            st.containers.iter().find(|c| c.id == id).expect("container").exit_tx.subscribe()
+        };
+        loop {
+            if let Some(code) = *rx.borrow_and_update() {
+                return Ok(code);
+            }
+            if rx.changed().await.is_err() {
+                return Err(ExecutorError::docker(format!("wait container {id}"), server_error(500, "gone")));
+            }
+        }
+    }
+
+    async fn kill(&self, id: &str) -> Result<(), ExecutorError> {
+        let mut st = lock(&self.state);
+        let c = st.containers.iter_mut().find(|c| c.id == id).expect("container");
+        c.killed = true;
+        c.out_tx = None;
+        let _ = c.exit_tx.send(Some(137));
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), ExecutorError> {
+        let mut st = lock(&self.state);
+        if let Some(c) = st.containers.iter_mut().find(|c| c.id == id) {
+            c.removed = true;
+            c.out_tx = None;
+            let _ = c.exit_tx.send(Some(137));
+        }
+        Ok(())
+    }
+
+    async fn put_archive(&self, id: &str, path: &str, mut tar: ArchiveStream) -> Result<(), ExecutorError> {
+        let mut data = Vec::new();
+        while let Some(chunk) = tar.next().await {
+            data.extend_from_slice(&chunk.map_err(|source| ExecutorError::Archive { what: path.to_string(), source })?);
+        }
+        let mut st = lock(&self.state);
+        let c = st.containers.iter_mut().find(|c| c.id == id).expect("container");
+        c.archives.push((path.to_string(), data));
+        Ok(())
+    }
+
+    async fn list_containers(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>, ExecutorError> {
+        let st = lock(&self.state);
+        Ok(st
+            .containers
+            .iter()
+            .filter(|c| !c.removed)
+            .filter(|c| c.body.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str) == Some(value))
+            .map(|c| ContainerInfo {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                labels: c.body.labels.clone().unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<VolumeInfo>, ExecutorError> {
+        let st = lock(&self.state);
+        Ok(st
+            .volumes
+            .iter()
+            .filter(|(_, l)| l.get(key).map(String::as_str) == Some(value))
+            .map(|(n, l)| VolumeInfo { name: n.clone(), labels: l.clone() })
+            .collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), ExecutorError> {
+        let mut st = lock(&self.state);
+        st.volumes.remove(name);
+        st.removed_volumes.push(name.to_string());
+        Ok(())
+    }
+}
