@@ -76,28 +76,14 @@ impl JobRun {
             slot: self.slot,
         };
         let mut outcome = self.executor.run(&ctx, &sink, cancel.clone()).await;
-        let shutting_down = self.stop_now.is_cancelled();
-        let line = match &outcome {
-            JobOutcome::Success => "\x1b[32;1mJob succeeded\x1b[0;m".to_string(),
-            JobOutcome::Failed {
-                reason: FailureReason::ScriptFailure,
-                exit_code: Some(code),
-            } => format!("\x1b[31;1mERROR: Job failed: exit code {code}\x1b[0;m"),
-            JobOutcome::Failed { reason, .. } => {
-                format!("\x1b[31;1mERROR: Job failed: {}\x1b[0;m", reason.as_str())
-            }
-            JobOutcome::Canceled if shutting_down => {
-                "\x1b[31;1mERROR: Job failed: aborted: shutting down\x1b[0;m".to_string()
-            }
-            JobOutcome::Canceled => "\x1b[31;1mERROR: Job failed: canceled\x1b[0;m".to_string(),
-        };
-        if shutting_down && outcome == JobOutcome::Canceled {
+        // The executor wrote the result line; only a shutdown adds why the job was canceled.
+        if self.stop_now.is_cancelled() && outcome == JobOutcome::Canceled {
+            sink.write_line("\x1b[31;1mERROR: Job failed: aborted: shutting down\x1b[0;m");
             outcome = JobOutcome::Failed {
                 reason: FailureReason::RunnerSystemFailure,
                 exit_code: None,
             };
         }
-        sink.write_line(&line);
         let report = uploader.finish(FinalState::from(&outcome)).await;
         tracing::info!(
             runner = %s.name,

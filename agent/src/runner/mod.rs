@@ -11,6 +11,8 @@
 //!   job task has reported.
 
 pub mod backoff;
+#[cfg(test)]
+pub(crate) mod fake_executor;
 mod job;
 mod slots;
 mod stats;

@@ -1,50 +1,15 @@
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use drover_proto::spec::RunnerConfig;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::executor::{Executor, FailureReason, JobContext, JobOutcome};
+use super::fake_executor::FakeExecutor;
+use crate::executor::{FailureReason, JobOutcome};
 use crate::gitlab::fake::{Call, Endpoint, FakeGitLab, job};
-use crate::trace::TraceSink;
-
-/// Writes the job's script lines to the trace, waits `hold`, and ends as scripted; counts
-/// how many jobs run at once.
-#[derive(Default)]
-struct FakeExecutor {
-    hold: Duration,
-    outcome: Mutex<Option<JobOutcome>>,
-    running: AtomicU32,
-    max_running: AtomicU32,
-    slots: Mutex<Vec<u32>>,
-}
-
-#[async_trait]
-impl Executor for FakeExecutor {
-    async fn run(&self, ctx: &JobContext, trace: &TraceSink, cancel: CancellationToken) -> JobOutcome {
-        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_running.fetch_max(now, Ordering::SeqCst);
-        self.slots.lock().unwrap().push(ctx.slot);
-        for step in &ctx.job.steps {
-            for line in &step.script {
-                trace.write_line(&format!("$ {line}"));
-            }
-        }
-        let out = tokio::select! {
-            _ = cancel.cancelled() => JobOutcome::Canceled,
-            _ = tokio::time::sleep(self.hold) => {
-                self.outcome.lock().unwrap().clone().unwrap_or(JobOutcome::Success)
-            }
-        };
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        out
-    }
-}
 
 fn settings(limit: Option<u32>) -> RunnerSettings {
     let mut s = RunnerSettings::from_config(
