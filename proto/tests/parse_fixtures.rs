@@ -56,7 +56,10 @@ fn every_key_parses_and_warns_once_per_ignored_key() {
     let r = &c.runners[0];
     assert_eq!(r.limit, Some(2));
     assert_eq!(r.output_limit, Some(8192));
-    assert_eq!(r.tls_ca_file.as_deref(), Some("/etc/gitlab-runner/certs/ca.crt"));
+    assert_eq!(
+        r.tls_ca_file.as_deref(),
+        Some("/etc/gitlab-runner/certs/ca.crt")
+    );
     let d = r.docker.as_ref().unwrap();
     assert_eq!(
         d.pull_policy.as_ref().unwrap().policies(),
@@ -65,7 +68,14 @@ fn every_key_parses_and_warns_once_per_ignored_key() {
     assert_eq!(d.shm_size, Some(268_435_456));
     assert_eq!(d.privileged, Some(true));
     assert_eq!(
-        c.runners[1].docker.as_ref().unwrap().pull_policy.as_ref().unwrap().policies(),
+        c.runners[1]
+            .docker
+            .as_ref()
+            .unwrap()
+            .pull_policy
+            .as_ref()
+            .unwrap()
+            .policies(),
         vec![PullPolicy::Never]
     );
     let w = warnings_of("every_key.toml");

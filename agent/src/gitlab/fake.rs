@@ -374,7 +374,8 @@ impl GitLab for FakeGitLab {
         let interval = g.update_interval;
         let j = Self::check_job(&mut g, job_id, job_token, "patch trace")?;
         if let Some(size) = forced {
-            j.trace.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            j.trace
+                .truncate(usize::try_from(size).unwrap_or(usize::MAX));
             return Ok(TraceAnswer::RangeMismatch {
                 remote_size: j.trace.len() as u64,
             });

@@ -17,7 +17,11 @@ impl Backoff {
     /// A backoff starting at `min`, never above `max`.
     pub fn new(min: Duration, max: Duration) -> Self {
         let min = min.min(max);
-        Backoff { min, max, next: min }
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
     }
 
     /// The delay before the next attempt.

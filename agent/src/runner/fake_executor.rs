@@ -23,7 +23,12 @@ pub(crate) struct FakeExecutor {
 
 #[async_trait]
 impl Executor for FakeExecutor {
-    async fn run(&self, ctx: &JobContext, trace: &TraceSink, cancel: CancellationToken) -> JobOutcome {
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        trace: &TraceSink,
+        cancel: CancellationToken,
+    ) -> JobOutcome {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
         self.slots.lock().unwrap().push(ctx.slot);
@@ -39,14 +44,20 @@ impl Executor for FakeExecutor {
             }
         };
         // Like the Docker executor, the executor writes the result line.
-        trace.write_line(match &out {
-            JobOutcome::Success => "Job succeeded".to_string(),
-            JobOutcome::Failed { exit_code: Some(c), .. } => format!("ERROR: Job failed: exit code {c}"),
-            JobOutcome::Failed { reason, .. } => format!("ERROR: Job failed: {}", reason.as_str()),
-            JobOutcome::Canceled => "ERROR: Job failed: canceled".to_string(),
-        }.as_str());
+        trace.write_line(
+            match &out {
+                JobOutcome::Success => "Job succeeded".to_string(),
+                JobOutcome::Failed {
+                    exit_code: Some(c), ..
+                } => format!("ERROR: Job failed: exit code {c}"),
+                JobOutcome::Failed { reason, .. } => {
+                    format!("ERROR: Job failed: {}", reason.as_str())
+                }
+                JobOutcome::Canceled => "ERROR: Job failed: canceled".to_string(),
+            }
+            .as_str(),
+        );
         self.running.fetch_sub(1, Ordering::SeqCst);
         out
     }
 }
-

@@ -129,7 +129,9 @@ pub fn short_token(token: &SecretString) -> String {
 /// Why a runner's loop ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
-    #[error("runner {runner}: gitlab refused the token ({endpoint}: 403); register the runner again")]
+    #[error(
+        "runner {runner}: gitlab refused the token ({endpoint}: 403); register the runner again"
+    )]
     Forbidden { runner: String, endpoint: String },
     #[error("runner {runner}: verify: {source}")]
     Verify {

@@ -100,15 +100,25 @@ impl RunnerStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunnerEvent {
     /// GitLab accepted the token.
-    Verified { runner: String },
+    Verified {
+        runner: String,
+    },
     /// GitLab refused the token: the runner stopped requesting jobs.
-    NeedsRegistration { runner: String, endpoint: String },
-    JobStarted { runner: String, job_id: i64 },
+    NeedsRegistration {
+        runner: String,
+        endpoint: String,
+    },
+    JobStarted {
+        runner: String,
+        job_id: i64,
+    },
     JobFinished {
         runner: String,
         job_id: i64,
         outcome: JobOutcome,
     },
     /// The loop ended (all its jobs are done).
-    Stopped { runner: String },
+    Stopped {
+        runner: String,
+    },
 }

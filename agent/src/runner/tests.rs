@@ -6,8 +6,8 @@ use drover_proto::spec::RunnerConfig;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
-use super::*;
 use super::fake_executor::FakeExecutor;
+use super::*;
 use crate::executor::{FailureReason, JobOutcome};
 use crate::gitlab::fake::{Call, Endpoint, FakeGitLab, job};
 
@@ -77,11 +77,17 @@ async fn runs_a_job_and_reports_success() {
     let gl = Arc::new(FakeGitLab::new());
     gl.push_job(job(1, &["echo hi"]));
     let h = start(None, 1, FakeExecutor::default(), gl);
-    assert!(h.gl.wait_until(Duration::from_secs(5), |g| finished(g, &[1])).await);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(5), |g| finished(g, &[1]))
+            .await
+    );
     let j = h.gl.job(1).unwrap();
     assert_eq!(j.state, "success");
     let t = String::from_utf8(j.trace).unwrap();
-    assert!(t.contains("$ echo hi") && t.contains("Job succeeded"), "{t}");
+    assert!(
+        t.contains("$ echo hi") && t.contains("Job succeeded"),
+        "{t}"
+    );
     assert!(t.contains("Running with drover-agent"), "{t}");
     h.shutdown.graceful.cancel();
     h.task.await.unwrap().unwrap();
@@ -101,7 +107,10 @@ async fn concurrent_bounds_parallel_jobs() {
         ..Default::default()
     };
     let h = start(None, 2, ex, gl);
-    assert!(h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[1, 2, 3, 4, 5])).await);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[1, 2, 3, 4, 5]))
+            .await
+    );
     assert_eq!(h.ex.max_running.load(Ordering::SeqCst), 2);
     let mut slots = h.ex.slots.lock().unwrap().clone();
     slots.sort_unstable();
@@ -122,7 +131,10 @@ async fn runner_limit_bounds_below_concurrent() {
         ..Default::default()
     };
     let h = start(Some(1), 10, ex, gl);
-    assert!(h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[1, 2, 3, 4])).await);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[1, 2, 3, 4]))
+            .await
+    );
     assert_eq!(h.ex.max_running.load(Ordering::SeqCst), 1);
     h.shutdown.graceful.cancel();
     h.task.await.unwrap().unwrap();
@@ -138,15 +150,14 @@ async fn no_job_loop_sends_last_update_back() {
     );
     h.shutdown.graceful.cancel();
     h.task.await.unwrap().unwrap();
-    let lus: Vec<Option<String>> = h
-        .gl
-        .calls()
-        .into_iter()
-        .filter_map(|c| match c {
-            Call::RequestJob { last_update } => Some(last_update),
-            _ => None,
-        })
-        .collect();
+    let lus: Vec<Option<String>> =
+        h.gl.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::RequestJob { last_update } => Some(last_update),
+                _ => None,
+            })
+            .collect();
     assert_eq!(lus[0], None);
     for (i, lu) in lus.iter().enumerate().skip(1) {
         assert_eq!(lu.as_deref(), Some(format!("cursor-{i}").as_str()));
@@ -178,12 +189,11 @@ async fn forbidden_on_request_stops_requesting() {
         .unwrap()
         .unwrap_err();
     assert!(matches!(e, RunnerError::Forbidden { .. }), "{e}");
-    let requests = h
-        .gl
-        .calls()
-        .iter()
-        .filter(|c| matches!(c, Call::RequestJob { .. }))
-        .count();
+    let requests =
+        h.gl.calls()
+            .iter()
+            .filter(|c| matches!(c, Call::RequestJob { .. }))
+            .count();
     assert_eq!(requests, 1);
     assert_eq!(h.stats.snapshot().state, RunnerState::NeedsRegistration);
 }
@@ -195,7 +205,10 @@ async fn server_errors_back_off_then_recover() {
     gl.fail_next(Endpoint::RequestJob, 4, 500);
     gl.push_job(job(9, &["echo after outage"]));
     let h = start(None, 1, FakeExecutor::default(), gl);
-    assert!(h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[9])).await);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[9]))
+            .await
+    );
     assert_eq!(h.gl.job(9).unwrap().state, "success");
     assert!(h.stats.snapshot().last_error.unwrap().contains("500"));
     h.shutdown.graceful.cancel();
@@ -218,12 +231,7 @@ async fn gitlab_cancel_stops_the_job() {
             .await
     );
     h.gl.cancel(3);
-    assert!(
-        h.stats
-            .snapshot()
-            .jobs_running
-            .eq(&1)
-    );
+    assert!(h.stats.snapshot().jobs_running.eq(&1));
     let st = h.stats.clone();
     let done = async {
         while st.snapshot().jobs_canceled == 0 {
@@ -263,7 +271,10 @@ async fn stop_now_reports_running_jobs_failed_with_trace() {
     assert_eq!(j.state, "failed");
     assert_eq!(j.failure_reason.as_deref(), Some("runner_system_failure"));
     let t = String::from_utf8(j.trace).unwrap();
-    assert!(t.contains("ERROR: Job failed: aborted: shutting down"), "{t}");
+    assert!(
+        t.contains("ERROR: Job failed: aborted: shutting down"),
+        "{t}"
+    );
 }
 
 #[tokio::test]
@@ -306,13 +317,19 @@ async fn script_failure_reports_exit_code_and_masks_secrets() {
         ..Default::default()
     };
     let h = start(None, 1, ex, gl);
-    assert!(h.gl.wait_until(Duration::from_secs(5), |g| finished(g, &[7])).await);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(5), |g| finished(g, &[7]))
+            .await
+    );
     let j = h.gl.job(7).unwrap();
     assert_eq!(j.state, "failed");
     assert_eq!(j.exit_code, Some(2));
     assert_eq!(j.failure_reason.as_deref(), Some("script_failure"));
     let t = String::from_utf8(j.trace).unwrap();
-    assert!(t.contains("$ echo [MASKED]") && !t.contains("topsecret"), "{t}");
+    assert!(
+        t.contains("$ echo [MASKED]") && !t.contains("topsecret"),
+        "{t}"
+    );
     assert!(t.contains("ERROR: Job failed: exit code 2"), "{t}");
     h.shutdown.graceful.cancel();
     h.task.await.unwrap().unwrap();

@@ -28,6 +28,9 @@ use crate::runner::{
 pub type GitLabFactory =
     Box<dyn Fn(&RunnerConfig) -> anyhow::Result<Arc<dyn GitLab>> + Send + Sync>;
 
+/// Adjusts runner settings before start.
+type Tuning = Box<dyn Fn(&mut RunnerSettings) + Send + Sync>;
+
 /// A runner loop that ended.
 #[derive(Debug)]
 pub struct Ended {
@@ -61,7 +64,7 @@ pub struct Engine {
     generation: u64,
     events: Option<mpsc::UnboundedSender<RunnerEvent>>,
     /// Test hook: runner settings are adjusted before start (shorter timings).
-    tune: Option<Box<dyn Fn(&mut RunnerSettings) + Send + Sync>>,
+    tune: Option<Tuning>,
 }
 
 impl Engine {
@@ -149,8 +152,8 @@ impl Engine {
                 tracing::info!(runner = %key, "runner configuration changed; restarting it");
                 a.shutdown.graceful.cancel();
             }
-            let gitlab = (self.gitlab)(rc)
-                .map_err(|e| e.context(format!("runner {key}: gitlab client")))?;
+            let gitlab =
+                (self.gitlab)(rc).map_err(|e| e.context(format!("runner {key}: gitlab client")))?;
             let token = rc
                 .token
                 .clone()

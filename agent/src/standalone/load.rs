@@ -55,8 +55,14 @@ mod tests {
 
     #[test]
     fn agent_id_is_stable_and_per_config() {
-        let a = agent_id("s_0123456789ab", Path::new("/etc/gitlab-runner/config.toml"));
-        let b = agent_id("s_0123456789ab", Path::new("/etc/gitlab-runner/config.toml"));
+        let a = agent_id(
+            "s_0123456789ab",
+            Path::new("/etc/gitlab-runner/config.toml"),
+        );
+        let b = agent_id(
+            "s_0123456789ab",
+            Path::new("/etc/gitlab-runner/config.toml"),
+        );
         let c = agent_id("s_0123456789ab", Path::new("/tmp/other.toml"));
         assert_eq!(a, b);
         assert_ne!(a, c);

@@ -68,8 +68,8 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
 
 /// One shared [`HttpGitLab`] per (url, tls-ca-file).
 fn http_factory() -> GitLabFactory {
-    let cache: Mutex<HashMap<(String, Option<String>), Arc<HttpGitLab>>> =
-        Mutex::new(HashMap::new());
+    type Key = (String, Option<String>);
+    let cache: Mutex<HashMap<Key, Arc<HttpGitLab>>> = Mutex::new(HashMap::new());
     Box::new(move |rc| {
         let key = (rc.url.clone(), rc.tls_ca_file.clone());
         let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());

@@ -112,7 +112,10 @@ mod tests {
     #[test]
     fn masks_values_split_across_writes() {
         assert_eq!(run(&["s3cr3t"], &["x s3c", "r3t y"]), "x [MASKED] y");
-        assert_eq!(run(&["s3cr3t"], &["s", "3", "c", "r", "3", "t"]), "[MASKED]");
+        assert_eq!(
+            run(&["s3cr3t"], &["s", "3", "c", "r", "3", "t"]),
+            "[MASKED]"
+        );
     }
 
     #[test]

@@ -162,7 +162,9 @@ impl TraceSink {
     /// At most `max` bytes of masked trace starting at `offset`.
     pub fn read_at(&self, offset: u64, max: usize) -> Vec<u8> {
         let st = self.state();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(st.buf.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(st.buf.len());
         let end = start.saturating_add(max).min(st.buf.len());
         st.buf[start..end].to_vec()
     }
@@ -253,7 +255,11 @@ mod tests {
             "password: [MASKED]\ntoken [MASKED] done\ntail hunt"
         );
         sink.write(b"after close");
-        assert!(!String::from_utf8(sink.snapshot()).unwrap().contains("after"));
+        assert!(
+            !String::from_utf8(sink.snapshot())
+                .unwrap()
+                .contains("after")
+        );
     }
 
     #[test]
@@ -265,7 +271,10 @@ mod tests {
         sink.close();
         let s = String::from_utf8(sink.snapshot()).unwrap();
         assert!(s.starts_with("0123456789\n"), "{s:?}");
-        assert_eq!(s.matches("Job's log exceeded limit of 10 bytes.").count(), 1);
+        assert_eq!(
+            s.matches("Job's log exceeded limit of 10 bytes.").count(),
+            1
+        );
         assert!(!s.contains("abc") && !s.contains("zzzz"), "{s:?}");
         assert!(sink.is_truncated());
     }
@@ -279,7 +288,10 @@ mod tests {
         assert_eq!(sink.read_at(50, 2), b"");
         let (sum, size) = sink.checksum();
         assert_eq!(size, 11);
-        assert_eq!(sum, format!("crc32:{:08x}", crc32fast::hash(b"hello world")));
+        assert_eq!(
+            sum,
+            format!("crc32:{:08x}", crc32fast::hash(b"hello world"))
+        );
     }
 
     #[test]

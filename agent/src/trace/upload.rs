@@ -337,7 +337,9 @@ impl Uploader {
             match self.push().await {
                 Step::Idle | Step::Gone => return,
                 Step::Sent => {}
-                Step::Retry(d) => tokio::time::sleep_until((Instant::now() + d).min(deadline)).await,
+                Step::Retry(d) => {
+                    tokio::time::sleep_until((Instant::now() + d).min(deadline)).await
+                }
             }
         }
         tracing::error!(

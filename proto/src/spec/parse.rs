@@ -178,10 +178,7 @@ pub fn parse_config(text: &str, file: &str) -> Result<Parsed, SpecError> {
 /// Parses and validates `text` for `mode`.
 pub fn parse_with(text: &str, file: &str, mode: ParseMode) -> Result<Parsed, SpecError> {
     let syntax = |e: toml::de::Error| {
-        let (line, column) = e
-            .span()
-            .map(|s| line_col(text, s.start))
-            .unwrap_or((1, 1));
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         SpecError::Syntax {
             file: file.to_string(),
             line,
@@ -291,7 +288,7 @@ impl Warnings<'_, '_> {
 fn is_set(v: &DeValue<'_>) -> bool {
     match v {
         DeValue::String(s) => !s.is_empty(),
-        DeValue::Integer(i) => i.as_str().trim_start_matches(['0', '+', '-']) != "",
+        DeValue::Integer(i) => !i.as_str().trim_start_matches(['0', '+', '-']).is_empty(),
         DeValue::Float(_) | DeValue::Datetime(_) => true,
         DeValue::Boolean(b) => *b,
         DeValue::Array(a) => !a.is_empty(),

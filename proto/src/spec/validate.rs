@@ -25,7 +25,9 @@ fn bad(path: TomlPath, message: impl Into<String>) -> Violation {
     }
 }
 
-const LOG_LEVELS: &[&str] = &["debug", "info", "warn", "warning", "error", "fatal", "panic"];
+const LOG_LEVELS: &[&str] = &[
+    "debug", "info", "warn", "warning", "error", "fatal", "panic",
+];
 
 /// Checks `config` for `mode`; the first violation in file order wins.
 pub fn validate(config: &Config, mode: ParseMode) -> Result<(), Violation> {
@@ -99,32 +101,26 @@ fn validate_runner(r: &RunnerConfig, index: usize, mode: ParseMode) -> Result<()
         return Err(bad(base.key("url"), format!("{who}: url missing")));
     }
     if let Err(e) = check_url(&r.url) {
-        return Err(bad(
-            base.key("url"),
-            format!("{who}: url {:?}: {e}", r.url),
-        ));
+        return Err(bad(base.key("url"), format!("{who}: url {:?}: {e}", r.url)));
     }
-    let has_token = r
-        .token
-        .as_ref()
-        .is_some_and(|t| !t.expose_secret().trim().is_empty());
-    match mode {
-        ParseMode::Standalone if !has_token => {
-            return Err(bad(base.key("token"), format!("{who}: token missing")));
+    let present = |t: &Option<secrecy::SecretString>| {
+        t.as_ref()
+            .is_some_and(|t| !t.expose_secret().trim().is_empty())
+    };
+    let has_token = present(&r.token);
+    if !has_token {
+        match mode {
+            ParseMode::Standalone => {
+                return Err(bad(base.key("token"), format!("{who}: token missing")));
+            }
+            ParseMode::Spec if !present(&r.registration_token) => {
+                return Err(bad(
+                    base.key("token"),
+                    format!("{who}: token or registration_token required"),
+                ));
+            }
+            ParseMode::Spec => {}
         }
-        ParseMode::Spec
-            if !has_token
-                && !r
-                    .registration_token
-                    .as_ref()
-                    .is_some_and(|t| !t.expose_secret().trim().is_empty()) =>
-        {
-            return Err(bad(
-                base.key("token"),
-                format!("{who}: token or registration_token required"),
-            ));
-        }
-        _ => {}
     }
     if let Some(l) = r.limit
         && l > MAX_JOBS

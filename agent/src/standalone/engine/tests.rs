@@ -50,7 +50,10 @@ async fn reload_keeps_unchanged_restarts_changed_and_stops_removed() {
     let gl = Arc::new(FakeGitLab::new());
     let mut e = engine(gl.clone(), FakeExecutor::default());
     e.apply(&config(ONE)).unwrap();
-    assert!(gl.wait_until(Duration::from_secs(5), |g| verifies(g) == 1).await);
+    assert!(
+        gl.wait_until(Duration::from_secs(5), |g| verifies(g) == 1)
+            .await
+    );
 
     // Same file again: nothing restarts.
     e.apply(&config(ONE)).unwrap();
@@ -70,11 +73,15 @@ async fn reload_keeps_unchanged_restarts_changed_and_stops_removed() {
         .unwrap();
     assert_eq!(ended.runner, "a");
     assert!(!ended.current && ended.result.is_ok());
-    assert!(gl.wait_until(Duration::from_secs(5), |g| verifies(g) == 3).await);
+    assert!(
+        gl.wait_until(Duration::from_secs(5), |g| verifies(g) == 3)
+            .await
+    );
     assert_eq!(e.running(), 2);
 
     // Remove "b".
-    e.apply(&config(&ONE.replace("glrt-aaaaaaaa", "glrt-aaaaaaa2"))).unwrap();
+    e.apply(&config(&ONE.replace("glrt-aaaaaaaa", "glrt-aaaaaaa2")))
+        .unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(5), e.join_next())
         .await
         .unwrap()
@@ -105,10 +112,11 @@ async fn concurrent_is_shared_by_all_runners() {
     let ex = Arc::new(ex);
     let ex2 = ex.clone();
     let factory: GitLabFactory = Box::new(move |_| Ok(factory_gl.clone() as Arc<dyn GitLab>));
-    let mut e = Engine::new(ex2, factory, "s_0123456789ab".into(), "agent".into()).with_tuning(|s| {
-        s.check_interval = Duration::from_millis(10);
-        s.upload.interval = Duration::from_millis(20);
-    });
+    let mut e =
+        Engine::new(ex2, factory, "s_0123456789ab".into(), "agent".into()).with_tuning(|s| {
+            s.check_interval = Duration::from_millis(10);
+            s.upload.interval = Duration::from_millis(20);
+        });
     e.apply(&config(&two)).unwrap();
     assert!(
         gl.wait_until(Duration::from_secs(10), |g| (1..=6)

@@ -70,12 +70,16 @@ async fn ships_increments_with_exact_ranges_and_final_update() {
     let s = setup(1, fast()).await;
     s.sink.write(b"hello ");
     assert!(
-        s.gl.wait_until(Duration::from_secs(5), |g| g.job(1).unwrap().trace == b"hello ")
+        s.gl.wait_until(Duration::from_secs(5), |g| g.job(1).unwrap().trace
+            == b"hello ")
             .await
     );
     s.sink.write(b"world\n");
     let report = s.up.finish(FinalState::Success).await;
-    assert!(report.trace_complete && report.update_accepted, "{report:?}");
+    assert!(
+        report.trace_complete && report.update_accepted,
+        "{report:?}"
+    );
     let j = s.gl.job(1).unwrap();
     assert_eq!(j.trace, b"hello world\n");
     assert_eq!(j.state, "success");
@@ -92,7 +96,8 @@ async fn range_mismatch_resends_from_remote_size() {
     let s = setup(2, fast()).await;
     s.sink.write(b"0123456789");
     assert!(
-        s.gl.wait_until(Duration::from_secs(5), |g| g.job(2).unwrap().trace.len() == 10)
+        s.gl.wait_until(Duration::from_secs(5), |g| g.job(2).unwrap().trace.len()
+            == 10)
             .await
     );
     // GitLab lost everything after byte 4.
@@ -113,7 +118,10 @@ async fn server_errors_are_retried_without_losing_bytes() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     s.sink.write(b"second");
     let report = s.up.finish(FinalState::Success).await;
-    assert!(report.trace_complete && report.update_accepted, "{report:?}");
+    assert!(
+        report.trace_complete && report.update_accepted,
+        "{report:?}"
+    );
     assert_eq!(s.gl.job(3).unwrap().trace, b"first second");
     assert_eq!(s.gl.job(3).unwrap().state, "success");
 }
@@ -125,12 +133,11 @@ async fn not_accepted_final_update_is_retried() {
     s.sink.write(b"x");
     let report = s.up.finish(FinalState::Success).await;
     assert!(report.update_accepted);
-    let finals = s
-        .gl
-        .calls()
-        .into_iter()
-        .filter(|c| matches!(c, Call::UpdateJob { state, .. } if state == "success"))
-        .count();
+    let finals =
+        s.gl.calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::UpdateJob { state, .. } if state == "success"))
+            .count();
     assert_eq!(finals, 4);
 }
 
@@ -161,9 +168,8 @@ async fn keepalive_update_sees_cancellation_without_output() {
 async fn failure_reason_and_exit_code_are_reported() {
     let s = setup(7, fast()).await;
     s.sink.write(b"boom\n");
-    let report = s
-        .up
-        .finish(FinalState::Failed {
+    let report =
+        s.up.finish(FinalState::Failed {
             reason: FailureReason::ScriptFailure,
             exit_code: Some(3),
         })
