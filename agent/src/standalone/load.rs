@@ -13,7 +13,7 @@ pub fn load(path: &Path) -> anyhow::Result<Parsed> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read config file {}", path.display()))?;
     let parsed = parse_config(&text, &path.display().to_string())
-        .with_context(|| format!("invalid config file {}", path.display()))?;
+        .context("invalid configuration")?;
     Ok(parsed)
 }
 
