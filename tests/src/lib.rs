@@ -4,3 +4,5 @@
 //!   specs describe it (status codes and headers included).
 //! - `harness`: starts the real `drover` and `drover-agent` binaries with temporary dirs.
 //! - `images`: builds local test images (busybox) since no registry can be reached.
+
+pub mod fake_gitlab;

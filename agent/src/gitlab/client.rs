@@ -111,6 +111,9 @@ impl HttpGitLab {
             .timeout(opts.request_timeout)
             .connect_timeout(Duration::from_secs(30))
             .user_agent(opts.user_agent)
+            // Redirects are followed by hand (artifact downloads only), so a job token is
+            // never forwarded to another origin such as object storage.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|source| ClientBuildError::Build {
                 url: base_url.to_owned(),
@@ -627,11 +630,32 @@ impl GitLab for HttpGitLab {
         dest: &Path,
     ) -> Result<u64, GitLabError> {
         let ep = endpoint::DOWNLOAD_ARTIFACTS;
-        let req = self
-            .request(ep, Method::GET, &format!("jobs/{job_id}/artifacts"))?
-            .header(reqwest::header::ACCEPT, "*/*")
-            .header(headers::JOB_TOKEN, job_token.expose_secret());
-        let resp = self.send(ep, req).await?;
+        let origin = self.url(ep, &format!("jobs/{job_id}/artifacts"))?;
+        let mut url = origin.clone();
+        let mut hops = 0;
+        let resp = loop {
+            let mut req = self
+                .http
+                .get(url.clone())
+                .header(reqwest::header::ACCEPT, "*/*");
+            if same_origin(&url, &origin) {
+                req = req.header(headers::JOB_TOKEN, job_token.expose_secret());
+            }
+            let resp = self.send(ep, req).await?;
+            if !resp.status().is_redirection() || hops == MAX_REDIRECTS {
+                break resp;
+            }
+            let Some(next) = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok())
+            else {
+                break resp;
+            };
+            url = next;
+            hops += 1;
+        };
         let resp = expect_status(ep, resp, StatusCode::OK).await?;
         let result = write_body(ep, resp, dest).await;
         if result.is_err() {
@@ -639,6 +663,15 @@ impl GitLab for HttpGitLab {
         }
         result
     }
+}
+
+/// Redirects followed for artifact downloads (GitLab sends one to object storage).
+const MAX_REDIRECTS: usize = 5;
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// Streams a response body into `dest` (created or truncated); returns the bytes written.
@@ -694,6 +727,27 @@ mod tests {
         assert!(err.contains("ftp://x") && err.contains("scheme"), "{err}");
         assert!(api_url("not a url").is_err());
         assert!(api_url("https://user:pw@gitlab.example.com").is_err());
+    }
+
+    #[test]
+    fn origins() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(same_origin(
+            &u("https://g.example/a"),
+            &u("https://g.example:443/b")
+        ));
+        assert!(!same_origin(
+            &u("https://g.example/a"),
+            &u("http://g.example/a")
+        ));
+        assert!(!same_origin(
+            &u("https://g.example/a"),
+            &u("https://s3.example/a")
+        ));
+        assert!(!same_origin(
+            &u("https://g.example/a"),
+            &u("https://g.example:8443/a")
+        ));
     }
 
     #[test]

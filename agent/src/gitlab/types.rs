@@ -55,7 +55,9 @@ pub struct JobInfo {
     pub project_name: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `Debug` redacts the credentials GitLab embeds in `repo_url`
+/// (`https://gitlab-ci-token:<job token>@host/...`).
+#[derive(Clone, Default, Deserialize)]
 pub struct GitInfo {
     #[serde(default)]
     pub repo_url: String,
@@ -71,6 +73,32 @@ pub struct GitInfo {
     pub refspecs: Vec<String>,
     #[serde(default)]
     pub depth: u32,
+}
+
+impl std::fmt::Debug for GitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitInfo")
+            .field("repo_url", &redact_url_credentials(&self.repo_url))
+            .field("ref_name", &self.ref_name)
+            .field("sha", &self.sha)
+            .field("before_sha", &self.before_sha)
+            .field("ref_type", &self.ref_type)
+            .field("refspecs", &self.refspecs)
+            .field("depth", &self.depth)
+            .finish()
+    }
+}
+
+/// `scheme://[REDACTED]@host/...` when the URL carries user info; unchanged otherwise.
+pub fn redact_url_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://[REDACTED]@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -244,4 +272,27 @@ fn secret_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::E
     Ok(SecretString::from(
         Option::<String>::deserialize(d)?.unwrap_or_default(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url_credentials("https://gitlab-ci-token:glcbt-secret@gitlab.example/g/p.git"),
+            "https://[REDACTED]@gitlab.example/g/p.git"
+        );
+        assert_eq!(
+            redact_url_credentials("https://gitlab.example/g/p.git"),
+            "https://gitlab.example/g/p.git"
+        );
+        assert_eq!(redact_url_credentials("https://h/a@b"), "https://h/a@b");
+        let info = GitInfo {
+            repo_url: "http://gitlab-ci-token:tok123@h/p.git".into(),
+            ..GitInfo::default()
+        };
+        assert!(!format!("{info:?}").contains("tok123"));
+    }
 }

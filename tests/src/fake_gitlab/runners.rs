@@ -1,0 +1,177 @@
+//! `/api/v4/runners*`: registration, verification, token reset, unregistration.
+
+use std::sync::Arc;
+
+use axum::extract::State as AxState;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::respond::{bad_request, forbidden, json_body, json_status, missing, str_field};
+use super::state::{RunnerRecord, Shared, format_time, random_alnum};
+
+fn expires(t: Option<OffsetDateTime>) -> Value {
+    t.map(|t| json!(format_time(t))).unwrap_or(Value::Null)
+}
+
+fn tag_list(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|t| t.as_str().map(|s| s.trim().to_owned()))
+            .filter(|t| !t.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `POST /runners`: `201 {id, token, token_expires_at}`, `403` unknown registration token,
+/// `400` no token.
+pub(crate) async fn register(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(&e),
+    };
+    let Some(token) = str_field(&body, "token") else {
+        return missing("token");
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut st = shared.lock();
+    if !st.registration_tokens.contains(token) {
+        return forbidden(None);
+    }
+    let id = st.next_runner_id;
+    st.next_runner_id += 1;
+    let runner = RunnerRecord {
+        id,
+        token: format!("glrt-{}", random_alnum(20)),
+        token_expires_at: st.token_expiry(now),
+        revoked: false,
+        description: str_field(&body, "description")
+            .unwrap_or_default()
+            .to_owned(),
+        tag_list: tag_list(body.get("tag_list")),
+        // GitLab's default: run untagged jobs only when no tags are given.
+        run_untagged: body
+            .get("run_untagged")
+            .and_then(Value::as_bool)
+            .unwrap_or(tag_list(body.get("tag_list")).is_empty()),
+        managers: Default::default(),
+    };
+    let answer = json!({
+        "id": runner.id,
+        "token": runner.token,
+        "token_expires_at": expires(runner.token_expires_at),
+    });
+    if let Some(info) = body.get("info") {
+        st.infos.push(info.clone());
+    }
+    st.runners.insert(id, runner);
+    json_status(StatusCode::CREATED, answer)
+}
+
+/// `POST /runners/verify`: `200 {id, token, token_expires_at}`; `403` invalid, expired or
+/// revoked; `400` no token. A `system_id` creates a runner manager.
+pub(crate) async fn verify(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(&e),
+    };
+    let Some(token) = str_field(&body, "token") else {
+        return missing("token");
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut st = shared.lock();
+    let Some(runner) = st.runner_by_token_mut(token, now) else {
+        return forbidden(None);
+    };
+    if let Some(system_id) = str_field(&body, "system_id") {
+        runner.managers.insert(system_id.to_owned());
+    }
+    json_status(
+        StatusCode::OK,
+        json!({
+            "id": runner.id,
+            "token": runner.token,
+            "token_expires_at": expires(runner.token_expires_at),
+        }),
+    )
+}
+
+/// `POST /runners/reset_authentication_token`: `201 {token, token_expires_at}`; the old
+/// token stops working at once; `403` invalid or expired.
+pub(crate) async fn reset_token(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(&e),
+    };
+    let Some(token) = str_field(&body, "token").map(str::to_owned) else {
+        return missing("token");
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut st = shared.lock();
+    let expiry = st.token_expiry(now);
+    let Some(runner) = st.runner_by_token_mut(&token, now) else {
+        return forbidden(None);
+    };
+    runner.token = format!("glrt-{}", random_alnum(20));
+    runner.token_expires_at = expiry;
+    json_status(
+        StatusCode::CREATED,
+        json!({"token": runner.token, "token_expires_at": expires(runner.token_expires_at)}),
+    )
+}
+
+/// `DELETE /runners`: `204`; `403` invalid token; `400` no token.
+pub(crate) async fn unregister(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(&e),
+    };
+    let Some(token) = str_field(&body, "token") else {
+        return missing("token");
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut st = shared.lock();
+    let Some(id) = st.runner_by_token(token, now).map(|r| r.id) else {
+        return forbidden(None);
+    };
+    st.runners.remove(&id);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `DELETE /runners/managers`: `204` removes this `system_id`'s manager; `403` invalid
+/// token; `400` no token or system_id; `404` unknown system_id (not confirmed against
+/// GitLab's specs).
+pub(crate) async fn unregister_manager(
+    AxState(shared): AxState<Arc<Shared>>,
+    body: Bytes,
+) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(&e),
+    };
+    let Some(token) = str_field(&body, "token") else {
+        return missing("token");
+    };
+    let Some(system_id) = str_field(&body, "system_id") else {
+        return missing("system_id");
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut st = shared.lock();
+    let Some(runner) = st.runner_by_token_mut(token, now) else {
+        return forbidden(None);
+    };
+    if runner.managers.remove(system_id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        super::respond::message(StatusCode::NOT_FOUND)
+    }
+}
