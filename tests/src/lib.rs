@@ -6,3 +6,4 @@
 //! - `images`: builds local test images (busybox) since no registry can be reached.
 
 pub mod fake_gitlab;
+pub mod images;

@@ -66,11 +66,18 @@ pub trait ContainerApi: Send + Sync {
     /// not an error.
     async fn remove(&self, id: &str) -> Result<(), ExecutorError>;
     /// Extracts the tar archive `tar` at `path` in the container (created or running).
-    async fn put_archive(&self, id: &str, path: &str, tar: ArchiveStream)
-    -> Result<(), ExecutorError>;
+    async fn put_archive(
+        &self,
+        id: &str,
+        path: &str,
+        tar: ArchiveStream,
+    ) -> Result<(), ExecutorError>;
     /// All containers (running or not) carrying the label `key=value`.
-    async fn list_containers(&self, key: &str, value: &str)
-    -> Result<Vec<ContainerInfo>, ExecutorError>;
+    async fn list_containers(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<ContainerInfo>, ExecutorError>;
     /// All volumes carrying the label `key=value`.
     async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<VolumeInfo>, ExecutorError>;
     /// Removes a volume. A missing volume is not an error.

@@ -15,8 +15,8 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
-use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, VolumeInfo};
 use super::ExecutorError;
+use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, VolumeInfo};
 
 /// The Docker engine, reached through bollard.
 #[derive(Clone)]
@@ -214,7 +214,9 @@ impl ContainerApi for BollardApi {
         self.docker
             .upload_to_container(id, Some(opts), bollard::body_try_stream(tar))
             .await
-            .map_err(|e| ExecutorError::docker(format!("copy archive to {path} in container {id}"), e))
+            .map_err(|e| {
+                ExecutorError::docker(format!("copy archive to {path} in container {id}"), e)
+            })
     }
 
     async fn list_containers(
@@ -229,11 +231,9 @@ impl ContainerApi for BollardApi {
             filters: Some(filters),
             ..Default::default()
         };
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(|e| ExecutorError::docker(format!("list containers with label {key}={value}"), e))?;
+        let list = self.docker.list_containers(Some(opts)).await.map_err(|e| {
+            ExecutorError::docker(format!("list containers with label {key}={value}"), e)
+        })?;
         Ok(list
             .into_iter()
             .map(|c| ContainerInfo {
@@ -254,11 +254,9 @@ impl ContainerApi for BollardApi {
         let opts = ListVolumesOptions {
             filters: Some(filters),
         };
-        let list = self
-            .docker
-            .list_volumes(Some(opts))
-            .await
-            .map_err(|e| ExecutorError::docker(format!("list volumes with label {key}={value}"), e))?;
+        let list = self.docker.list_volumes(Some(opts)).await.map_err(|e| {
+            ExecutorError::docker(format!("list volumes with label {key}={value}"), e)
+        })?;
         Ok(list
             .volumes
             .unwrap_or_default()

@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions};
 use bytes::Bytes;
-use drover_proto::spec::DockerConfig;
+use drover_proto::spec::{DockerConfig, RunnerConfig};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -32,7 +32,7 @@ use super::script::{generate, quote, shell_command};
 use super::sources::{GitStrategy, SourcesProvider};
 use super::variables::{JobEnv, job_env};
 use super::{Executor, ExecutorError, FailureReason, JobContext, JobOutcome};
-use crate::gitlab::types::StepWhen;
+use crate::gitlab::types::{Step, StepWhen};
 use crate::trace::TraceSink;
 
 /// Job timeout when GitLab sends none (gitlab-runner's default: 1 hour).
@@ -160,7 +160,13 @@ impl DockerExecutor {
         Ok(report)
     }
 
-    async fn run_job(&self, ctx: &JobContext, st: &JobState, trace: &TraceSink, cancel: &CancellationToken) -> End {
+    async fn run_job(
+        &self,
+        ctx: &JobContext,
+        st: &JobState,
+        trace: &TraceSink,
+        cancel: &CancellationToken,
+    ) -> End {
         let job = &ctx.job;
         let timeout = match job.runner_info.timeout {
             0 => DEFAULT_JOB_TIMEOUT,
@@ -200,12 +206,18 @@ impl DockerExecutor {
             hc,
             docker: &docker,
             env: &env,
-            entrypoint: job.image.as_ref().map(|i| i.entrypoint.clone()).unwrap_or_default(),
+            entrypoint: job
+                .image
+                .as_ref()
+                .map(|i| i.entrypoint.clone())
+                .unwrap_or_default(),
         };
 
         // get_sources
         trace.section_start("get_sources", "Getting source from Git repository");
-        let sources = self.get_sources(ctx, st, &base, trace, deadline, cancel).await;
+        let sources = self
+            .get_sources(ctx, st, &base, trace, deadline, cancel)
+            .await;
         trace.section_end("get_sources");
         let (preamble, sources_archive) = match sources {
             Ok(s) => s,
@@ -226,10 +238,21 @@ impl DockerExecutor {
                 continue;
             }
             let section = format!("step_{}", step.name);
-            trace.section_start(&section, &format!("Executing \"{section}\" stage of the job script"));
-            let kind = if step.name == "script" { "build".to_string() } else { step.name.replace('_', "-") };
-            let pre: &[String] = if step.name == "script" { &preamble } else { &[] };
-            let script = generate(&env.project_dir, pre, &step.script);
+            trace.section_start(
+                &section,
+                &format!("Executing \"{section}\" stage of the job script"),
+            );
+            let kind = if step.name == "script" {
+                "build".to_string()
+            } else {
+                step.name.replace('_', "-")
+            };
+            let pre: &[String] = if step.name == "script" {
+                &preamble
+            } else {
+                &[]
+            };
+            let script = generate(&env.project_dir, pre, &step_commands(step, &ctx.runner));
             let mut archives = Vec::new();
             if let Some(a) = sources_archive.take() {
                 archives.push((env.project_dir.clone(), a));
@@ -239,7 +262,17 @@ impl DockerExecutor {
                 _ => deadline,
             };
             let res = self
-                .run_container(st, &base, &kind, &[], script, archives, trace, step_deadline, cancel)
+                .run_container(
+                    st,
+                    &base,
+                    &kind,
+                    &[],
+                    script,
+                    archives,
+                    trace,
+                    step_deadline,
+                    cancel,
+                )
                 .await;
             trace.section_end(&section);
             match res {
@@ -274,10 +307,7 @@ impl DockerExecutor {
                     };
                 }
                 Ok(StepEnd::Canceled) => return End::Canceled,
-                Err(e) => {
-                    trace.write_line(&format!("\x1b[31;1mERROR: {e}\x1b[0;m"));
-                    end = End::system(e);
-                }
+                Err(e) => end = End::system(e),
             }
         }
         self.after_script(ctx, st, &base, trace, cancel, end).await
@@ -347,11 +377,13 @@ impl DockerExecutor {
     }
 
     /// Host config and image; an `Err` is the job's end.
-    async fn prepare(&self, ctx: &JobContext, docker: &DockerConfig, trace: &TraceSink) -> Result<(String, HostConfig), End> {
-        let hc = host_config(docker).map_err(|e| {
-            trace.write_line(&format!("\x1b[31;1mERROR: {e}\x1b[0;m"));
-            End::system(e)
-        })?;
+    async fn prepare(
+        &self,
+        ctx: &JobContext,
+        docker: &DockerConfig,
+        trace: &TraceSink,
+    ) -> Result<(String, HostConfig), End> {
+        let hc = host_config(docker).map_err(End::system)?;
         let image = image_name(&ctx.job, docker).map_err(End::system)?;
         trace.write_line(&format!("Using Docker executor with image {image} ..."));
         let pull_failure = |e: ExecutorError| End::Failed {
@@ -360,7 +392,12 @@ impl DockerExecutor {
             message: e.to_string(),
         };
         check_allowed(&image, &docker.allowed_images).map_err(pull_failure)?;
-        let job_policies = ctx.job.image.as_ref().map(|i| i.pull_policy.clone()).unwrap_or_default();
+        let job_policies = ctx
+            .job
+            .image
+            .as_ref()
+            .map(|i| i.pull_policy.clone())
+            .unwrap_or_default();
         let policies = pull_policies(docker, &job_policies).map_err(pull_failure)?;
         let creds = credentials_for(&image, &ctx.job.credentials);
         let id = match ensure_image(self.api.as_ref(), &image, &policies, creds, trace).await {
@@ -384,12 +421,13 @@ impl DockerExecutor {
         deadline: Instant,
         cancel: &CancellationToken,
     ) -> Result<(Vec<String>, Option<ArchiveStream>), End> {
-        let strategy = GitStrategy::from_variable(base.env.get("GIT_STRATEGY"), ctx.job.allow_git_fetch)
-            .map_err(|e| End::Failed {
-                reason: FailureReason::ScriptFailure,
-                exit_code: None,
-                message: e,
-            })?;
+        let strategy =
+            GitStrategy::from_variable(base.env.get("GIT_STRATEGY"), ctx.job.allow_git_fetch)
+                .map_err(|e| End::Failed {
+                    reason: FailureReason::ScriptFailure,
+                    exit_code: None,
+                    message: e,
+                })?;
         let dir = quote(&base.env.project_dir);
         match strategy {
             GitStrategy::None => {
@@ -397,7 +435,9 @@ impl DockerExecutor {
                 Ok((Vec::new(), None))
             }
             GitStrategy::Empty => {
-                trace.write_line("Skipping Git repository setup and creating an empty build directory");
+                trace.write_line(
+                    "Skipping Git repository setup and creating an empty build directory",
+                );
                 Ok((vec![format!("rm -rf -- {dir}")], None))
             }
             GitStrategy::Clone | GitStrategy::Fetch => {
@@ -411,20 +451,38 @@ impl DockerExecutor {
                 if strategy == GitStrategy::Clone {
                     // Empty the directory in a container of its own, before the archive
                     // goes into the build container.
-                    let script = generate(&base.env.builds_dir, &[format!("rm -rf -- {dir}"), format!("mkdir -p {dir}")], &[]);
+                    let script = generate(
+                        &base.env.builds_dir,
+                        &[format!("rm -rf -- {dir}"), format!("mkdir -p {dir}")],
+                        &[],
+                    );
                     match self
-                        .run_container(st, base, "get-sources", &[], script, Vec::new(), trace, deadline, cancel)
+                        .run_container(
+                            st,
+                            base,
+                            "get-sources",
+                            &[],
+                            script,
+                            Vec::new(),
+                            trace,
+                            deadline,
+                            cancel,
+                        )
                         .await
                     {
                         Ok(StepEnd::Exited(0)) => {}
                         Ok(StepEnd::Exited(code)) => {
-                            return Err(End::system(format!("emptying {dir} failed with exit code {code}")));
+                            return Err(End::system(format!(
+                                "emptying {dir} failed with exit code {code}"
+                            )));
                         }
-                        Ok(StepEnd::TimedOut) => return Err(End::Failed {
-                            reason: FailureReason::JobExecutionTimeout,
-                            exit_code: None,
-                            message: "execution took longer than the job timeout".to_string(),
-                        }),
+                        Ok(StepEnd::TimedOut) => {
+                            return Err(End::Failed {
+                                reason: FailureReason::JobExecutionTimeout,
+                                exit_code: None,
+                                message: "execution took longer than the job timeout".to_string(),
+                            });
+                        }
                         Ok(StepEnd::Canceled) => return Err(End::Canceled),
                         Err(e) => return Err(End::system(e)),
                     }
@@ -466,7 +524,11 @@ impl DockerExecutor {
         if let Ok(mut c) = st.containers.lock() {
             c.push(id.clone());
         }
-        let first = st.prepared.lock().map(|mut p| !std::mem::replace(&mut *p, true)).unwrap_or(false);
+        let first = st
+            .prepared
+            .lock()
+            .map(|mut p| !std::mem::replace(&mut *p, true))
+            .unwrap_or(false);
         if first {
             let tar = layout_archive(base.env)?;
             self.api.put_archive(&id, "/", single(tar)).await?;
@@ -547,7 +609,10 @@ impl DockerExecutor {
         }
         let prepared = st.prepared.lock().map(|p| *p).unwrap_or(true);
         if prepared {
-            trace.section_start("cleanup_file_variables", "Cleaning up project directory and file based variables");
+            trace.section_start(
+                "cleanup_file_variables",
+                "Cleaning up project directory and file based variables",
+            );
             if let Err(e) = self.api.remove_volume(&st.names.tmp_volume()).await {
                 tracing::warn!("{e}");
                 trace.write_line(&format!("\x1b[0;33mWARNING: {e}\x1b[0;m"));
@@ -563,6 +628,20 @@ fn timeout_end(timeout: Duration) -> End {
         exit_code: None,
         message: format!("execution took longer than {} seconds", timeout.as_secs()),
     }
+}
+
+/// The commands of a script step: for `script`, the runner's `pre_build_script` before
+/// and `post_build_script` after, in the same shell, as gitlab-runner does.
+fn step_commands(step: &Step, runner: &RunnerConfig) -> Vec<String> {
+    if step.name != "script" {
+        return step.script.clone();
+    }
+    let extra = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+    extra(&runner.pre_build_script)
+        .into_iter()
+        .chain(step.script.iter().cloned())
+        .chain(extra(&runner.post_build_script))
+        .collect()
 }
 
 /// Whether a step with `when` runs given how the job stands.
@@ -604,7 +683,8 @@ fn layout_archive(env: &JobEnv) -> Result<Vec<u8>, ExecutorError> {
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o777);
         h.set_size(0);
-        b.append_data(&mut h, format!("{d}/"), std::io::empty()).map_err(err)?;
+        b.append_data(&mut h, format!("{d}/"), std::io::empty())
+            .map_err(err)?;
     }
     for f in &env.files {
         let mut h = tar::Header::new_gnu();
@@ -628,7 +708,12 @@ struct BuildBase<'a> {
 }
 
 impl BuildBase<'_> {
-    fn body(&self, names: &JobNames, kind: &str, extra_env: &[(&str, &str)]) -> ContainerCreateBody {
+    fn body(
+        &self,
+        names: &JobNames,
+        kind: &str,
+        extra_env: &[(&str, &str)],
+    ) -> ContainerCreateBody {
         let mut hc = self.hc.clone();
         let mut mounts = hc.mounts.take().unwrap_or_default();
         let user_covers_builds = hc
@@ -636,7 +721,9 @@ impl BuildBase<'_> {
             .iter()
             .flatten()
             .any(|b| b.split(':').nth(1) == Some(self.env.builds_dir.as_str()))
-            || mounts.iter().any(|m| m.target.as_deref() == Some(self.env.builds_dir.as_str()));
+            || mounts
+                .iter()
+                .any(|m| m.target.as_deref() == Some(self.env.builds_dir.as_str()));
         if !user_covers_builds {
             mounts.push(Mount {
                 target: Some(self.env.builds_dir.clone()),
@@ -660,11 +747,19 @@ impl BuildBase<'_> {
             ..Default::default()
         });
         hc.mounts = Some(mounts);
-        let entrypoint = if self.docker.disable_entrypoint_overwrite == Some(true) || self.entrypoint.is_empty() {
+        let entrypoint = if self.docker.disable_entrypoint_overwrite == Some(true)
+            || self.entrypoint.is_empty()
+        {
             None
         } else {
             // `entrypoint: [""]` clears the image's entrypoint.
-            Some(self.entrypoint.iter().filter(|e| !e.is_empty()).cloned().collect())
+            Some(
+                self.entrypoint
+                    .iter()
+                    .filter(|e| !e.is_empty())
+                    .cloned()
+                    .collect(),
+            )
         };
         ContainerCreateBody {
             image: Some(self.image_id.clone()),
@@ -688,7 +783,12 @@ impl BuildBase<'_> {
 
 #[async_trait]
 impl Executor for DockerExecutor {
-    async fn run(&self, ctx: &JobContext, trace: &TraceSink, cancel: CancellationToken) -> JobOutcome {
+    async fn run(
+        &self,
+        ctx: &JobContext,
+        trace: &TraceSink,
+        cancel: CancellationToken,
+    ) -> JobOutcome {
         let st = JobState {
             names: JobNames {
                 agent_id: ctx.agent_id.clone(),
@@ -708,9 +808,15 @@ impl Executor for DockerExecutor {
                 trace.write_line("\x1b[32;1mJob succeeded\x1b[0;m");
                 JobOutcome::Success
             }
-            End::Failed { reason, exit_code, message } => {
+            End::Failed {
+                reason,
+                exit_code,
+                message,
+            } => {
                 let sep = if message.starts_with('(') { " " } else { ": " };
-                trace.write_line(&format!("\x1b[31;1mERROR: Job failed{sep}{message}\x1b[0;m"));
+                trace.write_line(&format!(
+                    "\x1b[31;1mERROR: Job failed{sep}{message}\x1b[0;m"
+                ));
                 JobOutcome::Failed { reason, exit_code }
             }
             End::Canceled => {

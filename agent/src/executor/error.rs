@@ -50,7 +50,11 @@ impl ExecutorError {
     }
 
     /// A bad `[runners.docker]` value.
-    pub(crate) fn config(key: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn config(
+        key: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         ExecutorError::Config {
             key,
             value: value.into(),

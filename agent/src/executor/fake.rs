@@ -13,9 +13,9 @@ use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
+use super::ExecutorError;
 use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, VolumeInfo};
 use super::names::LABEL_KIND;
-use super::ExecutorError;
 
 /// What a container of some kind does when started.
 #[derive(Debug, Clone)]
@@ -28,10 +28,18 @@ pub struct Behavior {
 
 impl Behavior {
     pub fn exits(output: &str, exit: i64) -> Self {
-        Behavior { output: output.to_string(), exit, hang: false }
+        Behavior {
+            output: output.to_string(),
+            exit,
+            hang: false,
+        }
     }
     pub fn hangs(output: &str) -> Self {
-        Behavior { output: output.to_string(), exit: 0, hang: true }
+        Behavior {
+            output: output.to_string(),
+            exit: 0,
+            hang: true,
+        }
     }
 }
 
@@ -73,12 +81,17 @@ fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 fn server_error(code: u16, message: &str) -> bollard::errors::Error {
-    bollard::errors::Error::DockerResponseServerError { status_code: code, message: message.to_string() }
+    bollard::errors::Error::DockerResponseServerError {
+        status_code: code,
+        message: message.to_string(),
+    }
 }
 
 impl FakeApi {
     pub fn add_image(&self, name: &str, id: &str) {
-        lock(&self.state).images.insert(name.to_string(), id.to_string());
+        lock(&self.state)
+            .images
+            .insert(name.to_string(), id.to_string());
     }
     pub fn fail_pulls(&self, fail: bool) {
         lock(&self.state).fail_pulls = fail;
@@ -104,7 +117,10 @@ impl FakeApi {
         st.containers.push(FakeContainer {
             id,
             name: name.to_string(),
-            body: ContainerCreateBody { labels: Some(labels), ..Default::default() },
+            body: ContainerCreateBody {
+                labels: Some(labels),
+                ..Default::default()
+            },
             stdin: Arc::default(),
             archives: Vec::new(),
             started: true,
@@ -124,7 +140,11 @@ impl FakeApi {
     }
 
     fn kind_of(body: &ContainerCreateBody) -> String {
-        body.labels.as_ref().and_then(|l| l.get(LABEL_KIND)).cloned().unwrap_or_default()
+        body.labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_KIND))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -143,20 +163,30 @@ impl ContainerApi for FakeApi {
         let mut st = lock(&self.state);
         st.pulls.push(image.to_string());
         if st.fail_pulls {
-            return Err(ExecutorError::docker(format!("pull image {image}"), server_error(500, "no registry")));
+            return Err(ExecutorError::docker(
+                format!("pull image {image}"),
+                server_error(500, "no registry"),
+            ));
         }
         progress("Pull complete".to_string());
-        st.images.insert(image.to_string(), format!("sha256:pulled-{image}"));
+        st.images
+            .insert(image.to_string(), format!("sha256:pulled-{image}"));
         Ok(())
     }
 
     async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, ExecutorError> {
         let mut st = lock(&self.state);
         if st.fail_create.as_deref() == Some(Self::kind_of(&body).as_str()) {
-            return Err(ExecutorError::docker(format!("create container {name}"), server_error(500, "boom")));
+            return Err(ExecutorError::docker(
+                format!("create container {name}"),
+                server_error(500, "boom"),
+            ));
         }
         if st.containers.iter().any(|c| c.name == name && !c.removed) {
-            return Err(ExecutorError::docker(format!("create container {name}"), server_error(409, "name in use")));
+            return Err(ExecutorError::docker(
+                format!("create container {name}"),
+                server_error(409, "name in use"),
+            ));
         }
         let id = format!("id-{}", st.containers.len());
         let (exit_tx, _) = watch::channel(None);
@@ -183,9 +213,19 @@ impl ContainerApi for FakeApi {
             .containers
             .iter_mut()
             .find(|c| c.id == id)
-            .ok_or_else(|| ExecutorError::docker(format!("attach container {id}"), server_error(404, "no such container")))?;
+            .ok_or_else(|| {
+                ExecutorError::docker(
+                    format!("attach container {id}"),
+                    server_error(404, "no such container"),
+                )
+            })?;
         let rx = c.out_rx.take().expect("attach once");
-        let output = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) }).boxed();
+        let output =
+            futures::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) },
+            )
+            .boxed();
         let (theirs, mut ours) = tokio::io::duplex(1 << 16);
         let sink = c.stdin.clone();
         tokio::spawn(async move {
@@ -195,16 +235,30 @@ impl ContainerApi for FakeApi {
                 s.extend_from_slice(&buf);
             }
         });
-        Ok(Attached { output, input: Box::pin(theirs) })
+        Ok(Attached {
+            output,
+            input: Box::pin(theirs),
+        })
     }
 
     async fn start(&self, id: &str) -> Result<(), ExecutorError> {
         let mut st = lock(&self.state);
         let behaviors = st.behaviors.clone();
-        let c = st.containers.iter_mut().find(|c| c.id == id).expect("container");
+        let c = st
+            .containers
+            .iter_mut()
+            .find(|c| c.id == id)
+            .expect("container");
         c.started = true;
-        let b = behaviors.get(&Self::kind_of(&c.body)).cloned().unwrap_or_else(|| Behavior::exits("", 0));
-        let out = if b.hang { c.out_tx.clone() } else { c.out_tx.take() };
+        let b = behaviors
+            .get(&Self::kind_of(&c.body))
+            .cloned()
+            .unwrap_or_else(|| Behavior::exits("", 0));
+        let out = if b.hang {
+            c.out_tx.clone()
+        } else {
+            c.out_tx.take()
+        };
         if let Some(tx) = &out {
             let _ = tx.send(Bytes::from(b.output.clone()));
         }
@@ -222,21 +276,33 @@ impl ContainerApi for FakeApi {
     async fn wait(&self, id: &str) -> Result<i64, ExecutorError> {
         let mut rx = {
             let st = lock(&self.state);
-            st.containers.iter().find(|c| c.id == id).expect("container").exit_tx.subscribe()
+            st.containers
+                .iter()
+                .find(|c| c.id == id)
+                .expect("container")
+                .exit_tx
+                .subscribe()
         };
         loop {
             if let Some(code) = *rx.borrow_and_update() {
                 return Ok(code);
             }
             if rx.changed().await.is_err() {
-                return Err(ExecutorError::docker(format!("wait container {id}"), server_error(500, "gone")));
+                return Err(ExecutorError::docker(
+                    format!("wait container {id}"),
+                    server_error(500, "gone"),
+                ));
             }
         }
     }
 
     async fn kill(&self, id: &str) -> Result<(), ExecutorError> {
         let mut st = lock(&self.state);
-        let c = st.containers.iter_mut().find(|c| c.id == id).expect("container");
+        let c = st
+            .containers
+            .iter_mut()
+            .find(|c| c.id == id)
+            .expect("container");
         c.killed = true;
         c.out_tx = None;
         let _ = c.exit_tx.send(Some(137));
@@ -253,24 +319,47 @@ impl ContainerApi for FakeApi {
         Ok(())
     }
 
-    async fn put_archive(&self, id: &str, path: &str, mut tar: ArchiveStream) -> Result<(), ExecutorError> {
+    async fn put_archive(
+        &self,
+        id: &str,
+        path: &str,
+        mut tar: ArchiveStream,
+    ) -> Result<(), ExecutorError> {
         let mut data = Vec::new();
         while let Some(chunk) = tar.next().await {
-            data.extend_from_slice(&chunk.map_err(|source| ExecutorError::Archive { what: path.to_string(), source })?);
+            data.extend_from_slice(&chunk.map_err(|source| ExecutorError::Archive {
+                what: path.to_string(),
+                source,
+            })?);
         }
         let mut st = lock(&self.state);
-        let c = st.containers.iter_mut().find(|c| c.id == id).expect("container");
+        let c = st
+            .containers
+            .iter_mut()
+            .find(|c| c.id == id)
+            .expect("container");
         c.archives.push((path.to_string(), data));
         Ok(())
     }
 
-    async fn list_containers(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>, ExecutorError> {
+    async fn list_containers(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<ContainerInfo>, ExecutorError> {
         let st = lock(&self.state);
         Ok(st
             .containers
             .iter()
             .filter(|c| !c.removed)
-            .filter(|c| c.body.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str) == Some(value))
+            .filter(|c| {
+                c.body
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(key))
+                    .map(String::as_str)
+                    == Some(value)
+            })
             .map(|c| ContainerInfo {
                 id: c.id.clone(),
                 name: c.name.clone(),
@@ -285,7 +374,10 @@ impl ContainerApi for FakeApi {
             .volumes
             .iter()
             .filter(|(_, l)| l.get(key).map(String::as_str) == Some(value))
-            .map(|(n, l)| VolumeInfo { name: n.clone(), labels: l.clone() })
+            .map(|(n, l)| VolumeInfo {
+                name: n.clone(),
+                labels: l.clone(),
+            })
             .collect())
     }
 

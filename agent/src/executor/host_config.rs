@@ -14,7 +14,11 @@ pub fn host_config(cfg: &DockerConfig) -> Result<HostConfig, ExecutorError> {
     let (binds, mounts) = volumes(&cfg.volumes)?;
     let nonempty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     let map = |m: &std::collections::BTreeMap<String, String>| {
-        (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>())
+        (!m.is_empty()).then(|| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>()
+        })
     };
     Ok(HostConfig {
         privileged: cfg.privileged,
@@ -22,13 +26,21 @@ pub fn host_config(cfg: &DockerConfig) -> Result<HostConfig, ExecutorError> {
         mounts: nonempty_mounts(mounts),
         shm_size: match cfg.shm_size {
             Some(s) if s < 0 => {
-                return Err(ExecutorError::config("shm_size", s.to_string(), "must not be negative"));
+                return Err(ExecutorError::config(
+                    "shm_size",
+                    s.to_string(),
+                    "must not be negative",
+                ));
             }
             s => s.filter(|s| *s > 0),
         },
         memory: opt_size("memory", cfg.memory.as_deref(), false)?,
         memory_swap: opt_size("memory_swap", cfg.memory_swap.as_deref(), true)?,
-        memory_reservation: opt_size("memory_reservation", cfg.memory_reservation.as_deref(), false)?,
+        memory_reservation: opt_size(
+            "memory_reservation",
+            cfg.memory_reservation.as_deref(),
+            false,
+        )?,
         nano_cpus: cfg.cpus.as_deref().map(nano_cpus).transpose()?,
         cpuset_cpus: cfg.cpuset_cpus.clone().filter(|s| !s.is_empty()),
         cpu_shares: cfg.cpu_shares,
@@ -39,7 +51,11 @@ pub fn host_config(cfg: &DockerConfig) -> Result<HostConfig, ExecutorError> {
         cap_add: nonempty(&cfg.cap_add),
         cap_drop: nonempty(&cfg.cap_drop),
         devices: {
-            let d = cfg.devices.iter().map(|d| device(d)).collect::<Result<Vec<_>, _>>()?;
+            let d = cfg
+                .devices
+                .iter()
+                .map(|d| device(d))
+                .collect::<Result<Vec<_>, _>>()?;
             (!d.is_empty()).then_some(d)
         },
         security_opt: nonempty(&cfg.security_opt),
@@ -91,7 +107,11 @@ fn volumes(vols: &[String]) -> Result<(Vec<String>, Vec<Mount>), ExecutorError> 
     Ok((binds, mounts))
 }
 
-fn opt_size(key: &'static str, v: Option<&str>, allow_unlimited: bool) -> Result<Option<i64>, ExecutorError> {
+fn opt_size(
+    key: &'static str,
+    v: Option<&str>,
+    allow_unlimited: bool,
+) -> Result<Option<i64>, ExecutorError> {
     match v.map(str::trim) {
         None | Some("") => Ok(None),
         Some("-1") if allow_unlimited => Ok(Some(-1)),
@@ -113,7 +133,10 @@ pub fn parse_size(s: &str) -> Result<i64, String> {
         .parse()
         .map_err(|_| "expected a size like 512m or 2g".to_string())?;
     let unit = unit.trim();
-    let unit = unit.strip_suffix("ib").or_else(|| unit.strip_suffix('b').filter(|u| !u.is_empty())).unwrap_or(unit);
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b').filter(|u| !u.is_empty()))
+        .unwrap_or(unit);
     let mult: f64 = match unit {
         "" | "b" => 1.0,
         "k" => 1024.0,
@@ -137,7 +160,11 @@ fn nano_cpus(s: &str) -> Result<i64, ExecutorError> {
         .parse()
         .map_err(|_| ExecutorError::config("cpus", s, "expected a number of CPUs like 1.5"))?;
     if !(v.is_finite() && v > 0.0) {
-        return Err(ExecutorError::config("cpus", s, "must be a positive number"));
+        return Err(ExecutorError::config(
+            "cpus",
+            s,
+            "must be a positive number",
+        ));
     }
     Ok((v * 1e9).round() as i64)
 }
@@ -168,7 +195,13 @@ fn device(d: &str) -> Result<DeviceMapping, ExecutorError> {
 
 /// `ulimit = { nofile = "1024:2048" }` (soft[:hard]).
 fn ulimit(name: &str, v: &str) -> Result<ResourcesUlimits, ExecutorError> {
-    let bad = || ExecutorError::config("ulimit", format!("{name}={v}"), "expected soft[:hard] numbers");
+    let bad = || {
+        ExecutorError::config(
+            "ulimit",
+            format!("{name}={v}"),
+            "expected soft[:hard] numbers",
+        )
+    };
     let (soft, hard) = match v.split_once(':') {
         Some((s, h)) => (s, h),
         None => (v, v),
@@ -191,7 +224,9 @@ mod tests {
     }
 
     fn err(toml_text: &str) -> String {
-        host_config(&cfg(toml_text)).expect_err("should fail").to_string()
+        host_config(&cfg(toml_text))
+            .expect_err("should fail")
+            .to_string()
     }
 
     #[test]
@@ -229,7 +264,13 @@ mod tests {
         "#))
         .expect("hc");
         assert_eq!(hc.privileged, Some(true));
-        assert_eq!(hc.binds, Some(vec!["/srv/cache:/cache:ro".to_string(), "/a:/b".to_string()]));
+        assert_eq!(
+            hc.binds,
+            Some(vec![
+                "/srv/cache:/cache:ro".to_string(),
+                "/a:/b".to_string()
+            ])
+        );
         let m = hc.mounts.expect("mounts");
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].target.as_deref(), Some("/data"));
@@ -259,9 +300,15 @@ mod tests {
         assert_eq!(hc.oom_kill_disable, Some(true));
         assert_eq!(hc.tmpfs.expect("tmpfs")["/run"], "rw,size=64m");
         let u = hc.ulimits.expect("ulimits");
-        let nofile = u.iter().find(|u| u.name.as_deref() == Some("nofile")).expect("nofile");
+        let nofile = u
+            .iter()
+            .find(|u| u.name.as_deref() == Some("nofile"))
+            .expect("nofile");
         assert_eq!((nofile.soft, nofile.hard), (Some(1024), Some(2048)));
-        let nproc = u.iter().find(|u| u.name.as_deref() == Some("nproc")).expect("nproc");
+        let nproc = u
+            .iter()
+            .find(|u| u.name.as_deref() == Some("nproc"))
+            .expect("nproc");
         assert_eq!((nproc.soft, nproc.hard), (Some(512), Some(512)));
         assert_eq!(hc.userns_mode.as_deref(), Some("host"));
         assert_eq!(hc.runtime.as_deref(), Some("runc"));

@@ -5,8 +5,8 @@ use bollard::auth::DockerCredentials;
 use drover_proto::spec::{DockerConfig, PullPolicy};
 use secrecy::ExposeSecret;
 
-use super::api::ContainerApi;
 use super::ExecutorError;
+use super::api::ContainerApi;
 use crate::gitlab::types::{Credentials, JobResponse};
 use crate::trace::TraceSink;
 
@@ -63,13 +63,22 @@ fn policy_name(p: PullPolicy) -> &'static str {
 
 /// Formats policies as gitlab-runner does: `[always if-not-present]`.
 pub fn policies_text(p: &[PullPolicy]) -> String {
-    format!("[{}]", p.iter().map(|p| policy_name(*p)).collect::<Vec<_>>().join(" "))
+    format!(
+        "[{}]",
+        p.iter()
+            .map(|p| policy_name(*p))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
 }
 
 /// The pull policies to try, in order. The runner's `pull_policy` defaults to `always`
 /// (gitlab-runner's default). A job's `image.pull_policy` overrides it but must be within
 /// `allowed_pull_policies` (which default to the runner's policies).
-pub fn pull_policies(docker: &DockerConfig, job_policies: &[String]) -> Result<Vec<PullPolicy>, ExecutorError> {
+pub fn pull_policies(
+    docker: &DockerConfig,
+    job_policies: &[String],
+) -> Result<Vec<PullPolicy>, ExecutorError> {
     let runner = docker
         .pull_policy
         .as_ref()
@@ -111,7 +120,9 @@ pub fn pull_policies(docker: &DockerConfig, job_policies: &[String]) -> Result<V
 /// The registry host of an image reference (`docker.io` when it names none).
 pub fn registry_host(image: &str) -> &str {
     match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first,
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
         _ => "docker.io",
     }
 }
@@ -126,7 +137,10 @@ pub fn credentials_for(image: &str, creds: &[Credentials]) -> Option<DockerCrede
             .trim_end_matches('/');
         u == host
             || (host == "docker.io"
-                && matches!(u, "index.docker.io" | "registry-1.docker.io" | "index.docker.io/v1"))
+                && matches!(
+                    u,
+                    "index.docker.io" | "registry-1.docker.io" | "index.docker.io/v1"
+                ))
     };
     creds
         .iter()
@@ -153,7 +167,10 @@ pub async fn ensure_image(
         let attempt: Result<String, String> = match policy {
             PullPolicy::Never | PullPolicy::IfNotPresent => match api.image_id(image).await? {
                 Some(id) => {
-                    trace.write_line(&format!("Using locally found image version due to \"{}\" pull policy", policy_name(*policy)));
+                    trace.write_line(&format!(
+                        "Using locally found image version due to \"{}\" pull policy",
+                        policy_name(*policy)
+                    ));
                     Ok(id)
                 }
                 None if *policy == PullPolicy::Never => Err(format!(
@@ -217,9 +234,18 @@ mod tests {
         assert!(glob_match("busybox:*", "busybox:latest"));
         assert!(glob_match("ruby:*", "ruby:3.3"));
         assert!(!glob_match("ruby:*", "python:3"));
-        assert!(glob_match("registry.example.com/*/*", "registry.example.com/group/img:1"));
-        assert!(!glob_match("registry.example.com/*", "registry.example.com/group/img:1"));
-        assert!(glob_match("registry.example.com/**", "registry.example.com/group/sub/img:1"));
+        assert!(glob_match(
+            "registry.example.com/*/*",
+            "registry.example.com/group/img:1"
+        ));
+        assert!(!glob_match(
+            "registry.example.com/*",
+            "registry.example.com/group/img:1"
+        ));
+        assert!(glob_match(
+            "registry.example.com/**",
+            "registry.example.com/group/sub/img:1"
+        ));
         assert!(glob_match("alpine:3.1?", "alpine:3.19"));
         assert!(!glob_match("alpine:3.1?", "alpine:3.1"));
         assert!(glob_match("exact", "exact"));
@@ -232,28 +258,45 @@ mod tests {
         let e = check_allowed("python:3", &["ruby:*".to_string(), "alpine:*".to_string()])
             .expect_err("not allowed")
             .to_string();
-        assert!(e.contains("\"python:3\"") && e.contains("ruby:*, alpine:*"), "{e}");
+        assert!(
+            e.contains("\"python:3\"") && e.contains("ruby:*, alpine:*"),
+            "{e}"
+        );
     }
 
     #[test]
     fn image_name_falls_back_to_the_runner_default() {
-        let job: JobResponse = serde_json::from_value(serde_json::json!({"id": 1, "token": "t"})).expect("job");
-        assert_eq!(image_name(&job, &docker(r#"image = "alpine:3""#)).expect("img"), "alpine:3");
+        let job: JobResponse =
+            serde_json::from_value(serde_json::json!({"id": 1, "token": "t"})).expect("job");
+        assert_eq!(
+            image_name(&job, &docker(r#"image = "alpine:3""#)).expect("img"),
+            "alpine:3"
+        );
         assert!(image_name(&job, &docker("")).is_err());
         let job: JobResponse = serde_json::from_value(
             serde_json::json!({"id": 1, "token": "t", "image": {"name": "busybox"}}),
         )
         .expect("job");
-        assert_eq!(image_name(&job, &docker(r#"image = "alpine:3""#)).expect("img"), "busybox");
+        assert_eq!(
+            image_name(&job, &docker(r#"image = "alpine:3""#)).expect("img"),
+            "busybox"
+        );
     }
 
     #[test]
     fn pull_policy_defaults_and_job_overrides() {
         use PullPolicy::*;
         assert_eq!(pull_policies(&docker(""), &[]).expect("p"), vec![Always]);
-        assert_eq!(pull_policies(&docker(r#"pull_policy = "never""#), &[]).expect("p"), vec![Never]);
         assert_eq!(
-            pull_policies(&docker(r#"pull_policy = ["always", "if-not-present"]"#), &[]).expect("p"),
+            pull_policies(&docker(r#"pull_policy = "never""#), &[]).expect("p"),
+            vec![Never]
+        );
+        assert_eq!(
+            pull_policies(
+                &docker(r#"pull_policy = ["always", "if-not-present"]"#),
+                &[]
+            )
+            .expect("p"),
             vec![Always, IfNotPresent]
         );
         // The job may pick among the runner's own policies...
@@ -268,17 +311,25 @@ mod tests {
         // ...or among allowed_pull_policies when set.
         assert_eq!(
             pull_policies(
-                &docker(r#"pull_policy = "always"
-                    allowed_pull_policies = ["never"]"#),
+                &docker(
+                    r#"pull_policy = "always"
+                    allowed_pull_policies = ["never"]"#
+                ),
                 &["never".to_string()]
             )
             .expect("p"),
             vec![Never]
         );
-        let e = pull_policies(&docker(r#"pull_policy = "if-not-present""#), &["always".to_string()])
-            .expect_err("not allowed")
-            .to_string();
-        assert!(e.contains("pull_policy (always)") && e.contains("[if-not-present]"), "{e}");
+        let e = pull_policies(
+            &docker(r#"pull_policy = "if-not-present""#),
+            &["always".to_string()],
+        )
+        .expect_err("not allowed")
+        .to_string();
+        assert!(
+            e.contains("pull_policy (always)") && e.contains("[if-not-present]"),
+            "{e}"
+        );
         assert!(pull_policies(&docker(""), &["sometimes".to_string()]).is_err());
     }
 
@@ -292,7 +343,13 @@ mod tests {
         let c = credentials_for("registry.example.com/g/img:1", &creds).expect("creds");
         assert_eq!(c.username.as_deref(), Some("u"));
         assert_eq!(c.password.as_deref(), Some("p"));
-        assert_eq!(credentials_for("busybox", &creds).expect("hub").username.as_deref(), Some("hub"));
+        assert_eq!(
+            credentials_for("busybox", &creds)
+                .expect("hub")
+                .username
+                .as_deref(),
+            Some("hub")
+        );
         assert!(credentials_for("other.example.com/x", &creds).is_none());
         assert_eq!(registry_host("localhost:5000/x"), "localhost:5000");
         assert_eq!(registry_host("group/x"), "docker.io");
@@ -303,13 +360,18 @@ mod tests {
         let api = FakeApi::default();
         api.add_image("local:1", "sha256:abc");
         let trace = TraceSink::new();
-        let id = ensure_image(&api, "local:1", &[PullPolicy::Never], None, &trace).await.expect("id");
+        let id = ensure_image(&api, "local:1", &[PullPolicy::Never], None, &trace)
+            .await
+            .expect("id");
         assert_eq!(id, "sha256:abc");
         let e = ensure_image(&api, "missing:1", &[PullPolicy::Never], None, &trace)
             .await
             .expect_err("missing")
             .to_string();
-        assert_eq!(e, "image \"missing:1\" is not present locally and pull_policy is \"never\"");
+        assert_eq!(
+            e,
+            "image \"missing:1\" is not present locally and pull_policy is \"never\""
+        );
         assert_eq!(api.pulls(), Vec::<String>::new());
     }
 
@@ -323,13 +385,25 @@ mod tests {
             .await
             .expect_err("pull fails")
             .to_string();
-        assert!(e.starts_with("failed to pull image \"local:1\" with specified policies [always]:"), "{e}");
-        let id = ensure_image(&api, "local:1", &[PullPolicy::Always, PullPolicy::IfNotPresent], None, &trace)
-            .await
-            .expect("falls back");
+        assert!(
+            e.starts_with("failed to pull image \"local:1\" with specified policies [always]:"),
+            "{e}"
+        );
+        let id = ensure_image(
+            &api,
+            "local:1",
+            &[PullPolicy::Always, PullPolicy::IfNotPresent],
+            None,
+            &trace,
+        )
+        .await
+        .expect("falls back");
         assert_eq!(id, "sha256:abc");
         let t = String::from_utf8_lossy(&trace.snapshot()).into_owned();
-        assert!(t.contains("WARNING: Failed to pull image with policy \"always\""), "{t}");
+        assert!(
+            t.contains("WARNING: Failed to pull image with policy \"always\""),
+            "{t}"
+        );
         assert_eq!(api.pulls().len(), 2);
     }
 
@@ -338,7 +412,9 @@ mod tests {
         let api = FakeApi::default();
         api.add_image("local:1", "sha256:abc");
         let trace = TraceSink::new();
-        ensure_image(&api, "local:1", &[PullPolicy::IfNotPresent], None, &trace).await.expect("local");
+        ensure_image(&api, "local:1", &[PullPolicy::IfNotPresent], None, &trace)
+            .await
+            .expect("local");
         assert!(api.pulls().is_empty());
         let id = ensure_image(&api, "remote:1", &[PullPolicy::IfNotPresent], None, &trace)
             .await

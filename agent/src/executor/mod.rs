@@ -11,6 +11,22 @@
 //! - `image`: image choice, `allowed_images`, pull policies, registry credentials.
 //! - `names`: container/volume names and labels.
 //! - [`sources`]: the [`SourcesProvider`] hook for `clone`/`fetch`.
+//!
+//! Choices (differences from gitlab-runner are deliberate and listed here):
+//! - No helper image: the job image does everything; the script is fed to its shell over
+//!   stdin (bash when the image has it, else `sh`).
+//! - Builds directory: a named volume per runner + project + slot
+//!   (`runner-<short>-project-<pid>-concurrent-<slot>-cache-<hash>`, kind `builds`) mounted at
+//!   `builds_dir` and kept between jobs so `fetch` can reuse it; `cleanup_orphans` leaves it.
+//!   File variables live in a per-job volume (kind `tmp`) at `<CI_PROJECT_DIR>.tmp`, removed
+//!   when the job ends.
+//! - `pull_policy` defaults to `always`, as in gitlab-runner; on a box without a registry set
+//!   `if-not-present` or `never`.
+//! - Failure reasons: pull errors, `allowed_images` and `allowed_pull_policies` refusals →
+//!   `image_pull_failure`; bad `[runners.docker]` values, a missing image name and Docker
+//!   errors → `runner_system_failure`; script exit codes → `script_failure`.
+//! - The executor writes the result line (`Job succeeded` / `ERROR: Job failed: ...`); the
+//!   runner loop must not print another one.
 
 pub mod api;
 mod bollard_api;
@@ -25,9 +41,9 @@ pub mod names;
 mod outcome;
 mod script;
 pub mod sources;
-mod variables;
 #[cfg(test)]
 mod tests;
+mod variables;
 
 use std::sync::Arc;
 

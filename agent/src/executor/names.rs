@@ -75,7 +75,13 @@ impl JobNames {
 /// Keeps characters Docker accepts in names (`[a-zA-Z0-9_.-]`).
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -97,12 +103,24 @@ mod tests {
     #[test]
     fn names_follow_gitlab_runner_with_the_job_id() {
         let n = names();
-        assert_eq!(n.container("build"), "runner-glrt-abc-project-7-concurrent-2-99-build");
-        assert_eq!(n.tmp_volume(), "runner-glrt-abc-project-7-concurrent-2-99-tmp");
+        assert_eq!(
+            n.container("build"),
+            "runner-glrt-abc-project-7-concurrent-2-99-build"
+        );
+        assert_eq!(
+            n.tmp_volume(),
+            "runner-glrt-abc-project-7-concurrent-2-99-tmp"
+        );
         let v = n.builds_volume("/builds");
-        assert!(v.starts_with("runner-glrt-abc-project-7-concurrent-2-cache-"), "{v}");
+        assert!(
+            v.starts_with("runner-glrt-abc-project-7-concurrent-2-cache-"),
+            "{v}"
+        );
         assert_ne!(v, n.builds_volume("/other"));
-        assert_eq!(n.container("after_script/x"), "runner-glrt-abc-project-7-concurrent-2-99-after_script-x");
+        assert_eq!(
+            n.container("after_script/x"),
+            "runner-glrt-abc-project-7-concurrent-2-99-after_script-x"
+        );
     }
 
     #[test]

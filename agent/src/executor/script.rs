@@ -67,7 +67,9 @@ pub fn generate(workdir: &str, preamble: &[String], commands: &[String]) -> Stri
         // `set -e` does not stop at every failure (e.g. `false && true`); the explicit
         // check after each command does.
         body.push_str(cmd.trim_end_matches('\n'));
-        body.push_str("\n_drover_rc=$?; if [ \"$_drover_rc\" -ne 0 ]; then exit \"$_drover_rc\"; fi\n");
+        body.push_str(
+            "\n_drover_rc=$?; if [ \"$_drover_rc\" -ne 0 ]; then exit \"$_drover_rc\"; fi\n",
+        );
     }
     body.push_str("exit 0\n");
     format!(": | eval {}\nexit $?\n", quote(&body))
@@ -111,7 +113,11 @@ mod tests {
     fn echoes_each_command_in_green_then_runs_it() {
         let dir = tmpdir();
         let wd = dir.path().join("p").display().to_string();
-        let (out, code) = run_sh(&generate(&wd, &[], &cmds(&["echo hi", "echo 'it''s' \"%d\""])));
+        let (out, code) = run_sh(&generate(
+            &wd,
+            &[],
+            &cmds(&["echo hi", "echo 'it''s' \"%d\""]),
+        ));
         assert_eq!(code, 0);
         assert!(out.contains("\x1b[32;1m$ echo hi\x1b[0;m\nhi\n"), "{out:?}");
         assert!(out.contains("$ echo 'it''s' \"%d\""), "{out:?}");
@@ -122,7 +128,11 @@ mod tests {
     fn stops_at_the_first_failing_command_with_its_code() {
         let dir = tmpdir();
         let wd = dir.path().display().to_string();
-        let (out, code) = run_sh(&generate(&wd, &[], &cmds(&["echo one", "exit 3", "echo never"])));
+        let (out, code) = run_sh(&generate(
+            &wd,
+            &[],
+            &cmds(&["echo one", "exit 3", "echo never"]),
+        ));
         assert_eq!(code, 3);
         assert!(out.contains("one"));
         assert!(!out.contains("never"), "{out:?}");
@@ -144,7 +154,10 @@ mod tests {
         let multi = "if true; then\n  echo inside\nfi\n";
         let (out, code) = run_sh(&generate(&wd, &[], &cmds(&[multi, "echo after"])));
         assert_eq!(code, 0);
-        assert!(out.contains("$ if true; then # collapsed multi-line command"), "{out:?}");
+        assert!(
+            out.contains("$ if true; then # collapsed multi-line command"),
+            "{out:?}"
+        );
         assert!(out.contains("inside\n"));
         assert!(out.contains("after\n"));
         let (_, code) = run_sh(&generate(&wd, &[], &cmds(&["echo a\nexit 4\necho b"])));

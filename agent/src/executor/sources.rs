@@ -28,12 +28,18 @@ impl GitStrategy {
     /// From the job's `GIT_STRATEGY` value; unset → `fetch` when GitLab allows it, else `clone`.
     pub fn from_variable(value: Option<&str>, allow_git_fetch: bool) -> Result<Self, String> {
         match value.map(str::trim) {
-            None | Some("") => Ok(if allow_git_fetch { GitStrategy::Fetch } else { GitStrategy::Clone }),
+            None | Some("") => Ok(if allow_git_fetch {
+                GitStrategy::Fetch
+            } else {
+                GitStrategy::Clone
+            }),
             Some("clone") => Ok(GitStrategy::Clone),
             Some("fetch") => Ok(GitStrategy::Fetch),
             Some("none") => Ok(GitStrategy::None),
             Some("empty") => Ok(GitStrategy::Empty),
-            Some(other) => Err(format!("unknown GIT_STRATEGY {other:?} (use clone, fetch, none or empty)")),
+            Some(other) => Err(format!(
+                "unknown GIT_STRATEGY {other:?} (use clone, fetch, none or empty)"
+            )),
         }
     }
 
@@ -70,10 +76,22 @@ mod tests {
 
     #[test]
     fn git_strategy_defaults_on_allow_git_fetch() {
-        assert_eq!(GitStrategy::from_variable(None, true), Ok(GitStrategy::Fetch));
-        assert_eq!(GitStrategy::from_variable(None, false), Ok(GitStrategy::Clone));
-        assert_eq!(GitStrategy::from_variable(Some("none"), true), Ok(GitStrategy::None));
-        assert_eq!(GitStrategy::from_variable(Some("empty"), true), Ok(GitStrategy::Empty));
+        assert_eq!(
+            GitStrategy::from_variable(None, true),
+            Ok(GitStrategy::Fetch)
+        );
+        assert_eq!(
+            GitStrategy::from_variable(None, false),
+            Ok(GitStrategy::Clone)
+        );
+        assert_eq!(
+            GitStrategy::from_variable(Some("none"), true),
+            Ok(GitStrategy::None)
+        );
+        assert_eq!(
+            GitStrategy::from_variable(Some("empty"), true),
+            Ok(GitStrategy::Empty)
+        );
         assert!(GitStrategy::from_variable(Some("rsync"), true).is_err());
     }
 }

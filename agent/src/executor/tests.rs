@@ -1,0 +1,636 @@
+//! The job flow of [`DockerExecutor`] against the fake engine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use drover_proto::spec::RunnerConfig;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::api::ArchiveStream;
+use super::fake::{Behavior, FakeApi};
+use super::names::{LABEL_AGENT, LABEL_JOB, LABEL_KIND};
+use super::sources::{GitStrategy, SourcesProvider};
+use super::*;
+use crate::gitlab::types::JobResponse;
+use crate::trace::TraceSink;
+
+const IMAGE: &str = "busybox:test";
+
+fn job_json(steps: serde_json::Value, extra: serde_json::Value) -> JobResponse {
+    let mut v = serde_json::json!({
+        "id": 77,
+        "token": "tok",
+        "job_info": {"project_id": 5, "project_name": "demo"},
+        "git_info": {"repo_url": "https://gitlab.example.com/g/demo.git"},
+        "runner_info": {"timeout": 30},
+        "variables": [{"key": "GIT_STRATEGY", "value": "none"}],
+        "steps": steps,
+        "image": {"name": IMAGE},
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, val) in e {
+            o.insert(k.clone(), val.clone());
+        }
+    }
+    serde_json::from_value(v).expect("job")
+}
+
+fn steps(script: &[&str], after: &[&str]) -> serde_json::Value {
+    serde_json::json!([
+        {"name": "script", "script": script, "when": "on_success"},
+        {"name": "after_script", "script": after, "when": "always"}
+    ])
+}
+
+fn ctx(job: JobResponse, docker_toml: &str) -> JobContext {
+    let runner: RunnerConfig = toml::from_str(&format!(
+        "name = \"r\"\n[docker]\npull_policy = \"never\"\n{docker_toml}"
+    ))
+    .expect("runner");
+    JobContext {
+        job,
+        runner: Arc::new(runner),
+        agent_id: "agent-x".into(),
+        runner_short_token: "short123".into(),
+        slot: 1,
+    }
+}
+
+fn fake() -> FakeApi {
+    let api = FakeApi::default();
+    api.add_image(IMAGE, "sha256:feed");
+    api
+}
+
+async fn run_with(
+    api: &FakeApi,
+    exec: DockerExecutor,
+    c: &JobContext,
+    cancel: CancellationToken,
+) -> (JobOutcome, String) {
+    let trace = TraceSink::new();
+    let out = exec.run(c, &trace, cancel).await;
+    assert!(
+        api.with_containers(|cs| cs.iter().all(|c| c.removed)),
+        "every container is removed"
+    );
+    (out, String::from_utf8_lossy(&trace.snapshot()).into_owned())
+}
+
+async fn run(api: &FakeApi, c: &JobContext) -> (JobOutcome, String) {
+    run_with(
+        api,
+        DockerExecutor::with_api(Arc::new(api.clone())),
+        c,
+        CancellationToken::new(),
+    )
+    .await
+}
+
+fn kinds(api: &FakeApi) -> Vec<String> {
+    api.with_containers(|cs| {
+        cs.iter()
+            .map(|c| {
+                c.body
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_KIND))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    })
+}
+
+fn stdin_of(api: &FakeApi, kind: &str) -> String {
+    api.with_containers(|cs| {
+        let c = cs
+            .iter()
+            .find(|c| {
+                c.body
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_KIND))
+                    .map(String::as_str)
+                    == Some(kind)
+            })
+            .expect("container of kind");
+        String::from_utf8_lossy(&c.stdin.lock().expect("stdin")).into_owned()
+    })
+}
+
+fn env_of(api: &FakeApi, kind: &str) -> Vec<String> {
+    api.with_containers(|cs| {
+        cs.iter()
+            .find(|c| {
+                c.body
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_KIND))
+                    .map(String::as_str)
+                    == Some(kind)
+            })
+            .and_then(|c| c.body.env.clone())
+            .expect("env")
+    })
+}
+
+#[tokio::test]
+async fn success_runs_the_script_in_a_labelled_build_container() {
+    let api = fake();
+    api.behave("build", Behavior::exits("hi\n", 0));
+    let (out, trace) = run(
+        &api,
+        &ctx(
+            job_json(steps(&["echo hi"], &[]), serde_json::json!({})),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(out, JobOutcome::Success);
+    assert!(
+        trace.contains("Preparing the \"docker\" executor"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("Using docker image sha256:feed for busybox:test ..."),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("Executing \"step_script\" stage of the job script"),
+        "{trace}"
+    );
+    assert!(trace.contains("hi\n"));
+    assert!(
+        trace.ends_with("\x1b[32;1mJob succeeded\x1b[0;m\n"),
+        "{trace}"
+    );
+    assert_eq!(kinds(&api), vec!["build"]);
+    assert!(stdin_of(&api, "build").contains("echo hi"));
+    api.with_containers(|cs| {
+        let c = &cs[0];
+        assert_eq!(c.name, "runner-short123-project-5-concurrent-1-77-build");
+        let l = c.body.labels.as_ref().expect("labels");
+        assert_eq!(l[LABEL_AGENT], "agent-x");
+        assert_eq!(l[LABEL_JOB], "77");
+        assert_eq!(c.body.image.as_deref(), Some("sha256:feed"));
+        assert_eq!(c.body.open_stdin, Some(true));
+        assert_eq!(c.body.stdin_once, Some(true));
+        assert_eq!(c.body.entrypoint, None);
+        let env = c.body.env.as_ref().expect("env");
+        assert!(env.contains(&"CI_PROJECT_DIR=/builds/g/demo".to_string()));
+        let mounts = c
+            .body
+            .host_config
+            .as_ref()
+            .and_then(|h| h.mounts.clone())
+            .expect("mounts");
+        let targets: Vec<_> = mounts.iter().filter_map(|m| m.target.clone()).collect();
+        assert_eq!(
+            targets,
+            vec!["/builds".to_string(), "/builds/g/demo.tmp".to_string()]
+        );
+        // The directory layout archive went in before start.
+        assert_eq!(c.archives[0].0, "/");
+    });
+    assert_eq!(
+        api.removed_volumes(),
+        vec!["runner-short123-project-5-concurrent-1-77-tmp".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn script_failure_reports_the_exit_code_and_runs_after_script() {
+    let api = fake();
+    api.behave("build", Behavior::exits("", 3));
+    api.behave("after-script", Behavior::exits("after\n", 0));
+    let (out, trace) = run(
+        &api,
+        &ctx(
+            job_json(steps(&["exit 3"], &["echo after"]), serde_json::json!({})),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::ScriptFailure,
+            exit_code: Some(3)
+        }
+    );
+    assert_eq!(kinds(&api), vec!["build", "after-script"]);
+    assert!(env_of(&api, "after-script").contains(&"CI_JOB_STATUS=failed".to_string()));
+    assert!(trace.contains("Running after_script"), "{trace}");
+    assert!(
+        trace.ends_with("\x1b[31;1mERROR: Job failed: exit code 3\x1b[0;m\n"),
+        "{trace}"
+    );
+}
+
+#[tokio::test]
+async fn after_script_failure_does_not_change_the_result() {
+    let api = fake();
+    api.behave("after-script", Behavior::exits("", 9));
+    let (out, trace) = run(
+        &api,
+        &ctx(
+            job_json(steps(&["true"], &["exit 9"]), serde_json::json!({})),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(out, JobOutcome::Success);
+    assert!(
+        trace.contains(
+            "WARNING: after_script failed, but job will continue unaffected: exit code 9"
+        ),
+        "{trace}"
+    );
+    assert!(env_of(&api, "after-script").contains(&"CI_JOB_STATUS=success".to_string()));
+}
+
+#[tokio::test]
+async fn job_timeout_kills_the_build_and_still_runs_after_script() {
+    let api = fake();
+    api.behave("build", Behavior::hangs("working\n"));
+    let job = job_json(
+        steps(&["sleep 30"], &["echo after"]),
+        serde_json::json!({"runner_info": {"timeout": 1}}),
+    );
+    let (out, trace) = run(&api, &ctx(job, "")).await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::JobExecutionTimeout,
+            exit_code: None
+        }
+    );
+    assert!(api.with_containers(|cs| cs[0].killed));
+    assert_eq!(kinds(&api), vec!["build", "after-script"]);
+    assert!(
+        trace.ends_with("ERROR: Job failed: execution took longer than 1 seconds\x1b[0;m\n"),
+        "{trace}"
+    );
+}
+
+#[tokio::test]
+async fn after_script_has_its_own_timeout() {
+    let api = fake();
+    api.behave("after-script", Behavior::hangs(""));
+    let job = job_json(
+        serde_json::json!([
+            {"name": "script", "script": ["true"], "when": "on_success"},
+            {"name": "after_script", "script": ["sleep 99"], "when": "always", "timeout": 1}
+        ]),
+        serde_json::json!({}),
+    );
+    let (out, trace) = run(&api, &ctx(job, "")).await;
+    assert_eq!(out, JobOutcome::Success);
+    assert!(trace.contains("after_script failed, but job will continue unaffected: execution took longer than 1 seconds"), "{trace}");
+}
+
+#[tokio::test]
+async fn cancel_kills_at_once_and_runs_nothing_more() {
+    let api = fake();
+    api.behave("build", Behavior::hangs(""));
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c2.cancel();
+    });
+    let exec = DockerExecutor::with_api(Arc::new(api.clone()));
+    let c = ctx(
+        job_json(steps(&["sleep 30"], &["echo after"]), serde_json::json!({})),
+        "",
+    );
+    let (out, trace) =
+        tokio::time::timeout(Duration::from_secs(5), run_with(&api, exec, &c, cancel))
+            .await
+            .expect("returns promptly");
+    assert_eq!(out, JobOutcome::Canceled);
+    assert_eq!(kinds(&api), vec!["build"], "no after_script after cancel");
+    assert!(api.with_containers(|cs| cs[0].killed));
+    assert!(
+        trace.ends_with("ERROR: Job failed: canceled\x1b[0;m\n"),
+        "{trace}"
+    );
+}
+
+#[tokio::test]
+async fn when_semantics_pick_steps_by_the_job_state() {
+    let api = fake();
+    api.behave("build", Behavior::exits("", 1));
+    let job = job_json(
+        serde_json::json!([
+            {"name": "script", "script": ["false"], "when": "on_success"},
+            {"name": "release", "script": ["echo release"], "when": "on_success"},
+            {"name": "notify_failure", "script": ["echo notify"], "when": "on_failure"},
+            {"name": "always_step", "script": ["echo always"], "when": "always"},
+            {"name": "after_script", "script": ["echo after"], "when": "on_success"}
+        ]),
+        serde_json::json!({}),
+    );
+    let (out, _) = run(&api, &ctx(job, "")).await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::ScriptFailure,
+            exit_code: Some(1)
+        }
+    );
+    assert_eq!(kinds(&api), vec!["build", "notify-failure", "always-step"]);
+}
+
+#[tokio::test]
+async fn allow_failure_steps_do_not_fail_the_job() {
+    let api = fake();
+    api.behave("build", Behavior::exits("", 2));
+    let job = job_json(
+        serde_json::json!([{"name": "script", "script": ["exit 2"], "when": "on_success", "allow_failure": true}]),
+        serde_json::json!({}),
+    );
+    let (out, trace) = run(&api, &ctx(job, "")).await;
+    assert_eq!(out, JobOutcome::Success, "{trace}");
+}
+
+#[tokio::test]
+async fn docker_errors_mid_job_are_system_failures_in_the_trace() {
+    let api = fake();
+    api.fail_create("build");
+    let (out, trace) = run(
+        &api,
+        &ctx(
+            job_json(steps(&["true"], &["echo after"]), serde_json::json!({})),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None
+        }
+    );
+    assert!(
+        trace.contains("ERROR: Job failed (system failure): create container runner-short123-project-5-concurrent-1-77-build:"),
+        "{trace}"
+    );
+    // after_script still runs after a failure.
+    assert_eq!(kinds(&api), vec!["after-script"]);
+}
+
+#[tokio::test]
+async fn bad_runner_config_fails_before_any_container() {
+    let api = fake();
+    let (out, trace) = run(
+        &api,
+        &ctx(
+            job_json(steps(&["true"], &[]), serde_json::json!({})),
+            "memory = \"lots\"",
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None
+        }
+    );
+    assert!(
+        trace.contains("invalid [runners.docker] memory = \"lots\""),
+        "{trace}"
+    );
+    assert!(kinds(&api).is_empty());
+}
+
+#[tokio::test]
+async fn image_problems_are_image_pull_failures() {
+    let api = fake();
+    let job = job_json(
+        steps(&["true"], &[]),
+        serde_json::json!({"image": {"name": "missing:1"}}),
+    );
+    let (out, trace) = run(&api, &ctx(job, "")).await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::ImagePullFailure,
+            exit_code: None
+        }
+    );
+    assert!(trace.contains("ERROR: Job failed: image \"missing:1\" is not present locally and pull_policy is \"never\""), "{trace}");
+
+    let api = fake();
+    let job = job_json(steps(&["true"], &[]), serde_json::json!({}));
+    let (out, trace) = run(&api, &ctx(job, "allowed_images = [\"alpine:*\"]")).await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::ImagePullFailure,
+            exit_code: None
+        }
+    );
+    assert!(
+        trace.contains("not present on list of allowed images: alpine:*"),
+        "{trace}"
+    );
+
+    let api = fake();
+    let job = job_json(steps(&["true"], &[]), serde_json::json!({"image": null}));
+    let (out, trace) = run(&api, &ctx(job, "")).await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None
+        }
+    );
+    assert!(trace.contains("no image"), "{trace}");
+}
+
+#[tokio::test]
+async fn file_variables_go_into_the_first_container() {
+    let api = fake();
+    let job = job_json(
+        steps(&["cat $F"], &[]),
+        serde_json::json!({"variables": [
+            {"key": "GIT_STRATEGY", "value": "none"},
+            {"key": "F", "value": "s3cr3t", "file": true}
+        ]}),
+    );
+    let (out, _) = run(&api, &ctx(job, "")).await;
+    assert_eq!(out, JobOutcome::Success);
+    assert!(env_of(&api, "build").contains(&"F=/builds/g/demo.tmp/F".to_string()));
+    let archive = api.with_containers(|cs| cs[0].archives[0].1.clone());
+    let mut ar = tar::Archive::new(archive.as_slice());
+    let mut found = HashMap::new();
+    for e in ar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let path = e.path().expect("path").display().to_string();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut e, &mut s).expect("read");
+        found.insert(path, s);
+    }
+    assert_eq!(
+        found.get("builds/g/demo.tmp/F").map(String::as_str),
+        Some("s3cr3t")
+    );
+    assert!(found.contains_key("builds/g/demo/"));
+}
+
+#[tokio::test]
+async fn entrypoint_follows_the_job_unless_disabled() {
+    let api = fake();
+    let job = job_json(
+        steps(&["true"], &[]),
+        serde_json::json!({"image": {"name": IMAGE, "entrypoint": [""]}}),
+    );
+    run(&api, &ctx(job, "")).await;
+    assert_eq!(
+        api.with_containers(|cs| cs[0].body.entrypoint.clone()),
+        Some(vec![])
+    );
+
+    let api = fake();
+    let job = job_json(
+        steps(&["true"], &[]),
+        serde_json::json!({"image": {"name": IMAGE, "entrypoint": ["/init"]}}),
+    );
+    run(&api, &ctx(job, "disable_entrypoint_overwrite = true")).await;
+    assert_eq!(
+        api.with_containers(|cs| cs[0].body.entrypoint.clone()),
+        None
+    );
+}
+
+#[tokio::test]
+async fn git_strategy_empty_and_missing_provider() {
+    let api = fake();
+    let job = job_json(
+        steps(&["true"], &[]),
+        serde_json::json!({"variables": [{"key": "GIT_STRATEGY", "value": "empty"}]}),
+    );
+    run(&api, &ctx(job, "")).await;
+    assert!(
+        stdin_of(&api, "build").contains("rm -rf -- '\\''/builds/g/demo'\\''"),
+        "{}",
+        stdin_of(&api, "build")
+    );
+
+    let api = fake();
+    let job = job_json(
+        steps(&["true"], &[]),
+        serde_json::json!({"variables": [{"key": "GIT_STRATEGY", "value": "fetch"}]}),
+    );
+    let (out, trace) = run(&api, &ctx(job, "")).await;
+    assert_eq!(out, JobOutcome::Success);
+    assert!(
+        trace.contains("sources: fetching is not available; skipping (GIT_STRATEGY=fetch)"),
+        "{trace}"
+    );
+}
+
+struct TarSources;
+
+#[async_trait]
+impl SourcesProvider for TarSources {
+    async fn checkout(
+        &self,
+        _job: &JobResponse,
+        strategy: GitStrategy,
+        trace: &TraceSink,
+        _cancel: CancellationToken,
+    ) -> Result<ArchiveStream, String> {
+        trace.write_line(&format!("checked out with {}", strategy.as_str()));
+        Ok(futures::stream::once(async { Ok(Bytes::from_static(b"TAR")) }).boxed())
+    }
+}
+
+#[tokio::test]
+async fn clone_empties_the_dir_then_extracts_the_provider_archive() {
+    let api = fake();
+    let exec = DockerExecutor::with_api(Arc::new(api.clone())).with_sources(Arc::new(TarSources));
+    let job = job_json(
+        steps(&["true"], &[]),
+        serde_json::json!({"variables": [{"key": "GIT_STRATEGY", "value": "clone"}]}),
+    );
+    let (out, trace) = run_with(&api, exec, &ctx(job, ""), CancellationToken::new()).await;
+    assert_eq!(out, JobOutcome::Success, "{trace}");
+    assert!(trace.contains("checked out with clone"));
+    assert_eq!(kinds(&api), vec!["get-sources", "build"]);
+    assert!(stdin_of(&api, "get-sources").contains("rm -rf --"));
+    let build_archives = api.with_containers(|cs| cs[1].archives.clone());
+    assert_eq!(
+        build_archives,
+        vec![("/builds/g/demo".to_string(), b"TAR".to_vec())]
+    );
+}
+
+#[tokio::test]
+async fn cleanup_orphans_touches_only_this_agents_finished_jobs() {
+    let api = fake();
+    let labels = |agent: &str, job: &str, kind: &str| {
+        HashMap::from([
+            (LABEL_AGENT.to_string(), agent.to_string()),
+            (LABEL_JOB.to_string(), job.to_string()),
+            (LABEL_KIND.to_string(), kind.to_string()),
+        ])
+    };
+    api.add_stopped_container("old-build", labels("me", "1", "build"));
+    api.add_stopped_container("running-build", labels("me", "2", "build"));
+    api.add_stopped_container("other-agent", labels("someone-else", "1", "build"));
+    api.add_volume("old-tmp", labels("me", "1", "tmp"));
+    api.add_volume("running-tmp", labels("me", "2", "tmp"));
+    let mut builds = labels("me", "", "builds");
+    builds.remove(LABEL_JOB);
+    api.add_volume("builds-vol", builds);
+    let exec = DockerExecutor::with_api(Arc::new(api.clone()));
+    let report = exec.cleanup_orphans("me", &[2]).await.expect("cleanup");
+    assert_eq!(report.containers_removed, vec!["old-build".to_string()]);
+    assert_eq!(report.volumes_removed, vec!["old-tmp".to_string()]);
+    assert!(report.errors.is_empty());
+    let alive: Vec<String> = api.with_containers(|cs| {
+        cs.iter()
+            .filter(|c| !c.removed)
+            .map(|c| c.name.clone())
+            .collect()
+    });
+    assert_eq!(
+        alive,
+        vec!["running-build".to_string(), "other-agent".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn pre_and_post_build_scripts_wrap_the_script_step() {
+    let api = fake();
+    let mut c = ctx(
+        job_json(
+            steps(&["echo main"], &["echo after"]),
+            serde_json::json!({}),
+        ),
+        "",
+    );
+    let mut runner = (*c.runner).clone();
+    runner.pre_build_script = Some("echo pre-build".to_string());
+    runner.post_build_script = Some("echo post-build".to_string());
+    c.runner = Arc::new(runner);
+    let (out, _) = run(&api, &c).await;
+    assert_eq!(out, JobOutcome::Success);
+    let build = stdin_of(&api, "build");
+    let (pre, main, post) = (
+        build.find("echo pre-build").expect("pre"),
+        build.find("echo main").expect("main"),
+        build.find("echo post-build").expect("post"),
+    );
+    assert!(pre < main && main < post, "{build}");
+    assert!(!stdin_of(&api, "after-script").contains("pre-build"));
+}

@@ -5,9 +5,9 @@
 
 use secrecy::ExposeSecret;
 
-use super::expand::expand;
 use super::ExecutorError;
 use super::JobContext;
+use super::expand::expand;
 
 /// Default `builds_dir` inside containers.
 pub const DEFAULT_BUILDS_DIR: &str = "/builds";
@@ -35,7 +35,10 @@ pub struct JobEnv {
 impl std::fmt::Debug for JobEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobEnv")
-            .field("keys", &self.vars.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "keys",
+                &self.vars.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .field("project_dir", &self.project_dir)
             .finish_non_exhaustive()
     }
@@ -44,7 +47,11 @@ impl std::fmt::Debug for JobEnv {
 impl JobEnv {
     /// The value of `key`, if set.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.vars.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.vars
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// `KEY=value` strings for the container's `Env`, with `extra` appended.
@@ -60,14 +67,23 @@ impl JobEnv {
 /// The project path below `builds_dir`: the repo URL's path (`group/sub/project`), else
 /// the project name, else `project-<id>`. Only safe path characters are kept.
 pub fn project_path(repo_url: &str, project_name: &str, project_id: i64) -> String {
-    let without_scheme = repo_url.split_once("://").map(|(_, r)| r).unwrap_or(repo_url);
+    let without_scheme = repo_url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(repo_url);
     let path = without_scheme.split_once('/').map(|(_, p)| p).unwrap_or("");
     let path = path.trim_end_matches('/').trim_end_matches(".git");
     let clean: Vec<String> = path
         .split('/')
         .map(|seg| {
             seg.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect::<String>()
         })
         .filter(|s| !s.is_empty() && s != "." && s != "..")
@@ -77,7 +93,13 @@ pub fn project_path(repo_url: &str, project_name: &str, project_id: i64) -> Stri
     }
     let name: String = project_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if name.is_empty() || name == "." || name == ".." {
         format!("project-{project_id}")
@@ -105,14 +127,23 @@ pub fn job_env(ctx: &JobContext, timeout_secs: u64) -> Result<JobEnv, ExecutorEr
     }
     let project_dir = format!(
         "{builds_dir}/{}",
-        project_path(&job.git_info.repo_url, &job.job_info.project_name, job.job_info.project_id)
+        project_path(
+            &job.git_info.repo_url,
+            &job.job_info.project_name,
+            job.job_info.project_id
+        )
     );
     let tmp_dir = format!("{project_dir}.tmp");
 
     // (key, value, raw, file); later definitions win.
     let mut defs: Vec<(String, String, bool, bool)> = Vec::new();
     for v in &job.variables {
-        defs.push((v.key.clone(), v.value.expose_secret().to_string(), v.raw, v.file));
+        defs.push((
+            v.key.clone(),
+            v.value.expose_secret().to_string(),
+            v.raw,
+            v.file,
+        ));
     }
     for e in &ctx.runner.environment {
         let Some((k, v)) = e.split_once('=') else {
@@ -319,7 +350,10 @@ mod tests {
     #[test]
     fn project_path_from_repo_url_or_name() {
         assert_eq!(project_path("https://h.example/g/p.git", "x", 1), "g/p");
-        assert_eq!(project_path("https://u:pw@h.example:8443/g/s/p.git", "x", 1), "g/s/p");
+        assert_eq!(
+            project_path("https://u:pw@h.example:8443/g/s/p.git", "x", 1),
+            "g/s/p"
+        );
         assert_eq!(project_path("", "my proj", 1), "my_proj");
         assert_eq!(project_path("", "", 5), "project-5");
         assert_eq!(project_path("https://h/../../etc", "", 5), "etc");

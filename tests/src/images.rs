@@ -1,0 +1,138 @@
+//! Local test images: no registry is reachable, so images are built from host files.
+//!
+//! `busybox_image()` imports a busybox image (`drover-test/busybox:1`) made of the host's
+//! static `/bin/busybox` and its applet links. Idempotent: an existing image is reused; two
+//! test processes importing at once both succeed (the tag ends on one identical image).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use bollard::Docker;
+use bollard::query_parameters::CreateImageOptions;
+use futures::StreamExt;
+use tokio::sync::OnceCell;
+
+/// The tag of the busybox test image.
+pub const BUSYBOX_IMAGE: &str = "drover-test/busybox:1";
+const BUSYBOX_BIN: &str = "/bin/busybox";
+
+static BUSYBOX: OnceCell<String> = OnceCell::const_new();
+
+/// Why the busybox image cannot be built here (`None` = it can): no static busybox.
+pub fn busybox_unavailable() -> Option<String> {
+    match std::fs::read(BUSYBOX_BIN) {
+        Err(e) => Some(format!(
+            "{BUSYBOX_BIN} is missing ({e}); install busybox-static"
+        )),
+        Ok(bytes) if has_interpreter(&bytes) => Some(format!(
+            "{BUSYBOX_BIN} is dynamically linked; install busybox-static"
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Builds (once) and returns the busybox test image's tag.
+pub async fn busybox_image() -> Result<String> {
+    BUSYBOX
+        .get_or_try_init(|| async {
+            let docker = Docker::connect_with_local_defaults().context("connect to docker")?;
+            if docker.inspect_image(BUSYBOX_IMAGE).await.is_ok() {
+                return Ok(BUSYBOX_IMAGE.to_string());
+            }
+            if let Some(why) = busybox_unavailable() {
+                bail!("cannot build {BUSYBOX_IMAGE}: {why}");
+            }
+            let tar = busybox_tar(Path::new(BUSYBOX_BIN)).context("build busybox rootfs tar")?;
+            let (repo, tag) = BUSYBOX_IMAGE
+                .split_once(':')
+                .unwrap_or((BUSYBOX_IMAGE, "latest"));
+            let opts = CreateImageOptions {
+                from_src: Some("-".to_string()),
+                repo: Some(repo.to_string()),
+                tag: Some(tag.to_string()),
+                changes: vec!["CMD [\"sh\"]".to_string()],
+                ..Default::default()
+            };
+            let mut stream =
+                docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
+            while let Some(item) = stream.next().await {
+                item.with_context(|| format!("import {BUSYBOX_IMAGE}"))?;
+            }
+            docker
+                .inspect_image(BUSYBOX_IMAGE)
+                .await
+                .with_context(|| format!("inspect {BUSYBOX_IMAGE} after import"))?;
+            Ok(BUSYBOX_IMAGE.to_string())
+        })
+        .await
+        .cloned()
+}
+
+/// The rootfs: busybox, one symlink per applet (`busybox --list-full`), `/tmp`, `/etc`.
+fn busybox_tar(bin: &Path) -> Result<Vec<u8>> {
+    let out = std::process::Command::new(bin)
+        .arg("--list-full")
+        .output()
+        .with_context(|| format!("run {} --list-full", bin.display()))?;
+    let applets = String::from_utf8(out.stdout).context("busybox applet list is not utf-8")?;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dirs: HashMap<String, ()> = HashMap::new();
+    let mut dir = |b: &mut tar::Builder<Vec<u8>>, d: &str, mode: u32| -> Result<()> {
+        if dirs.insert(d.to_string(), ()).is_none() {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(mode);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{d}/"), std::io::empty())?;
+        }
+        Ok(())
+    };
+    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "root"] {
+        dir(&mut b, d, 0o755)?;
+    }
+    dir(&mut b, "tmp", 0o1777)?;
+    let data = std::fs::read(bin).with_context(|| format!("read {}", bin.display()))?;
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, "bin/busybox", data.as_slice())?;
+    for applet in applets.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if applet == "bin/busybox" {
+            continue;
+        }
+        if let Some((parent, _)) = applet.rsplit_once('/') {
+            dir(&mut b, parent, 0o755)?;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        b.append_link(&mut h, applet, "/bin/busybox")?;
+    }
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n";
+    let group = b"root:x:0:\nnogroup:x:65534:\n";
+    for (path, content) in [("etc/passwd", &passwd[..]), ("etc/group", &group[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(content.len() as u64);
+        b.append_data(&mut h, path, content)?;
+    }
+    Ok(b.into_inner()?)
+}
+
+/// Whether an ELF64 little-endian file has a `PT_INTERP` program header (is dynamic).
+fn has_interpreter(elf: &[u8]) -> bool {
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap_or([0; 8])) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        elf.get(o..o + 4) == Some(&3u32.to_le_bytes()[..])
+    })
+}
