@@ -144,3 +144,138 @@ pub fn run_to_exit(config_toml: &str, timeout: Duration) -> (std::process::ExitS
     let config = a.config.clone();
     (status, a.stderr(), config)
 }
+
+/// One end-to-end setup: a fake GitLab with one runner token, the busybox image, and a
+/// running agent serving a config.toml that points at the fake.
+pub struct E2e {
+    pub gitlab: drover_tests::fake_gitlab::FakeGitLab,
+    pub agent: Agent,
+    pub image: String,
+    pub docker: bollard::Docker,
+    pub token: String,
+}
+
+/// Starts everything for test `name`; `None` (with the reason printed) when Docker or the
+/// busybox image is unavailable. `docker_toml` is appended to `[runners.docker]`.
+pub async fn start(name: &str, concurrent: u32, docker_toml: &str) -> Option<E2e> {
+    let docker = match bollard::Docker::connect_with_local_defaults() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipping {name}: docker unreachable: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = docker.ping().await {
+        eprintln!("skipping {name}: docker unreachable: {e}");
+        return None;
+    }
+    let image = match drover_tests::images::busybox_image().await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("skipping {name}: {e:#}");
+            return None;
+        }
+    };
+    let gitlab = drover_tests::fake_gitlab::FakeGitLab::start().await;
+    gitlab.set_trace_update_interval(1);
+    let token = format!("glrt-{name}-{:08x}", rand::random::<u32>());
+    gitlab.add_runner(&token);
+    let config = format!(
+        "concurrent = {concurrent}\ncheck_interval = 1\nlog_level = \"info\"\n\n\
+         [[runners]]\n  name = \"e2e-{name}\"\n  url = \"{url}\"\n  token = \"{token}\"\n  \
+         executor = \"docker\"\n  [runners.cache]\n    [runners.cache.s3]\n  \
+         [runners.docker]\n    image = \"{image}\"\n    pull_policy = \"never\"\n    \
+         tls_verify = false\n    privileged = false\n    volumes = [\"/cache\"]\n{docker_toml}\n",
+        url = gitlab.url(),
+    );
+    let agent = Agent::start(&config);
+    Some(E2e {
+        gitlab,
+        agent,
+        image,
+        docker,
+        token,
+    })
+}
+
+impl E2e {
+    /// A job on the busybox image that skips git (no repository to clone).
+    pub fn job(&self, name: &str) -> drover_tests::fake_gitlab::JobSpec {
+        drover_tests::fake_gitlab::JobSpec::new(name)
+            .image(&self.image)
+            .variable("GIT_STRATEGY", "none")
+    }
+
+    /// The agent id the agent labels its containers with (from the system id it wrote
+    /// next to its config).
+    pub async fn agent_id(&self) -> String {
+        let f = self.agent.dir.path().join(".runner_system_id");
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&f) {
+                return drover_agent::standalone::load::agent_id(s.trim(), &self.agent.config);
+            }
+            assert!(Instant::now() < end, "agent never wrote {}", f.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Names of the agent's containers that exist now.
+    pub async fn containers(&self) -> Vec<String> {
+        let agent = self.agent_id().await;
+        let mut filters = std::collections::HashMap::new();
+        filters.insert(
+            "label".to_string(),
+            vec![format!("com.drover.agent={agent}")],
+        );
+        self.docker
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .expect("list containers")
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until the agent has no container left; returns what is left on timeout.
+    pub async fn wait_no_containers(&self, timeout: Duration) -> Vec<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let c = self.containers().await;
+            if c.is_empty() || Instant::now() >= end {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the job's trace (as GitLab holds it) contains `text`.
+    pub async fn wait_trace_contains(&self, id: i64, text: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if String::from_utf8_lossy(&self.gitlab.trace(id)).contains(text) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for the job's end; panics with the agent's stderr on timeout.
+    pub async fn finished(&self, id: i64, timeout: Duration) -> drover_tests::fake_gitlab::FinalState {
+        match self.gitlab.wait_for_job_finished(id, timeout).await {
+            Some(f) => f,
+            None => panic!(
+                "job {id} did not finish; trace:\n{}\nagent stderr:\n{}",
+                String::from_utf8_lossy(&self.gitlab.trace(id)),
+                self.agent.stderr()
+            ),
+        }
+    }
+}
