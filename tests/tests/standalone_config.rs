@@ -14,7 +14,10 @@ fn malformed_config_exits_non_zero_naming_file_and_line() {
     );
     assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
     let expected = format!("{}:5:", config.display());
-    assert!(stderr.contains(&expected), "stderr lacks {expected:?}:\n{stderr}");
+    assert!(
+        stderr.contains(&expected),
+        "stderr lacks {expected:?}:\n{stderr}"
+    );
 }
 
 #[test]
@@ -25,7 +28,10 @@ fn other_executor_is_refused_naming_runner_and_line() {
     );
     assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
     let expected = format!("{}:5: runners[0].executor: runner \"sh\"", config.display());
-    assert!(stderr.contains(&expected), "stderr lacks {expected:?}:\n{stderr}");
+    assert!(
+        stderr.contains(&expected),
+        "stderr lacks {expected:?}:\n{stderr}"
+    );
     assert!(!stderr.contains("glrt-x"), "token in stderr:\n{stderr}");
 }
 

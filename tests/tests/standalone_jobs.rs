@@ -12,19 +12,35 @@ const JOB_WAIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success() {
-    let Some(e) = start("success", 1, "").await else { return };
-    let id = e.gitlab.enqueue_job(e.job("ok").script(["echo hello-from-job"])).id;
+    let Some(e) = start("success", 1, "").await else {
+        return;
+    };
+    let id = e
+        .gitlab
+        .enqueue_job(e.job("ok").script(["echo hello-from-job"]))
+        .id;
     let f = e.finished(id, JOB_WAIT).await;
     let t = f.trace_text();
-    assert_eq!(f.state, JobState::Success, "trace:\n{t}\nstderr:\n{}", e.agent.stderr());
+    assert_eq!(
+        f.state,
+        JobState::Success,
+        "trace:\n{t}\nstderr:\n{}",
+        e.agent.stderr()
+    );
     assert!(t.contains("hello-from-job"), "{t}");
     assert!(t.contains("Job succeeded"), "{t}");
-    assert!(e.wait_no_containers(Duration::from_secs(30)).await.is_empty());
+    assert!(
+        e.wait_no_containers(Duration::from_secs(30))
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_failure_records_exit_code_and_after_script_runs() {
-    let Some(e) = start("failure", 1, "").await else { return };
+    let Some(e) = start("failure", 1, "").await else {
+        return;
+    };
     let id = e
         .gitlab
         .enqueue_job(
@@ -38,13 +54,18 @@ async fn script_failure_records_exit_code_and_after_script_runs() {
     assert_eq!(f.state, JobState::Failed, "{t}");
     assert_eq!(f.failure_reason.as_deref(), Some("script_failure"), "{t}");
     assert_eq!(f.exit_code, Some(3), "{t}");
-    assert!(t.contains("before-failure") && !t.contains("\nnever-printed"), "{t}");
+    assert!(
+        t.contains("before-failure") && !t.contains("\nnever-printed"),
+        "{t}"
+    );
     assert!(t.contains("after-script-ran"), "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masked_value_split_across_chunks() {
-    let Some(e) = start("masked", 1, "").await else { return };
+    let Some(e) = start("masked", 1, "").await else {
+        return;
+    };
     let secret = format!("s3cr3t-{:08x}-value", rand::random::<u32>());
     let (a, b) = secret.split_at(9);
     let id = e
@@ -69,21 +90,37 @@ async fn masked_value_split_across_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_fails_the_job() {
-    let Some(e) = start("timeout", 1, "").await else { return };
+    let Some(e) = start("timeout", 1, "").await else {
+        return;
+    };
     let id = e
         .gitlab
-        .enqueue_job(e.job("slow").timeout(3).script(["echo started", "sleep 60"]))
+        .enqueue_job(
+            e.job("slow")
+                .timeout(3)
+                .script(["echo started", "sleep 60"]),
+        )
         .id;
     let f = e.finished(id, JOB_WAIT).await;
     let t = f.trace_text();
     assert_eq!(f.state, JobState::Failed, "{t}");
-    assert_eq!(f.failure_reason.as_deref(), Some("job_execution_timeout"), "{t}");
-    assert!(e.wait_no_containers(Duration::from_secs(30)).await.is_empty());
+    assert_eq!(
+        f.failure_reason.as_deref(),
+        Some("job_execution_timeout"),
+        "{t}"
+    );
+    assert!(
+        e.wait_no_containers(Duration::from_secs(30))
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_image_with_pull_policy_never() {
-    let Some(e) = start("noimage", 1, "").await else { return };
+    let Some(e) = start("noimage", 1, "").await else {
+        return;
+    };
     let id = e
         .gitlab
         .enqueue_job(

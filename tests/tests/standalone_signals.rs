@@ -12,14 +12,15 @@ const JOB_WAIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_job_reports_failure_and_leaves_nothing() {
-    let Some(mut e) = start("sigterm", 1, "").await else { return };
-    let id = e
-        .gitlab
-        .enqueue_job(
-            e.job("long")
-                .script(["i=0; while [ $i -lt 600 ]; do echo tick-$i; i=$((i+1)); sleep 0.5; done"]),
-        )
-        .id;
+    let Some(mut e) = start("sigterm", 1, "").await else {
+        return;
+    };
+    let id =
+        e.gitlab
+            .enqueue_job(e.job("long").script([
+                "i=0; while [ $i -lt 600 ]; do echo tick-$i; i=$((i+1)); sleep 0.5; done",
+            ]))
+            .id;
     assert!(
         e.wait_trace_contains(id, "tick-1", JOB_WAIT).await,
         "job never ran; stderr:\n{}",
@@ -35,7 +36,11 @@ async fn sigterm_mid_job_reports_failure_and_leaves_nothing() {
     let f = e.finished(id, Duration::from_secs(5)).await;
     let t = f.trace_text();
     assert_eq!(f.state, JobState::Failed, "{t}");
-    assert_eq!(f.failure_reason.as_deref(), Some("runner_system_failure"), "{t}");
+    assert_eq!(
+        f.failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{t}"
+    );
     assert!(t.contains("aborted: shutting down"), "{t}");
     let left = e.containers().await;
     assert!(left.is_empty(), "containers of {agent_id} left: {left:?}");
@@ -43,10 +48,15 @@ async fn sigterm_mid_job_reports_failure_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigquit_finishes_the_running_job_then_exits() {
-    let Some(mut e) = start("sigquit", 1, "").await else { return };
+    let Some(mut e) = start("sigquit", 1, "").await else {
+        return;
+    };
     let id = e
         .gitlab
-        .enqueue_job(e.job("short").script(["echo started-job", "sleep 4", "echo finished-job"]))
+        .enqueue_job(
+            e.job("short")
+                .script(["echo started-job", "sleep 4", "echo finished-job"]),
+        )
         .id;
     assert!(
         e.wait_trace_contains(id, "started-job", JOB_WAIT).await,

@@ -12,8 +12,8 @@ use crate::gitlab::system_id;
 pub fn load(path: &Path) -> anyhow::Result<Parsed> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read config file {}", path.display()))?;
-    let parsed = parse_config(&text, &path.display().to_string())
-        .context("invalid configuration")?;
+    let parsed =
+        parse_config(&text, &path.display().to_string()).context("invalid configuration")?;
     Ok(parsed)
 }
 

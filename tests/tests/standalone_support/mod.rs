@@ -28,9 +28,16 @@ pub fn agent_binary() -> PathBuf {
     BUILD.call_once(|| {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "drover-agent", "--bin", "drover-agent"])
-            .arg("--manifest-path")
-            .arg(&manifest);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "drover-agent",
+            "--bin",
+            "drover-agent",
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -136,7 +143,10 @@ impl Drop for Agent {
 
 /// Runs `drover-agent run --config` on `config_toml` to completion (for configs that must be
 /// refused); returns (exit status, stderr).
-pub fn run_to_exit(config_toml: &str, timeout: Duration) -> (std::process::ExitStatus, String, PathBuf) {
+pub fn run_to_exit(
+    config_toml: &str,
+    timeout: Duration,
+) -> (std::process::ExitStatus, String, PathBuf) {
     let mut a = Agent::start(config_toml);
     let status = a
         .wait_exit(timeout)
@@ -268,7 +278,11 @@ impl E2e {
     }
 
     /// Waits for the job's end; panics with the agent's stderr on timeout.
-    pub async fn finished(&self, id: i64, timeout: Duration) -> drover_tests::fake_gitlab::FinalState {
+    pub async fn finished(
+        &self,
+        id: i64,
+        timeout: Duration,
+    ) -> drover_tests::fake_gitlab::FinalState {
         match self.gitlab.wait_for_job_finished(id, timeout).await {
             Some(f) => f,
             None => panic!(
