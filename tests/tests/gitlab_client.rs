@@ -836,3 +836,44 @@ async fn https_with_tls_ca_file() {
         .unwrap();
     assert_eq!(fake.trace(job.id), b"over tls");
 }
+
+#[tokio::test]
+async fn api_timeout_does_not_cut_artifact_transfers() {
+    let fake = FakeGitLab::start().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let gl = HttpGitLab::new(
+        fake.url(),
+        ClientOptions {
+            request_timeout: Duration::from_millis(300),
+            transfer_timeout: Duration::from_secs(30),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    fake.add_runner("glrt-r");
+    fake.enqueue_job(JobSpec::new("a"));
+    let job = take_job(&gl, "glrt-r").await;
+    fake.delay(Endpoint::UploadArtifacts, Some(Duration::from_millis(600)));
+    fake.delay(Endpoint::UpdateJob, Some(Duration::from_millis(600)));
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.zip");
+    std::fs::write(&src, b"zip").unwrap();
+    let upload = ArtifactUpload {
+        filename: "a.zip".into(),
+        artifact_format: "zip".into(),
+        artifact_type: "archive".into(),
+        expire_in: None,
+        path: src,
+    };
+    gl.upload_artifacts(job.id, &job.token, &upload)
+        .await
+        .expect("slow upload within the transfer timeout");
+    let err = gl
+        .update_job(job.id, &job.token, &update("running"))
+        .await
+        .expect_err("slow api call hits the request timeout");
+    assert!(
+        matches!(err, GitLabError::Transport { .. }) && err.is_retryable(),
+        "{err}"
+    );
+}

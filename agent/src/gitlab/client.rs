@@ -36,8 +36,11 @@ const BODY_EXCERPT: usize = 200;
 pub struct ClientOptions {
     /// Extra CA certificates (PEM) trusted besides the system roots (`tls-ca-file`).
     pub tls_ca_file: Option<PathBuf>,
-    /// Whole-request timeout; must exceed GitLab's ~50 s long poll of `/jobs/request`.
+    /// Whole-request timeout of API calls; must exceed GitLab's ~50 s long poll of
+    /// `/jobs/request`.
     pub request_timeout: Duration,
+    /// Whole-request timeout of artifact uploads and downloads, which move whole archives.
+    pub transfer_timeout: Duration,
     pub user_agent: String,
 }
 
@@ -46,6 +49,7 @@ impl Default for ClientOptions {
         ClientOptions {
             tls_ca_file: None,
             request_timeout: Duration::from_secs(70),
+            transfer_timeout: Duration::from_secs(3600),
             user_agent: format!(
                 "drover-agent {} ({}; {}/{})",
                 env!("CARGO_PKG_VERSION"),
@@ -90,6 +94,8 @@ pub struct HttpGitLab {
     api: Url,
     http: reqwest::Client,
     stats: Arc<ApiStats>,
+    /// [`ClientOptions::transfer_timeout`].
+    transfer_timeout: Duration,
 }
 
 impl std::fmt::Debug for HttpGitLab {
@@ -123,6 +129,7 @@ impl HttpGitLab {
             api,
             http,
             stats: Arc::new(ApiStats::default()),
+            transfer_timeout: opts.transfer_timeout,
         })
     }
 
@@ -618,6 +625,7 @@ impl GitLab for HttpGitLab {
             .post(url)
             .header(reqwest::header::ACCEPT, "application/json")
             .header(headers::JOB_TOKEN, job_token.expose_secret())
+            .timeout(self.transfer_timeout)
             .multipart(form);
         let resp = self.send(ep, req).await?;
         expect_status(ep, resp, StatusCode::CREATED).await.map(drop)
@@ -637,7 +645,8 @@ impl GitLab for HttpGitLab {
             let mut req = self
                 .http
                 .get(url.clone())
-                .header(reqwest::header::ACCEPT, "*/*");
+                .header(reqwest::header::ACCEPT, "*/*")
+                .timeout(self.transfer_timeout);
             if same_origin(&url, &origin) {
                 req = req.header(headers::JOB_TOKEN, job_token.expose_secret());
             }
