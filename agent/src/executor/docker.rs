@@ -39,6 +39,8 @@ use crate::trace::TraceSink;
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
 /// `after_script` timeout when its step sets none (gitlab-runner's default: 5 minutes).
 pub const DEFAULT_AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Timeouts are capped (one year) so deadlines never overflow.
+const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 /// How long output may keep coming after a container exited.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 
@@ -170,7 +172,7 @@ impl DockerExecutor {
         let job = &ctx.job;
         let timeout = match job.runner_info.timeout {
             0 => DEFAULT_JOB_TIMEOUT,
-            s => Duration::from_secs(s),
+            s => Duration::from_secs(s.min(MAX_TIMEOUT_SECS)),
         };
         let deadline = Instant::now() + timeout;
         let docker = ctx.runner.docker.clone().unwrap_or_default();
@@ -258,7 +260,9 @@ impl DockerExecutor {
                 archives.push((env.project_dir.clone(), a));
             }
             let step_deadline = match step.timeout {
-                Some(s) if s > 0 => deadline.min(Instant::now() + Duration::from_secs(s)),
+                Some(s) if s > 0 => {
+                    deadline.min(Instant::now() + Duration::from_secs(s.min(MAX_TIMEOUT_SECS)))
+                }
                 _ => deadline,
             };
             let res = self
@@ -334,7 +338,7 @@ impl DockerExecutor {
         let timeout = step
             .timeout
             .filter(|t| *t > 0)
-            .map(Duration::from_secs)
+            .map(|t| Duration::from_secs(t.min(MAX_TIMEOUT_SECS)))
             .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
         let status = match &end {
             End::Success => "success",

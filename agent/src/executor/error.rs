@@ -25,6 +25,16 @@ pub enum ExecutorError {
         value: String,
         reason: String,
     },
+    /// A `[[runners]]` value (`builds_dir`, `environment`) could not be used.
+    #[error("invalid [[runners]] {key} = {value:?}: {reason}")]
+    Runner {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// A job variable could not be applied.
+    #[error("job variable {key}: {reason}")]
+    Variable { key: String, reason: String },
     /// Building a tar archive for the container failed.
     #[error("build archive for {what}: {source}")]
     Archive {

@@ -634,3 +634,17 @@ async fn pre_and_post_build_scripts_wrap_the_script_step() {
     assert!(pre < main && main < post, "{build}");
     assert!(!stdin_of(&api, "after-script").contains("pre-build"));
 }
+
+#[tokio::test]
+async fn huge_timeouts_do_not_overflow() {
+    let api = fake();
+    let job = job_json(
+        serde_json::json!([
+            {"name": "script", "script": ["true"], "when": "on_success", "timeout": u64::MAX},
+            {"name": "after_script", "script": ["true"], "when": "always", "timeout": u64::MAX}
+        ]),
+        serde_json::json!({"runner_info": {"timeout": u64::MAX}}),
+    );
+    let (out, _) = run(&api, &ctx(job, "")).await;
+    assert_eq!(out, JobOutcome::Success);
+}

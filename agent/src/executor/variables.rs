@@ -119,7 +119,7 @@ pub fn job_env(ctx: &JobContext, timeout_secs: u64) -> Result<JobEnv, ExecutorEr
         .map(|d| d.trim_end_matches('/').to_string())
         .unwrap_or_else(|| DEFAULT_BUILDS_DIR.to_string());
     if !builds_dir.starts_with('/') {
-        return Err(ExecutorError::Config {
+        return Err(ExecutorError::Runner {
             key: "builds_dir",
             value: builds_dir,
             reason: "must be an absolute path".to_string(),
@@ -147,7 +147,7 @@ pub fn job_env(ctx: &JobContext, timeout_secs: u64) -> Result<JobEnv, ExecutorEr
     }
     for e in &ctx.runner.environment {
         let Some((k, v)) = e.split_once('=') else {
-            return Err(ExecutorError::Config {
+            return Err(ExecutorError::Runner {
                 key: "environment",
                 value: e.split('=').next().unwrap_or_default().to_string(),
                 reason: "expected KEY=value".to_string(),
@@ -205,9 +205,10 @@ pub fn job_env(ctx: &JobContext, timeout_secs: u64) -> Result<JobEnv, ExecutorEr
         let value = if *raw { v.clone() } else { expand(v, &lookup) };
         if *file {
             if !is_file_name(k) {
-                return Err(ExecutorError::Image(format!(
-                    "file variable {k:?} cannot be written: its name is not a valid file name"
-                )));
+                return Err(ExecutorError::Variable {
+                    key: k.clone(),
+                    reason: "a file variable's name must be a valid file name".to_string(),
+                });
             }
             let path = format!("{tmp_dir}/{k}");
             files.push(FileVariable {
