@@ -5,10 +5,12 @@
 //! - [`executor`]: the Docker executor (the only module that talks to Docker).
 //! - [`trace`]: the job trace pipeline (masking, limits, upload).
 //! - [`cli`]: one module per `drover-agent` subcommand.
+//! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
 pub mod cli;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
 pub mod standalone;
+pub mod systemd;
 pub mod trace;
