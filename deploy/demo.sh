@@ -12,7 +12,6 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-
 project=drover-demo
 job_image=drover-demo-job:latest
 export IMAGE_PREFIX="${IMAGE_PREFIX:-drover}"
@@ -76,6 +75,7 @@ curl -fsS http://127.0.0.1:7080/healthz >/dev/null ||
 
 # 3. enroll two agents (once: their state volumes keep the enrollment) ----------------------
 for agent in agent-1 agent-2; do
+    # shellcheck disable=SC2016 # expanded by the container's shell
     if dc run --rm --no-deps --entrypoint /bin/sh "$agent" -c \
         '[ -n "$(ls -A /var/lib/drover-agent)" ]' 2>/dev/null; then
         say "$agent is already enrolled"
