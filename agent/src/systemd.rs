@@ -8,6 +8,9 @@
 //!   its health check passes**, so a wedged agent is restarted by systemd,
 //! - calls [`stopping`] when shutdown starts.
 //!
+//! [`Heartbeat`] is the usual health check: the main loop beats, the check asks whether the
+//! last beat is recent.
+//!
 //! Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op that returns `Ok(())`, so the
 //! same binary runs in a terminal, a container or a test.
 //!
@@ -17,6 +20,8 @@
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -196,7 +201,8 @@ impl Notifier {
                     tracing::error!(
                         "health check failed; withholding watchdog pings so systemd restarts the agent"
                     );
-                    let _ = notifier.status("unhealthy: health check failed, watchdog pings withheld");
+                    let _ =
+                        notifier.status("unhealthy: health check failed, watchdog pings withheld");
                 }
                 healthy = now_healthy;
             }
@@ -281,11 +287,51 @@ where
     }
 }
 
+/// A liveness signal for the watchdog's health check: the agent's main loop calls
+/// [`Heartbeat::beat`] on every turn, and the health check passed to [`spawn_watchdog`] is
+/// `move || heartbeat.is_fresh(max_age)`. A loop that hangs stops beating, the pings stop,
+/// and systemd restarts the agent. Cheap to clone and to call from any thread.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    /// Reference point; beats are stored as milliseconds since it.
+    start: tokio::time::Instant,
+    /// Milliseconds from `start` to the last beat.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Heartbeat {
+    /// A heartbeat that has just beaten.
+    pub fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Records that the loop is alive now.
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the last beat is at most `max_age` old.
+    pub fn is_fresh(&self, max_age: Duration) -> bool {
+        let now_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let age = now_ms.saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        Duration::from_millis(age) <= max_age
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
 
     fn recv(socket: &UnixDatagram) -> String {
         let mut buf = [0u8; 512];
@@ -407,7 +453,26 @@ mod tests {
         task.await.unwrap();
         let mut buf = [0u8; 512];
         while let Ok(n) = systemd.try_recv(&mut buf) {
-            assert_eq!(&buf[..n], b"WATCHDOG=1", "only pings queued before shutdown");
+            assert_eq!(
+                &buf[..n],
+                b"WATCHDOG=1",
+                "only pings queued before shutdown"
+            );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_is_fresh_until_it_stops_beating() {
+        let hb = Heartbeat::new();
+        let max_age = Duration::from_secs(10);
+        assert!(hb.is_fresh(max_age));
+        tokio::time::advance(Duration::from_secs(8)).await;
+        hb.clone().beat();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(hb.is_fresh(max_age), "beat 9 s ago");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!hb.is_fresh(max_age), "beat 11 s ago");
+        hb.beat();
+        assert!(hb.is_fresh(max_age));
     }
 }
