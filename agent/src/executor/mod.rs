@@ -39,6 +39,7 @@ mod host_config;
 mod image;
 pub mod names;
 mod outcome;
+mod ping;
 mod script;
 pub mod sources;
 #[cfg(test)]
@@ -58,6 +59,7 @@ pub use api::ContainerApi;
 pub use bollard_api::BollardApi;
 pub use docker::{CleanupReport, ConnectOptions, DockerExecutor};
 pub use error::ExecutorError;
+pub use ping::DockerInfo;
 pub use outcome::{FailureReason, JobOutcome};
 pub use sources::{GitStrategy, SourcesProvider};
 
