@@ -111,9 +111,11 @@ async fn http_get(addr: &str, path: &str) -> String {
     let mut c = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to metrics server");
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("send request");
+    c.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("send request");
     let mut out = String::new();
     c.read_to_string(&mut out).await.expect("read response");
     out
@@ -188,7 +190,11 @@ async fn metrics_after_one_job() {
     let addr = loop {
         let err = agent.stderr();
         if let Some(rest) = err.split("metrics listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap_or_default().to_string();
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
         }
         assert!(
             Instant::now() < end,
@@ -234,14 +240,21 @@ async fn metrics_after_one_job() {
         "{resp}"
     );
     let short_token: String = token["glrt-".len()..].chars().take(8).collect();
-    let with_token = [("runner", short_token.as_str()), ("runner_name", "e2e-metrics")];
+    let with_token = [
+        ("runner", short_token.as_str()),
+        ("runner_name", "e2e-metrics"),
+    ];
     assert_eq!(
         find(&s, "gitlab_runner_jobs_total", &with_token),
         [1.0],
         "{resp}"
     );
     assert_eq!(
-        find(&s, "gitlab_runner_jobs", &[("runner_name", "e2e-metrics"), ("state", "running")]),
+        find(
+            &s,
+            "gitlab_runner_jobs",
+            &[("runner_name", "e2e-metrics"), ("state", "running")]
+        ),
         [0.0],
         "{resp}"
     );
@@ -249,7 +262,11 @@ async fn metrics_after_one_job() {
         find(&s, "gitlab_runner_failed_jobs_total", &runner).is_empty(),
         "{resp}"
     );
-    let version = find(&s, "gitlab_runner_version_info", &[("name", "drover-agent")]);
+    let version = find(
+        &s,
+        "gitlab_runner_version_info",
+        &[("name", "drover-agent")],
+    );
     assert_eq!(version, [1.0], "{resp}");
     let job_requests = find(
         &s,
@@ -268,9 +285,17 @@ async fn metrics_after_one_job() {
         "{resp}"
     );
     assert_eq!(find(&s, "gitlab_runner_concurrent", &[]), [2.0], "{resp}");
-    assert_eq!(find(&s, "gitlab_runner_limit", &with_token), [1.0], "{resp}");
     assert_eq!(
-        find(&s, "drover_agent_runner_token_expires_at_seconds", &with_token),
+        find(&s, "gitlab_runner_limit", &with_token),
+        [1.0],
+        "{resp}"
+    );
+    assert_eq!(
+        find(
+            &s,
+            "drover_agent_runner_token_expires_at_seconds",
+            &with_token
+        ),
         [1_927_857_906.0],
         "{resp}"
     );
@@ -280,7 +305,11 @@ async fn metrics_after_one_job() {
         "{resp}"
     );
     assert_eq!(find(&s, "drover_agent_docker_up", &[]), [1.0], "{resp}");
-    let disk = find(&s, "drover_agent_host_disk_total_bytes", &[("disk", "docker")]);
+    let disk = find(
+        &s,
+        "drover_agent_host_disk_total_bytes",
+        &[("disk", "docker")],
+    );
     assert!(disk.len() == 1 && disk[0] > 0.0, "{resp}");
     assert!(
         !find(&s, "gitlab_runner_errors_total", &[("level", "error")]).is_empty(),

@@ -59,8 +59,8 @@ pub use api::ContainerApi;
 pub use bollard_api::BollardApi;
 pub use docker::{CleanupReport, ConnectOptions, DockerExecutor};
 pub use error::ExecutorError;
-pub use ping::DockerInfo;
 pub use outcome::{FailureReason, JobOutcome};
+pub use ping::DockerInfo;
 pub use sources::{GitStrategy, SourcesProvider};
 
 /// Everything the executor needs to run one job.

@@ -118,8 +118,11 @@ mod tests {
     fn header_sample() {
         let skew = ClockSkew::default();
         let peer = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        skew.observe_header(peer + Duration::from_secs(2), "Sun, 06 Nov 1994 08:49:37 GMT")
-            .unwrap();
+        skew.observe_header(
+            peer + Duration::from_secs(2),
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+        )
+        .unwrap();
         assert_eq!(skew.estimate_seconds(), Some(2.0));
         assert!(skew.observe_header(peer, "bad").is_err());
         assert_eq!(skew.estimate_seconds(), Some(2.0));

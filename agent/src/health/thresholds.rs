@@ -37,7 +37,10 @@ pub fn degraded_reasons(h: &HostHealth, t: &Thresholds) -> Vec<String> {
     if h.docker.is_none() {
         out.push("docker engine unreachable".to_string());
     }
-    for (what, disk) in [("docker root", &h.docker_disk), ("builds dir", &h.builds_disk)] {
+    for (what, disk) in [
+        ("docker root", &h.docker_disk),
+        ("builds dir", &h.builds_disk),
+    ] {
         let Some(d) = disk else { continue };
         let ratio = if d.total_bytes == 0 {
             0.0

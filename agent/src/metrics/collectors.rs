@@ -133,9 +133,11 @@ impl Collector for Scraped {
                 None,
                 MetricType::Counter,
             )?;
-            for ((endpoint, status), n) in statuses.iter().filter(|((_, s), _)| *s != NO_RESPONSE)
-            {
-                let labels = [("endpoint", endpoint.to_string()), ("status", status.to_string())];
+            for ((endpoint, status), n) in statuses.iter().filter(|((_, s), _)| *s != NO_RESPONSE) {
+                let labels = [
+                    ("endpoint", endpoint.to_string()),
+                    ("status", status.to_string()),
+                ];
                 ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
             }
         }

@@ -177,9 +177,17 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let jobs = Family::<JobsLabels, Gauge>::default();
-        registry.register("gitlab_runner_jobs", "The current number of running builds.", jobs.clone());
+        registry.register(
+            "gitlab_runner_jobs",
+            "The current number of running builds.",
+            jobs.clone(),
+        );
         let failed = Family::<FailedLabels, Counter>::default();
-        registry.register("gitlab_runner_failed_jobs", "Total number of failed jobs", failed.clone());
+        registry.register(
+            "gitlab_runner_failed_jobs",
+            "Total number of failed jobs",
+            failed.clone(),
+        );
         let durations: HistogramFamily = Family::new_with_constructor(duration_histogram);
         registry.register(
             "gitlab_runner_job_duration_seconds",
@@ -193,7 +201,11 @@ impl Metrics {
             concurrent.clone(),
         );
         let limit = Family::<RunnerLabels, Gauge>::default();
-        registry.register("gitlab_runner_limit", "The current value of limit setting", limit.clone());
+        registry.register(
+            "gitlab_runner_limit",
+            "The current value of limit setting",
+            limit.clone(),
+        );
         registry.register(
             "gitlab_runner_version",
             "A metric with a constant '1' value labeled by different build stats fields.",
@@ -281,7 +293,10 @@ impl Metrics {
                     .get_or_create(&token_labels(l))
                     .set(unix_seconds(t));
             }
-            self.inner.jobs.get_or_create(&jobs_labels(l, "idle", "idle")).set(0);
+            self.inner
+                .jobs
+                .get_or_create(&jobs_labels(l, "idle", "idle"))
+                .set(0);
             map.insert(l.runner_name.clone(), l.clone());
         }
     }
@@ -294,14 +309,20 @@ impl Metrics {
     /// A job of `runner_name` started.
     pub fn job_started(&self, runner_name: &str) {
         let l = self.labels(runner_name);
-        self.inner.jobs.get_or_create(&jobs_labels(&l, "running", "")).inc();
+        self.inner
+            .jobs
+            .get_or_create(&jobs_labels(&l, "running", ""))
+            .inc();
         self.inner.scraped.job_started(&l);
     }
 
     /// A job of `runner_name` ended after `duration`.
     pub fn job_finished(&self, runner_name: &str, outcome: &JobOutcome, duration: Duration) {
         let l = self.labels(runner_name);
-        self.inner.jobs.get_or_create(&jobs_labels(&l, "running", "")).dec();
+        self.inner
+            .jobs
+            .get_or_create(&jobs_labels(&l, "running", ""))
+            .dec();
         self.inner
             .durations
             .get_or_create(&l)

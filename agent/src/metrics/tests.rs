@@ -82,8 +82,22 @@ fn jobs_are_counted_per_runner_with_gitlab_runner_labels() {
         job_id: 7,
     });
     let s = parse(&m.encode().unwrap());
-    let running = [R[0], R[1], R[2], ("state", "running"), ("stage", ""), ("executor_stage", "")];
-    let idle = [R[0], R[1], R[2], ("state", "idle"), ("stage", "idle"), ("executor_stage", "idle")];
+    let running = [
+        R[0],
+        R[1],
+        R[2],
+        ("state", "running"),
+        ("stage", ""),
+        ("executor_stage", ""),
+    ];
+    let idle = [
+        R[0],
+        R[1],
+        R[2],
+        ("state", "idle"),
+        ("stage", "idle"),
+        ("executor_stage", "idle"),
+    ];
     assert_eq!(get(&s, "gitlab_runner_jobs", &running), Some(1.0));
     assert_eq!(get(&s, "gitlab_runner_jobs", &idle), Some(0.0));
     assert_eq!(get(&s, "gitlab_runner_jobs_total", &R), Some(1.0));
@@ -119,13 +133,22 @@ fn jobs_are_counted_per_runner_with_gitlab_runner_labels() {
         ),
         Some(1.0)
     );
-    assert_eq!(get(&s, "gitlab_runner_job_duration_seconds_count", &R), Some(2.0));
+    assert_eq!(
+        get(&s, "gitlab_runner_job_duration_seconds_count", &R),
+        Some(2.0)
+    );
     let mut le60 = R.to_vec();
     le60.push(("le", "60.0"));
-    assert_eq!(get(&s, "gitlab_runner_job_duration_seconds_bucket", &le60), Some(2.0));
+    assert_eq!(
+        get(&s, "gitlab_runner_job_duration_seconds_bucket", &le60),
+        Some(2.0)
+    );
     let mut le30 = R.to_vec();
     le30.push(("le", "30.0"));
-    assert_eq!(get(&s, "gitlab_runner_job_duration_seconds_bucket", &le30), Some(1.0));
+    assert_eq!(
+        get(&s, "gitlab_runner_job_duration_seconds_bucket", &le30),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -137,7 +160,11 @@ fn reload_drops_removed_runners_rows_but_keeps_counters() {
     let s = parse(&m.encode().unwrap());
     assert_eq!(get(&s, "gitlab_runner_limit", &R), None);
     assert_eq!(
-        get(&s, "drover_agent_runner_token_expires_at_seconds", &[R[0], R[1]]),
+        get(
+            &s,
+            "drover_agent_runner_token_expires_at_seconds",
+            &[R[0], R[1]]
+        ),
         None
     );
     assert_eq!(get(&s, "gitlab_runner_jobs_total", &R), Some(1.0));
@@ -159,15 +186,27 @@ fn api_stats_are_summed_over_clients_and_no_answer_is_separate() {
     let s = parse(&text);
     let statuses = "gitlab_runner_api_request_statuses_total";
     assert_eq!(
-        get(&s, statuses, &[("endpoint", "request_job"), ("status", "204")]),
+        get(
+            &s,
+            statuses,
+            &[("endpoint", "request_job"), ("status", "204")]
+        ),
         Some(2.0)
     );
     assert_eq!(
-        get(&s, statuses, &[("endpoint", "request_job"), ("status", "201")]),
+        get(
+            &s,
+            statuses,
+            &[("endpoint", "request_job"), ("status", "201")]
+        ),
         Some(1.0)
     );
     assert_eq!(
-        get(&s, statuses, &[("endpoint", "patch_trace"), ("status", "0")]),
+        get(
+            &s,
+            statuses,
+            &[("endpoint", "patch_trace"), ("status", "0")]
+        ),
         None
     );
     assert_eq!(
@@ -212,8 +251,14 @@ fn units_by_state_and_last_contact_come_from_the_source() {
         },
     ])));
     let s = parse(&m.encode().unwrap());
-    assert_eq!(get(&s, "drover_agent_runner_units", &[("state", "running")]), Some(2.0));
-    assert_eq!(get(&s, "drover_agent_runner_units", &[("state", "backoff")]), Some(1.0));
+    assert_eq!(
+        get(&s, "drover_agent_runner_units", &[("state", "running")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        get(&s, "drover_agent_runner_units", &[("state", "backoff")]),
+        Some(1.0)
+    );
     assert_eq!(
         get(
             &s,
@@ -256,21 +301,36 @@ fn host_values_appear_once_known() {
     let s = parse(&m.encode().unwrap());
     assert_eq!(get(&s, "drover_agent_docker_up", &[]), Some(1.0));
     assert_eq!(
-        get(&s, "drover_agent_host_disk_free_bytes", &[("disk", "docker")]),
+        get(
+            &s,
+            "drover_agent_host_disk_free_bytes",
+            &[("disk", "docker")]
+        ),
         Some(400.0)
     );
     assert_eq!(
-        get(&s, "drover_agent_host_disk_total_bytes", &[("disk", "builds")]),
+        get(
+            &s,
+            "drover_agent_host_disk_total_bytes",
+            &[("disk", "builds")]
+        ),
         None
     );
-    assert_eq!(get(&s, "drover_agent_host_memory_available_bytes", &[]), Some(3000.0));
+    assert_eq!(
+        get(&s, "drover_agent_host_memory_available_bytes", &[]),
+        Some(3000.0)
+    );
     assert_eq!(get(&s, "drover_agent_host_load1", &[]), None);
     assert_eq!(get(&s, "drover_agent_clock_skew_seconds", &[]), Some(-1.5));
     m.set_host(&HostHealth::default());
     let s = parse(&m.encode().unwrap());
     assert_eq!(get(&s, "drover_agent_docker_up", &[]), Some(0.0));
     assert_eq!(
-        get(&s, "drover_agent_host_disk_free_bytes", &[("disk", "docker")]),
+        get(
+            &s,
+            "drover_agent_host_disk_free_bytes",
+            &[("disk", "docker")]
+        ),
         None
     );
 }
@@ -303,9 +363,11 @@ async fn server_answers_metrics_with_openmetrics_type_and_healthz() {
     let task = tokio::spawn(serve(listener, m, stop.clone()));
     let fetch = |path: &'static str| async move {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         c.read_to_string(&mut out).await.unwrap();
         out
@@ -319,7 +381,10 @@ async fn server_answers_metrics_with_openmetrics_type_and_healthz() {
     );
     assert!(resp.contains("gitlab_runner_concurrent 3"), "{resp}");
     let resp = fetch("/healthz").await;
-    assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok\n"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok\n"),
+        "{resp}"
+    );
     stop.cancel();
     task.await.unwrap().unwrap();
 }

@@ -43,10 +43,8 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
             config.display()
         );
     }
-    let metrics_addr = observe::metrics_address(
-        args.metrics_listen,
-        parsed.config.listen_address.as_deref(),
-    )?;
+    let metrics_addr =
+        observe::metrics_address(args.metrics_listen, parsed.config.listen_address.as_deref())?;
     let system_id = load::system_id(&config, &args.state_dir)?;
     let agent_id = load::agent_id(&system_id, &config);
     tracing::info!(

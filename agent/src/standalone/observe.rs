@@ -98,8 +98,7 @@ pub fn runner_infos(config: &Config, system_id: &str) -> Vec<RunnerInfo> {
 
 /// gitlab-runner's `token_expires_at` (RFC 3339); its "never" (`0001-01-01...`) is `None`.
 fn parse_expiry(s: &str) -> Option<SystemTime> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()?;
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     (t.year() > 1).then(|| t.into())
 }
 
@@ -225,7 +224,10 @@ mod tests {
     #[test]
     fn flag_wins_then_listen_address_forms() {
         let flag: SocketAddr = "127.0.0.1:9999".parse().unwrap();
-        assert_eq!(metrics_address(Some(flag), Some(":9252")).unwrap(), Some(flag));
+        assert_eq!(
+            metrics_address(Some(flag), Some(":9252")).unwrap(),
+            Some(flag)
+        );
         assert_eq!(metrics_address(None, None).unwrap(), None);
         assert_eq!(metrics_address(None, Some("")).unwrap(), None);
         assert_eq!(
@@ -241,7 +243,10 @@ mod tests {
             Some("[::]:9252".parse().unwrap())
         );
         let e = metrics_address(None, Some("gitlab:port")).unwrap_err();
-        assert!(format!("{e:#}").contains("listen_address = \"gitlab:port\""), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("listen_address = \"gitlab:port\""),
+            "{e:#}"
+        );
         assert!(metrics_address(None, Some("9252")).is_err());
     }
 
@@ -270,7 +275,10 @@ mod tests {
         )
         .unwrap();
         let infos = runner_infos(&cfg, "s_1");
-        let names: Vec<_> = infos.iter().map(|i| i.labels.runner_name.as_str()).collect();
+        let names: Vec<_> = infos
+            .iter()
+            .map(|i| i.labels.runner_name.as_str())
+            .collect();
         assert_eq!(names, ["a", "a#1", "runners[2]"]);
         assert_eq!(infos[0].labels.runner, "abcdefgh");
         assert_eq!(infos[0].limit, Some(2));
