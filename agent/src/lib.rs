@@ -9,6 +9,9 @@
 //! - [`identity`]: the state dir (key, certificate, pinned CA) and TLS to the controller.
 //! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
+//! - [`health`]: host health snapshots (Docker, disk, memory, load, clock skew) and when a
+//!   host is degraded.
+//! - [`metrics`]: the Prometheus registry and the `/metrics` server.
 //! - [`cli`]: one module per `drover-agent` subcommand.
 //! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
@@ -19,8 +22,10 @@ pub mod control;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
+pub mod health;
 pub mod host_facts;
 pub mod identity;
+pub mod metrics;
 pub mod runner;
 pub mod sources;
 pub mod standalone;

@@ -82,4 +82,6 @@ pub trait ContainerApi: Send + Sync {
     async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<VolumeInfo>, ExecutorError>;
     /// Removes a volume. A missing volume is not an error.
     async fn remove_volume(&self, name: &str) -> Result<(), ExecutorError>;
+    /// Engine version and root dir (`docker version` + `docker info`), for health reports.
+    async fn engine_info(&self) -> Result<super::ping::DockerInfo, ExecutorError>;
 }

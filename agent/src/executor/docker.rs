@@ -63,7 +63,7 @@ pub struct CleanupReport {
 /// The Docker executor.
 #[derive(Clone)]
 pub struct DockerExecutor {
-    api: Arc<dyn ContainerApi>,
+    pub(super) api: Arc<dyn ContainerApi>,
     /// Checks out `clone`/`fetch` sources; `None` → sources are skipped with a warning.
     sources: Option<Arc<dyn SourcesProvider>>,
 }

@@ -387,4 +387,12 @@ impl ContainerApi for FakeApi {
         st.removed_volumes.push(name.to_string());
         Ok(())
     }
+
+    async fn engine_info(&self) -> Result<super::ping::DockerInfo, ExecutorError> {
+        Ok(super::ping::DockerInfo {
+            version: "0.0.0-fake".into(),
+            api_version: "1.41".into(),
+            root_dir: "/var/lib/docker".into(),
+        })
+    }
 }

@@ -39,6 +39,7 @@ mod host_config;
 mod image;
 pub mod names;
 mod outcome;
+mod ping;
 mod script;
 pub mod sources;
 #[cfg(test)]
@@ -59,6 +60,7 @@ pub use bollard_api::BollardApi;
 pub use docker::{CleanupReport, ConnectOptions, DockerExecutor};
 pub use error::ExecutorError;
 pub use outcome::{FailureReason, JobOutcome};
+pub use ping::DockerInfo;
 pub use sources::{GitStrategy, SourcesProvider};
 
 /// Everything the executor needs to run one job.
