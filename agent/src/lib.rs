@@ -14,6 +14,7 @@ pub mod cli;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
+pub mod runner;
 pub mod sources;
 pub mod standalone;
 pub mod trace;

@@ -1,9 +1,148 @@
 //! Standalone mode: the runners of a gitlab-runner `config.toml`, no controller.
+//!
+//! - [`load`]: reads and validates the file; the system id (`.runner_system_id` next to the
+//!   config, as gitlab-runner keeps it, else `<state-dir>/system_id`) and the agent id.
+//! - [`engine`]: serves the runners; fleet mode reuses it.
+//!
+//! Signals: `SIGTERM`/`SIGINT` stop at once (running jobs are canceled and reported failed);
+//! `SIGQUIT` stops taking jobs and exits when running jobs finished (a second
+//! `SIGTERM`/`SIGINT` then cancels them); `SIGHUP` re-reads the file: if it is invalid the
+//! error is logged and the old configuration keeps running, else changed runners restart.
 
-/// Serves every docker runner in `config`.
-pub async fn run(
-    config: std::path::PathBuf,
-    _args: crate::cli::run::RunArgs,
-) -> anyhow::Result<()> {
-    anyhow::bail!("standalone mode with {} is not built yet", config.display())
+pub mod engine;
+pub mod load;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::executor::{ConnectOptions, DockerExecutor};
+use crate::gitlab::{ClientOptions, GitLab, HttpGitLab};
+pub use engine::{Engine, GitLabFactory};
+
+/// Serves every docker runner in `config` until a signal says stop.
+pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
+    let parsed = load::load(&config)?;
+    for w in &parsed.warnings {
+        tracing::warn!("{w}");
+    }
+    if args.metrics_listen.is_some() {
+        tracing::warn!("--metrics-listen is not served in standalone mode yet; ignored");
+    }
+    let system_id = load::system_id(&config, &args.state_dir)?;
+    let agent_id = load::agent_id(&system_id, &config);
+    tracing::info!(
+        config = %config.display(),
+        %system_id,
+        %agent_id,
+        runners = parsed.config.runners.len(),
+        "standalone mode"
+    );
+
+    let docker = DockerExecutor::connect(ConnectOptions::default())
+        .await
+        .context("connect to the docker engine")?;
+    match docker.cleanup_orphans(&agent_id, &[]).await {
+        Ok(r) => {
+            if !r.containers_removed.is_empty() || !r.volumes_removed.is_empty() {
+                tracing::info!(
+                    containers = ?r.containers_removed,
+                    volumes = ?r.volumes_removed,
+                    "removed containers left by an earlier run"
+                );
+            }
+            for e in r.errors {
+                tracing::warn!(error = %e, "orphan cleanup");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "orphan cleanup failed"),
+    }
+
+    let mut engine = Engine::new(Arc::new(docker), http_factory(), system_id, agent_id);
+    engine.apply(&parsed.config)?;
+    serve(&mut engine, &config).await
+}
+
+/// One shared [`HttpGitLab`] per (url, tls-ca-file).
+fn http_factory() -> GitLabFactory {
+    type Key = (String, Option<String>);
+    let cache: Mutex<HashMap<Key, Arc<HttpGitLab>>> = Mutex::new(HashMap::new());
+    Box::new(move |rc| {
+        let key = (rc.url.clone(), rc.tls_ca_file.clone());
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone() as Arc<dyn GitLab>);
+        }
+        let client = HttpGitLab::new(
+            &rc.url,
+            ClientOptions {
+                tls_ca_file: rc.tls_ca_file.clone().map(PathBuf::from),
+                ..ClientOptions::default()
+            },
+        )?;
+        let client = Arc::new(client);
+        cache.insert(key, client.clone());
+        Ok(client as Arc<dyn GitLab>)
+    })
+}
+
+/// Waits for signals and for runner loops until every loop has ended.
+async fn serve(engine: &mut Engine, config: &std::path::Path) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let mut quit = signal(SignalKind::quit()).context("install SIGQUIT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+    let mut failures: Vec<String> = Vec::new();
+    while engine.running() > 0 {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: canceling running jobs and stopping");
+                engine.stop_now();
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: canceling running jobs and stopping");
+                engine.stop_now();
+            }
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: taking no new jobs; stopping when running jobs finish");
+                engine.stop_graceful();
+            }
+            _ = hup.recv() => {
+                if engine.stopping() {
+                    continue;
+                }
+                match load::load(config) {
+                    Ok(parsed) => {
+                        for w in &parsed.warnings {
+                            tracing::warn!("{w}");
+                        }
+                        match engine.apply(&parsed.config) {
+                            Ok(()) => tracing::info!(config = %config.display(), "SIGHUP: configuration reloaded"),
+                            Err(e) => tracing::error!("SIGHUP: reload partly failed: {e:#}"),
+                        }
+                    }
+                    Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e:#}"),
+                }
+            }
+            ended = engine.join_next() => {
+                let Some(ended) = ended else { break };
+                match ended.result {
+                    Ok(()) => tracing::info!(runner = %ended.runner, "runner stopped"),
+                    Err(e) => {
+                        tracing::error!(runner = %ended.runner, "{e}");
+                        if ended.current {
+                            failures.push(e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !engine.stopping() && !failures.is_empty() {
+        anyhow::bail!("every runner stopped: {}", failures.join("; "));
+    }
+    Ok(())
 }
