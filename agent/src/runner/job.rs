@@ -74,6 +74,7 @@ impl JobRun {
             agent_id: s.agent_id.clone(),
             runner_short_token: s.short_token.clone(),
             slot: self.slot,
+            gitlab: self.gitlab.clone(),
         };
         let mut outcome = self.executor.run(&ctx, &sink, cancel.clone()).await;
         // The executor wrote the result line; only a shutdown adds why the job was canceled.
