@@ -92,7 +92,6 @@ pub struct StartedService {
     pub image: String,
     pub container_id: String,
     pub container_name: String,
-    pub aliases: Vec<String>,
     pub image_id: String,
 }
 
@@ -202,7 +201,6 @@ pub async fn start_services(
             image,
             container_id: id,
             container_name: name,
-            aliases,
             image_id,
         });
     }
