@@ -14,6 +14,8 @@ pub mod cli;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
+pub mod inflight;
+pub mod janitor;
 pub mod runner;
 pub mod sources;
 pub mod standalone;
