@@ -69,6 +69,52 @@ pub async fn busybox_image() -> Result<String> {
         .cloned()
 }
 
+/// The tag of the busybox service image: the busybox rootfs declaring `EXPOSE 8080`, so the
+/// executor waits for that port.
+pub const BUSYBOX_WEB_IMAGE: &str = "drover-test/busybox-web:1";
+
+static BUSYBOX_WEB: OnceCell<String> = OnceCell::const_new();
+
+/// Builds (once) and returns the busybox service image's tag (see [`BUSYBOX_WEB_IMAGE`]).
+pub async fn busybox_web_image() -> Result<String> {
+    BUSYBOX_WEB
+        .get_or_try_init(|| async {
+            let docker = Docker::connect_with_local_defaults().context("connect to docker")?;
+            if docker.inspect_image(BUSYBOX_WEB_IMAGE).await.is_ok() {
+                return Ok(BUSYBOX_WEB_IMAGE.to_string());
+            }
+            if let Some(why) = busybox_unavailable() {
+                bail!("cannot build {BUSYBOX_WEB_IMAGE}: {why}");
+            }
+            let tar = busybox_tar(Path::new(BUSYBOX_BIN)).context("build busybox rootfs tar")?;
+            let (repo, tag) = BUSYBOX_WEB_IMAGE
+                .split_once(':')
+                .unwrap_or((BUSYBOX_WEB_IMAGE, "latest"));
+            let opts = CreateImageOptions {
+                from_src: Some("-".to_string()),
+                repo: Some(repo.to_string()),
+                tag: Some(tag.to_string()),
+                changes: vec![
+                    "EXPOSE 8080".to_string(),
+                    "CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/etc\"]".to_string(),
+                ],
+                ..Default::default()
+            };
+            let mut stream =
+                docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
+            while let Some(item) = stream.next().await {
+                item.with_context(|| format!("import {BUSYBOX_WEB_IMAGE}"))?;
+            }
+            docker
+                .inspect_image(BUSYBOX_WEB_IMAGE)
+                .await
+                .with_context(|| format!("inspect {BUSYBOX_WEB_IMAGE} after import"))?;
+            Ok(BUSYBOX_WEB_IMAGE.to_string())
+        })
+        .await
+        .cloned()
+}
+
 /// The rootfs: busybox, one symlink per applet (`busybox --list-full`), `/tmp`, `/etc`.
 fn busybox_tar(bin: &Path) -> Result<Vec<u8>> {
     let out = std::process::Command::new(bin)
