@@ -338,7 +338,7 @@ fn zip_entries(bytes: &[u8]) -> Vec<(String, String)> {
         if f.is_file() {
             f.read_to_string(&mut s).expect("read");
         }
-        out.push((f.name().to_string(), s));
+        out.push((f.name().expect("entry name").to_string(), s));
     }
     out.sort();
     out
