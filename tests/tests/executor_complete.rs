@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bollard::Docker;
 use bollard::query_parameters::{
     ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveVolumeOptions,
+    TagImageOptions,
 };
 use drover_agent::executor::{
     ConnectOptions, DockerExecutor, Executor, FailureReason, JobContext, JobOutcome,
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 const TOKEN: &str = "glcbt-64_exec2S3cr3tJobTok3n";
 const RUNNER_TOKEN: &str = "glrt-exec2-runner-token";
 const LABEL_AGENT: &str = "com.drover.agent";
+const DEAD_IMAGE: &str = "drover-test/busybox-dead:1";
 
 /// One test's world: fake GitLab, executor with its own data dir, a unique agent id.
 struct World {
@@ -298,30 +300,41 @@ async fn services_reached_by_alias_and_derived_name_and_a_dead_one_warns_with_lo
             return;
         }
     };
+    // The dead service gets an image of its own so derived names stay unique.
+    w.docker
+        .tag_image(
+            &web,
+            Some(TagImageOptions {
+                repo: Some(DEAD_IMAGE.split(':').next().unwrap_or_default().to_string()),
+                tag: Some("1".to_string()),
+            }),
+        )
+        .await
+        .expect("tag dead service image");
     let mut s = spec(
         &w,
         "services",
         &[
             "wget -q -O- http://web:8080/drover-web.txt",
             "wget -q -O- http://drover-test-busybox-web:8080/drover-web.txt",
-            "wget -q -O- http://drover-test__busybox-web:8080/drover-web.txt || echo UNDERSCORE-NAME-NOT-RESOLVABLE",
+            "wget -q -O- http://drover-test__busybox-web:8080/drover-web.txt",
             "echo \"SVC_VAR in build=${SVC_ONLY:-unset}\"",
         ],
-        &[],
+        &[("GIT_STRATEGY", "empty")],
     );
     s.services = vec![
         json!({"name": web, "alias": "web",
                "command": ["sh", "-c", "echo \"hello-from-web $SVC_ONLY\" > /tmp/drover-web.txt && exec httpd -f -p 8080 -h /tmp"],
                "variables": [{"key": "SVC_ONLY", "value": "svc-value"}]}),
-        json!({"name": web, "alias": "dead",
+        json!({"name": DEAD_IMAGE, "alias": "dead",
                "command": ["sh", "-c", "echo never-listening-here; sleep 600"]}),
     ];
     let (_, out, t) = w.run(s, "wait_for_services_timeout = 3").await;
     assert_eq!(out, JobOutcome::Success, "{t}");
     assert_eq!(
         t.matches("hello-from-web svc-value").count(),
-        2,
-        "reached by alias and by the derived name: {t}"
+        3,
+        "reached by alias and by both derived names: {t}"
     );
     assert!(t.contains("SVC_VAR in build=unset"), "{t}");
     assert!(t.contains("probably didn't start properly"), "{t}");

@@ -217,12 +217,15 @@ pub async fn wait_for_services(
     timeout: Duration,
     trace: &TraceSink,
 ) {
+    if services.is_empty() {
+        return;
+    }
     let deadline = Instant::now() + timeout;
+    trace.write_line(&format!(
+        "Waiting for services to be up and running (timeout {} seconds)...",
+        timeout.as_secs()
+    ));
     for s in services {
-        trace.write_line(&format!(
-            "Waiting for services to be up and running (timeout {} seconds)...",
-            timeout.as_secs()
-        ));
         let problem = match wait_one(api, s, network, deadline).await {
             Ok(()) => continue,
             Err(p) => p,
