@@ -20,7 +20,7 @@ use drover_agent::trace::TraceSink;
 use drover_proto::spec::RunnerConfig;
 use drover_tests::fake_gitlab::{FakeGitLab, JobSpec, StoredArtifact};
 use drover_tests::git_server::GitServer;
-use drover_tests::images::{busybox_image, busybox_web_image};
+use drover_tests::images::{busybox_image, busybox_web_image, docker_cli_image};
 use secrecy::SecretString;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -504,5 +504,54 @@ async fn missing_dependency_and_too_large_artifacts() {
     let (_, out, t) = w.run(big, "").await;
     assert!(matches!(out, JobOutcome::Failed { .. }), "{out:?} {t}");
     assert!(t.contains("413"), "{t}");
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn docker_socket_mount_runs_docker_commands_and_dind_with_socket_warns() {
+    let Some(w) = world("socket").await else {
+        return;
+    };
+    let cli = match docker_cli_image().await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("skipping: {e:#}");
+            return;
+        }
+    };
+    let mut s = spec(
+        &w,
+        "docker-build",
+        &[
+            "docker info --format 'server={{.ServerVersion}}'",
+            "docker ps --format '{{.Names}}' | grep -c -- '-build$' && echo SEES-ITS-OWN-CONTAINER",
+        ],
+        &[("GIT_STRATEGY", "empty")],
+    );
+    s.image = Some(json!({"name": cli}));
+    // A dind service next to the socket is reported (it must not be combined); its image is
+    // a local stand-in that listens on nothing and exposes nothing.
+    w.docker
+        .tag_image(
+            &w.image,
+            Some(TagImageOptions {
+                repo: Some("drover-test/docker".to_string()),
+                tag: Some("dind".to_string()),
+            }),
+        )
+        .await
+        .expect("tag dind stand-in");
+    s.services = vec![json!({"name": "drover-test/docker:dind", "alias": "docker",
+        "command": ["sh", "-c", "sleep 600"]})];
+    let (_, out, t) = w
+        .run(
+            s,
+            "volumes = [\"/var/run/docker.sock:/var/run/docker.sock\"]",
+        )
+        .await;
+    assert_eq!(out, JobOutcome::Success, "{t}");
+    assert!(t.contains("server="), "{t}");
+    assert!(t.contains("SEES-ITS-OWN-CONTAINER"), "{t}");
+    assert!(t.contains("must not be combined"), "{t}");
     w.finish().await;
 }
