@@ -183,12 +183,14 @@ impl InflightStore {
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
-            let parsed = std::fs::read(&path).map_err(|e| io(&path, e)).and_then(|b| {
-                serde_json::from_slice::<Record>(&b).map_err(|source| InflightError::Parse {
-                    path: path.display().to_string(),
-                    source,
-                })
-            });
+            let parsed = std::fs::read(&path)
+                .map_err(|e| io(&path, e))
+                .and_then(|b| {
+                    serde_json::from_slice::<Record>(&b).map_err(|source| InflightError::Parse {
+                        path: path.display().to_string(),
+                        source,
+                    })
+                });
             match parsed {
                 Ok(r) => jobs.push(InflightJob {
                     job_id: r.job_id,
@@ -230,10 +232,10 @@ impl InflightStore {
                     error,
                 },
             };
-            if !matches!(rec, Recovered::Kept { .. }) {
-                if let Err(e) = self.remove(job.job_id) {
-                    tracing::warn!("{e}");
-                }
+            if !matches!(rec, Recovered::Kept { .. })
+                && let Err(e) = self.remove(job.job_id)
+            {
+                tracing::warn!("{e}");
             }
             out.push(rec);
         }
@@ -249,7 +251,10 @@ pub fn recovery_line(now: &str) -> String {
 }
 
 fn gone(e: &GitLabError) -> bool {
-    matches!(e, GitLabError::Forbidden { .. } | GitLabError::NotFound { .. })
+    matches!(
+        e,
+        GitLabError::Forbidden { .. } | GitLabError::NotFound { .. }
+    )
 }
 
 async fn report_failed(
@@ -332,7 +337,10 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let (jobs, errors) = store.list();
         assert!(errors.is_empty());
-        assert_eq!(jobs.iter().map(|j| j.job_id).collect::<Vec<_>>(), vec![3, 7]);
+        assert_eq!(
+            jobs.iter().map(|j| j.job_id).collect::<Vec<_>>(),
+            vec![3, 7]
+        );
         assert_eq!(jobs[1].token.expose_secret(), "tok-7");
         assert!(!format!("{:?}", jobs[1]).contains("tok-7"));
         store.remove(7).expect("remove");
@@ -374,7 +382,10 @@ mod tests {
         store.record(&job(7)).expect("record");
         let f = fake.clone();
         let got = store
-            .recover(&move |_| Ok(f.clone() as Arc<dyn GitLab>), "2026-11-25T17:00:00Z")
+            .recover(
+                &move |_| Ok(f.clone() as Arc<dyn GitLab>),
+                "2026-11-25T17:00:00Z",
+            )
             .await;
         assert_eq!(got, vec![Recovered::ReportedFailed { job_id: 7 }]);
         let j = fake.job(7).expect("job");
@@ -382,7 +393,10 @@ mod tests {
         assert_eq!(j.failure_reason.as_deref(), Some("runner_system_failure"));
         let trace = String::from_utf8_lossy(&j.trace).to_string();
         assert!(trace.starts_with("partial\n"), "{trace}");
-        assert!(trace.contains("the agent stopped while running this job"), "{trace}");
+        assert!(
+            trace.contains("the agent stopped while running this job"),
+            "{trace}"
+        );
         assert!(store.list().0.is_empty());
     }
 }

@@ -12,8 +12,7 @@ use bollard::query_parameters::{
     TagImageOptions,
 };
 use drover_agent::executor::{
-    ConnectOptions, DockerExecutor, Executor, FailureReason, JobContext, JobOutcome,
-    StorageOptions,
+    ConnectOptions, DockerExecutor, Executor, FailureReason, JobContext, JobOutcome, StorageOptions,
 };
 use drover_agent::gitlab::{ClientOptions, GitLab, HttpGitLab, JobRequest, RunnerAuth};
 use drover_agent::trace::TraceSink;
@@ -87,7 +86,9 @@ async fn world(test: &str) -> Option<World> {
 }
 
 fn script(lines: &[&str]) -> Vec<serde_json::Value> {
-    vec![json!({"name": "script", "script": lines, "timeout": 600, "when": "on_success", "allow_failure": false})]
+    vec![
+        json!({"name": "script", "script": lines, "timeout": 600, "when": "on_success", "allow_failure": false}),
+    ]
 }
 
 fn spec(w: &World, name: &str, lines: &[&str], vars: &[(&str, &str)]) -> JobSpec {
@@ -164,7 +165,11 @@ impl World {
             .await
             .expect("list networks");
         assert!(networks.is_empty(), "networks left: {networks:?}");
-        let kept = self.exec.list_kept_volumes(&self.agent).await.expect("kept");
+        let kept = self
+            .exec
+            .list_kept_volumes(&self.agent)
+            .await
+            .expect("kept");
         let volumes = self
             .docker
             .list_volumes(Some(ListVolumesOptions {
@@ -188,7 +193,11 @@ impl World {
     }
 }
 
-fn git_info(server: &GitServer, path: &str, sha: &str) -> serde_json::Map<String, serde_json::Value> {
+fn git_info(
+    server: &GitServer,
+    path: &str,
+    sha: &str,
+) -> serde_json::Map<String, serde_json::Value> {
     let v = json!({
         "repo_url": server.url_with_token(path, TOKEN),
         "ref": "main",
@@ -207,9 +216,11 @@ async fn sources_clone_shallow_full_fetch_reuse_and_submodules() {
     };
     let server = GitServer::start(TOKEN).await.expect("git server");
     let lib = server.create_repo("group/lib").expect("lib");
-    lib.commit(&[("lib.txt", "lib-content\n")], "lib").expect("commit");
+    lib.commit(&[("lib.txt", "lib-content\n")], "lib")
+        .expect("commit");
     let repo = server.create_repo("group/proj").expect("repo");
-    repo.commit(&[("README.md", "one\n")], "first").expect("commit");
+    repo.commit(&[("README.md", "one\n")], "first")
+        .expect("commit");
     repo.commit(&[("src/main.c", "int main(){}\n")], "second")
         .expect("commit");
     let sha = repo.add_submodule("../lib.git", "lib").expect("submodule");
@@ -236,7 +247,10 @@ async fn sources_clone_shallow_full_fetch_reuse_and_submodules() {
     assert!(t.contains("lib-content"), "{t}");
     assert!(t.contains("SHALLOW-YES"), "{t}");
     assert!(t.contains("Created fresh repository."), "{t}");
-    assert!(!t.contains(TOKEN), "the job token leaked into the trace: {t}");
+    assert!(
+        !t.contains(TOKEN),
+        "the job token leaked into the trace: {t}"
+    );
 
     // Full history: fetch reuses the work dir (no fresh repository), untracked files gone.
     let next = repo
@@ -256,7 +270,10 @@ async fn sources_clone_shallow_full_fetch_reuse_and_submodules() {
     let (_, out, t) = w.run(s, "").await;
     assert_eq!(out, JobOutcome::Success, "{t}");
     assert!(t.contains("Fetching changes..."), "{t}");
-    assert!(!t.contains("Created fresh repository."), "fetch reuses: {t}");
+    assert!(
+        !t.contains("Created fresh repository."),
+        "fetch reuses: {t}"
+    );
     assert!(t.contains("two\n"), "{t}");
     assert!(t.contains("CLEANED"), "{t}");
     assert!(!t.contains(TOKEN), "{t}");
@@ -270,7 +287,8 @@ async fn wrong_sha_fails_the_job_as_a_script_failure() {
     };
     let server = GitServer::start(TOKEN).await.expect("git server");
     let repo = server.create_repo("group/proj").expect("repo");
-    repo.commit(&[("README.md", "one\n")], "first").expect("commit");
+    repo.commit(&[("README.md", "one\n")], "first")
+        .expect("commit");
     let mut s = spec(&w, "badsha", &["true"], &[("GIT_STRATEGY", "clone")]);
     s.git_info = git_info(&server, "group/proj", &"0".repeat(40));
     let (_, out, t) = w.run(s, "").await;
@@ -416,8 +434,10 @@ async fn artifacts_upload_then_dependency_download_and_zip_slip_refused() {
         ],
         &[("GIT_STRATEGY", "empty")],
     );
-    build.artifacts = vec![json!({"name": "", "paths": ["out/"], "exclude": ["out/*.log"],
-        "when": "on_success", "artifact_type": "archive", "artifact_format": "zip", "expire_in": "1 day"})];
+    build.artifacts = vec![
+        json!({"name": "", "paths": ["out/"], "exclude": ["out/*.log"],
+        "when": "on_success", "artifact_type": "archive", "artifact_format": "zip", "expire_in": "1 day"}),
+    ];
     let (build_id, out, t) = w.run(build, "").await;
     assert_eq!(out, JobOutcome::Success, "{t}");
     let stored = w.fake.artifacts(build_id);
@@ -441,8 +461,11 @@ async fn artifacts_upload_then_dependency_download_and_zip_slip_refused() {
     // A dependency whose zip escapes the project directory is refused.
     let evil = w.fake.enqueue_job(spec(&w, "evil-source", &["true"], &[]));
     let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    z.start_file("../../escaped.txt", zip::write::SimpleFileOptions::default())
-        .expect("zip entry");
+    z.start_file(
+        "../../escaped.txt",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .expect("zip entry");
     z.write_all(b"evil").expect("zip write");
     let bytes = z.finish().expect("zip").into_inner();
     assert!(w.fake.put_artifact(
@@ -457,7 +480,12 @@ async fn artifacts_upload_then_dependency_download_and_zip_slip_refused() {
     ));
     // Take the evil job out of the queue so the next request gets the consumer.
     assert!(w.fake.cancel_job(evil.id));
-    let mut victim = spec(&w, "victim", &["echo SHOULD-NOT-RUN"], &[("GIT_STRATEGY", "empty")]);
+    let mut victim = spec(
+        &w,
+        "victim",
+        &["echo SHOULD-NOT-RUN"],
+        &[("GIT_STRATEGY", "empty")],
+    );
     victim.depends_on = vec![evil.id];
     let (_, out, t) = w.run(victim, "").await;
     assert!(
@@ -475,7 +503,12 @@ async fn missing_dependency_and_too_large_artifacts() {
         return;
     };
     // A dependency that announces an archive GitLab then does not have.
-    let mut s = spec(&w, "needs-missing", &["echo SHOULD-NOT-RUN"], &[("GIT_STRATEGY", "empty")]);
+    let mut s = spec(
+        &w,
+        "needs-missing",
+        &["echo SHOULD-NOT-RUN"],
+        &[("GIT_STRATEGY", "empty")],
+    );
     s.overrides.insert(
         "dependencies".into(),
         json!([{"id": 999_999, "name": "gone", "token": "glcbt-gone",

@@ -35,9 +35,8 @@ async fn networks(e: &E2e) -> Vec<String> {
 }
 
 fn long_job(e: &E2e, name: &str) -> drover_tests::fake_gitlab::JobSpec {
-    e.job(name).script([
-        "i=0; while [ $i -lt 600 ]; do echo tick-$i; i=$((i+1)); sleep 0.5; done",
-    ])
+    e.job(name)
+        .script(["i=0; while [ $i -lt 600 ]; do echo tick-$i; i=$((i+1)); sleep 0.5; done"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +54,9 @@ async fn kill_9_mid_job_then_restart_reports_the_job_failed_and_leaves_nothing()
     // A service, so the job also owns a network.
     let id = e
         .gitlab
-        .enqueue_job(long_job(&e, "killed").service_json(serde_json::json!({"name": web, "alias": "web"})))
+        .enqueue_job(
+            long_job(&e, "killed").service_json(serde_json::json!({"name": web, "alias": "web"})),
+        )
         .id;
     assert!(
         e.wait_trace_contains(id, "tick-2", JOB_WAIT).await,
@@ -82,7 +83,11 @@ async fn kill_9_mid_job_then_restart_reports_the_job_failed_and_leaves_nothing()
         "{t}"
     );
     let left = e.wait_no_containers(Duration::from_secs(30)).await;
-    assert!(left.is_empty(), "containers left: {left:?}\n{}", e.agent.stderr());
+    assert!(
+        left.is_empty(),
+        "containers left: {left:?}\n{}",
+        e.agent.stderr()
+    );
     let end = Instant::now() + Duration::from_secs(30);
     while !networks(&e).await.is_empty() && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -131,13 +136,15 @@ fn restart_dockerd() {
     }
     let log = std::fs::File::create(std::env::temp_dir().join("drover-dockerd-restart.log"))
         .expect("dockerd log");
-    std::process::Command::new("setsid")
-        .arg("dockerd")
+    // `setsid -f` forks dockerd into its own session and returns at once.
+    let started = std::process::Command::new("setsid")
+        .args(["-f", "dockerd"])
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
-        .spawn()
+        .status()
         .expect("start dockerd");
+    assert!(started.success(), "setsid -f dockerd failed");
     let end = Instant::now() + Duration::from_secs(60);
     while !docker_up() {
         assert!(Instant::now() < end, "dockerd did not come back");
@@ -169,7 +176,8 @@ async fn dockerd_restart_mid_job_fails_it_clearly_and_the_agent_keeps_serving() 
     assert_eq!(f.state, JobState::Failed, "{}", f.trace_text());
     assert_eq!(f.failure_reason.as_deref(), Some("runner_system_failure"));
     assert!(
-        f.trace_text().contains("ERROR: Job failed (system failure)"),
+        f.trace_text()
+            .contains("ERROR: Job failed (system failure)"),
         "{}",
         f.trace_text()
     );

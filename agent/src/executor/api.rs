@@ -103,8 +103,11 @@ pub trait ContainerApi: Send + Sync {
     /// Removes a network. A missing network is not an error.
     async fn remove_network(&self, id: &str) -> Result<(), ExecutorError>;
     /// All networks carrying the label `key=value`.
-    async fn list_networks(&self, key: &str, value: &str)
-    -> Result<Vec<NetworkInfo>, ExecutorError>;
+    async fn list_networks(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<NetworkInfo>, ExecutorError>;
     /// The container's IPv4 address on `network` (`None` when it is not attached or not
     /// running).
     async fn container_ip(&self, id: &str, network: &str) -> Result<Option<String>, ExecutorError>;

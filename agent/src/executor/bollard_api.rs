@@ -10,16 +10,14 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, NetworkCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
-    DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions,
-    ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, UploadToContainerOptions, WaitContainerOptions,
+    DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
+    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    UploadToContainerOptions, WaitContainerOptions,
 };
 use futures::StreamExt;
 
 use super::ExecutorError;
-use super::api::{
-    ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo,
-};
+use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo};
 
 /// The Docker engine, reached through bollard.
 #[derive(Clone)]

@@ -37,9 +37,7 @@ use super::{Executor, ExecutorError, FailureReason, JobContext, JobOutcome};
 use crate::artifacts::{self, Owner, ProjectTar, Retry};
 use crate::cache::{self, CachePlan, CacheStore};
 use crate::gitlab::types::{JobVariable, Step, StepWhen};
-use crate::sources::{
-    self, GitSource, SourcesError, SourcesOutcome, TrackedFiles, host_work_dir,
-};
+use crate::sources::{self, GitSource, SourcesError, SourcesOutcome, TrackedFiles, host_work_dir};
 use crate::trace::TraceSink;
 
 /// Job timeout when GitLab sends none (gitlab-runner's default: 1 hour).
@@ -199,7 +197,10 @@ impl DockerExecutor {
 
     /// The volumes this agent keeps between jobs on purpose (builds volumes, reused by
     /// `GIT_STRATEGY=fetch`); the janitor leaves them. Remove them by hand to reclaim space.
-    pub async fn list_kept_volumes(&self, agent_id: &str) -> Result<Vec<KeptVolume>, ExecutorError> {
+    pub async fn list_kept_volumes(
+        &self,
+        agent_id: &str,
+    ) -> Result<Vec<KeptVolume>, ExecutorError> {
         Ok(self
             .api
             .list_volumes(LABEL_AGENT, agent_id)
@@ -336,8 +337,7 @@ impl DockerExecutor {
         let prepared = async {
             self.get_sources(ctx, st, &base, &vars, &mut work, trace, deadline, cancel)
                 .await?;
-            self.download_dependencies(ctx, &mut work, trace)
-                .await?;
+            self.download_dependencies(ctx, &mut work, trace).await?;
             self.restore_caches(ctx, &docker, &mut work, trace).await;
             Ok::<(), End>(())
         }
@@ -738,6 +738,7 @@ impl DockerExecutor {
 
     /// Downloads `CI_PROJECT_DIR` from the last script container as a tar, then saves caches
     /// and uploads artifacts as the job's result says. Returns the (maybe changed) end.
+    #[allow(clippy::too_many_arguments)]
     async fn archive_results(
         &self,
         ctx: &JobContext,
@@ -831,14 +832,14 @@ impl DockerExecutor {
             )
             .await;
             trace.section_end(section);
-            if let Err(e) = result {
-                if matches!(end, End::Success) {
-                    return End::Failed {
-                        reason: e.failure_reason(),
-                        exit_code: None,
-                        message: e.to_string(),
-                    };
-                }
+            if let Err(e) = result
+                && matches!(end, End::Success)
+            {
+                return End::Failed {
+                    reason: e.failure_reason(),
+                    exit_code: None,
+                    message: e.to_string(),
+                };
             }
         }
         end
@@ -1041,11 +1042,11 @@ impl DockerExecutor {
             }
         }
         let network = st.network.lock().ok().and_then(|mut n| n.take());
-        if let Some(net) = network {
-            if let Err(e) = self.api.remove_network(&net).await {
-                tracing::warn!("{e}");
-                trace.write_line(&format!("\x1b[0;33mWARNING: {e}\x1b[0;m"));
-            }
+        if let Some(net) = network
+            && let Err(e) = self.api.remove_network(&net).await
+        {
+            tracing::warn!("{e}");
+            trace.write_line(&format!("\x1b[0;33mWARNING: {e}\x1b[0;m"));
         }
         let prepared = st.prepared.lock().map(|p| *p).unwrap_or(true);
         if prepared {

@@ -14,9 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::ExecutorError;
-use super::api::{
-    ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo,
-};
+use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo};
 use super::names::LABEL_KIND;
 
 /// What a container of some kind does when started.
@@ -422,7 +420,11 @@ impl ContainerApi for FakeApi {
             .unwrap_or_default())
     }
 
-    async fn download_archive(&self, _id: &str, _path: &str) -> Result<ArchiveStream, ExecutorError> {
+    async fn download_archive(
+        &self,
+        _id: &str,
+        _path: &str,
+    ) -> Result<ArchiveStream, ExecutorError> {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
@@ -474,7 +476,11 @@ impl ContainerApi for FakeApi {
             .collect())
     }
 
-    async fn container_ip(&self, _id: &str, _network: &str) -> Result<Option<String>, ExecutorError> {
+    async fn container_ip(
+        &self,
+        _id: &str,
+        _network: &str,
+    ) -> Result<Option<String>, ExecutorError> {
         // Nothing listens on this address (TEST-NET-1), so port waits time out.
         Ok(Some("192.0.2.1".to_string()))
     }

@@ -108,10 +108,11 @@ pub fn check_allowed_service(image: &str, allowed: &[String]) -> Result<(), Exec
 
 /// Whether the runner mounts the host's Docker socket into jobs.
 pub fn mounts_docker_socket(docker: &DockerConfig) -> bool {
-    docker
-        .volumes
-        .iter()
-        .any(|v| v.split(':').next().is_some_and(|s| s.ends_with("docker.sock")))
+    docker.volumes.iter().any(|v| {
+        v.split(':')
+            .next()
+            .is_some_and(|s| s.ends_with("docker.sock"))
+    })
 }
 
 /// Pulls (as the pull policy says) and starts every service of the job on `network`. A
@@ -230,9 +231,10 @@ pub async fn wait_for_services(
             Ok(()) => continue,
             Err(p) => p,
         };
-        let logs = api.logs(&s.container_id).await.unwrap_or_else(|e| {
-            format!("(could not read the service's logs: {e})\n").into_bytes()
-        });
+        let logs = api
+            .logs(&s.container_id)
+            .await
+            .unwrap_or_else(|e| format!("(could not read the service's logs: {e})\n").into_bytes());
         trace.write_line("");
         trace.write_line(&format!(
             "\x1b[0;33m*** WARNING:\x1b[0;m Service {} probably didn't start properly.",
@@ -299,9 +301,9 @@ async fn wait_one(
                     .join(", ")
             ));
         }
-        tokio::time::sleep(Duration::from_millis(250).min(
-            deadline.saturating_duration_since(Instant::now()),
-        ))
+        tokio::time::sleep(
+            Duration::from_millis(250).min(deadline.saturating_duration_since(Instant::now())),
+        )
         .await;
     }
 }
@@ -320,8 +322,7 @@ mod tests {
     use super::*;
 
     fn svc(name: &str, alias: Option<&str>) -> Service {
-        serde_json::from_value(serde_json::json!({"name": name, "alias": alias}))
-            .expect("service")
+        serde_json::from_value(serde_json::json!({"name": name, "alias": alias})).expect("service")
     }
 
     #[test]

@@ -521,9 +521,8 @@ async fn git_strategy_empty_empties_the_dir_and_puts_an_empty_tree() {
     assert_eq!(out, JobOutcome::Success, "{trace}");
     assert_eq!(kinds(&api), vec!["get-sources", "build"]);
     assert!(stdin_of(&api, "get-sources").contains("rm -rf --"));
-    let paths: Vec<String> = api.with_containers(|cs| {
-        cs[1].archives.iter().map(|(p, _)| p.clone()).collect()
-    });
+    let paths: Vec<String> =
+        api.with_containers(|cs| cs[1].archives.iter().map(|(p, _)| p.clone()).collect());
     assert_eq!(paths, vec!["/builds/g/demo".to_string()]);
 }
 
@@ -541,8 +540,18 @@ async fn services_get_a_network_aliases_and_a_warning_with_logs_when_not_up() {
     let (out, trace) = run(&api, &ctx(job, "wait_for_services_timeout = 1")).await;
     assert_eq!(out, JobOutcome::Success, "{trace}");
     let (svc, build) = api.with_containers(|cs| {
-        let svc = cs.iter().find(|c| c.name.contains("svc-0-db")).expect("service").body.clone();
-        let build = cs.iter().find(|c| c.name.ends_with("-build")).expect("build").body.clone();
+        let svc = cs
+            .iter()
+            .find(|c| c.name.contains("svc-0-db"))
+            .expect("service")
+            .body
+            .clone();
+        let build = cs
+            .iter()
+            .find(|c| c.name.ends_with("-build"))
+            .expect("build")
+            .body
+            .clone();
         (svc, build)
     });
     let net = "runner-short123-project-5-concurrent-1-77-network";
@@ -551,8 +560,15 @@ async fn services_get_a_network_aliases_and_a_warning_with_logs_when_not_up() {
         .and_then(|n| n.endpoints_config)
         .and_then(|mut e| e.remove(net))
         .and_then(|e| e.aliases);
-    assert_eq!(aliases, Some(vec!["db".to_string(), "postgres".to_string()]));
-    assert!(svc.env.unwrap_or_default().contains(&"POSTGRES_PASSWORD=pw".to_string()));
+    assert_eq!(
+        aliases,
+        Some(vec!["db".to_string(), "postgres".to_string()])
+    );
+    assert!(
+        svc.env
+            .unwrap_or_default()
+            .contains(&"POSTGRES_PASSWORD=pw".to_string())
+    );
     assert_eq!(
         build.host_config.and_then(|h| h.network_mode),
         Some(net.to_string())
@@ -578,7 +594,10 @@ async fn services_outside_allowed_services_are_refused() {
             exit_code: None
         }
     );
-    assert!(trace.contains("not present on list of allowed services"), "{trace}");
+    assert!(
+        trace.contains("not present on list of allowed services"),
+        "{trace}"
+    );
     assert!(api.networks().is_empty());
 }
 
@@ -606,7 +625,10 @@ async fn cleanup_orphans_touches_only_this_agents_finished_jobs() {
     let report = exec.cleanup_orphans("me", &[2]).await.expect("cleanup");
     assert_eq!(report.networks_removed, vec!["old-net".to_string()]);
     assert_eq!(
-        api.networks().iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
+        api.networks()
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>(),
         vec!["running-net".to_string()]
     );
     assert_eq!(report.containers_removed, vec!["old-build".to_string()]);

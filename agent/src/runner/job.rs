@@ -103,12 +103,11 @@ impl JobRun {
         }
         self.tracking.running.remove(job_id);
         let report = uploader.finish(FinalState::from(&outcome)).await;
-        if report.update_accepted {
-            if let Some(store) = &self.tracking.inflight {
-                if let Err(e) = store.remove(job_id) {
-                    tracing::warn!(runner = %s.name, job = job_id, "in-flight record: {e}");
-                }
-            }
+        if report.update_accepted
+            && let Some(store) = &self.tracking.inflight
+            && let Err(e) = store.remove(job_id)
+        {
+            tracing::warn!(runner = %s.name, job = job_id, "in-flight record: {e}");
         }
         tracing::info!(
             runner = %s.name,

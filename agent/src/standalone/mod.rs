@@ -20,9 +20,9 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::executor::{ConnectOptions, DockerExecutor, StorageOptions};
+use crate::gitlab::{ClientOptions, GitLab, HttpGitLab};
 use crate::inflight::{InflightStore, JobTracking, Recovered};
 use crate::janitor::{DEFAULT_JANITOR_INTERVAL, Janitor, RunningJobs};
-use crate::gitlab::{ClientOptions, GitLab, HttpGitLab};
 pub use engine::{Engine, GitLabFactory};
 
 /// Serves every docker runner in `config` until a signal says stop.
@@ -68,7 +68,9 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
             Recovered::Kept { job_id, error } => {
                 tracing::warn!(job = job_id, %error, "could not report an unfinished job; will retry at next start")
             }
-            other => tracing::info!(result = ?other, "reported a job the previous run did not finish"),
+            other => {
+                tracing::info!(result = ?other, "reported a job the previous run did not finish")
+            }
         }
     }
 
@@ -77,9 +79,7 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
     let janitor = Janitor::new(docker.clone(), agent_id.clone(), running.clone());
     let janitor_stop = tokio_util::sync::CancellationToken::new();
     janitor.sweep().await;
-    tokio::spawn(
-        janitor.run(DEFAULT_JANITOR_INTERVAL, janitor_stop.clone()),
-    );
+    tokio::spawn(janitor.run(DEFAULT_JANITOR_INTERVAL, janitor_stop.clone()));
     let _janitor_guard = janitor_stop.drop_guard();
 
     let mut engine = Engine::new(Arc::new(docker), http_factory(), system_id, agent_id)
