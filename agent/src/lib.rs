@@ -6,17 +6,27 @@
 //! - [`trace`]: the job trace pipeline (masking, limits, upload).
 //! - [`sources`], [`cache`], [`artifacts`]: host-side git checkout, local caches and job
 //!   artifacts as host files and tar streams (no Docker; the executor moves the tars).
+//! - [`identity`]: the state dir (key, certificate, pinned CA) and TLS to the controller.
+//! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
+//! - [`host_facts`]: hostname, arch, kernel, IPs.
+//! - [`inflight`]: jobs in flight on disk; a restarted agent reports them failed.
+//! - [`janitor`]: removes this agent's Docker leftovers at start and periodically.
 //! - [`cli`]: one module per `drover-agent` subcommand.
+//! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
 pub mod artifacts;
 pub mod cache;
 pub mod cli;
+pub mod control;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
+pub mod host_facts;
+pub mod identity;
 pub mod inflight;
 pub mod janitor;
 pub mod runner;
 pub mod sources;
 pub mod standalone;
+pub mod systemd;
 pub mod trace;

@@ -1,3 +1,22 @@
 //! `drover`: the Drover controller (`drover serve`) and its admin CLI.
+//!
+//! Layout:
+//! - [`pki`]: the CA, the signing policy (the only code that sets certificate fields),
+//!   identities in URI SANs.
+//! - [`tokens`]: enrollment token format, hashing and the acceptance rules.
+//! - [`store`]: the `Store` trait and its SQLite implementation.
+//! - [`server`]: gRPC services over our own mutual-TLS accept loop, per-call auth, live
+//!   sessions, and the HTTP listener.
+//! - [`client`]: dialing the controller (admin CLI, tests).
+//! - [`datadir`], [`files`]: the data dir layout and atomic, mode-aware file writes.
+//! - [`cli`]: one module per subcommand.
 
 pub mod cli;
+pub mod client;
+pub mod datadir;
+pub mod files;
+pub mod pki;
+pub mod server;
+pub mod store;
+pub mod timefmt;
+pub mod tokens;

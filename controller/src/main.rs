@@ -2,14 +2,34 @@
 //! over to the subcommand in [`drover_controller::cli`].
 
 use clap::Parser;
-
-/// Drover controller and admin CLI.
-#[derive(Debug, Parser)]
-#[command(name = "drover", version, about)]
-struct Cli {}
+use drover_controller::cli;
 
 fn main() -> std::process::ExitCode {
-    let _cli = Cli::parse();
+    let cli = cli::Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    std::process::ExitCode::SUCCESS
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

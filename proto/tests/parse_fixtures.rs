@@ -1,6 +1,6 @@
 //! `config.toml` fixtures: what parses, what warns (snapshots), what is refused and where.
 
-use drover_proto::spec::{PullPolicy, SpecError, parse_config};
+use drover_proto::spec::{ParseMode, PullPolicy, SpecError, parse_config, parse_with};
 use secrecy::ExposeSecret;
 
 fn fixture(name: &str) -> String {
@@ -180,4 +180,65 @@ fn debug_output_hides_tokens() {
     let parsed = parse_config(&fixture("every_key.toml"), "every_key.toml").unwrap();
     let dbg = format!("{:?}", parsed.config);
     assert!(!dbg.contains("glrt-secret-one"), "{dbg}");
+}
+
+const SPEC: &str = r#"
+[[runners]]
+name = "lab-docker"
+url = "https://gitlab.example.com"
+registration_token = "GR1348941abc"
+tag_list = ["edge", "arm64"]
+run_untagged = false
+limit = 2
+executor = "docker"
+[runners.selector]
+site = "lab"
+[runners.docker]
+image = "alpine:3.20"
+pull_policy = "if-not-present"
+"#;
+
+#[test]
+fn spec_mode_accepts_registration_token_and_drover_keys() {
+    let parsed = parse_with(SPEC, "runners.toml", ParseMode::Spec).unwrap();
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    let r = &parsed.config.runners[0];
+    assert_eq!(r.tag_list, vec!["edge".to_string(), "arm64".to_string()]);
+    assert_eq!(r.selector.get("site").map(String::as_str), Some("lab"));
+}
+
+#[test]
+fn standalone_mode_refuses_a_spec_without_token_and_warns_on_spec_keys() {
+    let e = parse_config(SPEC, "runners.toml").unwrap_err();
+    assert!(e.to_string().contains("token missing"), "{e}");
+    let with_token = SPEC.replace(
+        "registration_token = \"GR1348941abc\"",
+        "token = \"glrt-x\"",
+    );
+    let w: Vec<String> = parse_config(&with_token, "config.toml")
+        .unwrap()
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        w,
+        vec![
+            "config.toml:6: runners[0].tag_list: only used by `drover runner apply`; ignored in \
+             standalone mode",
+            "config.toml:10: runners[0].selector: only used by `drover runner apply`; ignored in \
+             standalone mode",
+        ]
+    );
+}
+
+#[test]
+fn spec_mode_needs_some_token() {
+    let no_token = SPEC.replace("registration_token = \"GR1348941abc\"\n", "");
+    let e = parse_with(&no_token, "runners.toml", ParseMode::Spec).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "runners.toml:2: runners[0].token: runner \"lab-docker\": token or registration_token \
+         required"
+    );
 }

@@ -8,4 +8,5 @@
 
 pub mod fake_gitlab;
 pub mod git_server;
+pub mod harness;
 pub mod images;

@@ -78,3 +78,51 @@ async fn sigquit_finishes_the_running_job_then_exits() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(e.gitlab.job_state(later), Some(JobState::Pending));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_file_keeps_the_running_config() {
+    let Some(e) = start("sighup", 1, "").await else {
+        return;
+    };
+    let first = e.gitlab.enqueue_job(e.job("first").script(["echo one"])).id;
+    assert_eq!(e.finished(first, JOB_WAIT).await.state, JobState::Success);
+    let good = std::fs::read_to_string(&e.agent.config).unwrap();
+    std::fs::write(&e.agent.config, "concurrent = [\n").unwrap();
+    e.agent.signal("HUP");
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !e
+        .agent
+        .stderr()
+        .contains("keeping the running configuration")
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "no reload error:\n{}",
+            e.agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected = format!("{}:1:", e.agent.config.display());
+    assert!(e.agent.stderr().contains(&expected), "{}", e.agent.stderr());
+    let second = e
+        .gitlab
+        .enqueue_job(e.job("second").script(["echo two"]))
+        .id;
+    assert_eq!(e.finished(second, JOB_WAIT).await.state, JobState::Success);
+    // A valid file is applied.
+    std::fs::write(
+        &e.agent.config,
+        good.replace("concurrent = 1", "concurrent = 2"),
+    )
+    .unwrap();
+    e.agent.signal("HUP");
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !e.agent.stderr().contains("configuration reloaded") {
+        assert!(
+            std::time::Instant::now() < end,
+            "no reload:\n{}",
+            e.agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -126,6 +126,22 @@ pub fn short_token(token: &SecretString) -> String {
     t.chars().take(8).collect()
 }
 
+/// `e` and its sources, `: `-joined, each cause once (a source already in the text is not
+/// repeated), so logs say "connection refused" rather than only "error sending request".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}
+
 /// Why a runner's loop ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -281,8 +297,9 @@ pub async fn run(
             }
             Err(e) => {
                 let d = backoff.next_delay();
-                tracing::warn!(runner = %name, error = %e, retry_in = ?d, "job request failed");
-                deps.stats.error(e.to_string());
+                let msg = error_chain(&e);
+                tracing::warn!(runner = %name, error = %msg, retry_in = ?d, "job request failed");
+                deps.stats.error(msg);
                 d
             }
         };
@@ -349,8 +366,9 @@ async fn verify(
             }
             Err(e) if e.is_retryable() => {
                 let d = backoff.next_delay();
-                tracing::warn!(runner = %settings.name, error = %e, retry_in = ?d, "verify failed");
-                deps.stats.error(e.to_string());
+                let msg = error_chain(&e);
+                tracing::warn!(runner = %settings.name, error = %msg, retry_in = ?d, "verify failed");
+                deps.stats.error(msg);
                 tokio::select! {
                     _ = shutdown.wait() => return Err(None),
                     _ = tokio::time::sleep(d) => {}

@@ -344,3 +344,14 @@ fn short_token_strips_prefix() {
     );
     assert_eq!(short_token(&SecretString::from("xyz".to_string())), "xyz");
 }
+
+#[test]
+fn error_chain_names_the_cause_once() {
+    let e = GitLabError::Transport {
+        endpoint: "request job",
+        source: "connection refused".into(),
+    };
+    assert_eq!(error_chain(&e), "request job: connection refused");
+    let io = std::io::Error::other(e);
+    assert_eq!(error_chain(&io), "request job: connection refused");
+}

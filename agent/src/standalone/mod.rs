@@ -15,6 +15,7 @@ pub mod load;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
@@ -30,6 +31,14 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
     let parsed = load::load(&config)?;
     for w in &parsed.warnings {
         tracing::warn!("{w}");
+    }
+    if let Some(level) = &parsed.config.log_level
+        && level != "info"
+    {
+        tracing::warn!(
+            "{}: log_level = {level:?} is not applied; set DROVER_LOG={level} instead",
+            config.display()
+        );
     }
     if args.metrics_listen.is_some() {
         tracing::warn!("--metrics-listen is not served in standalone mode yet; ignored");
@@ -88,8 +97,16 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
             running,
         });
     engine.apply(&parsed.config)?;
-    serve(&mut engine, &config).await
+    let shutdown_timeout = match parsed.config.shutdown_timeout {
+        None | Some(0) => DEFAULT_SHUTDOWN_TIMEOUT,
+        Some(s) => Duration::from_secs(s),
+    };
+    serve(&mut engine, &config, shutdown_timeout).await
 }
+
+/// gitlab-runner's default `shutdown_timeout`: how long a forceful stop may take to cancel
+/// and report running jobs before the process exits anyway.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One shared [`HttpGitLab`] per (url, tls-ca-file).
 fn http_factory() -> GitLabFactory {
@@ -115,21 +132,36 @@ fn http_factory() -> GitLabFactory {
 }
 
 /// Waits for signals and for runner loops until every loop has ended.
-async fn serve(engine: &mut Engine, config: &std::path::Path) -> anyhow::Result<()> {
+async fn serve(
+    engine: &mut Engine,
+    config: &std::path::Path,
+    shutdown_timeout: Duration,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut quit = signal(SignalKind::quit()).context("install SIGQUIT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
     let mut failures: Vec<String> = Vec::new();
+    // Set by the first forceful stop: the process exits by then whatever is left.
+    let mut deadline: Option<tokio::time::Instant> = None;
     while engine.running() > 0 {
         tokio::select! {
             _ = term.recv() => {
                 tracing::info!("SIGTERM: canceling running jobs and stopping");
                 engine.stop_now();
+                deadline.get_or_insert(tokio::time::Instant::now() + shutdown_timeout);
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: canceling running jobs and stopping");
                 engine.stop_now();
+                deadline.get_or_insert(tokio::time::Instant::now() + shutdown_timeout);
+            }
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                anyhow::bail!(
+                    "shutdown_timeout ({}s) passed with {} runner(s) still stopping; exiting",
+                    shutdown_timeout.as_secs(),
+                    engine.running()
+                );
             }
             _ = quit.recv() => {
                 tracing::info!("SIGQUIT: taking no new jobs; stopping when running jobs finish");

@@ -288,7 +288,8 @@ impl Uploader {
             }
             e => {
                 let d = self.backoff.next_delay();
-                tracing::warn!(job = self.job_id, error = %e, retry_in = ?d, "{what} failed");
+                let msg = crate::runner::error_chain(&e);
+                tracing::warn!(job = self.job_id, error = %msg, retry_in = ?d, "{what} failed");
                 Step::Retry(d)
             }
         }

@@ -1,1 +1,91 @@
-//! `drover` subcommands, one module each.
+//! `drover` subcommands, one module each. Every admin subcommand reaches the controller
+//! through the data dir (`--data-dir`, `DROVER_DATA_DIR`, default `./drover-data`) or a
+//! remote admin `--config FILE`; every call is authenticated with an admin certificate.
+
+pub mod agent;
+pub mod agents;
+pub mod output;
+pub mod serve;
+pub mod token;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::client::Target;
+use crate::datadir::DataDir;
+
+/// Drover controller and admin CLI.
+#[derive(Debug, clap::Parser)]
+#[command(name = "drover", version, about)]
+pub struct Cli {
+    /// The controller's data dir (state, CA, admin credentials, bound address).
+    #[arg(
+        long,
+        global = true,
+        env = "DROVER_DATA_DIR",
+        default_value = "./drover-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Remote admin: TOML file with `address`, `ca`, `cert`, `key` instead of the data dir.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the controller.
+    Serve(serve::ServeArgs),
+    /// Manage enrollment tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// List agents.
+    Agents(agents::AgentsArgs),
+    /// Act on one agent.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+}
+
+impl Cli {
+    /// The controller this admin command talks to.
+    pub fn target(&self) -> anyhow::Result<Target> {
+        match &self.config {
+            Some(path) => Target::from_config_file(path)
+                .with_context(|| format!("load admin config {}", path.display())),
+            None => Target::from_data_dir(&DataDir::new(&self.data_dir)).with_context(|| {
+                format!(
+                    "find the controller through data dir {}",
+                    self.data_dir.display()
+                )
+            }),
+        }
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve(args) => serve::run(&cli, args).await,
+        Command::Token(cmd) => token::run(&cli, cmd).await,
+        Command::Agents(args) => agents::run(&cli, args).await,
+        Command::Agent(cmd) => agent::run(&cli, cmd).await,
+    }
+}
+
+/// Connects to the controller as admin.
+pub(crate) async fn admin_client(
+    cli: &Cli,
+) -> anyhow::Result<drover_proto::v1::admin_client::AdminClient<tonic::transport::Channel>> {
+    let target = cli.target()?;
+    let channel = target.connect().await?;
+    Ok(drover_proto::v1::admin_client::AdminClient::new(channel))
+}
+
+/// A gRPC status as an error a person can read.
+pub(crate) fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())
+}

@@ -1,0 +1,218 @@
+//! The control stream: connect with the agent certificate, say hello, heartbeat, renew the
+//! certificate at ~2/3 of its lifetime, reconnect with backoff and jitter when the
+//! controller is away. A controller that refuses the agent's identity (revoked, unknown)
+//! ends the loop with an error: retrying cannot help.
+
+pub mod backoff;
+
+use std::time::Duration;
+
+use drover_proto::v1;
+use drover_proto::v1::agent_control_client::AgentControlClient;
+use drover_proto::v1::agent_message::Kind as AgentKind;
+use drover_proto::v1::controller_message::Kind as ControllerKind;
+use secrecy::ExposeSecret;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::host_facts::{self, HostFacts};
+use crate::identity::{Identity, StateDir, certs, tls};
+use backoff::Backoff;
+
+/// How a session ended without a fatal error.
+#[derive(Debug)]
+enum SessionEnd {
+    /// The certificate was renewed; reconnect at once with the new one.
+    Renewed,
+}
+
+/// Why a session ended with an error.
+#[derive(Debug)]
+enum SessionError {
+    /// Retrying cannot help (revoked, unknown agent, expired certificate).
+    Fatal(anyhow::Error),
+    /// Try again after a backoff. `established` says a Welcome was received.
+    Transient {
+        error: anyhow::Error,
+        established: bool,
+    },
+}
+
+fn transient(established: bool) -> impl FnOnce(anyhow::Error) -> SessionError {
+    move |error| SessionError::Transient { error, established }
+}
+
+fn from_status(s: tonic::Status, agent_id: &str, established: bool) -> SessionError {
+    match s.code() {
+        Code::Unauthenticated | Code::PermissionDenied => SessionError::Fatal(anyhow::anyhow!(
+            "controller refused agent {agent_id}: {}",
+            s.message()
+        )),
+        _ => SessionError::Transient {
+            error: anyhow::anyhow!("{} ({:?})", s.message(), s.code()),
+            established,
+        },
+    }
+}
+
+/// Runs sessions until `shutdown` or a fatal refusal.
+pub async fn run(state: StateDir, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        let identity = state.load()?;
+        if OffsetDateTime::now_utc() >= identity.not_after {
+            anyhow::bail!(
+                "certificate of agent {} expired at {}; enroll again with a new token",
+                identity.agent_id,
+                certs::rfc3339(identity.not_after)
+            );
+        }
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = session(&state, &identity) => r,
+        };
+        match result {
+            Ok(SessionEnd::Renewed) => {
+                backoff.reset();
+                continue;
+            }
+            Err(SessionError::Fatal(e)) => return Err(e),
+            Err(SessionError::Transient { error, established }) => {
+                if established {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    attempt = backoff.attempt(),
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    error = %format!("{error:#}"),
+                    "controller connection failed"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn dial(identity: &Identity) -> anyhow::Result<Channel> {
+    let config = tls::agent_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
+    Ok(tls::connect(&identity.controller, config).await?)
+}
+
+/// One session: hello, welcome, heartbeats until the stream ends or renewal is due.
+async fn session(state: &StateDir, identity: &Identity) -> Result<SessionEnd, SessionError> {
+    let id = identity.agent_id.as_str();
+    let channel = dial(identity).await.map_err(transient(false))?;
+    let mut client = AgentControlClient::new(channel.clone());
+    let facts = HostFacts::collect();
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(16);
+    let hello = v1::AgentMessage {
+        kind: Some(AgentKind::Hello(v1::Hello {
+            facts: Some(facts.to_proto()),
+            applied_generation: 0,
+        })),
+    };
+    tx.send(hello)
+        .await
+        .map_err(|_| transient(false)(anyhow::anyhow!("session channel closed")))?;
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| from_status(s, id, false))?
+        .into_inner();
+    let welcome = match inbound
+        .message()
+        .await
+        .map_err(|s| from_status(s, id, false))?
+    {
+        Some(v1::ControllerMessage {
+            kind: Some(ControllerKind::Welcome(w)),
+        }) => w,
+        _ => {
+            return Err(transient(false)(anyhow::anyhow!(
+                "controller did not answer hello with welcome"
+            )));
+        }
+    };
+    let interval = Duration::from_secs(u64::from(welcome.heartbeat_interval_seconds.max(1)));
+    tracing::info!(agent = %id, heartbeat_s = interval.as_secs(), "connected to controller");
+
+    let renew_at = certs::renew_at(identity.not_before, identity.not_after);
+    let until_renew = (renew_at - OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    let renew = tokio::time::sleep(until_renew);
+    tokio::pin!(renew);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let hb = v1::AgentMessage {
+                    kind: Some(AgentKind::Heartbeat(v1::Heartbeat {
+                        sent_at: Some(prost_types::Timestamp {
+                            seconds: OffsetDateTime::now_utc().unix_timestamp(),
+                            nanos: 0,
+                        }),
+                        applied_generation: 0,
+                        host: None,
+                        runners: Vec::new(),
+                        ips: host_facts::ips(),
+                    })),
+                };
+                if tx.send(hb).await.is_err() {
+                    return Err(transient(true)(anyhow::anyhow!("session stream closed")));
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => tracing::debug!(agent = %id, message = ?m.kind.map(|k| match k {
+                    ControllerKind::Welcome(_) => "welcome",
+                    ControllerKind::DesiredState(_) => "desired_state",
+                    ControllerKind::Command(_) => "command",
+                }), "controller message"),
+                Ok(None) => return Err(transient(true)(anyhow::anyhow!("controller closed the session"))),
+                Err(s) => return Err(from_status(s, id, true)),
+            },
+            _ = &mut renew => {
+                renew_certificate(state, identity, channel.clone()).await?;
+                return Ok(SessionEnd::Renewed);
+            }
+        }
+    }
+}
+
+/// New key, new CSR, RenewCertificate, store key and certificate.
+async fn renew_certificate(
+    state: &StateDir,
+    identity: &Identity,
+    channel: Channel,
+) -> Result<(), SessionError> {
+    let id = identity.agent_id.as_str();
+    let key = certs::new_key_and_csr()
+        .map_err(|e| transient(true)(anyhow::anyhow!("generate key and csr: {e}")))?;
+    let resp = AgentControlClient::new(channel)
+        .renew_certificate(v1::RenewRequest {
+            csr_der: key.csr_der.clone(),
+        })
+        .await
+        .map_err(|s| from_status(s, id, true))?
+        .into_inner();
+    if resp.ca_pem.trim() != identity.ca_pem.trim() {
+        return Err(SessionError::Fatal(anyhow::anyhow!(
+            "controller renewed with a different CA; refusing it"
+        )));
+    }
+    let info = certs::check_issued(&resp.certificate_pem, &identity.ca_pem, &key.public_key, id)
+        .map_err(|e| transient(true)(anyhow::anyhow!("renewed certificate unusable: {e}")))?;
+    state
+        .write_credentials(key.key_pem.expose_secret(), &resp.certificate_pem)
+        .map_err(|e| transient(true)(e.into()))?;
+    tracing::info!(agent = %id, not_after = %certs::rfc3339(info.not_after), "certificate renewed");
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! The agent's identity on disk and on the wire.
+//!
+//! State dir (0700, default `/var/lib/drover-agent`):
+//! ```text
+//! agent.json   agent id and controller address (written last: marks a finished enrollment)
+//! agent.key    private key, PKCS#8 PEM, 0600 (generated here, never sent)
+//! agent.crt    client certificate issued by the controller
+//! ca.crt       the controller CA, pinned by the token's fingerprint at enrollment
+//! ```
+//! Invariants: the key never leaves the box; only the controller chooses the agent id
+//! (it is read back from the certificate and must match `agent.json`).
+
+pub mod certs;
+pub mod tls;
+pub mod token;
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use time::OffsetDateTime;
+
+/// Errors reading or writing the state dir.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The state dir holds no finished enrollment.
+    #[error("{0} holds no enrollment: run `drover-agent enroll` first")]
+    NotEnrolled(PathBuf),
+    /// A file's content is wrong.
+    #[error("{path}: {detail}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// `agent.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct AgentFile {
+    /// The id the controller chose.
+    pub agent_id: String,
+    /// The controller's gRPC address, `https://HOST:PORT`.
+    pub controller: String,
+}
+
+/// Everything the agent needs to connect.
+pub struct Identity {
+    /// The id the controller chose (also in the certificate).
+    pub agent_id: String,
+    /// The controller's gRPC address, `https://HOST:PORT`.
+    pub controller: String,
+    /// The pinned controller CA, PEM.
+    pub ca_pem: String,
+    /// The client certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM.
+    pub key_pem: SecretString,
+    /// Start of the certificate's validity.
+    pub not_before: OffsetDateTime,
+    /// End of the certificate's validity.
+    pub not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("agent_id", &self.agent_id)
+            .field("controller", &self.controller)
+            .field("not_after", &self.not_after)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The agent's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The state dir at `root` (not touched until used).
+    pub fn new(root: impl Into<PathBuf>) -> StateDir {
+        StateDir { root: root.into() }
+    }
+    /// Its path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `agent.json`.
+    pub fn agent_file(&self) -> PathBuf {
+        self.root.join("agent.json")
+    }
+    /// `agent.key`.
+    pub fn key_file(&self) -> PathBuf {
+        self.root.join("agent.key")
+    }
+    /// `agent.crt`.
+    pub fn cert_file(&self) -> PathBuf {
+        self.root.join("agent.crt")
+    }
+    /// `ca.crt`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.root.join("ca.crt")
+    }
+
+    /// Creates the directory with mode 0700 (tightening an existing one).
+    pub fn create(&self) -> Result<(), StateError> {
+        let err = |source| StateError::Io {
+            action: "create",
+            path: self.root.clone(),
+            source,
+        };
+        if !self.root.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.root)
+                .map_err(err)?;
+        }
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)).map_err(err)
+    }
+
+    /// Whether an enrollment finished here.
+    pub fn is_enrolled(&self) -> bool {
+        self.agent_file().exists()
+    }
+
+    /// Writes the key (0600) and certificate as a pair: both go to `*.new` files first, then
+    /// are renamed into place, and [`StateDir::load`] finishes an interrupted switch, so a
+    /// crash never leaves a key beside a certificate for another key.
+    pub fn write_credentials(&self, key_pem: &str, cert_pem: &str) -> Result<(), StateError> {
+        let (key_new, cert_new) = (
+            self.pending(&self.key_file()),
+            self.pending(&self.cert_file()),
+        );
+        write_atomic(&key_new, key_pem.as_bytes(), 0o600)?;
+        write_atomic(&cert_new, cert_pem.as_bytes(), 0o644)?;
+        self.finish_pending()
+    }
+
+    fn pending(&self, path: &Path) -> PathBuf {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".new");
+        path.with_file_name(name)
+    }
+
+    /// Completes or discards a key/certificate switch a crash interrupted.
+    fn finish_pending(&self) -> Result<(), StateError> {
+        let (key, cert) = (self.key_file(), self.cert_file());
+        let (key_new, cert_new) = (self.pending(&key), self.pending(&cert));
+        let rename = |from: &Path, to: &Path| {
+            std::fs::rename(from, to).map_err(|source| StateError::Io {
+                action: "rename",
+                path: from.to_path_buf(),
+                source,
+            })
+        };
+        match (key_new.exists(), cert_new.exists()) {
+            // Both written: switch to the new pair (key first).
+            (true, true) => {
+                rename(&key_new, &key)?;
+                rename(&cert_new, &cert)
+            }
+            // The key was moved, the certificate not yet.
+            (false, true) => rename(&cert_new, &cert),
+            // The certificate never arrived: the old pair is intact.
+            (true, false) => std::fs::remove_file(&key_new).map_err(|source| StateError::Io {
+                action: "remove",
+                path: key_new.clone(),
+                source,
+            }),
+            (false, false) => Ok(()),
+        }
+    }
+
+    /// Writes the pinned CA.
+    pub fn write_ca(&self, ca_pem: &str) -> Result<(), StateError> {
+        write_atomic(&self.ca_file(), ca_pem.as_bytes(), 0o644)
+    }
+
+    /// Writes `agent.json` (last step of an enrollment).
+    pub fn write_agent_file(&self, f: &AgentFile) -> Result<(), StateError> {
+        let text = serde_json::to_string_pretty(f).map_err(|e| StateError::Invalid {
+            path: self.agent_file(),
+            detail: e.to_string(),
+        })?;
+        write_atomic(&self.agent_file(), text.as_bytes(), 0o644)
+    }
+
+    /// Loads the identity, checking that the certificate names the recorded agent.
+    pub fn load(&self) -> Result<Identity, StateError> {
+        if !self.is_enrolled() {
+            return Err(StateError::NotEnrolled(self.root.clone()));
+        }
+        self.finish_pending()?;
+        let agent_text = read(&self.agent_file())?;
+        let agent: AgentFile =
+            serde_json::from_str(&agent_text).map_err(|e| StateError::Invalid {
+                path: self.agent_file(),
+                detail: e.to_string(),
+            })?;
+        let cert_pem = read(&self.cert_file())?;
+        let info = certs::inspect(&cert_pem).map_err(|detail| StateError::Invalid {
+            path: self.cert_file(),
+            detail,
+        })?;
+        if info.agent_id.as_deref() != Some(agent.agent_id.as_str()) {
+            return Err(StateError::Invalid {
+                path: self.cert_file(),
+                detail: format!(
+                    "certificate is for {:?}, agent.json says {:?}",
+                    info.agent_id, agent.agent_id
+                ),
+            });
+        }
+        Ok(Identity {
+            agent_id: agent.agent_id,
+            controller: agent.controller,
+            ca_pem: read(&self.ca_file())?,
+            cert_pem,
+            key_pem: SecretString::from(read(&self.key_file())?),
+            not_before: info.not_before,
+            not_after: info.not_after,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, StateError> {
+    std::fs::read_to_string(path).map_err(|source| StateError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `bytes` to `path` via a temp file and rename, created with `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        StateError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_and_write_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::new(dir.path().join("state"));
+        s.create().unwrap();
+        let mode = std::fs::metadata(s.root()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        s.write_credentials("KEY", "CERT").unwrap();
+        let mode = std::fs::metadata(s.key_file())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(s.cert_file()).unwrap(), "CERT");
+        assert!(!s.is_enrolled());
+        assert!(matches!(s.load(), Err(StateError::NotEnrolled(_))));
+    }
+
+    #[test]
+    fn interrupted_switch_is_finished_or_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::new(dir.path());
+        s.write_credentials("K1", "C1").unwrap();
+        // Crash after the key moved, before the certificate did: roll forward.
+        write_atomic(&s.pending(&s.cert_file()), b"C2", 0o644).unwrap();
+        write_atomic(&s.key_file(), b"K2", 0o600).unwrap();
+        s.finish_pending().unwrap();
+        assert_eq!(std::fs::read_to_string(s.cert_file()).unwrap(), "C2");
+        // Crash before the certificate was written: the old pair stays.
+        write_atomic(&s.pending(&s.key_file()), b"K3", 0o600).unwrap();
+        s.finish_pending().unwrap();
+        assert_eq!(std::fs::read_to_string(s.key_file()).unwrap(), "K2");
+        assert!(!s.pending(&s.key_file()).exists());
+    }
+}

@@ -1,0 +1,182 @@
+//! `AgentControl`: the long-lived session stream and certificate renewal. The agent's id
+//! comes only from its certificate.
+
+use std::pin::Pin;
+
+use drover_proto::v1;
+use drover_proto::v1::agent_message::Kind as AgentKind;
+use drover_proto::v1::controller_message::Kind as ControllerKind;
+use futures::Stream;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth;
+use super::convert;
+use super::state::AppState;
+use crate::pki::identity::Identity;
+use crate::pki::policy;
+use crate::store::Facts;
+use crate::timefmt;
+
+/// The AgentControl service.
+pub struct AgentControlService {
+    /// Shared state.
+    pub state: AppState,
+}
+
+fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+/// How long a new session may take to send its hello.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::agent_control_server::AgentControl for AgentControlService {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let agent = auth::agent(&req, self.state.store.as_ref())?;
+        let id = agent.id.clone();
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 30 s"))??;
+        let hello = match first {
+            Some(v1::AgentMessage {
+                kind: Some(AgentKind::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::failed_precondition(
+                    "the first message of a session must be hello",
+                ));
+            }
+        };
+        let facts = hello.facts.as_ref().map(Facts::from);
+        self.state.store.agent_seen(
+            &id,
+            now(),
+            facts.as_ref(),
+            None,
+            Some(hello.applied_generation),
+        )?;
+        let guard = self.state.sessions.register(&id, &self.state.shutdown);
+        tracing::info!(agent = %id, "agent connected");
+
+        let (tx, rx) = mpsc::channel::<Result<v1::ControllerMessage, Status>>(16);
+        let welcome = v1::ControllerMessage {
+            kind: Some(ControllerKind::Welcome(v1::Welcome {
+                agent_id: id.clone(),
+                labels: agent.labels.clone().into_iter().collect(),
+                heartbeat_interval_seconds: u32::try_from(
+                    self.state.heartbeat_interval.as_secs().max(1),
+                )
+                .unwrap_or(u32::MAX),
+            })),
+        };
+        if tx.send(Ok(welcome)).await.is_err() {
+            return Err(Status::cancelled("agent went away"));
+        }
+        let state = self.state.clone();
+        // An agent silent for three heartbeat intervals is gone (e.g. its network dropped
+        // without closing TCP): end the session so it shows as lost.
+        let idle_limit = self
+            .state
+            .heartbeat_interval
+            .max(std::time::Duration::from_secs(1))
+            * 3;
+        tokio::spawn(async move {
+            let idle = tokio::time::sleep(idle_limit);
+            tokio::pin!(idle);
+            let end = loop {
+                tokio::select! {
+                    _ = guard.cancel.cancelled() => break "closed by controller",
+                    _ = tx.closed() => break "agent went away",
+                    _ = &mut idle => break "no heartbeat for three intervals",
+                    msg = inbound.message() => match msg {
+                        Ok(Some(m)) => {
+                            idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+                            handle(&state, &id, m);
+                        }
+                        Ok(None) => break "agent closed the stream",
+                        Err(_) => break "stream error",
+                    },
+                }
+            };
+            if guard.cancel.is_cancelled() {
+                let revoked =
+                    matches!(state.store.get_agent(&id), Ok(Some(a)) if a.revoked_at.is_some());
+                let status = if revoked {
+                    Status::unauthenticated(format!("agent {id} was revoked"))
+                } else if state.shutdown.is_cancelled() {
+                    Status::unavailable("controller is shutting down")
+                } else {
+                    Status::aborted("a newer session of this agent replaced this one")
+                };
+                let _ = tx.send(Err(status)).await;
+            }
+            drop(guard);
+            if let Err(e) = state.store.agent_seen(&id, now(), None, None, None) {
+                tracing::warn!(agent = %id, error = %e, "record last seen");
+            }
+            tracing::info!(agent = %id, reason = end, "agent disconnected");
+        });
+        let out: SessionStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(Response::new(out))
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        let agent = auth::agent(&req, self.state.store.as_ref())?;
+        let csr = policy::verify_csr(&req.get_ref().csr_der)?;
+        let issued = policy::sign_client(
+            &self.state.ca,
+            &csr,
+            &Identity::Agent(agent.id.clone()),
+            now(),
+            self.state.cert_ttl,
+        )?;
+        self.state
+            .store
+            .agent_cert_renewed(&agent.id, &issued.serial, issued.not_after)?;
+        tracing::info!(agent = %agent.id, not_after = %timefmt::rfc3339(issued.not_after), "certificate renewed");
+        Ok(Response::new(v1::RenewResponse {
+            certificate_pem: issued.pem,
+            ca_pem: self.state.ca.cert_pem().to_string(),
+            not_after: Some(timefmt::to_proto(issued.not_after)),
+        }))
+    }
+}
+
+/// Applies one message of an open session.
+fn handle(state: &AppState, id: &str, m: v1::AgentMessage) {
+    let result = match m.kind {
+        Some(AgentKind::Heartbeat(hb)) => {
+            let ips = convert::ips(&hb.ips);
+            state.store.agent_seen(
+                id,
+                now(),
+                None,
+                (!ips.is_empty()).then_some(ips.as_slice()),
+                Some(hb.applied_generation),
+            )
+        }
+        Some(AgentKind::Hello(_)) => {
+            tracing::debug!(agent = %id, "ignoring a second hello");
+            Ok(())
+        }
+        Some(_) | None => state.store.agent_seen(id, now(), None, None, None),
+    };
+    if let Err(e) = result {
+        tracing::warn!(agent = %id, error = %e, "record agent message");
+    }
+}

@@ -1,0 +1,83 @@
+//! `Enrollment.Enroll`: the one call open to clients without a certificate.
+
+use drover_proto::v1;
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use super::state::AppState;
+use crate::pki::identity::Identity;
+use crate::pki::policy;
+use crate::store::{AgentRecord, Facts};
+use crate::timefmt;
+use crate::tokens::Token;
+
+/// The Enrollment service.
+pub struct EnrollmentService {
+    /// Shared state.
+    pub state: AppState,
+}
+
+#[tonic::async_trait]
+impl v1::enrollment_server::Enrollment for EnrollmentService {
+    async fn enroll(
+        &self,
+        req: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
+        let peer = req
+            .extensions()
+            .get::<super::tls::PeerInfo>()
+            .and_then(|p| p.remote_addr);
+        let r = req.into_inner();
+        let result = self.enroll(r);
+        match &result {
+            Ok(resp) => tracing::info!(agent = %resp.agent_id, ?peer, "agent enrolled"),
+            Err(status) => tracing::warn!(?peer, error = %status.message(), "enrollment refused"),
+        }
+        result.map(Response::new)
+    }
+}
+
+impl EnrollmentService {
+    fn enroll(&self, r: v1::EnrollRequest) -> Result<v1::EnrollResponse, Status> {
+        let token = Token::parse(&r.token)?;
+        if token.ca_fingerprint != self.state.ca.fingerprint() {
+            return Err(Status::permission_denied(
+                "enrollment token was made by another controller: its CA fingerprint differs",
+            ));
+        }
+        let csr = policy::verify_csr(&r.csr_der)?;
+        let now = OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap_or(OffsetDateTime::now_utc());
+        let id = hex::encode(rand::random::<[u8; 8]>());
+        let issued = policy::sign_client(
+            &self.state.ca,
+            &csr,
+            &Identity::Agent(id.clone()),
+            now,
+            self.state.cert_ttl,
+        )?;
+        let agent = AgentRecord {
+            id: id.clone(),
+            labels: Default::default(),
+            facts: r.facts.as_ref().map(Facts::from).unwrap_or_default(),
+            enrolled_at: now,
+            last_seen: None,
+            cert_serial: issued.serial.clone(),
+            cert_not_after: issued.not_after,
+            revoked_at: None,
+            applied_generation: 0,
+        };
+        let agent = self
+            .state
+            .store
+            .enroll(&token.id, &token.secret_hash(), now, agent)?;
+        Ok(v1::EnrollResponse {
+            agent_id: agent.id,
+            certificate_pem: issued.pem,
+            ca_pem: self.state.ca.cert_pem().to_string(),
+            not_after: Some(timefmt::to_proto(issued.not_after)),
+            labels: agent.labels.into_iter().collect(),
+        })
+    }
+}

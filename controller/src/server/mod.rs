@@ -1,0 +1,214 @@
+//! `drover serve`: the gRPC server (mutual TLS) and the HTTP listener.
+//!
+//! - [`tls`]: rustls config and the accept loop exposing the peer chain to handlers.
+//! - [`auth`]: per-call identity checks (revocation included).
+//! - [`enrollment`], [`agent_control`], [`admin`]: the three services.
+//! - [`sessions`]: live agent streams, closable at once on revocation.
+//! - [`http`]: the `/healthz` endpoint.
+
+pub mod admin;
+pub mod agent_control;
+pub mod auth;
+pub mod convert;
+pub mod enrollment;
+pub mod http;
+pub mod sessions;
+pub mod state;
+pub mod status;
+pub mod tls;
+
+use std::sync::Arc;
+
+use drover_proto::v1;
+use time::{Duration, OffsetDateTime};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::datadir::DataDir;
+use crate::files;
+use crate::pki::ca::Ca;
+use crate::pki::{PkiError, policy};
+use crate::store::StoreError;
+use crate::store::sqlite::SqliteStore;
+
+/// Tunables of the server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Lifetime of issued agent certificates.
+    pub cert_ttl: Duration,
+    /// Heartbeat interval told to agents.
+    pub heartbeat_interval: std::time::Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            cert_ttl: policy::DEFAULT_AGENT_CERT_TTL,
+            heartbeat_interval: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A data dir file could not be written or read.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// Which path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The CA or a certificate failed.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The store failed to open.
+    #[error("open store: {0}")]
+    Store(#[from] StoreError),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+fn io(
+    action: &'static str,
+    path: std::path::PathBuf,
+) -> impl FnOnce(std::io::Error) -> ServerError {
+    move |source| ServerError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Prepares the data dir (0700, CA, store, admin credentials) without serving. Idempotent.
+pub fn prepare(dir: &DataDir) -> Result<(Ca, SqliteStore), ServerError> {
+    files::create_private_dir(dir.root()).map_err(io("create", dir.root().to_path_buf()))?;
+    let ca = Ca::load_or_create(dir.root())?;
+    let store = SqliteStore::open(&dir.db())?;
+    ensure_admin_cert(dir, &ca)?;
+    Ok((ca, store))
+}
+
+/// Writes `admin.crt`/`admin.key` when missing, not from this CA, or expiring within 30 days.
+fn ensure_admin_cert(dir: &DataDir, ca: &Ca) -> Result<(), ServerError> {
+    let now = OffsetDateTime::now_utc();
+    let current_ok = std::fs::read(dir.admin_cert())
+        .ok()
+        .filter(|_| dir.admin_key().exists())
+        .and_then(|pem| {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::CertificateDer::from_pem_slice(&pem).ok()
+        })
+        .is_some_and(|der| {
+            use x509_parser::prelude::FromDer;
+            let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(&der) else {
+                return false;
+            };
+            let ca_ok = x509_parser::certificate::X509Certificate::from_der(ca.cert_der())
+                .ok()
+                .is_some_and(|(_, c)| cert.verify_signature(Some(c.public_key())).is_ok());
+            ca_ok
+                && cert.validity().not_after.timestamp()
+                    > (now + Duration::days(30)).unix_timestamp()
+        });
+    if current_ok {
+        return Ok(());
+    }
+    let admin = policy::issue_admin(ca, "local", now)?;
+    use secrecy::ExposeSecret;
+    files::write_atomic(
+        &dir.admin_key(),
+        admin.key_pem.expose_secret().as_bytes(),
+        files::PRIVATE,
+    )
+    .map_err(io("write", dir.admin_key()))?;
+    files::write_atomic(&dir.admin_cert(), admin.cert.pem.as_bytes(), files::PRIVATE)
+        .map_err(io("write", dir.admin_cert()))?;
+    Ok(())
+}
+
+/// Runs the controller on already-bound listeners until `shutdown` is cancelled.
+pub async fn run(
+    dir: &DataDir,
+    options: ServerOptions,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let (ca, store) = prepare(dir)?;
+    let server_cert = policy::issue_server(&ca, OffsetDateTime::now_utc())?;
+    let tls_config = Arc::new(tls::server_config(&ca, &server_cert)?);
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(io("read address of", dir.grpc_addr()))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(io("read address of", dir.http_addr()))?;
+
+    let state = state::AppState {
+        store: Arc::new(store),
+        ca: Arc::new(ca),
+        sessions: sessions::Sessions::default(),
+        cert_ttl: options.cert_ttl,
+        heartbeat_interval: options.heartbeat_interval,
+        shutdown: shutdown.clone(),
+    };
+
+    let http_task = tokio::spawn(http::serve(http, shutdown.clone()));
+    let incoming = tls::incoming(grpc, tls_config, shutdown.clone());
+
+    files::write_atomic(
+        &dir.grpc_addr(),
+        format!("{grpc_addr}\n").as_bytes(),
+        files::PUBLIC,
+    )
+    .map_err(io("write", dir.grpc_addr()))?;
+    files::write_atomic(
+        &dir.http_addr(),
+        format!("{http_addr}\n").as_bytes(),
+        files::PUBLIC,
+    )
+    .map_err(io("write", dir.http_addr()))?;
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        ca_fingerprint = %state.ca.fingerprint(),
+        data_dir = %dir.root().display(),
+        "controller listening"
+    );
+
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(v1::enrollment_server::EnrollmentServer::new(
+            enrollment::EnrollmentService {
+                state: state.clone(),
+            },
+        ))
+        .add_service(v1::agent_control_server::AgentControlServer::new(
+            agent_control::AgentControlService {
+                state: state.clone(),
+            },
+        ))
+        .add_service(v1::admin_server::AdminServer::new(admin::AdminService {
+            state: state.clone(),
+        }))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+        .await;
+    let _ = std::fs::remove_file(dir.grpc_addr());
+    let _ = std::fs::remove_file(dir.http_addr());
+    match http_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
+        Err(e) => tracing::warn!(error = %e, "http server task"),
+        Ok(Ok(())) => {}
+    }
+    result?;
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! What every service shares.
+
+use std::sync::Arc;
+
+use time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::sessions::Sessions;
+use crate::pki::ca::Ca;
+use crate::store::Store;
+
+/// Shared server state.
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistent state.
+    pub store: Arc<dyn Store>,
+    /// The CA that signs agent certificates.
+    pub ca: Arc<Ca>,
+    /// Open agent sessions.
+    pub sessions: Sessions,
+    /// Lifetime of issued agent certificates.
+    pub cert_ttl: Duration,
+    /// Heartbeat interval told to agents in Welcome.
+    pub heartbeat_interval: std::time::Duration,
+    /// The server's shutdown; sessions end with it.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,364 @@
+//! [`Store`] on an embedded SQLite database (`DATA_DIR/drover.db`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use time::OffsetDateTime;
+
+use super::{AgentRecord, Facts, Store, StoreError};
+use crate::tokens::{self, TokenRecord, TokenRefusal};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    id          TEXT PRIMARY KEY,
+    secret_hash BLOB NOT NULL,
+    labels      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    uses_left   INTEGER NOT NULL,
+    revoked     INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS agents (
+    id                 TEXT PRIMARY KEY,
+    labels             TEXT NOT NULL,
+    facts              TEXT NOT NULL,
+    enrolled_at        INTEGER NOT NULL,
+    last_seen          INTEGER,
+    cert_serial        TEXT NOT NULL,
+    cert_not_after     INTEGER NOT NULL,
+    revoked_at         INTEGER,
+    applied_generation INTEGER NOT NULL DEFAULT 0,
+    token_id           TEXT NOT NULL
+);
+";
+
+/// SQLite-backed store. One connection behind a mutex: calls are short.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn from_ts(table: &'static str, v: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(v).map_err(|e| StoreError::Corrupt {
+        table,
+        detail: format!("timestamp {v}: {e}"),
+    })
+}
+
+fn json<T: serde::de::DeserializeOwned>(table: &'static str, s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+type TokenRow = (String, Vec<u8>, String, i64, i64, i64, bool);
+type AgentRow = (
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    String,
+    i64,
+    Option<i64>,
+    i64,
+);
+
+const TOKEN_COLS: &str = "id, secret_hash, labels, created_at, expires_at, uses_left, revoked";
+const AGENT_COLS: &str = "id, labels, facts, enrolled_at, last_seen, cert_serial, cert_not_after, revoked_at, applied_generation";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn token_record(row: TokenRow) -> Result<TokenRecord, StoreError> {
+    let (id, hash, labels, created, expires, uses, revoked) = row;
+    let secret_hash: [u8; 32] = hash.try_into().map_err(|_| StoreError::Corrupt {
+        table: "tokens",
+        detail: "secret_hash is not 32 bytes".into(),
+    })?;
+    Ok(TokenRecord {
+        id,
+        secret_hash,
+        labels: json("tokens", &labels)?,
+        created_at: from_ts("tokens", created)?,
+        expires_at: from_ts("tokens", expires)?,
+        uses_left: u32::try_from(uses).unwrap_or(0),
+        revoked,
+    })
+}
+
+fn agent_record(row: AgentRow) -> Result<AgentRecord, StoreError> {
+    let (id, labels, facts, enrolled, seen, serial, not_after, revoked, generation) = row;
+    Ok(AgentRecord {
+        id,
+        labels: json::<BTreeMap<String, String>>("agents", &labels)?,
+        facts: json::<Facts>("agents", &facts)?,
+        enrolled_at: from_ts("agents", enrolled)?,
+        last_seen: seen.map(|s| from_ts("agents", s)).transpose()?,
+        cert_serial: serial,
+        cert_not_after: from_ts("agents", not_after)?,
+        revoked_at: revoked.map(|s| from_ts("agents", s)).transpose()?,
+        applied_generation: u64::try_from(generation).unwrap_or(0),
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::init(Connection::open(path)?)
+    }
+
+    /// A private in-memory database (tests).
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        SqliteStore::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions
+        // roll back on drop), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO tokens (id, secret_hash, labels, created_at, expires_at, uses_left, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                t.id,
+                t.secret_hash.to_vec(),
+                to_json(&t.labels),
+                ts(t.created_at),
+                ts(t.expires_at),
+                i64::from(t.uses_left),
+                t.revoked
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TOKEN_COLS} FROM tokens ORDER BY created_at DESC, id"
+        ))?;
+        let rows = stmt.query_map([], token_row)?;
+        rows.map(|r| token_record(r?)).collect()
+    }
+
+    fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute("UPDATE tokens SET revoked = 1 WHERE id = ?1", params![id])?;
+        Ok(n > 0)
+    }
+
+    fn enroll(
+        &self,
+        token_id: &str,
+        secret_hash: &[u8; 32],
+        now: OffsetDateTime,
+        mut agent: AgentRecord,
+    ) -> Result<AgentRecord, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let row = tx
+            .query_row(
+                &format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"),
+                params![token_id],
+                token_row,
+            )
+            .optional()?;
+        let record = match row {
+            Some(row) => token_record(row)?,
+            None => return Err(TokenRefusal::Unknown(token_id.to_string()).into()),
+        };
+        tokens::check(&record, secret_hash, now)?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM agents WHERE id = ?1)",
+            params![agent.id],
+            |r| r.get(0),
+        )?;
+        if exists {
+            return Err(StoreError::AgentExists(agent.id));
+        }
+        agent.labels = record.labels.clone();
+        tx.execute(
+            "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?1 AND uses_left > 0",
+            params![token_id],
+        )?;
+        tx.execute(
+            &format!("INSERT INTO agents ({AGENT_COLS}, token_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            params![
+                agent.id,
+                to_json(&agent.labels),
+                to_json(&agent.facts),
+                ts(agent.enrolled_at),
+                agent.last_seen.map(ts),
+                agent.cert_serial,
+                ts(agent.cert_not_after),
+                agent.revoked_at.map(ts),
+                i64::try_from(agent.applied_generation).unwrap_or(i64::MAX),
+                token_id
+            ],
+        )?;
+        tx.commit()?;
+        Ok(agent)
+    }
+
+    fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                &format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"),
+                params![id],
+                agent_row,
+            )
+            .optional()?;
+        row.map(agent_record).transpose()
+    }
+
+    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY id"))?;
+        let rows = stmt.query_map([], agent_row)?;
+        rows.map(|r| agent_record(r?)).collect()
+    }
+
+    fn agent_seen(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+        facts: Option<&Facts>,
+        ips: Option<&[String]>,
+        applied_generation: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE agents SET last_seen = ?2 WHERE id = ?1",
+            params![id, ts(at)],
+        )?;
+        let mut new_facts = facts.cloned();
+        if let Some(ips) = ips {
+            if new_facts.is_none() {
+                let current: Option<String> = tx
+                    .query_row("SELECT facts FROM agents WHERE id = ?1", params![id], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                if let Some(current) = current {
+                    new_facts = Some(json::<Facts>("agents", &current)?);
+                }
+            }
+            if let Some(f) = new_facts.as_mut() {
+                f.ips = ips.to_vec();
+            }
+        }
+        if let Some(f) = new_facts {
+            tx.execute(
+                "UPDATE agents SET facts = ?2 WHERE id = ?1",
+                params![id, to_json(&f)],
+            )?;
+        }
+        if let Some(g) = applied_generation {
+            tx.execute(
+                "UPDATE agents SET applied_generation = ?2 WHERE id = ?1",
+                params![id, i64::try_from(g).unwrap_or(i64::MAX)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn agent_cert_renewed(
+        &self,
+        id: &str,
+        serial: &str,
+        not_after: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE agents SET cert_serial = ?2, cert_not_after = ?3 WHERE id = ?1",
+            params![id, serial, ts(not_after)],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_agent(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+            params![id, ts(at)],
+        )?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suite() {
+        crate::store::suite::run_all(&|| Box::new(SqliteStore::open_in_memory().unwrap()));
+    }
+
+    #[test]
+    fn reopens_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drover.db");
+        let t = crate::store::suite::token(1);
+        SqliteStore::open(&path).unwrap().create_token(&t).unwrap();
+        assert_eq!(
+            SqliteStore::open(&path).unwrap().list_tokens().unwrap(),
+            vec![t]
+        );
+    }
+}
