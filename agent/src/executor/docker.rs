@@ -1,12 +1,15 @@
 //! [`DockerExecutor`]: one job, start to end, in containers from the job image.
 //!
-//! Flow: prepare (host config, image) → variables → sources → each script step in its own
-//! container (first one is `-build`) → `after_script` in a fresh container → remove every
-//! container and the per-job volume → the result line.
+//! Flow: variables → prepare (host config, image, services on a per-job network) → sources
+//! (host git, tar into the builds volume) → dependencies → cache restore → each script step
+//! in its own container (first one is `-build`, receiving the queued tars) → `after_script`
+//! in a fresh container → `CI_PROJECT_DIR` downloaded as a tar → cache save → artifacts
+//! upload → remove every container, the network and the per-job volume → the result line.
 //!
 //! Invariants:
-//! - Every container the job creates is removed before [`Executor::run`] returns, whatever
-//!   happened (cancel, timeout, Docker errors).
+//! - Every container and network the job creates is removed before [`Executor::run`]
+//!   returns, whatever happened (cancel, timeout, Docker errors); a killed agent's leftovers
+//!   go with the janitor ([`crate::janitor`]).
 //! - The executor prints everything the user sees, up to and including the result line
 //!   (`Job succeeded` / `ERROR: Job failed: ...`); the runner loop prints nothing after it.
 //! - After cancel nothing more runs but cleanup.
@@ -1306,4 +1309,23 @@ fn file_stream(path: &Path) -> Result<ArchiveStream, ExecutorError> {
         source,
     })?;
     Ok(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)).boxed())
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn owner_follows_a_numeric_user_else_root() {
+        assert_eq!(owner_of(None), Owner::default());
+        assert_eq!(
+            owner_of(Some("1000")),
+            Owner {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        assert_eq!(owner_of(Some("1000:50")), Owner { uid: 1000, gid: 50 });
+        assert_eq!(owner_of(Some("postgres")), Owner::default());
+    }
 }

@@ -28,6 +28,10 @@
 //! - Failure reasons: pull errors, `allowed_images` and `allowed_pull_policies` refusals →
 //!   `image_pull_failure`; bad `[runners.docker]` values, a missing image name and Docker
 //!   errors → `runner_system_failure`; script exit codes → `script_failure`.
+//! - Sources: the host's `git` fetches into `<data dir>/builds/<runner>/project-<id>/slot-<n>`
+//!   (kept, so `fetch` is incremental); each job empties `CI_PROJECT_DIR` in the builds
+//!   volume and receives the work dir as a tar. Caches live in `<data dir>/cache`.
+//! - Services: see `services` (per-job network, port wait from the host).
 //! - The executor writes the result line (`Job succeeded` / `ERROR: Job failed: ...`); the
 //!   runner loop must not print another one.
 

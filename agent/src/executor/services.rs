@@ -166,14 +166,23 @@ pub async fn start_services(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let user_defined = !matches!(network, "host" | "bridge" | "none" | "default")
+            && !network.starts_with("container:");
+        if !user_defined && i == 0 {
+            trace.write_line(&format!(
+                "\x1b[0;33mWARNING: network_mode {network:?} is not a user-defined network: services cannot be reached by name\x1b[0;m"
+            ));
+        }
         let mut endpoints = HashMap::new();
-        endpoints.insert(
-            network.to_string(),
-            EndpointSettings {
-                aliases: Some(aliases.clone()),
-                ..Default::default()
-            },
-        );
+        if user_defined {
+            endpoints.insert(
+                network.to_string(),
+                EndpointSettings {
+                    aliases: Some(aliases.clone()),
+                    ..Default::default()
+                },
+            );
+        }
         let body = ContainerCreateBody {
             image: Some(image_id.clone()),
             env: Some(vars.iter().map(|(k, v)| format!("{k}={v}")).collect()),
@@ -186,7 +195,7 @@ pub async fn start_services(
                 tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
                 ..Default::default()
             }),
-            networking_config: Some(NetworkingConfig {
+            networking_config: user_defined.then_some(NetworkingConfig {
                 endpoints_config: Some(endpoints),
             }),
             ..Default::default()
