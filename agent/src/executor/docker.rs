@@ -431,7 +431,15 @@ impl DockerExecutor {
                     };
                 }
                 Ok(StepEnd::Canceled) => return End::Canceled,
-                Err(e) => end = End::system(e),
+                Err(e) => {
+                    // Say so when the engine itself went away (stopped or restarting).
+                    end = match self.api.image_id(&base.image_id).await {
+                        Ok(_) => End::system(e),
+                        Err(_) => End::system(format!(
+                            "{e}; the Docker daemon stopped or restarted during the job"
+                        )),
+                    };
+                }
             }
         }
         let end = self.after_script(ctx, st, &base, trace, cancel, end).await;
