@@ -72,6 +72,8 @@ struct State {
     ports: HashMap<String, Vec<u16>>,
     networks: Vec<NetworkInfo>,
     removed_networks: Vec<String>,
+    /// The engine went away: inspections fail and waits end with an error.
+    down: bool,
 }
 
 /// The fake engine.
@@ -135,6 +137,15 @@ impl FakeApi {
             out_rx: None,
         });
     }
+    /// Simulates the daemon stopping: running waits fail, image inspections fail.
+    pub fn stop_daemon(&self) {
+        let mut st = lock(&self.state);
+        st.down = true;
+        for c in st.containers.iter_mut() {
+            // Dropping the sender ends every wait with an error.
+            c.exit_tx = watch::channel(None).0;
+        }
+    }
     /// `image` declares these TCP ports.
     pub fn set_ports(&self, image: &str, ports: &[u16]) {
         lock(&self.state)
@@ -175,7 +186,14 @@ impl FakeApi {
 #[async_trait]
 impl ContainerApi for FakeApi {
     async fn image_id(&self, image: &str) -> Result<Option<String>, ExecutorError> {
-        Ok(lock(&self.state).images.get(image).cloned())
+        let st = lock(&self.state);
+        if st.down {
+            return Err(ExecutorError::docker(
+                format!("inspect image {image}"),
+                server_error(503, "daemon down"),
+            ));
+        }
+        Ok(st.images.get(image).cloned())
     }
 
     async fn pull(

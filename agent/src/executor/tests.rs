@@ -685,3 +685,28 @@ async fn huge_timeouts_do_not_overflow() {
     let (out, _) = run(&api, &ctx(job, "")).await;
     assert_eq!(out, JobOutcome::Success);
 }
+
+#[tokio::test]
+async fn losing_the_daemon_mid_step_is_a_system_failure_that_says_so() {
+    let api = fake();
+    api.behave("build", Behavior::hangs("started\n"));
+    let job = job_json(steps(&["sleep 600"], &[]), serde_json::json!({}));
+    let c = ctx(job, "");
+    let stopper = api.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stopper.stop_daemon();
+    });
+    let (out, trace) = run(&api, &c).await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None
+        }
+    );
+    assert!(
+        trace.contains("the Docker daemon stopped or restarted during the job"),
+        "{trace}"
+    );
+}
