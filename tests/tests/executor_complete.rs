@@ -85,6 +85,25 @@ async fn world(test: &str) -> Option<World> {
     })
 }
 
+impl Drop for World {
+    /// Even when a test fails half-way: nothing of this test's agent stays in Docker.
+    fn drop(&mut self) {
+        let filter = format!("label={LABEL_AGENT}={}", self.agent);
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                "docker ps -aq --filter \"$1\" | xargs -r docker rm -f; \
+                 docker network ls -q --filter \"$1\" | xargs -r docker network rm; \
+                 docker volume ls -q --filter \"$1\" | xargs -r docker volume rm -f",
+            )
+            .arg("sh")
+            .arg(&filter)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 fn script(lines: &[&str]) -> Vec<serde_json::Value> {
     vec![
         json!({"name": "script", "script": lines, "timeout": 600, "when": "on_success", "allow_failure": false}),
