@@ -11,6 +11,9 @@
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
 //! - [`inflight`]: jobs in flight on disk; a restarted agent reports them failed.
 //! - [`janitor`]: removes this agent's Docker leftovers at start and periodically.
+//! - [`health`]: host health snapshots (Docker, disk, memory, load, clock skew) and when a
+//!   host is degraded.
+//! - [`metrics`]: the Prometheus registry and the `/metrics` server.
 //! - [`cli`]: one module per `drover-agent` subcommand.
 //! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
@@ -21,10 +24,12 @@ pub mod control;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
+pub mod health;
 pub mod host_facts;
 pub mod identity;
 pub mod inflight;
 pub mod janitor;
+pub mod metrics;
 pub mod runner;
 pub mod sources;
 pub mod standalone;

@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use drover_agent::cli;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Drover agent: runs GitLab CI jobs in Docker on this box.
 #[derive(Debug, Parser)]
@@ -30,6 +32,8 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        .with(drover_agent::metrics::ErrorCountLayer)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -115,4 +115,6 @@ pub trait ContainerApi: Send + Sync {
     async fn is_running(&self, id: &str) -> Result<bool, ExecutorError>;
     /// The container's stdout and stderr so far.
     async fn logs(&self, id: &str) -> Result<Vec<u8>, ExecutorError>;
+    /// Engine version and root dir (`docker version` + `docker info`), for health reports.
+    async fn engine_info(&self) -> Result<super::ping::DockerInfo, ExecutorError>;
 }

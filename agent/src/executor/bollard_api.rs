@@ -402,4 +402,22 @@ impl ContainerApi for BollardApi {
         }
         Ok(out)
     }
+
+    async fn engine_info(&self) -> Result<super::ping::DockerInfo, ExecutorError> {
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| ExecutorError::docker("docker version", e))?;
+        let i = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| ExecutorError::docker("docker info", e))?;
+        Ok(super::ping::DockerInfo {
+            version: v.version.unwrap_or_default(),
+            api_version: v.api_version.unwrap_or_default(),
+            root_dir: i.docker_root_dir.unwrap_or_default().into(),
+        })
+    }
 }

@@ -72,7 +72,7 @@ pub struct CleanupReport {
 /// The Docker executor.
 #[derive(Clone)]
 pub struct DockerExecutor {
-    api: Arc<dyn ContainerApi>,
+    pub(super) api: Arc<dyn ContainerApi>,
     storage: Arc<StorageOptions>,
 }
 

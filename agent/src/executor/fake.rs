@@ -525,4 +525,12 @@ impl ContainerApi for FakeApi {
             .map(|b| b.output.clone().into_bytes())
             .unwrap_or_default())
     }
+
+    async fn engine_info(&self) -> Result<super::ping::DockerInfo, ExecutorError> {
+        Ok(super::ping::DockerInfo {
+            version: "0.0.0-fake".into(),
+            api_version: "1.41".into(),
+            root_dir: "/var/lib/docker".into(),
+        })
+    }
 }

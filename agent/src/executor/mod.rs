@@ -46,6 +46,7 @@ mod host_config;
 mod image;
 pub mod names;
 mod outcome;
+mod ping;
 mod script;
 mod services;
 #[cfg(test)]
@@ -67,6 +68,7 @@ pub use bollard_api::BollardApi;
 pub use docker::{CleanupReport, ConnectOptions, DockerExecutor, KeptVolume, StorageOptions};
 pub use error::ExecutorError;
 pub use outcome::{FailureReason, JobOutcome};
+pub use ping::DockerInfo;
 pub use services::{derived_names, service_aliases};
 
 /// Everything the executor needs to run one job.

@@ -3,6 +3,8 @@
 //! - [`load`]: reads and validates the file; the system id (`.runner_system_id` next to the
 //!   config, as gitlab-runner keeps it, else `<state-dir>/system_id`) and the agent id.
 //! - [`engine`]: serves the runners; fleet mode reuses it.
+//! - [`observe`]: metrics (`--metrics-listen`, else `listen_address` of the file; read at
+//!   start only) fed by runner events, engine stats, GitLab client counters, a host probe.
 //!
 //! Signals: `SIGTERM`/`SIGINT` stop at once (running jobs are canceled and reported failed);
 //! `SIGQUIT` stops taking jobs and exits when running jobs finished (a second
@@ -11,6 +13,7 @@
 
 pub mod engine;
 pub mod load;
+pub mod observe;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,11 +22,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 use crate::executor::{ConnectOptions, DockerExecutor, StorageOptions};
 use crate::gitlab::{ClientOptions, GitLab, HttpGitLab};
 use crate::inflight::{InflightStore, JobTracking, Recovered};
 use crate::janitor::{DEFAULT_JANITOR_INTERVAL, Janitor, RunningJobs};
+use crate::metrics::Metrics;
 pub use engine::{Engine, GitLabFactory};
 
 /// Serves every docker runner in `config` until a signal says stop.
@@ -40,9 +45,8 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
             config.display()
         );
     }
-    if args.metrics_listen.is_some() {
-        tracing::warn!("--metrics-listen is not served in standalone mode yet; ignored");
-    }
+    let metrics_addr =
+        observe::metrics_address(args.metrics_listen, parsed.config.listen_address.as_deref())?;
     let system_id = load::system_id(&config, &args.state_dir)?;
     let agent_id = load::agent_id(&system_id, &config);
     tracing::info!(
@@ -60,7 +64,8 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
 
     // Jobs a previous run left unfinished (kill -9, crash): report them failed.
     let inflight = InflightStore::new(&args.state_dir);
-    let factory = http_factory();
+    // Recovery talks to GitLab before the metrics registry exists; its counters are not kept.
+    let factory = http_factory(Metrics::new());
     let gitlab_for = move |job: &crate::inflight::InflightJob| {
         let rc = drover_proto::spec::RunnerConfig {
             url: job.url.clone(),
@@ -91,17 +96,35 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
     tokio::spawn(janitor.run(DEFAULT_JANITOR_INTERVAL, janitor_stop.clone()));
     let _janitor_guard = janitor_stop.drop_guard();
 
-    let mut engine = Engine::new(Arc::new(docker), http_factory(), system_id, agent_id)
-        .with_tracking(JobTracking {
-            inflight: Some(inflight),
-            running,
-        });
+    let docker = Arc::new(docker);
+    let observed = observe::Observed::new(Metrics::new(), system_id.clone());
+    let stop_metrics = CancellationToken::new();
+    let _stop_metrics = stop_metrics.clone().drop_guard();
+    if let Some(addr) = metrics_addr {
+        observe::start_server(addr, observed.metrics.clone(), stop_metrics.clone()).await?;
+        observe::spawn_host_probe(docker.clone(), observed.metrics.clone(), stop_metrics);
+    }
+    let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    observe::spawn_event_feed(events_rx, observed.metrics.clone());
+
+    let mut engine = Engine::new(
+        docker,
+        http_factory(observed.metrics.clone()),
+        system_id,
+        agent_id,
+    )
+    .with_events(events)
+    .with_tracking(JobTracking {
+        inflight: Some(inflight),
+        running,
+    });
     engine.apply(&parsed.config)?;
+    observed.applied(&engine, &parsed.config);
     let shutdown_timeout = match parsed.config.shutdown_timeout {
         None | Some(0) => DEFAULT_SHUTDOWN_TIMEOUT,
         Some(s) => Duration::from_secs(s),
     };
-    serve(&mut engine, &config, shutdown_timeout).await
+    serve(&mut engine, &config, shutdown_timeout, &observed).await
 }
 
 /// gitlab-runner's default `shutdown_timeout`: how long a forceful stop may take to cancel
@@ -109,7 +132,8 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One shared [`HttpGitLab`] per (url, tls-ca-file).
-fn http_factory() -> GitLabFactory {
+/// Each new client's request counters go to `metrics`.
+fn http_factory(metrics: Metrics) -> GitLabFactory {
     type Key = (String, Option<String>);
     let cache: Mutex<HashMap<Key, Arc<HttpGitLab>>> = Mutex::new(HashMap::new());
     Box::new(move |rc| {
@@ -126,6 +150,7 @@ fn http_factory() -> GitLabFactory {
             },
         )?;
         let client = Arc::new(client);
+        metrics.add_api_stats(client.stats());
         cache.insert(key, client.clone());
         Ok(client as Arc<dyn GitLab>)
     })
@@ -136,6 +161,7 @@ async fn serve(
     engine: &mut Engine,
     config: &std::path::Path,
     shutdown_timeout: Duration,
+    observed: &observe::Observed,
 ) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
@@ -180,6 +206,7 @@ async fn serve(
                             Ok(()) => tracing::info!(config = %config.display(), "SIGHUP: configuration reloaded"),
                             Err(e) => tracing::error!("SIGHUP: reload partly failed: {e:#}"),
                         }
+                        observed.applied(engine, &parsed.config);
                     }
                     Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e:#}"),
                 }

@@ -85,10 +85,6 @@ const ROOT_NOT_IMPLEMENTED: &[NotImplemented] = &[
         note: "not implemented (no interactive web terminal); ignored",
     },
     NotImplemented {
-        key: &["listen_address"],
-        note: "not implemented; use `drover-agent run --metrics-listen ADDR`; ignored",
-    },
-    NotImplemented {
         key: &["log_format"],
         note: "not implemented; drover-agent logs plain text to stderr; ignored",
     },
