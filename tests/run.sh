@@ -35,3 +35,5 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# Restarting the Docker daemon disrupts every test using it: run that one alone, after the suite.
+DROVER_TEST_DOCKERD_RESTART=1 cargo test -p drover-tests --locked --test standalone_recovery dockerd_restart

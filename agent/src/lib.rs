@@ -9,6 +9,8 @@
 //! - [`identity`]: the state dir (key, certificate, pinned CA) and TLS to the controller.
 //! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
+//! - [`inflight`]: jobs in flight on disk; a restarted agent reports them failed.
+//! - [`janitor`]: removes this agent's Docker leftovers at start and periodically.
 //! - [`health`]: host health snapshots (Docker, disk, memory, load, clock skew) and when a
 //!   host is degraded.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
@@ -25,6 +27,8 @@ pub mod gitlab;
 pub mod health;
 pub mod host_facts;
 pub mod identity;
+pub mod inflight;
+pub mod janitor;
 pub mod metrics;
 pub mod runner;
 pub mod sources;

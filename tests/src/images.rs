@@ -69,8 +69,59 @@ pub async fn busybox_image() -> Result<String> {
         .cloned()
 }
 
+/// The tag of the busybox service image: the busybox rootfs declaring `EXPOSE 8080`, so the
+/// executor waits for that port.
+pub const BUSYBOX_WEB_IMAGE: &str = "drover-test/busybox-web:1";
+
+static BUSYBOX_WEB: OnceCell<String> = OnceCell::const_new();
+
+/// Builds (once) and returns the busybox service image's tag (see [`BUSYBOX_WEB_IMAGE`]).
+pub async fn busybox_web_image() -> Result<String> {
+    BUSYBOX_WEB
+        .get_or_try_init(|| async {
+            let docker = Docker::connect_with_local_defaults().context("connect to docker")?;
+            if docker.inspect_image(BUSYBOX_WEB_IMAGE).await.is_ok() {
+                return Ok(BUSYBOX_WEB_IMAGE.to_string());
+            }
+            if let Some(why) = busybox_unavailable() {
+                bail!("cannot build {BUSYBOX_WEB_IMAGE}: {why}");
+            }
+            let tar = busybox_tar(Path::new(BUSYBOX_BIN)).context("build busybox rootfs tar")?;
+            let (repo, tag) = BUSYBOX_WEB_IMAGE
+                .split_once(':')
+                .unwrap_or((BUSYBOX_WEB_IMAGE, "latest"));
+            let opts = CreateImageOptions {
+                from_src: Some("-".to_string()),
+                repo: Some(repo.to_string()),
+                tag: Some(tag.to_string()),
+                changes: vec![
+                    "EXPOSE 8080".to_string(),
+                    "CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/etc\"]".to_string(),
+                ],
+                ..Default::default()
+            };
+            let mut stream =
+                docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
+            while let Some(item) = stream.next().await {
+                item.with_context(|| format!("import {BUSYBOX_WEB_IMAGE}"))?;
+            }
+            docker
+                .inspect_image(BUSYBOX_WEB_IMAGE)
+                .await
+                .with_context(|| format!("inspect {BUSYBOX_WEB_IMAGE} after import"))?;
+            Ok(BUSYBOX_WEB_IMAGE.to_string())
+        })
+        .await
+        .cloned()
+}
+
 /// The rootfs: busybox, one symlink per applet (`busybox --list-full`), `/tmp`, `/etc`.
 fn busybox_tar(bin: &Path) -> Result<Vec<u8>> {
+    busybox_tar_with(bin, &[])
+}
+
+/// The busybox rootfs plus host files: `(host path, path in the image)`.
+fn busybox_tar_with(bin: &Path, extra: &[(std::path::PathBuf, String)]) -> Result<Vec<u8>> {
     let out = std::process::Command::new(bin)
         .arg("--list-full")
         .output()
@@ -120,7 +171,102 @@ fn busybox_tar(bin: &Path) -> Result<Vec<u8>> {
         h.set_size(content.len() as u64);
         b.append_data(&mut h, path, content)?;
     }
+    for (host, inside) in extra {
+        let inside = inside.trim_start_matches('/');
+        let mut acc = String::new();
+        if let Some((parents, _)) = inside.rsplit_once('/') {
+            for seg in parents.split('/') {
+                if !acc.is_empty() {
+                    acc.push('/');
+                }
+                acc.push_str(seg);
+                dir(&mut b, &acc, 0o755)?;
+            }
+        }
+        let data = std::fs::read(host).with_context(|| format!("read {}", host.display()))?;
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o755);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, inside, data.as_slice())?;
+    }
     Ok(b.into_inner()?)
+}
+
+/// The tag of the Docker CLI test image: busybox plus the host's `docker` client and the
+/// shared libraries `ldd` lists for it. Jobs on it talk to whatever `DOCKER_HOST` or a
+/// mounted `/var/run/docker.sock` points at.
+pub const DOCKER_CLI_IMAGE: &str = "drover-test/docker-cli:1";
+
+static DOCKER_CLI: OnceCell<String> = OnceCell::const_new();
+
+/// Why the Docker CLI image cannot be built here (`None` = it can).
+pub fn docker_cli_unavailable() -> Option<String> {
+    if let Some(why) = busybox_unavailable() {
+        return Some(why);
+    }
+    let ok = std::process::Command::new("sh")
+        .args(["-c", "command -v docker && command -v ldd"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (!ok).then(|| "the host has no docker client or no ldd".to_string())
+}
+
+/// Builds (once) and returns the Docker CLI image's tag (see [`DOCKER_CLI_IMAGE`]).
+pub async fn docker_cli_image() -> Result<String> {
+    DOCKER_CLI
+        .get_or_try_init(|| async {
+            let docker = Docker::connect_with_local_defaults().context("connect to docker")?;
+            if docker.inspect_image(DOCKER_CLI_IMAGE).await.is_ok() {
+                return Ok(DOCKER_CLI_IMAGE.to_string());
+            }
+            if let Some(why) = docker_cli_unavailable() {
+                bail!("cannot build {DOCKER_CLI_IMAGE}: {why}");
+            }
+            let which = std::process::Command::new("sh")
+                .args(["-c", "command -v docker"])
+                .output()
+                .context("find the docker client")?;
+            let cli = String::from_utf8_lossy(&which.stdout).trim().to_string();
+            let ldd = std::process::Command::new("ldd")
+                .arg(&cli)
+                .output()
+                .with_context(|| format!("ldd {cli}"))?;
+            let mut extra = vec![(std::path::PathBuf::from(&cli), "usr/bin/docker".to_string())];
+            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+                let path = match line.split_once("=>") {
+                    Some((_, right)) => right.split_whitespace().next(),
+                    None => line.split_whitespace().next(),
+                };
+                if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                    extra.push((std::path::PathBuf::from(p), p.to_string()));
+                }
+            }
+            let tar = busybox_tar_with(Path::new(BUSYBOX_BIN), &extra)
+                .context("build docker cli rootfs tar")?;
+            let (repo, tag) = DOCKER_CLI_IMAGE
+                .split_once(':')
+                .unwrap_or((DOCKER_CLI_IMAGE, "latest"));
+            let opts = CreateImageOptions {
+                from_src: Some("-".to_string()),
+                repo: Some(repo.to_string()),
+                tag: Some(tag.to_string()),
+                changes: vec!["CMD [\"sh\"]".to_string()],
+                ..Default::default()
+            };
+            let mut stream =
+                docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
+            while let Some(item) = stream.next().await {
+                item.with_context(|| format!("import {DOCKER_CLI_IMAGE}"))?;
+            }
+            docker
+                .inspect_image(DOCKER_CLI_IMAGE)
+                .await
+                .with_context(|| format!("inspect {DOCKER_CLI_IMAGE} after import"))?;
+            Ok(DOCKER_CLI_IMAGE.to_string())
+        })
+        .await
+        .cloned()
 }
 
 /// Whether an ELF64 little-endian file has a `PT_INTERP` program header (is dynamic).

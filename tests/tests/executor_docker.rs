@@ -96,6 +96,7 @@ fn ctx(job: JobResponse, runner: RunnerConfig, agent: &str) -> JobContext {
         agent_id: agent.to_string(),
         runner_short_token: format!("t{:07x}", rand::random::<u32>() & 0xfffffff),
         slot: 0,
+        gitlab: Arc::new(drover_agent::gitlab::fake::FakeGitLab::new()),
     }
 }
 

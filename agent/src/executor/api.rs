@@ -38,6 +38,14 @@ pub struct VolumeInfo {
     pub labels: HashMap<String, String>,
 }
 
+/// A network as listed by label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+}
+
 /// A tar archive body streamed into a container.
 pub type ArchiveStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
@@ -82,6 +90,31 @@ pub trait ContainerApi: Send + Sync {
     async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<VolumeInfo>, ExecutorError>;
     /// Removes a volume. A missing volume is not an error.
     async fn remove_volume(&self, name: &str) -> Result<(), ExecutorError>;
+    /// The TCP ports the image declares (`ExposedPorts` `"5432/tcp"`), sorted.
+    async fn image_tcp_ports(&self, image: &str) -> Result<Vec<u16>, ExecutorError>;
+    /// A tar archive of `path` in the container (created, running or stopped).
+    async fn download_archive(&self, id: &str, path: &str) -> Result<ArchiveStream, ExecutorError>;
+    /// Creates a bridge network named `name` with `labels`; returns its id.
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String, ExecutorError>;
+    /// Removes a network. A missing network is not an error.
+    async fn remove_network(&self, id: &str) -> Result<(), ExecutorError>;
+    /// All networks carrying the label `key=value`.
+    async fn list_networks(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<NetworkInfo>, ExecutorError>;
+    /// The container's IPv4 address on `network` (`None` when it is not attached or not
+    /// running).
+    async fn container_ip(&self, id: &str, network: &str) -> Result<Option<String>, ExecutorError>;
+    /// Whether the container is running.
+    async fn is_running(&self, id: &str) -> Result<bool, ExecutorError>;
+    /// The container's stdout and stderr so far.
+    async fn logs(&self, id: &str) -> Result<Vec<u8>, ExecutorError>;
     /// Engine version and root dir (`docker version` + `docker info`), for health reports.
     async fn engine_info(&self) -> Result<super::ping::DockerInfo, ExecutorError>;
 }

@@ -7,16 +7,17 @@ use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::ContainerCreateBody;
+use bollard::models::{ContainerCreateBody, NetworkCreateRequest};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
-    ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
+    DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
+    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions,
     UploadToContainerOptions, WaitContainerOptions,
 };
 use futures::StreamExt;
 
 use super::ExecutorError;
-use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, VolumeInfo};
+use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo};
 
 /// The Docker engine, reached through bollard.
 #[derive(Clone)]
@@ -278,6 +279,128 @@ impl ContainerApi for BollardApi {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(ExecutorError::docker(format!("remove volume {name}"), e)),
         }
+    }
+
+    async fn image_tcp_ports(&self, image: &str) -> Result<Vec<u16>, ExecutorError> {
+        let info = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| ExecutorError::docker(format!("inspect image {image}"), e))?;
+        let mut ports: Vec<u16> = info
+            .config
+            .and_then(|c| c.exposed_ports)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| {
+                let (port, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
+                (proto == "tcp").then(|| port.parse().ok()).flatten()
+            })
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        Ok(ports)
+    }
+
+    async fn download_archive(&self, id: &str, path: &str) -> Result<ArchiveStream, ExecutorError> {
+        let opts = DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let stream = self
+            .docker
+            .download_from_container(id, Some(opts))
+            .map(|r| r.map_err(std::io::Error::other));
+        Ok(stream.boxed())
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String, ExecutorError> {
+        let req = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(req)
+            .await
+            .map(|r| r.id)
+            .map_err(|e| ExecutorError::docker(format!("create network {name}"), e))
+    }
+
+    async fn remove_network(&self, id: &str) -> Result<(), ExecutorError> {
+        match self.docker.remove_network(id).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(ExecutorError::docker(format!("remove network {id}"), e)),
+        }
+    }
+
+    async fn list_networks(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<NetworkInfo>, ExecutorError> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![format!("{key}={value}")]);
+        let opts = ListNetworksOptions {
+            filters: Some(filters),
+        };
+        let list = self.docker.list_networks(Some(opts)).await.map_err(|e| {
+            ExecutorError::docker(format!("list networks with label {key}={value}"), e)
+        })?;
+        Ok(list
+            .into_iter()
+            .map(|n| NetworkInfo {
+                id: n.id.unwrap_or_default(),
+                name: n.name.unwrap_or_default(),
+                labels: n.labels.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn container_ip(&self, id: &str, network: &str) -> Result<Option<String>, ExecutorError> {
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| ExecutorError::docker(format!("inspect container {id}"), e))?;
+        Ok(info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty()))
+    }
+
+    async fn is_running(&self, id: &str) -> Result<bool, ExecutorError> {
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| ExecutorError::docker(format!("inspect container {id}"), e))?;
+        Ok(info.state.and_then(|s| s.running).unwrap_or(false))
+    }
+
+    async fn logs(&self, id: &str) -> Result<Vec<u8>, ExecutorError> {
+        let opts = LogsOptions {
+            stdout: true,
+            stderr: true,
+            follow: false,
+            tail: "all".to_string(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut stream = self.docker.logs(id, Some(opts));
+        while let Some(item) = stream.next().await {
+            let item =
+                item.map_err(|e| ExecutorError::docker(format!("logs of container {id}"), e))?;
+            out.extend_from_slice(&item.into_bytes());
+        }
+        Ok(out)
     }
 
     async fn engine_info(&self) -> Result<super::ping::DockerInfo, ExecutorError> {

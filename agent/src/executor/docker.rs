@@ -1,16 +1,20 @@
 //! [`DockerExecutor`]: one job, start to end, in containers from the job image.
 //!
-//! Flow: prepare (host config, image) → variables → sources → each script step in its own
-//! container (first one is `-build`) → `after_script` in a fresh container → remove every
-//! container and the per-job volume → the result line.
+//! Flow: variables → prepare (host config, image, services on a per-job network) → sources
+//! (host git, tar into the builds volume) → dependencies → cache restore → each script step
+//! in its own container (first one is `-build`, receiving the queued tars) → `after_script`
+//! in a fresh container → `CI_PROJECT_DIR` downloaded as a tar → cache save → artifacts
+//! upload → remove every container, the network and the per-job volume → the result line.
 //!
 //! Invariants:
-//! - Every container the job creates is removed before [`Executor::run`] returns, whatever
-//!   happened (cancel, timeout, Docker errors).
+//! - Every container and network the job creates is removed before [`Executor::run`]
+//!   returns, whatever happened (cancel, timeout, Docker errors); a killed agent's leftovers
+//!   go with the janitor ([`crate::janitor`]).
 //! - The executor prints everything the user sees, up to and including the result line
 //!   (`Job succeeded` / `ERROR: Job failed: ...`); the runner loop prints nothing after it.
 //! - After cancel nothing more runs but cleanup.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVo
 use bytes::Bytes;
 use drover_proto::spec::{DockerConfig, RunnerConfig};
 use futures::StreamExt;
+use secrecy::SecretString;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -27,12 +32,15 @@ use super::api::{ArchiveStream, ContainerApi};
 use super::bollard_api::BollardApi;
 use super::host_config::host_config;
 use super::image::{check_allowed, credentials_for, ensure_image, image_name, pull_policies};
-use super::names::{JobNames, LABEL_AGENT, LABEL_JOB, LABEL_KIND};
+use super::names::{JobNames, LABEL_AGENT, LABEL_JOB, LABEL_KIND, LABEL_PROJECT, LABEL_RUNNER};
 use super::script::{generate, quote, shell_command};
-use super::sources::{GitStrategy, SourcesProvider};
+use super::services;
 use super::variables::{JobEnv, job_env};
 use super::{Executor, ExecutorError, FailureReason, JobContext, JobOutcome};
-use crate::gitlab::types::{Step, StepWhen};
+use crate::artifacts::{self, Owner, ProjectTar, Retry};
+use crate::cache::{self, CachePlan, CacheStore};
+use crate::gitlab::types::{JobVariable, Step, StepWhen};
+use crate::sources::{self, GitSource, SourcesError, SourcesOutcome, TrackedFiles, host_work_dir};
 use crate::trace::TraceSink;
 
 /// Job timeout when GitLab sends none (gitlab-runner's default: 1 hour).
@@ -56,6 +64,7 @@ pub struct ConnectOptions {
 pub struct CleanupReport {
     pub containers_removed: Vec<String>,
     pub volumes_removed: Vec<String>,
+    pub networks_removed: Vec<String>,
     /// Objects that could not be removed, with the error.
     pub errors: Vec<String>,
 }
@@ -64,8 +73,48 @@ pub struct CleanupReport {
 #[derive(Clone)]
 pub struct DockerExecutor {
     pub(super) api: Arc<dyn ContainerApi>,
-    /// Checks out `clone`/`fetch` sources; `None` → sources are skipped with a warning.
-    sources: Option<Arc<dyn SourcesProvider>>,
+    storage: Arc<StorageOptions>,
+}
+
+/// Where the agent keeps host-side job files, and their bounds.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// The agent's data dir: `builds/` (git work dirs kept per runner, project and slot),
+    /// `cache/` (cache zips per runner), `tmp/` (tars in transit, removed after each job).
+    pub data_dir: PathBuf,
+    /// Bound of each runner's cache store in bytes (least recently used evicted first).
+    pub cache_max_bytes: u64,
+    /// The git that fetches sources.
+    pub git: GitSource,
+}
+
+impl StorageOptions {
+    /// Storage below `data_dir`, default cache bound, `git` from `PATH`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StorageOptions {
+            data_dir: data_dir.into(),
+            cache_max_bytes: cache::DEFAULT_MAX_BYTES,
+            git: GitSource::default(),
+        }
+    }
+    fn builds_root(&self) -> PathBuf {
+        self.data_dir.join("builds")
+    }
+    fn cache_root(&self) -> PathBuf {
+        cache::default_cache_root(&self.data_dir)
+    }
+    fn tmp_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp")
+    }
+}
+
+/// A volume kept between jobs on purpose (builds), as [`DockerExecutor::list_kept_volumes`]
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptVolume {
+    pub name: String,
+    pub runner: Option<String>,
+    pub project: Option<String>,
 }
 
 /// How a job ended, with the text of its result line.
@@ -97,10 +146,30 @@ enum StepEnd {
     Canceled,
 }
 
+/// Host-side files and decisions of one job (temporary files live as long as this).
+struct JobFiles {
+    /// Owner written into tars put into the container (the job's numeric `user`, else root).
+    owner: Owner,
+    /// `CI_PROJECT_DIR` in the container.
+    project_dir: String,
+    tmp_dir: PathBuf,
+    /// Tars for the first script container, in order: (path in the container, file).
+    pending: Vec<(String, tempfile::NamedTempFile)>,
+    /// Tracked files of the checkout, for `untracked: true`.
+    tracked: Option<Arc<TrackedFiles>>,
+    cache_store: CacheStore,
+    cache_plans: Vec<CachePlan>,
+}
+
 /// What one job created, for cleanup.
 struct JobState {
     names: JobNames,
+    /// Containers (script steps and services), removed at the end.
     containers: Mutex<Vec<String>>,
+    /// The per-job network's id, removed after the containers.
+    network: Mutex<Option<String>>,
+    /// The last script container: `CI_PROJECT_DIR` is read from it for caches and artifacts.
+    last_script: Mutex<Option<String>>,
     /// Set once the first container received the directory and file-variable archive.
     prepared: Mutex<bool>,
 }
@@ -113,17 +182,43 @@ impl DockerExecutor {
     }
 
     /// An executor on any [`ContainerApi`] (tests use a fake).
+    /// Host files go below the system temp dir until [`DockerExecutor::with_storage`].
     pub fn with_api(api: Arc<dyn ContainerApi>) -> Self {
-        DockerExecutor { api, sources: None }
+        DockerExecutor {
+            api,
+            storage: Arc::new(StorageOptions::new(
+                std::env::temp_dir().join("drover-agent"),
+            )),
+        }
     }
 
-    /// Plugs in the provider of `clone`/`fetch` sources.
-    pub fn with_sources(mut self, provider: Arc<dyn SourcesProvider>) -> Self {
-        self.sources = Some(provider);
+    /// Keeps host-side job files (git work dirs, caches, temp tars) as `storage` says.
+    pub fn with_storage(mut self, storage: StorageOptions) -> Self {
+        self.storage = Arc::new(storage);
         self
     }
 
-    /// Removes this agent's containers (and per-job volumes) whose job is not in
+    /// The volumes this agent keeps between jobs on purpose (builds volumes, reused by
+    /// `GIT_STRATEGY=fetch`); the janitor leaves them. Remove them by hand to reclaim space.
+    pub async fn list_kept_volumes(
+        &self,
+        agent_id: &str,
+    ) -> Result<Vec<KeptVolume>, ExecutorError> {
+        Ok(self
+            .api
+            .list_volumes(LABEL_AGENT, agent_id)
+            .await?
+            .into_iter()
+            .filter(|v| v.labels.get(LABEL_KIND).map(String::as_str) == Some("builds"))
+            .map(|v| KeptVolume {
+                runner: v.labels.get(LABEL_RUNNER).cloned(),
+                project: v.labels.get(LABEL_PROJECT).cloned(),
+                name: v.name,
+            })
+            .collect())
+    }
+
+    /// Removes this agent's containers, networks and per-job volumes whose job is not in
     /// `keep_job_ids`. Only objects labelled `com.drover.agent=<agent_id>` are touched;
     /// builds volumes (kept between jobs on purpose) are left alone.
     pub async fn cleanup_orphans(
@@ -159,6 +254,15 @@ impl DockerExecutor {
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
+        for n in self.api.list_networks(LABEL_AGENT, agent_id).await? {
+            if n.labels.get(LABEL_AGENT).map(String::as_str) != Some(agent_id) || keep(&n.labels) {
+                continue;
+            }
+            match self.api.remove_network(&n.id).await {
+                Ok(()) => report.networks_removed.push(n.name),
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
         Ok(report)
     }
 
@@ -177,6 +281,11 @@ impl DockerExecutor {
         let deadline = Instant::now() + timeout;
         let docker = ctx.runner.docker.clone().unwrap_or_default();
 
+        let env = match job_env(ctx, timeout.as_secs()) {
+            Ok(env) => env,
+            Err(e) => return End::system(e),
+        };
+
         // prepare_executor
         trace.section_start("prepare_executor", "Preparing the \"docker\" executor");
         let prepared = tokio::select! {
@@ -185,21 +294,28 @@ impl DockerExecutor {
             _ = tokio::time::sleep_until(deadline) => Err(timeout_end(timeout)),
             r = self.prepare(ctx, &docker, trace) => r,
         };
-        trace.section_end("prepare_executor");
-        let (image_id, hc) = match prepared {
+        let (image_id, mut hc) = match prepared {
             Ok(p) => p,
-            Err(end) => return end,
+            Err(end) => {
+                trace.section_end("prepare_executor");
+                return end;
+            }
         };
+        let network = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(End::Canceled),
+            _ = tokio::time::sleep_until(deadline) => Err(timeout_end(timeout)),
+            r = self.start_services(ctx, st, &docker, &env, trace) => r,
+        };
+        trace.section_end("prepare_executor");
+        match network {
+            Ok(Some(net)) if hc.network_mode.is_none() => hc.network_mode = Some(net),
+            Ok(_) => {}
+            Err(end) => return end,
+        }
 
         // prepare_script
         trace.section_start("prepare_script", "Preparing environment");
-        let env = match job_env(ctx, timeout.as_secs()) {
-            Ok(env) => env,
-            Err(e) => {
-                trace.section_end("prepare_script");
-                return End::system(e);
-            }
-        };
         trace.write_line(&format!("Running on {} ...", st.names.container("build")));
         trace.section_end("prepare_script");
 
@@ -214,23 +330,35 @@ impl DockerExecutor {
                 .map(|i| i.entrypoint.clone())
                 .unwrap_or_default(),
         };
-
-        // get_sources
-        trace.section_start("get_sources", "Getting source from Git repository");
-        let sources = self
-            .get_sources(ctx, st, &base, trace, deadline, cancel)
-            .await;
-        trace.section_end("get_sources");
-        let (preamble, sources_archive) = match sources {
-            Ok(s) => s,
-            Err(end) => {
-                if matches!(end, End::Canceled) {
-                    return end;
-                }
-                return self.after_script(ctx, st, &base, trace, cancel, end).await;
-            }
+        let vars = job_variables(&env);
+        let mut work = match self.job_files(ctx, &docker, &vars, &env.project_dir, trace) {
+            Ok(w) => w,
+            Err(e) => return End::system(e),
         };
-        let mut sources_archive = sources_archive;
+
+        // get_sources (the section is written by `sources`), dependencies, caches.
+        let prepared = async {
+            self.get_sources(ctx, st, &base, &vars, &mut work, trace, deadline, cancel)
+                .await?;
+            self.download_dependencies(ctx, &mut work, trace).await?;
+            self.restore_caches(ctx, &docker, &mut work, trace).await;
+            Ok::<(), End>(())
+        }
+        .await;
+        if let Err(end) = prepared {
+            if matches!(end, End::Canceled) {
+                return end;
+            }
+            return self.after_script(ctx, st, &base, trace, cancel, end).await;
+        }
+        let mut pending: Vec<(String, ArchiveStream)> = Vec::new();
+        for (path, file) in &work.pending {
+            match file_stream(file.path()) {
+                Ok(stream) => pending.push((path.clone(), stream)),
+                Err(e) => return End::system(e),
+            }
+        }
+        let mut sources_archive = Some(pending);
 
         // Script steps, in order.
         let mut end = End::Success;
@@ -249,16 +377,8 @@ impl DockerExecutor {
             } else {
                 step.name.replace('_', "-")
             };
-            let pre: &[String] = if step.name == "script" {
-                &preamble
-            } else {
-                &[]
-            };
-            let script = generate(&env.project_dir, pre, &step_commands(step, &ctx.runner));
-            let mut archives = Vec::new();
-            if let Some(a) = sources_archive.take() {
-                archives.push((env.project_dir.clone(), a));
-            }
+            let script = generate(&env.project_dir, &[], &step_commands(step, &ctx.runner));
+            let archives = sources_archive.take().unwrap_or_default();
             let step_deadline = match step.timeout {
                 Some(s) if s > 0 => {
                     deadline.min(Instant::now() + Duration::from_secs(s.min(MAX_TIMEOUT_SECS)))
@@ -311,10 +431,83 @@ impl DockerExecutor {
                     };
                 }
                 Ok(StepEnd::Canceled) => return End::Canceled,
-                Err(e) => end = End::system(e),
+                Err(e) => {
+                    // Say so when the engine itself went away (stopped or restarting).
+                    end = match self.api.image_id(&base.image_id).await {
+                        Ok(_) => End::system(e),
+                        Err(_) => End::system(format!(
+                            "{e}; the Docker daemon stopped or restarted during the job"
+                        )),
+                    };
+                }
             }
         }
-        self.after_script(ctx, st, &base, trace, cancel, end).await
+        let end = self.after_script(ctx, st, &base, trace, cancel, end).await;
+        self.archive_results(ctx, st, &base, &vars, &work, trace, end)
+            .await
+    }
+
+    /// The host-side files of one job: temp dir, tar owner, cache store and plans.
+    fn job_files(
+        &self,
+        ctx: &JobContext,
+        docker: &DockerConfig,
+        vars: &[JobVariable],
+        job_project_dir: &str,
+        trace: &TraceSink,
+    ) -> Result<JobFiles, ExecutorError> {
+        let tmp_dir = self.storage.tmp_dir();
+        std::fs::create_dir_all(&tmp_dir).map_err(|source| ExecutorError::Archive {
+            what: format!("temporary directory {}", tmp_dir.display()),
+            source,
+        })?;
+        let runner_key = if ctx.runner.name.is_empty() {
+            ctx.runner_short_token.clone()
+        } else {
+            ctx.runner.name.clone()
+        };
+        Ok(JobFiles {
+            owner: owner_of(docker.user.as_deref()),
+            project_dir: job_project_dir.to_string(),
+            tmp_dir,
+            pending: Vec::new(),
+            tracked: None,
+            cache_store: CacheStore::new(
+                &self.storage.cache_root(),
+                &runner_key,
+                self.storage.cache_max_bytes,
+            ),
+            cache_plans: cache::cache_plans(&ctx.job, vars, trace),
+        })
+    }
+
+    /// `cache`: restores each pulled cache into the queue for the first script container.
+    /// Never fails the job.
+    async fn restore_caches(
+        &self,
+        ctx: &JobContext,
+        docker: &DockerConfig,
+        work: &mut JobFiles,
+        trace: &TraceSink,
+    ) {
+        if !work.cache_plans.iter().any(|p| p.policy.pulls()) {
+            return;
+        }
+        trace.section_start("restore_cache", "Restoring cache");
+        let restored = cache::restore_caches(
+            &work.cache_store,
+            &work.cache_plans,
+            ctx.job.job_info.project_id,
+            docker.disable_cache == Some(true),
+            work.owner,
+            &work.tmp_dir,
+            trace,
+        )
+        .await;
+        trace.section_end("restore_cache");
+        for r in restored {
+            work.pending.push((work.project_dir.clone(), r.tar));
+        }
     }
 
     /// Runs `after_script` when its `when` says so; its result never changes `end`.
@@ -413,95 +606,340 @@ impl DockerExecutor {
         Ok((id, hc))
     }
 
-    /// Handles `GIT_STRATEGY`: returns the preamble for the first script step and the
-    /// sources archive to extract into `CI_PROJECT_DIR`.
-    #[allow(clippy::type_complexity)]
+    /// Handles `GIT_STRATEGY` with the host git ([`crate::sources`]): the work dir kept per
+    /// runner, project and slot is brought up to date, `CI_PROJECT_DIR` is emptied in a
+    /// `get-sources` container, and the work dir's tar is queued for the first script
+    /// container. `GIT_STRATEGY=none` touches nothing.
+    #[allow(clippy::too_many_arguments)]
     async fn get_sources(
         &self,
         ctx: &JobContext,
         st: &JobState,
         base: &BuildBase<'_>,
+        vars: &[JobVariable],
+        work: &mut JobFiles,
         trace: &TraceSink,
         deadline: Instant,
         cancel: &CancellationToken,
-    ) -> Result<(Vec<String>, Option<ArchiveStream>), End> {
-        let strategy =
-            GitStrategy::from_variable(base.env.get("GIT_STRATEGY"), ctx.job.allow_git_fetch)
-                .map_err(|e| End::Failed {
-                    reason: FailureReason::ScriptFailure,
-                    exit_code: None,
-                    message: e,
-                })?;
+    ) -> Result<(), End> {
+        let storage = &self.storage;
+        let sources_failure = |e: SourcesError| End::Failed {
+            reason: e.failure_reason(),
+            exit_code: None,
+            message: e.to_string(),
+        };
+        let plan = sources::plan(&ctx.job, vars, ctx.runner.clone_url.as_deref())
+            .map_err(|e| sources_failure(SourcesError::Plan(e)))?;
+        let mut git = storage.git.clone();
+        if let Some(ca) = ctx.runner.tls_ca_file.as_deref().filter(|c| !c.is_empty()) {
+            git = git.with_ca_file(ca);
+        }
+        let work_dir = host_work_dir(
+            &storage.builds_root(),
+            &ctx.runner_short_token,
+            ctx.job.job_info.project_id,
+            ctx.slot,
+        );
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(End::Canceled),
+            _ = tokio::time::sleep_until(deadline) => return Err(End::Failed {
+                reason: FailureReason::JobExecutionTimeout,
+                exit_code: None,
+                message: "execution took longer than the job timeout".to_string(),
+            }),
+            r = git.get_sources(&plan, &ctx.job.token, &work_dir, &base.env.project_dir, trace) => r,
+        }
+        .map_err(sources_failure)?;
+        if outcome == SourcesOutcome::Untouched {
+            return Ok(());
+        }
+        // Empty the directory in a container of its own, before the archive goes into the
+        // first script container.
         let dir = quote(&base.env.project_dir);
-        match strategy {
-            GitStrategy::None => {
-                trace.write_line("Skipping Git repository setup");
-                Ok((Vec::new(), None))
+        let script = generate(
+            &base.env.builds_dir,
+            &[format!("rm -rf -- {dir}"), format!("mkdir -p {dir}")],
+            &[],
+        );
+        match self
+            .run_container(
+                st,
+                base,
+                "get-sources",
+                &[],
+                script,
+                Vec::new(),
+                trace,
+                deadline,
+                cancel,
+            )
+            .await
+        {
+            Ok(StepEnd::Exited(0)) => {}
+            Ok(StepEnd::Exited(code)) => {
+                return Err(End::system(format!(
+                    "emptying {dir} failed with exit code {code}"
+                )));
             }
-            GitStrategy::Empty => {
-                trace.write_line(
-                    "Skipping Git repository setup and creating an empty build directory",
-                );
-                Ok((vec![format!("rm -rf -- {dir}")], None))
+            Ok(StepEnd::TimedOut) => {
+                return Err(End::Failed {
+                    reason: FailureReason::JobExecutionTimeout,
+                    exit_code: None,
+                    message: "execution took longer than the job timeout".to_string(),
+                });
             }
-            GitStrategy::Clone | GitStrategy::Fetch => {
-                let Some(provider) = &self.sources else {
-                    trace.write_line(&format!(
-                        "\x1b[0;33mWARNING: sources: fetching is not available; skipping (GIT_STRATEGY={})\x1b[0;m",
-                        strategy.as_str()
-                    ));
-                    return Ok((Vec::new(), None));
-                };
-                if strategy == GitStrategy::Clone {
-                    // Empty the directory in a container of its own, before the archive
-                    // goes into the build container.
-                    let script = generate(
-                        &base.env.builds_dir,
-                        &[format!("rm -rf -- {dir}"), format!("mkdir -p {dir}")],
-                        &[],
-                    );
-                    match self
-                        .run_container(
-                            st,
-                            base,
-                            "get-sources",
-                            &[],
-                            script,
-                            Vec::new(),
-                            trace,
-                            deadline,
-                            cancel,
-                        )
-                        .await
-                    {
-                        Ok(StepEnd::Exited(0)) => {}
-                        Ok(StepEnd::Exited(code)) => {
-                            return Err(End::system(format!(
-                                "emptying {dir} failed with exit code {code}"
-                            )));
-                        }
-                        Ok(StepEnd::TimedOut) => {
-                            return Err(End::Failed {
-                                reason: FailureReason::JobExecutionTimeout,
-                                exit_code: None,
-                                message: "execution took longer than the job timeout".to_string(),
-                            });
-                        }
-                        Ok(StepEnd::Canceled) => return Err(End::Canceled),
-                        Err(e) => return Err(End::system(e)),
-                    }
-                }
-                let archive = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return Err(End::Canceled),
-                    r = provider.checkout(&ctx.job, strategy, trace, cancel.clone()) => r,
-                };
-                match archive {
-                    Ok(a) => Ok((Vec::new(), Some(a))),
-                    Err(e) => Err(End::system(ExecutorError::Sources(e))),
-                }
+            Ok(StepEnd::Canceled) => return Err(End::Canceled),
+            Err(e) => return Err(End::system(e)),
+        }
+        let tar = sources::tar_work_dir(&work_dir, "", work.owner, &work.tmp_dir)
+            .await
+            .map_err(sources_failure)?;
+        work.pending.push((base.env.project_dir.clone(), tar));
+        if outcome == SourcesOutcome::Repository {
+            match git.tracked_files(&work_dir).await {
+                Ok(t) => work.tracked = Some(Arc::new(t)),
+                Err(e) => tracing::warn!("tracked files of {}: {e}", work_dir.display()),
             }
         }
+        Ok(())
+    }
+
+    /// `dependencies`: downloads each dependency's artifacts and queues them for the first
+    /// script container.
+    async fn download_dependencies(
+        &self,
+        ctx: &JobContext,
+        work: &mut JobFiles,
+        trace: &TraceSink,
+    ) -> Result<(), End> {
+        if !ctx
+            .job
+            .dependencies
+            .iter()
+            .any(|d| d.artifacts_file.is_some())
+        {
+            return Ok(());
+        }
+        trace.section_start("download_artifacts", "Downloading artifacts");
+        let result = artifacts::download_dependencies(
+            ctx.gitlab.as_ref(),
+            &ctx.job,
+            &work.tmp_dir,
+            work.owner,
+            Retry::default(),
+            trace,
+        )
+        .await;
+        trace.section_end("download_artifacts");
+        match result {
+            Ok(list) => {
+                for d in list {
+                    work.pending.push((work.project_dir.clone(), d.tar));
+                }
+                Ok(())
+            }
+            Err(e) => Err(End::Failed {
+                reason: e.failure_reason(),
+                exit_code: None,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Downloads `CI_PROJECT_DIR` from the last script container as a tar, then saves caches
+    /// and uploads artifacts as the job's result says. Returns the (maybe changed) end.
+    #[allow(clippy::too_many_arguments)]
+    async fn archive_results(
+        &self,
+        ctx: &JobContext,
+        st: &JobState,
+        base: &BuildBase<'_>,
+        vars: &[JobVariable],
+        work: &JobFiles,
+        trace: &TraceSink,
+        end: End,
+    ) -> End {
+        if matches!(end, End::Canceled) {
+            return end;
+        }
+        let succeeded = matches!(end, End::Success);
+        let disable_cache = base.docker.disable_cache == Some(true);
+        let cache_wanted = work.cache_plans.iter().any(|p| p.policy.pushes());
+        let artifacts_wanted = ctx.job.artifacts.iter().any(|a| {
+            artifacts::When::parse(a.when.as_deref())
+                .map(|w| w.applies(succeeded))
+                .unwrap_or(true)
+        });
+        if !cache_wanted && !artifacts_wanted {
+            return end;
+        }
+        let Some(container) = st.last_script.lock().ok().and_then(|l| l.clone()) else {
+            return end;
+        };
+        let project_tar = match self
+            .download_project(&container, &base.env.project_dir, &work.tmp_dir)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                trace.write_line(&format!(
+                    "\x1b[0;33mWARNING: could not read {} for caches and artifacts: {e}\x1b[0;m",
+                    base.env.project_dir
+                ));
+                return match end {
+                    End::Success if artifacts_wanted => End::system(e),
+                    other => other,
+                };
+            }
+        };
+        let root = base
+            .env
+            .project_dir
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let tar = ProjectTar::new(project_tar.path(), &root);
+        if cache_wanted {
+            let section = if succeeded {
+                "archive_cache"
+            } else {
+                "archive_cache_on_failure"
+            };
+            trace.section_start(section, "Saving cache");
+            cache::save_caches(
+                &work.cache_store,
+                &work.cache_plans,
+                ctx.job.job_info.project_id,
+                disable_cache,
+                &tar,
+                &base.env.project_dir,
+                work.tracked.clone(),
+                succeeded,
+                trace,
+            )
+            .await;
+            trace.section_end(section);
+        }
+        if artifacts_wanted {
+            let section = if succeeded {
+                "upload_artifacts_on_success"
+            } else {
+                "upload_artifacts_on_failure"
+            };
+            trace.section_start(section, "Uploading artifacts");
+            let result = artifacts::upload_job_artifacts(
+                ctx.gitlab.as_ref(),
+                &ctx.job,
+                vars,
+                &tar,
+                &base.env.project_dir,
+                work.tracked.clone(),
+                succeeded,
+                &work.tmp_dir,
+                Retry::default(),
+                trace,
+            )
+            .await;
+            trace.section_end(section);
+            if let Err(e) = result
+                && matches!(end, End::Success)
+            {
+                return End::Failed {
+                    reason: e.failure_reason(),
+                    exit_code: None,
+                    message: e.to_string(),
+                };
+            }
+        }
+        end
+    }
+
+    /// `path` in container `id` as a tar file in `tmp_dir`.
+    async fn download_project(
+        &self,
+        id: &str,
+        path: &str,
+        tmp_dir: &Path,
+    ) -> Result<tempfile::NamedTempFile, ExecutorError> {
+        let io_err = |source| ExecutorError::Archive {
+            what: format!("download of {path}"),
+            source,
+        };
+        let file = tempfile::Builder::new()
+            .prefix("drover-project-")
+            .suffix(".tar")
+            .tempfile_in(tmp_dir)
+            .map_err(io_err)?;
+        let mut out = tokio::fs::File::create(file.path()).await.map_err(io_err)?;
+        let mut stream = self.api.download_archive(id, path).await?;
+        while let Some(chunk) = stream.next().await {
+            out.write_all(&chunk.map_err(io_err)?)
+                .await
+                .map_err(io_err)?;
+        }
+        out.flush().await.map_err(io_err)?;
+        Ok(file)
+    }
+
+    /// Starts the job's services on a per-job network (or `network_mode`) and waits for
+    /// them; returns the network the build containers join (`None`: no services).
+    async fn start_services(
+        &self,
+        ctx: &JobContext,
+        st: &JobState,
+        docker: &DockerConfig,
+        env: &JobEnv,
+        trace: &TraceSink,
+    ) -> Result<Option<String>, End> {
+        if ctx.job.services.is_empty() {
+            return Ok(None);
+        }
+        let network = match docker.network_mode.as_deref().filter(|n| !n.is_empty()) {
+            Some(n) => n.to_string(),
+            None => {
+                let name = st.names.network();
+                let id = self
+                    .api
+                    .create_network(&name, st.names.labels("network", true))
+                    .await
+                    .map_err(End::system)?;
+                if let Ok(mut n) = st.network.lock() {
+                    *n = Some(id);
+                }
+                name
+            }
+        };
+        let record = |id: String| {
+            if let Ok(mut c) = st.containers.lock() {
+                c.push(id);
+            }
+        };
+        let started = services::start_services(
+            self.api.as_ref(),
+            &ctx.job,
+            docker,
+            env,
+            &st.names,
+            &network,
+            trace,
+            &record,
+        )
+        .await
+        .map_err(|e| match e {
+            ExecutorError::Image(_) => End::Failed {
+                reason: FailureReason::ImagePullFailure,
+                exit_code: None,
+                message: e.to_string(),
+            },
+            e => End::system(e),
+        })?;
+        if let Some(timeout) = services::wait_timeout(docker) {
+            services::wait_for_services(self.api.as_ref(), &started, &network, timeout, trace)
+                .await;
+        }
+        Ok(Some(network))
     }
 
     /// Creates, feeds and runs one script container; output goes to `trace`. The container
@@ -527,6 +965,9 @@ impl DockerExecutor {
         let id = self.api.create(&name, body).await?;
         if let Ok(mut c) = st.containers.lock() {
             c.push(id.clone());
+        }
+        if let Ok(mut l) = st.last_script.lock() {
+            *l = Some(id.clone());
         }
         let first = st
             .prepared
@@ -610,6 +1051,13 @@ impl DockerExecutor {
                 tracing::warn!("{e}");
                 trace.write_line(&format!("\x1b[0;33mWARNING: {e}\x1b[0;m"));
             }
+        }
+        let network = st.network.lock().ok().and_then(|mut n| n.take());
+        if let Some(net) = network
+            && let Err(e) = self.api.remove_network(&net).await
+        {
+            tracing::warn!("{e}");
+            trace.write_line(&format!("\x1b[0;33mWARNING: {e}\x1b[0;m"));
         }
         let prepared = st.prepared.lock().map(|p| *p).unwrap_or(true);
         if prepared {
@@ -803,6 +1251,8 @@ impl Executor for DockerExecutor {
                 job_id: ctx.job.id,
             },
             containers: Mutex::new(Vec::new()),
+            network: Mutex::new(None),
+            last_script: Mutex::new(None),
             prepared: Mutex::new(false),
         };
         let end = self.run_job(ctx, &st, trace, &cancel).await;
@@ -828,5 +1278,62 @@ impl Executor for DockerExecutor {
                 JobOutcome::Canceled
             }
         }
+    }
+}
+
+/// The job's resolved environment as variables for `sources`, `cache` and `artifacts`
+/// (already expanded, so `raw`).
+fn job_variables(env: &JobEnv) -> Vec<JobVariable> {
+    env.vars
+        .iter()
+        .map(|(k, v)| JobVariable {
+            key: k.clone(),
+            value: SecretString::from(v.clone()),
+            public: false,
+            masked: false,
+            file: false,
+            raw: true,
+        })
+        .collect()
+}
+
+/// The owner of files put into the container: the numeric `user` (`uid[:gid]`), else root.
+fn owner_of(user: Option<&str>) -> Owner {
+    let Some(user) = user.map(str::trim).filter(|u| !u.is_empty()) else {
+        return Owner::default();
+    };
+    let (uid, gid) = user.split_once(':').unwrap_or((user, user));
+    match (uid.parse::<u64>(), gid.parse::<u64>()) {
+        (Ok(uid), Ok(gid)) => Owner { uid, gid },
+        (Ok(uid), Err(_)) => Owner { uid, gid: uid },
+        _ => Owner::default(),
+    }
+}
+
+/// A host file streamed into Docker's "put archive".
+fn file_stream(path: &Path) -> Result<ArchiveStream, ExecutorError> {
+    let file = std::fs::File::open(path).map_err(|source| ExecutorError::Archive {
+        what: path.display().to_string(),
+        source,
+    })?;
+    Ok(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)).boxed())
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn owner_follows_a_numeric_user_else_root() {
+        assert_eq!(owner_of(None), Owner::default());
+        assert_eq!(
+            owner_of(Some("1000")),
+            Owner {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        assert_eq!(owner_of(Some("1000:50")), Owner { uid: 1000, gid: 50 });
+        assert_eq!(owner_of(Some("postgres")), Owner::default());
     }
 }

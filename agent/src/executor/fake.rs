@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::ExecutorError;
-use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, VolumeInfo};
+use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo};
 use super::names::LABEL_KIND;
 
 /// What a container of some kind does when started.
@@ -68,6 +68,12 @@ struct State {
     volumes: HashMap<String, HashMap<String, String>>,
     removed_volumes: Vec<String>,
     fail_create: Option<String>,
+    /// Image → exposed TCP ports.
+    ports: HashMap<String, Vec<u16>>,
+    networks: Vec<NetworkInfo>,
+    removed_networks: Vec<String>,
+    /// The engine went away: inspections fail and waits end with an error.
+    down: bool,
 }
 
 /// The fake engine.
@@ -131,6 +137,35 @@ impl FakeApi {
             out_rx: None,
         });
     }
+    /// Simulates the daemon stopping: running waits fail, image inspections fail.
+    pub fn stop_daemon(&self) {
+        let mut st = lock(&self.state);
+        st.down = true;
+        for c in st.containers.iter_mut() {
+            // Dropping the sender ends every wait with an error.
+            c.exit_tx = watch::channel(None).0;
+        }
+    }
+    /// `image` declares these TCP ports.
+    pub fn set_ports(&self, image: &str, ports: &[u16]) {
+        lock(&self.state)
+            .ports
+            .insert(image.to_string(), ports.to_vec());
+    }
+    pub fn add_network(&self, name: &str, labels: HashMap<String, String>) {
+        lock(&self.state).networks.push(NetworkInfo {
+            id: format!("net-{name}"),
+            name: name.to_string(),
+            labels,
+        });
+    }
+    /// Networks that exist now.
+    pub fn networks(&self) -> Vec<NetworkInfo> {
+        lock(&self.state).networks.clone()
+    }
+    pub fn removed_networks(&self) -> Vec<String> {
+        lock(&self.state).removed_networks.clone()
+    }
     pub fn removed_volumes(&self) -> Vec<String> {
         lock(&self.state).removed_volumes.clone()
     }
@@ -151,7 +186,14 @@ impl FakeApi {
 #[async_trait]
 impl ContainerApi for FakeApi {
     async fn image_id(&self, image: &str) -> Result<Option<String>, ExecutorError> {
-        Ok(lock(&self.state).images.get(image).cloned())
+        let st = lock(&self.state);
+        if st.down {
+            return Err(ExecutorError::docker(
+                format!("inspect image {image}"),
+                server_error(503, "daemon down"),
+            ));
+        }
+        Ok(st.images.get(image).cloned())
     }
 
     async fn pull(
@@ -386,6 +428,102 @@ impl ContainerApi for FakeApi {
         st.volumes.remove(name);
         st.removed_volumes.push(name.to_string());
         Ok(())
+    }
+
+    async fn image_tcp_ports(&self, image: &str) -> Result<Vec<u16>, ExecutorError> {
+        Ok(lock(&self.state)
+            .ports
+            .get(image)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn download_archive(
+        &self,
+        _id: &str,
+        _path: &str,
+    ) -> Result<ArchiveStream, ExecutorError> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, "project/", std::io::empty())
+            .map_err(|source| ExecutorError::Archive {
+                what: "fake project".to_string(),
+                source,
+            })?;
+        let data = b.into_inner().map_err(|source| ExecutorError::Archive {
+            what: "fake project".to_string(),
+            source,
+        })?;
+        Ok(futures::stream::once(async move { Ok(Bytes::from(data)) }).boxed())
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String, ExecutorError> {
+        let id = format!("net-{name}");
+        lock(&self.state).networks.push(NetworkInfo {
+            id: id.clone(),
+            name: name.to_string(),
+            labels,
+        });
+        Ok(id)
+    }
+
+    async fn remove_network(&self, id: &str) -> Result<(), ExecutorError> {
+        let mut st = lock(&self.state);
+        st.networks.retain(|n| n.id != id && n.name != id);
+        st.removed_networks.push(id.to_string());
+        Ok(())
+    }
+
+    async fn list_networks(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<NetworkInfo>, ExecutorError> {
+        Ok(lock(&self.state)
+            .networks
+            .iter()
+            .filter(|n| n.labels.get(key).map(String::as_str) == Some(value))
+            .cloned()
+            .collect())
+    }
+
+    async fn container_ip(
+        &self,
+        _id: &str,
+        _network: &str,
+    ) -> Result<Option<String>, ExecutorError> {
+        // Nothing listens on this address (TEST-NET-1), so port waits time out.
+        Ok(Some("192.0.2.1".to_string()))
+    }
+
+    async fn is_running(&self, id: &str) -> Result<bool, ExecutorError> {
+        let st = lock(&self.state);
+        Ok(st
+            .containers
+            .iter()
+            .any(|c| c.id == id && c.started && !c.killed && !c.removed))
+    }
+
+    async fn logs(&self, id: &str) -> Result<Vec<u8>, ExecutorError> {
+        let st = lock(&self.state);
+        let kind = st
+            .containers
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| Self::kind_of(&c.body))
+            .unwrap_or_default();
+        Ok(st
+            .behaviors
+            .get(&kind)
+            .map(|b| b.output.clone().into_bytes())
+            .unwrap_or_default())
     }
 
     async fn engine_info(&self) -> Result<super::ping::DockerInfo, ExecutorError> {

@@ -10,7 +10,10 @@
 //! - `host_config`: `[runners.docker]` → `HostConfig`.
 //! - `image`: image choice, `allowed_images`, pull policies, registry credentials.
 //! - `names`: container/volume names and labels.
-//! - [`sources`]: the [`SourcesProvider`] hook for `clone`/`fetch`.
+//! - `services`: the per-job network, service containers, aliases and the port wait.
+//! - Sources, dependencies, caches and artifacts come from [`crate::sources`],
+//!   [`crate::artifacts`] and [`crate::cache`]: host files moved as tars through the
+//!   engine's archive API (see [`StorageOptions`]).
 //!
 //! Choices (differences from gitlab-runner are deliberate and listed here):
 //! - No helper image: the job image does everything; the script is fed to its shell over
@@ -25,6 +28,10 @@
 //! - Failure reasons: pull errors, `allowed_images` and `allowed_pull_policies` refusals →
 //!   `image_pull_failure`; bad `[runners.docker]` values, a missing image name and Docker
 //!   errors → `runner_system_failure`; script exit codes → `script_failure`.
+//! - Sources: the host's `git` fetches into `<data dir>/builds/<runner>/project-<id>/slot-<n>`
+//!   (kept, so `fetch` is incremental); each job empties `CI_PROJECT_DIR` in the builds
+//!   volume and receives the work dir as a tar. Caches live in `<data dir>/cache`.
+//! - Services: see `services` (per-job network, port wait from the host).
 //! - The executor writes the result line (`Job succeeded` / `ERROR: Job failed: ...`); the
 //!   runner loop must not print another one.
 
@@ -41,7 +48,7 @@ pub mod names;
 mod outcome;
 mod ping;
 mod script;
-pub mod sources;
+mod services;
 #[cfg(test)]
 mod tests;
 mod variables;
@@ -52,19 +59,20 @@ use async_trait::async_trait;
 use drover_proto::spec::RunnerConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::gitlab::GitLab;
 use crate::gitlab::types::JobResponse;
 use crate::trace::TraceSink;
 
 pub use api::ContainerApi;
 pub use bollard_api::BollardApi;
-pub use docker::{CleanupReport, ConnectOptions, DockerExecutor};
+pub use docker::{CleanupReport, ConnectOptions, DockerExecutor, KeptVolume, StorageOptions};
 pub use error::ExecutorError;
 pub use outcome::{FailureReason, JobOutcome};
 pub use ping::DockerInfo;
-pub use sources::{GitStrategy, SourcesProvider};
+pub use services::{derived_names, service_aliases};
 
 /// Everything the executor needs to run one job.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobContext {
     /// The job payload from GitLab.
     pub job: JobResponse,
@@ -76,6 +84,21 @@ pub struct JobContext {
     pub runner_short_token: String,
     /// The concurrency slot this job occupies (0-based), for names and build dirs.
     pub slot: u32,
+    /// The GitLab this job came from: artifacts are uploaded and dependencies downloaded
+    /// through it.
+    pub gitlab: Arc<dyn GitLab>,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("job", &self.job)
+            .field("runner", &self.runner.name)
+            .field("agent_id", &self.agent_id)
+            .field("runner_short_token", &self.runner_short_token)
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs jobs. The real one is Docker; tests use fakes.

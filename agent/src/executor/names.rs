@@ -17,7 +17,8 @@ pub const LABEL_JOB: &str = "com.drover.job";
 /// Label: the GitLab project id.
 pub const LABEL_PROJECT: &str = "com.drover.project";
 /// Label: what the object is for: `build`, `after-script`, `get-sources`, `tmp` (per-job
-/// volume for file variables), `builds` (builds volume kept between jobs).
+/// volume for file variables), `builds` (builds volume kept between jobs), `service`,
+/// `network` (the per-job network).
 pub const LABEL_KIND: &str = "com.drover.kind";
 
 /// Naming for one job.
@@ -51,6 +52,11 @@ impl JobNames {
     pub fn builds_volume(&self, builds_dir: &str) -> String {
         let hash = hex::encode(Sha256::digest(builds_dir.as_bytes()));
         format!("{}-cache-{}", self.prefix(), &hash[..16])
+    }
+
+    /// The per-job network for services: `runner-<short>-project-<pid>-concurrent-<slot>-<jobid>-network`.
+    pub fn network(&self) -> String {
+        format!("{}-{}-network", self.prefix(), self.job_id)
     }
 
     /// The per-job volume holding file variables, removed when the job ends.

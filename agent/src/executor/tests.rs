@@ -4,16 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use drover_proto::spec::RunnerConfig;
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::api::ArchiveStream;
 use super::fake::{Behavior, FakeApi};
 use super::names::{LABEL_AGENT, LABEL_JOB, LABEL_KIND};
-use super::sources::{GitStrategy, SourcesProvider};
 use super::*;
 use crate::gitlab::types::JobResponse;
 use crate::trace::TraceSink;
@@ -57,6 +52,7 @@ fn ctx(job: JobResponse, docker_toml: &str) -> JobContext {
         agent_id: "agent-x".into(),
         runner_short_token: "short123".into(),
         slot: 1,
+        gitlab: Arc::new(crate::gitlab::fake::FakeGitLab::new()),
     }
 }
 
@@ -512,66 +508,97 @@ async fn entrypoint_follows_the_job_unless_disabled() {
 }
 
 #[tokio::test]
-async fn git_strategy_empty_and_missing_provider() {
+async fn git_strategy_empty_empties_the_dir_and_puts_an_empty_tree() {
     let api = fake();
+    let data = tempfile::tempdir().expect("tempdir");
+    let exec = DockerExecutor::with_api(Arc::new(api.clone()))
+        .with_storage(StorageOptions::new(data.path()));
     let job = job_json(
         steps(&["true"], &[]),
         serde_json::json!({"variables": [{"key": "GIT_STRATEGY", "value": "empty"}]}),
     );
-    run(&api, &ctx(job, "")).await;
-    assert!(
-        stdin_of(&api, "build").contains("rm -rf -- '\\''/builds/g/demo'\\''"),
-        "{}",
-        stdin_of(&api, "build")
-    );
-
-    let api = fake();
-    let job = job_json(
-        steps(&["true"], &[]),
-        serde_json::json!({"variables": [{"key": "GIT_STRATEGY", "value": "fetch"}]}),
-    );
-    let (out, trace) = run(&api, &ctx(job, "")).await;
-    assert_eq!(out, JobOutcome::Success);
-    assert!(
-        trace.contains("sources: fetching is not available; skipping (GIT_STRATEGY=fetch)"),
-        "{trace}"
-    );
-}
-
-struct TarSources;
-
-#[async_trait]
-impl SourcesProvider for TarSources {
-    async fn checkout(
-        &self,
-        _job: &JobResponse,
-        strategy: GitStrategy,
-        trace: &TraceSink,
-        _cancel: CancellationToken,
-    ) -> Result<ArchiveStream, String> {
-        trace.write_line(&format!("checked out with {}", strategy.as_str()));
-        Ok(futures::stream::once(async { Ok(Bytes::from_static(b"TAR")) }).boxed())
-    }
+    let (out, trace) = run_with(&api, exec, &ctx(job, ""), CancellationToken::new()).await;
+    assert_eq!(out, JobOutcome::Success, "{trace}");
+    assert_eq!(kinds(&api), vec!["get-sources", "build"]);
+    assert!(stdin_of(&api, "get-sources").contains("rm -rf --"));
+    let paths: Vec<String> =
+        api.with_containers(|cs| cs[1].archives.iter().map(|(p, _)| p.clone()).collect());
+    assert_eq!(paths, vec!["/builds/g/demo".to_string()]);
 }
 
 #[tokio::test]
-async fn clone_empties_the_dir_then_extracts_the_provider_archive() {
+async fn services_get_a_network_aliases_and_a_warning_with_logs_when_not_up() {
     let api = fake();
-    let exec = DockerExecutor::with_api(Arc::new(api.clone())).with_sources(Arc::new(TarSources));
+    api.add_image("postgres:15", "sha256:pg");
+    api.set_ports("sha256:pg", &[5432]);
+    api.behave("service", Behavior::hangs("database system is starting\n"));
     let job = job_json(
         steps(&["true"], &[]),
-        serde_json::json!({"variables": [{"key": "GIT_STRATEGY", "value": "clone"}]}),
+        serde_json::json!({"services": [{"name": "postgres:15", "alias": "db",
+            "variables": [{"key": "POSTGRES_PASSWORD", "value": "pw"}]}]}),
     );
-    let (out, trace) = run_with(&api, exec, &ctx(job, ""), CancellationToken::new()).await;
+    let (out, trace) = run(&api, &ctx(job, "wait_for_services_timeout = 1")).await;
     assert_eq!(out, JobOutcome::Success, "{trace}");
-    assert!(trace.contains("checked out with clone"));
-    assert_eq!(kinds(&api), vec!["get-sources", "build"]);
-    assert!(stdin_of(&api, "get-sources").contains("rm -rf --"));
-    let build_archives = api.with_containers(|cs| cs[1].archives.clone());
+    let (svc, build) = api.with_containers(|cs| {
+        let svc = cs
+            .iter()
+            .find(|c| c.name.contains("svc-0-db"))
+            .expect("service")
+            .body
+            .clone();
+        let build = cs
+            .iter()
+            .find(|c| c.name.ends_with("-build"))
+            .expect("build")
+            .body
+            .clone();
+        (svc, build)
+    });
+    let net = "runner-short123-project-5-concurrent-1-77-network";
+    let aliases = svc
+        .networking_config
+        .and_then(|n| n.endpoints_config)
+        .and_then(|mut e| e.remove(net))
+        .and_then(|e| e.aliases);
     assert_eq!(
-        build_archives,
-        vec![("/builds/g/demo".to_string(), b"TAR".to_vec())]
+        aliases,
+        Some(vec!["db".to_string(), "postgres".to_string()])
     );
+    assert!(
+        svc.env
+            .unwrap_or_default()
+            .contains(&"POSTGRES_PASSWORD=pw".to_string())
+    );
+    assert_eq!(
+        build.host_config.and_then(|h| h.network_mode),
+        Some(net.to_string())
+    );
+    assert!(trace.contains("probably didn't start properly"), "{trace}");
+    assert!(trace.contains("database system is starting"), "{trace}");
+    assert!(api.networks().is_empty(), "network removed");
+    assert_eq!(api.removed_networks(), vec![format!("net-{net}")]);
+}
+
+#[tokio::test]
+async fn services_outside_allowed_services_are_refused() {
+    let api = fake();
+    let job = job_json(
+        steps(&["true"], &[]),
+        serde_json::json!({"services": [{"name": "redis:7"}]}),
+    );
+    let (out, trace) = run(&api, &ctx(job, "allowed_services = [\"postgres:*\"]")).await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::ImagePullFailure,
+            exit_code: None
+        }
+    );
+    assert!(
+        trace.contains("not present on list of allowed services"),
+        "{trace}"
+    );
+    assert!(api.networks().is_empty());
 }
 
 #[tokio::test]
@@ -593,7 +620,17 @@ async fn cleanup_orphans_touches_only_this_agents_finished_jobs() {
     builds.remove(LABEL_JOB);
     api.add_volume("builds-vol", builds);
     let exec = DockerExecutor::with_api(Arc::new(api.clone()));
+    api.add_network("old-net", labels("me", "1", "network"));
+    api.add_network("running-net", labels("me", "2", "network"));
     let report = exec.cleanup_orphans("me", &[2]).await.expect("cleanup");
+    assert_eq!(report.networks_removed, vec!["old-net".to_string()]);
+    assert_eq!(
+        api.networks()
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>(),
+        vec!["running-net".to_string()]
+    );
     assert_eq!(report.containers_removed, vec!["old-build".to_string()]);
     assert_eq!(report.volumes_removed, vec!["old-tmp".to_string()]);
     assert!(report.errors.is_empty());
@@ -647,4 +684,29 @@ async fn huge_timeouts_do_not_overflow() {
     );
     let (out, _) = run(&api, &ctx(job, "")).await;
     assert_eq!(out, JobOutcome::Success);
+}
+
+#[tokio::test]
+async fn losing_the_daemon_mid_step_is_a_system_failure_that_says_so() {
+    let api = fake();
+    api.behave("build", Behavior::hangs("started\n"));
+    let job = job_json(steps(&["sleep 600"], &[]), serde_json::json!({}));
+    let c = ctx(job, "");
+    let stopper = api.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stopper.stop_daemon();
+    });
+    let (out, trace) = run(&api, &c).await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None
+        }
+    );
+    assert!(
+        trace.contains("the Docker daemon stopped or restarted during the job"),
+        "{trace}"
+    );
 }

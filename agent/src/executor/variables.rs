@@ -46,6 +46,7 @@ impl std::fmt::Debug for JobEnv {
 
 impl JobEnv {
     /// The value of `key`, if set.
+    #[cfg(test)]
     pub fn get(&self, key: &str) -> Option<&str> {
         self.vars
             .iter()
@@ -261,6 +262,7 @@ mod tests {
             agent_id: "a".into(),
             runner_short_token: "abcd1234".into(),
             slot: 3,
+            gitlab: Arc::new(crate::gitlab::fake::FakeGitLab::new()),
         }
     }
 

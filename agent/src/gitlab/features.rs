@@ -9,15 +9,15 @@
 //! |---|---|
 //! | `variables` | `executor` (job variables into the build environment) |
 //! | `image` | `executor` (job image, runner default when null) |
-//! | `services` | `executor` (service containers on the per-job network) |
-//! | `artifacts` | `executor` (archive) + `gitlab::client` (upload/download) |
-//! | `cache` | `executor` (cache volumes/archives) |
-//! | `upload_multiple_artifacts` | `executor` (one upload per `artifacts[]` entry) |
+//! | `services` | `executor::services` (service containers on the per-job network) |
+//! | `artifacts` | `artifacts` (archives, dependencies) + `executor` (moves tars) + `gitlab::client` (upload/download) |
+//! | `cache` | `cache` (zip store on the agent's disk) + `executor` (moves tars) |
+//! | `upload_multiple_artifacts` | `artifacts::upload` (one upload per `artifacts[]` entry) |
 //! | `upload_raw_artifacts` | `gitlab::client` (`artifact_format=raw`) |
-//! | `refspecs` | `executor` (git fetch with `git_info.refspecs`) |
+//! | `refspecs` | `sources` (git fetch with `git_info.refspecs`) |
 //! | `masking` | `trace` (masked values become `[MASKED]`) |
 //! | `raw_variables` | `executor` (`raw: true` skips `$VAR` expansion) |
-//! | `artifacts_exclude` | `executor` (`artifacts[].exclude`) |
+//! | `artifacts_exclude` | `artifacts` (`artifacts[].exclude`) |
 //! | `multi_build_steps` | `executor` (`steps[]` with `when`/`timeout`) |
 //! | `trace_reset` | `trace` (resend from the `416` `Range` offset) |
 //! | `trace_checksum` | `trace` (`crc32:` checksum in the final update) |

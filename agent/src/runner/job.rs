@@ -19,6 +19,8 @@ pub(crate) struct JobRun {
     pub executor: Arc<dyn Executor>,
     pub stats: Arc<RunnerStats>,
     pub events: Option<tokio::sync::mpsc::UnboundedSender<RunnerEvent>>,
+    /// In-flight record and running id for this job.
+    pub tracking: crate::inflight::JobTracking,
     /// Fired by "stop at once".
     pub stop_now: CancellationToken,
     pub slot: u32,
@@ -53,6 +55,20 @@ impl JobRun {
             job.features.failure_reasons.clone(),
             s.upload.clone(),
         );
+        self.tracking.running.add(job_id);
+        if let Some(store) = &self.tracking.inflight {
+            let rec = crate::inflight::InflightJob {
+                job_id,
+                token: job.token.clone(),
+                url: s.config.url.clone(),
+                tls_ca_file: s.config.tls_ca_file.clone(),
+                runner: s.name.clone(),
+                started_at: crate::inflight::now_rfc3339(),
+            };
+            if let Err(e) = store.record(&rec) {
+                tracing::warn!(runner = %s.name, job = job_id, "in-flight record: {e}");
+            }
+        }
         self.stats.job_started();
         self.emit(RunnerEvent::JobStarted {
             runner: s.name.clone(),
@@ -74,6 +90,7 @@ impl JobRun {
             agent_id: s.agent_id.clone(),
             runner_short_token: s.short_token.clone(),
             slot: self.slot,
+            gitlab: self.gitlab.clone(),
         };
         let mut outcome = self.executor.run(&ctx, &sink, cancel.clone()).await;
         // The executor wrote the result line; only a shutdown adds why the job was canceled.
@@ -84,7 +101,14 @@ impl JobRun {
                 exit_code: None,
             };
         }
+        self.tracking.running.remove(job_id);
         let report = uploader.finish(FinalState::from(&outcome)).await;
+        if report.update_accepted
+            && let Some(store) = &self.tracking.inflight
+            && let Err(e) = store.remove(job_id)
+        {
+            tracing::warn!(runner = %s.name, job = job_id, "in-flight record: {e}");
+        }
         tracing::info!(
             runner = %s.name,
             job = job_id,

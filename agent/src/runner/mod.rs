@@ -166,6 +166,8 @@ pub struct RunnerDeps {
     pub concurrent: Arc<Semaphore>,
     pub stats: Arc<RunnerStats>,
     pub events: Option<mpsc::UnboundedSender<RunnerEvent>>,
+    /// In-flight records and running ids (crash recovery, janitor).
+    pub tracking: crate::inflight::JobTracking,
 }
 
 /// Runs one runner until shutdown (or a `403`); returns when all its jobs have reported.
@@ -257,6 +259,7 @@ pub async fn run(
                     executor: deps.executor.clone(),
                     stats: deps.stats.clone(),
                     events: deps.events.clone(),
+                    tracking: deps.tracking.clone(),
                     stop_now: shutdown.now.clone(),
                     slot: slot.number(),
                 };

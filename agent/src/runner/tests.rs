@@ -55,6 +55,7 @@ fn start(limit: Option<u32>, concurrent: usize, ex: FakeExecutor, gl: Arc<FakeGi
         concurrent: Arc::new(Semaphore::new(concurrent)),
         stats: stats.clone(),
         events: Some(tx),
+        tracking: Default::default(),
     };
     let task = tokio::spawn(run(settings(limit), deps, shutdown.clone()));
     Harness {

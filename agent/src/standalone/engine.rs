@@ -65,6 +65,8 @@ pub struct Engine {
     events: Option<mpsc::UnboundedSender<RunnerEvent>>,
     /// Test hook: runner settings are adjusted before start (shorter timings).
     tune: Option<Tuning>,
+    /// In-flight records and running job ids, shared by every runner loop.
+    tracking: crate::inflight::JobTracking,
 }
 
 impl Engine {
@@ -89,7 +91,14 @@ impl Engine {
             generation: 0,
             events: None,
             tune: None,
+            tracking: Default::default(),
         }
+    }
+
+    /// Records jobs in flight and running job ids in `tracking`.
+    pub fn with_tracking(mut self, tracking: crate::inflight::JobTracking) -> Self {
+        self.tracking = tracking;
+        self
     }
 
     /// Sends every runner's events to `tx`.
@@ -182,6 +191,7 @@ impl Engine {
                 concurrent: self.concurrent.clone(),
                 stats: stats.clone(),
                 events: self.events.clone(),
+                tracking: self.tracking.clone(),
             };
             let generation = self.generation;
             let k = key.clone();

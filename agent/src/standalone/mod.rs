@@ -24,8 +24,10 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{ConnectOptions, DockerExecutor};
+use crate::executor::{ConnectOptions, DockerExecutor, StorageOptions};
 use crate::gitlab::{ClientOptions, GitLab, HttpGitLab};
+use crate::inflight::{InflightStore, JobTracking, Recovered};
+use crate::janitor::{DEFAULT_JANITOR_INTERVAL, Janitor, RunningJobs};
 use crate::metrics::Metrics;
 pub use engine::{Engine, GitLabFactory};
 
@@ -57,22 +59,42 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
 
     let docker = DockerExecutor::connect(ConnectOptions::default())
         .await
-        .context("connect to the docker engine")?;
-    match docker.cleanup_orphans(&agent_id, &[]).await {
-        Ok(r) => {
-            if !r.containers_removed.is_empty() || !r.volumes_removed.is_empty() {
-                tracing::info!(
-                    containers = ?r.containers_removed,
-                    volumes = ?r.volumes_removed,
-                    "removed containers left by an earlier run"
-                );
+        .context("connect to the docker engine")?
+        .with_storage(StorageOptions::new(args.state_dir.join("data")));
+
+    // Jobs a previous run left unfinished (kill -9, crash): report them failed.
+    let inflight = InflightStore::new(&args.state_dir);
+    // Recovery talks to GitLab before the metrics registry exists; its counters are not kept.
+    let factory = http_factory(Metrics::new());
+    let gitlab_for = move |job: &crate::inflight::InflightJob| {
+        let rc = drover_proto::spec::RunnerConfig {
+            url: job.url.clone(),
+            tls_ca_file: job.tls_ca_file.clone(),
+            ..Default::default()
+        };
+        factory(&rc)
+    };
+    for r in inflight
+        .recover(&gitlab_for, &crate::inflight::now_rfc3339())
+        .await
+    {
+        match r {
+            Recovered::Kept { job_id, error } => {
+                tracing::warn!(job = job_id, %error, "could not report an unfinished job; will retry at next start")
             }
-            for e in r.errors {
-                tracing::warn!(error = %e, "orphan cleanup");
+            other => {
+                tracing::info!(result = ?other, "reported a job the previous run did not finish")
             }
         }
-        Err(e) => tracing::warn!(error = %e, "orphan cleanup failed"),
     }
+
+    // Leftover containers/networks/volumes now, then every few minutes.
+    let running = RunningJobs::default();
+    let janitor = Janitor::new(docker.clone(), agent_id.clone(), running.clone());
+    let janitor_stop = tokio_util::sync::CancellationToken::new();
+    janitor.sweep().await;
+    tokio::spawn(janitor.run(DEFAULT_JANITOR_INTERVAL, janitor_stop.clone()));
+    let _janitor_guard = janitor_stop.drop_guard();
 
     let docker = Arc::new(docker);
     let observed = observe::Observed::new(Metrics::new(), system_id.clone());
@@ -91,7 +113,11 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
         system_id,
         agent_id,
     )
-    .with_events(events);
+    .with_events(events)
+    .with_tracking(JobTracking {
+        inflight: Some(inflight),
+        running,
+    });
     engine.apply(&parsed.config)?;
     observed.applied(&engine, &parsed.config);
     let shutdown_timeout = match parsed.config.shutdown_timeout {

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,12 +28,36 @@ impl Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("config.toml");
         std::fs::write(&config, config_toml).expect("write config.toml");
+        let (child, stderr) = Self::spawn(&config, dir.path());
+        Agent {
+            child: Some(child),
+            stderr,
+            dir,
+            config,
+        }
+    }
+
+    /// Starts the agent again on the same config and state dir (after it died); stderr is
+    /// appended to what was collected before.
+    pub fn respawn(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let (child, stderr) = Self::spawn(&self.config, self.dir.path());
+        let before = std::mem::take(&mut *self.stderr.lock().unwrap());
+        stderr.lock().unwrap().splice(0..0, before);
+        self.child = Some(child);
+        self.stderr = stderr;
+    }
+
+    fn spawn(config: &Path, dir: &Path) -> (Child, Arc<Mutex<Vec<u8>>>) {
         let mut child = Command::new(agent_binary())
             .arg("run")
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(dir.join("state"))
             .env("DROVER_LOG", "info,drover_agent=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -52,12 +76,7 @@ impl Agent {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        Agent {
-            child: Some(child),
-            stderr,
-            dir,
-            config,
-        }
+        (child, stderr)
     }
 
     /// Everything the agent wrote to stderr so far.
