@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod gitlab;
 pub mod host_facts;
 pub mod identity;
+pub mod runner;
 pub mod sources;
 pub mod standalone;
 pub mod trace;
