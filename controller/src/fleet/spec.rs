@@ -291,7 +291,7 @@ image = "alpine:3.20"
         let err = parse_spec(&twice, "r.toml", &BTreeMap::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "r.toml:12: runners[1].name: name \"lab-docker\" is also used by runners[0]"
+            "r.toml:13: runners[1].name: name \"lab-docker\" is also used by runners[0]"
         );
         let bad = SPEC.replace("lab-docker", "lab docker");
         let err = parse_spec(&bad, "r.toml", &BTreeMap::new()).unwrap_err();
