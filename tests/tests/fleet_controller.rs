@@ -76,9 +76,8 @@ impl FakeAgent {
         })
         .await
         .unwrap();
-        let outbound = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (m, rx))
-        });
+        let outbound =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut inbound = v1::agent_control_client::AgentControlClient::new(channel)
             .session(outbound)
             .await
@@ -125,6 +124,16 @@ impl FakeAgent {
                 .unwrap()
                 .unwrap();
             if let Some(ControllerKind::DesiredState(ds)) = msg.kind {
+                return ds;
+            }
+        }
+    }
+
+    /// The first DesiredState of `generation` or newer (older pushes are skipped).
+    async fn desired_at(&mut self, generation: u64) -> v1::DesiredState {
+        loop {
+            let ds = self.desired().await;
+            if ds.generation >= generation {
                 return ds;
             }
         }
@@ -194,23 +203,44 @@ async fn apply_ack_heal_delete_undo() {
     std::fs::write(&file, spec(gitlab.url(), "alpine:3.20", "docker")).unwrap();
     let out = c.drover(&["runner", "apply", "-f", file_arg, "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("+ lab-docker (added)"), "{}", stdout(&out));
-    assert_eq!(json(&c.drover(&["rollout", "status", "-o", "json"]))["state"], "none");
+    assert!(
+        stdout(&out).contains("+ lab-docker (added)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        json(&c.drover(&["rollout", "status", "-o", "json"]))["state"],
+        "none"
+    );
     assert!(gitlab.runners().is_empty());
 
     // Apply: one GitLab runner for the selected agent; its token pushed to it only.
     let out = c.drover(&["runner", "apply", "-f", file_arg, "--strategy", "all"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("+ lab-docker (added)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("+ lab-docker (added)"),
+        "{}",
+        stdout(&out)
+    );
     let ds = lab.desired().await;
     assert_eq!(ds.generation, 1);
     assert_eq!(ds.runners.len(), 1);
     let first = ds.runners[0].clone();
-    assert!(first.runner_token.starts_with("glrt-"), "{}", first.runner_token);
-    assert!(!first.spec_json.contains("GR1348941"), "registration token stays home");
+    assert!(
+        first.runner_token.starts_with("glrt-"),
+        "{}",
+        first.runner_token
+    );
+    assert!(
+        !first.spec_json.contains("GR1348941"),
+        "registration token stays home"
+    );
     let spec_back: drover_proto::spec::RunnerConfig =
         serde_json::from_str(&first.spec_json).unwrap();
-    assert_eq!(spec_back.docker.unwrap().image.as_deref(), Some("alpine:3.20"));
+    assert_eq!(
+        spec_back.docker.unwrap().image.as_deref(),
+        Some("alpine:3.20")
+    );
     let registered = gitlab.runners();
     assert_eq!(registered.len(), 1);
     assert_eq!(registered[0].token, first.runner_token);
@@ -262,7 +292,10 @@ async fn apply_ack_heal_delete_undo() {
     });
     assert_eq!(agent["applied_generation"], 1);
     assert_eq!(agent["runners"][0]["name"], "lab-docker");
-    assert_eq!(agent["runners"][0]["gitlab_runner_id"], first.gitlab_runner_id);
+    assert_eq!(
+        agent["runners"][0]["gitlab_runner_id"],
+        first.gitlab_runner_id
+    );
     let got = json(&c.drover(&["runner", "get", "lab-docker", "-o", "json"]));
     assert_eq!(got["agents"][0]["agent_id"], lab.id.as_str());
 
@@ -279,8 +312,10 @@ async fn apply_ack_heal_delete_undo() {
     let healed = ds.runners[0].clone();
     assert_ne!(healed.runner_token, first.runner_token);
     assert_ne!(healed.gitlab_runner_id, first.gitlab_runner_id);
-    let ids: Vec<i64> = gitlab.runners().iter().map(|r| r.id).collect();
-    assert_eq!(ids, [healed.gitlab_runner_id], "old runner unregistered");
+    wait_for(Duration::from_secs(20), "old runner unregistered", || {
+        let ids: Vec<i64> = gitlab.runners().iter().map(|r| r.id).collect();
+        (ids == [healed.gitlab_runner_id]).then_some(())
+    });
 
     // Delete the spec: pushed without it; unregistered once the agent runs generation 2.
     let out = c.drover(&["runner", "delete", "lab-docker", "--strategy", "all"]);
@@ -311,16 +346,64 @@ async fn apply_ack_heal_delete_undo() {
         stderr(&out)
     );
 
+    // Import an existing gitlab-runner config.toml: its token used as is, on the agents the
+    // selector picks; the runners already there stay (import adds or replaces by name).
+    let imported_id = gitlab.add_runner("glrt-imported-secret");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "concurrent = 4\n\n[[runners]]\nname = \"old-box\"\nurl = \"{}\"\nid = {imported_id}\ntoken = \"glrt-imported-secret\"\nexecutor = \"docker\"\n[runners.docker]\nimage = \"alpine:3.20\"\n",
+            gitlab.url()
+        ),
+    )
+    .unwrap();
+    let out = c.drover(&[
+        "runner",
+        "import",
+        config.to_str().unwrap(),
+        "--selector",
+        "site=other",
+        "--strategy",
+        "all",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("+ old-box (added)"),
+        "{}",
+        stdout(&out)
+    );
+    let ds = other.desired_at(4).await;
+    assert_eq!(ds.generation, 4);
+    assert_eq!(ds.runners.len(), 1);
+    assert_eq!(ds.runners[0].runner_token, "glrt-imported-secret");
+    assert_eq!(ds.runners[0].gitlab_runner_id, imported_id);
+    let names: Vec<String> = json(&c.drover(&["runner", "list", "-o", "json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["lab-docker", "old-box"]);
+    assert_eq!(
+        gitlab.runners().len(),
+        2,
+        "no registration for a token used as is"
+    );
+
     // Nothing secret in the database files.
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(c.data_dir()).unwrap() {
         let p = entry.unwrap().path();
-        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("drover.db")) {
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("drover.db"))
+        {
             bytes.extend(std::fs::read(p).unwrap());
         }
     }
     for secret in [
         "GR1348941-e2e-secret",
+        "glrt-imported-secret",
         healed.runner_token.as_str(),
         ds.runners[0].runner_token.as_str(),
     ] {

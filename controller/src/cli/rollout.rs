@@ -117,10 +117,18 @@ pub async fn run(cli: &super::Cli, cmd: &RolloutCommand) -> anyhow::Result<()> {
                 if !a.wait || done || std::time::Instant::now() >= deadline {
                     print_status(&s, a.output)?;
                     if a.wait && s.state == "halted" {
-                        anyhow::bail!("rollout of generation {} halted: {}", s.generation, s.reason);
+                        anyhow::bail!(
+                            "rollout of generation {} halted: {}",
+                            s.generation,
+                            s.reason
+                        );
                     }
                     if a.wait && !done {
-                        anyhow::bail!("rollout of generation {} still {} after the timeout", s.generation, s.state);
+                        anyhow::bail!(
+                            "rollout of generation {} still {} after the timeout",
+                            s.generation,
+                            s.state
+                        );
                     }
                     return Ok(());
                 }

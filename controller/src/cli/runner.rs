@@ -67,8 +67,10 @@ pub struct ApplyArgs {
 /// Arguments of `drover runner import`.
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// A gitlab-runner `config.toml`.
-    pub config: PathBuf,
+    /// A gitlab-runner `config.toml` (not named `config`: that id is the global
+    /// `--config` flag's).
+    #[arg(value_name = "CONFIG_TOML")]
+    pub config_toml: PathBuf,
     /// Selector for runners that have none, `key=value`; repeatable.
     #[arg(long = "selector", value_parser = parse_label)]
     pub selector: Vec<(String, String)>,
@@ -107,7 +109,9 @@ pub struct DeleteArgs {
 }
 
 fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
-    t.as_ref().and_then(timefmt::from_proto).map(timefmt::rfc3339)
+    t.as_ref()
+        .and_then(timefmt::from_proto)
+        .map(timefmt::rfc3339)
 }
 
 /// A runner as `-o json` prints it.
@@ -195,7 +199,15 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
     match cmd {
         RunnerCommand::Apply(a) => apply(cli, &a.file, &[], false, a.dry_run, &a.strategy).await,
         RunnerCommand::Import(a) => {
-            apply(cli, &a.config, &a.selector, true, a.dry_run, &a.strategy).await
+            apply(
+                cli,
+                &a.config_toml,
+                &a.selector,
+                true,
+                a.dry_run,
+                &a.strategy,
+            )
+            .await
         }
         RunnerCommand::List(a) => {
             let mut client = super::admin_client(cli).await?;
@@ -265,10 +277,7 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                         .collect();
                     print!(
                         "{}",
-                        output::table(
-                            &["AGENT", "GITLAB RUNNER", "STATE", "TOKEN EXPIRES"],
-                            &rows
-                        )
+                        output::table(&["AGENT", "GITLAB RUNNER", "STATE", "TOKEN EXPIRES"], &rows)
                     );
                 }
             }

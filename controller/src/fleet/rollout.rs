@@ -50,9 +50,10 @@ pub fn default_max_unavailable(agents: usize) -> u32 {
 pub fn plan(generation: u64, strategy: Strategy, agents: &[AgentView]) -> Plan {
     let mut agents: Vec<&AgentView> = agents.iter().collect();
     agents.sort_by(|a, b| a.id.cmp(&b.id));
-    if let Some(refused) = agents.iter().find(|a| {
-        a.target == generation && a.ack_generation == generation && a.ack_error.is_some()
-    }) {
+    if let Some(refused) = agents
+        .iter()
+        .find(|a| a.target == generation && a.ack_generation == generation && a.ack_error.is_some())
+    {
         return Plan {
             candidates: Vec::new(),
             budget: 0,
@@ -117,19 +118,35 @@ mod tests {
 
     #[test]
     fn rolling_batches_wait_for_acks() {
-        let agents = [view("c", 1, 1, None), view("a", 1, 1, None), view("b", 1, 1, None)];
+        let agents = [
+            view("c", 1, 1, None),
+            view("a", 1, 1, None),
+            view("b", 1, 1, None),
+        ];
         let p = plan(2, rolling(1), &agents);
         assert_eq!(p.candidates, ["a", "b", "c"]);
         assert_eq!(p.budget, 1);
         assert_eq!(p.state, RolloutState::Progressing);
         // a was pushed and has not answered: nobody else yet.
-        let agents = [view("a", 2, 1, None), view("b", 1, 1, None), view("c", 1, 1, None)];
+        let agents = [
+            view("a", 2, 1, None),
+            view("b", 1, 1, None),
+            view("c", 1, 1, None),
+        ];
         assert_eq!(plan(2, rolling(1), &agents).budget, 0);
         // a applied: the next one.
-        let agents = [view("a", 2, 2, None), view("b", 1, 1, None), view("c", 1, 1, None)];
+        let agents = [
+            view("a", 2, 2, None),
+            view("b", 1, 1, None),
+            view("c", 1, 1, None),
+        ];
         let p = plan(2, rolling(1), &agents);
         assert_eq!((p.candidates.len(), p.budget), (2, 1));
-        let agents = [view("a", 2, 2, None), view("b", 2, 2, None), view("c", 2, 2, None)];
+        let agents = [
+            view("a", 2, 2, None),
+            view("b", 2, 2, None),
+            view("c", 2, 2, None),
+        ];
         assert_eq!(plan(2, rolling(1), &agents).state, RolloutState::Complete);
     }
 
@@ -143,7 +160,11 @@ mod tests {
         let p = plan(2, rolling(2), &agents);
         assert_eq!(p.state, RolloutState::Halted);
         assert!(p.candidates.is_empty());
-        assert!(p.reason.contains("agent a refused generation 2: bad image"), "{}", p.reason);
+        assert!(
+            p.reason.contains("agent a refused generation 2: bad image"),
+            "{}",
+            p.reason
+        );
         // An older refusal does not halt a newer generation.
         let p = plan(3, rolling(2), &agents);
         assert_eq!(p.state, RolloutState::Progressing);

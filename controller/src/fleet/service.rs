@@ -16,8 +16,8 @@ use super::spec::{self, Change, SpecRefusal};
 use crate::secrets::{Sealer, SecretsError};
 use crate::server::sessions::Sessions;
 use crate::store::{
-    AgentRecord, Assignment, GenerationRecord, Retired, RolloutState, Store, StoreError,
-    Strategy, StrategyKind,
+    AgentRecord, Assignment, GenerationRecord, Retired, RolloutState, Store, StoreError, Strategy,
+    StrategyKind,
 };
 use crate::timefmt;
 
@@ -197,9 +197,9 @@ impl Fleet {
                 Some(s) => s,
                 None => self.default_strategy()?,
             };
-            let json = serde_json::to_vec(&SealedRunners(&runners)).map_err(|e| {
-                FleetError::Invalid(format!("serialize runners: {e}"))
-            })?;
+            // RunnerConfig serializes its tokens in clear: that is what gets sealed.
+            let json = serde_json::to_vec(&runners)
+                .map_err(|e| FleetError::Invalid(format!("serialize runners: {e}")))?;
             let g = GenerationRecord {
                 generation: current.map(|c| c.0.generation).unwrap_or(0) + 1,
                 created_at: now(),
@@ -241,7 +241,12 @@ impl Fleet {
             });
         }
         let (generation, changes) = self
-            .store_generation(runners, req.strategy, format!("applied {}", req.file), false)
+            .store_generation(
+                runners,
+                req.strategy,
+                format!("applied {}", req.file),
+                false,
+            )
             .await?;
         Ok(ApplyOutcome {
             generation,
@@ -274,7 +279,11 @@ impl Fleet {
     /// `drover rollout undo`: a new generation with the runners of the one before the
     /// newest.
     pub async fn undo(&self, strategy: Option<Strategy>) -> Result<ApplyOutcome, FleetError> {
-        let latest = self.store.latest_generation()?.map(|g| g.generation).unwrap_or(0);
+        let latest = self
+            .store
+            .latest_generation()?
+            .map(|g| g.generation)
+            .unwrap_or(0);
         let previous = match latest.checked_sub(1).filter(|p| *p > 0) {
             Some(p) => p,
             None => return Err(FleetError::NothingToUndo(latest)),
@@ -611,9 +620,15 @@ impl Fleet {
             Ok(true)
         })();
         match result {
-            Ok(true) => tracing::info!(agent = %agent_id, runner = %t.runner, "runner token rotated"),
-            Ok(false) => tracing::warn!(agent = %agent_id, runner = %t.runner, "token rotated for a runner not assigned to this agent; ignored"),
-            Err(e) => tracing::warn!(agent = %agent_id, runner = %t.runner, error = %e, "record rotated token"),
+            Ok(true) => {
+                tracing::info!(agent = %agent_id, runner = %t.runner, "runner token rotated")
+            }
+            Ok(false) => {
+                tracing::warn!(agent = %agent_id, runner = %t.runner, "token rotated for a runner not assigned to this agent; ignored")
+            }
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, runner = %t.runner, error = %e, "record rotated token")
+            }
         }
     }
 
@@ -627,7 +642,9 @@ impl Fleet {
         match self.heal(agent_id, &ev.runner).await {
             Ok(true) => self.sessions.kick(agent_id),
             Ok(false) => {}
-            Err(e) => tracing::warn!(agent = %agent_id, runner = %ev.runner, error = %e, "re-register runner"),
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, runner = %ev.runner, error = %e, "re-register runner")
+            }
         }
         self.unregister_retired().await;
     }
@@ -663,9 +680,7 @@ impl Fleet {
         let Some(r) = runners.iter().find(|r| r.name == runner) else {
             return Ok(false);
         };
-        let fresh = self
-            .obtain(&agent, r, spec::registration_key(r))
-            .await?;
+        let fresh = self.obtain(&agent, r, spec::registration_key(r)).await?;
         self.store.put_assignment(&fresh)?;
         self.store.add_retired(&Retired {
             id: 0,
@@ -678,7 +693,10 @@ impl Fleet {
 
     /// Keeps the runner statuses of a heartbeat for `drover agents`.
     pub fn on_heartbeat(&self, agent_id: &str, runners: &[v1::RunnerStatus]) {
-        self.runtime().entry(agent_id.to_string()).or_default().runners = runners.to_vec();
+        self.runtime()
+            .entry(agent_id.to_string())
+            .or_default()
+            .runners = runners.to_vec();
     }
 
     /// The agent's runners for `drover agents`: from its last heartbeat, else from the
@@ -732,16 +750,6 @@ impl Fleet {
     /// The store (for read-only admin views).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
-    }
-}
-
-/// Serializes runners with their secrets (only ever into a sealed blob).
-struct SealedRunners<'a>(&'a [RunnerConfig]);
-
-impl serde::Serialize for SealedRunners<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // RunnerConfig serializes its tokens in clear; that is what we seal.
-        self.0.serialize(s)
     }
 }
 

@@ -232,13 +232,18 @@ pub fn diff(old: &[RunnerConfig], new: &[RunnerConfig]) -> Vec<Change> {
                     .into_iter()
                     .filter(|k| fa.get(*k) != fb.get(*k))
                     .map(|k| {
-                        let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+                        let show =
+                            |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
                         format!("{k}: {} -> {}", show(fa.get(k)), show(fb.get(k)))
                     })
                     .collect();
                 for (k, x, y) in [
                     ("token", &a.token, &b.token),
-                    ("registration_token", &a.registration_token, &b.registration_token),
+                    (
+                        "registration_token",
+                        &a.registration_token,
+                        &b.registration_token,
+                    ),
                 ] {
                     let ex = x.as_ref().map(|s| s.expose_secret().to_string());
                     let ey = y.as_ref().map(|s| s.expose_secret().to_string());
@@ -248,7 +253,11 @@ pub fn diff(old: &[RunnerConfig], new: &[RunnerConfig]) -> Vec<Change> {
                 }
                 Change {
                     name: name.into(),
-                    kind: if details.is_empty() { "unchanged" } else { "changed" },
+                    kind: if details.is_empty() {
+                        "unchanged"
+                    } else {
+                        "changed"
+                    },
                     details,
                 }
             }
@@ -282,12 +291,19 @@ image = "alpine:3.20"
         let back: RunnerConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back.name, "lab-docker");
         assert_eq!(back.selector.get("site").map(String::as_str), Some("lab"));
-        assert!(!redacted_json(&f.runners[0]).to_string().contains("GR1348941secret"));
+        assert!(
+            !redacted_json(&f.runners[0])
+                .to_string()
+                .contains("GR1348941secret")
+        );
     }
 
     #[test]
     fn names_must_be_unique_and_usable() {
-        let twice = format!("{SPEC}{}", SPEC.replace("tag_list", "run_untagged = true\ntag_list"));
+        let twice = format!(
+            "{SPEC}{}",
+            SPEC.replace("tag_list", "run_untagged = true\ntag_list")
+        );
         let err = parse_spec(&twice, "r.toml", &BTreeMap::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -295,19 +311,34 @@ image = "alpine:3.20"
         );
         let bad = SPEC.replace("lab-docker", "lab docker");
         let err = parse_spec(&bad, "r.toml", &BTreeMap::new()).unwrap_err();
-        assert!(err.to_string().starts_with("r.toml:2: runners[0].name: name \"lab docker\""), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("r.toml:2: runners[0].name: name \"lab docker\""),
+            "{err}"
+        );
         let none = SPEC.replace("name = \"lab-docker\"\n", "");
-        assert!(parse_spec(&none, "r.toml", &BTreeMap::new()).unwrap_err().to_string().contains("name missing"));
+        assert!(
+            parse_spec(&none, "r.toml", &BTreeMap::new())
+                .unwrap_err()
+                .to_string()
+                .contains("name missing")
+        );
         let bad_url = SPEC.replace("https://gitlab.example.com", "gitlab");
         let err = parse_spec(&bad_url, "r.toml", &BTreeMap::new()).unwrap_err();
-        assert!(err.to_string().starts_with("r.toml:4: runners[0].url"), "{err}");
+        assert!(
+            err.to_string().starts_with("r.toml:4: runners[0].url"),
+            "{err}"
+        );
     }
 
     #[test]
     fn import_selector_fills_only_empty_selectors() {
         let sel = BTreeMap::from([("site".to_string(), "other".to_string())]);
         let f = parse_spec(SPEC, "r.toml", &sel).unwrap();
-        assert_eq!(f.runners[0].selector.get("site").map(String::as_str), Some("lab"));
+        assert_eq!(
+            f.runners[0].selector.get("site").map(String::as_str),
+            Some("lab")
+        );
         let no_sel = SPEC.replace("[runners.selector]\nsite = \"lab\"\n", "");
         let f = parse_spec(&no_sel, "r.toml", &sel).unwrap();
         assert_eq!(f.runners[0].selector, sel);
@@ -342,12 +373,39 @@ image = "alpine:3.20"
     }
 
     #[test]
+    fn deploy_examples_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let f = parse_spec(&text, &path.display().to_string(), &BTreeMap::new())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(!f.runners.is_empty());
+                assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+                n += 1;
+            }
+        }
+        assert!(n >= 2);
+    }
+
+    #[test]
     fn description_template() {
-        let mut r = parse_spec(SPEC, "a", &BTreeMap::new()).unwrap().runners.remove(0);
-        assert_eq!(registration(&r, "box1", "ag1").description, "lab-docker on box1");
+        let mut r = parse_spec(SPEC, "a", &BTreeMap::new())
+            .unwrap()
+            .runners
+            .remove(0);
+        assert_eq!(
+            registration(&r, "box1", "ag1").description,
+            "lab-docker on box1"
+        );
         r.description = Some("{hostname}/{agent_id}".into());
         let reg = registration(&r, "box1", "ag1");
         assert_eq!(reg.description, "box1/ag1");
-        assert!(!reg.run_untagged, "tags given: untagged jobs only when asked");
+        assert!(
+            !reg.run_untagged,
+            "tags given: untagged jobs only when asked"
+        );
     }
 }

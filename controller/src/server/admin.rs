@@ -23,7 +23,9 @@ impl From<FleetError> for Status {
             FleetError::Store(s) => s.into(),
             FleetError::Secrets(_) | FleetError::Corrupt { .. } => {
                 tracing::error!(error = %e, "fleet");
-                Status::internal("controller could not read its runner specs; see the controller log")
+                Status::internal(
+                    "controller could not read its runner specs; see the controller log",
+                )
             }
         }
     }
@@ -303,7 +305,11 @@ impl v1::admin_server::Admin for AdminService {
             .map(|r| (r.agent_id.clone(), r))
             .collect();
         let mut agents = Vec::new();
-        for a in store.list_agents()?.into_iter().filter(|a| a.revoked_at.is_none()) {
+        for a in store
+            .list_agents()?
+            .into_iter()
+            .filter(|a| a.revoked_at.is_none())
+        {
             let p = progress.get(&a.id).cloned().unwrap_or_default();
             let connected = self.state.sessions.is_connected(&a.id);
             let fleet_error = self.state.fleet.agent_error(&a.id);
@@ -312,9 +318,7 @@ impl v1::admin_server::Admin for AdminService {
                 && p.ack_error.is_some()
             {
                 ("refused", p.ack_error.clone().unwrap_or_default())
-            } else if p.target_generation == g.generation
-                && p.ack_generation >= g.generation
-            {
+            } else if p.target_generation == g.generation && p.ack_generation >= g.generation {
                 ("applied", String::new())
             } else if p.target_generation < g.generation && fleet_error.is_some() {
                 ("failed", fleet_error.unwrap_or_default())

@@ -99,6 +99,7 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
             let fleet = state.fleet.clone();
             tokio::spawn(async move { fleet.reconcile().await });
             let mut last_sent: Option<v1::DesiredState> = None;
+            let fleet_work = fleet_worker(&state, &id);
             guard.kick.notify_one();
             let end = loop {
                 tokio::select! {
@@ -124,7 +125,7 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                     msg = inbound.message() => match msg {
                         Ok(Some(m)) => {
                             idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
-                            handle(&state, &id, m).await;
+                            handle(&state, &id, m, &fleet_work).await;
                         }
                         Ok(None) => break "agent closed the stream",
                         Err(_) => break "stream error",
@@ -180,8 +181,35 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
     }
 }
 
+/// Agent reports the fleet handles off the session loop.
+enum FleetWork {
+    Ack(v1::Ack),
+    Event(v1::RunnerEvent),
+}
+
+/// Runs the fleet work of one session in arrival order until the session ends.
+fn fleet_worker(state: &AppState, id: &str) -> mpsc::UnboundedSender<FleetWork> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<FleetWork>();
+    let fleet = state.fleet.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        while let Some(w) = rx.recv().await {
+            match w {
+                FleetWork::Ack(ack) => fleet.on_ack(&id, &ack).await,
+                FleetWork::Event(ev) => fleet.on_runner_event(&id, &ev).await,
+            }
+        }
+    });
+    tx
+}
+
 /// Applies one message of an open session.
-async fn handle(state: &AppState, id: &str, m: v1::AgentMessage) {
+async fn handle(
+    state: &AppState,
+    id: &str,
+    m: v1::AgentMessage,
+    fleet_work: &mpsc::UnboundedSender<FleetWork>,
+) {
     let result = match m.kind {
         Some(AgentKind::Heartbeat(hb)) => {
             let ips = convert::ips(&hb.ips);
@@ -200,8 +228,10 @@ async fn handle(state: &AppState, id: &str, m: v1::AgentMessage) {
                 Some(hb.applied_generation),
             )
         }
+        // Fleet work may call GitLab: it runs on the session's fleet worker, in order, so
+        // heartbeats keep flowing meanwhile.
         Some(AgentKind::Ack(ack)) => {
-            state.fleet.on_ack(id, &ack).await;
+            let _ = fleet_work.send(FleetWork::Ack(ack));
             state.store.agent_seen(id, now(), None, None, None)
         }
         Some(AgentKind::TokenRotated(t)) => {
@@ -209,7 +239,7 @@ async fn handle(state: &AppState, id: &str, m: v1::AgentMessage) {
             state.store.agent_seen(id, now(), None, None, None)
         }
         Some(AgentKind::RunnerEvent(ev)) => {
-            state.fleet.on_runner_event(id, &ev).await;
+            let _ = fleet_work.send(FleetWork::Event(ev));
             state.store.agent_seen(id, now(), None, None, None)
         }
         Some(AgentKind::Hello(_)) => {

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use time::OffsetDateTime;
 
 use super::{
-    AgentRecord, AgentRollout, Assignment, Facts, GenerationRecord, Retired, RolloutState,
-    Store, StoreError,
+    AgentRecord, AgentRollout, Assignment, Facts, GenerationRecord, Retired, RolloutState, Store,
+    StoreError,
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 

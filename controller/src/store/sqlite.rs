@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use super::{
-    AgentRecord, AgentRollout, Assignment, Facts, GenerationRecord, Retired, RolloutState,
-    Store, StoreError, Strategy,
+    AgentRecord, AgentRollout, Assignment, Facts, GenerationRecord, Retired, RolloutState, Store,
+    StoreError, Strategy,
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
@@ -621,8 +621,17 @@ fn state_from(s: &str) -> Result<RolloutState, StoreError> {
 const GEN_COLS: &str = "generation, created_at, runners_sealed, strategy, state, reason";
 const ASSIGN_COLS: &str = "agent_id, runner, url, gitlab_runner_id, token_sealed, token_expires_at, registration_key, registered";
 
-fn generation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, Vec<u8>, String, String, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+fn generation_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, i64, Vec<u8>, String, String, String)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn generation_record(
@@ -639,7 +648,16 @@ fn generation_record(
     })
 }
 
-type AssignRow = (String, String, String, i64, Vec<u8>, Option<i64>, String, bool);
+type AssignRow = (
+    String,
+    String,
+    String,
+    i64,
+    Vec<u8>,
+    Option<i64>,
+    String,
+    bool,
+);
 
 fn assign_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignRow> {
     Ok((
@@ -696,6 +714,26 @@ mod tests {
     #[test]
     fn suite() {
         crate::store::suite::run_all(&|| Box::new(SqliteStore::open_in_memory().unwrap()));
+    }
+
+    #[test]
+    fn migrates_a_version_1_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drover.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let version: i64 = s
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        assert_eq!(s.latest_generation().unwrap(), None);
+        assert!(s.all_assignments().unwrap().is_empty());
+        drop(s);
+        SqliteStore::open(&path).unwrap();
     }
 
     #[test]

@@ -250,7 +250,11 @@ fn assignments_retired_and_acks(s: Box<dyn Store>) {
     s.record_ack("a1", 2, Some("bad image")).unwrap();
     let r = &s.agent_rollouts().unwrap()[0];
     assert_eq!(
-        (r.target_generation, r.ack_generation, r.ack_error.as_deref()),
+        (
+            r.target_generation,
+            r.ack_generation,
+            r.ack_error.as_deref()
+        ),
         (2, 2, Some("bad image"))
     );
     assert_eq!(s.get_agent("a1").unwrap().unwrap().applied_generation, 0);

@@ -105,7 +105,11 @@ impl World {
         self.guards.push(self.sessions.register(id, &self.root));
     }
 
-    async fn apply(&self, text: &str, strategy: Option<Strategy>) -> Result<ApplyOutcome, FleetError> {
+    async fn apply(
+        &self,
+        text: &str,
+        strategy: Option<Strategy>,
+    ) -> Result<ApplyOutcome, FleetError> {
         self.fleet
             .apply(ApplyRequest {
                 file: "runners.toml".into(),
@@ -163,11 +167,18 @@ async fn apply_registers_for_selected_agents_and_builds_desired_state() {
     let mut w = world();
     w.agent("a1", "lab");
     w.agent("a2", "other");
-    let out = w.apply(&spec("alpine:3.20", "site = \"lab\""), all()).await.unwrap();
+    let out = w
+        .apply(&spec("alpine:3.20", "site = \"lab\""), all())
+        .await
+        .unwrap();
     assert_eq!(out.generation, 1);
     assert_eq!(out.changes[0].kind, "added");
     let live = w.gitlab.live();
-    assert_eq!(live.len(), 1, "one GitLab runner, for the selected agent only");
+    assert_eq!(
+        live.len(),
+        1,
+        "one GitLab runner, for the selected agent only"
+    );
     let (token, reg) = live.values().next().unwrap().clone();
     assert_eq!(reg.description, "lab-docker on host-a1");
 
@@ -176,26 +187,54 @@ async fn apply_registers_for_selected_agents_and_builds_desired_state() {
     assert_eq!(ds.runners.len(), 1);
     assert_eq!(ds.runners[0].runner_token, token);
     assert_eq!(ds.runners[0].gitlab_runner_id, 1);
-    assert!(!ds.runners[0].spec_json.contains(REG), "registration token never leaves");
+    assert!(
+        !ds.runners[0].spec_json.contains(REG),
+        "registration token never leaves"
+    );
     let other = w.fleet.desired_state("a2").unwrap().unwrap();
     assert_eq!((other.generation, other.runners.len()), (1, 0));
 
     // Same file again: nothing new. A refused file: nothing changes.
-    assert_eq!(w.apply(&spec("alpine:3.20", "site = \"lab\""), all()).await.unwrap().generation, 0);
+    assert_eq!(
+        w.apply(&spec("alpine:3.20", "site = \"lab\""), all())
+            .await
+            .unwrap()
+            .generation,
+        0
+    );
     let err = w
-        .apply(&spec("alpine:3.20", "site = \"lab\"").replace("docker\"\n[runners.selector]", "shell\"\n[runners.selector]"), all())
+        .apply(
+            &spec("alpine:3.20", "site = \"lab\"").replace(
+                "docker\"\n[runners.selector]",
+                "shell\"\n[runners.selector]",
+            ),
+            all(),
+        )
         .await
         .unwrap_err();
-    assert!(err.to_string().starts_with("runners.toml:6: runners[0].executor"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("runners.toml:6: runners[0].executor"),
+        "{err}"
+    );
     assert_eq!(w.store.latest_generation().unwrap().unwrap().generation, 1);
     assert_eq!(w.gitlab.live().len(), 1);
 
     // A change that keeps the registration reuses the GitLab runner.
-    let out = w.apply(&spec("alpine:3.21", "site = \"lab\""), all()).await.unwrap();
+    let out = w
+        .apply(&spec("alpine:3.21", "site = \"lab\""), all())
+        .await
+        .unwrap();
     assert_eq!(out.generation, 2);
-    assert_eq!(out.changes[0].details, ["docker.image: \"alpine:3.20\" -> \"alpine:3.21\""]);
+    assert_eq!(
+        out.changes[0].details,
+        ["docker.image: \"alpine:3.20\" -> \"alpine:3.21\""]
+    );
     assert_eq!(w.gitlab.live().len(), 1);
-    assert_eq!(w.fleet.desired_state("a1").unwrap().unwrap().runners[0].runner_token, token);
+    assert_eq!(
+        w.fleet.desired_state("a1").unwrap().unwrap().runners[0].runner_token,
+        token
+    );
 }
 
 #[tokio::test]
@@ -204,20 +243,37 @@ async fn rolling_rollout_halts_on_refusal_and_undo_restores() {
     for id in ["a1", "a2", "a3"] {
         w.agent(id, "lab");
     }
-    w.apply(&spec("alpine:3.20", "site = \"lab\""), all()).await.unwrap();
+    w.apply(&spec("alpine:3.20", "site = \"lab\""), all())
+        .await
+        .unwrap();
     for id in ["a1", "a2", "a3"] {
         w.ack(id, 1, None).await;
     }
     assert_eq!(w.state(), RolloutState::Complete);
 
-    w.apply(&spec("alpine:broken", "site = \"lab\""), rolling(1)).await.unwrap();
-    assert_eq!((w.target("a1"), w.target("a2"), w.target("a3")), (2, 1, 1), "first batch only");
-    w.ack("a1", 2, Some("image alpine:broken not present")).await;
+    w.apply(&spec("alpine:broken", "site = \"lab\""), rolling(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (w.target("a1"), w.target("a2"), w.target("a3")),
+        (2, 1, 1),
+        "first batch only"
+    );
+    w.ack("a1", 2, Some("image alpine:broken not present"))
+        .await;
     assert_eq!(w.state(), RolloutState::Halted);
     let g = w.store.latest_generation().unwrap().unwrap();
-    assert!(g.reason.contains("agent a1 refused generation 2"), "{}", g.reason);
+    assert!(
+        g.reason.contains("agent a1 refused generation 2"),
+        "{}",
+        g.reason
+    );
     w.fleet.reconcile().await;
-    assert_eq!((w.target("a2"), w.target("a3")), (1, 1), "halted: nobody else gets it");
+    assert_eq!(
+        (w.target("a2"), w.target("a3")),
+        (1, 1),
+        "halted: nobody else gets it"
+    );
     assert_eq!(w.fleet.desired_state("a2").unwrap().unwrap().generation, 1);
 
     let out = w.fleet.undo(rolling(1)).await.unwrap();
@@ -262,13 +318,19 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
         &v1::TokenRotated {
             runner: "lab-docker".into(),
             token: "glrt-rotated".into(),
-            token_expires_at: Some(prost_types::Timestamp { seconds: 2_000_000_000, nanos: 0 }),
+            token_expires_at: Some(prost_types::Timestamp {
+                seconds: 2_000_000_000,
+                nanos: 0,
+            }),
             gitlab_runner_id: 0,
         },
     );
     let ds = w.fleet.desired_state("a1").unwrap().unwrap();
     assert_eq!(ds.runners[0].runner_token, "glrt-rotated");
-    assert_eq!(ds.runners[0].token_expires_at.unwrap().seconds, 2_000_000_000);
+    assert_eq!(
+        ds.runners[0].token_expires_at.unwrap().seconds,
+        2_000_000_000
+    );
     assert_eq!(ds.runners[0].gitlab_runner_id, 2);
 }
 
@@ -284,8 +346,14 @@ async fn deleted_spec_unregisters_once_the_agent_moved_on_and_deleted_agent_at_o
 
     let out = w.fleet.delete_runner("lab-docker", all()).await.unwrap();
     assert_eq!(out.generation, 2);
-    assert_eq!(w.fleet.desired_state("a1").unwrap().unwrap().runners.len(), 0);
-    assert!(w.gitlab.unregistered().is_empty(), "old units keep running until acked");
+    assert_eq!(
+        w.fleet.desired_state("a1").unwrap().unwrap().runners.len(),
+        0
+    );
+    assert!(
+        w.gitlab.unregistered().is_empty(),
+        "old units keep running until acked"
+    );
     w.ack("a1", 2, None).await;
     assert_eq!(w.gitlab.unregistered(), [1]);
     assert!(matches!(
@@ -296,9 +364,15 @@ async fn deleted_spec_unregisters_once_the_agent_moved_on_and_deleted_agent_at_o
     w.fleet.undo(all()).await.unwrap();
     // Both registered anew; a2's first runner (2) still waits for a2 to run generation 2.
     assert_eq!(w.gitlab.live().len(), 3);
-    w.store.revoke_agent("a2", OffsetDateTime::now_utc()).unwrap();
+    w.store
+        .revoke_agent("a2", OffsetDateTime::now_utc())
+        .unwrap();
     w.fleet.on_agent_deleted("a2").await;
-    assert_eq!(w.gitlab.unregistered(), [1, 2, 4], "a deleted agent's runners go at once");
+    assert_eq!(
+        w.gitlab.unregistered(),
+        [1, 2, 4],
+        "a deleted agent's runners go at once"
+    );
     assert_eq!(w.gitlab.live().len(), 1);
 }
 
@@ -309,7 +383,12 @@ async fn gitlab_outage_blocks_the_agent_and_is_retried() {
     w.gitlab.set_down(true);
     w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
     assert_eq!(w.target("a1"), 0);
-    assert!(w.fleet.agent_error("a1").unwrap().contains("connection refused"));
+    assert!(
+        w.fleet
+            .agent_error("a1")
+            .unwrap()
+            .contains("connection refused")
+    );
     assert!(w.fleet.desired_state("a1").unwrap().is_none());
     w.gitlab.set_down(false);
     w.fleet.reconcile().await;
@@ -341,7 +420,12 @@ async fn secrets_are_encrypted_at_rest() {
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
     }
-    assert!(bytes.windows(b"alpine:3.20".len()).all(|w| w != b"alpine:3.20"), "specs are sealed");
+    assert!(
+        bytes
+            .windows(b"alpine:3.20".len())
+            .all(|w| w != b"alpine:3.20"),
+        "specs are sealed"
+    );
     for secret in [REG, &token, "glrt-rotated-secret"] {
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
