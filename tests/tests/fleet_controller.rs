@@ -413,3 +413,149 @@ async fn apply_ack_heal_delete_undo() {
         );
     }
 }
+
+/// Rolling, one agent at a time: the first agent refuses, the rollout halts and the second
+/// never receives the generation; undo rolls the previous runners out again. A rotated
+/// token is recorded and shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_rollout_halts_on_first_batch_and_undo_works() {
+    init();
+    let gitlab = FakeGitLab::start().await;
+    gitlab.add_registration_token("GR1348941-e2e-secret");
+    let c = Controller::start();
+    let token = c.create_token(&["--label", "site=lab", "--uses", "2"]);
+    let mut agents = vec![
+        FakeAgent::enroll_and_connect(&c, &token, "box-1").await,
+        FakeAgent::enroll_and_connect(&c, &token, "box-2").await,
+    ];
+    // The controller goes through agents by id.
+    agents.sort_by(|a, b| a.id.cmp(&b.id));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runners.toml");
+    let file_arg = file.to_str().unwrap();
+
+    std::fs::write(&file, spec(gitlab.url(), "alpine:3.20", "docker")).unwrap();
+    let out = c.drover(&["runner", "apply", "-f", file_arg, "--strategy", "all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for a in agents.iter_mut() {
+        assert_eq!(a.desired().await.generation, 1);
+        a.ack(1, None).await;
+    }
+    let out = c.drover(&["rollout", "status", "--wait", "--timeout", "20s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(gitlab.runners().len(), 2);
+
+    // The agent rotated its token: the controller keeps the new one and its expiry.
+    let first_token = agents[0].desired_token_after_rotation().await;
+    let got = wait_for(Duration::from_secs(20), "rotated expiry", || {
+        let g = json(&c.drover(&["runner", "get", "lab-docker", "-o", "json"]));
+        g["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["token_expires_at"] == "2033-05-18T03:33:20Z")
+            .then_some(g)
+    });
+    assert_eq!(got["agents"].as_array().unwrap().len(), 2);
+
+    std::fs::write(&file, spec(gitlab.url(), "alpine:broken", "docker")).unwrap();
+    let out = c.drover(&[
+        "runner",
+        "apply",
+        "-f",
+        file_arg,
+        "--strategy",
+        "rolling",
+        "--max-unavailable",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("docker.image: \"alpine:3.20\" -> \"alpine:broken\""));
+    let ds = agents[0].desired().await;
+    assert_eq!(ds.generation, 2);
+    assert_eq!(
+        ds.runners[0].runner_token, first_token,
+        "same registration kept"
+    );
+    agents[0]
+        .ack(2, Some("image alpine:broken is not present"))
+        .await;
+    let out = c.drover(&["rollout", "status", "--wait", "--timeout", "20s"]);
+    assert!(!out.status.success(), "a halted rollout fails --wait");
+    let status = json(&c.drover(&["rollout", "status", "-o", "json"]));
+    assert_eq!(status["state"], "halted");
+    assert_eq!(status["strategy"]["kind"], "rolling");
+    let by_id = |id: &str| {
+        status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id(&agents[0].id)["state"], "refused");
+    assert!(
+        by_id(&agents[0].id)["error"]
+            .as_str()
+            .unwrap()
+            .contains("not present")
+    );
+    assert_eq!(by_id(&agents[1].id)["target_generation"], 1);
+    assert_eq!(by_id(&agents[1].id)["applied_generation"], 1);
+
+    let out = c.drover(&[
+        "rollout",
+        "undo",
+        "--strategy",
+        "rolling",
+        "--max-unavailable",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("alpine:broken\" -> \"alpine:3.20\""),
+        "{}",
+        stdout(&out)
+    );
+    for a in agents.iter_mut() {
+        let ds = a.desired_at(3).await;
+        assert_eq!(ds.generation, 3);
+        let spec: drover_proto::spec::RunnerConfig =
+            serde_json::from_str(&ds.runners[0].spec_json).unwrap();
+        assert_eq!(spec.docker.unwrap().image.as_deref(), Some("alpine:3.20"));
+        a.ack(3, None).await;
+    }
+    let out = c.drover(&[
+        "rollout",
+        "status",
+        "--wait",
+        "--timeout",
+        "20s",
+        "-o",
+        "json",
+    ]);
+    let status = json(&out);
+    assert_eq!(status["state"], "complete");
+    assert_eq!(status["generation"], 3);
+    assert_eq!(gitlab.runners().len(), 2, "no registration churn");
+}
+
+impl FakeAgent {
+    /// Reports a rotation of its runner token (new token, expiry 2033-05-18T03:33:20Z);
+    /// returns the new token.
+    async fn desired_token_after_rotation(&self) -> String {
+        let token = format!("glrt-rotated-{}", self.id);
+        self.send(AgentKind::TokenRotated(v1::TokenRotated {
+            runner: "lab-docker".into(),
+            token: token.clone(),
+            token_expires_at: Some(prost_types::Timestamp {
+                seconds: 2_000_000_000,
+                nanos: 0,
+            }),
+            gitlab_runner_id: 0,
+        }))
+        .await;
+        token
+    }
+}
