@@ -424,7 +424,7 @@ async fn rolling_rollout_halts_on_first_batch_and_undo_works() {
     gitlab.add_registration_token("GR1348941-e2e-secret");
     let c = Controller::start();
     let token = c.create_token(&["--label", "site=lab", "--uses", "2"]);
-    let mut agents = vec![
+    let mut agents = [
         FakeAgent::enroll_and_connect(&c, &token, "box-1").await,
         FakeAgent::enroll_and_connect(&c, &token, "box-2").await,
     ];
