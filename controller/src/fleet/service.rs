@@ -85,12 +85,18 @@ pub struct ApplyOutcome {
     pub warnings: Vec<String>,
 }
 
+/// Least time between two re-registrations of one runner on one agent, so a confused (or
+/// hostile) agent repeating `token-invalid` cannot fill GitLab with runners.
+const HEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the controller knows of an agent's runners from its last heartbeat.
 #[derive(Debug, Clone, Default)]
 struct Runtime {
     runners: Vec<v1::RunnerStatus>,
     /// Last failure to advance this agent (registration).
     error: Option<String>,
+    /// Last re-registration per runner.
+    healed: HashMap<String, std::time::Instant>,
 }
 
 /// The fleet service. Cheap to share behind an `Arc`.
@@ -662,6 +668,15 @@ impl Fleet {
         else {
             return Ok(false);
         };
+        if let Some(at) = self
+            .runtime()
+            .get(agent_id)
+            .and_then(|r| r.healed.get(runner).copied())
+            && at.elapsed() < HEAL_INTERVAL
+        {
+            tracing::warn!(agent = %agent_id, runner, "token-invalid again within {} s of the last re-registration; ignored", HEAL_INTERVAL.as_secs());
+            return Ok(false);
+        }
         if !old.registered {
             tracing::warn!(agent = %agent_id, runner, "the runner token given in the spec is invalid; put a valid `token` in the spec, or use `registration_token`");
             return Ok(false);
@@ -687,6 +702,11 @@ impl Fleet {
             assignment: old,
             after_generation: 0,
         })?;
+        self.runtime()
+            .entry(agent_id.to_string())
+            .or_default()
+            .healed
+            .insert(runner.to_string(), std::time::Instant::now());
         tracing::info!(agent = %agent_id, runner, gitlab_runner_id = fresh.gitlab_runner_id, "re-registered runner after token-invalid");
         Ok(true)
     }

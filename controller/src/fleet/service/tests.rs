@@ -311,6 +311,23 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
     assert_eq!(new.gitlab_runner_id, 2);
     assert_eq!(w.gitlab.unregistered(), [old.gitlab_runner_id]);
     assert!(w.store.list_retired().unwrap().is_empty());
+    // Repeated at once: not registered again.
+    w.fleet
+        .on_runner_event(
+            "a1",
+            &v1::RunnerEvent {
+                runner: "lab-docker".into(),
+                kind: "token-invalid".into(),
+                message: "again".into(),
+                at: None,
+            },
+        )
+        .await;
+    assert_eq!(w.gitlab.live().len(), 1);
+    assert_eq!(
+        w.fleet.desired_state("a1").unwrap().unwrap().runners[0].runner_token,
+        new.runner_token
+    );
 
     // A rotation reported by the agent is what later pushes carry.
     w.fleet.on_token_rotated(
