@@ -391,6 +391,25 @@ async fn apply_ack_heal_delete_undo() {
         "no registration for a token used as is"
     );
 
+    // Deleting an agent unregisters the runners registered for it (not a token given as is).
+    let out = c.drover(&["agent", "delete", &lab.id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        Duration::from_secs(20),
+        "deleted agent's runner unregistered",
+        || {
+            let ids: Vec<i64> = gitlab.runners().iter().map(|r| r.id).collect();
+            (ids == [imported_id]).then_some(())
+        },
+    );
+    let out = c.drover(&["agent", "delete", &other.id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        gitlab.runners().len(),
+        1,
+        "the imported runner is the operator's"
+    );
+
     // Nothing secret in the database files.
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(c.data_dir()).unwrap() {
