@@ -10,6 +10,7 @@
 //! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
 //! - [`cli`]: one module per `drover-agent` subcommand.
+//! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
 pub mod artifacts;
 pub mod cache;
@@ -23,4 +24,5 @@ pub mod identity;
 pub mod runner;
 pub mod sources;
 pub mod standalone;
+pub mod systemd;
 pub mod trace;
