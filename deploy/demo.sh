@@ -141,7 +141,8 @@ status() {
     drover agents
     printf '\nfake GitLab jobs:\n'
     fake_get /fake/jobs | python3 -c 'import json,sys
-for j in json.load(sys.stdin): print(f"  job {j[\"id\"]} {j[\"name\"]}: {j[\"status\"]} (runner {j[\"runner_id\"]})")'
+for j in json.load(sys.stdin):
+    print("  job %s %s: %s (runner %s)" % (j["id"], j["name"], j["status"], j["runner_id"]))'
 }
 
 # Fleet flow (needs `drover runner`): the controller pushes deploy/demo/runners.toml to the
