@@ -11,13 +11,14 @@
 #
 # Needs: Docker (the user may use it), cargo, curl, python3, /bin/busybox from
 # busybox-static. Safe to rerun: every `up` starts with a `down`.
-# Env: DEMO_DIR (state, logs; default target/demo), DEMO_PROFILE (debug|release, default
+# Env: CARGO_TARGET_DIR (default target), DEMO_DIR (state, logs; default target/demo), DEMO_PROFILE (debug|release, default
 # debug), DEMO_GRPC_PORT (17443), DEMO_HTTP_PORT (17080), DEMO_GITLAB_PORT (18080).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-demo_dir="${DEMO_DIR:-$repo/target/demo}"
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+demo_dir="${DEMO_DIR:-$target_dir/demo}"
 profile="${DEMO_PROFILE:-debug}"
 grpc_port="${DEMO_GRPC_PORT:-17443}"
 http_port="${DEMO_HTTP_PORT:-17080}"
@@ -37,7 +38,7 @@ die() {
     printf 'demo.sh: error: %s\n' "$*" >&2
     exit 1
 }
-bin() { printf '%s/target/%s/%s' "$repo" "$profile" "$1"; }
+bin() { printf '%s/%s/%s' "$target_dir" "$profile" "$1"; }
 drover() { "$(bin drover)" --data-dir "$demo_dir/controller" "$@"; }
 
 # Starts NAME as a background process (own session) logging to $demo_dir/NAME.log.

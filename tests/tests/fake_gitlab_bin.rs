@@ -50,7 +50,13 @@ fn start(args: &[&str]) -> Server {
 }
 
 /// One HTTP/1.1 request; returns (status, body).
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect fake-gitlab");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
@@ -73,7 +79,10 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &s
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("bad response: {resp}"));
     let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()
@@ -173,7 +182,13 @@ fn bad_control_requests_are_refused_with_the_field_named() {
     let server = start(&[]);
     let (status, body) = http(&server.addr, "POST", "/fake/jobs", &[], r#"{"name":"x"}"#);
     assert_eq!(status, 400, "{body}");
-    assert!(json_of(&body)["error"].as_str().unwrap_or("").contains("script"), "{body}");
+    assert!(
+        json_of(&body)["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("script"),
+        "{body}"
+    );
     let (status, body) = http(&server.addr, "GET", "/fake/jobs/99", &[], "");
     assert_eq!(status, 404, "{body}");
     let (status, body) = http(&server.addr, "GET", "/fake/jobs", &[], "");

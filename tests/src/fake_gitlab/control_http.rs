@@ -166,7 +166,10 @@ mod tests {
         }))
         .expect("valid body");
         assert_eq!(spec.name, "hello");
-        assert_eq!(spec.image.as_ref().map(|i| &i["name"]), Some(&json!("img:1")));
+        assert_eq!(
+            spec.image.as_ref().map(|i| &i["name"]),
+            Some(&json!("img:1"))
+        );
         assert_eq!(spec.steps[0]["script"], json!(["echo hi"]));
         assert_eq!(spec.variables[0]["key"], "GIT_STRATEGY");
         assert_eq!(spec.tags, ["demo"]);
