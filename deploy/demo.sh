@@ -11,8 +11,9 @@
 #
 # Needs: Docker (the user may use it), cargo, curl, python3, /bin/busybox from
 # busybox-static. Safe to rerun: every `up` starts with a `down`.
-# Env: CARGO_TARGET_DIR (default target), DEMO_DIR (state, logs; default target/demo), DEMO_PROFILE (debug|release, default
-# debug), DEMO_GRPC_PORT (17443), DEMO_HTTP_PORT (17080), DEMO_GITLAB_PORT (18080).
+# Env: CARGO_TARGET_DIR (default target), DEMO_DIR (state and logs; default target/demo),
+# DEMO_PROFILE (debug or release; default debug: builds faster), DEMO_GRPC_PORT (17443),
+# DEMO_HTTP_PORT (17080), DEMO_GITLAB_PORT (18080).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

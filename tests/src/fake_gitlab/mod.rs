@@ -1,5 +1,7 @@
 //! A fake GitLab that speaks the runner API (`/api/v4/runners*`, `/api/v4/jobs*`) over real
-//! HTTP, with an in-process control API for tests.
+//! HTTP, with an in-process control API for tests. [`FakeGitLab::start_with_control_api`]
+//! also serves a JSON control API under `/fake/` for out-of-process use (the `fake-gitlab`
+//! binary, the demo); `/fake/*` is NOT part of GitLab's API (see `control_http`).
 //!
 //! Behaviour follows GitLab's request specs (`spec/requests/api/ci/runner/*_spec.rb`):
 //!
