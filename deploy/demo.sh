@@ -25,13 +25,13 @@ grpc_port="${DEMO_GRPC_PORT:-17443}"
 http_port="${DEMO_HTTP_PORT:-17080}"
 gitlab_port="${DEMO_GITLAB_PORT:-18080}"
 gitlab_url="http://127.0.0.1:$gitlab_port"
-job_image=drover-demo/busybox:1
+job_image=drover-demo/busybox:1 # also named in demo/job.json and demo/runners.toml
 # Runner names: job containers and volumes carry `com.drover.runner=<name>`, which is how
 # `down` finds the demo's leftovers without touching anything else on the engine.
 fleet_runner=drover-demo
 standalone_runner=drover-demo-standalone
 standalone_token=glrt-drover-demo-standalone
-registration_token=demo-registration-token
+registration_token=demo-registration-token # also in demo/runners.toml
 started=$(date +%s)
 
 say() { printf '==> [%3ss] %s\n' "$(($(date +%s) - started))" "$*" >&2; }
@@ -151,10 +151,10 @@ for j in json.load(sys.stdin):
 # enrolled agents, which register runners in the fake GitLab and run the job.
 fleet_runners() {
     say "applying deploy/demo/runners.toml (fleet runner management)"
-    sed "s|@GITLAB_URL@|$gitlab_url|; s|@REGISTRATION_TOKEN@|$registration_token|" \
-        "$here/demo/runners.toml" >"$demo_dir/runners.toml"
+    sed "s|http://127.0.0.1:18080|$gitlab_url|" "$here/demo/runners.toml" \
+        >"$demo_dir/runners.toml"
     drover runner apply -f "$demo_dir/runners.toml"
-    drover rollout status --wait
+    drover rollout status --wait --timeout 3m
 }
 
 # Standalone flow (works without fleet runner management): agent-1 also serves a
@@ -243,9 +243,8 @@ up() {
 
     say "queueing a job in the fake GitLab (deploy/demo/job.json)"
     local job_id job status=""
-    job_id="$(sed "s|@JOB_IMAGE@|$job_image|" "$here/demo/job.json" |
-        curl -fsS -X POST -H 'Content-Type: application/json' --data-binary @- \
-            "$gitlab_url/fake/jobs" | json_field id)"
+    job_id="$(curl -fsS -X POST -H 'Content-Type: application/json' \
+        --data-binary @"$here/demo/job.json" "$gitlab_url/fake/jobs" | json_field id)"
     for _ in $(seq 1 300); do
         job="$(fake_get "/fake/jobs/$job_id")"
         status="$(printf '%s' "$job" | json_field status)"
