@@ -141,6 +141,11 @@ json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[
 status() {
     [ -d "$demo_dir/controller" ] || die "the demo is not running (bash deploy/demo.sh up --keep)"
     drover agents
+    if drover runner --help >/dev/null 2>&1; then
+        printf '\n'
+        drover runner list
+        drover rollout status
+    fi
     printf '\nfake GitLab jobs:\n'
     fake_get /fake/jobs | python3 -c 'import json,sys
 for j in json.load(sys.stdin):
