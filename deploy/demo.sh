@@ -1,115 +1,281 @@
 #!/usr/bin/env bash
-# The Drover demo in one command: a controller, two agents, a fake GitLab, and a CI job
-# that runs on one of the agents.
+# The Drover demo in one command: a controller, two enrolled agents, a fake GitLab, and a
+# CI job that runs in Docker on an agent. Everything runs as local processes (built with
+# cargo) on 127.0.0.1; the job container runs in the local Docker engine from a busybox
+# image imported from the host's busybox-static. Nothing is pulled from a registry.
 #
-#   bash deploy/demo.sh          build images, start, enroll, apply runners, run a job
-#   bash deploy/demo.sh status   show the fleet
-#   bash deploy/demo.sh down     stop and delete everything the demo made (volumes too)
+#   bash deploy/demo.sh            build, start, enroll, run a job, print its trace, stop
+#   bash deploy/demo.sh up --keep  the same, but leave everything running afterwards
+#   bash deploy/demo.sh status     show the fleet and the fake GitLab's jobs (while kept)
+#   bash deploy/demo.sh down       stop everything and delete what the demo made
 #
-# Safe to rerun: enrolled agents keep their state volumes and are not enrolled again.
-# Needs: Docker, docker compose (v2 plugin or docker-compose v1.29), curl, root for the
-# first base-image build (debootstrap). Env: IMAGE_PREFIX (default drover), SKIP_BUILD=1.
+# Needs: Docker (the user may use it), cargo, curl, python3, /bin/busybox from
+# busybox-static. Safe to rerun: every `up` starts with a `down`.
+# Env: CARGO_TARGET_DIR (default target), DEMO_DIR (state and logs; default target/demo),
+# DEMO_PROFILE (debug or release; default debug: builds faster), DEMO_GRPC_PORT (17443),
+# DEMO_HTTP_PORT (17080), DEMO_GITLAB_PORT (18080).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-project=drover-demo
-job_image=drover-demo-job:latest
-export IMAGE_PREFIX="${IMAGE_PREFIX:-drover}"
-export DROVER_VERSION=latest
-export DOCKER_GID
+repo="$(cd "$here/.." && pwd)"
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+demo_dir="${DEMO_DIR:-$target_dir/demo}"
+profile="${DEMO_PROFILE:-debug}"
+grpc_port="${DEMO_GRPC_PORT:-17443}"
+http_port="${DEMO_HTTP_PORT:-17080}"
+gitlab_port="${DEMO_GITLAB_PORT:-18080}"
+gitlab_url="http://127.0.0.1:$gitlab_port"
+job_image=drover-demo/busybox:1 # also named in demo/job.json and demo/runners.toml
+# Runner names: job containers and volumes carry `com.drover.runner=<name>`, which is how
+# `down` finds the demo's leftovers without touching anything else on the engine.
+fleet_runner=drover-demo
+standalone_runner=drover-demo-standalone
+standalone_token=glrt-drover-demo-standalone
+registration_token=demo-registration-token # also in demo/runners.toml
+started=$(date +%s)
 
-say() { printf '\n==> %s\n' "$*" >&2; }
+say() { printf '==> [%3ss] %s\n' "$(($(date +%s) - started))" "$*" >&2; }
 die() {
     printf 'demo.sh: error: %s\n' "$*" >&2
     exit 1
 }
+bin() { printf '%s/%s/%s' "$target_dir" "$profile" "$1"; }
+drover() { "$(bin drover)" --data-dir "$demo_dir/controller" "$@"; }
 
-if docker compose version >/dev/null 2>&1; then
-    compose=(docker compose)
-elif command -v docker-compose >/dev/null; then
-    compose=(docker-compose)
-else
-    die "neither 'docker compose' nor 'docker-compose' found (apt-get install docker-compose)"
-fi
-dc() { "${compose[@]}" -p "$project" -f "$here/compose.yaml" "$@"; }
+# Starts NAME as a background process (own session) logging to $demo_dir/NAME.log.
+start_proc() {
+    local name="$1"
+    shift
+    setsid "$@" >"$demo_dir/$name.log" 2>&1 </dev/null &
+    echo $! >"$demo_dir/$name.pid"
+}
 
-docker info >/dev/null 2>&1 || die "Docker is not reachable (is dockerd running, may you use it?)"
-DOCKER_GID="$(stat -c %g /var/run/docker.sock)"
+# Stops every process the demo started (their pid files), then removes the demo's job
+# containers and volumes and its state dir. The job image is kept (rebuilt in a second).
+down() {
+    local pidfile pid
+    if [ -d "$demo_dir" ]; then
+        for pidfile in "$demo_dir"/*.pid; do
+            [ -e "$pidfile" ] || continue
+            pid="$(cat "$pidfile")"
+            # The process leads its own session: end the group (the process and nothing
+            # else it spawned), then wait until it is gone.
+            if kill -0 "$pid" 2>/dev/null; then
+                kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+                for _ in $(seq 1 50); do
+                    kill -0 "$pid" 2>/dev/null || break
+                    sleep 0.2
+                done
+                kill -KILL -- "-$pid" 2>/dev/null || true
+            fi
+            rm -f "$pidfile"
+        done
+    fi
+    if docker info >/dev/null 2>&1; then
+        local runner ids
+        for runner in "$fleet_runner" "$standalone_runner"; do
+            ids="$(docker ps -aq --filter "label=com.drover.runner=$runner")"
+            # shellcheck disable=SC2086 # one id per word
+            [ -z "$ids" ] || docker rm -f $ids >/dev/null
+            ids="$(docker volume ls -q --filter "label=com.drover.runner=$runner")"
+            # shellcheck disable=SC2086
+            [ -z "$ids" ] || docker volume rm -f $ids >/dev/null
+        done
+    fi
+    rm -rf "$demo_dir"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_until() { # SECONDS WHAT COMMAND...
+    local secs="$1" what="$2"
+    shift 2
+    for _ in $(seq 1 $((secs * 5))); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    die "timed out after ${secs}s waiting for $what (logs: $demo_dir/*.log)"
+}
+
+on_failure() {
+    local rc=$?
+    [ "$rc" = 0 ] && return
+    if [ -d "$demo_dir" ]; then
+        for log in "$demo_dir"/*.log; do
+            [ -e "$log" ] || continue
+            printf '\n----- %s (last 15 lines) -----\n' "$(basename "$log")" >&2
+            tail -n 15 "$log" >&2
+        done
+    fi
+    printf '\ndemo.sh: failed; cleaning up (rerun with the same command)\n' >&2
+    down
+}
+
+# The job image: the host's static busybox and its applet links, imported (no registry).
+job_image() {
+    docker image inspect "$job_image" >/dev/null 2>&1 && return
+    [ -x /bin/busybox ] || die "/bin/busybox is missing (apt-get install busybox-static)"
+    local root applet
+    root="$(mktemp -d)"
+    mkdir -p "$root/bin" "$root/tmp" "$root/etc"
+    cp /bin/busybox "$root/bin/busybox"
+    for applet in $(/bin/busybox --list); do
+        [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
+    tar -C "$root" -c . | docker import -c 'CMD ["sh"]' - "$job_image" >/dev/null
+    rm -rf "$root"
+    if ! docker run --rm "$job_image" true >/dev/null 2>&1; then
+        docker image rm "$job_image" >/dev/null 2>&1 || true
+        die "the job image does not run: is /bin/busybox static? (apt-get install busybox-static)"
+    fi
+}
+
+agents_connected() { # N: true when N agents show as connected
+    [ "$(drover agents -o json | grep -c '"connected": true')" -ge "$1" ]
+}
+
+fake_get() { curl -fsS "$gitlab_url$1"; }
+json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
+status() {
+    [ -d "$demo_dir/controller" ] || die "the demo is not running (bash deploy/demo.sh up --keep)"
+    drover agents
+    if drover runner --help >/dev/null 2>&1; then
+        printf '\n'
+        drover runner list
+        drover rollout status
+    fi
+    printf '\nfake GitLab jobs:\n'
+    fake_get /fake/jobs | python3 -c 'import json,sys
+for j in json.load(sys.stdin):
+    print("  job %s %s: %s (runner %s)" % (j["id"], j["name"], j["status"], j["runner_id"]))'
+}
+
+# Fleet flow (needs `drover runner`): the controller pushes deploy/demo/runners.toml to the
+# enrolled agents, which register runners in the fake GitLab and run the job.
+fleet_runners() {
+    say "applying deploy/demo/runners.toml (fleet runner management)"
+    sed "s|http://127.0.0.1:18080|$gitlab_url|" "$here/demo/runners.toml" \
+        >"$demo_dir/runners.toml"
+    drover runner apply -f "$demo_dir/runners.toml"
+    drover rollout status --wait --timeout 3m
+}
+
+# Standalone flow (works without fleet runner management): agent-1 also serves a
+# gitlab-runner config.toml pointing at the fake GitLab.
+standalone_runner() {
+    say "starting agent-1 in standalone mode too (drover-agent run --config)"
+    mkdir -p "$demo_dir/standalone"
+    cat >"$demo_dir/standalone/config.toml" <<EOF
+concurrent = 1
+check_interval = 1
+log_level = "info"
+
+[[runners]]
+  name = "$standalone_runner"
+  url = "$gitlab_url"
+  token = "$standalone_token"
+  executor = "docker"
+  [runners.docker]
+    image = "$job_image"
+    pull_policy = "never"
+    privileged = false
+    volumes = ["/cache"]
+EOF
+    start_proc agent-1-standalone "$(bin drover-agent)" run \
+        --config "$demo_dir/standalone/config.toml"
+}
+
+up() {
+    local keep="${1:-}"
+    [ -z "$keep" ] || [ "$keep" = --keep ] || die "unknown option '$keep' (--keep)"
+    command -v cargo >/dev/null || die "cargo is missing (install Rust: https://rustup.rs)"
+    command -v curl >/dev/null || die "curl is missing (apt-get install curl)"
+    command -v python3 >/dev/null || die "python3 is missing (apt-get install python3)"
+    docker info >/dev/null 2>&1 || die "Docker is not reachable (is dockerd running, may you use it?)"
+    case "$profile" in debug | release) ;; *) die "DEMO_PROFILE '$profile' (debug or release)" ;; esac
+
+    say "cleaning up a previous run, if any"
+    down
+    for port in "$grpc_port" "$http_port" "$gitlab_port"; do
+        port_in_use "$port" && die "port $port on 127.0.0.1 is in use (set DEMO_*_PORT)"
+    done
+    mkdir -p "$demo_dir"
+    trap on_failure EXIT
+
+    say "building drover, drover-agent, fake-gitlab ($profile; the first build takes minutes)"
+    local release=()
+    [ "$profile" = release ] && release=(--release)
+    (cd "$repo" && cargo build --quiet "${release[@]}" \
+        -p drover-controller -p drover-agent -p drover-tests \
+        --bin drover --bin drover-agent --bin fake-gitlab)
+
+    say "importing the job image $job_image from /bin/busybox"
+    job_image
+
+    say "starting the controller (gRPC 127.0.0.1:$grpc_port, status page http://127.0.0.1:$http_port/)"
+    start_proc controller "$(bin drover)" --data-dir "$demo_dir/controller" serve \
+        --listen "127.0.0.1:$grpc_port" --http-listen "127.0.0.1:$http_port" \
+        --heartbeat-interval 2s
+    wait_until 60 "the controller" test -s "$demo_dir/controller/grpc.addr"
+
+    say "starting the fake GitLab ($gitlab_url)"
+    start_proc fake-gitlab "$(bin fake-gitlab)" --listen "127.0.0.1:$gitlab_port" \
+        --registration-token "$registration_token" --runner-token "$standalone_token"
+    wait_until 30 "the fake GitLab" fake_get /fake/jobs
+
+    local n token
+    for n in 1 2; do
+        say "enrolling agent-$n with a one-time token"
+        token="$(drover token create --label site=demo --label "name=agent-$n")"
+        [ -n "$token" ] || die "drover token create printed no token"
+        DROVER_ENROLL_TOKEN="$token" "$(bin drover-agent)" enroll \
+            --controller "https://127.0.0.1:$grpc_port" \
+            --state-dir "$demo_dir/agent-$n" >/dev/null
+        start_proc "agent-$n" "$(bin drover-agent)" run --state-dir "$demo_dir/agent-$n"
+    done
+    wait_until 60 "both agents to connect" agents_connected 2
+    say "the fleet (drover agents):"
+    drover agents
+
+    # The one switch between the two flows.
+    if drover runner --help >/dev/null 2>&1; then
+        fleet_runners
+    else
+        standalone_runner
+    fi
+
+    say "queueing a job in the fake GitLab (deploy/demo/job.json)"
+    local job_id job status=""
+    job_id="$(curl -fsS -X POST -H 'Content-Type: application/json' \
+        --data-binary @"$here/demo/job.json" "$gitlab_url/fake/jobs" | json_field id)"
+    for _ in $(seq 1 300); do
+        job="$(fake_get "/fake/jobs/$job_id")"
+        status="$(printf '%s' "$job" | json_field status)"
+        case "$status" in success | failed | canceled) break ;; esac
+        sleep 0.2
+    done
+    say "job $job_id: $status (runner $(printf '%s' "$job" | json_field runner_id)); its trace:"
+    printf '%s' "$job" | json_field trace | sed 's/^/    | /'
+    [ "$status" = success ] || die "the demo job did not succeed (status '$status')"
+
+    trap - EXIT
+    if [ "$keep" = --keep ]; then
+        say "all running; status page http://127.0.0.1:$http_port/"
+        say "see: bash deploy/demo.sh status    stop: bash deploy/demo.sh down"
+    else
+        say "demo passed; stopping everything (keep it running with: demo.sh up --keep)"
+        down
+    fi
+}
 
 case "${1:-up}" in
+up) up "${2:-}" ;;
+status) status ;;
 down)
-    dc down --volumes --remove-orphans
-    docker image rm "$job_image" >/dev/null 2>&1 || true
-    exit 0
+    down
+    echo "demo.sh: stopped; demo state and job containers removed" >&2
     ;;
-status)
-    dc ps
-    dc exec -T controller drover agents
-    exit 0
-    ;;
-up) ;;
-*) die "unknown command '$1' (up, status or down)" ;;
+*) die "unknown command '$1' (up [--keep], status or down)" ;;
 esac
-
-# 1. images ---------------------------------------------------------------------------------
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    say "building images (${IMAGE_PREFIX}/base, controller, agent, fake-gitlab)"
-    bash "$here/docker/build-images.sh"
-fi
-for img in controller agent fake-gitlab; do
-    docker image inspect "$IMAGE_PREFIX/$img:latest" >/dev/null 2>&1 ||
-        die "image $IMAGE_PREFIX/$img:latest is missing (run deploy/docker/build-images.sh)"
-done
-# Jobs use a local image with pull_policy "never": the demo needs no registry.
-docker tag "$IMAGE_PREFIX/base:bookworm" "$job_image"
-
-# 2. controller and fake GitLab -------------------------------------------------------------
-say "starting the controller and the fake GitLab"
-dc up -d controller fake-gitlab
-for _ in $(seq 1 60); do
-    curl -fsS http://127.0.0.1:7080/healthz >/dev/null 2>&1 && break
-    sleep 1
-done
-curl -fsS http://127.0.0.1:7080/healthz >/dev/null ||
-    die "controller not healthy after 60 s: $(dc logs --tail 20 controller)"
-
-# 3. enroll two agents (once: their state volumes keep the enrollment) ----------------------
-for agent in agent-1 agent-2; do
-    # shellcheck disable=SC2016 # expanded by the container's shell
-    if dc run --rm --no-deps --entrypoint /bin/sh "$agent" -c \
-        '[ -n "$(ls -A /var/lib/drover-agent)" ]' 2>/dev/null; then
-        say "$agent is already enrolled"
-        continue
-    fi
-    say "enrolling $agent"
-    token="$(dc exec -T controller drover token create --label site=demo --label "name=$agent")"
-    [ -n "$token" ] || die "drover token create printed no token"
-    dc run --rm --no-deps -e DROVER_ENROLL_TOKEN="$token" "$agent" \
-        enroll --controller https://controller:7443 --state-dir /var/lib/drover-agent
-done
-say "starting the agents"
-dc up -d agent-1 agent-2
-
-# 4. runners --------------------------------------------------------------------------------
-say "applying deploy/demo/runners.toml"
-dc exec -T controller drover runner apply -f /etc/drover/demo/runners.toml
-dc exec -T controller drover rollout status --wait
-
-# 5. a job ----------------------------------------------------------------------------------
-say "queueing a job in the fake GitLab"
-job_id="$(curl -fsS -X POST -H 'Content-Type: application/json' \
-    --data-binary @"$here/demo/job.json" http://127.0.0.1:8080/fake/jobs |
-    sed -n 's/.*"id"[[:space:]]*:[[:space:]]*\([0-9]*\).*/\1/p')"
-[ -n "$job_id" ] || die "the fake GitLab did not return a job id"
-status=""
-for _ in $(seq 1 120); do
-    job="$(curl -fsS "http://127.0.0.1:8080/fake/jobs/$job_id")"
-    status="$(printf '%s' "$job" | sed -n 's/.*"status"[[:space:]]*:[[:space:]]*"\([a-z]*\)".*/\1/p')"
-    case "$status" in success | failed | canceled) break ;; esac
-    sleep 1
-done
-say "job $job_id: ${status:-unknown}"
-printf '%s\n' "$job" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("trace",""))' 2>/dev/null || true
-dc exec -T controller drover agents
-say "status page: http://127.0.0.1:7080/   stop with: bash deploy/demo.sh down"
-[ "$status" = success ] || die "the demo job did not succeed (status '${status:-unknown}')"

@@ -1,5 +1,7 @@
 //! A fake GitLab that speaks the runner API (`/api/v4/runners*`, `/api/v4/jobs*`) over real
-//! HTTP, with an in-process control API for tests.
+//! HTTP, with an in-process control API for tests. [`FakeGitLab::start_with_control_api`]
+//! also serves a JSON control API under `/fake/` for out-of-process use (the `fake-gitlab`
+//! binary, the demo); `/fake/*` is NOT part of GitLab's API (see `control_http`).
 //!
 //! Behaviour follows GitLab's request specs (`spec/requests/api/ci/runner/*_spec.rb`):
 //!
@@ -46,6 +48,7 @@
 //!   the job, `60` otherwise) so tests run fast.
 
 mod artifacts;
+mod control_http;
 mod job_spec;
 mod jobs;
 mod respond;
@@ -151,7 +154,15 @@ impl FakeGitLab {
     /// When the listener has no local address.
     pub fn start_on(listener: tokio::net::TcpListener) -> FakeGitLab {
         let addr = listener.local_addr().expect("fake gitlab listener address");
-        FakeGitLab::serve(listener, format!("http://{addr}"))
+        FakeGitLab::serve(listener, format!("http://{addr}"), false)
+    }
+
+    /// Serves on an already-bound listener with, besides the runner API, the JSON control
+    /// API under `/fake/` (see `control_http`; not part of GitLab's API). `url` is the base
+    /// URL clients reach it at (put into job payloads), e.g. `http://fake-gitlab:8080` when
+    /// the listener is bound to `0.0.0.0:8080`.
+    pub fn start_with_control_api(listener: tokio::net::TcpListener, url: String) -> FakeGitLab {
+        FakeGitLab::serve(listener, url, true)
     }
 
     /// Starts on `127.0.0.1:<free port>` over HTTPS with `config` (its certificate must name
@@ -167,17 +178,21 @@ impl FakeGitLab {
         FakeGitLab::serve(
             tls::TlsListener::new(tcp, config),
             format!("https://{addr}"),
+            false,
         )
     }
 
-    fn serve<L>(listener: L, url: String) -> FakeGitLab
+    fn serve<L>(listener: L, url: String, control_api: bool) -> FakeGitLab
     where
         L: axum::serve::Listener,
         L::Addr: std::fmt::Debug,
     {
         let shared = Shared::new(url.clone());
         let shutdown = CancellationToken::new();
-        let app = router(Arc::clone(&shared));
+        let mut app = router(Arc::clone(&shared));
+        if control_api {
+            app = app.merge(control_http::routes(Arc::clone(&shared)));
+        }
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -288,50 +303,7 @@ impl FakeGitLab {
 
     /// Queues a job; it goes to the first runner whose tags cover it.
     pub fn enqueue_job(&self, spec: JobSpec) -> EnqueuedJob {
-        let token = spec
-            .token
-            .clone()
-            .unwrap_or_else(|| format!("glcbt-{}", random_alnum(20)));
-        let mut st = self.shared.lock();
-        let id = st.next_job_id;
-        st.next_job_id += 1;
-        let deps: Vec<DependencyInfo> = spec
-            .depends_on
-            .iter()
-            .filter_map(|dep| st.jobs.get(dep))
-            .map(|dep| DependencyInfo {
-                id: dep.id,
-                name: dep.name.clone(),
-                token: dep.token.clone(),
-                artifacts_file: dep
-                    .archive()
-                    .map(|a| (a.filename.clone(), a.content.len() as u64)),
-            })
-            .collect();
-        let payload = build_payload(&spec, id, &token, &self.shared.url, &deps);
-        st.jobs.insert(
-            id,
-            JobRecord {
-                id,
-                name: spec.name.clone(),
-                token: token.clone(),
-                tags: spec.tags.clone(),
-                payload,
-                state: JobState::Pending,
-                runner_id: None,
-                failure_reason: None,
-                exit_code: None,
-                trace: Vec::new(),
-                updates: Vec::new(),
-                trace_content_types: Vec::new(),
-                artifacts: Vec::new(),
-            },
-        );
-        st.queue.push_back(id);
-        st.queue_version += 1;
-        drop(st);
-        self.shared.changed();
-        EnqueuedJob { id, token }
+        enqueue(&self.shared, spec)
     }
 
     /// Cancels a job: later updates/patches get `403` + `Job-Status: canceled`; a pending job
@@ -547,6 +519,54 @@ impl Drop for FakeGitLab {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Queues a job in `shared` (for [`FakeGitLab::enqueue_job`] and the control API).
+fn enqueue(shared: &Shared, spec: JobSpec) -> EnqueuedJob {
+    let token = spec
+        .token
+        .clone()
+        .unwrap_or_else(|| format!("glcbt-{}", random_alnum(20)));
+    let mut st = shared.lock();
+    let id = st.next_job_id;
+    st.next_job_id += 1;
+    let deps: Vec<DependencyInfo> = spec
+        .depends_on
+        .iter()
+        .filter_map(|dep| st.jobs.get(dep))
+        .map(|dep| DependencyInfo {
+            id: dep.id,
+            name: dep.name.clone(),
+            token: dep.token.clone(),
+            artifacts_file: dep
+                .archive()
+                .map(|a| (a.filename.clone(), a.content.len() as u64)),
+        })
+        .collect();
+    let payload = build_payload(&spec, id, &token, &shared.url, &deps);
+    st.jobs.insert(
+        id,
+        JobRecord {
+            id,
+            name: spec.name.clone(),
+            token: token.clone(),
+            tags: spec.tags.clone(),
+            payload,
+            state: JobState::Pending,
+            runner_id: None,
+            failure_reason: None,
+            exit_code: None,
+            trace: Vec::new(),
+            updates: Vec::new(),
+            trace_content_types: Vec::new(),
+            artifacts: Vec::new(),
+        },
+    );
+    st.queue.push_back(id);
+    st.queue_version += 1;
+    drop(st);
+    shared.changed();
+    EnqueuedJob { id, token }
 }
 
 fn router(shared: Arc<Shared>) -> Router {
