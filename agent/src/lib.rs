@@ -18,8 +18,12 @@ pub mod control;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
+<<<<<<< HEAD
 pub mod host_facts;
 pub mod identity;
 pub mod sources;
+=======
+pub mod runner;
+>>>>>>> h-runner
 pub mod standalone;
 pub mod trace;

@@ -2,10 +2,16 @@
 //! Drover's runner spec file (the same `[[runners]]` tables plus a few keys of Drover's).
 //!
 //! The types here are plain data with serde; parsing with file/line errors, warnings for
-//! keys Drover does not implement, and validation live in [`parse`] and [`validate`].
+//! keys Drover does not implement ([`parse`]), and validation ([`validate`]) sit beside them.
+//! Entry point: [`parse_config`] (standalone `config.toml`) or [`parse_with`].
 
 mod docker;
+mod locate;
+pub mod parse;
 mod runner;
+pub mod validate;
 
 pub use docker::{DockerConfig, PullPolicy, PullPolicyList};
+pub use locate::{Segment, TomlPath};
+pub use parse::{ParseMode, Parsed, SpecError, Warning, parse_config, parse_with};
 pub use runner::{CacheConfig, Config, RunnerConfig, SessionServer};

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod client;
+pub mod fake;
 pub mod features;
 pub mod headers;
 pub mod stats;

@@ -1,8 +1,26 @@
 //! The job trace: what the executor writes, masked, bounded, and shipped to GitLab.
+//!
+//! - [`TraceSink`] (this file): the handle the executor writes to. Masks secrets
+//!   ([`mask::Masker`]), caps the size at `output_limit`, keeps the whole masked trace in
+//!   memory so any range can be resent.
+//! - [`upload::TraceUploader`]: ships increments with `PATCH /jobs/:id/trace`, detects
+//!   cancellation, and sends the final `PUT /jobs/:id`.
+//!
+//! Invariant: nothing unmasked is ever stored past the masker's hold-back window, sent, or
+//! logged.
 
-use std::sync::{Arc, Mutex};
+pub mod mask;
+pub mod upload;
 
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
+
+pub use upload::{FinalState, TraceUploader, UploadOptions, UploadReport};
+
+/// gitlab-runner's default `output_limit`: 4096 KiB.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 4096 * 1024;
 
 /// Handle the executor writes job output to. Cheap to clone.
 ///
@@ -14,27 +32,70 @@ pub struct TraceSink {
 }
 
 struct Shared {
-    buf: Mutex<Vec<u8>>,
+    state: Mutex<State>,
     notify: Notify,
 }
 
+struct State {
+    masker: mask::Masker,
+    /// The masked trace so far (never more than `limit` plus the truncation notice).
+    buf: Vec<u8>,
+    limit: usize,
+    truncated: bool,
+    closed: bool,
+}
+
 impl TraceSink {
-    /// A sink with an empty buffer.
+    /// A sink with no secrets and the default output limit.
     pub fn new() -> Self {
+        Self::with_masks(std::iter::empty::<&SecretString>(), DEFAULT_OUTPUT_LIMIT)
+    }
+
+    /// A sink that replaces each of `secrets` with `[MASKED]` and keeps at most
+    /// `output_limit` bytes.
+    pub fn with_masks<'a, I>(secrets: I, output_limit: usize) -> Self
+    where
+        I: IntoIterator<Item = &'a SecretString>,
+    {
+        let masker = mask::Masker::new(
+            secrets
+                .into_iter()
+                .map(|s| s.expose_secret().as_bytes().to_vec()),
+        );
         TraceSink {
             shared: Arc::new(Shared {
-                buf: Mutex::new(Vec::new()),
+                state: Mutex::new(State {
+                    masker,
+                    buf: Vec::new(),
+                    limit: output_limit,
+                    truncated: false,
+                    closed: false,
+                }),
                 notify: Notify::new(),
             }),
         }
     }
 
-    /// Appends raw output bytes.
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (appends only).
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends raw output bytes. Ignored after [`TraceSink::close`].
     pub fn write(&self, bytes: &[u8]) {
-        if let Ok(mut b) = self.shared.buf.lock() {
-            b.extend_from_slice(bytes);
+        {
+            let mut st = self.state();
+            if st.closed || st.truncated {
+                return;
+            }
+            let mut out = Vec::with_capacity(bytes.len());
+            st.masker.push(bytes, &mut out);
+            st.append(&out);
         }
-        self.shared.notify.notify_one();
+        self.shared.notify.notify_waiters();
     }
 
     /// Appends a line of text followed by `\n`.
@@ -61,13 +122,90 @@ impl TraceSink {
         self.write(format!("section_end:{now}:{name}\r\x1b[0K\n").as_bytes());
     }
 
+    /// Ends the trace: releases what the masker held back; later writes are ignored.
+    pub fn close(&self) {
+        {
+            let mut st = self.state();
+            if st.closed {
+                return;
+            }
+            if !st.truncated {
+                let mut out = Vec::new();
+                st.masker.finish(&mut out);
+                st.append(&out);
+            }
+            st.closed = true;
+        }
+        self.shared.notify.notify_waiters();
+    }
+
+    /// `true` once [`TraceSink::close`] ran.
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
+    /// `true` once output went past the limit and was dropped.
+    pub fn is_truncated(&self) -> bool {
+        self.state().truncated
+    }
+
+    /// Bytes of masked trace available to send.
+    pub fn len(&self) -> u64 {
+        self.state().buf.len() as u64
+    }
+
+    /// `true` when nothing is available to send yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// At most `max` bytes of masked trace starting at `offset`.
+    pub fn read_at(&self, offset: u64, max: usize) -> Vec<u8> {
+        let st = self.state();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(st.buf.len());
+        let end = start.saturating_add(max).min(st.buf.len());
+        st.buf[start..end].to_vec()
+    }
+
+    /// `crc32:<hex>` of the whole masked trace and its length, as `PUT /jobs/:id` wants.
+    pub fn checksum(&self) -> (String, u64) {
+        let st = self.state();
+        (
+            format!("crc32:{:08x}", crc32fast::hash(&st.buf)),
+            st.buf.len() as u64,
+        )
+    }
+
     /// Everything written so far (for tests and the uploader).
     pub fn snapshot(&self) -> Vec<u8> {
-        self.shared
-            .buf
-            .lock()
-            .map(|b| b.clone())
-            .unwrap_or_default()
+        self.state().buf.clone()
+    }
+
+    /// Resolves at the next write or close.
+    pub async fn changed(&self) {
+        self.shared.notify.notified().await;
+    }
+}
+
+impl State {
+    fn append(&mut self, bytes: &[u8]) {
+        let room = self.limit.saturating_sub(self.buf.len());
+        if bytes.len() <= room {
+            self.buf.extend_from_slice(bytes);
+            return;
+        }
+        self.buf.extend_from_slice(&bytes[..room]);
+        self.truncated = true;
+        self.buf.extend_from_slice(
+            format!(
+                "\n\x1b[0;33mJob's log exceeded limit of {} bytes.\nJob execution will \
+                 continue but no more output will be collected.\x1b[0;m\n",
+                self.limit
+            )
+            .as_bytes(),
+        );
     }
 }
 
@@ -77,9 +215,92 @@ impl Default for TraceSink {
     }
 }
 
+impl std::fmt::Debug for TraceSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state();
+        f.debug_struct("TraceSink")
+            .field("len", &st.buf.len())
+            .field("truncated", &st.truncated)
+            .field("closed", &st.closed)
+            .finish_non_exhaustive()
+    }
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.to_string())
+    }
+
+    #[test]
+    fn masks_across_writes_and_flushes_on_close() {
+        let s = [secret("hunter22"), secret("glcbt-jobtoken")];
+        let sink = TraceSink::with_masks(&s, DEFAULT_OUTPUT_LIMIT);
+        sink.write(b"password: hunt");
+        assert_eq!(sink.snapshot(), b"password: ");
+        sink.write(b"er22\ntoken glcbt-");
+        sink.write(b"jobtoken done\ntail hunt");
+        sink.close();
+        assert_eq!(
+            String::from_utf8(sink.snapshot()).unwrap(),
+            "password: [MASKED]\ntoken [MASKED] done\ntail hunt"
+        );
+        sink.write(b"after close");
+        assert!(
+            !String::from_utf8(sink.snapshot())
+                .unwrap()
+                .contains("after")
+        );
+    }
+
+    #[test]
+    fn output_limit_truncates_once_with_notice() {
+        let sink = TraceSink::with_masks(&[], 10);
+        sink.write(b"0123456");
+        sink.write(b"789abcdef");
+        sink.write(b"zzzz");
+        sink.close();
+        let s = String::from_utf8(sink.snapshot()).unwrap();
+        assert!(s.starts_with("0123456789\n"), "{s:?}");
+        assert_eq!(
+            s.matches("Job's log exceeded limit of 10 bytes.").count(),
+            1
+        );
+        assert!(!s.contains("abc") && !s.contains("zzzz"), "{s:?}");
+        assert!(sink.is_truncated());
+    }
+
+    #[test]
+    fn read_at_and_checksum() {
+        let sink = TraceSink::new();
+        sink.write(b"hello world");
+        assert_eq!(sink.read_at(6, 100), b"world");
+        assert_eq!(sink.read_at(6, 2), b"wo");
+        assert_eq!(sink.read_at(50, 2), b"");
+        let (sum, size) = sink.checksum();
+        assert_eq!(size, 11);
+        assert_eq!(
+            sum,
+            format!("crc32:{:08x}", crc32fast::hash(b"hello world"))
+        );
+    }
+
+    #[test]
+    fn sections_are_written() {
+        let sink = TraceSink::new();
+        sink.section_start("step_script", "Executing step");
+        sink.section_end("step_script");
+        let s = String::from_utf8(sink.snapshot()).unwrap();
+        assert!(s.contains(":step_script\r\x1b[0K\x1b[0;32m\x1b[1mExecuting step"));
+        assert!(s.contains("section_end:"));
+    }
 }

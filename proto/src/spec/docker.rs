@@ -57,7 +57,7 @@ pub struct DockerConfig {
 }
 
 /// One pull policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PullPolicy {
     Always,
@@ -65,12 +65,82 @@ pub enum PullPolicy {
     Never,
 }
 
+impl PullPolicy {
+    /// Every accepted value, as written in `config.toml`.
+    pub const ALLOWED: &'static [&'static str] = &["always", "if-not-present", "never"];
+
+    /// The `config.toml` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "always",
+            PullPolicy::IfNotPresent => "if-not-present",
+            PullPolicy::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(PullPolicy::Always),
+            "if-not-present" => Ok(PullPolicy::IfNotPresent),
+            "never" => Ok(PullPolicy::Never),
+            other => Err(format!(
+                "unknown pull policy {other:?}, expected one of: {}",
+                PullPolicy::ALLOWED.join(", ")
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PullPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `pull_policy`: a string or a list, as gitlab-runner accepts ("try in order").
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum PullPolicyList {
     One(PullPolicy),
     Many(Vec<PullPolicy>),
+}
+
+impl<'de> Deserialize<'de> for PullPolicyList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PullPolicyList;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    f,
+                    "a pull policy or a list of them ({})",
+                    PullPolicy::ALLOWED.join(", ")
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                v.parse().map(PullPolicyList::One).map_err(E::custom)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(p) = seq.next_element::<PullPolicy>()? {
+                    out.push(p);
+                }
+                Ok(PullPolicyList::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl PullPolicyList {

@@ -46,8 +46,11 @@ pub struct RunnerConfig {
     /// Legacy registration token (spec files only; held by the controller).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_secret")]
     pub registration_token: Option<SecretString>,
-    /// Token expiry as written by gitlab-runner (`token_expires_at`).
+    /// Token expiry as written by gitlab-runner (`token_expires_at`, a TOML datetime or a
+    /// string; gitlab-runner writes `0001-01-01T00:00:00Z` for "never").
+    #[serde(deserialize_with = "string_or_datetime")]
     pub token_expires_at: Option<String>,
+    #[serde(deserialize_with = "string_or_datetime")]
     pub token_obtained_at: Option<String>,
     pub id: Option<i64>,
     pub executor: String,
@@ -108,5 +111,19 @@ fn ser_secret<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S:
     match v {
         Some(t) => s.serialize_str(t.expose_secret()),
         None => s.serialize_none(),
+    }
+}
+
+/// gitlab-runner writes times as TOML datetimes; people write strings. Both become RFC 3339
+/// text.
+fn string_or_datetime<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<toml::Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s)),
+        Some(toml::Value::Datetime(t)) => Ok(Some(t.to_string())),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a date-time, found {}",
+            other.type_str()
+        ))),
     }
 }

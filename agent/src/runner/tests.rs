@@ -1,0 +1,356 @@
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_proto::spec::RunnerConfig;
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+
+use super::fake_executor::FakeExecutor;
+use super::*;
+use crate::executor::{FailureReason, JobOutcome};
+use crate::gitlab::fake::{Call, Endpoint, FakeGitLab, job};
+
+fn settings(limit: Option<u32>) -> RunnerSettings {
+    let mut s = RunnerSettings::from_config(
+        Arc::new(RunnerConfig {
+            name: "unit".into(),
+            executor: "docker".into(),
+            limit,
+            ..RunnerConfig::default()
+        }),
+        0,
+        SecretString::from("glrt-abcdefghijkl".to_string()),
+        "s_0123456789ab".into(),
+        "agent-test".into(),
+        Duration::from_millis(10),
+    );
+    s.upload.interval = Duration::from_millis(20);
+    s.upload.keepalive = Duration::from_millis(100);
+    s.upload.backoff_min = Duration::from_millis(5);
+    s.upload.backoff_max = Duration::from_millis(20);
+    s.upload.final_deadline = Duration::from_secs(10);
+    s.backoff_min = Duration::from_millis(5);
+    s.backoff_max = Duration::from_millis(40);
+    s
+}
+
+struct Harness {
+    gl: Arc<FakeGitLab>,
+    ex: Arc<FakeExecutor>,
+    stats: Arc<RunnerStats>,
+    shutdown: Shutdown,
+    events: tokio::sync::mpsc::UnboundedReceiver<RunnerEvent>,
+    task: tokio::task::JoinHandle<Result<(), RunnerError>>,
+}
+
+fn start(limit: Option<u32>, concurrent: usize, ex: FakeExecutor, gl: Arc<FakeGitLab>) -> Harness {
+    let ex = Arc::new(ex);
+    let stats = Arc::new(RunnerStats::default());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = Shutdown::default();
+    let deps = RunnerDeps {
+        gitlab: gl.clone(),
+        executor: ex.clone(),
+        concurrent: Arc::new(Semaphore::new(concurrent)),
+        stats: stats.clone(),
+        events: Some(tx),
+    };
+    let task = tokio::spawn(run(settings(limit), deps, shutdown.clone()));
+    Harness {
+        gl,
+        ex,
+        stats,
+        shutdown,
+        events: rx,
+        task,
+    }
+}
+
+fn finished(gl: &FakeGitLab, ids: &[i64]) -> bool {
+    ids.iter()
+        .all(|id| gl.job(*id).is_some_and(|j| j.state != "running"))
+}
+
+#[tokio::test]
+async fn runs_a_job_and_reports_success() {
+    let gl = Arc::new(FakeGitLab::new());
+    gl.push_job(job(1, &["echo hi"]));
+    let h = start(None, 1, FakeExecutor::default(), gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(5), |g| finished(g, &[1]))
+            .await
+    );
+    let j = h.gl.job(1).unwrap();
+    assert_eq!(j.state, "success");
+    let t = String::from_utf8(j.trace).unwrap();
+    assert!(
+        t.contains("$ echo hi") && t.contains("Job succeeded"),
+        "{t}"
+    );
+    assert!(t.contains("Running with drover-agent"), "{t}");
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+    let st = h.stats.snapshot();
+    assert_eq!((st.jobs_succeeded, st.jobs_running), (1, 0));
+    assert_eq!(st.state, RunnerState::Stopped);
+}
+
+#[tokio::test]
+async fn concurrent_bounds_parallel_jobs() {
+    let gl = Arc::new(FakeGitLab::new());
+    for id in 1..=5 {
+        gl.push_job(job(id, &["sleep"]));
+    }
+    let ex = FakeExecutor {
+        hold: Duration::from_millis(150),
+        ..Default::default()
+    };
+    let h = start(None, 2, ex, gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[1, 2, 3, 4, 5]))
+            .await
+    );
+    assert_eq!(h.ex.max_running.load(Ordering::SeqCst), 2);
+    let mut slots = h.ex.slots.lock().unwrap().clone();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(slots, vec![0, 1]);
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn runner_limit_bounds_below_concurrent() {
+    let gl = Arc::new(FakeGitLab::new());
+    for id in 1..=4 {
+        gl.push_job(job(id, &["sleep"]));
+    }
+    let ex = FakeExecutor {
+        hold: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let h = start(Some(1), 10, ex, gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[1, 2, 3, 4]))
+            .await
+    );
+    assert_eq!(h.ex.max_running.load(Ordering::SeqCst), 1);
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn no_job_loop_sends_last_update_back() {
+    let gl = Arc::new(FakeGitLab::new());
+    let h = start(None, 1, FakeExecutor::default(), gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(5), |g| g.calls().len() >= 5)
+            .await
+    );
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+    let lus: Vec<Option<String>> =
+        h.gl.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::RequestJob { last_update } => Some(last_update),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(lus[0], None);
+    for (i, lu) in lus.iter().enumerate().skip(1) {
+        assert_eq!(lu.as_deref(), Some(format!("cursor-{i}").as_str()));
+    }
+}
+
+#[tokio::test]
+async fn forbidden_on_verify_fails_naming_the_runner() {
+    let gl = Arc::new(FakeGitLab::new());
+    gl.set_verify_forbidden(true);
+    let mut h = start(None, 1, FakeExecutor::default(), gl);
+    let e = h.task.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("runner unit"), "{e}");
+    assert_eq!(h.stats.snapshot().state, RunnerState::NeedsRegistration);
+    assert!(matches!(
+        h.events.recv().await,
+        Some(RunnerEvent::NeedsRegistration { .. })
+    ));
+}
+
+#[tokio::test]
+async fn forbidden_on_request_stops_requesting() {
+    let gl = Arc::new(FakeGitLab::new());
+    gl.set_request_forbidden(true);
+    let h = start(None, 1, FakeExecutor::default(), gl);
+    let e = tokio::time::timeout(Duration::from_secs(5), h.task)
+        .await
+        .expect("runner stops by itself")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, RunnerError::Forbidden { .. }), "{e}");
+    let requests =
+        h.gl.calls()
+            .iter()
+            .filter(|c| matches!(c, Call::RequestJob { .. }))
+            .count();
+    assert_eq!(requests, 1);
+    assert_eq!(h.stats.snapshot().state, RunnerState::NeedsRegistration);
+}
+
+#[tokio::test]
+async fn server_errors_back_off_then_recover() {
+    let gl = Arc::new(FakeGitLab::new());
+    gl.fail_next(Endpoint::Verify, 2, 502);
+    gl.fail_next(Endpoint::RequestJob, 4, 500);
+    gl.push_job(job(9, &["echo after outage"]));
+    let h = start(None, 1, FakeExecutor::default(), gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[9]))
+            .await
+    );
+    assert_eq!(h.gl.job(9).unwrap().state, "success");
+    assert!(h.stats.snapshot().last_error.unwrap().contains("500"));
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn gitlab_cancel_stops_the_job() {
+    let gl = Arc::new(FakeGitLab::new());
+    gl.push_job(job(3, &["long"]));
+    let ex = FakeExecutor {
+        hold: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let h = start(None, 1, ex, gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(5), |g| g
+            .job(3)
+            .is_some_and(|j| !j.trace.is_empty()))
+            .await
+    );
+    h.gl.cancel(3);
+    assert!(h.stats.snapshot().jobs_running.eq(&1));
+    let st = h.stats.clone();
+    let done = async {
+        while st.snapshot().jobs_canceled == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .expect("job canceled");
+    assert_eq!(h.gl.job(3).unwrap().state, "canceled");
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn stop_now_reports_running_jobs_failed_with_trace() {
+    let gl = Arc::new(FakeGitLab::new());
+    gl.push_job(job(4, &["long"]));
+    let ex = FakeExecutor {
+        hold: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let h = start(None, 1, ex, gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(5), |g| g
+            .job(4)
+            .is_some_and(|j| !j.trace.is_empty()))
+            .await
+    );
+    h.shutdown.now.cancel();
+    tokio::time::timeout(Duration::from_secs(10), h.task)
+        .await
+        .expect("runner stops")
+        .unwrap()
+        .unwrap();
+    let j = h.gl.job(4).unwrap();
+    assert_eq!(j.state, "failed");
+    assert_eq!(j.failure_reason.as_deref(), Some("runner_system_failure"));
+    let t = String::from_utf8(j.trace).unwrap();
+    assert!(
+        t.contains("ERROR: Job failed: aborted: shutting down"),
+        "{t}"
+    );
+}
+
+#[tokio::test]
+async fn graceful_stop_lets_the_job_finish() {
+    let gl = Arc::new(FakeGitLab::new());
+    gl.push_job(job(5, &["medium"]));
+    gl.push_job(job(6, &["never taken"]));
+    let ex = FakeExecutor {
+        hold: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let h = start(Some(1), 1, ex, gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(5), |g| g.job(5).is_some())
+            .await
+    );
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+    assert_eq!(h.gl.job(5).unwrap().state, "success");
+    assert!(h.gl.job(6).is_none());
+    assert_eq!(h.gl.queued(), 1);
+}
+
+#[tokio::test]
+async fn script_failure_reports_exit_code_and_masks_secrets() {
+    let gl = Arc::new(FakeGitLab::new());
+    let mut j = job(7, &["echo topsecret-value"]);
+    j.variables.push(
+        serde_json::from_value(serde_json::json!({
+            "key": "PASSWORD", "value": "topsecret-value", "masked": true, "public": false
+        }))
+        .unwrap(),
+    );
+    gl.push_job(j);
+    let ex = FakeExecutor {
+        outcome: Mutex::new(Some(JobOutcome::Failed {
+            reason: FailureReason::ScriptFailure,
+            exit_code: Some(2),
+        })),
+        ..Default::default()
+    };
+    let h = start(None, 1, ex, gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(5), |g| finished(g, &[7]))
+            .await
+    );
+    let j = h.gl.job(7).unwrap();
+    assert_eq!(j.state, "failed");
+    assert_eq!(j.exit_code, Some(2));
+    assert_eq!(j.failure_reason.as_deref(), Some("script_failure"));
+    let t = String::from_utf8(j.trace).unwrap();
+    assert!(
+        t.contains("$ echo [MASKED]") && !t.contains("topsecret"),
+        "{t}"
+    );
+    assert!(t.contains("ERROR: Job failed: exit code 2"), "{t}");
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+}
+
+#[test]
+fn short_token_strips_prefix() {
+    assert_eq!(
+        short_token(&SecretString::from("glrt-abcdefghijkl".to_string())),
+        "abcdefgh"
+    );
+    assert_eq!(short_token(&SecretString::from("xyz".to_string())), "xyz");
+}
+
+#[test]
+fn error_chain_names_the_cause_once() {
+    let e = GitLabError::Transport {
+        endpoint: "request job",
+        source: "connection refused".into(),
+    };
+    assert_eq!(error_chain(&e), "request job: connection refused");
+    let io = std::io::Error::other(e);
+    assert_eq!(error_chain(&io), "request job: connection refused");
+}

@@ -1,0 +1,214 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::gitlab::fake::{Call, Endpoint, FakeGitLab, job};
+
+fn fast() -> UploadOptions {
+    UploadOptions {
+        interval: Duration::from_millis(20),
+        keepalive: Duration::from_millis(200),
+        max_patch: 1024,
+        backoff_min: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(20),
+        final_deadline: Duration::from_secs(10),
+    }
+}
+
+struct Setup {
+    gl: Arc<FakeGitLab>,
+    sink: TraceSink,
+    cancel: CancellationToken,
+    up: TraceUploader,
+}
+
+async fn setup(id: i64, opts: UploadOptions) -> Setup {
+    let gl = Arc::new(FakeGitLab::new());
+    let j = job(id, &["true"]);
+    let reasons = j.features.failure_reasons.clone();
+    gl.push_job(j);
+    // Hand the job out so the fake knows it.
+    let auth = crate::gitlab::RunnerAuth {
+        token: SecretString::from("glrt-x".to_string()),
+        system_id: "s_0123456789ab".into(),
+    };
+    let sink = TraceSink::new();
+    let cancel = CancellationToken::new();
+    gl.request_job(&auth, None).await.unwrap();
+    let up = TraceUploader::start(
+        gl.clone(),
+        id,
+        SecretString::from(format!("job-token-{id}")),
+        sink.clone(),
+        cancel.clone(),
+        reasons,
+        opts,
+    );
+    Setup {
+        gl,
+        sink,
+        cancel,
+        up,
+    }
+}
+
+fn patches(gl: &FakeGitLab) -> Vec<(u64, usize)> {
+    gl.calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::PatchTrace { offset, len, .. } => Some((offset, len)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ships_increments_with_exact_ranges_and_final_update() {
+    let s = setup(1, fast()).await;
+    s.sink.write(b"hello ");
+    assert!(
+        s.gl.wait_until(Duration::from_secs(5), |g| g.job(1).unwrap().trace
+            == b"hello ")
+            .await
+    );
+    s.sink.write(b"world\n");
+    let report = s.up.finish(FinalState::Success).await;
+    assert!(
+        report.trace_complete && report.update_accepted,
+        "{report:?}"
+    );
+    let j = s.gl.job(1).unwrap();
+    assert_eq!(j.trace, b"hello world\n");
+    assert_eq!(j.state, "success");
+    assert_eq!(
+        j.checksum.as_deref(),
+        Some(format!("crc32:{:08x}", crc32fast::hash(b"hello world\n")).as_str())
+    );
+    let p = patches(&s.gl);
+    assert_eq!(p, vec![(0, 6), (6, 6)]);
+}
+
+#[tokio::test]
+async fn range_mismatch_resends_from_remote_size() {
+    let s = setup(2, fast()).await;
+    s.sink.write(b"0123456789");
+    assert!(
+        s.gl.wait_until(Duration::from_secs(5), |g| g.job(2).unwrap().trace.len()
+            == 10)
+            .await
+    );
+    // GitLab lost everything after byte 4.
+    s.gl.force_range_mismatch(2, 4);
+    s.sink.write(b"abc");
+    let report = s.up.finish(FinalState::Success).await;
+    assert!(report.trace_complete, "{report:?}");
+    assert_eq!(s.gl.job(2).unwrap().trace, b"0123456789abc");
+    assert!(patches(&s.gl).contains(&(4, 9)), "{:?}", patches(&s.gl));
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_without_losing_bytes() {
+    let s = setup(3, fast()).await;
+    s.gl.fail_next(Endpoint::PatchTrace, 5, 500);
+    s.gl.fail_next(Endpoint::UpdateJob, 2, 502);
+    s.sink.write(b"first ");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.sink.write(b"second");
+    let report = s.up.finish(FinalState::Success).await;
+    assert!(
+        report.trace_complete && report.update_accepted,
+        "{report:?}"
+    );
+    assert_eq!(s.gl.job(3).unwrap().trace, b"first second");
+    assert_eq!(s.gl.job(3).unwrap().state, "success");
+}
+
+#[tokio::test]
+async fn not_accepted_final_update_is_retried() {
+    let s = setup(4, fast()).await;
+    s.gl.answer_not_accepted(3);
+    s.sink.write(b"x");
+    let report = s.up.finish(FinalState::Success).await;
+    assert!(report.update_accepted);
+    let finals =
+        s.gl.calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::UpdateJob { state, .. } if state == "success"))
+            .count();
+    assert_eq!(finals, 4);
+}
+
+#[tokio::test]
+async fn job_status_canceled_fires_the_cancel_token() {
+    let s = setup(5, fast()).await;
+    s.gl.cancel(5);
+    s.sink.write(b"running...");
+    tokio::time::timeout(Duration::from_secs(5), s.cancel.cancelled())
+        .await
+        .expect("job canceled");
+    let report = s.up.finish(FinalState::from(&JobOutcome::Canceled)).await;
+    assert!(!report.update_accepted);
+    assert_eq!(s.gl.job(5).unwrap().state, "canceled");
+}
+
+#[tokio::test]
+async fn keepalive_update_sees_cancellation_without_output() {
+    let s = setup(6, fast()).await;
+    s.gl.cancel(6);
+    tokio::time::timeout(Duration::from_secs(5), s.cancel.cancelled())
+        .await
+        .expect("job canceled by keepalive");
+    let _ = s.up.finish(FinalState::Success).await;
+}
+
+#[tokio::test]
+async fn failure_reason_and_exit_code_are_reported() {
+    let s = setup(7, fast()).await;
+    s.sink.write(b"boom\n");
+    let report =
+        s.up.finish(FinalState::Failed {
+            reason: FailureReason::ScriptFailure,
+            exit_code: Some(3),
+        })
+        .await;
+    assert!(report.update_accepted);
+    let j = s.gl.job(7).unwrap();
+    assert_eq!(j.state, "failed");
+    assert_eq!(j.failure_reason.as_deref(), Some("script_failure"));
+    assert_eq!(j.exit_code, Some(3));
+}
+
+#[tokio::test]
+async fn large_trace_is_sent_in_bounded_patches() {
+    let s = setup(8, fast()).await;
+    let data: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    s.sink.write(&data);
+    let report = s.up.finish(FinalState::Success).await;
+    assert!(report.trace_complete);
+    assert_eq!(s.gl.job(8).unwrap().trace, data);
+    assert!(patches(&s.gl).iter().all(|(_, len)| *len <= 1024));
+}
+
+#[test]
+fn unsupported_failure_reasons_fall_back() {
+    let listed = vec!["script_failure".to_string(), "unknown_failure".to_string()];
+    assert_eq!(
+        supported_reason(FailureReason::ScriptFailure, &listed),
+        Some("script_failure")
+    );
+    assert_eq!(
+        supported_reason(FailureReason::ImagePullFailure, &listed),
+        Some("unknown_failure")
+    );
+    assert_eq!(
+        supported_reason(FailureReason::ImagePullFailure, &["script_failure".into()]),
+        None
+    );
+    assert_eq!(
+        supported_reason(FailureReason::ImagePullFailure, &[]),
+        Some("image_pull_failure")
+    );
+}

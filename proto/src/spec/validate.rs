@@ -1,0 +1,265 @@
+//! Semantic checks of a parsed file: what Drover cannot run is refused with the path of the
+//! offending key (the parser turns it into a line).
+
+use secrecy::ExposeSecret;
+
+use super::locate::TomlPath;
+use super::parse::ParseMode;
+use super::{Config, RunnerConfig};
+
+/// Highest `concurrent` / `limit` accepted: far above what one box runs, low enough to catch
+/// typos such as a byte count.
+pub const MAX_JOBS: u32 = 1000;
+
+/// One refusal: the key and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub path: TomlPath,
+    pub message: String,
+}
+
+fn bad(path: TomlPath, message: impl Into<String>) -> Violation {
+    Violation {
+        path,
+        message: message.into(),
+    }
+}
+
+const LOG_LEVELS: &[&str] = &[
+    "debug", "info", "warn", "warning", "error", "fatal", "panic",
+];
+
+/// Checks `config` for `mode`; the first violation in file order wins.
+pub fn validate(config: &Config, mode: ParseMode) -> Result<(), Violation> {
+    let root = TomlPath::default();
+    if let Some(c) = config.concurrent
+        && !(1..=MAX_JOBS).contains(&c)
+    {
+        return Err(bad(
+            root.key("concurrent"),
+            format!("concurrent = {c}: must be between 1 and {MAX_JOBS}"),
+        ));
+    }
+    if let Some(i) = config.check_interval
+        && i > 3600
+    {
+        return Err(bad(
+            root.key("check_interval"),
+            format!("check_interval = {i}: must be at most 3600 seconds"),
+        ));
+    }
+    if let Some(l) = &config.log_level
+        && !LOG_LEVELS.contains(&l.as_str())
+    {
+        return Err(bad(
+            root.key("log_level"),
+            format!(
+                "log_level = {l:?}: expected one of {}",
+                LOG_LEVELS.join(", ")
+            ),
+        ));
+    }
+    if mode == ParseMode::Standalone && config.runners.is_empty() {
+        return Err(bad(
+            root.key("runners"),
+            "no [[runners]] table: nothing to serve",
+        ));
+    }
+    for (i, r) in config.runners.iter().enumerate() {
+        validate_runner(r, i, mode)?;
+    }
+    Ok(())
+}
+
+fn runner_label(r: &RunnerConfig, index: usize) -> String {
+    if r.name.is_empty() {
+        format!("runner #{}", index + 1)
+    } else {
+        format!("runner {:?}", r.name)
+    }
+}
+
+fn validate_runner(r: &RunnerConfig, index: usize, mode: ParseMode) -> Result<(), Violation> {
+    let base = TomlPath::runner(index);
+    let who = runner_label(r, index);
+    match r.executor.as_str() {
+        "docker" => {}
+        "" => {
+            return Err(bad(
+                base.key("executor"),
+                format!("{who}: executor missing; only \"docker\" is supported"),
+            ));
+        }
+        other => {
+            return Err(bad(
+                base.key("executor"),
+                format!("{who}: executor {other:?} is not supported; only \"docker\" is"),
+            ));
+        }
+    }
+    if r.url.is_empty() {
+        return Err(bad(base.key("url"), format!("{who}: url missing")));
+    }
+    if let Err(e) = check_url(&r.url) {
+        return Err(bad(base.key("url"), format!("{who}: url {:?}: {e}", r.url)));
+    }
+    let present = |t: &Option<secrecy::SecretString>| {
+        t.as_ref()
+            .is_some_and(|t| !t.expose_secret().trim().is_empty())
+    };
+    let has_token = present(&r.token);
+    if !has_token {
+        match mode {
+            ParseMode::Standalone => {
+                return Err(bad(base.key("token"), format!("{who}: token missing")));
+            }
+            ParseMode::Spec if !present(&r.registration_token) => {
+                return Err(bad(
+                    base.key("token"),
+                    format!("{who}: token or registration_token required"),
+                ));
+            }
+            ParseMode::Spec => {}
+        }
+    }
+    if let Some(l) = r.limit
+        && l > MAX_JOBS
+    {
+        return Err(bad(
+            base.key("limit"),
+            format!("{who}: limit = {l}: must be between 0 (no limit) and {MAX_JOBS}"),
+        ));
+    }
+    if r.request_concurrency == Some(0) {
+        return Err(bad(
+            base.key("request_concurrency"),
+            format!("{who}: request_concurrency must be at least 1"),
+        ));
+    }
+    if r.output_limit == Some(0) {
+        return Err(bad(
+            base.key("output_limit"),
+            format!("{who}: output_limit must be at least 1 (KiB)"),
+        ));
+    }
+    if let Some(d) = &r.docker {
+        let dp = base.key("docker");
+        if let Some(s) = d.shm_size
+            && s < 0
+        {
+            return Err(bad(
+                dp.key("shm_size"),
+                format!("{who}: shm_size = {s}: must not be negative"),
+            ));
+        }
+        if let Some(p) = &d.pull_policy
+            && p.policies().is_empty()
+        {
+            return Err(bad(
+                dp.key("pull_policy"),
+                format!("{who}: pull_policy is an empty list"),
+            ));
+        }
+        for (k, v) in [
+            ("memory", &d.memory),
+            ("memory_swap", &d.memory_swap),
+            ("memory_reservation", &d.memory_reservation),
+        ] {
+            if let Some(v) = v
+                && parse_memory(v).is_none()
+            {
+                return Err(bad(
+                    dp.key(k),
+                    format!("{who}: {k} = {v:?}: expected a size like 512m or 2g"),
+                ));
+            }
+        }
+        if let Some(c) = &d.cpus
+            && !c.parse::<f64>().is_ok_and(|f| f > 0.0 && f.is_finite())
+        {
+            return Err(bad(
+                dp.key("cpus"),
+                format!("{who}: cpus = {c:?}: expected a positive number like 1.5"),
+            ));
+        }
+        for (j, v) in d.volumes.iter().enumerate() {
+            if v.trim().is_empty() || v.split(':').count() > 3 {
+                let mut p = dp.key("volumes");
+                p.0.push(super::locate::Segment::Index(j));
+                return Err(bad(
+                    p,
+                    format!("{who}: volume {v:?}: expected PATH or HOST:CONTAINER[:MODE]"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `http(s)://host[:port][/path]`, no whitespace.
+fn check_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    if url.chars().any(char::is_whitespace) {
+        return Err("must not contain spaces");
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map(|(_, h)| h).unwrap_or(host);
+    if host.is_empty() || host.starts_with(':') {
+        return Err("has no host");
+    }
+    if let Some((_, port)) = host.rsplit_once(':')
+        && !host.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return Err("has an invalid port");
+    }
+    Ok(())
+}
+
+/// Docker's memory size syntax (`512m`, `2g`, `1073741824`, `100kb`) in bytes.
+pub fn parse_memory(s: &str) -> Option<i64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1i64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        't' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let v = n * mult as f64;
+    (v <= i64::MAX as f64).then_some(v as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert!(check_url("https://gitlab.com").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/").is_ok());
+        assert!(check_url("http://[::1]:80").is_ok());
+        assert!(check_url("gitlab.com").is_err());
+        assert!(check_url("https://").is_err());
+        assert!(check_url("https://host:99999").is_err());
+        assert!(check_url("https://a b").is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512m"), Some(512 << 20));
+        assert_eq!(parse_memory("2g"), Some(2 << 30));
+        assert_eq!(parse_memory("100kb"), Some(100 << 10));
+        assert_eq!(parse_memory("1024"), Some(1024));
+        assert_eq!(parse_memory("lots"), None);
+        assert_eq!(parse_memory(""), None);
+    }
+}

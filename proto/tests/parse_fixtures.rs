@@ -1,0 +1,244 @@
+//! `config.toml` fixtures: what parses, what warns (snapshots), what is refused and where.
+
+use drover_proto::spec::{ParseMode, PullPolicy, SpecError, parse_config, parse_with};
+use secrecy::ExposeSecret;
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+fn warnings_of(name: &str) -> Vec<String> {
+    parse_config(&fixture(name), name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn error_of(name: &str) -> SpecError {
+    match parse_config(&fixture(name), name) {
+        Ok(_) => panic!("{name}: parsed, expected an error"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn register_default_parses_quietly() {
+    let parsed = parse_config(&fixture("register_default.toml"), "config.toml").unwrap();
+    let c = &parsed.config;
+    assert_eq!(c.concurrent, Some(4));
+    assert_eq!(c.runners.len(), 1);
+    let r = &c.runners[0];
+    assert_eq!(r.name, "edge-box-01");
+    assert_eq!(r.executor, "docker");
+    assert_eq!(
+        r.token.as_ref().map(|t| t.expose_secret().to_string()),
+        Some("glrt-t1_AbCdEfGhIjKlMnOpQrSt".to_string())
+    );
+    assert_eq!(r.token_expires_at.as_deref(), Some("0001-01-01T00:00:00Z"));
+    let d = r.docker.as_ref().unwrap();
+    assert_eq!(d.image.as_deref(), Some("alpine:3.20"));
+    assert_eq!(d.volumes, vec!["/cache".to_string()]);
+    // Only the session server is reported: empty cache tables, `false` and `0` configure
+    // nothing.
+    insta::assert_debug_snapshot!(warnings_of("register_default.toml"));
+}
+
+#[test]
+fn every_key_parses_and_warns_once_per_ignored_key() {
+    let parsed = parse_config(&fixture("every_key.toml"), "every_key.toml").unwrap();
+    let c = &parsed.config;
+    assert_eq!(c.concurrent, Some(8));
+    assert_eq!(c.check_interval, Some(5));
+    assert_eq!(c.runners.len(), 2);
+    let r = &c.runners[0];
+    assert_eq!(r.limit, Some(2));
+    assert_eq!(r.output_limit, Some(8192));
+    assert_eq!(
+        r.tls_ca_file.as_deref(),
+        Some("/etc/gitlab-runner/certs/ca.crt")
+    );
+    let d = r.docker.as_ref().unwrap();
+    assert_eq!(
+        d.pull_policy.as_ref().unwrap().policies(),
+        vec![PullPolicy::IfNotPresent, PullPolicy::Always]
+    );
+    assert_eq!(d.shm_size, Some(268_435_456));
+    assert_eq!(d.privileged, Some(true));
+    assert_eq!(
+        c.runners[1]
+            .docker
+            .as_ref()
+            .unwrap()
+            .pull_policy
+            .as_ref()
+            .unwrap()
+            .policies(),
+        vec![PullPolicy::Never]
+    );
+    let w = warnings_of("every_key.toml");
+    let mut paths: Vec<&str> = w.iter().map(|s| s.as_str()).collect();
+    paths.dedup();
+    assert_eq!(paths.len(), w.len(), "a warning repeated: {w:#?}");
+    insta::assert_debug_snapshot!(w);
+}
+
+#[test]
+fn other_executor_is_refused_naming_runner_and_line() {
+    let e = error_of("bad_executor.toml");
+    assert_eq!(
+        e.to_string(),
+        "bad_executor.toml:7: runners[0].executor: runner \"shell-runner\": executor \"shell\" \
+         is not supported; only \"docker\" is"
+    );
+}
+
+#[test]
+fn missing_token_is_refused() {
+    let e = error_of("missing_token.toml");
+    assert_eq!(
+        e.to_string(),
+        "missing_token.toml:1: runners[0].token: runner \"no-token\": token missing"
+    );
+}
+
+#[test]
+fn missing_url_names_the_second_runner() {
+    let e = error_of("missing_url.toml");
+    assert_eq!(
+        e.to_string(),
+        "missing_url.toml:7: runners[1].url: runner \"no-url\": url missing"
+    );
+}
+
+#[test]
+fn bad_url_is_refused() {
+    let e = error_of("bad_url.toml");
+    assert_eq!(
+        e.to_string(),
+        "bad_url.toml:3: runners[0].url: runner \"bad-url\": url \"gitlab.example.com\": must \
+         start with http:// or https://"
+    );
+}
+
+#[test]
+fn bad_pull_policy_lists_allowed_values() {
+    let e = error_of("bad_pull_policy.toml");
+    let SpecError::Syntax { line, message, .. } = &e else {
+        panic!("expected a syntax error, got {e:?}");
+    };
+    assert_eq!(*line, 8, "{e}");
+    assert!(
+        message.contains("\"sometimes\"") && message.contains("always, if-not-present, never"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_error_names_file_line_and_column() {
+    let e = error_of("syntax_error.toml");
+    let SpecError::Syntax { file, line, .. } = &e else {
+        panic!("expected a syntax error, got {e:?}");
+    };
+    assert_eq!(file, "syntax_error.toml");
+    assert_eq!(*line, 5, "{e}");
+    assert!(e.to_string().starts_with("syntax_error.toml:5:"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_line() {
+    let e = error_of("wrong_type.toml");
+    let SpecError::Syntax { line, message, .. } = &e else {
+        panic!("expected a type error, got {e:?}");
+    };
+    assert_eq!(*line, 1, "{e}");
+    assert!(message.contains("\"four\""), "{e}");
+}
+
+#[test]
+fn zero_concurrent_is_refused() {
+    let e = error_of("zero_concurrent.toml");
+    assert_eq!(
+        e.to_string(),
+        "zero_concurrent.toml:1: concurrent: concurrent = 0: must be between 1 and 1000"
+    );
+}
+
+#[test]
+fn empty_file_has_nothing_to_serve() {
+    let e = parse_config("", "empty.toml").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "empty.toml: runners: no [[runners]] table: nothing to serve"
+    );
+}
+
+#[test]
+fn debug_output_hides_tokens() {
+    let parsed = parse_config(&fixture("every_key.toml"), "every_key.toml").unwrap();
+    let dbg = format!("{:?}", parsed.config);
+    assert!(!dbg.contains("glrt-secret-one"), "{dbg}");
+}
+
+const SPEC: &str = r#"
+[[runners]]
+name = "lab-docker"
+url = "https://gitlab.example.com"
+registration_token = "GR1348941abc"
+tag_list = ["edge", "arm64"]
+run_untagged = false
+limit = 2
+executor = "docker"
+[runners.selector]
+site = "lab"
+[runners.docker]
+image = "alpine:3.20"
+pull_policy = "if-not-present"
+"#;
+
+#[test]
+fn spec_mode_accepts_registration_token_and_drover_keys() {
+    let parsed = parse_with(SPEC, "runners.toml", ParseMode::Spec).unwrap();
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    let r = &parsed.config.runners[0];
+    assert_eq!(r.tag_list, vec!["edge".to_string(), "arm64".to_string()]);
+    assert_eq!(r.selector.get("site").map(String::as_str), Some("lab"));
+}
+
+#[test]
+fn standalone_mode_refuses_a_spec_without_token_and_warns_on_spec_keys() {
+    let e = parse_config(SPEC, "runners.toml").unwrap_err();
+    assert!(e.to_string().contains("token missing"), "{e}");
+    let with_token = SPEC.replace(
+        "registration_token = \"GR1348941abc\"",
+        "token = \"glrt-x\"",
+    );
+    let w: Vec<String> = parse_config(&with_token, "config.toml")
+        .unwrap()
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        w,
+        vec![
+            "config.toml:6: runners[0].tag_list: only used by `drover runner apply`; ignored in \
+             standalone mode",
+            "config.toml:10: runners[0].selector: only used by `drover runner apply`; ignored in \
+             standalone mode",
+        ]
+    );
+}
+
+#[test]
+fn spec_mode_needs_some_token() {
+    let no_token = SPEC.replace("registration_token = \"GR1348941abc\"\n", "");
+    let e = parse_with(&no_token, "runners.toml", ParseMode::Spec).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "runners.toml:2: runners[0].token: runner \"lab-docker\": token or registration_token \
+         required"
+    );
+}
