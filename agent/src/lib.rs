@@ -9,6 +9,8 @@
 //! - [`identity`]: the state dir (key, certificate, pinned CA) and TLS to the controller.
 //! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
+//! - [`runner`]: one runner's job loop (verify, request, run jobs in slots, stats, events).
+//! - [`standalone`]: standalone mode (`--config`), reload by difference.
 //! - [`cli`]: one module per `drover-agent` subcommand.
 
 pub mod artifacts;
@@ -18,12 +20,9 @@ pub mod control;
 pub mod executor;
 pub mod fleet;
 pub mod gitlab;
-<<<<<<< HEAD
 pub mod host_facts;
 pub mod identity;
-pub mod sources;
-=======
 pub mod runner;
->>>>>>> h-runner
+pub mod sources;
 pub mod standalone;
 pub mod trace;
