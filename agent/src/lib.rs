@@ -11,6 +11,8 @@
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
 //! - [`runner`]: one runner's job loop (verify, request, run jobs in slots, stats, events).
 //! - [`standalone`]: standalone mode (`--config`), reload by difference.
+//! - [`units`]: the runner unit state machine (fleet mode).
+//! - [`fleet`]: fleet mode: desired state from the controller, applied as units.
 //! - [`cli`]: one module per `drover-agent` subcommand.
 
 pub mod artifacts;
@@ -26,3 +28,4 @@ pub mod runner;
 pub mod sources;
 pub mod standalone;
 pub mod trace;
+pub mod units;
