@@ -90,7 +90,8 @@ impl Default for RestartPolicy {
 /// What happened to a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The supervisor wants the unit running (new assignment, new token, agent start).
+    /// The supervisor wants the unit running with its current settings (new assignment, new
+    /// token, agent start). Resets the start limit and the backoff.
     Start,
     /// The loop verified its token and requests jobs.
     Verified,
@@ -112,7 +113,7 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Nothing,
-    /// Start a job loop for the unit.
+    /// Run a job loop with the unit's current settings (replacing a live one).
     StartLoop,
     /// Stop the unit's job loop (it is reported back with [`Event::LoopEnded`]).
     StopLoop,
@@ -178,10 +179,8 @@ impl Unit {
                 self.stopping = false;
                 self.starts.clear();
                 self.failures = 0;
-                if self.loop_alive {
-                    // Already running: the supervisor restarts it by applying new settings.
-                    return Action::Nothing;
-                }
+                // With a loop still alive (new settings for a running unit, or a new token
+                // while the refused loop drains) the supervisor replaces it.
                 self.try_start(now, docker_up)
             }
             Event::Verified => {

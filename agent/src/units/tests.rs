@@ -178,9 +178,13 @@ proptest! {
         for (ev, dt, docker) in steps {
             now += Duration::from_secs(dt);
             let before_alive = u.loop_alive();
+            let is_start = ev == Event::Start;
             let a = u.handle(ev, now, docker);
+            if is_start {
+                starts.clear();
+            }
             if a == Action::StartLoop {
-                prop_assert!(!before_alive);
+                prop_assert!(!before_alive || is_start);
                 prop_assert!(docker);
                 starts.push(now);
                 let recent = starts.iter().filter(|t| now.duration_since(**t).unwrap() < p.start_limit_interval).count();
