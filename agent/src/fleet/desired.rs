@@ -298,7 +298,8 @@ mod tests {
         }
     }
 
-    const SPEC: &str = r#"{"url":"http://gitlab.test","executor":"docker","docker":{"image":"busybox"}}"#;
+    const SPEC: &str =
+        r#"{"url":"http://gitlab.test","executor":"docker","docker":{"image":"busybox"}}"#;
 
     #[test]
     fn valid_assignment_gets_token_and_default_limit() {

@@ -40,8 +40,8 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
     if args.metrics_listen.is_some() {
         tracing::warn!("--metrics-listen is not served yet; ignored");
     }
-    let system_id = system_id::load_or_create(&args.state_dir.join("system_id"))
-        .context("system id")?;
+    let system_id =
+        system_id::load_or_create(&args.state_dir.join("system_id")).context("system id")?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {

@@ -46,6 +46,9 @@ pub trait DockerDep: Send + Sync {
     async fn executor(&self) -> anyhow::Result<Arc<dyn Executor>>;
 }
 
+/// Adjusts runner settings before a loop starts.
+pub type Tuning = Arc<dyn Fn(&mut RunnerSettings) + Send + Sync>;
+
 /// Timings and policies (tests shorten them).
 #[derive(Clone)]
 pub struct Timings {
@@ -61,7 +64,7 @@ pub struct Timings {
     pub status_every: Duration,
     pub policy: RestartPolicy,
     /// Adjusts runner settings before start (tests shorten the loop's timings).
-    pub tune: Option<Arc<dyn Fn(&mut RunnerSettings) + Send + Sync>>,
+    pub tune: Option<Tuning>,
 }
 
 impl Default for Timings {
@@ -180,9 +183,8 @@ impl Supervisor {
         let Some(applied) = self.deps.store.load()? else {
             return Ok(());
         };
-        let desired = desired::validate_all(applied.generation, &applied.runners).map_err(|e| {
-            anyhow::anyhow!("{}: {e}", self.deps.store.path().display())
-        })?;
+        let desired = desired::validate_all(applied.generation, &applied.runners)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.deps.store.path().display()))?;
         tracing::info!(
             generation = desired.generation,
             runners = desired.runners.len(),
@@ -234,10 +236,9 @@ impl Supervisor {
         }
         if let Some(engine) = self.engine.as_mut() {
             engine.stop_now();
-            let ended = tokio::time::timeout(drain, async {
-                while engine.join_next().await.is_some() {}
-            })
-            .await;
+            let ended =
+                tokio::time::timeout(drain, async { while engine.join_next().await.is_some() {} })
+                    .await;
             if ended.is_err() {
                 tracing::warn!(
                     runners = engine.running(),
@@ -303,11 +304,8 @@ impl Supervisor {
             return Ok(());
         }
         // Verify every new or changed runner before touching anything.
-        let changed: Vec<&Assignment> = desired
-            .runners
-            .iter()
-            .filter(|a| self.changed(a))
-            .collect();
+        let changed: Vec<&Assignment> =
+            desired.runners.iter().filter(|a| self.changed(a)).collect();
         let checks = changed.iter().map(|a| self.verify_new(a));
         let results = futures::future::join_all(checks).await;
         let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
@@ -600,8 +598,7 @@ impl Supervisor {
                 return;
             }
         };
-        let answer =
-            tokio::time::timeout(Duration::from_secs(30), gl.reset_token(&old)).await;
+        let answer = tokio::time::timeout(Duration::from_secs(30), gl.reset_token(&old)).await;
         let creds = match answer {
             Ok(Ok(c)) => c,
             Ok(Err(err @ GitLabError::Forbidden { .. })) => {
@@ -626,7 +623,9 @@ impl Supervisor {
         raw.token_expires_at = creds
             .token_expires_at
             .as_deref()
-            .and_then(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+            .and_then(|s| {
+                OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+            })
             .map(rfc3339);
         raw.token_obtained_at = Some(rfc3339(now_t));
         if let Some(id) = creds.id {
@@ -649,7 +648,11 @@ impl Supervisor {
         // Persist BEFORE the runner uses the new token.
         let applied = Applied {
             generation: self.generation,
-            runners: self.units.values().map(|e| e.assignment.raw.clone()).collect(),
+            runners: self
+                .units
+                .values()
+                .map(|e| e.assignment.raw.clone())
+                .collect(),
         };
         if let Err(err) = self.deps.store.save(&applied) {
             // The old token is already dead at GitLab: run with the new one anyway.
@@ -685,7 +688,8 @@ impl Supervisor {
             return;
         }
         let before = e.unit.state;
-        e.unit.handle(Event::TokenInvalid(why.clone()), now(), docker_up);
+        e.unit
+            .handle(Event::TokenInvalid(why.clone()), now(), docker_up);
         e.log(format!("token invalid: {why}"));
         let after = e.unit.state;
         tracing::error!(runner = %name, error = %why, "gitlab refused the runner token; waiting for a new one from the controller");

@@ -36,16 +36,10 @@ fn waits_for_docker_instead_of_crash_looping() {
     assert_eq!(u.state, UnitState::WaitingForDocker);
     for s in 1..100 {
         let now = t0() + Duration::from_secs(s);
-        assert_eq!(
-            u.handle(Event::Tick, now, false),
-            Action::Nothing
-        );
+        assert_eq!(u.handle(Event::Tick, now, false), Action::Nothing);
     }
     let now = t0() + Duration::from_secs(100);
-    assert_eq!(
-        u.handle(Event::Tick, now, true),
-        Action::StartLoop
-    );
+    assert_eq!(u.handle(Event::Tick, now, true), Action::StartLoop);
     assert_eq!(u.state, UnitState::Starting);
 }
 
@@ -61,22 +55,19 @@ fn failure_backs_off_exponentially_and_verified_resets() {
         let at = u.retry_at.unwrap();
         delays.push(at.duration_since(now).unwrap().as_secs());
         // Not due yet.
-        assert_eq!(
-            u.handle(Event::Tick, now, true),
-            Action::Nothing
-        );
+        assert_eq!(u.handle(Event::Tick, now, true), Action::Nothing);
         now = at;
         // Spread the starts so the start limit does not interfere.
         now += Duration::from_secs(60);
-        assert_eq!(
-            u.handle(Event::Tick, now, true),
-            Action::StartLoop
-        );
+        assert_eq!(u.handle(Event::Tick, now, true), Action::StartLoop);
     }
     assert_eq!(delays, vec![1, 2, 4]);
     u.handle(Event::Verified, now, true);
     u.handle(Event::LoopEnded(Some("x".into())), now, true);
-    assert_eq!(u.retry_at.unwrap().duration_since(now).unwrap().as_secs(), 1);
+    assert_eq!(
+        u.retry_at.unwrap().duration_since(now).unwrap().as_secs(),
+        1
+    );
 }
 
 #[test]
@@ -117,13 +108,14 @@ fn token_invalid_degrades_and_waits_for_a_new_token() {
         u.handle(Event::TokenInvalid("403".into()), t0(), true),
         Action::StopLoop
     );
-    u.handle(Event::LoopEnded(Some("403 on job request".into())), t0(), true);
+    u.handle(
+        Event::LoopEnded(Some("403 on job request".into())),
+        t0(),
+        true,
+    );
     assert_eq!(u.state, UnitState::Degraded);
     let later = t0() + Duration::from_secs(10_000);
-    assert_eq!(
-        u.handle(Event::Tick, later, true),
-        Action::Nothing
-    );
+    assert_eq!(u.handle(Event::Tick, later, true), Action::Nothing);
     assert_eq!(u.handle(Event::Start, later, true), Action::StartLoop);
     assert_eq!(u.state, UnitState::Starting);
 }

@@ -186,7 +186,8 @@ struct Harness {
     task: tokio::task::JoinHandle<()>,
 }
 
-const SPEC: &str = r#"{"url":"http://gitlab.test","executor":"docker","docker":{"image":"busybox"}}"#;
+const SPEC: &str =
+    r#"{"url":"http://gitlab.test","executor":"docker","docker":{"image":"busybox"}}"#;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn assignment(name: &str, token: &str) -> v1::RunnerAssignment {
@@ -314,7 +315,10 @@ impl Harness {
                 .await
                 .is_err()
             {
-                panic!("{what}: not reached; last report {:#?}", *self.report.borrow());
+                panic!(
+                    "{what}: not reached; last report {:#?}",
+                    *self.report.borrow()
+                );
             }
         }
     }
@@ -363,8 +367,7 @@ async fn pushed_generation_is_acked_persisted_and_runs_jobs() {
     assert_eq!(saved.generation, 1);
     assert_eq!(saved.runners[0].runner_token, "glrt-a");
     let status: Report =
-        serde_json::from_slice(&std::fs::read(report::status_file(h.dir.path())).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(report::status_file(h.dir.path())).unwrap()).unwrap();
     assert_eq!(status.units.len(), 1);
     // The same generation again is acked without touching the unit.
     let before = h.gl.verifies();
@@ -397,21 +400,37 @@ async fn refused_generations_leave_the_running_units_untouched() {
     let ack = h.ack().await;
     assert!(!ack.applied);
     assert_eq!(ack.generation, 2);
-    assert!(ack.error.contains("runner \"b\"") && ack.error.contains("shell"), "{}", ack.error);
+    assert!(
+        ack.error.contains("runner \"b\"") && ack.error.contains("shell"),
+        "{}",
+        ack.error
+    );
 
     // A token GitLab refuses: refused after the verify round, nothing changes.
     h.desired
-        .send(state(3, vec![assignment("a", "glrt-a"), assignment("b", "glrt-nope")]))
+        .send(state(
+            3,
+            vec![assignment("a", "glrt-a"), assignment("b", "glrt-nope")],
+        ))
         .unwrap();
     let ack = h.ack().await;
     assert!(!ack.applied);
-    assert!(ack.error.contains("runner b: gitlab refused the token"), "{}", ack.error);
+    assert!(
+        ack.error.contains("runner b: gitlab refused the token"),
+        "{}",
+        ack.error
+    );
 
     let r = h.report.borrow().clone();
     assert_eq!(r.applied_generation, 1);
     assert_eq!(r.units.len(), 1);
     assert!(is_running(&r, "a"));
-    assert!(r.last_refusal.as_deref().unwrap_or("").contains("generation 3"));
+    assert!(
+        r.last_refusal
+            .as_deref()
+            .unwrap_or("")
+            .contains("generation 3")
+    );
     // a was not restarted: only b's verify happened.
     assert_eq!(h.gl.verifies(), verifies + 1);
     assert_eq!(
@@ -523,9 +542,7 @@ async fn token_rotation_persists_before_use_and_tells_the_controller() {
         })
         .unwrap();
     let mut h = start(dir, gl, true).await;
-    let m = h
-        .message(|k| matches!(k, AgentKind::TokenRotated(_)))
-        .await;
+    let m = h.message(|k| matches!(k, AgentKind::TokenRotated(_))).await;
     let AgentKind::TokenRotated(t) = m else {
         unreachable!()
     };
@@ -534,13 +551,17 @@ async fn token_rotation_persists_before_use_and_tells_the_controller() {
     assert_eq!(t.gitlab_runner_id, 42);
     assert_eq!(
         t.token_expires_at.unwrap().seconds,
-        OffsetDateTime::parse("2099-01-01T00:00:00Z", &time::format_description::well_known::Rfc3339)
-            .unwrap()
-            .unix_timestamp()
+        OffsetDateTime::parse(
+            "2099-01-01T00:00:00Z",
+            &time::format_description::well_known::Rfc3339
+        )
+        .unwrap()
+        .unix_timestamp()
     );
     let r = h
         .wait_report("running on the new token", |r| {
-            is_running(r, "a") && r.units[0].token_expires_at.as_deref() == Some("2099-01-01T00:00:00Z")
+            is_running(r, "a")
+                && r.units[0].token_expires_at.as_deref() == Some("2099-01-01T00:00:00Z")
         })
         .await;
     assert_eq!(unit(&r, "a").gitlab_runner_id, 42);
@@ -549,7 +570,11 @@ async fn token_rotation_persists_before_use_and_tells_the_controller() {
         .await;
     assert_eq!(*h.gl.resets.lock().unwrap(), 1);
     let used = h.gl.persisted_before_use.lock().unwrap().clone();
-    assert_eq!(used, vec![true], "the file held the new token before its first use");
+    assert_eq!(
+        used,
+        vec![true],
+        "the file held the new token before its first use"
+    );
     let saved = Store::new(h.dir.path()).load().unwrap().unwrap();
     assert_eq!(saved.runners[0].runner_token, "glrt-rotated");
 
