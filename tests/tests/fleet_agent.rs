@@ -98,7 +98,10 @@ impl FakeControl {
             if let Some(v) = f(&self.seen.lock().unwrap()) {
                 return v;
             }
-            assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}");
+            assert!(
+                tokio::time::Instant::now() < end,
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -115,7 +118,10 @@ impl FakeControl {
 }
 
 /// Serves the fake controller with the real controller's CA on `127.0.0.1:0`.
-async fn serve_fake(data_dir: &std::path::Path, shutdown: CancellationToken) -> (String, FakeControl) {
+async fn serve_fake(
+    data_dir: &std::path::Path,
+    shutdown: CancellationToken,
+) -> (String, FakeControl) {
     let ca = drover_controller::pki::ca::Ca::load_or_create(data_dir).expect("controller ca");
     let cert = drover_controller::pki::policy::issue_server(&ca, OffsetDateTime::now_utc())
         .expect("server cert");
@@ -177,7 +183,10 @@ async fn job_ok(gitlab: &FakeGitLab, image: &str, name: &str, agent: &mut Agent)
         )
         .id;
     let Some(f) = gitlab.wait_for_job_finished(id, WAIT).await else {
-        panic!("job {name} did not finish; agent log:\n{}", agent.proc().log_text());
+        panic!(
+            "job {name} did not finish; agent log:\n{}",
+            agent.proc().log_text()
+        );
     };
     let t = f.trace_text();
     assert_eq!(f.state, JobState::Success, "{t}");
@@ -226,9 +235,7 @@ async fn fleet_generations_offline_autonomy_and_status() {
     });
 
     agent.run();
-    let hello = control
-        .wait("hello", |s| s.hellos.first().copied())
-        .await;
+    let hello = control.wait("hello", |s| s.hellos.first().copied()).await;
     assert_eq!(hello, 0);
 
     // Generation 1: acked, its runner runs a job.
@@ -244,7 +251,9 @@ async fn fleet_generations_offline_autonomy_and_status() {
             s.messages.iter().rev().find_map(|m| match m {
                 AgentKind::Heartbeat(h)
                     if h.applied_generation == 1
-                        && h.runners.iter().any(|r| r.name == "fleet-e2e" && r.state == "running") =>
+                        && h.runners
+                            .iter()
+                            .any(|r| r.name == "fleet-e2e" && r.state == "running") =>
                 {
                     Some(())
                 }
@@ -270,7 +279,10 @@ async fn fleet_generations_offline_autonomy_and_status() {
     assert_eq!(s["stale"], serde_json::Value::Null, "{s:#}");
     assert_eq!(s["units"][0]["name"], "fleet-e2e", "{s:#}");
     assert_eq!(s["units"][0]["state"], "running", "{s:#}");
-    assert!(s["units"][0]["jobs_succeeded"].as_u64().unwrap() >= 2, "{s:#}");
+    assert!(
+        s["units"][0]["jobs_succeeded"].as_u64().unwrap() >= 2,
+        "{s:#}"
+    );
 
     // Controller down, agent restarted: generation 1 keeps running.
     shutdown.cancel();
@@ -284,5 +296,8 @@ async fn fleet_generations_offline_autonomy_and_status() {
     // Stale once the agent is gone.
     agent.proc().kill();
     let s = status_json(&agent);
-    assert!(s["stale"].as_str().unwrap_or("").contains("not running"), "{s:#}");
+    assert!(
+        s["stale"].as_str().unwrap_or("").contains("not running"),
+        "{s:#}"
+    );
 }
