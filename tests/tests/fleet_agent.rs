@@ -3,7 +3,8 @@
 //! with the real `drover serve`, which is then stopped), the fake GitLab and real Docker.
 //!
 //! Proves: a pushed generation is acked and its runner runs a job; a bad generation is
-//! refused (Ack applied=false) and the old runner keeps running jobs; the agent restarted
+//! refused (Ack applied=false) and the old runner keeps running jobs; a revoked token is
+//! reported (`token-invalid`) and a pushed new one brings the unit back; the agent restarted
 //! with the controller down keeps running its last generation; `drover-agent status -o json`
 //! shows the units.
 
@@ -284,13 +285,35 @@ async fn fleet_generations_offline_autonomy_and_status() {
         "{s:#}"
     );
 
-    // Controller down, agent restarted: generation 1 keeps running.
+    // GitLab revokes the token: the agent reports token-invalid, the "controller" pushes a
+    // new token, the unit runs again without anyone touching the box.
+    assert!(gitlab.revoke_token(&runner_token));
+    let ev = control
+        .wait("token-invalid event", |s| {
+            s.messages.iter().find_map(|m| match m {
+                AgentKind::RunnerEvent(e) if e.kind == "token-invalid" => Some(e.clone()),
+                _ => None,
+            })
+        })
+        .await;
+    assert_eq!(ev.runner, "fleet-e2e");
+    let new_token = format!("glrt-fleet-{:08x}", rand::random::<u32>());
+    gitlab.add_runner(&new_token);
+    control.push(v1::DesiredState {
+        generation: 3,
+        runners: vec![assignment("fleet-e2e", spec.clone(), &new_token)],
+    });
+    let ack = control.ack(3).await;
+    assert!(ack.applied, "{ack:?}");
+    job_ok(&gitlab, &image, "new-token", &mut agent).await;
+
+    // Controller down, agent restarted: the last generation keeps running.
     shutdown.cancel();
     agent.proc().kill();
     agent.run();
     job_ok(&gitlab, &image, "offline", &mut agent).await;
     let s = status_json(&agent);
-    assert_eq!(s["applied_generation"], 1, "{s:#}");
+    assert_eq!(s["applied_generation"], 3, "{s:#}");
     assert_eq!(s["units"][0]["state"], "running", "{s:#}");
 
     // Stale once the agent is gone.
