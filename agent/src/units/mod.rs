@@ -259,7 +259,9 @@ impl Unit {
     }
 
     fn try_start(&mut self, now: SystemTime, docker_up: bool) -> Action {
-        if !docker_up {
+        // Docker gates new loops; a live loop (new settings) is replaced whatever Docker does,
+        // so a unit never waits for Docker with a loop still running.
+        if !docker_up && !self.loop_alive {
             self.retry_at = None;
             self.enter(UnitState::WaitingForDocker, now);
             return Action::Nothing;

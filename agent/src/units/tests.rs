@@ -177,7 +177,7 @@ proptest! {
             }
             if a == Action::StartLoop {
                 prop_assert!(!before_alive || is_start);
-                prop_assert!(docker);
+                prop_assert!(docker || before_alive);
                 starts.push(now);
                 let recent = starts.iter().filter(|t| now.duration_since(**t).unwrap() < p.start_limit_interval).count();
                 prop_assert!(recent <= p.start_limit_burst as usize);
@@ -187,6 +187,9 @@ proptest! {
             }
             if u.state.wants_loop() {
                 prop_assert!(u.loop_alive());
+            }
+            if u.state == UnitState::WaitingForDocker {
+                prop_assert!(!u.loop_alive());
             }
             if u.state == UnitState::Backoff {
                 prop_assert!(u.retry_at.is_some());
