@@ -207,7 +207,26 @@ fn state(generation: u64, runners: Vec<v1::RunnerAssignment>) -> v1::DesiredStat
     }
 }
 
+fn policy() -> RestartPolicy {
+    RestartPolicy {
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        start_limit_burst: 5,
+        start_limit_interval: Duration::from_secs(60),
+        watchdog: Duration::from_secs(60),
+    }
+}
+
 async fn start(dir: tempfile::TempDir, gl: Arc<TokenGitLab>, docker_up: bool) -> Harness {
+    start_with(dir, gl, docker_up, policy()).await
+}
+
+async fn start_with(
+    dir: tempfile::TempDir,
+    gl: Arc<TokenGitLab>,
+    docker_up: bool,
+    policy: RestartPolicy,
+) -> Harness {
     let (out_tx, out) = mpsc::channel(256);
     let (report_tx, report) = watch::channel(Report::default());
     let (desired, desired_rx) = mpsc::unbounded_channel();
@@ -233,13 +252,7 @@ async fn start(dir: tempfile::TempDir, gl: Arc<TokenGitLab>, docker_up: bool) ->
             ip_poll: Duration::from_millis(50),
             apply_timeout: Duration::from_secs(2),
             status_every: Duration::from_millis(100),
-            policy: RestartPolicy {
-                backoff_min: Duration::from_millis(10),
-                backoff_max: Duration::from_millis(50),
-                start_limit_burst: 5,
-                start_limit_interval: Duration::from_secs(60),
-                watchdog: Duration::from_secs(60),
-            },
+            policy,
             tune: Some(Arc::new(|s: &mut RunnerSettings| {
                 s.check_interval = Duration::from_millis(20);
                 s.upload.interval = Duration::from_millis(20);
@@ -330,8 +343,13 @@ impl Harness {
     }
 }
 
-fn unit<'a>(r: &'a Report, name: &str) -> &'a UnitReport {
-    r.units.iter().find(|u| u.name == name).unwrap()
+/// The unit `name` (an empty report while it does not exist yet).
+fn unit(r: &Report, name: &str) -> UnitReport {
+    r.units
+        .iter()
+        .find(|u| u.name == name)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn is_running(r: &Report, name: &str) -> bool {
@@ -639,5 +657,72 @@ async fn units_wait_for_docker_instead_of_crash_looping() {
     h.docker.up.store(true, Ordering::SeqCst);
     h.wait_report("running once docker answers", |r| is_running(r, "a"))
         .await;
+    h.stop().await;
+}
+
+fn persist_one(dir: &tempfile::TempDir, token: &str) {
+    Store::new(dir.path())
+        .save(&Applied {
+            generation: 1,
+            runners: vec![Raw {
+                name: "a".into(),
+                spec_json: SPEC.into(),
+                runner_token: token.into(),
+                gitlab_runner_id: 11,
+                token_expires_at: None,
+                token_obtained_at: None,
+            }],
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_loop_that_keeps_failing_hits_the_start_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    persist_one(&dir, "glrt-a");
+    let gl = new_gl(&dir, &["glrt-a"]);
+    // 404 on verify is not retried by the loop: every start fails.
+    gl.jobs
+        .fail_next(crate::gitlab::fake::Endpoint::Verify, 100, 404);
+    let mut h = start(dir, gl, true).await;
+    let r = h
+        .wait_report("stopped by the start limit", |r| {
+            r.units.iter().any(|u| u.state == "stopped")
+        })
+        .await;
+    let e = unit(&r, "a").last_error.clone().unwrap();
+    assert!(e.contains("start limit hit") && e.contains("404"), "{e}");
+    assert_eq!(h.gl.verifies(), 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.gl.verifies(), 5, "a stopped unit does not start again");
+    h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "backoff"))
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_watchdog_restarts_a_stalled_job_request_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    persist_one(&dir, "glrt-a");
+    let gl = new_gl(&dir, &["glrt-a"]);
+    // Job requests hang far longer than the watchdog allows.
+    gl.jobs.set_request_delay(Duration::from_secs(30));
+    let mut p = policy();
+    p.watchdog = Duration::from_millis(200);
+    let mut h = start_with(dir, gl, true, p).await;
+    h.wait_report("restarted by the watchdog", |r| {
+        r.units
+            .iter()
+            .any(|u| u.log.iter().any(|l| l.contains("watchdog")))
+    })
+    .await;
+    let end = tokio::time::Instant::now() + WAIT;
+    while h.gl.verifies() < 2 {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no restart after the stall"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     h.stop().await;
 }
