@@ -29,7 +29,9 @@ use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
 use super::report::{self, Report, UnitReport};
 use crate::executor::Executor;
 use crate::gitlab::{GitLab, GitLabError, RunnerAuth};
-use crate::runner::{RunnerEvent, RunnerSettings, RunnerState, RunnerStats, error_chain};
+use crate::runner::{
+    RunnerError, RunnerEvent, RunnerSettings, RunnerState, RunnerStats, error_chain,
+};
 use crate::standalone::engine::{Engine, GitLabFactory};
 use crate::units::{Action, Event, RestartPolicy, Unit, UnitState};
 
@@ -219,7 +221,7 @@ impl Supervisor {
                         Some(e) => e.join_next().await,
                         None => None,
                     }
-                }, if engine_busy => self.loop_ended(ended.runner, ended.result.err().map(|e| e.to_string())),
+                }, if engine_busy => self.loop_ended(ended.runner, ended.result),
                 _ = ping.tick() => self.check_docker().await,
                 _ = ip_poll.tick() => self.check_ips().await,
                 _ = tick.tick() => self.tick().await,
@@ -785,16 +787,25 @@ impl Supervisor {
         self.dirty = true;
     }
 
-    fn loop_ended(&mut self, runner: String, err: Option<String>) {
-        let docker_up = self.docker_up;
+    fn loop_ended(&mut self, runner: String, result: Result<(), RunnerError>) {
         // A replaced loop (new settings, same unit) ends while its successor runs.
         let successor = self
             .engine
             .as_ref()
             .is_some_and(|e| e.stats().iter().any(|(n, _)| *n == runner));
-        if successor {
+        if successor || !self.units.contains_key(&runner) {
             return;
         }
+        match &result {
+            Err(e @ RunnerError::Verify { .. }) => {
+                self.event(&runner, "verify-failed", &e.to_string());
+            }
+            // The loop's 403 may arrive before its NeedsRegistration event: same path.
+            Err(e @ RunnerError::Forbidden { .. }) => self.token_invalid(&runner, e.to_string()),
+            Ok(()) => {}
+        }
+        let err = result.err().map(|e| e.to_string());
+        let docker_up = self.docker_up;
         let Some(e) = self.units.get_mut(&runner) else {
             return;
         };

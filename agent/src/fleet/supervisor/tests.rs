@@ -697,6 +697,8 @@ async fn a_loop_that_keeps_failing_hits_the_start_limit() {
     assert_eq!(h.gl.verifies(), 5, "a stopped unit does not start again");
     h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "backoff"))
         .await;
+    h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "verify-failed"))
+        .await;
     h.stop().await;
 }
 
