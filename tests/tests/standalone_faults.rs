@@ -108,3 +108,25 @@ async fn gitlab_answering_500_for_a_while() {
     }
     assert!(e.gitlab.request_count(Endpoint::PatchTrace, 500) >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_token_exits_naming_the_runner() {
+    let gitlab = drover_tests::fake_gitlab::FakeGitLab::start().await;
+    let token = format!("glrt-unknown-{:08x}", rand::random::<u32>());
+    let config = format!(
+        "[[runners]]\n  name = \"refused\"\n  url = \"{}\"\n  token = \"{token}\"\n  \
+         executor = \"docker\"\n",
+        gitlab.url()
+    );
+    let mut agent = standalone_support::Agent::start(&config);
+    let status = agent
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("agent kept running:\n{}", agent.stderr()));
+    let stderr = agent.stderr();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("runner refused: gitlab refused the token"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&token), "token in logs:\n{stderr}");
+}

@@ -30,6 +30,14 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
     for w in &parsed.warnings {
         tracing::warn!("{w}");
     }
+    if let Some(level) = &parsed.config.log_level
+        && level != "info"
+    {
+        tracing::warn!(
+            "{}: log_level = {level:?} is not applied; set DROVER_LOG={level} instead",
+            config.display()
+        );
+    }
     if args.metrics_listen.is_some() {
         tracing::warn!("--metrics-listen is not served in standalone mode yet; ignored");
     }

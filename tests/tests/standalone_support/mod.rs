@@ -132,12 +132,19 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
+impl Agent {
+    /// Kills the process (if still running) and reaps it.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -206,6 +213,44 @@ pub async fn start(name: &str, concurrent: u32, docker_toml: &str) -> Option<E2e
         docker,
         token,
     })
+}
+
+impl Drop for E2e {
+    /// Kills the agent, then removes every container and volume carrying its agent id (the
+    /// executor keeps a builds volume per project on purpose; tests must not leave them).
+    fn drop(&mut self) {
+        self.agent.kill();
+        let Ok(system_id) =
+            std::fs::read_to_string(self.agent.dir.path().join(".runner_system_id"))
+        else {
+            return;
+        };
+        let id = drover_agent::standalone::load::agent_id(system_id.trim(), &self.agent.config);
+        let filter = format!("label=com.drover.agent={id}");
+        for (list, rm) in [
+            (&["ps", "-aq", "--filter"][..], &["rm", "-f"][..]),
+            (
+                &["volume", "ls", "-q", "--filter"][..],
+                &["volume", "rm", "-f"][..],
+            ),
+        ] {
+            let Ok(out) = Command::new("docker").args(list).arg(&filter).output() else {
+                continue;
+            };
+            let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !names.is_empty() {
+                let _ = Command::new("docker")
+                    .args(rm)
+                    .args(&names)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
 }
 
 impl E2e {

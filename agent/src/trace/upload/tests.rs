@@ -212,3 +212,21 @@ fn unsupported_failure_reasons_fall_back() {
         Some("image_pull_failure")
     );
 }
+
+#[tokio::test]
+async fn update_interval_header_sets_the_pace_and_finish_flushes_at_once() {
+    let s = setup(9, fast()).await;
+    s.gl.set_update_interval(Some(Duration::from_secs(60)));
+    s.sink.write(b"a");
+    assert!(
+        s.gl.wait_until(Duration::from_secs(5), |g| g.job(9).unwrap().trace == b"a")
+            .await
+    );
+    s.sink.write(b"b");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // GitLab asked for 60 s between patches: nothing more went out meanwhile.
+    assert_eq!(s.gl.job(9).unwrap().trace, b"a");
+    let report = s.up.finish(FinalState::Success).await;
+    assert!(report.trace_complete);
+    assert_eq!(s.gl.job(9).unwrap().trace, b"ab");
+}
