@@ -183,11 +183,13 @@ pub fn validate_one(raw: &Raw, index: usize) -> Result<Assignment, DesiredError>
         name: name.clone(),
         message: format!("{}: {}", v.path, v.message),
     })?;
+    // gitlab-runner writes `0001-01-01T00:00:00Z` for "never expires".
     let token_expires_at = raw
         .token_expires_at
         .as_deref()
         .map(|v| parse_time(&name, "token_expires_at", v))
-        .transpose()?;
+        .transpose()?
+        .filter(|t| t.unix_timestamp() > 0);
     let token_obtained_at = raw
         .token_obtained_at
         .as_deref()
@@ -362,6 +364,8 @@ mod tests {
         let now = parse_time("a", "x", "2026-01-01T00:00:00Z").unwrap();
         assert_eq!(rfc3339(a.rotate_at(now).unwrap()), "2026-01-04T00:00:00Z");
         r.token_expires_at = None;
+        assert!(validate_one(&r, 0).unwrap().rotate_at(now).is_none());
+        r.token_expires_at = Some("0001-01-01T00:00:00Z".into());
         assert!(validate_one(&r, 0).unwrap().rotate_at(now).is_none());
     }
 

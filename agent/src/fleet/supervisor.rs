@@ -628,6 +628,7 @@ impl Supervisor {
             .and_then(|s| {
                 OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
             })
+            .filter(|t| t.unix_timestamp() > 0)
             .map(rfc3339);
         raw.token_obtained_at = Some(rfc3339(now_t));
         if let Some(id) = creds.id {
