@@ -134,7 +134,11 @@ async fn session(
     let id = identity.agent_id.as_str();
     let channel = dial(identity).await.map_err(transient(false))?;
     let mut client = AgentControlClient::new(channel.clone());
-    let facts = HostFacts::collect();
+    let mut facts = HostFacts::collect();
+    // Fleet mode keeps the GitLab system id (`s_` + 12 hex) in the state dir.
+    if let Ok(id) = std::fs::read_to_string(state.root().join("system_id")) {
+        facts.system_id = id.trim().to_string();
+    }
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(16);
     let hello = v1::AgentMessage {
         kind: Some(AgentKind::Hello(v1::Hello {
