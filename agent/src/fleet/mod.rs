@@ -78,7 +78,10 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
         timings: Timings::default(),
     };
     let mut sup = Supervisor::new(deps);
-    sup.restore().await?;
+    if let Err(e) = sup.restore().await {
+        // Still connect: the controller pushes a fresh generation (Hello says 0).
+        tracing::error!(error = %format!("{e:#}"), "cannot run the persisted generation; waiting for the controller");
+    }
     sup.publish();
     let sup_stop = CancellationToken::new();
     let sup_task = tokio::spawn(sup.run(desired_rx, sup_stop.clone(), SHUTDOWN_DRAIN));
