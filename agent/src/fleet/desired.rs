@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use drover_proto::spec::validate::{self, MAX_JOBS};
 use drover_proto::spec::{Config, ParseMode, RunnerConfig};
 use drover_proto::v1;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -280,14 +280,10 @@ impl Store {
     }
 }
 
-/// `true` when two tokens are the same secret.
-pub fn same_token(a: &SecretString, b: &str) -> bool {
-    a.expose_secret() == b
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     fn raw(name: &str, spec: &str, token: &str) -> Raw {
         Raw {
