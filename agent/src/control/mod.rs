@@ -263,3 +263,44 @@ async fn renew_certificate(
     tracing::info!(agent = %id, not_after = %certs::rfc3339(info.not_after), "certificate renewed");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::report::UnitReport;
+
+    #[test]
+    fn heartbeat_carries_generation_and_units() {
+        let report = Report {
+            applied_generation: 9,
+            docker_reachable: true,
+            units: vec![UnitReport {
+                name: "lab".into(),
+                state: "backoff".into(),
+                last_error: Some("verify: 500".into()),
+                gitlab_runner_id: 3,
+                token_expires_at: Some("2026-12-01T00:00:00Z".into()),
+                jobs_running: 1,
+                jobs_succeeded: 2,
+                jobs_failed: 3,
+                jobs_canceled: 1,
+                ..UnitReport::default()
+            }],
+            ..Report::default()
+        };
+        let Some(AgentKind::Heartbeat(hb)) = heartbeat(&report).kind else {
+            panic!("not a heartbeat");
+        };
+        assert_eq!(hb.applied_generation, 9);
+        assert!(hb.host.unwrap().docker_reachable);
+        let r = &hb.runners[0];
+        assert_eq!(
+            (r.name.as_str(), r.state.as_str(), r.last_error.as_str()),
+            ("lab", "backoff", "verify: 500")
+        );
+        assert_eq!(r.gitlab_runner_id, 3);
+        assert_eq!(r.token_expires_at.unwrap().seconds, 1_796_083_200);
+        assert_eq!((r.jobs_running, r.jobs_succeeded, r.jobs_failed), (1, 2, 4));
+        assert!(r.last_gitlab_contact.is_none());
+    }
+}
