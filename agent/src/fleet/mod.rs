@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{ConnectOptions, DockerExecutor, Executor};
+use crate::executor::{BollardApi, ConnectOptions, DockerExecutor, Executor};
 use crate::gitlab::{ClientOptions, GitLab, HttpGitLab, system_id};
 use crate::identity::StateDir;
 use supervisor::{Deps, DockerDep, SharedGitLabFactory, Supervisor, Timings};
@@ -127,15 +127,12 @@ struct RealDocker {
 
 #[async_trait]
 impl DockerDep for RealDocker {
+    /// Connecting negotiates the API version: a request the engine must answer (through
+    /// the executor's own client, so the executor stays the only module talking to Docker).
     async fn ping(&self) -> Result<(), String> {
-        let docker = match std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
-            Some(h) => bollard::Docker::connect_with_host(&h),
-            None => bollard::Docker::connect_with_local_defaults(),
-        }
-        .map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(10), docker.ping())
+        tokio::time::timeout(Duration::from_secs(10), BollardApi::connect(None))
             .await
-            .map_err(|_| "ping timed out".to_string())?
+            .map_err(|_| "docker engine did not answer within 10s".to_string())?
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
