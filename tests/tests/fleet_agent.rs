@@ -164,6 +164,22 @@ fn status_json(agent: &Agent) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status json")
 }
 
+/// Polls `drover-agent status -o json` until `f` holds.
+async fn status_until(agent: &Agent, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status_json(agent);
+        if f(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "status never matched: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn assignment(name: &str, spec: serde_json::Value, token: &str) -> v1::RunnerAssignment {
     v1::RunnerAssignment {
         name: name.into(),
@@ -275,15 +291,15 @@ async fn fleet_generations_offline_autonomy_and_status() {
     assert!(ack.error.contains("shell"), "{}", ack.error);
     job_ok(&gitlab, &image, "after-refusal", &mut agent).await;
 
-    let s = status_json(&agent);
+    // The job's end reaches GitLab just before the agent counts it: poll the status file.
+    let s = status_until(&agent, |s| {
+        s["units"][0]["jobs_succeeded"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
     assert_eq!(s["applied_generation"], 1, "{s:#}");
     assert_eq!(s["stale"], serde_json::Value::Null, "{s:#}");
     assert_eq!(s["units"][0]["name"], "fleet-e2e", "{s:#}");
     assert_eq!(s["units"][0]["state"], "running", "{s:#}");
-    assert!(
-        s["units"][0]["jobs_succeeded"].as_u64().unwrap() >= 2,
-        "{s:#}"
-    );
 
     // GitLab revokes the token: the agent reports token-invalid, the "controller" pushes a
     // new token, the unit runs again without anyone touching the box.
@@ -312,7 +328,11 @@ async fn fleet_generations_offline_autonomy_and_status() {
     agent.proc().kill();
     agent.run();
     job_ok(&gitlab, &image, "offline", &mut agent).await;
-    let s = status_json(&agent);
+    // Written by the restarted agent (not the killed one's stale file).
+    let s = status_until(&agent, |s| {
+        s["stale"].is_null() && s["units"][0]["state"] == "running"
+    })
+    .await;
     assert_eq!(s["applied_generation"], 3, "{s:#}");
     assert_eq!(s["units"][0]["state"], "running", "{s:#}");
 
