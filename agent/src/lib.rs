@@ -14,6 +14,7 @@
 //! - [`units`]: the runner unit state machine (fleet mode).
 //! - [`fleet`]: fleet mode: desired state from the controller, applied as units.
 //! - [`cli`]: one module per `drover-agent` subcommand.
+//! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
 pub mod artifacts;
 pub mod cache;
@@ -27,5 +28,6 @@ pub mod identity;
 pub mod runner;
 pub mod sources;
 pub mod standalone;
+pub mod systemd;
 pub mod trace;
 pub mod units;

@@ -9,6 +9,7 @@
 //!   admin.key          its key (0600)
 //!   grpc.addr          the bound gRPC address, for the admin CLI
 //!   http.addr          the bound HTTP address
+//!   secrets.key        master key sealing runner tokens and specs (0600)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -51,5 +52,9 @@ impl DataDir {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> PathBuf {
         self.root.join("http.addr")
+    }
+    /// The master key for secrets at rest (0600).
+    pub fn secrets_key(&self) -> PathBuf {
+        self.root.join("secrets.key")
     }
 }

@@ -5,6 +5,8 @@
 //!   identities in URI SANs.
 //! - [`tokens`]: enrollment token format, hashing and the acceptance rules.
 //! - [`store`]: the `Store` trait and its SQLite implementation.
+//! - [`fleet`]: runner spec generations, rollouts, GitLab registration on agents' behalf.
+//! - [`secrets`]: encryption at rest of runner and registration tokens.
 //! - [`server`]: gRPC services over our own mutual-TLS accept loop, per-call auth, live
 //!   sessions, and the HTTP listener.
 //! - [`client`]: dialing the controller (admin CLI, tests).
@@ -15,7 +17,9 @@ pub mod cli;
 pub mod client;
 pub mod datadir;
 pub mod files;
+pub mod fleet;
 pub mod pki;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod timefmt;

@@ -1,7 +1,8 @@
 //! Starts the real `drover` and `drover-agent` binaries on loopback with temporary dirs.
 //!
-//! Binaries are found next to the test executable (`target/<profile>/`), where
-//! `cargo test --workspace` builds them; `DROVER_BIN` / `DROVER_AGENT_BIN` override.
+//! Binaries are found next to the test executable (`target/<profile>/`). `cargo test` does
+//! not build a dependency's binaries, so the first use of each runs `cargo build --bin NAME`
+//! (a no-op when it is fresh); `DROVER_BIN` / `DROVER_AGENT_BIN` override the path.
 //! Every child process is killed when its handle drops; its stderr goes to a log file that
 //! is printed when the test panics.
 
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// Path of a workspace binary: `$ENV` or `target/<profile>/<name>`.
-pub fn binary(name: &str, env: &str) -> PathBuf {
+/// Path of a workspace binary: `$ENV`, or `target/<profile>/<name>` built on first use.
+pub fn binary(package: &str, name: &str, env: &str) -> PathBuf {
     if let Ok(p) = std::env::var(env) {
         return PathBuf::from(p);
     }
@@ -22,11 +23,25 @@ pub fn binary(name: &str, env: &str) -> PathBuf {
     if dir.ends_with("deps") {
         dir.pop();
     }
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", package, "--bin", name])
+            .arg("--manifest-path")
+            .arg(&manifest);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+        built.push(name.to_string());
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not found: run the tests with `cargo test --workspace` (it builds the binaries) \
-         or set {env}",
+        "{} missing after cargo build",
         path.display()
     );
     path
@@ -34,12 +49,12 @@ pub fn binary(name: &str, env: &str) -> PathBuf {
 
 /// The `drover` binary.
 pub fn drover_bin() -> PathBuf {
-    binary("drover", "DROVER_BIN")
+    binary("drover-controller", "drover", "DROVER_BIN")
 }
 
 /// The `drover-agent` binary.
 pub fn agent_bin() -> PathBuf {
-    binary("drover-agent", "DROVER_AGENT_BIN")
+    binary("drover-agent", "drover-agent", "DROVER_AGENT_BIN")
 }
 
 /// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.

@@ -5,6 +5,8 @@
 pub mod agent;
 pub mod agents;
 pub mod output;
+pub mod rollout;
+pub mod runner;
 pub mod serve;
 pub mod token;
 
@@ -48,6 +50,12 @@ pub enum Command {
     /// Act on one agent.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Runner specs: apply, import, list, get, delete.
+    #[command(subcommand)]
+    Runner(runner::RunnerCommand),
+    /// Rollouts of runner spec generations: status, undo.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
 }
 
 impl Cli {
@@ -73,6 +81,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token::run(&cli, cmd).await,
         Command::Agents(args) => agents::run(&cli, args).await,
         Command::Agent(cmd) => agent::run(&cli, cmd).await,
+        Command::Runner(cmd) => runner::run(&cli, cmd).await,
+        Command::Rollout(cmd) => rollout::run(&cli, cmd).await,
     }
 }
 

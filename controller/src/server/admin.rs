@@ -10,7 +10,71 @@ use tonic::{Request, Response, Status};
 use super::auth;
 use super::convert;
 use super::state::AppState;
+use crate::fleet::{ApplyOutcome, ApplyRequest, FleetError};
+use crate::store::{Strategy, StrategyKind};
 use crate::tokens::{self, TokenRecord};
+
+impl From<FleetError> for Status {
+    fn from(e: FleetError) -> Status {
+        match e {
+            FleetError::Spec(_) | FleetError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            FleetError::NoRunner(_) => Status::not_found(e.to_string()),
+            FleetError::NothingToUndo(_) => Status::failed_precondition(e.to_string()),
+            FleetError::Store(s) => s.into(),
+            FleetError::Secrets(_) | FleetError::Corrupt { .. } => {
+                tracing::error!(error = %e, "fleet");
+                Status::internal(
+                    "controller could not read its runner specs; see the controller log",
+                )
+            }
+        }
+    }
+}
+
+/// The wire strategy as a domain one; `None` = the default.
+fn strategy(s: Option<&v1::RolloutStrategy>) -> Result<Option<Strategy>, Status> {
+    let Some(s) = s else { return Ok(None) };
+    let kind = match s.kind.as_str() {
+        "" if s.max_unavailable == 0 => return Ok(None),
+        "" | "rolling" => StrategyKind::Rolling,
+        "all" => StrategyKind::All,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "strategy {other:?}: expected rolling or all"
+            )));
+        }
+    };
+    Ok(Some(Strategy {
+        kind,
+        max_unavailable: s.max_unavailable.max(1),
+    }))
+}
+
+fn apply_response(o: ApplyOutcome) -> v1::ApplyRunnersResponse {
+    v1::ApplyRunnersResponse {
+        generation: o.generation,
+        changes: o
+            .changes
+            .into_iter()
+            .map(|c| v1::RunnerChange {
+                name: c.name,
+                change: c.kind.to_string(),
+                details: c.details,
+            })
+            .collect(),
+        warnings: o.warnings,
+    }
+}
+
+fn strategy_info(s: Strategy) -> v1::RolloutStrategy {
+    v1::RolloutStrategy {
+        kind: match s.kind {
+            StrategyKind::Rolling => "rolling".into(),
+            StrategyKind::All => "all".into(),
+        },
+        max_unavailable: s.max_unavailable,
+    }
+}
 
 /// The Admin service.
 pub struct AdminService {
@@ -96,7 +160,13 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(v1::ListAgentsResponse {
             agents: agents
                 .iter()
-                .map(|a| convert::agent_info(a, &self.state.sessions))
+                .map(|a| {
+                    convert::agent_info(
+                        a,
+                        &self.state.sessions,
+                        self.state.fleet.runner_statuses(&a.id),
+                    )
+                })
                 .collect(),
         }))
     }
@@ -115,6 +185,7 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(convert::agent_info(
             &agent,
             &self.state.sessions,
+            self.state.fleet.runner_statuses(&agent.id),
         )))
     }
 
@@ -133,6 +204,204 @@ impl v1::admin_server::Admin for AdminService {
         }
         self.state.sessions.close(id);
         tracing::info!(agent = %id, %admin, "agent revoked");
+        self.state.fleet.on_agent_deleted(id).await;
         Ok(Response::new(v1::DeleteAgentResponse {}))
+    }
+
+    async fn apply_runners(
+        &self,
+        req: Request<v1::ApplyRunnersRequest>,
+    ) -> Result<Response<v1::ApplyRunnersResponse>, Status> {
+        let admin = auth::admin(&req)?;
+        let r = req.into_inner();
+        let mut selector = BTreeMap::new();
+        for (k, v) in r.selector {
+            tokens::validate_label(&k, &v).map_err(Status::invalid_argument)?;
+            selector.insert(k, v);
+        }
+        let outcome = self
+            .state
+            .fleet
+            .apply(ApplyRequest {
+                file: r.file_name.clone(),
+                text: r.text,
+                dry_run: r.dry_run,
+                selector,
+                merge: r.merge,
+                strategy: strategy(r.strategy.as_ref())?,
+            })
+            .await?;
+        if outcome.generation > 0 {
+            tracing::info!(%admin, file = %r.file_name, generation = outcome.generation, "runner specs applied");
+        }
+        Ok(Response::new(apply_response(outcome)))
+    }
+
+    async fn list_runners(
+        &self,
+        req: Request<v1::ListRunnersRequest>,
+    ) -> Result<Response<v1::ListRunnersResponse>, Status> {
+        auth::admin(&req)?;
+        let Some((g, runners)) = self.state.fleet.current()? else {
+            return Ok(Response::new(v1::ListRunnersResponse::default()));
+        };
+        Ok(Response::new(v1::ListRunnersResponse {
+            generation: g.generation,
+            runners: runners
+                .iter()
+                .map(|r| self.runner_info(r, g.generation))
+                .collect::<Result<_, Status>>()?,
+        }))
+    }
+
+    async fn get_runner(
+        &self,
+        req: Request<v1::GetRunnerRequest>,
+    ) -> Result<Response<v1::RunnerInfo>, Status> {
+        auth::admin(&req)?;
+        let name = &req.get_ref().name;
+        let (g, runners) = self
+            .state
+            .fleet
+            .current()?
+            .ok_or_else(|| Status::not_found(format!("no runner named {name:?}")))?;
+        let r = runners
+            .iter()
+            .find(|r| &r.name == name)
+            .ok_or_else(|| Status::not_found(format!("no runner named {name:?}")))?;
+        Ok(Response::new(self.runner_info(r, g.generation)?))
+    }
+
+    async fn delete_runner(
+        &self,
+        req: Request<v1::DeleteRunnerRequest>,
+    ) -> Result<Response<v1::ApplyRunnersResponse>, Status> {
+        let admin = auth::admin(&req)?;
+        let r = req.into_inner();
+        let outcome = self
+            .state
+            .fleet
+            .delete_runner(&r.name, strategy(r.strategy.as_ref())?)
+            .await?;
+        tracing::info!(%admin, runner = %r.name, generation = outcome.generation, "runner deleted");
+        Ok(Response::new(apply_response(outcome)))
+    }
+
+    async fn rollout_status(
+        &self,
+        req: Request<v1::RolloutStatusRequest>,
+    ) -> Result<Response<v1::RolloutStatusResponse>, Status> {
+        auth::admin(&req)?;
+        let store = self.state.fleet.store();
+        let Some(g) = store.latest_generation()? else {
+            return Ok(Response::new(v1::RolloutStatusResponse {
+                state: "none".into(),
+                ..Default::default()
+            }));
+        };
+        let progress: std::collections::HashMap<String, crate::store::AgentRollout> = store
+            .agent_rollouts()?
+            .into_iter()
+            .map(|r| (r.agent_id.clone(), r))
+            .collect();
+        let mut agents = Vec::new();
+        for a in store
+            .list_agents()?
+            .into_iter()
+            .filter(|a| a.revoked_at.is_none())
+        {
+            let p = progress.get(&a.id).cloned().unwrap_or_default();
+            let connected = self.state.sessions.is_connected(&a.id);
+            let fleet_error = self.state.fleet.agent_error(&a.id);
+            let (state, error) = if p.ack_generation == p.target_generation
+                && p.target_generation > 0
+                && p.ack_error.is_some()
+            {
+                ("refused", p.ack_error.clone().unwrap_or_default())
+            } else if p.target_generation == g.generation && p.ack_generation >= g.generation {
+                ("applied", String::new())
+            } else if p.target_generation < g.generation && fleet_error.is_some() {
+                ("failed", fleet_error.unwrap_or_default())
+            } else if !connected {
+                ("offline", String::new())
+            } else if p.target_generation == g.generation {
+                ("pushed", String::new())
+            } else {
+                ("waiting", String::new())
+            };
+            agents.push(v1::AgentRollout {
+                agent_id: a.id.clone(),
+                hostname: a.facts.hostname.clone(),
+                target_generation: p.target_generation,
+                applied_generation: a.applied_generation,
+                state: state.into(),
+                error,
+                connected,
+            });
+        }
+        Ok(Response::new(v1::RolloutStatusResponse {
+            generation: g.generation,
+            state: g.state.as_str().into(),
+            reason: g.reason,
+            strategy: Some(strategy_info(g.strategy)),
+            agents,
+            created_at: Some(crate::timefmt::to_proto(g.created_at)),
+        }))
+    }
+
+    async fn rollout_undo(
+        &self,
+        req: Request<v1::RolloutUndoRequest>,
+    ) -> Result<Response<v1::ApplyRunnersResponse>, Status> {
+        let admin = auth::admin(&req)?;
+        let s = strategy(req.get_ref().strategy.as_ref())?;
+        let outcome = self.state.fleet.undo(s).await?;
+        tracing::info!(%admin, generation = outcome.generation, "rollout undone");
+        Ok(Response::new(apply_response(outcome)))
+    }
+}
+
+impl AdminService {
+    fn runner_info(
+        &self,
+        r: &drover_proto::spec::RunnerConfig,
+        generation: u64,
+    ) -> Result<v1::RunnerInfo, Status> {
+        let store = self.state.fleet.store();
+        let placements = store
+            .all_assignments()?
+            .into_iter()
+            .filter(|a| a.runner == r.name)
+            .map(|a| {
+                let state = self
+                    .state
+                    .fleet
+                    .runner_statuses(&a.agent_id)
+                    .into_iter()
+                    .find(|s| s.name == r.name)
+                    .map(|s| s.state)
+                    .unwrap_or_default();
+                v1::RunnerPlacement {
+                    agent_id: a.agent_id,
+                    gitlab_runner_id: a.gitlab_runner_id,
+                    token_expires_at: a.token_expires_at.map(crate::timefmt::to_proto),
+                    state,
+                }
+            })
+            .collect();
+        Ok(v1::RunnerInfo {
+            name: r.name.clone(),
+            url: r.url.clone(),
+            selector: r.selector.clone().into_iter().collect(),
+            tag_list: r.tag_list.clone(),
+            token_source: if r.token.is_some() {
+                "token".into()
+            } else {
+                "registration_token".into()
+            },
+            spec_json: crate::fleet::spec::redacted_json(r).to_string(),
+            generation,
+            placements,
+        })
     }
 }

@@ -95,15 +95,37 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
         tokio::spawn(async move {
             let idle = tokio::time::sleep(idle_limit);
             tokio::pin!(idle);
+            // A newly connected agent may be next in a rollout.
+            let fleet = state.fleet.clone();
+            tokio::spawn(async move { fleet.reconcile().await });
+            let mut last_sent: Option<v1::DesiredState> = None;
+            let fleet_work = fleet_worker(&state, &id);
+            guard.kick.notify_one();
             let end = loop {
                 tokio::select! {
                     _ = guard.cancel.cancelled() => break "closed by controller",
                     _ = tx.closed() => break "agent went away",
                     _ = &mut idle => break "no heartbeat for three intervals",
+                    _ = guard.kick.notified() => {
+                        match state.fleet.desired_state(&id) {
+                            Ok(Some(ds)) if last_sent.as_ref() != Some(&ds) => {
+                                tracing::info!(agent = %id, generation = ds.generation, runners = ds.runners.len(), "pushing desired state");
+                                let msg = v1::ControllerMessage {
+                                    kind: Some(ControllerKind::DesiredState(ds.clone())),
+                                };
+                                if tx.send(Ok(msg)).await.is_err() {
+                                    break "agent went away";
+                                }
+                                last_sent = Some(ds);
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(agent = %id, error = %e, "desired state"),
+                        }
+                    }
                     msg = inbound.message() => match msg {
                         Ok(Some(m)) => {
                             idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
-                            handle(&state, &id, m);
+                            handle(&state, &id, m, &fleet_work).await;
                         }
                         Ok(None) => break "agent closed the stream",
                         Err(_) => break "stream error",
@@ -126,6 +148,8 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
             if let Err(e) = state.store.agent_seen(&id, now(), None, None, None) {
                 tracing::warn!(agent = %id, error = %e, "record last seen");
             }
+            // A rolling rollout does not wait for an agent that left.
+            state.fleet.reconcile().await;
             tracing::info!(agent = %id, reason = end, "agent disconnected");
         });
         let out: SessionStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -157,11 +181,45 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
     }
 }
 
+/// Agent reports the fleet handles off the session loop.
+enum FleetWork {
+    Ack(v1::Ack),
+    Event(v1::RunnerEvent),
+}
+
+/// Runs the fleet work of one session in arrival order until the session ends.
+fn fleet_worker(state: &AppState, id: &str) -> mpsc::UnboundedSender<FleetWork> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<FleetWork>();
+    let fleet = state.fleet.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        while let Some(w) = rx.recv().await {
+            match w {
+                FleetWork::Ack(ack) => fleet.on_ack(&id, &ack).await,
+                FleetWork::Event(ev) => fleet.on_runner_event(&id, &ev).await,
+            }
+        }
+    });
+    tx
+}
+
 /// Applies one message of an open session.
-fn handle(state: &AppState, id: &str, m: v1::AgentMessage) {
+async fn handle(
+    state: &AppState,
+    id: &str,
+    m: v1::AgentMessage,
+    fleet_work: &mpsc::UnboundedSender<FleetWork>,
+) {
     let result = match m.kind {
         Some(AgentKind::Heartbeat(hb)) => {
             let ips = convert::ips(&hb.ips);
+            state.fleet.on_heartbeat(id, &hb.runners);
+            if let Ok(Some(a)) = state.store.get_agent(id)
+                && !ips.is_empty()
+                && a.facts.ips != ips
+            {
+                tracing::info!(agent = %id, old = ?a.facts.ips, new = ?ips, "agent ip addresses changed");
+            }
             state.store.agent_seen(
                 id,
                 now(),
@@ -169,6 +227,20 @@ fn handle(state: &AppState, id: &str, m: v1::AgentMessage) {
                 (!ips.is_empty()).then_some(ips.as_slice()),
                 Some(hb.applied_generation),
             )
+        }
+        // Fleet work may call GitLab: it runs on the session's fleet worker, in order, so
+        // heartbeats keep flowing meanwhile.
+        Some(AgentKind::Ack(ack)) => {
+            let _ = fleet_work.send(FleetWork::Ack(ack));
+            state.store.agent_seen(id, now(), None, None, None)
+        }
+        Some(AgentKind::TokenRotated(t)) => {
+            state.fleet.on_token_rotated(id, &t);
+            state.store.agent_seen(id, now(), None, None, None)
+        }
+        Some(AgentKind::RunnerEvent(ev)) => {
+            let _ = fleet_work.send(FleetWork::Event(ev));
+            state.store.agent_seen(id, now(), None, None, None)
         }
         Some(AgentKind::Hello(_)) => {
             tracing::debug!(agent = %id, "ignoring a second hello");

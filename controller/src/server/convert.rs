@@ -69,7 +69,11 @@ pub fn token_info(t: &TokenRecord) -> v1::TokenInfo {
 
 /// The agent as `drover agents` shows it. State for now: revoked when deleted, healthy when
 /// connected, lost otherwise.
-pub fn agent_info(a: &AgentRecord, sessions: &Sessions) -> v1::AgentInfo {
+pub fn agent_info(
+    a: &AgentRecord,
+    sessions: &Sessions,
+    runners: Vec<v1::RunnerStatus>,
+) -> v1::AgentInfo {
     let connected = a.revoked_at.is_none() && sessions.is_connected(&a.id);
     let (state, reasons) = if a.revoked_at.is_some() {
         ("revoked", vec!["deleted by an admin".to_string()])
@@ -89,6 +93,6 @@ pub fn agent_info(a: &AgentRecord, sessions: &Sessions) -> v1::AgentInfo {
         enrolled_at: Some(timefmt::to_proto(a.enrolled_at)),
         cert_not_after: Some(timefmt::to_proto(a.cert_not_after)),
         applied_generation: a.applied_generation,
-        runners: Vec::new(),
+        runners,
     }
 }

@@ -31,6 +31,9 @@ use crate::pki::{PkiError, policy};
 use crate::store::StoreError;
 use crate::store::sqlite::SqliteStore;
 
+/// How often the fleet is reconciled besides after every event.
+const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Tunables of the server.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -68,6 +71,9 @@ pub enum ServerError {
     /// The store failed to open.
     #[error("open store: {0}")]
     Store(#[from] StoreError),
+    /// The secrets key failed to load.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
@@ -152,16 +158,38 @@ pub async fn run(
         .local_addr()
         .map_err(io("read address of", dir.http_addr()))?;
 
+    let sealer = crate::secrets::Sealer::load_or_create(&dir.secrets_key())?;
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let sessions = sessions::Sessions::default();
+    let fleet = Arc::new(crate::fleet::Fleet::new(
+        store.clone(),
+        sealer,
+        Arc::new(crate::fleet::registrar::HttpRegistrar),
+        sessions.clone(),
+    ));
     let state = state::AppState {
-        store: Arc::new(store),
+        store,
         ca: Arc::new(ca),
-        sessions: sessions::Sessions::default(),
+        sessions,
+        fleet: fleet.clone(),
         cert_ttl: options.cert_ttl,
         heartbeat_interval: options.heartbeat_interval,
         shutdown: shutdown.clone(),
     };
 
     let http_task = tokio::spawn(http::serve(http, shutdown.clone()));
+    // Retries what events could not finish (a GitLab outage during registration, retired
+    // runners to unregister) and advances rollouts whose agents went away.
+    let tick_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(RECONCILE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick_stop.cancelled() => break,
+                _ = every.tick() => fleet.reconcile().await,
+            }
+        }
+    });
     let incoming = tls::incoming(grpc, tls_config, shutdown.clone());
 
     files::write_atomic(

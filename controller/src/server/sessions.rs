@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
 struct Entry {
     session: u64,
     cancel: CancellationToken,
+    kick: Arc<Notify>,
 }
 
 /// Registry of open sessions by agent id.
@@ -26,6 +28,9 @@ pub struct SessionGuard {
     session: u64,
     /// Cancelled when the session must end (revoked, replaced, controller stopping).
     pub cancel: CancellationToken,
+    /// Notified when the agent's desired state may have changed (a permit is kept, so no
+    /// change is missed between two looks).
+    pub kick: Arc<Notify>,
 }
 
 impl Drop for SessionGuard {
@@ -46,6 +51,7 @@ impl Sessions {
     /// `parent` is the server's shutdown token.
     pub fn register(&self, agent_id: &str, parent: &CancellationToken) -> SessionGuard {
         let cancel = parent.child_token();
+        let kick = Arc::new(Notify::new());
         let mut g = self.lock();
         g.0 += 1;
         let session = g.0;
@@ -54,6 +60,7 @@ impl Sessions {
             Entry {
                 session,
                 cancel: cancel.clone(),
+                kick: kick.clone(),
             },
         ) {
             old.cancel.cancel();
@@ -63,6 +70,14 @@ impl Sessions {
             agent_id: agent_id.to_string(),
             session,
             cancel,
+            kick,
+        }
+    }
+
+    /// Tells the agent's session to look at its desired state again.
+    pub fn kick(&self, agent_id: &str) {
+        if let Some(e) = self.lock().1.get(agent_id) {
+            e.kick.notify_one();
         }
     }
 

@@ -6,6 +6,7 @@ use time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::sessions::Sessions;
+use crate::fleet::Fleet;
 use crate::pki::ca::Ca;
 use crate::store::Store;
 
@@ -24,4 +25,6 @@ pub struct AppState {
     pub heartbeat_interval: std::time::Duration,
     /// The server's shutdown; sessions end with it.
     pub shutdown: CancellationToken,
+    /// Runner specs, rollouts and GitLab registrations.
+    pub fleet: Arc<Fleet>,
 }

@@ -12,6 +12,7 @@ impl From<StoreError> for Status {
         match e {
             StoreError::Token(refusal) => Status::permission_denied(refusal.to_string()),
             StoreError::AgentExists(_) => Status::already_exists(e.to_string()),
+            StoreError::GenerationConflict { .. } => Status::aborted(e.to_string()),
             StoreError::Db(_) | StoreError::Corrupt { .. } => {
                 tracing::error!(error = %e, "store");
                 Status::internal("controller store failed; see the controller log")

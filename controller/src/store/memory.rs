@@ -6,13 +6,21 @@ use std::sync::Mutex;
 
 use time::OffsetDateTime;
 
-use super::{AgentRecord, Facts, Store, StoreError};
+use super::{
+    AgentRecord, AgentRollout, Assignment, Facts, GenerationRecord, Retired, RolloutState, Store,
+    StoreError,
+};
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
 #[derive(Debug, Default)]
 struct Inner {
     tokens: BTreeMap<String, TokenRecord>,
     agents: BTreeMap<String, AgentRecord>,
+    generations: BTreeMap<u64, GenerationRecord>,
+    assignments: BTreeMap<(String, String), Assignment>,
+    retired: BTreeMap<i64, Retired>,
+    next_retired: i64,
+    rollouts: BTreeMap<String, AgentRollout>,
 }
 
 /// An in-memory store.
@@ -130,5 +138,132 @@ impl Store for MemoryStore {
                 a.revoked_at.get_or_insert(at);
             })
             .is_some())
+    }
+
+    fn add_generation(&self, g: &GenerationRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let newest = inner.generations.keys().next_back().copied().unwrap_or(0);
+        if g.generation != newest + 1 {
+            return Err(StoreError::GenerationConflict {
+                newest,
+                got: g.generation,
+            });
+        }
+        inner.generations.insert(g.generation, g.clone());
+        Ok(())
+    }
+
+    fn latest_generation(&self) -> Result<Option<GenerationRecord>, StoreError> {
+        Ok(self.lock().generations.values().next_back().cloned())
+    }
+
+    fn get_generation(&self, generation: u64) -> Result<Option<GenerationRecord>, StoreError> {
+        Ok(self.lock().generations.get(&generation).cloned())
+    }
+
+    fn set_rollout_state(
+        &self,
+        generation: u64,
+        state: RolloutState,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .generations
+            .get_mut(&generation)
+            .map(|g| {
+                g.state = state;
+                g.reason = reason.to_string();
+            })
+            .is_some())
+    }
+
+    fn put_assignment(&self, a: &Assignment) -> Result<(), StoreError> {
+        self.lock()
+            .assignments
+            .insert((a.agent_id.clone(), a.runner.clone()), a.clone());
+        Ok(())
+    }
+
+    fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError> {
+        Ok(self
+            .lock()
+            .assignments
+            .values()
+            .filter(|a| a.agent_id == agent_id)
+            .cloned()
+            .collect())
+    }
+
+    fn all_assignments(&self) -> Result<Vec<Assignment>, StoreError> {
+        Ok(self.lock().assignments.values().cloned().collect())
+    }
+
+    fn delete_assignment(&self, agent_id: &str, runner: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .assignments
+            .remove(&(agent_id.to_string(), runner.to_string()))
+            .is_some())
+    }
+
+    fn add_retired(&self, r: &Retired) -> Result<i64, StoreError> {
+        let mut inner = self.lock();
+        inner.next_retired += 1;
+        let id = inner.next_retired;
+        let mut r = r.clone();
+        r.id = id;
+        inner.retired.insert(id, r);
+        Ok(id)
+    }
+
+    fn list_retired(&self) -> Result<Vec<Retired>, StoreError> {
+        Ok(self.lock().retired.values().cloned().collect())
+    }
+
+    fn delete_retired(&self, id: i64) -> Result<(), StoreError> {
+        self.lock().retired.remove(&id);
+        Ok(())
+    }
+
+    fn agent_rollouts(&self) -> Result<Vec<AgentRollout>, StoreError> {
+        Ok(self.lock().rollouts.values().cloned().collect())
+    }
+
+    fn set_target_generation(&self, agent_id: &str, generation: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let r = inner
+            .rollouts
+            .entry(agent_id.to_string())
+            .or_insert_with(|| AgentRollout {
+                agent_id: agent_id.to_string(),
+                ..AgentRollout::default()
+            });
+        r.target_generation = generation;
+        Ok(())
+    }
+
+    fn record_ack(
+        &self,
+        agent_id: &str,
+        generation: u64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let r = inner
+            .rollouts
+            .entry(agent_id.to_string())
+            .or_insert_with(|| AgentRollout {
+                agent_id: agent_id.to_string(),
+                ..AgentRollout::default()
+            });
+        r.ack_generation = generation;
+        r.ack_error = error.map(str::to_string);
+        if error.is_none()
+            && let Some(a) = inner.agents.get_mut(agent_id)
+        {
+            a.applied_generation = generation;
+        }
+        Ok(())
     }
 }

@@ -1,9 +1,11 @@
-//! The controller's state: enrollment tokens and agents.
+//! The controller's state: enrollment tokens, agents, runner spec generations, per-agent
+//! runner registrations and rollout progress.
 //!
 //! [`Store`] is the seam; [`sqlite::SqliteStore`] is the embedded implementation and
 //! [`memory::MemoryStore`] the fake; both pass the same suite (`suite.rs`).
 //! Invariant: the store knows nothing about gRPC or TLS, and holds no secret in clear
-//! (tokens as SHA-256 of their secret).
+//! (tokens as SHA-256 of their secret; runner specs and runner tokens sealed by
+//! [`crate::secrets::Sealer`] before they reach the store).
 
 pub mod memory;
 pub mod sqlite;
@@ -81,6 +83,121 @@ pub enum StoreError {
     /// An agent with this id already exists.
     #[error("agent {0} already exists")]
     AgentExists(String),
+    /// A generation was added that does not follow the newest one (a concurrent apply).
+    #[error("generation {got} does not follow the newest generation {newest}")]
+    GenerationConflict {
+        /// The newest stored generation.
+        newest: u64,
+        /// The one offered.
+        got: u64,
+    },
+}
+
+/// How a generation is rolled out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Strategy {
+    /// Rolling (bounded batches) or all agents at once.
+    pub kind: StrategyKind,
+    /// Rolling: agents that may be pushed but not yet acknowledged at once.
+    pub max_unavailable: u32,
+}
+
+/// The rollout strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyKind {
+    /// At most `max_unavailable` agents in flight; a refusal halts the rollout.
+    Rolling,
+    /// Every agent at once; a refusal still halts pushing to agents that connect later.
+    All,
+}
+
+/// Where a generation's rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutState {
+    /// Agents are still being pushed or have not acknowledged.
+    Progressing,
+    /// Every selected agent acknowledged it.
+    Complete,
+    /// An agent refused it: no further agent receives it.
+    Halted,
+}
+
+impl RolloutState {
+    /// The name shown by `drover rollout status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Progressing => "progressing",
+            RolloutState::Complete => "complete",
+            RolloutState::Halted => "halted",
+        }
+    }
+}
+
+/// One generation of the fleet's runner set. Every change is a new generation; old ones are
+/// kept for `drover rollout undo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationRecord {
+    /// 1, 2, ... without gaps.
+    pub generation: u64,
+    /// When it was applied.
+    pub created_at: OffsetDateTime,
+    /// The runners (`Vec<RunnerConfig>` as JSON), sealed: they hold registration tokens.
+    pub runners_sealed: Vec<u8>,
+    /// How it is rolled out.
+    pub strategy: Strategy,
+    /// Rollout progress.
+    pub state: RolloutState,
+    /// Why it halted, or what it was (e.g. `undo to generation 2`).
+    pub reason: String,
+}
+
+/// A GitLab runner the controller holds for one runner spec on one agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The agent.
+    pub agent_id: String,
+    /// The runner spec's name.
+    pub runner: String,
+    /// GitLab URL it is registered with.
+    pub url: String,
+    /// GitLab's runner id (0 when unknown, e.g. a `token` used as is).
+    pub gitlab_runner_id: i64,
+    /// The runner authentication token, sealed.
+    pub token_sealed: Vec<u8>,
+    /// Expiry of that token, `None` = never.
+    pub token_expires_at: Option<OffsetDateTime>,
+    /// Digest of the spec fields the registration depends on; a change registers anew.
+    pub registration_key: String,
+    /// `true` when the controller registered it (and so unregisters it); `false` for a
+    /// `token` given in the spec, which belongs to the operator.
+    pub registered: bool,
+}
+
+/// A GitLab runner entry replaced or removed; unregistered once its agent runs
+/// `after_generation` (so the old unit keeps working until the new one is up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    /// Row id (0 before insert).
+    pub id: i64,
+    /// The entry, as it was assigned.
+    pub assignment: Assignment,
+    /// Unregister once the agent acknowledges this generation (0 = at once).
+    pub after_generation: u64,
+}
+
+/// One agent's rollout progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentRollout {
+    /// The agent.
+    pub agent_id: String,
+    /// The generation the controller pushes to it.
+    pub target_generation: u64,
+    /// The generation of its last acknowledgement.
+    pub ack_generation: u64,
+    /// Why it refused `ack_generation`; `None` when it applied it.
+    pub ack_error: Option<String>,
 }
 
 /// Persistent controller state.
@@ -122,4 +239,47 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Marks the agent revoked; `false` when unknown. Idempotent.
     fn revoke_agent(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// Adds generation `g.generation`, which must be the newest + 1.
+    fn add_generation(&self, g: &GenerationRecord) -> Result<(), StoreError>;
+    /// The newest generation.
+    fn latest_generation(&self) -> Result<Option<GenerationRecord>, StoreError>;
+    /// One generation.
+    fn get_generation(&self, generation: u64) -> Result<Option<GenerationRecord>, StoreError>;
+    /// Records a generation's rollout state; `false` when unknown.
+    fn set_rollout_state(
+        &self,
+        generation: u64,
+        state: RolloutState,
+        reason: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Inserts or replaces the assignment of (`agent_id`, `runner`).
+    fn put_assignment(&self, a: &Assignment) -> Result<(), StoreError>;
+    /// An agent's assignments, by runner name.
+    fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError>;
+    /// Every assignment, by agent then runner.
+    fn all_assignments(&self) -> Result<Vec<Assignment>, StoreError>;
+    /// Removes one assignment; `false` when there was none.
+    fn delete_assignment(&self, agent_id: &str, runner: &str) -> Result<bool, StoreError>;
+
+    /// Queues a retired GitLab runner entry; returns its id.
+    fn add_retired(&self, r: &Retired) -> Result<i64, StoreError>;
+    /// Every queued retired entry, oldest first.
+    fn list_retired(&self) -> Result<Vec<Retired>, StoreError>;
+    /// Drops a retired entry once unregistered.
+    fn delete_retired(&self, id: i64) -> Result<(), StoreError>;
+
+    /// Every agent's rollout progress (agents never pushed are absent).
+    fn agent_rollouts(&self) -> Result<Vec<AgentRollout>, StoreError>;
+    /// Sets the generation pushed to `agent_id`.
+    fn set_target_generation(&self, agent_id: &str, generation: u64) -> Result<(), StoreError>;
+    /// Records an acknowledgement; an applied one also sets the agent's
+    /// `applied_generation`.
+    fn record_ack(
+        &self,
+        agent_id: &str,
+        generation: u64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError>;
 }

@@ -7,7 +7,10 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
-use super::{AgentRecord, Facts, Store, StoreError};
+use super::{
+    AgentRecord, AgentRollout, Assignment, Facts, GenerationRecord, Retired, RolloutState, Store,
+    StoreError, Strategy,
+};
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
 const SCHEMA: &str = "
@@ -32,6 +35,49 @@ CREATE TABLE IF NOT EXISTS agents (
     applied_generation INTEGER NOT NULL DEFAULT 0,
     token_id           TEXT NOT NULL
 );
+";
+
+/// Version 2: runner spec generations, assignments, retired GitLab runners, rollout progress.
+/// Only new tables, so `IF NOT EXISTS` migrates a version-1 database in place.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS generations (
+    generation     INTEGER PRIMARY KEY,
+    created_at     INTEGER NOT NULL,
+    runners_sealed BLOB NOT NULL,
+    strategy       TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    reason         TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    agent_id         TEXT NOT NULL,
+    runner           TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    gitlab_runner_id INTEGER NOT NULL,
+    token_sealed     BLOB NOT NULL,
+    token_expires_at INTEGER,
+    registration_key TEXT NOT NULL,
+    registered       INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, runner)
+);
+CREATE TABLE IF NOT EXISTS retired (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent_id         TEXT NOT NULL,
+    runner           TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    gitlab_runner_id INTEGER NOT NULL,
+    token_sealed     BLOB NOT NULL,
+    token_expires_at INTEGER,
+    registration_key TEXT NOT NULL,
+    registered       INTEGER NOT NULL,
+    after_generation INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent_rollouts (
+    agent_id          TEXT PRIMARY KEY,
+    target_generation INTEGER NOT NULL DEFAULT 0,
+    ack_generation    INTEGER NOT NULL DEFAULT 0,
+    ack_error         TEXT
+);
+PRAGMA user_version = 2;
 ";
 
 /// SQLite-backed store. One connection behind a mutex: calls are short.
@@ -156,6 +202,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(SCHEMA_V2)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -339,6 +386,325 @@ impl Store for SqliteStore {
         )?;
         Ok(n > 0)
     }
+
+    fn add_generation(&self, g: &GenerationRecord) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let newest: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(generation), 0) FROM generations",
+            [],
+            |r| r.get(0),
+        )?;
+        let newest = from_u(newest);
+        if g.generation != newest + 1 {
+            return Err(StoreError::GenerationConflict {
+                newest,
+                got: g.generation,
+            });
+        }
+        tx.execute(
+            &format!("INSERT INTO generations ({GEN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            params![
+                u(g.generation),
+                ts(g.created_at),
+                g.runners_sealed,
+                to_json(&g.strategy),
+                state_name(g.state),
+                g.reason
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn latest_generation(&self) -> Result<Option<GenerationRecord>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                &format!("SELECT {GEN_COLS} FROM generations ORDER BY generation DESC LIMIT 1"),
+                [],
+                generation_row,
+            )
+            .optional()?;
+        row.map(generation_record).transpose()
+    }
+
+    fn get_generation(&self, generation: u64) -> Result<Option<GenerationRecord>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                &format!("SELECT {GEN_COLS} FROM generations WHERE generation = ?1"),
+                params![u(generation)],
+                generation_row,
+            )
+            .optional()?;
+        row.map(generation_record).transpose()
+    }
+
+    fn set_rollout_state(
+        &self,
+        generation: u64,
+        state: RolloutState,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE generations SET state = ?2, reason = ?3 WHERE generation = ?1",
+            params![u(generation), state_name(state), reason],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn put_assignment(&self, a: &Assignment) -> Result<(), StoreError> {
+        self.conn().execute(
+            &format!(
+                "INSERT OR REPLACE INTO assignments ({ASSIGN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
+            params![
+                a.agent_id,
+                a.runner,
+                a.url,
+                a.gitlab_runner_id,
+                a.token_sealed,
+                a.token_expires_at.map(ts),
+                a.registration_key,
+                a.registered
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError> {
+        self.query_assignments(
+            &format!("SELECT {ASSIGN_COLS} FROM assignments WHERE agent_id = ?1 ORDER BY runner"),
+            &[&agent_id],
+        )
+    }
+
+    fn all_assignments(&self) -> Result<Vec<Assignment>, StoreError> {
+        self.query_assignments(
+            &format!("SELECT {ASSIGN_COLS} FROM assignments ORDER BY agent_id, runner"),
+            &[],
+        )
+    }
+
+    fn delete_assignment(&self, agent_id: &str, runner: &str) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM assignments WHERE agent_id = ?1 AND runner = ?2",
+            params![agent_id, runner],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn add_retired(&self, r: &Retired) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        let a = &r.assignment;
+        conn.execute(
+            &format!(
+                "INSERT INTO retired ({ASSIGN_COLS}, after_generation) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ),
+            params![
+                a.agent_id,
+                a.runner,
+                a.url,
+                a.gitlab_runner_id,
+                a.token_sealed,
+                a.token_expires_at.map(ts),
+                a.registration_key,
+                a.registered,
+                u(r.after_generation)
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn list_retired(&self) -> Result<Vec<Retired>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {ASSIGN_COLS}, after_generation, id FROM retired ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((assign_row(r)?, r.get::<_, i64>(8)?, r.get::<_, i64>(9)?))
+        })?;
+        rows.map(|row| {
+            let (a, after, id) = row?;
+            Ok(Retired {
+                id,
+                assignment: assignment("retired", a)?,
+                after_generation: from_u(after),
+            })
+        })
+        .collect()
+    }
+
+    fn delete_retired(&self, id: i64) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM retired WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    fn agent_rollouts(&self) -> Result<Vec<AgentRollout>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT agent_id, target_generation, ack_generation, ack_error FROM agent_rollouts ORDER BY agent_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AgentRollout {
+                agent_id: r.get(0)?,
+                target_generation: from_u(r.get(1)?),
+                ack_generation: from_u(r.get(2)?),
+                ack_error: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn set_target_generation(&self, agent_id: &str, generation: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        SqliteStore::rollout_row(&tx, agent_id)?;
+        tx.execute(
+            "UPDATE agent_rollouts SET target_generation = ?2 WHERE agent_id = ?1",
+            params![agent_id, u(generation)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn record_ack(
+        &self,
+        agent_id: &str,
+        generation: u64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        SqliteStore::rollout_row(&tx, agent_id)?;
+        tx.execute(
+            "UPDATE agent_rollouts SET ack_generation = ?2, ack_error = ?3 WHERE agent_id = ?1",
+            params![agent_id, u(generation), error],
+        )?;
+        if error.is_none() {
+            tx.execute(
+                "UPDATE agents SET applied_generation = ?2 WHERE id = ?1",
+                params![agent_id, u(generation)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn u(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn state_name(s: RolloutState) -> &'static str {
+    s.as_str()
+}
+
+fn state_from(s: &str) -> Result<RolloutState, StoreError> {
+    match s {
+        "progressing" => Ok(RolloutState::Progressing),
+        "complete" => Ok(RolloutState::Complete),
+        "halted" => Ok(RolloutState::Halted),
+        other => Err(StoreError::Corrupt {
+            table: "generations",
+            detail: format!("rollout state {other:?}"),
+        }),
+    }
+}
+
+const GEN_COLS: &str = "generation, created_at, runners_sealed, strategy, state, reason";
+const ASSIGN_COLS: &str = "agent_id, runner, url, gitlab_runner_id, token_sealed, token_expires_at, registration_key, registered";
+
+fn generation_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, i64, Vec<u8>, String, String, String)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn generation_record(
+    row: (i64, i64, Vec<u8>, String, String, String),
+) -> Result<GenerationRecord, StoreError> {
+    let (generation, created, sealed, strategy, state, reason) = row;
+    Ok(GenerationRecord {
+        generation: from_u(generation),
+        created_at: from_ts("generations", created)?,
+        runners_sealed: sealed,
+        strategy: json::<Strategy>("generations", &strategy)?,
+        state: state_from(&state)?,
+        reason,
+    })
+}
+
+type AssignRow = (
+    String,
+    String,
+    String,
+    i64,
+    Vec<u8>,
+    Option<i64>,
+    String,
+    bool,
+);
+
+fn assign_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn assignment(table: &'static str, row: AssignRow) -> Result<Assignment, StoreError> {
+    let (agent_id, runner, url, id, sealed, expires, key, registered) = row;
+    Ok(Assignment {
+        agent_id,
+        runner,
+        url,
+        gitlab_runner_id: id,
+        token_sealed: sealed,
+        token_expires_at: expires.map(|t| from_ts(table, t)).transpose()?,
+        registration_key: key,
+        registered,
+    })
+}
+
+impl SqliteStore {
+    fn query_assignments(
+        &self,
+        sql: &str,
+        p: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<Assignment>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map(p, assign_row)?;
+        rows.map(|r| assignment("assignments", r?)).collect()
+    }
+
+    fn rollout_row(tx: &rusqlite::Transaction<'_>, agent_id: &str) -> Result<(), StoreError> {
+        tx.execute(
+            "INSERT OR IGNORE INTO agent_rollouts (agent_id) VALUES (?1)",
+            params![agent_id],
+        )?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -348,6 +714,26 @@ mod tests {
     #[test]
     fn suite() {
         crate::store::suite::run_all(&|| Box::new(SqliteStore::open_in_memory().unwrap()));
+    }
+
+    #[test]
+    fn migrates_a_version_1_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drover.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let version: i64 = s
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        assert_eq!(s.latest_generation().unwrap(), None);
+        assert!(s.all_assignments().unwrap().is_empty());
+        drop(s);
+        SqliteStore::open(&path).unwrap();
     }
 
     #[test]

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use time::{Duration, OffsetDateTime};
 
-use super::{AgentRecord, Facts, Store, StoreError};
+use super::{
+    AgentRecord, Assignment, Facts, GenerationRecord, Retired, RolloutState, Store, StoreError,
+    Strategy, StrategyKind,
+};
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
 type Make<'a> = &'a dyn Fn() -> Box<dyn Store>;
@@ -14,6 +17,8 @@ pub fn run_all(make: Make<'_>) {
     enroll_takes_a_use_and_copies_labels(make());
     refused_enrollment_changes_nothing(make());
     seen_renewed_revoked(make());
+    generations_follow_each_other(make());
+    assignments_retired_and_acks(make());
 }
 
 fn now() -> OffsetDateTime {
@@ -141,6 +146,121 @@ fn seen_renewed_revoked(s: Box<dyn Store>) {
     assert!(s.revoke_agent("a1", now() + Duration::hours(1)).unwrap());
     assert_eq!(s.get_agent("a1").unwrap().unwrap().revoked_at, Some(now()));
     assert!(!s.revoke_agent("nope", now()).unwrap());
+}
+
+fn generation(n: u64) -> GenerationRecord {
+    GenerationRecord {
+        generation: n,
+        created_at: now(),
+        runners_sealed: vec![n as u8, 1, 2],
+        strategy: Strategy {
+            kind: StrategyKind::Rolling,
+            max_unavailable: 1,
+        },
+        state: RolloutState::Progressing,
+        reason: String::new(),
+    }
+}
+
+fn generations_follow_each_other(s: Box<dyn Store>) {
+    assert_eq!(s.latest_generation().unwrap(), None);
+    let err = s.add_generation(&generation(2)).unwrap_err();
+    assert!(
+        matches!(err, StoreError::GenerationConflict { newest: 0, got: 2 }),
+        "{err}"
+    );
+    s.add_generation(&generation(1)).unwrap();
+    s.add_generation(&generation(2)).unwrap();
+    assert!(s.add_generation(&generation(2)).is_err());
+    assert_eq!(s.latest_generation().unwrap(), Some(generation(2)));
+    assert_eq!(s.get_generation(1).unwrap(), Some(generation(1)));
+    assert!(
+        s.set_rollout_state(2, RolloutState::Halted, "agent a1 refused")
+            .unwrap()
+    );
+    let g = s.get_generation(2).unwrap().unwrap();
+    assert_eq!(g.state, RolloutState::Halted);
+    assert_eq!(g.reason, "agent a1 refused");
+    assert!(!s.set_rollout_state(9, RolloutState::Complete, "").unwrap());
+}
+
+fn assignment(agent: &str, runner: &str, id: i64) -> Assignment {
+    Assignment {
+        agent_id: agent.into(),
+        runner: runner.into(),
+        url: "https://gitlab.example.com".into(),
+        gitlab_runner_id: id,
+        token_sealed: vec![1, 2, 3],
+        token_expires_at: Some(now()),
+        registration_key: "k1".into(),
+        registered: true,
+    }
+}
+
+fn assignments_retired_and_acks(s: Box<dyn Store>) {
+    s.create_token(&token(1)).unwrap();
+    s.enroll(
+        "0011223344556677",
+        &tokens::hash_secret("s"),
+        now(),
+        agent("a1"),
+    )
+    .unwrap();
+    s.put_assignment(&assignment("a1", "r2", 2)).unwrap();
+    s.put_assignment(&assignment("a1", "r1", 1)).unwrap();
+    s.put_assignment(&assignment("a2", "r1", 3)).unwrap();
+    let replaced = Assignment {
+        token_expires_at: None,
+        registered: false,
+        ..assignment("a1", "r1", 4)
+    };
+    s.put_assignment(&replaced).unwrap();
+    assert_eq!(
+        s.assignments("a1").unwrap(),
+        vec![replaced.clone(), assignment("a1", "r2", 2)]
+    );
+    assert_eq!(s.all_assignments().unwrap().len(), 3);
+    assert!(s.delete_assignment("a1", "r2").unwrap());
+    assert!(!s.delete_assignment("a1", "r2").unwrap());
+
+    let id1 = s
+        .add_retired(&Retired {
+            id: 0,
+            assignment: assignment("a1", "r1", 1),
+            after_generation: 2,
+        })
+        .unwrap();
+    let id2 = s
+        .add_retired(&Retired {
+            id: 0,
+            assignment: assignment("a2", "r1", 3),
+            after_generation: 0,
+        })
+        .unwrap();
+    let list = s.list_retired().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].id, id1);
+    assert_eq!(list[0].assignment, assignment("a1", "r1", 1));
+    assert_eq!(list[0].after_generation, 2);
+    s.delete_retired(id1).unwrap();
+    assert_eq!(s.list_retired().unwrap()[0].id, id2);
+
+    assert!(s.agent_rollouts().unwrap().is_empty());
+    s.set_target_generation("a1", 2).unwrap();
+    s.record_ack("a1", 2, Some("bad image")).unwrap();
+    let r = &s.agent_rollouts().unwrap()[0];
+    assert_eq!(
+        (
+            r.target_generation,
+            r.ack_generation,
+            r.ack_error.as_deref()
+        ),
+        (2, 2, Some("bad image"))
+    );
+    assert_eq!(s.get_agent("a1").unwrap().unwrap().applied_generation, 0);
+    s.record_ack("a1", 2, None).unwrap();
+    assert_eq!(s.agent_rollouts().unwrap()[0].ack_error, None);
+    assert_eq!(s.get_agent("a1").unwrap().unwrap().applied_generation, 2);
 }
 
 #[test]

@@ -4,49 +4,14 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// `target/<profile>/drover-agent`, next to the directory holding this test executable.
-///
-/// `cargo test --workspace` builds it; `cargo test -p drover-tests` does not build a
-/// dependency's binaries, so the first call runs `cargo build --bin drover-agent` (a no-op
-/// when it is fresh). `DROVER_AGENT_BIN` overrides the path.
+/// The real `drover-agent` binary (built on first use; `DROVER_AGENT_BIN` overrides).
 pub fn agent_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("DROVER_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps")
-        .to_path_buf();
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "drover-agent",
-            "--bin",
-            "drover-agent",
-        ])
-        .arg("--manifest-path")
-        .arg(&manifest);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build for drover-agent");
-        assert!(status.success(), "cargo build drover-agent failed");
-    });
-    let bin = dir.join("drover-agent");
-    assert!(bin.exists(), "{} missing after cargo build", bin.display());
-    bin
+    drover_tests::harness::agent_bin()
 }
 
 /// A running `drover-agent run --config`; killed on drop.

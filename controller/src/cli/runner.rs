@@ -1,0 +1,300 @@
+//! `drover runner apply|import|list|get|delete`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use drover_proto::v1;
+
+use super::output::{self, Format};
+use crate::timefmt;
+use crate::tokens::parse_label;
+
+/// `drover runner ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum RunnerCommand {
+    /// Validate a runner spec file and roll it out as a new generation (the file is the
+    /// whole set of runners: runners it does not name are removed).
+    Apply(ApplyArgs),
+    /// Turn an existing gitlab-runner `config.toml` into runner specs (added to, or
+    /// replacing by name, the current runners).
+    Import(ImportArgs),
+    /// List the runners of the newest generation.
+    List(ListArgs),
+    /// Show one runner (secrets redacted) and the agents it runs on.
+    Get(GetArgs),
+    /// Remove a runner: a new generation without it; its GitLab runners are unregistered.
+    Delete(DeleteArgs),
+}
+
+/// How a new generation reaches the agents.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StrategyArgs {
+    /// `rolling` (default: a quarter of the agents at a time, at least one; a refusal
+    /// halts) or `all` (every agent at once).
+    #[arg(long, value_parser = ["rolling", "all"])]
+    pub strategy: Option<String>,
+    /// Rolling: how many agents may be updating at once.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_unavailable: Option<u32>,
+}
+
+impl StrategyArgs {
+    /// The wire form; `None` lets the controller choose.
+    pub fn to_proto(&self) -> Option<v1::RolloutStrategy> {
+        if self.strategy.is_none() && self.max_unavailable.is_none() {
+            return None;
+        }
+        Some(v1::RolloutStrategy {
+            kind: self.strategy.clone().unwrap_or_else(|| "rolling".into()),
+            max_unavailable: self.max_unavailable.unwrap_or(0),
+        })
+    }
+}
+
+/// Arguments of `drover runner apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The spec file (TOML).
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    /// Validate and print the changes only.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
+}
+
+/// Arguments of `drover runner import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// A gitlab-runner `config.toml` (not named `config`: that id is the global
+    /// `--config` flag's).
+    #[arg(value_name = "CONFIG_TOML")]
+    pub config_toml: PathBuf,
+    /// Selector for runners that have none, `key=value`; repeatable.
+    #[arg(long = "selector", value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+    /// Validate and print the changes only.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
+}
+
+/// Arguments of `drover runner list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// Arguments of `drover runner get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Runner name.
+    pub name: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// Arguments of `drover runner delete`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// Runner name.
+    pub name: String,
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
+    t.as_ref()
+        .and_then(timefmt::from_proto)
+        .map(timefmt::rfc3339)
+}
+
+/// A runner as `-o json` prints it.
+pub fn runner_json(r: &v1::RunnerInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": r.name,
+        "url": r.url,
+        "selector": r.selector.iter().collect::<BTreeMap<_, _>>(),
+        "tag_list": r.tag_list,
+        "token_source": r.token_source,
+        "generation": r.generation,
+        "spec": serde_json::from_str::<serde_json::Value>(&r.spec_json).unwrap_or_default(),
+        "agents": r.placements.iter().map(|p| serde_json::json!({
+            "agent_id": p.agent_id,
+            "gitlab_runner_id": p.gitlab_runner_id,
+            "token_expires_at": ts(&p.token_expires_at),
+            "state": p.state,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Prints an apply's outcome: warnings on stderr, the diff on stdout.
+pub fn print_outcome(resp: &v1::ApplyRunnersResponse, dry_run: bool) {
+    for w in &resp.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut changed = false;
+    for c in &resp.changes {
+        let mark = match c.change.as_str() {
+            "added" => "+",
+            "removed" => "-",
+            "changed" => "~",
+            _ => continue,
+        };
+        changed = true;
+        println!("{mark} {} ({})", c.name, c.change);
+        for d in &c.details {
+            println!("    {d}");
+        }
+    }
+    if dry_run {
+        eprintln!("dry run: nothing stored");
+    } else if resp.generation == 0 {
+        eprintln!("no changes");
+    } else {
+        if !changed {
+            println!("= same runners as before, new generation");
+        }
+        eprintln!(
+            "generation {} stored; rollout started (`drover rollout status --wait`)",
+            resp.generation
+        );
+    }
+}
+
+async fn apply(
+    cli: &super::Cli,
+    file: &PathBuf,
+    selector: &[(String, String)],
+    merge: bool,
+    dry_run: bool,
+    strategy: &StrategyArgs,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;
+    let mut client = super::admin_client(cli).await?;
+    let resp = client
+        .apply_runners(v1::ApplyRunnersRequest {
+            file_name: file.display().to_string(),
+            text,
+            dry_run,
+            selector: selector.iter().cloned().collect::<HashMap<_, _>>(),
+            strategy: strategy.to_proto(),
+            merge,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{} refused: {}", file.display(), s.message()))?
+        .into_inner();
+    print_outcome(&resp, dry_run);
+    Ok(())
+}
+
+/// Runs a runner subcommand.
+pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
+    match cmd {
+        RunnerCommand::Apply(a) => apply(cli, &a.file, &[], false, a.dry_run, &a.strategy).await,
+        RunnerCommand::Import(a) => {
+            apply(
+                cli,
+                &a.config_toml,
+                &a.selector,
+                true,
+                a.dry_run,
+                &a.strategy,
+            )
+            .await
+        }
+        RunnerCommand::List(a) => {
+            let mut client = super::admin_client(cli).await?;
+            let resp = client
+                .list_runners(v1::ListRunnersRequest {})
+                .await
+                .map_err(|s| super::status_error("list runners", s))?
+                .into_inner();
+            match a.output {
+                Format::Json => {
+                    let arr: Vec<_> = resp.runners.iter().map(runner_json).collect();
+                    println!("{}", serde_json::to_string_pretty(&arr)?);
+                }
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = resp
+                        .runners
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.name.clone(),
+                                r.url.clone(),
+                                output::labels(&r.selector),
+                                r.tag_list.join(","),
+                                r.token_source.clone(),
+                                r.placements.len().to_string(),
+                            ]
+                        })
+                        .collect();
+                    print!(
+                        "{}",
+                        output::table(
+                            &["NAME", "URL", "SELECTOR", "TAGS", "TOKEN", "AGENTS"],
+                            &rows
+                        )
+                    );
+                    eprintln!("generation {}", resp.generation);
+                }
+            }
+            Ok(())
+        }
+        RunnerCommand::Get(a) => {
+            let mut client = super::admin_client(cli).await?;
+            let r = client
+                .get_runner(v1::GetRunnerRequest {
+                    name: a.name.clone(),
+                })
+                .await
+                .map_err(|s| super::status_error(&format!("get runner {}", a.name), s))?
+                .into_inner();
+            match a.output {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&runner_json(&r))?),
+                Format::Table => {
+                    let spec: serde_json::Value =
+                        serde_json::from_str(&r.spec_json).unwrap_or_default();
+                    println!("{}", serde_json::to_string_pretty(&spec)?);
+                    let rows: Vec<Vec<String>> = r
+                        .placements
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.agent_id.clone(),
+                                p.gitlab_runner_id.to_string(),
+                                p.state.clone(),
+                                ts(&p.token_expires_at).unwrap_or_else(|| "never".into()),
+                            ]
+                        })
+                        .collect();
+                    print!(
+                        "{}",
+                        output::table(&["AGENT", "GITLAB RUNNER", "STATE", "TOKEN EXPIRES"], &rows)
+                    );
+                }
+            }
+            Ok(())
+        }
+        RunnerCommand::Delete(a) => {
+            let mut client = super::admin_client(cli).await?;
+            let resp = client
+                .delete_runner(v1::DeleteRunnerRequest {
+                    name: a.name.clone(),
+                    strategy: a.strategy.to_proto(),
+                })
+                .await
+                .map_err(|s| super::status_error(&format!("delete runner {}", a.name), s))?
+                .into_inner();
+            print_outcome(&resp, false);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,792 @@
+//! [`Fleet`]: applies spec files as generations, advances rollouts, registers and retires
+//! GitLab runners, builds each agent's `DesiredState`, and handles what agents report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use drover_proto::spec::RunnerConfig;
+use drover_proto::v1;
+use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
+
+use super::registrar::{Registrar, RegistrarError};
+use super::rollout::{self, AgentView};
+use super::selector;
+use super::spec::{self, Change, SpecRefusal};
+use crate::secrets::{Sealer, SecretsError};
+use crate::server::sessions::Sessions;
+use crate::store::{
+    AgentRecord, Assignment, GenerationRecord, Retired, RolloutState, Store, StoreError, Strategy,
+    StrategyKind,
+};
+use crate::timefmt;
+
+/// Sealing purpose of a generation's runner list.
+const SPECS: &str = "drover runner specs";
+/// Sealing purpose of a runner authentication token.
+const RUNNER_TOKEN: &str = "drover runner token";
+
+/// Errors of fleet operations.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The spec file was refused; nothing changed.
+    #[error(transparent)]
+    Spec(#[from] SpecRefusal),
+    /// No such runner.
+    #[error("no runner named {0:?}")]
+    NoRunner(String),
+    /// `rollout undo` with fewer than two generations.
+    #[error("nothing to undo: generation {0} has no predecessor")]
+    NothingToUndo(u64),
+    /// A bad argument (strategy).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A sealed value did not open.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    /// A stored generation does not decode.
+    #[error("generation {generation}: stored runners do not decode: {detail}")]
+    Corrupt {
+        /// Which.
+        generation: u64,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// `drover runner apply` / `import`.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyRequest {
+    /// File name for messages.
+    pub file: String,
+    /// File content.
+    pub text: String,
+    /// Validate and diff only.
+    pub dry_run: bool,
+    /// Import: selector for runners without one.
+    pub selector: BTreeMap<String, String>,
+    /// Keep runners the file does not name.
+    pub merge: bool,
+    /// `None` = default strategy.
+    pub strategy: Option<Strategy>,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone)]
+pub struct ApplyOutcome {
+    /// New generation, 0 when nothing was stored.
+    pub generation: u64,
+    /// Per-runner changes.
+    pub changes: Vec<Change>,
+    /// Ignored keys.
+    pub warnings: Vec<String>,
+}
+
+/// Least time between two re-registrations of one runner on one agent, so a confused (or
+/// hostile) agent repeating `token-invalid` cannot fill GitLab with runners.
+const HEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the controller knows of an agent's runners from its last heartbeat.
+#[derive(Debug, Clone, Default)]
+struct Runtime {
+    runners: Vec<v1::RunnerStatus>,
+    /// Last failure to advance this agent (registration).
+    error: Option<String>,
+    /// Last re-registration per runner.
+    healed: HashMap<String, std::time::Instant>,
+}
+
+/// The fleet service. Cheap to share behind an `Arc`.
+pub struct Fleet {
+    store: Arc<dyn Store>,
+    sealer: Sealer,
+    registrar: Arc<dyn Registrar>,
+    sessions: Sessions,
+    /// Serializes applies and reconciliations (registration included), so two never
+    /// interleave their store writes.
+    lock: tokio::sync::Mutex<()>,
+    runtime: Mutex<HashMap<String, Runtime>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fleet")
+    }
+}
+
+fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+impl Fleet {
+    /// A fleet over `store`, sealing with `sealer`, registering through `registrar`, and
+    /// pushing through `sessions`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        sealer: Sealer,
+        registrar: Arc<dyn Registrar>,
+        sessions: Sessions,
+    ) -> Fleet {
+        Fleet {
+            store,
+            sealer,
+            registrar,
+            sessions,
+            lock: tokio::sync::Mutex::new(()),
+            runtime: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn runtime(&self) -> std::sync::MutexGuard<'_, HashMap<String, Runtime>> {
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The runners of a stored generation, unsealed.
+    pub fn runners_of(&self, g: &GenerationRecord) -> Result<Vec<RunnerConfig>, FleetError> {
+        let plain = self.sealer.open(SPECS, &g.runners_sealed)?;
+        serde_json::from_slice(&plain).map_err(|e| FleetError::Corrupt {
+            generation: g.generation,
+            detail: e.to_string(),
+        })
+    }
+
+    /// The newest generation and its runners (`None` before the first apply).
+    pub fn current(&self) -> Result<Option<(GenerationRecord, Vec<RunnerConfig>)>, FleetError> {
+        match self.store.latest_generation()? {
+            Some(g) => {
+                let r = self.runners_of(&g)?;
+                Ok(Some((g, r)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn default_strategy(&self) -> Result<Strategy, FleetError> {
+        let agents = self
+            .store
+            .list_agents()?
+            .iter()
+            .filter(|a| a.revoked_at.is_none())
+            .count();
+        Ok(Strategy {
+            kind: StrategyKind::Rolling,
+            max_unavailable: rollout::default_max_unavailable(agents),
+        })
+    }
+
+    /// Stores `runners` as the next generation (unless identical to the newest) and starts
+    /// its rollout.
+    async fn store_generation(
+        &self,
+        runners: Vec<RunnerConfig>,
+        strategy: Option<Strategy>,
+        reason: String,
+        force: bool,
+    ) -> Result<(u64, Vec<Change>), FleetError> {
+        let generation = {
+            let _g = self.lock.lock().await;
+            let current = self.current()?;
+            let old = current.as_ref().map(|c| c.1.clone()).unwrap_or_default();
+            let changes = spec::diff(&old, &runners);
+            if !force && changes.iter().all(|c| c.kind == "unchanged") && current.is_some() {
+                return Ok((0, changes));
+            }
+            let strategy = match strategy {
+                Some(s) => s,
+                None => self.default_strategy()?,
+            };
+            // RunnerConfig serializes its tokens in clear: that is what gets sealed.
+            let json = serde_json::to_vec(&runners)
+                .map_err(|e| FleetError::Invalid(format!("serialize runners: {e}")))?;
+            let g = GenerationRecord {
+                generation: current.map(|c| c.0.generation).unwrap_or(0) + 1,
+                created_at: now(),
+                runners_sealed: self.sealer.seal(SPECS, &json),
+                strategy,
+                state: RolloutState::Progressing,
+                reason,
+            };
+            self.store.add_generation(&g)?;
+            tracing::info!(generation = g.generation, "runner specs stored");
+            (g.generation, changes)
+        };
+        self.reconcile().await;
+        Ok(generation)
+    }
+
+    /// `drover runner apply` / `import`: validates everything first; a refusal changes
+    /// nothing.
+    pub async fn apply(&self, req: ApplyRequest) -> Result<ApplyOutcome, FleetError> {
+        let file = spec::parse_spec(&req.text, &req.file, &req.selector)?;
+        let mut runners = file.runners;
+        if req.merge
+            && let Some((_, current)) = self.current()?
+        {
+            let named: Vec<String> = runners.iter().map(|r| r.name.clone()).collect();
+            let mut kept: Vec<RunnerConfig> = current
+                .into_iter()
+                .filter(|r| !named.contains(&r.name))
+                .collect();
+            kept.append(&mut runners);
+            runners = kept;
+        }
+        if req.dry_run {
+            let old = self.current()?.map(|c| c.1).unwrap_or_default();
+            return Ok(ApplyOutcome {
+                generation: 0,
+                changes: spec::diff(&old, &runners),
+                warnings: file.warnings,
+            });
+        }
+        let (generation, changes) = self
+            .store_generation(
+                runners,
+                req.strategy,
+                format!("applied {}", req.file),
+                false,
+            )
+            .await?;
+        Ok(ApplyOutcome {
+            generation,
+            changes,
+            warnings: file.warnings,
+        })
+    }
+
+    /// `drover runner delete NAME`: a new generation without it.
+    pub async fn delete_runner(
+        &self,
+        name: &str,
+        strategy: Option<Strategy>,
+    ) -> Result<ApplyOutcome, FleetError> {
+        let current = self.current()?.map(|c| c.1).unwrap_or_default();
+        if !current.iter().any(|r| r.name == name) {
+            return Err(FleetError::NoRunner(name.to_string()));
+        }
+        let runners = current.into_iter().filter(|r| r.name != name).collect();
+        let (generation, changes) = self
+            .store_generation(runners, strategy, format!("deleted runner {name}"), false)
+            .await?;
+        Ok(ApplyOutcome {
+            generation,
+            changes,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// `drover rollout undo`: a new generation with the runners of the one before the
+    /// newest.
+    pub async fn undo(&self, strategy: Option<Strategy>) -> Result<ApplyOutcome, FleetError> {
+        let latest = self
+            .store
+            .latest_generation()?
+            .map(|g| g.generation)
+            .unwrap_or(0);
+        let previous = match latest.checked_sub(1).filter(|p| *p > 0) {
+            Some(p) => p,
+            None => return Err(FleetError::NothingToUndo(latest)),
+        };
+        let g = self
+            .store
+            .get_generation(previous)?
+            .ok_or(FleetError::NothingToUndo(latest))?;
+        let runners = self.runners_of(&g)?;
+        let (generation, changes) = self
+            .store_generation(
+                runners,
+                strategy,
+                format!("undo: runners of generation {previous}"),
+                true,
+            )
+            .await?;
+        Ok(ApplyOutcome {
+            generation,
+            changes,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Advances the newest generation's rollout as far as its plan allows, records its
+    /// state, and unregisters retired GitLab runners no agent needs any more. Errors are
+    /// logged: this runs after every event and on a timer.
+    pub async fn reconcile(&self) {
+        if let Err(e) = self.try_reconcile().await {
+            tracing::warn!(error = %e, "reconcile fleet");
+        }
+        self.unregister_retired().await;
+    }
+
+    async fn try_reconcile(&self) -> Result<(), FleetError> {
+        let _g = self.lock.lock().await;
+        let Some((generation, runners)) = self.current()? else {
+            return Ok(());
+        };
+        let agents: Vec<AgentRecord> = self
+            .store
+            .list_agents()?
+            .into_iter()
+            .filter(|a| a.revoked_at.is_none())
+            .collect();
+        let progress: HashMap<String, crate::store::AgentRollout> = self
+            .store
+            .agent_rollouts()?
+            .into_iter()
+            .map(|r| (r.agent_id.clone(), r))
+            .collect();
+        let views: Vec<AgentView> = agents
+            .iter()
+            .map(|a| {
+                let p = progress.get(&a.id).cloned().unwrap_or_default();
+                AgentView {
+                    id: a.id.clone(),
+                    connected: self.sessions.is_connected(&a.id),
+                    target: p.target_generation,
+                    ack_generation: p.ack_generation,
+                    ack_error: p.ack_error,
+                }
+            })
+            .collect();
+        if generation.state == RolloutState::Halted {
+            return Ok(());
+        }
+        let plan = rollout::plan(generation.generation, generation.strategy, &views);
+        if plan.state != generation.state {
+            self.store
+                .set_rollout_state(generation.generation, plan.state, &plan.reason)?;
+            if plan.state == RolloutState::Halted {
+                tracing::warn!(generation = generation.generation, reason = %plan.reason, "rollout halted");
+            }
+        }
+        let mut budget = plan.budget;
+        for id in &plan.candidates {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
+            let Some(agent) = agents.iter().find(|a| &a.id == id) else {
+                continue;
+            };
+            match self.advance(agent, generation.generation, &runners).await {
+                Ok(()) => {
+                    if let Some(rt) = self.runtime().get_mut(id) {
+                        rt.error = None;
+                    }
+                    self.sessions.kick(id);
+                }
+                Err(e) => {
+                    tracing::warn!(agent = %id, generation = generation.generation, error = %e, "advance agent");
+                    self.runtime().entry(id.clone()).or_default().error = Some(e.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives `agent` a GitLab runner for every runner of `generation` it selects (reusing
+    /// ones whose registration still fits), retires what it no longer uses, then targets it.
+    async fn advance(
+        &self,
+        agent: &AgentRecord,
+        generation: u64,
+        runners: &[RunnerConfig],
+    ) -> Result<(), AdvanceError> {
+        let current: HashMap<String, Assignment> = self
+            .store
+            .assignments(&agent.id)?
+            .into_iter()
+            .map(|a| (a.runner.clone(), a))
+            .collect();
+        let selected: Vec<&RunnerConfig> = runners
+            .iter()
+            .filter(|r| selector::matches(&r.selector, &agent.labels))
+            .collect();
+        for r in &selected {
+            let key = spec::registration_key(r);
+            let old = current.get(&r.name);
+            if old.is_some_and(|a| a.registration_key == key) {
+                continue;
+            }
+            let fresh = self.obtain(agent, r, key).await?;
+            self.store.put_assignment(&fresh)?;
+            if let Some(old) = old.filter(|a| a.registered) {
+                self.store.add_retired(&Retired {
+                    id: 0,
+                    assignment: old.clone(),
+                    after_generation: generation,
+                })?;
+            }
+        }
+        for (name, old) in &current {
+            if selected.iter().any(|r| &r.name == name) {
+                continue;
+            }
+            // Still in the assignments table until the agent runs the generation without
+            // it; then it is unregistered.
+            self.store.delete_assignment(&agent.id, name)?;
+            if old.registered {
+                self.store.add_retired(&Retired {
+                    id: 0,
+                    assignment: old.clone(),
+                    after_generation: generation,
+                })?;
+            }
+        }
+        self.store.set_target_generation(&agent.id, generation)?;
+        Ok(())
+    }
+
+    /// A GitLab runner for `r` on `agent`: the spec's `token` as is, or a new registration.
+    async fn obtain(
+        &self,
+        agent: &AgentRecord,
+        r: &RunnerConfig,
+        key: String,
+    ) -> Result<Assignment, AdvanceError> {
+        if let Some(token) = r.token.as_ref().filter(|t| !t.expose_secret().is_empty()) {
+            return Ok(Assignment {
+                agent_id: agent.id.clone(),
+                runner: r.name.clone(),
+                url: r.url.clone(),
+                gitlab_runner_id: r.id.unwrap_or(0),
+                token_sealed: self.sealer.seal_secret(RUNNER_TOKEN, token),
+                token_expires_at: r.token_expires_at.as_deref().and_then(parse_time),
+                registration_key: key,
+                registered: false,
+            });
+        }
+        let reg_token = r
+            .registration_token
+            .as_ref()
+            .ok_or_else(|| AdvanceError::NoToken(r.name.clone()))?;
+        let registration = spec::registration(r, &agent.facts.hostname, &agent.id);
+        let got = self
+            .registrar
+            .register(&r.url, reg_token, &registration)
+            .await?;
+        tracing::info!(agent = %agent.id, runner = %r.name, gitlab_runner_id = got.id, "registered gitlab runner");
+        Ok(Assignment {
+            agent_id: agent.id.clone(),
+            runner: r.name.clone(),
+            url: r.url.clone(),
+            gitlab_runner_id: got.id,
+            token_sealed: self.sealer.seal_secret(RUNNER_TOKEN, &got.token),
+            token_expires_at: got.token_expires_at,
+            registration_key: key,
+            registered: true,
+        })
+    }
+
+    /// Unregisters retired GitLab runners whose agent runs a generation without them (or
+    /// is gone). A 403 means GitLab no longer knows the token: nothing left to remove.
+    async fn unregister_retired(&self) {
+        let retired = match self.store.list_retired() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "list retired runners");
+                return;
+            }
+        };
+        for r in retired {
+            let a = &r.assignment;
+            let due = r.after_generation == 0
+                || match self.store.get_agent(&a.agent_id) {
+                    Ok(Some(agent)) => {
+                        agent.revoked_at.is_some() || agent.applied_generation >= r.after_generation
+                    }
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+            if !due {
+                continue;
+            }
+            let token = match self.sealer.open_secret(RUNNER_TOKEN, &a.token_sealed) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(agent = %a.agent_id, runner = %a.runner, error = %e, "retired runner token");
+                    let _ = self.store.delete_retired(r.id);
+                    continue;
+                }
+            };
+            match self.registrar.unregister(&a.url, &token).await {
+                Ok(()) => {
+                    tracing::info!(agent = %a.agent_id, runner = %a.runner, gitlab_runner_id = a.gitlab_runner_id, "unregistered gitlab runner");
+                    let _ = self.store.delete_retired(r.id);
+                }
+                Err(e) if e.forbidden => {
+                    tracing::info!(agent = %a.agent_id, runner = %a.runner, gitlab_runner_id = a.gitlab_runner_id, "gitlab no longer accepts the retired runner's token; nothing to unregister");
+                    let _ = self.store.delete_retired(r.id);
+                }
+                Err(e) => {
+                    tracing::warn!(agent = %a.agent_id, runner = %a.runner, error = %e, "unregister gitlab runner; will retry");
+                }
+            }
+        }
+    }
+
+    /// The desired state pushed to `agent_id`: its target generation's runners that select
+    /// it, each with its own token. `None` before it was targeted.
+    pub fn desired_state(&self, agent_id: &str) -> Result<Option<v1::DesiredState>, FleetError> {
+        let Some(agent) = self.store.get_agent(agent_id)? else {
+            return Ok(None);
+        };
+        let target = self
+            .store
+            .agent_rollouts()?
+            .into_iter()
+            .find(|r| r.agent_id == agent_id)
+            .map(|r| r.target_generation)
+            .unwrap_or(0);
+        if target == 0 {
+            return Ok(None);
+        }
+        let Some(g) = self.store.get_generation(target)? else {
+            return Ok(None);
+        };
+        let runners = self.runners_of(&g)?;
+        let assignments: HashMap<String, Assignment> = self
+            .store
+            .assignments(agent_id)?
+            .into_iter()
+            .map(|a| (a.runner.clone(), a))
+            .collect();
+        let mut out = Vec::new();
+        for r in runners
+            .iter()
+            .filter(|r| selector::matches(&r.selector, &agent.labels))
+        {
+            let Some(a) = assignments.get(&r.name) else {
+                tracing::warn!(agent = %agent_id, runner = %r.name, "no gitlab runner assigned; left out");
+                continue;
+            };
+            let token = self.sealer.open_secret(RUNNER_TOKEN, &a.token_sealed)?;
+            out.push(v1::RunnerAssignment {
+                name: r.name.clone(),
+                spec_json: spec::agent_spec_json(r),
+                runner_token: token.expose_secret().to_string(),
+                gitlab_runner_id: a.gitlab_runner_id,
+                token_expires_at: a.token_expires_at.map(timefmt::to_proto),
+            });
+        }
+        Ok(Some(v1::DesiredState {
+            generation: target,
+            runners: out,
+        }))
+    }
+
+    /// An agent acknowledged (or refused) a generation.
+    pub async fn on_ack(&self, agent_id: &str, ack: &v1::Ack) {
+        let error = (!ack.applied).then(|| {
+            if ack.error.is_empty() {
+                "refused without a reason".to_string()
+            } else {
+                ack.error.chars().take(1000).collect::<String>()
+            }
+        });
+        if let Some(e) = &error {
+            tracing::warn!(agent = %agent_id, generation = ack.generation, error = %e, "agent refused generation");
+        } else {
+            tracing::info!(agent = %agent_id, generation = ack.generation, "agent applied generation");
+        }
+        if let Err(e) = self
+            .store
+            .record_ack(agent_id, ack.generation, error.as_deref())
+        {
+            tracing::warn!(agent = %agent_id, error = %e, "record ack");
+        }
+        self.reconcile().await;
+    }
+
+    /// The agent rotated a runner token: keep the new one (sealed) for later pushes.
+    pub fn on_token_rotated(&self, agent_id: &str, t: &v1::TokenRotated) {
+        let result = (|| -> Result<bool, FleetError> {
+            let Some(mut a) = self
+                .store
+                .assignments(agent_id)?
+                .into_iter()
+                .find(|a| a.runner == t.runner)
+            else {
+                return Ok(false);
+            };
+            a.token_sealed = self
+                .sealer
+                .seal_secret(RUNNER_TOKEN, &SecretString::from(t.token.clone()));
+            a.token_expires_at = t.token_expires_at.as_ref().and_then(timefmt::from_proto);
+            if t.gitlab_runner_id != 0 {
+                a.gitlab_runner_id = t.gitlab_runner_id;
+            }
+            self.store.put_assignment(&a)?;
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => {
+                tracing::info!(agent = %agent_id, runner = %t.runner, "runner token rotated")
+            }
+            Ok(false) => {
+                tracing::warn!(agent = %agent_id, runner = %t.runner, "token rotated for a runner not assigned to this agent; ignored")
+            }
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, runner = %t.runner, error = %e, "record rotated token")
+            }
+        }
+    }
+
+    /// A runner event. `token-invalid`: register anew, push the new token, and retire the
+    /// old GitLab runner entry at once (best effort: GitLab may refuse its dead token).
+    pub async fn on_runner_event(&self, agent_id: &str, ev: &v1::RunnerEvent) {
+        tracing::info!(agent = %agent_id, runner = %ev.runner, kind = %ev.kind, message = %ev.message, "runner event");
+        if ev.kind != "token-invalid" {
+            return;
+        }
+        match self.heal(agent_id, &ev.runner).await {
+            Ok(true) => self.sessions.kick(agent_id),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, runner = %ev.runner, error = %e, "re-register runner")
+            }
+        }
+        self.unregister_retired().await;
+    }
+
+    async fn heal(&self, agent_id: &str, runner: &str) -> Result<bool, AdvanceError> {
+        let _g = self.lock.lock().await;
+        let Some(agent) = self.store.get_agent(agent_id)? else {
+            return Ok(false);
+        };
+        let Some(old) = self
+            .store
+            .assignments(agent_id)?
+            .into_iter()
+            .find(|a| a.runner == runner)
+        else {
+            return Ok(false);
+        };
+        if let Some(at) = self
+            .runtime()
+            .get(agent_id)
+            .and_then(|r| r.healed.get(runner).copied())
+            && at.elapsed() < HEAL_INTERVAL
+        {
+            tracing::warn!(agent = %agent_id, runner, "token-invalid again within {} s of the last re-registration; ignored", HEAL_INTERVAL.as_secs());
+            return Ok(false);
+        }
+        if !old.registered {
+            tracing::warn!(agent = %agent_id, runner, "the runner token given in the spec is invalid; put a valid `token` in the spec, or use `registration_token`");
+            return Ok(false);
+        }
+        let target = self
+            .store
+            .agent_rollouts()?
+            .into_iter()
+            .find(|r| r.agent_id == agent_id)
+            .map(|r| r.target_generation)
+            .unwrap_or(0);
+        let Some(g) = self.store.get_generation(target)? else {
+            return Ok(false);
+        };
+        let runners = self.runners_of(&g)?;
+        let Some(r) = runners.iter().find(|r| r.name == runner) else {
+            return Ok(false);
+        };
+        let fresh = self.obtain(&agent, r, spec::registration_key(r)).await?;
+        self.store.put_assignment(&fresh)?;
+        self.store.add_retired(&Retired {
+            id: 0,
+            assignment: old,
+            after_generation: 0,
+        })?;
+        self.runtime()
+            .entry(agent_id.to_string())
+            .or_default()
+            .healed
+            .insert(runner.to_string(), std::time::Instant::now());
+        tracing::info!(agent = %agent_id, runner, gitlab_runner_id = fresh.gitlab_runner_id, "re-registered runner after token-invalid");
+        Ok(true)
+    }
+
+    /// Keeps the runner statuses of a heartbeat for `drover agents`.
+    pub fn on_heartbeat(&self, agent_id: &str, runners: &[v1::RunnerStatus]) {
+        self.runtime()
+            .entry(agent_id.to_string())
+            .or_default()
+            .runners = runners.to_vec();
+    }
+
+    /// The agent's runners for `drover agents`: from its last heartbeat, else from the
+    /// assignments (state unknown).
+    pub fn runner_statuses(&self, agent_id: &str) -> Vec<v1::RunnerStatus> {
+        if let Some(rt) = self.runtime().get(agent_id)
+            && !rt.runners.is_empty()
+        {
+            return rt.runners.clone();
+        }
+        self.store
+            .assignments(agent_id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| v1::RunnerStatus {
+                name: a.runner,
+                gitlab_runner_id: a.gitlab_runner_id,
+                token_expires_at: a.token_expires_at.map(timefmt::to_proto),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// The last error advancing this agent (e.g. GitLab refused the registration).
+    pub fn agent_error(&self, agent_id: &str) -> Option<String> {
+        self.runtime().get(agent_id).and_then(|r| r.error.clone())
+    }
+
+    /// A deleted agent: retire every GitLab runner it had and unregister them now.
+    pub async fn on_agent_deleted(&self, agent_id: &str) {
+        let result = (|| -> Result<(), StoreError> {
+            for a in self.store.assignments(agent_id)? {
+                self.store.delete_assignment(agent_id, &a.runner)?;
+                if a.registered {
+                    self.store.add_retired(&Retired {
+                        id: 0,
+                        assignment: a,
+                        after_generation: 0,
+                    })?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(agent = %agent_id, error = %e, "retire runners of deleted agent");
+        }
+        self.runtime().remove(agent_id);
+        self.reconcile().await;
+    }
+
+    /// The store (for read-only admin views).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}
+
+/// Why an agent could not be advanced.
+#[derive(Debug, thiserror::Error)]
+enum AdvanceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("register runner: {0}")]
+    Register(#[from] RegistrarError),
+    #[error("runner {0}: neither token nor registration_token")]
+    NoToken(String),
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,452 @@
+//! [`Fleet`] against the in-memory store (and SQLite for encryption at rest) and the fake
+//! registrar: selection, registration, rollout batches, halt, undo, healing, retirement.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use drover_proto::v1;
+use time::{Duration, OffsetDateTime};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::fleet::registrar::FakeRegistrar;
+use crate::server::sessions::SessionGuard;
+use crate::store::memory::MemoryStore;
+use crate::store::{Facts, StrategyKind};
+use crate::tokens::{self, TokenRecord};
+
+const REG: &str = "GR1348941-registration-secret";
+
+fn spec(image: &str, selector: &str) -> String {
+    format!(
+        r#"
+[[runners]]
+name = "lab-docker"
+url = "https://gitlab.example.com"
+registration_token = "{REG}"
+executor = "docker"
+[runners.selector]
+{selector}
+[runners.docker]
+image = "{image}"
+"#
+    )
+}
+
+struct World {
+    fleet: Fleet,
+    store: Arc<dyn Store>,
+    gitlab: Arc<FakeRegistrar>,
+    sessions: Sessions,
+    root: CancellationToken,
+    guards: Vec<SessionGuard>,
+}
+
+fn world_with(store: Arc<dyn Store>) -> World {
+    let gitlab = Arc::new(FakeRegistrar::new(REG));
+    let sessions = Sessions::default();
+    let fleet = Fleet::new(
+        store.clone(),
+        Sealer::from_key([3; 32]),
+        gitlab.clone(),
+        sessions.clone(),
+    );
+    World {
+        fleet,
+        store,
+        gitlab,
+        sessions,
+        root: CancellationToken::new(),
+        guards: Vec::new(),
+    }
+}
+
+fn world() -> World {
+    world_with(Arc::new(MemoryStore::new()))
+}
+
+impl World {
+    /// Enrolls and connects agent `id` with label `site`.
+    fn agent(&mut self, id: &str, site: &str) {
+        let now = OffsetDateTime::now_utc();
+        let token_id = format!("{:016x}", self.guards.len() + 1);
+        self.store
+            .create_token(&TokenRecord {
+                id: token_id.clone(),
+                secret_hash: tokens::hash_secret("s"),
+                labels: BTreeMap::from([("site".to_string(), site.to_string())]),
+                created_at: now,
+                expires_at: now + Duration::hours(1),
+                uses_left: 1,
+                revoked: false,
+            })
+            .unwrap();
+        self.store
+            .enroll(
+                &token_id,
+                &tokens::hash_secret("s"),
+                now,
+                AgentRecord {
+                    id: id.into(),
+                    labels: BTreeMap::new(),
+                    facts: Facts {
+                        hostname: format!("host-{id}"),
+                        ..Facts::default()
+                    },
+                    enrolled_at: now,
+                    last_seen: None,
+                    cert_serial: "01".into(),
+                    cert_not_after: now + Duration::days(1),
+                    revoked_at: None,
+                    applied_generation: 0,
+                },
+            )
+            .unwrap();
+        self.guards.push(self.sessions.register(id, &self.root));
+    }
+
+    async fn apply(
+        &self,
+        text: &str,
+        strategy: Option<Strategy>,
+    ) -> Result<ApplyOutcome, FleetError> {
+        self.fleet
+            .apply(ApplyRequest {
+                file: "runners.toml".into(),
+                text: text.into(),
+                strategy,
+                ..ApplyRequest::default()
+            })
+            .await
+    }
+
+    fn target(&self, id: &str) -> u64 {
+        self.store
+            .agent_rollouts()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.agent_id == id)
+            .map(|r| r.target_generation)
+            .unwrap_or(0)
+    }
+
+    async fn ack(&self, id: &str, generation: u64, error: Option<&str>) {
+        self.fleet
+            .on_ack(
+                id,
+                &v1::Ack {
+                    generation,
+                    applied: error.is_none(),
+                    error: error.unwrap_or_default().into(),
+                },
+            )
+            .await;
+    }
+
+    fn state(&self) -> RolloutState {
+        self.store.latest_generation().unwrap().unwrap().state
+    }
+}
+
+fn all() -> Option<Strategy> {
+    Some(Strategy {
+        kind: StrategyKind::All,
+        max_unavailable: 1,
+    })
+}
+
+fn rolling(n: u32) -> Option<Strategy> {
+    Some(Strategy {
+        kind: StrategyKind::Rolling,
+        max_unavailable: n,
+    })
+}
+
+#[tokio::test]
+async fn apply_registers_for_selected_agents_and_builds_desired_state() {
+    let mut w = world();
+    w.agent("a1", "lab");
+    w.agent("a2", "other");
+    let out = w
+        .apply(&spec("alpine:3.20", "site = \"lab\""), all())
+        .await
+        .unwrap();
+    assert_eq!(out.generation, 1);
+    assert_eq!(out.changes[0].kind, "added");
+    let live = w.gitlab.live();
+    assert_eq!(
+        live.len(),
+        1,
+        "one GitLab runner, for the selected agent only"
+    );
+    let (token, reg) = live.values().next().unwrap().clone();
+    assert_eq!(reg.description, "lab-docker on host-a1");
+
+    let ds = w.fleet.desired_state("a1").unwrap().unwrap();
+    assert_eq!(ds.generation, 1);
+    assert_eq!(ds.runners.len(), 1);
+    assert_eq!(ds.runners[0].runner_token, token);
+    assert_eq!(ds.runners[0].gitlab_runner_id, 1);
+    assert!(
+        !ds.runners[0].spec_json.contains(REG),
+        "registration token never leaves"
+    );
+    let other = w.fleet.desired_state("a2").unwrap().unwrap();
+    assert_eq!((other.generation, other.runners.len()), (1, 0));
+
+    // Same file again: nothing new. A refused file: nothing changes.
+    assert_eq!(
+        w.apply(&spec("alpine:3.20", "site = \"lab\""), all())
+            .await
+            .unwrap()
+            .generation,
+        0
+    );
+    let err = w
+        .apply(
+            &spec("alpine:3.20", "site = \"lab\"").replace(
+                "docker\"\n[runners.selector]",
+                "shell\"\n[runners.selector]",
+            ),
+            all(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("runners.toml:6: runners[0].executor"),
+        "{err}"
+    );
+    assert_eq!(w.store.latest_generation().unwrap().unwrap().generation, 1);
+    assert_eq!(w.gitlab.live().len(), 1);
+
+    // A change that keeps the registration reuses the GitLab runner.
+    let out = w
+        .apply(&spec("alpine:3.21", "site = \"lab\""), all())
+        .await
+        .unwrap();
+    assert_eq!(out.generation, 2);
+    assert_eq!(
+        out.changes[0].details,
+        ["docker.image: \"alpine:3.20\" -> \"alpine:3.21\""]
+    );
+    assert_eq!(w.gitlab.live().len(), 1);
+    assert_eq!(
+        w.fleet.desired_state("a1").unwrap().unwrap().runners[0].runner_token,
+        token
+    );
+}
+
+#[tokio::test]
+async fn rolling_rollout_halts_on_refusal_and_undo_restores() {
+    let mut w = world();
+    for id in ["a1", "a2", "a3"] {
+        w.agent(id, "lab");
+    }
+    w.apply(&spec("alpine:3.20", "site = \"lab\""), all())
+        .await
+        .unwrap();
+    for id in ["a1", "a2", "a3"] {
+        w.ack(id, 1, None).await;
+    }
+    assert_eq!(w.state(), RolloutState::Complete);
+
+    w.apply(&spec("alpine:broken", "site = \"lab\""), rolling(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (w.target("a1"), w.target("a2"), w.target("a3")),
+        (2, 1, 1),
+        "first batch only"
+    );
+    w.ack("a1", 2, Some("image alpine:broken not present"))
+        .await;
+    assert_eq!(w.state(), RolloutState::Halted);
+    let g = w.store.latest_generation().unwrap().unwrap();
+    assert!(
+        g.reason.contains("agent a1 refused generation 2"),
+        "{}",
+        g.reason
+    );
+    w.fleet.reconcile().await;
+    assert_eq!(
+        (w.target("a2"), w.target("a3")),
+        (1, 1),
+        "halted: nobody else gets it"
+    );
+    assert_eq!(w.fleet.desired_state("a2").unwrap().unwrap().generation, 1);
+
+    let out = w.fleet.undo(rolling(1)).await.unwrap();
+    assert_eq!(out.generation, 3);
+    let ds = w.fleet.desired_state("a1").unwrap().unwrap();
+    assert_eq!(ds.generation, 3);
+    assert!(ds.runners[0].spec_json.contains("alpine:3.20"));
+    assert_eq!(w.target("a2"), 1);
+    w.ack("a1", 3, None).await;
+    assert_eq!(w.target("a2"), 3);
+    w.ack("a2", 3, None).await;
+    w.ack("a3", 3, None).await;
+    assert_eq!(w.state(), RolloutState::Complete);
+}
+
+#[tokio::test]
+async fn token_invalid_re_registers_and_retires_the_old_runner() {
+    let mut w = world();
+    w.agent("a1", "lab");
+    w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
+    let old = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    w.fleet
+        .on_runner_event(
+            "a1",
+            &v1::RunnerEvent {
+                runner: "lab-docker".into(),
+                kind: "token-invalid".into(),
+                message: "403 on job request".into(),
+                at: None,
+            },
+        )
+        .await;
+    let new = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    assert_ne!(new.runner_token, old.runner_token);
+    assert_eq!(new.gitlab_runner_id, 2);
+    assert_eq!(w.gitlab.unregistered(), [old.gitlab_runner_id]);
+    assert!(w.store.list_retired().unwrap().is_empty());
+    // Repeated at once: not registered again.
+    w.fleet
+        .on_runner_event(
+            "a1",
+            &v1::RunnerEvent {
+                runner: "lab-docker".into(),
+                kind: "token-invalid".into(),
+                message: "again".into(),
+                at: None,
+            },
+        )
+        .await;
+    assert_eq!(w.gitlab.live().len(), 1);
+    assert_eq!(
+        w.fleet.desired_state("a1").unwrap().unwrap().runners[0].runner_token,
+        new.runner_token
+    );
+
+    // A rotation reported by the agent is what later pushes carry.
+    w.fleet.on_token_rotated(
+        "a1",
+        &v1::TokenRotated {
+            runner: "lab-docker".into(),
+            token: "glrt-rotated".into(),
+            token_expires_at: Some(prost_types::Timestamp {
+                seconds: 2_000_000_000,
+                nanos: 0,
+            }),
+            gitlab_runner_id: 0,
+        },
+    );
+    let ds = w.fleet.desired_state("a1").unwrap().unwrap();
+    assert_eq!(ds.runners[0].runner_token, "glrt-rotated");
+    assert_eq!(
+        ds.runners[0].token_expires_at.unwrap().seconds,
+        2_000_000_000
+    );
+    assert_eq!(ds.runners[0].gitlab_runner_id, 2);
+}
+
+#[tokio::test]
+async fn deleted_spec_unregisters_once_the_agent_moved_on_and_deleted_agent_at_once() {
+    let mut w = world();
+    w.agent("a1", "lab");
+    w.agent("a2", "lab");
+    w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
+    w.ack("a1", 1, None).await;
+    w.ack("a2", 1, None).await;
+    assert_eq!(w.gitlab.live().len(), 2);
+
+    let out = w.fleet.delete_runner("lab-docker", all()).await.unwrap();
+    assert_eq!(out.generation, 2);
+    assert_eq!(
+        w.fleet.desired_state("a1").unwrap().unwrap().runners.len(),
+        0
+    );
+    assert!(
+        w.gitlab.unregistered().is_empty(),
+        "old units keep running until acked"
+    );
+    w.ack("a1", 2, None).await;
+    assert_eq!(w.gitlab.unregistered(), [1]);
+    assert!(matches!(
+        w.fleet.delete_runner("lab-docker", None).await,
+        Err(FleetError::NoRunner(_))
+    ));
+
+    w.fleet.undo(all()).await.unwrap();
+    // Both registered anew; a2's first runner (2) still waits for a2 to run generation 2.
+    assert_eq!(w.gitlab.live().len(), 3);
+    w.store
+        .revoke_agent("a2", OffsetDateTime::now_utc())
+        .unwrap();
+    w.fleet.on_agent_deleted("a2").await;
+    assert_eq!(
+        w.gitlab.unregistered(),
+        [1, 2, 4],
+        "a deleted agent's runners go at once"
+    );
+    assert_eq!(w.gitlab.live().len(), 1);
+}
+
+#[tokio::test]
+async fn gitlab_outage_blocks_the_agent_and_is_retried() {
+    let mut w = world();
+    w.agent("a1", "lab");
+    w.gitlab.set_down(true);
+    w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
+    assert_eq!(w.target("a1"), 0);
+    assert!(
+        w.fleet
+            .agent_error("a1")
+            .unwrap()
+            .contains("connection refused")
+    );
+    assert!(w.fleet.desired_state("a1").unwrap().is_none());
+    w.gitlab.set_down(false);
+    w.fleet.reconcile().await;
+    assert_eq!(w.target("a1"), 1);
+    assert_eq!(w.fleet.agent_error("a1"), None);
+}
+
+#[tokio::test]
+async fn secrets_are_encrypted_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("drover.db")).unwrap();
+    let mut w = world_with(Arc::new(store));
+    w.agent("a1", "lab");
+    w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
+    let token = w.fleet.desired_state("a1").unwrap().unwrap().runners[0]
+        .runner_token
+        .clone();
+    assert!(token.starts_with("glrt-fake-"));
+    w.fleet.on_token_rotated(
+        "a1",
+        &v1::TokenRotated {
+            runner: "lab-docker".into(),
+            token: "glrt-rotated-secret".into(),
+            token_expires_at: None,
+            gitlab_runner_id: 0,
+        },
+    );
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    assert!(
+        bytes
+            .windows(b"alpine:3.20".len())
+            .all(|w| w != b"alpine:3.20"),
+        "specs are sealed"
+    );
+    for secret in [REG, &token, "glrt-rotated-secret"] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} found in the database files"
+        );
+    }
+}

@@ -1,0 +1,415 @@
+//! Runner spec files on the controller: parsing with the shared parser
+//! ([`drover_proto::spec::parse_with`], spec mode) plus the checks only a fleet needs
+//! (unique, usable names), the per-runner diff `drover runner apply` prints, redaction, and
+//! what an agent receives (`spec_json` without any token).
+
+use std::collections::BTreeMap;
+
+use drover_proto::spec::{ParseMode, RunnerConfig, SpecError, parse_with};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+
+use super::registrar::Registration;
+
+/// Longest runner name (it names units and containers on the agents).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// A refused spec file, with file, line, key path and value in its text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecRefusal {
+    /// The shared parser refused it.
+    #[error(transparent)]
+    Parse(#[from] SpecError),
+    /// A name is missing, repeated or unusable.
+    #[error("{file}{}: runners[{index}].name: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Name {
+        /// The file.
+        file: String,
+        /// Line of the `[[runners]]` table.
+        line: Option<usize>,
+        /// Index of the table.
+        index: usize,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A parsed spec file.
+#[derive(Debug, Clone)]
+pub struct SpecFile {
+    /// The runners, in file order.
+    pub runners: Vec<RunnerConfig>,
+    /// Ignored keys, one line each.
+    pub warnings: Vec<String>,
+}
+
+/// Line of the `index`-th `[[runners]]` header.
+fn runner_line(text: &str, index: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with("[[runners]]"))
+        .nth(index)
+        .map(|(n, _)| n + 1)
+}
+
+/// Parses and validates a spec file. `selector` (from `runner import --selector`) is set on
+/// every runner that has none.
+pub fn parse_spec(
+    text: &str,
+    file: &str,
+    selector: &BTreeMap<String, String>,
+) -> Result<SpecFile, SpecRefusal> {
+    let parsed = parse_with(text, file, ParseMode::Spec)?;
+    let mut runners = parsed.config.runners;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, r) in runners.iter_mut().enumerate() {
+        let refuse = |message: String| SpecRefusal::Name {
+            file: file.to_string(),
+            line: runner_line(text, i),
+            index: i,
+            message,
+        };
+        if r.name.is_empty() {
+            return Err(refuse(format!(
+                "runner #{}: name missing; every runner needs a unique name",
+                i + 1
+            )));
+        }
+        if r.name.len() > MAX_NAME_LEN
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(refuse(format!(
+                "name {:?}: use letters, digits, '-', '_' or '.', at most {MAX_NAME_LEN} characters",
+                r.name
+            )));
+        }
+        if let Some(first) = seen.insert(r.name.clone(), i) {
+            return Err(refuse(format!(
+                "name {:?} is also used by runners[{first}]",
+                r.name
+            )));
+        }
+        if r.selector.is_empty() {
+            r.selector = selector.clone();
+        }
+    }
+    Ok(SpecFile {
+        runners,
+        warnings: parsed.warnings.iter().map(ToString::to_string).collect(),
+    })
+}
+
+/// The spec as an agent receives it: JSON of [`RunnerConfig`] without `token` and
+/// `registration_token` (the token travels in `runner_token`).
+pub fn agent_spec_json(r: &RunnerConfig) -> String {
+    let mut r = r.clone();
+    r.token = None;
+    r.registration_token = None;
+    serde_json::to_string(&r).unwrap_or_else(|_| "{}".into())
+}
+
+/// The spec as JSON with every secret replaced by `<redacted>`.
+pub fn redacted_json(r: &RunnerConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        for k in ["token", "registration_token"] {
+            if o.contains_key(k) {
+                o.insert(k.into(), "<redacted>".into());
+            }
+        }
+    }
+    v
+}
+
+/// Digest of what a GitLab registration depends on: when it changes, the controller
+/// registers a new GitLab runner (and retires the old one).
+pub fn registration_key(r: &RunnerConfig) -> String {
+    let secret = |s: &Option<secrecy::SecretString>| {
+        s.as_ref()
+            .map(|t| t.expose_secret().to_string())
+            .unwrap_or_default()
+    };
+    let parts = serde_json::json!([
+        r.url,
+        secret(&r.token),
+        secret(&r.registration_token),
+        r.tag_list,
+        r.run_untagged,
+        r.locked,
+        r.access_level,
+        r.maximum_timeout,
+        r.paused,
+        r.description,
+        r.maintenance_note,
+    ]);
+    hex::encode(Sha256::digest(parts.to_string().as_bytes()))
+}
+
+/// Default description template: the runner's name and the agent's host.
+pub const DEFAULT_DESCRIPTION: &str = "{name} on {hostname}";
+
+/// The registration for runner `r` on an agent: `{name}`, `{hostname}` and `{agent_id}`
+/// in the description template are filled in.
+pub fn registration(r: &RunnerConfig, hostname: &str, agent_id: &str) -> Registration {
+    let template = r.description.as_deref().unwrap_or(DEFAULT_DESCRIPTION);
+    Registration {
+        description: template
+            .replace("{name}", &r.name)
+            .replace("{hostname}", hostname)
+            .replace("{agent_id}", agent_id),
+        tag_list: r.tag_list.clone(),
+        run_untagged: r.run_untagged.unwrap_or(r.tag_list.is_empty()),
+        locked: r.locked.unwrap_or(false),
+        access_level: r.access_level.clone(),
+        maximum_timeout: r.maximum_timeout,
+        paused: r.paused.unwrap_or(false),
+        maintenance_note: r.maintenance_note.clone(),
+    }
+}
+
+/// How one runner differs between two generations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Runner name.
+    pub name: String,
+    /// `added`, `changed`, `removed` or `unchanged`.
+    pub kind: &'static str,
+    /// For `changed`: one line per differing key; secrets show as `<changed>`.
+    pub details: Vec<String>,
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            for (k, v) in o {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&p, v, out);
+            }
+        }
+        serde_json::Value::Null => {}
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// Per-runner changes from `old` to `new`, sorted by name.
+pub fn diff(old: &[RunnerConfig], new: &[RunnerConfig]) -> Vec<Change> {
+    let old: BTreeMap<&str, &RunnerConfig> = old.iter().map(|r| (r.name.as_str(), r)).collect();
+    let new: BTreeMap<&str, &RunnerConfig> = new.iter().map(|r| (r.name.as_str(), r)).collect();
+    let mut names: Vec<&str> = old.keys().chain(new.keys()).copied().collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| match (old.get(name), new.get(name)) {
+            (None, _) => Change {
+                name: name.into(),
+                kind: "added",
+                details: Vec::new(),
+            },
+            (Some(_), None) => Change {
+                name: name.into(),
+                kind: "removed",
+                details: Vec::new(),
+            },
+            (Some(a), Some(b)) => {
+                let mut fa = BTreeMap::new();
+                let mut fb = BTreeMap::new();
+                flatten("", &redacted_json(a), &mut fa);
+                flatten("", &redacted_json(b), &mut fb);
+                let mut keys: Vec<&String> = fa.keys().chain(fb.keys()).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let mut details: Vec<String> = keys
+                    .into_iter()
+                    .filter(|k| fa.get(*k) != fb.get(*k))
+                    .map(|k| {
+                        let show =
+                            |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+                        format!("{k}: {} -> {}", show(fa.get(k)), show(fb.get(k)))
+                    })
+                    .collect();
+                for (k, x, y) in [
+                    ("token", &a.token, &b.token),
+                    (
+                        "registration_token",
+                        &a.registration_token,
+                        &b.registration_token,
+                    ),
+                ] {
+                    let ex = x.as_ref().map(|s| s.expose_secret().to_string());
+                    let ey = y.as_ref().map(|s| s.expose_secret().to_string());
+                    if ex.is_some() && ey.is_some() && ex != ey {
+                        details.push(format!("{k}: <changed>"));
+                    }
+                }
+                Change {
+                    name: name.into(),
+                    kind: if details.is_empty() {
+                        "unchanged"
+                    } else {
+                        "changed"
+                    },
+                    details,
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+[[runners]]
+name = "lab-docker"
+url = "https://gitlab.example.com"
+registration_token = "GR1348941secret"
+tag_list = ["edge"]
+executor = "docker"
+[runners.selector]
+site = "lab"
+[runners.docker]
+image = "alpine:3.20"
+"#;
+
+    #[test]
+    fn parses_and_keeps_secrets_out_of_agent_json() {
+        let f = parse_spec(SPEC, "runners.toml", &BTreeMap::new()).unwrap();
+        assert_eq!(f.runners.len(), 1);
+        let json = agent_spec_json(&f.runners[0]);
+        assert!(!json.contains("GR1348941secret"), "{json}");
+        let back: RunnerConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.name, "lab-docker");
+        assert_eq!(back.selector.get("site").map(String::as_str), Some("lab"));
+        assert!(
+            !redacted_json(&f.runners[0])
+                .to_string()
+                .contains("GR1348941secret")
+        );
+    }
+
+    #[test]
+    fn names_must_be_unique_and_usable() {
+        let twice = format!(
+            "{SPEC}{}",
+            SPEC.replace("tag_list", "run_untagged = true\ntag_list")
+        );
+        let err = parse_spec(&twice, "r.toml", &BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "r.toml:13: runners[1].name: name \"lab-docker\" is also used by runners[0]"
+        );
+        let bad = SPEC.replace("lab-docker", "lab docker");
+        let err = parse_spec(&bad, "r.toml", &BTreeMap::new()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("r.toml:2: runners[0].name: name \"lab docker\""),
+            "{err}"
+        );
+        let none = SPEC.replace("name = \"lab-docker\"\n", "");
+        assert!(
+            parse_spec(&none, "r.toml", &BTreeMap::new())
+                .unwrap_err()
+                .to_string()
+                .contains("name missing")
+        );
+        let bad_url = SPEC.replace("https://gitlab.example.com", "gitlab");
+        let err = parse_spec(&bad_url, "r.toml", &BTreeMap::new()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("r.toml:4: runners[0].url"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn import_selector_fills_only_empty_selectors() {
+        let sel = BTreeMap::from([("site".to_string(), "other".to_string())]);
+        let f = parse_spec(SPEC, "r.toml", &sel).unwrap();
+        assert_eq!(
+            f.runners[0].selector.get("site").map(String::as_str),
+            Some("lab")
+        );
+        let no_sel = SPEC.replace("[runners.selector]\nsite = \"lab\"\n", "");
+        let f = parse_spec(&no_sel, "r.toml", &sel).unwrap();
+        assert_eq!(f.runners[0].selector, sel);
+    }
+
+    #[test]
+    fn diff_names_fields_and_hides_secrets() {
+        let a = parse_spec(SPEC, "a", &BTreeMap::new()).unwrap().runners;
+        let b = parse_spec(
+            &SPEC
+                .replace("alpine:3.20", "alpine:3.21")
+                .replace("GR1348941secret", "GR1348941other"),
+            "b",
+            &BTreeMap::new(),
+        )
+        .unwrap()
+        .runners;
+        let d = diff(&a, &b);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].kind, "changed");
+        assert_eq!(
+            d[0].details,
+            vec![
+                "docker.image: \"alpine:3.20\" -> \"alpine:3.21\"".to_string(),
+                "registration_token: <changed>".to_string()
+            ]
+        );
+        assert_ne!(registration_key(&a[0]), registration_key(&b[0]));
+        assert_eq!(diff(&a, &a)[0].kind, "unchanged");
+        assert_eq!(diff(&[], &a)[0].kind, "added");
+        assert_eq!(diff(&a, &[])[0].kind, "removed");
+    }
+
+    #[test]
+    fn deploy_examples_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let mut n = 0;
+        let demo = dir.join("../demo/runners.toml");
+        let paths = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .chain(demo.exists().then_some(demo));
+        for path in paths {
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let f = parse_spec(&text, &path.display().to_string(), &BTreeMap::new())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(!f.runners.is_empty());
+                assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+                n += 1;
+            }
+        }
+        assert!(n >= 2);
+    }
+
+    #[test]
+    fn description_template() {
+        let mut r = parse_spec(SPEC, "a", &BTreeMap::new())
+            .unwrap()
+            .runners
+            .remove(0);
+        assert_eq!(
+            registration(&r, "box1", "ag1").description,
+            "lab-docker on box1"
+        );
+        r.description = Some("{hostname}/{agent_id}".into());
+        let reg = registration(&r, "box1", "ag1");
+        assert_eq!(reg.description, "box1/ag1");
+        assert!(
+            !reg.run_untagged,
+            "tags given: untagged jobs only when asked"
+        );
+    }
+}

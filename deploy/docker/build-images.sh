@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Builds Drover's container images locally, with no registry:
+#   ${IMAGE_PREFIX}/base:bookworm       Debian bookworm minbase, made with debootstrap from the
+#                                       Debian mirror this machine's apt already uses
+#   ${IMAGE_PREFIX}/controller:VERSION  `drover serve` (controller.Dockerfile)
+#   ${IMAGE_PREFIX}/agent:VERSION       `drover-agent run` (agent.Dockerfile)
+#   ${IMAGE_PREFIX}/fake-gitlab:VERSION the test fake GitLab, when its binary is built
+# (each also tagged :latest). IMAGE_PREFIX defaults to "drover".
+#
+# Why debootstrap: no base image can be pulled here, and the binaries link glibc
+# dynamically. A minbase rootfs from Debian's own packages gives a small, ordinary Debian
+# userland (bash, passwd, ca-certificates) that is rebuilt offline from the local apt mirror.
+#
+# Usage: bash deploy/docker/build-images.sh [--base-only] [--rebuild-base] [--no-build]
+#   --no-build      use the release binaries already in target/release
+#   --base-only     only make the base image
+#   --rebuild-base  re-run debootstrap even if the base image exists
+# Needs root for debootstrap (installs it with apt-get if missing). Mirror override:
+# DEBIAN_MIRROR=URL.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$repo"
+prefix="${IMAGE_PREFIX:-drover}"
+suite=bookworm
+base="$prefix/base:$suite"
+build=1
+base_only=0
+rebuild_base=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --no-build) build=0 ;;
+    --base-only) base_only=1 ;;
+    --rebuild-base) rebuild_base=1 ;;
+    -h | --help) sed -n '2,19p' "$0" && exit 0 ;;
+    *) echo "build-images.sh: unknown argument '$1' (see --help)" >&2 && exit 2 ;;
+    esac
+    shift
+done
+say() { printf 'build-images.sh: %s\n' "$*" >&2; }
+die() { say "error: $*" && exit 1; }
+
+# The first Debian archive URI in this machine's apt sources (deb822 or one-line format),
+# skipping the security archive.
+debian_mirror() {
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        awk '/^URIs:/ { for (i = 2; i <= NF; i++) print $i }' "$f"
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }' "$f"
+    done
+}
+
+# --- base image ------------------------------------------------------------------------------
+if [ "$rebuild_base" = 0 ] && docker image inspect "$base" >/dev/null 2>&1; then
+    say "base image $base exists (use --rebuild-base to remake it)"
+else
+    mirror="${DEBIAN_MIRROR:-$(debian_mirror | grep -v -- '-security' | head -n 1)}"
+    [ -n "$mirror" ] || die "no Debian mirror in /etc/apt/sources.list*; set DEBIAN_MIRROR=URL"
+    [ "$(id -u)" = 0 ] || die "debootstrap needs root"
+    if ! command -v debootstrap >/dev/null; then
+        say "installing debootstrap (apt-get)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2
+    fi
+    rootfs="$(mktemp -d)"
+    trap 'rm -rf "$rootfs"' EXIT
+    say "debootstrap --variant=minbase $suite from the apt mirror $mirror (a minute or two)"
+    debootstrap --variant=minbase --include=ca-certificates "$suite" "$rootfs" "$mirror" \
+        >"$rootfs.log" 2>&1 || {
+        tail -n 20 "$rootfs.log" >&2
+        die "debootstrap failed (log above)"
+    }
+    rm -f "$rootfs.log"
+    # Trim what a container never uses; keep dpkg's database (the package tests need it).
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
+    tar --numeric-owner --sort=name -C "$rootfs" -c . |
+        docker import --change 'CMD ["/bin/bash"]' - "$base" >/dev/null
+    rm -rf "$rootfs"
+    trap - EXIT
+    say "made $base ($(docker image inspect -f '{{.Size}}' "$base" | awk '{ printf "%d MB", $1 / 1e6 }'))"
+fi
+[ "$base_only" = 1 ] && exit 0
+
+# --- application images ----------------------------------------------------------------------
+version="$(awk '
+    /^\[/ { in_pkg = ($0 == "[workspace.package]") }
+    in_pkg && $1 == "version" { gsub(/[" ]/, "", $3); print $3; exit }
+' Cargo.toml)"
+if [ "$build" = 1 ]; then
+    say "building release binaries (drover, drover-agent)"
+    nice -n 10 cargo build --release --locked -p drover-controller -p drover-agent >&2
+    if [ -f tests/src/bin/fake-gitlab.rs ]; then
+        say "building the fake GitLab (tests/src/bin/fake-gitlab.rs)"
+        nice -n 10 cargo build --release --locked -p drover-tests --bin fake-gitlab >&2
+    fi
+fi
+
+# build_image NAME DOCKERFILE BINARY... : a context holding only the Dockerfile and binaries
+# (target/ is gigabytes; never send it to the daemon).
+build_image() {
+    local name="$1" dockerfile="$2" ctx b
+    shift 2
+    ctx="$(mktemp -d)"
+    for b in "$@"; do
+        [ -x "target/release/$b" ] || die "missing target/release/$b (build it first)"
+        cp "target/release/$b" "$ctx/"
+    done
+    cp "deploy/docker/$dockerfile" "$ctx/Dockerfile"
+    docker build -q --build-arg "BASE=$base" -t "$prefix/$name:$version" -t "$prefix/$name:latest" \
+        "$ctx" >/dev/null || {
+        rm -rf "$ctx"
+        die "docker build of $prefix/$name failed"
+    }
+    rm -rf "$ctx"
+    say "made $prefix/$name:$version"
+}
+build_image controller controller.Dockerfile drover
+build_image agent agent.Dockerfile drover-agent
+if [ -x target/release/fake-gitlab ]; then
+    build_image fake-gitlab fake-gitlab.Dockerfile fake-gitlab
+else
+    say "no target/release/fake-gitlab yet: skipping the fake-gitlab image (needed by the demo)"
+fi

@@ -1,0 +1,580 @@
+//! End-to-end, controller side of fleet runner management: the real `drover serve`, the
+//! fake GitLab, and test-side agents that enroll through the real Enrollment RPC and speak
+//! the Session stream by hand (so every DesiredState, Ack and event is visible).
+//!
+//! Checks: apply registers one GitLab runner per selected agent and pushes its token; a
+//! bad spec is refused and changes nothing; acks show in `drover rollout status -o json`
+//! and `drover agents -o json`; `token-invalid` re-registers, pushes the new token and
+//! unregisters the old runner; deleting the spec unregisters; undo brings it back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use drover_controller::client::{self, ClientIdentity};
+use drover_proto::v1;
+use drover_proto::v1::agent_message::Kind as AgentKind;
+use drover_proto::v1::controller_message::Kind as ControllerKind;
+use drover_tests::fake_gitlab::FakeGitLab;
+use drover_tests::harness::{Controller, stderr, stdout, wait_for};
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A test-side agent: enrolled identity, one open session, heartbeats every 300 ms.
+struct FakeAgent {
+    id: String,
+    tx: mpsc::Sender<v1::AgentMessage>,
+    inbound: tonic::Streaming<v1::ControllerMessage>,
+    applied: Arc<AtomicU64>,
+    runners: Arc<std::sync::Mutex<Vec<v1::RunnerStatus>>>,
+}
+
+impl FakeAgent {
+    async fn enroll_and_connect(c: &Controller, token: &str, hostname: &str) -> FakeAgent {
+        let ca = c.read("ca.crt");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec();
+        let facts = v1::AgentFacts {
+            hostname: hostname.into(),
+            arch: "x86_64".into(),
+            os: "linux".into(),
+            agent_version: "test".into(),
+            system_id: "s_0123456789ab".into(),
+            ..Default::default()
+        };
+        let channel = client::connect(&c.grpc_addr, &ca, None).await.unwrap();
+        let enrolled = v1::enrollment_client::EnrollmentClient::new(channel)
+            .enroll(v1::EnrollRequest {
+                token: token.into(),
+                csr_der: csr,
+                facts: Some(facts.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let identity = ClientIdentity {
+            cert_pem: enrolled.certificate_pem,
+            key_pem: SecretString::from(key.serialize_pem()),
+        };
+        let channel = client::connect(&c.grpc_addr, &ca, Some(&identity))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
+        tx.send(v1::AgentMessage {
+            kind: Some(AgentKind::Hello(v1::Hello {
+                facts: Some(facts),
+                applied_generation: 0,
+            })),
+        })
+        .await
+        .unwrap();
+        let outbound =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut inbound = v1::agent_control_client::AgentControlClient::new(channel)
+            .session(outbound)
+            .await
+            .unwrap()
+            .into_inner();
+        let welcome = inbound.message().await.unwrap().unwrap();
+        assert!(matches!(welcome.kind, Some(ControllerKind::Welcome(_))));
+        let applied = Arc::new(AtomicU64::new(0));
+        let runners = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (hb_tx, hb_applied, hb_runners) = (tx.clone(), applied.clone(), runners.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let hb = v1::Heartbeat {
+                    applied_generation: hb_applied.load(Ordering::SeqCst),
+                    runners: hb_runners.lock().unwrap().clone(),
+                    ips: vec!["10.0.0.7".into()],
+                    ..Default::default()
+                };
+                let msg = v1::AgentMessage {
+                    kind: Some(AgentKind::Heartbeat(hb)),
+                };
+                if hb_tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        FakeAgent {
+            id: enrolled.agent_id,
+            tx,
+            inbound,
+            applied,
+            runners,
+        }
+    }
+
+    /// The next DesiredState pushed to this agent.
+    async fn desired(&mut self) -> v1::DesiredState {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.inbound.message())
+                .await
+                .unwrap_or_else(|_| panic!("agent {}: no desired state within 20 s", self.id))
+                .unwrap()
+                .unwrap();
+            if let Some(ControllerKind::DesiredState(ds)) = msg.kind {
+                return ds;
+            }
+        }
+    }
+
+    /// The first DesiredState of `generation` or newer (older pushes are skipped).
+    async fn desired_at(&mut self, generation: u64) -> v1::DesiredState {
+        loop {
+            let ds = self.desired().await;
+            if ds.generation >= generation {
+                return ds;
+            }
+        }
+    }
+
+    async fn send(&self, kind: AgentKind) {
+        self.tx
+            .send(v1::AgentMessage { kind: Some(kind) })
+            .await
+            .unwrap();
+    }
+
+    async fn ack(&self, generation: u64, error: Option<&str>) {
+        if error.is_none() {
+            self.applied.store(generation, Ordering::SeqCst);
+        }
+        self.send(AgentKind::Ack(v1::Ack {
+            generation,
+            applied: error.is_none(),
+            error: error.unwrap_or_default().into(),
+        }))
+        .await;
+    }
+}
+
+fn spec(gitlab: &str, image: &str, executor: &str) -> String {
+    format!(
+        r#"# e2e runner spec
+[[runners]]
+name = "lab-docker"
+url = "{gitlab}"
+registration_token = "GR1348941-e2e-secret"
+description = "{{name}} on {{hostname}} ({{agent_id}})"
+tag_list = ["edge"]
+limit = 2
+executor = "{executor}"
+[runners.selector]
+site = "lab"
+[runners.docker]
+image = "{image}"
+pull_policy = "if-not-present"
+"#
+    )
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_ack_heal_delete_undo() {
+    init();
+    let gitlab = FakeGitLab::start().await;
+    gitlab.add_registration_token("GR1348941-e2e-secret");
+    let c = Controller::start();
+    let lab_token = c.create_token(&["--label", "site=lab"]);
+    let other_token = c.create_token(&["--label", "site=other"]);
+    let mut lab = FakeAgent::enroll_and_connect(&c, &lab_token, "box-lab").await;
+    let mut other = FakeAgent::enroll_and_connect(&c, &other_token, "box-other").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runners.toml");
+    let file_arg = file.to_str().unwrap();
+
+    // Dry run: the diff, nothing stored, nothing registered.
+    std::fs::write(&file, spec(gitlab.url(), "alpine:3.20", "docker")).unwrap();
+    let out = c.drover(&["runner", "apply", "-f", file_arg, "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("+ lab-docker (added)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        json(&c.drover(&["rollout", "status", "-o", "json"]))["state"],
+        "none"
+    );
+    assert!(gitlab.runners().is_empty());
+
+    // Apply: one GitLab runner for the selected agent; its token pushed to it only.
+    let out = c.drover(&["runner", "apply", "-f", file_arg, "--strategy", "all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("+ lab-docker (added)"),
+        "{}",
+        stdout(&out)
+    );
+    let ds = lab.desired().await;
+    assert_eq!(ds.generation, 1);
+    assert_eq!(ds.runners.len(), 1);
+    let first = ds.runners[0].clone();
+    assert!(
+        first.runner_token.starts_with("glrt-"),
+        "{}",
+        first.runner_token
+    );
+    assert!(
+        !first.spec_json.contains("GR1348941"),
+        "registration token stays home"
+    );
+    let spec_back: drover_proto::spec::RunnerConfig =
+        serde_json::from_str(&first.spec_json).unwrap();
+    assert_eq!(
+        spec_back.docker.unwrap().image.as_deref(),
+        Some("alpine:3.20")
+    );
+    let registered = gitlab.runners();
+    assert_eq!(registered.len(), 1);
+    assert_eq!(registered[0].token, first.runner_token);
+    assert_eq!(registered[0].id, first.gitlab_runner_id);
+    assert_eq!(registered[0].tag_list, ["edge"]);
+    assert_eq!(
+        registered[0].description,
+        format!("lab-docker on box-lab ({})", lab.id)
+    );
+    let ds_other = other.desired().await;
+    assert_eq!((ds_other.generation, ds_other.runners.len()), (1, 0));
+
+    // A bad spec is refused with file, line and field; nothing changes.
+    std::fs::write(&file, spec(gitlab.url(), "alpine:3.20", "shell")).unwrap();
+    let out = c.drover(&["runner", "apply", "-f", file_arg]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{file_arg}:9: runners[0].executor")) && err.contains("shell"),
+        "{err}"
+    );
+    let runners = json(&c.drover(&["runner", "list", "-o", "json"]));
+    assert_eq!(runners[0]["generation"], 1);
+    assert_eq!(runners[0]["spec"]["executor"], "docker");
+    assert_eq!(runners[0]["spec"]["registration_token"], "<redacted>");
+    assert_eq!(gitlab.runners().len(), 1);
+
+    // Acks and heartbeats show in rollout status and agents.
+    lab.ack(1, None).await;
+    other.ack(1, None).await;
+    *lab.runners.lock().unwrap() = vec![v1::RunnerStatus {
+        name: "lab-docker".into(),
+        state: "running".into(),
+        gitlab_runner_id: first.gitlab_runner_id,
+        ..Default::default()
+    }];
+    let status = wait_for(Duration::from_secs(20), "rollout complete", || {
+        let s = json(&c.drover(&["rollout", "status", "-o", "json"]));
+        (s["state"] == "complete").then_some(s)
+    });
+    assert_eq!(status["generation"], 1);
+    for a in status["agents"].as_array().unwrap() {
+        assert_eq!(a["state"], "applied", "{a}");
+        assert_eq!(a["applied_generation"], 1);
+    }
+    let agent = wait_for(Duration::from_secs(20), "heartbeat runners", || {
+        c.agent(&lab.id)
+            .filter(|a| a["runners"][0]["state"] == "running")
+    });
+    assert_eq!(agent["applied_generation"], 1);
+    assert_eq!(agent["runners"][0]["name"], "lab-docker");
+    assert_eq!(
+        agent["runners"][0]["gitlab_runner_id"],
+        first.gitlab_runner_id
+    );
+    let got = json(&c.drover(&["runner", "get", "lab-docker", "-o", "json"]));
+    assert_eq!(got["agents"][0]["agent_id"], lab.id.as_str());
+
+    // token-invalid: a new registration, the new token pushed, the old runner unregistered.
+    lab.send(AgentKind::RunnerEvent(v1::RunnerEvent {
+        runner: "lab-docker".into(),
+        kind: "token-invalid".into(),
+        message: "job request: forbidden (403)".into(),
+        at: None,
+    }))
+    .await;
+    let ds = lab.desired().await;
+    assert_eq!(ds.generation, 1);
+    let healed = ds.runners[0].clone();
+    assert_ne!(healed.runner_token, first.runner_token);
+    assert_ne!(healed.gitlab_runner_id, first.gitlab_runner_id);
+    wait_for(Duration::from_secs(20), "old runner unregistered", || {
+        let ids: Vec<i64> = gitlab.runners().iter().map(|r| r.id).collect();
+        (ids == [healed.gitlab_runner_id]).then_some(())
+    });
+
+    // Delete the spec: pushed without it; unregistered once the agent runs generation 2.
+    let out = c.drover(&["runner", "delete", "lab-docker", "--strategy", "all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ds = lab.desired().await;
+    assert_eq!((ds.generation, ds.runners.len()), (2, 0));
+    assert_eq!(gitlab.runners().len(), 1, "kept until the agent moved on");
+    lab.ack(2, None).await;
+    wait_for(Duration::from_secs(20), "runner unregistered", || {
+        gitlab.runners().is_empty().then_some(())
+    });
+
+    // Undo: generation 3 brings the runner back with a fresh registration.
+    let out = c.drover(&["rollout", "undo", "--strategy", "all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ds = lab.desired().await;
+    assert_eq!((ds.generation, ds.runners.len()), (3, 1));
+    assert_eq!(gitlab.runners().len(), 1);
+    assert_eq!(gitlab.runners()[0].token, ds.runners[0].runner_token);
+
+    // A refusal halts the rollout and `rollout status --wait` says so.
+    lab.ack(3, Some("image alpine:3.20 not present")).await;
+    let out = c.drover(&["rollout", "status", "--wait", "--timeout", "20s"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("halted") && stderr(&out).contains("not present"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Import an existing gitlab-runner config.toml: its token used as is, on the agents the
+    // selector picks; the runners already there stay (import adds or replaces by name).
+    let imported_id = gitlab.add_runner("glrt-imported-secret");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "concurrent = 4\n\n[[runners]]\nname = \"old-box\"\nurl = \"{}\"\nid = {imported_id}\ntoken = \"glrt-imported-secret\"\nexecutor = \"docker\"\n[runners.docker]\nimage = \"alpine:3.20\"\n",
+            gitlab.url()
+        ),
+    )
+    .unwrap();
+    let out = c.drover(&[
+        "runner",
+        "import",
+        config.to_str().unwrap(),
+        "--selector",
+        "site=other",
+        "--strategy",
+        "all",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("+ old-box (added)"),
+        "{}",
+        stdout(&out)
+    );
+    let ds = other.desired_at(4).await;
+    assert_eq!(ds.generation, 4);
+    assert_eq!(ds.runners.len(), 1);
+    assert_eq!(ds.runners[0].runner_token, "glrt-imported-secret");
+    assert_eq!(ds.runners[0].gitlab_runner_id, imported_id);
+    let names: Vec<String> = json(&c.drover(&["runner", "list", "-o", "json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["lab-docker", "old-box"]);
+    assert_eq!(
+        gitlab.runners().len(),
+        2,
+        "no registration for a token used as is"
+    );
+
+    // Deleting an agent unregisters the runners registered for it (not a token given as is).
+    let out = c.drover(&["agent", "delete", &lab.id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        Duration::from_secs(20),
+        "deleted agent's runner unregistered",
+        || {
+            let ids: Vec<i64> = gitlab.runners().iter().map(|r| r.id).collect();
+            (ids == [imported_id]).then_some(())
+        },
+    );
+    let out = c.drover(&["agent", "delete", &other.id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        gitlab.runners().len(),
+        1,
+        "the imported runner is the operator's"
+    );
+
+    // Nothing secret in the database files.
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(c.data_dir()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("drover.db"))
+        {
+            bytes.extend(std::fs::read(p).unwrap());
+        }
+    }
+    for secret in [
+        "GR1348941-e2e-secret",
+        "glrt-imported-secret",
+        healed.runner_token.as_str(),
+        ds.runners[0].runner_token.as_str(),
+    ] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} stored in clear"
+        );
+    }
+}
+
+/// Rolling, one agent at a time: the first agent refuses, the rollout halts and the second
+/// never receives the generation; undo rolls the previous runners out again. A rotated
+/// token is recorded and shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_rollout_halts_on_first_batch_and_undo_works() {
+    init();
+    let gitlab = FakeGitLab::start().await;
+    gitlab.add_registration_token("GR1348941-e2e-secret");
+    let c = Controller::start();
+    let token = c.create_token(&["--label", "site=lab", "--uses", "2"]);
+    let mut agents = [
+        FakeAgent::enroll_and_connect(&c, &token, "box-1").await,
+        FakeAgent::enroll_and_connect(&c, &token, "box-2").await,
+    ];
+    // The controller goes through agents by id.
+    agents.sort_by(|a, b| a.id.cmp(&b.id));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runners.toml");
+    let file_arg = file.to_str().unwrap();
+
+    std::fs::write(&file, spec(gitlab.url(), "alpine:3.20", "docker")).unwrap();
+    let out = c.drover(&["runner", "apply", "-f", file_arg, "--strategy", "all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for a in agents.iter_mut() {
+        assert_eq!(a.desired().await.generation, 1);
+        a.ack(1, None).await;
+    }
+    let out = c.drover(&["rollout", "status", "--wait", "--timeout", "20s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(gitlab.runners().len(), 2);
+
+    // The agent rotated its token: the controller keeps the new one and its expiry.
+    let first_token = agents[0].desired_token_after_rotation().await;
+    let got = wait_for(Duration::from_secs(20), "rotated expiry", || {
+        let g = json(&c.drover(&["runner", "get", "lab-docker", "-o", "json"]));
+        g["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["token_expires_at"] == "2033-05-18T03:33:20Z")
+            .then_some(g)
+    });
+    assert_eq!(got["agents"].as_array().unwrap().len(), 2);
+
+    std::fs::write(&file, spec(gitlab.url(), "alpine:broken", "docker")).unwrap();
+    let out = c.drover(&[
+        "runner",
+        "apply",
+        "-f",
+        file_arg,
+        "--strategy",
+        "rolling",
+        "--max-unavailable",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("docker.image: \"alpine:3.20\" -> \"alpine:broken\""));
+    let ds = agents[0].desired().await;
+    assert_eq!(ds.generation, 2);
+    assert_eq!(
+        ds.runners[0].runner_token, first_token,
+        "same registration kept"
+    );
+    agents[0]
+        .ack(2, Some("image alpine:broken is not present"))
+        .await;
+    let out = c.drover(&["rollout", "status", "--wait", "--timeout", "20s"]);
+    assert!(!out.status.success(), "a halted rollout fails --wait");
+    let status = json(&c.drover(&["rollout", "status", "-o", "json"]));
+    assert_eq!(status["state"], "halted");
+    assert_eq!(status["strategy"]["kind"], "rolling");
+    let by_id = |id: &str| {
+        status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id(&agents[0].id)["state"], "refused");
+    assert!(
+        by_id(&agents[0].id)["error"]
+            .as_str()
+            .unwrap()
+            .contains("not present")
+    );
+    assert_eq!(by_id(&agents[1].id)["target_generation"], 1);
+    assert_eq!(by_id(&agents[1].id)["applied_generation"], 1);
+
+    let out = c.drover(&[
+        "rollout",
+        "undo",
+        "--strategy",
+        "rolling",
+        "--max-unavailable",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("alpine:broken\" -> \"alpine:3.20\""),
+        "{}",
+        stdout(&out)
+    );
+    for a in agents.iter_mut() {
+        let ds = a.desired_at(3).await;
+        assert_eq!(ds.generation, 3);
+        let spec: drover_proto::spec::RunnerConfig =
+            serde_json::from_str(&ds.runners[0].spec_json).unwrap();
+        assert_eq!(spec.docker.unwrap().image.as_deref(), Some("alpine:3.20"));
+        a.ack(3, None).await;
+    }
+    let out = c.drover(&[
+        "rollout",
+        "status",
+        "--wait",
+        "--timeout",
+        "20s",
+        "-o",
+        "json",
+    ]);
+    let status = json(&out);
+    assert_eq!(status["state"], "complete");
+    assert_eq!(status["generation"], 3);
+    assert_eq!(gitlab.runners().len(), 2, "no registration churn");
+}
+
+impl FakeAgent {
+    /// Reports a rotation of its runner token (new token, expiry 2033-05-18T03:33:20Z);
+    /// returns the new token.
+    async fn desired_token_after_rotation(&self) -> String {
+        let token = format!("glrt-rotated-{}", self.id);
+        self.send(AgentKind::TokenRotated(v1::TokenRotated {
+            runner: "lab-docker".into(),
+            token: token.clone(),
+            token_expires_at: Some(prost_types::Timestamp {
+                seconds: 2_000_000_000,
+                nanos: 0,
+            }),
+            gitlab_runner_id: 0,
+        }))
+        .await;
+        token
+    }
+}
