@@ -344,3 +344,87 @@ async fn fleet_generations_offline_autonomy_and_status() {
         "{s:#}"
     );
 }
+
+/// The real `drover serve` pushes a runner spec applied with `drover runner apply` (it
+/// registers the runner on the agent's behalf); the real agent acks it, the rollout
+/// completes, a job runs, and the controller sees the unit running in heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_controller_rollout_runs_a_job() {
+    let docker = match bollard::Docker::connect_with_local_defaults() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipping: docker unreachable: {e}");
+            return;
+        }
+    };
+    if let Err(e) = docker.ping().await {
+        eprintln!("skipping: docker unreachable: {e}");
+        return;
+    }
+    let image = match drover_tests::images::busybox_image().await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("skipping: {e:#}");
+            return;
+        }
+    };
+    let gitlab = FakeGitLab::start().await;
+    gitlab.set_trace_update_interval(1);
+    gitlab.add_registration_token("GR1348941-fleet-agent-e2e");
+    let c = Controller::start();
+    let token = c.create_token(&["--label", "site=fleet-agent-e2e"]);
+    let mut agent = Agent::new();
+    let id = agent.enroll_ok(&c.url(), &token);
+    agent.run();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runners.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[runners]]\nname = \"real-fleet\"\nurl = \"{}\"\n\
+             registration_token = \"GR1348941-fleet-agent-e2e\"\nexecutor = \"docker\"\n\
+             [runners.selector]\nsite = \"fleet-agent-e2e\"\n\
+             [runners.docker]\nimage = \"{image}\"\npull_policy = \"never\"\n",
+            gitlab.url()
+        ),
+    )
+    .unwrap();
+    let out = c.drover(&[
+        "runner",
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--strategy",
+        "all",
+    ]);
+    assert!(out.status.success(), "{}", harness::stderr(&out));
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = c.drover(&["rollout", "status", "-o", "json"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if s["state"] == "complete" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "rollout never completed: {s:#}\n{}",
+            agent.proc().log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    job_ok(&gitlab, &image, "real-controller", &mut agent).await;
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        let a = c.agent(&id).unwrap_or_default();
+        if a["runners"][0]["state"] == "running" && a["applied_generation"] == 1 {
+            assert_eq!(a["runners"][0]["name"], "real-fleet");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "agent never reported the unit: {a:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
