@@ -6,7 +6,8 @@
 //! refused (Ack applied=false) and the old runner keeps running jobs; a revoked token is
 //! reported (`token-invalid`) and a pushed new one brings the unit back; the agent restarted
 //! with the controller down keeps running its last generation; `drover-agent status -o json`
-//! shows the units.
+//! shows the units. A second test runs the real `drover serve` end to end: `drover runner
+//! apply` → registration on the agent's behalf → push → ack → rollout complete → job.
 
 use std::pin::Pin;
 use std::process::Command;
