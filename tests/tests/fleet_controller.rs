@@ -291,6 +291,11 @@ async fn apply_ack_heal_delete_undo() {
             .filter(|a| a["runners"][0]["state"] == "running")
     });
     assert_eq!(agent["applied_generation"], 1);
+    assert_eq!(
+        agent["ips"],
+        serde_json::json!(["10.0.0.7"]),
+        "ips from heartbeats"
+    );
     assert_eq!(agent["runners"][0]["name"], "lab-docker");
     assert_eq!(
         agent["runners"][0]["gitlab_runner_id"],
