@@ -14,6 +14,10 @@
 //! - [`health`]: host health snapshots (Docker, disk, memory, load, clock skew) and when a
 //!   host is degraded.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
+//! - [`runner`]: one runner's job loop (verify, request, run jobs in slots, stats, events).
+//! - [`standalone`]: standalone mode (`--config`), reload by difference.
+//! - [`units`]: the runner unit state machine (fleet mode).
+//! - [`fleet`]: fleet mode: desired state from the controller, applied as units.
 //! - [`cli`]: one module per `drover-agent` subcommand.
 //! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
@@ -35,3 +39,4 @@ pub mod sources;
 pub mod standalone;
 pub mod systemd;
 pub mod trace;
+pub mod units;

@@ -20,6 +20,8 @@ enum Command {
     Enroll(cli::enroll::EnrollArgs),
     /// Run the agent: fleet mode, or standalone with --config.
     Run(cli::run::RunArgs),
+    /// Show the runner units of the agent running in fleet mode, like `systemctl status`.
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +51,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Enroll(a) => cli::enroll::run(a).await,
             Command::Run(a) => cli::run::run(a).await,
+            Command::Status(a) => cli::status::run(a).await,
         }
     });
     match result {

@@ -2,3 +2,4 @@
 
 pub mod enroll;
 pub mod run;
+pub mod status;

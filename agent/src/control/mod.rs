@@ -2,6 +2,10 @@
 //! certificate at ~2/3 of its lifetime, reconnect with backoff and jitter when the
 //! controller is away. A controller that refuses the agent's identity (revoked, unknown)
 //! ends the loop with an error: retrying cannot help.
+//!
+//! The stream carries fleet mode through a [`Link`]: desired states go in, acks, events and
+//! rotated tokens come out (queued while disconnected), and Hello/heartbeats carry the
+//! applied generation and the runner units from the latest [`Report`].
 
 pub mod backoff;
 
@@ -13,11 +17,12 @@ use drover_proto::v1::agent_message::Kind as AgentKind;
 use drover_proto::v1::controller_message::Kind as ControllerKind;
 use secrecy::ExposeSecret;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::fleet::report::Report;
 use crate::host_facts::{self, HostFacts};
 use crate::identity::{Identity, StateDir, certs, tls};
 use backoff::Backoff;
@@ -58,8 +63,23 @@ fn from_status(s: tonic::Status, agent_id: &str, established: bool) -> SessionEr
     }
 }
 
+/// What the stream carries for fleet mode.
+pub struct Link {
+    /// Desired states from the controller, in order.
+    pub desired: mpsc::UnboundedSender<v1::DesiredState>,
+    /// Messages for the controller; read only while a session is up, so they wait in the
+    /// channel while the controller is away.
+    pub outbound: mpsc::Receiver<v1::AgentMessage>,
+    /// The latest report (applied generation, units) for Hello and heartbeats.
+    pub report: watch::Receiver<Report>,
+}
+
 /// Runs sessions until `shutdown` or a fatal refusal.
-pub async fn run(state: StateDir, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    state: StateDir,
+    mut link: Link,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let identity = state.load()?;
@@ -72,7 +92,7 @@ pub async fn run(state: StateDir, shutdown: CancellationToken) -> anyhow::Result
         }
         let result = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = session(&state, &identity) => r,
+            r = session(&state, &identity, &mut link) => r,
         };
         match result {
             Ok(SessionEnd::Renewed) => {
@@ -106,16 +126,24 @@ async fn dial(identity: &Identity) -> anyhow::Result<Channel> {
 }
 
 /// One session: hello, welcome, heartbeats until the stream ends or renewal is due.
-async fn session(state: &StateDir, identity: &Identity) -> Result<SessionEnd, SessionError> {
+async fn session(
+    state: &StateDir,
+    identity: &Identity,
+    link: &mut Link,
+) -> Result<SessionEnd, SessionError> {
     let id = identity.agent_id.as_str();
     let channel = dial(identity).await.map_err(transient(false))?;
     let mut client = AgentControlClient::new(channel.clone());
-    let facts = HostFacts::collect();
+    let mut facts = HostFacts::collect();
+    // Fleet mode keeps the GitLab system id (`s_` + 12 hex) in the state dir.
+    if let Ok(id) = std::fs::read_to_string(state.root().join("system_id")) {
+        facts.system_id = id.trim().to_string();
+    }
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(16);
     let hello = v1::AgentMessage {
         kind: Some(AgentKind::Hello(v1::Hello {
             facts: Some(facts.to_proto()),
-            applied_generation: 0,
+            applied_generation: link.report.borrow().applied_generation,
         })),
     };
     tx.send(hello)
@@ -154,36 +182,55 @@ async fn session(state: &StateDir, identity: &Identity) -> Result<SessionEnd, Se
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let hb = v1::AgentMessage {
-                    kind: Some(AgentKind::Heartbeat(v1::Heartbeat {
-                        sent_at: Some(prost_types::Timestamp {
-                            seconds: OffsetDateTime::now_utc().unix_timestamp(),
-                            nanos: 0,
-                        }),
-                        applied_generation: 0,
-                        host: None,
-                        runners: Vec::new(),
-                        ips: host_facts::ips(),
-                    })),
-                };
+                let hb = heartbeat(&link.report.borrow());
                 if tx.send(hb).await.is_err() {
                     return Err(transient(true)(anyhow::anyhow!("session stream closed")));
                 }
             }
             msg = inbound.message() => match msg {
+                Ok(Some(v1::ControllerMessage { kind: Some(ControllerKind::DesiredState(ds)) })) => {
+                    tracing::info!(agent = %id, generation = ds.generation, runners = ds.runners.len(), "desired state received");
+                    if link.desired.send(ds).is_err() {
+                        return Err(SessionError::Fatal(anyhow::anyhow!("fleet supervisor stopped")));
+                    }
+                }
                 Ok(Some(m)) => tracing::debug!(agent = %id, message = ?m.kind.map(|k| match k {
                     ControllerKind::Welcome(_) => "welcome",
                     ControllerKind::DesiredState(_) => "desired_state",
                     ControllerKind::Command(_) => "command",
-                }), "controller message"),
+                }), "controller message ignored"),
                 Ok(None) => return Err(transient(true)(anyhow::anyhow!("controller closed the session"))),
                 Err(s) => return Err(from_status(s, id, true)),
             },
+            Some(out) = link.outbound.recv() => {
+                if tx.send(out).await.is_err() {
+                    return Err(transient(true)(anyhow::anyhow!("session stream closed")));
+                }
+            }
             _ = &mut renew => {
                 renew_certificate(state, identity, channel.clone()).await?;
                 return Ok(SessionEnd::Renewed);
             }
         }
+    }
+}
+
+/// A heartbeat from `report`.
+fn heartbeat(report: &Report) -> v1::AgentMessage {
+    v1::AgentMessage {
+        kind: Some(AgentKind::Heartbeat(v1::Heartbeat {
+            sent_at: Some(prost_types::Timestamp {
+                seconds: OffsetDateTime::now_utc().unix_timestamp(),
+                nanos: 0,
+            }),
+            applied_generation: report.applied_generation,
+            host: Some(v1::HostHealth {
+                docker_reachable: report.docker_reachable,
+                ..v1::HostHealth::default()
+            }),
+            runners: report.units.iter().map(|u| u.to_proto()).collect(),
+            ips: host_facts::ips(),
+        })),
     }
 }
 
@@ -215,4 +262,45 @@ async fn renew_certificate(
         .map_err(|e| transient(true)(e.into()))?;
     tracing::info!(agent = %id, not_after = %certs::rfc3339(info.not_after), "certificate renewed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::report::UnitReport;
+
+    #[test]
+    fn heartbeat_carries_generation_and_units() {
+        let report = Report {
+            applied_generation: 9,
+            docker_reachable: true,
+            units: vec![UnitReport {
+                name: "lab".into(),
+                state: "backoff".into(),
+                last_error: Some("verify: 500".into()),
+                gitlab_runner_id: 3,
+                token_expires_at: Some("2026-12-01T00:00:00Z".into()),
+                jobs_running: 1,
+                jobs_succeeded: 2,
+                jobs_failed: 3,
+                jobs_canceled: 1,
+                ..UnitReport::default()
+            }],
+            ..Report::default()
+        };
+        let Some(AgentKind::Heartbeat(hb)) = heartbeat(&report).kind else {
+            panic!("not a heartbeat");
+        };
+        assert_eq!(hb.applied_generation, 9);
+        assert!(hb.host.unwrap().docker_reachable);
+        let r = &hb.runners[0];
+        assert_eq!(
+            (r.name.as_str(), r.state.as_str(), r.last_error.as_str()),
+            ("lab", "backoff", "verify: 500")
+        );
+        assert_eq!(r.gitlab_runner_id, 3);
+        assert_eq!(r.token_expires_at.unwrap().seconds, 1_796_083_200);
+        assert_eq!((r.jobs_running, r.jobs_succeeded, r.jobs_failed), (1, 2, 4));
+        assert!(r.last_gitlab_contact.is_none());
+    }
 }

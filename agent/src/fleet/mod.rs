@@ -1,8 +1,35 @@
-//! Fleet mode: an enrolled agent connected to its controller.
+//! Fleet mode: an enrolled agent runs the runners its controller pushes, as units.
+//!
+//! - [`desired`]: validation of pushed generations and the persisted `applied.json`.
+//! - [`supervisor`]: units on the shared runner engine; apply, restart policy, watchdog,
+//!   token rotation, IP watch, reports.
+//! - [`report`]: unit reports for heartbeats and `status.json` (`drover-agent status`).
+//!
+//! At start the persisted generation runs before (and without) the controller; the control
+//! stream ([`crate::control`]) then says Hello with that generation and the controller
+//! reconciles by pushing what it wants.
 
+pub mod desired;
+pub mod report;
+pub mod supervisor;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::executor::{BollardApi, ConnectOptions, DockerExecutor, Executor};
+use crate::gitlab::{ClientOptions, GitLab, HttpGitLab, system_id};
 use crate::identity::StateDir;
+use supervisor::{Deps, DockerDep, SharedGitLabFactory, Supervisor, Timings};
+
+/// How long a stop may take to cancel and report running jobs.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 
 /// Runs the agent in fleet mode from `args.state_dir` until SIGINT/SIGTERM or until the
 /// controller refuses this agent.
@@ -10,6 +37,11 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
     let state = StateDir::new(&args.state_dir);
     let identity = state.load()?;
     tracing::info!(agent = %identity.agent_id, controller = %identity.controller, "starting in fleet mode");
+    if args.metrics_listen.is_some() {
+        tracing::warn!("--metrics-listen is not served yet; ignored");
+    }
+    let system_id =
+        system_id::load_or_create(&args.state_dir.join("system_id")).context("system id")?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -27,5 +59,103 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
         }
         on_signal.cancel();
     });
-    crate::control::run(state, shutdown).await
+
+    let (out_tx, out_rx) = mpsc::channel(256);
+    let (report_tx, report_rx) = watch::channel(report::Report::default());
+    let (desired_tx, desired_rx) = mpsc::unbounded_channel();
+    let deps = Deps {
+        gitlab: http_factory(),
+        docker: Arc::new(RealDocker {
+            agent_id: identity.agent_id.clone(),
+        }),
+        store: desired::Store::new(state.root()),
+        status_path: Some(report::status_file(state.root())),
+        system_id,
+        agent_id: identity.agent_id.clone(),
+        outbound: out_tx,
+        report: report_tx,
+        ips: Arc::new(crate::host_facts::ips),
+        timings: Timings::default(),
+    };
+    let mut sup = Supervisor::new(deps);
+    if let Err(e) = sup.restore().await {
+        // Still connect: the controller pushes a fresh generation (Hello says 0).
+        tracing::error!(error = %format!("{e:#}"), "cannot run the persisted generation; waiting for the controller");
+    }
+    sup.publish();
+    let sup_stop = CancellationToken::new();
+    let sup_task = tokio::spawn(sup.run(desired_rx, sup_stop.clone(), SHUTDOWN_DRAIN));
+    let link = crate::control::Link {
+        desired: desired_tx,
+        outbound: out_rx,
+        report: report_rx,
+    };
+    let control = crate::control::run(state, link, shutdown.clone()).await;
+    sup_stop.cancel();
+    if let Err(e) = sup_task.await {
+        tracing::error!(error = %e, "fleet supervisor task failed");
+    }
+    control
+}
+
+/// One shared [`HttpGitLab`] per (url, tls-ca-file).
+fn http_factory() -> SharedGitLabFactory {
+    type Key = (String, Option<String>);
+    let cache: Mutex<HashMap<Key, Arc<HttpGitLab>>> = Mutex::new(HashMap::new());
+    Arc::new(move |rc| {
+        let key = (rc.url.clone(), rc.tls_ca_file.clone());
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone() as Arc<dyn GitLab>);
+        }
+        let client = Arc::new(HttpGitLab::new(
+            &rc.url,
+            ClientOptions {
+                tls_ca_file: rc.tls_ca_file.clone().map(PathBuf::from),
+                ..ClientOptions::default()
+            },
+        )?);
+        cache.insert(key, client.clone());
+        Ok(client as Arc<dyn GitLab>)
+    })
+}
+
+/// The local Docker engine (`DOCKER_HOST` or the unix socket).
+struct RealDocker {
+    agent_id: String,
+}
+
+#[async_trait]
+impl DockerDep for RealDocker {
+    /// Connecting negotiates the API version: a request the engine must answer (through
+    /// the executor's own client, so the executor stays the only module talking to Docker).
+    async fn ping(&self) -> Result<(), String> {
+        tokio::time::timeout(Duration::from_secs(10), BollardApi::connect(None))
+            .await
+            .map_err(|_| "docker engine did not answer within 10s".to_string())?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn executor(&self) -> anyhow::Result<Arc<dyn Executor>> {
+        let docker = DockerExecutor::connect(ConnectOptions::default())
+            .await
+            .context("connect to the docker engine")?;
+        match docker.cleanup_orphans(&self.agent_id, &[]).await {
+            Ok(r) => {
+                if !r.containers_removed.is_empty() || !r.volumes_removed.is_empty() {
+                    tracing::info!(
+                        containers = ?r.containers_removed,
+                        volumes = ?r.volumes_removed,
+                        "removed containers left by an earlier run"
+                    );
+                }
+                for e in r.errors {
+                    tracing::warn!(error = %e, "orphan cleanup");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "orphan cleanup failed"),
+        }
+        Ok(Arc::new(docker))
+    }
 }

@@ -230,6 +230,7 @@ pub async fn run(
     'requests: loop {
         // Reap finished jobs so the set does not grow.
         while jobs.try_join_next().is_some() {}
+        deps.stats.beat();
         let permits = tokio::select! {
             biased;
             _ = shutdown.wait() => break 'requests,
@@ -248,6 +249,7 @@ pub async fn run(
             _ = shutdown.wait() => break 'requests,
             a = deps.gitlab.request_job(&auth, last_update.as_deref()) => a,
         };
+        deps.stats.beat();
         let wait = match answer {
             Ok(JobRequest::Job(job)) => {
                 deps.stats.contact();

@@ -35,6 +35,10 @@ pub struct RunnerStatsSnapshot {
     pub last_error: Option<String>,
     /// Last answer from GitLab of any kind.
     pub last_contact: Option<SystemTime>,
+    /// Last sign of life of the job-request loop (an answer or an error, before waiting for a
+    /// slot): fleet mode's watchdog restarts a loop whose beat is old while it has a free
+    /// slot.
+    pub last_beat: Option<SystemTime>,
 }
 
 /// Live counters of one runner.
@@ -54,6 +58,7 @@ impl Default for RunnerStats {
                 jobs_canceled: 0,
                 last_error: None,
                 last_contact: None,
+                last_beat: None,
             }),
         }
     }
@@ -75,6 +80,10 @@ impl RunnerStats {
 
     pub(crate) fn contact(&self) {
         self.lock().last_contact = Some(SystemTime::now());
+    }
+
+    pub(crate) fn beat(&self) {
+        self.lock().last_beat = Some(SystemTime::now());
     }
 
     pub(crate) fn error(&self, e: String) {

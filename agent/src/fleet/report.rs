@@ -1,0 +1,75 @@
+//! What fleet mode reports about its units: to the controller in heartbeats
+//! ([`v1::RunnerStatus`]) and to `drover-agent status` through `<state dir>/status.json`.
+
+use std::path::{Path, PathBuf};
+
+use drover_proto::v1;
+use serde::{Deserialize, Serialize};
+
+use super::desired::timestamp;
+use crate::identity::write_atomic;
+
+/// One unit as `drover-agent status` shows it. Times are RFC 3339.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnitReport {
+    pub name: String,
+    /// `starting`, `running`, `degraded`, `backoff`, `waiting-for-docker`, `stopped`.
+    pub state: String,
+    /// When the unit entered `state`.
+    pub since: String,
+    pub last_error: Option<String>,
+    pub gitlab_runner_id: i64,
+    pub token_expires_at: Option<String>,
+    pub jobs_running: u32,
+    pub jobs_succeeded: u64,
+    pub jobs_failed: u64,
+    pub jobs_canceled: u64,
+    pub last_gitlab_contact: Option<String>,
+    /// The unit's last log lines, oldest first.
+    pub log: Vec<String>,
+}
+
+impl UnitReport {
+    /// As the heartbeat's wire type.
+    pub fn to_proto(&self) -> v1::RunnerStatus {
+        v1::RunnerStatus {
+            name: self.name.clone(),
+            state: self.state.clone(),
+            last_error: self.last_error.clone().unwrap_or_default(),
+            gitlab_runner_id: self.gitlab_runner_id,
+            token_expires_at: timestamp(self.token_expires_at.as_deref()),
+            jobs_running: self.jobs_running,
+            jobs_succeeded: self.jobs_succeeded,
+            jobs_failed: self.jobs_failed + self.jobs_canceled,
+            last_gitlab_contact: timestamp(self.last_gitlab_contact.as_deref()),
+        }
+    }
+}
+
+/// The whole agent: what heartbeats carry and what `status.json` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Report {
+    pub agent_id: String,
+    /// The process that wrote the file (to tell a stale file).
+    pub pid: u32,
+    /// When the file was written (RFC 3339); the agent rewrites it every few seconds.
+    pub written_at: String,
+    /// The generation the agent runs (0 = none).
+    pub applied_generation: u64,
+    /// Why the last pushed generation was refused, if it was.
+    pub last_refusal: Option<String>,
+    pub docker_reachable: bool,
+    pub units: Vec<UnitReport>,
+}
+
+/// `<state dir>/status.json`.
+pub fn status_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("status.json")
+}
+
+/// Writes `report` to `path` atomically (0644: it holds no secret).
+pub fn write(path: &Path, report: &Report) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec_pretty(report)?;
+    write_atomic(path, &bytes, 0o644)?;
+    Ok(())
+}

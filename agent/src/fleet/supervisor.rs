@@ -1,0 +1,945 @@
+//! The fleet supervisor: turns desired states into runner units and runs them on the shared
+//! [`Engine`] (the same engine standalone mode uses).
+//!
+//! Invariants:
+//! - A generation is applied all or nothing: every assignment is validated, and every new or
+//!   changed runner's token is verified with GitLab (bounded by `apply_timeout`) before
+//!   anything changes. A refusal is acked `applied=false` with the reason; the running units
+//!   are not touched.
+//! - The applied generation (tokens included) is persisted before it runs; a rotated token
+//!   is persisted before the runner uses it.
+//! - The engine only ever runs the units whose state wants a loop (`starting`, `running`);
+//!   every other state (backoff, degraded, waiting-for-docker, stopped) has no loop.
+//! - Only one task touches the units: everything arrives as a message or a tick.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use drover_proto::spec::{Config, RunnerConfig};
+use drover_proto::v1;
+use drover_proto::v1::agent_message::Kind as AgentKind;
+use secrecy::ExposeSecret;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
+use super::report::{self, Report, UnitReport};
+use crate::executor::Executor;
+use crate::gitlab::{GitLab, GitLabError, RunnerAuth};
+use crate::runner::{
+    RunnerError, RunnerEvent, RunnerSettings, RunnerState, RunnerStats, error_chain,
+};
+use crate::standalone::engine::{Engine, GitLabFactory};
+use crate::units::{Action, Event, RestartPolicy, Unit, UnitState};
+
+/// Builds (and shares) the GitLab client of a runner table.
+pub type SharedGitLabFactory =
+    Arc<dyn Fn(&RunnerConfig) -> anyhow::Result<Arc<dyn GitLab>> + Send + Sync>;
+
+/// The Docker engine as the supervisor depends on it.
+#[async_trait]
+pub trait DockerDep: Send + Sync {
+    /// `Ok` when the engine answers.
+    async fn ping(&self) -> Result<(), String>;
+    /// The executor jobs run on (called once, after a successful ping).
+    async fn executor(&self) -> anyhow::Result<Arc<dyn Executor>>;
+}
+
+/// Adjusts runner settings before a loop starts.
+pub type Tuning = Arc<dyn Fn(&mut RunnerSettings) + Send + Sync>;
+
+/// Timings and policies (tests shorten them).
+#[derive(Clone)]
+pub struct Timings {
+    /// How often timers (restarts, watchdog, rotation) are checked.
+    pub tick: Duration,
+    /// How often Docker is pinged.
+    pub docker_ping: Duration,
+    /// How often the host's IP addresses are compared.
+    pub ip_poll: Duration,
+    /// How long new runners of a pushed generation get to verify.
+    pub apply_timeout: Duration,
+    /// `status.json` is rewritten at least this often.
+    pub status_every: Duration,
+    pub policy: RestartPolicy,
+    /// Adjusts runner settings before start (tests shorten the loop's timings).
+    pub tune: Option<Tuning>,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            tick: Duration::from_secs(1),
+            docker_ping: Duration::from_secs(5),
+            ip_poll: Duration::from_secs(15),
+            apply_timeout: Duration::from_secs(60),
+            status_every: Duration::from_secs(5),
+            policy: RestartPolicy::default(),
+            tune: None,
+        }
+    }
+}
+
+/// Everything the supervisor runs with.
+pub struct Deps {
+    pub gitlab: SharedGitLabFactory,
+    pub docker: Arc<dyn DockerDep>,
+    pub store: Store,
+    /// Where `status.json` goes (`None`: not written).
+    pub status_path: Option<std::path::PathBuf>,
+    pub system_id: String,
+    pub agent_id: String,
+    /// Messages for the controller (acks, events, rotated tokens); kept while disconnected
+    /// up to the channel's bound, then dropped with a warning.
+    pub outbound: mpsc::Sender<v1::AgentMessage>,
+    /// The current report, for heartbeats.
+    pub report: watch::Sender<Report>,
+    /// This host's IP addresses.
+    pub ips: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    pub timings: Timings,
+}
+
+const LOG_LINES: usize = 10;
+
+struct UnitEntry {
+    assignment: Assignment,
+    unit: Unit,
+    /// The stats of the loop currently running (replaced on restart).
+    stats: Option<Arc<RunnerStats>>,
+    /// Counters of loops that ended, so totals survive restarts.
+    base: (u64, u64, u64),
+    log: VecDeque<String>,
+    /// The token this runner had before the agent rotated it: a push that still carries it
+    /// (the controller has not seen `TokenRotated` yet) keeps the rotated one.
+    rotated_from: Option<String>,
+    /// No rotation attempt before this time (after a failed one).
+    rotation_retry: Option<OffsetDateTime>,
+    /// The unit asked for its loop to stop (watchdog) while its state still wants one: the
+    /// engine leaves it out until the loop ended.
+    stop_loop: bool,
+}
+
+impl UnitEntry {
+    fn log(&mut self, line: impl AsRef<str>) {
+        if self.log.len() == LOG_LINES {
+            self.log.pop_front();
+        }
+        self.log.push_back(format!(
+            "{} {}",
+            rfc3339(OffsetDateTime::now_utc()),
+            line.as_ref()
+        ));
+    }
+}
+
+/// See the module doc.
+pub struct Supervisor {
+    deps: Deps,
+    engine: Option<Engine>,
+    runner_events: mpsc::UnboundedReceiver<RunnerEvent>,
+    runner_events_tx: mpsc::UnboundedSender<RunnerEvent>,
+    units: BTreeMap<String, UnitEntry>,
+    generation: u64,
+    last_refusal: Option<String>,
+    docker_up: bool,
+    ips: Vec<String>,
+    dirty: bool,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+impl Supervisor {
+    /// A supervisor with no units; call [`Supervisor::restore`] to run the persisted
+    /// generation.
+    pub fn new(deps: Deps) -> Supervisor {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ips = (deps.ips)();
+        Supervisor {
+            deps,
+            engine: None,
+            runner_events: rx,
+            runner_events_tx: tx,
+            units: BTreeMap::new(),
+            generation: 0,
+            last_refusal: None,
+            docker_up: false,
+            ips,
+            dirty: true,
+        }
+    }
+
+    /// The generation it runs.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Runs the persisted generation (offline autonomy): no verification round, units start
+    /// at once (their loops verify). A missing file is no generation; an unreadable or
+    /// invalid one is an error naming the file.
+    pub async fn restore(&mut self) -> anyhow::Result<()> {
+        let Some(applied) = self.deps.store.load()? else {
+            return Ok(());
+        };
+        let desired = desired::validate_all(applied.generation, &applied.runners)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.deps.store.path().display()))?;
+        tracing::info!(
+            generation = desired.generation,
+            runners = desired.runners.len(),
+            "running the persisted generation"
+        );
+        self.check_docker().await;
+        self.switch(desired);
+        Ok(())
+    }
+
+    /// Serves until `shutdown`: desired states from `desired`, runner events, timers. On
+    /// shutdown running jobs are canceled and reported (bounded by `drain`).
+    pub async fn run(
+        mut self,
+        mut desired: mpsc::UnboundedReceiver<v1::DesiredState>,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
+        let mut tick = tokio::time::interval(self.deps.timings.tick);
+        let mut ping = tokio::time::interval(self.deps.timings.docker_ping);
+        let mut ip_poll = tokio::time::interval(self.deps.timings.ip_poll);
+        let mut status = tokio::time::interval(self.deps.timings.status_every);
+        ip_poll.tick().await;
+        loop {
+            let engine_busy = self.engine.as_ref().is_some_and(|e| e.running() > 0);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(ds) = desired.recv() => self.apply(ds).await,
+                Some(ev) = self.runner_events.recv() => self.runner_event(ev),
+                Some(ended) = async {
+                    match self.engine.as_mut() {
+                        Some(e) => e.join_next().await,
+                        None => None,
+                    }
+                }, if engine_busy => self.loop_ended(ended.runner, ended.result),
+                _ = ping.tick() => self.check_docker().await,
+                _ = ip_poll.tick() => self.check_ips().await,
+                _ = tick.tick() => self.tick().await,
+                _ = status.tick() => self.dirty = true,
+            }
+            self.publish();
+        }
+        self.shutdown(drain).await;
+    }
+
+    async fn shutdown(&mut self, drain: Duration) {
+        for e in self.units.values_mut() {
+            e.unit.handle(Event::Stop, now(), self.docker_up);
+        }
+        if let Some(engine) = self.engine.as_mut() {
+            engine.stop_now();
+            let ended =
+                tokio::time::timeout(drain, async { while engine.join_next().await.is_some() {} })
+                    .await;
+            if ended.is_err() {
+                tracing::warn!(
+                    runners = engine.running(),
+                    "runners still stopping after {}s; exiting",
+                    drain.as_secs()
+                );
+            }
+        }
+        for e in self.units.values_mut() {
+            e.unit.handle(Event::LoopEnded(None), now(), self.docker_up);
+        }
+        self.dirty = true;
+        self.publish();
+    }
+
+    /// Validates, verifies and applies a pushed generation; acks it either way.
+    pub async fn apply(&mut self, ds: v1::DesiredState) {
+        let generation = ds.generation;
+        match self.try_apply(ds).await {
+            Ok(()) => {
+                self.last_refusal = None;
+                tracing::info!(generation, "generation applied");
+                self.send(AgentKind::Ack(v1::Ack {
+                    generation,
+                    applied: true,
+                    error: String::new(),
+                }));
+            }
+            Err(e) => {
+                tracing::error!(generation, error = %e, "generation refused; keeping the running one");
+                self.last_refusal = Some(format!("generation {generation}: {e}"));
+                self.send(AgentKind::Ack(v1::Ack {
+                    generation,
+                    applied: false,
+                    error: e,
+                }));
+            }
+        }
+        self.dirty = true;
+    }
+
+    async fn try_apply(&mut self, ds: v1::DesiredState) -> Result<(), String> {
+        let now_t = OffsetDateTime::now_utc();
+        let mut raws: Vec<Raw> = ds.runners.iter().map(desired::raw_from_proto).collect();
+        for r in &mut raws {
+            if let Some(cur) = self.units.get(&r.name) {
+                // A push still carrying the token this agent rotated away from keeps the
+                // rotated one.
+                if cur.rotated_from.as_deref() == Some(r.runner_token.as_str()) {
+                    r.runner_token = cur.assignment.raw.runner_token.clone();
+                    r.token_expires_at = cur.assignment.raw.token_expires_at.clone();
+                }
+                if cur.assignment.raw.runner_token == r.runner_token {
+                    r.token_obtained_at = cur.assignment.raw.token_obtained_at.clone();
+                }
+            }
+            if r.token_obtained_at.is_none() {
+                r.token_obtained_at = Some(rfc3339(now_t));
+            }
+        }
+        let desired = desired::validate_all(ds.generation, &raws).map_err(|e| e.to_string())?;
+        if desired.generation == self.generation && self.same_as_running(&desired) {
+            return Ok(());
+        }
+        // Verify every new or changed runner before touching anything.
+        let changed: Vec<&Assignment> =
+            desired.runners.iter().filter(|a| self.changed(a)).collect();
+        let checks = changed.iter().map(|a| self.verify_new(a));
+        let results = futures::future::join_all(checks).await;
+        let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        self.deps
+            .store
+            .save(&Applied {
+                generation: desired.generation,
+                runners: desired.runners.iter().map(|a| a.raw.clone()).collect(),
+            })
+            .map_err(|e| format!("persist the generation: {e}"))?;
+        self.switch(desired);
+        Ok(())
+    }
+
+    fn same_as_running(&self, d: &Desired) -> bool {
+        d.runners.len() == self.units.len() && d.runners.iter().all(|a| !self.changed(a))
+    }
+
+    fn changed(&self, a: &Assignment) -> bool {
+        match self.units.get(&a.raw.name) {
+            None => true,
+            Some(e) => {
+                e.assignment.raw.spec_json != a.raw.spec_json
+                    || e.assignment.raw.runner_token != a.raw.runner_token
+            }
+        }
+    }
+
+    /// Verifies a new runner's token, retrying transient failures within `apply_timeout`.
+    async fn verify_new(&self, a: &Assignment) -> Result<(), String> {
+        let name = &a.raw.name;
+        let gl = (self.deps.gitlab)(&a.config).map_err(|e| format!("runner {name}: {e:#}"))?;
+        let auth = RunnerAuth {
+            token: a.token.clone(),
+            system_id: self.deps.system_id.clone(),
+        };
+        let attempt = async {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match gl.verify(&auth).await {
+                    Ok(_) => return Ok(()),
+                    Err(e @ GitLabError::Forbidden { .. }) => {
+                        return Err(format!(
+                            "runner {name}: gitlab refused the token ({})",
+                            error_chain(&e)
+                        ));
+                    }
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(runner = %name, error = %error_chain(&e), "verify of a new runner failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => return Err(format!("runner {name}: verify: {}", error_chain(&e))),
+                }
+            }
+        };
+        match tokio::time::timeout(self.deps.timings.apply_timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "runner {name}: not verified within {}s",
+                self.deps.timings.apply_timeout.as_secs()
+            )),
+        }
+    }
+
+    /// Makes `desired` the running set: removed units stop, new and changed ones start,
+    /// unchanged ones are untouched.
+    fn switch(&mut self, desired: Desired) {
+        let t = now();
+        let keep: Vec<String> = desired.runners.iter().map(|a| a.raw.name.clone()).collect();
+        let removed: Vec<String> = self
+            .units
+            .keys()
+            .filter(|k| !keep.contains(k))
+            .cloned()
+            .collect();
+        for k in removed {
+            if let Some(mut e) = self.units.remove(&k) {
+                e.unit.handle(Event::Stop, t, self.docker_up);
+                self.event(&k, "stopped", "removed from the desired state");
+            }
+        }
+        for a in desired.runners {
+            let name = a.raw.name.clone();
+            let changed = self.changed(&a);
+            let docker_up = self.docker_up;
+            let entry = self.units.entry(name.clone()).or_insert_with(|| UnitEntry {
+                assignment: a.clone(),
+                unit: Unit::new(self.deps.timings.policy.clone(), t),
+                stats: None,
+                base: (0, 0, 0),
+                log: VecDeque::new(),
+                rotated_from: None,
+                rotation_retry: None,
+                stop_loop: false,
+            });
+            let token_changed = entry.assignment.raw.runner_token != a.raw.runner_token;
+            if changed || entry.unit.state == UnitState::Stopped && !entry.unit.loop_alive() {
+                if token_changed {
+                    entry.rotated_from = None;
+                    entry.rotation_retry = None;
+                }
+                entry.assignment = a;
+                entry.log(format!(
+                    "assignment of generation {} applied",
+                    desired.generation
+                ));
+                let before = entry.unit.state;
+                entry.unit.handle(Event::Start, t, docker_up);
+                let after = entry.unit.state;
+                self.transition(&name, before, after);
+            } else {
+                // Same runner: keep the loop, take the new metadata (runner id).
+                entry.assignment = a;
+            }
+        }
+        self.generation = desired.generation;
+        self.sync_engine();
+        self.dirty = true;
+    }
+
+    /// Brings the engine's runner set in line with the units that want a loop.
+    fn sync_engine(&mut self) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        let runners: Vec<RunnerConfig> = self
+            .units
+            .values()
+            .filter(|e| e.unit.state.wants_loop() && !e.stop_loop)
+            .map(|e| e.assignment.config.clone())
+            .collect();
+        let concurrent: u32 = self
+            .units
+            .values()
+            .map(|e| e.assignment.limit())
+            .sum::<u32>()
+            .max(1);
+        let config = Config {
+            concurrent: Some(concurrent),
+            runners,
+            ..Config::default()
+        };
+        if let Err(e) = engine.apply(&config) {
+            tracing::error!(error = %format!("{e:#}"), "apply runners to the engine");
+        }
+        let stats = engine.stats();
+        for (name, s) in stats {
+            if let Some(e) = self.units.get_mut(&name) {
+                match &e.stats {
+                    Some(old) if Arc::ptr_eq(old, &s) => {}
+                    old => {
+                        if let Some(old) = old {
+                            let o = old.snapshot();
+                            e.base.0 += o.jobs_succeeded;
+                            e.base.1 += o.jobs_failed;
+                            e.base.2 += o.jobs_canceled;
+                        }
+                        e.stats = Some(s);
+                    }
+                }
+            }
+        }
+    }
+
+    fn make_engine(&self, executor: Arc<dyn Executor>) -> Engine {
+        let factory = self.deps.gitlab.clone();
+        let boxed: GitLabFactory = Box::new(move |rc| factory(rc));
+        let mut engine = Engine::new(
+            executor,
+            boxed,
+            self.deps.system_id.clone(),
+            self.deps.agent_id.clone(),
+        )
+        .with_events(self.runner_events_tx.clone());
+        if let Some(t) = self.deps.timings.tune.clone() {
+            engine = engine.with_tuning(move |s| t(s));
+        }
+        engine
+    }
+
+    async fn check_docker(&mut self) {
+        let up = match self.deps.docker.ping().await {
+            Ok(()) => true,
+            Err(e) => {
+                if self.docker_up || self.engine.is_none() {
+                    tracing::warn!(error = %e, "docker engine unreachable");
+                }
+                for entry in self.units.values_mut() {
+                    let before = entry.unit.state;
+                    entry
+                        .unit
+                        .handle(Event::DockerDown(format!("docker: {e}")), now(), false);
+                    if before != entry.unit.state {
+                        entry.log(format!("waiting for docker: {e}"));
+                    }
+                }
+                false
+            }
+        };
+        if up && self.engine.is_none() {
+            match self.deps.docker.executor().await {
+                Ok(ex) => {
+                    self.engine = Some(self.make_engine(ex));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "connect the docker executor");
+                    self.docker_up = false;
+                    return;
+                }
+            }
+        }
+        if up != self.docker_up {
+            self.dirty = true;
+        }
+        self.docker_up = up && self.engine.is_some();
+    }
+
+    async fn tick(&mut self) {
+        let t = now();
+        let docker_up = self.docker_up;
+        let mut changes = Vec::new();
+        let watchdog = self.deps.timings.policy.watchdog;
+        for (name, e) in self.units.iter_mut() {
+            let before = e.unit.state;
+            // The watchdog: a running loop with a free slot must show activity.
+            if before == UnitState::Running
+                && let Some(s) = &e.stats
+            {
+                let snap = s.snapshot();
+                if snap.state == RunnerState::Running
+                    && snap.jobs_running < e.assignment.limit()
+                    && snap
+                        .last_beat
+                        .and_then(|b| t.duration_since(b).ok())
+                        .is_some_and(|d| d > watchdog)
+                {
+                    let msg = format!(
+                        "watchdog: no job-request activity for over {}s; restarting",
+                        watchdog.as_secs()
+                    );
+                    tracing::warn!(runner = %name, "{msg}");
+                    e.log(&msg);
+                    if e.unit.handle(Event::Stalled(msg), t, docker_up) == Action::StopLoop {
+                        e.stop_loop = true;
+                    }
+                }
+            }
+            e.unit.handle(Event::Tick, t, docker_up);
+            changes.push((name.clone(), before, e.unit.state));
+        }
+        for (name, before, after) in changes {
+            self.transition(&name, before, after);
+        }
+        self.sync_engine();
+        self.rotate_due().await;
+    }
+
+    /// Rotates the tokens that reached 75 % of their lifetime.
+    async fn rotate_due(&mut self) {
+        let now_t = OffsetDateTime::now_utc();
+        let due: Vec<String> = self
+            .units
+            .iter()
+            .filter(|(_, e)| e.unit.state.wants_loop())
+            .filter(|(_, e)| e.rotation_retry.is_none_or(|r| now_t >= r))
+            .filter(|(_, e)| e.assignment.rotate_at(now_t).is_some_and(|r| now_t >= r))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in due {
+            self.rotate(&name).await;
+        }
+    }
+
+    /// `reset_authentication_token`, persist, then use the new token; `TokenRotated` tells
+    /// the controller.
+    async fn rotate(&mut self, name: &str) {
+        let Some(e) = self.units.get(name) else {
+            return;
+        };
+        let old = e.assignment.token.clone();
+        let config = e.assignment.config.clone();
+        let gl = match (self.deps.gitlab)(&config) {
+            Ok(g) => g,
+            Err(err) => {
+                tracing::error!(runner = %name, error = %format!("{err:#}"), "token rotation: gitlab client");
+                return;
+            }
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(30), gl.reset_token(&old)).await;
+        let creds = match answer {
+            Ok(Ok(c)) => c,
+            Ok(Err(err @ GitLabError::Forbidden { .. })) => {
+                self.token_invalid(name, format!("token rotation: {}", error_chain(&err)));
+                return;
+            }
+            Ok(Err(err)) => {
+                self.rotation_failed(name, error_chain(&err));
+                return;
+            }
+            Err(_) => {
+                self.rotation_failed(name, "reset_authentication_token timed out".into());
+                return;
+            }
+        };
+        let now_t = OffsetDateTime::now_utc();
+        let Some(e) = self.units.get_mut(name) else {
+            return;
+        };
+        let mut raw = e.assignment.raw.clone();
+        raw.runner_token = creds.token.expose_secret().to_string();
+        raw.token_expires_at = creds
+            .token_expires_at
+            .as_deref()
+            .and_then(|s| {
+                OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .filter(|t| t.unix_timestamp() > 0)
+            .map(rfc3339);
+        raw.token_obtained_at = Some(rfc3339(now_t));
+        if let Some(id) = creds.id {
+            raw.gitlab_runner_id = id;
+        }
+        let assignment = match desired::validate_one(&raw, 0) {
+            Ok(a) => a,
+            Err(err) => {
+                self.rotation_failed(name, format!("new token unusable: {err}"));
+                return;
+            }
+        };
+        let old_raw = std::mem::replace(&mut e.assignment, assignment);
+        e.rotated_from = Some(old_raw.raw.runner_token.clone());
+        e.rotation_retry = None;
+        e.log(format!(
+            "token rotated; expires {}",
+            raw.token_expires_at.as_deref().unwrap_or("never")
+        ));
+        // Persist BEFORE the runner uses the new token.
+        let applied = Applied {
+            generation: self.generation,
+            runners: self
+                .units
+                .values()
+                .map(|e| e.assignment.raw.clone())
+                .collect(),
+        };
+        if let Err(err) = self.deps.store.save(&applied) {
+            // The old token is already dead at GitLab: run with the new one anyway.
+            tracing::error!(runner = %name, error = %err, "persist the rotated token");
+        }
+        tracing::info!(runner = %name, expires = raw.token_expires_at.as_deref().unwrap_or("never"), "runner token rotated");
+        self.send(AgentKind::TokenRotated(v1::TokenRotated {
+            runner: name.to_string(),
+            token: raw.runner_token.clone(),
+            token_expires_at: desired::timestamp(raw.token_expires_at.as_deref()),
+            gitlab_runner_id: raw.gitlab_runner_id,
+        }));
+        // The engine sees a changed runner table: the old loop drains, a new one starts.
+        self.sync_engine();
+        self.dirty = true;
+    }
+
+    fn rotation_failed(&mut self, name: &str, why: String) {
+        tracing::warn!(runner = %name, error = %why, "token rotation failed; retrying in a minute");
+        if let Some(e) = self.units.get_mut(name) {
+            e.rotation_retry = Some(OffsetDateTime::now_utc() + time::Duration::minutes(1));
+            e.log(format!("token rotation failed: {why}"));
+        }
+    }
+
+    /// GitLab refused a runner's token: the unit degrades and waits for a new token.
+    fn token_invalid(&mut self, name: &str, why: String) {
+        let docker_up = self.docker_up;
+        let Some(e) = self.units.get_mut(name) else {
+            return;
+        };
+        if e.unit.state == UnitState::Degraded {
+            return;
+        }
+        let before = e.unit.state;
+        e.unit
+            .handle(Event::TokenInvalid(why.clone()), now(), docker_up);
+        e.log(format!("token invalid: {why}"));
+        let after = e.unit.state;
+        tracing::error!(runner = %name, error = %why, "gitlab refused the runner token; waiting for a new one from the controller");
+        self.event(name, "token-invalid", &why);
+        self.transition_quiet(name, before, after);
+        self.sync_engine();
+        self.dirty = true;
+    }
+
+    /// Compares the host's IPs; on a change tells the controller and re-verifies every
+    /// runner (a `403` follows the token-invalid path).
+    async fn check_ips(&mut self) {
+        let ips = (self.deps.ips)();
+        let mut a = ips.clone();
+        let mut b = self.ips.clone();
+        a.sort();
+        b.sort();
+        if a == b {
+            return;
+        }
+        let msg = format!("ips changed: [{}] -> [{}]", b.join(", "), a.join(", "));
+        tracing::info!("{msg}");
+        self.ips = ips;
+        let names: Vec<String> = self.units.keys().cloned().collect();
+        for name in &names {
+            self.event(name, "ips-changed", &msg);
+            if let Some(e) = self.units.get_mut(name) {
+                e.log(&msg);
+            }
+        }
+        for name in names {
+            let Some(e) = self.units.get(&name) else {
+                continue;
+            };
+            if !e.unit.state.wants_loop() {
+                continue;
+            }
+            let Ok(gl) = (self.deps.gitlab)(&e.assignment.config) else {
+                continue;
+            };
+            let auth = RunnerAuth {
+                token: e.assignment.token.clone(),
+                system_id: self.deps.system_id.clone(),
+            };
+            match tokio::time::timeout(Duration::from_secs(30), gl.verify(&auth)).await {
+                Ok(Ok(_)) => {
+                    if let Some(e) = self.units.get_mut(&name) {
+                        e.log("re-verified after the ip change");
+                    }
+                }
+                Ok(Err(err @ GitLabError::Forbidden { .. })) => {
+                    self.token_invalid(&name, format!("re-verify: {}", error_chain(&err)));
+                }
+                Ok(Err(err)) => {
+                    self.event(&name, "verify-failed", &error_chain(&err));
+                }
+                Err(_) => self.event(&name, "verify-failed", "re-verify timed out"),
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn runner_event(&mut self, ev: RunnerEvent) {
+        let docker_up = self.docker_up;
+        match ev {
+            RunnerEvent::Verified { runner } => {
+                if let Some(e) = self.units.get_mut(&runner) {
+                    let before = e.unit.state;
+                    e.unit.handle(Event::Verified, now(), docker_up);
+                    let after = e.unit.state;
+                    self.transition(&runner, before, after);
+                }
+            }
+            RunnerEvent::NeedsRegistration { runner, endpoint } => {
+                self.token_invalid(&runner, format!("gitlab answered 403 on {endpoint}"));
+            }
+            RunnerEvent::JobStarted { runner, job_id } => {
+                if let Some(e) = self.units.get_mut(&runner) {
+                    e.log(format!("job {job_id} started"));
+                }
+            }
+            RunnerEvent::JobFinished {
+                runner,
+                job_id,
+                outcome,
+            } => {
+                if let Some(e) = self.units.get_mut(&runner) {
+                    e.log(format!("job {job_id} finished: {outcome:?}"));
+                }
+            }
+            RunnerEvent::Stopped { .. } => {}
+        }
+        self.dirty = true;
+    }
+
+    fn loop_ended(&mut self, runner: String, result: Result<(), RunnerError>) {
+        // A replaced loop (new settings, same unit) ends while its successor runs.
+        let successor = self
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.stats().iter().any(|(n, _)| *n == runner));
+        if successor || !self.units.contains_key(&runner) {
+            return;
+        }
+        match &result {
+            Err(e @ RunnerError::Verify { .. }) => {
+                self.event(&runner, "verify-failed", &e.to_string());
+            }
+            // The loop's 403 may arrive before its NeedsRegistration event: same path.
+            Err(e @ RunnerError::Forbidden { .. }) => self.token_invalid(&runner, e.to_string()),
+            Ok(()) => {}
+        }
+        let err = result.err().map(|e| e.to_string());
+        let docker_up = self.docker_up;
+        let Some(e) = self.units.get_mut(&runner) else {
+            return;
+        };
+        if let Some(s) = e.stats.take() {
+            let o = s.snapshot();
+            e.base.0 += o.jobs_succeeded;
+            e.base.1 += o.jobs_failed;
+            e.base.2 += o.jobs_canceled;
+        }
+        let before = e.unit.state;
+        e.stop_loop = false;
+        if let Some(er) = &err {
+            e.log(format!("loop ended: {er}"));
+        }
+        e.unit.handle(Event::LoopEnded(err), now(), docker_up);
+        let after = e.unit.state;
+        self.transition(&runner, before, after);
+        self.sync_engine();
+    }
+
+    /// Logs a state change and tells the controller.
+    fn transition(&mut self, name: &str, before: UnitState, after: UnitState) {
+        if before == after {
+            return;
+        }
+        let kind = match after {
+            UnitState::Running => "started",
+            UnitState::Backoff => "backoff",
+            UnitState::WaitingForDocker => "waiting-for-docker",
+            UnitState::Stopped => "stopped",
+            UnitState::Starting | UnitState::Degraded => "",
+        };
+        let message = self
+            .units
+            .get(name)
+            .and_then(|e| match after {
+                UnitState::Backoff | UnitState::Stopped | UnitState::WaitingForDocker => {
+                    e.unit.last_error.clone()
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        if !kind.is_empty() {
+            self.event(name, kind, &message);
+        }
+        self.transition_quiet(name, before, after);
+    }
+
+    fn transition_quiet(&mut self, name: &str, before: UnitState, after: UnitState) {
+        if before == after {
+            return;
+        }
+        tracing::info!(runner = %name, from = %before, to = %after, "unit state");
+        if let Some(e) = self.units.get_mut(name) {
+            e.log(format!("{before} -> {after}"));
+        }
+        self.dirty = true;
+    }
+
+    fn event(&self, runner: &str, kind: &str, message: &str) {
+        self.send(AgentKind::RunnerEvent(v1::RunnerEvent {
+            runner: runner.to_string(),
+            kind: kind.to_string(),
+            message: message.to_string(),
+            at: Some(prost_types::Timestamp {
+                seconds: OffsetDateTime::now_utc().unix_timestamp(),
+                nanos: 0,
+            }),
+        }));
+    }
+
+    fn send(&self, kind: AgentKind) {
+        if let Err(e) = self
+            .deps
+            .outbound
+            .try_send(v1::AgentMessage { kind: Some(kind) })
+        {
+            tracing::warn!(error = %e, "message for the controller dropped (queue full)");
+        }
+    }
+
+    /// The current report.
+    pub fn report(&self) -> Report {
+        let units = self
+            .units
+            .iter()
+            .map(|(name, e)| {
+                let snap = e.stats.as_ref().map(|s| s.snapshot());
+                UnitReport {
+                    name: name.clone(),
+                    state: e.unit.state.as_str().to_string(),
+                    since: rfc3339(OffsetDateTime::from(e.unit.since)),
+                    last_error: e.unit.last_error.clone(),
+                    gitlab_runner_id: e.assignment.raw.gitlab_runner_id,
+                    token_expires_at: e.assignment.raw.token_expires_at.clone(),
+                    jobs_running: snap.as_ref().map_or(0, |s| s.jobs_running),
+                    jobs_succeeded: e.base.0 + snap.as_ref().map_or(0, |s| s.jobs_succeeded),
+                    jobs_failed: e.base.1 + snap.as_ref().map_or(0, |s| s.jobs_failed),
+                    jobs_canceled: e.base.2 + snap.as_ref().map_or(0, |s| s.jobs_canceled),
+                    last_gitlab_contact: snap
+                        .as_ref()
+                        .and_then(|s| s.last_contact)
+                        .map(|t| rfc3339(OffsetDateTime::from(t))),
+                    log: e.log.iter().cloned().collect(),
+                }
+            })
+            .collect();
+        Report {
+            agent_id: self.deps.agent_id.clone(),
+            pid: std::process::id(),
+            written_at: rfc3339(OffsetDateTime::now_utc()),
+            applied_generation: self.generation,
+            last_refusal: self.last_refusal.clone(),
+            docker_reachable: self.docker_up,
+            units,
+        }
+    }
+
+    /// Publishes the report to heartbeats and `status.json` when something changed.
+    pub fn publish(&mut self) {
+        let report = self.report();
+        self.deps.report.send_replace(report.clone());
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        if let Some(p) = &self.deps.status_path
+            && let Err(e) = report::write(p, &report)
+        {
+            tracing::warn!(error = %format!("{e:#}"), path = %p.display(), "write status file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,730 @@
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use super::*;
+use crate::gitlab::fake::{Call, FakeGitLab, job};
+use crate::gitlab::{
+    ArtifactUpload, JobRequest, JobUpdate, RegisterOptions, RunnerCredentials, TraceAnswer,
+    UpdateAnswer,
+};
+use crate::runner::fake_executor::FakeExecutor;
+
+/// A GitLab that knows which runner tokens are valid (verify and job request answer `403`
+/// to others), rotates them, and notes what the agent's state file held when a rotated
+/// token was first used. Jobs are the [`FakeGitLab`]'s.
+struct TokenGitLab {
+    jobs: FakeGitLab,
+    valid: Mutex<HashSet<String>>,
+    /// The token `reset_token` hands out next.
+    next_token: Mutex<String>,
+    next_expiry: Mutex<Option<String>>,
+    /// Tokens handed out by `reset_token`, not used yet.
+    fresh: Mutex<HashSet<String>>,
+    /// For each fresh token's first use: did the state file hold it already?
+    persisted_before_use: Mutex<Vec<bool>>,
+    state_file: PathBuf,
+    resets: Mutex<u32>,
+}
+
+impl TokenGitLab {
+    fn new(state_file: PathBuf, valid: &[&str]) -> Self {
+        TokenGitLab {
+            jobs: FakeGitLab::new(),
+            valid: Mutex::new(valid.iter().map(|s| s.to_string()).collect()),
+            next_token: Mutex::new("glrt-rotated".into()),
+            next_expiry: Mutex::new(None),
+            fresh: Mutex::new(HashSet::new()),
+            persisted_before_use: Mutex::new(Vec::new()),
+            state_file,
+            resets: Mutex::new(0),
+        }
+    }
+
+    fn check(&self, token: &SecretString, endpoint: &'static str) -> Result<(), GitLabError> {
+        let t = token.expose_secret().to_string();
+        if self.fresh.lock().unwrap().remove(&t) {
+            let file = std::fs::read_to_string(&self.state_file).unwrap_or_default();
+            self.persisted_before_use
+                .lock()
+                .unwrap()
+                .push(file.contains(&t));
+        }
+        if self.valid.lock().unwrap().contains(&t) {
+            Ok(())
+        } else {
+            Err(GitLabError::Forbidden {
+                endpoint,
+                job_status: None,
+            })
+        }
+    }
+
+    fn revoke(&self, token: &str) {
+        self.valid.lock().unwrap().remove(token);
+    }
+
+    fn allow(&self, token: &str) {
+        self.valid.lock().unwrap().insert(token.to_string());
+    }
+
+    fn verifies(&self) -> usize {
+        self.jobs
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Verify { .. }))
+            .count()
+    }
+}
+
+#[async_trait]
+impl GitLab for TokenGitLab {
+    async fn register(
+        &self,
+        t: &SecretString,
+        o: &RegisterOptions,
+    ) -> Result<RunnerCredentials, GitLabError> {
+        self.jobs.register(t, o).await
+    }
+    async fn verify(&self, auth: &RunnerAuth) -> Result<RunnerCredentials, GitLabError> {
+        let r = self.jobs.verify(auth).await;
+        self.check(&auth.token, "verify")?;
+        r
+    }
+    async fn reset_token(&self, token: &SecretString) -> Result<RunnerCredentials, GitLabError> {
+        self.check(token, "reset token")?;
+        *self.resets.lock().unwrap() += 1;
+        let new = self.next_token.lock().unwrap().clone();
+        self.revoke(token.expose_secret());
+        self.allow(&new);
+        self.fresh.lock().unwrap().insert(new.clone());
+        Ok(RunnerCredentials {
+            id: Some(42),
+            token: SecretString::from(new),
+            token_expires_at: self.next_expiry.lock().unwrap().clone(),
+        })
+    }
+    async fn unregister(&self, t: &SecretString) -> Result<(), GitLabError> {
+        self.jobs.unregister(t).await
+    }
+    async fn request_job(
+        &self,
+        auth: &RunnerAuth,
+        last_update: Option<&str>,
+    ) -> Result<JobRequest, GitLabError> {
+        self.check(&auth.token, "request job")?;
+        self.jobs.request_job(auth, last_update).await
+    }
+    async fn update_job(
+        &self,
+        id: i64,
+        t: &SecretString,
+        u: &JobUpdate,
+    ) -> Result<UpdateAnswer, GitLabError> {
+        self.jobs.update_job(id, t, u).await
+    }
+    async fn patch_trace(
+        &self,
+        id: i64,
+        t: &SecretString,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<TraceAnswer, GitLabError> {
+        self.jobs.patch_trace(id, t, offset, bytes).await
+    }
+    async fn upload_artifacts(
+        &self,
+        id: i64,
+        t: &SecretString,
+        u: &ArtifactUpload,
+    ) -> Result<(), GitLabError> {
+        self.jobs.upload_artifacts(id, t, u).await
+    }
+    async fn download_artifacts(
+        &self,
+        id: i64,
+        t: &SecretString,
+        dest: &std::path::Path,
+    ) -> Result<u64, GitLabError> {
+        self.jobs.download_artifacts(id, t, dest).await
+    }
+}
+
+struct FakeDocker {
+    up: AtomicBool,
+}
+
+#[async_trait]
+impl DockerDep for FakeDocker {
+    async fn ping(&self) -> Result<(), String> {
+        if self.up.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("connection refused (fake)".into())
+        }
+    }
+    async fn executor(&self) -> anyhow::Result<Arc<dyn Executor>> {
+        Ok(Arc::new(FakeExecutor::default()))
+    }
+}
+
+struct Harness {
+    desired: mpsc::UnboundedSender<v1::DesiredState>,
+    out: mpsc::Receiver<v1::AgentMessage>,
+    /// Every message read from `out` so far.
+    seen: Vec<AgentKind>,
+    report: watch::Receiver<Report>,
+    gl: Arc<TokenGitLab>,
+    docker: Arc<FakeDocker>,
+    ips: Arc<Mutex<Vec<String>>>,
+    dir: tempfile::TempDir,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const SPEC: &str =
+    r#"{"url":"http://gitlab.test","executor":"docker","docker":{"image":"busybox"}}"#;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn assignment(name: &str, token: &str) -> v1::RunnerAssignment {
+    v1::RunnerAssignment {
+        name: name.into(),
+        spec_json: SPEC.into(),
+        runner_token: token.into(),
+        gitlab_runner_id: 11,
+        token_expires_at: None,
+    }
+}
+
+fn state(generation: u64, runners: Vec<v1::RunnerAssignment>) -> v1::DesiredState {
+    v1::DesiredState {
+        generation,
+        runners,
+    }
+}
+
+fn policy() -> RestartPolicy {
+    RestartPolicy {
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        start_limit_burst: 5,
+        start_limit_interval: Duration::from_secs(60),
+        watchdog: Duration::from_secs(60),
+    }
+}
+
+async fn start(dir: tempfile::TempDir, gl: Arc<TokenGitLab>, docker_up: bool) -> Harness {
+    start_with(dir, gl, docker_up, policy()).await
+}
+
+async fn start_with(
+    dir: tempfile::TempDir,
+    gl: Arc<TokenGitLab>,
+    docker_up: bool,
+    policy: RestartPolicy,
+) -> Harness {
+    let (out_tx, out) = mpsc::channel(256);
+    let (report_tx, report) = watch::channel(Report::default());
+    let (desired, desired_rx) = mpsc::unbounded_channel();
+    let docker = Arc::new(FakeDocker {
+        up: AtomicBool::new(docker_up),
+    });
+    let ips = Arc::new(Mutex::new(vec!["10.0.0.1".to_string()]));
+    let ips_fn = ips.clone();
+    let g = gl.clone();
+    let deps = Deps {
+        gitlab: Arc::new(move |_| Ok(g.clone() as Arc<dyn GitLab>)),
+        docker: docker.clone(),
+        store: Store::new(dir.path()),
+        status_path: Some(report::status_file(dir.path())),
+        system_id: "s_0123456789ab".into(),
+        agent_id: "agent-fleet-test".into(),
+        outbound: out_tx,
+        report: report_tx,
+        ips: Arc::new(move || ips_fn.lock().unwrap().clone()),
+        timings: Timings {
+            tick: Duration::from_millis(20),
+            docker_ping: Duration::from_millis(20),
+            ip_poll: Duration::from_millis(50),
+            apply_timeout: Duration::from_secs(2),
+            status_every: Duration::from_millis(100),
+            policy,
+            tune: Some(Arc::new(|s: &mut RunnerSettings| {
+                s.check_interval = Duration::from_millis(20);
+                s.upload.interval = Duration::from_millis(20);
+                s.upload.keepalive = Duration::from_millis(100);
+                s.backoff_min = Duration::from_millis(5);
+                s.backoff_max = Duration::from_millis(20);
+            })),
+        },
+    };
+    let mut sup = Supervisor::new(deps);
+    sup.restore().await.unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(sup.run(desired_rx, stop.clone(), Duration::from_secs(5)));
+    Harness {
+        desired,
+        out,
+        seen: Vec::new(),
+        report,
+        gl,
+        docker,
+        ips,
+        dir,
+        stop,
+        task,
+    }
+}
+
+impl Harness {
+    async fn ack(&mut self) -> v1::Ack {
+        let end = tokio::time::Instant::now() + WAIT;
+        loop {
+            let m = tokio::time::timeout_at(end, self.out.recv())
+                .await
+                .expect("an ack in time")
+                .expect("outbound open");
+            let kind = m.kind.unwrap();
+            self.seen.push(kind.clone());
+            if let AgentKind::Ack(a) = kind {
+                return a;
+            }
+        }
+    }
+
+    /// Reads messages until one matches `f`.
+    async fn message(&mut self, f: impl Fn(&AgentKind) -> bool) -> AgentKind {
+        if let Some(k) = self.seen.iter().find(|k| f(k)) {
+            return k.clone();
+        }
+        let end = tokio::time::Instant::now() + WAIT;
+        loop {
+            let m = tokio::time::timeout_at(end, self.out.recv())
+                .await
+                .expect("the message in time")
+                .expect("outbound open");
+            let kind = m.kind.unwrap();
+            self.seen.push(kind.clone());
+            if f(&kind) {
+                return kind;
+            }
+        }
+    }
+
+    async fn wait_report(&mut self, what: &str, f: impl Fn(&Report) -> bool) -> Report {
+        let end = tokio::time::Instant::now() + WAIT;
+        loop {
+            {
+                let r = self.report.borrow_and_update();
+                if f(&r) {
+                    return r.clone();
+                }
+            }
+            if tokio::time::timeout_at(end, self.report.changed())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "{what}: not reached; last report {:#?}",
+                    *self.report.borrow()
+                );
+            }
+        }
+    }
+
+    async fn stop(self) -> tempfile::TempDir {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.dir
+    }
+}
+
+/// The unit `name` (an empty report while it does not exist yet).
+fn unit(r: &Report, name: &str) -> UnitReport {
+    r.units
+        .iter()
+        .find(|u| u.name == name)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn is_running(r: &Report, name: &str) -> bool {
+    r.units
+        .iter()
+        .any(|u| u.name == name && u.state == "running")
+}
+
+fn new_gl(dir: &tempfile::TempDir, valid: &[&str]) -> Arc<TokenGitLab> {
+    Arc::new(TokenGitLab::new(dir.path().join("applied.json"), valid))
+}
+
+#[tokio::test]
+async fn pushed_generation_is_acked_persisted_and_runs_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start(dir, gl, true).await;
+    h.desired
+        .send(state(1, vec![assignment("a", "glrt-a")]))
+        .unwrap();
+    let ack = h.ack().await;
+    assert!(ack.applied, "{ack:?}");
+    assert_eq!(ack.generation, 1);
+    h.wait_report("a running", |r| is_running(r, "a")).await;
+    h.gl.jobs.push_job(job(5, &["echo hi"]));
+    let r = h
+        .wait_report("job done", |r| unit(r, "a").jobs_succeeded == 1)
+        .await;
+    assert_eq!(r.applied_generation, 1);
+    assert_eq!(unit(&r, "a").gitlab_runner_id, 11);
+    assert!(unit(&r, "a").log.iter().any(|l| l.contains("job 5")));
+    let saved = Store::new(h.dir.path()).load().unwrap().unwrap();
+    assert_eq!(saved.generation, 1);
+    assert_eq!(saved.runners[0].runner_token, "glrt-a");
+    let status: Report =
+        serde_json::from_slice(&std::fs::read(report::status_file(h.dir.path())).unwrap()).unwrap();
+    assert_eq!(status.units.len(), 1);
+    // The same generation again is acked without touching the unit.
+    let before = h.gl.verifies();
+    h.desired
+        .send(state(1, vec![assignment("a", "glrt-a")]))
+        .unwrap();
+    assert!(h.ack().await.applied);
+    assert_eq!(h.gl.verifies(), before);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn refused_generations_leave_the_running_units_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start(dir, gl, true).await;
+    h.desired
+        .send(state(1, vec![assignment("a", "glrt-a")]))
+        .unwrap();
+    assert!(h.ack().await.applied);
+    h.wait_report("a running", |r| is_running(r, "a")).await;
+    let verifies = h.gl.verifies();
+
+    // Invalid spec for b: refused, nothing changes.
+    let mut bad = assignment("b", "glrt-b");
+    bad.spec_json = r#"{"url":"http://gitlab.test","executor":"shell"}"#.into();
+    h.desired
+        .send(state(2, vec![assignment("a", "glrt-a"), bad]))
+        .unwrap();
+    let ack = h.ack().await;
+    assert!(!ack.applied);
+    assert_eq!(ack.generation, 2);
+    assert!(
+        ack.error.contains("runner \"b\"") && ack.error.contains("shell"),
+        "{}",
+        ack.error
+    );
+
+    // A token GitLab refuses: refused after the verify round, nothing changes.
+    h.desired
+        .send(state(
+            3,
+            vec![assignment("a", "glrt-a"), assignment("b", "glrt-nope")],
+        ))
+        .unwrap();
+    let ack = h.ack().await;
+    assert!(!ack.applied);
+    assert!(
+        ack.error.contains("runner b: gitlab refused the token"),
+        "{}",
+        ack.error
+    );
+
+    let r = h.report.borrow().clone();
+    assert_eq!(r.applied_generation, 1);
+    assert_eq!(r.units.len(), 1);
+    assert!(is_running(&r, "a"));
+    assert!(
+        r.last_refusal
+            .as_deref()
+            .unwrap_or("")
+            .contains("generation 3")
+    );
+    // a was not restarted: only b's verify happened.
+    assert_eq!(h.gl.verifies(), verifies + 1);
+    assert_eq!(
+        Store::new(h.dir.path()).load().unwrap().unwrap().generation,
+        1
+    );
+    // a still runs jobs.
+    h.gl.jobs.push_job(job(9, &["true"]));
+    h.wait_report("job after refusal", |r| unit(r, "a").jobs_succeeded == 1)
+        .await;
+
+    // A good generation replaces a by b; a is removed.
+    h.gl.allow("glrt-b");
+    h.desired
+        .send(state(4, vec![assignment("b", "glrt-b")]))
+        .unwrap();
+    assert!(h.ack().await.applied);
+    let r = h
+        .wait_report("b running, a gone", |r| {
+            r.units.len() == 1 && is_running(r, "b")
+        })
+        .await;
+    assert_eq!(r.applied_generation, 4);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn restart_runs_the_persisted_generation_without_a_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start(dir, gl.clone(), true).await;
+    h.desired
+        .send(state(7, vec![assignment("a", "glrt-a")]))
+        .unwrap();
+    assert!(h.ack().await.applied);
+    let dir = h.stop().await;
+
+    // No desired state is ever pushed now.
+    let mut h = start(dir, gl, true).await;
+    let r = h
+        .wait_report("a running from the file", |r| is_running(r, "a"))
+        .await;
+    assert_eq!(r.applied_generation, 7);
+    h.gl.jobs.push_job(job(3, &["true"]));
+    h.wait_report("job", |r| unit(r, "a").jobs_succeeded == 1)
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn forbidden_job_request_degrades_until_a_new_token_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start(dir, gl, true).await;
+    h.desired
+        .send(state(1, vec![assignment("a", "glrt-a")]))
+        .unwrap();
+    assert!(h.ack().await.applied);
+    h.wait_report("a running", |r| is_running(r, "a")).await;
+    h.gl.revoke("glrt-a");
+    let ev = h
+        .message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "token-invalid"))
+        .await;
+    let AgentKind::RunnerEvent(ev) = ev else {
+        unreachable!()
+    };
+    assert_eq!(ev.runner, "a");
+    let r = h
+        .wait_report("degraded", |r| unit(r, "a").state == "degraded")
+        .await;
+    assert!(unit(&r, "a").last_error.as_deref().unwrap().contains("403"));
+    // No crash loop: nothing is requested with the dead token any more.
+    let verifies = h.gl.verifies();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.gl.verifies(), verifies);
+    assert_eq!(h.report.borrow().units[0].state, "degraded");
+
+    // The controller re-registers and pushes a new token.
+    h.gl.allow("glrt-a2");
+    h.desired
+        .send(state(2, vec![assignment("a", "glrt-a2")]))
+        .unwrap();
+    assert!(h.ack().await.applied);
+    h.wait_report("running again", |r| is_running(r, "a")).await;
+    h.gl.jobs.push_job(job(4, &["true"]));
+    h.wait_report("job", |r| unit(r, "a").jobs_succeeded == 1)
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn token_rotation_persists_before_use_and_tells_the_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    *gl.next_expiry.lock().unwrap() = Some("2099-01-01T00:00:00Z".into());
+    // A token obtained long ago that expires soon: rotation is due at once.
+    let now = OffsetDateTime::now_utc();
+    Store::new(dir.path())
+        .save(&Applied {
+            generation: 2,
+            runners: vec![Raw {
+                name: "a".into(),
+                spec_json: SPEC.into(),
+                runner_token: "glrt-a".into(),
+                gitlab_runner_id: 11,
+                token_expires_at: Some(rfc3339(now + time::Duration::hours(1))),
+                token_obtained_at: Some(rfc3339(now - time::Duration::hours(10))),
+            }],
+        })
+        .unwrap();
+    let mut h = start(dir, gl, true).await;
+    let m = h.message(|k| matches!(k, AgentKind::TokenRotated(_))).await;
+    let AgentKind::TokenRotated(t) = m else {
+        unreachable!()
+    };
+    assert_eq!(t.runner, "a");
+    assert_eq!(t.token, "glrt-rotated");
+    assert_eq!(t.gitlab_runner_id, 42);
+    assert_eq!(
+        t.token_expires_at.unwrap().seconds,
+        OffsetDateTime::parse(
+            "2099-01-01T00:00:00Z",
+            &time::format_description::well_known::Rfc3339
+        )
+        .unwrap()
+        .unix_timestamp()
+    );
+    let r = h
+        .wait_report("running on the new token", |r| {
+            is_running(r, "a")
+                && r.units[0].token_expires_at.as_deref() == Some("2099-01-01T00:00:00Z")
+        })
+        .await;
+    assert_eq!(unit(&r, "a").gitlab_runner_id, 42);
+    h.gl.jobs.push_job(job(8, &["true"]));
+    h.wait_report("job", |r| unit(r, "a").jobs_succeeded == 1)
+        .await;
+    assert_eq!(*h.gl.resets.lock().unwrap(), 1);
+    let used = h.gl.persisted_before_use.lock().unwrap().clone();
+    assert_eq!(
+        used,
+        vec![true],
+        "the file held the new token before its first use"
+    );
+    let saved = Store::new(h.dir.path()).load().unwrap().unwrap();
+    assert_eq!(saved.runners[0].runner_token, "glrt-rotated");
+
+    // A push that still carries the old token keeps the rotated one.
+    h.desired
+        .send(state(3, vec![assignment("a", "glrt-a")]))
+        .unwrap();
+    assert!(h.ack().await.applied);
+    let saved = Store::new(h.dir.path()).load().unwrap().unwrap();
+    assert_eq!(saved.generation, 3);
+    assert_eq!(saved.runners[0].runner_token, "glrt-rotated");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn ip_change_is_reported_and_re_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start(dir, gl, true).await;
+    h.desired
+        .send(state(1, vec![assignment("a", "glrt-a")]))
+        .unwrap();
+    assert!(h.ack().await.applied);
+    h.wait_report("a running", |r| is_running(r, "a")).await;
+    let verifies = h.gl.verifies();
+    *h.ips.lock().unwrap() = vec!["10.0.0.2".to_string()];
+    let m = h
+        .message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "ips-changed"))
+        .await;
+    let AgentKind::RunnerEvent(e) = m else {
+        unreachable!()
+    };
+    assert!(e.message.contains("10.0.0.2"), "{}", e.message);
+    let end = tokio::time::Instant::now() + WAIT;
+    while h.gl.verifies() == verifies {
+        assert!(tokio::time::Instant::now() < end, "no re-verify");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A 403 on the re-verify follows the token-invalid path.
+    h.gl.revoke("glrt-a");
+    *h.ips.lock().unwrap() = vec!["10.0.0.3".to_string()];
+    h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "token-invalid"))
+        .await;
+    h.wait_report("degraded", |r| unit(r, "a").state == "degraded")
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn units_wait_for_docker_instead_of_crash_looping() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start(dir, gl, false).await;
+    h.desired
+        .send(state(1, vec![assignment("a", "glrt-a")]))
+        .unwrap();
+    assert!(h.ack().await.applied);
+    h.wait_report("waiting", |r| unit(r, "a").state == "waiting-for-docker")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.report.borrow().units[0].state, "waiting-for-docker");
+    h.docker.up.store(true, Ordering::SeqCst);
+    h.wait_report("running once docker answers", |r| is_running(r, "a"))
+        .await;
+    h.stop().await;
+}
+
+fn persist_one(dir: &tempfile::TempDir, token: &str) {
+    Store::new(dir.path())
+        .save(&Applied {
+            generation: 1,
+            runners: vec![Raw {
+                name: "a".into(),
+                spec_json: SPEC.into(),
+                runner_token: token.into(),
+                gitlab_runner_id: 11,
+                token_expires_at: None,
+                token_obtained_at: None,
+            }],
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_loop_that_keeps_failing_hits_the_start_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    persist_one(&dir, "glrt-a");
+    let gl = new_gl(&dir, &["glrt-a"]);
+    // 404 on verify is not retried by the loop: every start fails.
+    gl.jobs
+        .fail_next(crate::gitlab::fake::Endpoint::Verify, 100, 404);
+    let mut h = start(dir, gl, true).await;
+    let r = h
+        .wait_report("stopped by the start limit", |r| {
+            r.units.iter().any(|u| u.state == "stopped")
+        })
+        .await;
+    let e = unit(&r, "a").last_error.clone().unwrap();
+    assert!(e.contains("start limit hit") && e.contains("404"), "{e}");
+    assert_eq!(h.gl.verifies(), 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.gl.verifies(), 5, "a stopped unit does not start again");
+    h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "backoff"))
+        .await;
+    h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "verify-failed"))
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_watchdog_restarts_a_stalled_job_request_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    persist_one(&dir, "glrt-a");
+    let gl = new_gl(&dir, &["glrt-a"]);
+    // Job requests hang far longer than the watchdog allows.
+    gl.jobs.set_request_delay(Duration::from_secs(30));
+    let mut p = policy();
+    p.watchdog = Duration::from_millis(200);
+    let mut h = start_with(dir, gl, true, p).await;
+    h.wait_report("restarted by the watchdog", |r| {
+        r.units
+            .iter()
+            .any(|u| u.log.iter().any(|l| l.contains("watchdog")))
+    })
+    .await;
+    let end = tokio::time::Instant::now() + WAIT;
+    while h.gl.verifies() < 2 {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no restart after the stall"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.stop().await;
+}
