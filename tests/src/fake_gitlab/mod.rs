@@ -325,6 +325,8 @@ impl FakeGitLab {
                 updates: Vec::new(),
                 trace_content_types: Vec::new(),
                 artifacts: Vec::new(),
+                picked_at: None,
+                finished_at: None,
             },
         );
         st.queue.push_back(id);
