@@ -34,7 +34,9 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the state.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_secs_f64((utime + stime) as f64 / clock_ticks()))
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / clock_ticks(),
+    ))
 }
 
 fn clock_ticks() -> f64 {
@@ -86,10 +88,7 @@ impl RssSampler {
     /// Stops and returns the largest `VmRSS` seen, in KiB.
     pub fn stop(mut self) -> u64 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handle
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or(0)
+        self.handle.take().and_then(|h| h.join().ok()).unwrap_or(0)
     }
 }
 

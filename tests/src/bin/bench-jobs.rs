@@ -201,9 +201,10 @@ async fn idle(rows: &mut Vec<Row>) -> Result<()> {
     let agent = Agent::start(&config(&gitlab, &tokens, 4, ""))?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let pid = agent.pid();
-    let cpu = tokio::task::spawn_blocking(move || procstat::cpu_share(pid, Duration::from_secs(20)))
-        .await?
-        .context("agent exited while idle")?;
+    let cpu =
+        tokio::task::spawn_blocking(move || procstat::cpu_share(pid, Duration::from_secs(20)))
+            .await?
+            .context("agent exited while idle")?;
     let m = procstat::memory(pid).context("agent exited while idle")?;
     rows.push(row(
         "agent idle RSS, 4 runners (VmRSS after 30 s)",
@@ -239,7 +240,9 @@ async fn job_cost(rows: &mut Vec<Row>, k: usize) -> Result<()> {
         costs.push(run_one(&gitlab, &agent, job(&format!("true{i}"), &["true"])).await?);
     }
     let peak = sampler.stop();
-    let hwm = procstat::memory(agent.pid()).map(|m| m.hwm_kib).unwrap_or(0);
+    let hwm = procstat::memory(agent.pid())
+        .map(|m| m.hwm_kib)
+        .unwrap_or(0);
     drop(agent);
 
     let mut bare = Vec::new();
@@ -251,7 +254,10 @@ async fn job_cost(rows: &mut Vec<Row>, k: usize) -> Result<()> {
             .status()
             .context("run docker run --rm")?;
         if !status.success() {
-            bail!("docker run --rm {} true failed", drover_tests::images::BUSYBOX_IMAGE);
+            bail!(
+                "docker run --rm {} true failed",
+                drover_tests::images::BUSYBOX_IMAGE
+            );
         }
         bare.push(t.elapsed());
     }
@@ -301,7 +307,8 @@ async fn big_output(rows: &mut Vec<Row>, output_limit_kib: Option<u64>) -> Resul
     let sampler = RssSampler::start(agent.pid(), Duration::from_millis(20));
     // 100 bytes a line (99 characters and a newline).
     let line = "x".repeat(99);
-    let script = format!("yes {line} | head -c {BYTES}");
+    // `yes` ends by SIGPIPE when `head` has enough; the job shell runs with pipefail.
+    let script = format!("(yes {line} || true) | head -c {BYTES}");
     let id = gitlab.enqueue_job(job("big", &[script.as_str()])).id;
     let f = gitlab
         .wait_for_job_finished(id, JOB_WAIT)
@@ -335,10 +342,7 @@ async fn big_output(rows: &mut Vec<Row>, output_limit_kib: Option<u64>) -> Resul
     ));
     rows.push(row(
         &format!("100 MB job output, {label}: trace received by GitLab"),
-        format!(
-            "{:.1} MB ({uploaded_mb_s:.1} MB/s)",
-            traced as f64 / 1e6
-        ),
+        format!("{:.1} MB ({uploaded_mb_s:.1} MB/s)", traced as f64 / 1e6),
         "—",
         "info",
     ));
@@ -400,17 +404,27 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
     eprintln!("bench-jobs: binary sizes");
     sizes(&mut rows).await;
-    eprintln!("bench-jobs: idle agent with 4 runners (30 s)");
-    idle(&mut rows).await?;
-    eprintln!("bench-jobs: job cost, {k} jobs and {k} docker runs");
-    job_cost(&mut rows, k).await?;
-    eprintln!("bench-jobs: 100 MB output, default output_limit");
-    big_output(&mut rows, None).await?;
-    eprintln!("bench-jobs: 100 MB output, output_limit = 204800 KiB");
-    big_output(&mut rows, Some(200 * 1024)).await?;
-    eprintln!("bench-jobs: 8 concurrent jobs");
-    concurrent(&mut rows).await?;
-
+    let mut failed = Vec::new();
+    let sections: [(&str, Option<u64>); 5] = [
+        ("idle", None),
+        ("cost", None),
+        ("big", None),
+        ("big", Some(200 * 1024)),
+        ("concurrent", None),
+    ];
+    for (name, limit) in sections {
+        eprintln!("bench-jobs: {name} {limit:?}");
+        let r = match name {
+            "idle" => idle(&mut rows).await,
+            "cost" => job_cost(&mut rows, k).await,
+            "big" => big_output(&mut rows, limit).await,
+            _ => concurrent(&mut rows).await,
+        };
+        if let Err(e) = r {
+            eprintln!("bench-jobs: {name} failed: {e:#}");
+            failed.push(name);
+        }
+    }
     println!("| figure | value | target | verdict |");
     println!("|---|---|---|---|");
     for r in rows {
@@ -418,6 +432,9 @@ async fn main() -> Result<()> {
             "| {} | {} | {} | {} |",
             r.figure, r.value, r.target, r.verdict
         );
+    }
+    if !failed.is_empty() {
+        bail!("sections failed: {failed:?}");
     }
     Ok(())
 }

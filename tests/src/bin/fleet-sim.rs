@@ -139,7 +139,18 @@ async fn agent(
     stop: CancellationToken,
 ) -> Result<()> {
     let start = Instant::now();
-    let channel = tls::connect(&url, config).await?;
+    // Real agents retry a failed dial with backoff; so does the simulator (3 attempts).
+    let mut attempt = 0;
+    let channel = loop {
+        attempt += 1;
+        match tls::connect(&url, config.clone()).await {
+            Ok(c) => break c,
+            Err(e) if attempt >= 3 => return Err(e.into()),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 1500)).await
+            }
+        }
+    };
     let mut client = v1::agent_control_client::AgentControlClient::new(channel);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(4);
     tx.send(v1::AgentMessage {
@@ -206,10 +217,9 @@ async fn agent(
 /// One fleet size; appends its rows.
 async fn run(n: usize, window: Duration, rows: &mut Vec<String>) -> Result<()> {
     eprintln!("fleet-sim: N={n}: starting controller");
-    let controller = tokio::task::spawn_blocking(|| {
-        Controller::start_with(&["--heartbeat-interval", "10s"])
-    })
-    .await?;
+    let controller =
+        tokio::task::spawn_blocking(|| Controller::start_with(&["--heartbeat-interval", "10s"]))
+            .await?;
     let pid = controller.proc.id();
     let url = controller.url();
     let uses = n.to_string();
@@ -260,9 +270,10 @@ async fn run(n: usize, window: Duration, rows: &mut Vec<String>) -> Result<()> {
     let all_connected = start.elapsed();
     if connect_times.len() != n {
         let mut errs = Vec::new();
-        while let Some(Some(r)) = tokio::time::timeout(Duration::from_millis(100), tasks.join_next())
-            .await
-            .ok()
+        while let Some(Some(r)) =
+            tokio::time::timeout(Duration::from_millis(100), tasks.join_next())
+                .await
+                .ok()
         {
             if let Ok(Err(e)) = r {
                 errs.push(format!("{e:#}"));
@@ -292,8 +303,7 @@ async fn run(n: usize, window: Duration, rows: &mut Vec<String>) -> Result<()> {
     stop.cancel();
     while tasks.join_next().await.is_some() {}
 
-    let per_agent_kib =
-        (steady.rss_kib.saturating_sub(after_enroll.rss_kib)) as f64 / n as f64;
+    let per_agent_kib = (steady.rss_kib.saturating_sub(after_enroll.rss_kib)) as f64 / n as f64;
     let rate = n as f64 / enroll_took.as_secs_f64();
     let keygen_rate = n as f64 / keygen.as_secs_f64();
     rows.push(format!(
@@ -342,7 +352,10 @@ async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
-        .map(|a| a.parse().with_context(|| format!("fleet size {a:?} is not a number")))
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("fleet size {a:?} is not a number"))
+        })
         .collect::<Result<_>>()?;
     let sizes = if sizes.is_empty() {
         vec![1000, 5000]
