@@ -270,10 +270,8 @@ async fn run(n: usize, window: Duration, rows: &mut Vec<String>) -> Result<()> {
     let all_connected = start.elapsed();
     if connect_times.len() != n {
         let mut errs = Vec::new();
-        while let Some(Some(r)) =
-            tokio::time::timeout(Duration::from_millis(100), tasks.join_next())
-                .await
-                .ok()
+        while let Ok(Some(r)) =
+            tokio::time::timeout(Duration::from_millis(100), tasks.join_next()).await
         {
             if let Ok(Err(e)) = r {
                 errs.push(format!("{e:#}"));
