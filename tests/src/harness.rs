@@ -96,6 +96,11 @@ impl Proc {
         }
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         let mut s = String::new();

@@ -5,8 +5,10 @@
 //! - `harness`: starts the real `drover` and `drover-agent` binaries with temporary dirs.
 //! - `images`: builds local test images (busybox) since no registry can be reached.
 //! - `git_server`: a smart-HTTP git server (`git http-backend` as CGI) with job-token auth.
+//! - `procstat`: memory and CPU figures of a process (for the benchmarks in `src/bin/`).
 
 pub mod fake_gitlab;
 pub mod git_server;
 pub mod harness;
 pub mod images;
+pub mod procstat;

@@ -170,6 +170,7 @@ pub(crate) async fn update(
                     .unwrap_or("unknown_failure");
                 job.failure_reason = Some(reason.to_owned());
             }
+            job.finished_at = Some(std::time::Instant::now());
             let final_state = job.state;
             drop(st);
             shared.changed();

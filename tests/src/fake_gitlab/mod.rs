@@ -560,6 +560,8 @@ fn enqueue(shared: &Shared, spec: JobSpec) -> EnqueuedJob {
             updates: Vec::new(),
             trace_content_types: Vec::new(),
             artifacts: Vec::new(),
+            picked_at: None,
+            finished_at: None,
         },
     );
     st.queue.push_back(id);

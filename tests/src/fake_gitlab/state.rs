@@ -149,6 +149,11 @@ pub struct JobRecord {
     /// `Content-Type` of every trace patch received (`None` when absent).
     pub trace_content_types: Vec<Option<String>>,
     pub artifacts: Vec<StoredArtifact>,
+    /// When the fake answered `201` to the `POST /jobs/request` that handed this job out
+    /// (benchmarks measure job cost from here).
+    pub picked_at: Option<Instant>,
+    /// When the fake accepted the final `PUT /jobs/:id` (`success`/`failed`).
+    pub finished_at: Option<Instant>,
 }
 
 impl JobRecord {
@@ -256,6 +261,7 @@ impl State {
         let job = self.jobs.get_mut(&id)?;
         job.state = JobState::Running;
         job.runner_id = Some(runner_id);
+        job.picked_at = Some(Instant::now());
         Some(job.payload.clone())
     }
 
