@@ -44,26 +44,7 @@ pub async fn busybox_image() -> Result<String> {
                 bail!("cannot build {BUSYBOX_IMAGE}: {why}");
             }
             let tar = busybox_tar(Path::new(BUSYBOX_BIN)).context("build busybox rootfs tar")?;
-            let (repo, tag) = BUSYBOX_IMAGE
-                .split_once(':')
-                .unwrap_or((BUSYBOX_IMAGE, "latest"));
-            let opts = CreateImageOptions {
-                from_src: Some("-".to_string()),
-                repo: Some(repo.to_string()),
-                tag: Some(tag.to_string()),
-                changes: vec!["CMD [\"sh\"]".to_string()],
-                ..Default::default()
-            };
-            let mut stream =
-                docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
-            while let Some(item) = stream.next().await {
-                item.with_context(|| format!("import {BUSYBOX_IMAGE}"))?;
-            }
-            docker
-                .inspect_image(BUSYBOX_IMAGE)
-                .await
-                .with_context(|| format!("inspect {BUSYBOX_IMAGE} after import"))?;
-            Ok(BUSYBOX_IMAGE.to_string())
+            import_rootfs(&docker, BUSYBOX_IMAGE, tar, &["CMD [\"sh\"]"]).await
         })
         .await
         .cloned()
@@ -87,32 +68,46 @@ pub async fn busybox_web_image() -> Result<String> {
                 bail!("cannot build {BUSYBOX_WEB_IMAGE}: {why}");
             }
             let tar = busybox_tar(Path::new(BUSYBOX_BIN)).context("build busybox rootfs tar")?;
-            let (repo, tag) = BUSYBOX_WEB_IMAGE
-                .split_once(':')
-                .unwrap_or((BUSYBOX_WEB_IMAGE, "latest"));
-            let opts = CreateImageOptions {
-                from_src: Some("-".to_string()),
-                repo: Some(repo.to_string()),
-                tag: Some(tag.to_string()),
-                changes: vec![
-                    "EXPOSE 8080".to_string(),
-                    "CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/etc\"]".to_string(),
+            import_rootfs(
+                &docker,
+                BUSYBOX_WEB_IMAGE,
+                tar,
+                &[
+                    "EXPOSE 8080",
+                    "CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/etc\"]",
                 ],
-                ..Default::default()
-            };
-            let mut stream =
-                docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
-            while let Some(item) = stream.next().await {
-                item.with_context(|| format!("import {BUSYBOX_WEB_IMAGE}"))?;
-            }
-            docker
-                .inspect_image(BUSYBOX_WEB_IMAGE)
-                .await
-                .with_context(|| format!("inspect {BUSYBOX_WEB_IMAGE} after import"))?;
-            Ok(BUSYBOX_WEB_IMAGE.to_string())
+            )
+            .await
         })
         .await
         .cloned()
+}
+
+/// Imports a rootfs tar as image `image` (`repo:tag`) with Dockerfile-style `changes`, and
+/// checks that the engine then has it.
+async fn import_rootfs(
+    docker: &Docker,
+    image: &str,
+    tar: Vec<u8>,
+    changes: &[&str],
+) -> Result<String> {
+    let (repo, tag) = image.split_once(':').unwrap_or((image, "latest"));
+    let opts = CreateImageOptions {
+        from_src: Some("-".to_string()),
+        repo: Some(repo.to_string()),
+        tag: Some(tag.to_string()),
+        changes: changes.iter().map(|c| c.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut stream = docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
+    while let Some(item) = stream.next().await {
+        item.with_context(|| format!("import {image}"))?;
+    }
+    docker
+        .inspect_image(image)
+        .await
+        .with_context(|| format!("inspect {image} after import"))?;
+    Ok(image.to_string())
 }
 
 /// The rootfs: busybox, one symlink per applet (`busybox --list-full`), `/tmp`, `/etc`.
@@ -244,26 +239,7 @@ pub async fn docker_cli_image() -> Result<String> {
             }
             let tar = busybox_tar_with(Path::new(BUSYBOX_BIN), &extra)
                 .context("build docker cli rootfs tar")?;
-            let (repo, tag) = DOCKER_CLI_IMAGE
-                .split_once(':')
-                .unwrap_or((DOCKER_CLI_IMAGE, "latest"));
-            let opts = CreateImageOptions {
-                from_src: Some("-".to_string()),
-                repo: Some(repo.to_string()),
-                tag: Some(tag.to_string()),
-                changes: vec!["CMD [\"sh\"]".to_string()],
-                ..Default::default()
-            };
-            let mut stream =
-                docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
-            while let Some(item) = stream.next().await {
-                item.with_context(|| format!("import {DOCKER_CLI_IMAGE}"))?;
-            }
-            docker
-                .inspect_image(DOCKER_CLI_IMAGE)
-                .await
-                .with_context(|| format!("inspect {DOCKER_CLI_IMAGE} after import"))?;
-            Ok(DOCKER_CLI_IMAGE.to_string())
+            import_rootfs(&docker, DOCKER_CLI_IMAGE, tar, &["CMD [\"sh\"]"]).await
         })
         .await
         .cloned()
