@@ -4,8 +4,9 @@
 #   1. installs what is missing (as root): rustup target, gcc-aarch64-linux-gnu (the linker
 #      named in .cargo/config.toml), libc6-dev-arm64-cross, qemu-user-static
 #   2. cargo build -p drover-agent --target aarch64-unknown-linux-gnu (debug profile)
-#   3. smoke: `drover-agent --version`, `--help`, and config validation (a missing
-#      --config file must fail naming it) under qemu
+#   3. smoke under qemu: `drover-agent --version`, `--help`, `check --config` on a valid
+#      and an invalid file (the error must name file and line), and `run --config` on a
+#      missing file (must fail naming it)
 #   4. cargo test -p drover-agent --target aarch64-unknown-linux-gnu with qemu as runner.
 #      Docker is made unreachable (DOCKER_HOST points nowhere), so Docker tests skip and
 #      say why: they run natively on x86_64 and on real ARM64 boxes.
@@ -56,6 +57,26 @@ if out="$("${qemu[@]}" "$bin" run --config "$missing" 2>&1)"; then
     die "run --config $missing succeeded"
 fi
 [[ "$out" == *"$missing"* ]] || die "error for a missing config does not name it: $out"
+cfg_dir="$(mktemp -d)"
+trap 'rm -rf "$cfg_dir"' EXIT
+cat >"$cfg_dir/good.toml" <<'TOML'
+concurrent = 2
+[[runners]]
+  name = "edge-arm64"
+  url = "https://gitlab.example.com"
+  token = "glrt-example"
+  executor = "docker"
+  [runners.docker]
+    image = "alpine:3.20"
+    pull_policy = ["if-not-present"]
+TOML
+out="$("${qemu[@]}" "$bin" check --config "$cfg_dir/good.toml" 2>&1)" || die "check refused a valid config: $out"
+[[ "$out" == *"valid,"* ]] || die "check printed '$out'"
+printf '[[runners]]\n  name = "x"\n  executor = "shell"\n' >"$cfg_dir/bad.toml"
+if out="$("${qemu[@]}" "$bin" check --config "$cfg_dir/bad.toml" 2>&1)"; then
+    die "check accepted an invalid config"
+fi
+[[ "$out" == *"$cfg_dir/bad.toml:"* ]] || die "check error does not name file and line: $out"
 say "  $version; --help and config validation OK"
 took
 

@@ -20,6 +20,8 @@ enum Command {
     Enroll(cli::enroll::EnrollArgs),
     /// Run the agent: fleet mode, or standalone with --config.
     Run(cli::run::RunArgs),
+    /// Validate a gitlab-runner config.toml as `run --config` would, without running it.
+    Check(cli::check::CheckArgs),
     /// Show the runner units of the agent running in fleet mode, like `systemctl status`.
     Status(cli::status::StatusArgs),
 }
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Command::Enroll(a) => cli::enroll::run(a).await,
             Command::Run(a) => cli::run::run(a).await,
             Command::Status(a) => cli::status::run(a).await,
+            Command::Check(a) => cli::check::run(a).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! `drover-agent` subcommands, one module each.
 
+pub mod check;
 pub mod enroll;
 pub mod run;
 pub mod status;

@@ -51,6 +51,9 @@ pub const DEFAULT_AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 /// How long output may keep coming after a container exited.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+/// How long after a script died of a signal the engine is asked again whether it is going
+/// down (see [`DockerExecutor::daemon_stopped_it`]).
+const DAEMON_RECHECK: Duration = Duration::from_secs(1);
 
 /// How to reach the Docker engine.
 #[derive(Debug, Clone, Default)]
@@ -405,6 +408,11 @@ impl DockerExecutor {
                     trace.write_line(&format!(
                         "\x1b[0;33mWARNING: step \"{}\" failed with exit code {code}, allowed to fail\x1b[0;m",
                         step.name
+                    ));
+                }
+                Ok(StepEnd::Exited(code)) if self.daemon_stopped_it(code).await => {
+                    end = End::system(format!(
+                        "the script was stopped with exit code {code}; the Docker daemon stopped or restarted during the job"
                     ));
                 }
                 Ok(StepEnd::Exited(code)) => {
@@ -1035,6 +1043,22 @@ impl DockerExecutor {
         };
         feeder.abort();
         result
+    }
+
+    /// Whether a script that died of a signal (exit code above 128) was stopped by the Docker
+    /// daemon shutting down rather than by its own doing. A daemon that shuts down closes its
+    /// API first and then stops every container with SIGTERM, so the engine no longer
+    /// answering right after such an exit (asked twice, [`DAEMON_RECHECK`] apart, in case
+    /// the API was still closing) is the sign.
+    async fn daemon_stopped_it(&self, code: i64) -> bool {
+        if code <= 128 {
+            return false;
+        }
+        if self.api.engine_info().await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(DAEMON_RECHECK).await;
+        self.api.engine_info().await.is_err()
     }
 
     async fn kill_logged(&self, id: &str) {

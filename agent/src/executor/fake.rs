@@ -146,6 +146,15 @@ impl FakeApi {
             c.exit_tx = watch::channel(None).0;
         }
     }
+    /// Simulates a graceful daemon shutdown: the engine stops answering, then stops every
+    /// running container with SIGTERM, so their waits end with exit code 143.
+    pub fn shutdown_daemon(&self) {
+        let mut st = lock(&self.state);
+        st.down = true;
+        for c in st.containers.iter_mut() {
+            let _ = c.exit_tx.send(Some(143));
+        }
+    }
     /// `image` declares these TCP ports.
     pub fn set_ports(&self, image: &str, ports: &[u16]) {
         lock(&self.state)
@@ -527,6 +536,12 @@ impl ContainerApi for FakeApi {
     }
 
     async fn engine_info(&self) -> Result<super::ping::DockerInfo, ExecutorError> {
+        if lock(&self.state).down {
+            return Err(ExecutorError::docker(
+                "version",
+                server_error(503, "daemon is down"),
+            ));
+        }
         Ok(super::ping::DockerInfo {
             version: "0.0.0-fake".into(),
             api_version: "1.41".into(),

@@ -710,3 +710,43 @@ async fn losing_the_daemon_mid_step_is_a_system_failure_that_says_so() {
         "{trace}"
     );
 }
+
+#[tokio::test]
+async fn a_daemon_shutdown_that_stops_the_script_is_a_system_failure() {
+    let api = fake();
+    api.behave("build", Behavior::hangs("started\n"));
+    let job = job_json(steps(&["sleep 600"], &[]), serde_json::json!({}));
+    let c = ctx(job, "");
+    let stopper = api.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stopper.shutdown_daemon();
+    });
+    let (out, trace) = run(&api, &c).await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None
+        }
+    );
+    assert!(
+        trace.contains("exit code 143; the Docker daemon stopped or restarted during the job"),
+        "{trace}"
+    );
+}
+
+#[tokio::test]
+async fn a_script_killed_by_a_signal_with_the_daemon_up_is_a_script_failure() {
+    let api = fake();
+    api.behave("build", Behavior::exits("", 143));
+    let job = job_json(steps(&["kill -TERM $$"], &[]), serde_json::json!({}));
+    let (out, _) = run(&api, &ctx(job, "")).await;
+    assert_eq!(
+        out,
+        JobOutcome::Failed {
+            reason: FailureReason::ScriptFailure,
+            exit_code: Some(143)
+        }
+    );
+}
