@@ -90,6 +90,8 @@ pub trait ContainerApi: Send + Sync {
     async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<VolumeInfo>, ExecutorError>;
     /// Removes a volume. A missing volume is not an error.
     async fn remove_volume(&self, name: &str) -> Result<(), ExecutorError>;
+    /// The user the image runs as (`Config.User`; empty means root).
+    async fn image_user(&self, image: &str) -> Result<String, ExecutorError>;
     /// The TCP ports the image declares (`ExposedPorts` `"5432/tcp"`), sorted.
     async fn image_tcp_ports(&self, image: &str) -> Result<Vec<u16>, ExecutorError>;
     /// A tar archive of `path` in the container (created, running or stopped).

@@ -281,6 +281,15 @@ impl ContainerApi for BollardApi {
         }
     }
 
+    async fn image_user(&self, image: &str) -> Result<String, ExecutorError> {
+        let info = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| ExecutorError::docker(format!("inspect image {image}"), e))?;
+        Ok(info.config.and_then(|c| c.user).unwrap_or_default())
+    }
+
     async fn image_tcp_ports(&self, image: &str) -> Result<Vec<u16>, ExecutorError> {
         let info = self
             .docker

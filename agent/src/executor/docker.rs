@@ -322,7 +322,9 @@ impl DockerExecutor {
         trace.write_line(&format!("Running on {} ...", st.names.container("build")));
         trace.section_end("prepare_script");
 
+        let layout = !env.files.is_empty() || !self.runs_as_root(&docker, &image_id).await;
         let base = BuildBase {
+            layout,
             image_id,
             hc,
             docker: &docker,
@@ -982,7 +984,7 @@ impl DockerExecutor {
             .lock()
             .map(|mut p| !std::mem::replace(&mut *p, true))
             .unwrap_or(false);
-        if first {
+        if first && base.layout {
             let tar = layout_archive(base.env)?;
             self.api.put_archive(&id, "/", single(tar)).await?;
         }
@@ -1059,6 +1061,22 @@ impl DockerExecutor {
         }
         tokio::time::sleep(DAEMON_RECHECK).await;
         self.api.engine_info().await.is_err()
+    }
+
+    /// Whether the job's containers run as root: `[runners.docker] user`, else the image's
+    /// own user. Unknown (the inspection failed) counts as not root.
+    async fn runs_as_root(&self, docker: &DockerConfig, image_id: &str) -> bool {
+        let user = match docker.user.as_deref().filter(|u| !u.is_empty()) {
+            Some(u) => u.to_string(),
+            None => match self.api.image_user(image_id).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!("{e}");
+                    return false;
+                }
+            },
+        };
+        matches!(user.split(':').next().unwrap_or(""), "" | "root" | "0")
     }
 
     async fn kill_logged(&self, id: &str) {
@@ -1181,6 +1199,10 @@ struct BuildBase<'a> {
     env: &'a JobEnv,
     /// The job's `image.entrypoint` (empty = keep the image's).
     entrypoint: Vec<String>,
+    /// Whether the first container gets the layout archive (project and tmp dirs open to
+    /// any user, file variables): needed unless there are no file variables and the
+    /// containers run as root, which creates the dirs itself (`mkdir -p` in the script).
+    layout: bool,
 }
 
 impl BuildBase<'_> {

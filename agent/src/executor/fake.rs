@@ -70,6 +70,8 @@ struct State {
     fail_create: Option<String>,
     /// Image → exposed TCP ports.
     ports: HashMap<String, Vec<u16>>,
+    /// `Config.User` per image (absent = root).
+    users: HashMap<String, String>,
     networks: Vec<NetworkInfo>,
     removed_networks: Vec<String>,
     /// The engine went away: inspections fail and waits end with an error.
@@ -154,6 +156,12 @@ impl FakeApi {
         for c in st.containers.iter_mut() {
             let _ = c.exit_tx.send(Some(143));
         }
+    }
+    /// `image` runs as `user` (`Config.User`).
+    pub fn set_image_user(&self, image: &str, user: &str) {
+        lock(&self.state)
+            .users
+            .insert(image.to_string(), user.to_string());
     }
     /// `image` declares these TCP ports.
     pub fn set_ports(&self, image: &str, ports: &[u16]) {
@@ -437,6 +445,14 @@ impl ContainerApi for FakeApi {
         st.volumes.remove(name);
         st.removed_volumes.push(name.to_string());
         Ok(())
+    }
+
+    async fn image_user(&self, image: &str) -> Result<String, ExecutorError> {
+        Ok(lock(&self.state)
+            .users
+            .get(image)
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn image_tcp_ports(&self, image: &str) -> Result<Vec<u16>, ExecutorError> {

@@ -190,8 +190,8 @@ async fn success_runs_the_script_in_a_labelled_build_container() {
             targets,
             vec!["/builds".to_string(), "/builds/g/demo.tmp".to_string()]
         );
-        // The directory layout archive went in before start.
-        assert_eq!(c.archives[0].0, "/");
+        // Root creates the dirs itself: no layout archive for a job without file variables.
+        assert!(c.archives.is_empty(), "{:?}", c.archives.len());
     });
     assert_eq!(
         api.removed_volumes(),
@@ -480,6 +480,33 @@ async fn file_variables_go_into_the_first_container() {
         Some("s3cr3t")
     );
     assert!(found.contains_key("builds/g/demo/"));
+}
+
+#[tokio::test]
+async fn a_non_root_user_gets_the_layout_archive_before_start() {
+    for (image_user, runner_user) in [("node", ""), ("", "1000:1000"), ("", "nobody")] {
+        let api = fake();
+        api.set_image_user("sha256:feed", image_user);
+        let job = job_json(steps(&["true"], &[]), serde_json::json!({}));
+        let toml = if runner_user.is_empty() {
+            String::new()
+        } else {
+            format!("user = \"{runner_user}\"")
+        };
+        let (out, _) = run(&api, &ctx(job, &toml)).await;
+        assert_eq!(out, JobOutcome::Success);
+        let first = api.with_containers(|cs| cs[0].archives.first().map(|a| a.0.clone()));
+        assert_eq!(
+            first.as_deref(),
+            Some("/"),
+            "image user {image_user:?}, runner user {runner_user:?}"
+        );
+    }
+    let api = fake();
+    api.set_image_user("sha256:feed", "root");
+    let job = job_json(steps(&["true"], &[]), serde_json::json!({}));
+    run(&api, &ctx(job, "user = \"0:0\"")).await;
+    assert!(api.with_containers(|cs| cs[0].archives.is_empty()));
 }
 
 #[tokio::test]

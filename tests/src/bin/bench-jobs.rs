@@ -9,7 +9,8 @@
 //! (fake's `201` to the final `success` PUT) against bare `docker run --rm IMAGE true`; RSS
 //! during jobs; a job printing 100 MB (trace throughput and agent memory) with the default
 //! `output_limit` and with 200 MiB; 8 concurrent `sleep 1` and `true` jobs. `BENCH_K`
-//! overrides the number of sequential jobs (default 20).
+//! overrides the number of sequential jobs (default 20); `BENCH_ONLY=idle,cost,big,concurrent`
+//! runs only the sections named.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -412,7 +413,12 @@ async fn main() -> Result<()> {
         ("big", Some(200 * 1024)),
         ("concurrent", None),
     ];
+    // `BENCH_ONLY=cost,big` runs only those sections (sizes are always printed).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for (name, limit) in sections {
+        if !only.is_empty() && !only.split(',').any(|o| o.trim() == name) {
+            continue;
+        }
         eprintln!("bench-jobs: {name} {limit:?}");
         let r = match name {
             "idle" => idle(&mut rows).await,
