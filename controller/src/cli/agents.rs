@@ -79,7 +79,8 @@ pub(crate) fn ago(t: &Option<prost_types::Timestamp>) -> String {
     }
 }
 
-/// One line per agent, fitting 80 columns: the first reason is cut to what is left.
+/// One line per agent, fitting 80 columns: the first reason is cut to what is left
+/// (`-o json` and `drover describe agent` have everything).
 pub fn agents_table(agents: &[v1::AgentInfo], colour: bool) -> String {
     let mut rows: Vec<Vec<String>> = agents
         .iter()
@@ -92,18 +93,14 @@ pub fn agents_table(agents: &[v1::AgentInfo], colour: bool) -> String {
             };
             vec![
                 a.id.clone(),
-                output::clip(&f.hostname, 16),
+                output::clip(&f.hostname, 14),
                 a.state.clone(),
-                if a.connected && a.state != "lost" {
-                    "connected".to_string()
-                } else {
-                    ago(&a.last_seen)
-                },
+                output::clip(&output::labels(&a.labels), 20),
                 reason,
             ]
         })
         .collect();
-    let header = ["ID", "HOSTNAME", "STATE", "LAST SEEN", "REASON"];
+    let header = ["ID", "HOSTNAME", "STATE", "LABELS", "REASON"];
     let used: usize = (0..4)
         .map(|i| {
             rows.iter()
@@ -140,6 +137,7 @@ mod tests {
                 "docker unreachable".into(),
             ],
             connected: true,
+            labels: [("site".to_string(), "lab".to_string())].into(),
             ..Default::default()
         };
         let t = agents_table(&[a], false);
@@ -147,6 +145,7 @@ mod tests {
             assert!(line.chars().count() <= 80, "{line:?} is too wide");
         }
         assert!(t.contains("degraded"));
-        assert!(t.contains("runner lab-docker in"));
+        assert!(t.contains("runner lab"), "{t}");
+        assert!(t.contains("site=lab"));
     }
 }

@@ -155,7 +155,8 @@ pub fn evaluate(i: &Input<'_>, t: &Thresholds) -> Evaluation {
     }
     let mut reasons = Vec::new();
     if !i.seen_since_start {
-        if i.now - i.started_at <= t.grace {
+        // Known before a controller restart: give it one grace period to reconnect.
+        if i.last_contact.is_some() && i.now - i.started_at <= t.grace {
             return Evaluation {
                 state: State::Degraded,
                 reasons: vec!["not connected: waiting for it after the controller started".into()],
@@ -163,7 +164,7 @@ pub fn evaluate(i: &Input<'_>, t: &Thresholds) -> Evaluation {
         }
         let why = match i.last_contact {
             Some(at) => format!(
-                "no heartbeat: last contact {} ago",
+                "no heartbeat: last one {} ago",
                 short_duration(i.now - at)
             ),
             None => "no heartbeat: never connected".to_string(),
@@ -180,7 +181,7 @@ pub fn evaluate(i: &Input<'_>, t: &Thresholds) -> Evaluation {
             return Evaluation {
                 state: State::Lost,
                 reasons: vec![format!(
-                    "no heartbeat: last contact {} ago",
+                    "no heartbeat: last one {} ago",
                     short_duration(i.now - at)
                 )],
             };
@@ -194,7 +195,7 @@ pub fn evaluate(i: &Input<'_>, t: &Thresholds) -> Evaluation {
     }
     if !i.connected {
         reasons.push(format!(
-            "disconnected: last contact {} ago",
+            "disconnected: last heartbeat {} ago",
             short_duration(i.now - last.unwrap_or(i.now))
         ));
     }
@@ -470,13 +471,13 @@ mod tests {
         let mut i = input(&hb);
         i.connected = false;
         i.now = t0() + Duration::seconds(20);
-        assert_eq!(eval(&i).reasons, ["disconnected: last contact 20s ago"]);
+        assert_eq!(eval(&i).reasons, ["disconnected: last heartbeat 20s ago"]);
         i.now = t0() + Duration::seconds(31);
         assert_eq!(
             eval(&i),
             Evaluation {
                 state: State::Lost,
-                reasons: vec!["no heartbeat: last contact 31s ago".into()]
+                reasons: vec!["no heartbeat: last one 31s ago".into()]
             }
         );
         // Connected but silent counts the same.
@@ -486,7 +487,8 @@ mod tests {
 
     #[test]
     fn controller_restart_gives_one_grace_period() {
-        let mut i = input(&hb());
+        let beat = hb();
+        let mut i = input(&beat);
         i.heartbeat = None;
         i.heartbeat_at = None;
         i.seen_since_start = false;
@@ -498,12 +500,15 @@ mod tests {
         i.now = t0() + Duration::seconds(40);
         assert_eq!(
             eval(&i).reasons,
-            ["no heartbeat: last contact 2h ago"],
+            ["no heartbeat: last one 2h ago"],
             "{:?}",
             eval(&i)
         );
         i.last_contact = None;
         assert_eq!(eval(&i).reasons, ["no heartbeat: never connected"]);
+        // Enrolled but never connected: lost even right after the start.
+        i.now = t0() + Duration::seconds(1);
+        assert_eq!(eval(&i).state, State::Lost);
     }
 
     #[test]

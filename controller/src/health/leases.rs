@@ -394,10 +394,10 @@ mod tests {
             [(
                 State::Healthy,
                 State::Degraded,
-                vec!["disconnected: last contact 0s ago".to_string()]
+                vec!["disconnected: last heartbeat 5s ago".to_string()]
             )]
         );
-        clock.advance(Duration::seconds(30));
+        clock.advance(Duration::seconds(25));
         assert!(sweep(&l, &t).is_empty(), "still within the grace period");
         clock.advance(Duration::seconds(1));
         assert_eq!(
@@ -405,7 +405,7 @@ mod tests {
             [(
                 State::Degraded,
                 State::Lost,
-                vec!["no heartbeat: last contact 31s ago".to_string()]
+                vec!["no heartbeat: last one 31s ago".to_string()]
             )]
         );
         clock.advance(Duration::minutes(5));
@@ -514,7 +514,7 @@ mod tests {
             [(
                 State::Degraded,
                 State::Lost,
-                vec!["no heartbeat: last contact 91s ago".to_string()]
+                vec!["no heartbeat: last one 91s ago".to_string()]
             )]
         );
         l.revoked("a");
