@@ -83,7 +83,10 @@ pub fn describe_text(
                     "unreachable".into()
                 },
             );
-            kv("Disk (docker)", bytes_pair(h.disk_free_bytes, h.disk_total_bytes));
+            kv(
+                "Disk (docker)",
+                bytes_pair(h.disk_free_bytes, h.disk_total_bytes),
+            );
             kv(
                 "Disk (builds)",
                 bytes_pair(h.builds_disk_free_bytes, h.builds_disk_total_bytes),
@@ -115,14 +118,17 @@ pub fn describe_text(
             .map(|r| {
                 vec![
                     output::clip(&r.name, 20),
-                    if r.state.is_empty() { "unknown".into() } else { r.state.clone() },
+                    if r.state.is_empty() {
+                        "unknown".into()
+                    } else {
+                        r.state.clone()
+                    },
                     format!("{}/{}/{}", r.jobs_running, r.jobs_succeeded, r.jobs_failed),
                     output::clip(&r.last_error, 30),
                 ]
             })
             .collect();
-        for line in output::table(&["NAME", "STATE", "JOBS R/OK/F", "LAST ERROR"], &rows).lines()
-        {
+        for line in output::table(&["NAME", "STATE", "JOBS R/OK/F", "LAST ERROR"], &rows).lines() {
             let _ = writeln!(out, "  {line}");
         }
     }

@@ -47,15 +47,14 @@ pub fn event_json(e: &v1::Event) -> serde_json::Value {
 
 /// One event as a line for people (time, agent, kind, runner and message).
 pub fn event_line(e: &v1::Event) -> String {
-    let at = e
-        .at
-        .as_ref()
-        .and_then(timefmt::from_proto)
-        .map(|t| {
-            let s = timefmt::rfc3339(t);
-            s.get(5..19).map(|x| x.replace('T', " ")).unwrap_or(s)
-        })
-        .unwrap_or_default();
+    let at =
+        e.at.as_ref()
+            .and_then(timefmt::from_proto)
+            .map(|t| {
+                let s = timefmt::rfc3339(t);
+                s.get(5..19).map(|x| x.replace('T', " ")).unwrap_or(s)
+            })
+            .unwrap_or_default();
     let who = if e.agent_id.is_empty() {
         "fleet".to_string()
     } else {

@@ -65,8 +65,11 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         parse_duration(&args.cert_ttl).map_err(|e| anyhow::anyhow!("--cert-ttl: {e}"))?;
     let heartbeat = parse_duration(&args.heartbeat_interval)
         .map_err(|e| anyhow::anyhow!("--heartbeat-interval: {e}"))?;
-    let heartbeat_interval =
-        std::time::Duration::from_secs(u64::try_from(heartbeat.whole_seconds()).unwrap_or(10).max(1));
+    let heartbeat_interval = std::time::Duration::from_secs(
+        u64::try_from(heartbeat.whole_seconds())
+            .unwrap_or(10)
+            .max(1),
+    );
     let mut thresholds = crate::health::Thresholds::for_interval(
         time::Duration::try_from(heartbeat_interval).unwrap_or(time::Duration::seconds(10)),
     );
@@ -146,7 +149,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB, TiB)")),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB, TiB)"
+            ));
+        }
     };
     Ok((n * mult as f64) as u64)
 }

@@ -57,7 +57,12 @@ pub fn status_text(s: &v1::FleetStatusResponse, colour: bool) -> String {
         .iter()
         .map(|c| output::paint_state(&c.state, &format!("{} {}", c.agents, c.state), colour))
         .collect();
-    let _ = writeln!(out, "Agents:   {total} ({}), {} connected", parts.join(", "), s.connected);
+    let _ = writeln!(
+        out,
+        "Agents:   {total} ({}), {} connected",
+        parts.join(", "),
+        s.connected
+    );
     let r = s.rollout.clone().unwrap_or_default();
     if r.generation == 0 {
         let _ = writeln!(out, "Rollout:  none (no runner specs applied)");
@@ -164,7 +169,10 @@ mod tests {
             ..Default::default()
         };
         let t = status_text(&s, false);
-        assert!(t.contains("200 (198 healthy, 2 lost), 198 connected"), "{t}");
+        assert!(
+            t.contains("200 (198 healthy, 2 lost), 198 connected"),
+            "{t}"
+        );
         for line in t.lines() {
             assert!(line.chars().count() <= 80, "{line:?}");
         }

@@ -163,10 +163,7 @@ pub fn evaluate(i: &Input<'_>, t: &Thresholds) -> Evaluation {
             };
         }
         let why = match i.last_contact {
-            Some(at) => format!(
-                "no heartbeat: last one {} ago",
-                short_duration(i.now - at)
-            ),
+            Some(at) => format!("no heartbeat: last one {} ago", short_duration(i.now - at)),
             None => "no heartbeat: never connected".to_string(),
         };
         return Evaluation {
@@ -203,10 +200,7 @@ pub fn evaluate(i: &Input<'_>, t: &Thresholds) -> Evaluation {
         reasons.extend(heartbeat_reasons(hb, i, t));
     }
     if let Some(e) = i.refusal {
-        reasons.push(format!(
-            "generation refused: {} ({e})",
-            i.target_generation
-        ));
+        reasons.push(format!("generation refused: {} ({e})", i.target_generation));
     } else if i.applied_generation < i.target_generation
         && i.behind_since.is_some_and(|s| i.now - s > t.grace)
     {

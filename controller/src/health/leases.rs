@@ -360,7 +360,10 @@ mod tests {
         let (clock, l, t) = setup();
         l.hello("a", 0, &[]);
         l.heartbeat("a", &hb(true), &[]);
-        assert!(sweep(&l, &t).is_empty(), "the first evaluation is no change");
+        assert!(
+            sweep(&l, &t).is_empty(),
+            "the first evaluation is no change"
+        );
         assert_eq!(state(&l, &t), State::Healthy);
         clock.advance(Duration::seconds(10));
         l.heartbeat("a", &hb(false), &[]);
@@ -480,7 +483,10 @@ mod tests {
         assert!(l.sweep(&rollouts, &t).is_empty());
         clock.advance(Duration::seconds(20));
         l.heartbeat("a", &hb(true), &[]);
-        assert!(l.sweep(&rollouts, &t).is_empty(), "behind for 20 s: rolling out");
+        assert!(
+            l.sweep(&rollouts, &t).is_empty(),
+            "behind for 20 s: rolling out"
+        );
         clock.advance(Duration::seconds(20));
         l.heartbeat("a", &hb(true), &[]);
         let tr = l.sweep(&rollouts, &t);

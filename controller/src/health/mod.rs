@@ -84,9 +84,7 @@ impl Health {
     ) -> Result<Health, StoreError> {
         let leases = Leases::new(clock);
         leases.load(&store.list_agents()?);
-        let rollout = store
-            .latest_generation()?
-            .map(|g| (g.generation, g.state));
+        let rollout = store.latest_generation()?.map(|g| (g.generation, g.state));
         Ok(Health {
             leases,
             thresholds,
@@ -100,7 +98,12 @@ impl Health {
     /// Buffers an event (written within a second); `at` defaults to now.
     pub fn record(&self, mut e: EventRecord) {
         if e.at.is_none() {
-            e.at = Some(self.leases.now().replace_nanosecond(0).unwrap_or(self.leases.now()));
+            e.at = Some(
+                self.leases
+                    .now()
+                    .replace_nanosecond(0)
+                    .unwrap_or(self.leases.now()),
+            );
         }
         e.message = e.message.chars().take(1000).collect();
         tracing::debug!(agent = %e.agent_id, kind = %e.kind, message = %e.message, "event");
@@ -353,8 +356,15 @@ mod tests {
             .unwrap();
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0].kind, "agent-state");
-        assert!(events[0].message.starts_with("healthy -> lost: no heartbeat"));
+        assert!(
+            events[0]
+                .message
+                .starts_with("healthy -> lost: no heartbeat")
+        );
         h.flush_all();
-        assert_eq!(store.get_agent("a1").unwrap().unwrap().last_seen, Some(t0()));
+        assert_eq!(
+            store.get_agent("a1").unwrap().unwrap().last_seen,
+            Some(t0())
+        );
     }
 }

@@ -76,7 +76,9 @@ impl Default for Metrics {
 }
 
 /// Heartbeat gaps: around the default 10 s interval and well past a 30 s grace period.
-const LAG_BUCKETS: [f64; 11] = [0.5, 1.0, 2.0, 5.0, 10.0, 12.0, 15.0, 20.0, 30.0, 60.0, 120.0];
+const LAG_BUCKETS: [f64; 11] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 12.0, 15.0, 20.0, 30.0, 60.0, 120.0,
+];
 
 impl Metrics {
     /// Every family registered; build info set.
@@ -196,7 +198,11 @@ impl Metrics {
         self.inner
             .generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
-        for (state, n) in [("applied", applied), ("pending", pending), ("refused", refused)] {
+        for (state, n) in [
+            ("applied", applied),
+            ("pending", pending),
+            ("refused", refused),
+        ] {
             self.inner
                 .rollout_agents
                 .get_or_create(&StateLabels {
@@ -240,7 +246,8 @@ mod tests {
 
     #[test]
     fn every_family_is_exposed() {
-        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::memory::MemoryStore::new());
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::memory::MemoryStore::new());
         let h = Health::new(
             store,
             Arc::new(crate::health::SystemClock),

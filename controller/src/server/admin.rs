@@ -312,8 +312,9 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
         auth::admin(&req)?;
         let r = req.into_inner();
-        // What is buffered is written first, so a follower sees it.
-        self.state.health.flush_events();
+        // Bring state changes up to now and write what is buffered, so the answer agrees
+        // with `drover agents`.
+        self.state.health.sweep();
         let events = self.state.store.list_events(&EventFilter {
             agent_id: r.agent_id,
             kind: r.kind,

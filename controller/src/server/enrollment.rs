@@ -74,7 +74,11 @@ impl EnrollmentService {
             .store
             .enroll(&token.id, &token.secret_hash(), now, agent)?;
         self.state.health.leases.load(std::slice::from_ref(&agent));
-        let labels: Vec<String> = agent.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels: Vec<String> = agent
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         self.state.health.agent_event(
             &agent.id,
             "agent-enrolled",
@@ -83,7 +87,11 @@ impl EnrollmentService {
                 "enrolled: host {}, token {}, labels {}",
                 agent.facts.hostname,
                 token.id,
-                if labels.is_empty() { "none".to_string() } else { labels.join(",") }
+                if labels.is_empty() {
+                    "none".to_string()
+                } else {
+                    labels.join(",")
+                }
             ),
         );
         Ok(v1::EnrollResponse {

@@ -656,7 +656,16 @@ impl Store for SqliteStore {
                AND (?4 IS NULL OR at >= ?4)
              ORDER BY id DESC LIMIT ?5",
         )?;
-        type Row = (i64, Option<i64>, String, String, String, String, i64, String);
+        type Row = (
+            i64,
+            Option<i64>,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            String,
+        );
         let rows = stmt.query_map(
             params![
                 u(filter.after_id),

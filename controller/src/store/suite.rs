@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use time::{Duration, OffsetDateTime};
 
 use super::{
-    EventFilter, EventRecord, Retention,
-    AgentRecord, Assignment, Facts, GenerationRecord, Retired, RolloutState, Store, StoreError,
-    Strategy, StrategyKind,
+    AgentRecord, Assignment, EventFilter, EventRecord, Facts, GenerationRecord, Retention, Retired,
+    RolloutState, Store, StoreError, Strategy, StrategyKind,
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
@@ -275,8 +274,13 @@ fn memory_store_passes_the_suite() {
 fn batched_last_seen(s: Box<dyn Store>) {
     s.create_token(&token(2)).unwrap();
     for id in ["a1", "a2"] {
-        s.enroll("0011223344556677", &tokens::hash_secret("s"), now(), agent(id))
-            .unwrap();
+        s.enroll(
+            "0011223344556677",
+            &tokens::hash_secret("s"),
+            now(),
+            agent(id),
+        )
+        .unwrap();
     }
     let later = now() + Duration::seconds(30);
     s.agents_seen(&[

@@ -127,14 +127,21 @@ mod tests {
     #[test]
     fn open_only_on_loopback() {
         let open = HttpAuth::Open;
-        assert!(open.check_listener("127.0.0.1:7080".parse().unwrap()).is_ok());
+        assert!(
+            open.check_listener("127.0.0.1:7080".parse().unwrap())
+                .is_ok()
+        );
         assert!(open.check_listener("[::1]:7080".parse().unwrap()).is_ok());
         let err = open
             .check_listener("0.0.0.0:7080".parse().unwrap())
             .unwrap_err();
         assert!(err.to_string().contains("--http-token"), "{err}");
         let token = HttpAuth::Token(SecretString::from("s3cret".to_string()));
-        assert!(token.check_listener("0.0.0.0:7080".parse().unwrap()).is_ok());
+        assert!(
+            token
+                .check_listener("0.0.0.0:7080".parse().unwrap())
+                .is_ok()
+        );
     }
 
     #[test]
@@ -158,7 +165,10 @@ mod tests {
         assert!(!a.allows(&headers(&format!("Basic {bad}")), None));
         assert!(!a.allows(&headers("Basic !!!"), None));
         assert!(!a.allows(&HeaderMap::new(), Some("ops:pa:ss")));
-        assert_eq!(HttpAuth::basic("nopass").unwrap_err(), HttpAuthError::BadBasic);
+        assert_eq!(
+            HttpAuth::basic("nopass").unwrap_err(),
+            HttpAuthError::BadBasic
+        );
         assert_eq!(HttpAuth::basic(":x").unwrap_err(), HttpAuthError::BadBasic);
         assert!(!format!("{a:?}").contains("pa:ss"));
     }

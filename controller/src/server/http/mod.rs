@@ -23,8 +23,7 @@ use crate::store::EventFilter;
 pub use auth::HttpAuth;
 
 /// OpenMetrics 1.0 text.
-pub const METRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -64,11 +63,19 @@ async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     resp
 }
 
@@ -118,7 +125,10 @@ async fn guard(State(s): State<HttpState>, req: Request, next: Next) -> Response
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "{what}");
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("{what} failed; see the controller log\n"))
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("{what} failed; see the controller log\n"),
+    )
         .into_response()
 }
 
@@ -129,6 +139,7 @@ async fn fleet_page(State(s): State<HttpState>, Query(filter): Query<pages::Filt
     };
     let rollout = super::admin::rollout_status(&s.app).unwrap_or_default();
     let now = s.app.health.leases.now();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
     Html(pages::fleet(&views, &rollout, &filter, now)).into_response()
 }
 
@@ -153,14 +164,17 @@ async fn agent_page(
                     pages::REFRESH_SECS,
                     "",
                     "/",
-                    &format!("<p>No agent with id <span class=\"mono\">{}</span>.</p>", html::esc(&id)),
+                    &format!(
+                        "<p>No agent with id <span class=\"mono\">{}</span>.</p>",
+                        html::esc(&id)
+                    ),
                 )),
             )
                 .into_response();
         }
         Err(e) => return internal("read agent", e),
     };
-    s.app.health.flush_events();
+    s.app.health.sweep();
     let store = &s.app.store;
     let filter = |kind: &str, limit| EventFilter {
         agent_id: id.clone(),
@@ -172,7 +186,16 @@ async fn agent_page(
     let jobs = store.list_events(&filter("job", 20)).unwrap_or_default();
     let runners = s.app.fleet.runner_statuses(&id);
     let now = s.app.health.leases.now();
-    Html(pages::agent(&view, &runners, &events, &jobs, q.token.as_deref(), now)).into_response()
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    Html(pages::agent(
+        &view,
+        &runners,
+        &events,
+        &jobs,
+        q.token.as_deref(),
+        now,
+    ))
+    .into_response()
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
@@ -186,7 +209,10 @@ async fn metrics(State(s): State<HttpState>) -> Response {
 mod tests {
     #[test]
     fn token_from_query() {
-        assert_eq!(super::query_token(Some("state=lost&token=a%26b")), Some("a&b".into()));
+        assert_eq!(
+            super::query_token(Some("state=lost&token=a%26b")),
+            Some("a&b".into())
+        );
         assert_eq!(super::query_token(Some("state=lost")), None);
         assert_eq!(super::query_token(None), None);
         assert_eq!(super::percent_decode("%zz%4"), "%zz%4");

@@ -174,16 +174,18 @@ pub fn fleet(
             ]
         })
         .collect();
-    let _ = write!(
-        body,
-        "<h2>Agents ({} of {})</h2>",
-        shown.len(),
-        views.len()
-    );
+    let _ = write!(body, "<h2>Agents ({} of {})</h2>", shown.len(), views.len());
     body.push_str(&table(
         "agents",
         &[
-            "Agent", "Hostname", "State", "Reasons", "Labels", "Gen", "Version", "Last seen",
+            "Agent",
+            "Hostname",
+            "State",
+            "Reasons",
+            "Labels",
+            "Gen",
+            "Version",
+            "Last seen",
         ],
         &rows,
         "no agents match",
@@ -233,17 +235,20 @@ pub fn agent(
         ("Last heartbeat", when(v.last_heartbeat, now)),
         (
             "Generation",
-            format!(
-                "{} (target {})",
-                v.applied_generation, v.target_generation
-            ),
+            format!("{} (target {})", v.applied_generation, v.target_generation),
         ),
         ("IPs", esc(&v.ips.join(", "))),
-        ("Arch / OS / kernel", esc(&format!("{} / {} / {}", f.arch, f.os, f.kernel))),
+        (
+            "Arch / OS / kernel",
+            esc(&format!("{} / {} / {}", f.arch, f.os, f.kernel)),
+        ),
         ("Agent version", esc(&f.agent_version)),
         ("System id", esc(&f.system_id)),
         ("Enrolled", esc(&timefmt::rfc3339(a.enrolled_at))),
-        ("Certificate expires", esc(&timefmt::rfc3339(a.cert_not_after))),
+        (
+            "Certificate expires",
+            esc(&timefmt::rfc3339(a.cert_not_after)),
+        ),
     ];
     let mut host: Vec<(&str, String)> = Vec::new();
     match &v.host {
@@ -256,7 +261,10 @@ pub fn agent(
                     "<strong>unreachable</strong>".into()
                 },
             ));
-            host.push(("Disk (docker)", bytes_pair(h.disk_free_bytes, h.disk_total_bytes)));
+            host.push((
+                "Disk (docker)",
+                bytes_pair(h.disk_free_bytes, h.disk_total_bytes),
+            ));
             host.push((
                 "Disk (builds)",
                 bytes_pair(h.builds_disk_free_bytes, h.builds_disk_total_bytes),
@@ -268,7 +276,10 @@ pub fn agent(
             host.push(("Load (1 min)", format!("{:.2}", h.load1)));
             host.push(("Clock skew", format!("{:.1} s", h.clock_skew_seconds)));
         }
-        None => host.push(("Host", "<span class=\"muted\">no heartbeat yet</span>".into())),
+        None => host.push((
+            "Host",
+            "<span class=\"muted\">no heartbeat yet</span>".into(),
+        )),
     }
     let kv = |rows: Vec<(&str, String)>| -> Vec<Vec<String>> {
         rows.into_iter().map(|(k, v)| vec![esc(k), v]).collect()
@@ -284,7 +295,10 @@ pub fn agent(
                 esc(&r.name),
                 badge_unit(&r.state),
                 r.gitlab_runner_id.to_string(),
-                format!("{} running, {} ok, {} failed", r.jobs_running, r.jobs_succeeded, r.jobs_failed),
+                format!(
+                    "{} running, {} ok, {} failed",
+                    r.jobs_running, r.jobs_succeeded, r.jobs_failed
+                ),
                 r.token_expires_at
                     .as_ref()
                     .and_then(timefmt::from_proto)
@@ -296,7 +310,14 @@ pub fn agent(
         .collect();
     body.push_str(&table(
         "units",
-        &["Runner", "State", "GitLab id", "Jobs", "Token expires", "Last error"],
+        &[
+            "Runner",
+            "State",
+            "GitLab id",
+            "Jobs",
+            "Token expires",
+            "Last error",
+        ],
         &unit_rows,
         "no runner units",
     ));
