@@ -37,6 +37,19 @@ fn bytes_pair(free: u64, total: u64) -> String {
     )
 }
 
+/// An event of this agent: time, kind, runner and message (no agent id).
+fn short_line(e: &v1::Event) -> String {
+    let line = event_line(e);
+    // `event_line` is `time  agent  kind ...`; drop the agent column.
+    match line.split_once("  ") {
+        Some((at, rest)) => match rest.split_once("  ") {
+            Some((_agent, tail)) => format!("{at}  {tail}"),
+            None => line.clone(),
+        },
+        None => line.clone(),
+    }
+}
+
 /// The description for people.
 pub fn describe_text(
     a: &v1::AgentInfo,
@@ -95,8 +108,24 @@ pub fn describe_text(
                 "Memory",
                 bytes_pair(h.memory_available_bytes, h.memory_total_bytes),
             );
-            kv("Load (1 min)", format!("{:.2}", h.load1));
-            kv("Clock skew", format!("{:.1} s", h.clock_skew_seconds));
+            // Probes report memory with load and skew; without it they were not sent.
+            let probed = h.memory_total_bytes > 0;
+            kv(
+                "Load (1 min)",
+                if probed {
+                    format!("{:.2}", h.load1)
+                } else {
+                    "not reported".into()
+                },
+            );
+            kv(
+                "Clock skew",
+                if probed {
+                    format!("{:.1} s", h.clock_skew_seconds)
+                } else {
+                    "not reported".into()
+                },
+            );
         }
         None => kv("Host", "no heartbeat since the controller started".into()),
     }
@@ -137,14 +166,14 @@ pub fn describe_text(
         let _ = writeln!(out, "  none reported");
     }
     for j in jobs {
-        let _ = writeln!(out, "  {}", output::clip(&event_line(j), 78));
+        let _ = writeln!(out, "  {}", output::clip(&short_line(j), 78));
     }
     let _ = writeln!(out, "\nRecent events:");
     if events.is_empty() {
         let _ = writeln!(out, "  none");
     }
     for e in events {
-        let _ = writeln!(out, "  {}", output::clip(&event_line(e), 78));
+        let _ = writeln!(out, "  {}", output::clip(&short_line(e), 78));
     }
     out
 }
@@ -223,4 +252,37 @@ pub async fn run(cli: &super::Cli, cmd: &DescribeCommand) -> anyhow::Result<()> 
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_fits_80_columns_and_drops_the_agent_column() {
+        let a = v1::AgentInfo {
+            id: "0123456789abcdef".into(),
+            state: "degraded".into(),
+            reasons: vec!["docker unreachable".into()],
+            host: Some(v1::HostHealth::default()),
+            ..Default::default()
+        };
+        let ev = v1::Event {
+            id: 1,
+            at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            agent_id: "0123456789abcdef".into(),
+            kind: "agent-state".into(),
+            message: "healthy -> degraded: docker unreachable, and a long tail of words".into(),
+            ..Default::default()
+        };
+        let t = describe_text(&a, std::slice::from_ref(&ev), &[], false);
+        for line in t.lines() {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
+        assert!(t.contains("  11-14 22:13:20  agent-state"), "{t}");
+        assert!(t.contains("Load (1 min):     not reported"), "{t}");
+    }
 }

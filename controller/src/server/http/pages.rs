@@ -273,8 +273,10 @@ pub fn agent(
                 "Memory",
                 bytes_pair(h.memory_available_bytes, h.memory_total_bytes),
             ));
-            host.push(("Load (1 min)", format!("{:.2}", h.load1)));
-            host.push(("Clock skew", format!("{:.1} s", h.clock_skew_seconds)));
+            if h.memory_total_bytes > 0 {
+                host.push(("Load (1 min)", format!("{:.2}", h.load1)));
+                host.push(("Clock skew", format!("{:.1} s", h.clock_skew_seconds)));
+            }
         }
         None => host.push((
             "Host",
