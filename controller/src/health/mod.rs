@@ -161,7 +161,13 @@ impl Health {
     /// Evaluates every lease, records state changes and rollout state changes, and writes
     /// buffered events.
     pub fn sweep(&self) {
-        for tr in self.leases.sweep(&self.rollouts(), &self.thresholds) {
+        let latest = self.store.latest_generation();
+        // Without any generation no agent has a target: skip reading rollout progress.
+        let rollouts = match &latest {
+            Ok(None) => HashMap::new(),
+            _ => self.rollouts(),
+        };
+        for tr in self.leases.sweep(&rollouts, &self.thresholds) {
             let to = tr.to.state;
             let why = if tr.to.reasons.is_empty() {
                 String::new()
@@ -176,7 +182,7 @@ impl Health {
                 format!("{} -> {to}{why}", tr.from),
             );
         }
-        match self.store.latest_generation() {
+        match latest {
             Ok(Some(g)) => {
                 let mut last = self.rollout.lock().unwrap_or_else(|p| p.into_inner());
                 if *last != Some((g.generation, g.state)) {
