@@ -297,6 +297,51 @@ fn lost_degraded_status_events_metrics_and_web_page() {
             .any(|(s, v)| s.starts_with("drover_build_info{") && *v == 1.0)
     );
 
+    status_page_in_chromium(&c, &fine_id, &nodocker_id);
+
+    // `drover events --follow` prints what happens next: a deletion.
+    let mut follow = Command::new(drover_bin())
+        .arg("--data-dir")
+        .arg(c.data_dir())
+        .args(["events", "--follow", "--agent", &fine_id, "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The backlog first (one JSON object per line), then the new event.
+    let first = rx.recv_timeout(Duration::from_secs(20)).expect("backlog");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["kind"], "agent-enrolled");
+    drover_ok(&c, &["agent", "delete", &fine_id]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("agent-deleted event while following");
+        let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(e["agent_id"], fine_id.as_str());
+        if e["kind"] == "agent-deleted" {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(c.agent(&fine_id).unwrap()["state"], "revoked");
+}
+
+/// The status page, without JavaScript, in headless Chromium (skipped with a message when
+/// Chromium is missing and CI is unset).
+fn status_page_in_chromium(c: &Controller, fine_id: &str, nodocker_id: &str) {
     // The status page, without JavaScript, in headless Chromium.
     let (code, html) = http_get(&c.http_addr, "/?state=lost", None);
     assert_eq!(code, 200);
