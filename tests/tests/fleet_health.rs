@@ -345,7 +345,7 @@ fn status_page_in_chromium(c: &Controller, fine_id: &str, nodocker_id: &str) {
     // The status page, without JavaScript, in headless Chromium.
     let (code, html) = http_get(&c.http_addr, "/?state=lost", None);
     assert_eq!(code, 200);
-    assert!(html.contains(&fine_id) && !html.contains(&format!("/agents/{nodocker_id}")));
+    assert!(html.contains(fine_id) && !html.contains(&format!("/agents/{nodocker_id}")));
     let Some(bin) = find_chromium() else {
         if std::env::var_os("CI").is_some() {
             panic!(
@@ -373,9 +373,9 @@ fn status_page_in_chromium(c: &Controller, fine_id: &str, nodocker_id: &str) {
             .find(|r| r.contains(id))
             .unwrap_or_else(|| panic!("no row for {id}"))
     };
-    assert!(row(&fine_id).contains(">lost<"), "{table}");
-    assert!(row(&nodocker_id).contains(">degraded<"), "{table}");
-    assert!(row(&nodocker_id).contains("docker unreachable"), "{table}");
+    assert!(row(fine_id).contains(">lost<"), "{table}");
+    assert!(row(nodocker_id).contains(">degraded<"), "{table}");
+    assert!(row(nodocker_id).contains("docker unreachable"), "{table}");
     let detail = chromium(
         &bin,
         profile.path(),
