@@ -10,6 +10,8 @@ command -v busybox >/dev/null 2>&1 || [ -x /bin/busybox ] || need_pkgs+=(busybox
 command -v git >/dev/null 2>&1 || need_pkgs+=(git)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v docker >/dev/null 2>&1 || need_pkgs+=(docker.io)
+# the status page test (tests/tests/fleet_health.rs) loads the page in headless Chromium
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: missing ${need_pkgs[*]}; run as root or install them" >&2

@@ -18,6 +18,8 @@ pub mod client;
 pub mod datadir;
 pub mod files;
 pub mod fleet;
+pub mod health;
+pub mod metrics;
 pub mod pki;
 pub mod secrets;
 pub mod server;

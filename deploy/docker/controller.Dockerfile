@@ -14,6 +14,8 @@ USER drover:drover
 ENV DROVER_DATA_DIR=/var/lib/drover DROVER_LOG=info
 VOLUME ["/var/lib/drover"]
 # 7443: gRPC with mutual TLS, for agents. 7080: status page, /metrics, /healthz.
+# The HTTP listener binds all addresses, so `drover serve` requires DROVER_HTTP_TOKEN (or
+# --http-basic-auth-file) at run time; /healthz stays open for the health check.
 EXPOSE 7443 7080
 # bash's /dev/tcp: the image carries no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

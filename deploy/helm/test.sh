@@ -25,7 +25,8 @@ trap 'rm -rf "$out"' EXIT
 "$py" "$here/render.py" "$chart" >"$out/default.yaml"
 "$py" "$here/render.py" "$chart" --name edge --namespace fleet \
     --set persistence.storageClassName=fast --set persistence.size=5Gi \
-    --set secret.databaseUrl=postgres://drover@db/drover --set service.type=LoadBalancer \
+    --set secret.databaseUrl=postgres://drover@db/drover --set secret.httpToken=t0ken \
+    --set service.type=LoadBalancer \
     --set image.tag=9.9.9 >"$out/custom.yaml"
 "$py" "$here/render.py" "$chart" --notes >"$out/NOTES.txt"
 

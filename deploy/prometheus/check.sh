@@ -2,7 +2,7 @@
 # Checks deploy/prometheus/alerts.yaml and deploy/grafana/drover-dashboard.json:
 # - the YAML parses and every rule has alert, expr, labels.severity and a summary;
 # - the dashboard is valid JSON and every panel query names a metric the agent exports
-#   (or the controller's drover_agents);
+#   (or the controller's drover_*);
 # - `promtool check rules` passes, when promtool is installed (Debian: `prometheus`).
 # Needs python3 with PyYAML (`pip install pyyaml` or Debian `python3-yaml`).
 set -eu
@@ -36,7 +36,7 @@ for g in groups or []:
         if not (r.get("annotations") or {}).get("summary"):
             errors.append(f"{rules_path}: rule {name}: missing annotations.summary")
 
-known = re.compile(r"\b(gitlab_runner_[a-z_]+|drover_agents?_[a-z0-9_]*|drover_agents)\b")
+known = re.compile(r"\b(gitlab_runner_[a-z_]+|drover_[a-z0-9_]+)\b")
 with open(dash_path) as f:
     dash = json.load(f)
 exprs = []

@@ -332,8 +332,14 @@ impl Agent {
 
     /// Starts `drover-agent run --state-dir DIR`.
     pub fn run(&mut self) -> &mut Proc {
+        self.run_with_env(&[])
+    }
+
+    /// Starts `drover-agent run --state-dir DIR` with extra environment variables.
+    pub fn run_with_env(&mut self, env: &[(&str, &str)]) -> &mut Proc {
         let mut cmd = Command::new(agent_bin());
         cmd.args(["run", "--state-dir"]).arg(self.state_dir());
+        cmd.envs(env.iter().copied());
         self.proc = Some(Proc::spawn("drover-agent", cmd, self.dir.path()));
         self.proc.as_mut().expect("just set")
     }

@@ -13,7 +13,7 @@ pub struct AgentsArgs {
     pub output: Format,
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
+pub(crate) fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
     t.as_ref()
         .and_then(timefmt::from_proto)
         .map(timefmt::rfc3339)
@@ -38,6 +38,8 @@ pub fn agent_json(a: &v1::AgentInfo) -> serde_json::Value {
         "last_seen": ts(&a.last_seen),
         "enrolled_at": ts(&a.enrolled_at),
         "cert_not_after": ts(&a.cert_not_after),
+        "target_generation": a.target_generation,
+        "last_heartbeat": ts(&a.last_heartbeat),
         "runners": a.runners.iter().map(|r| serde_json::json!({
             "name": r.name,
             "state": r.state,
@@ -61,44 +63,89 @@ pub async fn run(cli: &super::Cli, args: &AgentsArgs) -> anyhow::Result<()> {
             let arr: Vec<serde_json::Value> = agents.iter().map(agent_json).collect();
             println!("{}", serde_json::to_string_pretty(&arr)?);
         }
-        Format::Table => {
-            let rows: Vec<Vec<String>> = agents
-                .iter()
-                .map(|a| {
-                    let f = a.facts.clone().unwrap_or_default();
-                    vec![
-                        a.id.clone(),
-                        f.hostname,
-                        a.state.clone(),
-                        output::labels(&a.labels),
-                        f.arch,
-                        f.ips.join(","),
-                        f.agent_version,
-                        if a.connected {
-                            "connected".to_string()
-                        } else {
-                            ts(&a.last_seen).unwrap_or_else(|| "never".into())
-                        },
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                output::table(
-                    &[
-                        "ID",
-                        "HOSTNAME",
-                        "STATE",
-                        "LABELS",
-                        "ARCH",
-                        "IPS",
-                        "VERSION",
-                        "LAST SEEN"
-                    ],
-                    &rows
-                )
-            );
-        }
+        Format::Table => print!("{}", agents_table(&agents, output::colour())),
     }
     Ok(())
+}
+
+/// `5s ago`, `3m ago`, or `never`.
+pub(crate) fn ago(t: &Option<prost_types::Timestamp>) -> String {
+    match t.as_ref().and_then(timefmt::from_proto) {
+        Some(t) => format!(
+            "{} ago",
+            crate::health::evaluate::short_duration(time::OffsetDateTime::now_utc() - t)
+        ),
+        None => "never".into(),
+    }
+}
+
+/// One line per agent, fitting 80 columns: the first reason is cut to what is left
+/// (`-o json` and `drover describe agent` have everything).
+pub fn agents_table(agents: &[v1::AgentInfo], colour: bool) -> String {
+    let mut rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            let f = a.facts.clone().unwrap_or_default();
+            let reason = match a.reasons.len() {
+                0 => String::new(),
+                1 => a.reasons[0].clone(),
+                n => format!("{} (+{})", a.reasons[0], n - 1),
+            };
+            vec![
+                a.id.clone(),
+                output::clip(&f.hostname, 14),
+                a.state.clone(),
+                output::clip(&output::labels(&a.labels), 20),
+                reason,
+            ]
+        })
+        .collect();
+    let header = ["ID", "HOSTNAME", "STATE", "LABELS", "REASON"];
+    let used: usize = (0..4)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+                + 2
+        })
+        .sum();
+    let room = 80usize.saturating_sub(used).max(10);
+    for r in &mut rows {
+        r[4] = output::clip(&r[4], room);
+    }
+    output::table_coloured(&header, &rows, 2, colour)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_fits_80_columns() {
+        let a = v1::AgentInfo {
+            id: "0123456789abcdef".into(),
+            facts: Some(v1::AgentFacts {
+                hostname: "a-very-long-hostname.example.internal".into(),
+                ..Default::default()
+            }),
+            state: "degraded".into(),
+            reasons: vec![
+                "runner lab-docker in backoff (verify: 500 internal server error from gitlab)"
+                    .into(),
+                "docker unreachable".into(),
+            ],
+            connected: true,
+            labels: [("site".to_string(), "lab".to_string())].into(),
+            ..Default::default()
+        };
+        let t = agents_table(&[a], false);
+        for line in t.lines() {
+            assert!(line.chars().count() <= 80, "{line:?} is too wide");
+        }
+        assert!(t.contains("degraded"));
+        assert!(t.contains("runner lab"), "{t}");
+        assert!(t.contains("site=lab"));
+    }
 }

@@ -4,10 +4,13 @@
 
 pub mod agent;
 pub mod agents;
+pub mod describe;
+pub mod events;
 pub mod output;
 pub mod rollout;
 pub mod runner;
 pub mod serve;
+pub mod status;
 pub mod token;
 
 use std::path::PathBuf;
@@ -45,8 +48,15 @@ pub enum Command {
     /// Manage enrollment tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// List agents.
+    /// Fleet summary: agents per state, the rollout, top problems.
+    Status(status::StatusArgs),
+    /// List agents with their state and reasons.
     Agents(agents::AgentsArgs),
+    /// Everything about one object.
+    #[command(subcommand)]
+    Describe(describe::DescribeCommand),
+    /// Fleet events: state changes, connects, runner and job events, rollout steps.
+    Events(events::EventsArgs),
     /// Act on one agent.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
@@ -80,6 +90,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&cli, args).await,
         Command::Token(cmd) => token::run(&cli, cmd).await,
         Command::Agents(args) => agents::run(&cli, args).await,
+        Command::Status(args) => status::run(&cli, args).await,
+        Command::Describe(cmd) => describe::run(&cli, cmd).await,
+        Command::Events(args) => events::run(&cli, args).await,
         Command::Agent(cmd) => agent::run(&cli, cmd).await,
         Command::Runner(cmd) => runner::run(&cli, cmd).await,
         Command::Rollout(cmd) => rollout::run(&cli, cmd).await,

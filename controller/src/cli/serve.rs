@@ -4,6 +4,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::datadir::DataDir;
+use crate::server::http::HttpAuth;
 use crate::server::{self, ServerOptions};
 use crate::tokens::parse_duration;
 
@@ -13,9 +14,38 @@ pub struct ServeArgs {
     /// gRPC listener for agents and admins (mutual TLS).
     #[arg(long, default_value = "0.0.0.0:7443")]
     pub listen: String,
-    /// HTTP listener for `/healthz` (and later the status page and metrics).
+    /// HTTP listener for the status page, `/metrics` and `/healthz`. Beyond loopback it
+    /// needs --http-token or --http-basic-auth.
     #[arg(long, default_value = "127.0.0.1:7080")]
     pub http_listen: String,
+    /// Token for the status page and `/metrics` (`Authorization: Bearer TOKEN` or
+    /// `?token=TOKEN`).
+    #[arg(long, env = "DROVER_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+    /// Basic auth for the status page and `/metrics`, `USER:PASSWORD`.
+    #[arg(long, conflicts_with = "http_token")]
+    pub http_basic_auth: Option<String>,
+    /// Like --http-basic-auth, read from a file holding `USER:PASSWORD`.
+    #[arg(long, conflicts_with_all = ["http_token", "http_basic_auth"])]
+    pub http_basic_auth_file: Option<std::path::PathBuf>,
+    /// An agent without a heartbeat for this long is `lost` (default: 3 heartbeat intervals).
+    #[arg(long)]
+    pub lease_grace: Option<String>,
+    /// Degraded when a disk (Docker root or builds dir) has less than this percent free.
+    #[arg(long, default_value_t = 10.0)]
+    pub min_disk_free_percent: f64,
+    /// ... or less than this free (`2GiB`, `500MiB`).
+    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    pub min_disk_free: u64,
+    /// Degraded when less memory than this is available.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub min_memory_available: u64,
+    /// Degraded when an agent's clock is off by more than this.
+    #[arg(long, default_value = "60s")]
+    pub max_clock_skew: String,
+    /// Degraded when a runner token expires within this.
+    #[arg(long, default_value = "24h")]
+    pub token_expiry_warning: String,
     /// Lifetime of issued agent certificates (e.g. `7d`, `10s` in tests).
     #[arg(long, default_value = "7d", hide = true, env = "DROVER_CERT_TTL")]
     pub cert_ttl: String,
@@ -35,6 +65,34 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         parse_duration(&args.cert_ttl).map_err(|e| anyhow::anyhow!("--cert-ttl: {e}"))?;
     let heartbeat = parse_duration(&args.heartbeat_interval)
         .map_err(|e| anyhow::anyhow!("--heartbeat-interval: {e}"))?;
+    let heartbeat_interval = std::time::Duration::from_secs(
+        u64::try_from(heartbeat.whole_seconds())
+            .unwrap_or(10)
+            .max(1),
+    );
+    let mut thresholds = crate::health::Thresholds::for_interval(
+        time::Duration::try_from(heartbeat_interval).unwrap_or(time::Duration::seconds(10)),
+    );
+    if let Some(g) = &args.lease_grace {
+        thresholds.grace = parse_duration(g).map_err(|e| anyhow::anyhow!("--lease-grace: {e}"))?;
+    }
+    if !(0.0..=100.0).contains(&args.min_disk_free_percent) {
+        anyhow::bail!(
+            "--min-disk-free-percent {}: expected 0 to 100",
+            args.min_disk_free_percent
+        );
+    }
+    thresholds.min_disk_free_ratio = args.min_disk_free_percent / 100.0;
+    thresholds.min_disk_free_bytes = args.min_disk_free;
+    thresholds.min_memory_available_bytes = args.min_memory_available;
+    thresholds.max_clock_skew = parse_duration(&args.max_clock_skew)
+        .map_err(|e| anyhow::anyhow!("--max-clock-skew: {e}"))?;
+    thresholds.token_expiry_warning = parse_duration(&args.token_expiry_warning)
+        .map_err(|e| anyhow::anyhow!("--token-expiry-warning: {e}"))?;
+    let http_auth = http_auth(args)?;
+    if let Ok(addr) = args.http_listen.parse::<std::net::SocketAddr>() {
+        http_auth.check_listener(addr)?;
+    }
     let grpc = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("bind --listen {}", args.listen))?;
@@ -50,13 +108,54 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
     });
     let options = ServerOptions {
         cert_ttl,
-        heartbeat_interval: std::time::Duration::from_secs(
-            u64::try_from(heartbeat.whole_seconds()).unwrap_or(10),
-        ),
+        heartbeat_interval,
+        thresholds,
+        http_auth,
     };
     server::run(&DataDir::new(&cli.data_dir), options, grpc, http, shutdown)
         .await
         .with_context(|| format!("serve from data dir {}", cli.data_dir.display()))
+}
+
+fn http_auth(args: &ServeArgs) -> anyhow::Result<HttpAuth> {
+    if let Some(t) = args.http_token.as_deref().filter(|t| !t.is_empty()) {
+        return Ok(HttpAuth::Token(secrecy::SecretString::from(t.to_string())));
+    }
+    if let Some(b) = &args.http_basic_auth {
+        return Ok(HttpAuth::basic(b)?);
+    }
+    if let Some(path) = &args.http_basic_auth_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read --http-basic-auth-file {}", path.display()))?;
+        return HttpAuth::basic(text.trim())
+            .with_context(|| format!("--http-basic-auth-file {}", path.display()));
+    }
+    Ok(HttpAuth::Open)
+}
+
+/// `2GiB`, `500MiB`, `1.5G`, `1048576` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 2GiB or 500MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    Ok((n * mult as f64) as u64)
 }
 
 async fn wait_for_signal() {
@@ -71,5 +170,18 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(super::parse_size("500MiB"), Ok(500 << 20));
+        assert_eq!(super::parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(super::parse_size("4096"), Ok(4096));
+        assert!(super::parse_size("lots").is_err());
+        assert!(super::parse_size("2 parsecs").is_err());
     }
 }

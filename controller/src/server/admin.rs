@@ -11,7 +11,8 @@ use super::auth;
 use super::convert;
 use super::state::AppState;
 use crate::fleet::{ApplyOutcome, ApplyRequest, FleetError};
-use crate::store::{Strategy, StrategyKind};
+use crate::health::{AgentView, State};
+use crate::store::{EventFilter, Strategy, StrategyKind};
 use crate::tokens::{self, TokenRecord};
 
 impl From<FleetError> for Status {
@@ -156,17 +157,11 @@ impl v1::admin_server::Admin for AdminService {
         req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
         auth::admin(&req)?;
-        let agents = self.state.store.list_agents()?;
+        let agents = self.state.health.views()?;
         Ok(Response::new(v1::ListAgentsResponse {
             agents: agents
                 .iter()
-                .map(|a| {
-                    convert::agent_info(
-                        a,
-                        &self.state.sessions,
-                        self.state.fleet.runner_statuses(&a.id),
-                    )
-                })
+                .map(|v| convert::agent_info(v, self.state.fleet.runner_statuses(&v.record.id)))
                 .collect(),
         }))
     }
@@ -177,15 +172,14 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::AgentInfo>, Status> {
         auth::admin(&req)?;
         let id = &req.get_ref().id;
-        let agent = self
+        let view = self
             .state
-            .store
-            .get_agent(id)?
+            .health
+            .view(id)?
             .ok_or_else(|| Status::not_found(format!("no agent with id {id:?}")))?;
         Ok(Response::new(convert::agent_info(
-            &agent,
-            &self.state.sessions,
-            self.state.fleet.runner_statuses(&agent.id),
+            &view,
+            self.state.fleet.runner_statuses(id),
         )))
     }
 
@@ -203,6 +197,10 @@ impl v1::admin_server::Admin for AdminService {
             return Err(Status::not_found(format!("no agent with id {id:?}")));
         }
         self.state.sessions.close(id);
+        self.state.health.leases.revoked(id);
+        self.state
+            .health
+            .agent_event(id, "agent-deleted", "", format!("deleted by admin {admin}"));
         tracing::info!(agent = %id, %admin, "agent revoked");
         self.state.fleet.on_agent_deleted(id).await;
         Ok(Response::new(v1::DeleteAgentResponse {}))
@@ -292,60 +290,43 @@ impl v1::admin_server::Admin for AdminService {
         req: Request<v1::RolloutStatusRequest>,
     ) -> Result<Response<v1::RolloutStatusResponse>, Status> {
         auth::admin(&req)?;
-        let store = self.state.fleet.store();
-        let Some(g) = store.latest_generation()? else {
-            return Ok(Response::new(v1::RolloutStatusResponse {
-                state: "none".into(),
-                ..Default::default()
-            }));
-        };
-        let progress: std::collections::HashMap<String, crate::store::AgentRollout> = store
-            .agent_rollouts()?
-            .into_iter()
-            .map(|r| (r.agent_id.clone(), r))
-            .collect();
-        let mut agents = Vec::new();
-        for a in store
-            .list_agents()?
-            .into_iter()
-            .filter(|a| a.revoked_at.is_none())
-        {
-            let p = progress.get(&a.id).cloned().unwrap_or_default();
-            let connected = self.state.sessions.is_connected(&a.id);
-            let fleet_error = self.state.fleet.agent_error(&a.id);
-            let (state, error) = if p.ack_generation == p.target_generation
-                && p.target_generation > 0
-                && p.ack_error.is_some()
-            {
-                ("refused", p.ack_error.clone().unwrap_or_default())
-            } else if p.target_generation == g.generation && p.ack_generation >= g.generation {
-                ("applied", String::new())
-            } else if p.target_generation < g.generation && fleet_error.is_some() {
-                ("failed", fleet_error.unwrap_or_default())
-            } else if !connected {
-                ("offline", String::new())
-            } else if p.target_generation == g.generation {
-                ("pushed", String::new())
-            } else {
-                ("waiting", String::new())
-            };
-            agents.push(v1::AgentRollout {
-                agent_id: a.id.clone(),
-                hostname: a.facts.hostname.clone(),
-                target_generation: p.target_generation,
-                applied_generation: a.applied_generation,
-                state: state.into(),
-                error,
-                connected,
-            });
-        }
-        Ok(Response::new(v1::RolloutStatusResponse {
-            generation: g.generation,
-            state: g.state.as_str().into(),
-            reason: g.reason,
-            strategy: Some(strategy_info(g.strategy)),
-            agents,
-            created_at: Some(crate::timefmt::to_proto(g.created_at)),
+        Ok(Response::new(rollout_status(&self.state)?))
+    }
+
+    async fn fleet_status(
+        &self,
+        req: Request<v1::FleetStatusRequest>,
+    ) -> Result<Response<v1::FleetStatusResponse>, Status> {
+        auth::admin(&req)?;
+        let views = self.state.health.views()?;
+        Ok(Response::new(fleet_status(
+            &views,
+            self.state.health.leases.connected(),
+            rollout_status(&self.state)?,
+        )))
+    }
+
+    async fn list_events(
+        &self,
+        req: Request<v1::ListEventsRequest>,
+    ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        auth::admin(&req)?;
+        let r = req.into_inner();
+        // Bring state changes up to now and write what is buffered, so the answer agrees
+        // with `drover agents`.
+        self.state.health.sweep();
+        let events = self.state.store.list_events(&EventFilter {
+            agent_id: r.agent_id,
+            kind: r.kind,
+            since: r.since.as_ref().and_then(crate::timefmt::from_proto),
+            after_id: r.after_id,
+            limit: match r.limit {
+                0 => 100,
+                n => n.min(1000) as usize,
+            },
+        })?;
+        Ok(Response::new(v1::ListEventsResponse {
+            events: events.iter().map(convert::event).collect(),
         }))
     }
 
@@ -359,6 +340,65 @@ impl v1::admin_server::Admin for AdminService {
         tracing::info!(%admin, generation = outcome.generation, "rollout undone");
         Ok(Response::new(apply_response(outcome)))
     }
+}
+
+/// Per-agent progress of the newest generation (`drover rollout status`, `drover status`).
+pub fn rollout_status(state: &AppState) -> Result<v1::RolloutStatusResponse, Status> {
+    let store = state.fleet.store();
+    let Some(g) = store.latest_generation()? else {
+        return Ok(v1::RolloutStatusResponse {
+            state: "none".into(),
+            ..Default::default()
+        });
+    };
+    let progress: std::collections::HashMap<String, crate::store::AgentRollout> = store
+        .agent_rollouts()?
+        .into_iter()
+        .map(|r| (r.agent_id.clone(), r))
+        .collect();
+    let mut agents = Vec::new();
+    for a in store
+        .list_agents()?
+        .into_iter()
+        .filter(|a| a.revoked_at.is_none())
+    {
+        let p = progress.get(&a.id).cloned().unwrap_or_default();
+        let connected = state.sessions.is_connected(&a.id);
+        let fleet_error = state.fleet.agent_error(&a.id);
+        let (state, error) = if p.ack_generation == p.target_generation
+            && p.target_generation > 0
+            && p.ack_error.is_some()
+        {
+            ("refused", p.ack_error.clone().unwrap_or_default())
+        } else if p.target_generation == g.generation && p.ack_generation >= g.generation {
+            ("applied", String::new())
+        } else if p.target_generation < g.generation && fleet_error.is_some() {
+            ("failed", fleet_error.unwrap_or_default())
+        } else if !connected {
+            ("offline", String::new())
+        } else if p.target_generation == g.generation {
+            ("pushed", String::new())
+        } else {
+            ("waiting", String::new())
+        };
+        agents.push(v1::AgentRollout {
+            agent_id: a.id.clone(),
+            hostname: a.facts.hostname.clone(),
+            target_generation: p.target_generation,
+            applied_generation: a.applied_generation,
+            state: state.into(),
+            error,
+            connected,
+        });
+    }
+    Ok(v1::RolloutStatusResponse {
+        generation: g.generation,
+        state: g.state.as_str().into(),
+        reason: g.reason,
+        strategy: Some(strategy_info(g.strategy)),
+        agents,
+        created_at: Some(crate::timefmt::to_proto(g.created_at)),
+    })
 }
 
 impl AdminService {
@@ -403,5 +443,63 @@ impl AdminService {
             generation,
             placements,
         })
+    }
+}
+
+/// The fleet summary from agent views: counts per state, problems (lost first, at most
+/// 20) and the most common kinds of reason.
+pub fn fleet_status(
+    views: &[AgentView],
+    connected: usize,
+    rollout: v1::RolloutStatusResponse,
+) -> v1::FleetStatusResponse {
+    let counts = State::ALL
+        .iter()
+        .map(|s| v1::StateCount {
+            state: s.as_str().into(),
+            agents: views.iter().filter(|v| v.eval.state == *s).count() as u32,
+        })
+        .collect();
+    let mut bad: Vec<&AgentView> = views
+        .iter()
+        .filter(|v| matches!(v.eval.state, State::Lost | State::Degraded))
+        .collect();
+    bad.sort_by(|a, b| {
+        b.eval
+            .state
+            .cmp(&a.eval.state)
+            .then(a.record.id.cmp(&b.record.id))
+    });
+    let mut kinds: BTreeMap<String, u32> = BTreeMap::new();
+    for v in &bad {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &v.eval.reasons {
+            let k = r.split(':').next().unwrap_or(r).trim().to_string();
+            if seen.insert(k.clone()) {
+                *kinds.entry(k).or_default() += 1;
+            }
+        }
+    }
+    let mut top: Vec<(String, u32)> = kinds.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v1::FleetStatusResponse {
+        counts,
+        connected: connected as u32,
+        rollout: Some(rollout),
+        problems: bad
+            .iter()
+            .take(20)
+            .map(|v| v1::Problem {
+                agent_id: v.record.id.clone(),
+                hostname: v.record.facts.hostname.clone(),
+                state: v.eval.state.as_str().into(),
+                reasons: v.eval.reasons.clone(),
+            })
+            .collect(),
+        top_reasons: top
+            .into_iter()
+            .take(10)
+            .map(|(state, agents)| v1::StateCount { state, agents })
+            .collect(),
     }
 }

@@ -16,7 +16,7 @@ use super::convert;
 use super::state::AppState;
 use crate::pki::identity::Identity;
 use crate::pki::policy;
-use crate::store::Facts;
+use crate::store::{EventRecord, Facts};
 use crate::timefmt;
 
 /// The AgentControl service.
@@ -68,7 +68,27 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
             Some(hello.applied_generation),
         )?;
         let guard = self.state.sessions.register(&id, &self.state.shutdown);
+        let hello_ips = facts.as_ref().map(|f| f.ips.clone()).unwrap_or_default();
+        let lease = self
+            .state
+            .health
+            .leases
+            .hello(&id, hello.applied_generation, &hello_ips);
         tracing::info!(agent = %id, "agent connected");
+        self.state.health.agent_event(
+            &id,
+            "agent-connected",
+            "",
+            format!(
+                "connected (agent {}, generation {})",
+                facts
+                    .as_ref()
+                    .map(|f| f.agent_version.as_str())
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or("unknown version"),
+                hello.applied_generation
+            ),
+        );
 
         let (tx, rx) = mpsc::channel::<Result<v1::ControllerMessage, Status>>(16);
         let welcome = v1::ControllerMessage {
@@ -145,8 +165,11 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                 let _ = tx.send(Err(status)).await;
             }
             drop(guard);
-            if let Err(e) = state.store.agent_seen(&id, now(), None, None, None) {
-                tracing::warn!(agent = %id, error = %e, "record last seen");
+            // The last contact reaches the store with the next batch.
+            if state.health.leases.disconnected(&id, lease) {
+                state
+                    .health
+                    .agent_event(&id, "agent-disconnected", "", end.to_string());
             }
             // A rolling rollout does not wait for an agent that left.
             state.fleet.reconcile().await;
@@ -203,50 +226,126 @@ fn fleet_worker(state: &AppState, id: &str) -> mpsc::UnboundedSender<FleetWork> 
     tx
 }
 
-/// Applies one message of an open session.
+/// Applies one message of an open session. A heartbeat touches only the lease table;
+/// what must be durable (IP and generation changes) is written at once.
 async fn handle(
     state: &AppState,
     id: &str,
     m: v1::AgentMessage,
     fleet_work: &mpsc::UnboundedSender<FleetWork>,
 ) {
+    let health = &state.health;
     let result = match m.kind {
         Some(AgentKind::Heartbeat(hb)) => {
             let ips = convert::ips(&hb.ips);
             state.fleet.on_heartbeat(id, &hb.runners);
-            if let Ok(Some(a)) = state.store.get_agent(id)
-                && !ips.is_empty()
-                && a.facts.ips != ips
-            {
-                tracing::info!(agent = %id, old = ?a.facts.ips, new = ?ips, "agent ip addresses changed");
+            let out = health.leases.heartbeat(id, &hb, &ips);
+            if let Some(gap) = out.gap {
+                state.metrics.heartbeat_gap(gap);
             }
-            state.store.agent_seen(
-                id,
-                now(),
-                None,
-                (!ips.is_empty()).then_some(ips.as_slice()),
-                Some(hb.applied_generation),
-            )
+            if let Some((old, new)) = &out.ips_changed {
+                tracing::info!(agent = %id, ?old, ?new, "agent ip addresses changed");
+                if !old.is_empty() {
+                    health.agent_event(
+                        id,
+                        "agent-ips-changed",
+                        "",
+                        format!("{} -> {}", old.join(","), new.join(",")),
+                    );
+                }
+            }
+            if out.ips_changed.is_some() || out.generation_changed {
+                state.store.agent_seen(
+                    id,
+                    now(),
+                    None,
+                    out.ips_changed.as_ref().map(|(_, new)| new.as_slice()),
+                    out.generation_changed.then_some(hb.applied_generation),
+                )
+            } else {
+                Ok(())
+            }
         }
         // Fleet work may call GitLab: it runs on the session's fleet worker, in order, so
         // heartbeats keep flowing meanwhile.
         Some(AgentKind::Ack(ack)) => {
+            health.leases.touch(id);
+            if ack.applied {
+                health.leases.applied(id, ack.generation);
+                health.agent_event(
+                    id,
+                    "rollout",
+                    "",
+                    format!("applied generation {}", ack.generation),
+                );
+            } else {
+                health.agent_event(
+                    id,
+                    "rollout",
+                    "",
+                    format!("refused generation {}: {}", ack.generation, ack.error),
+                );
+            }
             let _ = fleet_work.send(FleetWork::Ack(ack));
-            state.store.agent_seen(id, now(), None, None, None)
+            Ok(())
         }
         Some(AgentKind::TokenRotated(t)) => {
+            health.leases.touch(id);
+            health.agent_event(
+                id,
+                "runner-token-rotated",
+                &t.runner,
+                "runner token rotated".to_string(),
+            );
             state.fleet.on_token_rotated(id, &t);
-            state.store.agent_seen(id, now(), None, None, None)
+            Ok(())
         }
         Some(AgentKind::RunnerEvent(ev)) => {
+            health.leases.touch(id);
+            let kind: String = ev
+                .kind
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect();
+            health.record(EventRecord {
+                at: ev.at.as_ref().and_then(timefmt::from_proto),
+                agent_id: id.to_string(),
+                kind: format!("runner-{kind}"),
+                runner: ev.runner.chars().take(100).collect(),
+                message: ev.message.clone(),
+                ..EventRecord::default()
+            });
             let _ = fleet_work.send(FleetWork::Event(ev));
-            state.store.agent_seen(id, now(), None, None, None)
+            Ok(())
+        }
+        Some(AgentKind::JobEvent(j)) => {
+            health.leases.touch(id);
+            let reason = if j.failure_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", j.failure_reason)
+            };
+            health.record(EventRecord {
+                at: j.at.as_ref().and_then(timefmt::from_proto),
+                agent_id: id.to_string(),
+                kind: "job".into(),
+                runner: j.runner.chars().take(100).collect(),
+                message: format!("job {} {}{reason}", j.job_id, j.state),
+                job_id: j.job_id,
+                job_state: j.state.chars().take(40).collect(),
+                ..EventRecord::default()
+            });
+            Ok(())
         }
         Some(AgentKind::Hello(_)) => {
             tracing::debug!(agent = %id, "ignoring a second hello");
             Ok(())
         }
-        Some(_) | None => state.store.agent_seen(id, now(), None, None, None),
+        None => {
+            health.leases.touch(id);
+            Ok(())
+        }
     };
     if let Err(e) = result {
         tracing::warn!(agent = %id, error = %e, "record agent message");

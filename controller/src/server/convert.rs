@@ -2,8 +2,8 @@
 
 use drover_proto::v1;
 
-use super::sessions::Sessions;
-use crate::store::{AgentRecord, Facts};
+use crate::health::AgentView;
+use crate::store::{EventRecord, Facts};
 use crate::timefmt;
 use crate::tokens::TokenRecord;
 
@@ -67,32 +67,39 @@ pub fn token_info(t: &TokenRecord) -> v1::TokenInfo {
     }
 }
 
-/// The agent as `drover agents` shows it. State for now: revoked when deleted, healthy when
-/// connected, lost otherwise.
-pub fn agent_info(
-    a: &AgentRecord,
-    sessions: &Sessions,
-    runners: Vec<v1::RunnerStatus>,
-) -> v1::AgentInfo {
-    let connected = a.revoked_at.is_none() && sessions.is_connected(&a.id);
-    let (state, reasons) = if a.revoked_at.is_some() {
-        ("revoked", vec!["deleted by an admin".to_string()])
-    } else if connected {
-        ("healthy", Vec::new())
-    } else {
-        ("lost", vec!["not connected".to_string()])
-    };
+/// The agent as `drover agents` shows it: stored facts with the live lease state.
+pub fn agent_info(v: &AgentView, runners: Vec<v1::RunnerStatus>) -> v1::AgentInfo {
+    let a = &v.record;
+    let mut facts: v1::AgentFacts = (&a.facts).into();
+    facts.ips = v.ips.clone();
     v1::AgentInfo {
         id: a.id.clone(),
         labels: a.labels.clone().into_iter().collect(),
-        facts: Some((&a.facts).into()),
-        state: state.to_string(),
-        reasons,
-        connected,
-        last_seen: a.last_seen.map(timefmt::to_proto),
+        facts: Some(facts),
+        state: v.eval.state.as_str().to_string(),
+        reasons: v.eval.reasons.clone(),
+        connected: v.connected,
+        last_seen: v.last_seen.map(timefmt::to_proto),
         enrolled_at: Some(timefmt::to_proto(a.enrolled_at)),
         cert_not_after: Some(timefmt::to_proto(a.cert_not_after)),
-        applied_generation: a.applied_generation,
+        applied_generation: v.applied_generation,
         runners,
+        host: v.host.clone(),
+        target_generation: v.target_generation,
+        last_heartbeat: v.last_heartbeat.map(timefmt::to_proto),
+    }
+}
+
+/// A stored event on the wire.
+pub fn event(e: &EventRecord) -> v1::Event {
+    v1::Event {
+        id: e.id,
+        at: e.at.map(timefmt::to_proto),
+        agent_id: e.agent_id.clone(),
+        kind: e.kind.clone(),
+        runner: e.runner.clone(),
+        message: e.message.clone(),
+        job_id: e.job_id,
+        job_state: e.job_state.clone(),
     }
 }

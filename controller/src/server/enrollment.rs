@@ -29,6 +29,7 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
             .and_then(|p| p.remote_addr);
         let r = req.into_inner();
         let result = self.enroll(r);
+        self.state.metrics.enrollment(result.is_ok());
         match &result {
             Ok(resp) => tracing::info!(agent = %resp.agent_id, ?peer, "agent enrolled"),
             Err(status) => tracing::warn!(?peer, error = %status.message(), "enrollment refused"),
@@ -72,6 +73,27 @@ impl EnrollmentService {
             .state
             .store
             .enroll(&token.id, &token.secret_hash(), now, agent)?;
+        self.state.health.leases.load(std::slice::from_ref(&agent));
+        let labels: Vec<String> = agent
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        self.state.health.agent_event(
+            &agent.id,
+            "agent-enrolled",
+            "",
+            format!(
+                "enrolled: host {}, token {}, labels {}",
+                agent.facts.hostname,
+                token.id,
+                if labels.is_empty() {
+                    "none".to_string()
+                } else {
+                    labels.join(",")
+                }
+            ),
+        );
         Ok(v1::EnrollResponse {
             agent_id: agent.id,
             certificate_pem: issued.pem,

@@ -4,7 +4,7 @@
 //! - [`auth`]: per-call identity checks (revocation included).
 //! - [`enrollment`], [`agent_control`], [`admin`]: the three services.
 //! - [`sessions`]: live agent streams, closable at once on revocation.
-//! - [`http`]: the `/healthz` endpoint.
+//! - [`http`]: the status pages, `/metrics` and `/healthz`.
 
 pub mod admin;
 pub mod agent_control;
@@ -41,6 +41,10 @@ pub struct ServerOptions {
     pub cert_ttl: Duration,
     /// Heartbeat interval told to agents.
     pub heartbeat_interval: std::time::Duration,
+    /// Limits of `healthy` and the lease grace period.
+    pub thresholds: crate::health::Thresholds,
+    /// Who may read the status page and `/metrics`.
+    pub http_auth: http::HttpAuth,
 }
 
 impl Default for ServerOptions {
@@ -48,6 +52,8 @@ impl Default for ServerOptions {
         ServerOptions {
             cert_ttl: policy::DEFAULT_AGENT_CERT_TTL,
             heartbeat_interval: std::time::Duration::from_secs(10),
+            thresholds: crate::health::Thresholds::default(),
+            http_auth: http::HttpAuth::Open,
         }
     }
 }
@@ -77,6 +83,9 @@ pub enum ServerError {
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    /// The HTTP listener would be open to the network.
+    #[error(transparent)]
+    HttpAuth(#[from] http::auth::HttpAuthError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -158,8 +167,15 @@ pub async fn run(
         .local_addr()
         .map_err(io("read address of", dir.http_addr()))?;
 
+    options.http_auth.check_listener(http_addr)?;
     let sealer = crate::secrets::Sealer::load_or_create(&dir.secrets_key())?;
     let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let health = Arc::new(crate::health::Health::new(
+        store.clone(),
+        Arc::new(crate::health::SystemClock),
+        options.thresholds.clone(),
+    )?);
+    let metrics = crate::metrics::Metrics::new();
     let sessions = sessions::Sessions::default();
     let fleet = Arc::new(crate::fleet::Fleet::new(
         store.clone(),
@@ -175,9 +191,19 @@ pub async fn run(
         cert_ttl: options.cert_ttl,
         heartbeat_interval: options.heartbeat_interval,
         shutdown: shutdown.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
     };
 
-    let http_task = tokio::spawn(http::serve(http, shutdown.clone()));
+    let http_task = tokio::spawn(http::serve(
+        http,
+        http::HttpState {
+            app: state.clone(),
+            auth: Arc::new(options.http_auth.clone()),
+        },
+        shutdown.clone(),
+    ));
+    tokio::spawn(health.clone().run(shutdown.clone()));
     // Retries what events could not finish (a GitLab outage during registration, retired
     // runners to unregister) and advances rollouts whose agents went away.
     let tick_stop = shutdown.clone();
@@ -215,6 +241,7 @@ pub async fn run(
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .layer(crate::metrics::rpc::RpcErrorsLayer { metrics })
         .add_service(v1::enrollment_server::EnrollmentServer::new(
             enrollment::EnrollmentService {
                 state: state.clone(),
@@ -232,6 +259,9 @@ pub async fn run(
         .await;
     let _ = std::fs::remove_file(dir.grpc_addr());
     let _ = std::fs::remove_file(dir.http_addr());
+    // Sessions have ended: their disconnects and the last contacts reach the store.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    health.flush_all();
     match http_task.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
         Err(e) => tracing::warn!(error = %e, "http server task"),

@@ -7,6 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::sessions::Sessions;
 use crate::fleet::Fleet;
+use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::pki::ca::Ca;
 use crate::store::Store;
 
@@ -27,4 +29,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Runner specs, rollouts and GitLab registrations.
     pub fleet: Arc<Fleet>,
+    /// Leases and events.
+    pub health: Arc<Health>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
 }

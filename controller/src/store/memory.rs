@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use time::OffsetDateTime;
 
 use super::{
-    AgentRecord, AgentRollout, Assignment, Facts, GenerationRecord, Retired, RolloutState, Store,
-    StoreError,
+    AgentRecord, AgentRollout, Assignment, EventFilter, EventRecord, Facts, GenerationRecord,
+    Retention, Retired, RolloutState, Store, StoreError,
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
@@ -21,6 +21,8 @@ struct Inner {
     retired: BTreeMap<i64, Retired>,
     next_retired: i64,
     rollouts: BTreeMap<String, AgentRollout>,
+    events: BTreeMap<u64, EventRecord>,
+    next_event: u64,
 }
 
 /// An in-memory store.
@@ -111,6 +113,18 @@ impl Store for MemoryStore {
             }
             if let Some(g) = applied_generation {
                 a.applied_generation = g;
+            }
+        }
+        Ok(())
+    }
+
+    fn agents_seen(&self, seen: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        for (id, at) in seen {
+            if let Some(a) = g.agents.get_mut(id)
+                && a.last_seen.is_none_or(|s| s < *at)
+            {
+                a.last_seen = Some(*at);
             }
         }
         Ok(())
@@ -265,5 +279,54 @@ impl Store for MemoryStore {
             a.applied_generation = generation;
         }
         Ok(())
+    }
+
+    fn add_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        for e in events {
+            g.next_event += 1;
+            let id = g.next_event;
+            g.events.insert(id, EventRecord { id, ..e.clone() });
+        }
+        Ok(())
+    }
+
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
+        let g = self.lock();
+        let mut v: Vec<EventRecord> = g
+            .events
+            .values()
+            .rev()
+            .filter(|e| filter.matches(e))
+            .take(filter.limit)
+            .cloned()
+            .collect();
+        v.reverse();
+        Ok(v)
+    }
+
+    fn prune_events(&self, keep: Retention) -> Result<usize, StoreError> {
+        let mut g = self.lock();
+        let before = g.events.len();
+        let mut per_agent: BTreeMap<String, usize> = BTreeMap::new();
+        let mut drop = Vec::new();
+        for (id, e) in g.events.iter().rev() {
+            if e.agent_id.is_empty() {
+                continue;
+            }
+            let c = per_agent.entry(e.agent_id.clone()).or_default();
+            *c += 1;
+            if *c > keep.per_agent {
+                drop.push(*id);
+            }
+        }
+        for id in &drop {
+            g.events.remove(id);
+        }
+        let extra: Vec<u64> = g.events.keys().rev().skip(keep.total).copied().collect();
+        for id in &extra {
+            g.events.remove(id);
+        }
+        Ok(before - g.events.len())
     }
 }

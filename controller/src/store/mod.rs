@@ -200,6 +200,71 @@ pub struct AgentRollout {
     pub ack_error: Option<String>,
 }
 
+/// Something that happened in the fleet, as `drover events` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Increasing row id (0 before insert); `drover events --follow` reads after it.
+    pub id: u64,
+    /// When it happened.
+    pub at: Option<OffsetDateTime>,
+    /// The agent it concerns; empty for fleet-wide events (rollouts).
+    pub agent_id: String,
+    /// `agent-state`, `agent-connected`, `agent-disconnected`, `agent-enrolled`,
+    /// `agent-deleted`, `runner-<kind>`, `job`, `rollout`.
+    pub kind: String,
+    /// The runner it concerns, if any.
+    pub runner: String,
+    /// One line for people.
+    pub message: String,
+    /// For `job` events: GitLab's job id and its state.
+    pub job_id: i64,
+    /// `running`, `success`, `failed`, `canceled` for `job` events.
+    pub job_state: String,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this agent's (empty = all).
+    pub agent_id: String,
+    /// Only this kind (empty = all).
+    pub kind: String,
+    /// Only at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Only with a larger id.
+    pub after_id: u64,
+    /// The newest `limit` matching, returned oldest first.
+    pub limit: usize,
+}
+
+impl EventFilter {
+    /// Whether `e` passes every condition but the limit.
+    pub fn matches(&self, e: &EventRecord) -> bool {
+        (self.agent_id.is_empty() || e.agent_id == self.agent_id)
+            && (self.kind.is_empty() || e.kind == self.kind)
+            && self.since.is_none_or(|s| e.at.is_some_and(|at| at >= s))
+            && e.id > self.after_id
+    }
+}
+
+/// How many events are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Newest events kept per agent.
+    pub per_agent: usize,
+    /// Newest events kept in all.
+    pub total: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            per_agent: 500,
+            total: 50_000,
+        }
+    }
+}
+
 /// Persistent controller state.
 pub trait Store: Send + Sync {
     /// Stores a new token.
@@ -230,6 +295,10 @@ pub trait Store: Send + Sync {
         ips: Option<&[String]>,
         applied_generation: Option<u64>,
     ) -> Result<(), StoreError>;
+    /// Records many agents' last contact in one transaction (the lease table flushes
+    /// heartbeats this way instead of one write per heartbeat). Unknown ids are skipped; a
+    /// time older than the stored one does not move it back.
+    fn agents_seen(&self, seen: &[(String, OffsetDateTime)]) -> Result<(), StoreError>;
     /// Records a renewed certificate.
     fn agent_cert_renewed(
         &self,
@@ -282,4 +351,12 @@ pub trait Store: Send + Sync {
         generation: u64,
         error: Option<&str>,
     ) -> Result<(), StoreError>;
+
+    /// Appends events in one transaction (ids and order as given).
+    fn add_events(&self, events: &[EventRecord]) -> Result<(), StoreError>;
+    /// The newest `filter.limit` events matching `filter`, oldest first.
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError>;
+    /// Drops all but the newest `per_agent` events of each agent and the newest `total` in
+    /// all; returns how many were dropped.
+    fn prune_events(&self, keep: Retention) -> Result<usize, StoreError>;
 }

@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use super::{
-    AgentRecord, AgentRollout, Assignment, Facts, GenerationRecord, Retired, RolloutState, Store,
-    StoreError, Strategy,
+    AgentRecord, AgentRollout, Assignment, EventFilter, EventRecord, Facts, GenerationRecord,
+    Retention, Retired, RolloutState, Store, StoreError, Strategy,
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
@@ -78,6 +78,22 @@ CREATE TABLE IF NOT EXISTS agent_rollouts (
     ack_error         TEXT
 );
 PRAGMA user_version = 2;
+";
+
+/// Version 3: events (`drover events`), newest kept per agent and in all.
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at        INTEGER,
+    agent_id  TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    runner    TEXT NOT NULL,
+    message   TEXT NOT NULL,
+    job_id    INTEGER NOT NULL DEFAULT 0,
+    job_state TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_agent ON events (agent_id, id);
+PRAGMA user_version = 3;
 ";
 
 /// SQLite-backed store. One connection behind a mutex: calls are short.
@@ -203,6 +219,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(SCHEMA_V2)?;
+        conn.execute_batch(SCHEMA_V3)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -361,6 +378,21 @@ impl Store for SqliteStore {
                 "UPDATE agents SET applied_generation = ?2 WHERE id = ?1",
                 params![id, i64::try_from(g).unwrap_or(i64::MAX)],
             )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn agents_seen(&self, seen: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE agents SET last_seen = ?2 WHERE id = ?1 AND (last_seen IS NULL OR last_seen < ?2)",
+            )?;
+            for (id, at) in seen {
+                stmt.execute(params![id, ts(*at)])?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -592,6 +624,105 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(())
     }
+
+    fn add_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO events (at, agent_id, kind, runner, message, job_id, job_state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for e in events {
+                stmt.execute(params![
+                    e.at.map(ts),
+                    e.agent_id,
+                    e.kind,
+                    e.runner,
+                    e.message,
+                    e.job_id,
+                    e.job_state
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, at, agent_id, kind, runner, message, job_id, job_state FROM events
+             WHERE id > ?1 AND (?2 = '' OR agent_id = ?2) AND (?3 = '' OR kind = ?3)
+               AND (?4 IS NULL OR at >= ?4)
+             ORDER BY id DESC LIMIT ?5",
+        )?;
+        type Row = (
+            i64,
+            Option<i64>,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            String,
+        );
+        let rows = stmt.query_map(
+            params![
+                u(filter.after_id),
+                filter.agent_id,
+                filter.kind,
+                filter.since.map(ts),
+                i64::try_from(filter.limit).unwrap_or(i64::MAX)
+            ],
+            |r| -> rusqlite::Result<Row> {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at, agent_id, kind, runner, message, job_id, job_state) = row?;
+            out.push(EventRecord {
+                id: from_u(id),
+                at: at.map(|t| from_ts("events", t)).transpose()?,
+                agent_id,
+                kind,
+                runner,
+                message,
+                job_id,
+                job_state,
+            });
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn prune_events(&self, keep: Retention) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let per_agent = tx.execute(
+            "DELETE FROM events WHERE id IN (
+                SELECT id FROM (
+                    SELECT id, ROW_NUMBER() OVER (PARTITION BY agent_id ORDER BY id DESC) AS rn
+                    FROM events WHERE agent_id != ''
+                ) WHERE rn > ?1)",
+            params![i64::try_from(keep.per_agent).unwrap_or(i64::MAX)],
+        )?;
+        let total = tx.execute(
+            "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+            params![i64::try_from(keep.total).unwrap_or(i64::MAX)],
+        )?;
+        tx.commit()?;
+        Ok(per_agent + total)
+    }
 }
 
 fn u(v: u64) -> i64 {
@@ -729,7 +860,7 @@ mod tests {
             .conn()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
         assert_eq!(s.latest_generation().unwrap(), None);
         assert!(s.all_assignments().unwrap().is_empty());
         drop(s);

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use time::{Duration, OffsetDateTime};
 
 use super::{
-    AgentRecord, Assignment, Facts, GenerationRecord, Retired, RolloutState, Store, StoreError,
-    Strategy, StrategyKind,
+    AgentRecord, Assignment, EventFilter, EventRecord, Facts, GenerationRecord, Retention, Retired,
+    RolloutState, Store, StoreError, Strategy, StrategyKind,
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
@@ -19,6 +19,9 @@ pub fn run_all(make: Make<'_>) {
     seen_renewed_revoked(make());
     generations_follow_each_other(make());
     assignments_retired_and_acks(make());
+    batched_last_seen(make());
+    events_filter_and_order(make());
+    events_retention(make());
 }
 
 fn now() -> OffsetDateTime {
@@ -266,4 +269,141 @@ fn assignments_retired_and_acks(s: Box<dyn Store>) {
 #[test]
 fn memory_store_passes_the_suite() {
     run_all(&|| Box::new(super::memory::MemoryStore::new()));
+}
+
+fn batched_last_seen(s: Box<dyn Store>) {
+    s.create_token(&token(2)).unwrap();
+    for id in ["a1", "a2"] {
+        s.enroll(
+            "0011223344556677",
+            &tokens::hash_secret("s"),
+            now(),
+            agent(id),
+        )
+        .unwrap();
+    }
+    let later = now() + Duration::seconds(30);
+    s.agents_seen(&[
+        ("a1".into(), later),
+        ("a2".into(), now()),
+        ("unknown".into(), later),
+    ])
+    .unwrap();
+    assert_eq!(s.get_agent("a1").unwrap().unwrap().last_seen, Some(later));
+    assert_eq!(s.get_agent("a2").unwrap().unwrap().last_seen, Some(now()));
+    // An older time never moves last_seen back.
+    s.agents_seen(&[("a1".into(), now())]).unwrap();
+    assert_eq!(s.get_agent("a1").unwrap().unwrap().last_seen, Some(later));
+}
+
+fn event(agent: &str, kind: &str, secs: i64) -> EventRecord {
+    EventRecord {
+        at: Some(now() + Duration::seconds(secs)),
+        agent_id: agent.into(),
+        kind: kind.into(),
+        message: format!("{kind} at {secs}"),
+        ..EventRecord::default()
+    }
+}
+
+fn all(limit: usize) -> EventFilter {
+    EventFilter {
+        limit,
+        ..EventFilter::default()
+    }
+}
+
+fn events_filter_and_order(s: Box<dyn Store>) {
+    assert!(s.list_events(&all(10)).unwrap().is_empty());
+    s.add_events(&[
+        event("a1", "agent-connected", 0),
+        event("a2", "agent-connected", 1),
+        EventRecord {
+            runner: "lab".into(),
+            job_id: 42,
+            job_state: "success".into(),
+            ..event("a1", "job", 2)
+        },
+        event("", "rollout", 3),
+    ])
+    .unwrap();
+    let v = s.list_events(&all(10)).unwrap();
+    assert_eq!(v.len(), 4);
+    assert!(v.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+    assert_eq!(v[2].job_id, 42);
+    assert_eq!(v[2].job_state, "success");
+    assert_eq!(v[2].runner, "lab");
+    assert_eq!(v[2].at, Some(now() + Duration::seconds(2)));
+    // The newest `limit`, still oldest first.
+    let newest = s.list_events(&all(2)).unwrap();
+    assert_eq!(
+        newest.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["job", "rollout"]
+    );
+    let a1 = s
+        .list_events(&EventFilter {
+            agent_id: "a1".into(),
+            ..all(10)
+        })
+        .unwrap();
+    assert_eq!(a1.len(), 2);
+    let jobs = s
+        .list_events(&EventFilter {
+            kind: "job".into(),
+            ..all(10)
+        })
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    let since = s
+        .list_events(&EventFilter {
+            since: Some(now() + Duration::seconds(2)),
+            ..all(10)
+        })
+        .unwrap();
+    assert_eq!(since.len(), 2);
+    let after = s
+        .list_events(&EventFilter {
+            after_id: v[1].id,
+            ..all(10)
+        })
+        .unwrap();
+    assert_eq!(after, v[2..].to_vec());
+}
+
+fn events_retention(s: Box<dyn Store>) {
+    for i in 0..5 {
+        s.add_events(&[event("a1", "job", i), event("a2", "job", i)])
+            .unwrap();
+    }
+    s.add_events(&[event("", "rollout", 10)]).unwrap();
+    let dropped = s
+        .prune_events(Retention {
+            per_agent: 3,
+            total: 100,
+        })
+        .unwrap();
+    assert_eq!(dropped, 4);
+    let left = s.list_events(&all(100)).unwrap();
+    assert_eq!(left.iter().filter(|e| e.agent_id == "a1").count(), 3);
+    assert_eq!(
+        left.iter()
+            .filter(|e| e.agent_id == "a1")
+            .map(|e| e.at)
+            .collect::<Vec<_>>(),
+        (2..5)
+            .map(|i| Some(now() + Duration::seconds(i)))
+            .collect::<Vec<_>>(),
+        "the newest are kept"
+    );
+    let dropped = s
+        .prune_events(Retention {
+            per_agent: 3,
+            total: 4,
+        })
+        .unwrap();
+    assert_eq!(dropped, 3);
+    let left = s.list_events(&all(100)).unwrap();
+    assert_eq!(left.len(), 4);
+    assert_eq!(left.last().unwrap().kind, "rollout");
+    assert_eq!(s.prune_events(Retention::default()).unwrap(), 0);
 }

@@ -1,0 +1,525 @@
+//! The one place that decides an agent's lease state and why: a pure function of what the
+//! lease table knows, the clock and the thresholds.
+
+use drover_proto::v1;
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+
+use crate::timefmt;
+
+/// An agent's lease state, as `drover agents` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Heartbeating, nothing wrong.
+    Healthy,
+    /// Heartbeating (or briefly disconnected) with at least one reason.
+    Degraded,
+    /// No heartbeat within the grace period.
+    Lost,
+    /// Deleted by an admin; its certificate is refused.
+    Revoked,
+}
+
+impl State {
+    /// Every state, in display order.
+    pub const ALL: [State; 4] = [State::Healthy, State::Degraded, State::Lost, State::Revoked];
+
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Degraded => "degraded",
+            State::Lost => "lost",
+            State::Revoked => "revoked",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Limits of `healthy`. `drover serve` flags set them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// No heartbeat for longer than this: `lost` (default 3 heartbeat intervals).
+    pub grace: Duration,
+    /// A filesystem with less free than this fraction of its size is low (0.10).
+    pub min_disk_free_ratio: f64,
+    /// ... or with less free than this (2 GiB).
+    pub min_disk_free_bytes: u64,
+    /// Less available memory than this is low (256 MiB).
+    pub min_memory_available_bytes: u64,
+    /// A clock further off than this is skewed (60 s).
+    pub max_clock_skew: Duration,
+    /// A runner token expiring sooner than this is a problem (24 h).
+    pub token_expiry_warning: Duration,
+}
+
+impl Thresholds {
+    /// The defaults for heartbeats every `heartbeat_interval`.
+    pub fn for_interval(heartbeat_interval: Duration) -> Thresholds {
+        Thresholds {
+            grace: heartbeat_interval * 3,
+            min_disk_free_ratio: 0.10,
+            min_disk_free_bytes: 2 << 30,
+            min_memory_available_bytes: 256 << 20,
+            max_clock_skew: Duration::seconds(60),
+            token_expiry_warning: Duration::hours(24),
+        }
+    }
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds::for_interval(Duration::seconds(10))
+    }
+}
+
+/// What the evaluation looks at for one agent.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Now.
+    pub now: OffsetDateTime,
+    /// When this controller started (an agent not seen since is given one grace period
+    /// to reconnect before it counts as lost).
+    pub started_at: OffsetDateTime,
+    /// Deleted by an admin.
+    pub revoked: bool,
+    /// A session is open.
+    pub connected: bool,
+    /// Whether the agent was heard from since the controller started.
+    pub seen_since_start: bool,
+    /// The last heartbeat or other message (or the stored last_seen when none since start).
+    pub last_contact: Option<OffsetDateTime>,
+    /// The last heartbeat, when one arrived since the controller started.
+    pub heartbeat: Option<&'a v1::Heartbeat>,
+    /// When that heartbeat arrived.
+    pub heartbeat_at: Option<OffsetDateTime>,
+    /// The generation it runs.
+    pub applied_generation: u64,
+    /// The generation the controller pushes to it.
+    pub target_generation: u64,
+    /// Since when applied < target (with no refusal).
+    pub behind_since: Option<OffsetDateTime>,
+    /// Why it refused the target generation, if it did.
+    pub refusal: Option<&'a str>,
+}
+
+/// The outcome: a state and its reasons (empty when healthy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evaluation {
+    /// The lease state.
+    pub state: State,
+    /// One short lower-case phrase each; the text before a `:` is the kind of problem.
+    pub reasons: Vec<String>,
+}
+
+/// `d` as `45s`, `12m`, `5h`, `3d`.
+pub fn short_duration(d: Duration) -> String {
+    let s = d.whole_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Bytes as `1.5 GiB`.
+pub fn bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Decides the lease state of one agent.
+pub fn evaluate(i: &Input<'_>, t: &Thresholds) -> Evaluation {
+    if i.revoked {
+        return Evaluation {
+            state: State::Revoked,
+            reasons: vec!["deleted by an admin".into()],
+        };
+    }
+    let mut reasons = Vec::new();
+    if !i.seen_since_start {
+        // Known before a controller restart: give it one grace period to reconnect.
+        if i.last_contact.is_some() && i.now - i.started_at <= t.grace {
+            return Evaluation {
+                state: State::Degraded,
+                reasons: vec!["not connected: waiting for it after the controller started".into()],
+            };
+        }
+        let why = match i.last_contact {
+            Some(at) => format!("no heartbeat: last one {} ago", short_duration(i.now - at)),
+            None => "no heartbeat: never connected".to_string(),
+        };
+        return Evaluation {
+            state: State::Lost,
+            reasons: vec![why],
+        };
+    }
+    let last = i.heartbeat_at.or(i.last_contact);
+    match last {
+        Some(at) if i.now - at <= t.grace => {}
+        Some(at) => {
+            return Evaluation {
+                state: State::Lost,
+                reasons: vec![format!(
+                    "no heartbeat: last one {} ago",
+                    short_duration(i.now - at)
+                )],
+            };
+        }
+        None => {
+            return Evaluation {
+                state: State::Lost,
+                reasons: vec!["no heartbeat: never connected".into()],
+            };
+        }
+    }
+    if !i.connected {
+        reasons.push(format!(
+            "disconnected: last heartbeat {} ago",
+            short_duration(i.now - last.unwrap_or(i.now))
+        ));
+    }
+    if let Some(hb) = i.heartbeat {
+        reasons.extend(heartbeat_reasons(hb, i, t));
+    }
+    if let Some(e) = i.refusal {
+        reasons.push(format!("generation refused: {} ({e})", i.target_generation));
+    } else if i.applied_generation < i.target_generation
+        && i.behind_since.is_some_and(|s| i.now - s > t.grace)
+    {
+        reasons.push(format!(
+            "generation behind: runs {}, target {}",
+            i.applied_generation, i.target_generation
+        ));
+    }
+    Evaluation {
+        state: if reasons.is_empty() {
+            State::Healthy
+        } else {
+            State::Degraded
+        },
+        reasons,
+    }
+}
+
+fn disk_reason(what: &str, free: u64, total: u64, t: &Thresholds) -> Option<String> {
+    if total == 0 {
+        return None; // not reported
+    }
+    let ratio = free as f64 / total as f64;
+    (free < t.min_disk_free_bytes || ratio < t.min_disk_free_ratio).then(|| {
+        format!(
+            "disk low for {what}: {} free of {} ({:.1}%)",
+            bytes(free),
+            bytes(total),
+            ratio * 100.0
+        )
+    })
+}
+
+fn heartbeat_reasons(hb: &v1::Heartbeat, i: &Input<'_>, t: &Thresholds) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(h) = &hb.host {
+        if !h.docker_reachable {
+            out.push("docker unreachable".to_string());
+        }
+        out.extend(disk_reason(
+            "docker",
+            h.disk_free_bytes,
+            h.disk_total_bytes,
+            t,
+        ));
+        if (h.builds_disk_free_bytes, h.builds_disk_total_bytes)
+            != (h.disk_free_bytes, h.disk_total_bytes)
+        {
+            out.extend(disk_reason(
+                "builds",
+                h.builds_disk_free_bytes,
+                h.builds_disk_total_bytes,
+                t,
+            ));
+        }
+        if h.memory_total_bytes > 0 && h.memory_available_bytes < t.min_memory_available_bytes {
+            out.push(format!(
+                "memory low: {} available of {}",
+                bytes(h.memory_available_bytes),
+                bytes(h.memory_total_bytes)
+            ));
+        }
+    }
+    // The agent's own measurement (against GitLab's and the controller's Date headers),
+    // else the heartbeat's send time against its arrival (which includes transit time).
+    let skew = hb
+        .host
+        .as_ref()
+        .map(|h| h.clock_skew_seconds)
+        .filter(|s| *s != 0.0)
+        .or_else(|| {
+            let sent = hb.sent_at.as_ref().and_then(timefmt::from_proto)?;
+            let at = i.heartbeat_at?;
+            Some((sent - at).as_seconds_f64())
+        });
+    if let Some(s) = skew
+        && s.abs() > t.max_clock_skew.as_seconds_f64()
+    {
+        out.push(format!(
+            "clock skew: {}{}s",
+            if s > 0.0 { "+" } else { "-" },
+            s.abs().round()
+        ));
+    }
+    for r in &hb.runners {
+        let err = if r.last_error.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.last_error.chars().take(120).collect::<String>())
+        };
+        match r.state.as_str() {
+            "backoff" => out.push(format!("runner {} in backoff{err}", r.name)),
+            "waiting-for-docker" => out.push(format!("runner {} waiting for docker", r.name)),
+            "degraded" => out.push(format!("runner {} degraded{err}", r.name)),
+            _ => {}
+        }
+        if let Some(exp) = r.token_expires_at.as_ref().and_then(timefmt::from_proto) {
+            let left = exp - i.now;
+            if left <= Duration::ZERO {
+                out.push(format!("runner {} token expired", r.name));
+            } else if left < t.token_expiry_warning {
+                out.push(format!(
+                    "runner {} token expiring: in {}",
+                    r.name,
+                    short_duration(left)
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+    }
+
+    fn hb() -> v1::Heartbeat {
+        v1::Heartbeat {
+            sent_at: Some(timefmt::to_proto(t0())),
+            host: Some(v1::HostHealth {
+                docker_reachable: true,
+                disk_free_bytes: 50 << 30,
+                disk_total_bytes: 100 << 30,
+                builds_disk_free_bytes: 50 << 30,
+                builds_disk_total_bytes: 100 << 30,
+                memory_available_bytes: 4 << 30,
+                memory_total_bytes: 8 << 30,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn input(hb: &v1::Heartbeat) -> Input<'_> {
+        Input {
+            now: t0() + Duration::seconds(1),
+            started_at: t0() - Duration::hours(1),
+            revoked: false,
+            connected: true,
+            seen_since_start: true,
+            last_contact: Some(t0()),
+            heartbeat: Some(hb),
+            heartbeat_at: Some(t0()),
+            applied_generation: 2,
+            target_generation: 2,
+            behind_since: None,
+            refusal: None,
+        }
+    }
+
+    fn eval(i: &Input<'_>) -> Evaluation {
+        evaluate(i, &Thresholds::default())
+    }
+
+    #[test]
+    fn healthy_when_nothing_is_wrong() {
+        let hb = hb();
+        assert_eq!(
+            eval(&input(&hb)),
+            Evaluation {
+                state: State::Healthy,
+                reasons: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn every_host_reason() {
+        let mut hb = hb();
+        let h = hb.host.as_mut().unwrap();
+        h.docker_reachable = false;
+        h.disk_free_bytes = 1 << 30; // under 2 GiB
+        h.builds_disk_free_bytes = 8 << 30; // 8% of 100 GiB
+        h.memory_available_bytes = 100 << 20;
+        h.clock_skew_seconds = -90.0;
+        let e = eval(&input(&hb));
+        assert_eq!(e.state, State::Degraded);
+        assert_eq!(
+            e.reasons,
+            [
+                "docker unreachable",
+                "disk low for docker: 1.0 GiB free of 100.0 GiB (1.0%)",
+                "disk low for builds: 8.0 GiB free of 100.0 GiB (8.0%)",
+                "memory low: 100.0 MiB available of 8.0 GiB",
+                "clock skew: -90s",
+            ]
+        );
+    }
+
+    #[test]
+    fn unreported_values_never_degrade() {
+        let hb = v1::Heartbeat {
+            host: Some(v1::HostHealth {
+                docker_reachable: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(eval(&input(&hb)).state, State::Healthy);
+    }
+
+    #[test]
+    fn skew_from_send_time_when_the_agent_does_not_measure() {
+        let mut hb = hb();
+        hb.sent_at = Some(timefmt::to_proto(t0() + Duration::seconds(300)));
+        assert_eq!(eval(&input(&hb)).reasons, ["clock skew: +300s"]);
+    }
+
+    #[test]
+    fn runner_units_and_tokens_are_named() {
+        let mut hb = hb();
+        hb.runners = vec![
+            v1::RunnerStatus {
+                name: "lab".into(),
+                state: "backoff".into(),
+                last_error: "verify: 500".into(),
+                ..Default::default()
+            },
+            v1::RunnerStatus {
+                name: "arm".into(),
+                state: "waiting-for-docker".into(),
+                token_expires_at: Some(timefmt::to_proto(t0() + Duration::hours(5))),
+                ..Default::default()
+            },
+            v1::RunnerStatus {
+                name: "ok".into(),
+                state: "running".into(),
+                token_expires_at: Some(timefmt::to_proto(t0() + Duration::days(30))),
+                ..Default::default()
+            },
+        ];
+        assert_eq!(
+            eval(&input(&hb)).reasons,
+            [
+                "runner lab in backoff (verify: 500)",
+                "runner arm waiting for docker",
+                "runner arm token expiring: in 4h",
+            ]
+        );
+    }
+
+    #[test]
+    fn generation_behind_only_after_the_grace_period() {
+        let hb = hb();
+        let mut i = input(&hb);
+        i.target_generation = 3;
+        i.behind_since = Some(i.now - Duration::seconds(5));
+        assert_eq!(eval(&i).state, State::Healthy, "a rollout in progress");
+        i.behind_since = Some(i.now - Duration::seconds(31));
+        assert_eq!(eval(&i).reasons, ["generation behind: runs 2, target 3"]);
+        i.refusal = Some("bad image");
+        assert_eq!(eval(&i).reasons, ["generation refused: 3 (bad image)"]);
+    }
+
+    #[test]
+    fn lost_after_grace_and_disconnected_before() {
+        let hb = hb();
+        let mut i = input(&hb);
+        i.connected = false;
+        i.now = t0() + Duration::seconds(20);
+        assert_eq!(eval(&i).reasons, ["disconnected: last heartbeat 20s ago"]);
+        i.now = t0() + Duration::seconds(31);
+        assert_eq!(
+            eval(&i),
+            Evaluation {
+                state: State::Lost,
+                reasons: vec!["no heartbeat: last one 31s ago".into()]
+            }
+        );
+        // Connected but silent counts the same.
+        i.connected = true;
+        assert_eq!(eval(&i).state, State::Lost);
+    }
+
+    #[test]
+    fn controller_restart_gives_one_grace_period() {
+        let beat = hb();
+        let mut i = input(&beat);
+        i.heartbeat = None;
+        i.heartbeat_at = None;
+        i.seen_since_start = false;
+        i.connected = false;
+        i.started_at = t0();
+        i.last_contact = Some(t0() - Duration::hours(2));
+        i.now = t0() + Duration::seconds(10);
+        assert_eq!(eval(&i).state, State::Degraded);
+        i.now = t0() + Duration::seconds(40);
+        assert_eq!(
+            eval(&i).reasons,
+            ["no heartbeat: last one 2h ago"],
+            "{:?}",
+            eval(&i)
+        );
+        i.last_contact = None;
+        assert_eq!(eval(&i).reasons, ["no heartbeat: never connected"]);
+        // Enrolled but never connected: lost even right after the start.
+        i.now = t0() + Duration::seconds(1);
+        assert_eq!(eval(&i).state, State::Lost);
+    }
+
+    #[test]
+    fn revoked_wins() {
+        let hb = hb();
+        let mut i = input(&hb);
+        i.revoked = true;
+        assert_eq!(eval(&i).state, State::Revoked);
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(short_duration(Duration::seconds(45)), "45s");
+        assert_eq!(short_duration(Duration::minutes(5)), "5m");
+        assert_eq!(short_duration(Duration::hours(30)), "30h");
+        assert_eq!(short_duration(Duration::days(4)), "4d");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
+    }
+}
