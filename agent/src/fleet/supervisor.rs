@@ -29,10 +29,13 @@ use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
 use super::report::{self, Report, UnitReport};
 use crate::executor::Executor;
 use crate::gitlab::{GitLab, GitLabError, RunnerAuth};
+use crate::health::DockerStatus;
+use crate::metrics::{Metrics, RunnerInfo, RunnerLabels};
 use crate::runner::{
-    RunnerError, RunnerEvent, RunnerSettings, RunnerState, RunnerStats, error_chain,
+    RunnerError, RunnerEvent, RunnerSettings, RunnerState, RunnerStats, error_chain, short_token,
 };
 use crate::standalone::engine::{Engine, GitLabFactory};
+use crate::systemd::Heartbeat as Liveness;
 use crate::units::{Action, Event, RestartPolicy, Unit, UnitState};
 
 /// Builds (and shares) the GitLab client of a runner table.
@@ -42,8 +45,8 @@ pub type SharedGitLabFactory =
 /// The Docker engine as the supervisor depends on it.
 #[async_trait]
 pub trait DockerDep: Send + Sync {
-    /// `Ok` when the engine answers.
-    async fn ping(&self) -> Result<(), String>;
+    /// The engine's version and root dir when it answers.
+    async fn ping(&self) -> Result<DockerStatus, String>;
     /// The executor jobs run on (called once, after a successful ping).
     async fn executor(&self) -> anyhow::Result<Arc<dyn Executor>>;
 }
@@ -145,6 +148,13 @@ pub struct Supervisor {
     generation: u64,
     last_refusal: Option<String>,
     docker_up: bool,
+    /// What the last successful ping said.
+    docker: Option<DockerStatus>,
+    /// The controller said drain: no unit starts until the agent restarts.
+    draining: bool,
+    commands: Option<mpsc::UnboundedReceiver<v1::Command>>,
+    metrics: Option<Metrics>,
+    liveness: Option<Liveness>,
     ips: Vec<String>,
     dirty: bool,
 }
@@ -168,9 +178,32 @@ impl Supervisor {
             generation: 0,
             last_refusal: None,
             docker_up: false,
+            docker: None,
+            draining: false,
+            commands: None,
+            metrics: None,
+            liveness: None,
             ips,
             dirty: true,
         }
+    }
+
+    /// Takes commands (drain) from the controller.
+    pub fn with_commands(mut self, rx: mpsc::UnboundedReceiver<v1::Command>) -> Self {
+        self.commands = Some(rx);
+        self
+    }
+
+    /// Feeds runner events, runner labels and `concurrent` into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Beats `liveness` on every turn of the loop (the systemd watchdog's health check).
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 
     /// The generation it runs.
@@ -210,11 +243,21 @@ impl Supervisor {
         let mut ip_poll = tokio::time::interval(self.deps.timings.ip_poll);
         let mut status = tokio::time::interval(self.deps.timings.status_every);
         ip_poll.tick().await;
+        let mut commands = self.commands.take();
         loop {
+            if let Some(l) = &self.liveness {
+                l.beat();
+            }
             let engine_busy = self.engine.as_ref().is_some_and(|e| e.running() > 0);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(ds) = desired.recv() => self.apply(ds).await,
+                Some(cmd) = async {
+                    match commands.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.command(cmd),
                 Some(ev) = self.runner_events.recv() => self.runner_event(ev),
                 Some(ended) = async {
                     match self.engine.as_mut() {
@@ -254,6 +297,41 @@ impl Supervisor {
         }
         self.dirty = true;
         self.publish();
+    }
+
+    /// A command from the controller.
+    fn command(&mut self, cmd: v1::Command) {
+        match cmd.kind {
+            Some(v1::command::Kind::Drain(_)) => self.drain(),
+            None => tracing::warn!("empty command from the controller ignored"),
+        }
+    }
+
+    /// Stops taking jobs on every unit; running jobs finish, then units are `stopped`.
+    /// Generations pushed later are still validated, persisted and acked, but no unit starts
+    /// until the agent restarts.
+    pub fn drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        tracing::info!(
+            units = self.units.len(),
+            "drain: taking no new jobs; running jobs finish"
+        );
+        self.draining = true;
+        let docker_up = self.docker_up;
+        let mut changes = Vec::new();
+        for (name, e) in self.units.iter_mut() {
+            let before = e.unit.state;
+            e.unit.handle(Event::Drain, now(), docker_up);
+            e.log("drain requested by the controller");
+            changes.push((name.clone(), before, e.unit.state));
+        }
+        for (name, before, after) in changes {
+            self.transition(&name, before, after);
+        }
+        self.sync_engine();
+        self.dirty = true;
     }
 
     /// Validates, verifies and applies a pushed generation; acks it either way.
@@ -408,7 +486,10 @@ impl Supervisor {
                 stop_loop: false,
             });
             let token_changed = entry.assignment.raw.runner_token != a.raw.runner_token;
-            if changed || entry.unit.state == UnitState::Stopped && !entry.unit.loop_alive() {
+            let draining = self.draining;
+            if !draining
+                && (changed || entry.unit.state == UnitState::Stopped && !entry.unit.loop_alive())
+            {
                 if token_changed {
                     entry.rotated_from = None;
                     entry.rotation_retry = None;
@@ -429,7 +510,46 @@ impl Supervisor {
         }
         self.generation = desired.generation;
         self.sync_engine();
+        self.refresh_metrics();
         self.dirty = true;
+    }
+
+    /// Runner labels (short token, name, system id), limits, token expiry and `concurrent`
+    /// for the metrics.
+    fn refresh_metrics(&self) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        let infos: Vec<RunnerInfo> = self
+            .units
+            .iter()
+            .map(|(name, e)| RunnerInfo {
+                labels: RunnerLabels {
+                    runner: short_token(&e.assignment.token),
+                    runner_name: name.clone(),
+                    system_id: self.deps.system_id.clone(),
+                },
+                limit: Some(e.assignment.limit()),
+                token_expires_at: e
+                    .assignment
+                    .raw
+                    .token_expires_at
+                    .as_deref()
+                    .and_then(|s| {
+                        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .map(SystemTime::from),
+            })
+            .collect();
+        m.set_runners(&infos);
+        m.set_concurrent(
+            self.units
+                .values()
+                .map(|e| e.assignment.limit())
+                .sum::<u32>()
+                .max(1),
+        );
     }
 
     /// Brings the engine's runner set in line with the units that want a loop.
@@ -494,7 +614,10 @@ impl Supervisor {
 
     async fn check_docker(&mut self) {
         let up = match self.deps.docker.ping().await {
-            Ok(()) => true,
+            Ok(status) => {
+                self.docker = Some(status);
+                true
+            }
             Err(e) => {
                 if self.docker_up || self.engine.is_none() {
                     tracing::warn!(error = %e, "docker engine unreachable");
@@ -670,6 +793,7 @@ impl Supervisor {
         }));
         // The engine sees a changed runner table: the old loop drains, a new one starts.
         self.sync_engine();
+        self.refresh_metrics();
         self.dirty = true;
     }
 
@@ -756,6 +880,9 @@ impl Supervisor {
     }
 
     fn runner_event(&mut self, ev: RunnerEvent) {
+        if let Some(m) = &self.metrics {
+            m.observe_event(&ev);
+        }
         let docker_up = self.docker_up;
         match ev {
             RunnerEvent::Verified { runner } => {
@@ -837,6 +964,7 @@ impl Supervisor {
             UnitState::Backoff => "backoff",
             UnitState::WaitingForDocker => "waiting-for-docker",
             UnitState::Stopped => "stopped",
+            UnitState::Draining => "draining",
             UnitState::Starting | UnitState::Degraded => "",
         };
         let message = self
@@ -921,6 +1049,16 @@ impl Supervisor {
             applied_generation: self.generation,
             last_refusal: self.last_refusal.clone(),
             docker_reachable: self.docker_up,
+            docker_version: self
+                .docker
+                .as_ref()
+                .filter(|_| self.docker_up)
+                .map(|d| d.version.clone()),
+            docker_root_dir: self
+                .docker
+                .as_ref()
+                .map(|d| d.root_dir.display().to_string()),
+            draining: self.draining,
             units,
         }
     }
