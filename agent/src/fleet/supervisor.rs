@@ -67,6 +67,9 @@ pub struct Timings {
     pub apply_timeout: Duration,
     /// `status.json` is rewritten at least this often.
     pub status_every: Duration,
+    /// A unit degraded by a refused token repeats `token-invalid` this often until a new
+    /// token arrives (the controller may have been away, or rate-limited the first one).
+    pub token_invalid_repeat: Duration,
     pub policy: RestartPolicy,
     /// Adjusts runner settings before start (tests shorten the loop's timings).
     pub tune: Option<Tuning>,
@@ -80,6 +83,7 @@ impl Default for Timings {
             ip_poll: Duration::from_secs(15),
             apply_timeout: Duration::from_secs(60),
             status_every: Duration::from_secs(5),
+            token_invalid_repeat: Duration::from_secs(30),
             policy: RestartPolicy::default(),
             tune: None,
         }
@@ -123,6 +127,8 @@ struct UnitEntry {
     /// The unit asked for its loop to stop (watchdog) while its state still wants one: the
     /// engine leaves it out until the loop ended.
     stop_loop: bool,
+    /// When `token-invalid` was last reported, while the unit waits for a new token.
+    token_invalid_at: Option<(SystemTime, String)>,
 }
 
 impl UnitEntry {
@@ -484,6 +490,7 @@ impl Supervisor {
                 rotated_from: None,
                 rotation_retry: None,
                 stop_loop: false,
+                token_invalid_at: None,
             });
             let token_changed = entry.assignment.raw.runner_token != a.raw.runner_token;
             let draining = self.draining;
@@ -493,6 +500,7 @@ impl Supervisor {
                 if token_changed {
                     entry.rotated_from = None;
                     entry.rotation_retry = None;
+                    entry.token_invalid_at = None;
                 }
                 entry.assignment = a;
                 entry.log(format!(
@@ -688,8 +696,32 @@ impl Supervisor {
         for (name, before, after) in changes {
             self.transition(&name, before, after);
         }
+        self.repeat_token_invalid(t);
         self.sync_engine();
         self.rotate_due().await;
+    }
+
+    /// Repeats `token-invalid` for units still waiting for a new token.
+    fn repeat_token_invalid(&mut self, t: SystemTime) {
+        let every = self.deps.timings.token_invalid_repeat;
+        let due: Vec<(String, String)> = self
+            .units
+            .iter_mut()
+            .filter(|(_, e)| e.unit.state == UnitState::Degraded)
+            .filter_map(|(name, e)| {
+                let (at, why) = e.token_invalid_at.as_mut()?;
+                if t.duration_since(*at).is_ok_and(|d| d >= every) {
+                    *at = t;
+                    Some((name.clone(), why.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (name, why) in due {
+            tracing::warn!(runner = %name, "still waiting for a new runner token; reporting token-invalid again");
+            self.event(&name, "token-invalid", &why);
+        }
     }
 
     /// Rotates the tokens that reached 75 % of their lifetime.
@@ -818,6 +850,7 @@ impl Supervisor {
         e.unit
             .handle(Event::TokenInvalid(why.clone()), now(), docker_up);
         e.log(format!("token invalid: {why}"));
+        e.token_invalid_at = Some((now(), why.clone()));
         let after = e.unit.state;
         tracing::error!(runner = %name, error = %why, "gitlab refused the runner token; waiting for a new one from the controller");
         self.event(name, "token-invalid", &why);

@@ -263,6 +263,7 @@ async fn start_with(
             ip_poll: Duration::from_millis(50),
             apply_timeout: Duration::from_secs(2),
             status_every: Duration::from_millis(100),
+            token_invalid_repeat: Duration::from_millis(300),
             policy,
             tune: Some(Arc::new(|s: &mut RunnerSettings| {
                 s.check_interval = Duration::from_millis(20);
@@ -538,6 +539,20 @@ async fn forbidden_job_request_degrades_until_a_new_token_arrives() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.gl.verifies(), verifies);
     assert_eq!(h.report.borrow().units[0].state, "degraded");
+    // While it waits, the report repeats (the controller may have rate-limited the first).
+    let count = |h: &Harness| {
+        h.seen
+            .iter()
+            .filter(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "token-invalid"))
+            .count()
+    };
+    while count(&h) < 2 {
+        let m = tokio::time::timeout(WAIT, h.out.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        h.seen.push(m.kind.unwrap());
+    }
 
     // The controller re-registers and pushes a new token.
     h.gl.allow("glrt-a2");
