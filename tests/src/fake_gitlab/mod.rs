@@ -157,6 +157,12 @@ impl FakeGitLab {
         FakeGitLab::serve(listener, format!("http://{addr}"), false)
     }
 
+    /// Serves on an already-bound listener, telling clients it is at `url` (e.g. a listener
+    /// on `0.0.0.0` reached through a veth address).
+    pub fn start_on_url(listener: tokio::net::TcpListener, url: String) -> FakeGitLab {
+        FakeGitLab::serve(listener, url, false)
+    }
+
     /// Serves on an already-bound listener with, besides the runner API, the JSON control
     /// API under `/fake/` (see `control_http`; not part of GitLab's API). `url` is the base
     /// URL clients reach it at (put into job payloads), e.g. `http://fake-gitlab:8080` when
