@@ -164,7 +164,11 @@ fn assignment(name: &str, spec: serde_json::Value, token: &str) -> v1::RunnerAss
 async fn job_ok(gitlab: &FakeGitLab, image: &str, name: &str, agent: &mut Agent) {
     let agent = &*agent;
     fleet_support::job_ok(gitlab, image, name, &[], || {
-        agent.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
+        agent
+            .proc
+            .as_ref()
+            .map(|p| p.log_text())
+            .unwrap_or_default()
     })
     .await;
 }

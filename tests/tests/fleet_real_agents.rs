@@ -292,7 +292,13 @@ async fn revoked_token_heals() {
         ),
     );
     rollout_complete(&c, 1, ctx).await;
-    let first = gitlab.runners()[0].clone();
+    let first = wait_until(
+        WAIT,
+        "one registered runner",
+        || gitlab.runners().into_iter().next(),
+        ctx,
+    )
+    .await;
     assert_eq!(job_ok(&gitlab, &image, "before", &[], ctx).await, first.id);
 
     assert!(gitlab.revoke_token(&first.token));
@@ -356,7 +362,7 @@ async fn expiring_token_rotates_and_expired_token_heals() {
     let gitlab = FakeGitLab::start().await;
     gitlab.set_trace_update_interval(1);
     gitlab.add_registration_token("GR1348941-real-expiry");
-    gitlab.set_token_lifetime(Some(Duration::from_secs(12)));
+    gitlab.set_token_lifetime(Some(Duration::from_secs(15)));
     let c = Controller::start();
     let token = c.create_token(&["--label", "site=real-expiry"]);
     let mut a = Agent::new();
@@ -376,7 +382,13 @@ async fn expiring_token_rotates_and_expired_token_heals() {
         ),
     );
     rollout_complete(&c, 1, ctx).await;
-    let first = gitlab.runners()[0].clone();
+    let first = wait_until(
+        WAIT,
+        "one registered runner",
+        || gitlab.runners().into_iter().next(),
+        ctx,
+    )
+    .await;
     let first_expiry = first.token_expires_at.expect("a token with a lifetime");
 
     // At 75 % of the lifetime the agent resets its token: same runner, new token, later
@@ -502,7 +514,13 @@ async fn ip_change_is_reported_and_re_verified() {
         ctx,
     )
     .await;
-    let runner = gitlab.runners()[0].clone();
+    let runner = wait_until(
+        WAIT,
+        "one registered runner",
+        || gitlab.runners().into_iter().next(),
+        ctx,
+    )
+    .await;
     assert_eq!(
         job_ok(&gitlab, &image, "before-move", &[], ctx).await,
         runner.id

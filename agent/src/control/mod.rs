@@ -8,6 +8,10 @@
 //! Hello/heartbeats carry the applied generation and the runner units from the latest
 //! [`Report`]; heartbeats also carry the latest host health snapshot, the agent version and
 //! the IPs. The controller's `Date` header at each session start feeds the clock skew.
+//!
+//! When the host's addresses change, a stream made from the old address is dead (it would
+//! only time out much later): the session ends at once and a new one is made; a message
+//! taken from the queue at that moment is kept for the next session.
 
 pub mod backoff;
 
@@ -36,6 +40,8 @@ use backoff::Backoff;
 enum SessionEnd {
     /// The certificate was renewed; reconnect at once with the new one.
     Renewed,
+    /// The host's addresses changed; reconnect at once from the new one.
+    IpsChanged,
 }
 
 /// Why a session ended with an error.
@@ -91,6 +97,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    // Messages taken from the queue that the last session could not send.
+    let mut pending: Vec<v1::AgentMessage> = Vec::new();
     loop {
         let identity = state.load()?;
         if OffsetDateTime::now_utc() >= identity.not_after {
@@ -102,10 +110,15 @@ pub async fn run(
         }
         let result = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = session(&state, &identity, &mut link) => r,
+            r = session(&state, &identity, &mut link, &mut pending) => r,
         };
         match result {
             Ok(SessionEnd::Renewed) => {
+                backoff.reset();
+                continue;
+            }
+            Ok(SessionEnd::IpsChanged) => {
+                tracing::info!("host addresses changed; reconnecting to the controller");
                 backoff.reset();
                 continue;
             }
@@ -140,7 +153,9 @@ async fn session(
     state: &StateDir,
     identity: &Identity,
     link: &mut Link,
+    pending: &mut Vec<v1::AgentMessage>,
 ) -> Result<SessionEnd, SessionError> {
+    let session_ips = sorted(host_facts::ips());
     let id = identity.agent_id.as_str();
     let channel = dial(identity).await.map_err(transient(false))?;
     let mut client = AgentControlClient::new(channel.clone());
@@ -197,9 +212,17 @@ async fn session(
     tokio::pin!(renew);
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
+    for m in pending.drain(..) {
+        if tx.send(m).await.is_err() {
+            return Err(transient(true)(anyhow::anyhow!("session stream closed")));
+        }
+    }
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                if sorted(host_facts::ips()) != session_ips {
+                    return Ok(SessionEnd::IpsChanged);
+                }
                 let hb = heartbeat(&link.report.borrow(), &link.health.borrow(), host_facts::ips());
                 if tx.send(hb).await.is_err() {
                     return Err(transient(true)(anyhow::anyhow!("session stream closed")));
@@ -223,6 +246,10 @@ async fn session(
                 Err(s) => return Err(from_status(s, id, true)),
             },
             Some(out) = link.outbound.recv() => {
+                if sorted(host_facts::ips()) != session_ips {
+                    pending.push(out);
+                    return Ok(SessionEnd::IpsChanged);
+                }
                 if tx.send(out).await.is_err() {
                     return Err(transient(true)(anyhow::anyhow!("session stream closed")));
                 }
@@ -233,6 +260,11 @@ async fn session(
             }
         }
     }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
 }
 
 /// A heartbeat: generation and units from `report`, the host from `host` (Docker

@@ -80,8 +80,9 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
         crate::standalone::observe::start_server(addr, metrics.clone(), background.clone()).await?;
     }
     let skew = Arc::new(ClockSkew::default());
+    let (gitlab, forget_clients) = http_factory(metrics.clone());
     let deps = Deps {
-        gitlab: http_factory(metrics.clone()),
+        gitlab,
         docker: Arc::new(RealDocker {
             agent_id: identity.agent_id.clone(),
             client: tokio::sync::Mutex::new(None),
@@ -93,6 +94,7 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
         outbound: out_tx,
         report: report_tx,
         ips: Arc::new(crate::host_facts::ips),
+        on_ips_changed: Some(forget_clients),
         timings: Timings::default(),
     };
     let liveness = Heartbeat::new();
@@ -143,11 +145,16 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
 }
 
 /// One shared [`HttpGitLab`] per (url, tls-ca-file); each new client's request counters go
-/// to `metrics`.
-fn http_factory(metrics: Metrics) -> SharedGitLabFactory {
+/// to `metrics`. The second value empties the cache (after an address change the pooled
+/// connections are dead: later users get new clients).
+fn http_factory(metrics: Metrics) -> (SharedGitLabFactory, Arc<dyn Fn() + Send + Sync>) {
     type Key = (String, Option<String>);
-    let cache: Mutex<HashMap<Key, Arc<HttpGitLab>>> = Mutex::new(HashMap::new());
-    Arc::new(move |rc| {
+    let cache: Arc<Mutex<HashMap<Key, Arc<HttpGitLab>>>> = Arc::new(Mutex::new(HashMap::new()));
+    let forget = cache.clone();
+    let forget: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        forget.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    });
+    let factory: SharedGitLabFactory = Arc::new(move |rc| {
         let key = (rc.url.clone(), rc.tls_ca_file.clone());
         let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cache.get(&key) {
@@ -163,7 +170,8 @@ fn http_factory(metrics: Metrics) -> SharedGitLabFactory {
         metrics.add_api_stats(client.stats());
         cache.insert(key, client.clone());
         Ok(client as Arc<dyn GitLab>)
-    })
+    });
+    (factory, forget)
 }
 
 /// The local Docker engine (`DOCKER_HOST` or the unix socket).

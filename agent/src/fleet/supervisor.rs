@@ -106,6 +106,9 @@ pub struct Deps {
     pub report: watch::Sender<Report>,
     /// This host's IP addresses.
     pub ips: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// Called when the IP addresses changed, before anything talks to GitLab again:
+    /// connections made from a vanished address are dead, so the GitLab clients drop them.
+    pub on_ips_changed: Option<Arc<dyn Fn() + Send + Sync>>,
     pub timings: Timings,
 }
 
@@ -873,6 +876,9 @@ impl Supervisor {
         let msg = format!("ips changed: [{}] -> [{}]", b.join(", "), a.join(", "));
         tracing::info!("{msg}");
         self.ips = ips;
+        if let Some(f) = &self.deps.on_ips_changed {
+            f();
+        }
         let names: Vec<String> = self.units.keys().cloned().collect();
         for name in &names {
             self.event(name, "ips-changed", &msg);
@@ -909,7 +915,30 @@ impl Supervisor {
                 Err(_) => self.event(&name, "verify-failed", "re-verify timed out"),
             }
         }
+        self.restart_loops();
         self.dirty = true;
+    }
+
+    /// Replaces every running job loop with a new one (new GitLab clients, new
+    /// connections); running jobs finish in the old loops. Units keep their state.
+    fn restart_loops(&mut self) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        let concurrent: u32 = self
+            .units
+            .values()
+            .map(|e| e.assignment.limit())
+            .sum::<u32>()
+            .max(1);
+        let none = Config {
+            concurrent: Some(concurrent),
+            ..Config::default()
+        };
+        if let Err(e) = engine.apply(&none) {
+            tracing::error!(error = %format!("{e:#}"), "stop runner loops for a restart");
+        }
+        self.sync_engine();
     }
 
     fn runner_event(&mut self, ev: RunnerEvent) {

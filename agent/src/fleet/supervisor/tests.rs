@@ -257,6 +257,7 @@ async fn start_with(
         outbound: out_tx,
         report: report_tx,
         ips: Arc::new(move || ips_fn.lock().unwrap().clone()),
+        on_ips_changed: None,
         timings: Timings {
             tick: Duration::from_millis(20),
             docker_ping: Duration::from_millis(20),
