@@ -47,7 +47,7 @@ async fn metrics_addr(agent: &Agent) -> String {
             let rest = log.split("metrics listening on ").nth(1)?;
             Some(rest.split_whitespace().next()?.to_string())
         },
-        || String::new(),
+        String::new,
     )
     .await
 }

@@ -109,16 +109,16 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
     sup.publish();
     let sup_stop = CancellationToken::new();
     let sup_task = tokio::spawn(sup.run(desired_rx, sup_stop.clone(), SHUTDOWN_DRAIN));
-    observe::spawn_host_probe(
-        Arc::new(ProcProbe::default()),
-        report_rx.clone(),
-        skew.clone(),
-        args.state_dir.clone(),
-        health_tx,
-        Some(metrics.clone()),
-        observe::HOST_PROBE_INTERVAL,
-        background.clone(),
-    );
+    observe::HostProbeTask {
+        probe: Arc::new(ProcProbe::default()),
+        report: report_rx.clone(),
+        skew: skew.clone(),
+        builds_dir: args.state_dir.clone(),
+        out: health_tx,
+        metrics: Some(metrics.clone()),
+        every: observe::HOST_PROBE_INTERVAL,
+    }
+    .spawn(background.clone());
     let lifecycle = observe::Lifecycle::new(Notifier::from_env().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "systemd notifications off");
         Notifier::disabled()

@@ -80,37 +80,43 @@ pub fn host_snapshot(
     )
 }
 
-/// Probes the host every `every` until `stop`; each snapshot goes to `out` (heartbeats)
-/// and, when given, to `metrics`.
-pub fn spawn_host_probe(
-    probe: Arc<dyn HostProbe>,
-    report: watch::Receiver<Report>,
-    skew: Arc<ClockSkew>,
-    builds_dir: PathBuf,
-    out: watch::Sender<HostHealth>,
-    metrics: Option<Metrics>,
-    every: Duration,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let snap = {
-                let r = report.borrow().clone();
-                host_snapshot(&r, probe.as_ref(), &skew, &builds_dir)
-            };
-            for e in &snap.errors {
-                tracing::debug!(error = %e, "host probe");
+/// The periodic host probe: each snapshot goes to `out` (heartbeats) and, when given, to
+/// `metrics`.
+pub struct HostProbeTask {
+    pub probe: Arc<dyn HostProbe>,
+    /// The supervisor's report (Docker status).
+    pub report: watch::Receiver<Report>,
+    pub skew: Arc<ClockSkew>,
+    /// The filesystem reported as the builds disk.
+    pub builds_dir: PathBuf,
+    pub out: watch::Sender<HostHealth>,
+    pub metrics: Option<Metrics>,
+    pub every: Duration,
+}
+
+impl HostProbeTask {
+    /// Probes at once, then every `every`, until `stop`.
+    pub fn spawn(self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let snap = {
+                    let r = self.report.borrow().clone();
+                    host_snapshot(&r, self.probe.as_ref(), &self.skew, &self.builds_dir)
+                };
+                for e in &snap.errors {
+                    tracing::debug!(error = %e, "host probe");
+                }
+                if let Some(m) = &self.metrics {
+                    m.set_host(&snap);
+                }
+                self.out.send_replace(snap);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.every) => {}
+                }
             }
-            if let Some(m) = &metrics {
-                m.set_host(&snap);
-            }
-            out.send_replace(snap);
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-        }
-    })
+        })
+    }
 }
 
 /// The systemd side of the agent's life.
