@@ -346,7 +346,16 @@ async fn revoked_token_heals() {
     )
     .await;
     assert_eq!(agent["runners"][0]["name"], "real-revoke");
-    // The revoked runner is no longer the agent's, and nothing uses its token.
+    // The controller tried to unregister the revoked runner; GitLab's runner API refuses
+    // its dead token (403), so its entry stays for GitLab's own stale-runner cleanup. No
+    // token of it is used any more.
+    wait_until(
+        WAIT,
+        "an unregister attempt for the revoked runner",
+        || (gitlab.request_count(Endpoint::UnregisterRunner, 403) >= 1).then_some(()),
+        ctx,
+    )
+    .await;
     assert!(gitlab.runner(first.id).is_none_or(|r| r.revoked));
     assert!(!a.read("applied.json").contains(&first.token));
 }
