@@ -211,21 +211,39 @@ async fn fleet_generations_offline_autonomy_and_status() {
     let ack = control.ack(1).await;
     assert!(ack.applied, "{ack:?}\n{}", agent.proc().log_text());
     job_ok(&gitlab, &image, "first", &mut agent).await;
-    control
+    let hb = control
         .wait("a heartbeat with the running unit", |s| {
             s.messages.iter().rev().find_map(|m| match m {
                 AgentKind::Heartbeat(h)
                     if h.applied_generation == 1
-                        && h.runners
-                            .iter()
-                            .any(|r| r.name == "fleet-e2e" && r.state == "running") =>
+                        && h.runners.iter().any(|r| {
+                            r.name == "fleet-e2e" && r.state == "running" && r.jobs_succeeded >= 1
+                        })
+                        && h.host.as_ref().is_some_and(|x| x.memory_total_bytes > 0) =>
                 {
-                    Some(())
+                    Some(h.clone())
                 }
                 _ => None,
             })
         })
         .await;
+    // The heartbeat carries the host: Docker, both disks, memory, load; the agent version
+    // and the runner's GitLab contact.
+    let host = hb.host.clone().unwrap();
+    assert!(
+        host.docker_reachable && !host.docker_version.is_empty(),
+        "{host:?}"
+    );
+    assert!(
+        host.disk_total_bytes > 0 && host.builds_disk_total_bytes > 0,
+        "{host:?}"
+    );
+    assert!(host.memory_available_bytes > 0, "{host:?}");
+    assert!(!hb.agent_version.is_empty());
+    assert!(!hb.ips.is_empty());
+    let unit = hb.runners.iter().find(|r| r.name == "fleet-e2e").unwrap();
+    assert!(unit.last_gitlab_contact.is_some(), "{unit:?}");
+    assert_eq!(unit.jobs_succeeded, 1, "{unit:?}");
 
     // Generation 2 is invalid: refused, the old runner keeps running jobs.
     let mut bad = spec.clone();

@@ -95,14 +95,21 @@ pub struct HostProbeTask {
 }
 
 impl HostProbeTask {
-    /// Probes at once, then every `every`, until `stop`.
-    pub fn spawn(self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// Probes at once, then every `every` and whenever the Docker status in the report
+    /// changes (so the Docker disk follows the engine coming up), until `stop`.
+    pub fn spawn(mut self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            let docker_key = |r: &Report| {
+                (
+                    r.docker_reachable,
+                    r.docker_version.clone(),
+                    r.docker_root_dir.clone(),
+                )
+            };
             loop {
-                let snap = {
-                    let r = self.report.borrow().clone();
-                    host_snapshot(&r, self.probe.as_ref(), &self.skew, &self.builds_dir)
-                };
+                let r = self.report.borrow_and_update().clone();
+                let probed = docker_key(&r);
+                let snap = host_snapshot(&r, self.probe.as_ref(), &self.skew, &self.builds_dir);
                 for e in &snap.errors {
                     tracing::debug!(error = %e, "host probe");
                 }
@@ -110,9 +117,21 @@ impl HostProbeTask {
                     m.set_host(&snap);
                 }
                 self.out.send_replace(snap);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(self.every) => {}
+                let next = tokio::time::sleep(self.every);
+                tokio::pin!(next);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = &mut next => break,
+                        changed = self.report.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            if docker_key(&self.report.borrow_and_update()) != probed {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         })
@@ -284,5 +303,44 @@ mod tests {
             std::path::Path::new("/var/lib/drover-agent"),
         );
         assert!(down.docker.is_none() && down.docker_disk.is_none());
+    }
+
+    #[tokio::test]
+    async fn probe_follows_docker_coming_up_without_waiting_for_the_interval() {
+        let probe = FakeProbe::default().with_disk(
+            "/var/lib/docker",
+            DiskSpace {
+                total_bytes: 100,
+                free_bytes: 10,
+            },
+        );
+        let (report_tx, report_rx) = watch::channel(Report::default());
+        let (out_tx, mut out_rx) = watch::channel(HostHealth::default());
+        let stop = CancellationToken::new();
+        let task = HostProbeTask {
+            probe: Arc::new(probe),
+            report: report_rx,
+            skew: Arc::new(ClockSkew::default()),
+            builds_dir: "/nowhere".into(),
+            out: out_tx,
+            metrics: None,
+            every: Duration::from_secs(3600),
+        }
+        .spawn(stop.clone());
+        out_rx.changed().await.unwrap();
+        assert!(out_rx.borrow_and_update().docker_disk.is_none());
+        report_tx.send_replace(Report {
+            docker_reachable: true,
+            docker_version: Some("20.10.24".into()),
+            docker_root_dir: Some("/var/lib/docker".into()),
+            ..Report::default()
+        });
+        tokio::time::timeout(Duration::from_secs(5), out_rx.changed())
+            .await
+            .expect("a new snapshot at once")
+            .unwrap();
+        assert_eq!(out_rx.borrow().docker_disk.map(|d| d.free_bytes), Some(10));
+        stop.cancel();
+        task.await.unwrap();
     }
 }
