@@ -249,5 +249,9 @@ fn spec_mode_needs_some_token() {
     parse_with(&creation, "runners.toml", ParseMode::Spec).unwrap();
     let bad = creation.replace("project_id = 7\n", "");
     let e = parse_with(&bad, "runners.toml", ParseMode::Spec).unwrap_err();
-    assert!(e.to_string().contains("runner_type \"project_type\" needs project_id"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("runner_type \"project_type\" needs project_id"),
+        "{e}"
+    );
 }

@@ -575,3 +575,75 @@ async fn ip_change_is_reported_and_re_verified() {
         runner.id
     );
 }
+
+/// A spec with a runner-creation token: the controller creates the runner with
+/// `POST /user/runners`; when GitLab revokes its token the healed agent gets a new runner and
+/// the dead one is deleted by id (no stale entry); deleting the spec deletes the runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_creation_token_heals_without_stale_runners() {
+    init_crypto();
+    let Some(image) = docker_image().await else {
+        return;
+    };
+    let gitlab = FakeGitLab::start().await;
+    gitlab.set_trace_update_interval(1);
+    gitlab.add_access_token("glpat-real-creation");
+    let c = Controller::start();
+    let token = c.create_token(&["--label", "site=real-creation"]);
+    let mut a = Agent::new();
+    a.enroll_ok(&c.url(), &token);
+    a.run();
+    let ctx = || logs(&c, &[&a]);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!(
+        "[[runners]]\nname = \"real-creation\"\nurl = \"{}\"\n\
+         runner_creation_token = \"glpat-real-creation\"\nrunner_type = \"group_type\"\n\
+         group_id = 9\nlimit = 1\nexecutor = \"docker\"\n\
+         [runners.selector]\nsite = \"real-creation\"\n\
+         [runners.docker]\nimage = \"{image}\"\npull_policy = \"never\"\n",
+        gitlab.url()
+    );
+    apply(&c, dir.path(), &spec);
+    rollout_complete(&c, 1, ctx).await;
+    let first = wait_until(
+        WAIT,
+        "one created runner",
+        || gitlab.runners().into_iter().next(),
+        ctx,
+    )
+    .await;
+    assert_eq!(
+        gitlab.created_runners(),
+        [first.id],
+        "made by POST /user/runners"
+    );
+    assert_eq!(job_ok(&gitlab, &image, "created", &[], ctx).await, first.id);
+
+    assert!(gitlab.revoke_token(&first.token));
+    let healed = wait_until(
+        WAIT,
+        "a new runner and no stale one",
+        || {
+            let rs = gitlab.runners();
+            (rs.len() == 1 && rs[0].id != first.id).then(|| rs[0].clone())
+        },
+        ctx,
+    )
+    .await;
+    assert!(gitlab.request_count(Endpoint::DeleteRunner, 204) >= 1);
+    assert_eq!(
+        job_ok(&gitlab, &image, "recreated", &[], ctx).await,
+        healed.id
+    );
+
+    let out = c.drover(&["runner", "delete", "real-creation", "--strategy", "all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    rollout_complete(&c, 2, ctx).await;
+    wait_until(
+        WAIT,
+        "runner deleted with the spec",
+        || gitlab.runners().is_empty().then_some(()),
+        ctx,
+    )
+    .await;
+}

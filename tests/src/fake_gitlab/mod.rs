@@ -230,6 +230,21 @@ impl FakeGitLab {
             .insert(token.to_owned());
     }
 
+    /// Accept `token` (`PRIVATE-TOKEN`) on `POST /user/runners` and `DELETE /runners/:id`.
+    pub fn add_access_token(&self, token: &str) {
+        self.shared.lock().access_tokens.insert(token.to_owned());
+    }
+
+    /// Ids of the runners made by `POST /user/runners`.
+    pub fn created_runners(&self) -> Vec<i64> {
+        self.shared
+            .lock()
+            .created_by_access_token
+            .iter()
+            .copied()
+            .collect()
+    }
+
     /// A runner created out of band (GitLab 16+ UI workflow) with authentication `token`.
     pub fn add_runner(&self, token: &str) -> i64 {
         self.add_runner_with(NewRunner::new(token))
@@ -584,6 +599,8 @@ fn router(shared: Arc<Shared>) -> Router {
             post(runners::register).delete(runners::unregister),
         )
         .route("/api/v4/runners/verify", post(runners::verify))
+        .route("/api/v4/user/runners", post(runners::create))
+        .route("/api/v4/runners/{id}", delete(runners::delete_by_id))
         .route(
             "/api/v4/runners/reset_authentication_token",
             post(runners::reset_token),
