@@ -238,7 +238,20 @@ fn spec_mode_needs_some_token() {
     let e = parse_with(&no_token, "runners.toml", ParseMode::Spec).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "runners.toml:2: runners[0].token: runner \"lab-docker\": token or registration_token \
-         required"
+        "runners.toml:2: runners[0].token: runner \"lab-docker\": token, registration_token or \
+         runner_creation_token required"
+    );
+    // A runner-creation token is enough; its runner_type is checked.
+    let creation = SPEC.replace(
+        "registration_token = \"GR1348941abc\"\n",
+        "runner_creation_token = \"glpat-x\"\nrunner_type = \"project_type\"\nproject_id = 7\n",
+    );
+    parse_with(&creation, "runners.toml", ParseMode::Spec).unwrap();
+    let bad = creation.replace("project_id = 7\n", "");
+    let e = parse_with(&bad, "runners.toml", ParseMode::Spec).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("runner_type \"project_type\" needs project_id"),
+        "{e}"
     );
 }

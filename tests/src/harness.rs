@@ -101,6 +101,15 @@ impl Proc {
         self.child.id()
     }
 
+    /// Sends SIGTERM (a clean stop, as systemd does) with `kill`.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         let mut s = String::new();
@@ -158,11 +167,16 @@ impl Controller {
 
     /// Starts a controller with extra `drover serve` flags.
     pub fn start_with(extra: &[&str]) -> Controller {
+        Controller::start_listening("127.0.0.1:0", extra)
+    }
+
+    /// Starts a controller whose gRPC listener binds `listen` (e.g. `0.0.0.0:0` for agents
+    /// in another network namespace); `grpc_addr` is then what it bound (`0.0.0.0:PORT`).
+    pub fn start_listening(listen: &str, extra: &[&str]) -> Controller {
         let dir = tempfile::tempdir().expect("temp data dir");
         let data = dir.path().join("data");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, grpc_addr, http_addr) =
-            Controller::spawn(dir.path(), &data, "127.0.0.1:0", &extra);
+        let (proc, grpc_addr, http_addr) = Controller::spawn(dir.path(), &data, listen, &extra);
         Controller {
             dir,
             proc,
@@ -332,14 +346,26 @@ impl Agent {
 
     /// Starts `drover-agent run --state-dir DIR`.
     pub fn run(&mut self) -> &mut Proc {
-        self.run_with_env(&[])
+        self.run_with(&[], &[], &[])
     }
 
-    /// Starts `drover-agent run --state-dir DIR` with extra environment variables.
-    pub fn run_with_env(&mut self, env: &[(&str, &str)]) -> &mut Proc {
-        let mut cmd = Command::new(agent_bin());
-        cmd.args(["run", "--state-dir"]).arg(self.state_dir());
-        cmd.envs(env.iter().copied());
+    /// Starts `PREFIX... drover-agent run --state-dir DIR ARGS...` with `env` added (e.g.
+    /// prefix `ip netns exec NAME`, args `--metrics-listen 127.0.0.1:0`).
+    pub fn run_with(&mut self, prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> &mut Proc {
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        cmd.args(["run", "--state-dir"])
+            .arg(self.state_dir())
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         self.proc = Some(Proc::spawn("drover-agent", cmd, self.dir.path()));
         self.proc.as_mut().expect("just set")
     }

@@ -5,10 +5,14 @@
 //! - `harness`: starts the real `drover` and `drover-agent` binaries with temporary dirs.
 //! - `images`: builds local test images (busybox) since no registry can be reached.
 //! - `git_server`: a smart-HTTP git server (`git http-backend` as CGI) with job-token auth.
+//! - `fleet_support`: what the fleet end-to-end tests share (specs, jobs, status polling).
+//! - `netns`: network namespaces with a veth pair to the host (root only).
 //! - `procstat`: memory and CPU figures of a process (for the benchmarks in `src/bin/`).
 
 pub mod fake_gitlab;
+pub mod fleet_support;
 pub mod git_server;
 pub mod harness;
 pub mod images;
+pub mod netns;
 pub mod procstat;

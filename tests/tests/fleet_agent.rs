@@ -10,14 +10,14 @@
 //! apply` → registration on the agent's behalf → push → ack → rollout complete → job.
 
 use std::pin::Pin;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_proto::v1;
 use drover_proto::v1::agent_message::Kind as AgentKind;
 use drover_proto::v1::controller_message::Kind as ControllerKind;
-use drover_tests::fake_gitlab::{FakeGitLab, JobSpec, JobState};
+use drover_tests::fake_gitlab::FakeGitLab;
+use drover_tests::fleet_support;
 use drover_tests::harness::{self, Agent, Controller};
 use futures::Stream;
 use time::OffsetDateTime;
@@ -151,36 +151,6 @@ fn point_agent_at(agent: &Agent, url: &str) {
     std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
 }
 
-fn status_json(agent: &Agent) -> serde_json::Value {
-    let out = Command::new(harness::agent_bin())
-        .args(["status", "-o", "json", "--state-dir"])
-        .arg(agent.state_dir())
-        .output()
-        .expect("run drover-agent status");
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        harness::stderr(&out)
-    );
-    serde_json::from_slice(&out.stdout).expect("status json")
-}
-
-/// Polls `drover-agent status -o json` until `f` holds.
-async fn status_until(agent: &Agent, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let end = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status_json(agent);
-        if f(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "status never matched: {s:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn assignment(name: &str, spec: serde_json::Value, token: &str) -> v1::RunnerAssignment {
     v1::RunnerAssignment {
         name: name.into(),
@@ -192,44 +162,21 @@ fn assignment(name: &str, spec: serde_json::Value, token: &str) -> v1::RunnerAss
 }
 
 async fn job_ok(gitlab: &FakeGitLab, image: &str, name: &str, agent: &mut Agent) {
-    let id = gitlab
-        .enqueue_job(
-            JobSpec::new(name)
-                .image(image)
-                .variable("GIT_STRATEGY", "none")
-                .script([format!("echo fleet-{name}")]),
-        )
-        .id;
-    let Some(f) = gitlab.wait_for_job_finished(id, WAIT).await else {
-        panic!(
-            "job {name} did not finish; agent log:\n{}",
-            agent.proc().log_text()
-        );
-    };
-    let t = f.trace_text();
-    assert_eq!(f.state, JobState::Success, "{t}");
-    assert!(t.contains(&format!("fleet-{name}")), "{t}");
+    let agent = &*agent;
+    fleet_support::job_ok(gitlab, image, name, &[], || {
+        agent
+            .proc
+            .as_ref()
+            .map(|p| p.log_text())
+            .unwrap_or_default()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_generations_offline_autonomy_and_status() {
-    let docker = match bollard::Docker::connect_with_local_defaults() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipping: docker unreachable: {e}");
-            return;
-        }
-    };
-    if let Err(e) = docker.ping().await {
-        eprintln!("skipping: docker unreachable: {e}");
+    let Some(image) = fleet_support::docker_image().await else {
         return;
-    }
-    let image = match drover_tests::images::busybox_image().await {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("skipping: {e:#}");
-            return;
-        }
     };
 
     // Enroll with the real controller, then replace it with the in-test one.
@@ -264,21 +211,39 @@ async fn fleet_generations_offline_autonomy_and_status() {
     let ack = control.ack(1).await;
     assert!(ack.applied, "{ack:?}\n{}", agent.proc().log_text());
     job_ok(&gitlab, &image, "first", &mut agent).await;
-    control
+    let hb = control
         .wait("a heartbeat with the running unit", |s| {
             s.messages.iter().rev().find_map(|m| match m {
                 AgentKind::Heartbeat(h)
                     if h.applied_generation == 1
-                        && h.runners
-                            .iter()
-                            .any(|r| r.name == "fleet-e2e" && r.state == "running") =>
+                        && h.runners.iter().any(|r| {
+                            r.name == "fleet-e2e" && r.state == "running" && r.jobs_succeeded >= 1
+                        })
+                        && h.host.as_ref().is_some_and(|x| x.memory_total_bytes > 0) =>
                 {
-                    Some(())
+                    Some(h.clone())
                 }
                 _ => None,
             })
         })
         .await;
+    // The heartbeat carries the host: Docker, both disks, memory, load; the agent version
+    // and the runner's GitLab contact.
+    let host = hb.host.clone().unwrap();
+    assert!(
+        host.docker_reachable && !host.docker_version.is_empty(),
+        "{host:?}"
+    );
+    assert!(
+        host.disk_total_bytes > 0 && host.builds_disk_total_bytes > 0,
+        "{host:?}"
+    );
+    assert!(host.memory_available_bytes > 0, "{host:?}");
+    assert!(!hb.agent_version.is_empty());
+    assert!(!hb.ips.is_empty());
+    let unit = hb.runners.iter().find(|r| r.name == "fleet-e2e").unwrap();
+    assert!(unit.last_gitlab_contact.is_some(), "{unit:?}");
+    assert_eq!(unit.jobs_succeeded, 1, "{unit:?}");
 
     // Generation 2 is invalid: refused, the old runner keeps running jobs.
     let mut bad = spec.clone();
@@ -293,7 +258,7 @@ async fn fleet_generations_offline_autonomy_and_status() {
     job_ok(&gitlab, &image, "after-refusal", &mut agent).await;
 
     // The job's end reaches GitLab just before the agent counts it: poll the status file.
-    let s = status_until(&agent, |s| {
+    let s = fleet_support::status_until(&agent.state_dir(), |s| {
         s["units"][0]["jobs_succeeded"].as_u64().unwrap_or(0) >= 2
     })
     .await;
@@ -330,7 +295,7 @@ async fn fleet_generations_offline_autonomy_and_status() {
     agent.run();
     job_ok(&gitlab, &image, "offline", &mut agent).await;
     // Written by the restarted agent (not the killed one's stale file).
-    let s = status_until(&agent, |s| {
+    let s = fleet_support::status_until(&agent.state_dir(), |s| {
         s["stale"].is_null() && s["units"][0]["state"] == "running"
     })
     .await;
@@ -339,7 +304,7 @@ async fn fleet_generations_offline_autonomy_and_status() {
 
     // Stale once the agent is gone.
     agent.proc().kill();
-    let s = status_json(&agent);
+    let s = fleet_support::status_json(&agent.state_dir());
     assert!(
         s["stale"].as_str().unwrap_or("").contains("not running"),
         "{s:#}"
@@ -351,23 +316,8 @@ async fn fleet_generations_offline_autonomy_and_status() {
 /// completes, a job runs, and the controller sees the unit running in heartbeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_controller_rollout_runs_a_job() {
-    let docker = match bollard::Docker::connect_with_local_defaults() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipping: docker unreachable: {e}");
-            return;
-        }
-    };
-    if let Err(e) = docker.ping().await {
-        eprintln!("skipping: docker unreachable: {e}");
+    let Some(image) = fleet_support::docker_image().await else {
         return;
-    }
-    let image = match drover_tests::images::busybox_image().await {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("skipping: {e:#}");
-            return;
-        }
     };
     let gitlab = FakeGitLab::start().await;
     gitlab.set_trace_update_interval(1);

@@ -20,9 +20,7 @@ use drover_tests::harness::{Controller, stderr, stdout, wait_for};
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 
-fn init() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+use drover_tests::fleet_support::{init_crypto as init, json};
 
 /// A test-side agent: enrolled identity, one open session, heartbeats every 300 ms.
 struct FakeAgent {
@@ -177,11 +175,6 @@ image = "{image}"
 pull_policy = "if-not-present"
 "#
     )
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}", stderr(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 
 #[tokio::test(flavor = "multi_thread")]

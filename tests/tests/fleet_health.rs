@@ -143,7 +143,7 @@ fn lost_degraded_status_events_metrics_and_web_page() {
     let mut nodocker = Agent::new();
     let nodocker_id = nodocker.enroll_ok(&c.url(), &token);
     fine.run();
-    nodocker.run_with_env(&[("DOCKER_HOST", "unix:///nonexistent.sock")]);
+    nodocker.run_with(&[], &[], &[("DOCKER_HOST", "unix:///nonexistent.sock")]);
 
     wait_for(Duration::from_secs(30), "agent healthy", || {
         c.agent(&fine_id).filter(|a| a["state"] == "healthy")

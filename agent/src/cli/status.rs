@@ -119,7 +119,7 @@ fn dot(u: &UnitReport, color: bool) -> String {
     }
     let code = match u.state.as_str() {
         "running" => "32",
-        "starting" | "backoff" | "waiting-for-docker" => "33",
+        "starting" | "backoff" | "waiting-for-docker" | "draining" => "33",
         "stopped" if u.last_error.is_none() => "0",
         _ => "31",
     };
@@ -131,14 +131,15 @@ pub fn render(shown: &Shown, now: OffsetDateTime, color: bool) -> String {
     let r = &shown.report;
     let mut out = String::new();
     out.push_str(&format!(
-        "agent {}: generation {}, docker {}\n",
+        "agent {}: generation {}, docker {}{}\n",
         r.agent_id,
         r.applied_generation,
-        if r.docker_reachable {
-            "reachable"
-        } else {
-            "unreachable"
-        }
+        match (r.docker_reachable, &r.docker_version) {
+            (true, Some(v)) => format!("{v} reachable"),
+            (true, None) => "reachable".to_string(),
+            (false, _) => "unreachable".to_string(),
+        },
+        if r.draining { ", draining" } else { "" }
     ));
     if let Some(s) = &shown.stale {
         out.push_str(&format!("WARNING: stale status: {s}\n"));
@@ -198,6 +199,9 @@ mod tests {
             applied_generation: 3,
             last_refusal: None,
             docker_reachable: true,
+            docker_version: Some("20.10.24".into()),
+            docker_root_dir: None,
+            draining: false,
             units: vec![UnitReport {
                 name: "lab".into(),
                 state: "degraded".into(),
@@ -223,7 +227,7 @@ mod tests {
         };
         let text = render(&shown, t("2026-11-25T17:00:05Z"), false);
         let want = "\
-agent ag-1: generation 3, docker reachable
+agent ag-1: generation 3, docker 20.10.24 reachable
 
 ● lab - runner unit
        State: degraded since 2026-11-25T16:55:00Z; 5min ago

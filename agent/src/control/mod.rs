@@ -3,13 +3,20 @@
 //! controller is away. A controller that refuses the agent's identity (revoked, unknown)
 //! ends the loop with an error: retrying cannot help.
 //!
-//! The stream carries fleet mode through a [`Link`]: desired states go in, acks, events and
-//! rotated tokens come out (queued while disconnected), and Hello/heartbeats carry the
-//! applied generation and the runner units from the latest [`Report`].
+//! The stream carries fleet mode through a [`Link`]: desired states and commands (drain) go
+//! in, acks, events and rotated tokens come out (queued while disconnected), and
+//! Hello/heartbeats carry the applied generation and the runner units from the latest
+//! [`Report`]; heartbeats also carry the latest host health snapshot, the agent version and
+//! the IPs. The controller's `Date` header at each session start feeds the clock skew.
+//!
+//! When the host's addresses change, a stream made from the old address is dead (it would
+//! only time out much later): the session ends at once and a new one is made; a message
+//! taken from the queue at that moment is kept for the next session.
 
 pub mod backoff;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use drover_proto::v1;
 use drover_proto::v1::agent_control_client::AgentControlClient;
@@ -23,6 +30,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::fleet::report::Report;
+use crate::health::{ClockSkew, HostHealth};
 use crate::host_facts::{self, HostFacts};
 use crate::identity::{Identity, StateDir, certs, tls};
 use backoff::Backoff;
@@ -32,6 +40,8 @@ use backoff::Backoff;
 enum SessionEnd {
     /// The certificate was renewed; reconnect at once with the new one.
     Renewed,
+    /// The host's addresses changed; reconnect at once from the new one.
+    IpsChanged,
 }
 
 /// Why a session ended with an error.
@@ -67,11 +77,17 @@ fn from_status(s: tonic::Status, agent_id: &str, established: bool) -> SessionEr
 pub struct Link {
     /// Desired states from the controller, in order.
     pub desired: mpsc::UnboundedSender<v1::DesiredState>,
+    /// Commands from the controller (drain), in order.
+    pub commands: mpsc::UnboundedSender<v1::Command>,
     /// Messages for the controller; read only while a session is up, so they wait in the
     /// channel while the controller is away.
     pub outbound: mpsc::Receiver<v1::AgentMessage>,
     /// The latest report (applied generation, units) for Hello and heartbeats.
     pub report: watch::Receiver<Report>,
+    /// The latest host health snapshot, for heartbeats.
+    pub health: watch::Receiver<HostHealth>,
+    /// Fed with the controller's `Date` header.
+    pub skew: Arc<ClockSkew>,
 }
 
 /// Runs sessions until `shutdown` or a fatal refusal.
@@ -81,6 +97,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    // Messages taken from the queue that the last session could not send.
+    let mut pending: Vec<v1::AgentMessage> = Vec::new();
     loop {
         let identity = state.load()?;
         if OffsetDateTime::now_utc() >= identity.not_after {
@@ -92,10 +110,15 @@ pub async fn run(
         }
         let result = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = session(&state, &identity, &mut link) => r,
+            r = session(&state, &identity, &mut link, &mut pending) => r,
         };
         match result {
             Ok(SessionEnd::Renewed) => {
+                backoff.reset();
+                continue;
+            }
+            Ok(SessionEnd::IpsChanged) => {
+                tracing::info!("host addresses changed; reconnecting to the controller");
                 backoff.reset();
                 continue;
             }
@@ -130,7 +153,9 @@ async fn session(
     state: &StateDir,
     identity: &Identity,
     link: &mut Link,
+    pending: &mut Vec<v1::AgentMessage>,
 ) -> Result<SessionEnd, SessionError> {
+    let session_ips = sorted(host_facts::ips());
     let id = identity.agent_id.as_str();
     let channel = dial(identity).await.map_err(transient(false))?;
     let mut client = AgentControlClient::new(channel.clone());
@@ -149,11 +174,19 @@ async fn session(
     tx.send(hello)
         .await
         .map_err(|_| transient(false)(anyhow::anyhow!("session channel closed")))?;
-    let mut inbound = client
+    let response = client
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| from_status(s, id, false))?
-        .into_inner();
+        .map_err(|s| from_status(s, id, false))?;
+    if let Some(date) = response
+        .metadata()
+        .get("date")
+        .and_then(|v| v.to_str().ok())
+        && let Err(e) = link.skew.observe_header(SystemTime::now(), date)
+    {
+        tracing::debug!(error = %e, "controller date header");
+    }
+    let mut inbound = response.into_inner();
     let welcome = match inbound
         .message()
         .await
@@ -179,10 +212,18 @@ async fn session(
     tokio::pin!(renew);
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
+    for m in pending.drain(..) {
+        if tx.send(m).await.is_err() {
+            return Err(transient(true)(anyhow::anyhow!("session stream closed")));
+        }
+    }
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let hb = heartbeat(&link.report.borrow());
+                if sorted(host_facts::ips()) != session_ips {
+                    return Ok(SessionEnd::IpsChanged);
+                }
+                let hb = heartbeat(&link.report.borrow(), &link.health.borrow(), host_facts::ips());
                 if tx.send(hb).await.is_err() {
                     return Err(transient(true)(anyhow::anyhow!("session stream closed")));
                 }
@@ -194,15 +235,21 @@ async fn session(
                         return Err(SessionError::Fatal(anyhow::anyhow!("fleet supervisor stopped")));
                     }
                 }
-                Ok(Some(m)) => tracing::debug!(agent = %id, message = ?m.kind.map(|k| match k {
-                    ControllerKind::Welcome(_) => "welcome",
-                    ControllerKind::DesiredState(_) => "desired_state",
-                    ControllerKind::Command(_) => "command",
-                }), "controller message ignored"),
+                Ok(Some(v1::ControllerMessage { kind: Some(ControllerKind::Command(cmd)) })) => {
+                    tracing::info!(agent = %id, command = ?cmd.kind, "command received");
+                    if link.commands.send(cmd).is_err() {
+                        return Err(SessionError::Fatal(anyhow::anyhow!("fleet supervisor stopped")));
+                    }
+                }
+                Ok(Some(_)) => tracing::debug!(agent = %id, "unexpected controller message ignored"),
                 Ok(None) => return Err(transient(true)(anyhow::anyhow!("controller closed the session"))),
                 Err(s) => return Err(from_status(s, id, true)),
             },
             Some(out) = link.outbound.recv() => {
+                if sorted(host_facts::ips()) != session_ips {
+                    pending.push(out);
+                    return Ok(SessionEnd::IpsChanged);
+                }
                 if tx.send(out).await.is_err() {
                     return Err(transient(true)(anyhow::anyhow!("session stream closed")));
                 }
@@ -215,8 +262,24 @@ async fn session(
     }
 }
 
-/// A heartbeat from `report`.
-fn heartbeat(report: &Report) -> v1::AgentMessage {
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// A heartbeat: generation and units from `report`, the host from `host` (Docker
+/// reachability from `report`, which the supervisor's pings keep fresher than the probe's
+/// snapshot), this agent's version, `ips`.
+fn heartbeat(report: &Report, host: &HostHealth, ips: Vec<String>) -> v1::AgentMessage {
+    let mut health = v1::HostHealth::from(host);
+    health.docker_reachable = report.docker_reachable;
+    if report.docker_reachable {
+        if let Some(v) = &report.docker_version {
+            health.docker_version = v.clone();
+        }
+    } else {
+        health.docker_version.clear();
+    }
     v1::AgentMessage {
         kind: Some(AgentKind::Heartbeat(v1::Heartbeat {
             sent_at: Some(prost_types::Timestamp {
@@ -224,12 +287,10 @@ fn heartbeat(report: &Report) -> v1::AgentMessage {
                 nanos: 0,
             }),
             applied_generation: report.applied_generation,
-            host: Some(v1::HostHealth {
-                docker_reachable: report.docker_reachable,
-                ..v1::HostHealth::default()
-            }),
+            host: Some(health),
             runners: report.units.iter().map(|u| u.to_proto()).collect(),
-            ips: host_facts::ips(),
+            ips,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
         })),
     }
 }
@@ -270,10 +331,15 @@ mod tests {
     use crate::fleet::report::UnitReport;
 
     #[test]
-    fn heartbeat_carries_generation_and_units() {
+    fn heartbeat_carries_generation_units_host_and_version() {
+        use crate::health::{
+            ClockSkew, CollectOptions, DiskSpace, DockerStatus, FakeProbe, LoadAverage, Memory,
+            collect,
+        };
         let report = Report {
             applied_generation: 9,
             docker_reachable: true,
+            docker_version: Some("20.10.24".into()),
             units: vec![UnitReport {
                 name: "lab".into(),
                 state: "backoff".into(),
@@ -284,15 +350,73 @@ mod tests {
                 jobs_succeeded: 2,
                 jobs_failed: 3,
                 jobs_canceled: 1,
+                last_gitlab_contact: Some("2026-11-25T10:00:00Z".into()),
                 ..UnitReport::default()
             }],
             ..Report::default()
         };
-        let Some(AgentKind::Heartbeat(hb)) = heartbeat(&report).kind else {
+        let probe = FakeProbe::default()
+            .with_memory(Memory {
+                total_bytes: 8 << 30,
+                available_bytes: 2 << 30,
+            })
+            .with_load(LoadAverage {
+                one: 0.75,
+                five: 0.5,
+                fifteen: 0.25,
+            })
+            .with_disk(
+                "/var/lib/docker",
+                DiskSpace {
+                    total_bytes: 1000,
+                    free_bytes: 400,
+                },
+            )
+            .with_disk(
+                "/var/lib/drover-agent",
+                DiskSpace {
+                    total_bytes: 500,
+                    free_bytes: 100,
+                },
+            );
+        let skew = ClockSkew::default();
+        skew.observe(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(100),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(103),
+        );
+        let host = collect(
+            &probe,
+            Some(DockerStatus {
+                version: "20.10.24".into(),
+                root_dir: "/var/lib/docker".into(),
+            }),
+            &skew,
+            &CollectOptions {
+                builds_dir: Some("/var/lib/drover-agent".into()),
+            },
+        );
+        let Some(AgentKind::Heartbeat(hb)) =
+            heartbeat(&report, &host, vec!["10.0.0.2".into()]).kind
+        else {
             panic!("not a heartbeat");
         };
         assert_eq!(hb.applied_generation, 9);
-        assert!(hb.host.unwrap().docker_reachable);
+        assert_eq!(hb.agent_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(hb.ips, ["10.0.0.2"]);
+        let h = hb.host.unwrap();
+        assert!(h.docker_reachable);
+        assert_eq!(h.docker_version, "20.10.24");
+        assert_eq!((h.disk_free_bytes, h.disk_total_bytes), (400, 1000));
+        assert_eq!(
+            (h.builds_disk_free_bytes, h.builds_disk_total_bytes),
+            (100, 500)
+        );
+        assert_eq!(
+            (h.memory_available_bytes, h.memory_total_bytes),
+            (2 << 30, 8 << 30)
+        );
+        assert_eq!(h.load1, 0.75);
+        assert_eq!(h.clock_skew_seconds, -3.0);
         let r = &hb.runners[0];
         assert_eq!(
             (r.name.as_str(), r.state.as_str(), r.last_error.as_str()),
@@ -301,6 +425,17 @@ mod tests {
         assert_eq!(r.gitlab_runner_id, 3);
         assert_eq!(r.token_expires_at.unwrap().seconds, 1_796_083_200);
         assert_eq!((r.jobs_running, r.jobs_succeeded, r.jobs_failed), (1, 2, 4));
-        assert!(r.last_gitlab_contact.is_none());
+        assert_eq!(r.last_gitlab_contact.unwrap().seconds, 1_795_600_800);
+
+        // The supervisor saw Docker go away after the last probe: not reachable, no version.
+        let down = Report {
+            docker_reachable: false,
+            ..report
+        };
+        let Some(AgentKind::Heartbeat(hb)) = heartbeat(&down, &host, Vec::new()).kind else {
+            panic!("not a heartbeat");
+        };
+        let h = hb.host.unwrap();
+        assert!(!h.docker_reachable && h.docker_version.is_empty());
     }
 }

@@ -4,12 +4,16 @@
 //! - [`supervisor`]: units on the shared runner engine; apply, restart policy, watchdog,
 //!   token rotation, IP watch, reports.
 //! - [`report`]: unit reports for heartbeats and `status.json` (`drover-agent status`).
+//! - [`observe`]: `--metrics-listen`, the host health snapshot heartbeats carry, and the
+//!   systemd lifecycle (`READY=1` once the persisted generation's units are started, a
+//!   watchdog gated on the supervisor's loop, `STOPPING=1`).
 //!
 //! At start the persisted generation runs before (and without) the controller; the control
 //! stream ([`crate::control`]) then says Hello with that generation and the controller
 //! reconciles by pushing what it wants.
 
 pub mod desired;
+pub mod observe;
 pub mod report;
 pub mod supervisor;
 
@@ -23,9 +27,12 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{BollardApi, ConnectOptions, DockerExecutor, Executor};
+use crate::executor::{ConnectOptions, DockerExecutor, Executor};
 use crate::gitlab::{ClientOptions, GitLab, HttpGitLab, system_id};
+use crate::health::{ClockSkew, DockerStatus, HostHealth, ProcProbe};
 use crate::identity::StateDir;
+use crate::metrics::Metrics;
+use crate::systemd::{self, Heartbeat, Notifier};
 use supervisor::{Deps, DockerDep, SharedGitLabFactory, Supervisor, Timings};
 
 /// How long a stop may take to cancel and report running jobs.
@@ -37,11 +44,11 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
     let state = StateDir::new(&args.state_dir);
     let identity = state.load()?;
     tracing::info!(agent = %identity.agent_id, controller = %identity.controller, "starting in fleet mode");
-    if args.metrics_listen.is_some() {
-        tracing::warn!("--metrics-listen is not served yet; ignored");
-    }
-    let system_id =
-        system_id::load_or_create(&args.state_dir.join("system_id")).context("system id")?;
+    let system_id = system_id::load_or_create(
+        &args.state_dir.join("system_id"),
+        system_id::Salt::StateDir(&args.state_dir),
+    )
+    .context("system id")?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -63,10 +70,22 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
     let (out_tx, out_rx) = mpsc::channel(256);
     let (report_tx, report_rx) = watch::channel(report::Report::default());
     let (desired_tx, desired_rx) = mpsc::unbounded_channel();
+    let (command_tx, command_rx) = mpsc::unbounded_channel();
+    let (health_tx, health_rx) = watch::channel(HostHealth::default());
+    let metrics = Metrics::new();
+    metrics.set_unit_source(Arc::new(observe::ReportUnits::new(report_rx.clone())));
+    let background = CancellationToken::new();
+    let _background = background.clone().drop_guard();
+    if let Some(addr) = args.metrics_listen {
+        crate::standalone::observe::start_server(addr, metrics.clone(), background.clone()).await?;
+    }
+    let skew = Arc::new(ClockSkew::default());
+    let (gitlab, forget_clients) = http_factory(metrics.clone());
     let deps = Deps {
-        gitlab: http_factory(),
+        gitlab,
         docker: Arc::new(RealDocker {
             agent_id: identity.agent_id.clone(),
+            client: tokio::sync::Mutex::new(None),
         }),
         store: desired::Store::new(state.root()),
         status_path: Some(report::status_file(state.root())),
@@ -75,9 +94,14 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
         outbound: out_tx,
         report: report_tx,
         ips: Arc::new(crate::host_facts::ips),
+        on_ips_changed: Some(forget_clients),
         timings: Timings::default(),
     };
-    let mut sup = Supervisor::new(deps);
+    let liveness = Heartbeat::new();
+    let mut sup = Supervisor::new(deps)
+        .with_commands(command_rx)
+        .with_metrics(metrics.clone())
+        .with_liveness(liveness.clone());
     if let Err(e) = sup.restore().await {
         // Still connect: the controller pushes a fresh generation (Hello says 0).
         tracing::error!(error = %format!("{e:#}"), "cannot run the persisted generation; waiting for the controller");
@@ -85,12 +109,34 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
     sup.publish();
     let sup_stop = CancellationToken::new();
     let sup_task = tokio::spawn(sup.run(desired_rx, sup_stop.clone(), SHUTDOWN_DRAIN));
+    observe::HostProbeTask {
+        probe: Arc::new(ProcProbe::default()),
+        report: report_rx.clone(),
+        skew: skew.clone(),
+        builds_dir: args.state_dir.clone(),
+        out: health_tx,
+        metrics: Some(metrics.clone()),
+        every: observe::HOST_PROBE_INTERVAL,
+    }
+    .spawn(background.clone());
+    let lifecycle = observe::Lifecycle::new(Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "systemd notifications off");
+        Notifier::disabled()
+    }));
+    lifecycle.ready(&report_rx.borrow());
+    if let Some(interval) = systemd::watchdog_interval() {
+        lifecycle.spawn_watchdog(interval, liveness, background.clone());
+    }
     let link = crate::control::Link {
         desired: desired_tx,
+        commands: command_tx,
         outbound: out_rx,
         report: report_rx,
+        health: health_rx,
+        skew,
     };
     let control = crate::control::run(state, link, shutdown.clone()).await;
+    lifecycle.stopping();
     sup_stop.cancel();
     if let Err(e) = sup_task.await {
         tracing::error!(error = %e, "fleet supervisor task failed");
@@ -98,11 +144,17 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
     control
 }
 
-/// One shared [`HttpGitLab`] per (url, tls-ca-file).
-fn http_factory() -> SharedGitLabFactory {
+/// One shared [`HttpGitLab`] per (url, tls-ca-file); each new client's request counters go
+/// to `metrics`. The second value empties the cache (after an address change the pooled
+/// connections are dead: later users get new clients).
+fn http_factory(metrics: Metrics) -> (SharedGitLabFactory, Arc<dyn Fn() + Send + Sync>) {
     type Key = (String, Option<String>);
-    let cache: Mutex<HashMap<Key, Arc<HttpGitLab>>> = Mutex::new(HashMap::new());
-    Arc::new(move |rc| {
+    let cache: Arc<Mutex<HashMap<Key, Arc<HttpGitLab>>>> = Arc::new(Mutex::new(HashMap::new()));
+    let forget = cache.clone();
+    let forget: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        forget.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    });
+    let factory: SharedGitLabFactory = Arc::new(move |rc| {
         let key = (rc.url.clone(), rc.tls_ca_file.clone());
         let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cache.get(&key) {
@@ -115,26 +167,49 @@ fn http_factory() -> SharedGitLabFactory {
                 ..ClientOptions::default()
             },
         )?);
+        metrics.add_api_stats(client.stats());
         cache.insert(key, client.clone());
         Ok(client as Arc<dyn GitLab>)
-    })
+    });
+    (factory, forget)
 }
 
 /// The local Docker engine (`DOCKER_HOST` or the unix socket).
 struct RealDocker {
     agent_id: String,
+    /// The client pings go through, kept once connected.
+    client: tokio::sync::Mutex<Option<Arc<DockerExecutor>>>,
 }
 
 #[async_trait]
 impl DockerDep for RealDocker {
-    /// Connecting negotiates the API version: a request the engine must answer (through
-    /// the executor's own client, so the executor stays the only module talking to Docker).
-    async fn ping(&self) -> Result<(), String> {
-        tokio::time::timeout(Duration::from_secs(10), BollardApi::connect(None))
+    /// Version and root dir through the executor's own client (the executor stays the
+    /// only module talking to Docker); bounded by 10 s.
+    async fn ping(&self) -> Result<DockerStatus, String> {
+        let attempt = async {
+            let mut client = self.client.lock().await;
+            let docker = match client.as_ref() {
+                Some(d) => d.clone(),
+                None => {
+                    let d = Arc::new(
+                        DockerExecutor::connect(ConnectOptions::default())
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    );
+                    *client = Some(d.clone());
+                    d
+                }
+            };
+            drop(client);
+            let info = docker.ping().await.map_err(|e| e.to_string())?;
+            Ok(DockerStatus {
+                version: info.version,
+                root_dir: info.root_dir,
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(10), attempt)
             .await
             .map_err(|_| "docker engine did not answer within 10s".to_string())?
-            .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 
     async fn executor(&self) -> anyhow::Result<Arc<dyn Executor>> {

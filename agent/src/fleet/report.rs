@@ -13,7 +13,8 @@ use crate::identity::write_atomic;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UnitReport {
     pub name: String,
-    /// `starting`, `running`, `degraded`, `backoff`, `waiting-for-docker`, `stopped`.
+    /// `starting`, `running`, `degraded`, `backoff`, `waiting-for-docker`, `draining`,
+    /// `stopped`.
     pub state: String,
     /// When the unit entered `state`.
     pub since: String,
@@ -59,6 +60,15 @@ pub struct Report {
     /// Why the last pushed generation was refused, if it was.
     pub last_refusal: Option<String>,
     pub docker_reachable: bool,
+    /// Engine version as the last successful ping said (`None` while unreachable).
+    #[serde(default)]
+    pub docker_version: Option<String>,
+    /// `DockerRootDir` of the engine: its filesystem is the "docker" disk in health.
+    #[serde(default)]
+    pub docker_root_dir: Option<String>,
+    /// The controller said drain: units take no new jobs until the agent restarts.
+    #[serde(default)]
+    pub draining: bool,
     pub units: Vec<UnitReport>,
 }
 

@@ -29,10 +29,13 @@ use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
 use super::report::{self, Report, UnitReport};
 use crate::executor::Executor;
 use crate::gitlab::{GitLab, GitLabError, RunnerAuth};
+use crate::health::DockerStatus;
+use crate::metrics::{Metrics, RunnerInfo, RunnerLabels};
 use crate::runner::{
-    RunnerError, RunnerEvent, RunnerSettings, RunnerState, RunnerStats, error_chain,
+    RunnerError, RunnerEvent, RunnerSettings, RunnerState, RunnerStats, error_chain, short_token,
 };
 use crate::standalone::engine::{Engine, GitLabFactory};
+use crate::systemd::Heartbeat as Liveness;
 use crate::units::{Action, Event, RestartPolicy, Unit, UnitState};
 
 /// Builds (and shares) the GitLab client of a runner table.
@@ -42,8 +45,8 @@ pub type SharedGitLabFactory =
 /// The Docker engine as the supervisor depends on it.
 #[async_trait]
 pub trait DockerDep: Send + Sync {
-    /// `Ok` when the engine answers.
-    async fn ping(&self) -> Result<(), String>;
+    /// The engine's version and root dir when it answers.
+    async fn ping(&self) -> Result<DockerStatus, String>;
     /// The executor jobs run on (called once, after a successful ping).
     async fn executor(&self) -> anyhow::Result<Arc<dyn Executor>>;
 }
@@ -64,6 +67,9 @@ pub struct Timings {
     pub apply_timeout: Duration,
     /// `status.json` is rewritten at least this often.
     pub status_every: Duration,
+    /// A unit degraded by a refused token repeats `token-invalid` this often until a new
+    /// token arrives (the controller may have been away, or rate-limited the first one).
+    pub token_invalid_repeat: Duration,
     pub policy: RestartPolicy,
     /// Adjusts runner settings before start (tests shorten the loop's timings).
     pub tune: Option<Tuning>,
@@ -77,6 +83,7 @@ impl Default for Timings {
             ip_poll: Duration::from_secs(15),
             apply_timeout: Duration::from_secs(60),
             status_every: Duration::from_secs(5),
+            token_invalid_repeat: Duration::from_secs(30),
             policy: RestartPolicy::default(),
             tune: None,
         }
@@ -99,6 +106,9 @@ pub struct Deps {
     pub report: watch::Sender<Report>,
     /// This host's IP addresses.
     pub ips: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// Called when the IP addresses changed, before anything talks to GitLab again:
+    /// connections made from a vanished address are dead, so the GitLab clients drop them.
+    pub on_ips_changed: Option<Arc<dyn Fn() + Send + Sync>>,
     pub timings: Timings,
 }
 
@@ -120,6 +130,8 @@ struct UnitEntry {
     /// The unit asked for its loop to stop (watchdog) while its state still wants one: the
     /// engine leaves it out until the loop ended.
     stop_loop: bool,
+    /// When `token-invalid` was last reported, while the unit waits for a new token.
+    token_invalid_at: Option<(SystemTime, String)>,
 }
 
 impl UnitEntry {
@@ -145,6 +157,13 @@ pub struct Supervisor {
     generation: u64,
     last_refusal: Option<String>,
     docker_up: bool,
+    /// What the last successful ping said.
+    docker: Option<DockerStatus>,
+    /// The controller said drain: no unit starts until the agent restarts.
+    draining: bool,
+    commands: Option<mpsc::UnboundedReceiver<v1::Command>>,
+    metrics: Option<Metrics>,
+    liveness: Option<Liveness>,
     ips: Vec<String>,
     dirty: bool,
 }
@@ -168,9 +187,32 @@ impl Supervisor {
             generation: 0,
             last_refusal: None,
             docker_up: false,
+            docker: None,
+            draining: false,
+            commands: None,
+            metrics: None,
+            liveness: None,
             ips,
             dirty: true,
         }
+    }
+
+    /// Takes commands (drain) from the controller.
+    pub fn with_commands(mut self, rx: mpsc::UnboundedReceiver<v1::Command>) -> Self {
+        self.commands = Some(rx);
+        self
+    }
+
+    /// Feeds runner events, runner labels and `concurrent` into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Beats `liveness` on every turn of the loop (the systemd watchdog's health check).
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 
     /// The generation it runs.
@@ -210,11 +252,21 @@ impl Supervisor {
         let mut ip_poll = tokio::time::interval(self.deps.timings.ip_poll);
         let mut status = tokio::time::interval(self.deps.timings.status_every);
         ip_poll.tick().await;
+        let mut commands = self.commands.take();
         loop {
+            if let Some(l) = &self.liveness {
+                l.beat();
+            }
             let engine_busy = self.engine.as_ref().is_some_and(|e| e.running() > 0);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(ds) = desired.recv() => self.apply(ds).await,
+                Some(cmd) = async {
+                    match commands.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.command(cmd),
                 Some(ev) = self.runner_events.recv() => self.runner_event(ev),
                 Some(ended) = async {
                     match self.engine.as_mut() {
@@ -254,6 +306,41 @@ impl Supervisor {
         }
         self.dirty = true;
         self.publish();
+    }
+
+    /// A command from the controller.
+    fn command(&mut self, cmd: v1::Command) {
+        match cmd.kind {
+            Some(v1::command::Kind::Drain(_)) => self.drain(),
+            None => tracing::warn!("empty command from the controller ignored"),
+        }
+    }
+
+    /// Stops taking jobs on every unit; running jobs finish, then units are `stopped`.
+    /// Generations pushed later are still validated, persisted and acked, but no unit starts
+    /// until the agent restarts.
+    pub fn drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        tracing::info!(
+            units = self.units.len(),
+            "drain: taking no new jobs; running jobs finish"
+        );
+        self.draining = true;
+        let docker_up = self.docker_up;
+        let mut changes = Vec::new();
+        for (name, e) in self.units.iter_mut() {
+            let before = e.unit.state;
+            e.unit.handle(Event::Drain, now(), docker_up);
+            e.log("drain requested by the controller");
+            changes.push((name.clone(), before, e.unit.state));
+        }
+        for (name, before, after) in changes {
+            self.transition(&name, before, after);
+        }
+        self.sync_engine();
+        self.dirty = true;
     }
 
     /// Validates, verifies and applies a pushed generation; acks it either way.
@@ -406,12 +493,17 @@ impl Supervisor {
                 rotated_from: None,
                 rotation_retry: None,
                 stop_loop: false,
+                token_invalid_at: None,
             });
             let token_changed = entry.assignment.raw.runner_token != a.raw.runner_token;
-            if changed || entry.unit.state == UnitState::Stopped && !entry.unit.loop_alive() {
+            let draining = self.draining;
+            if !draining
+                && (changed || entry.unit.state == UnitState::Stopped && !entry.unit.loop_alive())
+            {
                 if token_changed {
                     entry.rotated_from = None;
                     entry.rotation_retry = None;
+                    entry.token_invalid_at = None;
                 }
                 entry.assignment = a;
                 entry.log(format!(
@@ -429,7 +521,46 @@ impl Supervisor {
         }
         self.generation = desired.generation;
         self.sync_engine();
+        self.refresh_metrics();
         self.dirty = true;
+    }
+
+    /// Runner labels (short token, name, system id), limits, token expiry and `concurrent`
+    /// for the metrics.
+    fn refresh_metrics(&self) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        let infos: Vec<RunnerInfo> = self
+            .units
+            .iter()
+            .map(|(name, e)| RunnerInfo {
+                labels: RunnerLabels {
+                    runner: short_token(&e.assignment.token),
+                    runner_name: name.clone(),
+                    system_id: self.deps.system_id.clone(),
+                },
+                limit: Some(e.assignment.limit()),
+                token_expires_at: e
+                    .assignment
+                    .raw
+                    .token_expires_at
+                    .as_deref()
+                    .and_then(|s| {
+                        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .map(SystemTime::from),
+            })
+            .collect();
+        m.set_runners(&infos);
+        m.set_concurrent(
+            self.units
+                .values()
+                .map(|e| e.assignment.limit())
+                .sum::<u32>()
+                .max(1),
+        );
     }
 
     /// Brings the engine's runner set in line with the units that want a loop.
@@ -494,7 +625,10 @@ impl Supervisor {
 
     async fn check_docker(&mut self) {
         let up = match self.deps.docker.ping().await {
-            Ok(()) => true,
+            Ok(status) => {
+                self.docker = Some(status);
+                true
+            }
             Err(e) => {
                 if self.docker_up || self.engine.is_none() {
                     tracing::warn!(error = %e, "docker engine unreachable");
@@ -565,8 +699,32 @@ impl Supervisor {
         for (name, before, after) in changes {
             self.transition(&name, before, after);
         }
+        self.repeat_token_invalid(t);
         self.sync_engine();
         self.rotate_due().await;
+    }
+
+    /// Repeats `token-invalid` for units still waiting for a new token.
+    fn repeat_token_invalid(&mut self, t: SystemTime) {
+        let every = self.deps.timings.token_invalid_repeat;
+        let due: Vec<(String, String)> = self
+            .units
+            .iter_mut()
+            .filter(|(_, e)| e.unit.state == UnitState::Degraded)
+            .filter_map(|(name, e)| {
+                let (at, why) = e.token_invalid_at.as_mut()?;
+                if t.duration_since(*at).is_ok_and(|d| d >= every) {
+                    *at = t;
+                    Some((name.clone(), why.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (name, why) in due {
+            tracing::warn!(runner = %name, "still waiting for a new runner token; reporting token-invalid again");
+            self.event(&name, "token-invalid", &why);
+        }
     }
 
     /// Rotates the tokens that reached 75 % of their lifetime.
@@ -670,6 +828,7 @@ impl Supervisor {
         }));
         // The engine sees a changed runner table: the old loop drains, a new one starts.
         self.sync_engine();
+        self.refresh_metrics();
         self.dirty = true;
     }
 
@@ -694,6 +853,7 @@ impl Supervisor {
         e.unit
             .handle(Event::TokenInvalid(why.clone()), now(), docker_up);
         e.log(format!("token invalid: {why}"));
+        e.token_invalid_at = Some((now(), why.clone()));
         let after = e.unit.state;
         tracing::error!(runner = %name, error = %why, "gitlab refused the runner token; waiting for a new one from the controller");
         self.event(name, "token-invalid", &why);
@@ -716,6 +876,9 @@ impl Supervisor {
         let msg = format!("ips changed: [{}] -> [{}]", b.join(", "), a.join(", "));
         tracing::info!("{msg}");
         self.ips = ips;
+        if let Some(f) = &self.deps.on_ips_changed {
+            f();
+        }
         let names: Vec<String> = self.units.keys().cloned().collect();
         for name in &names {
             self.event(name, "ips-changed", &msg);
@@ -752,10 +915,36 @@ impl Supervisor {
                 Err(_) => self.event(&name, "verify-failed", "re-verify timed out"),
             }
         }
+        self.restart_loops();
         self.dirty = true;
     }
 
+    /// Replaces every running job loop with a new one (new GitLab clients, new
+    /// connections); running jobs finish in the old loops. Units keep their state.
+    fn restart_loops(&mut self) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        let concurrent: u32 = self
+            .units
+            .values()
+            .map(|e| e.assignment.limit())
+            .sum::<u32>()
+            .max(1);
+        let none = Config {
+            concurrent: Some(concurrent),
+            ..Config::default()
+        };
+        if let Err(e) = engine.apply(&none) {
+            tracing::error!(error = %format!("{e:#}"), "stop runner loops for a restart");
+        }
+        self.sync_engine();
+    }
+
     fn runner_event(&mut self, ev: RunnerEvent) {
+        if let Some(m) = &self.metrics {
+            m.observe_event(&ev);
+        }
         let docker_up = self.docker_up;
         match ev {
             RunnerEvent::Verified { runner } => {
@@ -837,6 +1026,7 @@ impl Supervisor {
             UnitState::Backoff => "backoff",
             UnitState::WaitingForDocker => "waiting-for-docker",
             UnitState::Stopped => "stopped",
+            UnitState::Draining => "draining",
             UnitState::Starting | UnitState::Degraded => "",
         };
         let message = self
@@ -921,6 +1111,16 @@ impl Supervisor {
             applied_generation: self.generation,
             last_refusal: self.last_refusal.clone(),
             docker_reachable: self.docker_up,
+            docker_version: self
+                .docker
+                .as_ref()
+                .filter(|_| self.docker_up)
+                .map(|d| d.version.clone()),
+            docker_root_dir: self
+                .docker
+                .as_ref()
+                .map(|d| d.root_dir.display().to_string()),
+            draining: self.draining,
             units,
         }
     }

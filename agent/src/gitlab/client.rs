@@ -143,6 +143,66 @@ impl HttpGitLab {
         self.api.as_str()
     }
 
+    /// `POST /user/runners` with an access token (`PRIVATE-TOKEN`, `create_runner` scope):
+    /// creates a runner of `runner_type` (`instance_type`, `group_type` with `group_id`,
+    /// `project_type` with `project_id`) and answers `201 {id, token, token_expires_at}`.
+    /// The runner API's replacement for registration tokens (the controller's use).
+    pub async fn create_runner(
+        &self,
+        access_token: &SecretString,
+        runner_type: &str,
+        scope_id: Option<i64>,
+        opts: &RegisterOptions,
+    ) -> Result<RunnerCredentials, GitLabError> {
+        let ep = endpoint::CREATE_RUNNER;
+        let mut body = json!({
+            "runner_type": runner_type,
+            "description": opts.description,
+            "tag_list": opts.tag_list.join(","),
+            "run_untagged": opts.run_untagged,
+            "locked": opts.locked,
+            "paused": opts.paused,
+        });
+        match (runner_type, scope_id) {
+            ("group_type", Some(id)) => body["group_id"] = json!(id),
+            ("project_type", Some(id)) => body["project_id"] = json!(id),
+            _ => {}
+        }
+        if let Some(level) = &opts.access_level {
+            body["access_level"] = json!(level);
+        }
+        if let Some(max) = opts.maximum_timeout {
+            body["maximum_timeout"] = json!(max);
+        }
+        if let Some(note) = &opts.maintenance_note {
+            body["maintenance_note"] = json!(note);
+        }
+        let req = self
+            .request(ep, Method::POST, "user/runners")?
+            .header("PRIVATE-TOKEN", access_token.expose_secret())
+            .json(&body);
+        let resp = self.send(ep, req).await?;
+        let resp = expect_status(ep, resp, StatusCode::CREATED).await?;
+        Ok(decode::<CredentialsBody>(ep, resp).await?.into())
+    }
+
+    /// `DELETE /runners/:id` with an access token (`204`): removes a runner whatever its own
+    /// token's state.
+    pub async fn delete_runner(
+        &self,
+        access_token: &SecretString,
+        id: i64,
+    ) -> Result<(), GitLabError> {
+        let ep = endpoint::DELETE_RUNNER;
+        let req = self
+            .request(ep, Method::DELETE, &format!("runners/{id}"))?
+            .header("PRIVATE-TOKEN", access_token.expose_secret());
+        let resp = self.send(ep, req).await?;
+        expect_status(ep, resp, StatusCode::NO_CONTENT)
+            .await
+            .map(drop)
+    }
+
     /// `DELETE /runners/managers` `{token, system_id}`: removes only this machine's runner
     /// manager entry (`204`).
     pub async fn unregister_manager(&self, auth: &RunnerAuth) -> Result<(), GitLabError> {

@@ -12,6 +12,8 @@ pub mod endpoint {
     pub const RESET_TOKEN: &str = "reset_token";
     pub const UNREGISTER_RUNNER: &str = "unregister_runner";
     pub const UNREGISTER_RUNNER_MANAGER: &str = "unregister_runner_manager";
+    pub const CREATE_RUNNER: &str = "create_runner";
+    pub const DELETE_RUNNER: &str = "delete_runner";
     pub const REQUEST_JOB: &str = "request_job";
     pub const UPDATE_JOB: &str = "update_job";
     pub const PATCH_TRACE: &str = "patch_trace";

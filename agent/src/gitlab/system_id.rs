@@ -6,6 +6,11 @@
 //! HMAC-SHA256(key = machine id, message = `"gitlab-runner"`), or, when the machine has no
 //! machine id, `r_` + 12 random alphanumerics. Either way the value is persisted in a state
 //! file and read back from there first.
+//!
+//! Several agents may run on one machine (each with its own state dir or config file); each
+//! must be its own runner manager in GitLab, so a derived id is salted with what tells the
+//! agents apart ([`Salt`]): HMAC over `"gitlab-runner"` + NUL + the salt. An id that
+//! gitlab-runner itself persisted is kept as is.
 
 use std::path::{Path, PathBuf};
 
@@ -45,21 +50,48 @@ pub fn is_valid(id: &str) -> bool {
     rest.len() == ID_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// What makes one agent's derived id distinct from another agent's on the same machine.
+#[derive(Debug, Clone, Copy)]
+pub enum Salt<'a> {
+    /// Fleet mode: the agent's state dir (absolute). A persisted id equal to the unsalted
+    /// machine derivation (written by an earlier version, shared by every agent of the
+    /// machine) is replaced.
+    StateDir(&'a Path),
+    /// Standalone mode: the config file (absolute). A persisted id is always kept: it may be
+    /// gitlab-runner's own `.runner_system_id`.
+    ConfigFile(&'a Path),
+}
+
+impl Salt<'_> {
+    fn bytes(&self) -> Vec<u8> {
+        let p = match self {
+            Salt::StateDir(p) | Salt::ConfigFile(p) => p,
+        };
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        abs.as_os_str().as_encoded_bytes().to_vec()
+    }
+}
+
 /// Reads the system id from `state_file`; when the file is missing or does not hold a valid
-/// id, derives one (machine id, else random) and writes it there (mode 0600, parent dirs
-/// created).
-pub fn load_or_create(state_file: &Path) -> Result<String, SystemIdError> {
-    load_or_create_with(state_file, read_machine_id())
+/// id, derives one (machine id salted with `salt`, else random) and writes it there (mode
+/// 0600, parent dirs created).
+pub fn load_or_create(state_file: &Path, salt: Salt<'_>) -> Result<String, SystemIdError> {
+    load_or_create_with(state_file, read_machine_id(), salt)
 }
 
 fn load_or_create_with(
     state_file: &Path,
     machine_id: Option<String>,
+    salt: Salt<'_>,
 ) -> Result<String, SystemIdError> {
     match std::fs::read_to_string(state_file) {
         Ok(content) => {
             let id = content.trim();
-            if is_valid(id) {
+            let shared = matches!(salt, Salt::StateDir(_))
+                && machine_id
+                    .as_deref()
+                    .is_some_and(|m| from_machine_id(m) == id);
+            if is_valid(id) && !shared {
                 return Ok(id.to_owned());
             }
         }
@@ -72,7 +104,7 @@ fn load_or_create_with(
         }
     }
     let id = match machine_id {
-        Some(mid) => from_machine_id(&mid),
+        Some(mid) => salted(&mid, &salt.bytes()),
         None => random_id(),
     };
     persist(state_file, &id)?;
@@ -86,6 +118,17 @@ pub fn from_machine_id(machine_id: &str) -> String {
         return random_id();
     };
     mac.update(b"gitlab-runner");
+    let digest = hex::encode(mac.finalize().into_bytes());
+    format!("s_{}", &digest[..ID_LEN])
+}
+
+/// `s_` + 12 hex of HMAC-SHA256(key = machine id, "gitlab-runner" NUL `salt`).
+pub fn salted(machine_id: &str, salt: &[u8]) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(machine_id.as_bytes()) else {
+        return random_id();
+    };
+    mac.update(b"gitlab-runner\0");
+    mac.update(salt);
     let digest = hex::encode(mac.finalize().into_bytes());
     format!("s_{}", &digest[..ID_LEN])
 }
@@ -193,11 +236,12 @@ mod tests {
     fn load_or_create_persists_and_reuses() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("state/.runner_system_id");
-        let first = load_or_create_with(&file, None).expect("create");
+        let first = load_or_create_with(&file, None, Salt::StateDir(dir.path())).expect("create");
         assert!(first.starts_with("r_"));
         assert_eq!(std::fs::read_to_string(&file).expect("read"), first);
         // A later call returns the persisted id even when a machine id appears.
-        let again = load_or_create_with(&file, Some("mid".into())).expect("load");
+        let again = load_or_create_with(&file, Some("mid".into()), Salt::StateDir(dir.path()))
+            .expect("load");
         assert_eq!(again, first);
     }
 
@@ -206,8 +250,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("sid");
         std::fs::write(&file, "garbage\n").expect("write");
-        let id = load_or_create_with(&file, Some("mid".into())).expect("create");
-        assert_eq!(id, from_machine_id("mid"));
+        let salt = Salt::ConfigFile(Path::new("/etc/gitlab-runner/config.toml"));
+        let id = load_or_create_with(&file, Some("mid".into()), salt).expect("create");
+        assert_eq!(id, salted("mid", b"/etc/gitlab-runner/config.toml"));
         assert_eq!(std::fs::read_to_string(&file).expect("read"), id);
     }
 
@@ -216,10 +261,52 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         // A directory where the file should be: reading fails with something other than
         // NotFound.
-        let err = load_or_create_with(dir.path(), None).expect_err("must fail");
+        let err = load_or_create_with(dir.path(), None, Salt::StateDir(dir.path()))
+            .expect_err("must fail");
         assert!(
             err.to_string().contains(&dir.path().display().to_string()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn agents_on_one_machine_get_distinct_stable_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("agent-a"), dir.path().join("agent-b"));
+        let id_a =
+            load_or_create_with(&a.join("system_id"), Some("mid".into()), Salt::StateDir(&a))
+                .expect("a");
+        let id_b =
+            load_or_create_with(&b.join("system_id"), Some("mid".into()), Salt::StateDir(&b))
+                .expect("b");
+        assert_ne!(id_a, id_b);
+        assert!(is_valid(&id_a) && id_a.starts_with("s_"), "{id_a}");
+        // Stable: a fresh derivation (file lost) gives the same id again.
+        std::fs::remove_file(a.join("system_id")).expect("remove");
+        let again =
+            load_or_create_with(&a.join("system_id"), Some("mid".into()), Salt::StateDir(&a))
+                .expect("again");
+        assert_eq!(again, id_a);
+        // Standalone: per config file.
+        let c1 = salted("mid", b"/etc/a/config.toml");
+        assert_ne!(c1, salted("mid", b"/etc/b/config.toml"));
+        assert_ne!(c1, from_machine_id("mid"));
+    }
+
+    #[test]
+    fn fleet_replaces_the_shared_unsalted_id_but_standalone_keeps_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("system_id");
+        std::fs::write(&file, from_machine_id("mid")).expect("write");
+        let fleet = load_or_create_with(&file, Some("mid".into()), Salt::StateDir(dir.path()))
+            .expect("fleet");
+        assert_ne!(fleet, from_machine_id("mid"));
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), fleet);
+        // gitlab-runner's own `.runner_system_id` (unsalted) is kept in standalone mode.
+        std::fs::write(&file, from_machine_id("mid")).expect("write");
+        let cfg = dir.path().join("config.toml");
+        let kept = load_or_create_with(&file, Some("mid".into()), Salt::ConfigFile(&cfg))
+            .expect("standalone");
+        assert_eq!(kept, from_machine_id("mid"));
     }
 }

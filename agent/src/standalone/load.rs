@@ -32,7 +32,7 @@ pub fn system_id_files(config: &Path, state_dir: &Path) -> Vec<PathBuf> {
 pub fn system_id(config: &Path, state_dir: &Path) -> anyhow::Result<String> {
     let mut errors = Vec::new();
     for f in system_id_files(config, state_dir) {
-        match system_id::load_or_create(&f) {
+        match system_id::load_or_create(&f, system_id::Salt::ConfigFile(config)) {
             Ok(id) => return Ok(id),
             Err(e) => errors.push(e.to_string()),
         }

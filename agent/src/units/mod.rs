@@ -8,7 +8,8 @@
 //! `degraded` (GitLab refused the token: waits for a new token from the controller, never
 //! restarts on its own); `backoff` (the loop failed or stalled; restarts at `retry_at`);
 //! `waiting-for-docker` (the Docker engine is unreachable: the unit waits instead of
-//! crash-looping); `stopped` (removed, shut down, or the start limit was hit — then
+//! crash-looping); `draining` (the controller said drain: no new jobs, running ones finish,
+//! then `stopped`); `stopped` (removed, shut down, or the start limit was hit — then
 //! `last_error` says so).
 //!
 //! Invariants:
@@ -31,6 +32,7 @@ pub enum UnitState {
     Degraded,
     Backoff,
     WaitingForDocker,
+    Draining,
     Stopped,
 }
 
@@ -43,6 +45,7 @@ impl UnitState {
             UnitState::Degraded => "degraded",
             UnitState::Backoff => "backoff",
             UnitState::WaitingForDocker => "waiting-for-docker",
+            UnitState::Draining => "draining",
             UnitState::Stopped => "stopped",
         }
     }
@@ -107,6 +110,9 @@ pub enum Event {
     DockerDown(String),
     /// The unit is removed or the agent shuts down.
     Stop,
+    /// Take no new jobs; running jobs finish, then the unit is `stopped` (until the next
+    /// [`Event::Start`]).
+    Drain,
 }
 
 /// What the supervisor must do.
@@ -244,6 +250,17 @@ impl Unit {
                     self.enter(UnitState::WaitingForDocker, now);
                 }
                 Action::Nothing
+            }
+            Event::Drain => {
+                self.stopping = true;
+                self.retry_at = None;
+                if self.loop_alive {
+                    self.enter(UnitState::Draining, now);
+                    Action::StopLoop
+                } else {
+                    self.enter(UnitState::Stopped, now);
+                    Action::Nothing
+                }
             }
             Event::Stop => {
                 self.stopping = true;

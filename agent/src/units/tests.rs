@@ -30,6 +30,39 @@ fn start_verify_run() {
 }
 
 #[test]
+fn drain_lets_the_loop_finish_then_stays_stopped() {
+    let mut u = Unit::new(policy(), t0());
+    u.handle(Event::Start, t0(), true);
+    u.handle(Event::Verified, t0(), true);
+    let t1 = t0() + Duration::from_secs(1);
+    assert_eq!(u.handle(Event::Drain, t1, true), Action::StopLoop);
+    assert_eq!(u.state, UnitState::Draining);
+    assert!(!u.state.wants_loop());
+    // A watchdog stall or a tick while draining does nothing.
+    assert_eq!(
+        u.handle(Event::Stalled("x".into()), t1, true),
+        Action::Nothing
+    );
+    assert_eq!(u.handle(Event::Tick, t1, true), Action::Nothing);
+    u.handle(Event::LoopEnded(None), t1 + Duration::from_secs(5), true);
+    assert_eq!(u.state, UnitState::Stopped);
+    assert_eq!(u.last_error, None);
+    for s in 10..100 {
+        let now = t0() + Duration::from_secs(s);
+        assert_eq!(u.handle(Event::Tick, now, true), Action::Nothing);
+    }
+    assert_eq!(u.state, UnitState::Stopped);
+    // A drained unit without a loop stops at once; Start brings it back.
+    let mut idle = Unit::new(policy(), t0());
+    assert_eq!(idle.handle(Event::Drain, t0(), true), Action::Nothing);
+    assert_eq!(idle.state, UnitState::Stopped);
+    assert_eq!(
+        u.handle(Event::Start, t0() + Duration::from_secs(200), true),
+        Action::StartLoop
+    );
+}
+
+#[test]
 fn waits_for_docker_instead_of_crash_looping() {
     let mut u = Unit::new(policy(), t0());
     assert_eq!(u.handle(Event::Start, t0(), false), Action::Nothing);
@@ -155,6 +188,7 @@ fn event() -> impl Strategy<Value = Event> {
         Just(Event::Tick),
         Just(Event::DockerDown("down".into())),
         Just(Event::Stop),
+        Just(Event::Drain),
     ]
 }
 
@@ -190,6 +224,9 @@ proptest! {
             }
             if u.state == UnitState::WaitingForDocker {
                 prop_assert!(!u.loop_alive());
+            }
+            if u.state == UnitState::Draining {
+                prop_assert!(u.loop_alive());
             }
             if u.state == UnitState::Backoff {
                 prop_assert!(u.retry_at.is_some());

@@ -1,6 +1,7 @@
 //! Registering GitLab runners on an agent's behalf: the [`Registrar`] seam, its HTTP
 //! implementation over the agent crate's GitLab client, and a fake for unit tests.
-//! Registration tokens are used here and nowhere else; they never leave the controller.
+//! Registration tokens and runner-creation (access) tokens are used here and nowhere else;
+//! they never leave the controller.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -29,6 +30,15 @@ pub struct Registration {
     pub paused: bool,
     /// Note for GitLab admins.
     pub maintenance_note: Option<String>,
+}
+
+/// Where `POST /user/runners` creates a runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerScope {
+    /// `instance_type`, `group_type` or `project_type`.
+    pub runner_type: String,
+    /// The group or project id for `group_type`/`project_type`.
+    pub scope_id: Option<i64>,
 }
 
 /// A registered runner.
@@ -66,6 +76,54 @@ pub trait Registrar: Send + Sync {
     ) -> Result<Registered, RegistrarError>;
     /// `DELETE /runners` with the runner's authentication token.
     async fn unregister(&self, url: &str, token: &SecretString) -> Result<(), RegistrarError>;
+    /// `POST /user/runners` with an access token (`create_runner` scope).
+    async fn create(
+        &self,
+        url: &str,
+        access_token: &SecretString,
+        scope: &RunnerScope,
+        registration: &Registration,
+    ) -> Result<Registered, RegistrarError>;
+    /// `DELETE /runners/:id` with an access token; a runner already gone is `Ok`.
+    async fn delete(
+        &self,
+        url: &str,
+        access_token: &SecretString,
+        id: i64,
+    ) -> Result<(), RegistrarError>;
+}
+
+fn register_options(r: &Registration) -> drover_agent::gitlab::RegisterOptions {
+    drover_agent::gitlab::RegisterOptions {
+        description: r.description.clone(),
+        tag_list: r.tag_list.clone(),
+        run_untagged: r.run_untagged,
+        locked: r.locked,
+        access_level: r.access_level.clone(),
+        maximum_timeout: r.maximum_timeout,
+        paused: r.paused,
+        maintenance_note: r.maintenance_note.clone(),
+    }
+}
+
+fn registered(
+    url: &str,
+    what: &str,
+    creds: drover_agent::gitlab::RunnerCredentials,
+) -> Result<Registered, RegistrarError> {
+    let id = creds.id.ok_or_else(|| RegistrarError {
+        url: url.to_string(),
+        message: format!("{what} answered without a runner id"),
+        forbidden: false,
+    })?;
+    Ok(Registered {
+        id,
+        token: creds.token,
+        token_expires_at: creds
+            .token_expires_at
+            .as_deref()
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()),
+    })
 }
 
 /// [`Registrar`] over HTTP with [`drover_agent::gitlab::HttpGitLab`].
@@ -102,33 +160,42 @@ impl Registrar for HttpRegistrar {
         r: &Registration,
     ) -> Result<Registered, RegistrarError> {
         use drover_agent::gitlab::GitLab;
-        let opts = drover_agent::gitlab::RegisterOptions {
-            description: r.description.clone(),
-            tag_list: r.tag_list.clone(),
-            run_untagged: r.run_untagged,
-            locked: r.locked,
-            access_level: r.access_level.clone(),
-            maximum_timeout: r.maximum_timeout,
-            paused: r.paused,
-            maintenance_note: r.maintenance_note.clone(),
-        };
         let creds = client(url)?
-            .register(registration_token, &opts)
+            .register(registration_token, &register_options(r))
             .await
             .map_err(|e| gitlab_error(url, e))?;
-        let id = creds.id.ok_or_else(|| RegistrarError {
-            url: url.to_string(),
-            message: "POST /runners answered without a runner id".into(),
-            forbidden: false,
-        })?;
-        Ok(Registered {
-            id,
-            token: creds.token,
-            token_expires_at: creds
-                .token_expires_at
-                .as_deref()
-                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()),
-        })
+        registered(url, "POST /runners", creds)
+    }
+
+    async fn create(
+        &self,
+        url: &str,
+        access_token: &SecretString,
+        scope: &RunnerScope,
+        r: &Registration,
+    ) -> Result<Registered, RegistrarError> {
+        let creds = client(url)?
+            .create_runner(
+                access_token,
+                &scope.runner_type,
+                scope.scope_id,
+                &register_options(r),
+            )
+            .await
+            .map_err(|e| gitlab_error(url, e))?;
+        registered(url, "POST /user/runners", creds)
+    }
+
+    async fn delete(
+        &self,
+        url: &str,
+        access_token: &SecretString,
+        id: i64,
+    ) -> Result<(), RegistrarError> {
+        match client(url)?.delete_runner(access_token, id).await {
+            Ok(()) | Err(drover_agent::gitlab::GitLabError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(gitlab_error(url, e)),
+        }
     }
 
     async fn unregister(&self, url: &str, token: &SecretString) -> Result<(), RegistrarError> {
@@ -150,6 +217,8 @@ pub struct FakeRegistrar {
 #[derive(Debug, Default)]
 struct FakeInner {
     accepted: Option<String>,
+    /// The access token `create`/`delete` accept.
+    access: Option<String>,
     next_id: i64,
     /// Live runners: id → (token, registration).
     live: BTreeMap<i64, (String, Registration)>,
@@ -169,6 +238,12 @@ impl FakeRegistrar {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Also accepts `access_token` for `create` and `delete`.
+    pub fn with_access_token(self, access_token: &str) -> FakeRegistrar {
+        self.lock().access = Some(access_token.to_string());
+        self
+    }
+
     /// Makes every call fail as if GitLab were down (or not).
     pub fn set_down(&self, down: bool) {
         self.lock().fail = down;
@@ -177,6 +252,14 @@ impl FakeRegistrar {
     /// Live runners: id → (token, registration).
     pub fn live(&self) -> BTreeMap<i64, (String, Registration)> {
         self.lock().live.clone()
+    }
+
+    /// Revokes a live runner's token: it stays listed, as in GitLab, and only a delete by
+    /// id removes it.
+    pub fn revoke(&self, id: i64) {
+        if let Some((t, _)) = self.lock().live.get_mut(&id) {
+            *t = format!("revoked-{id}");
+        }
     }
 
     /// Ids unregistered so far.
@@ -245,5 +328,51 @@ impl Registrar for FakeRegistrar {
                 forbidden: true,
             }),
         }
+    }
+
+    async fn create(
+        &self,
+        url: &str,
+        access_token: &SecretString,
+        _scope: &RunnerScope,
+        registration: &Registration,
+    ) -> Result<Registered, RegistrarError> {
+        let mut g = self.lock();
+        if g.fail || g.access.as_deref() != Some(access_token.expose_secret()) {
+            return Err(RegistrarError {
+                url: url.into(),
+                message: "POST /user/runners: forbidden (403)".into(),
+                forbidden: !g.fail,
+            });
+        }
+        g.next_id += 1;
+        let id = g.next_id;
+        let token = format!("glrt-fake-{id}");
+        g.live.insert(id, (token.clone(), registration.clone()));
+        Ok(Registered {
+            id,
+            token: SecretString::from(token),
+            token_expires_at: None,
+        })
+    }
+
+    async fn delete(
+        &self,
+        url: &str,
+        access_token: &SecretString,
+        id: i64,
+    ) -> Result<(), RegistrarError> {
+        let mut g = self.lock();
+        if g.fail || g.access.as_deref() != Some(access_token.expose_secret()) {
+            return Err(RegistrarError {
+                url: url.into(),
+                message: "DELETE /runners/:id: forbidden (403)".into(),
+                forbidden: !g.fail,
+            });
+        }
+        if g.live.remove(&id).is_some() {
+            g.unregistered.push(id);
+        }
+        Ok(())
     }
 }

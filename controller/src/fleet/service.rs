@@ -9,7 +9,7 @@ use drover_proto::v1;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 
-use super::registrar::{Registrar, RegistrarError};
+use super::registrar::{Registrar, RegistrarError, RunnerScope};
 use super::rollout::{self, AgentView};
 use super::selector;
 use super::spec::{self, Change, SpecRefusal};
@@ -115,6 +115,13 @@ impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Fleet")
     }
+}
+
+/// The spec's runner-creation token, when set and not empty.
+fn creation_token(r: &RunnerConfig) -> Option<SecretString> {
+    r.runner_creation_token
+        .clone()
+        .filter(|t| !t.expose_secret().trim().is_empty())
 }
 
 fn now() -> OffsetDateTime {
@@ -443,7 +450,8 @@ impl Fleet {
         Ok(())
     }
 
-    /// A GitLab runner for `r` on `agent`: the spec's `token` as is, or a new registration.
+    /// A GitLab runner for `r` on `agent`: the spec's `token` as is, a runner created with
+    /// the spec's `runner_creation_token`, or a registration with its `registration_token`.
     async fn obtain(
         &self,
         agent: &AgentRecord,
@@ -462,15 +470,31 @@ impl Fleet {
                 registered: false,
             });
         }
-        let reg_token = r
-            .registration_token
-            .as_ref()
-            .ok_or_else(|| AdvanceError::NoToken(r.name.clone()))?;
         let registration = spec::registration(r, &agent.facts.hostname, &agent.id);
-        let got = self
-            .registrar
-            .register(&r.url, reg_token, &registration)
-            .await?;
+        let got = if let Some(access) = creation_token(r) {
+            let scope = RunnerScope {
+                runner_type: r
+                    .runner_type
+                    .clone()
+                    .unwrap_or_else(|| "instance_type".into()),
+                scope_id: match r.runner_type.as_deref() {
+                    Some("group_type") => r.group_id,
+                    Some("project_type") => r.project_id,
+                    _ => None,
+                },
+            };
+            self.registrar
+                .create(&r.url, &access, &scope, &registration)
+                .await?
+        } else {
+            let reg_token = r
+                .registration_token
+                .as_ref()
+                .ok_or_else(|| AdvanceError::NoToken(r.name.clone()))?;
+            self.registrar
+                .register(&r.url, reg_token, &registration)
+                .await?
+        };
         tracing::info!(agent = %agent.id, runner = %r.name, gitlab_runner_id = got.id, "registered gitlab runner");
         Ok(Assignment {
             agent_id: agent.id.clone(),
@@ -484,8 +508,32 @@ impl Fleet {
         })
     }
 
+    /// The runner-creation token of the spec a retired runner was created from, found by
+    /// its registration key in the stored generations (newest first, at most 100 back).
+    fn creation_token_for(&self, a: &Assignment) -> Option<SecretString> {
+        let newest = self.store.latest_generation().ok()??.generation;
+        for g in (1..=newest).rev().take(100) {
+            let Ok(Some(rec)) = self.store.get_generation(g) else {
+                continue;
+            };
+            let Ok(runners) = self.runners_of(&rec) else {
+                continue;
+            };
+            if let Some(r) = runners.iter().find(|r| {
+                r.name == a.runner
+                    && r.url == a.url
+                    && spec::registration_key(r) == a.registration_key
+            }) {
+                return creation_token(r);
+            }
+        }
+        None
+    }
+
     /// Unregisters retired GitLab runners whose agent runs a generation without them (or
-    /// is gone). A 403 means GitLab no longer knows the token: nothing left to remove.
+    /// is gone). A runner created with a runner-creation token is deleted by id with it
+    /// (whatever its own token's state); otherwise it is unregistered with its own token,
+    /// and a 403 means GitLab no longer accepts that token: nothing more can be done.
     async fn unregister_retired(&self) {
         let retired = match self.store.list_retired() {
             Ok(r) => r,
@@ -515,7 +563,15 @@ impl Fleet {
                     continue;
                 }
             };
-            match self.registrar.unregister(&a.url, &token).await {
+            let result = match self.creation_token_for(a) {
+                Some(access) if a.gitlab_runner_id > 0 => {
+                    self.registrar
+                        .delete(&a.url, &access, a.gitlab_runner_id)
+                        .await
+                }
+                _ => self.registrar.unregister(&a.url, &token).await,
+            };
+            match result {
                 Ok(()) => {
                     tracing::info!(agent = %a.agent_id, runner = %a.runner, gitlab_runner_id = a.gitlab_runner_id, "unregistered gitlab runner");
                     let _ = self.store.delete_retired(r.id);
@@ -678,7 +734,7 @@ impl Fleet {
             return Ok(false);
         }
         if !old.registered {
-            tracing::warn!(agent = %agent_id, runner, "the runner token given in the spec is invalid; put a valid `token` in the spec, or use `registration_token`");
+            tracing::warn!(agent = %agent_id, runner, "the runner token given in the spec is invalid; put a valid `token` in the spec, or use `registration_token` or `runner_creation_token`");
             return Ok(false);
         }
         let target = self
@@ -784,7 +840,7 @@ enum AdvanceError {
     Secrets(#[from] SecretsError),
     #[error("register runner: {0}")]
     Register(#[from] RegistrarError),
-    #[error("runner {0}: neither token nor registration_token")]
+    #[error("runner {0}: none of token, registration_token, runner_creation_token")]
     NoToken(String),
 }
 

@@ -102,12 +102,13 @@ pub fn parse_spec(
     })
 }
 
-/// The spec as an agent receives it: JSON of [`RunnerConfig`] without `token` and
-/// `registration_token` (the token travels in `runner_token`).
+/// The spec as an agent receives it: JSON of [`RunnerConfig`] without `token`,
+/// `registration_token` and `runner_creation_token` (the token travels in `runner_token`).
 pub fn agent_spec_json(r: &RunnerConfig) -> String {
     let mut r = r.clone();
     r.token = None;
     r.registration_token = None;
+    r.runner_creation_token = None;
     serde_json::to_string(&r).unwrap_or_else(|_| "{}".into())
 }
 
@@ -115,7 +116,7 @@ pub fn agent_spec_json(r: &RunnerConfig) -> String {
 pub fn redacted_json(r: &RunnerConfig) -> serde_json::Value {
     let mut v = serde_json::to_value(r).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
-        for k in ["token", "registration_token"] {
+        for k in ["token", "registration_token", "runner_creation_token"] {
             if o.contains_key(k) {
                 o.insert(k.into(), "<redacted>".into());
             }
@@ -132,7 +133,7 @@ pub fn registration_key(r: &RunnerConfig) -> String {
             .map(|t| t.expose_secret().to_string())
             .unwrap_or_default()
     };
-    let parts = serde_json::json!([
+    let mut parts = serde_json::json!([
         r.url,
         secret(&r.token),
         secret(&r.registration_token),
@@ -145,6 +146,17 @@ pub fn registration_key(r: &RunnerConfig) -> String {
         r.description,
         r.maintenance_note,
     ]);
+    // Only specs that use it add the runner-creation fields, so keys of older specs stay.
+    if r.runner_creation_token.is_some()
+        && let Some(p) = parts.as_array_mut()
+    {
+        p.push(serde_json::json!([
+            secret(&r.runner_creation_token),
+            r.runner_type,
+            r.group_id,
+            r.project_id,
+        ]));
+    }
     hex::encode(Sha256::digest(parts.to_string().as_bytes()))
 }
 
@@ -243,6 +255,11 @@ pub fn diff(old: &[RunnerConfig], new: &[RunnerConfig]) -> Vec<Change> {
                         "registration_token",
                         &a.registration_token,
                         &b.registration_token,
+                    ),
+                    (
+                        "runner_creation_token",
+                        &a.runner_creation_token,
+                        &b.runner_creation_token,
                     ),
                 ] {
                     let ex = x.as_ref().map(|s| s.expose_secret().to_string());

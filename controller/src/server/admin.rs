@@ -436,6 +436,8 @@ impl AdminService {
             tag_list: r.tag_list.clone(),
             token_source: if r.token.is_some() {
                 "token".into()
+            } else if r.runner_creation_token.is_some() {
+                "runner_creation_token".into()
             } else {
                 "registration_token".into()
             },

@@ -154,6 +154,10 @@ const RUNNER_NOT_IMPLEMENTED: &[NotImplemented] = &[
 /// Spec-file keys with no meaning in a standalone `config.toml`.
 const SPEC_ONLY: &[&str] = &[
     "registration_token",
+    "runner_creation_token",
+    "runner_type",
+    "group_id",
+    "project_id",
     "tag_list",
     "run_untagged",
     "locked",

@@ -46,6 +46,20 @@ pub struct RunnerConfig {
     /// Legacy registration token (spec files only; held by the controller).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_secret")]
     pub registration_token: Option<SecretString>,
+    /// Drover (spec files only; held by the controller): a GitLab access token with the
+    /// `create_runner` scope. The controller creates one runner per agent with
+    /// `POST /user/runners` and deletes retired ones by id (even when their own token is
+    /// dead).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_secret")]
+    pub runner_creation_token: Option<SecretString>,
+    /// With `runner_creation_token`: `instance_type` (default), `group_type` (needs
+    /// `group_id`) or `project_type` (needs `project_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<i64>,
     /// Token expiry as written by gitlab-runner (`token_expires_at`, a TOML datetime or a
     /// string; gitlab-runner writes `0001-01-01T00:00:00Z` for "never").
     #[serde(deserialize_with = "string_or_datetime")]

@@ -113,13 +113,36 @@ fn validate_runner(r: &RunnerConfig, index: usize, mode: ParseMode) -> Result<()
             ParseMode::Standalone => {
                 return Err(bad(base.key("token"), format!("{who}: token missing")));
             }
-            ParseMode::Spec if !present(&r.registration_token) => {
+            ParseMode::Spec
+                if !present(&r.registration_token) && !present(&r.runner_creation_token) =>
+            {
                 return Err(bad(
                     base.key("token"),
-                    format!("{who}: token or registration_token required"),
+                    format!("{who}: token, registration_token or runner_creation_token required"),
                 ));
             }
             ParseMode::Spec => {}
+        }
+    }
+    if let Some(t) = r.runner_type.as_deref() {
+        let needs = match t {
+            "instance_type" => None,
+            "group_type" => Some(("group_id", r.group_id)),
+            "project_type" => Some(("project_id", r.project_id)),
+            other => {
+                return Err(bad(
+                    base.key("runner_type"),
+                    format!(
+                        "{who}: runner_type {other:?}: expected instance_type, group_type or project_type"
+                    ),
+                ));
+            }
+        };
+        if let Some((key, None)) = needs {
+            return Err(bad(
+                base.key("runner_type"),
+                format!("{who}: runner_type {t:?} needs {key}"),
+            ));
         }
     }
     if let Some(l) = r.limit

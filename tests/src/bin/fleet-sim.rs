@@ -191,6 +191,7 @@ async fn agent(
                         host: None,
                         runners: Vec::new(),
                         ips: facts(i).ips,
+                        agent_version: env!("CARGO_PKG_VERSION").to_string(),
                     })),
                 };
                 if tx.send(hb).await.is_err() {

@@ -157,6 +157,12 @@ impl FakeGitLab {
         FakeGitLab::serve(listener, format!("http://{addr}"), false)
     }
 
+    /// Serves on an already-bound listener, telling clients it is at `url` (e.g. a listener
+    /// on `0.0.0.0` reached through a veth address).
+    pub fn start_on_url(listener: tokio::net::TcpListener, url: String) -> FakeGitLab {
+        FakeGitLab::serve(listener, url, false)
+    }
+
     /// Serves on an already-bound listener with, besides the runner API, the JSON control
     /// API under `/fake/` (see `control_http`; not part of GitLab's API). `url` is the base
     /// URL clients reach it at (put into job payloads), e.g. `http://fake-gitlab:8080` when
@@ -222,6 +228,21 @@ impl FakeGitLab {
             .lock()
             .registration_tokens
             .insert(token.to_owned());
+    }
+
+    /// Accept `token` (`PRIVATE-TOKEN`) on `POST /user/runners` and `DELETE /runners/:id`.
+    pub fn add_access_token(&self, token: &str) {
+        self.shared.lock().access_tokens.insert(token.to_owned());
+    }
+
+    /// Ids of the runners made by `POST /user/runners`.
+    pub fn created_runners(&self) -> Vec<i64> {
+        self.shared
+            .lock()
+            .created_by_access_token
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// A runner created out of band (GitLab 16+ UI workflow) with authentication `token`.
@@ -578,6 +599,8 @@ fn router(shared: Arc<Shared>) -> Router {
             post(runners::register).delete(runners::unregister),
         )
         .route("/api/v4/runners/verify", post(runners::verify))
+        .route("/api/v4/user/runners", post(runners::create))
+        .route("/api/v4/runners/{id}", delete(runners::delete_by_id))
         .route(
             "/api/v4/runners/reset_authentication_token",
             post(runners::reset_token),

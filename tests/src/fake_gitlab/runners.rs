@@ -175,3 +175,88 @@ pub(crate) async fn unregister_manager(
         super::respond::message(StatusCode::NOT_FOUND)
     }
 }
+
+/// The access token of a REST API call (`PRIVATE-TOKEN`, or `Authorization: Bearer`).
+fn access_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    super::respond::header(headers, "private-token").or_else(|| {
+        super::respond::header(headers, "authorization").and_then(|v| v.strip_prefix("Bearer "))
+    })
+}
+
+/// `POST /user/runners` (GitLab 15.10+, access token with `create_runner`): `201 {id,
+/// token, token_expires_at}`; `401` missing or unknown access token; `400` bad or missing
+/// `runner_type`, or no `group_id`/`project_id` for a group/project runner.
+pub(crate) async fn create(
+    AxState(shared): AxState<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(&e),
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut st = shared.lock();
+    if !access_token(&headers).is_some_and(|t| st.access_tokens.contains(t)) {
+        return super::respond::message(StatusCode::UNAUTHORIZED);
+    }
+    let Some(runner_type) = str_field(&body, "runner_type") else {
+        return missing("runner_type");
+    };
+    let scope = match runner_type {
+        "instance_type" => None,
+        "group_type" => Some("group_id"),
+        "project_type" => Some("project_id"),
+        _ => return bad_request("runner_type does not have a valid value"),
+    };
+    if let Some(key) = scope
+        && body.get(key).and_then(Value::as_i64).is_none()
+    {
+        return missing(key);
+    }
+    let id = st.next_runner_id;
+    st.next_runner_id += 1;
+    let runner = RunnerRecord {
+        id,
+        token: format!("glrt-{}", random_alnum(20)),
+        token_expires_at: st.token_expiry(now),
+        revoked: false,
+        description: str_field(&body, "description")
+            .unwrap_or_default()
+            .to_owned(),
+        tag_list: tag_list(body.get("tag_list")),
+        run_untagged: body
+            .get("run_untagged")
+            .and_then(Value::as_bool)
+            .unwrap_or(tag_list(body.get("tag_list")).is_empty()),
+        managers: Default::default(),
+    };
+    let answer = json!({
+        "id": runner.id,
+        "token": runner.token,
+        "token_expires_at": expires(runner.token_expires_at),
+    });
+    st.runners.insert(id, runner);
+    st.created_by_access_token.insert(id);
+    json_status(StatusCode::CREATED, answer)
+}
+
+/// `DELETE /runners/:id` (access token): `204`, whatever the runner's own token's state;
+/// `401` missing or unknown access token; `404` no such runner.
+pub(crate) async fn delete_by_id(
+    AxState(shared): AxState<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let mut st = shared.lock();
+    if !access_token(&headers).is_some_and(|t| st.access_tokens.contains(t)) {
+        return super::respond::message(StatusCode::UNAUTHORIZED);
+    }
+    let Ok(id) = id.parse::<i64>() else {
+        return super::respond::message(StatusCode::NOT_FOUND);
+    };
+    match st.runners.remove(&id) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => super::respond::message(StatusCode::NOT_FOUND),
+    }
+}

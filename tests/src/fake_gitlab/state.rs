@@ -33,6 +33,10 @@ pub enum Endpoint {
     UploadArtifacts,
     /// `GET /jobs/:id/artifacts`
     DownloadArtifacts,
+    /// `POST /user/runners` (REST API, access token)
+    CreateRunner,
+    /// `DELETE /runners/:id` (REST API, access token)
+    DeleteRunner,
 }
 
 impl Endpoint {
@@ -52,6 +56,8 @@ impl Endpoint {
             (&M::PATCH, ["jobs", _, "trace"]) => Endpoint::PatchTrace,
             (&M::POST, ["jobs", _, "artifacts"]) => Endpoint::UploadArtifacts,
             (&M::GET, ["jobs", _, "artifacts"]) => Endpoint::DownloadArtifacts,
+            (&M::POST, ["user", "runners"]) => Endpoint::CreateRunner,
+            (&M::DELETE, ["runners", _]) => Endpoint::DeleteRunner,
             _ => return None,
         })
     }
@@ -212,6 +218,10 @@ impl Default for Settings {
 pub(crate) struct State {
     pub settings: Settings,
     pub registration_tokens: HashSet<String>,
+    /// Access tokens accepted by `POST /user/runners` and `DELETE /runners/:id`.
+    pub access_tokens: HashSet<String>,
+    /// Runners made by `POST /user/runners` (not by a registration token).
+    pub created_by_access_token: BTreeSet<i64>,
     pub runners: BTreeMap<i64, RunnerRecord>,
     pub next_runner_id: i64,
     pub jobs: BTreeMap<i64, JobRecord>,

@@ -156,24 +156,33 @@ impl GitLab for TokenGitLab {
 
 struct FakeDocker {
     up: AtomicBool,
+    /// How long each job runs.
+    hold: Duration,
 }
 
 #[async_trait]
 impl DockerDep for FakeDocker {
-    async fn ping(&self) -> Result<(), String> {
+    async fn ping(&self) -> Result<crate::health::DockerStatus, String> {
         if self.up.load(Ordering::SeqCst) {
-            Ok(())
+            Ok(crate::health::DockerStatus {
+                version: "20.10.24".into(),
+                root_dir: "/var/lib/docker".into(),
+            })
         } else {
             Err("connection refused (fake)".into())
         }
     }
     async fn executor(&self) -> anyhow::Result<Arc<dyn Executor>> {
-        Ok(Arc::new(FakeExecutor::default()))
+        Ok(Arc::new(FakeExecutor {
+            hold: self.hold,
+            ..FakeExecutor::default()
+        }))
     }
 }
 
 struct Harness {
     desired: mpsc::UnboundedSender<v1::DesiredState>,
+    commands: mpsc::UnboundedSender<v1::Command>,
     out: mpsc::Receiver<v1::AgentMessage>,
     /// Every message read from `out` so far.
     seen: Vec<AgentKind>,
@@ -218,7 +227,7 @@ fn policy() -> RestartPolicy {
 }
 
 async fn start(dir: tempfile::TempDir, gl: Arc<TokenGitLab>, docker_up: bool) -> Harness {
-    start_with(dir, gl, docker_up, policy()).await
+    start_with(dir, gl, docker_up, policy(), Duration::ZERO).await
 }
 
 async fn start_with(
@@ -226,12 +235,14 @@ async fn start_with(
     gl: Arc<TokenGitLab>,
     docker_up: bool,
     policy: RestartPolicy,
+    hold: Duration,
 ) -> Harness {
     let (out_tx, out) = mpsc::channel(256);
     let (report_tx, report) = watch::channel(Report::default());
     let (desired, desired_rx) = mpsc::unbounded_channel();
     let docker = Arc::new(FakeDocker {
         up: AtomicBool::new(docker_up),
+        hold,
     });
     let ips = Arc::new(Mutex::new(vec!["10.0.0.1".to_string()]));
     let ips_fn = ips.clone();
@@ -246,12 +257,14 @@ async fn start_with(
         outbound: out_tx,
         report: report_tx,
         ips: Arc::new(move || ips_fn.lock().unwrap().clone()),
+        on_ips_changed: None,
         timings: Timings {
             tick: Duration::from_millis(20),
             docker_ping: Duration::from_millis(20),
             ip_poll: Duration::from_millis(50),
             apply_timeout: Duration::from_secs(2),
             status_every: Duration::from_millis(100),
+            token_invalid_repeat: Duration::from_millis(300),
             policy,
             tune: Some(Arc::new(|s: &mut RunnerSettings| {
                 s.check_interval = Duration::from_millis(20);
@@ -262,12 +275,14 @@ async fn start_with(
             })),
         },
     };
-    let mut sup = Supervisor::new(deps);
+    let (commands, commands_rx) = mpsc::unbounded_channel();
+    let mut sup = Supervisor::new(deps).with_commands(commands_rx);
     sup.restore().await.unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(sup.run(desired_rx, stop.clone(), Duration::from_secs(5)));
     Harness {
         desired,
+        commands,
         out,
         seen: Vec::new(),
         report,
@@ -525,6 +540,20 @@ async fn forbidden_job_request_degrades_until_a_new_token_arrives() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.gl.verifies(), verifies);
     assert_eq!(h.report.borrow().units[0].state, "degraded");
+    // While it waits, the report repeats (the controller may have rate-limited the first).
+    let count = |h: &Harness| {
+        h.seen
+            .iter()
+            .filter(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "token-invalid"))
+            .count()
+    };
+    while count(&h) < 2 {
+        let m = tokio::time::timeout(WAIT, h.out.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        h.seen.push(m.kind.unwrap());
+    }
 
     // The controller re-registers and pushes a new token.
     h.gl.allow("glrt-a2");
@@ -711,7 +740,7 @@ async fn the_watchdog_restarts_a_stalled_job_request_loop() {
     gl.jobs.set_request_delay(Duration::from_secs(30));
     let mut p = policy();
     p.watchdog = Duration::from_millis(200);
-    let mut h = start_with(dir, gl, true, p).await;
+    let mut h = start_with(dir, gl, true, p, Duration::ZERO).await;
     h.wait_report("restarted by the watchdog", |r| {
         r.units
             .iter()
@@ -726,5 +755,72 @@ async fn the_watchdog_restarts_a_stalled_job_request_loop() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn drain_lets_running_jobs_finish_and_takes_no_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a", "glrt-b"]);
+    let mut h = start_with(dir, gl, true, policy(), Duration::from_millis(1500)).await;
+    h.desired
+        .send(state(
+            1,
+            vec![assignment("a", "glrt-a"), assignment("b", "glrt-b")],
+        ))
+        .unwrap();
+    assert!(h.ack().await.applied);
+    h.wait_report("both running", |r| is_running(r, "a") && is_running(r, "b"))
+        .await;
+    h.gl.jobs.push_job(job(21, &["sleep"]));
+    h.wait_report("job taken", |r| r.units.iter().any(|u| u.jobs_running == 1))
+        .await;
+    h.commands
+        .send(v1::Command {
+            kind: Some(v1::command::Kind::Drain(v1::Drain {})),
+        })
+        .unwrap();
+    let r = h
+        .wait_report("draining", |r| {
+            r.draining && r.units.iter().any(|u| u.state == "draining")
+        })
+        .await;
+    // The idle unit stops at once (or drains its empty loop); the busy one drains.
+    let busy = r
+        .units
+        .iter()
+        .find(|u| u.jobs_running == 1)
+        .unwrap()
+        .name
+        .clone();
+    assert_eq!(unit(&r, &busy).state, "draining");
+    h.gl.jobs.push_job(job(22, &["never"]));
+    let r = h
+        .wait_report("both stopped", |r| {
+            r.units.iter().all(|u| u.state == "stopped")
+        })
+        .await;
+    assert_eq!(
+        unit(&r, &busy).jobs_succeeded,
+        1,
+        "the running job finished"
+    );
+    assert_eq!(h.gl.jobs.queued(), 1, "no job taken after the drain");
+    assert!(matches!(
+        h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "draining"))
+            .await,
+        AgentKind::RunnerEvent(_)
+    ));
+    // A generation pushed while draining is acked and persisted, but nothing starts.
+    h.desired
+        .send(state(2, vec![assignment("a", "glrt-a")]))
+        .unwrap();
+    let ack = h.ack().await;
+    assert!(ack.applied && ack.generation == 2, "{ack:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = h.report.borrow().clone();
+    assert_eq!(r.applied_generation, 2);
+    assert_eq!(unit(&r, "a").state, "stopped");
+    assert_eq!(h.gl.jobs.queued(), 1);
     h.stop().await;
 }

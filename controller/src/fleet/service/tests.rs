@@ -450,3 +450,78 @@ async fn secrets_are_encrypted_at_rest() {
         );
     }
 }
+
+#[tokio::test]
+async fn runner_creation_token_creates_runners_and_deletes_dead_ones_by_id() {
+    const ACCESS: &str = "glpat-creation-secret";
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let gitlab = Arc::new(FakeRegistrar::new(REG).with_access_token(ACCESS));
+    let sessions = Sessions::default();
+    let fleet = Fleet::new(
+        store.clone(),
+        Sealer::from_key([3; 32]),
+        gitlab.clone(),
+        sessions.clone(),
+    );
+    let mut w = World {
+        fleet,
+        store,
+        gitlab,
+        sessions,
+        root: CancellationToken::new(),
+        guards: Vec::new(),
+    };
+    w.agent("a1", "lab");
+    let text = format!(
+        r#"
+[[runners]]
+name = "lab-docker"
+url = "https://gitlab.example.com"
+runner_creation_token = "{ACCESS}"
+runner_type = "group_type"
+group_id = 42
+executor = "docker"
+[runners.docker]
+image = "alpine:3.20"
+"#
+    );
+    w.apply(&text, all()).await.unwrap();
+    let ds = w.fleet.desired_state("a1").unwrap().unwrap();
+    let old = ds.runners[0].clone();
+    assert_eq!(w.gitlab.live().len(), 1);
+    assert!(
+        !old.spec_json.contains(ACCESS),
+        "the access token stays home"
+    );
+    // GitLab revoked the runner's token: its own token cannot unregister it any more, the
+    // access token deletes it by id.
+    w.gitlab.revoke(old.gitlab_runner_id);
+    w.fleet
+        .on_runner_event(
+            "a1",
+            &v1::RunnerEvent {
+                runner: "lab-docker".into(),
+                kind: "token-invalid".into(),
+                message: "403 on job request".into(),
+                at: None,
+            },
+        )
+        .await;
+    let new = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    assert_ne!(new.gitlab_runner_id, old.gitlab_runner_id);
+    assert_eq!(w.gitlab.unregistered(), [old.gitlab_runner_id]);
+    assert_eq!(
+        w.gitlab.live().keys().copied().collect::<Vec<_>>(),
+        [new.gitlab_runner_id]
+    );
+    // A bad runner_type is refused with the field named.
+    let bad = text.replace("group_type", "galaxy_type");
+    let e = w.apply(&bad, all()).await.unwrap_err().to_string();
+    assert!(
+        e.contains("runner_type") && e.contains("galaxy_type"),
+        "{e}"
+    );
+    let no_group = text.replace("group_id = 42\n", "");
+    let e = w.apply(&no_group, all()).await.unwrap_err().to_string();
+    assert!(e.contains("needs group_id"), "{e}");
+}
