@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
 use super::report::{self, Report, UnitReport};
-use crate::executor::Executor;
+use crate::executor::{Executor, JobOutcome};
 use crate::gitlab::{GitLab, GitLabError, RunnerAuth};
 use crate::health::DockerStatus;
 use crate::metrics::{Metrics, RunnerInfo, RunnerLabels};
@@ -962,6 +962,7 @@ impl Supervisor {
                 if let Some(e) = self.units.get_mut(&runner) {
                     e.log(format!("job {job_id} started"));
                 }
+                self.job_event(&runner, job_id, "running", "");
             }
             RunnerEvent::JobFinished {
                 runner,
@@ -970,6 +971,13 @@ impl Supervisor {
             } => {
                 if let Some(e) = self.units.get_mut(&runner) {
                     e.log(format!("job {job_id} finished: {outcome:?}"));
+                }
+                match outcome {
+                    JobOutcome::Success => self.job_event(&runner, job_id, "success", ""),
+                    JobOutcome::Failed { reason, .. } => {
+                        self.job_event(&runner, job_id, "failed", reason.as_str())
+                    }
+                    JobOutcome::Canceled => self.job_event(&runner, job_id, "canceled", ""),
                 }
             }
             RunnerEvent::Stopped { .. } => {}
@@ -1054,6 +1062,20 @@ impl Supervisor {
             e.log(format!("{before} -> {after}"));
         }
         self.dirty = true;
+    }
+
+    /// Tells the controller a job started or ended (its "recent jobs").
+    fn job_event(&self, runner: &str, job_id: i64, state: &str, failure_reason: &str) {
+        self.send(AgentKind::JobEvent(v1::JobEvent {
+            runner: runner.to_string(),
+            job_id,
+            state: state.to_string(),
+            failure_reason: failure_reason.to_string(),
+            at: Some(prost_types::Timestamp {
+                seconds: OffsetDateTime::now_utc().unix_timestamp(),
+                nanos: 0,
+            }),
+        }));
     }
 
     fn event(&self, runner: &str, kind: &str, message: &str) {

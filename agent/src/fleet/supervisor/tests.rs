@@ -396,6 +396,10 @@ async fn pushed_generation_is_acked_persisted_and_runs_jobs() {
     assert_eq!(r.applied_generation, 1);
     assert_eq!(unit(&r, "a").gitlab_runner_id, 11);
     assert!(unit(&r, "a").log.iter().any(|l| l.contains("job 5")));
+    h.message(|k| matches!(k, AgentKind::JobEvent(e) if e.job_id == 5 && e.state == "running"))
+        .await;
+    h.message(|k| matches!(k, AgentKind::JobEvent(e) if e.job_id == 5 && e.state == "success"))
+        .await;
     let saved = Store::new(h.dir.path()).load().unwrap().unwrap();
     assert_eq!(saved.generation, 1);
     assert_eq!(saved.runners[0].runner_token, "glrt-a");
