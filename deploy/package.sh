@@ -8,9 +8,11 @@
 # would cost a long extra compile and hides nothing we need). Version: the workspace
 # Cargo.toml. Maintainer scripts: deploy/debian/<package>/.
 #
-# Usage: bash deploy/package.sh [--no-build] [--arch amd64|arm64|all]
+# Usage: bash deploy/package.sh [--no-build] [--arch amd64|arm64|all] [--profile release|dev]
 #   --no-build  package the binaries already in target/ (fails if one is missing)
 #   --arch      which agent architectures to package (default: all)
+#   --profile   cargo profile of the packaged binaries (default release; CI tests the
+#               packaging itself with the dev binaries its tests already built)
 # Run as root, it installs what it needs (rustup target, cross linker, dpkg-dev) and says so.
 set -euo pipefail
 
@@ -18,6 +20,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 build=1
 arches=(amd64 arm64)
+profile=release
 while [ $# -gt 0 ]; do
     case "$1" in
     --no-build) build=0 ;;
@@ -29,7 +32,14 @@ while [ $# -gt 0 ]; do
         *) echo "package.sh: --arch must be amd64, arm64 or all, not '${1:-}'" >&2 && exit 2 ;;
         esac
         ;;
-    -h | --help) sed -n '2,15p' "$0" && exit 0 ;;
+    --profile)
+        shift
+        case "${1:-}" in
+        release | dev) profile="$1" ;;
+        *) echo "package.sh: --profile must be release or dev, not '${1:-}'" >&2 && exit 2 ;;
+        esac
+        ;;
+    -h | --help) sed -n '2,17p' "$0" && exit 0 ;;
     *) echo "package.sh: unknown argument '$1' (see --help)" >&2 && exit 2 ;;
     esac
     shift
@@ -71,18 +81,26 @@ if [ "$build" = 1 ] && [ "$want_arm64" = 1 ] &&
 fi
 
 # --- build -------------------------------------------------------------------------------
-bin_dir() { # arch -> directory holding its release binaries
+# cargo's output dir of a profile: `dev` builds land in `debug`. Their large unstripped
+# binaries are compressed fast (gzip -1): those packages only test the packaging.
+out_dir="$profile"
+compress=(-Zxz)
+if [ "$profile" = dev ]; then
+    out_dir=debug
+    compress=(-Zgzip -z1)
+fi
+bin_dir() { # arch -> directory holding its binaries
     case "$1" in
-    amd64) echo "target/release" ;;
-    arm64) echo "target/aarch64-unknown-linux-gnu/release" ;;
+    amd64) echo "target/$out_dir" ;;
+    arm64) echo "target/aarch64-unknown-linux-gnu/$out_dir" ;;
     esac
 }
 if [ "$build" = 1 ]; then
-    say "building release binaries for x86_64 (drover, drover-agent)"
-    nice -n 10 cargo build --release --locked -p drover-controller -p drover-agent >&2
+    say "building $profile binaries for x86_64 (drover, drover-agent)"
+    nice -n 10 cargo build --profile "$profile" --locked -p drover-controller -p drover-agent >&2
     if [ "$want_arm64" = 1 ]; then
         say "cross-building drover-agent for aarch64 (linker aarch64-linux-gnu-gcc, .cargo/config.toml)"
-        nice -n 10 cargo build --release --locked -p drover-agent \
+        nice -n 10 cargo build --profile "$profile" --locked -p drover-agent \
             --target aarch64-unknown-linux-gnu >&2
     fi
 fi
@@ -143,7 +161,7 @@ stage() {
     chmod 0644 "$root/DEBIAN/control"
     # Reproducible: file times clamp to the last commit.
     SOURCE_DATE_EPOCH="$(git log -1 --format=%ct 2>/dev/null || date +%s)" \
-        dpkg-deb --root-owner-group -Zxz --build "$root" "$out" >/dev/null
+        dpkg-deb --root-owner-group "${compress[@]}" --build "$root" "$out" >/dev/null
     say "built $out ($(du -h "$out" | cut -f1))"
 }
 

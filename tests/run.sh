@@ -37,8 +37,16 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
-# Not run here yet: the dockerd-restart test (it restarts the shared daemon, so it must run
-# alone, after the suite) currently fails: a real daemon shutdown stops the build container
-# with exit code 143 before the connection drops, and the job is reported as script_failure
-# instead of runner_system_failure. Run it by hand with:
-#   DROVER_TEST_DOCKERD_RESTART=1 cargo test -p drover-tests --test standalone_recovery dockerd_restart
+
+# After the suite, one at a time (each leans on the shared Docker engine or the whole machine):
+# 1. the dockerd-restart test: it restarts the daemon, so nothing else may use it meanwhile.
+DROVER_TEST_DOCKERD_RESTART=1 cargo test --locked -p drover-tests --test standalone_recovery \
+  dockerd_restart
+# 2. the README's demo command: controller, two enrolled agents, a job in Docker.
+bash deploy/demo.sh
+# 3. ARM64: cross build, smoke run and the agent's unit tests under qemu.
+bash tests/cross-arm64.sh
+# 4. the Debian packages (amd64 and arm64, from the dev binaries built above) installed,
+#    enrolled, upgraded, removed and purged in a throwaway Debian container.
+bash deploy/package.sh --profile dev --no-build
+bash deploy/test-packages.sh --debs target/packages

@@ -17,24 +17,9 @@ pub fn init_crypto() {
 /// The local busybox image when Docker answers; `None` (after saying why) when it does not,
 /// so tests on a box without Docker skip instead of failing.
 pub async fn docker_image() -> Option<String> {
-    let docker = match bollard::Docker::connect_with_local_defaults() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipping: docker unreachable: {e}");
-            return None;
-        }
-    };
-    if let Err(e) = docker.ping().await {
-        eprintln!("skipping: docker unreachable: {e}");
-        return None;
-    }
-    match crate::images::busybox_image().await {
-        Ok(i) => Some(i),
-        Err(e) => {
-            eprintln!("skipping: {e:#}");
-            None
-        }
-    }
+    crate::images::docker_and_busybox("this test")
+        .await
+        .map(|(_, image)| image)
 }
 
 /// The parsed stdout of a successful CLI call.

@@ -32,6 +32,32 @@ pub fn busybox_unavailable() -> Option<String> {
     }
 }
 
+/// The Docker engine and the busybox test image, for tests that need both. Without them
+/// (no engine, no static busybox) a test is skipped with the reason printed, except under
+/// CI (`CI` set and not `false`), where it fails: CI never passes by skipping.
+pub async fn docker_and_busybox(test: &str) -> Option<(Docker, String)> {
+    let found = async {
+        let docker = Docker::connect_with_local_defaults().context("docker unreachable")?;
+        docker.ping().await.context("docker unreachable")?;
+        let image = busybox_image().await?;
+        Ok::<_, anyhow::Error>((docker, image))
+    }
+    .await;
+    match found {
+        Ok(found) => Some(found),
+        Err(e) if in_ci() => panic!("{test}: {e:#} (CI is set: the test must not skip)"),
+        Err(e) => {
+            eprintln!("skipping {test}: {e:#}");
+            None
+        }
+    }
+}
+
+/// Whether this runs under CI (`CI` set, not empty, not `false`/`0`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
 /// Builds (once) and returns the busybox test image's tag.
 pub async fn busybox_image() -> Result<String> {
     BUSYBOX

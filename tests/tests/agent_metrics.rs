@@ -123,23 +123,10 @@ async fn http_get(addr: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_one_job() {
-    let docker = match bollard::Docker::connect_with_local_defaults() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipping: docker unreachable: {e}");
-            return;
-        }
-    };
-    if let Err(e) = docker.ping().await {
-        eprintln!("skipping: docker unreachable: {e}");
+    let Some((_docker, image)) =
+        drover_tests::images::docker_and_busybox("metrics_after_one_job").await
+    else {
         return;
-    }
-    let image = match drover_tests::images::busybox_image().await {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("skipping: {e:#}");
-            return;
-        }
     };
     let gitlab = FakeGitLab::start().await;
     gitlab.set_trace_update_interval(1);

@@ -19,7 +19,7 @@ use drover_agent::trace::TraceSink;
 use drover_proto::spec::RunnerConfig;
 use drover_tests::fake_gitlab::{FakeGitLab, JobSpec, StoredArtifact};
 use drover_tests::git_server::GitServer;
-use drover_tests::images::{busybox_image, busybox_web_image, docker_cli_image};
+use drover_tests::images::{busybox_web_image, docker_cli_image};
 use secrecy::SecretString;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -42,24 +42,7 @@ struct World {
 }
 
 async fn world(test: &str) -> Option<World> {
-    let docker = match Docker::connect_with_local_defaults() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipping: docker unreachable: {e}");
-            return None;
-        }
-    };
-    if let Err(e) = docker.ping().await {
-        eprintln!("skipping: docker unreachable: {e}");
-        return None;
-    }
-    let image = match busybox_image().await {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("skipping: {e:#}");
-            return None;
-        }
-    };
+    let (docker, image) = drover_tests::images::docker_and_busybox(test).await?;
     let fake = FakeGitLab::start().await;
     fake.add_runner(RUNNER_TOKEN);
     let client: Arc<dyn GitLab> =

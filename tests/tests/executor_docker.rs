@@ -12,29 +12,11 @@ use drover_agent::executor::{
 use drover_agent::gitlab::types::JobResponse;
 use drover_agent::trace::TraceSink;
 use drover_proto::spec::RunnerConfig;
-use drover_tests::images::busybox_image;
 use tokio_util::sync::CancellationToken;
 
 /// Connects to Docker and builds the busybox image, or says why the test is skipped.
 async fn setup() -> Option<(Docker, DockerExecutor, String)> {
-    let docker = match Docker::connect_with_local_defaults() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipping: docker unreachable: {e}");
-            return None;
-        }
-    };
-    if let Err(e) = docker.ping().await {
-        eprintln!("skipping: docker unreachable: {e}");
-        return None;
-    }
-    let image = match busybox_image().await {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("skipping: {e:#}");
-            return None;
-        }
-    };
+    let (docker, image) = drover_tests::images::docker_and_busybox("executor_docker").await?;
     let exec = DockerExecutor::connect(ConnectOptions::default())
         .await
         .expect("connect executor");

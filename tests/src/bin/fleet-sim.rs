@@ -10,6 +10,10 @@
 //! (throughput); N mTLS connections, each opening `AgentControl.Session` with `Hello` and
 //! waiting for `Welcome` (time to connect all); then every agent heartbeats at the interval
 //! the controller asks for (10 s) while the controller's CPU share and RSS are measured.
+//! Then `drover runner apply` of a spec selecting every agent: each simulated agent acks the
+//! `DesiredState` it is pushed (as a real agent does once its units are up), and the time from
+//! starting the CLI to each agent's ack gives the rollout latency (p50/p99/last), once with
+//! the default rolling strategy and once with `--strategy all`.
 //! `FLEET_WINDOW_SECS` sets the measuring window (default 60).
 
 use std::sync::Arc;
@@ -38,6 +42,8 @@ struct Enrolled {
 struct Counters {
     heartbeats: AtomicU64,
     errors: AtomicU64,
+    /// When each `DesiredState` was acked, with its generation.
+    acks: std::sync::Mutex<Vec<(u64, Instant)>>,
 }
 
 fn facts(i: usize) -> v1::AgentFacts {
@@ -177,6 +183,7 @@ async fn agent(
     // Spread the heartbeats over the interval, as real agents started at different times do.
     let phase = interval.mul_f64(rand::random::<f64>());
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, interval);
+    let mut applied = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -187,7 +194,7 @@ async fn agent(
                             seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
                             nanos: 0,
                         }),
-                        applied_generation: 0,
+                        applied_generation: applied,
                         host: None,
                         runners: Vec::new(),
                         ips: facts(i).ips,
@@ -201,6 +208,25 @@ async fn agent(
                 counters.heartbeats.fetch_add(1, Ordering::Relaxed);
             }
             msg = inbound.message() => match msg {
+                Ok(Some(v1::ControllerMessage {
+                    kind: Some(ControllerKind::DesiredState(d)),
+                })) => {
+                    applied = d.generation;
+                    let ack = v1::AgentMessage {
+                        kind: Some(AgentKind::Ack(v1::Ack {
+                            generation: d.generation,
+                            applied: true,
+                            error: String::new(),
+                        })),
+                    };
+                    if tx.send(ack).await.is_err() {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                        bail!("agent {i}: session closed");
+                    }
+                    if let Ok(mut acks) = counters.acks.lock() {
+                        acks.push((d.generation, Instant::now()));
+                    }
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -299,6 +325,15 @@ async fn run(n: usize, window: Duration, rows: &mut Vec<String>) -> Result<()> {
     let steady = procstat::memory(pid).context("controller gone")?;
     let sim = procstat::memory(std::process::id()).unwrap_or_default();
     let errors = counters.errors.load(Ordering::Relaxed);
+
+    let mut rollouts = Vec::new();
+    for (generation, strategy) in [(1u64, None), (2, Some("all"))] {
+        eprintln!("fleet-sim: N={n}: rollout of generation {generation} ({strategy:?})");
+        rollouts.push((
+            strategy.unwrap_or("rolling (default, max-unavailable 25%)"),
+            rollout(&controller, &counters, n, generation, strategy).await?,
+        ));
+    }
     stop.cancel();
     while tasks.join_next().await.is_some() {}
 
@@ -346,8 +381,79 @@ async fn run(n: usize, window: Duration, rows: &mut Vec<String>) -> Result<()> {
         "| {n} | simulator RSS (all {n} clients) | {} | — | info |",
         mib(sim.rss_kib)
     ));
+    for (strategy, lat) in rollouts {
+        let p99 = percentile(&lat, 99.0);
+        rows.push(format!(
+            "| {n} | rollout latency, `drover runner apply` → each agent's ack, strategy {strategy} | p50 {} / p99 {} / last {} | p99 ≤ 2 s | {} |",
+            ms(percentile(&lat, 50.0)),
+            ms(p99),
+            ms(lat.iter().max().copied().unwrap_or_default()),
+            if p99 <= Duration::from_secs(2) { "met" } else { "MISSED" }
+        ));
+    }
     drop(controller);
     Ok(())
+}
+
+/// Applies a spec selecting every agent (a new generation) and returns, per agent, the time
+/// from starting `drover runner apply` to its ack of `generation`.
+async fn rollout(
+    controller: &Controller,
+    counters: &Counters,
+    n: usize,
+    generation: u64,
+    strategy: Option<&str>,
+) -> Result<Vec<Duration>> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let spec = dir.path().join("runners.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[[runners]]\nname = \"sim-{generation}\"\nurl = \"https://gitlab.example.com\"\ntoken = \"glrt-sim{generation}\"\nexecutor = \"docker\"\n[runners.docker]\nimage = \"busybox\"\n"
+        ),
+    )
+    .context("write spec")?;
+    let mut args = vec![
+        "runner".to_string(),
+        "apply".into(),
+        "-f".into(),
+        spec.display().to_string(),
+    ];
+    if let Some(s) = strategy {
+        args.extend(["--strategy".into(), s.into()]);
+    }
+    let start = Instant::now();
+    let out = {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        controller.drover(&args)
+    };
+    if !out.status.success() {
+        bail!(
+            "drover runner apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let acked: Vec<Duration> = counters
+            .acks
+            .lock()
+            .map_err(|_| anyhow::anyhow!("ack list poisoned"))?
+            .iter()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, at)| at.saturating_duration_since(start))
+            .collect();
+        if acked.len() >= n {
+            return Ok(acked);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {n} agents acked generation {generation} within 120 s",
+                acked.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -159,24 +159,7 @@ pub struct E2e {
 /// Starts everything for test `name`; `None` (with the reason printed) when Docker or the
 /// busybox image is unavailable. `docker_toml` is appended to `[runners.docker]`.
 pub async fn start(name: &str, concurrent: u32, docker_toml: &str) -> Option<E2e> {
-    let docker = match bollard::Docker::connect_with_local_defaults() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipping {name}: docker unreachable: {e}");
-            return None;
-        }
-    };
-    if let Err(e) = docker.ping().await {
-        eprintln!("skipping {name}: docker unreachable: {e}");
-        return None;
-    }
-    let image = match drover_tests::images::busybox_image().await {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("skipping {name}: {e:#}");
-            return None;
-        }
-    };
+    let (docker, image) = drover_tests::images::docker_and_busybox(name).await?;
     let gitlab = drover_tests::fake_gitlab::FakeGitLab::start().await;
     gitlab.set_trace_update_interval(1);
     let token = format!("glrt-{name}-{:08x}", rand::random::<u32>());
