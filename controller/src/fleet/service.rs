@@ -108,6 +108,10 @@ pub struct Fleet {
     /// Serializes applies and reconciliations (registration included), so two never
     /// interleave their store writes.
     lock: tokio::sync::Mutex<()>,
+    /// A reconciliation is waiting for `lock` and has not read the store yet: it will see
+    /// every change recorded before it starts, so callers meanwhile need not queue another.
+    /// (10,000 acks arriving together cost a few passes, not 10,000.)
+    reconcile_queued: std::sync::atomic::AtomicBool,
     runtime: Mutex<HashMap<String, Runtime>>,
 }
 
@@ -148,6 +152,7 @@ impl Fleet {
             registrar,
             sessions,
             lock: tokio::sync::Mutex::new(()),
+            reconcile_queued: std::sync::atomic::AtomicBool::new(false),
             runtime: Mutex::new(HashMap::new()),
         }
     }
@@ -325,14 +330,23 @@ impl Fleet {
     /// state, and unregisters retired GitLab runners no agent needs any more. Errors are
     /// logged: this runs after every event and on a timer.
     pub async fn reconcile(&self) {
-        if let Err(e) = self.try_reconcile().await {
+        use std::sync::atomic::Ordering;
+        if self.reconcile_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let result = {
+            let _g = self.lock.lock().await;
+            self.reconcile_queued.store(false, Ordering::Release);
+            self.try_reconcile().await
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "reconcile fleet");
         }
         self.unregister_retired().await;
     }
 
+    /// One reconciliation pass; the caller holds `lock`.
     async fn try_reconcile(&self) -> Result<(), FleetError> {
-        let _g = self.lock.lock().await;
         let Some((generation, runners)) = self.current()? else {
             return Ok(());
         };
@@ -372,13 +386,15 @@ impl Fleet {
                 tracing::warn!(generation = generation.generation, reason = %plan.reason, "rollout halted");
             }
         }
+        let by_id: HashMap<&str, &AgentRecord> =
+            agents.iter().map(|a| (a.id.as_str(), a)).collect();
         let mut budget = plan.budget;
         for id in &plan.candidates {
             if budget == 0 {
                 break;
             }
             budget -= 1;
-            let Some(agent) = agents.iter().find(|a| &a.id == id) else {
+            let Some(agent) = by_id.get(id.as_str()).copied() else {
                 continue;
             };
             match self.advance(agent, generation.generation, &runners).await {

@@ -331,7 +331,7 @@ async fn run(n: usize, window: Duration, rows: &mut Vec<String>) -> Result<()> {
         eprintln!("fleet-sim: N={n}: rollout of generation {generation} ({strategy:?})");
         rollouts.push((
             strategy.unwrap_or("rolling (default, max-unavailable 25%)"),
-            rollout(&controller, &counters, n, generation, strategy).await?,
+            rollout(&controller, &counters, n, generation, strategy).await,
         ));
     }
     stop.cancel();
@@ -382,6 +382,15 @@ async fn run(n: usize, window: Duration, rows: &mut Vec<String>) -> Result<()> {
         mib(sim.rss_kib)
     ));
     for (strategy, lat) in rollouts {
+        let lat = match lat {
+            Ok(lat) => lat,
+            Err(e) => {
+                rows.push(format!(
+                    "| {n} | rollout latency, strategy {strategy} | {e:#} | p99 ≤ 2 s | MISSED |"
+                ));
+                continue;
+            }
+        };
         let p99 = percentile(&lat, 99.0);
         rows.push(format!(
             "| {n} | rollout latency, `drover runner apply` → each agent's ack, strategy {strategy} | p50 {} / p99 {} / last {} | p99 ≤ 2 s | {} |",
