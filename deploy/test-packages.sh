@@ -6,7 +6,9 @@
 #   survive a reinstall; remove keeps conffile and state; purge deletes both.
 # - drover amd64: the same for the controller (data dir 0750).
 # - install.sh: dry run; a failed enroll leaves the state dir empty and starts nothing;
-#   an enrolled box gets the service enabled and started; a second run changes nothing.
+#   an enrolled box gets the service enabled and started; a second run changes nothing;
+#   then a real enrollment against `drover serve` from the controller package in the same
+#   container, and the installed agent connecting to it.
 #   systemctl is a stub that logs its calls (no systemd in the container).
 # - the arm64 agent package: architecture, ELF machine, same file list as amd64.
 #
@@ -173,6 +175,35 @@ ok "install.sh on an enrolled box: skips install and enroll, enables and starts;
 bash /deploy/install.sh --controller http://ctl.example:7443 --token t >/tmp/install3.log 2>&1 && fail "accepted http://"
 grep -q "is not https://HOST:PORT" /tmp/install3.log || fail "no clear error for a bad URL"
 ok "install.sh rejects a bad controller URL with a clear error"
+dpkg -P drover-agent >/dev/null
+
+# A real enrollment: the controller package's `drover serve` in this container, a token,
+# install.sh with the agent package, then the agent started as its unit would start it.
+: >/tmp/systemctl.log
+rm -f /tmp/active
+dpkg -i "$deb_ctl" >/dev/null 2>&1 || fail "dpkg -i controller (real enroll)"
+drover serve --data-dir /tmp/ctl --listen 127.0.0.1:7443 --http-listen 127.0.0.1:7080 >/tmp/serve.log 2>&1 &
+for _ in $(seq 1 100); do [ -s /tmp/ctl/grpc.addr ] && break; sleep 0.1; done
+[ -s /tmp/ctl/grpc.addr ] || { cat /tmp/serve.log; fail "drover serve did not start"; }
+token="$(drover --data-dir /tmp/ctl token create --label site=pkgtest)" || fail "token create"
+bash /deploy/install.sh --controller https://127.0.0.1:7443 --token "$token" --deb "$deb_agent" >/tmp/install4.log 2>&1 ||
+    { cat /tmp/install4.log; fail "install.sh with a real controller"; }
+[ -s /var/lib/drover-agent/agent.crt ] || fail "no certificate after a real enroll"
+[ "$(stat -c '%a %U' /var/lib/drover-agent/agent.key)" = "600 drover" ] || fail "agent.key $(stat -c '%a %U' /var/lib/drover-agent/agent.key)"
+grep -qx 'enable --now drover-agent.service' /tmp/systemctl.log || fail "install.sh did not enable the service"
+runuser -u drover -- drover-agent run --state-dir /var/lib/drover-agent >/tmp/agent.log 2>&1 &
+agent_pid=$!
+connected=""
+for _ in $(seq 1 100); do
+    if drover --data-dir /tmp/ctl agents -o json 2>/dev/null | grep -Eq '"state": ?"(healthy|degraded)"'; then
+        connected=1 && break
+    fi
+    sleep 0.2
+done
+[ -n "$connected" ] || { cat /tmp/agent.log; drover --data-dir /tmp/ctl agents -o json; fail "the enrolled agent never connected"; }
+drover --data-dir /tmp/ctl agents -o json | grep -q '"site": *"pkgtest"' || fail "agent lacks the token's label"
+kill "$agent_pid" 2>/dev/null || true
+ok "install.sh with a real controller: enrolled (key 0600 drover), enabled, and the agent connects"
 dpkg -P drover-agent >/dev/null
 IN_CONTAINER
 say "all package and install.sh checks passed"
