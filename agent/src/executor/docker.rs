@@ -443,11 +443,12 @@ impl DockerExecutor {
                 Ok(StepEnd::Canceled) => return End::Canceled,
                 Err(e) => {
                     // Say so when the engine itself went away (stopped or restarting).
-                    end = match self.api.image_id(&base.image_id).await {
-                        Ok(_) => End::system(e),
-                        Err(_) => End::system(format!(
+                    end = if self.engine_answers().await {
+                        End::system(e)
+                    } else {
+                        End::system(format!(
                             "{e}; the Docker daemon stopped or restarted during the job"
-                        )),
+                        ))
                     };
                 }
             }
@@ -1056,11 +1057,17 @@ impl DockerExecutor {
         if code <= 128 {
             return false;
         }
-        if self.api.engine_info().await.is_err() {
+        if !self.engine_answers().await {
             return true;
         }
         tokio::time::sleep(DAEMON_RECHECK).await;
-        self.api.engine_info().await.is_err()
+        !self.engine_answers().await
+    }
+
+    /// Whether the Docker engine still answers (the one probe the job flow uses to tell a
+    /// failed call or a killed script from a daemon that went away).
+    async fn engine_answers(&self) -> bool {
+        self.api.engine_info().await.is_ok()
     }
 
     /// Whether the job's containers run as root: `[runners.docker] user`, else the image's
