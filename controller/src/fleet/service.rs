@@ -791,25 +791,41 @@ impl Fleet {
             .runners = runners.to_vec();
     }
 
-    /// The agent's runners for `drover agents`: from its last heartbeat, else from the
-    /// assignments (state unknown).
+    /// The agent's runners for `drover agents`. The assignments say which GitLab runner
+    /// each one is and when its token expires (a heartbeat sent while an old unit was
+    /// still stopping would name the retired runner); the last heartbeat says how the unit
+    /// runs. Units the agent still reports but no longer has an assignment for (being
+    /// stopped) follow, as reported.
     pub fn runner_statuses(&self, agent_id: &str) -> Vec<v1::RunnerStatus> {
-        if let Some(rt) = self.runtime().get(agent_id)
-            && !rt.runners.is_empty()
-        {
-            return rt.runners.clone();
-        }
-        self.store
+        let mut reported = self
+            .runtime()
+            .get(agent_id)
+            .map(|rt| rt.runners.clone())
+            .unwrap_or_default();
+        let mut out: Vec<v1::RunnerStatus> = self
+            .store
             .assignments(agent_id)
             .unwrap_or_default()
             .into_iter()
-            .map(|a| v1::RunnerStatus {
-                name: a.runner,
-                gitlab_runner_id: a.gitlab_runner_id,
-                token_expires_at: a.token_expires_at.map(timefmt::to_proto),
-                ..Default::default()
+            .map(|a| {
+                let unit = reported
+                    .iter()
+                    .position(|r| {
+                        r.name == a.runner
+                            && (r.gitlab_runner_id == 0 || r.gitlab_runner_id == a.gitlab_runner_id)
+                    })
+                    .map(|i| reported.remove(i))
+                    .unwrap_or_default();
+                v1::RunnerStatus {
+                    name: a.runner,
+                    gitlab_runner_id: a.gitlab_runner_id,
+                    token_expires_at: a.token_expires_at.map(timefmt::to_proto),
+                    ..unit
+                }
             })
-            .collect()
+            .collect();
+        out.extend(reported);
+        out
     }
 
     /// The last error advancing this agent (e.g. GitLab refused the registration).

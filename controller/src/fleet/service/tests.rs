@@ -525,3 +525,42 @@ image = "alpine:3.20"
     let e = w.apply(&no_group, all()).await.unwrap_err().to_string();
     assert!(e.contains("needs group_id"), "{e}");
 }
+
+#[tokio::test]
+async fn runner_statuses_take_identity_from_assignments_and_state_from_heartbeats() {
+    let mut w = world();
+    w.agent("a1", "lab");
+    w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
+    let current = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].gitlab_runner_id;
+    // Before any heartbeat: the assignment, state unknown.
+    let before = w.fleet.runner_statuses("a1");
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].gitlab_runner_id, current);
+    assert_eq!(before[0].state, "");
+    // A heartbeat sent while the retired unit was still stopping and the new one running.
+    w.fleet.on_heartbeat(
+        "a1",
+        &[
+            v1::RunnerStatus {
+                name: "lab-docker".into(),
+                state: "stopped".into(),
+                gitlab_runner_id: current + 100,
+                ..Default::default()
+            },
+            v1::RunnerStatus {
+                name: "lab-docker".into(),
+                state: "running".into(),
+                gitlab_runner_id: current,
+                jobs_succeeded: 3,
+                ..Default::default()
+            },
+        ],
+    );
+    let got = w.fleet.runner_statuses("a1");
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].gitlab_runner_id, current);
+    assert_eq!(got[0].state, "running");
+    assert_eq!(got[0].jobs_succeeded, 3);
+    assert_eq!(got[1].gitlab_runner_id, current + 100);
+    assert_eq!(got[1].state, "stopped");
+}
