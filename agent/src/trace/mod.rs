@@ -1,8 +1,11 @@
 //! The job trace: what the executor writes, masked, bounded, and shipped to GitLab.
 //!
 //! - [`TraceSink`] (this file): the handle the executor writes to. Masks secrets
-//!   ([`mask::Masker`]), caps the size at `output_limit`, keeps the whole masked trace in
-//!   memory so any range can be resent.
+//!   ([`mask::Masker`]), caps the size at `output_limit`, and keeps in memory only what
+//!   GitLab has not accepted yet; accepted bytes move to an unnamed temporary file (as
+//!   gitlab-runner keeps its trace buffer in one), so a 416 can still be answered from any
+//!   offset while a 100 MB trace costs the agent only what is in flight. A running CRC-32
+//!   covers the whole trace.
 //! - [`upload::TraceUploader`]: ships increments with `PATCH /jobs/:id/trace`, detects
 //!   cancellation, and sends the final `PUT /jobs/:id`.
 //!
@@ -38,8 +41,15 @@ struct Shared {
 
 struct State {
     masker: mask::Masker,
-    /// The masked trace so far (never more than `limit` plus the truncation notice).
+    /// The masked trace from byte `base` on (the whole trace is never more than `limit`
+    /// plus the truncation notice).
     buf: Vec<u8>,
+    /// Bytes before `buf`: GitLab accepted them, so they moved to `spool`.
+    base: u64,
+    /// The first `base` bytes (created at the first release).
+    spool: Option<std::fs::File>,
+    /// CRC-32 of the whole masked trace so far.
+    crc: crc32fast::Hasher,
     limit: usize,
     truncated: bool,
     closed: bool,
@@ -67,6 +77,9 @@ impl TraceSink {
                 state: Mutex::new(State {
                     masker,
                     buf: Vec::new(),
+                    base: 0,
+                    spool: None,
+                    crc: crc32fast::Hasher::new(),
                     limit: output_limit,
                     truncated: false,
                     closed: false,
@@ -149,9 +162,9 @@ impl TraceSink {
         self.state().truncated
     }
 
-    /// Bytes of masked trace available to send.
+    /// Bytes of masked trace written so far (released ones included).
     pub fn len(&self) -> u64 {
-        self.state().buf.len() as u64
+        self.state().total()
     }
 
     /// `true` when nothing is available to send yet.
@@ -159,28 +172,63 @@ impl TraceSink {
         self.len() == 0
     }
 
-    /// At most `max` bytes of masked trace starting at `offset`.
+    /// At most `max` bytes of masked trace starting at `offset` (fewer when the range
+    /// starts in the spooled part and runs past it); empty at the end.
     pub fn read_at(&self, offset: u64, max: usize) -> Vec<u8> {
         let st = self.state();
-        let start = usize::try_from(offset)
+        if offset < st.base {
+            return st.read_spool(offset, max);
+        }
+        let start = usize::try_from(offset - st.base)
             .unwrap_or(usize::MAX)
             .min(st.buf.len());
         let end = start.saturating_add(max).min(st.buf.len());
         st.buf[start..end].to_vec()
     }
 
+    /// Moves the bytes before `offset` out of memory (GitLab accepted them) into the spool
+    /// file. If the file cannot be written they stay in memory: nothing is dropped.
+    pub fn release_before(&self, offset: u64) {
+        let mut st = self.state();
+        let n = usize::try_from(offset.saturating_sub(st.base))
+            .unwrap_or(usize::MAX)
+            .min(st.buf.len());
+        if n == 0 {
+            return;
+        }
+        if let Err(e) = st.spool_front(n) {
+            tracing::warn!(error = %e, "spool the accepted trace to a temporary file; keeping it in memory");
+            return;
+        }
+        st.buf.drain(..n);
+        st.base += n as u64;
+        // Give back the memory a burst of output took once it has been shipped.
+        let held = st.buf.len();
+        if st.buf.capacity() > 4 * held + (1 << 20) {
+            st.buf.shrink_to(2 * held);
+        }
+    }
+
+    /// How many leading bytes live in the spool file instead of memory.
+    pub fn released(&self) -> u64 {
+        self.state().base
+    }
+
     /// `crc32:<hex>` of the whole masked trace and its length, as `PUT /jobs/:id` wants.
     pub fn checksum(&self) -> (String, u64) {
         let st = self.state();
         (
-            format!("crc32:{:08x}", crc32fast::hash(&st.buf)),
-            st.buf.len() as u64,
+            format!("crc32:{:08x}", st.crc.clone().finalize()),
+            st.total(),
         )
     }
 
-    /// Everything written so far (for tests and the uploader).
+    /// The whole masked trace so far, spooled part included.
     pub fn snapshot(&self) -> Vec<u8> {
-        self.state().buf.clone()
+        let st = self.state();
+        let mut out = st.read_spool(0, usize::try_from(st.base).unwrap_or(usize::MAX));
+        out.extend_from_slice(&st.buf);
+        out
     }
 
     /// Resolves at the next write or close.
@@ -190,22 +238,61 @@ impl TraceSink {
 }
 
 impl State {
+    fn total(&self) -> u64 {
+        self.base + self.buf.len() as u64
+    }
+
     fn append(&mut self, bytes: &[u8]) {
-        let room = self.limit.saturating_sub(self.buf.len());
+        let written = usize::try_from(self.total()).unwrap_or(usize::MAX);
+        let room = self.limit.saturating_sub(written);
         if bytes.len() <= room {
-            self.buf.extend_from_slice(bytes);
+            self.push(bytes);
             return;
         }
-        self.buf.extend_from_slice(&bytes[..room]);
+        self.push(&bytes[..room]);
         self.truncated = true;
-        self.buf.extend_from_slice(
-            format!(
-                "\n\x1b[0;33mJob's log exceeded limit of {} bytes.\nJob execution will \
-                 continue but no more output will be collected.\x1b[0;m\n",
-                self.limit
-            )
-            .as_bytes(),
+        let notice = format!(
+            "\n\x1b[0;33mJob's log exceeded limit of {} bytes.\nJob execution will \
+             continue but no more output will be collected.\x1b[0;m\n",
+            self.limit
         );
+        self.push(notice.as_bytes());
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.crc.update(bytes);
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Appends the first `n` bytes of `buf` to the spool file.
+    fn spool_front(&mut self, n: usize) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.spool.is_none() {
+            self.spool = Some(tempfile::tempfile()?);
+        }
+        let Some(file) = self.spool.as_mut() else {
+            return Ok(());
+        };
+        file.write_all(&self.buf[..n])
+    }
+
+    /// Up to `max` spooled bytes from `offset` (which is below `base`).
+    fn read_spool(&self, offset: u64, max: usize) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let Some(file) = self.spool.as_ref() else {
+            return Vec::new();
+        };
+        let len = usize::try_from(self.base.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(max);
+        let mut out = vec![0; len];
+        match file.read_exact_at(&mut out, offset) {
+            Ok(()) => out,
+            Err(e) => {
+                tracing::error!(error = %e, offset, "read the spooled trace");
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -219,7 +306,8 @@ impl std::fmt::Debug for TraceSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.state();
         f.debug_struct("TraceSink")
-            .field("len", &st.buf.len())
+            .field("len", &st.total())
+            .field("held", &st.buf.len())
             .field("truncated", &st.truncated)
             .field("closed", &st.closed)
             .finish_non_exhaustive()
@@ -292,6 +380,33 @@ mod tests {
             sum,
             format!("crc32:{:08x}", crc32fast::hash(b"hello world"))
         );
+    }
+
+    #[test]
+    fn released_bytes_are_spooled_and_still_readable() {
+        let sink = TraceSink::with_masks(&[], 20);
+        sink.write(b"hello world");
+        sink.release_before(6);
+        assert_eq!(sink.released(), 6);
+        assert_eq!(sink.read_at(6, 100), b"world");
+        // From the spool: stops where memory starts.
+        assert_eq!(sink.read_at(2, 100), b"llo ");
+        assert_eq!(sink.read_at(2, 2), b"ll");
+        sink.release_before(3);
+        assert_eq!(sink.released(), 6, "never moves back");
+        assert_eq!(sink.snapshot(), b"hello world");
+        // The limit and the checksum count the whole trace.
+        sink.write(b"0123456789abc");
+        assert!(sink.is_truncated());
+        let (sum, size) = sink.checksum();
+        let all = sink.snapshot();
+        assert_eq!(size, all.len() as u64);
+        assert!(all.starts_with(b"hello world012345678\n"), "{all:?}");
+        assert_eq!(sum, format!("crc32:{:08x}", crc32fast::hash(&all)));
+        sink.release_before(1000);
+        assert_eq!(sink.released(), size);
+        assert_eq!(sink.read_at(size, 10), b"");
+        assert_eq!(sink.snapshot(), all);
     }
 
     #[test]

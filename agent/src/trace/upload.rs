@@ -242,6 +242,8 @@ impl Uploader {
             }) => {
                 self.last_contact = Instant::now();
                 self.sent += data.len() as u64;
+                // GitLab holds these bytes now: out of memory, into the spool file.
+                self.sink.release_before(self.sent);
                 self.mismatches = 0;
                 self.backoff.reset();
                 if let Some(i) = update_interval {

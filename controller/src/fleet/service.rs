@@ -16,8 +16,8 @@ use super::spec::{self, Change, SpecRefusal};
 use crate::secrets::{Sealer, SecretsError};
 use crate::server::sessions::Sessions;
 use crate::store::{
-    AgentRecord, Assignment, GenerationRecord, Retired, RolloutState, Store, StoreError, Strategy,
-    StrategyKind,
+    AckRecord, AgentRecord, AgentStep, Assignment, GenerationRecord, Retired, RolloutState, Store,
+    StoreError, Strategy, StrategyKind,
 };
 use crate::timefmt;
 
@@ -113,7 +113,25 @@ pub struct Fleet {
     /// (10,000 acks arriving together cost a few passes, not 10,000.)
     reconcile_queued: std::sync::atomic::AtomicBool,
     runtime: Mutex<HashMap<String, Runtime>>,
+    /// Unsealed runners of recently used generations (generations never change once
+    /// stored), so pushing one generation to 10,000 agents opens it once.
+    unsealed: Mutex<BTreeMap<u64, Arc<Vec<RunnerConfig>>>>,
+    /// Acknowledgements not yet written (see [`Fleet::on_ack`]).
+    acks: Mutex<Vec<AckRecord>>,
+    /// No reconciliation pass starts before this instant (see [`Fleet::reconcile`]).
+    pass_gap: Mutex<std::time::Instant>,
 }
+
+/// The longest pause between two reconciliation passes.
+const PASS_GAP_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How many unsealed generations [`Fleet`] keeps (the newest and the ones agents are
+/// still being moved from).
+const UNSEALED_KEPT: usize = 4;
+
+/// Agents advanced per store transaction in a reconciliation; each batch is pushed as soon
+/// as it is written, so the first agents need not wait for the last.
+const ADVANCE_BATCH: usize = 256;
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,6 +172,9 @@ impl Fleet {
             lock: tokio::sync::Mutex::new(()),
             reconcile_queued: std::sync::atomic::AtomicBool::new(false),
             runtime: Mutex::new(HashMap::new()),
+            unsealed: Mutex::new(BTreeMap::new()),
+            acks: Mutex::new(Vec::new()),
+            pass_gap: Mutex::new(std::time::Instant::now()),
         }
     }
 
@@ -170,11 +191,44 @@ impl Fleet {
         })
     }
 
+    /// The runners of generation `generation` (`None` when there is no such generation),
+    /// unsealed once and then kept.
+    fn generation_runners(
+        &self,
+        generation: u64,
+    ) -> Result<Option<Arc<Vec<RunnerConfig>>>, FleetError> {
+        if let Some(r) = self.unsealed_cache().get(&generation) {
+            return Ok(Some(r.clone()));
+        }
+        match self.store.get_generation(generation)? {
+            Some(g) => Ok(Some(self.unsealed_runners(&g)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The runners of `g`, unsealed once and then kept.
+    fn unsealed_runners(&self, g: &GenerationRecord) -> Result<Arc<Vec<RunnerConfig>>, FleetError> {
+        if let Some(r) = self.unsealed_cache().get(&g.generation) {
+            return Ok(r.clone());
+        }
+        let runners = Arc::new(self.runners_of(g)?);
+        let mut cache = self.unsealed_cache();
+        cache.insert(g.generation, runners.clone());
+        while cache.len() > UNSEALED_KEPT {
+            cache.pop_first();
+        }
+        Ok(runners)
+    }
+
+    fn unsealed_cache(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Vec<RunnerConfig>>>> {
+        self.unsealed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The newest generation and its runners (`None` before the first apply).
     pub fn current(&self) -> Result<Option<(GenerationRecord, Vec<RunnerConfig>)>, FleetError> {
         match self.store.latest_generation()? {
             Some(g) => {
-                let r = self.runners_of(&g)?;
+                let r = self.unsealed_runners(&g)?.as_ref().clone();
                 Ok(Some((g, r)))
             }
             None => Ok(None),
@@ -334,10 +388,23 @@ impl Fleet {
         if self.reconcile_queued.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Passes are spaced by twice the last one's duration: while 10,000 acks stream in,
+        // passes that each read the whole fleet take at most a third of a core, and every
+        // ack that arrives meanwhile joins the waiting pass.
+        let gap = *self.pass_gap.lock().unwrap_or_else(|p| p.into_inner());
+        if gap > std::time::Instant::now() {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(gap)).await;
+        }
         let result = {
             let _g = self.lock.lock().await;
             self.reconcile_queued.store(false, Ordering::Release);
-            self.try_reconcile().await
+            let started = std::time::Instant::now();
+            self.record_pending_acks();
+            let result = self.try_reconcile().await;
+            let took = started.elapsed().min(PASS_GAP_MAX);
+            *self.pass_gap.lock().unwrap_or_else(|p| p.into_inner()) =
+                std::time::Instant::now() + 2 * took;
+            result
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "reconcile fleet");
@@ -350,29 +417,17 @@ impl Fleet {
         let Some((generation, runners)) = self.current()? else {
             return Ok(());
         };
-        let agents: Vec<AgentRecord> = self
+        let connected = self.sessions.connected();
+        let views: Vec<AgentView> = self
             .store
-            .list_agents()?
+            .rollout_progress()?
             .into_iter()
-            .filter(|a| a.revoked_at.is_none())
-            .collect();
-        let progress: HashMap<String, crate::store::AgentRollout> = self
-            .store
-            .agent_rollouts()?
-            .into_iter()
-            .map(|r| (r.agent_id.clone(), r))
-            .collect();
-        let views: Vec<AgentView> = agents
-            .iter()
-            .map(|a| {
-                let p = progress.get(&a.id).cloned().unwrap_or_default();
-                AgentView {
-                    id: a.id.clone(),
-                    connected: self.sessions.is_connected(&a.id),
-                    target: p.target_generation,
-                    ack_generation: p.ack_generation,
-                    ack_error: p.ack_error,
-                }
+            .map(|p| AgentView {
+                connected: connected.contains(&p.agent_id),
+                id: p.agent_id,
+                target: p.target_generation,
+                ack_generation: p.ack_generation,
+                ack_error: p.ack_error,
             })
             .collect();
         if generation.state == RolloutState::Halted {
@@ -386,41 +441,46 @@ impl Fleet {
                 tracing::warn!(generation = generation.generation, reason = %plan.reason, "rollout halted");
             }
         }
-        let by_id: HashMap<&str, &AgentRecord> =
-            agents.iter().map(|a| (a.id.as_str(), a)).collect();
-        let mut budget = plan.budget;
-        for id in &plan.candidates {
-            if budget == 0 {
-                break;
-            }
-            budget -= 1;
-            let Some(agent) = by_id.get(id.as_str()).copied() else {
-                continue;
-            };
-            match self.advance(agent, generation.generation, &runners).await {
-                Ok(()) => {
-                    if let Some(rt) = self.runtime().get_mut(id) {
-                        rt.error = None;
+        let chosen = &plan.candidates[..plan.budget.min(plan.candidates.len())];
+        for batch in chosen.chunks(ADVANCE_BATCH) {
+            let mut steps = Vec::with_capacity(batch.len());
+            for id in batch {
+                let Some(agent) = self.store.get_agent(id)? else {
+                    continue;
+                };
+                match self.step(&agent, generation.generation, &runners).await {
+                    Ok(step) => steps.push(step),
+                    Err(e) => {
+                        tracing::warn!(agent = %agent.id, generation = generation.generation, error = %e, "advance agent");
+                        self.runtime().entry(agent.id.clone()).or_default().error =
+                            Some(e.to_string());
                     }
-                    self.sessions.kick(id);
                 }
-                Err(e) => {
-                    tracing::warn!(agent = %id, generation = generation.generation, error = %e, "advance agent");
-                    self.runtime().entry(id.clone()).or_default().error = Some(e.to_string());
+            }
+            self.store.advance_agents(&steps)?;
+            let mut runtime = self.runtime();
+            for step in &steps {
+                if let Some(rt) = runtime.get_mut(&step.agent_id) {
+                    rt.error = None;
                 }
+            }
+            drop(runtime);
+            for step in &steps {
+                self.sessions.kick(&step.agent_id);
             }
         }
         Ok(())
     }
 
-    /// Gives `agent` a GitLab runner for every runner of `generation` it selects (reusing
-    /// ones whose registration still fits), retires what it no longer uses, then targets it.
-    async fn advance(
+    /// What moving `agent` to `generation` writes: a GitLab runner for every runner of the
+    /// generation it selects (reusing ones whose registration still fits), the retirement
+    /// of what it no longer uses, and its new target.
+    async fn step(
         &self,
         agent: &AgentRecord,
         generation: u64,
         runners: &[RunnerConfig],
-    ) -> Result<(), AdvanceError> {
+    ) -> Result<AgentStep, AdvanceError> {
         let current: HashMap<String, Assignment> = self
             .store
             .assignments(&agent.id)?
@@ -431,39 +491,38 @@ impl Fleet {
             .iter()
             .filter(|r| selector::matches(&r.selector, &agent.labels))
             .collect();
+        let mut step = AgentStep {
+            agent_id: agent.id.clone(),
+            generation,
+            ..AgentStep::default()
+        };
+        let retire = |old: &Assignment| Retired {
+            id: 0,
+            assignment: old.clone(),
+            after_generation: generation,
+        };
         for r in &selected {
             let key = spec::registration_key(r);
             let old = current.get(&r.name);
             if old.is_some_and(|a| a.registration_key == key) {
                 continue;
             }
-            let fresh = self.obtain(agent, r, key).await?;
-            self.store.put_assignment(&fresh)?;
+            step.put.push(self.obtain(agent, r, key).await?);
             if let Some(old) = old.filter(|a| a.registered) {
-                self.store.add_retired(&Retired {
-                    id: 0,
-                    assignment: old.clone(),
-                    after_generation: generation,
-                })?;
+                step.retire.push(retire(old));
             }
         }
         for (name, old) in &current {
             if selected.iter().any(|r| &r.name == name) {
                 continue;
             }
-            // Still in the assignments table until the agent runs the generation without
-            // it; then it is unregistered.
-            self.store.delete_assignment(&agent.id, name)?;
+            // Unregistered once the agent runs the generation without it.
+            step.delete.push(name.clone());
             if old.registered {
-                self.store.add_retired(&Retired {
-                    id: 0,
-                    assignment: old.clone(),
-                    after_generation: generation,
-                })?;
+                step.retire.push(retire(old));
             }
         }
-        self.store.set_target_generation(&agent.id, generation)?;
-        Ok(())
+        Ok(step)
     }
 
     /// A GitLab runner for `r` on `agent`: the spec's `token` as is, a runner created with
@@ -606,23 +665,20 @@ impl Fleet {
     /// The desired state pushed to `agent_id`: its target generation's runners that select
     /// it, each with its own token. `None` before it was targeted.
     pub fn desired_state(&self, agent_id: &str) -> Result<Option<v1::DesiredState>, FleetError> {
-        let Some(agent) = self.store.get_agent(agent_id)? else {
+        let Some(labels) = self.store.agent_labels(agent_id)? else {
             return Ok(None);
         };
         let target = self
             .store
-            .agent_rollouts()?
-            .into_iter()
-            .find(|r| r.agent_id == agent_id)
+            .agent_rollout(agent_id)?
             .map(|r| r.target_generation)
             .unwrap_or(0);
         if target == 0 {
             return Ok(None);
         }
-        let Some(g) = self.store.get_generation(target)? else {
+        let Some(runners) = self.generation_runners(target)? else {
             return Ok(None);
         };
-        let runners = self.runners_of(&g)?;
         let assignments: HashMap<String, Assignment> = self
             .store
             .assignments(agent_id)?
@@ -632,7 +688,7 @@ impl Fleet {
         let mut out = Vec::new();
         for r in runners
             .iter()
-            .filter(|r| selector::matches(&r.selector, &agent.labels))
+            .filter(|r| selector::matches(&r.selector, &labels))
         {
             let Some(a) = assignments.get(&r.name) else {
                 tracing::warn!(agent = %agent_id, runner = %r.name, "no gitlab runner assigned; left out");
@@ -653,7 +709,28 @@ impl Fleet {
         }))
     }
 
-    /// An agent acknowledged (or refused) a generation.
+    /// Writes the acknowledgements that arrived since the last pass, in one transaction;
+    /// if the store fails they stay queued for the next pass.
+    fn record_pending_acks(&self) {
+        let acks = std::mem::take(&mut *self.pending_acks());
+        if acks.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_acks(&acks) {
+            tracing::warn!(error = %e, acks = acks.len(), "record acknowledgements; kept for the next pass");
+            let mut pending = self.pending_acks();
+            let newer = std::mem::replace(&mut *pending, acks);
+            pending.extend(newer);
+        }
+    }
+
+    fn pending_acks(&self) -> std::sync::MutexGuard<'_, Vec<AckRecord>> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An agent acknowledged (or refused) a generation: queued, and written by the
+    /// reconciliation pass this starts (or the one already waiting), so acks arriving
+    /// together share one transaction.
     pub async fn on_ack(&self, agent_id: &str, ack: &v1::Ack) {
         let error = (!ack.applied).then(|| {
             if ack.error.is_empty() {
@@ -667,12 +744,11 @@ impl Fleet {
         } else {
             tracing::info!(agent = %agent_id, generation = ack.generation, "agent applied generation");
         }
-        if let Err(e) = self
-            .store
-            .record_ack(agent_id, ack.generation, error.as_deref())
-        {
-            tracing::warn!(agent = %agent_id, error = %e, "record ack");
-        }
+        self.pending_acks().push(AckRecord {
+            agent_id: agent_id.to_string(),
+            generation: ack.generation,
+            error,
+        });
         self.reconcile().await;
     }
 
@@ -755,15 +831,12 @@ impl Fleet {
         }
         let target = self
             .store
-            .agent_rollouts()?
-            .into_iter()
-            .find(|r| r.agent_id == agent_id)
+            .agent_rollout(agent_id)?
             .map(|r| r.target_generation)
             .unwrap_or(0);
-        let Some(g) = self.store.get_generation(target)? else {
+        let Some(runners) = self.generation_runners(target)? else {
             return Ok(false);
         };
-        let runners = self.runners_of(&g)?;
         let Some(r) = runners.iter().find(|r| r.name == runner) else {
             return Ok(false);
         };

@@ -86,6 +86,11 @@ impl Sessions {
         self.lock().1.contains_key(agent_id)
     }
 
+    /// The agents with an open session now.
+    pub fn connected(&self) -> std::collections::HashSet<String> {
+        self.lock().1.keys().cloned().collect()
+    }
+
     /// Closes the agent's session, if any.
     pub fn close(&self, agent_id: &str) {
         if let Some(e) = self.lock().1.remove(agent_id) {

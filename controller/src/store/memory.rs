@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use time::OffsetDateTime;
 
 use super::{
-    AgentRecord, AgentRollout, Assignment, EventFilter, EventRecord, Facts, GenerationRecord,
-    Retention, Retired, RolloutState, Store, StoreError,
+    AckRecord, AgentRecord, AgentRollout, AgentStep, Assignment, EventFilter, EventRecord, Facts,
+    GenerationRecord, Retention, Retired, RolloutState, Store, StoreError,
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
@@ -23,6 +23,15 @@ struct Inner {
     rollouts: BTreeMap<String, AgentRollout>,
     events: BTreeMap<u64, EventRecord>,
     next_event: u64,
+}
+
+impl Inner {
+    fn add_retired(&mut self, r: &Retired) -> i64 {
+        self.next_retired += 1;
+        let id = self.next_retired;
+        self.retired.insert(id, Retired { id, ..r.clone() });
+        id
+    }
 }
 
 /// An in-memory store.
@@ -89,6 +98,10 @@ impl Store for MemoryStore {
 
     fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         Ok(self.lock().agents.get(id).cloned())
+    }
+
+    fn agent_labels(&self, id: &str) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        Ok(self.lock().agents.get(id).map(|a| a.labels.clone()))
     }
 
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
@@ -222,13 +235,7 @@ impl Store for MemoryStore {
     }
 
     fn add_retired(&self, r: &Retired) -> Result<i64, StoreError> {
-        let mut inner = self.lock();
-        inner.next_retired += 1;
-        let id = inner.next_retired;
-        let mut r = r.clone();
-        r.id = id;
-        inner.retired.insert(id, r);
-        Ok(id)
+        Ok(self.lock().add_retired(r))
     }
 
     fn list_retired(&self) -> Result<Vec<Retired>, StoreError> {
@@ -244,39 +251,74 @@ impl Store for MemoryStore {
         Ok(self.lock().rollouts.values().cloned().collect())
     }
 
-    fn set_target_generation(&self, agent_id: &str, generation: u64) -> Result<(), StoreError> {
+    fn agent_rollout(&self, agent_id: &str) -> Result<Option<AgentRollout>, StoreError> {
+        Ok(self.lock().rollouts.get(agent_id).cloned())
+    }
+
+    fn advance_agents(&self, steps: &[AgentStep]) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let r = inner
-            .rollouts
-            .entry(agent_id.to_string())
-            .or_insert_with(|| AgentRollout {
-                agent_id: agent_id.to_string(),
-                ..AgentRollout::default()
-            });
-        r.target_generation = generation;
+        for step in steps {
+            for a in &step.put {
+                inner
+                    .assignments
+                    .insert((a.agent_id.clone(), a.runner.clone()), a.clone());
+            }
+            for runner in &step.delete {
+                inner
+                    .assignments
+                    .remove(&(step.agent_id.clone(), runner.clone()));
+            }
+            for r in &step.retire {
+                inner.add_retired(r);
+            }
+            inner
+                .rollouts
+                .entry(step.agent_id.clone())
+                .or_insert_with(|| AgentRollout {
+                    agent_id: step.agent_id.clone(),
+                    ..AgentRollout::default()
+                })
+                .target_generation = step.generation;
+        }
         Ok(())
     }
 
-    fn record_ack(
-        &self,
-        agent_id: &str,
-        generation: u64,
-        error: Option<&str>,
-    ) -> Result<(), StoreError> {
+    fn rollout_progress(&self) -> Result<Vec<AgentRollout>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .agents
+            .values()
+            .filter(|a| a.revoked_at.is_none())
+            .map(|a| {
+                inner
+                    .rollouts
+                    .get(&a.id)
+                    .cloned()
+                    .unwrap_or_else(|| AgentRollout {
+                        agent_id: a.id.clone(),
+                        ..AgentRollout::default()
+                    })
+            })
+            .collect())
+    }
+
+    fn record_acks(&self, acks: &[AckRecord]) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let r = inner
-            .rollouts
-            .entry(agent_id.to_string())
-            .or_insert_with(|| AgentRollout {
-                agent_id: agent_id.to_string(),
-                ..AgentRollout::default()
-            });
-        r.ack_generation = generation;
-        r.ack_error = error.map(str::to_string);
-        if error.is_none()
-            && let Some(a) = inner.agents.get_mut(agent_id)
-        {
-            a.applied_generation = generation;
+        for ack in acks {
+            let r = inner
+                .rollouts
+                .entry(ack.agent_id.clone())
+                .or_insert_with(|| AgentRollout {
+                    agent_id: ack.agent_id.clone(),
+                    ..AgentRollout::default()
+                });
+            r.ack_generation = ack.generation;
+            r.ack_error = ack.error.clone();
+            if ack.error.is_none()
+                && let Some(a) = inner.agents.get_mut(&ack.agent_id)
+            {
+                a.applied_generation = ack.generation;
+            }
         }
         Ok(())
     }

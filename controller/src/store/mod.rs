@@ -200,6 +200,32 @@ pub struct AgentRollout {
     pub ack_error: Option<String>,
 }
 
+/// An agent's answer to the generation it was pushed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckRecord {
+    /// The agent.
+    pub agent_id: String,
+    /// The generation it answered.
+    pub generation: u64,
+    /// Why it refused it; `None` when it applied it.
+    pub error: Option<String>,
+}
+
+/// What moving one agent to a generation writes (see [`Store::advance_agents`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStep {
+    /// The agent.
+    pub agent_id: String,
+    /// Its new target generation.
+    pub generation: u64,
+    /// Assignments inserted or replaced.
+    pub put: Vec<Assignment>,
+    /// Runner names whose assignment is removed.
+    pub delete: Vec<String>,
+    /// GitLab runner entries to unregister later.
+    pub retire: Vec<Retired>,
+}
+
 /// Something that happened in the fleet, as `drover events` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventRecord {
@@ -286,6 +312,9 @@ pub trait Store: Send + Sync {
     fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError>;
     /// All agents, by id.
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// One agent's labels (`None` when unknown): what choosing its runners needs, without
+    /// decoding its facts.
+    fn agent_labels(&self, id: &str) -> Result<Option<BTreeMap<String, String>>, StoreError>;
     /// Records that the agent was seen, with fresh facts when it sent them.
     fn agent_seen(
         &self,
@@ -341,16 +370,19 @@ pub trait Store: Send + Sync {
 
     /// Every agent's rollout progress (agents never pushed are absent).
     fn agent_rollouts(&self) -> Result<Vec<AgentRollout>, StoreError>;
-    /// Sets the generation pushed to `agent_id`.
-    fn set_target_generation(&self, agent_id: &str, generation: u64) -> Result<(), StoreError>;
-    /// Records an acknowledgement; an applied one also sets the agent's
-    /// `applied_generation`.
-    fn record_ack(
-        &self,
-        agent_id: &str,
-        generation: u64,
-        error: Option<&str>,
-    ) -> Result<(), StoreError>;
+    /// One agent's rollout progress (`None` before it was first pushed).
+    fn agent_rollout(&self, agent_id: &str) -> Result<Option<AgentRollout>, StoreError>;
+    /// Moves agents to a generation, all in one transaction (all or nothing): each step's
+    /// assignments put, its dropped assignments deleted, its retired entries queued, and
+    /// its agent's target generation set.
+    fn advance_agents(&self, steps: &[AgentStep]) -> Result<(), StoreError>;
+    /// Every agent not revoked with its rollout progress (zeros before it was first
+    /// pushed), by id: what a reconciliation plans from, without the agents' labels and
+    /// facts.
+    fn rollout_progress(&self) -> Result<Vec<AgentRollout>, StoreError>;
+    /// Records acknowledgements in one transaction, in order; an applied one also sets its
+    /// agent's `applied_generation`.
+    fn record_acks(&self, acks: &[AckRecord]) -> Result<(), StoreError>;
 
     /// Appends events in one transaction (ids and order as given).
     fn add_events(&self, events: &[EventRecord]) -> Result<(), StoreError>;

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use time::{Duration, OffsetDateTime};
 
 use super::{
-    AgentRecord, Assignment, EventFilter, EventRecord, Facts, GenerationRecord, Retention, Retired,
-    RolloutState, Store, StoreError, Strategy, StrategyKind,
+    AckRecord, AgentRecord, AgentRollout, AgentStep, Assignment, EventFilter, EventRecord, Facts,
+    GenerationRecord, Retention, Retired, RolloutState, Store, StoreError, Strategy, StrategyKind,
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
@@ -19,6 +19,7 @@ pub fn run_all(make: Make<'_>) {
     seen_renewed_revoked(make());
     generations_follow_each_other(make());
     assignments_retired_and_acks(make());
+    advance_agents_in_one_go(make());
     batched_last_seen(make());
     events_filter_and_order(make());
     events_retention(make());
@@ -84,6 +85,8 @@ fn enroll_takes_a_use_and_copies_labels(s: Box<dyn Store>) {
     );
     assert_eq!(s.list_agents().unwrap().len(), 1);
     assert_eq!(s.get_agent("a1").unwrap().unwrap(), a);
+    assert_eq!(s.agent_labels("a1").unwrap(), Some(a.labels.clone()));
+    assert_eq!(s.agent_labels("nobody").unwrap(), None);
 }
 
 fn refused_enrollment_changes_nothing(s: Box<dyn Store>) {
@@ -201,7 +204,7 @@ fn assignment(agent: &str, runner: &str, id: i64) -> Assignment {
 }
 
 fn assignments_retired_and_acks(s: Box<dyn Store>) {
-    s.create_token(&token(1)).unwrap();
+    s.create_token(&token(2)).unwrap();
     s.enroll(
         "0011223344556677",
         &tokens::hash_secret("s"),
@@ -249,8 +252,20 @@ fn assignments_retired_and_acks(s: Box<dyn Store>) {
     assert_eq!(s.list_retired().unwrap()[0].id, id2);
 
     assert!(s.agent_rollouts().unwrap().is_empty());
-    s.set_target_generation("a1", 2).unwrap();
-    s.record_ack("a1", 2, Some("bad image")).unwrap();
+    assert_eq!(s.agent_rollout("a1").unwrap(), None);
+    s.advance_agents(&[AgentStep {
+        agent_id: "a1".into(),
+        generation: 2,
+        ..AgentStep::default()
+    }])
+    .unwrap();
+    assert_eq!(s.agent_rollout("a1").unwrap().unwrap().target_generation, 2);
+    s.record_acks(&[AckRecord {
+        agent_id: "a1".into(),
+        generation: 2,
+        error: Some("bad image".into()),
+    }])
+    .unwrap();
     let r = &s.agent_rollouts().unwrap()[0];
     assert_eq!(
         (
@@ -261,9 +276,86 @@ fn assignments_retired_and_acks(s: Box<dyn Store>) {
         (2, 2, Some("bad image"))
     );
     assert_eq!(s.get_agent("a1").unwrap().unwrap().applied_generation, 0);
-    s.record_ack("a1", 2, None).unwrap();
+    s.record_acks(&[AckRecord {
+        agent_id: "a1".into(),
+        generation: 2,
+        error: None,
+    }])
+    .unwrap();
     assert_eq!(s.agent_rollouts().unwrap()[0].ack_error, None);
     assert_eq!(s.get_agent("a1").unwrap().unwrap().applied_generation, 2);
+
+    // Progress lists every agent not revoked, pushed or not.
+    s.enroll(
+        "0011223344556677",
+        &tokens::hash_secret("s"),
+        now(),
+        agent("a0"),
+    )
+    .unwrap();
+    let progress = s.rollout_progress().unwrap();
+    assert_eq!(
+        progress,
+        [
+            AgentRollout {
+                agent_id: "a0".into(),
+                ..AgentRollout::default()
+            },
+            AgentRollout {
+                agent_id: "a1".into(),
+                target_generation: 2,
+                ack_generation: 2,
+                ack_error: None,
+            },
+        ]
+    );
+    assert!(s.revoke_agent("a0", now()).unwrap());
+    assert_eq!(s.rollout_progress().unwrap().len(), 1);
+}
+
+/// Several agents advanced at once: every write of every step lands.
+fn advance_agents_in_one_go(s: Box<dyn Store>) {
+    s.put_assignment(&assignment("a1", "old", 1)).unwrap();
+    s.put_assignment(&assignment("a2", "keep", 2)).unwrap();
+    s.advance_agents(&[
+        AgentStep {
+            agent_id: "a1".into(),
+            generation: 5,
+            put: vec![assignment("a1", "new", 3)],
+            delete: vec!["old".into()],
+            retire: vec![Retired {
+                id: 0,
+                assignment: assignment("a1", "old", 1),
+                after_generation: 5,
+            }],
+        },
+        AgentStep {
+            agent_id: "a2".into(),
+            generation: 5,
+            ..AgentStep::default()
+        },
+    ])
+    .unwrap();
+    assert_eq!(
+        s.assignments("a1").unwrap(),
+        vec![assignment("a1", "new", 3)]
+    );
+    assert_eq!(
+        s.assignments("a2").unwrap(),
+        vec![assignment("a2", "keep", 2)]
+    );
+    let retired = s.list_retired().unwrap();
+    assert_eq!(retired.len(), 1);
+    assert!(retired[0].id > 0);
+    assert_eq!(retired[0].assignment, assignment("a1", "old", 1));
+    assert_eq!(retired[0].after_generation, 5);
+    let targets: Vec<(String, u64)> = s
+        .agent_rollouts()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.agent_id, r.target_generation))
+        .collect();
+    assert_eq!(targets, [("a1".to_string(), 5), ("a2".to_string(), 5)]);
 }
 
 #[test]
