@@ -235,6 +235,22 @@ impl TraceSink {
     pub async fn changed(&self) {
         self.shared.notify.notified().await;
     }
+
+    /// Resolves once at least `len` bytes were written (never, once closed short of it).
+    pub async fn wait_for_len(&self, len: u64) {
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.state();
+                if st.total() >= len {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
 }
 
 impl State {
@@ -407,6 +423,26 @@ mod tests {
         assert_eq!(sink.released(), size);
         assert_eq!(sink.read_at(size, 10), b"");
         assert_eq!(sink.snapshot(), all);
+    }
+
+    #[tokio::test]
+    async fn wait_for_len_wakes_on_enough_output() {
+        let sink = TraceSink::new();
+        sink.write(b"abc");
+        sink.wait_for_len(3).await;
+        let waiter = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.wait_for_len(6).await })
+        };
+        tokio::task::yield_now().await;
+        sink.write(b"de");
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        sink.write(b"f");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

@@ -193,12 +193,26 @@ enum Step {
 impl Uploader {
     async fn run(mut self, stop: CancellationToken) -> Self {
         let mut delay = self.interval;
+        let mut retrying = false;
         loop {
+            // A full patch of new output is sent at once instead of waiting for the update
+            // interval, so a job printing fast is shipped as it goes and the agent holds
+            // about one patch of it (not when backing off from an error).
+            let full_patch = async {
+                if retrying {
+                    return std::future::pending().await;
+                }
+                self.sink
+                    .wait_for_len(self.sent.saturating_add(self.opts.max_patch as u64))
+                    .await
+            };
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return self,
                 _ = tokio::time::sleep(delay) => {}
+                _ = full_patch => {}
             }
+            retrying = false;
             delay = match self.push().await {
                 Step::Sent => {
                     if self.sent < self.sink.len() {
@@ -213,7 +227,10 @@ impl Uploader {
                     }
                     self.interval
                 }
-                Step::Retry(d) => d,
+                Step::Retry(d) => {
+                    retrying = true;
+                    d
+                }
                 Step::Gone => {
                     stop.cancelled().await;
                     return self;
