@@ -26,6 +26,16 @@ struct Inner {
 }
 
 impl Inner {
+    /// The agent's rollout progress, created at zero when it has none.
+    fn rollout_mut(&mut self, agent_id: &str) -> &mut AgentRollout {
+        self.rollouts
+            .entry(agent_id.to_string())
+            .or_insert_with(|| AgentRollout {
+                agent_id: agent_id.to_string(),
+                ..AgentRollout::default()
+            })
+    }
+
     fn add_retired(&mut self, r: &Retired) -> i64 {
         self.next_retired += 1;
         let id = self.next_retired;
@@ -271,14 +281,7 @@ impl Store for MemoryStore {
             for r in &step.retire {
                 inner.add_retired(r);
             }
-            inner
-                .rollouts
-                .entry(step.agent_id.clone())
-                .or_insert_with(|| AgentRollout {
-                    agent_id: step.agent_id.clone(),
-                    ..AgentRollout::default()
-                })
-                .target_generation = step.generation;
+            inner.rollout_mut(&step.agent_id).target_generation = step.generation;
         }
         Ok(())
     }
@@ -305,13 +308,7 @@ impl Store for MemoryStore {
     fn record_acks(&self, acks: &[AckRecord]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         for ack in acks {
-            let r = inner
-                .rollouts
-                .entry(ack.agent_id.clone())
-                .or_insert_with(|| AgentRollout {
-                    agent_id: ack.agent_id.clone(),
-                    ..AgentRollout::default()
-                });
+            let r = inner.rollout_mut(&ack.agent_id);
             r.ack_generation = ack.generation;
             r.ack_error = ack.error.clone();
             if ack.error.is_none()

@@ -157,6 +157,16 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
     ))
 }
 
+/// `agent_id, target_generation, ack_generation, ack_error` as an [`AgentRollout`].
+fn agent_rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRollout> {
+    Ok(AgentRollout {
+        agent_id: r.get(0)?,
+        target_generation: from_u(r.get(1)?),
+        ack_generation: from_u(r.get(2)?),
+        ack_error: r.get(3)?,
+    })
+}
+
 fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
     Ok((
         r.get(0)?,
@@ -559,14 +569,7 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare_cached(
             "SELECT agent_id, target_generation, ack_generation, ack_error FROM agent_rollouts ORDER BY agent_id",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AgentRollout {
-                agent_id: r.get(0)?,
-                target_generation: from_u(r.get(1)?),
-                ack_generation: from_u(r.get(2)?),
-                ack_error: r.get(3)?,
-            })
-        })?;
+        let rows = stmt.query_map([], agent_rollout_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -576,14 +579,7 @@ impl Store for SqliteStore {
             "SELECT agent_id, target_generation, ack_generation, ack_error FROM agent_rollouts WHERE agent_id = ?1",
         )?;
         Ok(stmt
-            .query_row(params![agent_id], |r| {
-                Ok(AgentRollout {
-                    agent_id: r.get(0)?,
-                    target_generation: from_u(r.get(1)?),
-                    ack_generation: from_u(r.get(2)?),
-                    ack_error: r.get(3)?,
-                })
-            })
+            .query_row(params![agent_id], agent_rollout_row)
             .optional()?)
     }
 
@@ -617,14 +613,7 @@ impl Store for SqliteStore {
              FROM agents a LEFT JOIN agent_rollouts r ON r.agent_id = a.id
              WHERE a.revoked_at IS NULL ORDER BY a.id",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AgentRollout {
-                agent_id: r.get(0)?,
-                target_generation: from_u(r.get(1)?),
-                ack_generation: from_u(r.get(2)?),
-                ack_error: r.get(3)?,
-            })
-        })?;
+        let rows = stmt.query_map([], agent_rollout_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
