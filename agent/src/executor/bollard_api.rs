@@ -116,7 +116,10 @@ impl ContainerApi for BollardApi {
             stdin: true,
             stdout: true,
             stderr: true,
-            logs: true,
+            // Attached before start, so the stream sees every byte. Replaying logs would
+            // also fail for containers whose log driver is `none` (build containers), and
+            // the engine then closes the attach connection without a word.
+            logs: false,
             ..Default::default()
         };
         let res = self

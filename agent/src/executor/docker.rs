@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
+};
 use bytes::Bytes;
 use drover_proto::spec::{DockerConfig, RunnerConfig};
 use futures::StreamExt;
@@ -1252,6 +1254,13 @@ impl BuildBase<'_> {
             ..Default::default()
         });
         hc.mounts = Some(mounts);
+        // The job trace is the build container's log: its output is read from the attach
+        // stream, so the engine keeping a second copy (json-file) only halves throughput
+        // and fills the disk.
+        hc.log_config = Some(HostConfigLogConfig {
+            typ: Some("none".to_string()),
+            config: None,
+        });
         let entrypoint = if self.docker.disable_entrypoint_overwrite == Some(true)
             || self.entrypoint.is_empty()
         {
