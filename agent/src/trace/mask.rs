@@ -10,12 +10,20 @@ pub const MASKED: &[u8] = b"[MASKED]";
 /// secret's length minus one) until more data shows whether they are, or until
 /// [`Masker::finish`]. Where secrets overlap, the longest match at the earliest position
 /// wins.
-#[derive(Default)]
 pub struct Masker {
     /// Secret values, longest first, no empties, no duplicates.
     secrets: Vec<Vec<u8>>,
+    /// `starts[b]`: some secret begins with byte `b`. Output is scanned for these bytes
+    /// only, so text without them costs one table lookup a byte.
+    starts: [bool; 256],
     /// Unmasked input not yet decided.
     pending: Vec<u8>,
+}
+
+impl Default for Masker {
+    fn default() -> Self {
+        Masker::new(std::iter::empty::<&[u8]>())
+    }
 }
 
 impl Masker {
@@ -32,8 +40,13 @@ impl Masker {
             .collect();
         v.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         v.dedup();
+        let mut starts = [false; 256];
+        for s in &v {
+            starts[usize::from(s[0])] = true;
+        }
         Masker {
             secrets: v,
+            starts,
             pending: Vec::new(),
         }
     }
@@ -63,6 +76,14 @@ impl Masker {
         let mut i = 0;
         let mut plain_start = 0;
         while i < p.len() {
+            // No secret starts before the next candidate byte: nothing to mask or hold back.
+            match p[i..].iter().position(|&b| self.starts[usize::from(b)]) {
+                Some(skip) => i += skip,
+                None => {
+                    i = p.len();
+                    break;
+                }
+            }
             let rest = &p[i..];
             if !at_end
                 && self

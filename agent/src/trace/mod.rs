@@ -231,11 +231,6 @@ impl TraceSink {
         out
     }
 
-    /// Resolves at the next write or close.
-    pub async fn changed(&self) {
-        self.shared.notify.notified().await;
-    }
-
     /// Resolves once at least `len` bytes were written (never, once closed short of it).
     pub async fn wait_for_len(&self, len: u64) {
         loop {

@@ -188,6 +188,29 @@ async fn sizes(rows: &mut Vec<Row>) {
         "≤ 15 MiB",
         verdict(a <= target),
     ));
+    // The cross-built agent, beside the native one: <target>/aarch64-unknown-linux-gnu/release.
+    let arm = agent
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("aarch64-unknown-linux-gnu/release/drover-agent"));
+    match arm.filter(|p| p.is_file()) {
+        Some(p) => {
+            let a = file_size(&p);
+            rows.push(row(
+                "drover-agent release binary (stripped, aarch64)",
+                format!("{:.2} MiB", a as f64 / 1048576.0),
+                "≤ 15 MiB",
+                verdict(a <= target),
+            ));
+        }
+        None => rows.push(row(
+            "drover-agent release binary (stripped, aarch64)",
+            "not built: cargo build --release -p drover-agent --target aarch64-unknown-linux-gnu"
+                .to_string(),
+            "≤ 15 MiB",
+            "not measured",
+        )),
+    }
     let d = file_size(&drover);
     rows.push(row(
         "drover release binary (stripped, x86_64)",
