@@ -25,7 +25,6 @@ grpc_port="${DEMO_GRPC_PORT:-17443}"
 http_port="${DEMO_HTTP_PORT:-17080}"
 gitlab_port="${DEMO_GITLAB_PORT:-18080}"
 gitlab_url="http://127.0.0.1:$gitlab_port"
-job_image=drover-demo/busybox:1 # also named in demo/job.json and demo/runners.toml
 # Runner names: job containers and volumes carry `com.drover.runner=<name>`, which is how
 # `down` finds the demo's leftovers without touching anything else on the engine.
 fleet_runner=drover-demo
@@ -41,6 +40,8 @@ die() {
 }
 bin() { printf '%s/%s/%s' "$target_dir" "$profile" "$1"; }
 drover() { "$(bin drover)" --data-dir "$demo_dir/controller" "$@"; }
+# shellcheck source=deploy/demo/steps.sh
+. "$here/demo/steps.sh"
 
 # Starts NAME as a background process (own session) logging to $demo_dir/NAME.log.
 start_proc() {
@@ -87,16 +88,6 @@ down() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-wait_until() { # SECONDS WHAT COMMAND...
-    local secs="$1" what="$2"
-    shift 2
-    for _ in $(seq 1 $((secs * 5))); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    die "timed out after ${secs}s waiting for $what (logs: $demo_dir/*.log)"
-}
-
 on_failure() {
     local rc=$?
     [ "$rc" = 0 ] && return
@@ -111,33 +102,6 @@ on_failure() {
     down
 }
 
-# The job image: the host's static busybox and its applet links, imported (no registry).
-job_image() {
-    docker image inspect "$job_image" >/dev/null 2>&1 && return
-    [ -x /bin/busybox ] || die "/bin/busybox is missing (apt-get install busybox-static)"
-    local root applet
-    root="$(mktemp -d)"
-    mkdir -p "$root/bin" "$root/tmp" "$root/etc"
-    cp /bin/busybox "$root/bin/busybox"
-    for applet in $(/bin/busybox --list); do
-        [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
-    done
-    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
-    tar -C "$root" -c . | docker import -c 'CMD ["sh"]' - "$job_image" >/dev/null
-    rm -rf "$root"
-    if ! docker run --rm "$job_image" true >/dev/null 2>&1; then
-        docker image rm "$job_image" >/dev/null 2>&1 || true
-        die "the job image does not run: is /bin/busybox static? (apt-get install busybox-static)"
-    fi
-}
-
-agents_connected() { # N: true when N agents show as connected
-    [ "$(drover agents -o json | grep -c '"connected": true')" -ge "$1" ]
-}
-
-fake_get() { curl -fsS "$gitlab_url$1"; }
-json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
-
 status() {
     [ -d "$demo_dir/controller" ] || die "the demo is not running (bash deploy/demo.sh up --keep)"
     drover agents
@@ -150,16 +114,6 @@ status() {
     fake_get /fake/jobs | python3 -c 'import json,sys
 for j in json.load(sys.stdin):
     print("  job %s %s: %s (runner %s)" % (j["id"], j["name"], j["status"], j["runner_id"]))'
-}
-
-# Fleet flow (needs `drover runner`): the controller pushes deploy/demo/runners.toml to the
-# enrolled agents, which register runners in the fake GitLab and run the job.
-fleet_runners() {
-    say "applying deploy/demo/runners.toml (fleet runner management)"
-    sed "s|http://127.0.0.1:18080|$gitlab_url|" "$here/demo/runners.toml" \
-        >"$demo_dir/runners.toml"
-    drover runner apply -f "$demo_dir/runners.toml"
-    drover rollout status --wait --timeout 3m
 }
 
 # Standalone flow (works without fleet runner management): agent-1 also serves a
@@ -178,7 +132,7 @@ log_level = "info"
   token = "$standalone_token"
   executor = "docker"
   [runners.docker]
-    image = "$job_image"
+    image = "$demo_job_image"
     pull_policy = "never"
     privileged = false
     volumes = ["/cache"]
@@ -211,8 +165,8 @@ up() {
         -p drover-controller -p drover-agent -p drover-tests \
         --bin drover --bin drover-agent --bin fake-gitlab)
 
-    say "importing the job image $job_image from /bin/busybox"
-    job_image
+    say "importing the job image $demo_job_image from /bin/busybox"
+    import_job_image
 
     say "starting the controller (gRPC 127.0.0.1:$grpc_port, status page http://127.0.0.1:$http_port/)"
     start_proc controller "$(bin drover)" --data-dir "$demo_dir/controller" serve \
@@ -228,8 +182,7 @@ up() {
     local n token
     for n in 1 2; do
         say "enrolling agent-$n with a one-time token"
-        token="$(drover token create --label site=demo --label "name=agent-$n")"
-        [ -n "$token" ] || die "drover token create printed no token"
+        token="$(enroll_token "agent-$n")"
         DROVER_ENROLL_TOKEN="$token" "$(bin drover-agent)" enroll \
             --controller "https://127.0.0.1:$grpc_port" \
             --state-dir "$demo_dir/agent-$n" >/dev/null
@@ -239,26 +192,16 @@ up() {
     say "the fleet (drover agents):"
     drover agents
 
-    # The one switch between the two flows.
+    # The one switch between the two flows. Fleet flow (needs `drover runner`): the
+    # controller pushes deploy/demo/runners.toml to the enrolled agents, which register
+    # runners in the fake GitLab and run the job.
     if drover runner --help >/dev/null 2>&1; then
-        fleet_runners
+        apply_runner_spec "$gitlab_url" "$fleet_runner"
     else
         standalone_runner
     fi
 
-    say "queueing a job in the fake GitLab (deploy/demo/job.json)"
-    local job_id job status=""
-    job_id="$(curl -fsS -X POST -H 'Content-Type: application/json' \
-        --data-binary @"$here/demo/job.json" "$gitlab_url/fake/jobs" | json_field id)"
-    for _ in $(seq 1 300); do
-        job="$(fake_get "/fake/jobs/$job_id")"
-        status="$(printf '%s' "$job" | json_field status)"
-        case "$status" in success | failed | canceled) break ;; esac
-        sleep 0.2
-    done
-    say "job $job_id: $status (runner $(printf '%s' "$job" | json_field runner_id)); its trace:"
-    printf '%s' "$job" | json_field trace | sed 's/^/    | /'
-    [ "$status" = success ] || die "the demo job did not succeed (status '$status')"
+    run_demo_job
 
     trap - EXIT
     if [ "$keep" = --keep ]; then

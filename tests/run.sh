@@ -44,9 +44,12 @@ DROVER_TEST_DOCKERD_RESTART=1 cargo test --locked -p drover-tests --test standal
   dockerd_restart
 # 2. the README's demo command: controller, two enrolled agents, a job in Docker.
 bash deploy/demo.sh
-# 3. ARM64: cross build, smoke run and the agent's unit tests under qemu.
+# 3. the same fleet in containers: deploy/compose.yaml end to end, with images of the dev
+#    binaries built above (about a minute; plus debootstrap of the base image once).
+bash deploy/compose-test.sh --no-build
+# 4. ARM64: cross build, smoke run and the agent's unit tests under qemu.
 bash tests/cross-arm64.sh
-# 4. the Debian packages (amd64 and arm64, from the dev binaries built above) installed,
+# 5. the Debian packages (amd64 and arm64, from the dev binaries built above) installed,
 #    enrolled, upgraded, removed and purged in a throwaway Debian container.
 bash deploy/package.sh --profile dev --no-build
 bash deploy/test-packages.sh --debs target/packages

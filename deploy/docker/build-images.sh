@@ -5,14 +5,18 @@
 #   ${IMAGE_PREFIX}/controller:VERSION  `drover serve` (controller.Dockerfile)
 #   ${IMAGE_PREFIX}/agent:VERSION       `drover-agent run` (agent.Dockerfile)
 #   ${IMAGE_PREFIX}/fake-gitlab:VERSION the test fake GitLab, when its binary is built
-# (each also tagged :latest). IMAGE_PREFIX defaults to "drover".
+# (each also tagged :latest, unless --tag). IMAGE_PREFIX defaults to "drover".
 #
 # Why debootstrap: no base image can be pulled here, and the binaries link glibc
 # dynamically. A minbase rootfs from Debian's own packages gives a small, ordinary Debian
 # userland (bash, passwd, ca-certificates) that is rebuilt offline from the local apt mirror.
 #
-# Usage: bash deploy/docker/build-images.sh [--base-only] [--rebuild-base] [--no-build]
-#   --no-build      use the release binaries already in target/release
+# Usage: bash deploy/docker/build-images.sh [--profile release|dev] [--no-build] [--tag TAG]
+#                                           [--base-only] [--rebuild-base]
+#   --profile       cargo profile of the binaries (default release, from target/release;
+#                   dev reads target/debug: what CI builds anyway, stripped of debug info)
+#   --no-build      use the binaries already built for that profile
+#   --tag TAG       tag the application images TAG only (not VERSION and latest)
 #   --base-only     only make the base image
 #   --rebuild-base  re-run debootstrap even if the base image exists
 # Needs root for debootstrap (installs it with apt-get if missing). Mirror override:
@@ -27,12 +31,27 @@ base="$prefix/base:$suite"
 build=1
 base_only=0
 rebuild_base=0
+profile=release
+tag=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --no-build) build=0 ;;
+    --profile)
+        shift
+        case "${1:-}" in
+        release | dev) profile="$1" ;;
+        *) echo "build-images.sh: --profile must be release or dev, not '${1:-}'" >&2 && exit 2 ;;
+        esac
+        ;;
+    --tag)
+        shift
+        [[ "${1:-}" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] ||
+            { echo "build-images.sh: --tag needs a Docker tag, not '${1:-}'" >&2 && exit 2; }
+        tag="$1"
+        ;;
     --base-only) base_only=1 ;;
     --rebuild-base) rebuild_base=1 ;;
-    -h | --help) sed -n '2,19p' "$0" && exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0" && exit 0 ;;
     *) echo "build-images.sh: unknown argument '$1' (see --help)" >&2 && exit 2 ;;
     esac
     shift
@@ -90,38 +109,51 @@ version="$(awk '
     /^\[/ { in_pkg = ($0 == "[workspace.package]") }
     in_pkg && $1 == "version" { gsub(/[" ]/, "", $3); print $3; exit }
 ' Cargo.toml)"
-if [ "$build" = 1 ]; then
-    say "building release binaries (drover, drover-agent)"
-    nice -n 10 cargo build --release --locked -p drover-controller -p drover-agent >&2
-    if [ -f tests/src/bin/fake-gitlab.rs ]; then
-        say "building the fake GitLab (tests/src/bin/fake-gitlab.rs)"
-        nice -n 10 cargo build --release --locked -p drover-tests --bin fake-gitlab >&2
-    fi
+# cargo's output dir of a profile: `dev` builds land in `debug`.
+bin_dir="target/$profile"
+if [ "$profile" = dev ]; then
+    bin_dir=target/debug
+    command -v strip >/dev/null || die "strip is missing (apt-get install binutils)"
 fi
+if [ "$build" = 1 ]; then
+    # One cargo command for the three, as deploy/demo.sh builds them: the same package set
+    # unifies the same features, so binaries the demo built are reused as they are.
+    say "building $profile binaries (drover, drover-agent, fake-gitlab)"
+    nice -n 10 cargo build --profile "$profile" --locked \
+        -p drover-controller -p drover-agent -p drover-tests \
+        --bin drover --bin drover-agent --bin fake-gitlab >&2
+fi
+refs=("$prefix/NAME:$version" "$prefix/NAME:latest") # NAME: the image's name
+[ -n "$tag" ] && refs=("$prefix/NAME:$tag")
 
 # build_image NAME DOCKERFILE BINARY... : a context holding only the Dockerfile and binaries
 # (target/ is gigabytes; never send it to the daemon).
 build_image() {
-    local name="$1" dockerfile="$2" ctx b
+    local name="$1" dockerfile="$2" ctx b ref tags=()
     shift 2
+    for ref in "${refs[@]}"; do tags+=(-t "${ref//NAME/$name}"); done
     ctx="$(mktemp -d)"
     for b in "$@"; do
-        [ -x "target/release/$b" ] || die "missing target/release/$b (build it first)"
-        cp "target/release/$b" "$ctx/"
+        [ -x "$bin_dir/$b" ] || die "missing $bin_dir/$b (build it first)"
+        if [ "$profile" = dev ]; then
+            # Dev binaries carry hundreds of MB of debug info no container needs.
+            strip --strip-debug -o "$ctx/$b" "$bin_dir/$b" || die "strip of $bin_dir/$b failed"
+        else
+            cp "$bin_dir/$b" "$ctx/"
+        fi
     done
     cp "deploy/docker/$dockerfile" "$ctx/Dockerfile"
-    docker build -q --build-arg "BASE=$base" -t "$prefix/$name:$version" -t "$prefix/$name:latest" \
-        "$ctx" >/dev/null || {
+    docker build -q --build-arg "BASE=$base" "${tags[@]}" "$ctx" >/dev/null || {
         rm -rf "$ctx"
         die "docker build of $prefix/$name failed"
     }
     rm -rf "$ctx"
-    say "made $prefix/$name:$version"
+    say "made ${refs[*]//NAME/$name} ($profile binaries)"
 }
 build_image controller controller.Dockerfile drover
 build_image agent agent.Dockerfile drover-agent
-if [ -x target/release/fake-gitlab ]; then
+if [ -x "$bin_dir/fake-gitlab" ]; then
     build_image fake-gitlab fake-gitlab.Dockerfile fake-gitlab
 else
-    say "no target/release/fake-gitlab yet: skipping the fake-gitlab image (needed by the demo)"
+    say "no $bin_dir/fake-gitlab yet: skipping the fake-gitlab image (needed by the demo)"
 fi
