@@ -121,6 +121,9 @@ for name in controller agent fake-gitlab; do
     docker image inspect "$IMAGE_PREFIX/$name:$DROVER_VERSION" >/dev/null 2>&1 ||
         die "no image $IMAGE_PREFIX/$name:$DROVER_VERSION after build-images.sh"
 done
+# The agent runs git to fetch a job's sources (the demo job skips that: GIT_STRATEGY none).
+docker run --rm --entrypoint git "$IMAGE_PREFIX/agent:$DROVER_VERSION" --version >/dev/null ||
+    die "the agent image cannot run git (the base image must include it)"
 say "importing the job image $demo_job_image from /bin/busybox"
 import_job_image
 

@@ -123,9 +123,10 @@ depends_of() {
     for d in "${deps[@]}"; do printf ', %s' "$d"; done
 }
 
-# stage PACKAGE ARCH BINARY UNIT DEFAULTS DESCRIPTION EXTRA_CONTROL -> builds the .deb
+# stage PACKAGE ARCH BINARY UNIT DEFAULTS DESCRIPTION DEPENDS EXTRA_CONTROL -> builds the .deb
+# (DEPENDS: packages needed besides the binary's shared libraries and passwd)
 stage() {
-    local pkg="$1" arch="$2" bin="$3" unit="$4" defaults="$5" desc="$6" extra="$7"
+    local pkg="$1" arch="$2" bin="$3" unit="$4" defaults="$5" desc="$6" deps="$7" extra="$8"
     local root="target/packages/stage/${pkg}_${arch}" out
     out="target/packages/${pkg}_${version}_${arch}.deb"
     [ -x "$bin" ] || die "missing binary $bin (build first, or drop --no-build)"
@@ -153,7 +154,7 @@ stage() {
         printf 'Architecture: %s\n' "$arch"
         printf 'Maintainer: Drover maintainers <drover@example.invalid>\n'
         printf 'Installed-Size: %s\n' "$(du -sk --exclude=DEBIAN "$root" | cut -f1)"
-        printf 'Depends: %s, passwd\n' "$(depends_of "$bin")"
+        printf 'Depends: %s, passwd%s\n' "$(depends_of "$bin")" "${deps:+, $deps}"
         [ -n "$extra" ] && printf '%s\n' "$extra"
         printf 'Section: admin\nPriority: optional\n'
         printf 'Description: %s\n' "$desc"
@@ -169,13 +170,13 @@ mkdir -p target/packages
 stage drover amd64 "$(bin_dir amd64)/drover" drover.service drover \
     "Drover controller: fleet state, PKI, enrollment and the drover admin CLI
  Holds the desired state of a fleet of GitLab CI runners and pushes it to
- drover-agent on every box over gRPC with mutual TLS." ""
+ drover-agent on every box over gRPC with mutual TLS." "" ""
 for arch in "${arches[@]}"; do
     stage drover-agent "$arch" "$(bin_dir "$arch")/drover-agent" drover-agent.service drover-agent \
         "Drover agent: GitLab CI runners with a native Docker executor
  Runs and supervises GitLab CI jobs in Docker on an edge box, configured by a
  Drover controller (or standalone from a gitlab-runner config.toml)." \
-        "Recommends: docker.io | docker-ce"
+        "git, ca-certificates" "Recommends: docker.io | docker-ce"
 done
 rm -rf target/packages/stage
 ls -l target/packages/*.deb >&2

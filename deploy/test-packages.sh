@@ -57,7 +57,7 @@ say "arm64 package: architecture, AArch64 binary and file list OK"
 
 # --- container tests --------------------------------------------------------------------------
 base="${IMAGE_PREFIX:-drover}/base:bookworm"
-docker image inspect "$base" >/dev/null 2>&1 || bash deploy/docker/build-images.sh --base-only
+bash deploy/docker/build-images.sh --base-only # reuses an up-to-date base
 name="drover-pkgtest-$$"
 cleanup() { docker rm -f "$name" >/dev/null 2>&1 || true; }
 trap cleanup EXIT

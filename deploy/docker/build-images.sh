@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Drover's container images locally, with no registry:
-#   ${IMAGE_PREFIX}/base:bookworm       Debian bookworm minbase, made with debootstrap from the
-#                                       Debian mirror this machine's apt already uses
+#   ${IMAGE_PREFIX}/base:bookworm       Debian bookworm minbase with ca-certificates and git,
+#                                       made with debootstrap from the Debian mirror this
+#                                       machine's apt already uses
 #   ${IMAGE_PREFIX}/controller:VERSION  `drover serve` (controller.Dockerfile)
 #   ${IMAGE_PREFIX}/agent:VERSION       `drover-agent run` (agent.Dockerfile)
 #   ${IMAGE_PREFIX}/fake-gitlab:VERSION the test fake GitLab, when its binary is built
@@ -9,7 +10,7 @@
 #
 # Why debootstrap: no base image can be pulled here, and the binaries link glibc
 # dynamically. A minbase rootfs from Debian's own packages gives a small, ordinary Debian
-# userland (bash, passwd, ca-certificates) that is rebuilt offline from the local apt mirror.
+# userland (bash, passwd, ca-certificates, git) that is rebuilt offline from the local apt mirror.
 #
 # Usage: bash deploy/docker/build-images.sh [--profile release|dev] [--no-build] [--tag TAG]
 #                                           [--base-only] [--rebuild-base]
@@ -74,9 +75,16 @@ debian_mirror() {
 }
 
 # --- base image ------------------------------------------------------------------------------
-if [ "$rebuild_base" = 0 ] && docker image inspect "$base" >/dev/null 2>&1; then
+# What the base holds besides minbase: CA roots, and git, which the agent runs to fetch a
+# job's sources. The list is recorded in a label; a base made with another list is remade.
+base_packages=ca-certificates,git
+base_label=com.drover.base.packages
+have_packages="$(docker image inspect -f "{{index .Config.Labels \"$base_label\"}}" "$base" 2>/dev/null || true)"
+if [ "$rebuild_base" = 0 ] && [ "$have_packages" = "$base_packages" ]; then
     say "base image $base exists (use --rebuild-base to remake it)"
 else
+    [ "$rebuild_base" = 1 ] || ! docker image inspect "$base" >/dev/null 2>&1 ||
+        say "base image $base has packages '$have_packages', not '$base_packages': remaking it"
     mirror="${DEBIAN_MIRROR:-$(debian_mirror | grep -v -- '-security' | head -n 1)}"
     [ -n "$mirror" ] || die "no Debian mirror in /etc/apt/sources.list*; set DEBIAN_MIRROR=URL"
     [ "$(id -u)" = 0 ] || die "debootstrap needs root"
@@ -87,7 +95,7 @@ else
     rootfs="$(mktemp -d)"
     trap 'rm -rf "$rootfs"' EXIT
     say "debootstrap --variant=minbase $suite from the apt mirror $mirror (a minute or two)"
-    debootstrap --variant=minbase --include=ca-certificates "$suite" "$rootfs" "$mirror" \
+    debootstrap --variant=minbase --include="$base_packages" "$suite" "$rootfs" "$mirror" \
         >"$rootfs.log" 2>&1 || {
         tail -n 20 "$rootfs.log" >&2
         die "debootstrap failed (log above)"
@@ -97,7 +105,8 @@ else
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
         "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
     tar --numeric-owner --sort=name -C "$rootfs" -c . |
-        docker import --change 'CMD ["/bin/bash"]' - "$base" >/dev/null
+        docker import --change 'CMD ["/bin/bash"]' --change "LABEL $base_label=$base_packages" \
+            - "$base" >/dev/null
     rm -rf "$rootfs"
     trap - EXIT
     say "made $base ($(docker image inspect -f '{{.Size}}' "$base" | awk '{ printf "%d MB", $1 / 1e6 }'))"
