@@ -2,16 +2,15 @@
 //! raw client (no certificate, a foreign one, an agent's).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
+use drover_proto::transport::{DialError, dial};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::{ExposeSecret, SecretString};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::datadir::DataDir;
-use crate::pki::SERVER_NAME;
 
 /// Errors dialing the controller.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +35,8 @@ pub enum ClientError {
     #[error("tls client configuration: {0}")]
     Tls(#[from] rustls::Error),
     /// Connecting failed.
-    #[error("connect to controller at {addr}: {source}")]
-    Connect {
-        /// The address dialed.
-        addr: String,
-        /// The cause.
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    Dial(#[from] DialError),
 }
 
 /// A client certificate and its key (PEM).
@@ -187,46 +181,13 @@ pub fn client_config(
     Ok(config)
 }
 
-/// Dials `addr` (`host:port`) with `config`, verifying the server as [`SERVER_NAME`].
-pub async fn connect_with_config(
-    addr: &str,
-    config: rustls::ClientConfig,
-) -> Result<Channel, ClientError> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let target = addr.to_string();
-    // The scheme is http: TLS is done by the connector below, not by tonic.
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| ClientError::Connect {
-            addr: addr.to_string(),
-            source: e,
-        })?;
-    endpoint
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            let target = target.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&target).await?;
-                let name = ServerName::try_from(SERVER_NAME)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await
-        .map_err(|source| ClientError::Connect {
-            addr: addr.to_string(),
-            source,
-        })
-}
-
 /// Dials `addr` trusting `ca_pem`, with an optional client certificate.
 pub async fn connect(
     addr: &str,
     ca_pem: &str,
     identity: Option<&ClientIdentity>,
 ) -> Result<Channel, ClientError> {
-    connect_with_config(addr, client_config(ca_pem, identity)?).await
+    Ok(dial(addr, client_config(ca_pem, identity)?).await?)
 }
 
 #[cfg(test)]

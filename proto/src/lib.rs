@@ -4,8 +4,10 @@
 //!   each side converts them into its own domain types with `TryFrom`.
 //! - [`spec`]: gitlab-runner `config.toml` / runner spec types and their validation,
 //!   used by the controller (`drover runner apply`) and the agent (standalone mode).
+//! - [`transport`]: how clients dial a controller (TLS, verified as [`transport::SERVER_NAME`]).
 
 pub mod spec;
+pub mod transport;
 
 /// Generated code for package `drover.v1`.
 pub mod v1 {

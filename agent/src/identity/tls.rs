@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use drover_proto::transport::{DialError, dial};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -12,12 +13,11 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use secrecy::ExposeSecret;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use super::certs::fingerprint;
 
-/// The DNS name in the controller's server certificate.
-pub const SERVER_NAME: &str = "controller.drover.internal";
+pub use drover_proto::transport::SERVER_NAME;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -41,13 +41,8 @@ pub enum TlsError {
     #[error("tls configuration: {0}")]
     Rustls(#[from] rustls::Error),
     /// Dialing failed.
-    #[error("connect to {addr}: {source}")]
-    Connect {
-        /// The address.
-        addr: String,
-        /// The cause.
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    Dial(#[from] DialError),
 }
 
 /// Accepts a server whose chain contains the pinned CA and verifies under it.
@@ -200,32 +195,7 @@ pub fn dial_addr(controller: &str) -> Result<String, TlsError> {
 
 /// Dials the controller at `controller` (`https://HOST:PORT`) with `config`.
 pub async fn connect(controller: &str, config: rustls::ClientConfig) -> Result<Channel, TlsError> {
-    let addr = dial_addr(controller)?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let target = addr.clone();
-    // TLS is done by the connector below; tonic sees a plain http endpoint.
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).map_err(|source| TlsError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
-    endpoint
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-        .keep_alive_timeout(std::time::Duration::from_secs(20))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            let target = target.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&target).await?;
-                let name = ServerName::try_from(SERVER_NAME)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await
-        .map_err(|source| TlsError::Connect { addr, source })
+    Ok(dial(&dial_addr(controller)?, config).await?)
 }
 
 #[cfg(test)]

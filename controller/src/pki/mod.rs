@@ -11,10 +11,7 @@ pub mod policy;
 
 use sha2::{Digest, Sha256};
 
-/// The DNS name in the controller's server certificate. Agents and the admin CLI verify
-/// the controller against this fixed name, whatever host or IP they dial: the CA is
-/// private and pinned, so the name only has to be stable.
-pub const SERVER_NAME: &str = "controller.drover.internal";
+pub use drover_proto::transport::SERVER_NAME;
 
 /// Lower-case hex SHA-256 of a DER certificate: the CA fingerprint embedded in tokens.
 pub fn fingerprint(der: &[u8]) -> String {
