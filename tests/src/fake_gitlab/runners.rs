@@ -6,11 +6,11 @@ use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use super::respond::{bad_request, forbidden, json_body, json_status, missing, str_field};
-use super::state::{RunnerRecord, Shared, format_time, random_alnum};
+use super::state::{RunnerRecord, Shared, State, format_time, random_alnum};
 
 fn expires(t: Option<OffsetDateTime>) -> Value {
     t.map(|t| json!(format_time(t))).unwrap_or(Value::Null)
@@ -32,6 +32,38 @@ fn tag_list(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// Adds a runner made from a registration or creation request `body` (description, tags,
+/// `run_untagged`) with a fresh token; returns its id and the `201` answer
+/// `{id, token, token_expires_at}`.
+fn add_runner(st: &mut State, body: &Map<String, Value>, now: OffsetDateTime) -> (i64, Value) {
+    let id = st.next_runner_id;
+    st.next_runner_id += 1;
+    let tags = tag_list(body.get("tag_list"));
+    let runner = RunnerRecord {
+        id,
+        token: format!("glrt-{}", random_alnum(20)),
+        token_expires_at: st.token_expiry(now),
+        revoked: false,
+        description: str_field(body, "description")
+            .unwrap_or_default()
+            .to_owned(),
+        // GitLab's default: run untagged jobs only when no tags are given.
+        run_untagged: body
+            .get("run_untagged")
+            .and_then(Value::as_bool)
+            .unwrap_or(tags.is_empty()),
+        tag_list: tags,
+        managers: Default::default(),
+    };
+    let answer = json!({
+        "id": runner.id,
+        "token": runner.token,
+        "token_expires_at": expires(runner.token_expires_at),
+    });
+    st.runners.insert(id, runner);
+    (id, answer)
+}
+
 /// `POST /runners`: `201 {id, token, token_expires_at}`, `403` unknown registration token,
 /// `400` no token.
 pub(crate) async fn register(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
@@ -47,33 +79,10 @@ pub(crate) async fn register(AxState(shared): AxState<Arc<Shared>>, body: Bytes)
     if !st.registration_tokens.contains(token) {
         return forbidden(None);
     }
-    let id = st.next_runner_id;
-    st.next_runner_id += 1;
-    let runner = RunnerRecord {
-        id,
-        token: format!("glrt-{}", random_alnum(20)),
-        token_expires_at: st.token_expiry(now),
-        revoked: false,
-        description: str_field(&body, "description")
-            .unwrap_or_default()
-            .to_owned(),
-        tag_list: tag_list(body.get("tag_list")),
-        // GitLab's default: run untagged jobs only when no tags are given.
-        run_untagged: body
-            .get("run_untagged")
-            .and_then(Value::as_bool)
-            .unwrap_or(tag_list(body.get("tag_list")).is_empty()),
-        managers: Default::default(),
-    };
-    let answer = json!({
-        "id": runner.id,
-        "token": runner.token,
-        "token_expires_at": expires(runner.token_expires_at),
-    });
     if let Some(info) = body.get("info") {
         st.infos.push(info.clone());
     }
-    st.runners.insert(id, runner);
+    let (_, answer) = add_runner(&mut st, &body, now);
     json_status(StatusCode::CREATED, answer)
 }
 
@@ -214,29 +223,7 @@ pub(crate) async fn create(
     {
         return missing(key);
     }
-    let id = st.next_runner_id;
-    st.next_runner_id += 1;
-    let runner = RunnerRecord {
-        id,
-        token: format!("glrt-{}", random_alnum(20)),
-        token_expires_at: st.token_expiry(now),
-        revoked: false,
-        description: str_field(&body, "description")
-            .unwrap_or_default()
-            .to_owned(),
-        tag_list: tag_list(body.get("tag_list")),
-        run_untagged: body
-            .get("run_untagged")
-            .and_then(Value::as_bool)
-            .unwrap_or(tag_list(body.get("tag_list")).is_empty()),
-        managers: Default::default(),
-    };
-    let answer = json!({
-        "id": runner.id,
-        "token": runner.token,
-        "token_expires_at": expires(runner.token_expires_at),
-    });
-    st.runners.insert(id, runner);
+    let (id, answer) = add_runner(&mut st, &body, now);
     st.created_by_access_token.insert(id);
     json_status(StatusCode::CREATED, answer)
 }
