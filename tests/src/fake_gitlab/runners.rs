@@ -9,7 +9,9 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
-use super::respond::{bad_request, forbidden, json_body, json_status, missing, str_field};
+use super::respond::{
+    bad_request, forbidden, json_body, json_status, missing, str_field, token_body,
+};
 use super::state::{RunnerRecord, Shared, State, format_time, random_alnum};
 
 fn expires(t: Option<OffsetDateTime>) -> Value {
@@ -67,16 +69,13 @@ fn add_runner(st: &mut State, body: &Map<String, Value>, now: OffsetDateTime) ->
 /// `POST /runners`: `201 {id, token, token_expires_at}`, `403` unknown registration token,
 /// `400` no token.
 pub(crate) async fn register(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token") else {
-        return missing("token");
+    let (body, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
     };
     let now = OffsetDateTime::now_utc();
     let mut st = shared.lock();
-    if !st.registration_tokens.contains(token) {
+    if !st.registration_tokens.contains(&token) {
         return forbidden(None);
     }
     if let Some(info) = body.get("info") {
@@ -89,16 +88,13 @@ pub(crate) async fn register(AxState(shared): AxState<Arc<Shared>>, body: Bytes)
 /// `POST /runners/verify`: `200 {id, token, token_expires_at}`; `403` invalid, expired or
 /// revoked; `400` no token. A `system_id` creates a runner manager.
 pub(crate) async fn verify(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token") else {
-        return missing("token");
+    let (body, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
     };
     let now = OffsetDateTime::now_utc();
     let mut st = shared.lock();
-    let Some(runner) = st.runner_by_token_mut(token, now) else {
+    let Some(runner) = st.runner_by_token_mut(&token, now) else {
         return forbidden(None);
     };
     if let Some(system_id) = str_field(&body, "system_id") {
@@ -117,12 +113,9 @@ pub(crate) async fn verify(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -
 /// `POST /runners/reset_authentication_token`: `201 {token, token_expires_at}`; the old
 /// token stops working at once; `403` invalid or expired.
 pub(crate) async fn reset_token(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token").map(str::to_owned) else {
-        return missing("token");
+    let (_, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
     };
     let now = OffsetDateTime::now_utc();
     let mut st = shared.lock();
@@ -140,16 +133,13 @@ pub(crate) async fn reset_token(AxState(shared): AxState<Arc<Shared>>, body: Byt
 
 /// `DELETE /runners`: `204`; `403` invalid token; `400` no token.
 pub(crate) async fn unregister(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token") else {
-        return missing("token");
+    let (_, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
     };
     let now = OffsetDateTime::now_utc();
     let mut st = shared.lock();
-    let Some(id) = st.runner_by_token(token, now).map(|r| r.id) else {
+    let Some(id) = st.runner_by_token(&token, now).map(|r| r.id) else {
         return forbidden(None);
     };
     st.runners.remove(&id);
@@ -163,19 +153,16 @@ pub(crate) async fn unregister_manager(
     AxState(shared): AxState<Arc<Shared>>,
     body: Bytes,
 ) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token") else {
-        return missing("token");
+    let (body, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
     };
     let Some(system_id) = str_field(&body, "system_id") else {
         return missing("system_id");
     };
     let now = OffsetDateTime::now_utc();
     let mut st = shared.lock();
-    let Some(runner) = st.runner_by_token_mut(token, now) else {
+    let Some(runner) = st.runner_by_token_mut(&token, now) else {
         return forbidden(None);
     };
     if runner.managers.remove(system_id) {
