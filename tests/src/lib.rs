@@ -8,6 +8,9 @@
 //! - `fleet_support`: what the fleet end-to-end tests share (specs, jobs, status polling).
 //! - `netns`: network namespaces with a veth pair to the host (root only).
 //! - `procstat`: memory and CPU figures of a process (for the benchmarks in `src/bin/`).
+//! - `standalone_agent`: a `drover-agent run --config` process with its temp dir, whose
+//!   Docker objects are removed on drop (standalone tests and `bench-jobs`).
+//! - `scrape`: an agent's metrics address from its log, and plain HTTP GETs.
 
 pub mod fake_gitlab;
 pub mod fleet_support;
@@ -16,3 +19,5 @@ pub mod harness;
 pub mod images;
 pub mod netns;
 pub mod procstat;
+pub mod scrape;
+pub mod standalone_agent;

@@ -4,16 +4,12 @@
 //! The agent logs `metrics listening on ADDR` (info) with the bound address; the test reads
 //! the port from its stderr.
 
-mod standalone_support;
-
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use drover_tests::fake_gitlab::{FakeGitLab, JobSpec, JobState};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use drover_tests::scrape::{http_get, metrics_addr_in};
+use drover_tests::standalone_agent::{AgentOptions, StandaloneAgent};
 
 /// One sample: (name, labels) → value.
 type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
@@ -57,70 +53,6 @@ fn find(s: &Samples, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
         .collect()
 }
 
-/// The agent process; killed on drop, its Docker objects removed.
-struct Agent {
-    child: Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let config = self.dir.path().join("config.toml");
-        let Ok(system_id) = std::fs::read_to_string(self.dir.path().join(".runner_system_id"))
-        else {
-            return;
-        };
-        let id = drover_agent::standalone::load::agent_id(system_id.trim(), &config);
-        let filter = format!("label=com.drover.agent={id}");
-        for (list, rm) in [
-            (&["ps", "-aq", "--filter"][..], &["rm", "-f"][..]),
-            (
-                &["volume", "ls", "-q", "--filter"][..],
-                &["volume", "rm", "-f"][..],
-            ),
-        ] {
-            let Ok(out) = Command::new("docker").args(list).arg(&filter).output() else {
-                continue;
-            };
-            let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-            if !names.is_empty() {
-                let _ = Command::new("docker")
-                    .args(rm)
-                    .args(&names)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-    }
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    let mut c = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to metrics server");
-    c.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("send request");
-    let mut out = String::new();
-    c.read_to_string(&mut out).await.expect("read response");
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_one_job() {
     let Some((_docker, image)) =
@@ -133,55 +65,24 @@ async fn metrics_after_one_job() {
     let token = format!("glrt-metrics{:08x}", rand::random::<u32>());
     gitlab.add_runner(&token);
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "concurrent = 2\ncheck_interval = 1\n\n\
-             [[runners]]\n  name = \"e2e-metrics\"\n  url = \"{url}\"\n  token = \"{token}\"\n  \
-             token_expires_at = \"2031-02-03T04:05:06Z\"\n  limit = 1\n  executor = \"docker\"\n  \
-             [runners.docker]\n    image = \"{image}\"\n    pull_policy = \"never\"\n",
-            url = gitlab.url()
-        ),
-    )
-    .expect("write config.toml");
-    let mut child = Command::new(standalone_support::agent_binary())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .env("DROVER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start drover-agent");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let mut pipe = child.stderr.take().expect("stderr piped");
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let agent = Agent { child, stderr, dir };
+    let config = format!(
+        "concurrent = 2\ncheck_interval = 1\n\n\
+         [[runners]]\n  name = \"e2e-metrics\"\n  url = \"{url}\"\n  token = \"{token}\"\n  \
+         token_expires_at = \"2031-02-03T04:05:06Z\"\n  limit = 1\n  executor = \"docker\"\n  \
+         [runners.docker]\n    image = \"{image}\"\n    pull_policy = \"never\"\n",
+        url = gitlab.url()
+    );
+    let options = AgentOptions {
+        args: vec!["--metrics-listen".to_string(), "127.0.0.1:0".to_string()],
+        ..AgentOptions::default()
+    };
+    let agent = StandaloneAgent::start(&config, options).expect("start drover-agent");
 
     let end = Instant::now() + Duration::from_secs(60);
     let addr = loop {
         let err = agent.stderr();
-        if let Some(rest) = err.split("metrics listening on ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
+        if let Some(addr) = metrics_addr_in(&err) {
+            break addr;
         }
         assert!(
             Instant::now() < end,

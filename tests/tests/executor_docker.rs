@@ -14,13 +14,24 @@ use drover_agent::trace::TraceSink;
 use drover_proto::spec::RunnerConfig;
 use tokio_util::sync::CancellationToken;
 
+/// The engine, an executor on it, and the local busybox image.
+struct Engine {
+    docker: Docker,
+    exec: DockerExecutor,
+    image: String,
+}
+
 /// Connects to Docker and builds the busybox image, or says why the test is skipped.
-async fn setup() -> Option<(Docker, DockerExecutor, String)> {
+async fn setup() -> Option<Engine> {
     let (docker, image) = drover_tests::images::docker_and_busybox("executor_docker").await?;
     let exec = DockerExecutor::connect(ConnectOptions::default())
         .await
         .expect("connect executor");
-    Some((docker, exec, image))
+    Some(Engine {
+        docker,
+        exec,
+        image,
+    })
 }
 
 fn unique_agent(test: &str) -> String {
@@ -59,6 +70,11 @@ fn job(
     serde_json::from_value(v).expect("job payload")
 }
 
+/// A job on `image` running `script` with nothing after it, a 60 s timeout and git skipped.
+fn script_job(image: &str, script: &[&str]) -> JobResponse {
+    job(image, script, &[], 60, serde_json::json!({}))
+}
+
 fn runner(docker_toml: &str) -> RunnerConfig {
     // No registry is reachable: tests use local images unless they set a policy.
     let policy = if docker_toml.contains("pull_policy") {
@@ -82,16 +98,19 @@ fn ctx(job: JobResponse, runner: RunnerConfig, agent: &str) -> JobContext {
     }
 }
 
-async fn containers_of(docker: &Docker, agent: &str) -> Vec<HashMap<String, String>> {
-    let mut filters = HashMap::new();
-    filters.insert(
+/// The `label=com.drover.agent=<agent>` filter of the engine's list calls.
+fn agent_filter(agent: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
         "label".to_string(),
         vec![format!("com.drover.agent={agent}")],
-    );
+    )])
+}
+
+async fn containers_of(docker: &Docker, agent: &str) -> Vec<HashMap<String, String>> {
     docker
         .list_containers(Some(ListContainersOptions {
             all: true,
-            filters: Some(filters),
+            filters: Some(agent_filter(agent)),
             ..Default::default()
         }))
         .await
@@ -101,20 +120,16 @@ async fn containers_of(docker: &Docker, agent: &str) -> Vec<HashMap<String, Stri
         .collect()
 }
 
-/// Asserts nothing of `agent` is left but its builds volume, then removes that.
-async fn assert_clean(docker: &Docker, agent: &str) {
+/// Asserts nothing of `agent` is left but its builds volume, then removes that; `trace`
+/// (the job's) is shown when something is left.
+async fn assert_clean(docker: &Docker, agent: &str, trace: &str) {
     assert!(
         containers_of(docker, agent).await.is_empty(),
-        "containers left for {agent}"
-    );
-    let mut filters = HashMap::new();
-    filters.insert(
-        "label".to_string(),
-        vec![format!("com.drover.agent={agent}")],
+        "containers left for {agent}; trace:\n{trace}"
     );
     let vols = docker
         .list_volumes(Some(ListVolumesOptions {
-            filters: Some(filters),
+            filters: Some(agent_filter(agent)),
         }))
         .await
         .expect("list volumes")
@@ -124,7 +139,7 @@ async fn assert_clean(docker: &Docker, agent: &str) {
         assert_eq!(
             v.labels.get("com.drover.kind").map(String::as_str),
             Some("builds"),
-            "volume {} left",
+            "volume {} left; trace:\n{trace}",
             v.name
         );
         let _ = docker
@@ -170,114 +185,122 @@ async fn engine_runs_privileged(docker: &Docker, image: &str) -> bool {
     ok
 }
 
-async fn run(exec: &DockerExecutor, c: &JobContext) -> (JobOutcome, String) {
+/// A finished job: its outcome and trace, with assertions that show the trace.
+struct Ran {
+    outcome: JobOutcome,
+    trace: String,
+}
+
+impl Ran {
+    fn succeeded(&self) -> &Self {
+        assert_eq!(self.outcome, JobOutcome::Success, "{}", self.trace);
+        self
+    }
+
+    fn failed(&self, reason: FailureReason, exit_code: Option<i32>) -> &Self {
+        assert_eq!(
+            self.outcome,
+            JobOutcome::Failed { reason, exit_code },
+            "{}",
+            self.trace
+        );
+        self
+    }
+
+    fn shows(&self, text: &str) -> &Self {
+        assert!(self.trace.contains(text), "{}", self.trace);
+        self
+    }
+
+    fn lacks(&self, text: &str) -> &Self {
+        assert!(!self.trace.contains(text), "{}", self.trace);
+        self
+    }
+}
+
+async fn run(exec: &DockerExecutor, c: &JobContext) -> Ran {
     let trace = TraceSink::new();
     let outcome = exec.run(c, &trace, CancellationToken::new()).await;
-    (
+    Ran {
         outcome,
-        String::from_utf8_lossy(&trace.snapshot()).into_owned(),
-    )
+        trace: String::from_utf8_lossy(&trace.snapshot()).into_owned(),
+    }
+}
+
+impl Engine {
+    /// Runs `job` for a fresh agent named after `test` on a runner with `docker_toml`, then
+    /// asserts the job left nothing but its builds volume.
+    async fn run_clean(&self, test: &str, job: JobResponse, docker_toml: &str) -> Ran {
+        let agent = unique_agent(test);
+        let ran = run(&self.exec, &ctx(job, runner(docker_toml), &agent)).await;
+        assert_clean(&self.docker, &agent, &ran.trace).await;
+        ran
+    }
 }
 
 #[tokio::test]
 async fn success_echoes_and_runs_commands() {
-    let Some((docker, exec, image)) = setup().await else {
+    let Some(e) = setup().await else {
         return;
     };
-    let agent = unique_agent("ok");
-    let c = ctx(
-        job(&image, &["echo hi", "pwd"], &[], 60, serde_json::json!({})),
-        runner(""),
-        &agent,
-    );
-    let (outcome, trace) = run(&exec, &c).await;
-    assert_eq!(outcome, JobOutcome::Success, "{trace}");
-    assert!(
-        trace.contains("\x1b[32;1m$ echo hi\x1b[0;m\nhi\n"),
-        "{trace}"
-    );
-    assert!(trace.contains("/builds/group/demo\n"), "{trace}");
-    assert!(trace.contains("Using docker image sha256:"), "{trace}");
-    assert!(trace.contains("Job succeeded"), "{trace}");
-    assert_clean(&docker, &agent).await;
+    e.run_clean("ok", script_job(&e.image, &["echo hi", "pwd"]), "")
+        .await
+        .succeeded()
+        .shows("\x1b[32;1m$ echo hi\x1b[0;m\nhi\n")
+        .shows("/builds/group/demo\n")
+        .shows("Using docker image sha256:")
+        .shows("Job succeeded");
 }
 
 #[tokio::test]
 async fn failure_stops_at_the_failing_command_and_runs_after_script() {
-    let Some((docker, exec, image)) = setup().await else {
+    let Some(e) = setup().await else {
         return;
     };
-    let agent = unique_agent("fail");
-    let c = ctx(
-        job(
-            &image,
-            &["echo before", "exit 3", "echo never-runs"],
-            &["echo after-ran $CI_JOB_STATUS"],
-            60,
-            serde_json::json!({}),
-        ),
-        runner(""),
-        &agent,
+    let job = job(
+        &e.image,
+        &["echo before", "exit 3", "echo never-runs"],
+        &["echo after-ran $CI_JOB_STATUS"],
+        60,
+        serde_json::json!({}),
     );
-    let (outcome, trace) = run(&exec, &c).await;
-    assert_eq!(
-        outcome,
-        JobOutcome::Failed {
-            reason: FailureReason::ScriptFailure,
-            exit_code: Some(3)
-        },
-        "{trace}"
-    );
-    assert!(trace.contains("before\n"), "{trace}");
-    assert!(!trace.contains("never-runs\n"), "{trace}");
-    assert!(trace.contains("after-ran failed\n"), "{trace}");
-    assert!(trace.contains("ERROR: Job failed: exit code 3"), "{trace}");
-    assert_clean(&docker, &agent).await;
+    e.run_clean("fail", job, "")
+        .await
+        .failed(FailureReason::ScriptFailure, Some(3))
+        .shows("before\n")
+        .lacks("never-runs\n")
+        .shows("after-ran failed\n")
+        .shows("ERROR: Job failed: exit code 3");
 }
 
 #[tokio::test]
 async fn job_timeout_kills_the_script_and_runs_after_script() {
-    let Some((docker, exec, image)) = setup().await else {
+    let Some(e) = setup().await else {
         return;
     };
-    let agent = unique_agent("timeout");
-    let c = ctx(
-        job(
-            &image,
-            &["sleep 30"],
-            &["echo after-timeout"],
-            2,
-            serde_json::json!({}),
-        ),
-        runner(""),
-        &agent,
+    let job = job(
+        &e.image,
+        &["sleep 30"],
+        &["echo after-timeout"],
+        2,
+        serde_json::json!({}),
     );
-    let (outcome, trace) = run(&exec, &c).await;
-    assert_eq!(
-        outcome,
-        JobOutcome::Failed {
-            reason: FailureReason::JobExecutionTimeout,
-            exit_code: None
-        },
-        "{trace}"
-    );
-    assert!(trace.contains("after-timeout\n"), "{trace}");
-    assert!(
-        trace.contains("ERROR: Job failed: execution took longer than 2 seconds"),
-        "{trace}"
-    );
-    assert_clean(&docker, &agent).await;
+    e.run_clean("timeout", job, "")
+        .await
+        .failed(FailureReason::JobExecutionTimeout, None)
+        .shows("after-timeout\n")
+        .shows("ERROR: Job failed: execution took longer than 2 seconds");
 }
 
 #[tokio::test]
 async fn cancel_kills_the_job_with_labelled_containers() {
-    let Some((docker, exec, image)) = setup().await else {
+    let Some(e) = setup().await else {
         return;
     };
     let agent = unique_agent("cancel");
     let c = ctx(
         job(
-            &image,
+            &e.image,
             &["echo started", "sleep 30"],
             &["echo after-cancel"],
             60,
@@ -289,7 +312,7 @@ async fn cancel_kills_the_job_with_labelled_containers() {
     let trace = TraceSink::new();
     let cancel = CancellationToken::new();
     let run = {
-        let exec = exec.clone();
+        let exec = e.exec.clone();
         let (c, trace, cancel) = (c.clone(), trace.clone(), cancel.clone());
         tokio::spawn(async move { exec.run(&c, &trace, cancel).await })
     };
@@ -297,7 +320,7 @@ async fn cancel_kills_the_job_with_labelled_containers() {
     let mut labels = Vec::new();
     for _ in 0..200 {
         if String::from_utf8_lossy(&trace.snapshot()).contains("started\n") {
-            labels = containers_of(&docker, &agent).await;
+            labels = containers_of(&e.docker, &agent).await;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -316,86 +339,63 @@ async fn cancel_kills_the_job_with_labelled_containers() {
     let text = String::from_utf8_lossy(&trace.snapshot()).into_owned();
     assert_eq!(outcome, JobOutcome::Canceled, "{text}");
     assert!(!text.contains("after-cancel\n"), "{text}");
-    assert_clean(&docker, &agent).await;
+    assert_clean(&e.docker, &agent, &text).await;
 }
 
 #[tokio::test]
 async fn missing_image_with_pull_policy_never_fails_clearly() {
-    let Some((docker, exec, _image)) = setup().await else {
+    let Some(e) = setup().await else {
         return;
     };
-    let agent = unique_agent("noimage");
-    let c = ctx(
-        job(
-            "drover-test/does-not-exist:1",
-            &["true"],
-            &[],
-            60,
-            serde_json::json!({}),
-        ),
-        runner(""),
-        &agent,
-    );
-    let (outcome, trace) = run(&exec, &c).await;
-    assert_eq!(
-        outcome,
-        JobOutcome::Failed {
-            reason: FailureReason::ImagePullFailure,
-            exit_code: None
-        },
-        "{trace}"
-    );
-    assert!(
-        trace.contains("ERROR: Job failed: image \"drover-test/does-not-exist:1\" is not present locally and pull_policy is \"never\""),
-        "{trace}"
-    );
-    assert_clean(&docker, &agent).await;
+    e.run_clean(
+        "noimage",
+        script_job("drover-test/does-not-exist:1", &["true"]),
+        "",
+    )
+    .await
+    .failed(FailureReason::ImagePullFailure, None)
+    .shows("ERROR: Job failed: image \"drover-test/does-not-exist:1\" is not present locally and pull_policy is \"never\"");
 }
 
 #[tokio::test]
 async fn file_variables_are_readable_and_expanded() {
-    let Some((docker, exec, image)) = setup().await else {
+    let Some(e) = setup().await else {
         return;
     };
-    let agent = unique_agent("filevar");
     let extra = serde_json::json!({"variables": [
         {"key": "GIT_STRATEGY", "value": "none"},
         {"key": "MY_FILE", "value": "file-content-123", "file": true, "raw": true},
         {"key": "GREETING", "value": "hello-$NAME", "raw": false},
         {"key": "NAME", "value": "drover"}
     ]});
-    let c = ctx(
-        job(
-            &image,
-            &[
-                "cat $MY_FILE",
-                "echo \"$GREETING\"",
-                "echo \"path=$MY_FILE\"",
-            ],
-            &["cat $MY_FILE"],
-            60,
-            extra,
-        ),
-        runner(""),
-        &agent,
+    let job = job(
+        &e.image,
+        &[
+            "cat $MY_FILE",
+            "echo \"$GREETING\"",
+            "echo \"path=$MY_FILE\"",
+        ],
+        &["cat $MY_FILE"],
+        60,
+        extra,
     );
-    let (outcome, trace) = run(&exec, &c).await;
-    assert_eq!(outcome, JobOutcome::Success, "{trace}");
-    assert_eq!(trace.matches("file-content-123").count(), 2, "{trace}");
-    assert!(trace.contains("hello-drover\n"), "{trace}");
-    assert!(
-        trace.contains("path=/builds/group/demo.tmp/MY_FILE\n"),
-        "{trace}"
+    let ran = e.run_clean("filevar", job, "").await;
+    ran.succeeded();
+    assert_eq!(
+        ran.trace.matches("file-content-123").count(),
+        2,
+        "{}",
+        ran.trace
     );
-    assert_clean(&docker, &agent).await;
+    ran.shows("hello-drover\n")
+        .shows("path=/builds/group/demo.tmp/MY_FILE\n");
 }
 
 #[tokio::test]
 async fn runner_docker_settings_are_visible_inside() {
-    let Some((docker, exec, image)) = setup().await else {
+    let Some(e) = setup().await else {
         return;
     };
-    let agent = unique_agent("settings");
     let hostdir = tempfile::tempdir().expect("tempdir");
     std::fs::write(hostdir.path().join("marker"), "from-host").expect("write marker");
     {
@@ -412,210 +412,131 @@ async fn runner_docker_settings_are_visible_inside() {
         "volumes = [\"{}:/hostdir:ro\", \"/anon\"]\nextra_hosts = [\"drover-db:10.9.8.7\"]\nuser = \"nobody\"\n",
         hostdir.path().display()
     );
-    let c = ctx(
-        job(
-            &image,
-            &[
-                "cat /hostdir/marker; echo",
-                "cat /etc/hosts",
-                "id -u",
-                "test -d /anon && echo anon-ok",
-                "touch $CI_PROJECT_DIR/w && echo writable-ok",
-            ],
-            &[],
-            60,
-            serde_json::json!({}),
-        ),
-        runner(&cfg),
-        &agent,
+    let job = script_job(
+        &e.image,
+        &[
+            "cat /hostdir/marker; echo",
+            "cat /etc/hosts",
+            "id -u",
+            "test -d /anon && echo anon-ok",
+            "touch $CI_PROJECT_DIR/w && echo writable-ok",
+        ],
     );
-    let (outcome, trace) = run(&exec, &c).await;
-    assert_eq!(outcome, JobOutcome::Success, "{trace}");
-    assert!(trace.contains("from-host\n"), "{trace}");
-    assert!(trace.contains("10.9.8.7\tdrover-db"), "{trace}");
-    assert!(trace.contains("65534\n"), "{trace}");
-    assert!(trace.contains("anon-ok\n"), "{trace}");
-    assert!(trace.contains("writable-ok\n"), "{trace}");
-    assert_clean(&docker, &agent).await;
+    e.run_clean("settings", job, &cfg)
+        .await
+        .succeeded()
+        .shows("from-host\n")
+        .shows("10.9.8.7\tdrover-db")
+        .shows("65534\n")
+        .shows("anon-ok\n")
+        .shows("writable-ok\n");
 
-    let agent = unique_agent("privileged");
-    let c = ctx(
-        job(
-            &image,
-            &["ip link set lo down && echo privileged-ok"],
-            &[],
-            60,
-            serde_json::json!({}),
-        ),
-        runner("privileged = true"),
-        &agent,
-    );
-    let (outcome, trace) = run(&exec, &c).await;
-    if engine_runs_privileged(&docker, &image).await {
-        assert_eq!(outcome, JobOutcome::Success, "{trace}");
-        assert!(trace.contains("privileged-ok\n"), "{trace}");
+    let privileged = e
+        .run_clean(
+            "privileged",
+            script_job(&e.image, &["ip link set lo down && echo privileged-ok"]),
+            "privileged = true",
+        )
+        .await;
+    if engine_runs_privileged(&e.docker, &e.image).await {
+        privileged.succeeded().shows("privileged-ok\n");
     } else {
         // This engine (itself sandboxed) refuses privileged containers: the refusal proves
         // the flag reached it, since the same job starts fine without it.
         eprintln!("engine refuses privileged containers; checking the refusal instead");
-        assert_eq!(
-            outcome,
-            JobOutcome::Failed {
-                reason: FailureReason::RunnerSystemFailure,
-                exit_code: None
-            },
-            "{trace}"
-        );
-        assert!(
-            trace.contains("ERROR: Job failed (system failure): start container"),
-            "{trace}"
-        );
+        privileged
+            .failed(FailureReason::RunnerSystemFailure, None)
+            .shows("ERROR: Job failed (system failure): start container");
     }
-    assert_clean(&docker, &agent).await;
 
-    let agent = unique_agent("capadd");
-    let c = ctx(
-        job(
-            &image,
-            &["ip link set lo down && echo cap-ok"],
-            &[],
-            60,
-            serde_json::json!({}),
-        ),
-        runner("cap_add = [\"NET_ADMIN\"]"),
-        &agent,
-    );
-    let (outcome, trace) = run(&exec, &c).await;
-    assert_eq!(outcome, JobOutcome::Success, "{trace}");
-    assert!(trace.contains("cap-ok\n"), "{trace}");
-    assert_clean(&docker, &agent).await;
+    e.run_clean(
+        "capadd",
+        script_job(&e.image, &["ip link set lo down && echo cap-ok"]),
+        "cap_add = [\"NET_ADMIN\"]",
+    )
+    .await
+    .succeeded()
+    .shows("cap-ok\n");
 
-    let agent = unique_agent("unprivileged");
-    let c = ctx(
-        job(
-            &image,
-            &["ip link set lo down"],
-            &[],
-            60,
-            serde_json::json!({}),
-        ),
-        runner(""),
-        &agent,
-    );
-    let (outcome, trace) = run(&exec, &c).await;
+    let unprivileged = e
+        .run_clean(
+            "unprivileged",
+            script_job(&e.image, &["ip link set lo down"]),
+            "",
+        )
+        .await;
     assert!(
         matches!(
-            outcome,
+            unprivileged.outcome,
             JobOutcome::Failed {
                 reason: FailureReason::ScriptFailure,
                 ..
             }
         ),
-        "{trace}"
+        "{}",
+        unprivileged.trace
     );
-    assert_clean(&docker, &agent).await;
 }
 
 #[tokio::test]
 async fn pull_policy_always_fails_without_a_registry_and_lists_fall_back() {
-    let Some((docker, exec, image)) = setup().await else {
+    let Some(e) = setup().await else {
         return;
     };
-    let agent = unique_agent("always");
-    let c = ctx(
-        job(
-            "drover-test/not-in-any-registry:1",
-            &["true"],
-            &[],
-            60,
-            serde_json::json!({}),
-        ),
-        runner("pull_policy = \"always\""),
-        &agent,
-    );
-    let (outcome, trace) = run(&exec, &c).await;
-    assert_eq!(
-        outcome,
-        JobOutcome::Failed {
-            reason: FailureReason::ImagePullFailure,
-            exit_code: None
-        },
-        "{trace}"
-    );
-    assert!(
-        trace.contains("Pulling docker image drover-test/not-in-any-registry:1 ..."),
-        "{trace}"
-    );
-    assert!(
-        trace.contains("ERROR: Job failed: failed to pull image \"drover-test/not-in-any-registry:1\" with specified policies [always]: pull image drover-test/not-in-any-registry:1:"),
-        "{trace}"
-    );
-    assert_clean(&docker, &agent).await;
+    e.run_clean(
+        "always",
+        script_job("drover-test/not-in-any-registry:1", &["true"]),
+        "pull_policy = \"always\"",
+    )
+    .await
+    .failed(FailureReason::ImagePullFailure, None)
+    .shows("Pulling docker image drover-test/not-in-any-registry:1 ...")
+    .shows("ERROR: Job failed: failed to pull image \"drover-test/not-in-any-registry:1\" with specified policies [always]: pull image drover-test/not-in-any-registry:1:");
 
-    let agent = unique_agent("fallback");
-    let c = ctx(
-        job(&image, &["echo fell-back"], &[], 60, serde_json::json!({})),
-        runner("pull_policy = [\"always\", \"if-not-present\"]"),
-        &agent,
-    );
-    let (outcome, trace) = run(&exec, &c).await;
-    assert_eq!(outcome, JobOutcome::Success, "{trace}");
-    assert!(
-        trace.contains("WARNING: Failed to pull image with policy \"always\""),
-        "{trace}"
-    );
-    assert!(trace.contains("fell-back\n"), "{trace}");
-    assert_clean(&docker, &agent).await;
+    e.run_clean(
+        "fallback",
+        script_job(&e.image, &["echo fell-back"]),
+        "pull_policy = [\"always\", \"if-not-present\"]",
+    )
+    .await
+    .succeeded()
+    .shows("WARNING: Failed to pull image with policy \"always\"")
+    .shows("fell-back\n");
 }
 
 #[tokio::test]
 async fn builds_volume_persists_between_jobs_and_git_strategy_empty_clears_it() {
-    let Some((docker, exec, image)) = setup().await else {
+    let Some(e) = setup().await else {
         return;
     };
     let agent = unique_agent("persist");
-    let strategy =
-        |s: &str| serde_json::json!({"variables": [{"key": "GIT_STRATEGY", "value": s}]});
+    let job_with_strategy = |script: &[&str], strategy: &str| {
+        let vars = serde_json::json!({"variables": [{"key": "GIT_STRATEGY", "value": strategy}]});
+        job(&e.image, script, &[], 60, vars)
+    };
     let mut first = ctx(
-        job(
-            &image,
-            &["echo kept > left-by-job-1"],
-            &[],
-            60,
-            strategy("none"),
-        ),
+        job_with_strategy(&["echo kept > left-by-job-1"], "none"),
         runner(""),
         &agent,
     );
     first.slot = 3;
-    let (outcome, trace) = run(&exec, &first).await;
-    assert_eq!(outcome, JobOutcome::Success, "{trace}");
+    run(&e.exec, &first).await.succeeded();
 
     let mut second = first.clone();
-    second.job = job(&image, &["cat left-by-job-1"], &[], 60, strategy("none"));
-    let (outcome, trace) = run(&exec, &second).await;
-    assert_eq!(outcome, JobOutcome::Success, "{trace}");
-    assert!(trace.contains("kept\n"), "{trace}");
+    second.job = job_with_strategy(&["cat left-by-job-1"], "none");
+    run(&e.exec, &second).await.succeeded().shows("kept\n");
 
     let mut third = first.clone();
-    third.job = job(
-        &image,
-        &["ls -A; test ! -e left-by-job-1 && echo emptied"],
-        &[],
-        60,
-        strategy("empty"),
-    );
-    let (outcome, trace) = run(&exec, &third).await;
-    assert_eq!(outcome, JobOutcome::Success, "{trace}");
-    assert!(trace.contains("emptied\n"), "{trace}");
-    assert_clean(&docker, &agent).await;
+    third.job = job_with_strategy(&["ls -A; test ! -e left-by-job-1 && echo emptied"], "empty");
+    let ran = run(&e.exec, &third).await;
+    ran.succeeded().shows("emptied\n");
+    assert_clean(&e.docker, &agent, &ran.trace).await;
 }
-
 #[tokio::test]
 async fn cleanup_orphans_removes_only_this_agents_leftovers() {
     use bollard::models::ContainerCreateBody;
     use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
-    let Some((docker, exec, image)) = setup().await else {
+    let Some(e) = setup().await else {
         return;
     };
     let me = unique_agent("orphans");
@@ -628,13 +549,14 @@ async fn cleanup_orphans_removes_only_this_agents_leftovers() {
             ("com.drover.kind".to_string(), "build".to_string()),
         ]);
         let body = ContainerCreateBody {
-            image: Some(image.clone()),
+            image: Some(e.image.clone()),
             cmd: Some(vec!["sleep".to_string(), "60".to_string()]),
             labels: Some(labels),
             ..Default::default()
         };
         let name = format!("{agent}-{job_id}");
-        let c = docker
+        let c = e
+            .docker
             .create_container(
                 Some(CreateContainerOptions {
                     name: Some(name),
@@ -644,21 +566,22 @@ async fn cleanup_orphans_removes_only_this_agents_leftovers() {
             )
             .await
             .expect("create leftover");
-        docker
+        e.docker
             .start_container(&c.id, None)
             .await
             .expect("start leftover");
         ids.push(c.id);
     }
-    let report = exec.cleanup_orphans(&me, &[2]).await.expect("cleanup");
+    let report = e.exec.cleanup_orphans(&me, &[2]).await.expect("cleanup");
     assert_eq!(report.containers_removed, vec![format!("{me}-1")]);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let left = containers_of(&docker, &me).await;
+    let left = containers_of(&e.docker, &me).await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["com.drover.job"], "2");
-    assert_eq!(containers_of(&docker, &other).await.len(), 1);
+    assert_eq!(containers_of(&e.docker, &other).await.len(), 1);
     for id in ids {
-        let _ = docker
+        let _ = e
+            .docker
             .remove_container(
                 &id,
                 Some(RemoveContainerOptions {

@@ -402,22 +402,26 @@ fn status_page_in_chromium(c: &Controller, fine_id: &str, nodocker_id: &str) {
     eprintln!("status page screenshot: {}", png.display());
 }
 
+/// `drover serve` on `data` with its HTTP listener on every address.
+fn serve_beyond_loopback(data: &Path) -> Command {
+    let mut cmd = Command::new(drover_bin());
+    cmd.arg("--data-dir").arg(data).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "0.0.0.0:0",
+    ]);
+    cmd
+}
+
 /// Beyond loopback: no start without protection; with a token, nothing but /healthz
 /// without it.
 #[test]
 fn http_listener_beyond_loopback_needs_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = Command::new(drover_bin())
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "0.0.0.0:0",
-        ])
+    let out = serve_beyond_loopback(&data)
         .env_remove("DROVER_HTTP_TOKEN")
         .output()
         .unwrap();
@@ -428,16 +432,7 @@ fn http_listener_beyond_loopback_needs_a_token() {
         "{err}"
     );
 
-    let mut child = Command::new(drover_bin())
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "0.0.0.0:0",
-        ])
+    let mut child = serve_beyond_loopback(&data)
         .env("DROVER_HTTP_TOKEN", "t0ken")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

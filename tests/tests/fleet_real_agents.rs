@@ -16,14 +16,14 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_tests::fake_gitlab::{Endpoint, FakeGitLab, JobSpec, JobState};
+use drover_tests::fake_gitlab::{Endpoint, FakeGitLab, JobSpec, JobState, RunnerRecord};
 use drover_tests::fleet_support::{
     apply, docker_image, init_crypto, job_ok, json, registration_spec, rollout_complete,
     status_until, wait_until,
 };
 use drover_tests::harness::{Agent, Controller, stderr};
 use drover_tests::netns::Netns;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use drover_tests::scrape::{http_get, metrics_addr_in};
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -42,28 +42,10 @@ async fn metrics_addr(agent: &Agent) -> String {
     wait_until(
         WAIT,
         "metrics address in the agent log",
-        || {
-            let log = agent.proc.as_ref()?.log_text();
-            let rest = log.split("metrics listening on ").nth(1)?;
-            Some(rest.split_whitespace().next()?.to_string())
-        },
+        || metrics_addr_in(&agent.proc.as_ref()?.log_text()),
         String::new,
     )
     .await
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    let mut c = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to metrics server");
-    c.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("send request");
-    let mut out = String::new();
-    c.read_to_string(&mut out).await.expect("read response");
-    out
 }
 
 /// Collects every `sd_notify` datagram sent to a socket in `dir`.
@@ -95,6 +77,49 @@ impl NotifySocket {
             .unwrap()
             .iter()
             .any(|m| m.starts_with(prefix))
+    }
+}
+
+/// A fake GitLab, a controller and one enrolled, running agent labelled `site=<site>`.
+struct OneAgent {
+    gitlab: FakeGitLab,
+    c: Controller,
+    a: Agent,
+    id: String,
+    dir: tempfile::TempDir,
+}
+
+impl OneAgent {
+    /// Starts the fake GitLab (prepared by `prepare`, e.g. with the tokens the spec uses),
+    /// the controller, and the agent.
+    async fn start(site: &str, prepare: impl FnOnce(&FakeGitLab)) -> OneAgent {
+        let gitlab = FakeGitLab::start().await;
+        gitlab.set_trace_update_interval(1);
+        prepare(&gitlab);
+        let c = Controller::start();
+        let token = c.create_token(&["--label", &format!("site={site}")]);
+        let mut a = Agent::new();
+        let id = a.enroll_ok(&c.url(), &token);
+        a.run();
+        OneAgent {
+            gitlab,
+            c,
+            a,
+            id,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn logs(&self) -> String {
+        logs(&self.c, &[&self.a])
+    }
+
+    /// Applies `spec`, waits for its rollout and returns the one runner GitLab then has.
+    async fn apply_one_runner(&self, spec: &str, what: &str) -> RunnerRecord {
+        let ctx = || self.logs();
+        apply(&self.c, self.dir.path(), spec);
+        rollout_complete(&self.c, 1, ctx).await;
+        wait_until(WAIT, what, || self.gitlab.runners().into_iter().next(), ctx).await
     }
 }
 
@@ -270,36 +295,21 @@ async fn revoked_token_heals() {
     let Some(image) = docker_image().await else {
         return;
     };
-    let gitlab = FakeGitLab::start().await;
-    gitlab.set_trace_update_interval(1);
-    gitlab.add_registration_token("GR1348941-real-revoke");
-    let c = Controller::start();
-    let token = c.create_token(&["--label", "site=real-revoke"]);
-    let mut a = Agent::new();
-    let id = a.enroll_ok(&c.url(), &token);
-    a.run();
-    let ctx = || logs(&c, &[&a]);
-    let dir = tempfile::tempdir().unwrap();
-    apply(
-        &c,
-        dir.path(),
-        &registration_spec(
-            "real-revoke",
-            gitlab.url(),
-            "GR1348941-real-revoke",
-            "real-revoke",
-            &image,
-        ),
-    );
-    rollout_complete(&c, 1, ctx).await;
-    let first = wait_until(
-        WAIT,
-        "one registered runner",
-        || gitlab.runners().into_iter().next(),
-        ctx,
-    )
+    let f = OneAgent::start("real-revoke", |g| {
+        g.add_registration_token("GR1348941-real-revoke")
+    })
     .await;
-    assert_eq!(job_ok(&gitlab, &image, "before", &[], ctx).await, first.id);
+    let (gitlab, c, a, id) = (&f.gitlab, &f.c, &f.a, &f.id);
+    let ctx = || f.logs();
+    let spec = registration_spec(
+        "real-revoke",
+        gitlab.url(),
+        "GR1348941-real-revoke",
+        "real-revoke",
+        &image,
+    );
+    let first = f.apply_one_runner(&spec, "one registered runner").await;
+    assert_eq!(job_ok(gitlab, &image, "before", &[], ctx).await, first.id);
 
     assert!(gitlab.revoke_token(&first.token));
     // Healed: a new runner, its token on the agent, the unit running again.
@@ -332,12 +342,12 @@ async fn revoked_token_heals() {
             .any(|l| l.as_str().unwrap_or("").contains("token invalid")),
         "{s:#}"
     );
-    assert_eq!(job_ok(&gitlab, &image, "after", &[], ctx).await, healed.id);
+    assert_eq!(job_ok(gitlab, &image, "after", &[], ctx).await, healed.id);
     let agent = wait_until(
         WAIT,
         "the controller sees the healed unit",
         || {
-            c.agent(&id).filter(|a| {
+            c.agent(id).filter(|a| {
                 a["runners"][0]["state"] == "running"
                     && a["runners"][0]["gitlab_runner_id"] == healed.id
             })
@@ -368,36 +378,21 @@ async fn expiring_token_rotates_and_expired_token_heals() {
     let Some(image) = docker_image().await else {
         return;
     };
-    let gitlab = FakeGitLab::start().await;
-    gitlab.set_trace_update_interval(1);
-    gitlab.add_registration_token("GR1348941-real-expiry");
-    gitlab.set_token_lifetime(Some(Duration::from_secs(15)));
-    let c = Controller::start();
-    let token = c.create_token(&["--label", "site=real-expiry"]);
-    let mut a = Agent::new();
-    a.enroll_ok(&c.url(), &token);
-    a.run();
-    let ctx = || logs(&c, &[&a]);
-    let dir = tempfile::tempdir().unwrap();
-    apply(
-        &c,
-        dir.path(),
-        &registration_spec(
-            "real-expiry",
-            gitlab.url(),
-            "GR1348941-real-expiry",
-            "real-expiry",
-            &image,
-        ),
-    );
-    rollout_complete(&c, 1, ctx).await;
-    let first = wait_until(
-        WAIT,
-        "one registered runner",
-        || gitlab.runners().into_iter().next(),
-        ctx,
-    )
+    let f = OneAgent::start("real-expiry", |g| {
+        g.add_registration_token("GR1348941-real-expiry");
+        g.set_token_lifetime(Some(Duration::from_secs(15)));
+    })
     .await;
+    let (gitlab, c, a) = (&f.gitlab, &f.c, &f.a);
+    let ctx = || f.logs();
+    let spec = registration_spec(
+        "real-expiry",
+        gitlab.url(),
+        "GR1348941-real-expiry",
+        "real-expiry",
+        &image,
+    );
+    let first = f.apply_one_runner(&spec, "one registered runner").await;
     let first_expiry = first.token_expires_at.expect("a token with a lifetime");
 
     // At 75 % of the lifetime the agent resets its token: same runner, new token, later
@@ -446,7 +441,7 @@ async fn expiring_token_rotates_and_expired_token_heals() {
     )
     .await;
     let current = gitlab.runner(first.id).unwrap().token;
-    assert_eq!(job_ok(&gitlab, &image, "rotated", &[], ctx).await, first.id);
+    assert_eq!(job_ok(gitlab, &image, "rotated", &[], ctx).await, first.id);
 
     // The token expires anyway (GitLab answers 403): healed by a new registration.
     assert!(gitlab.expire_token(&current));
@@ -461,7 +456,7 @@ async fn expiring_token_rotates_and_expired_token_heals() {
         s["units"][0]["state"] == "running" && s["units"][0]["gitlab_runner_id"] == healed.id
     })
     .await;
-    assert_eq!(job_ok(&gitlab, &image, "healed", &[], ctx).await, healed.id);
+    assert_eq!(job_ok(gitlab, &image, "healed", &[], ctx).await, healed.id);
 }
 
 /// An agent in its own network namespace: its address changes, it reports `ips-changed`
@@ -585,16 +580,12 @@ async fn runner_creation_token_heals_without_stale_runners() {
     let Some(image) = docker_image().await else {
         return;
     };
-    let gitlab = FakeGitLab::start().await;
-    gitlab.set_trace_update_interval(1);
-    gitlab.add_access_token("glpat-real-creation");
-    let c = Controller::start();
-    let token = c.create_token(&["--label", "site=real-creation"]);
-    let mut a = Agent::new();
-    a.enroll_ok(&c.url(), &token);
-    a.run();
-    let ctx = || logs(&c, &[&a]);
-    let dir = tempfile::tempdir().unwrap();
+    let f = OneAgent::start("real-creation", |g| {
+        g.add_access_token("glpat-real-creation")
+    })
+    .await;
+    let (gitlab, c) = (&f.gitlab, &f.c);
+    let ctx = || f.logs();
     let spec = format!(
         "[[runners]]\nname = \"real-creation\"\nurl = \"{}\"\n\
          runner_creation_token = \"glpat-real-creation\"\nrunner_type = \"group_type\"\n\
@@ -603,21 +594,13 @@ async fn runner_creation_token_heals_without_stale_runners() {
          [runners.docker]\nimage = \"{image}\"\npull_policy = \"never\"\n",
         gitlab.url()
     );
-    apply(&c, dir.path(), &spec);
-    rollout_complete(&c, 1, ctx).await;
-    let first = wait_until(
-        WAIT,
-        "one created runner",
-        || gitlab.runners().into_iter().next(),
-        ctx,
-    )
-    .await;
+    let first = f.apply_one_runner(&spec, "one created runner").await;
     assert_eq!(
         gitlab.created_runners(),
         [first.id],
         "made by POST /user/runners"
     );
-    assert_eq!(job_ok(&gitlab, &image, "created", &[], ctx).await, first.id);
+    assert_eq!(job_ok(gitlab, &image, "created", &[], ctx).await, first.id);
 
     assert!(gitlab.revoke_token(&first.token));
     let healed = wait_until(
@@ -632,13 +615,13 @@ async fn runner_creation_token_heals_without_stale_runners() {
     .await;
     assert!(gitlab.request_count(Endpoint::DeleteRunner, 204) >= 1);
     assert_eq!(
-        job_ok(&gitlab, &image, "recreated", &[], ctx).await,
+        job_ok(gitlab, &image, "recreated", &[], ctx).await,
         healed.id
     );
 
     let out = c.drover(&["runner", "delete", "real-creation", "--strategy", "all"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    rollout_complete(&c, 2, ctx).await;
+    rollout_complete(c, 2, ctx).await;
     wait_until(
         WAIT,
         "runner deleted with the spec",

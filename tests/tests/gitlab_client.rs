@@ -1,10 +1,11 @@
 //! The real `HttpGitLab` against the fake GitLab over loopback HTTP.
 
+use std::path::Path;
 use std::time::Duration;
 
 use drover_agent::gitlab::features::features_json;
 use drover_agent::gitlab::stats::endpoint;
-use drover_agent::gitlab::types::StepWhen;
+use drover_agent::gitlab::types::{JobResponse, StepWhen};
 use drover_agent::gitlab::{
     ArtifactUpload, ClientOptions, GitLab, GitLabError, HttpGitLab, JobRequest, JobUpdate,
     RegisterOptions, RunnerAuth, TraceAnswer,
@@ -33,7 +34,7 @@ fn secret(s: &str) -> SecretString {
     SecretString::from(s.to_owned())
 }
 
-async fn take_job(gl: &HttpGitLab, token: &str) -> Box<drover_agent::gitlab::types::JobResponse> {
+async fn take_job(gl: &HttpGitLab, token: &str) -> Box<JobResponse> {
     match gl
         .request_job(&auth(token), None)
         .await
@@ -42,6 +43,43 @@ async fn take_job(gl: &HttpGitLab, token: &str) -> Box<drover_agent::gitlab::typ
         JobRequest::Job(job) => job,
         JobRequest::NoJob { .. } => panic!("expected a job"),
     }
+}
+
+/// A fake with runner `glrt-r`, a client, and one job per name in `names`, taken by that
+/// runner in order.
+async fn runner_with_jobs(names: &[&str]) -> (FakeGitLab, HttpGitLab, Vec<Box<JobResponse>>) {
+    let fake = FakeGitLab::start().await;
+    let gl = client(&fake);
+    fake.add_runner("glrt-r");
+    for name in names {
+        fake.enqueue_job(JobSpec::new(name));
+    }
+    let mut jobs = Vec::new();
+    for _ in names {
+        jobs.push(take_job(&gl, "glrt-r").await);
+    }
+    (fake, gl, jobs)
+}
+
+/// A zip archive upload of `content` written to `dir/name`, kept until GitLab's default.
+fn archive_upload(dir: &Path, name: &str, content: &[u8]) -> ArtifactUpload {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    ArtifactUpload {
+        filename: name.into(),
+        artifact_format: "zip".into(),
+        artifact_type: "archive".into(),
+        expire_in: None,
+        path,
+    }
+}
+
+/// Asserts GitLab refused a call because the job was canceled.
+fn assert_canceled(err: &GitLabError) {
+    assert!(
+        matches!(err, GitLabError::Forbidden { job_status: Some(s), .. } if s == "canceled"),
+        "{err}"
+    );
 }
 
 fn update(state: &'static str) -> JobUpdate {
@@ -422,13 +460,8 @@ async fn update_job_statuses() {
 
 #[tokio::test]
 async fn forced_202_then_200_and_cancel() {
-    let fake = FakeGitLab::start().await;
-    let gl = client(&fake);
-    fake.add_runner("glrt-r");
-    fake.enqueue_job(JobSpec::new("a"));
-    fake.enqueue_job(JobSpec::new("b"));
-    let a = take_job(&gl, "glrt-r").await;
-    let b = take_job(&gl, "glrt-r").await;
+    let (fake, gl, jobs) = runner_with_jobs(&["a", "b"]).await;
+    let (a, b) = (&jobs[0], &jobs[1]);
 
     fake.force_update_202(a.id, 1);
     let first = gl
@@ -448,27 +481,18 @@ async fn forced_202_then_200_and_cancel() {
         .update_job(b.id, &b.token, &update("running"))
         .await
         .expect_err("canceled");
-    assert!(
-        matches!(&err, GitLabError::Forbidden { job_status: Some(s), .. } if s == "canceled"),
-        "{err}"
-    );
+    assert_canceled(&err);
     let err = gl
         .patch_trace(b.id, &b.token, 0, b"x")
         .await
         .expect_err("canceled");
-    assert!(
-        matches!(&err, GitLabError::Forbidden { job_status: Some(s), .. } if s == "canceled"),
-        "{err}"
-    );
+    assert_canceled(&err);
 }
 
 #[tokio::test]
 async fn graceful_cancel_reports_canceling() {
-    let fake = FakeGitLab::start().await;
-    let gl = client(&fake);
-    fake.add_runner("glrt-r");
-    fake.enqueue_job(JobSpec::new("a"));
-    let job = take_job(&gl, "glrt-r").await;
+    let (fake, gl, jobs) = runner_with_jobs(&["a"]).await;
+    let job = &jobs[0];
     assert!(fake.cancel_job_gracefully(job.id));
     let TraceAnswer::Accepted { job_status, .. } =
         gl.patch_trace(job.id, &job.token, 0, b"log").await.unwrap()
@@ -550,11 +574,8 @@ async fn trace_patches_with_exact_content_range() {
 
 #[tokio::test]
 async fn server_errors_are_retryable_and_counted() {
-    let fake = FakeGitLab::start().await;
-    let gl = client(&fake);
-    fake.add_runner("glrt-r");
-    fake.enqueue_job(JobSpec::new("a"));
-    let job = take_job(&gl, "glrt-r").await;
+    let (fake, gl, jobs) = runner_with_jobs(&["a"]).await;
+    let job = &jobs[0];
 
     fake.fail_next(Endpoint::PatchTrace, 500, 2);
     for _ in 0..2 {
@@ -641,24 +662,14 @@ async fn decode_errors_name_the_endpoint() {
 
 #[tokio::test]
 async fn artifacts_upload_download_and_limits() {
-    let fake = FakeGitLab::start().await;
-    let gl = client(&fake);
-    fake.add_runner("glrt-r");
-    fake.enqueue_job(JobSpec::new("build"));
-    fake.enqueue_job(JobSpec::new("test"));
-    let build = take_job(&gl, "glrt-r").await;
-    let test = take_job(&gl, "glrt-r").await;
+    let (fake, gl, jobs) = runner_with_jobs(&["build", "test"]).await;
+    let (build, test) = (&jobs[0], &jobs[1]);
 
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("artifacts.zip");
     let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(&src, &content).unwrap();
     let upload = ArtifactUpload {
-        filename: "artifacts.zip".into(),
-        artifact_format: "zip".into(),
-        artifact_type: "archive".into(),
         expire_in: Some("1 week".into()),
-        path: src.clone(),
+        ..archive_upload(dir.path(), "artifacts.zip", &content)
     };
     gl.upload_artifacts(build.id, &build.token, &upload)
         .await
@@ -736,21 +747,10 @@ async fn tokens_never_show_in_debug_output() {
 
 #[tokio::test]
 async fn artifact_redirects_never_forward_the_job_token_to_another_origin() {
-    let fake = FakeGitLab::start().await;
-    let gl = client(&fake);
-    fake.add_runner("glrt-r");
-    fake.enqueue_job(JobSpec::new("build"));
-    let build = take_job(&gl, "glrt-r").await;
+    let (fake, gl, jobs) = runner_with_jobs(&["build"]).await;
+    let build = &jobs[0];
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("a.zip");
-    std::fs::write(&src, b"zip bytes").unwrap();
-    let upload = ArtifactUpload {
-        filename: "a.zip".into(),
-        artifact_format: "zip".into(),
-        artifact_type: "archive".into(),
-        expire_in: None,
-        path: src,
-    };
+    let upload = archive_upload(dir.path(), "a.zip", b"zip bytes");
     gl.upload_artifacts(build.id, &build.token, &upload)
         .await
         .unwrap();
@@ -856,15 +856,7 @@ async fn api_timeout_does_not_cut_artifact_transfers() {
     fake.delay(Endpoint::UploadArtifacts, Some(Duration::from_millis(600)));
     fake.delay(Endpoint::UpdateJob, Some(Duration::from_millis(600)));
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("a.zip");
-    std::fs::write(&src, b"zip").unwrap();
-    let upload = ArtifactUpload {
-        filename: "a.zip".into(),
-        artifact_format: "zip".into(),
-        artifact_type: "archive".into(),
-        expire_in: None,
-        path: src,
-    };
+    let upload = archive_upload(dir.path(), "a.zip", b"zip");
     gl.upload_artifacts(job.id, &job.token, &upload)
         .await
         .expect("slow upload within the transfer timeout");

@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use drover_agent::artifacts::{
-    DependencyError, Owner, ProjectTar, Retry, download_dependencies, upload_job_artifacts,
+    ArtifactsError, DependencyArchive, DependencyError, Owner, ProjectTar, Retry,
+    download_dependencies, upload_job_artifacts,
 };
-use drover_agent::cache::{CacheStore, SaveOutcome, cache_plans, restore_caches, save_caches};
+use drover_agent::cache::{
+    CachePlan, CacheStore, RestoredCache, SaveOutcome, cache_plans, restore_caches, save_caches,
+};
 use drover_agent::executor::FailureReason;
 use drover_agent::gitlab::api::{JobRequest, RunnerAuth, TraceAnswer};
 use drover_agent::gitlab::types::JobResponse;
@@ -23,7 +26,7 @@ use drover_agent::sources::{
     GitSource, SourcesError, SourcesOutcome, host_work_dir, plan, tar_work_dir, write_dir_tar,
 };
 use drover_agent::trace::TraceSink;
-use drover_tests::git_server::{GitServer, git};
+use drover_tests::git_server::{GitServer, WorkRepo, git};
 use secrecy::SecretString;
 
 const TOKEN: &str = "glcbt-64_s3cr3tJobTok3n";
@@ -55,6 +58,25 @@ fn job(server: &GitServer, sha: &str, vars: &[(&str, &str)]) -> JobResponse {
     serde_json::from_value(job_json(server, sha, vars)).expect("job payload")
 }
 
+/// `job` with its `cache` entries.
+fn job_with_cache(
+    server: &GitServer,
+    sha: &str,
+    vars: &[(&str, &str)],
+    cache: serde_json::Value,
+) -> JobResponse {
+    let mut payload = job_json(server, sha, vars);
+    payload["cache"] = cache;
+    serde_json::from_value(payload).expect("job payload")
+}
+
+/// A git server with an empty `group/proj` repository.
+async fn project_server() -> (GitServer, WorkRepo) {
+    let server = GitServer::start(TOKEN).await.unwrap();
+    let repo = server.create_repo("group/proj").unwrap();
+    (server, repo)
+}
+
 async fn get_sources(
     job: &JobResponse,
     work_dir: &Path,
@@ -65,6 +87,13 @@ async fn get_sources(
     GitSource::default()
         .get_sources(&p, &job.token, work_dir, PROJECT_DIR, trace)
         .await
+}
+
+/// Gets `job`'s sources into `work_dir`, which must succeed; returns the outcome and trace.
+async fn sources_ok(job: &JobResponse, work_dir: &Path) -> (SourcesOutcome, TraceSink) {
+    let trace = TraceSink::new();
+    let outcome = get_sources(job, work_dir, &trace).await.unwrap();
+    (outcome, trace)
 }
 
 fn text(trace: &TraceSink) -> String {
@@ -90,8 +119,7 @@ fn commit_count(dir: &Path) -> u32 {
 
 #[tokio::test]
 async fn clone_full_and_shallow() {
-    let server = GitServer::start(TOKEN).await.unwrap();
-    let repo = server.create_repo("group/proj").unwrap();
+    let (server, repo) = project_server().await;
     repo.commit(&[("README.md", "one\n")], "first").unwrap();
     repo.commit(&[("src/main.c", "int main(){}\n")], "second")
         .unwrap();
@@ -101,13 +129,12 @@ async fn clone_full_and_shallow() {
     let builds = tempfile::tempdir().unwrap();
 
     let full_dir = host_work_dir(builds.path(), "runner-a", 5, 0);
-    let trace = TraceSink::new();
     let j = job(
         &server,
         &sha,
         &[("GIT_STRATEGY", "clone"), ("GIT_DEPTH", "0")],
     );
-    let outcome = get_sources(&j, &full_dir, &trace).await.unwrap();
+    let (outcome, trace) = sources_ok(&j, &full_dir).await;
     assert_eq!(outcome, SourcesOutcome::Repository);
     assert_eq!(head(&full_dir), sha);
     assert_eq!(commit_count(&full_dir), 3);
@@ -126,13 +153,12 @@ async fn clone_full_and_shallow() {
     assert_no_token(&trace);
 
     let shallow_dir = host_work_dir(builds.path(), "runner-a", 5, 1);
-    let trace = TraceSink::new();
     let j = job(
         &server,
         &sha,
         &[("GIT_STRATEGY", "clone"), ("GIT_DEPTH", "1")],
     );
-    get_sources(&j, &shallow_dir, &trace).await.unwrap();
+    let (_, trace) = sources_ok(&j, &shallow_dir).await;
     assert_eq!(head(&shallow_dir), sha);
     assert_eq!(commit_count(&shallow_dir), 1, "depth 1 fetches one commit");
     assert!(text(&trace).contains("Fetching changes with git depth set to 1..."));
@@ -177,20 +203,12 @@ async fn clone_full_and_shallow() {
 
 #[tokio::test]
 async fn fetch_reuses_the_work_dir_and_cleans_it() {
-    let server = GitServer::start(TOKEN).await.unwrap();
-    let repo = server.create_repo("group/proj").unwrap();
+    let (server, repo) = project_server().await;
     let first = repo.commit(&[("a.txt", "a\n")], "first").unwrap();
     let builds = tempfile::tempdir().unwrap();
     let dir = host_work_dir(builds.path(), "runner-a", 5, 0);
 
-    let trace = TraceSink::new();
-    get_sources(
-        &job(&server, &first, &[("GIT_STRATEGY", "fetch")]),
-        &dir,
-        &trace,
-    )
-    .await
-    .unwrap();
+    let (_, trace) = sources_ok(&job(&server, &first, &[("GIT_STRATEGY", "fetch")]), &dir).await;
     assert_eq!(head(&dir), first);
     assert!(text(&trace).contains("Created fresh repository."));
     std::fs::write(dir.join("leftover.o"), "junk").unwrap();
@@ -198,14 +216,7 @@ async fn fetch_reuses_the_work_dir_and_cleans_it() {
     std::fs::write(&marker, "kept").unwrap();
 
     let second = repo.commit(&[("b.txt", "b\n")], "second").unwrap();
-    let trace = TraceSink::new();
-    get_sources(
-        &job(&server, &second, &[("GIT_STRATEGY", "fetch")]),
-        &dir,
-        &trace,
-    )
-    .await
-    .unwrap();
+    let (_, trace) = sources_ok(&job(&server, &second, &[("GIT_STRATEGY", "fetch")]), &dir).await;
     assert_eq!(head(&dir), second, "the new commit appears");
     assert!(dir.join("b.txt").is_file());
     assert!(marker.is_file(), "fetch reused the repository");
@@ -216,35 +227,15 @@ async fn fetch_reuses_the_work_dir_and_cleans_it() {
     assert_no_token(&trace);
 
     // clone starts over: the marker in .git is gone.
-    let trace = TraceSink::new();
-    get_sources(
-        &job(&server, &second, &[("GIT_STRATEGY", "clone")]),
-        &dir,
-        &trace,
-    )
-    .await
-    .unwrap();
+    sources_ok(&job(&server, &second, &[("GIT_STRATEGY", "clone")]), &dir).await;
     assert!(!marker.exists());
     assert_eq!(head(&dir), second);
 
     // none leaves the dir alone; empty empties it.
-    let trace = TraceSink::new();
-    let outcome = get_sources(
-        &job(&server, &second, &[("GIT_STRATEGY", "none")]),
-        &dir,
-        &trace,
-    )
-    .await
-    .unwrap();
+    let (outcome, _) = sources_ok(&job(&server, &second, &[("GIT_STRATEGY", "none")]), &dir).await;
     assert_eq!(outcome, SourcesOutcome::Untouched);
     assert!(dir.join("b.txt").is_file());
-    let outcome = get_sources(
-        &job(&server, &second, &[("GIT_STRATEGY", "empty")]),
-        &dir,
-        &trace,
-    )
-    .await
-    .unwrap();
+    let (outcome, _) = sources_ok(&job(&server, &second, &[("GIT_STRATEGY", "empty")]), &dir).await;
     assert_eq!(outcome, SourcesOutcome::Empty);
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
@@ -263,9 +254,8 @@ async fn submodules_normal_and_recursive() {
     let builds = tempfile::tempdir().unwrap();
 
     let normal = host_work_dir(builds.path(), "r", 5, 0);
-    let trace = TraceSink::new();
     let j = job(&server, &sha, &[("GIT_SUBMODULE_STRATEGY", "normal")]);
-    get_sources(&j, &normal, &trace).await.unwrap();
+    let (_, trace) = sources_ok(&j, &normal).await;
     assert!(normal.join("lib/lib.txt").is_file());
     assert!(
         !normal.join("lib/deps/inner/inner.txt").exists(),
@@ -275,9 +265,8 @@ async fn submodules_normal_and_recursive() {
     assert_no_token(&trace);
 
     let recursive = host_work_dir(builds.path(), "r", 5, 1);
-    let trace = TraceSink::new();
     let j = job(&server, &sha, &[("GIT_SUBMODULE_STRATEGY", "recursive")]);
-    get_sources(&j, &recursive, &trace).await.unwrap();
+    let (_, trace) = sources_ok(&j, &recursive).await;
     assert!(recursive.join("lib/deps/inner/inner.txt").is_file());
     let t = text(&trace);
     assert!(
@@ -298,8 +287,7 @@ async fn submodules_normal_and_recursive() {
 
 #[tokio::test]
 async fn wrong_token_fails_clearly_without_leaking_it() {
-    let server = GitServer::start(TOKEN).await.unwrap();
-    let repo = server.create_repo("group/proj").unwrap();
+    let (server, repo) = project_server().await;
     let sha = repo.commit(&[("a", "a")], "a").unwrap();
     let builds = tempfile::tempdir().unwrap();
     let wrong = "glcbt-wrong-token-value";
@@ -345,19 +333,36 @@ fn tar_entries(path: &Path) -> HashMap<String, Vec<u8>> {
     out
 }
 
+/// Restores `plans` of `project` from `store` into tars in `tmp`, owned by root.
+async fn restore(
+    store: &CacheStore,
+    plans: &[CachePlan],
+    project: i64,
+    disable_cache: bool,
+    tmp: &Path,
+    trace: &TraceSink,
+) -> Vec<RestoredCache> {
+    restore_caches(
+        store,
+        plans,
+        project,
+        disable_cache,
+        Owner::default(),
+        tmp,
+        trace,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn cache_round_trip_with_fallback_key_and_untracked() {
-    let server = GitServer::start(TOKEN).await.unwrap();
-    let repo = server.create_repo("group/proj").unwrap();
+    let (server, repo) = project_server().await;
     let sha = repo
         .commit(&[("README.md", "r\n"), ("vendor/tracked.txt", "t\n")], "c")
         .unwrap();
     let builds = tempfile::tempdir().unwrap();
     let dir = host_work_dir(builds.path(), "r", 5, 0);
-    let trace = TraceSink::new();
-    get_sources(&job(&server, &sha, &[]), &dir, &trace)
-        .await
-        .unwrap();
+    sources_ok(&job(&server, &sha, &[]), &dir).await;
     // The "job" produces files.
     std::fs::create_dir_all(dir.join("vendor/pkg")).unwrap();
     std::fs::write(dir.join("vendor/pkg/lib.so"), "lib").unwrap();
@@ -369,13 +374,16 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
     let store = CacheStore::new(store_root.path(), "runner-a", 10 * 1024 * 1024);
     let tar = project_tar(&dir, tmp.path());
 
-    let mut save_job = job_json(&server, &sha, &[("CI_COMMIT_REF_NAME", "main")]);
-    save_job["cache"] = serde_json::json!([
-        {"key": "$CI_COMMIT_REF_NAME", "paths": ["vendor/"], "policy": "pull-push"},
-        {"key": "untracked", "untracked": true, "policy": "push"},
-        {"key": "failed-only", "paths": ["vendor/"], "when": "on_failure"}
-    ]);
-    let save_job: JobResponse = serde_json::from_value(save_job).unwrap();
+    let save_job = job_with_cache(
+        &server,
+        &sha,
+        &[("CI_COMMIT_REF_NAME", "main")],
+        serde_json::json!([
+            {"key": "$CI_COMMIT_REF_NAME", "paths": ["vendor/"], "policy": "pull-push"},
+            {"key": "untracked", "untracked": true, "policy": "push"},
+            {"key": "failed-only", "paths": ["vendor/"], "when": "on_failure"}
+        ]),
+    );
     let trace = TraceSink::new();
     let plans = cache_plans(&save_job, &save_job.variables, &trace);
     let saved = save_caches(
@@ -417,23 +425,17 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
     assert_eq!(names, vec!["build.log", "vendor/pkg/lib.so"]);
 
     // A job on another branch restores through its fallback key.
-    let mut restore_job = job_json(&server, &sha, &[]);
-    restore_job["cache"] = serde_json::json!([
-        {"key": "feature-x", "fallback_keys": ["nope", "main"], "paths": ["vendor/"]}
-    ]);
-    let restore_job: JobResponse = serde_json::from_value(restore_job).unwrap();
+    let restore_job = job_with_cache(
+        &server,
+        &sha,
+        &[],
+        serde_json::json!([
+            {"key": "feature-x", "fallback_keys": ["nope", "main"], "paths": ["vendor/"]}
+        ]),
+    );
     let trace = TraceSink::new();
     let plans = cache_plans(&restore_job, &restore_job.variables, &trace);
-    let restored = restore_caches(
-        &store,
-        &plans,
-        5,
-        false,
-        Owner::default(),
-        tmp.path(),
-        &trace,
-    )
-    .await;
+    let restored = restore(&store, &plans, 5, false, tmp.path(), &trace).await;
     assert_eq!(restored.len(), 1);
     assert_eq!(restored[0].key, "main");
     let entries = tar_entries(restored[0].tar.path());
@@ -445,46 +447,22 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
 
     // disable_cache: nothing restored.
     let trace = TraceSink::new();
-    let none = restore_caches(
-        &store,
-        &plans,
-        5,
-        true,
-        Owner::default(),
-        tmp.path(),
-        &trace,
-    )
-    .await;
+    let none = restore(&store, &plans, 5, true, tmp.path(), &trace).await;
     assert!(none.is_empty());
     assert!(text(&trace).contains("disable_cache"));
 
     // CACHE_FALLBACK_KEY is tried last; another project's caches are not visible.
-    let mut var_job = job_json(&server, &sha, &[("CACHE_FALLBACK_KEY", "main")]);
-    var_job["cache"] = serde_json::json!([{"key": "other", "paths": ["x"]}]);
-    let var_job: JobResponse = serde_json::from_value(var_job).unwrap();
+    let var_job = job_with_cache(
+        &server,
+        &sha,
+        &[("CACHE_FALLBACK_KEY", "main")],
+        serde_json::json!([{"key": "other", "paths": ["x"]}]),
+    );
     let trace = TraceSink::new();
     let plans = cache_plans(&var_job, &var_job.variables, &trace);
-    let restored = restore_caches(
-        &store,
-        &plans,
-        5,
-        false,
-        Owner::default(),
-        tmp.path(),
-        &trace,
-    )
-    .await;
+    let restored = restore(&store, &plans, 5, false, tmp.path(), &trace).await;
     assert_eq!(restored[0].key, "main");
-    let restored = restore_caches(
-        &store,
-        &plans,
-        6,
-        false,
-        Owner::default(),
-        tmp.path(),
-        &trace,
-    )
-    .await;
+    let restored = restore(&store, &plans, 6, false, tmp.path(), &trace).await;
     assert!(restored.is_empty());
 }
 
@@ -615,6 +593,46 @@ fn fast_retry() -> Retry {
     }
 }
 
+/// A job's project dir with build output, a temp dir, and the project as a tar.
+struct BuiltProject {
+    _dir: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+    tar: ProjectTar,
+}
+
+fn built_project() -> BuiltProject {
+    let dir = build_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = project_tar(dir.path(), tmp.path());
+    BuiltProject {
+        _dir: dir,
+        tmp,
+        tar,
+    }
+}
+
+/// Uploads `job`'s artifacts from `project` for a successful job, retrying fast.
+async fn upload(
+    gitlab: &RecordingGitLab,
+    job: &JobResponse,
+    project: &BuiltProject,
+    trace: &TraceSink,
+) -> Result<(), ArtifactsError> {
+    upload_job_artifacts(
+        gitlab,
+        job,
+        &job.variables,
+        &project.tar,
+        PROJECT_DIR,
+        None,
+        true,
+        project.tmp.path(),
+        fast_retry(),
+        trace,
+    )
+    .await
+}
+
 fn build_dir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
@@ -631,9 +649,7 @@ fn build_dir() -> tempfile::TempDir {
 
 #[tokio::test]
 async fn artifacts_zip_exact_with_exclude_and_junit_gzip() {
-    let dir = build_dir();
-    let tmp = tempfile::tempdir().unwrap();
-    let tar = project_tar(dir.path(), tmp.path());
+    let project = built_project();
     let gitlab = RecordingGitLab::default();
     let job = artifacts_job(serde_json::json!([
         {"name": "", "paths": ["out/", "${CI_PROJECT_DIR}/src.c"], "exclude": ["out/**/*.o"],
@@ -643,20 +659,7 @@ async fn artifacts_zip_exact_with_exclude_and_junit_gzip() {
         {"name": "on-failure", "paths": ["out/"], "when": "on_failure"}
     ]));
     let trace = TraceSink::new();
-    upload_job_artifacts(
-        &gitlab,
-        &job,
-        &job.variables,
-        &tar,
-        PROJECT_DIR,
-        None,
-        true,
-        tmp.path(),
-        fast_retry(),
-        &trace,
-    )
-    .await
-    .unwrap();
+    upload(&gitlab, &job, &project, &trace).await.unwrap();
     let uploads = gitlab.uploads.lock().unwrap();
     assert_eq!(
         uploads.len(),
@@ -704,9 +707,7 @@ async fn artifacts_zip_exact_with_exclude_and_junit_gzip() {
 
 #[tokio::test]
 async fn artifacts_too_large_is_reported_and_not_retried() {
-    let dir = build_dir();
-    let tmp = tempfile::tempdir().unwrap();
-    let tar = project_tar(dir.path(), tmp.path());
+    let project = built_project();
     let gitlab = RecordingGitLab::default();
     gitlab
         .upload_answers
@@ -717,20 +718,7 @@ async fn artifacts_too_large_is_reported_and_not_retried() {
         }));
     let job = artifacts_job(serde_json::json!([{"paths": ["out/"]}]));
     let trace = TraceSink::new();
-    let err = upload_job_artifacts(
-        &gitlab,
-        &job,
-        &job.variables,
-        &tar,
-        PROJECT_DIR,
-        None,
-        true,
-        tmp.path(),
-        fast_retry(),
-        &trace,
-    )
-    .await
-    .unwrap_err();
+    let err = upload(&gitlab, &job, &project, &trace).await.unwrap_err();
     assert!(err.to_string().contains("too large"), "{err}");
     assert_eq!(
         gitlab.uploads.lock().unwrap().len(),
@@ -746,9 +734,7 @@ async fn artifacts_too_large_is_reported_and_not_retried() {
 
 #[tokio::test]
 async fn artifacts_retry_retryable_errors() {
-    let dir = build_dir();
-    let tmp = tempfile::tempdir().unwrap();
-    let tar = project_tar(dir.path(), tmp.path());
+    let project = built_project();
     let gitlab = RecordingGitLab::default();
     {
         let mut answers = gitlab.upload_answers.lock().unwrap();
@@ -764,20 +750,7 @@ async fn artifacts_retry_retryable_errors() {
         "artifact_type": "dotenv"}]),
     );
     let trace = TraceSink::new();
-    upload_job_artifacts(
-        &gitlab,
-        &job,
-        &job.variables,
-        &tar,
-        PROJECT_DIR,
-        None,
-        true,
-        tmp.path(),
-        fast_retry(),
-        &trace,
-    )
-    .await
-    .unwrap();
+    upload(&gitlab, &job, &project, &trace).await.unwrap();
     let uploads = gitlab.uploads.lock().unwrap();
     assert_eq!(uploads.len(), 2);
     assert_eq!(uploads[1].0.filename, "metrics.txt");
@@ -802,6 +775,16 @@ fn zip_bytes(entries: &[(&str, &[u8])], symlinks: &[(&str, &str)]) -> Vec<u8> {
 fn deps_job(deps: serde_json::Value) -> JobResponse {
     serde_json::from_value(serde_json::json!({"id": 92, "token": TOKEN, "dependencies": deps}))
         .unwrap()
+}
+
+/// Downloads `job`'s dependencies into tars in `tmp`, owned by root, retrying fast.
+async fn download(
+    gitlab: &RecordingGitLab,
+    job: &JobResponse,
+    tmp: &Path,
+    trace: &TraceSink,
+) -> Result<Vec<DependencyArchive>, DependencyError> {
+    download_dependencies(gitlab, job, tmp, Owner::default(), fast_retry(), trace).await
 }
 
 #[tokio::test]
@@ -837,16 +820,7 @@ async fn dependencies_are_extracted_and_zip_slip_refused() {
         {"id": 14, "name": "no-artifacts", "token": "t"}
     ]));
     let trace = TraceSink::new();
-    let archives = download_dependencies(
-        &gitlab,
-        &job,
-        tmp.path(),
-        Owner::default(),
-        fast_retry(),
-        &trace,
-    )
-    .await
-    .unwrap();
+    let archives = download(&gitlab, &job, tmp.path(), &trace).await.unwrap();
     assert_eq!(archives.len(), 1);
     let entries = tar_entries(archives[0].path());
     assert_eq!(entries["out/app"], b"app");
@@ -857,16 +831,10 @@ async fn dependencies_are_extracted_and_zip_slip_refused() {
     // Zip-slip: `../evil` and a symlink out of the project are refused, naming the entry.
     for (id, entry) in [(11, "../evil"), (12, "escape")] {
         let trace = TraceSink::new();
-        let err = download_dependencies(
-            &gitlab,
-            &deps_job(serde_json::json!([dep(id)])),
-            tmp.path(),
-            Owner::default(),
-            fast_retry(),
-            &trace,
-        )
-        .await
-        .unwrap_err();
+        let job = deps_job(serde_json::json!([dep(id)]));
+        let err = download(&gitlab, &job, tmp.path(), &trace)
+            .await
+            .unwrap_err();
         assert!(matches!(err, DependencyError::Archive { .. }), "{err}");
         assert!(err.to_string().contains(&format!("{entry:?}")), "{err}");
         assert!(text(&trace).contains("refused"));
@@ -875,16 +843,10 @@ async fn dependencies_are_extracted_and_zip_slip_refused() {
     // Missing artifacts (404) and a refused token (403) are missing dependencies.
     for id in [13, 99] {
         let trace = TraceSink::new();
-        let err = download_dependencies(
-            &gitlab,
-            &deps_job(serde_json::json!([dep(id)])),
-            tmp.path(),
-            Owner::default(),
-            fast_retry(),
-            &trace,
-        )
-        .await
-        .unwrap_err();
+        let job = deps_job(serde_json::json!([dep(id)]));
+        let err = download(&gitlab, &job, tmp.path(), &trace)
+            .await
+            .unwrap_err();
         assert!(matches!(err, DependencyError::Missing { .. }), "{err}");
         assert_eq!(
             err.failure_reason(),
@@ -940,8 +902,7 @@ async fn token_never_in_git_arguments() {
 
 #[tokio::test]
 async fn clone_url_overrides_the_host_and_clean_flags_none_keeps_files() {
-    let server = GitServer::start(TOKEN).await.unwrap();
-    let repo = server.create_repo("group/proj").unwrap();
+    let (server, repo) = project_server().await;
     let sha = repo.commit(&[("a.txt", "a\n")], "a").unwrap();
     let builds = tempfile::tempdir().unwrap();
     let dir = host_work_dir(builds.path(), "r", 5, 0);

@@ -14,17 +14,8 @@ async fn cancel_kills_the_containers() {
     let Some(e) = start("cancel", 1, "").await else {
         return;
     };
-    let id =
-        e.gitlab
-            .enqueue_job(e.job("long").script([
-                "i=0; while [ $i -lt 600 ]; do echo tick-$i; i=$((i+1)); sleep 0.5; done",
-            ]))
-            .id;
-    assert!(
-        e.wait_trace_contains(id, "tick-2", JOB_WAIT).await,
-        "job never ran; stderr:\n{}",
-        e.agent.stderr()
-    );
+    let id = e.gitlab.enqueue_job(e.long_job("long")).id;
+    e.wait_for_tick(id, "tick-2").await;
     assert!(e.gitlab.cancel_job(id));
     let left = e.wait_no_containers(Duration::from_secs(30)).await;
     assert!(

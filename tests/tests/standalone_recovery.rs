@@ -34,11 +34,6 @@ async fn networks(e: &E2e) -> Vec<String> {
         .collect()
 }
 
-fn long_job(e: &E2e, name: &str) -> drover_tests::fake_gitlab::JobSpec {
-    e.job(name)
-        .script(["i=0; while [ $i -lt 600 ]; do echo tick-$i; i=$((i+1)); sleep 0.5; done"])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_job_then_restart_reports_the_job_failed_and_leaves_nothing() {
     let Some(mut e) = start("kill9", 1, "").await else {
@@ -55,14 +50,11 @@ async fn kill_9_mid_job_then_restart_reports_the_job_failed_and_leaves_nothing()
     let id = e
         .gitlab
         .enqueue_job(
-            long_job(&e, "killed").service_json(serde_json::json!({"name": web, "alias": "web"})),
+            e.long_job("killed")
+                .service_json(serde_json::json!({"name": web, "alias": "web"})),
         )
         .id;
-    assert!(
-        e.wait_trace_contains(id, "tick-2", JOB_WAIT).await,
-        "job never ran; stderr:\n{}",
-        e.agent.stderr()
-    );
+    e.wait_for_tick(id, "tick-2").await;
     e.agent.signal("KILL");
     assert!(e.agent.wait_exit(Duration::from_secs(10)).is_some());
     assert!(
@@ -163,12 +155,8 @@ async fn dockerd_restart_mid_job_fails_it_clearly_and_the_agent_keeps_serving() 
     let Some(e) = start("dockerd", 1, "").await else {
         return;
     };
-    let id = e.gitlab.enqueue_job(long_job(&e, "interrupted")).id;
-    assert!(
-        e.wait_trace_contains(id, "tick-2", JOB_WAIT).await,
-        "job never ran; stderr:\n{}",
-        e.agent.stderr()
-    );
+    let id = e.gitlab.enqueue_job(e.long_job("interrupted")).id;
+    e.wait_for_tick(id, "tick-2").await;
     tokio::task::spawn_blocking(restart_dockerd)
         .await
         .expect("restart dockerd");

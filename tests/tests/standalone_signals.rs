@@ -15,17 +15,8 @@ async fn sigterm_mid_job_reports_failure_and_leaves_nothing() {
     let Some(mut e) = start("sigterm", 1, "").await else {
         return;
     };
-    let id =
-        e.gitlab
-            .enqueue_job(e.job("long").script([
-                "i=0; while [ $i -lt 600 ]; do echo tick-$i; i=$((i+1)); sleep 0.5; done",
-            ]))
-            .id;
-    assert!(
-        e.wait_trace_contains(id, "tick-1", JOB_WAIT).await,
-        "job never ran; stderr:\n{}",
-        e.agent.stderr()
-    );
+    let id = e.gitlab.enqueue_job(e.long_job("long")).id;
+    e.wait_for_tick(id, "tick-1").await;
     let agent_id = e.agent_id().await;
     e.agent.signal("TERM");
     let status = e

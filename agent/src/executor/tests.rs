@@ -7,7 +7,7 @@ use std::time::Duration;
 use drover_proto::spec::RunnerConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::fake::{Behavior, FakeApi};
+use super::fake::{Behavior, FakeApi, FakeContainer};
 use super::names::{LABEL_AGENT, LABEL_JOB, LABEL_KIND};
 use super::*;
 use crate::gitlab::types::JobResponse;
@@ -39,6 +39,15 @@ fn steps(script: &[&str], after: &[&str]) -> serde_json::Value {
         {"name": "script", "script": script, "when": "on_success"},
         {"name": "after_script", "script": after, "when": "always"}
     ])
+}
+
+/// A job running `script`, then `after`, with nothing else set.
+fn script_job(script: &[&str], after: &[&str]) -> JobResponse {
+    job_json(steps(script, after), serde_json::json!({}))
+}
+
+fn failed(reason: FailureReason, exit_code: Option<i32>) -> JobOutcome {
+    JobOutcome::Failed { reason, exit_code }
 }
 
 fn ctx(job: JobResponse, docker_toml: &str) -> JobContext {
@@ -87,66 +96,47 @@ async fn run(api: &FakeApi, c: &JobContext) -> (JobOutcome, String) {
     .await
 }
 
+/// A container's kind label (`build`, `after-script`, ...).
+fn kind_of(c: &FakeContainer) -> Option<&str> {
+    c.body
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_KIND))
+        .map(String::as_str)
+}
+
 fn kinds(api: &FakeApi) -> Vec<String> {
     api.with_containers(|cs| {
         cs.iter()
-            .map(|c| {
-                c.body
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_KIND))
-                    .cloned()
-                    .unwrap_or_default()
-            })
+            .map(|c| kind_of(c).unwrap_or_default().to_string())
             .collect()
     })
 }
 
-fn stdin_of(api: &FakeApi, kind: &str) -> String {
+/// Runs `f` on the first container of `kind`.
+fn with_kind<T>(api: &FakeApi, kind: &str, f: impl FnOnce(&FakeContainer) -> T) -> T {
     api.with_containers(|cs| {
-        let c = cs
-            .iter()
-            .find(|c| {
-                c.body
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_KIND))
-                    .map(String::as_str)
-                    == Some(kind)
-            })
-            .expect("container of kind");
+        f(cs.iter()
+            .find(|c| kind_of(c) == Some(kind))
+            .expect("container of kind"))
+    })
+}
+
+fn stdin_of(api: &FakeApi, kind: &str) -> String {
+    with_kind(api, kind, |c| {
         String::from_utf8_lossy(&c.stdin.lock().expect("stdin")).into_owned()
     })
 }
 
 fn env_of(api: &FakeApi, kind: &str) -> Vec<String> {
-    api.with_containers(|cs| {
-        cs.iter()
-            .find(|c| {
-                c.body
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_KIND))
-                    .map(String::as_str)
-                    == Some(kind)
-            })
-            .and_then(|c| c.body.env.clone())
-            .expect("env")
-    })
+    with_kind(api, kind, |c| c.body.env.clone().expect("env"))
 }
 
 #[tokio::test]
 async fn success_runs_the_script_in_a_labelled_build_container() {
     let api = fake();
     api.behave("build", Behavior::exits("hi\n", 0));
-    let (out, trace) = run(
-        &api,
-        &ctx(
-            job_json(steps(&["echo hi"], &[]), serde_json::json!({})),
-            "",
-        ),
-    )
-    .await;
+    let (out, trace) = run(&api, &ctx(script_job(&["echo hi"], &[]), "")).await;
     assert_eq!(out, JobOutcome::Success);
     assert!(
         trace.contains("Preparing the \"docker\" executor"),
@@ -204,21 +194,8 @@ async fn script_failure_reports_the_exit_code_and_runs_after_script() {
     let api = fake();
     api.behave("build", Behavior::exits("", 3));
     api.behave("after-script", Behavior::exits("after\n", 0));
-    let (out, trace) = run(
-        &api,
-        &ctx(
-            job_json(steps(&["exit 3"], &["echo after"]), serde_json::json!({})),
-            "",
-        ),
-    )
-    .await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::ScriptFailure,
-            exit_code: Some(3)
-        }
-    );
+    let (out, trace) = run(&api, &ctx(script_job(&["exit 3"], &["echo after"]), "")).await;
+    assert_eq!(out, failed(FailureReason::ScriptFailure, Some(3)));
     assert_eq!(kinds(&api), vec!["build", "after-script"]);
     assert!(env_of(&api, "after-script").contains(&"CI_JOB_STATUS=failed".to_string()));
     assert!(trace.contains("Running after_script"), "{trace}");
@@ -232,14 +209,7 @@ async fn script_failure_reports_the_exit_code_and_runs_after_script() {
 async fn after_script_failure_does_not_change_the_result() {
     let api = fake();
     api.behave("after-script", Behavior::exits("", 9));
-    let (out, trace) = run(
-        &api,
-        &ctx(
-            job_json(steps(&["true"], &["exit 9"]), serde_json::json!({})),
-            "",
-        ),
-    )
-    .await;
+    let (out, trace) = run(&api, &ctx(script_job(&["true"], &["exit 9"]), "")).await;
     assert_eq!(out, JobOutcome::Success);
     assert!(
         trace.contains(
@@ -259,13 +229,7 @@ async fn job_timeout_kills_the_build_and_still_runs_after_script() {
         serde_json::json!({"runner_info": {"timeout": 1}}),
     );
     let (out, trace) = run(&api, &ctx(job, "")).await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::JobExecutionTimeout,
-            exit_code: None
-        }
-    );
+    assert_eq!(out, failed(FailureReason::JobExecutionTimeout, None));
     assert!(api.with_containers(|cs| cs[0].killed));
     assert_eq!(kinds(&api), vec!["build", "after-script"]);
     assert!(
@@ -301,10 +265,7 @@ async fn cancel_kills_at_once_and_runs_nothing_more() {
         c2.cancel();
     });
     let exec = DockerExecutor::with_api(Arc::new(api.clone()));
-    let c = ctx(
-        job_json(steps(&["sleep 30"], &["echo after"]), serde_json::json!({})),
-        "",
-    );
+    let c = ctx(script_job(&["sleep 30"], &["echo after"]), "");
     let (out, trace) =
         tokio::time::timeout(Duration::from_secs(5), run_with(&api, exec, &c, cancel))
             .await
@@ -333,13 +294,7 @@ async fn when_semantics_pick_steps_by_the_job_state() {
         serde_json::json!({}),
     );
     let (out, _) = run(&api, &ctx(job, "")).await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::ScriptFailure,
-            exit_code: Some(1)
-        }
-    );
+    assert_eq!(out, failed(FailureReason::ScriptFailure, Some(1)));
     assert_eq!(kinds(&api), vec!["build", "notify-failure", "always-step"]);
 }
 
@@ -359,21 +314,8 @@ async fn allow_failure_steps_do_not_fail_the_job() {
 async fn docker_errors_mid_job_are_system_failures_in_the_trace() {
     let api = fake();
     api.fail_create("build");
-    let (out, trace) = run(
-        &api,
-        &ctx(
-            job_json(steps(&["true"], &["echo after"]), serde_json::json!({})),
-            "",
-        ),
-    )
-    .await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::RunnerSystemFailure,
-            exit_code: None
-        }
-    );
+    let (out, trace) = run(&api, &ctx(script_job(&["true"], &["echo after"]), "")).await;
+    assert_eq!(out, failed(FailureReason::RunnerSystemFailure, None));
     assert!(
         trace.contains("ERROR: Job failed (system failure): create container runner-short123-project-5-concurrent-1-77-build:"),
         "{trace}"
@@ -385,21 +327,8 @@ async fn docker_errors_mid_job_are_system_failures_in_the_trace() {
 #[tokio::test]
 async fn bad_runner_config_fails_before_any_container() {
     let api = fake();
-    let (out, trace) = run(
-        &api,
-        &ctx(
-            job_json(steps(&["true"], &[]), serde_json::json!({})),
-            "memory = \"lots\"",
-        ),
-    )
-    .await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::RunnerSystemFailure,
-            exit_code: None
-        }
-    );
+    let (out, trace) = run(&api, &ctx(script_job(&["true"], &[]), "memory = \"lots\"")).await;
+    assert_eq!(out, failed(FailureReason::RunnerSystemFailure, None));
     assert!(
         trace.contains("invalid [runners.docker] memory = \"lots\""),
         "{trace}"
@@ -415,25 +344,13 @@ async fn image_problems_are_image_pull_failures() {
         serde_json::json!({"image": {"name": "missing:1"}}),
     );
     let (out, trace) = run(&api, &ctx(job, "")).await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::ImagePullFailure,
-            exit_code: None
-        }
-    );
+    assert_eq!(out, failed(FailureReason::ImagePullFailure, None));
     assert!(trace.contains("ERROR: Job failed: image \"missing:1\" is not present locally and pull_policy is \"never\""), "{trace}");
 
     let api = fake();
-    let job = job_json(steps(&["true"], &[]), serde_json::json!({}));
+    let job = script_job(&["true"], &[]);
     let (out, trace) = run(&api, &ctx(job, "allowed_images = [\"alpine:*\"]")).await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::ImagePullFailure,
-            exit_code: None
-        }
-    );
+    assert_eq!(out, failed(FailureReason::ImagePullFailure, None));
     assert!(
         trace.contains("not present on list of allowed images: alpine:*"),
         "{trace}"
@@ -442,13 +359,7 @@ async fn image_problems_are_image_pull_failures() {
     let api = fake();
     let job = job_json(steps(&["true"], &[]), serde_json::json!({"image": null}));
     let (out, trace) = run(&api, &ctx(job, "")).await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::RunnerSystemFailure,
-            exit_code: None
-        }
-    );
+    assert_eq!(out, failed(FailureReason::RunnerSystemFailure, None));
     assert!(trace.contains("no image"), "{trace}");
 }
 
@@ -487,7 +398,7 @@ async fn a_non_root_user_gets_the_layout_archive_before_start() {
     for (image_user, runner_user) in [("node", ""), ("", "1000:1000"), ("", "nobody")] {
         let api = fake();
         api.set_image_user("sha256:feed", image_user);
-        let job = job_json(steps(&["true"], &[]), serde_json::json!({}));
+        let job = script_job(&["true"], &[]);
         let toml = if runner_user.is_empty() {
             String::new()
         } else {
@@ -504,7 +415,7 @@ async fn a_non_root_user_gets_the_layout_archive_before_start() {
     }
     let api = fake();
     api.set_image_user("sha256:feed", "root");
-    let job = job_json(steps(&["true"], &[]), serde_json::json!({}));
+    let job = script_job(&["true"], &[]);
     run(&api, &ctx(job, "user = \"0:0\"")).await;
     assert!(api.with_containers(|cs| cs[0].archives.is_empty()));
 }
@@ -614,13 +525,7 @@ async fn services_outside_allowed_services_are_refused() {
         serde_json::json!({"services": [{"name": "redis:7"}]}),
     );
     let (out, trace) = run(&api, &ctx(job, "allowed_services = [\"postgres:*\"]")).await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::ImagePullFailure,
-            exit_code: None
-        }
-    );
+    assert_eq!(out, failed(FailureReason::ImagePullFailure, None));
     assert!(
         trace.contains("not present on list of allowed services"),
         "{trace}"
@@ -676,13 +581,7 @@ async fn cleanup_orphans_touches_only_this_agents_finished_jobs() {
 #[tokio::test]
 async fn pre_and_post_build_scripts_wrap_the_script_step() {
     let api = fake();
-    let mut c = ctx(
-        job_json(
-            steps(&["echo main"], &["echo after"]),
-            serde_json::json!({}),
-        ),
-        "",
-    );
+    let mut c = ctx(script_job(&["echo main"], &["echo after"]), "");
     let mut runner = (*c.runner).clone();
     runner.pre_build_script = Some("echo pre-build".to_string());
     runner.post_build_script = Some("echo post-build".to_string());
@@ -713,25 +612,23 @@ async fn huge_timeouts_do_not_overflow() {
     assert_eq!(out, JobOutcome::Success);
 }
 
-#[tokio::test]
-async fn losing_the_daemon_mid_step_is_a_system_failure_that_says_so() {
+/// Runs a hanging `sleep 600` job and does `lose` to the engine 300 ms in.
+async fn run_losing_the_daemon(lose: fn(&FakeApi)) -> (JobOutcome, String) {
     let api = fake();
     api.behave("build", Behavior::hangs("started\n"));
-    let job = job_json(steps(&["sleep 600"], &[]), serde_json::json!({}));
-    let c = ctx(job, "");
+    let c = ctx(script_job(&["sleep 600"], &[]), "");
     let stopper = api.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stopper.stop_daemon();
+        lose(&stopper);
     });
-    let (out, trace) = run(&api, &c).await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::RunnerSystemFailure,
-            exit_code: None
-        }
-    );
+    run(&api, &c).await
+}
+
+#[tokio::test]
+async fn losing_the_daemon_mid_step_is_a_system_failure_that_says_so() {
+    let (out, trace) = run_losing_the_daemon(FakeApi::stop_daemon).await;
+    assert_eq!(out, failed(FailureReason::RunnerSystemFailure, None));
     assert!(
         trace.contains("the Docker daemon stopped or restarted during the job"),
         "{trace}"
@@ -740,23 +637,8 @@ async fn losing_the_daemon_mid_step_is_a_system_failure_that_says_so() {
 
 #[tokio::test]
 async fn a_daemon_shutdown_that_stops_the_script_is_a_system_failure() {
-    let api = fake();
-    api.behave("build", Behavior::hangs("started\n"));
-    let job = job_json(steps(&["sleep 600"], &[]), serde_json::json!({}));
-    let c = ctx(job, "");
-    let stopper = api.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        stopper.shutdown_daemon();
-    });
-    let (out, trace) = run(&api, &c).await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::RunnerSystemFailure,
-            exit_code: None
-        }
-    );
+    let (out, trace) = run_losing_the_daemon(FakeApi::shutdown_daemon).await;
+    assert_eq!(out, failed(FailureReason::RunnerSystemFailure, None));
     assert!(
         trace.contains("exit code 143; the Docker daemon stopped or restarted during the job"),
         "{trace}"
@@ -767,13 +649,7 @@ async fn a_daemon_shutdown_that_stops_the_script_is_a_system_failure() {
 async fn a_script_killed_by_a_signal_with_the_daemon_up_is_a_script_failure() {
     let api = fake();
     api.behave("build", Behavior::exits("", 143));
-    let job = job_json(steps(&["kill -TERM $$"], &[]), serde_json::json!({}));
+    let job = script_job(&["kill -TERM $$"], &[]);
     let (out, _) = run(&api, &ctx(job, "")).await;
-    assert_eq!(
-        out,
-        JobOutcome::Failed {
-            reason: FailureReason::ScriptFailure,
-            exit_code: Some(143)
-        }
-    );
+    assert_eq!(out, failed(FailureReason::ScriptFailure, Some(143)));
 }

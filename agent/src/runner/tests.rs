@@ -216,10 +216,10 @@ async fn server_errors_back_off_then_recover() {
     h.task.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn gitlab_cancel_stops_the_job() {
+/// A runner whose executor holds job `id` for a minute; returns once the job has a trace.
+async fn start_long_job(id: i64) -> Harness {
     let gl = Arc::new(FakeGitLab::new());
-    gl.push_job(job(3, &["long"]));
+    gl.push_job(job(id, &["long"]));
     let ex = FakeExecutor {
         hold: Duration::from_secs(60),
         ..Default::default()
@@ -227,10 +227,16 @@ async fn gitlab_cancel_stops_the_job() {
     let h = start(None, 1, ex, gl);
     assert!(
         h.gl.wait_until(Duration::from_secs(5), |g| g
-            .job(3)
+            .job(id)
             .is_some_and(|j| !j.trace.is_empty()))
             .await
     );
+    h
+}
+
+#[tokio::test]
+async fn gitlab_cancel_stops_the_job() {
+    let h = start_long_job(3).await;
     h.gl.cancel(3);
     assert!(h.stats.snapshot().jobs_running.eq(&1));
     let st = h.stats.clone();
@@ -249,19 +255,7 @@ async fn gitlab_cancel_stops_the_job() {
 
 #[tokio::test]
 async fn stop_now_reports_running_jobs_failed_with_trace() {
-    let gl = Arc::new(FakeGitLab::new());
-    gl.push_job(job(4, &["long"]));
-    let ex = FakeExecutor {
-        hold: Duration::from_secs(60),
-        ..Default::default()
-    };
-    let h = start(None, 1, ex, gl);
-    assert!(
-        h.gl.wait_until(Duration::from_secs(5), |g| g
-            .job(4)
-            .is_some_and(|j| !j.trace.is_empty()))
-            .await
-    );
+    let h = start_long_job(4).await;
     h.shutdown.now.cancel();
     tokio::time::timeout(Duration::from_secs(10), h.task)
         .await

@@ -12,13 +12,14 @@
 //! overrides the number of sequential jobs (default 20); `BENCH_ONLY=idle,cost,big,concurrent`
 //! runs only the sections named.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use drover_tests::fake_gitlab::{FakeGitLab, JobSpec, JobState};
 use drover_tests::procstat::{self, RssSampler, mib, ms, percentile};
+use drover_tests::standalone_agent::{AgentOptions, StandaloneAgent};
 
 const JOB_WAIT: Duration = Duration::from_secs(300);
 
@@ -43,82 +44,14 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
 
-/// A running agent on a config written to a temp dir; killed (and its containers and
-/// volumes removed) on drop.
-struct Agent {
-    child: Child,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+/// Starts the agent on `config_toml` (info logs, no extra arguments).
+fn start_agent(config_toml: &str) -> Result<StandaloneAgent> {
+    StandaloneAgent::start(config_toml, AgentOptions::default()).context("start the agent")
 }
 
-impl Agent {
-    fn start(config_toml: &str) -> Result<Agent> {
-        let dir = tempfile::tempdir().context("create agent temp dir")?;
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, config_toml).context("write config.toml")?;
-        let log = std::fs::File::create(dir.path().join("agent.log")).context("agent log")?;
-        let child = Command::new(drover_tests::harness::agent_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .env("DROVER_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("start drover-agent")?;
-        Ok(Agent { child, dir, config })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let Ok(system_id) = std::fs::read_to_string(self.dir.path().join(".runner_system_id"))
-        else {
-            return;
-        };
-        let id = drover_agent::standalone::load::agent_id(system_id.trim(), &self.config);
-        remove_labelled(&format!("label=com.drover.agent={id}"));
-    }
-}
-
-/// Removes containers, then volumes, matching a `docker ... --filter` expression.
-fn remove_labelled(filter: &str) {
-    for (list, rm) in [
-        (&["ps", "-aq", "--filter"][..], &["rm", "-f"][..]),
-        (
-            &["volume", "ls", "-q", "--filter"][..],
-            &["volume", "rm", "-f"][..],
-        ),
-    ] {
-        let Ok(out) = Command::new("docker").args(list).arg(filter).output() else {
-            continue;
-        };
-        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        if !names.is_empty() {
-            let _ = Command::new("docker")
-                .args(rm)
-                .args(&names)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
+/// The agent's process id, while it runs.
+fn pid(agent: &StandaloneAgent) -> Result<u32> {
+    agent.pid().context("the agent is not running")
 }
 
 /// A `config.toml` with `runners` runners (tokens `tokens`), all on the busybox image.
@@ -157,12 +90,12 @@ fn job(name: &str, script: &[&str]) -> JobSpec {
 }
 
 /// Runs one job and returns its cost (pickup to accepted final update).
-async fn run_one(gitlab: &FakeGitLab, agent: &Agent, spec: JobSpec) -> Result<Duration> {
+async fn run_one(gitlab: &FakeGitLab, agent: &StandaloneAgent, spec: JobSpec) -> Result<Duration> {
     let id = gitlab.enqueue_job(spec).id;
     let f = gitlab
         .wait_for_job_finished(id, JOB_WAIT)
         .await
-        .with_context(|| format!("job {id} did not finish; agent log:\n{}", agent.log()))?;
+        .with_context(|| format!("job {id} did not finish; agent log:\n{}", agent.stderr()))?;
     if f.state != JobState::Success {
         bail!("job {id} ended {:?}:\n{}", f.state, f.trace_text());
     }
@@ -222,14 +155,15 @@ async fn sizes(rows: &mut Vec<Row>) {
 
 async fn idle(rows: &mut Vec<Row>) -> Result<()> {
     let (gitlab, tokens) = gitlab_with_runners(4).await;
-    let agent = Agent::start(&config(&gitlab, &tokens, 4, ""))?;
+    let agent = start_agent(&config(&gitlab, &tokens, 4, ""))?;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let pid = agent.pid();
-    let cpu =
-        tokio::task::spawn_blocking(move || procstat::cpu_share(pid, Duration::from_secs(20)))
-            .await?
-            .context("agent exited while idle")?;
-    let m = procstat::memory(pid).context("agent exited while idle")?;
+    let agent_pid = pid(&agent)?;
+    let cpu = tokio::task::spawn_blocking(move || {
+        procstat::cpu_share(agent_pid, Duration::from_secs(20))
+    })
+    .await?
+    .context("agent exited while idle")?;
+    let m = procstat::memory(agent_pid).context("agent exited while idle")?;
     rows.push(row(
         "agent idle RSS, 4 runners (VmRSS after 30 s)",
         mib(m.rss_kib),
@@ -253,18 +187,18 @@ async fn idle(rows: &mut Vec<Row>) -> Result<()> {
 
 async fn job_cost(rows: &mut Vec<Row>, k: usize) -> Result<()> {
     let (gitlab, tokens) = gitlab_with_runners(1).await;
-    let agent = Agent::start(&config(&gitlab, &tokens[..1], 1, ""))?;
+    let agent = start_agent(&config(&gitlab, &tokens[..1], 1, ""))?;
     // Warm-up: the first job creates the builds/cache volumes.
     for i in 0..2 {
         run_one(&gitlab, &agent, job(&format!("warm{i}"), &["true"])).await?;
     }
-    let sampler = RssSampler::start(agent.pid(), Duration::from_millis(20));
+    let sampler = RssSampler::start(pid(&agent)?, Duration::from_millis(20));
     let mut costs = Vec::new();
     for i in 0..k {
         costs.push(run_one(&gitlab, &agent, job(&format!("true{i}"), &["true"])).await?);
     }
     let peak = sampler.stop();
-    let hwm = procstat::memory(agent.pid())
+    let hwm = procstat::memory(pid(&agent)?)
         .map(|m| m.hwm_kib)
         .unwrap_or(0);
     drop(agent);
@@ -325,10 +259,10 @@ async fn big_output(rows: &mut Vec<Row>, output_limit_kib: Option<u64>) -> Resul
     let extra = output_limit_kib
         .map(|k| format!("  output_limit = {k}\n"))
         .unwrap_or_default();
-    let agent = Agent::start(&config(&gitlab, &tokens[..1], 1, &extra))?;
+    let agent = start_agent(&config(&gitlab, &tokens[..1], 1, &extra))?;
     run_one(&gitlab, &agent, job("warm", &["true"])).await?;
-    let before = procstat::memory(agent.pid()).context("agent gone")?;
-    let sampler = RssSampler::start(agent.pid(), Duration::from_millis(20));
+    let before = procstat::memory(pid(&agent)?).context("agent gone")?;
+    let sampler = RssSampler::start(pid(&agent)?, Duration::from_millis(20));
     // 100 bytes a line (99 characters and a newline).
     let line = "x".repeat(99);
     // `yes` ends by SIGPIPE when `head` has enough; the job shell runs with pipefail.
@@ -337,11 +271,15 @@ async fn big_output(rows: &mut Vec<Row>, output_limit_kib: Option<u64>) -> Resul
     let f = gitlab
         .wait_for_job_finished(id, JOB_WAIT)
         .await
-        .with_context(|| format!("big job did not finish; agent log:\n{}", agent.log()))?;
+        .with_context(|| format!("big job did not finish; agent log:\n{}", agent.stderr()))?;
     let peak = sampler.stop();
-    let after = procstat::memory(agent.pid()).context("agent gone")?;
+    let after = procstat::memory(pid(&agent)?).context("agent gone")?;
     if f.state != JobState::Success {
-        bail!("big job ended {:?}; agent log:\n{}", f.state, agent.log());
+        bail!(
+            "big job ended {:?}; agent log:\n{}",
+            f.state,
+            agent.stderr()
+        );
     }
     let rec = gitlab.job(id).context("job record")?;
     let took = match (rec.picked_at, rec.finished_at) {
@@ -387,10 +325,10 @@ async fn big_output(rows: &mut Vec<Row>, output_limit_kib: Option<u64>) -> Resul
 
 async fn concurrent(rows: &mut Vec<Row>) -> Result<()> {
     let (gitlab, tokens) = gitlab_with_runners(1).await;
-    let agent = Agent::start(&config(&gitlab, &tokens[..1], 8, "  limit = 8\n"))?;
+    let agent = start_agent(&config(&gitlab, &tokens[..1], 8, "  limit = 8\n"))?;
     run_one(&gitlab, &agent, job("warm", &["true"])).await?;
     for (what, script) in [("sleep 1", "sleep 1"), ("true", "true")] {
-        let sampler = RssSampler::start(agent.pid(), Duration::from_millis(20));
+        let sampler = RssSampler::start(pid(&agent)?, Duration::from_millis(20));
         let start = Instant::now();
         let ids: Vec<i64> = (0..8)
             .map(|i| gitlab.enqueue_job(job(&format!("c{i}"), &[script])).id)
@@ -399,7 +337,7 @@ async fn concurrent(rows: &mut Vec<Row>) -> Result<()> {
             let f = gitlab
                 .wait_for_job_finished(*id, JOB_WAIT)
                 .await
-                .with_context(|| format!("job {id} did not finish; log:\n{}", agent.log()))?;
+                .with_context(|| format!("job {id} did not finish; log:\n{}", agent.stderr()))?;
             if f.state != JobState::Success {
                 bail!("job {id} ended {:?}:\n{}", f.state, f.trace_text());
             }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::job_spec::FAILURE_REASONS;
-use super::respond::{bad_request, forbidden, header, json_body, missing, str_field};
+use super::respond::{bad_request, forbidden, header, json_body, missing, str_field, token_body};
 use super::state::{JobState, Shared};
 
 fn last_update_response(version: u64) -> Response {
@@ -24,12 +24,9 @@ fn last_update_response(version: u64) -> Response {
 /// `POST /jobs/request`: `201` + payload, `204` + `X-GitLab-Last-Update` (after an optional
 /// long poll that wakes when a job is queued), `403` bad runner token, `400` no token.
 pub(crate) async fn request(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token").map(str::to_owned) else {
-        return missing("token");
+    let (body, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
     };
     let mut changes = shared.subscribe();
     let long_poll = {

@@ -66,6 +66,16 @@ pub(crate) fn json_body(body: &Bytes) -> Result<Map<String, Value>, String> {
     }
 }
 
+/// A JSON object body with a non-empty `token` (the runner API's auth), or the `400` to
+/// answer.
+pub(crate) fn token_body(body: &Bytes) -> Result<(Map<String, Value>, String), Box<Response>> {
+    let body = json_body(body).map_err(|e| Box::new(bad_request(&e)))?;
+    let token = str_field(&body, "token")
+        .ok_or_else(|| Box::new(missing("token")))?
+        .to_owned();
+    Ok((body, token))
+}
+
 /// A non-empty string field of a JSON body.
 pub(crate) fn str_field<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     body.get(key)?.as_str().filter(|s| !s.is_empty())

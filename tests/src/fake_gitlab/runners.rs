@@ -6,11 +6,13 @@ use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
-use super::respond::{bad_request, forbidden, json_body, json_status, missing, str_field};
-use super::state::{RunnerRecord, Shared, format_time, random_alnum};
+use super::respond::{
+    bad_request, forbidden, json_body, json_status, missing, str_field, token_body,
+};
+use super::state::{RunnerRecord, Shared, State, format_time, random_alnum};
 
 fn expires(t: Option<OffsetDateTime>) -> Value {
     t.map(|t| json!(format_time(t))).unwrap_or(Value::Null)
@@ -32,37 +34,27 @@ fn tag_list(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// `POST /runners`: `201 {id, token, token_expires_at}`, `403` unknown registration token,
-/// `400` no token.
-pub(crate) async fn register(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token") else {
-        return missing("token");
-    };
-    let now = OffsetDateTime::now_utc();
-    let mut st = shared.lock();
-    if !st.registration_tokens.contains(token) {
-        return forbidden(None);
-    }
+/// Adds a runner made from a registration or creation request `body` (description, tags,
+/// `run_untagged`) with a fresh token; returns its id and the `201` answer
+/// `{id, token, token_expires_at}`.
+fn add_runner(st: &mut State, body: &Map<String, Value>, now: OffsetDateTime) -> (i64, Value) {
     let id = st.next_runner_id;
     st.next_runner_id += 1;
+    let tags = tag_list(body.get("tag_list"));
     let runner = RunnerRecord {
         id,
         token: format!("glrt-{}", random_alnum(20)),
         token_expires_at: st.token_expiry(now),
         revoked: false,
-        description: str_field(&body, "description")
+        description: str_field(body, "description")
             .unwrap_or_default()
             .to_owned(),
-        tag_list: tag_list(body.get("tag_list")),
         // GitLab's default: run untagged jobs only when no tags are given.
         run_untagged: body
             .get("run_untagged")
             .and_then(Value::as_bool)
-            .unwrap_or(tag_list(body.get("tag_list")).is_empty()),
+            .unwrap_or(tags.is_empty()),
+        tag_list: tags,
         managers: Default::default(),
     };
     let answer = json!({
@@ -70,26 +62,39 @@ pub(crate) async fn register(AxState(shared): AxState<Arc<Shared>>, body: Bytes)
         "token": runner.token,
         "token_expires_at": expires(runner.token_expires_at),
     });
+    st.runners.insert(id, runner);
+    (id, answer)
+}
+
+/// `POST /runners`: `201 {id, token, token_expires_at}`, `403` unknown registration token,
+/// `400` no token.
+pub(crate) async fn register(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
+    let (body, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut st = shared.lock();
+    if !st.registration_tokens.contains(&token) {
+        return forbidden(None);
+    }
     if let Some(info) = body.get("info") {
         st.infos.push(info.clone());
     }
-    st.runners.insert(id, runner);
+    let (_, answer) = add_runner(&mut st, &body, now);
     json_status(StatusCode::CREATED, answer)
 }
 
 /// `POST /runners/verify`: `200 {id, token, token_expires_at}`; `403` invalid, expired or
 /// revoked; `400` no token. A `system_id` creates a runner manager.
 pub(crate) async fn verify(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token") else {
-        return missing("token");
+    let (body, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
     };
     let now = OffsetDateTime::now_utc();
     let mut st = shared.lock();
-    let Some(runner) = st.runner_by_token_mut(token, now) else {
+    let Some(runner) = st.runner_by_token_mut(&token, now) else {
         return forbidden(None);
     };
     if let Some(system_id) = str_field(&body, "system_id") {
@@ -108,12 +113,9 @@ pub(crate) async fn verify(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -
 /// `POST /runners/reset_authentication_token`: `201 {token, token_expires_at}`; the old
 /// token stops working at once; `403` invalid or expired.
 pub(crate) async fn reset_token(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token").map(str::to_owned) else {
-        return missing("token");
+    let (_, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
     };
     let now = OffsetDateTime::now_utc();
     let mut st = shared.lock();
@@ -131,16 +133,13 @@ pub(crate) async fn reset_token(AxState(shared): AxState<Arc<Shared>>, body: Byt
 
 /// `DELETE /runners`: `204`; `403` invalid token; `400` no token.
 pub(crate) async fn unregister(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token") else {
-        return missing("token");
+    let (_, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
     };
     let now = OffsetDateTime::now_utc();
     let mut st = shared.lock();
-    let Some(id) = st.runner_by_token(token, now).map(|r| r.id) else {
+    let Some(id) = st.runner_by_token(&token, now).map(|r| r.id) else {
         return forbidden(None);
     };
     st.runners.remove(&id);
@@ -154,19 +153,16 @@ pub(crate) async fn unregister_manager(
     AxState(shared): AxState<Arc<Shared>>,
     body: Bytes,
 ) -> Response {
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&e),
-    };
-    let Some(token) = str_field(&body, "token") else {
-        return missing("token");
+    let (body, token) = match token_body(&body) {
+        Ok(parsed) => parsed,
+        Err(answer) => return *answer,
     };
     let Some(system_id) = str_field(&body, "system_id") else {
         return missing("system_id");
     };
     let now = OffsetDateTime::now_utc();
     let mut st = shared.lock();
-    let Some(runner) = st.runner_by_token_mut(token, now) else {
+    let Some(runner) = st.runner_by_token_mut(&token, now) else {
         return forbidden(None);
     };
     if runner.managers.remove(system_id) {
@@ -214,29 +210,7 @@ pub(crate) async fn create(
     {
         return missing(key);
     }
-    let id = st.next_runner_id;
-    st.next_runner_id += 1;
-    let runner = RunnerRecord {
-        id,
-        token: format!("glrt-{}", random_alnum(20)),
-        token_expires_at: st.token_expiry(now),
-        revoked: false,
-        description: str_field(&body, "description")
-            .unwrap_or_default()
-            .to_owned(),
-        tag_list: tag_list(body.get("tag_list")),
-        run_untagged: body
-            .get("run_untagged")
-            .and_then(Value::as_bool)
-            .unwrap_or(tag_list(body.get("tag_list")).is_empty()),
-        managers: Default::default(),
-    };
-    let answer = json!({
-        "id": runner.id,
-        "token": runner.token,
-        "token_expires_at": expires(runner.token_expires_at),
-    });
-    st.runners.insert(id, runner);
+    let (id, answer) = add_runner(&mut st, &body, now);
     st.created_by_access_token.insert(id);
     json_status(StatusCode::CREATED, answer)
 }

@@ -1,134 +1,48 @@
-//! Shared by the `standalone_*` end-to-end tests: starts the real `drover-agent run
-//! --config` process and kills it on drop.
+//! Shared by the `standalone_*` end-to-end tests: the real `drover-agent run --config`
+//! process (killed on drop, its Docker objects removed) and a fake GitLab it serves.
 
 #![allow(dead_code)]
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The real `drover-agent` binary (built on first use; `DROVER_AGENT_BIN` overrides).
-pub fn agent_binary() -> PathBuf {
-    drover_tests::harness::agent_bin()
-}
+use drover_tests::standalone_agent::{AgentOptions, StandaloneAgent};
 
-/// A running `drover-agent run --config`; killed on drop.
-pub struct Agent {
-    child: Option<Child>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    pub dir: tempfile::TempDir,
-    pub config: PathBuf,
-}
+/// A running `drover-agent run --config` at debug level for Drover; killed on drop.
+pub struct Agent(StandaloneAgent);
 
 impl Agent {
     /// Writes `config_toml` to a fresh temp dir and starts the agent on it.
     pub fn start(config_toml: &str) -> Agent {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, config_toml).expect("write config.toml");
-        let (child, stderr) = Self::spawn(&config, dir.path());
-        Agent {
-            child: Some(child),
-            stderr,
-            dir,
-            config,
-        }
+        let options = AgentOptions {
+            log_filter: "info,drover_agent=debug".to_string(),
+            args: Vec::new(),
+        };
+        Agent(StandaloneAgent::start(config_toml, options).expect("start drover-agent"))
     }
 
     /// Starts the agent again on the same config and state dir (after it died); stderr is
     /// appended to what was collected before.
     pub fn respawn(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let (child, stderr) = Self::spawn(&self.config, self.dir.path());
-        let before = std::mem::take(&mut *self.stderr.lock().unwrap());
-        stderr.lock().unwrap().splice(0..0, before);
-        self.child = Some(child);
-        self.stderr = stderr;
+        self.0.respawn().expect("restart drover-agent");
     }
 
-    fn spawn(config: &Path, dir: &Path) -> (Child, Arc<Mutex<Vec<u8>>>) {
-        let mut child = Command::new(agent_binary())
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .env("DROVER_LOG", "info,drover_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start drover-agent");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut pipe = child.stderr.take().expect("stderr piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        (child, stderr)
-    }
-
-    /// Everything the agent wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    /// Sends `signal` (e.g. `libc`-free: "TERM", "QUIT", "HUP") with `kill`.
+    /// Sends `signal` ("TERM", "QUIT", "HUP", "KILL") with `kill`.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits for the process to exit; `None` on timeout.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let end = Instant::now() + timeout;
-        let child = self.child.as_mut()?;
-        loop {
-            if let Ok(Some(s)) = child.try_wait() {
-                // Let the reader thread drain the pipe.
-                std::thread::sleep(Duration::from_millis(100));
-                return Some(s);
-            }
-            if Instant::now() >= end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.0.signal(name).expect("signal drover-agent");
     }
 }
 
-impl Agent {
-    /// Kills the process (if still running) and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+impl std::ops::Deref for Agent {
+    type Target = StandaloneAgent;
+    fn deref(&self) -> &StandaloneAgent {
+        &self.0
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut StandaloneAgent {
+        &mut self.0
     }
 }
 
@@ -182,44 +96,6 @@ pub async fn start(name: &str, concurrent: u32, docker_toml: &str) -> Option<E2e
     })
 }
 
-impl Drop for E2e {
-    /// Kills the agent, then removes every container and volume carrying its agent id (the
-    /// executor keeps a builds volume per project on purpose; tests must not leave them).
-    fn drop(&mut self) {
-        self.agent.kill();
-        let Ok(system_id) =
-            std::fs::read_to_string(self.agent.dir.path().join(".runner_system_id"))
-        else {
-            return;
-        };
-        let id = drover_agent::standalone::load::agent_id(system_id.trim(), &self.agent.config);
-        let filter = format!("label=com.drover.agent={id}");
-        for (list, rm) in [
-            (&["ps", "-aq", "--filter"][..], &["rm", "-f"][..]),
-            (
-                &["volume", "ls", "-q", "--filter"][..],
-                &["volume", "rm", "-f"][..],
-            ),
-        ] {
-            let Ok(out) = Command::new("docker").args(list).arg(&filter).output() else {
-                continue;
-            };
-            let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-            if !names.is_empty() {
-                let _ = Command::new("docker")
-                    .args(rm)
-                    .args(&names)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-    }
-}
-
 impl E2e {
     /// A job on the busybox image that skips git (no repository to clone).
     pub fn job(&self, name: &str) -> drover_tests::fake_gitlab::JobSpec {
@@ -228,16 +104,36 @@ impl E2e {
             .variable("GIT_STRATEGY", "none")
     }
 
+    /// A job that prints `tick-0`, `tick-1`, ... every half second for five minutes.
+    pub fn long_job(&self, name: &str) -> drover_tests::fake_gitlab::JobSpec {
+        self.job(name)
+            .script(["i=0; while [ $i -lt 600 ]; do echo tick-$i; i=$((i+1)); sleep 0.5; done"])
+    }
+
+    /// Waits up to two minutes until job `id` (a `long_job`) has printed `tick`; panics with
+    /// the agent's stderr if it never does.
+    pub async fn wait_for_tick(&self, id: i64, tick: &str) {
+        assert!(
+            self.wait_trace_contains(id, tick, Duration::from_secs(120))
+                .await,
+            "job never ran; stderr:\n{}",
+            self.agent.stderr()
+        );
+    }
+
     /// The agent id the agent labels its containers with (from the system id it wrote
     /// next to its config).
     pub async fn agent_id(&self) -> String {
-        let f = self.agent.dir.path().join(".runner_system_id");
         let end = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(s) = std::fs::read_to_string(&f) {
-                return drover_agent::standalone::load::agent_id(s.trim(), &self.agent.config);
+            if let Some(id) = self.agent.agent_id() {
+                return id;
             }
-            assert!(Instant::now() < end, "agent never wrote {}", f.display());
+            assert!(
+                Instant::now() < end,
+                "agent never wrote its system id next to {}",
+                self.agent.config.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -296,37 +296,69 @@ async fn start_with(
 }
 
 impl Harness {
+    /// Reads the next message (noting it in `seen`); panics at `end` naming `what`.
+    async fn next_message(&mut self, end: tokio::time::Instant, what: &str) -> AgentKind {
+        let m = tokio::time::timeout_at(end, self.out.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} in time"))
+            .expect("outbound open");
+        let kind = m.kind.unwrap();
+        self.seen.push(kind.clone());
+        kind
+    }
+
+    /// Reads messages until the next ack.
     async fn ack(&mut self) -> v1::Ack {
         let end = tokio::time::Instant::now() + WAIT;
         loop {
-            let m = tokio::time::timeout_at(end, self.out.recv())
-                .await
-                .expect("an ack in time")
-                .expect("outbound open");
-            let kind = m.kind.unwrap();
-            self.seen.push(kind.clone());
-            if let AgentKind::Ack(a) = kind {
+            if let AgentKind::Ack(a) = self.next_message(end, "an ack").await {
                 return a;
             }
         }
     }
 
-    /// Reads messages until one matches `f`.
+    /// Pushes generation `generation` with `runners`; returns its ack.
+    async fn push(&mut self, generation: u64, runners: Vec<v1::RunnerAssignment>) -> v1::Ack {
+        self.desired.send(state(generation, runners)).unwrap();
+        self.ack().await
+    }
+
+    /// Pushes generation 1 with runner `a` on token `glrt-a`; waits until it runs.
+    async fn run_a(&mut self) {
+        let ack = self.push(1, vec![assignment("a", "glrt-a")]).await;
+        assert!(ack.applied, "{ack:?}");
+        self.wait_report("a running", |r| is_running(r, "a")).await;
+    }
+
+    /// Queues job `id` (`true`) and waits until unit `a` has succeeded one job.
+    async fn job_on_a(&mut self, id: i64, what: &str) {
+        self.gl.jobs.push_job(job(id, &["true"]));
+        self.wait_report(what, |r| unit(r, "a").jobs_succeeded == 1)
+            .await;
+    }
+
+    /// Reads messages until one matches `f` (or returns one seen already).
     async fn message(&mut self, f: impl Fn(&AgentKind) -> bool) -> AgentKind {
         if let Some(k) = self.seen.iter().find(|k| f(k)) {
             return k.clone();
         }
         let end = tokio::time::Instant::now() + WAIT;
         loop {
-            let m = tokio::time::timeout_at(end, self.out.recv())
-                .await
-                .expect("the message in time")
-                .expect("outbound open");
-            let kind = m.kind.unwrap();
-            self.seen.push(kind.clone());
+            let kind = self.next_message(end, "the message").await;
             if f(&kind) {
                 return kind;
             }
+        }
+    }
+
+    /// The first runner event of `kind` (seen already, or read now).
+    async fn runner_event(&mut self, kind: &str) -> v1::RunnerEvent {
+        match self
+            .message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == kind))
+            .await
+        {
+            AgentKind::RunnerEvent(e) => e,
+            _ => unreachable!("message matched a runner event"),
         }
     }
 
@@ -377,15 +409,17 @@ fn new_gl(dir: &tempfile::TempDir, valid: &[&str]) -> Arc<TokenGitLab> {
     Arc::new(TokenGitLab::new(dir.path().join("applied.json"), valid))
 }
 
-#[tokio::test]
-async fn pushed_generation_is_acked_persisted_and_runs_jobs() {
+/// A supervisor in a fresh dir whose GitLab accepts only `glrt-a`.
+async fn start_a(docker_up: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let gl = new_gl(&dir, &["glrt-a"]);
-    let mut h = start(dir, gl, true).await;
-    h.desired
-        .send(state(1, vec![assignment("a", "glrt-a")]))
-        .unwrap();
-    let ack = h.ack().await;
+    start(dir, gl, docker_up).await
+}
+
+#[tokio::test]
+async fn pushed_generation_is_acked_persisted_and_runs_jobs() {
+    let mut h = start_a(true).await;
+    let ack = h.push(1, vec![assignment("a", "glrt-a")]).await;
     assert!(ack.applied, "{ack:?}");
     assert_eq!(ack.generation, 1);
     h.wait_report("a running", |r| is_running(r, "a")).await;
@@ -408,33 +442,21 @@ async fn pushed_generation_is_acked_persisted_and_runs_jobs() {
     assert_eq!(status.units.len(), 1);
     // The same generation again is acked without touching the unit.
     let before = h.gl.verifies();
-    h.desired
-        .send(state(1, vec![assignment("a", "glrt-a")]))
-        .unwrap();
-    assert!(h.ack().await.applied);
+    assert!(h.push(1, vec![assignment("a", "glrt-a")]).await.applied);
     assert_eq!(h.gl.verifies(), before);
     h.stop().await;
 }
 
 #[tokio::test]
 async fn refused_generations_leave_the_running_units_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let gl = new_gl(&dir, &["glrt-a"]);
-    let mut h = start(dir, gl, true).await;
-    h.desired
-        .send(state(1, vec![assignment("a", "glrt-a")]))
-        .unwrap();
-    assert!(h.ack().await.applied);
-    h.wait_report("a running", |r| is_running(r, "a")).await;
+    let mut h = start_a(true).await;
+    h.run_a().await;
     let verifies = h.gl.verifies();
 
     // Invalid spec for b: refused, nothing changes.
     let mut bad = assignment("b", "glrt-b");
     bad.spec_json = r#"{"url":"http://gitlab.test","executor":"shell"}"#.into();
-    h.desired
-        .send(state(2, vec![assignment("a", "glrt-a"), bad]))
-        .unwrap();
-    let ack = h.ack().await;
+    let ack = h.push(2, vec![assignment("a", "glrt-a"), bad]).await;
     assert!(!ack.applied);
     assert_eq!(ack.generation, 2);
     assert!(
@@ -444,13 +466,12 @@ async fn refused_generations_leave_the_running_units_untouched() {
     );
 
     // A token GitLab refuses: refused after the verify round, nothing changes.
-    h.desired
-        .send(state(
+    let ack = h
+        .push(
             3,
             vec![assignment("a", "glrt-a"), assignment("b", "glrt-nope")],
-        ))
-        .unwrap();
-    let ack = h.ack().await;
+        )
+        .await;
     assert!(!ack.applied);
     assert!(
         ack.error.contains("runner b: gitlab refused the token"),
@@ -475,16 +496,11 @@ async fn refused_generations_leave_the_running_units_untouched() {
         1
     );
     // a still runs jobs.
-    h.gl.jobs.push_job(job(9, &["true"]));
-    h.wait_report("job after refusal", |r| unit(r, "a").jobs_succeeded == 1)
-        .await;
+    h.job_on_a(9, "job after refusal").await;
 
     // A good generation replaces a by b; a is removed.
     h.gl.allow("glrt-b");
-    h.desired
-        .send(state(4, vec![assignment("b", "glrt-b")]))
-        .unwrap();
-    assert!(h.ack().await.applied);
+    assert!(h.push(4, vec![assignment("b", "glrt-b")]).await.applied);
     let r = h
         .wait_report("b running, a gone", |r| {
             r.units.len() == 1 && is_running(r, "b")
@@ -499,10 +515,7 @@ async fn restart_runs_the_persisted_generation_without_a_controller() {
     let dir = tempfile::tempdir().unwrap();
     let gl = new_gl(&dir, &["glrt-a"]);
     let mut h = start(dir, gl.clone(), true).await;
-    h.desired
-        .send(state(7, vec![assignment("a", "glrt-a")]))
-        .unwrap();
-    assert!(h.ack().await.applied);
+    assert!(h.push(7, vec![assignment("a", "glrt-a")]).await.applied);
     let dir = h.stop().await;
 
     // No desired state is ever pushed now.
@@ -511,29 +524,16 @@ async fn restart_runs_the_persisted_generation_without_a_controller() {
         .wait_report("a running from the file", |r| is_running(r, "a"))
         .await;
     assert_eq!(r.applied_generation, 7);
-    h.gl.jobs.push_job(job(3, &["true"]));
-    h.wait_report("job", |r| unit(r, "a").jobs_succeeded == 1)
-        .await;
+    h.job_on_a(3, "job").await;
     h.stop().await;
 }
 
 #[tokio::test]
 async fn forbidden_job_request_degrades_until_a_new_token_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let gl = new_gl(&dir, &["glrt-a"]);
-    let mut h = start(dir, gl, true).await;
-    h.desired
-        .send(state(1, vec![assignment("a", "glrt-a")]))
-        .unwrap();
-    assert!(h.ack().await.applied);
-    h.wait_report("a running", |r| is_running(r, "a")).await;
+    let mut h = start_a(true).await;
+    h.run_a().await;
     h.gl.revoke("glrt-a");
-    let ev = h
-        .message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "token-invalid"))
-        .await;
-    let AgentKind::RunnerEvent(ev) = ev else {
-        unreachable!()
-    };
+    let ev = h.runner_event("token-invalid").await;
     assert_eq!(ev.runner, "a");
     let r = h
         .wait_report("degraded", |r| unit(r, "a").state == "degraded")
@@ -552,23 +552,15 @@ async fn forbidden_job_request_degrades_until_a_new_token_arrives() {
             .count()
     };
     while count(&h) < 2 {
-        let m = tokio::time::timeout(WAIT, h.out.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        h.seen.push(m.kind.unwrap());
+        let end = tokio::time::Instant::now() + WAIT;
+        h.next_message(end, "a repeated token-invalid").await;
     }
 
     // The controller re-registers and pushes a new token.
     h.gl.allow("glrt-a2");
-    h.desired
-        .send(state(2, vec![assignment("a", "glrt-a2")]))
-        .unwrap();
-    assert!(h.ack().await.applied);
+    assert!(h.push(2, vec![assignment("a", "glrt-a2")]).await.applied);
     h.wait_report("running again", |r| is_running(r, "a")).await;
-    h.gl.jobs.push_job(job(4, &["true"]));
-    h.wait_report("job", |r| unit(r, "a").jobs_succeeded == 1)
-        .await;
+    h.job_on_a(4, "job").await;
     h.stop().await;
 }
 
@@ -616,9 +608,7 @@ async fn token_rotation_persists_before_use_and_tells_the_controller() {
         })
         .await;
     assert_eq!(unit(&r, "a").gitlab_runner_id, 42);
-    h.gl.jobs.push_job(job(8, &["true"]));
-    h.wait_report("job", |r| unit(r, "a").jobs_succeeded == 1)
-        .await;
+    h.job_on_a(8, "job").await;
     assert_eq!(*h.gl.resets.lock().unwrap(), 1);
     let used = h.gl.persisted_before_use.lock().unwrap().clone();
     assert_eq!(
@@ -630,10 +620,7 @@ async fn token_rotation_persists_before_use_and_tells_the_controller() {
     assert_eq!(saved.runners[0].runner_token, "glrt-rotated");
 
     // A push that still carries the old token keeps the rotated one.
-    h.desired
-        .send(state(3, vec![assignment("a", "glrt-a")]))
-        .unwrap();
-    assert!(h.ack().await.applied);
+    assert!(h.push(3, vec![assignment("a", "glrt-a")]).await.applied);
     let saved = Store::new(h.dir.path()).load().unwrap().unwrap();
     assert_eq!(saved.generation, 3);
     assert_eq!(saved.runners[0].runner_token, "glrt-rotated");
@@ -642,22 +629,11 @@ async fn token_rotation_persists_before_use_and_tells_the_controller() {
 
 #[tokio::test]
 async fn ip_change_is_reported_and_re_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let gl = new_gl(&dir, &["glrt-a"]);
-    let mut h = start(dir, gl, true).await;
-    h.desired
-        .send(state(1, vec![assignment("a", "glrt-a")]))
-        .unwrap();
-    assert!(h.ack().await.applied);
-    h.wait_report("a running", |r| is_running(r, "a")).await;
+    let mut h = start_a(true).await;
+    h.run_a().await;
     let verifies = h.gl.verifies();
     *h.ips.lock().unwrap() = vec!["10.0.0.2".to_string()];
-    let m = h
-        .message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "ips-changed"))
-        .await;
-    let AgentKind::RunnerEvent(e) = m else {
-        unreachable!()
-    };
+    let e = h.runner_event("ips-changed").await;
     assert!(e.message.contains("10.0.0.2"), "{}", e.message);
     let end = tokio::time::Instant::now() + WAIT;
     while h.gl.verifies() == verifies {
@@ -667,8 +643,7 @@ async fn ip_change_is_reported_and_re_verifies() {
     // A 403 on the re-verify follows the token-invalid path.
     h.gl.revoke("glrt-a");
     *h.ips.lock().unwrap() = vec!["10.0.0.3".to_string()];
-    h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "token-invalid"))
-        .await;
+    h.runner_event("token-invalid").await;
     h.wait_report("degraded", |r| unit(r, "a").state == "degraded")
         .await;
     h.stop().await;
@@ -676,13 +651,8 @@ async fn ip_change_is_reported_and_re_verifies() {
 
 #[tokio::test]
 async fn units_wait_for_docker_instead_of_crash_looping() {
-    let dir = tempfile::tempdir().unwrap();
-    let gl = new_gl(&dir, &["glrt-a"]);
-    let mut h = start(dir, gl, false).await;
-    h.desired
-        .send(state(1, vec![assignment("a", "glrt-a")]))
-        .unwrap();
-    assert!(h.ack().await.applied);
+    let mut h = start_a(false).await;
+    assert!(h.push(1, vec![assignment("a", "glrt-a")]).await.applied);
     h.wait_report("waiting", |r| unit(r, "a").state == "waiting-for-docker")
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -728,10 +698,8 @@ async fn a_loop_that_keeps_failing_hits_the_start_limit() {
     assert_eq!(h.gl.verifies(), 5);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.gl.verifies(), 5, "a stopped unit does not start again");
-    h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "backoff"))
-        .await;
-    h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "verify-failed"))
-        .await;
+    h.runner_event("backoff").await;
+    h.runner_event("verify-failed").await;
     h.stop().await;
 }
 
@@ -767,13 +735,13 @@ async fn drain_lets_running_jobs_finish_and_takes_no_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let gl = new_gl(&dir, &["glrt-a", "glrt-b"]);
     let mut h = start_with(dir, gl, true, policy(), Duration::from_millis(1500)).await;
-    h.desired
-        .send(state(
+    let ack = h
+        .push(
             1,
             vec![assignment("a", "glrt-a"), assignment("b", "glrt-b")],
-        ))
-        .unwrap();
-    assert!(h.ack().await.applied);
+        )
+        .await;
+    assert!(ack.applied);
     h.wait_report("both running", |r| is_running(r, "a") && is_running(r, "b"))
         .await;
     h.gl.jobs.push_job(job(21, &["sleep"]));
@@ -810,16 +778,9 @@ async fn drain_lets_running_jobs_finish_and_takes_no_new_ones() {
         "the running job finished"
     );
     assert_eq!(h.gl.jobs.queued(), 1, "no job taken after the drain");
-    assert!(matches!(
-        h.message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "draining"))
-            .await,
-        AgentKind::RunnerEvent(_)
-    ));
+    h.runner_event("draining").await;
     // A generation pushed while draining is acked and persisted, but nothing starts.
-    h.desired
-        .send(state(2, vec![assignment("a", "glrt-a")]))
-        .unwrap();
-    let ack = h.ack().await;
+    let ack = h.push(2, vec![assignment("a", "glrt-a")]).await;
     assert!(ack.applied && ack.generation == 2, "{ack:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let r = h.report.borrow().clone();
