@@ -9,8 +9,7 @@
 //! Invariant: a record is deleted only after GitLab accepted the failure (or said the job
 //! is gone: 403/404), so a GitLab outage during recovery retries at the next start.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -144,18 +143,8 @@ impl InflightStore {
             path: self.path(job.job_id).display().to_string(),
             source,
         })?;
-        let tmp = self.dir.join(format!(".{}.json.tmp", job.job_id));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io(&tmp, e))?;
-        f.write_all(&body).map_err(|e| io(&tmp, e))?;
-        f.sync_all().map_err(|e| io(&tmp, e))?;
         let path = self.path(job.job_id);
-        std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))
+        crate::atomic_file::write(&path, &body, 0o600).map_err(|e| io(&path, e))
     }
 
     /// Removes the record of `job_id` (a missing record is not an error).

@@ -10,6 +10,7 @@
 //! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
 //! - [`inflight`]: jobs in flight on disk; a restarted agent reports them failed.
+//! - [`atomic_file`]: crash-safe replacement of state files (temp file, fsync, rename).
 //! - [`janitor`]: removes this agent's Docker leftovers at start and periodically.
 //! - [`health`]: host health snapshots (Docker, disk, memory, load, clock skew) and when a
 //!   host is degraded.
@@ -22,6 +23,7 @@
 //! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
 pub mod artifacts;
+pub mod atomic_file;
 pub mod cache;
 pub mod cli;
 pub mod control;

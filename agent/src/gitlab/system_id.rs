@@ -159,17 +159,7 @@ fn persist(state_file: &Path, id: &str) -> Result<(), SystemIdError> {
     if let Some(dir) = state_file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(write_err)?;
     }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    use std::io::Write;
-    let mut file = opts.open(state_file).map_err(write_err)?;
-    file.write_all(id.as_bytes()).map_err(write_err)?;
-    file.sync_all().map_err(write_err)
+    crate::atomic_file::write(state_file, id.as_bytes(), 0o600).map_err(write_err)
 }
 
 #[cfg(test)]

@@ -14,8 +14,7 @@ pub mod certs;
 pub mod tls;
 pub mod token;
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
@@ -249,31 +248,10 @@ fn read(path: &Path) -> Result<String, StateError> {
 
 /// Writes `bytes` to `path` via a temp file and rename, created with `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        StateError::Io {
-            action: "write",
-            path: path.to_path_buf(),
-            source,
-        }
+    crate::atomic_file::write(path, bytes, mode).map_err(|source| StateError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
     })
 }
 
