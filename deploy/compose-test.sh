@@ -83,16 +83,6 @@ export DROVER_HTTP_TOKEN
 had_job_image=0
 docker image inspect "$demo_job_image" >/dev/null 2>&1 && had_job_image=1
 
-remove_job_leftovers() { # the job containers and volumes of this test's runner
-    local filter="label=com.drover.runner=$runner" ids
-    ids="$(docker ps -aq --filter "$filter")"
-    # shellcheck disable=SC2086 # one id per word
-    [ -z "$ids" ] || docker rm -f $ids >/dev/null || true
-    ids="$(docker volume ls -q --filter "$filter")"
-    # shellcheck disable=SC2086
-    [ -z "$ids" ] || docker volume rm -f $ids >/dev/null || true
-}
-
 cleanup() {
     local rc=$? name
     trap - EXIT
@@ -104,7 +94,7 @@ cleanup() {
     fi
     compose down -v --remove-orphans >/dev/null 2>&1 ||
         { say "docker-compose down -v failed" && rc=1; }
-    remove_job_leftovers
+    remove_runner_leftovers "$runner" || true
     for name in controller agent fake-gitlab; do
         docker image rm "$IMAGE_PREFIX/$name:$DROVER_VERSION" >/dev/null 2>&1 || true
     done

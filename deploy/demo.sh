@@ -73,14 +73,9 @@ down() {
         done
     fi
     if docker info >/dev/null 2>&1; then
-        local runner ids
+        local runner
         for runner in "$fleet_runner" "$standalone_runner"; do
-            ids="$(docker ps -aq --filter "label=com.drover.runner=$runner")"
-            # shellcheck disable=SC2086 # one id per word
-            [ -z "$ids" ] || docker rm -f $ids >/dev/null
-            ids="$(docker volume ls -q --filter "label=com.drover.runner=$runner")"
-            # shellcheck disable=SC2086
-            [ -z "$ids" ] || docker volume rm -f $ids >/dev/null
+            remove_runner_leftovers "$runner"
         done
     fi
     rm -rf "$demo_dir"

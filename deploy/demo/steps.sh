@@ -22,6 +22,18 @@ wait_until() { # SECONDS WHAT COMMAND...: dies when COMMAND has not succeeded in
     die "timed out after ${secs}s waiting for $what"
 }
 
+# remove_runner_leftovers RUNNER: removes the job containers, then the volumes, labelled
+# com.drover.runner=RUNNER; fails when docker cannot remove them.
+remove_runner_leftovers() {
+    local filter="label=com.drover.runner=$1" ids
+    ids="$(docker ps -aq --filter "$filter")"
+    # shellcheck disable=SC2086 # one id per word
+    [ -z "$ids" ] || docker rm -f $ids >/dev/null || return
+    ids="$(docker volume ls -q --filter "$filter")"
+    # shellcheck disable=SC2086
+    [ -z "$ids" ] || docker volume rm -f $ids >/dev/null
+}
+
 # The job image: the host's static busybox and its applet links, imported (no registry).
 import_job_image() {
     docker image inspect "$demo_job_image" >/dev/null 2>&1 && return
