@@ -6,12 +6,14 @@
 //! Entry point: [`parse_config`] (standalone `config.toml`) or [`parse_with`].
 
 mod docker;
+mod go_duration;
 mod locate;
 pub mod parse;
 mod runner;
 pub mod validate;
 
 pub use docker::{DockerConfig, PullPolicy, PullPolicyList};
+pub use go_duration::{GoDuration, parse_go_duration};
 pub use locate::{Segment, TomlPath};
 pub use parse::{ParseMode, Parsed, SpecError, Warning, parse_config, parse_with};
 pub use runner::{CacheConfig, Config, RunnerConfig, SessionServer};

@@ -275,7 +275,7 @@ impl Supervisor {
                     }
                 }, if engine_busy => self.loop_ended(ended.runner, ended.result),
                 _ = ping.tick() => self.check_docker().await,
-                _ = ip_poll.tick() => self.check_ips().await,
+                _ = ip_poll.tick() => self.check_ips(),
                 _ = tick.tick() => self.tick().await,
                 _ = status.tick() => self.dirty = true,
             }
@@ -426,7 +426,11 @@ impl Supervisor {
         }
     }
 
-    /// Verifies a new runner's token, retrying transient failures within `apply_timeout`.
+    /// Verifies a new runner's token before the generation is applied, as `gitlab-runner
+    /// register` does with an authentication token. Only a `403` means the token is dead
+    /// (gitlab-runner's `VerifyRunner`, `network/gitlab.go`): any other answer, no answer, or
+    /// none within `apply_timeout` is logged and the runner is started anyway (its job loop
+    /// meets a dead token as a `403` and takes the token-invalid path).
     async fn verify_new(&self, a: &Assignment) -> Result<(), String> {
         let name = &a.raw.name;
         let gl = (self.deps.gitlab)(&a.config).map_err(|e| format!("runner {name}: {e:#}"))?;
@@ -434,32 +438,28 @@ impl Supervisor {
             token: a.token.clone(),
             system_id: self.deps.system_id.clone(),
         };
-        let attempt = async {
-            let mut delay = Duration::from_millis(200);
-            loop {
-                match gl.verify(&auth).await {
-                    Ok(_) => return Ok(()),
-                    Err(e @ GitLabError::Forbidden { .. }) => {
-                        return Err(format!(
-                            "runner {name}: gitlab refused the token ({})",
-                            error_chain(&e)
-                        ));
-                    }
-                    Err(e) if e.is_retryable() => {
-                        tracing::warn!(runner = %name, error = %error_chain(&e), "verify of a new runner failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(10));
-                    }
-                    Err(e) => return Err(format!("runner {name}: verify: {}", error_chain(&e))),
-                }
-            }
-        };
-        match tokio::time::timeout(self.deps.timings.apply_timeout, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(format!(
-                "runner {name}: not verified within {}s",
-                self.deps.timings.apply_timeout.as_secs()
+        match tokio::time::timeout(self.deps.timings.apply_timeout, gl.verify(&auth)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e @ GitLabError::Forbidden { .. })) => Err(format!(
+                "runner {name}: gitlab refused the token ({})",
+                error_chain(&e)
             )),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    runner = %name,
+                    error = %error_chain(&e),
+                    "verify of a new runner failed; only a 403 refuses a token: starting it"
+                );
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    runner = %name,
+                    timeout_s = self.deps.timings.apply_timeout.as_secs(),
+                    "verify of a new runner did not answer in time; starting it"
+                );
+                Ok(())
+            }
         }
     }
 
@@ -670,12 +670,13 @@ impl Supervisor {
         let watchdog = self.deps.timings.policy.watchdog;
         for (name, e) in self.units.iter_mut() {
             let before = e.unit.state;
-            // The watchdog: a running loop with a free slot must show activity.
-            if before == UnitState::Running
+            // The watchdog: a live loop (answered or not yet) with a free slot must show
+            // activity.
+            if before.wants_loop()
                 && let Some(s) = &e.stats
             {
                 let snap = s.snapshot();
-                if snap.state == RunnerState::Running
+                if matches!(snap.state, RunnerState::Running | RunnerState::Starting)
                     && snap.jobs_running < e.assignment.limit()
                     && snap
                         .last_beat
@@ -862,9 +863,12 @@ impl Supervisor {
         self.dirty = true;
     }
 
-    /// Compares the host's IPs; on a change tells the controller and re-verifies every
-    /// runner (a `403` follows the token-invalid path).
-    async fn check_ips(&mut self) {
+    /// Compares the host's IPs; on a change tells the controller and restarts every job loop
+    /// on fresh connections. Nothing is verified: GitLab records a runner manager's address
+    /// from every authenticated request (`authenticate_runner!` in gitlabhq's
+    /// `lib/api/ci/helpers/runner.rb`), so the restarted loops' first job request updates it,
+    /// and a `403` there takes the token-invalid path.
+    fn check_ips(&mut self) {
         let ips = (self.deps.ips)();
         let mut a = ips.clone();
         let mut b = self.ips.clone();
@@ -884,35 +888,9 @@ impl Supervisor {
             self.event(name, "ips-changed", &msg);
             if let Some(e) = self.units.get_mut(name) {
                 e.log(&msg);
-            }
-        }
-        for name in names {
-            let Some(e) = self.units.get(&name) else {
-                continue;
-            };
-            if !e.unit.state.wants_loop() {
-                continue;
-            }
-            let Ok(gl) = (self.deps.gitlab)(&e.assignment.config) else {
-                continue;
-            };
-            let auth = RunnerAuth {
-                token: e.assignment.token.clone(),
-                system_id: self.deps.system_id.clone(),
-            };
-            match tokio::time::timeout(Duration::from_secs(30), gl.verify(&auth)).await {
-                Ok(Ok(_)) => {
-                    if let Some(e) = self.units.get_mut(&name) {
-                        e.log("re-verified after the ip change");
-                    }
+                if e.unit.state.wants_loop() {
+                    e.log("job loop restarted on new connections after the ip change");
                 }
-                Ok(Err(err @ GitLabError::Forbidden { .. })) => {
-                    self.token_invalid(&name, format!("re-verify: {}", error_chain(&err)));
-                }
-                Ok(Err(err)) => {
-                    self.event(&name, "verify-failed", &error_chain(&err));
-                }
-                Err(_) => self.event(&name, "verify-failed", "re-verify timed out"),
             }
         }
         self.restart_loops();
@@ -947,10 +925,10 @@ impl Supervisor {
         }
         let docker_up = self.docker_up;
         match ev {
-            RunnerEvent::Verified { runner } => {
+            RunnerEvent::Connected { runner } => {
                 if let Some(e) = self.units.get_mut(&runner) {
                     let before = e.unit.state;
-                    e.unit.handle(Event::Verified, now(), docker_up);
+                    e.unit.handle(Event::Connected, now(), docker_up);
                     let after = e.unit.state;
                     self.transition(&runner, before, after);
                 }
@@ -994,13 +972,9 @@ impl Supervisor {
         if successor || !self.units.contains_key(&runner) {
             return;
         }
-        match &result {
-            Err(e @ RunnerError::Verify { .. }) => {
-                self.event(&runner, "verify-failed", &e.to_string());
-            }
-            // The loop's 403 may arrive before its NeedsRegistration event: same path.
-            Err(e @ RunnerError::Forbidden { .. }) => self.token_invalid(&runner, e.to_string()),
-            Ok(()) => {}
+        // The loop's 403 may arrive before its NeedsRegistration event: same path.
+        if let Err(e @ RunnerError::Forbidden { .. }) = &result {
+            self.token_invalid(&runner, e.to_string());
         }
         let err = result.err().map(|e| e.to_string());
         let docker_up = self.docker_up;

@@ -27,11 +27,20 @@ pub enum GitLabError {
     /// `413`: payload too large (artifacts); do not retry.
     #[error("{endpoint}: too large (413)")]
     TooLarge { endpoint: &'static str },
-    /// Any other unexpected status (`422`, `5xx`, ...); back off and retry when `5xx`.
+    /// Any other unexpected status (`422`, `5xx`, ...); retried when [`retried_status`].
     #[error("{endpoint}: unexpected status {status}: {body}")]
     Status {
         endpoint: &'static str,
         status: u16,
+        body: String,
+    },
+    /// A retried status ([`retried_status`]: `429`, `503`, ...) whose `RateLimit-ResetTime`
+    /// or `Retry-After` header says how long to wait (`after`, unbounded as GitLab sent it).
+    #[error("{endpoint}: unexpected status {status}, retry after {}s: {body}", after.as_secs_f32())]
+    RetryLater {
+        endpoint: &'static str,
+        status: u16,
+        after: Duration,
         body: String,
     },
     /// Connection refused, reset, timed out, TLS failure.
@@ -49,13 +58,43 @@ pub enum GitLabError {
     },
 }
 
+/// The statuses gitlab-runner retries (`network/retry_requester.go`, `retryStatuses` and
+/// `shouldRetryRequest`): `408`, `429`, `500`, `502`, `503`, `504`, and `512` or above.
+pub fn retried_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500 | 502 | 503 | 504) || status >= 512
+}
+
 impl GitLabError {
-    /// Worth retrying later with backoff (transport errors, 409, 429, 5xx).
+    /// Worth retrying later with backoff: no answer, `409`, or a [`retried_status`].
     pub fn is_retryable(&self) -> bool {
         match self {
-            GitLabError::Transport { .. } | GitLabError::Conflict { .. } => true,
-            GitLabError::Status { status, .. } => *status >= 500 || *status == 429,
+            GitLabError::Transport { .. }
+            | GitLabError::Conflict { .. }
+            | GitLabError::RetryLater { .. } => true,
+            GitLabError::Status { status, .. } => retried_status(*status),
             _ => false,
+        }
+    }
+
+    /// The wait GitLab asked for (`RateLimit-ResetTime` / `Retry-After`), if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GitLabError::RetryLater { after, .. } => Some(*after),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status GitLab answered; `None` when there was no (usable) answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GitLabError::Forbidden { .. } => Some(403),
+            GitLabError::NotFound { .. } => Some(404),
+            GitLabError::Conflict { .. } => Some(409),
+            GitLabError::TooLarge { .. } => Some(413),
+            GitLabError::Status { status, .. } | GitLabError::RetryLater { status, .. } => {
+                Some(*status)
+            }
+            GitLabError::Transport { .. } | GitLabError::Decode { .. } => None,
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Status mapping (from GitLab's request specs, `spec/requests/api/ci/runner/`):
 //! `403` → [`GitLabError::Forbidden`] (with the `Job-Status` header on job endpoints),
-//! `404` → `NotFound`, `409` → `Conflict`, `413` → `TooLarge`, other unexpected statuses →
-//! `Status` with a short body excerpt; no answer → `Transport`; a body that does not parse →
-//! `Decode`. Tokens travel only in bodies and `JOB-TOKEN`/`RUNNER-TOKEN` headers; they are
+//! `404` → `NotFound`, `409` → `Conflict`, `413` → `TooLarge`, a retried status (`429`,
+//! `503`, ...) with `RateLimit-ResetTime` or `Retry-After` → `RetryLater` carrying the wait,
+//! other unexpected statuses → `Status` with a short body excerpt; no answer → `Transport`; a
+//! body that does not parse → `Decode`. What each caller does with them: `STATUS.md`. Tokens travel only in bodies and `JOB-TOKEN`/`RUNNER-TOKEN` headers; they are
 //! never logged and the client holds none.
 
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::api::{
     ArtifactUpload, GitLab, GitLabError, JobRequest, JobUpdate, RegisterOptions, RunnerAuth,
-    RunnerCredentials, TraceAnswer, UpdateAnswer,
+    RunnerCredentials, TraceAnswer, UpdateAnswer, retried_status,
 };
 use super::features::features_json;
 use super::headers;
@@ -381,11 +382,23 @@ async fn status_error(ep: &'static str, resp: reqwest::Response) -> GitLabError 
         StatusCode::CONFLICT => GitLabError::Conflict { endpoint: ep },
         StatusCode::PAYLOAD_TOO_LARGE => GitLabError::TooLarge { endpoint: ep },
         _ => {
-            let body = resp.text().await.unwrap_or_default();
-            GitLabError::Status {
-                endpoint: ep,
-                status: status.as_u16(),
-                body: excerpt(&body),
+            let code = status.as_u16();
+            let after = retried_status(code)
+                .then(|| headers::retry_wait(resp.headers(), time::OffsetDateTime::now_utc()))
+                .flatten();
+            let body = excerpt(&resp.text().await.unwrap_or_default());
+            match after {
+                Some(after) => GitLabError::RetryLater {
+                    endpoint: ep,
+                    status: code,
+                    after,
+                    body,
+                },
+                None => GitLabError::Status {
+                    endpoint: ep,
+                    status: code,
+                    body,
+                },
             }
         }
     }

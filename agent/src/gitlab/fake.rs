@@ -65,8 +65,9 @@ pub struct FakeJob {
 struct Inner {
     queue: VecDeque<JobResponse>,
     jobs: HashMap<i64, FakeJob>,
-    /// Next answers per endpoint: an HTTP status to fail with (`0` = transport error).
-    failures: HashMap<Endpoint, VecDeque<u16>>,
+    /// Next answers per endpoint: an HTTP status to fail with (`0` = transport error) and
+    /// the wait a `Retry-After` header would carry.
+    failures: HashMap<Endpoint, VecDeque<(u16, Option<Duration>)>>,
     verify_forbidden: bool,
     request_forbidden: bool,
     /// Next `416`s: job id → how many trace bytes to claim (truncates the stored trace).
@@ -103,7 +104,21 @@ impl FakeGitLab {
     pub fn fail_next(&self, endpoint: Endpoint, count: usize, status: u16) {
         let mut g = self.lock();
         let q = g.failures.entry(endpoint).or_default();
-        q.extend(std::iter::repeat_n(status, count));
+        q.extend(std::iter::repeat_n((status, None), count));
+    }
+
+    /// The next `count` calls to `endpoint` fail with `status` and `Retry-After: after`
+    /// ([`GitLabError::RetryLater`]).
+    pub fn fail_next_retry_after(
+        &self,
+        endpoint: Endpoint,
+        count: usize,
+        status: u16,
+        after: Duration,
+    ) {
+        let mut g = self.lock();
+        let q = g.failures.entry(endpoint).or_default();
+        q.extend(std::iter::repeat_n((status, Some(after)), count));
     }
 
     /// `verify` answers `403`.
@@ -180,17 +195,23 @@ impl FakeGitLab {
     fn scripted(g: &mut Inner, ep: Endpoint, name: &'static str) -> Result<(), GitLabError> {
         match g.failures.get_mut(&ep).and_then(|q| q.pop_front()) {
             None => Ok(()),
-            Some(0) => Err(GitLabError::Transport {
+            Some((0, _)) => Err(GitLabError::Transport {
                 endpoint: name,
                 source: "connection reset (fake)".into(),
             }),
-            Some(403) => Err(GitLabError::Forbidden {
+            Some((403, _)) => Err(GitLabError::Forbidden {
                 endpoint: name,
                 job_status: None,
             }),
-            Some(404) => Err(GitLabError::NotFound { endpoint: name }),
-            Some(409) => Err(GitLabError::Conflict { endpoint: name }),
-            Some(status) => Err(GitLabError::Status {
+            Some((404, _)) => Err(GitLabError::NotFound { endpoint: name }),
+            Some((409, _)) => Err(GitLabError::Conflict { endpoint: name }),
+            Some((status, Some(after))) => Err(GitLabError::RetryLater {
+                endpoint: name,
+                status,
+                after,
+                body: "fake failure".into(),
+            }),
+            Some((status, None)) => Err(GitLabError::Status {
                 endpoint: name,
                 status,
                 body: "fake failure".into(),

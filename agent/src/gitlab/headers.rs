@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
+use time::OffsetDateTime;
 
 /// `Job-Status`: the job's state on GitLab (`running`, `canceled`, `canceling`, `failed`, ...).
 pub const JOB_STATUS: &str = "job-status";
@@ -16,6 +17,10 @@ pub const RANGE: &str = "range";
 pub const JOB_TOKEN: &str = "job-token";
 /// Runner token header gitlab-runner also sends on `/jobs/request`.
 pub const RUNNER_TOKEN: &str = "runner-token";
+/// `Retry-After: <seconds>` (or an HTTP date) on `429`/`503` and other retried answers.
+pub const RETRY_AFTER: &str = "retry-after";
+/// `RateLimit-ResetTime: Wed, 21 Oct 2015 07:28:00 GMT`: when GitLab's rate limit resets.
+pub const RATELIMIT_RESET_TIME: &str = "ratelimit-resettime";
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     let v = headers.get(name)?.to_str().ok()?.trim();
@@ -65,6 +70,39 @@ pub fn range_size(headers: &HeaderMap) -> Option<u64> {
     parse_range_size(text(headers, RANGE)?)
 }
 
+/// How long GitLab asks us to wait before retrying, as gitlab-runner reads it
+/// (`network/retry_requester.go`, `calculateWaitTime`): `RateLimit-ResetTime` when it lies in
+/// the future, else `Retry-After` when positive. `None` when neither says anything usable.
+pub fn retry_wait(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> {
+    let reset = text(headers, RATELIMIT_RESET_TIME).and_then(|v| until_http_date(v, now));
+    reset.or_else(|| parse_retry_after(text(headers, RETRY_AFTER)?, now))
+}
+
+/// `Retry-After`: whole seconds (what gitlab-runner reads) or an HTTP date (RFC 9110);
+/// `None` when zero, past, or not understood.
+pub fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(secs) => (secs > 0).then(|| Duration::from_secs(secs)),
+        Err(_) => until_http_date(value, now),
+    }
+}
+
+/// Time from `now` until an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`, Go's
+/// `time.RFC1123` as GitLab writes it); `None` when past or not a date.
+pub fn until_http_date(value: &str, now: OffsetDateTime) -> Option<Duration> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(value.trim(), &format)
+        .ok()?
+        .assume_utc();
+    let d = at - now;
+    (d.is_positive())
+        .then(|| Duration::try_from(d).ok())
+        .flatten()
+}
+
 /// `Content-Range` value for a patch of `len` (> 0) bytes at `offset`: inclusive bounds.
 pub fn content_range(offset: u64, len: u64) -> String {
     format!("{}-{}", offset, offset + len.saturating_sub(1))
@@ -95,6 +133,46 @@ mod tests {
         assert_eq!(parse_interval("0"), None);
         assert_eq!(parse_interval("-1"), None);
         assert_eq!(parse_interval("1.5"), None);
+    }
+
+    #[test]
+    fn retry_after_values() {
+        let now = OffsetDateTime::from_unix_timestamp(1_445_412_450).unwrap(); // 07:27:30 GMT
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after("0", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            until_http_date("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            None,
+            "past"
+        );
+        assert_eq!(until_http_date("2015-10-21T07:28:00Z", now), None);
+    }
+
+    #[test]
+    fn reset_time_wins_over_retry_after() {
+        let now = OffsetDateTime::from_unix_timestamp(1_445_412_450).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("Retry-After", HeaderValue::from_static("5"));
+        assert_eq!(retry_wait(&h, now), Some(Duration::from_secs(5)));
+        h.insert(
+            "RateLimit-ResetTime",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_wait(&h, now), Some(Duration::from_secs(30)));
+        // A reset time in the past or unreadable falls back to Retry-After.
+        h.insert("RateLimit-ResetTime", HeaderValue::from_static("garbage"));
+        assert_eq!(retry_wait(&h, now), Some(Duration::from_secs(5)));
+        assert_eq!(retry_wait(&HeaderMap::new(), now), None);
     }
 
     #[test]

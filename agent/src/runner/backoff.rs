@@ -4,6 +4,23 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::gitlab::GitLabError;
+
+/// Largest wait taken from a `RateLimit-ResetTime` or `Retry-After` header (gitlab-runner's
+/// `backOffMaxDelay`, `network/retry_requester.go`): a GitLab asking for an hour does not
+/// park a runner for an hour.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+
+/// The wait before retrying after `e`: what GitLab asked for, bounded by
+/// [`RETRY_AFTER_MAX`], else the backoff's next delay (gitlab-runner's `calculateWaitTime`:
+/// the header wins and the backoff does not advance).
+pub fn retry_delay(e: &GitLabError, backoff: &mut Backoff) -> Duration {
+    match e.retry_after() {
+        Some(after) => after.min(RETRY_AFTER_MAX),
+        None => backoff.next_delay(),
+    }
+}
+
 /// Doubles from `min` to `max`; each delay is drawn from `[d/2, d]` so many runners that
 /// failed together do not retry together.
 #[derive(Debug, Clone)]
@@ -55,5 +72,31 @@ mod tests {
         assert!(d[5] >= Duration::from_millis(400) && d[5] <= Duration::from_millis(800));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn retry_after_wins_within_its_bound() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let later = |after| GitLabError::RetryLater {
+            endpoint: "request_job",
+            status: 429,
+            after,
+            body: String::new(),
+        };
+        assert_eq!(
+            retry_delay(&later(Duration::from_secs(7)), &mut b),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            retry_delay(&later(Duration::from_secs(3600)), &mut b),
+            RETRY_AFTER_MAX
+        );
+        // The backoff did not advance meanwhile.
+        let plain = GitLabError::Status {
+            endpoint: "request_job",
+            status: 502,
+            body: String::new(),
+        };
+        assert!(retry_delay(&plain, &mut b) <= Duration::from_millis(100));
     }
 }

@@ -1,10 +1,19 @@
-//! One runner = one job loop: verify, then request jobs and run each in its own task.
+//! One runner = one job loop: request jobs and run each in its own task. Like gitlab-runner's
+//! `run` (`commands/multi.go`), nothing is verified first: the first `POST /jobs/request`
+//! carrying `system_id` is what makes GitLab create the runner manager. How each answer is
+//! handled, per endpoint and status: `agent/src/gitlab/STATUS.md`.
 //!
 //! Invariants:
 //! - A slot of the global `concurrent` semaphore and of the runner's `limit` is taken
 //!   BEFORE a job is requested (gitlab-runner's order), so GitLab never hands out a job the
 //!   box cannot start.
 //! - `last_update` from a `204` is sent back with the next request.
+//! - A failed job request never stops the runner (only a `403` does): it is retried after a
+//!   backoff of at most [`JOB_REQUEST_BACKOFF_MAX`] (or GitLab's `Retry-After`, bounded), so
+//!   jobs are taken again within seconds of GitLab's return. Only a config that sets
+//!   `unhealthy_requests_limit` / `unhealthy_interval` pauses a runner after failures.
+//! - `request_concurrency` request workers per runner (default 1) share its `limit`, its
+//!   `last_update` cursor and its failure count.
 //! - "Stop at once" ([`Shutdown::now`]) cancels running jobs, which are then reported
 //!   failed (`runner_system_failure`) through the normal trace path; "graceful"
 //!   ([`Shutdown::graceful`]) only stops requesting. Either way [`run`] returns once every
@@ -16,8 +25,9 @@ pub(crate) mod fake_executor;
 mod job;
 mod slots;
 mod stats;
+pub mod unhealthy;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_proto::spec::RunnerConfig;
@@ -25,11 +35,13 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::executor::Executor;
 use crate::gitlab::{GitLab, GitLabError, JobRequest, RunnerAuth};
 use crate::trace::UploadOptions;
-use backoff::Backoff;
+use backoff::{Backoff, retry_delay};
+use unhealthy::{Health, UnhealthyPolicy};
 
 pub use job::job_secrets;
 pub use slots::{Slot, Slots};
@@ -37,6 +49,16 @@ pub use stats::{RunnerEvent, RunnerState, RunnerStats, RunnerStatsSnapshot};
 
 /// gitlab-runner's default `check_interval`.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(3);
+
+/// First delay after a failed job request.
+pub const JOB_REQUEST_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Largest delay after failed job requests (drawn from `[max/2, max]`): after an outage the
+/// first request reaches GitLab at most this long after it is back.
+pub const JOB_REQUEST_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The longest single sleep of a request worker: longer waits (`Retry-After`, an unhealthy
+/// pause) are cut into slices so the loop keeps beating for fleet mode's watchdog.
+const BEAT_SLICE: Duration = Duration::from_secs(5);
 
 /// The two ways to stop.
 #[derive(Debug, Clone, Default)]
@@ -78,9 +100,14 @@ pub struct RunnerSettings {
     /// Trace cap in bytes.
     pub output_limit: usize,
     pub upload: UploadOptions,
-    /// First and largest delay after a failed request.
+    /// First and largest delay after a failed job request.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Job requests in flight at once (`request_concurrency`, at least 1).
+    pub request_concurrency: usize,
+    /// Pause after failed requests (`unhealthy_requests_limit` / `unhealthy_interval`);
+    /// `None` = never pause.
+    pub unhealthy: Option<UnhealthyPolicy>,
 }
 
 impl RunnerSettings {
@@ -100,6 +127,13 @@ impl RunnerSettings {
         };
         RunnerSettings {
             name,
+            request_concurrency: config
+                .request_concurrency
+                .map_or(1, |n| usize::try_from(n).unwrap_or(usize::MAX).max(1)),
+            unhealthy: UnhealthyPolicy::from_config(
+                config.unhealthy_requests_limit,
+                config.unhealthy_interval.map(|d| d.0),
+            ),
             short_token: short_token(&token),
             limit: config.limit.filter(|l| *l > 0),
             output_limit: config
@@ -112,8 +146,8 @@ impl RunnerSettings {
             agent_id,
             check_interval,
             upload: UploadOptions::default(),
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
+            backoff_min: JOB_REQUEST_BACKOFF_MIN,
+            backoff_max: JOB_REQUEST_BACKOFF_MAX,
         }
     }
 }
@@ -149,12 +183,6 @@ pub enum RunnerError {
         "runner {runner}: gitlab refused the token ({endpoint}: 403); register the runner again"
     )]
     Forbidden { runner: String, endpoint: String },
-    #[error("runner {runner}: verify: {source}")]
-    Verify {
-        runner: String,
-        #[source]
-        source: GitLabError,
-    },
 }
 
 /// The shared pieces a runner runs with.
@@ -170,6 +198,33 @@ pub struct RunnerDeps {
     pub tracking: crate::inflight::JobTracking,
 }
 
+impl RunnerDeps {
+    fn emit(&self, e: RunnerEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+}
+
+/// What the request workers of one runner share.
+struct Loop {
+    settings: Arc<RunnerSettings>,
+    deps: RunnerDeps,
+    shutdown: Shutdown,
+    auth: RunnerAuth,
+    /// The runner's `limit`.
+    limit: Arc<Semaphore>,
+    slots: Slots,
+    jobs: TaskTracker,
+    last_update: Mutex<Option<String>>,
+    health: Mutex<Health>,
+    /// Fired on a `403`: every worker stops requesting.
+    refused: CancellationToken,
+    result: Mutex<Option<RunnerError>>,
+    /// GitLab has answered a job request (`201`/`204`) since the loop started.
+    connected: std::sync::atomic::AtomicBool,
+}
+
 /// Runs one runner until shutdown (or a `403`); returns when all its jobs have reported.
 pub async fn run(
     settings: RunnerSettings,
@@ -178,210 +233,233 @@ pub async fn run(
 ) -> Result<(), RunnerError> {
     let settings = Arc::new(settings);
     let name = settings.name.clone();
-    let auth = RunnerAuth {
-        token: settings.token.clone(),
-        system_id: settings.system_id.clone(),
-    };
-    let emit = |e: RunnerEvent| {
-        if let Some(tx) = &deps.events {
-            let _ = tx.send(e);
-        }
-    };
     deps.stats.set_state(RunnerState::Starting);
-    if let Err(e) = verify(&settings, &deps, &auth, &shutdown).await {
-        let state = match &e {
-            Some(RunnerError::Forbidden { endpoint, .. }) => {
-                emit(RunnerEvent::NeedsRegistration {
-                    runner: name.clone(),
-                    endpoint: endpoint.clone(),
-                });
-                RunnerState::NeedsRegistration
-            }
-            Some(e) => RunnerState::Failed(e.to_string()),
-            None => RunnerState::Stopped,
-        };
-        deps.stats.set_state(state);
-        emit(RunnerEvent::Stopped {
-            runner: name.clone(),
-        });
-        return match e {
-            Some(e) => Err(e),
-            None => Ok(()),
-        };
-    }
-    emit(RunnerEvent::Verified {
-        runner: name.clone(),
+    tracing::info!(
+        runner = %name,
+        request_concurrency = settings.request_concurrency,
+        "requesting jobs"
+    );
+    let lp = Arc::new(Loop {
+        auth: RunnerAuth {
+            token: settings.token.clone(),
+            system_id: settings.system_id.clone(),
+        },
+        limit: Arc::new(Semaphore::new(
+            settings
+                .limit
+                .map(|l| l as usize)
+                .unwrap_or(Semaphore::MAX_PERMITS),
+        )),
+        slots: Slots::default(),
+        jobs: TaskTracker::new(),
+        last_update: Mutex::new(None),
+        health: Mutex::new(Health::default()),
+        refused: CancellationToken::new(),
+        result: Mutex::new(None),
+        connected: std::sync::atomic::AtomicBool::new(false),
+        settings,
+        deps,
+        shutdown,
     });
-    deps.stats.set_state(RunnerState::Running);
-    tracing::info!(runner = %name, "runner verified; requesting jobs");
-
-    let limit = Arc::new(Semaphore::new(
-        settings
-            .limit
-            .map(|l| l as usize)
-            .unwrap_or(Semaphore::MAX_PERMITS),
-    ));
-    let slots = Slots::default();
-    let mut jobs = JoinSet::new();
-    let mut last_update: Option<String> = None;
-    let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
-    let mut result = Ok(());
-
-    'requests: loop {
-        // Reap finished jobs so the set does not grow.
-        while jobs.try_join_next().is_some() {}
-        deps.stats.beat();
-        let permits = tokio::select! {
-            biased;
-            _ = shutdown.wait() => break 'requests,
-            p = async {
-                let l = limit.clone().acquire_owned().await;
-                let g = deps.concurrent.clone().acquire_owned().await;
-                (l, g)
-            } => p,
-        };
-        let (Ok(local), Ok(global)) = permits else {
-            break 'requests;
-        };
-        let started = tokio::time::Instant::now();
-        let answer = tokio::select! {
-            biased;
-            _ = shutdown.wait() => break 'requests,
-            a = deps.gitlab.request_job(&auth, last_update.as_deref()) => a,
-        };
-        deps.stats.beat();
-        let wait = match answer {
-            Ok(JobRequest::Job(job)) => {
-                deps.stats.contact();
-                backoff.reset();
-                let slot = slots.take();
-                let run = job::JobRun {
-                    settings: settings.clone(),
-                    gitlab: deps.gitlab.clone(),
-                    executor: deps.executor.clone(),
-                    stats: deps.stats.clone(),
-                    events: deps.events.clone(),
-                    tracking: deps.tracking.clone(),
-                    stop_now: shutdown.now.clone(),
-                    slot: slot.number(),
-                };
-                jobs.spawn(async move {
-                    let outcome = run.run(*job).await;
-                    drop((local, global, slot));
-                    outcome
-                });
-                Duration::ZERO
-            }
-            Ok(JobRequest::NoJob { last_update: lu }) => {
-                deps.stats.contact();
-                backoff.reset();
-                if lu.is_some() {
-                    last_update = lu;
-                }
-                settings.check_interval.saturating_sub(started.elapsed())
-            }
-            Err(GitLabError::Forbidden { endpoint, .. }) => {
-                tracing::error!(
-                    runner = %name,
-                    "gitlab refused the runner token on job request (403); no more requests: \
-                     register the runner again"
-                );
-                deps.stats.set_state(RunnerState::NeedsRegistration);
-                emit(RunnerEvent::NeedsRegistration {
-                    runner: name.clone(),
-                    endpoint: endpoint.to_string(),
-                });
-                result = Err(RunnerError::Forbidden {
-                    runner: name.clone(),
-                    endpoint: endpoint.to_string(),
-                });
-                break 'requests;
-            }
-            Err(e) => {
-                let d = backoff.next_delay();
-                let msg = error_chain(&e);
-                tracing::warn!(runner = %name, error = %msg, retry_in = ?d, "job request failed");
-                deps.stats.error(msg);
-                d
-            }
-        };
-        if !wait.is_zero() {
-            tokio::select! {
-                biased;
-                _ = shutdown.wait() => break 'requests,
-                _ = tokio::time::sleep(wait) => {}
-            }
+    let mut workers = JoinSet::new();
+    for worker in 0..lp.settings.request_concurrency {
+        let lp = Arc::clone(&lp);
+        workers.spawn(async move { lp.request_worker(worker).await });
+    }
+    while let Some(r) = workers.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(runner = %name, error = %e, "job request worker failed");
         }
     }
 
+    let result = match lock(&lp.result).take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    };
     if result.is_ok() {
-        deps.stats.set_state(RunnerState::Draining);
+        lp.deps.stats.set_state(RunnerState::Draining);
     }
-    if !jobs.is_empty() {
+    lp.jobs.close();
+    if !lp.jobs.is_empty() {
         tracing::info!(
             runner = %name,
-            jobs = jobs.len(),
-            cancel = shutdown.now.is_cancelled(),
+            jobs = lp.jobs.len(),
+            cancel = lp.shutdown.now.is_cancelled(),
             "waiting for running jobs"
         );
     }
-    while let Some(r) = jobs.join_next().await {
-        if let Err(e) = r {
-            tracing::error!(runner = %name, error = %e, "job task failed");
-        }
-    }
+    lp.jobs.wait().await;
     if result.is_ok() {
-        deps.stats.set_state(RunnerState::Stopped);
+        lp.deps.stats.set_state(RunnerState::Stopped);
     }
-    emit(RunnerEvent::Stopped { runner: name });
+    lp.deps.emit(RunnerEvent::Stopped { runner: name });
     result
 }
 
-/// Verifies the token, retrying transient failures. `Err(None)` = shutdown meanwhile.
-async fn verify(
-    settings: &RunnerSettings,
-    deps: &RunnerDeps,
-    auth: &RunnerAuth,
-    shutdown: &Shutdown,
-) -> Result<(), Option<RunnerError>> {
-    let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
-    loop {
-        if shutdown.requested() {
-            return Err(None);
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Loop {
+    /// Resolves when the worker must stop requesting (shutdown or a `403`).
+    async fn stopped(&self) {
+        tokio::select! {
+            _ = self.shutdown.wait() => {}
+            _ = self.refused.cancelled() => {}
         }
-        let answer = tokio::select! {
-            _ = shutdown.wait() => return Err(None),
-            a = deps.gitlab.verify(auth) => a,
-        };
-        match answer {
-            Ok(_) => {
-                deps.stats.contact();
-                return Ok(());
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.shutdown.requested() || self.refused.is_cancelled()
+    }
+
+    /// Sleeps `d` in slices, beating between them; `false` when told to stop meanwhile.
+    async fn sleep(&self, d: Duration) -> bool {
+        let end = tokio::time::Instant::now() + d;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= end {
+                return true;
             }
-            Err(GitLabError::Forbidden { endpoint, .. }) => {
-                let e = RunnerError::Forbidden {
-                    runner: settings.name.clone(),
-                    endpoint: endpoint.to_string(),
-                };
-                deps.stats.error(e.to_string());
-                return Err(Some(e));
+            let slice = (end - now).min(BEAT_SLICE);
+            tokio::select! {
+                biased;
+                _ = self.stopped() => return false,
+                _ = tokio::time::sleep(slice) => {}
             }
-            Err(e) if e.is_retryable() => {
-                let d = backoff.next_delay();
-                let msg = error_chain(&e);
-                tracing::warn!(runner = %settings.name, error = %msg, retry_in = ?d, "verify failed");
-                deps.stats.error(msg);
-                tokio::select! {
-                    _ = shutdown.wait() => return Err(None),
-                    _ = tokio::time::sleep(d) => {}
+            self.deps.stats.beat();
+        }
+    }
+
+    /// GitLab answered a job request as it means to (`201`/`204`).
+    fn answered(&self) {
+        self.deps.stats.contact();
+        lock(&self.health).ok();
+        if !self
+            .connected
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.deps.stats.set_state(RunnerState::Running);
+            self.deps.emit(RunnerEvent::Connected {
+                runner: self.settings.name.clone(),
+            });
+        }
+    }
+
+    /// One request worker: take slots, request a job, run it in its own task, repeat.
+    async fn request_worker(&self, worker: usize) {
+        let settings = &self.settings;
+        let deps = &self.deps;
+        let name = &settings.name;
+        let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
+        'requests: loop {
+            deps.stats.beat();
+            if self.stop_requested() {
+                break 'requests;
+            }
+            let paused = lock(&self.health).paused_until(tokio::time::Instant::now());
+            if let Some(until) = paused {
+                let d = until.saturating_duration_since(tokio::time::Instant::now());
+                if !self.sleep(d).await {
+                    break 'requests;
                 }
+                continue 'requests;
             }
-            Err(e) => {
-                deps.stats.error(e.to_string());
-                return Err(Some(RunnerError::Verify {
-                    runner: settings.name.clone(),
-                    source: e,
-                }));
+            let permits = tokio::select! {
+                biased;
+                _ = self.stopped() => break 'requests,
+                p = async {
+                    let l = self.limit.clone().acquire_owned().await;
+                    let g = deps.concurrent.clone().acquire_owned().await;
+                    (l, g)
+                } => p,
+            };
+            let (Ok(local), Ok(global)) = permits else {
+                break 'requests;
+            };
+            let started = tokio::time::Instant::now();
+            let cursor = lock(&self.last_update).clone();
+            let answer = tokio::select! {
+                biased;
+                _ = self.stopped() => break 'requests,
+                a = deps.gitlab.request_job(&self.auth, cursor.as_deref()) => a,
+            };
+            deps.stats.beat();
+            let wait = match answer {
+                Ok(JobRequest::Job(job)) => {
+                    self.answered();
+                    backoff.reset();
+                    let slot = self.slots.take();
+                    let run = job::JobRun {
+                        settings: settings.clone(),
+                        gitlab: deps.gitlab.clone(),
+                        executor: deps.executor.clone(),
+                        stats: deps.stats.clone(),
+                        events: deps.events.clone(),
+                        tracking: deps.tracking.clone(),
+                        stop_now: self.shutdown.now.clone(),
+                        slot: slot.number(),
+                    };
+                    self.jobs.spawn(async move {
+                        let outcome = run.run(*job).await;
+                        drop((local, global, slot));
+                        outcome
+                    });
+                    Duration::ZERO
+                }
+                Ok(JobRequest::NoJob { last_update: lu }) => {
+                    self.answered();
+                    backoff.reset();
+                    if lu.is_some() {
+                        *lock(&self.last_update) = lu;
+                    }
+                    settings.check_interval.saturating_sub(started.elapsed())
+                }
+                Err(GitLabError::Forbidden { endpoint, .. }) => {
+                    tracing::error!(
+                        runner = %name,
+                        "gitlab refused the runner token on job request (403); no more requests: \
+                         register the runner again"
+                    );
+                    deps.stats.set_state(RunnerState::NeedsRegistration);
+                    let e = RunnerError::Forbidden {
+                        runner: name.clone(),
+                        endpoint: endpoint.to_string(),
+                    };
+                    deps.stats.error(e.to_string());
+                    let first = lock(&self.result).replace(e).is_none();
+                    if first {
+                        deps.emit(RunnerEvent::NeedsRegistration {
+                            runner: name.clone(),
+                            endpoint: endpoint.to_string(),
+                        });
+                    }
+                    self.refused.cancel();
+                    break 'requests;
+                }
+                Err(e) => {
+                    let mut d = retry_delay(&e, &mut backoff);
+                    let msg = error_chain(&e);
+                    let pause = lock(&self.health)
+                        .failed(settings.unhealthy.as_ref(), tokio::time::Instant::now());
+                    if let Some(until) = pause {
+                        d = d.max(until.saturating_duration_since(tokio::time::Instant::now()));
+                        tracing::error!(
+                            runner = %name,
+                            error = %msg,
+                            pause = ?d,
+                            "runner is unhealthy (unhealthy_requests_limit failed job requests \
+                             in a row); no requests for unhealthy_interval"
+                        );
+                    } else {
+                        tracing::warn!(runner = %name, worker, error = %msg, retry_in = ?d, "job request failed");
+                    }
+                    deps.stats.error(msg);
+                    d
+                }
+            };
+            if !wait.is_zero() && !self.sleep(wait).await {
+                break 'requests;
             }
         }
     }

@@ -9,7 +9,7 @@ use crate::executor::JobOutcome;
 /// Where a runner's loop is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunnerState {
-    /// Verifying its token with GitLab.
+    /// Requesting jobs; GitLab has not answered one yet.
     Starting,
     /// Requesting and running jobs.
     Running,
@@ -108,8 +108,8 @@ impl RunnerStats {
 /// What a runner tells the rest of the agent (fleet mode forwards these to the controller).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunnerEvent {
-    /// GitLab accepted the token.
-    Verified {
+    /// GitLab answered the loop's first job request (`201`/`204`): the token works.
+    Connected {
         runner: String,
     },
     /// GitLab refused the token: the runner stopped requesting jobs.

@@ -45,6 +45,15 @@ struct Harness {
 }
 
 fn start(limit: Option<u32>, concurrent: usize, ex: FakeExecutor, gl: Arc<FakeGitLab>) -> Harness {
+    start_with(settings(limit), concurrent, ex, gl)
+}
+
+fn start_with(
+    settings: RunnerSettings,
+    concurrent: usize,
+    ex: FakeExecutor,
+    gl: Arc<FakeGitLab>,
+) -> Harness {
     let ex = Arc::new(ex);
     let stats = Arc::new(RunnerStats::default());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -57,7 +66,7 @@ fn start(limit: Option<u32>, concurrent: usize, ex: FakeExecutor, gl: Arc<FakeGi
         events: Some(tx),
         tracking: Default::default(),
     };
-    let task = tokio::spawn(run(settings(limit), deps, shutdown.clone()));
+    let task = tokio::spawn(run(settings, deps, shutdown.clone()));
     Harness {
         gl,
         ex,
@@ -166,13 +175,43 @@ async fn no_job_loop_sends_last_update_back() {
 }
 
 #[tokio::test]
-async fn forbidden_on_verify_fails_naming_the_runner() {
+async fn starts_with_a_job_request_and_never_verifies() {
+    // gitlab-runner's `run` never calls `POST /runners/verify` (`commands/multi.go`): a
+    // GitLab that refuses (or does not know) verify must not stop the runner.
     let gl = Arc::new(FakeGitLab::new());
     gl.set_verify_forbidden(true);
+    gl.fail_next(Endpoint::Verify, 10, 404);
+    gl.push_job(job(2, &["echo hi"]));
+    let mut h = start(None, 1, FakeExecutor::default(), gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(5), |g| finished(g, &[2]))
+            .await
+    );
+    assert!(matches!(h.gl.calls()[0], Call::RequestJob { .. }));
+    assert!(
+        !h.gl
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Verify { .. })),
+        "no verify"
+    );
+    assert!(matches!(
+        h.events.recv().await,
+        Some(RunnerEvent::Connected { .. })
+    ));
+    assert_eq!(h.stats.snapshot().state, RunnerState::Running);
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn forbidden_on_request_fails_naming_the_runner() {
+    let gl = Arc::new(FakeGitLab::new());
+    gl.set_request_forbidden(true);
     let mut h = start(None, 1, FakeExecutor::default(), gl);
     let e = h.task.await.unwrap().unwrap_err();
     assert!(e.to_string().contains("runner unit"), "{e}");
-    assert_eq!(h.stats.snapshot().state, RunnerState::NeedsRegistration);
+    assert!(e.to_string().contains("register the runner again"), "{e}");
     assert!(matches!(
         h.events.recv().await,
         Some(RunnerEvent::NeedsRegistration { .. })
@@ -202,7 +241,6 @@ async fn forbidden_on_request_stops_requesting() {
 #[tokio::test]
 async fn server_errors_back_off_then_recover() {
     let gl = Arc::new(FakeGitLab::new());
-    gl.fail_next(Endpoint::Verify, 2, 502);
     gl.fail_next(Endpoint::RequestJob, 4, 500);
     gl.push_job(job(9, &["echo after outage"]));
     let h = start(None, 1, FakeExecutor::default(), gl);
@@ -214,6 +252,141 @@ async fn server_errors_back_off_then_recover() {
     assert!(h.stats.snapshot().last_error.unwrap().contains("500"));
     h.shutdown.graceful.cancel();
     h.task.await.unwrap().unwrap();
+}
+
+/// One row per non-403 failure of `POST /jobs/request` in `agent/src/gitlab/STATUS.md`
+/// (`0` = no answer): the runner never stops, keeps polling with backoff, and takes the job
+/// that is queued behind the failures.
+#[tokio::test]
+async fn every_failed_job_request_but_403_keeps_polling() {
+    for status in [
+        0u16, 401, 404, 408, 409, 422, 429, 500, 501, 502, 503, 504, 512,
+    ] {
+        let gl = Arc::new(FakeGitLab::new());
+        gl.fail_next(Endpoint::RequestJob, 3, status);
+        gl.push_job(job(10, &["echo after failures"]));
+        let h = start(None, 1, FakeExecutor::default(), gl);
+        assert!(
+            h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[10]))
+                .await,
+            "status {status}: the job behind the failures was not taken"
+        );
+        assert_eq!(h.gl.job(10).unwrap().state, "success", "status {status}");
+        assert!(!h.task.is_finished(), "status {status}: the runner stopped");
+        h.shutdown.graceful.cancel();
+        h.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_on_job_requests() {
+    let gl = Arc::new(FakeGitLab::new());
+    gl.fail_next_retry_after(Endpoint::RequestJob, 1, 429, Duration::from_millis(600));
+    gl.push_job(job(11, &["echo"]));
+    let t0 = tokio::time::Instant::now();
+    let h = start(None, 1, FakeExecutor::default(), gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(10), |g| g.job(11).is_some())
+            .await
+    );
+    // The backoff alone (5..40 ms here) would have retried at once.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t0.elapsed()
+    );
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn unhealthy_settings_pause_only_when_set() {
+    let run_with = |policy: Option<unhealthy::UnhealthyPolicy>| async move {
+        let gl = Arc::new(FakeGitLab::new());
+        gl.fail_next(Endpoint::RequestJob, 2, 502);
+        gl.push_job(job(12, &["echo"]));
+        let mut s = settings(None);
+        s.unhealthy = policy;
+        let t0 = tokio::time::Instant::now();
+        let h = start_with(s, 1, FakeExecutor::default(), gl);
+        assert!(
+            h.gl.wait_until(Duration::from_secs(10), |g| g.job(12).is_some())
+                .await
+        );
+        let took = t0.elapsed();
+        h.shutdown.graceful.cancel();
+        h.task.await.unwrap().unwrap();
+        took
+    };
+    let pause = Duration::from_millis(800);
+    let unset = run_with(None).await;
+    assert!(unset < pause, "no keys, no pause: {unset:?}");
+    let set = run_with(Some(unhealthy::UnhealthyPolicy {
+        requests_limit: 2,
+        interval: pause,
+    }))
+    .await;
+    assert!(set >= pause, "two failures pause for the interval: {set:?}");
+}
+
+#[tokio::test]
+async fn request_concurrency_sends_that_many_requests_at_once() {
+    let count = |n: usize| async move {
+        let gl = Arc::new(FakeGitLab::new());
+        // Long polls: every request is held 2 s.
+        gl.set_request_delay(Duration::from_secs(2));
+        let mut s = settings(None);
+        s.request_concurrency = n;
+        let h = start_with(s, 10, FakeExecutor::default(), gl);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let requests =
+            h.gl.calls()
+                .iter()
+                .filter(|c| matches!(c, Call::RequestJob { .. }))
+                .count();
+        h.shutdown.graceful.cancel();
+        h.task.await.unwrap().unwrap();
+        requests
+    };
+    assert_eq!(count(1).await, 1);
+    assert_eq!(count(3).await, 3);
+}
+
+#[test]
+fn settings_take_request_concurrency_and_unhealthy_keys() {
+    let cfg = |text: &str| {
+        let parsed = drover_proto::spec::parse_config(
+            &format!("[[runners]]\nurl = \"http://g\"\ntoken = \"glrt-x\"\nexecutor = \"docker\"\n[runners.docker]\nimage = \"alpine\"\n[[runners]]\nurl = \"http://g\"\ntoken = \"glrt-y\"\nexecutor = \"docker\"\n{text}\n[runners.docker]\nimage = \"alpine\"\n"),
+            "config.toml",
+        )
+        .unwrap();
+        parsed.config.runners
+    };
+    let rs =
+        cfg("request_concurrency = 4\nunhealthy_requests_limit = 5\nunhealthy_interval = \"90s\"");
+    let s = |r: &RunnerConfig| {
+        RunnerSettings::from_config(
+            Arc::new(r.clone()),
+            0,
+            SecretString::from("glrt-x".to_string()),
+            "s_0123456789ab".into(),
+            "a".into(),
+            DEFAULT_CHECK_INTERVAL,
+        )
+    };
+    let plain = s(&rs[0]);
+    assert_eq!(plain.request_concurrency, 1);
+    assert_eq!(plain.unhealthy, None);
+    assert_eq!(plain.backoff_max, JOB_REQUEST_BACKOFF_MAX);
+    let set = s(&rs[1]);
+    assert_eq!(set.request_concurrency, 4);
+    assert_eq!(
+        set.unhealthy,
+        Some(unhealthy::UnhealthyPolicy {
+            requests_limit: 5,
+            interval: Duration::from_secs(90)
+        })
+    );
 }
 
 /// A runner whose executor holds job `id` for a minute; returns once the job has a trace.

@@ -306,7 +306,7 @@ impl Uploader {
                 Step::Gone
             }
             e => {
-                let d = self.backoff.next_delay();
+                let d = crate::runner::backoff::retry_delay(&e, &mut self.backoff);
                 let msg = crate::runner::error_chain(&e);
                 tracing::warn!(job = self.job_id, error = %msg, retry_in = ?d, "{what} failed");
                 Step::Retry(d)

@@ -4,7 +4,8 @@
 //! [`SystemTime`] so tests pass a fake clock) and answers what the supervisor must do
 //! ([`Action`]). It never sleeps nor does IO.
 //!
-//! States: `starting` (loop started, verifying) → `running` (verified, requesting jobs);
+//! States: `starting` (loop started, no answer from GitLab yet) → `running` (GitLab answered
+//! a job request: the token works);
 //! `degraded` (GitLab refused the token: waits for a new token from the controller, never
 //! restarts on its own); `backoff` (the loop failed or stalled; restarts at `retry_at`);
 //! `waiting-for-docker` (the Docker engine is unreachable: the unit waits instead of
@@ -16,8 +17,8 @@
 //! - A start is counted only when a loop is really started ([`Action::Start`]); more than
 //!   `start_limit_burst` starts within `start_limit_interval` stop the unit for good
 //!   (until a new assignment for it arrives), like systemd's `StartLimitBurst`.
-//! - Restart delays double from `backoff_min` up to `backoff_max`; a verified loop resets
-//!   them.
+//! - Restart delays double from `backoff_min` up to `backoff_max`; a loop GitLab answered
+//!   resets them.
 //! - `degraded` and `stopped` units never start on a timer.
 
 use std::collections::VecDeque;
@@ -73,8 +74,8 @@ pub struct RestartPolicy {
     pub start_limit_burst: u32,
     /// ...else the unit stops with a start-limit error.
     pub start_limit_interval: Duration,
-    /// A running loop that shows no job-request activity for this long (while it has a free
-    /// slot) is restarted.
+    /// A live loop (starting or running) that shows no job-request activity for this long
+    /// (while it has a free slot) is restarted.
     pub watchdog: Duration,
 }
 
@@ -96,9 +97,9 @@ pub enum Event {
     /// The supervisor wants the unit running with its current settings (new assignment, new
     /// token, agent start). Resets the start limit and the backoff.
     Start,
-    /// The loop verified its token and requests jobs.
-    Verified,
-    /// GitLab refused the token (`403` on verify or job request).
+    /// GitLab answered the loop's first job request (`201`/`204`): the token works.
+    Connected,
+    /// GitLab refused the token (`403` on a job request, or on the verify of a new token).
     TokenInvalid(String),
     /// The job loop ended; `Some` = with this error.
     LoopEnded(Option<String>),
@@ -137,7 +138,7 @@ pub struct Unit {
     policy: RestartPolicy,
     /// Times of recent starts, for the start limit.
     starts: VecDeque<SystemTime>,
-    /// Restarts since the last verified loop (sets the next delay).
+    /// Restarts since the last loop GitLab answered (sets the next delay).
     failures: u32,
     /// A loop is running (started and not yet reported ended).
     loop_alive: bool,
@@ -189,7 +190,7 @@ impl Unit {
                 // while the refused loop drains) the supervisor replaces it.
                 self.try_start(now, docker_up)
             }
-            Event::Verified => {
+            Event::Connected => {
                 if self.loop_alive && !self.stopping {
                     self.failures = 0;
                     self.retry_at = None;

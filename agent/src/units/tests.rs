@@ -24,7 +24,7 @@ fn start_verify_run() {
     assert_eq!(u.handle(Event::Start, t0(), true), Action::StartLoop);
     assert_eq!(u.state, UnitState::Starting);
     let t1 = t0() + Duration::from_secs(2);
-    u.handle(Event::Verified, t1, true);
+    u.handle(Event::Connected, t1, true);
     assert_eq!(u.state, UnitState::Running);
     assert_eq!(u.since, t1);
 }
@@ -33,7 +33,7 @@ fn start_verify_run() {
 fn drain_lets_the_loop_finish_then_stays_stopped() {
     let mut u = Unit::new(policy(), t0());
     u.handle(Event::Start, t0(), true);
-    u.handle(Event::Verified, t0(), true);
+    u.handle(Event::Connected, t0(), true);
     let t1 = t0() + Duration::from_secs(1);
     assert_eq!(u.handle(Event::Drain, t1, true), Action::StopLoop);
     assert_eq!(u.state, UnitState::Draining);
@@ -95,7 +95,7 @@ fn failure_backs_off_exponentially_and_verified_resets() {
         assert_eq!(u.handle(Event::Tick, now, true), Action::StartLoop);
     }
     assert_eq!(delays, vec![1, 2, 4]);
-    u.handle(Event::Verified, now, true);
+    u.handle(Event::Connected, now, true);
     u.handle(Event::LoopEnded(Some("x".into())), now, true);
     assert_eq!(
         u.retry_at.unwrap().duration_since(now).unwrap().as_secs(),
@@ -136,7 +136,7 @@ fn start_limit_stops_the_unit_with_the_reason() {
 fn token_invalid_degrades_and_waits_for_a_new_token() {
     let mut u = Unit::new(policy(), t0());
     u.handle(Event::Start, t0(), true);
-    u.handle(Event::Verified, t0(), true);
+    u.handle(Event::Connected, t0(), true);
     assert_eq!(
         u.handle(Event::TokenInvalid("403".into()), t0(), true),
         Action::StopLoop
@@ -157,7 +157,7 @@ fn token_invalid_degrades_and_waits_for_a_new_token() {
 fn watchdog_stall_restarts_after_backoff() {
     let mut u = Unit::new(policy(), t0());
     u.handle(Event::Start, t0(), true);
-    u.handle(Event::Verified, t0(), true);
+    u.handle(Event::Connected, t0(), true);
     assert_eq!(
         u.handle(Event::Stalled("no activity".into()), t0(), true),
         Action::StopLoop
@@ -180,7 +180,7 @@ fn stop_is_not_a_failure() {
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         Just(Event::Start),
-        Just(Event::Verified),
+        Just(Event::Connected),
         Just(Event::TokenInvalid("403".into())),
         Just(Event::LoopEnded(None)),
         Just(Event::LoopEnded(Some("err".into()))),

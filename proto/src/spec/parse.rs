@@ -219,16 +219,6 @@ pub fn parse_with(text: &str, file: &str, mode: ParseMode) -> Result<Parsed, Spe
             }
             warnings.push_if_set(&p, ni.note);
         }
-        if let Some(rc) = value_at(root, &base.key("request_concurrency"))
-            .and_then(|v| v.as_integer())
-            .and_then(|n| n.as_str().parse::<i64>().ok())
-            && rc > 1
-        {
-            warnings.push(
-                &base.key("request_concurrency"),
-                "values above 1 are not implemented; one request at a time",
-            );
-        }
         if mode == ParseMode::Standalone {
             for k in SPEC_ONLY {
                 warnings.push_if_set(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use super::DockerConfig;
+use super::{DockerConfig, GoDuration};
 
 /// A gitlab-runner `config.toml` (standalone mode) or a Drover runner spec file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -70,7 +70,15 @@ pub struct RunnerConfig {
     pub executor: String,
     /// Max jobs this runner runs at once (0 = no limit besides `concurrent`).
     pub limit: Option<u32>,
+    /// Job requests in flight at once for this runner (gitlab-runner default 1).
     pub request_concurrency: Option<u32>,
+    /// Failed job requests in a row after which the runner pauses (gitlab-runner default 3;
+    /// Drover pauses only when this or `unhealthy_interval` is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy_requests_limit: Option<u32>,
+    /// How long such a pause lasts (gitlab-runner default `"1h"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy_interval: Option<GoDuration>,
     /// Max trace size in KiB (gitlab-runner default 4096).
     pub output_limit: Option<u64>,
     /// Extra job variables, `KEY=value`.

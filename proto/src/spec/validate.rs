@@ -153,10 +153,12 @@ fn validate_runner(r: &RunnerConfig, index: usize, mode: ParseMode) -> Result<()
             format!("{who}: limit = {l}: must be between 0 (no limit) and {MAX_JOBS}"),
         ));
     }
-    if r.request_concurrency == Some(0) {
+    if let Some(rc) = r.request_concurrency
+        && !(1..=MAX_JOBS).contains(&rc)
+    {
         return Err(bad(
             base.key("request_concurrency"),
-            format!("{who}: request_concurrency must be at least 1"),
+            format!("{who}: request_concurrency = {rc}: must be between 1 and {MAX_JOBS}"),
         ));
     }
     if r.output_limit == Some(0) {

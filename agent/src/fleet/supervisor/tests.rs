@@ -79,6 +79,14 @@ impl TokenGitLab {
             .filter(|c| matches!(c, Call::Verify { .. }))
             .count()
     }
+
+    fn requests(&self) -> usize {
+        self.jobs
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::RequestJob { .. }))
+            .count()
+    }
 }
 
 #[async_trait]
@@ -540,9 +548,9 @@ async fn forbidden_job_request_degrades_until_a_new_token_arrives() {
         .await;
     assert!(unit(&r, "a").last_error.as_deref().unwrap().contains("403"));
     // No crash loop: nothing is requested with the dead token any more.
-    let verifies = h.gl.verifies();
+    let (verifies, requests) = (h.gl.verifies(), h.gl.requests());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.gl.verifies(), verifies);
+    assert_eq!((h.gl.verifies(), h.gl.requests()), (verifies, requests));
     assert_eq!(h.report.borrow().units[0].state, "degraded");
     // While it waits, the report repeats (the controller may have rate-limited the first).
     let count = |h: &Harness| {
@@ -628,24 +636,70 @@ async fn token_rotation_persists_before_use_and_tells_the_controller() {
 }
 
 #[tokio::test]
-async fn ip_change_is_reported_and_re_verifies() {
+async fn ip_change_is_reported_and_restarts_loops_without_verify() {
     let mut h = start_a(true).await;
     h.run_a().await;
     let verifies = h.gl.verifies();
     *h.ips.lock().unwrap() = vec!["10.0.0.2".to_string()];
     let e = h.runner_event("ips-changed").await;
     assert!(e.message.contains("10.0.0.2"), "{}", e.message);
+    h.wait_report("loop restarted", |r| {
+        unit(r, "a")
+            .log
+            .iter()
+            .any(|l| l.contains("job loop restarted"))
+    })
+    .await;
+    // The new loop's job requests tell GitLab the new address; nothing is verified.
+    let requests = h.gl.requests();
     let end = tokio::time::Instant::now() + WAIT;
-    while h.gl.verifies() == verifies {
-        assert!(tokio::time::Instant::now() < end, "no re-verify");
+    while h.gl.requests() <= requests {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no job request after the change"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // A 403 on the re-verify follows the token-invalid path.
+    assert_eq!(h.gl.verifies(), verifies);
+    h.job_on_a(6, "job after the ip change").await;
+    // A 403 on the restarted loop's job request follows the token-invalid path.
     h.gl.revoke("glrt-a");
     *h.ips.lock().unwrap() = vec!["10.0.0.3".to_string()];
     h.runner_event("token-invalid").await;
     h.wait_report("degraded", |r| unit(r, "a").state == "degraded")
         .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn only_403_on_the_verify_of_a_new_token_refuses_it() {
+    // gitlab-runner's VerifyRunner (`network/gitlab.go`): 403 = the token is dead, any
+    // other answer is logged and ignored.
+    let mut h = start_a(true).await;
+    h.gl.jobs
+        .fail_next(crate::gitlab::fake::Endpoint::Verify, 1, 404);
+    assert!(h.push(1, vec![assignment("a", "glrt-a")]).await.applied);
+    h.wait_report("a running", |r| is_running(r, "a")).await;
+    h.gl.jobs
+        .fail_next(crate::gitlab::fake::Endpoint::Verify, 1, 502);
+    h.gl.allow("glrt-b");
+    let ack = h
+        .push(
+            2,
+            vec![assignment("a", "glrt-a"), assignment("b", "glrt-b")],
+        )
+        .await;
+    assert!(ack.applied, "{ack:?}");
+    let ack = h
+        .push(
+            3,
+            vec![assignment("a", "glrt-a"), assignment("c", "glrt-dead")],
+        )
+        .await;
+    assert!(
+        !ack.applied && ack.error.contains("gitlab refused the token"),
+        "{ack:?}"
+    );
     h.stop().await;
 }
 
@@ -680,26 +734,29 @@ fn persist_one(dir: &tempfile::TempDir, token: &str) {
 }
 
 #[tokio::test]
-async fn a_loop_that_keeps_failing_hits_the_start_limit() {
+async fn a_loop_that_keeps_stalling_hits_the_start_limit() {
     let dir = tempfile::tempdir().unwrap();
     persist_one(&dir, "glrt-a");
     let gl = new_gl(&dir, &["glrt-a"]);
-    // 404 on verify is not retried by the loop: every start fails.
-    gl.jobs
-        .fail_next(crate::gitlab::fake::Endpoint::Verify, 100, 404);
-    let mut h = start(dir, gl, true).await;
+    // A failed job request never ends a loop; one that hangs past the watchdog does.
+    gl.jobs.set_request_delay(Duration::from_secs(30));
+    let mut p = policy();
+    p.watchdog = Duration::from_millis(100);
+    let mut h = start_with(dir, gl, true, p, Duration::ZERO).await;
     let r = h
         .wait_report("stopped by the start limit", |r| {
             r.units.iter().any(|u| u.state == "stopped")
         })
         .await;
     let e = unit(&r, "a").last_error.clone().unwrap();
-    assert!(e.contains("start limit hit") && e.contains("404"), "{e}");
-    assert_eq!(h.gl.verifies(), 5);
+    assert!(
+        e.contains("start limit hit") && e.contains("watchdog"),
+        "{e}"
+    );
+    assert_eq!(h.gl.requests(), 5, "one job request per start");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.gl.verifies(), 5, "a stopped unit does not start again");
+    assert_eq!(h.gl.requests(), 5, "a stopped unit does not start again");
     h.runner_event("backoff").await;
-    h.runner_event("verify-failed").await;
     h.stop().await;
 }
 
@@ -720,7 +777,7 @@ async fn the_watchdog_restarts_a_stalled_job_request_loop() {
     })
     .await;
     let end = tokio::time::Instant::now() + WAIT;
-    while h.gl.verifies() < 2 {
+    while h.gl.requests() < 2 {
         assert!(
             tokio::time::Instant::now() < end,
             "no restart after the stall"
