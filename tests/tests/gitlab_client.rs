@@ -869,3 +869,201 @@ async fn api_timeout_does_not_cut_artifact_transfers() {
         "{err}"
     );
 }
+
+/// The client half of `agent/src/gitlab/STATUS.md`: one case per (endpoint, status,
+/// headers) row, answered by the fake with fault injection, and the error it becomes:
+/// its kind, whether it is retried, and the wait GitLab asked for.
+#[tokio::test]
+async fn status_table_rows_map_to_errors() {
+    let (fake, gl, jobs) = runner_with_jobs(&["a"]).await;
+    let job = &jobs[0];
+    let dir = tempfile::tempdir().unwrap();
+    let upload = archive_upload(dir.path(), "artifacts.zip", b"zip");
+    let reset_in_30s = {
+        let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(30);
+        at.format(time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        ))
+        .unwrap()
+    };
+    let secs = |s: u64| Some(Duration::from_secs(s));
+    type Row<'a> = (
+        Endpoint,
+        u16,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        bool,
+        Option<Duration>,
+    );
+    let rows: Vec<Row> = vec![
+        (Endpoint::RequestJob, 403, vec![], "forbidden", false, None),
+        (Endpoint::RequestJob, 404, vec![], "not_found", false, None),
+        (
+            Endpoint::RequestJob,
+            404,
+            vec![("Retry-After", "5")],
+            "not_found",
+            false,
+            None,
+        ),
+        (Endpoint::RequestJob, 409, vec![], "conflict", true, None),
+        (Endpoint::RequestJob, 401, vec![], "status", false, None),
+        (Endpoint::RequestJob, 408, vec![], "status", true, None),
+        (Endpoint::RequestJob, 422, vec![], "status", false, None),
+        (Endpoint::RequestJob, 429, vec![], "status", true, None),
+        (
+            Endpoint::RequestJob,
+            429,
+            vec![("Retry-After", "7")],
+            "retry_later",
+            true,
+            secs(7),
+        ),
+        (
+            Endpoint::RequestJob,
+            429,
+            vec![
+                ("Retry-After", "7"),
+                ("RateLimit-ResetTime", reset_in_30s.as_str()),
+            ],
+            "retry_later",
+            true,
+            secs(30),
+        ),
+        (Endpoint::RequestJob, 500, vec![], "status", true, None),
+        (Endpoint::RequestJob, 501, vec![], "status", false, None),
+        (Endpoint::RequestJob, 502, vec![], "status", true, None),
+        (
+            Endpoint::RequestJob,
+            503,
+            vec![("Retry-After", "3")],
+            "retry_later",
+            true,
+            secs(3),
+        ),
+        (Endpoint::RequestJob, 504, vec![], "status", true, None),
+        (Endpoint::RequestJob, 512, vec![], "status", true, None),
+        (
+            Endpoint::VerifyRunner,
+            403,
+            vec![],
+            "forbidden",
+            false,
+            None,
+        ),
+        (
+            Endpoint::VerifyRunner,
+            404,
+            vec![],
+            "not_found",
+            false,
+            None,
+        ),
+        (Endpoint::VerifyRunner, 500, vec![], "status", true, None),
+        (Endpoint::UpdateJob, 403, vec![], "forbidden", false, None),
+        (Endpoint::UpdateJob, 404, vec![], "not_found", false, None),
+        (Endpoint::UpdateJob, 412, vec![], "status", false, None),
+        (Endpoint::UpdateJob, 502, vec![], "status", true, None),
+        (
+            Endpoint::UpdateJob,
+            429,
+            vec![("Retry-After", "2")],
+            "retry_later",
+            true,
+            secs(2),
+        ),
+        (Endpoint::PatchTrace, 403, vec![], "forbidden", false, None),
+        (Endpoint::PatchTrace, 404, vec![], "not_found", false, None),
+        (
+            Endpoint::PatchTrace,
+            503,
+            vec![("Retry-After", "4")],
+            "retry_later",
+            true,
+            secs(4),
+        ),
+        (
+            Endpoint::UploadArtifacts,
+            403,
+            vec![],
+            "forbidden",
+            false,
+            None,
+        ),
+        (
+            Endpoint::UploadArtifacts,
+            413,
+            vec![],
+            "too_large",
+            false,
+            None,
+        ),
+        (Endpoint::UploadArtifacts, 502, vec![], "status", true, None),
+        (
+            Endpoint::DownloadArtifacts,
+            403,
+            vec![],
+            "forbidden",
+            false,
+            None,
+        ),
+        (
+            Endpoint::DownloadArtifacts,
+            404,
+            vec![],
+            "not_found",
+            false,
+            None,
+        ),
+        (
+            Endpoint::DownloadArtifacts,
+            503,
+            vec![],
+            "status",
+            true,
+            None,
+        ),
+    ];
+    for (ep, status, headers, want_kind, want_retry, want_after) in rows {
+        fake.fail_next_with(ep, status, 1, &headers);
+        let err = match ep {
+            Endpoint::RequestJob => gl.request_job(&auth("glrt-r"), None).await.map(drop),
+            Endpoint::VerifyRunner => gl.verify(&auth("glrt-r")).await.map(drop),
+            Endpoint::UpdateJob => gl
+                .update_job(job.id, &job.token, &update("running"))
+                .await
+                .map(drop),
+            Endpoint::PatchTrace => gl.patch_trace(job.id, &job.token, 0, b"x").await.map(drop),
+            Endpoint::UploadArtifacts => gl.upload_artifacts(job.id, &job.token, &upload).await,
+            Endpoint::DownloadArtifacts => gl
+                .download_artifacts(job.id, &job.token, &dir.path().join("dl.zip"))
+                .await
+                .map(drop),
+            other => unreachable!("{other:?}"),
+        }
+        .expect_err("injected failure");
+        let case = format!("{ep:?} {status} {headers:?}: {err}");
+        let kind = match &err {
+            GitLabError::Forbidden { .. } => "forbidden",
+            GitLabError::NotFound { .. } => "not_found",
+            GitLabError::Conflict { .. } => "conflict",
+            GitLabError::TooLarge { .. } => "too_large",
+            GitLabError::Status { .. } => "status",
+            GitLabError::RetryLater { .. } => "retry_later",
+            GitLabError::Transport { .. } => "transport",
+            GitLabError::Decode { .. } => "decode",
+        };
+        assert_eq!(kind, want_kind, "{case}");
+        assert_eq!(err.is_retryable(), want_retry, "{case}");
+        assert_eq!(err.status(), Some(status), "{case}");
+        match (err.retry_after(), want_after) {
+            (None, None) => {}
+            // A reset time is a wall-clock instant: allow the seconds this case took.
+            (Some(got), Some(want)) => assert!(
+                got <= want && got + Duration::from_secs(3) >= want,
+                "{case}: waited {got:?}, want {want:?}"
+            ),
+            (got, want) => panic!("{case}: retry_after {got:?}, want {want:?}"),
+        }
+    }
+}

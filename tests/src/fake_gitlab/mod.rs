@@ -467,15 +467,33 @@ impl FakeGitLab {
 
     /// Answer `status` to the next `count` requests of `endpoint`.
     pub fn fail_next(&self, endpoint: Endpoint, status: u16, count: u32) {
-        let mut st = self.shared.lock();
-        st.faults.entry(endpoint).or_default().fail_next = Some((status, count));
+        self.fail_next_with(endpoint, status, count, &[]);
     }
 
-    /// Answer `status` to every request of `endpoint` for `duration`.
-    pub fn fail_for(&self, endpoint: Endpoint, status: u16, duration: Duration) {
+    /// Answer `status` with `headers` (e.g. `Retry-After`, `RateLimit-ResetTime`) to the
+    /// next `count` requests of `endpoint`.
+    pub fn fail_next_with(
+        &self,
+        endpoint: Endpoint,
+        status: u16,
+        count: u32,
+        headers: &[(&str, &str)],
+    ) {
         let mut st = self.shared.lock();
-        st.faults.entry(endpoint).or_default().fail_until =
-            Some((status, Instant::now() + duration));
+        let fault = st.faults.entry(endpoint).or_default();
+        fault.fail_next = Some((status, count));
+        fault.headers = owned_headers(headers);
+    }
+
+    /// Answer `status` to every request of `endpoint` for `duration`; returns when the
+    /// failures end.
+    pub fn fail_for(&self, endpoint: Endpoint, status: u16, duration: Duration) -> Instant {
+        let until = Instant::now() + duration;
+        let mut st = self.shared.lock();
+        let fault = st.faults.entry(endpoint).or_default();
+        fault.fail_until = Some((status, until));
+        fault.headers.clear();
+        until
     }
 
     /// Delay every answer of `endpoint` (`None` removes the delay).
@@ -628,6 +646,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+fn owned_headers(headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 /// Applies injected faults and delays, then counts the answer per endpoint and status.
 async fn faults_and_counters(
     AxState(shared): AxState<Arc<Shared>>,
@@ -637,7 +662,7 @@ async fn faults_and_counters(
     let Some(endpoint) = Endpoint::classify(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    let (injected, delay) = {
+    let (injected, delay, headers) = {
         let mut st = shared.lock();
         let fault = st.faults.entry(endpoint).or_insert_with(Fault::default);
         let mut injected = None;
@@ -654,7 +679,7 @@ async fn faults_and_counters(
             injected = Some(status);
             fault.fail_next = (remaining > 1).then(|| (status, remaining - 1));
         }
-        (injected, fault.delay)
+        (injected, fault.delay, fault.headers.clone())
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -663,7 +688,16 @@ async fn faults_and_counters(
         Some(status) => {
             let code = axum::http::StatusCode::from_u16(status)
                 .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-            respond::message(code)
+            let mut resp = respond::message(code);
+            for (name, value) in headers {
+                if let (Ok(n), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(name.as_bytes()),
+                    axum::http::HeaderValue::from_str(&value),
+                ) {
+                    resp.headers_mut().insert(n, v);
+                }
+            }
+            resp
         }
         None => next.run(req).await,
     };

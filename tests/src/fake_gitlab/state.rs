@@ -181,6 +181,8 @@ pub(crate) struct Fault {
     pub fail_until: Option<(u16, Instant)>,
     /// Hold every answer this long.
     pub delay: Option<Duration>,
+    /// Headers sent with every injected failure (`Retry-After`, `RateLimit-ResetTime`, ...).
+    pub headers: Vec<(String, String)>,
 }
 
 /// Server behaviour a test may change.
