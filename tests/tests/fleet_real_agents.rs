@@ -10,7 +10,8 @@
 //! - an expiring token is rotated before expiry, persisted, and the controller keeps the new
 //!   expiry; a token that expired anyway heals like a revoked one;
 //! - an agent in its own network namespace whose address changes reports `ips-changed`,
-//!   re-verifies, and the controller records the new address (root only).
+//!   restarts its job loop without verifying, and the controller records the new address
+//!   (root only).
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
@@ -460,9 +461,10 @@ async fn expiring_token_rotates_and_expired_token_heals() {
 }
 
 /// An agent in its own network namespace: its address changes, it reports `ips-changed`
-/// and re-verifies its runner, the controller records the new address, jobs keep running.
+/// and restarts its job loop on new connections (whose job requests tell GitLab the new
+/// address: nothing is verified), the controller records the new address, jobs keep running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ip_change_is_reported_and_re_verified() {
+async fn ip_change_is_reported_and_loops_restart() {
     init_crypto();
     let mut ns = match Netns::create() {
         Ok(ns) => ns,
@@ -531,6 +533,7 @@ async fn ip_change_is_reported_and_re_verified() {
     );
 
     let verifies = gitlab.request_count(Endpoint::VerifyRunner, 200);
+    let requests = gitlab.request_count(Endpoint::RequestJob, 204);
     let new_ip = ns.change_address().expect("change the namespace address");
     // The controller records the new address...
     let agent = wait_until(
@@ -546,10 +549,10 @@ async fn ip_change_is_reported_and_re_verified() {
     )
     .await;
     assert_eq!(agent["runners"][0]["name"], "real-netns");
-    // ...the agent reported the change and re-verified as the policy says.
+    // ...the agent reported the change and restarted its job loop.
     wait_until(
         Duration::from_secs(50),
-        "ips-changed reported and re-verified",
+        "ips-changed reported and the loop restarted",
         || {
             let reported = c.proc.log_text().contains("ips-changed");
             let s = drover_tests::fleet_support::status_json(&a.state_dir());
@@ -557,13 +560,18 @@ async fn ip_change_is_reported_and_re_verified() {
             (reported
                 && log.contains("ips changed")
                 && log.contains(&new_ip)
-                && log.contains("re-verified after the ip change"))
+                && log.contains("job loop restarted on new connections"))
             .then_some(())
         },
         ctx,
     )
     .await;
-    assert!(gitlab.request_count(Endpoint::VerifyRunner, 200) > verifies);
+    assert!(gitlab.request_count(Endpoint::RequestJob, 204) > requests);
+    assert_eq!(
+        gitlab.request_count(Endpoint::VerifyRunner, 200),
+        verifies,
+        "nothing re-verified"
+    );
     assert_eq!(gitlab.runners().len(), 1, "same runner, no re-registration");
     assert_eq!(
         job_ok(&gitlab, &image, "after-move", &[], ctx).await,
