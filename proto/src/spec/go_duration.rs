@@ -123,4 +123,32 @@ mod tests {
         assert_eq!(back.d, t.d);
         assert!(toml::from_str::<T>("d = -1").is_err());
     }
+
+    #[test]
+    fn runner_keys_parse_without_warnings_and_bad_values_name_the_line() {
+        let base = "[[runners]]\nurl = \"http://g\"\ntoken = \"glrt-x\"\nexecutor = \"docker\"\n";
+        let ok = crate::spec::parse_config(
+            &format!("{base}request_concurrency = 4\nunhealthy_requests_limit = 5\nunhealthy_interval = \"1h30m\"\n"),
+            "config.toml",
+        )
+        .unwrap();
+        assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
+        let r = &ok.config.runners[0];
+        assert_eq!(r.request_concurrency, Some(4));
+        assert_eq!(r.unhealthy_requests_limit, Some(5));
+        assert_eq!(
+            r.unhealthy_interval,
+            Some(GoDuration(Duration::from_secs(5400)))
+        );
+        let err = crate::spec::parse_config(
+            &format!("{base}unhealthy_interval = \"1d\"\n"),
+            "config.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("config.toml:5") && err.contains("\"1d\""),
+            "{err}"
+        );
+    }
 }
