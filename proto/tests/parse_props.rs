@@ -36,6 +36,8 @@ fn check(text: &str) {
             assert_eq!(file, "fuzz.toml");
             assert!(line >= 1 && line <= text.lines().count().max(1) + 1);
         }
-        Err(SpecError::Invalid { file, .. }) => assert_eq!(file, "fuzz.toml"),
+        Err(SpecError::Invalid { file, .. } | SpecError::TooLarge { file, .. }) => {
+            assert_eq!(file, "fuzz.toml")
+        }
     }
 }

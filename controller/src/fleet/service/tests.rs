@@ -214,7 +214,7 @@ async fn apply_registers_for_selected_agents_and_builds_desired_state() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .starts_with("runners.toml:6: runners[0].executor"),
+            .starts_with("runners.toml:6:12: runners[0].executor"),
         "{err}"
     );
     assert_eq!(w.store.latest_generation().unwrap().unwrap().generation, 1);
