@@ -15,7 +15,7 @@ mod runner;
 pub mod validate;
 
 pub use docker::{DockerConfig, PullPolicy, PullPolicyList};
-pub use label::{MAX_LABEL_LEN, validate_label};
+pub use label::{MAX_LABEL_LEN, validate_label, validate_labels};
 pub use locate::{Segment, TomlPath};
 pub use parse::{ParseMode, Parsed, SpecError, Warning, parse_config, parse_with};
 pub use runner::{CacheConfig, Config, RunnerConfig, SessionServer};

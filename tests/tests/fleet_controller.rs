@@ -692,6 +692,20 @@ async fn gitlab_runner_files_import_and_refusals_name_the_key() {
         stderr(&out)
     );
 
+    // Label sets are bounded: agent labels and selectors alike.
+    let many: Vec<String> = (0..65).map(|i| format!("k{i}=v")).collect();
+    let mut args = vec!["token", "create"];
+    for l in &many {
+        args.extend(["--label", l.as_str()]);
+    }
+    let out = c.drover(&args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("65 labels; at most 64 are accepted"),
+        "{}",
+        stderr(&out)
+    );
+
     // Too large: the CLI refuses before sending; the controller refuses on its own too.
     let big = format!("{base}#{}\n", "x".repeat(2 << 20));
     let err = refused(&big);

@@ -83,6 +83,9 @@ pub struct AdminService {
     pub state: AppState,
 }
 
+/// Longest file name an apply may carry (it is quoted in every message about the file).
+const MAX_FILE_NAME: usize = 4096;
+
 #[tonic::async_trait]
 impl v1::admin_server::Admin for AdminService {
     async fn create_token(
@@ -91,11 +94,8 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::CreateTokenResponse>, Status> {
         let admin = auth::admin(&req)?;
         let r = req.into_inner();
-        let mut labels = BTreeMap::new();
-        for (k, v) in r.labels {
-            tokens::validate_label(&k, &v).map_err(Status::invalid_argument)?;
-            labels.insert(k, v);
-        }
+        drover_proto::spec::validate_labels(r.labels.iter()).map_err(Status::invalid_argument)?;
+        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
         let ttl =
             match r.ttl_seconds {
                 0 => tokens::DEFAULT_TTL,
@@ -212,11 +212,14 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::ApplyRunnersResponse>, Status> {
         let admin = auth::admin(&req)?;
         let r = req.into_inner();
-        let mut selector = BTreeMap::new();
-        for (k, v) in r.selector {
-            tokens::validate_label(&k, &v).map_err(Status::invalid_argument)?;
-            selector.insert(k, v);
+        drover_proto::spec::validate_labels(r.selector.iter())
+            .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?;
+        if r.file_name.len() > MAX_FILE_NAME || r.file_name.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "file name must be at most {MAX_FILE_NAME} bytes without control characters"
+            )));
         }
+        let selector: BTreeMap<String, String> = r.selector.into_iter().collect();
         let outcome = self
             .state
             .fleet

@@ -25,6 +25,24 @@ pub fn validate_label(k: &str, v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a whole label set (agent labels, `--selector`): at most
+/// [`super::limits::MAX_LABELS`] entries, each as [`validate_label`] wants.
+pub fn validate_labels<'a>(
+    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), String> {
+    let max = super::limits::MAX_LABELS;
+    if labels.len() > max {
+        return Err(format!(
+            "{} labels; at most {max} are accepted",
+            labels.len()
+        ));
+    }
+    for (k, v) in labels {
+        validate_label(k, v)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +56,20 @@ mod tests {
         assert!(validate_label("a b", "x").is_err());
         assert!(validate_label("k", "\u{1b}]0;x\u{7}").is_err());
         assert!(validate_label("k", &"v".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn label_sets_are_bounded() {
+        let set = |n: usize| -> std::collections::BTreeMap<String, String> {
+            (0..n).map(|i| (format!("k{i}"), "v".to_string())).collect()
+        };
+        assert!(validate_labels(set(64).iter()).is_ok());
+        assert_eq!(
+            validate_labels(set(65).iter()).unwrap_err(),
+            "65 labels; at most 64 are accepted"
+        );
+        let mut bad = set(1);
+        bad.insert("<script>".into(), "x".into());
+        assert!(validate_labels(bad.iter()).is_err());
     }
 }
