@@ -429,3 +429,20 @@ fn selectors_are_validated_and_bounded() {
         "bad.toml:10:10: runners[0].selector: 65 entries; at most 64 are accepted"
     );
 }
+
+#[test]
+fn tags_are_what_gitlab_keeps() {
+    let text = SPEC.replace("[\"edge\", \"arm64\"]", "[\"edge\", \"arm64,x86\"]");
+    assert_eq!(
+        spec_error(&text),
+        "bad.toml:6:21: runners[0].tag_list[1]: runner \"lab-docker\": tag \"arm64,x86\": a tag \
+         is not blank and holds no comma"
+    );
+    let text = SPEC.replace("[\"edge\", \"arm64\"]", "[\"edge\", \" \"]");
+    assert!(spec_error(&text).contains("runners[0].tag_list[1]"));
+    let text = SPEC.replace(
+        "[\"edge\", \"arm64\"]",
+        "[\"edge\", \"gpu 24 GB\", \"本番\"]",
+    );
+    parse_with(&text, "ok.toml", ParseMode::Spec).unwrap();
+}

@@ -207,6 +207,19 @@ fn validate_runner(r: &RunnerConfig, index: usize, mode: ParseMode) -> Result<()
                 ),
             ));
         }
+        // GitLab reads `tag_list` with `CommaSeparatedToArray` (lib/api/ci/runner.rb and
+        // lib/api/user_runners.rb in gitlabhq/gitlabhq): a comma splits a tag in two, and
+        // Drover, like gitlab-runner, sends the list joined with commas.
+        for (j, t) in r.tag_list.iter().enumerate() {
+            if t.trim().is_empty() || t.contains(',') {
+                let mut p = base.key("tag_list");
+                p.0.push(super::locate::Segment::Index(j));
+                return Err(bad(
+                    p,
+                    format!("{who}: tag {t:?}: a tag is not blank and holds no comma"),
+                ));
+            }
+        }
         for (k, v) in &r.selector {
             if let Err(e) = super::validate_label(k, v) {
                 return Err(bad(base.key("selector").key(k), format!("{who}: {e}")));
