@@ -41,3 +41,13 @@ fn check(text: &str) {
         }
     }
 }
+
+#[test]
+fn deeply_nested_values_do_not_overflow_the_stack() {
+    for depth in [100, 10_000, 200_000] {
+        let text = format!("a = {}{}\n", "[".repeat(depth), "]".repeat(depth));
+        let _ = drover_proto::spec::parse_config(&text, "deep.toml");
+        let text = format!("a = {}1{}\n", "{ b = ".repeat(depth), " }".repeat(depth));
+        let _ = drover_proto::spec::parse_config(&text, "deep.toml");
+    }
+}
