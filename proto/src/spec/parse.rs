@@ -78,17 +78,6 @@ pub enum SpecError {
     TooLarge { file: String, message: String },
 }
 
-impl SpecError {
-    /// The line, when known.
-    pub fn line(&self) -> Option<usize> {
-        match self {
-            SpecError::Syntax { line, .. } => Some(*line),
-            SpecError::Invalid { position, .. } => position.map(|(l, _)| l),
-            SpecError::TooLarge { .. } => None,
-        }
-    }
-}
-
 /// How a not-implemented key is matched: a path relative to the root or to each runner.
 struct NotImplemented {
     /// Path segments; for runner keys relative to the `[[runners]]` table.
