@@ -210,25 +210,8 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// Checks a label key (1–63 of `[A-Za-z0-9._/-]`) and value (at most 63 printable characters).
-pub fn validate_label(k: &str, v: &str) -> Result<(), String> {
-    if k.is_empty()
-        || k.len() > 63
-        || !k
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
-    {
-        return Err(format!(
-            "label key {k:?} must be 1-63 characters of A-Z a-z 0-9 . _ / -"
-        ));
-    }
-    if v.len() > 63 || v.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "label value {v:?} must be at most 63 printable characters"
-        ));
-    }
-    Ok(())
-}
+/// Checks a label key and value: the one rule, shared with `[runners.selector]` in specs.
+pub use drover_proto::spec::validate_label;
 
 #[cfg(test)]
 mod tests {

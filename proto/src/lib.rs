@@ -9,6 +9,11 @@
 pub mod spec;
 pub mod transport;
 
+/// Largest gRPC message a Drover client or agent decodes: tonic's default (4 MiB), which
+/// every agent already deployed keeps. The controller never sends more: it refuses a spec
+/// whose desired state could not reach an agent, and pages `ListRunners`.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Generated code for package `drover.v1`.
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -2,11 +2,14 @@
 //! Drover's runner spec file (the same `[[runners]]` tables plus a few keys of Drover's).
 //!
 //! The types here are plain data with serde; parsing with file/line errors, warnings for
-//! keys Drover does not implement ([`parse`]), and validation ([`validate`]) sit beside them.
+//! keys Drover does not implement ([`parse`]), bounds on sizes and counts ([`limits`]) and
+//! validation ([`validate`]) sit beside them.
 //! Entry point: [`parse_config`] (standalone `config.toml`) or [`parse_with`].
 
 mod docker;
 mod go_duration;
+mod label;
+pub mod limits;
 mod locate;
 pub mod parse;
 mod runner;
@@ -14,6 +17,7 @@ pub mod validate;
 
 pub use docker::{DockerConfig, PullPolicy, PullPolicyList};
 pub use go_duration::{GoDuration, parse_go_duration};
+pub use label::{MAX_LABEL_LEN, validate_label, validate_labels};
 pub use locate::{Segment, TomlPath};
 pub use parse::{ParseMode, Parsed, SpecError, Warning, parse_config, parse_with};
 pub use runner::{CacheConfig, Config, RunnerConfig, SessionServer};

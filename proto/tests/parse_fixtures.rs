@@ -90,7 +90,7 @@ fn other_executor_is_refused_naming_runner_and_line() {
     let e = error_of("bad_executor.toml");
     assert_eq!(
         e.to_string(),
-        "bad_executor.toml:7: runners[0].executor: runner \"shell-runner\": executor \"shell\" \
+        "bad_executor.toml:7:14: runners[0].executor: runner \"shell-runner\": executor \"shell\" \
          is not supported; only \"docker\" is"
     );
 }
@@ -100,7 +100,7 @@ fn missing_token_is_refused() {
     let e = error_of("missing_token.toml");
     assert_eq!(
         e.to_string(),
-        "missing_token.toml:1: runners[0].token: runner \"no-token\": token missing"
+        "missing_token.toml:1:1: runners[0].token: runner \"no-token\": token missing"
     );
 }
 
@@ -109,7 +109,7 @@ fn missing_url_names_the_second_runner() {
     let e = error_of("missing_url.toml");
     assert_eq!(
         e.to_string(),
-        "missing_url.toml:7: runners[1].url: runner \"no-url\": url missing"
+        "missing_url.toml:7:1: runners[1].url: runner \"no-url\": url missing"
     );
 }
 
@@ -118,7 +118,7 @@ fn bad_url_is_refused() {
     let e = error_of("bad_url.toml");
     assert_eq!(
         e.to_string(),
-        "bad_url.toml:3: runners[0].url: runner \"bad-url\": url \"gitlab.example.com\": must \
+        "bad_url.toml:3:9: runners[0].url: runner \"bad-url\": url \"gitlab.example.com\": must \
          start with http:// or https://"
     );
 }
@@ -162,7 +162,7 @@ fn zero_concurrent_is_refused() {
     let e = error_of("zero_concurrent.toml");
     assert_eq!(
         e.to_string(),
-        "zero_concurrent.toml:1: concurrent: concurrent = 0: must be between 1 and 1000"
+        "zero_concurrent.toml:1:14: concurrent: concurrent = 0: must be between 1 and 1000"
     );
 }
 
@@ -238,7 +238,7 @@ fn spec_mode_needs_some_token() {
     let e = parse_with(&no_token, "runners.toml", ParseMode::Spec).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "runners.toml:2: runners[0].token: runner \"lab-docker\": token, registration_token or \
+        "runners.toml:2:1: runners[0].token: runner \"lab-docker\": token, registration_token or \
          runner_creation_token required"
     );
     // A runner-creation token is enough; its runner_type is checked.
@@ -254,4 +254,195 @@ fn spec_mode_needs_some_token() {
             .contains("runner_type \"project_type\" needs project_id"),
         "{e}"
     );
+}
+
+/// gitlab-runner's documented examples and `register` output, in both modes.
+#[test]
+fn gitlab_runner_files_parse_in_both_modes() {
+    for name in [
+        "gitlab-runner/advanced_configuration.toml",
+        "gitlab-runner/register_free_text_names.toml",
+        "register_default.toml",
+    ] {
+        let text = fixture(name);
+        for mode in [ParseMode::Standalone, ParseMode::Spec] {
+            let parsed = parse_with(&text, name, mode).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+            assert!(!parsed.config.runners.is_empty(), "{name}");
+        }
+    }
+    let parsed =
+        parse_config(&fixture("gitlab-runner/register_free_text_names.toml"), "c").unwrap();
+    let names: Vec<&str> = parsed
+        .config
+        .runners
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "gitlab runner for ci",
+            "Bob's runner: build/test (prod) #2 — 本番 🚀",
+            "terraform/openstack ../../etc"
+        ]
+    );
+}
+
+fn spec_error(text: &str) -> String {
+    match parse_with(text, "bad.toml", ParseMode::Spec) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn type_errors_name_the_key_path() {
+    let text = SPEC.replace(
+        "pull_policy = \"if-not-present\"",
+        "pull_policy = \"sometimes\"",
+    );
+    assert_eq!(
+        spec_error(&text),
+        "bad.toml:14:15: runners[0].docker.pull_policy: unknown pull policy \"sometimes\", \
+         expected one of: always, if-not-present, never"
+    );
+    let e = error_of("bad_pull_policy.toml").to_string();
+    assert!(
+        e.starts_with(
+            "bad_pull_policy.toml:8:19: runners[0].docker.pull_policy: unknown pull policy"
+        ),
+        "{e}"
+    );
+    let text = SPEC.replace("limit = 2", "limit = \"two\"");
+    assert!(
+        spec_error(&text).starts_with("bad.toml:8:9: runners[0].limit: "),
+        "{}",
+        spec_error(&text)
+    );
+    let text = SPEC.replace("run_untagged = false", "run_untagged = \"no\"");
+    assert!(spec_error(&text).starts_with("bad.toml:7:16: runners[0].run_untagged: "));
+}
+
+#[test]
+fn one_line_values_refuse_control_characters() {
+    let text = SPEC.replace("alpine:3.20", "alpine:3.20\\nevil");
+    assert_eq!(
+        spec_error(&text),
+        "bad.toml:13:9: runners[0].docker.image: value holds the control character '\\n' at \
+         byte 11; a one-line value must hold none"
+    );
+    let text = SPEC.replace(
+        "https://gitlab.example.com",
+        "https://gitlab.example.com\\u001b]0;x\\u0007",
+    );
+    assert!(
+        spec_error(&text).contains("runners[0].url: value holds the control character '\\u{1b}'")
+    );
+    // Scripts and free text may span lines.
+    let text = SPEC.replace(
+        "executor = \"docker\"",
+        "executor = \"docker\"\npre_build_script = '''\necho one\n\techo two\n'''\ndescription = \"a\\nb\"",
+    );
+    parse_with(&text, "ok.toml", ParseMode::Spec).unwrap();
+    // So may sections Drover does not read, such as a PEM key for the GCS cache.
+    let text = SPEC.replace(
+        "[runners.selector]",
+        "[runners.cache.gcs]\nPrivateKey = \"-----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----\\n\"\n[runners.selector]",
+    );
+    parse_with(&text, "ok.toml", ParseMode::Spec).unwrap();
+}
+
+#[test]
+fn sizes_and_counts_are_bounded() {
+    use drover_proto::spec::limits;
+    let big = format!("{SPEC}#{}\n", "x".repeat(limits::MAX_FILE_BYTES));
+    assert_eq!(
+        spec_error(&big),
+        format!(
+            "bad.toml: file is {} bytes; at most 1048576 bytes (1 MiB) are accepted",
+            big.len()
+        )
+    );
+    let long_image = SPEC.replace("alpine:3.20", &"a".repeat(limits::MAX_VALUE_BYTES + 1));
+    assert_eq!(
+        spec_error(&long_image),
+        "bad.toml:13:9: runners[0].docker.image: value of 4097 bytes; at most 4096 bytes are \
+         accepted"
+    );
+    let many_tags: Vec<String> = (0..=limits::MAX_ITEMS)
+        .map(|i| format!("\"t{i}\""))
+        .collect();
+    let text = SPEC.replace(
+        "[\"edge\", \"arm64\"]",
+        &format!("[{}]", many_tags.join(",")),
+    );
+    assert_eq!(
+        spec_error(&text),
+        "bad.toml:6:12: runners[0].tag_list: 257 items; at most 256 are accepted"
+    );
+    let runner = SPEC.replace("name = \"lab-docker\"", "name = \"r{}\"");
+    let many: String = (0..=limits::MAX_RUNNERS)
+        .map(|i| runner.replace("{}", &i.to_string()))
+        .collect();
+    assert!(many.len() < limits::MAX_FILE_BYTES);
+    assert_eq!(
+        spec_error(&many),
+        "bad.toml:2:1: runners: 1001 items; at most 1000 are accepted"
+    );
+    let long_name = SPEC.replace("lab-docker", &"é".repeat(limits::MAX_NAME_CHARS + 1));
+    assert_eq!(
+        spec_error(&long_name),
+        "bad.toml:3:8: runners[0].name: name of 256 characters; at most 255 are accepted"
+    );
+    let ok_name = SPEC.replace("lab-docker", &"é".repeat(limits::MAX_NAME_CHARS));
+    parse_with(&ok_name, "ok.toml", ParseMode::Spec).unwrap();
+}
+
+#[test]
+fn selectors_are_validated_and_bounded() {
+    for (selector, want) in [
+        (
+            "\"\" = \"x\"",
+            "bad.toml:11:6: runners[0].selector.\"\": runner \"lab-docker\": label key \"\" must be 1-63 \
+             characters of A-Z a-z 0-9 . _ / -",
+        ),
+        (
+            "\"<script>\" = \"x\"",
+            "bad.toml:11:14: runners[0].selector.\"<script>\": runner \"lab-docker\": label key \
+             \"<script>\" must be 1-63 characters of A-Z a-z 0-9 . _ / -",
+        ),
+        (
+            "site = \"\\u001b[31mlab\"",
+            "bad.toml:11:8: runners[0].selector.site: runner \"lab-docker\": label value \
+             \"\\u{1b}[31mlab\" must be at most 63 printable characters",
+        ),
+    ] {
+        let text = SPEC.replace("site = \"lab\"", selector);
+        assert_eq!(spec_error(&text), want);
+    }
+    let many: Vec<String> = (0..=drover_proto::spec::limits::MAX_LABELS)
+        .map(|i| format!("k{i} = \"v\""))
+        .collect();
+    let text = SPEC.replace("site = \"lab\"", &many.join("\n"));
+    assert_eq!(
+        spec_error(&text),
+        "bad.toml:10:10: runners[0].selector: 65 entries; at most 64 are accepted"
+    );
+}
+
+#[test]
+fn tags_are_what_gitlab_keeps() {
+    let text = SPEC.replace("[\"edge\", \"arm64\"]", "[\"edge\", \"arm64,x86\"]");
+    assert_eq!(
+        spec_error(&text),
+        "bad.toml:6:21: runners[0].tag_list[1]: runner \"lab-docker\": tag \"arm64,x86\": a tag \
+         is not blank and holds no comma"
+    );
+    let text = SPEC.replace("[\"edge\", \"arm64\"]", "[\"edge\", \" \"]");
+    assert!(spec_error(&text).contains("runners[0].tag_list[1]"));
+    let text = SPEC.replace(
+        "[\"edge\", \"arm64\"]",
+        "[\"edge\", \"gpu 24 GB\", \"本番\"]",
+    );
+    parse_with(&text, "ok.toml", ParseMode::Spec).unwrap();
 }

@@ -36,6 +36,18 @@ fn check(text: &str) {
             assert_eq!(file, "fuzz.toml");
             assert!(line >= 1 && line <= text.lines().count().max(1) + 1);
         }
-        Err(SpecError::Invalid { file, .. }) => assert_eq!(file, "fuzz.toml"),
+        Err(SpecError::Invalid { file, .. } | SpecError::TooLarge { file, .. }) => {
+            assert_eq!(file, "fuzz.toml")
+        }
+    }
+}
+
+#[test]
+fn deeply_nested_values_do_not_overflow_the_stack() {
+    for depth in [100, 10_000, 200_000] {
+        let text = format!("a = {}{}\n", "[".repeat(depth), "]".repeat(depth));
+        let _ = drover_proto::spec::parse_config(&text, "deep.toml");
+        let text = format!("a = {}1{}\n", "{ b = ".repeat(depth), " }".repeat(depth));
+        let _ = drover_proto::spec::parse_config(&text, "deep.toml");
     }
 }

@@ -252,7 +252,7 @@ async fn apply_ack_heal_delete_undo() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains(&format!("{file_arg}:9: runners[0].executor")) && err.contains("shell"),
+        err.contains(&format!("{file_arg}:9:12: runners[0].executor")) && err.contains("shell"),
         "{err}"
     );
     let runners = json(&c.drover(&["runner", "list", "-o", "json"]));
@@ -575,4 +575,175 @@ impl FakeAgent {
         .await;
         token
     }
+}
+
+/// A gitlab-runner fixture shared with the parser's tests.
+fn gitlab_runner_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../proto/tests/fixtures/gitlab-runner")
+        .join(name)
+}
+
+/// `config.toml` files as gitlab-runner's docs and `register` write them (free-text names,
+/// sections Drover ignores) import; every refusal names file:line:col and the key path;
+/// selectors get the same validation as `--selector`; sizes are bounded by the CLI and again
+/// by the controller.
+#[tokio::test(flavor = "multi_thread")]
+async fn gitlab_runner_files_import_and_refusals_name_the_key() {
+    init();
+    let c = Controller::start();
+    let lab_token = c.create_token(&["--label", "site=lab"]);
+    let mut lab = FakeAgent::enroll_and_connect(&c, &lab_token, "box-lab").await;
+
+    for name in [
+        "register_free_text_names.toml",
+        "advanced_configuration.toml",
+    ] {
+        let path = gitlab_runner_fixture(name);
+        let out = c.drover(&[
+            "runner",
+            "import",
+            path.to_str().unwrap(),
+            "--selector",
+            "site=lab",
+            "--strategy",
+            "all",
+        ]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+    let list = json(&c.drover(&["runner", "list", "-o", "json"]));
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "gitlab runner for ci",
+            "Bob's runner: build/test (prod) #2 — 本番 🚀",
+            "terraform/openstack ../../etc",
+            "ruby-2.7-docker"
+        ]
+    );
+    let ds = lab.desired_at(2).await;
+    let pushed: Vec<&str> = ds.runners.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(pushed, names);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    let file_arg = file.to_str().unwrap();
+    let base =
+        std::fs::read_to_string(gitlab_runner_fixture("register_free_text_names.toml")).unwrap();
+    let refused = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let out = c.drover(&["runner", "apply", "-f", file_arg]);
+        assert!(!out.status.success(), "accepted:\n{text}");
+        stderr(&out)
+    };
+    // A value of the wrong kind, and a rule of Drover's: both name the key path.
+    let err = refused(&base.replace(
+        "image = \"docker:24.0.5\"",
+        "image = \"docker:24.0.5\"\n    pull_policy = \"sometimes\"",
+    ));
+    assert!(
+        err.contains(&format!(
+            "{file_arg}:58:19: runners[1].docker.pull_policy: unknown pull policy \"sometimes\", expected one of: always, if-not-present, never"
+        )),
+        "{err}"
+    );
+    let err = refused(&base.replace(
+        "  executor = \"docker\"\n  [runners.custom_build_dir]",
+        "  executor = \"shell\"\n  [runners.custom_build_dir]",
+    ));
+    assert!(
+        err.contains(&format!(
+            "{file_arg}:23:14: runners[0].executor: runner \"gitlab runner for ci\""
+        )),
+        "{err}"
+    );
+    // A newline in an image name; a selector key `import --selector` would refuse.
+    let err = refused(&base.replace("image = \"alpine:latest\"", "image = \"alpine:latest\\nx\""));
+    assert!(
+        err.contains(&format!(
+            "{file_arg}:32:13: runners[0].docker.image: value holds the control character '\\n'"
+        )),
+        "{err}"
+    );
+    let err = refused(&format!(
+        "{base}  [runners.selector]\n    \"<script>\" = \"x\"\n"
+    ));
+    assert!(
+        err.contains("runners[2].selector.\"<script>\": runner \"terraform/openstack ../../etc\": label key \"<script>\" must be"),
+        "{err}"
+    );
+    let out = c.drover(&[
+        "runner",
+        "import",
+        path_str(&gitlab_runner_fixture("advanced_configuration.toml")),
+        "--selector",
+        "<script>=x",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("label key \"<script>\" must be"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Label sets are bounded: agent labels and selectors alike.
+    let many: Vec<String> = (0..65).map(|i| format!("k{i}=v")).collect();
+    let mut args = vec!["token", "create"];
+    for l in &many {
+        args.extend(["--label", l.as_str()]);
+    }
+    let out = c.drover(&args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("65 labels; at most 64 are accepted"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Too large: the CLI refuses before sending; the controller refuses on its own too.
+    let big = format!("{base}#{}\n", "x".repeat(2 << 20));
+    let err = refused(&big);
+    assert!(
+        err.contains(&format!(
+            "{file_arg}: file is {} bytes; at most 1048576 bytes (1 MiB) are accepted",
+            big.len()
+        )),
+        "{err}"
+    );
+    let ca = c.read("ca.crt");
+    let identity = ClientIdentity {
+        cert_pem: c.read("admin.crt"),
+        key_pem: SecretString::from(c.read("admin.key")),
+    };
+    let channel = client::connect(&c.grpc_addr, &ca, Some(&identity))
+        .await
+        .unwrap();
+    let status = v1::admin_client::AdminClient::new(channel)
+        .apply_runners(v1::ApplyRunnersRequest {
+            file_name: "big.toml".into(),
+            text: big.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("big.toml: file is"),
+        "{}",
+        status.message()
+    );
+
+    // Nothing of the refusals was stored.
+    let rollout = json(&c.drover(&["rollout", "status", "-o", "json"]));
+    assert_eq!(rollout["generation"], 2);
+}
+
+fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
 }

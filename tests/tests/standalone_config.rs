@@ -27,7 +27,10 @@ fn other_executor_is_refused_naming_runner_and_line() {
         Duration::from_secs(30),
     );
     assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
-    let expected = format!("{}:5: runners[0].executor: runner \"sh\"", config.display());
+    let expected = format!(
+        "{}:5:14: runners[0].executor: runner \"sh\"",
+        config.display()
+    );
     assert!(
         stderr.contains(&expected),
         "stderr lacks {expected:?}:\n{stderr}"
@@ -81,7 +84,79 @@ fn check_validates_without_running() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains(&format!("{}:3:", bad.display())),
-        "error does not name file and line:\n{stderr}"
+        stderr.contains(&format!("{}:3:9: runners[0].url: ", bad.display())),
+        "error does not name file, line, column and key:\n{stderr}"
+    );
+}
+
+fn check(config: &std::path::Path) -> (bool, String, String) {
+    let out = std::process::Command::new(drover_tests::harness::agent_bin())
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run drover-agent check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// gitlab-runner's documented examples and `register` output, free-text names included,
+/// pass `check` (warning about what Drover ignores); an oversized file is refused before it
+/// is read.
+#[test]
+fn check_accepts_gitlab_runner_files_and_bounds_size() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../proto/tests/fixtures/gitlab-runner");
+    let (ok, stdout, stderr) = check(&fixtures.join("register_free_text_names.toml"));
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(
+            "valid, 3 runner(s): gitlab runner for ci, Bob's runner: build/test (prod) #2 — 本番 🚀, \
+             terraform/openstack ../../etc"
+        ),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = check(&fixtures.join("advanced_configuration.toml"));
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("valid, 1 runner(s): ruby-2.7-docker"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("runners[0].docker.volumes_from: unknown key; ignored"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big.toml");
+    let image = "a".repeat(50 << 20);
+    std::fs::write(
+        &big,
+        format!("[[runners]]\n  name = \"x\"\n  url = \"https://gitlab.example.com\"\n  token = \"glrt-x\"\n  executor = \"docker\"\n  [runners.docker]\n    image = \"{image}\"\n"),
+    )
+    .expect("write config");
+    let (ok, _, stderr) = check(&big);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("{}: file is ", big.display()))
+            && stderr.contains("at most 1048576 bytes (1 MiB) are accepted"),
+        "{stderr}"
+    );
+    let newline = dir.path().join("newline.toml");
+    std::fs::write(
+        &newline,
+        "[[runners]]\n  name = \"x\"\n  url = \"https://gitlab.example.com\"\n  token = \"glrt-x\"\n  executor = \"docker\"\n  [runners.docker]\n    image = \"alpine\\nrm -rf /\"\n",
+    )
+    .expect("write config");
+    let (ok, _, stderr) = check(&newline);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "{}:7:13: runners[0].docker.image: value holds the control character '\\n'",
+            newline.display()
+        )),
+        "{stderr}"
     );
 }

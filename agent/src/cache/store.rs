@@ -49,21 +49,12 @@ pub enum SaveOutcome {
 }
 
 impl CacheStore {
-    /// The store for `runner` (reduced to `[A-Za-z0-9_-]`) under `root`, keeping at most
-    /// `max_bytes` of archives.
+    /// The store for `runner` (its name or short token, any text) under `root`, in the
+    /// directory [`crate::executor::names::dir_name`] derives, keeping at most `max_bytes`
+    /// of archives.
     pub fn new(root: &Path, runner: &str, max_bytes: u64) -> CacheStore {
-        let runner: String = runner
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
         CacheStore {
-            dir: root.join(runner),
+            dir: root.join(crate::executor::names::dir_name(runner)),
             max_bytes,
         }
     }
@@ -298,6 +289,20 @@ mod tests {
         assert_eq!(evicted, vec![mid.clone()]);
         assert!(old.exists() && new.exists() && !mid.exists());
         assert_eq!(store.total_size().unwrap(), 200);
+    }
+
+    #[test]
+    fn runners_with_free_text_names_get_their_own_dirs() {
+        let root = tempfile::tempdir().unwrap();
+        let a = CacheStore::new(root.path(), "gitlab runner for ci", 1000);
+        let b = CacheStore::new(root.path(), "gitlab_runner_for_ci", 1000);
+        let c = CacheStore::new(root.path(), "gitlab/runner/for/ci", 1000);
+        let dirs = [a.dir(), b.dir(), c.dir()];
+        assert!(dirs[0] != dirs[1] && dirs[1] != dirs[2] && dirs[0] != dirs[2]);
+        for d in dirs {
+            assert_eq!(d.parent(), Some(root.path()), "{}", d.display());
+        }
+        assert_eq!(b.dir(), root.path().join("gitlab_runner_for_ci"));
     }
 
     #[test]

@@ -78,6 +78,34 @@ impl JobNames {
     }
 }
 
+/// Longest name [`dir_name`] keeps as it is.
+const MAX_KEPT_DIR_NAME: usize = 63;
+/// Longest readable part of a derived directory name.
+const MAX_SLUG: usize = 40;
+
+/// The directory name for a runner on the host (caches `<root>/<dir>/project-<id>/...`, git
+/// work dirs `<root>/<dir>/project-<id>/slot-<n>`), from its name or short token. Runner
+/// names are any text (gitlab-runner's `name` is a free description): a name that is
+/// already safe (1 to 63 of `[A-Za-z0-9_-]`) is kept as it is; any other becomes
+/// `<slug>.<12 hex of its SHA-256>`: the slug (other characters as `_`, at most 40) keeps it
+/// readable, the hash keeps two names apart, and the dot, which a kept name never holds,
+/// keeps a derived name from equalling a kept one. Deterministic, so a restarted agent
+/// finds its caches again; never `.`, `..`, empty, or holding a `/`.
+pub fn dir_name(name: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if !name.is_empty() && name.len() <= MAX_KEPT_DIR_NAME && name.chars().all(safe) {
+        return name.to_string();
+    }
+    let slug: String = name
+        .chars()
+        .take(MAX_SLUG)
+        .map(|c| if safe(c) { c } else { '_' })
+        .collect();
+    let hash = hex::encode(Sha256::digest(name.as_bytes()));
+    let slug = if slug.is_empty() { "runner" } else { &slug };
+    format!("{slug}.{}", &hash[..12])
+}
+
 /// Keeps characters Docker accepts in names (`[a-zA-Z0-9_.-]`).
 fn sanitize(s: &str) -> String {
     s.chars()
@@ -127,6 +155,45 @@ mod tests {
             n.container("after_script/x"),
             "runner-glrt-abc-project-7-concurrent-2-99-after_script-x"
         );
+    }
+
+    #[test]
+    fn dir_names_are_safe_distinct_and_stable() {
+        // Safe names stay as they were (existing caches are found again).
+        assert_eq!(dir_name("lab-docker"), "lab-docker");
+        assert_eq!(dir_name("glrt-abc_1"), "glrt-abc_1");
+        let names = [
+            "gitlab runner for ci",
+            "gitlab_runner_for_ci.",
+            "gitlab/runner/for/ci",
+            "Bob's runner: build/test (prod) #2 — 本番 🚀",
+            "本番",
+            "日本",
+            "..",
+            ".",
+            "",
+            "../../etc/passwd",
+            "a.b",
+            &"x".repeat(64),
+            &"x".repeat(255),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for n in names {
+            let d = dir_name(n);
+            assert!(seen.insert(d.clone()), "{n:?} and another name give {d:?}");
+            assert_eq!(d, dir_name(n), "stable");
+            assert!(
+                d.len() <= 53
+                    && !d.starts_with('.')
+                    && d.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+                "{n:?} -> {d:?}"
+            );
+            assert!(d.contains('.'), "derived names hold a dot: {d:?}");
+        }
+        assert!(dir_name("gitlab runner for ci").starts_with("gitlab_runner_for_ci."));
+        // A kept name never equals a derived one: it holds no dot.
+        assert!(!seen.contains(&dir_name("gitlab_runner_for_ci")));
     }
 
     #[test]

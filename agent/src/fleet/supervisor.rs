@@ -536,9 +536,9 @@ impl Supervisor {
             .iter()
             .map(|(name, e)| RunnerInfo {
                 labels: RunnerLabels {
-                    runner: short_token(&e.assignment.token),
-                    runner_name: name.clone(),
-                    system_id: self.deps.system_id.clone(),
+                    runner: short_token(&e.assignment.token).into(),
+                    runner_name: name.as_str().into(),
+                    system_id: self.deps.system_id.as_str().into(),
                 },
                 limit: Some(e.assignment.limit()),
                 token_expires_at: e

@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::errors_layer::{ERRORS, WARNINGS};
-use super::{RunnerLabels, lock, unix_seconds};
+use super::{LabelText, RunnerLabels, lock, unix_seconds};
 use crate::gitlab::stats::{ApiStats, NO_RESPONSE};
 use crate::health::Memory;
 
@@ -81,7 +81,7 @@ fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: &[(Vec<(&str, String)>, f64)],
+    rows: &[(Vec<(&str, LabelText)>, f64)],
 ) -> Result<(), std::fmt::Error> {
     let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, v) in rows {
@@ -111,9 +111,9 @@ impl Collector for Scraped {
             )?;
             for (l, n) in &jobs_total {
                 let labels = [
-                    ("runner", l.runner.as_str()),
-                    ("runner_name", l.runner_name.as_str()),
-                    ("system_id", l.system_id.as_str()),
+                    ("runner", &l.runner),
+                    ("runner_name", &l.runner_name),
+                    ("system_id", &l.system_id),
                 ];
                 m.encode_family(&labels)?.encode_gauge(&(*n as i64))?;
             }
@@ -177,7 +177,7 @@ impl Collector for Scraped {
             }
             let rows: Vec<_> = by_state
                 .into_iter()
-                .map(|(s, n)| (vec![("state", s)], f64::from(n)))
+                .map(|(s, n)| (vec![("state", LabelText::from(s))], f64::from(n)))
                 .collect();
             gauge(
                 &mut encoder,
@@ -190,7 +190,7 @@ impl Collector for Scraped {
                 .filter_map(|u| {
                     let t = u.last_gitlab_contact?;
                     Some((
-                        vec![("runner_name", u.runner_name.clone())],
+                        vec![("runner_name", LabelText::from(u.runner_name.as_str()))],
                         unix_seconds(t) as f64,
                     ))
                 })

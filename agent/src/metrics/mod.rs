@@ -37,6 +37,7 @@
 
 mod collectors;
 mod errors_layer;
+mod label_text;
 pub mod server;
 
 use std::collections::HashMap;
@@ -58,6 +59,7 @@ use crate::runner::RunnerEvent;
 
 pub use collectors::{UnitSource, UnitStatus};
 pub use errors_layer::ErrorCountLayer;
+pub use label_text::LabelText;
 pub use server::serve;
 
 /// gitlab-runner's job duration buckets, in seconds.
@@ -69,9 +71,9 @@ pub const JOB_DURATION_BUCKETS: [f64; 10] = [
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
 pub struct RunnerLabels {
     /// Short token (first 8 characters after `glrt-`), gitlab-runner's `runner` label.
-    pub runner: String,
-    pub runner_name: String,
-    pub system_id: String,
+    pub runner: LabelText,
+    pub runner_name: LabelText,
+    pub system_id: LabelText,
 }
 
 /// What [`Metrics::set_runners`] needs to know about one configured runner.
@@ -85,9 +87,9 @@ pub struct RunnerInfo {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct JobsLabels {
-    runner: String,
-    runner_name: String,
-    system_id: String,
+    runner: LabelText,
+    runner_name: LabelText,
+    system_id: LabelText,
     state: String,
     stage: String,
     executor_stage: String,
@@ -95,15 +97,15 @@ struct JobsLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct FailedLabels {
-    runner: String,
-    runner_name: String,
+    runner: LabelText,
+    runner_name: LabelText,
     failure_reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TokenLabels {
-    runner: String,
-    runner_name: String,
+    runner: LabelText,
+    runner_name: LabelText,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -297,7 +299,7 @@ impl Metrics {
                 .jobs
                 .get_or_create(&jobs_labels(l, "idle", "idle"))
                 .set(0);
-            map.insert(l.runner_name.clone(), l.clone());
+            map.insert(l.runner_name.0.clone(), l.clone());
         }
     }
 
@@ -398,9 +400,9 @@ impl Metrics {
             .get(runner_name)
             .cloned()
             .unwrap_or_else(|| RunnerLabels {
-                runner: String::new(),
-                runner_name: runner_name.to_string(),
-                system_id: String::new(),
+                runner: LabelText::default(),
+                runner_name: runner_name.into(),
+                system_id: LabelText::default(),
             })
     }
 }

@@ -388,3 +388,36 @@ async fn server_answers_metrics_with_openmetrics_type_and_healthz() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[test]
+fn free_text_runner_names_are_escaped_in_every_family() {
+    let m = Metrics::new();
+    let name = "say \"hi\" \\ to the runner for ci — 本番";
+    let mut r = runner();
+    r.labels.runner_name = name.into();
+    m.set_runners(&[r]);
+    m.job_started(name);
+    let text = m.encode().unwrap();
+    let escaped = "runner_name=\"say \\\"hi\\\" \\\\ to the runner for ci — 本番\"";
+    for family in [
+        "gitlab_runner_limit{",
+        "gitlab_runner_jobs_total{",
+        "gitlab_runner_jobs{",
+        "drover_agent_runner_token_expires_at_seconds{",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(family))
+            .unwrap_or_else(|| panic!("{family} missing:\n{text}"));
+        assert!(line.contains(escaped), "{line}");
+    }
+    // Every sample line still has balanced quotes: the scrape parses.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let unescaped_quotes = line
+            .replace("\\\\", "")
+            .replace("\\\"", "")
+            .matches('"')
+            .count();
+        assert_eq!(unescaped_quotes % 2, 0, "{line}");
+    }
+}

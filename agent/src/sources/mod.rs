@@ -83,19 +83,10 @@ impl SourcesError {
 }
 
 /// The host work dir for one runner, project and concurrency slot:
-/// `<root>/<runner>/project-<id>/slot-<n>`. `runner` is reduced to `[A-Za-z0-9_-]`.
+/// `<root>/<runner>/project-<id>/slot-<n>`, `<runner>` as
+/// [`crate::executor::names::dir_name`] derives it.
 pub fn host_work_dir(root: &Path, runner: &str, project_id: i64, slot: u32) -> PathBuf {
-    let runner: String = runner
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    root.join(runner)
+    root.join(crate::executor::names::dir_name(runner))
         .join(format!("project-{project_id}"))
         .join(format!("slot-{slot}"))
 }
@@ -132,10 +123,23 @@ mod tests {
 
     #[test]
     fn work_dirs_are_per_runner_project_and_slot() {
-        let d = host_work_dir(Path::new("/var/lib/drover/builds"), "ab/../cd", 42, 1);
+        let d = host_work_dir(Path::new("/var/lib/drover/builds"), "glrt-abc", 42, 1);
         assert_eq!(
             d,
-            Path::new("/var/lib/drover/builds/ab____cd/project-42/slot-1")
+            Path::new("/var/lib/drover/builds/glrt-abc/project-42/slot-1")
         );
+        // Any text stays one component below the root; two texts that reduce to the same
+        // characters stay apart.
+        let root = Path::new("/var/lib/drover/builds");
+        let a = host_work_dir(root, "ab/../cd", 42, 1);
+        let b = host_work_dir(root, "ab_..-cd", 42, 1);
+        assert_ne!(a, b);
+        for d in [a, b] {
+            assert_eq!(
+                d.parent().and_then(Path::parent).and_then(Path::parent),
+                Some(root)
+            );
+            assert!(!d.components().any(|c| c == std::path::Component::ParentDir));
+        }
     }
 }

@@ -10,6 +10,13 @@ use crate::gitlab::system_id;
 
 /// Reads and validates `path`. Errors name the file (and line, from the parser).
 pub fn load(path: &Path) -> anyhow::Result<Parsed> {
+    // Refused before it is read whole (the parser checks the text again).
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("read config file {}", path.display()))?
+        .len();
+    drover_proto::spec::limits::check_file_size(usize::try_from(len).unwrap_or(usize::MAX))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        .context("invalid configuration")?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read config file {}", path.display()))?;
     let parsed =

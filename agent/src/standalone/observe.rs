@@ -85,9 +85,9 @@ pub fn runner_infos(config: &Config, system_id: &str) -> Vec<RunnerInfo> {
             .unwrap_or_else(|| SecretString::from(String::new()));
         out.push(RunnerInfo {
             labels: RunnerLabels {
-                runner: short_token(&token),
-                runner_name: name,
-                system_id: system_id.to_string(),
+                runner: short_token(&token).into(),
+                runner_name: name.into(),
+                system_id: system_id.into(),
             },
             limit: rc.limit.filter(|l| *l > 0),
             token_expires_at: rc.token_expires_at.as_deref().and_then(parse_expiry),
@@ -280,7 +280,7 @@ mod tests {
             .map(|i| i.labels.runner_name.as_str())
             .collect();
         assert_eq!(names, ["a", "a#1", "runners[2]"]);
-        assert_eq!(infos[0].labels.runner, "abcdefgh");
+        assert_eq!(infos[0].labels.runner.as_str(), "abcdefgh");
         assert_eq!(infos[0].limit, Some(2));
         assert_eq!(
             infos[0].token_expires_at.map(crate::metrics::unix_seconds),

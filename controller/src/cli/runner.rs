@@ -175,8 +175,7 @@ async fn apply(
     dry_run: bool,
     strategy: &StrategyArgs,
 ) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;
+    let text = read_spec_file(file)?;
     let mut client = super::admin_client(cli).await?;
     let resp = client
         .apply_runners(v1::ApplyRunnersRequest {
@@ -192,6 +191,39 @@ async fn apply(
         .into_inner();
     print_outcome(&resp, dry_run);
     Ok(())
+}
+
+/// Every page of `ListRunners` (each fits one message), joined.
+async fn list_all(
+    client: &mut v1::admin_client::AdminClient<tonic::transport::Channel>,
+) -> anyhow::Result<v1::ListRunnersResponse> {
+    let mut all = v1::ListRunnersResponse::default();
+    loop {
+        let page = client
+            .list_runners(v1::ListRunnersRequest {
+                page_token: all.next_page_token.clone(),
+            })
+            .await
+            .map_err(|s| super::status_error("list runners", s))?
+            .into_inner();
+        all.generation = page.generation;
+        all.runners.extend(page.runners);
+        all.next_page_token = page.next_page_token;
+        if all.next_page_token.is_empty() {
+            return Ok(all);
+        }
+    }
+}
+
+/// Reads a spec or `config.toml` for `apply`/`import`, refusing one over the size bound
+/// before reading it whole or sending it (the controller checks again).
+fn read_spec_file(file: &PathBuf) -> anyhow::Result<String> {
+    let len = std::fs::metadata(file)
+        .map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?
+        .len();
+    drover_proto::spec::limits::check_file_size(usize::try_from(len).unwrap_or(usize::MAX))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))
 }
 
 /// Runs a runner subcommand.
@@ -211,11 +243,7 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
         }
         RunnerCommand::List(a) => {
             let mut client = super::admin_client(cli).await?;
-            let resp = client
-                .list_runners(v1::ListRunnersRequest {})
-                .await
-                .map_err(|s| super::status_error("list runners", s))?
-                .into_inner();
+            let resp = list_all(&mut client).await?;
             match a.output {
                 Format::Json => {
                     let arr: Vec<_> = resp.runners.iter().map(runner_json).collect();

@@ -2,6 +2,7 @@
 //! the desired state each agent is pushed.
 //!
 //! - [`spec`]: spec files (shared parser + fleet checks), diff, redaction, `spec_json`.
+//! - [`fits`]: what is sent must fit one gRPC message (runner set check, `ListRunners` pages).
 //! - [`selector`]: which agents a runner selects.
 //! - [`rollout`]: pure rollout planning (batches, halt).
 //! - [`registrar`]: the GitLab seam (`Registrar`, HTTP and fake).
@@ -13,6 +14,7 @@
 //! generation that replaced it), never while an agent may still run it; runner and
 //! registration tokens exist in clear only in memory and on the wire to their agent.
 
+pub mod fits;
 pub mod registrar;
 pub mod rollout;
 pub mod selector;

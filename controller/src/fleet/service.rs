@@ -304,6 +304,8 @@ impl Fleet {
             kept.append(&mut runners);
             runners = kept;
         }
+        super::fits::check_runner_set(&runners)
+            .map_err(|e| FleetError::Invalid(format!("{}: {e}", req.file)))?;
         if req.dry_run {
             let old = self.current()?.map(|c| c.1).unwrap_or_default();
             return Ok(ApplyOutcome {

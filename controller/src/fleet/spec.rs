@@ -11,28 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::registrar::Registration;
 
-/// Longest runner name (it names units and containers on the agents).
-pub const MAX_NAME_LEN: usize = 63;
-
-/// A refused spec file, with file, line, key path and value in its text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpecRefusal {
-    /// The shared parser refused it.
-    #[error(transparent)]
-    Parse(#[from] SpecError),
-    /// A name is missing, repeated or unusable.
-    #[error("{file}{}: runners[{index}].name: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-    Name {
-        /// The file.
-        file: String,
-        /// Line of the `[[runners]]` table.
-        line: Option<usize>,
-        /// Index of the table.
-        index: usize,
-        /// Why.
-        message: String,
-    },
-}
+/// A refused spec file: the shared parser's error, with file, line, column, key path and
+/// value in its text.
+pub type SpecRefusal = SpecError;
 
 /// A parsed spec file.
 #[derive(Debug, Clone)]
@@ -41,15 +22,6 @@ pub struct SpecFile {
     pub runners: Vec<RunnerConfig>,
     /// Ignored keys, one line each.
     pub warnings: Vec<String>,
-}
-
-/// Line of the `index`-th `[[runners]]` header.
-fn runner_line(text: &str, index: usize) -> Option<usize> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_start().starts_with("[[runners]]"))
-        .nth(index)
-        .map(|(n, _)| n + 1)
 }
 
 /// Parses and validates a spec file. `selector` (from `runner import --selector`) is set on
@@ -61,37 +33,7 @@ pub fn parse_spec(
 ) -> Result<SpecFile, SpecRefusal> {
     let parsed = parse_with(text, file, ParseMode::Spec)?;
     let mut runners = parsed.config.runners;
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, r) in runners.iter_mut().enumerate() {
-        let refuse = |message: String| SpecRefusal::Name {
-            file: file.to_string(),
-            line: runner_line(text, i),
-            index: i,
-            message,
-        };
-        if r.name.is_empty() {
-            return Err(refuse(format!(
-                "runner #{}: name missing; every runner needs a unique name",
-                i + 1
-            )));
-        }
-        if r.name.len() > MAX_NAME_LEN
-            || !r
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(refuse(format!(
-                "name {:?}: use letters, digits, '-', '_' or '.', at most {MAX_NAME_LEN} characters",
-                r.name
-            )));
-        }
-        if let Some(first) = seen.insert(r.name.clone(), i) {
-            return Err(refuse(format!(
-                "name {:?} is also used by runners[{first}]",
-                r.name
-            )));
-        }
+    for r in &mut runners {
         if r.selector.is_empty() {
             r.selector = selector.clone();
         }
@@ -324,13 +266,13 @@ image = "alpine:3.20"
         let err = parse_spec(&twice, "r.toml", &BTreeMap::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "r.toml:13: runners[1].name: name \"lab-docker\" is also used by runners[0]"
+            "r.toml:14:8: runners[1].name: name \"lab-docker\" is also used by runners[0]"
         );
-        let bad = SPEC.replace("lab-docker", "lab docker");
-        let err = parse_spec(&bad, "r.toml", &BTreeMap::new()).unwrap_err();
+        let blank = SPEC.replace("lab-docker", "  ");
+        let err = parse_spec(&blank, "r.toml", &BTreeMap::new()).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("r.toml:2: runners[0].name: name \"lab docker\""),
+                .starts_with("r.toml:3:8: runners[0].name: runner #1: name missing"),
             "{err}"
         );
         let none = SPEC.replace("name = \"lab-docker\"\n", "");
@@ -343,9 +285,31 @@ image = "alpine:3.20"
         let bad_url = SPEC.replace("https://gitlab.example.com", "gitlab");
         let err = parse_spec(&bad_url, "r.toml", &BTreeMap::new()).unwrap_err();
         assert!(
-            err.to_string().starts_with("r.toml:4: runners[0].url"),
+            err.to_string().starts_with("r.toml:4:7: runners[0].url"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn free_text_names_are_accepted() {
+        let text = SPEC.replace("lab-docker", "gitlab runner for ci");
+        let f = parse_spec(&text, "r.toml", &BTreeMap::new()).unwrap();
+        assert_eq!(f.runners[0].name, "gitlab runner for ci");
+        // gitlab-runner's documented examples and `register` output, as `runner import`
+        // reads them (tokens used as is, a selector from the command line).
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../proto/tests/fixtures/gitlab-runner");
+        let sel = BTreeMap::from([("site".to_string(), "lab".to_string())]);
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let f = parse_spec(&text, &path.display().to_string(), &sel)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(f.runners.iter().all(|r| r.selector == sel));
+            n += 1;
+        }
+        assert!(n >= 2);
     }
 
     #[test]

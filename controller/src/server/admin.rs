@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::auth;
 use super::convert;
 use super::state::AppState;
-use crate::fleet::{ApplyOutcome, ApplyRequest, FleetError};
+use crate::fleet::{ApplyOutcome, ApplyRequest, FleetError, fits};
 use crate::health::{AgentView, State};
 use crate::store::{EventFilter, Strategy, StrategyKind};
 use crate::tokens::{self, TokenRecord};
@@ -83,6 +83,9 @@ pub struct AdminService {
     pub state: AppState,
 }
 
+/// Longest file name an apply may carry (it is quoted in every message about the file).
+const MAX_FILE_NAME: usize = 4096;
+
 #[tonic::async_trait]
 impl v1::admin_server::Admin for AdminService {
     async fn create_token(
@@ -91,11 +94,8 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::CreateTokenResponse>, Status> {
         let admin = auth::admin(&req)?;
         let r = req.into_inner();
-        let mut labels = BTreeMap::new();
-        for (k, v) in r.labels {
-            tokens::validate_label(&k, &v).map_err(Status::invalid_argument)?;
-            labels.insert(k, v);
-        }
+        drover_proto::spec::validate_labels(r.labels.iter()).map_err(Status::invalid_argument)?;
+        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
         let ttl =
             match r.ttl_seconds {
                 0 => tokens::DEFAULT_TTL,
@@ -212,11 +212,14 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::ApplyRunnersResponse>, Status> {
         let admin = auth::admin(&req)?;
         let r = req.into_inner();
-        let mut selector = BTreeMap::new();
-        for (k, v) in r.selector {
-            tokens::validate_label(&k, &v).map_err(Status::invalid_argument)?;
-            selector.insert(k, v);
+        drover_proto::spec::validate_labels(r.selector.iter())
+            .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?;
+        if r.file_name.len() > MAX_FILE_NAME || r.file_name.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "file name must be at most {MAX_FILE_NAME} bytes without control characters"
+            )));
         }
+        let selector: BTreeMap<String, String> = r.selector.into_iter().collect();
         let outcome = self
             .state
             .fleet
@@ -243,12 +246,43 @@ impl v1::admin_server::Admin for AdminService {
         let Some((g, runners)) = self.state.fleet.current()? else {
             return Ok(Response::new(v1::ListRunnersResponse::default()));
         };
+        // Paged so that no answer exceeds the message limit, however many runners and
+        // placements there are.
+        let token = &req.get_ref().page_token;
+        let start = if token.is_empty() {
+            0
+        } else {
+            match fits::parse_page_token(token) {
+                Some((gen_, i)) if gen_ == g.generation => i,
+                Some((gen_, _)) => {
+                    return Err(Status::failed_precondition(format!(
+                        "runner specs changed while listing (generation {gen_} -> {}); list again",
+                        g.generation
+                    )));
+                }
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "page token {token:?} is not one this controller issued"
+                    )));
+                }
+            }
+        };
+        let assignments = self.state.fleet.store().all_assignments()?;
+        let infos = runners
+            .iter()
+            .skip(start)
+            .map(|r| self.runner_info(r, g.generation, &assignments))
+            .collect::<Result<Vec<_>, Status>>()?;
+        let (page, next) = fits::page(g.generation, &infos, 0);
+        let next = start + next;
         Ok(Response::new(v1::ListRunnersResponse {
             generation: g.generation,
-            runners: runners
-                .iter()
-                .map(|r| self.runner_info(r, g.generation))
-                .collect::<Result<_, Status>>()?,
+            runners: page,
+            next_page_token: if next < runners.len() {
+                fits::page_token(g.generation, next)
+            } else {
+                String::new()
+            },
         }))
     }
 
@@ -267,7 +301,12 @@ impl v1::admin_server::Admin for AdminService {
             .iter()
             .find(|r| &r.name == name)
             .ok_or_else(|| Status::not_found(format!("no runner named {name:?}")))?;
-        Ok(Response::new(self.runner_info(r, g.generation)?))
+        let assignments = self.state.fleet.store().all_assignments()?;
+        Ok(Response::new(self.runner_info(
+            r,
+            g.generation,
+            &assignments,
+        )?))
     }
 
     async fn delete_runner(
@@ -406,12 +445,12 @@ impl AdminService {
         &self,
         r: &drover_proto::spec::RunnerConfig,
         generation: u64,
+        assignments: &[crate::store::Assignment],
     ) -> Result<v1::RunnerInfo, Status> {
-        let store = self.state.fleet.store();
-        let placements = store
-            .all_assignments()?
-            .into_iter()
+        let placements = assignments
+            .iter()
             .filter(|a| a.runner == r.name)
+            .cloned()
             .map(|a| {
                 let state = self
                     .state

@@ -96,27 +96,36 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Finds the line a path's key (or, failing that, its closest existing parent) sits on.
-pub(crate) fn line_of(text: &str, root: &DeTable<'_>, path: &TomlPath) -> Option<usize> {
+/// Where a path sits: the (line, column) of its value when the whole path exists and holds
+/// a plain value, else of its key (or, failing that, of its closest existing parent's key).
+pub(crate) fn position_of(
+    text: &str,
+    root: &DeTable<'_>,
+    path: &TomlPath,
+) -> Option<(usize, usize)> {
     let mut table: Option<&DeTable<'_>> = Some(root);
     let mut value: Option<&DeValue<'_>> = None;
     let mut best: Option<usize> = None;
+    // The value span of the whole path, when it exists and is not a table.
+    let mut plain: Option<usize> = None;
     for seg in &path.0 {
+        plain = None;
         match seg {
             Segment::Key(k) => {
-                let t = table?;
-                let Some((key, v)) = t.iter().find(|(key, _)| key.get_ref().as_ref() == k) else {
+                let Some((key, v)) =
+                    table.and_then(|t| t.iter().find(|(key, _)| key.get_ref().as_ref() == k))
+                else {
                     break;
                 };
                 best = Some(key.span().start);
                 value = Some(v.get_ref());
                 table = v.get_ref().as_table();
+                plain = table.is_none().then(|| v.span().start);
             }
             Segment::Index(n) => {
-                let Some(arr) = value.and_then(|v| v.as_array()) else {
+                let Some(item) = value.and_then(|v| v.as_array()).and_then(|a| a.get(*n)) else {
                     break;
                 };
-                let Some(item) = arr.get(*n) else { break };
                 // An array-of-tables item's span covers its header `[[runners]]`.
                 best = Some(item.span().start);
                 value = Some(item.get_ref());
@@ -124,7 +133,53 @@ pub(crate) fn line_of(text: &str, root: &DeTable<'_>, path: &TomlPath) -> Option
             }
         }
     }
-    best.map(|off| line_col(text, off).0)
+    plain.or(best).map(|off| line_col(text, off))
+}
+
+/// The line of [`position_of`].
+pub(crate) fn line_of(text: &str, root: &DeTable<'_>, path: &TomlPath) -> Option<usize> {
+    position_of(text, root, path).map(|(line, _)| line)
+}
+
+/// The deepest key path whose value's source span holds byte `offset`: the key of a value
+/// the deserializer refused.
+pub(crate) fn path_at(root: &DeTable<'_>, offset: usize) -> Option<TomlPath> {
+    fn walk(
+        v: &DeValue<'_>,
+        span: std::ops::Range<usize>,
+        offset: usize,
+        here: &mut Vec<Segment>,
+        best: &mut Option<(usize, TomlPath)>,
+    ) {
+        if span.contains(&offset) && best.as_ref().is_none_or(|(len, _)| span.len() <= *len) {
+            *best = Some((span.len(), TomlPath(here.clone())));
+        }
+        match v {
+            DeValue::Table(t) => {
+                for (k, item) in t.iter() {
+                    here.push(Segment::Key(k.get_ref().to_string()));
+                    walk(item.get_ref(), item.span(), offset, here, best);
+                    here.pop();
+                }
+            }
+            DeValue::Array(a) => {
+                for (i, item) in a.iter().enumerate() {
+                    here.push(Segment::Index(i));
+                    walk(item.get_ref(), item.span(), offset, here, best);
+                    here.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut best = None;
+    let mut here = Vec::new();
+    for (k, item) in root.iter() {
+        here.push(Segment::Key(k.get_ref().to_string()));
+        walk(item.get_ref(), item.span(), offset, &mut here, &mut best);
+        here.pop();
+    }
+    best.map(|(_, p)| p)
 }
 
 /// The value at `path`, if present.

@@ -8,7 +8,7 @@ use std::fmt;
 use toml::de::{DeTable, DeValue};
 
 use super::Config;
-use super::locate::{TomlPath, line_col, line_of, value_at};
+use super::locate::{TomlPath, line_col, line_of, path_at, position_of, value_at};
 
 /// What the file is for: it decides which keys are required and which are meaningless.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,26 +49,33 @@ impl fmt::Display for Warning {
     }
 }
 
-/// Why a file was refused. Every variant names the file and, when known, the line.
+/// Why a file was refused. Every variant names the file, the key path when known and, when
+/// known, the line and column: `bad.toml:11:15: runners[0].docker.pull_policy: ...`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// Not TOML, or a value of the wrong type.
-    #[error("{file}:{line}:{column}: {message}")]
+    #[error("{file}:{line}:{column}: {}{message}", path.as_ref().map(|p| format!("{p}: ")).unwrap_or_default())]
     Syntax {
         file: String,
         line: usize,
         column: usize,
+        /// TOML path of the refused value, when the error sits inside one.
+        path: Option<String>,
         message: String,
     },
-    /// Valid TOML that Drover cannot run.
-    #[error("{file}{}: {path}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    /// Valid TOML that Drover cannot run, or over a limit.
+    #[error("{file}{}: {path}: {message}", position.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
     Invalid {
         file: String,
-        line: Option<usize>,
+        /// 1-based line and column of the offending value (or of its key).
+        position: Option<(usize, usize)>,
         /// TOML path of the offending key or table.
         path: String,
         message: String,
     },
+    /// Larger than [`super::limits::MAX_FILE_BYTES`]; not parsed.
+    #[error("{file}: {message}")]
+    TooLarge { file: String, message: String },
 }
 
 /// How a not-implemented key is matched: a path relative to the root or to each runner.
@@ -177,17 +184,34 @@ pub fn parse_config(text: &str, file: &str) -> Result<Parsed, SpecError> {
 
 /// Parses and validates `text` for `mode`.
 pub fn parse_with(text: &str, file: &str, mode: ParseMode) -> Result<Parsed, SpecError> {
-    let syntax = |e: toml::de::Error| {
-        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+    super::limits::check_file_size(text.len()).map_err(|message| SpecError::TooLarge {
+        file: file.to_string(),
+        message,
+    })?;
+    let located = |root: Option<&DeTable<'_>>, e: toml::de::Error| {
+        let start = e.span().map(|s| s.start);
+        let (line, column) = start.map(|s| line_col(text, s)).unwrap_or((1, 1));
         SpecError::Syntax {
             file: file.to_string(),
             line,
             column,
+            path: root
+                .zip(start)
+                .and_then(|(r, s)| path_at(r, s))
+                .map(|p| p.to_string()),
             message: e.message().trim().to_string(),
         }
     };
-    let doc = DeTable::parse(text).map_err(syntax)?;
+    let doc = DeTable::parse(text).map_err(|e| located(None, e))?;
     let root = doc.get_ref();
+    let invalid = |v: super::validate::Violation| SpecError::Invalid {
+        file: file.to_string(),
+        position: position_of(text, root, &v.path),
+        path: v.path.to_string(),
+        message: v.message,
+    };
+    super::limits::check_document(root).map_err(invalid)?;
+    let syntax = |e| located(Some(root), e);
 
     let mut unknown: Vec<TomlPath> = Vec::new();
     let de = toml::Deserializer::parse(text).map_err(syntax)?;
@@ -231,12 +255,7 @@ pub fn parse_with(text: &str, file: &str, mode: ParseMode) -> Result<Parsed, Spe
     let mut warnings = warnings.out;
     warnings.sort_by_key(|w| w.line.unwrap_or(usize::MAX));
 
-    super::validate::validate(&config, mode).map_err(|v| SpecError::Invalid {
-        file: file.to_string(),
-        line: line_of(text, root, &v.path),
-        path: v.path.to_string(),
-        message: v.message,
-    })?;
+    super::validate::validate(&config, mode).map_err(invalid)?;
     Ok(Parsed { config, warnings })
 }
 

@@ -65,8 +65,29 @@ pub fn validate(config: &Config, mode: ParseMode) -> Result<(), Violation> {
             "no [[runners]] table: nothing to serve",
         ));
     }
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (i, r) in config.runners.iter().enumerate() {
         validate_runner(r, i, mode)?;
+        // A fleet tells runners apart by name: any text, but present and unique. (In a
+        // standalone `config.toml` the name is informational only, as in gitlab-runner.)
+        if mode == ParseMode::Spec {
+            let path = TomlPath::runner(i).key("name");
+            if r.name.trim().is_empty() {
+                return Err(bad(
+                    path,
+                    format!(
+                        "runner #{}: name missing; every runner needs a unique name",
+                        i + 1
+                    ),
+                ));
+            }
+            if let Some(first) = seen.insert(&r.name, i) {
+                return Err(bad(
+                    path,
+                    format!("name {:?} is also used by runners[{first}]", r.name),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -166,6 +187,46 @@ fn validate_runner(r: &RunnerConfig, index: usize, mode: ParseMode) -> Result<()
             base.key("output_limit"),
             format!("{who}: output_limit must be at least 1 (KiB)"),
         ));
+    }
+    if r.name.chars().count() > super::limits::MAX_NAME_CHARS {
+        return Err(bad(
+            base.key("name"),
+            format!(
+                "name of {} characters; at most {} are accepted",
+                r.name.chars().count(),
+                super::limits::MAX_NAME_CHARS
+            ),
+        ));
+    }
+    if mode == ParseMode::Spec {
+        if r.selector.len() > super::limits::MAX_LABELS {
+            return Err(bad(
+                base.key("selector"),
+                format!(
+                    "{who}: {} selector entries; at most {} are accepted",
+                    r.selector.len(),
+                    super::limits::MAX_LABELS
+                ),
+            ));
+        }
+        // GitLab reads `tag_list` with `CommaSeparatedToArray` (lib/api/ci/runner.rb and
+        // lib/api/user_runners.rb in gitlabhq/gitlabhq): a comma splits a tag in two, and
+        // Drover, like gitlab-runner, sends the list joined with commas.
+        for (j, t) in r.tag_list.iter().enumerate() {
+            if t.trim().is_empty() || t.contains(',') {
+                let mut p = base.key("tag_list");
+                p.0.push(super::locate::Segment::Index(j));
+                return Err(bad(
+                    p,
+                    format!("{who}: tag {t:?}: a tag is not blank and holds no comma"),
+                ));
+            }
+        }
+        for (k, v) in &r.selector {
+            if let Err(e) = super::validate_label(k, v) {
+                return Err(bad(base.key("selector").key(k), format!("{who}: {e}")));
+            }
+        }
     }
     if let Some(d) = &r.docker {
         let dp = base.key("docker");

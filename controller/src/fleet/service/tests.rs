@@ -214,7 +214,7 @@ async fn apply_registers_for_selected_agents_and_builds_desired_state() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .starts_with("runners.toml:6: runners[0].executor"),
+            .starts_with("runners.toml:6:12: runners[0].executor"),
         "{err}"
     );
     assert_eq!(w.store.latest_generation().unwrap().unwrap().generation, 1);
@@ -563,4 +563,56 @@ async fn runner_statuses_take_identity_from_assignments_and_state_from_heartbeat
     assert_eq!(got[0].jobs_succeeded, 3);
     assert_eq!(got[1].gitlab_runner_id, current + 100);
     assert_eq!(got[1].state, "stopped");
+}
+
+/// Imports that each fit their bounds but add up past what a fleet can carry are refused,
+/// dry run included, and nothing is stored.
+#[tokio::test]
+async fn merged_imports_are_bounded_before_a_generation_is_stored() {
+    let w = world();
+    let file = |from: usize, image_len: usize| -> String {
+        (from..from + 100)
+            .map(|i| {
+                spec(&"a".repeat(image_len), "site = \"lab\"")
+                    .replace("lab-docker", &format!("r{i}"))
+                    .replace(
+                        "[runners.docker]",
+                        &format!(
+                            "[runners.docker]\nallowed_images = [{}]",
+                            vec![format!("\"{}\"", "b".repeat(image_len)); 8].join(",")
+                        ),
+                    )
+            })
+            .collect()
+    };
+    let import = |text: String, dry_run: bool| ApplyRequest {
+        file: "config.toml".into(),
+        text,
+        merge: true,
+        dry_run,
+        ..ApplyRequest::default()
+    };
+    let mut stored = 0;
+    let mut refused = None;
+    for n in 0..10 {
+        match w.fleet.apply(import(file(n * 100, 400), false)).await {
+            Ok(o) => stored = o.generation,
+            Err(e) => {
+                refused = Some((n, e.to_string()));
+                break;
+            }
+        }
+    }
+    let (n, e) = refused.expect("ten imports of 100 large runners were all accepted");
+    assert!(n >= 5, "refused too early, at import {n}: {e}");
+    assert!(
+        e.starts_with("config.toml: runners: an agent that matches every selector would receive"),
+        "{e}"
+    );
+    assert_eq!(
+        w.store.latest_generation().unwrap().unwrap().generation,
+        stored
+    );
+    let dry = w.fleet.apply(import(file(n * 100, 400), true)).await;
+    assert!(dry.is_err(), "a dry run says the same");
 }
