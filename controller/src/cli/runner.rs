@@ -136,7 +136,7 @@ pub fn runner_json(r: &v1::RunnerInfo) -> serde_json::Value {
 /// Prints an apply's outcome: warnings on stderr, the diff on stdout.
 pub fn print_outcome(resp: &v1::ApplyRunnersResponse, dry_run: bool) {
     for w in &resp.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", output::clean(w));
     }
     let mut changed = false;
     for c in &resp.changes {
@@ -147,10 +147,11 @@ pub fn print_outcome(resp: &v1::ApplyRunnersResponse, dry_run: bool) {
             _ => continue,
         };
         changed = true;
-        println!("{mark} {} ({})", c.name, c.change);
+        let mut text = format!("{mark} {} ({})\n", output::clean(&c.name), c.change);
         for d in &c.details {
-            println!("    {d}");
+            text.push_str(&format!("    {}\n", output::clean(d)));
         }
+        output::print(&text, false);
     }
     if dry_run {
         eprintln!("dry run: nothing stored");
@@ -236,12 +237,12 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                             ]
                         })
                         .collect();
-                    print!(
-                        "{}",
-                        output::table(
+                    output::print(
+                        &output::table(
                             &["NAME", "URL", "SELECTOR", "TAGS", "TOKEN", "AGENTS"],
-                            &rows
-                        )
+                            &rows,
+                        ),
+                        false,
                     );
                     eprintln!("generation {}", resp.generation);
                 }
@@ -275,9 +276,12 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                             ]
                         })
                         .collect();
-                    print!(
-                        "{}",
-                        output::table(&["AGENT", "GITLAB RUNNER", "STATE", "TOKEN EXPIRES"], &rows)
+                    output::print(
+                        &output::table(
+                            &["AGENT", "GITLAB RUNNER", "STATE", "TOKEN EXPIRES"],
+                            &rows,
+                        ),
+                        false,
                     );
                 }
             }

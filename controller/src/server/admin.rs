@@ -91,30 +91,49 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::CreateTokenResponse>, Status> {
         let admin = auth::admin(&req)?;
         let r = req.into_inner();
+        if r.labels.len() > tokens::MAX_LABELS {
+            return Err(Status::invalid_argument(format!(
+                "labels: {} given, at most {} allowed",
+                r.labels.len(),
+                tokens::MAX_LABELS
+            )));
+        }
         let mut labels = BTreeMap::new();
         for (k, v) in r.labels {
             tokens::validate_label(&k, &v).map_err(Status::invalid_argument)?;
             labels.insert(k, v);
         }
-        let ttl =
-            match r.ttl_seconds {
-                0 => tokens::DEFAULT_TTL,
-                s => Duration::seconds(i64::try_from(s).map_err(|_| {
-                    Status::invalid_argument(format!("ttl_seconds {s} is too large"))
-                })?),
-            };
+        let now = OffsetDateTime::now_utc();
+        let ttl = match r.ttl_seconds {
+            0 => tokens::DEFAULT_TTL,
+            s => i64::try_from(s)
+                .ok()
+                .map(Duration::seconds)
+                .filter(|d| *d <= tokens::MAX_DURATION)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "ttl_seconds {s} is too long (at most {} = 36500d)",
+                        tokens::MAX_DURATION.whole_seconds()
+                    ))
+                })?,
+        };
+        let expires_at = now.checked_add(ttl).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "ttl_seconds {}: expiry out of range",
+                r.ttl_seconds
+            ))
+        })?;
         let uses = match r.uses {
             0 => tokens::DEFAULT_USES,
             n => n,
         };
-        let now = OffsetDateTime::now_utc();
         let (text, token) = tokens::generate(&self.state.ca.fingerprint());
         let record = TokenRecord {
             id: token.id.clone(),
             secret_hash: token.secret_hash(),
             labels,
             created_at: now,
-            expires_at: now + ttl,
+            expires_at,
             uses_left: uses,
             revoked: false,
         };
@@ -318,7 +337,7 @@ impl v1::admin_server::Admin for AdminService {
         let events = self.state.store.list_events(&EventFilter {
             agent_id: r.agent_id,
             kind: r.kind,
-            since: r.since.as_ref().and_then(crate::timefmt::from_proto),
+            since: r.since.as_ref().map(crate::timefmt::from_proto_clamped),
             after_id: r.after_id,
             limit: match r.limit {
                 0 => 100,
