@@ -40,6 +40,16 @@ async fn enrollment(
     v1::enrollment_client::EnrollmentClient::new(channel)
 }
 
+/// A data dir for the CLI alone: `c`'s CA and admin credentials, and `grpc_addr`.
+fn admin_dir(c: &Controller, grpc_addr: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["ca.crt", "admin.crt", "admin.key"] {
+        std::fs::copy(c.data_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("grpc.addr"), format!("{grpc_addr}\n")).unwrap();
+    dir
+}
+
 /// The controller answers and its process still runs.
 fn still_serving(c: &mut Controller) {
     assert!(
@@ -206,11 +216,7 @@ fn one_controller_per_data_dir() {
     still_serving(&mut c);
 
     // A controller that is gone: the cause is said once.
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["ca.crt", "admin.crt", "admin.key"] {
-        std::fs::copy(c.data_dir().join(f), dir.path().join(f)).unwrap();
-    }
-    std::fs::write(dir.path().join("grpc.addr"), "127.0.0.1:1\n").unwrap();
+    let dir = admin_dir(&c, "127.0.0.1:1");
     let out = Command::new(drover_bin())
         .arg("--data-dir")
         .arg(dir.path())
@@ -411,4 +417,68 @@ fn log_filter_variables() {
     assert!(log.contains("DEBUG"), "{log}");
     let log = agents(&[("RUST_LOG", "debug"), ("DROVER_LOG", "info")]);
     assert!(!log.contains("DEBUG"), "DROVER_LOG wins: {log}");
+}
+
+/// A TCP proxy to `upstream` that cuts the connection once the client has sent `limit`
+/// bytes: the request went out, the answer never comes back.
+async fn cutting_proxy(upstream: String, limit: usize) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let back = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+            let mut sent = 0;
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = cr.read(&mut buf).await {
+                if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                sent += n;
+                if sent >= limit {
+                    break;
+                }
+            }
+            back.abort();
+        }
+    });
+    addr
+}
+
+/// The connection breaks while a runner spec is being sent: the CLI says the outcome is
+/// unknown and how to check, not that the controller refused it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_connection_mid_apply_leaves_the_outcome_unknown() {
+    let c = Controller::start();
+    let proxy = cutting_proxy(c.grpc_addr.clone(), 32 * 1024).await;
+    let dir = admin_dir(&c, &proxy.to_string());
+    let spec = dir.path().join("runners.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "# {}\n[[runners]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\ntoken = \"glrt-x\"\n\
+             executor = \"docker\"\n[runners.docker]\nimage = \"busybox\"\n",
+            "x".repeat(256 * 1024)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(drover_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["runner", "apply", "-f"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("outcome unknown") && err.contains("drover rollout status"),
+        "{err}"
+    );
+    assert!(!err.contains("refused"), "{err}");
 }

@@ -126,6 +126,25 @@ pub fn error_text(e: &anyhow::Error) -> String {
     out
 }
 
+/// How to see whether a runner spec call whose answer was lost took effect.
+pub(crate) const CHECK_RUNNERS: &str =
+    "`drover rollout status` (the newest generation) and `drover runner list`";
+
+/// The error of a call that changes something (create, revoke, delete, apply, undo).
+/// A status the controller sent is its answer. A status the client made from a broken
+/// connection (it carries the transport error as its source) came after the request may
+/// have been sent and acted on: the outcome is unknown, and `check` says how to find out.
+pub(crate) fn change_error(what: &str, s: tonic::Status, check: &str) -> anyhow::Error {
+    if std::error::Error::source(&s).is_none() {
+        return status_error(what, s);
+    }
+    anyhow::anyhow!(
+        "{what}: outcome unknown: the connection to the controller failed after the request \
+         was sent ({}); the controller may have done it: check with {check}",
+        s.message()
+    )
+}
+
 /// A gRPC status as an error a person can read.
 pub(crate) fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())
@@ -143,6 +162,25 @@ mod tests {
     #[error("transport error")]
     struct Transport {
         source: std::io::Error,
+    }
+
+    #[test]
+    fn a_broken_connection_leaves_the_outcome_unknown() {
+        let answered = tonic::Status::invalid_argument("runner \"a\": bad image");
+        let text = super::change_error("apply r.toml", answered, "`drover runner list`");
+        assert_eq!(
+            text.to_string(),
+            "apply r.toml: runner \"a\": bad image (InvalidArgument)"
+        );
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let broken = tonic::Status::from_error(Box::new(io));
+        let text = super::change_error("apply r.toml", broken, "`drover runner list`").to_string();
+        assert!(
+            text.starts_with(
+                "apply r.toml: outcome unknown: the connection to the controller failed"
+            ) && text.ends_with("check with `drover runner list`"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub async fn run(cli: &super::Cli, cmd: &RolloutCommand) -> anyhow::Result<()> {
                     strategy: a.strategy.to_proto(),
                 })
                 .await
-                .map_err(|s| super::status_error("rollout undo", s))?
+                .map_err(|s| super::change_error("rollout undo", s, super::CHECK_RUNNERS))?
                 .into_inner();
             print_outcome(&resp, false);
             Ok(())

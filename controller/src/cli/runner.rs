@@ -189,7 +189,13 @@ async fn apply(
             merge,
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{} refused: {}", file.display(), s.message()))?
+        .map_err(|s| {
+            super::change_error(
+                &format!("apply {}", file.display()),
+                s,
+                super::CHECK_RUNNERS,
+            )
+        })?
         .into_inner();
     print_outcome(&resp, dry_run);
     Ok(())
@@ -295,7 +301,13 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                     strategy: a.strategy.to_proto(),
                 })
                 .await
-                .map_err(|s| super::status_error(&format!("delete runner {}", a.name), s))?
+                .map_err(|s| {
+                    super::change_error(
+                        &format!("delete runner {}", a.name),
+                        s,
+                        super::CHECK_RUNNERS,
+                    )
+                })?
                 .into_inner();
             print_outcome(&resp, false);
             Ok(())

@@ -67,6 +67,9 @@ pub fn token_status(t: &v1::TokenInfo, now: time::OffsetDateTime) -> &'static st
     }
 }
 
+/// How to see whether a token call whose answer was lost took effect.
+const CHECK_TOKENS: &str = "`drover token list`";
+
 /// Runs a token subcommand.
 pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
     let mut client = super::admin_client(cli).await?;
@@ -79,7 +82,7 @@ pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                     uses: a.uses,
                 })
                 .await
-                .map_err(|s| super::status_error("create token", s))?
+                .map_err(|s| super::change_error("create token", s, CHECK_TOKENS))?
                 .into_inner();
             if let Some(info) = &resp.info {
                 eprintln!(
@@ -151,7 +154,9 @@ pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
             client
                 .revoke_token(v1::RevokeTokenRequest { id: a.id.clone() })
                 .await
-                .map_err(|s| super::status_error(&format!("revoke token {}", a.id), s))?;
+                .map_err(|s| {
+                    super::change_error(&format!("revoke token {}", a.id), s, CHECK_TOKENS)
+                })?;
             eprintln!("revoked enrollment token {}", a.id);
         }
     }
