@@ -12,7 +12,7 @@ use base64::Engine;
 use drover_controller::client::{self, ClientIdentity};
 use drover_proto::v1;
 use drover_tests::fleet_support::{csr_der, init_crypto as init, json};
-use drover_tests::harness::{Controller, drover_bin, stderr, stdout, wait_for};
+use drover_tests::harness::{Controller, agent_bin, drover_bin, stderr, stdout, wait_for};
 use secrecy::SecretString;
 use tonic::Code;
 
@@ -388,15 +388,17 @@ async fn agent_text_cannot_drive_the_terminal() {
     assert_eq!(agents[0]["hostname"], hostname, "JSON stays exact");
 }
 
-/// `RUST_LOG` is read when `DROVER_LOG` is unset; `--help` says so.
+/// `RUST_LOG` is read when `DROVER_LOG` is unset; `--help` of both binaries says so.
 #[test]
 fn log_filter_variables() {
-    let help = Command::new(drover_bin()).arg("--help").output().unwrap();
-    let help = stdout(&help);
-    assert!(
-        help.contains("DROVER_LOG") && help.contains("RUST_LOG"),
-        "{help}"
-    );
+    for bin in [drover_bin(), agent_bin()] {
+        let help = stdout(&Command::new(&bin).arg("--help").output().unwrap());
+        assert!(
+            help.contains("DROVER_LOG") && help.contains("RUST_LOG"),
+            "{}: {help}",
+            bin.display()
+        );
+    }
     let c = Controller::start();
     let agents = |env: &[(&str, &str)]| {
         let mut cmd = Command::new(drover_bin());
