@@ -327,6 +327,8 @@ pub async fn run(
         }))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await;
+    // However the server ended, the loops end with it.
+    shutdown.cancel();
     // Only what this process wrote: a file rewritten since belongs to another controller.
     let _ = files::remove_if_unchanged(&dir.grpc_addr(), &grpc_addr_text);
     let _ = files::remove_if_unchanged(&dir.http_addr(), &http_addr_text);
@@ -345,4 +347,26 @@ pub async fn run(
     }
     result?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    /// A background loop that panics stops the controller (its shutdown is cancelled), one
+    /// that ends does not.
+    #[tokio::test]
+    async fn a_panicking_loop_stops_the_controller() {
+        let shutdown = CancellationToken::new();
+        let ended = super::spawn_essential("quiet loop", async {}, shutdown.clone());
+        assert_eq!(ended.await.unwrap(), None);
+        assert!(!shutdown.is_cancelled());
+        let broken = super::spawn_essential(
+            "broken loop",
+            async { panic!("the loop hit a bug") },
+            shutdown.clone(),
+        );
+        assert_eq!(broken.await.unwrap(), Some("broken loop"));
+        assert!(shutdown.is_cancelled());
+    }
 }
