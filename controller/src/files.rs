@@ -58,7 +58,7 @@ pub fn make_private(path: &Path) -> std::io::Result<Option<u32>> {
     if mode & 0o077 == 0 {
         return Ok(None);
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE))?;
     Ok(Some(mode))
 }
 
