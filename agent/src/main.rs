@@ -8,7 +8,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Drover agent: runs GitLab CI jobs in Docker on this box.
 #[derive(Debug, Parser)]
-#[command(name = "drover-agent", version, about)]
+#[command(name = "drover-agent", version, about, after_help = drover_proto::LOG_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,11 +27,21 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Release builds stop on any panic, as `panic = "abort"` did before the workspace
+    // profile switched to unwinding for the controller: systemd restarts the agent whole.
+    if !cfg!(debug_assertions) {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            std::process::abort();
+        }));
+    }
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)

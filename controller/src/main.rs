@@ -7,9 +7,11 @@ use drover_controller::cli;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // DROVER_LOG, else RUST_LOG, else `info` (see `drover --help`).
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
@@ -28,7 +30,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::output::clean(&cli::error_text(&e)));
             std::process::ExitCode::FAILURE
         }
     }

@@ -21,3 +21,27 @@ pub fn to_proto(t: OffsetDateTime) -> prost_types::Timestamp {
 pub fn from_proto(t: &prost_types::Timestamp) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(t.seconds).ok()
 }
+
+/// A protobuf timestamp as `OffsetDateTime`, clamped to the range `time` can hold: a filter
+/// bound far in the past or the future still filters (everything, or nothing) instead of
+/// being dropped.
+pub fn from_proto_clamped(t: &prost_types::Timestamp) -> OffsetDateTime {
+    from_proto(t).unwrap_or(if t.seconds < 0 {
+        time::PrimitiveDateTime::MIN.assume_utc()
+    } else {
+        time::PrimitiveDateTime::MAX.assume_utc()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clamps_out_of_range_timestamps() {
+        let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+        assert_eq!(super::from_proto_clamped(&at(0)).unix_timestamp(), 0);
+        let far = super::from_proto_clamped(&at(i64::MAX));
+        assert!(far > time::OffsetDateTime::now_utc() + time::Duration::days(365 * 1000));
+        let past = super::from_proto_clamped(&at(i64::MIN));
+        assert!(past < time::OffsetDateTime::UNIX_EPOCH - time::Duration::days(365 * 1000));
+    }
+}

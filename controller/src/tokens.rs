@@ -174,7 +174,13 @@ pub fn check(
     Ok(())
 }
 
-/// Parses a duration like `90s`, `30m`, `1h`, `7d` or a plain number of seconds.
+/// The longest duration any flag or field accepts: 100 years (36500d). Every duration a
+/// user gives is added to or subtracted from "now" somewhere; within this bound that never
+/// leaves the range of a date, an `Instant` or a protobuf timestamp.
+pub const MAX_DURATION: Duration = Duration::days(36_500);
+
+/// Parses a duration like `90s`, `30m`, `1h`, `7d` or a plain number of seconds, at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -198,7 +204,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if n <= 0 {
         return Err(format!("duration {s:?} must be positive"));
     }
-    Ok(Duration::seconds(n.saturating_mul(secs)))
+    match n.checked_mul(secs).map(Duration::seconds) {
+        Some(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!("duration {s:?} is too long (at most 36500d)")),
+    }
 }
 
 /// Parses a `key=value` label.
@@ -303,6 +312,17 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("h").is_err());
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+        for huge in [
+            "36501d",
+            "3000000d",
+            "100000000d",
+            "9223372036854775807",
+            "99999999999999999999d",
+        ] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains(huge), "{e}");
+        }
     }
 
     #[test]

@@ -22,6 +22,16 @@ pub async fn docker_image() -> Option<String> {
         .map(|(_, image)| image)
 }
 
+/// A CSR (DER) for a fresh key, as an agent sends at enrollment.
+pub fn csr_der() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().expect("generate a key");
+    rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .expect("serialize a CSR")
+        .der()
+        .to_vec()
+}
+
 /// The parsed stdout of a successful CLI call.
 pub fn json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", stderr(out));

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use drover_controller::client::{self, ClientIdentity};
 use drover_proto::v1;
+use drover_tests::fleet_support::csr_der;
 use drover_tests::harness::{Agent, Controller, stderr, stdout, wait_for};
 use secrecy::SecretString;
 use tonic::Code;
@@ -30,15 +31,6 @@ fn admin_identity(c: &Controller) -> ClientIdentity {
         cert_pem: c.read("admin.crt"),
         key_pem: SecretString::from(c.read("admin.key")),
     }
-}
-
-fn csr_der() -> Vec<u8> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .der()
-        .to_vec()
 }
 
 /// The README walk-through: serve, token, enroll, list, delete, refused.

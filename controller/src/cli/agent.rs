@@ -24,7 +24,9 @@ pub async fn run(cli: &super::Cli, cmd: &AgentCommand) -> anyhow::Result<()> {
             client
                 .delete_agent(v1::DeleteAgentRequest { id: a.id.clone() })
                 .await
-                .map_err(|s| super::status_error(&format!("delete agent {}", a.id), s))?;
+                .map_err(|s| {
+                    super::change_error(&format!("delete agent {}", a.id), s, "`drover agents`")
+                })?;
             eprintln!("agent {} revoked", a.id);
         }
     }

@@ -63,7 +63,10 @@ pub async fn run(cli: &super::Cli, args: &AgentsArgs) -> anyhow::Result<()> {
             let arr: Vec<serde_json::Value> = agents.iter().map(agent_json).collect();
             println!("{}", serde_json::to_string_pretty(&arr)?);
         }
-        Format::Table => print!("{}", agents_table(&agents, output::colour())),
+        Format::Table => {
+            let colour = output::colour();
+            output::print(&agents_table(&agents, colour), colour)
+        }
     }
     Ok(())
 }

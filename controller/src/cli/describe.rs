@@ -59,12 +59,19 @@ pub fn describe_text(
 ) -> String {
     let f = a.facts.clone().unwrap_or_default();
     let mut out = String::new();
+    let _ = writeln!(out, "{:<18}{}", "ID:", output::clean(&a.id));
+    let _ = writeln!(out, "{:<18}{}", "Hostname:", output::clean(&f.hostname));
+    let state = output::clean(&a.state);
+    let _ = writeln!(
+        out,
+        "{:<18}{}",
+        "State:",
+        output::paint_state(&state, &state, colour)
+    );
+    // Values an agent reports are shown, never obeyed, by the terminal.
     let mut kv = |k: &str, v: String| {
-        let _ = writeln!(out, "{:<18}{}", format!("{k}:"), v);
+        let _ = writeln!(out, "{:<18}{}", format!("{k}:"), output::clean(&v));
     };
-    kv("ID", a.id.clone());
-    kv("Hostname", f.hostname.clone());
-    kv("State", output::paint_state(&a.state, &a.state, colour));
     kv("Labels", output::labels(&a.labels));
     kv("Connected", if a.connected { "yes" } else { "no" }.into());
     kv(
@@ -246,10 +253,10 @@ pub async fn run(cli: &super::Cli, cmd: &DescribeCommand) -> anyhow::Result<()> 
             v["jobs"] = jobs.iter().map(event_json).collect::<Vec<_>>().into();
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Format::Table => print!(
-            "{}",
-            describe_text(&agent, &events, &jobs, output::colour())
-        ),
+        Format::Table => {
+            let colour = output::colour();
+            output::print(&describe_text(&agent, &events, &jobs, colour), colour)
+        }
     }
     Ok(())
 }

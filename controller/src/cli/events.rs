@@ -74,9 +74,14 @@ pub fn event_line(e: &v1::Event) -> String {
 /// Prints events, and with --follow keeps polling for new ones.
 pub async fn run(cli: &super::Cli, args: &EventsArgs) -> anyhow::Result<()> {
     let mut client = super::admin_client(cli).await?;
-    let since = args
-        .since
-        .map(|d| timefmt::to_proto(time::OffsetDateTime::now_utc() - d));
+    let since = match args.since {
+        None => None,
+        Some(d) => Some(timefmt::to_proto(
+            time::OffsetDateTime::now_utc()
+                .checked_sub(d)
+                .ok_or_else(|| anyhow::anyhow!("--since {d}: reaches before the year -9999"))?,
+        )),
+    };
     let mut req = v1::ListEventsRequest {
         agent_id: args.agent.clone().unwrap_or_default(),
         since,
@@ -110,7 +115,7 @@ pub async fn run(cli: &super::Cli, args: &EventsArgs) -> anyhow::Result<()> {
                     eprintln!("no events");
                 }
                 for e in &events {
-                    println!("{}", event_line(e));
+                    output::print(&format!("{}\n", event_line(e)), false);
                 }
             }
         }

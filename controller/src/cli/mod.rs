@@ -22,7 +22,7 @@ use crate::datadir::DataDir;
 
 /// Drover controller and admin CLI.
 #[derive(Debug, clap::Parser)]
-#[command(name = "drover", version, about)]
+#[command(name = "drover", version, about, after_help = drover_proto::LOG_HELP)]
 pub struct Cli {
     /// The controller's data dir (state, CA, admin credentials, bound address).
     #[arg(
@@ -108,7 +108,96 @@ pub(crate) async fn admin_client(
     Ok(drover_proto::v1::admin_client::AdminClient::new(channel))
 }
 
+/// An error and its causes on one line, each cause once: a cause whose text the line
+/// already holds (errors that print their source inside their own message) is skipped,
+/// so `connect ...: Connection refused` is not followed by `: Connection refused` again.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if msg.is_empty() || out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
+/// How to see whether a runner spec call whose answer was lost took effect.
+pub(crate) const CHECK_RUNNERS: &str =
+    "`drover rollout status` (the newest generation) and `drover runner list`";
+
+/// The error of a call that changes something (create, revoke, delete, apply, undo).
+/// A status the controller sent is its answer. A status the client made from a broken
+/// connection (it carries the transport error as its source) came after the request may
+/// have been sent and acted on: the outcome is unknown, and `check` says how to find out.
+pub(crate) fn change_error(what: &str, s: tonic::Status, check: &str) -> anyhow::Error {
+    if std::error::Error::source(&s).is_none() {
+        return status_error(what, s);
+    }
+    anyhow::anyhow!(
+        "{what}: outcome unknown: the connection to the controller failed after the request \
+         was sent ({}); the controller may have done it: check with {check}",
+        s.message()
+    )
+}
+
 /// A gRPC status as an error a person can read.
 pub(crate) fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("connect to controller at 127.0.0.1:1: {source}")]
+    struct Dial {
+        source: Transport,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("transport error")]
+    struct Transport {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_broken_connection_leaves_the_outcome_unknown() {
+        let answered = tonic::Status::invalid_argument("runner \"a\": bad image");
+        let text = super::change_error("apply r.toml", answered, "`drover runner list`");
+        assert_eq!(
+            text.to_string(),
+            "apply r.toml: runner \"a\": bad image (InvalidArgument)"
+        );
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let broken = tonic::Status::from_error(Box::new(io));
+        let text = super::change_error("apply r.toml", broken, "`drover runner list`").to_string();
+        assert!(
+            text.starts_with(
+                "apply r.toml: outcome unknown: the connection to the controller failed"
+            ) && text.ends_with("check with `drover runner list`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let io_text = io.to_string();
+        let e = anyhow::Error::new(Dial {
+            source: Transport { source: io },
+        })
+        .context("list agents");
+        let text = super::error_text(&e);
+        assert_eq!(
+            text,
+            format!(
+                "list agents: connect to controller at 127.0.0.1:1: transport error: {io_text}"
+            )
+        );
+        assert_eq!(text.matches(&io_text).count(), 1);
+    }
 }

@@ -9,10 +9,83 @@ pub enum Format {
     Json,
 }
 
-/// Renders rows as left-aligned columns separated by two spaces.
+/// Whether `c` must not reach a terminal as itself: control characters (C0, DEL, C1: an
+/// `ESC ] 0 ; ... BEL` retitles the terminal, other sequences move the cursor or clear the
+/// screen) and the invisible bidirectional and zero-width formatting characters.
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `s` with every control or invisible formatting character written as an escape
+/// (`\u{1b}`), so a value an agent or a spec chose (hostname, selector, error text) is
+/// shown, never obeyed, by the admin's terminal. For human output only; JSON stays exact.
+pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The one gate of human output: [`clean`] line by line, keeping line breaks and, when
+/// `colour` is on, only the colour codes [`paint_state`] writes. Every table and text
+/// report is printed through this.
+pub fn human(text: &str, colour: bool) -> String {
+    const SGR: [&str; 5] = ["\x1b[0m", "\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[90m"];
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split('\n').enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        let mut rest = line;
+        while !rest.is_empty() {
+            match rest.find('\x1b') {
+                None => {
+                    out.push_str(&clean(rest));
+                    break;
+                }
+                Some(i) => {
+                    out.push_str(&clean(&rest[..i]));
+                    let tail = &rest[i..];
+                    match SGR.iter().find(|c| colour && tail.starts_with(**c)) {
+                        Some(code) => {
+                            out.push_str(code);
+                            rest = &tail[code.len()..];
+                        }
+                        None => {
+                            out.push_str(&clean("\x1b"));
+                            rest = &tail[1..];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Prints `text` to stdout through [`human`].
+pub fn print(text: &str, colour: bool) {
+    print!("{}", human(text, colour));
+}
+
+/// Renders rows as left-aligned columns separated by two spaces. Cells go through
+/// [`clean`] first, so widths count what is shown.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
                 *w = (*w).max(cell.chars().count());
@@ -20,27 +93,30 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let mut out = String::new();
+    // Padded by hand: a `{:<w$}` width over 65,535 panics, and a cell can be that long
+    // (a token with thousands of labels).
     let line = |cells: Vec<&str>, out: &mut String| {
         let mut l = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                l.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            l.push_str(c);
+            if i + 1 < cells.len() {
+                let pad = widths[i].saturating_sub(c.chars().count()) + 2;
+                l.extend(std::iter::repeat_n(' ', pad));
             }
         }
         out.push_str(l.trim_end());
         out.push('\n');
     };
     line(header.to_vec(), &mut out);
-    for row in rows {
-        line(row.iter().map(String::as_str).collect(), &mut out);
+    for row in &rows {
+        line(row.iter().map(|c| c.as_ref()).collect(), &mut out);
     }
     out
 }
 
-/// Cuts `s` to `max` characters, ending with `…` when cut.
+/// `s` through [`clean`], cut to `max` characters, ending with `…` when cut.
 pub fn clip(s: &str, max: usize) -> String {
+    let s = clean(s);
     if s.chars().count() <= max {
         return s.to_string();
     }
@@ -81,11 +157,11 @@ pub fn table_coloured(
     if !colour {
         return plain;
     }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(clean(cell).chars().count());
             }
         }
     }
@@ -95,7 +171,8 @@ pub fn table_coloured(
         if n == 0 || n > rows.len() {
             out.push_str(line);
         } else {
-            let state = &rows[n - 1][state_col];
+            let state = clean(&rows[n - 1][state_col]);
+            let state = state.as_ref();
             let chars: Vec<char> = line.chars().collect();
             let end = (start + state.chars().count()).min(chars.len());
             let a: String = chars[..start.min(chars.len())].iter().collect();
@@ -134,5 +211,50 @@ mod tests {
         assert_eq!(t, "ID  STATE  R\na1  \x1b[31mlost\x1b[0m   x\n");
         let plain = super::table_coloured(&["ID", "STATE", "R"], &rows, 1, false);
         assert_eq!(plain, "ID  STATE  R\na1  lost   x\n");
+    }
+
+    #[test]
+    fn huge_cells_do_not_panic() {
+        // A token with ~9,000 labels made a column wider than a format width may be.
+        let wide = "k=v,".repeat(20_000);
+        let t = super::table(
+            &["LABELS", "STATUS"],
+            &[vec![wide.clone(), "active".into()]],
+        );
+        assert!(t.lines().nth(1).unwrap().starts_with(&wide));
+        assert!(t.lines().nth(1).unwrap().ends_with("  active"));
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let host = "box\x1b]0;pwned\x07\x1b[2J\u{202e}gpj.exe\r\nfake line";
+        let t = super::table(
+            &["HOSTNAME", "STATE"],
+            &[vec![host.into(), "healthy".into()]],
+        );
+        assert!(
+            !t.contains('\x1b') && !t.contains('\x07') && !t.contains('\r'),
+            "{t:?}"
+        );
+        assert!(!t.contains('\u{202e}'), "{t:?}");
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(
+            t.contains("box\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{202e}gpj.exe\\r\\nfake line"),
+            "{t}"
+        );
+        // The gate keeps line breaks and, with colour on, only our own colour codes.
+        let host = "box\x1b]0;pwned\x07\x1b[2J";
+        let text = format!("a \x1b[31mlost\x1b[0m {host}\nnext");
+        let on = super::human(&text, true);
+        assert!(
+            on.starts_with("a \x1b[31mlost\x1b[0m box\\u{1b}]0;"),
+            "{on:?}"
+        );
+        assert_eq!(on.matches('\x1b').count(), 2, "{on:?}");
+        assert_eq!(on.lines().count(), 2, "{on:?}");
+        let off = super::human(&text, false);
+        assert!(!off.contains('\x1b'), "{off:?}");
+        assert_eq!(super::clean("plain text ü"), "plain text ü");
+        assert_eq!(super::clip("a\nb\x1bc", 80), "a\\nb\\u{1b}c");
     }
 }

@@ -64,14 +64,14 @@ fn print_status(s: &v1::RolloutStatusResponse, format: Format) -> anyhow::Result
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&status_json(s))?),
         Format::Table => {
-            println!(
-                "generation {}: {}{}",
+            let mut text = format!(
+                "generation {}: {}{}\n",
                 s.generation,
-                s.state,
+                output::clean(&s.state),
                 if s.reason.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({})", s.reason)
+                    format!(" ({})", output::clean(&s.reason))
                 }
             );
             let rows: Vec<Vec<String>> = s
@@ -88,13 +88,11 @@ fn print_status(s: &v1::RolloutStatusResponse, format: Format) -> anyhow::Result
                     ]
                 })
                 .collect();
-            print!(
-                "{}",
-                output::table(
-                    &["AGENT", "HOSTNAME", "TARGET", "APPLIED", "STATE", "ERROR"],
-                    &rows
-                )
-            );
+            text.push_str(&output::table(
+                &["AGENT", "HOSTNAME", "TARGET", "APPLIED", "STATE", "ERROR"],
+                &rows,
+            ));
+            output::print(&text, false);
         }
     }
     Ok(())
@@ -105,8 +103,11 @@ pub async fn run(cli: &super::Cli, cmd: &RolloutCommand) -> anyhow::Result<()> {
     let mut client = super::admin_client(cli).await?;
     match cmd {
         RolloutCommand::Status(a) => {
+            let timeout =
+                Duration::from_secs(u64::try_from(a.timeout.whole_seconds()).unwrap_or(600));
             let deadline = std::time::Instant::now()
-                + Duration::from_secs(u64::try_from(a.timeout.whole_seconds()).unwrap_or(600));
+                .checked_add(timeout)
+                .ok_or_else(|| anyhow::anyhow!("--timeout {}: too long", a.timeout))?;
             loop {
                 let s = client
                     .rollout_status(v1::RolloutStatusRequest {})
@@ -141,7 +142,7 @@ pub async fn run(cli: &super::Cli, cmd: &RolloutCommand) -> anyhow::Result<()> {
                     strategy: a.strategy.to_proto(),
                 })
                 .await
-                .map_err(|s| super::status_error("rollout undo", s))?
+                .map_err(|s| super::change_error("rollout undo", s, super::CHECK_RUNNERS))?
                 .into_inner();
             print_outcome(&resp, false);
             Ok(())

@@ -136,7 +136,7 @@ pub fn runner_json(r: &v1::RunnerInfo) -> serde_json::Value {
 /// Prints an apply's outcome: warnings on stderr, the diff on stdout.
 pub fn print_outcome(resp: &v1::ApplyRunnersResponse, dry_run: bool) {
     for w in &resp.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", output::clean(w));
     }
     let mut changed = false;
     for c in &resp.changes {
@@ -147,10 +147,11 @@ pub fn print_outcome(resp: &v1::ApplyRunnersResponse, dry_run: bool) {
             _ => continue,
         };
         changed = true;
-        println!("{mark} {} ({})", c.name, c.change);
+        let mut text = format!("{mark} {} ({})\n", output::clean(&c.name), c.change);
         for d in &c.details {
-            println!("    {d}");
+            text.push_str(&format!("    {}\n", output::clean(d)));
         }
+        output::print(&text, false);
     }
     if dry_run {
         eprintln!("dry run: nothing stored");
@@ -187,7 +188,13 @@ async fn apply(
             merge,
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{} refused: {}", file.display(), s.message()))?
+        .map_err(|s| {
+            super::change_error(
+                &format!("apply {}", file.display()),
+                s,
+                super::CHECK_RUNNERS,
+            )
+        })?
         .into_inner();
     print_outcome(&resp, dry_run);
     Ok(())
@@ -264,12 +271,12 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                             ]
                         })
                         .collect();
-                    print!(
-                        "{}",
-                        output::table(
+                    output::print(
+                        &output::table(
                             &["NAME", "URL", "SELECTOR", "TAGS", "TOKEN", "AGENTS"],
-                            &rows
-                        )
+                            &rows,
+                        ),
+                        false,
                     );
                     eprintln!("generation {}", resp.generation);
                 }
@@ -303,9 +310,12 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                             ]
                         })
                         .collect();
-                    print!(
-                        "{}",
-                        output::table(&["AGENT", "GITLAB RUNNER", "STATE", "TOKEN EXPIRES"], &rows)
+                    output::print(
+                        &output::table(
+                            &["AGENT", "GITLAB RUNNER", "STATE", "TOKEN EXPIRES"],
+                            &rows,
+                        ),
+                        false,
                     );
                 }
             }
@@ -319,7 +329,13 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                     strategy: a.strategy.to_proto(),
                 })
                 .await
-                .map_err(|s| super::status_error(&format!("delete runner {}", a.name), s))?
+                .map_err(|s| {
+                    super::change_error(
+                        &format!("delete runner {}", a.name),
+                        s,
+                        super::CHECK_RUNNERS,
+                    )
+                })?
                 .into_inner();
             print_outcome(&resp, false);
             Ok(())

@@ -93,6 +93,11 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
     if let Ok(addr) = args.http_listen.parse::<std::net::SocketAddr>() {
         http_auth.check_listener(addr)?;
     }
+    // Before binding: a second controller on this dir is told so, not "address in use".
+    let dir = DataDir::new(&cli.data_dir);
+    crate::files::create_private_dir(dir.root())
+        .with_context(|| format!("create data dir {}", dir.root().display()))?;
+    let lock = dir.lock()?;
     let grpc = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("bind --listen {}", args.listen))?;
@@ -112,7 +117,7 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         thresholds,
         http_auth,
     };
-    server::run(&DataDir::new(&cli.data_dir), options, grpc, http, shutdown)
+    server::run(&dir, lock, options, grpc, http, shutdown)
         .await
         .with_context(|| format!("serve from data dir {}", cli.data_dir.display()))
 }
@@ -155,7 +160,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             ));
         }
     };
-    Ok((n * mult as f64) as u64)
+    let bytes = n * mult as f64;
+    // `as` would saturate silently: 2^64 bytes and more are refused instead.
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("{s:?}: too large (at most 16EiB)"));
+    }
+    Ok(bytes as u64)
 }
 
 async fn wait_for_signal() {
@@ -183,5 +193,12 @@ mod tests {
         assert_eq!(super::parse_size("4096"), Ok(4096));
         assert!(super::parse_size("lots").is_err());
         assert!(super::parse_size("2 parsecs").is_err());
+        assert!(
+            super::parse_size("16777216TiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+        let e = super::parse_size(&"9".repeat(400)).unwrap_err();
+        assert!(e.contains("too large"), "{e}");
     }
 }

@@ -133,7 +133,10 @@ pub async fn run(cli: &super::Cli, args: &StatusArgs) -> anyhow::Result<()> {
         .into_inner();
     match args.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&status_json(&s))?),
-        Format::Table => print!("{}", status_text(&s, output::colour())),
+        Format::Table => {
+            let colour = output::colour();
+            output::print(&status_text(&s, colour), colour)
+        }
     }
     Ok(())
 }

@@ -48,6 +48,28 @@ pub struct RevokeArgs {
     pub id: String,
 }
 
+/// Whether a token still admits an enrollment: `revoked`, `expired`, `used up` or `active`
+/// (in the order the controller checks them).
+pub fn token_status(t: &v1::TokenInfo, now: time::OffsetDateTime) -> &'static str {
+    let expired = t
+        .expires_at
+        .as_ref()
+        .and_then(timefmt::from_proto)
+        .is_some_and(|at| now >= at);
+    if t.revoked {
+        "revoked"
+    } else if expired {
+        "expired"
+    } else if t.uses_left == 0 {
+        "used up"
+    } else {
+        "active"
+    }
+}
+
+/// How to see whether a token call whose answer was lost took effect.
+const CHECK_TOKENS: &str = "`drover token list`";
+
 /// Runs a token subcommand.
 pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
     let mut client = super::admin_client(cli).await?;
@@ -60,7 +82,7 @@ pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                     uses: a.uses,
                 })
                 .await
-                .map_err(|s| super::status_error("create token", s))?
+                .map_err(|s| super::change_error("create token", s, CHECK_TOKENS))?
                 .into_inner();
             if let Some(info) = &resp.info {
                 eprintln!(
@@ -83,6 +105,7 @@ pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                 .map_err(|s| super::status_error("list tokens", s))?
                 .into_inner()
                 .tokens;
+            let now = time::OffsetDateTime::now_utc();
             let ts = |t: &Option<prost_types::Timestamp>| {
                 t.as_ref()
                     .and_then(timefmt::from_proto)
@@ -101,6 +124,7 @@ pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                                 "expires_at": ts(&t.expires_at),
                                 "uses_left": t.uses_left,
                                 "revoked": t.revoked,
+                                "status": token_status(t, now),
                             })
                         })
                         .collect();
@@ -115,13 +139,13 @@ pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                                 output::labels(&t.labels),
                                 ts(&t.expires_at),
                                 t.uses_left.to_string(),
-                                if t.revoked { "revoked" } else { "active" }.to_string(),
+                                token_status(t, now).to_string(),
                             ]
                         })
                         .collect();
-                    print!(
-                        "{}",
-                        output::table(&["ID", "LABELS", "EXPIRES", "USES LEFT", "STATUS"], &rows)
+                    output::print(
+                        &output::table(&["ID", "LABELS", "EXPIRES", "USES LEFT", "STATUS"], &rows),
+                        false,
                     );
                 }
             }
@@ -130,9 +154,38 @@ pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
             client
                 .revoke_token(v1::RevokeTokenRequest { id: a.id.clone() })
                 .await
-                .map_err(|s| super::status_error(&format!("revoke token {}", a.id), s))?;
+                .map_err(|s| {
+                    super::change_error(&format!("revoke token {}", a.id), s, CHECK_TOKENS)
+                })?;
             eprintln!("revoked enrollment token {}", a.id);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_proto::v1;
+
+    #[test]
+    fn status_says_why_a_token_no_longer_works() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let at = |d: i64| {
+            Some(prost_types::Timestamp {
+                seconds: 1_700_000_000 + d,
+                nanos: 0,
+            })
+        };
+        let t = |uses_left, expires_at, revoked| v1::TokenInfo {
+            uses_left,
+            expires_at,
+            revoked,
+            ..Default::default()
+        };
+        assert_eq!(super::token_status(&t(1, at(60), false), now), "active");
+        assert_eq!(super::token_status(&t(0, at(60), false), now), "used up");
+        assert_eq!(super::token_status(&t(1, at(0), false), now), "expired");
+        assert_eq!(super::token_status(&t(0, at(-60), false), now), "expired");
+        assert_eq!(super::token_status(&t(0, at(60), true), now), "revoked");
+    }
 }

@@ -1,4 +1,5 @@
-//! A tower layer on the gRPC server that counts calls answered with an error status
+//! The tower layer on the gRPC server: a panicking call is answered `internal`
+//! ([`crate::server::catch_panic`]), and calls answered with an error status are counted
 //! (`drover_rpc_errors_total{method,code}`). It reads the `grpc-status` response header,
 //! which tonic sets for every error a handler returns before streaming (trailers-only
 //! responses); errors in the trailers of a long stream are not counted.
@@ -41,6 +42,7 @@ impl<S, B, RB> Service<http::Request<B>> for RpcErrors<S>
 where
     S: Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
+    RB: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -53,9 +55,9 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().to_string();
         let metrics = self.metrics.clone();
-        let fut = self.inner.call(req);
+        let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(req)));
         Box::pin(async move {
-            let resp = fut.await?;
+            let resp = crate::server::catch_panic::settle(&method, call).await?;
             if let Some(code) = resp
                 .headers()
                 .get("grpc-status")

@@ -120,7 +120,10 @@ fn client_params(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = now;
-    params.not_after = now + ttl;
+    params.not_after = now.checked_add(ttl).ok_or_else(|| PkiError::Parse {
+        what: "certificate lifetime".into(),
+        detail: format!("{ttl} from {now} is out of range"),
+    })?;
     params.serial_number = Some(random_serial());
     params.use_authority_key_identifier_extension = true;
     Ok(params)

@@ -96,25 +96,37 @@ impl v1::admin_server::Admin for AdminService {
         let r = req.into_inner();
         drover_proto::spec::validate_labels(r.labels.iter()).map_err(Status::invalid_argument)?;
         let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
-        let ttl =
-            match r.ttl_seconds {
-                0 => tokens::DEFAULT_TTL,
-                s => Duration::seconds(i64::try_from(s).map_err(|_| {
-                    Status::invalid_argument(format!("ttl_seconds {s} is too large"))
-                })?),
-            };
+        let now = OffsetDateTime::now_utc();
+        let ttl = match r.ttl_seconds {
+            0 => tokens::DEFAULT_TTL,
+            s => i64::try_from(s)
+                .ok()
+                .map(Duration::seconds)
+                .filter(|d| *d <= tokens::MAX_DURATION)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "ttl_seconds {s} is too long (at most {} = 36500d)",
+                        tokens::MAX_DURATION.whole_seconds()
+                    ))
+                })?,
+        };
+        let expires_at = now.checked_add(ttl).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "ttl_seconds {}: expiry out of range",
+                r.ttl_seconds
+            ))
+        })?;
         let uses = match r.uses {
             0 => tokens::DEFAULT_USES,
             n => n,
         };
-        let now = OffsetDateTime::now_utc();
         let (text, token) = tokens::generate(&self.state.ca.fingerprint());
         let record = TokenRecord {
             id: token.id.clone(),
             secret_hash: token.secret_hash(),
             labels,
             created_at: now,
-            expires_at: now + ttl,
+            expires_at,
             uses_left: uses,
             revoked: false,
         };
@@ -357,7 +369,7 @@ impl v1::admin_server::Admin for AdminService {
         let events = self.state.store.list_events(&EventFilter {
             agent_id: r.agent_id,
             kind: r.kind,
-            since: r.since.as_ref().and_then(crate::timefmt::from_proto),
+            since: r.since.as_ref().map(crate::timefmt::from_proto_clamped),
             after_id: r.after_id,
             limit: match r.limit {
                 0 => 100,

@@ -4,17 +4,20 @@ use drover_proto::v1;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use super::attempts::AttemptLimiter;
 use super::state::AppState;
 use crate::pki::identity::Identity;
 use crate::pki::policy;
 use crate::store::{AgentRecord, Facts};
 use crate::timefmt;
-use crate::tokens::Token;
+use crate::tokens::{self, Token, TokenRefusal};
 
 /// The Enrollment service.
 pub struct EnrollmentService {
     /// Shared state.
     pub state: AppState,
+    /// Failed attempts per source address.
+    pub attempts: AttemptLimiter,
 }
 
 #[tonic::async_trait]
@@ -27,8 +30,29 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
             .extensions()
             .get::<super::tls::PeerInfo>()
             .and_then(|p| p.remote_addr);
+        let ip = peer.map(|p| p.ip());
+        if let Some(ip) = ip
+            && let Err(wait) = self.attempts.check(ip, std::time::Instant::now())
+        {
+            self.state.metrics.enrollment(false);
+            tracing::debug!(?peer, "enrollment refused: too many failed attempts");
+            return Err(Status::resource_exhausted(format!(
+                "too many failed enrollment attempts from {ip}; try again in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
         let r = req.into_inner();
-        let result = self.enroll(r);
+        let now = OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap_or(OffsetDateTime::now_utc());
+        let result = self
+            .admit(&r.token, now)
+            .inspect_err(|_| {
+                if let Some(ip) = ip {
+                    self.attempts.failed(ip, std::time::Instant::now());
+                }
+            })
+            .and_then(|token| self.enroll(token, r, now));
         self.state.metrics.enrollment(result.is_ok());
         match &result {
             Ok(resp) => tracing::info!(agent = %resp.agent_id, ?peer, "agent enrolled"),
@@ -39,17 +63,34 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
 }
 
 impl EnrollmentService {
-    fn enroll(&self, r: v1::EnrollRequest) -> Result<v1::EnrollResponse, Status> {
-        let token = Token::parse(&r.token)?;
+    /// The token, checked before anything else is looked at (the CSR is neither parsed nor
+    /// signed for a caller without a valid secret); the secret is compared in constant time
+    /// ([`tokens::check`]). The store checks it again when it takes the use.
+    fn admit(&self, text: &str, now: OffsetDateTime) -> Result<Token, Status> {
+        let token = Token::parse(text)?;
         if token.ca_fingerprint != self.state.ca.fingerprint() {
             return Err(Status::permission_denied(
                 "enrollment token was made by another controller: its CA fingerprint differs",
             ));
         }
+        let record = self
+            .state
+            .store
+            .get_token(&token.id)?
+            .ok_or_else(|| TokenRefusal::Unknown(token.id.clone()))
+            .map_err(|r| Status::permission_denied(r.to_string()))?;
+        tokens::check(&record, &token.secret_hash(), now)
+            .map_err(|r| Status::permission_denied(r.to_string()))?;
+        Ok(token)
+    }
+
+    fn enroll(
+        &self,
+        token: Token,
+        r: v1::EnrollRequest,
+        now: OffsetDateTime,
+    ) -> Result<v1::EnrollResponse, Status> {
         let csr = policy::verify_csr(&r.csr_der)?;
-        let now = OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .unwrap_or(OffsetDateTime::now_utc());
         let id = hex::encode(rand::random::<[u8; 8]>());
         let issued = policy::sign_client(
             &self.state.ca,

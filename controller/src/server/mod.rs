@@ -8,7 +8,9 @@
 
 pub mod admin;
 pub mod agent_control;
+pub mod attempts;
 pub mod auth;
+pub mod catch_panic;
 pub mod convert;
 pub mod enrollment;
 pub mod http;
@@ -89,6 +91,37 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// A background loop panicked: the controller stopped rather than run without it.
+    #[error("{0} panicked (a bug; see the log above); the controller stopped")]
+    TaskPanicked(&'static str),
+}
+
+/// Spawns a background loop the controller cannot run without (health sweeps, the
+/// reconciliation tick). A call's panic fails that call only (see [`catch_panic`]); a
+/// loop's panic cancels `shutdown`, so the controller stops and its supervisor restarts
+/// it, rather than serving on with the loop gone. The handle answers whether it panicked.
+fn spawn_essential<F>(
+    name: &'static str,
+    fut: F,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<Option<&'static str>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let task = tokio::spawn(fut);
+    tokio::spawn(async move {
+        match task.await {
+            Err(e) if e.is_panic() => {
+                tracing::error!(
+                    task = name,
+                    "background task panicked; stopping the controller"
+                );
+                shutdown.cancel();
+                Some(name)
+            }
+            _ => None,
+        }
+    })
 }
 
 fn io(
@@ -105,10 +138,42 @@ fn io(
 /// Prepares the data dir (0700, CA, store, admin credentials) without serving. Idempotent.
 pub fn prepare(dir: &DataDir) -> Result<(Ca, SqliteStore), ServerError> {
     files::create_private_dir(dir.root()).map_err(io("create", dir.root().to_path_buf()))?;
+    make_files_private(dir)?;
     let ca = Ca::load_or_create(dir.root())?;
     let store = SqliteStore::open(&dir.db())?;
     ensure_admin_cert(dir, &ca)?;
     Ok((ca, store))
+}
+
+/// Keys and the store are the owner's only: the database is created 0600 before SQLite
+/// opens it (its `-wal` and `-shm` files take its mode), and a key or store file that group
+/// or others may read (an older install, a restore, a copy) is set back to 0600 with a
+/// warning naming the file and its old mode. Fixed rather than refused: the fix is
+/// certain, and a controller that will not start drops every agent session.
+fn make_files_private(dir: &DataDir) -> Result<(), ServerError> {
+    files::create_private(&dir.db()).map_err(io("create", dir.db()))?;
+    let db = dir.db().display().to_string();
+    let files = [
+        dir.ca_key(),
+        dir.secrets_key(),
+        dir.admin_key(),
+        dir.admin_cert(),
+        dir.db(),
+        format!("{db}-wal").into(),
+        format!("{db}-shm").into(),
+    ];
+    for path in files {
+        if let Some(old) =
+            files::make_private(&path).map_err(io("set the mode of", path.clone()))?
+        {
+            tracing::warn!(
+                file = %path.display(),
+                old_mode = format!("{old:04o}"),
+                "file was readable by group or others; set it to 0600"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Writes `admin.crt`/`admin.key` when missing, not from this CA, or expiring within 30 days.
@@ -149,9 +214,11 @@ fn ensure_admin_cert(dir: &DataDir, ca: &Ca) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Runs the controller on already-bound listeners until `shutdown` is cancelled.
+/// Runs the controller on already-bound listeners until `shutdown` is cancelled, holding
+/// the data dir's lock (`_lock`, from [`DataDir::lock`]) until it returns.
 pub async fn run(
     dir: &DataDir,
+    _lock: crate::datadir::DataDirLock,
     options: ServerOptions,
     grpc: TcpListener,
     http: TcpListener,
@@ -203,33 +270,35 @@ pub async fn run(
         },
         shutdown.clone(),
     ));
-    tokio::spawn(health.clone().run(shutdown.clone()));
+    let health_task = spawn_essential(
+        "health sweep",
+        health.clone().run(shutdown.clone()),
+        shutdown.clone(),
+    );
     // Retries what events could not finish (a GitLab outage during registration, retired
     // runners to unregister) and advances rollouts whose agents went away.
     let tick_stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(RECONCILE_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = tick_stop.cancelled() => break,
-                _ = every.tick() => fleet.reconcile().await,
+    let reconcile_task = spawn_essential(
+        "fleet reconciliation",
+        async move {
+            let mut every = tokio::time::interval(RECONCILE_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick_stop.cancelled() => break,
+                    _ = every.tick() => fleet.reconcile().await,
+                }
             }
-        }
-    });
+        },
+        shutdown.clone(),
+    );
     let incoming = tls::incoming(grpc, tls_config, shutdown.clone());
 
-    files::write_atomic(
-        &dir.grpc_addr(),
-        format!("{grpc_addr}\n").as_bytes(),
-        files::PUBLIC,
-    )
-    .map_err(io("write", dir.grpc_addr()))?;
-    files::write_atomic(
-        &dir.http_addr(),
-        format!("{http_addr}\n").as_bytes(),
-        files::PUBLIC,
-    )
-    .map_err(io("write", dir.http_addr()))?;
+    let grpc_addr_text = format!("{grpc_addr}\n");
+    let http_addr_text = format!("{http_addr}\n");
+    files::write_atomic(&dir.grpc_addr(), grpc_addr_text.as_bytes(), files::PUBLIC)
+        .map_err(io("write", dir.grpc_addr()))?;
+    files::write_atomic(&dir.http_addr(), http_addr_text.as_bytes(), files::PUBLIC)
+        .map_err(io("write", dir.http_addr()))?;
     tracing::info!(
         grpc = %grpc_addr,
         http = %http_addr,
@@ -245,6 +314,7 @@ pub async fn run(
         .add_service(v1::enrollment_server::EnrollmentServer::new(
             enrollment::EnrollmentService {
                 state: state.clone(),
+                attempts: Default::default(),
             },
         ))
         .add_service(v1::agent_control_server::AgentControlServer::new(
@@ -257,8 +327,11 @@ pub async fn run(
         }))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await;
-    let _ = std::fs::remove_file(dir.grpc_addr());
-    let _ = std::fs::remove_file(dir.http_addr());
+    // However the server ended, the loops end with it.
+    shutdown.cancel();
+    // Only what this process wrote: a file rewritten since belongs to another controller.
+    let _ = files::remove_if_unchanged(&dir.grpc_addr(), &grpc_addr_text);
+    let _ = files::remove_if_unchanged(&dir.http_addr(), &http_addr_text);
     // Sessions have ended: their disconnects and the last contacts reach the store.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     health.flush_all();
@@ -267,6 +340,33 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "http server task"),
         Ok(Ok(())) => {}
     }
+    for task in [health_task, reconcile_task] {
+        if let Ok(Some(name)) = task.await {
+            return Err(ServerError::TaskPanicked(name));
+        }
+    }
     result?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    /// A background loop that panics stops the controller (its shutdown is cancelled), one
+    /// that ends does not.
+    #[tokio::test]
+    async fn a_panicking_loop_stops_the_controller() {
+        let shutdown = CancellationToken::new();
+        let ended = super::spawn_essential("quiet loop", async {}, shutdown.clone());
+        assert_eq!(ended.await.unwrap(), None);
+        assert!(!shutdown.is_cancelled());
+        let broken = super::spawn_essential(
+            "broken loop",
+            async { panic!("the loop hit a bug") },
+            shutdown.clone(),
+        );
+        assert_eq!(broken.await.unwrap(), Some("broken loop"));
+        assert!(shutdown.is_cancelled());
+    }
 }

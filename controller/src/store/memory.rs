@@ -73,6 +73,10 @@ impl Store for MemoryStore {
         Ok(v)
     }
 
+    fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.lock().tokens.get(id).cloned())
+    }
+
     fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self
             .lock()

@@ -297,6 +297,8 @@ pub trait Store: Send + Sync {
     fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     /// All tokens, newest first.
     fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// One token by id.
+    fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Revokes a token; `false` when no token has this id.
     fn revoke_token(&self, id: &str) -> Result<bool, StoreError>;
     /// In one transaction: checks the token (see [`crate::tokens::check`]), takes one use,

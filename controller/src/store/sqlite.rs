@@ -278,6 +278,16 @@ impl Store for SqliteStore {
         rows.map(|r| token_record(r?)).collect()
     }
 
+    fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE id = ?1"))?;
+        stmt.query_row(params![id], token_row)
+            .optional()?
+            .map(token_record)
+            .transpose()
+    }
+
     fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
         let n = self
             .conn()

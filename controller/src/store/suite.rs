@@ -84,6 +84,11 @@ fn enroll_takes_a_use_and_copies_labels(s: Box<dyn Store>) {
         "{err}"
     );
     assert_eq!(s.list_agents().unwrap().len(), 1);
+    assert_eq!(
+        s.get_token("0011223344556677").unwrap(),
+        Some(s.list_tokens().unwrap()[0].clone())
+    );
+    assert_eq!(s.get_token("ffffffffffffffff").unwrap(), None);
     assert_eq!(s.get_agent("a1").unwrap().unwrap(), a);
     assert_eq!(s.agent_labels("a1").unwrap(), Some(a.labels.clone()));
     assert_eq!(s.agent_labels("nobody").unwrap(), None);
