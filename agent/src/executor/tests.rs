@@ -603,10 +603,10 @@ async fn huge_timeouts_do_not_overflow() {
     let api = fake();
     let job = job_json(
         serde_json::json!([
-            {"name": "script", "script": ["true"], "when": "on_success", "timeout": u64::MAX},
-            {"name": "after_script", "script": ["true"], "when": "always", "timeout": u64::MAX}
+            {"name": "script", "script": ["true"], "when": "on_success", "timeout": i64::MAX},
+            {"name": "after_script", "script": ["true"], "when": "always", "timeout": i64::MAX}
         ]),
-        serde_json::json!({"runner_info": {"timeout": u64::MAX}}),
+        serde_json::json!({"runner_info": {"timeout": i64::MAX}}),
     );
     let (out, _) = run(&api, &ctx(job, "")).await;
     assert_eq!(out, JobOutcome::Success);

@@ -250,27 +250,41 @@ pub async fn run(
             a = deps.gitlab.request_job(&auth, last_update.as_deref()) => a,
         };
         deps.stats.beat();
+        // A job taken (runnable or not) holds its permits and a slot until it has reported.
+        let take = |taken: job::Taken| {
+            deps.stats.contact();
+            backoff.reset();
+            let slot = slots.take();
+            let run = job::JobRun {
+                settings: settings.clone(),
+                gitlab: deps.gitlab.clone(),
+                executor: deps.executor.clone(),
+                stats: deps.stats.clone(),
+                events: deps.events.clone(),
+                tracking: deps.tracking.clone(),
+                stop_now: shutdown.now.clone(),
+                slot: slot.number(),
+            };
+            jobs.spawn(async move {
+                let outcome = run.handle(taken).await;
+                drop((local, global, slot));
+                outcome
+            });
+            Duration::ZERO
+        };
         let wait = match answer {
-            Ok(JobRequest::Job(job)) => {
+            Ok(JobRequest::Job(job)) => take(job::Taken::Run(job)),
+            Ok(JobRequest::Unrunnable(job)) => take(job::Taken::Report(job)),
+            Ok(JobRequest::Lost { reason }) => {
                 deps.stats.contact();
-                backoff.reset();
-                let slot = slots.take();
-                let run = job::JobRun {
-                    settings: settings.clone(),
-                    gitlab: deps.gitlab.clone(),
-                    executor: deps.executor.clone(),
-                    stats: deps.stats.clone(),
-                    events: deps.events.clone(),
-                    tracking: deps.tracking.clone(),
-                    stop_now: shutdown.now.clone(),
-                    slot: slot.number(),
-                };
-                jobs.spawn(async move {
-                    let outcome = run.run(*job).await;
-                    drop((local, global, slot));
-                    outcome
-                });
-                Duration::ZERO
+                deps.stats.job_lost();
+                let msg = format!(
+                    "gitlab handed out a job whose id and token cannot be read; it stays \
+                     running in gitlab until its timeout: {reason}"
+                );
+                tracing::error!(runner = %name, error = %msg, "job lost");
+                deps.stats.error(msg);
+                settings.check_interval.saturating_sub(started.elapsed())
             }
             Ok(JobRequest::NoJob { last_update: lu }) => {
                 deps.stats.contact();
