@@ -490,7 +490,8 @@ impl DockerExecutor {
                 &runner_key,
                 self.storage.cache_max_bytes,
             ),
-            cache_plans: cache::cache_plans(&ctx.job, vars, trace),
+            cache_plans: cache::cache_plans(&ctx.job, vars, trace)
+                .map_err(|e| ExecutorError::Cache(e.to_string()))?,
         })
     }
 
@@ -774,10 +775,10 @@ impl DockerExecutor {
         let succeeded = matches!(end, End::Success);
         let disable_cache = base.docker.disable_cache == Some(true);
         let cache_wanted = work.cache_plans.iter().any(|p| p.policy.pushes());
+        // An unknown `when` is warned about by the upload step.
         let artifacts_wanted = ctx.job.artifacts.iter().any(|a| {
-            artifacts::When::parse(a.when.as_deref())
-                .map(|w| w.applies(succeeded))
-                .unwrap_or(true)
+            let when = artifacts::When::parse(a.when.as_deref());
+            when.applies(succeeded) || matches!(when, artifacts::When::Unknown(_))
         });
         if !cache_wanted && !artifacts_wanted {
             return end;

@@ -258,7 +258,8 @@ pub struct Artifact {
     #[serde(deserialize_with = "go_vec")]
     pub exclude: Vec<String>,
     /// Raw (Go `ArtifactWhen`): `None`/empty/`on_success`, `on_failure`, `always`; any other
-    /// value is reported as an error of the upload step (see `artifacts::When`).
+    /// value applies to no job result, so the entry is never uploaded, as in gitlab-runner
+    /// (with a warning line in the trace; `artifacts::When`).
     pub when: Option<String>,
     /// Raw; sent to GitLab as is (`archive` when empty).
     pub artifact_type: Option<String>,
@@ -277,13 +278,14 @@ pub struct Cache {
     pub key: String,
     #[serde(deserialize_with = "go")]
     pub untracked: bool,
-    /// Raw (Go `CachePolicy`): `None`/empty/`pull-push`, `pull`, `push`; any other value
-    /// skips that cache with a warning naming it (gitlab-runner's `CheckPolicy` errors
-    /// "unknown cache policy" for it).
+    /// Raw (Go `CachePolicy`), `$VAR`-expanded: `None`/empty/`pull-push`, `pull`, `push`; any
+    /// other value fails the job naming it, as gitlab-runner's `CheckPolicy` error does
+    /// (`cache::CachePolicy::parse`).
     pub policy: Option<String>,
     #[serde(deserialize_with = "go_vec")]
     pub paths: Vec<String>,
-    /// Raw (Go `CacheWhen`): as [`Artifact::when`].
+    /// Raw (Go `CacheWhen`): as [`Artifact::when`]; an unknown value never saves, restoring
+    /// still follows `policy`.
     pub when: Option<String>,
     #[serde(deserialize_with = "go_vec")]
     pub fallback_keys: Vec<String>,
