@@ -5,6 +5,9 @@
 //!   BEFORE a job is requested (gitlab-runner's order), so GitLab never hands out a job the
 //!   box cannot start.
 //! - `last_update` from a `204` is sent back with the next request.
+//! - A job GitLab handed out is run, or, when it cannot run (`JobRequest::Unrunnable`),
+//!   reported failed with a trace line saying why: never dropped while GitLab shows it
+//!   running. Only a body without a readable id and token is lost, logged and counted.
 //! - "Stop at once" ([`Shutdown::now`]) cancels running jobs, which are then reported
 //!   failed (`runner_system_failure`) through the normal trace path; "graceful"
 //!   ([`Shutdown::graceful`]) only stops requesting. Either way [`run`] returns once every
