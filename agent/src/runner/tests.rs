@@ -484,10 +484,10 @@ async fn unrunnable_jobs_are_reported_failed_with_why() {
     assert!(st.last_error.is_some());
 }
 
-/// `features.failure_reasons` without `runner_system_failure`: `unknown_failure` is sent
-/// (as the uploader does for every job), never a reason GitLab does not list.
+/// `features.failure_reasons` without `runner_system_failure`: it is sent all the same, as
+/// gitlab-runner does (every GitLab accepts it: `alwaysSupportedFailureReasons`).
 #[tokio::test]
-async fn unrunnable_job_reason_follows_features() {
+async fn unrunnable_job_reason_is_always_accepted() {
     let gl = Arc::new(FakeGitLab::new());
     gl.push_raw(
         serde_json::to_vec(&serde_json::json!({
@@ -503,7 +503,7 @@ async fn unrunnable_job_reason_follows_features() {
     );
     let j = h.gl.job(31).unwrap();
     assert_eq!(j.state, "failed");
-    assert_eq!(j.failure_reason.as_deref(), Some("unknown_failure"));
+    assert_eq!(j.failure_reason.as_deref(), Some("runner_system_failure"));
     h.shutdown.graceful.cancel();
     h.task.await.unwrap().unwrap();
 }
