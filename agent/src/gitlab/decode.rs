@@ -48,12 +48,12 @@ pub fn decode_job(body: &[u8]) -> JobDecode {
     let reason = match full(body) {
         Ok(job) => match check(&job) {
             Ok(()) => return JobDecode::Job(Box::new(job)),
-            Err(e) => e,
+            Err(e) => format!("job payload cannot run: {e}"),
         },
         Err(e) => format!("job payload does not decode: {e}"),
     };
-    match (head.id, head.token) {
-        (Some(id), Some(token)) if id > 0 => JobDecode::Unrunnable(Box::new(UnrunnableJob {
+    match (head.id.filter(|id| *id > 0), head.token) {
+        (Some(id), Some(token)) => JobDecode::Unrunnable(Box::new(UnrunnableJob {
             id,
             token: SecretString::from(token),
             failure_reasons: head.failure_reasons,

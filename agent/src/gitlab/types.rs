@@ -13,8 +13,10 @@
 //!   the raw string and interpreted where they are used, as gitlab-runner does; each such
 //!   field says how an unknown value is treated.
 //!
-//! Not mirrored: Go matches keys case-insensitively as a fallback; GitLab only sends the
-//! lower-case names, which are the ones read here.
+//! Not mirrored (GitLab never sends these): Go matches keys case-insensitively as a
+//! fallback, keeps the last of duplicate keys and replaces invalid UTF-8 with U+FFFD; here
+//! only the lower-case names are read, and duplicate keys or invalid UTF-8 are an error of
+//! the payload (the job is then reported failed, see [`super::decode`]).
 //!
 //! Secrets are `SecretString`.
 

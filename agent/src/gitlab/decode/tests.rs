@@ -156,7 +156,10 @@ fn without_id_and_token_the_job_is_lost() {
     assert!(lost(br#"{"id": "9", "token": "t"}"#).contains("no readable job id"));
     assert!(lost(br#"{"id": 9, "steps": []}"#).contains("job 9: no readable token"));
     assert!(lost(br#"{"id": 9, "token": null}"#).contains("job 9"));
-    assert!(lost(br#"{"id": 0, "token": "t"}"#).contains("job 0"));
+    assert!(
+        lost(br#"{"id": 0, "token": "t"}"#)
+            .contains("no readable job id: job payload cannot run: id: 0 is not a job id")
+    );
     assert!(lost(br#"[1, 2]"#).contains("no readable job id"));
 }
 
