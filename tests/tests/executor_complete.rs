@@ -125,7 +125,7 @@ impl World {
         };
         let job = match self.client.request_job(&auth, None).await.expect("request") {
             JobRequest::Job(j) => *j,
-            JobRequest::NoJob { .. } => panic!("the fake handed out no job"),
+            other => panic!("the fake handed out no runnable job: {other:?}"),
         };
         assert_eq!(job.id, queued.id);
         let ctx = JobContext {

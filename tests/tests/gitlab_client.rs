@@ -41,7 +41,7 @@ async fn take_job(gl: &HttpGitLab, token: &str) -> Box<JobResponse> {
         .expect("request job")
     {
         JobRequest::Job(job) => job,
-        JobRequest::NoJob { .. } => panic!("expected a job"),
+        other => panic!("expected a job: {other:?}"),
     }
 }
 
@@ -251,7 +251,7 @@ async fn no_job_round_trips_last_update_and_long_poll_wakes() {
     let queued = fake.enqueue_job(JobSpec::new("woken").script(["true"]));
     match poll.await.unwrap().expect("request") {
         JobRequest::Job(job) => assert_eq!(job.id, queued.id),
-        JobRequest::NoJob { .. } => panic!("long poll did not wake"),
+        other => panic!("long poll did not wake: {other:?}"),
     }
     // Without a cursor the request is answered at once even with long polling on.
     let JobRequest::NoJob { last_update } = gl.request_job(&auth("glrt-r"), None).await.unwrap()
@@ -324,9 +324,9 @@ async fn job_payload_parses_every_field() {
     assert_eq!(job.steps.len(), 2);
     assert_eq!(job.steps[0].name, "script");
     assert_eq!(job.steps[0].script, vec!["echo one", "echo two"]);
-    assert_eq!(job.steps[0].when, StepWhen::OnSuccess);
+    assert_eq!(job.steps[0].when, StepWhen("on_success".into()));
     assert_eq!(job.steps[1].name, "after_script");
-    assert_eq!(job.steps[1].when, StepWhen::Always);
+    assert_eq!(job.steps[1].when, StepWhen("always".into()));
     assert_eq!(
         job.image.as_ref().map(|i| i.name.as_str()),
         Some("alpine:3.20")
@@ -340,10 +340,7 @@ async fn job_payload_parses_every_field() {
     assert_eq!(job.credentials[0].kind, "registry");
     assert_eq!(job.dependencies[0].id, dep.id);
     assert_eq!(job.dependencies[0].token.expose_secret(), dep.token);
-    let file = job.dependencies[0]
-        .artifacts_file
-        .as_ref()
-        .expect("artifacts_file");
+    let file = &job.dependencies[0].artifacts_file;
     assert_eq!((file.filename.as_str(), file.size), ("artifacts.zip", 7));
     assert!(job.features.trace_sections);
     assert!(
@@ -637,27 +634,46 @@ async fn connection_refused_is_a_retryable_transport_error() {
     assert!(gl.stats().get(endpoint::VERIFY_RUNNER, 0) >= 1);
 }
 
+/// Through HTTP: a body that does not decode is a job to report (`Unrunnable`, with its id
+/// and token) or, without a readable id and token, `Lost`; never an error that would make
+/// the loop request again and leave the job running in GitLab.
 #[tokio::test]
-async fn decode_errors_name_the_endpoint() {
+async fn undecodable_jobs_are_unrunnable_or_lost() {
     let fake = FakeGitLab::start().await;
     let gl = client(&fake);
     fake.add_runner("glrt-r");
-    // A job payload without the required `token` does not parse.
-    fake.enqueue_job(JobSpec::new("a").set("token", serde_json::Value::Null));
-    let err = gl
-        .request_job(&auth("glrt-r"), None)
-        .await
-        .expect_err("decode");
-    assert!(
-        matches!(
-            err,
-            GitLabError::Decode {
-                endpoint: "request_job",
-                ..
-            }
-        ),
-        "{err}"
+    let bad_var =
+        fake.enqueue_job(JobSpec::new("a").variable_json(json!({"key": 42, "value": "v"})));
+    match gl.request_job(&auth("glrt-r"), None).await.expect("answer") {
+        JobRequest::Unrunnable(u) => {
+            assert_eq!(u.id, bad_var.id);
+            assert_eq!(u.token.expose_secret(), bad_var.token);
+            assert!(
+                u.reason
+                    .contains("variables[11].key: invalid type: integer"),
+                "{}",
+                u.reason
+            );
+            assert!(
+                u.failure_reasons
+                    .iter()
+                    .any(|r| r == "runner_system_failure")
+            );
+        }
+        other => panic!("not unrunnable: {other:?}"),
+    }
+    let truncated = fake.enqueue_job(
+        JobSpec::new("b").raw_body(r#"{"id": {id}, "token": "{token}", "steps": [{"name": "scr"#),
     );
+    match gl.request_job(&auth("glrt-r"), None).await.expect("answer") {
+        JobRequest::Unrunnable(u) => assert_eq!(u.id, truncated.id),
+        other => panic!("not unrunnable: {other:?}"),
+    }
+    fake.enqueue_job(JobSpec::new("c").set("token", serde_json::Value::Null));
+    match gl.request_job(&auth("glrt-r"), None).await.expect("answer") {
+        JobRequest::Lost { reason } => assert!(reason.contains("no readable token"), "{reason}"),
+        other => panic!("not lost: {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -385,7 +385,7 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
         ]),
     );
     let trace = TraceSink::new();
-    let plans = cache_plans(&save_job, &save_job.variables, &trace);
+    let plans = cache_plans(&save_job, &save_job.variables, &trace).expect("cache plans");
     let saved = save_caches(
         &store,
         &plans,
@@ -434,7 +434,7 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
         ]),
     );
     let trace = TraceSink::new();
-    let plans = cache_plans(&restore_job, &restore_job.variables, &trace);
+    let plans = cache_plans(&restore_job, &restore_job.variables, &trace).expect("cache plans");
     let restored = restore(&store, &plans, 5, false, tmp.path(), &trace).await;
     assert_eq!(restored.len(), 1);
     assert_eq!(restored[0].key, "main");
@@ -459,7 +459,7 @@ async fn cache_round_trip_with_fallback_key_and_untracked() {
         serde_json::json!([{"key": "other", "paths": ["x"]}]),
     );
     let trace = TraceSink::new();
-    let plans = cache_plans(&var_job, &var_job.variables, &trace);
+    let plans = cache_plans(&var_job, &var_job.variables, &trace).expect("cache plans");
     let restored = restore(&store, &plans, 5, false, tmp.path(), &trace).await;
     assert_eq!(restored[0].key, "main");
     let restored = restore(&store, &plans, 6, false, tmp.path(), &trace).await;
@@ -656,7 +656,9 @@ async fn artifacts_zip_exact_with_exclude_and_junit_gzip() {
          "artifact_type": "archive", "artifact_format": "zip", "expire_in": "1 week"},
         {"name": "junit", "paths": ["reports/junit-*.xml"], "artifact_type": "junit",
          "artifact_format": "gzip", "when": "always"},
-        {"name": "on-failure", "paths": ["out/"], "when": "on_failure"}
+        {"name": "on-failure", "paths": ["out/"], "when": "on_failure"},
+        // gitlab-runner's `ArtifactWhen`: an unknown value is never uploaded.
+        {"name": "sometimes", "paths": ["out/"], "when": "sometimes"}
     ]));
     let trace = TraceSink::new();
     upload(&gitlab, &job, &project, &trace).await.unwrap();
@@ -664,7 +666,12 @@ async fn artifacts_zip_exact_with_exclude_and_junit_gzip() {
     assert_eq!(
         uploads.len(),
         2,
-        "on_failure artifacts skipped for a successful job"
+        "on_failure and unknown-when artifacts skipped for a successful job"
+    );
+    let warned = text(&trace);
+    assert!(
+        warned.contains("artifacts \"sometimes\": unknown when \"sometimes\": not uploaded"),
+        "{warned}"
     );
 
     let (archive, bytes) = &uploads[0];

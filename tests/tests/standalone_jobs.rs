@@ -137,3 +137,31 @@ async fn missing_image_with_pull_policy_never() {
         "no clear message in trace:\n{t}"
     );
 }
+
+/// Issue 14 point 2 with the real binary: `artifacts: paths: [out/]` alone, as GitLab sends
+/// it (`name`, `when`, `expire_in` all `null`), runs and uploads `artifacts.zip` with no
+/// expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_with_only_paths_as_gitlab_sends_them() {
+    let Some(e) = start("artifacts-nulls", 1, "").await else {
+        return;
+    };
+    let id = e
+        .gitlab
+        .enqueue_job(
+            e.job("artifacts")
+                .script(["mkdir -p out", "echo built > out/a.txt"])
+                .artifact_paths(["out/"]),
+        )
+        .id;
+    let payload = e.gitlab.job(id).expect("enqueued").payload;
+    let artifact = &payload["artifacts"][0];
+    assert!(artifact["name"].is_null() && artifact["when"].is_null());
+    assert!(artifact["expire_in"].is_null());
+    let f = e.finished(id, JOB_WAIT).await;
+    assert_eq!(f.state, JobState::Success, "{}", f.trace_text());
+    let stored = e.gitlab.artifacts(id);
+    assert_eq!(stored.len(), 1, "{}", f.trace_text());
+    assert_eq!(stored[0].filename, "artifacts.zip");
+    assert_eq!(stored[0].expire_in, None);
+}

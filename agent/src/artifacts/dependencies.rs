@@ -103,7 +103,7 @@ pub async fn download_dependencies(
 ) -> Result<Vec<DependencyArchive>, DependencyError> {
     let mut out = Vec::new();
     for dep in &job.dependencies {
-        if dep.artifacts_file.is_none() {
+        if !dep.has_artifacts() {
             continue;
         }
         trace.write_line(&format!(

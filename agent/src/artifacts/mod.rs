@@ -28,7 +28,7 @@ pub use tar_writer::{Owner, TarWriter};
 pub use upload::{
     ArtifactsError, BuiltArtifact, Retry, build_artifact, upload_artifact, upload_job_artifacts,
 };
-pub use when::{When, WhenError};
+pub use when::When;
 
 /// Errors reading or writing archives.
 #[derive(Debug, thiserror::Error)]

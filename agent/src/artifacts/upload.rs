@@ -10,7 +10,7 @@ use super::ArchiveError;
 use super::archive::{ArtifactFormat, write_gzip, write_raw, write_zip};
 use super::expand::expand;
 use super::project_tar::{ProjectEntry, ProjectTar, SelectSpec, select};
-use super::when::{When, WhenError};
+use super::when::When;
 use crate::executor::FailureReason;
 use crate::gitlab::types::{Artifact, JobResponse, JobVariable};
 use crate::gitlab::{ArtifactUpload, GitLab, GitLabError};
@@ -25,12 +25,6 @@ pub enum ArtifactsError {
         name: String,
         #[source]
         source: ArchiveError,
-    },
-    #[error("artifacts {name:?}: {source}")]
-    When {
-        name: String,
-        #[source]
-        source: WhenError,
     },
     #[error("create temporary file in {dir}: {source}")]
     TempFile {
@@ -271,11 +265,14 @@ pub async fn upload_job_artifacts(
 ) -> Result<(), ArtifactsError> {
     let mut wanted = Vec::new();
     for artifact in &job.artifacts {
-        let when =
-            When::parse(artifact.when.as_deref()).map_err(|source| ArtifactsError::When {
-                name: artifact.name.clone(),
-                source,
-            })?;
+        let when = When::parse(artifact.when.as_deref());
+        if let When::Unknown(value) = &when {
+            trace.write_line(&format!(
+                "\x1b[0;33mWARNING: artifacts {:?}: unknown when {value:?}: not uploaded (as \
+                 gitlab-runner; use on_success, on_failure or always)\x1b[0;m",
+                artifact.name
+            ));
+        }
         if when.applies(job_succeeded) {
             let mut artifact = artifact.clone();
             artifact.name = expand(&artifact.name, vars);

@@ -54,9 +54,15 @@ impl CacheError {
     }
 }
 
-/// The decided `cache` entries of a job, with `vars` expanded in keys and paths (as
-/// gitlab-runner does); entries that do not parse are reported and left out.
-pub fn cache_plans(job: &JobResponse, vars: &[JobVariable], trace: &TraceSink) -> Vec<CachePlan> {
+/// The decided `cache` entries of a job, with `vars` expanded in keys, paths and policy (as
+/// gitlab-runner does). An unknown `when` is warned about (that cache is restored but never
+/// saved, as in gitlab-runner); an unknown `policy` is an error that fails the job, as
+/// gitlab-runner's `CheckPolicy` error does.
+pub fn cache_plans(
+    job: &JobResponse,
+    vars: &[JobVariable],
+    trace: &TraceSink,
+) -> Result<Vec<CachePlan>, CachePlanError> {
     let fallback = variable(vars, "CACHE_FALLBACK_KEY").map(|k| expand(k, vars));
     job.cache
         .iter()
@@ -65,14 +71,22 @@ pub fn cache_plans(job: &JobResponse, vars: &[JobVariable], trace: &TraceSink) -
             c.key = expand(&c.key, vars);
             c.paths = c.paths.iter().map(|p| expand(p, vars)).collect();
             c.fallback_keys = c.fallback_keys.iter().map(|k| expand(k, vars)).collect();
+            c.policy = c.policy.as_deref().map(|p| expand(p, vars));
             c
         })
-        .filter_map(|c| match CachePlan::new(&c, fallback.as_deref()) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                trace.write_line(&format!("\x1b[0;33mWARNING: {e}\x1b[0;m"));
-                None
+        .map(|c| {
+            let plan = CachePlan::new(&c, fallback.as_deref())?;
+            if let crate::artifacts::When::Unknown(value) = &plan.when {
+                warn(
+                    trace,
+                    &format!(
+                        "cache {:?}: unknown when {value:?}: never saved (as gitlab-runner; use \
+                         on_success, on_failure or always)",
+                        plan.key
+                    ),
+                );
             }
+            Ok(plan)
         })
         .collect()
 }

@@ -2,7 +2,7 @@
 //! restore and whether to save, given `policy`, `when`, `fallback_keys`,
 //! `CACHE_FALLBACK_KEY` and the runner's `disable_cache`.
 
-use crate::artifacts::{When, WhenError};
+use crate::artifacts::When;
 use crate::gitlab::types::Cache;
 
 /// `cache:policy`.
@@ -20,10 +20,12 @@ pub enum CachePolicy {
 pub struct PolicyError(pub String);
 
 impl CachePolicy {
-    /// Parses the payload's `policy` (`None`/empty = `pull-push`).
+    /// Parses the payload's `policy` (`None`/empty = `pull-push`) as gitlab-runner's
+    /// `Cache.CheckPolicy` (`common/network.go`): any other value is an error, which fails
+    /// the job there ("unknown cache policy ... for KEY") and here.
     pub fn parse(value: Option<&str>) -> Result<CachePolicy, PolicyError> {
-        match value.map(str::trim).unwrap_or("") {
-            "" | "pull-push" | "pull_push" => Ok(CachePolicy::PullPush),
+        match value.unwrap_or("") {
+            "" | "pull-push" => Ok(CachePolicy::PullPush),
             "pull" => Ok(CachePolicy::Pull),
             "push" => Ok(CachePolicy::Push),
             other => Err(PolicyError(other.to_string())),
@@ -63,12 +65,6 @@ pub enum CachePlanError {
         #[source]
         source: PolicyError,
     },
-    #[error("cache {key:?}: {source}")]
-    When {
-        key: String,
-        #[source]
-        source: WhenError,
-    },
 }
 
 impl CachePlan {
@@ -89,10 +85,7 @@ impl CachePlan {
                 source,
             }
         })?;
-        let when = When::parse(cache.when.as_deref()).map_err(|source| CachePlanError::When {
-            key: key.clone(),
-            source,
-        })?;
+        let when = When::parse(cache.when.as_deref());
         let mut restore_keys = vec![key.clone()];
         let fallback = fallback_variable
             .map(str::trim)
@@ -138,6 +131,18 @@ mod tests {
             paths: vec!["vendor/".to_string()],
             when: when.map(str::to_string),
             fallback_keys: fallback.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// gitlab-runner's `CacheWhen`/`CheckPolicy`: an unknown `when` restores (policy allows)
+    /// but never saves; an unknown `policy`, or a spelling it does not accept, is an error.
+    #[test]
+    fn unknown_values_as_gitlab_runner() {
+        let p = CachePlan::new(&cache("k", None, Some("sometimes"), &[]), None).expect("plan");
+        assert!(p.should_restore(false));
+        assert!(!p.should_save(false, true) && !p.should_save(false, false));
+        for bad in ["pull_push", " pull", "fetch"] {
+            assert!(CachePolicy::parse(Some(bad)).is_err(), "{bad}");
         }
     }
 

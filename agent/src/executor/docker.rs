@@ -279,9 +279,10 @@ impl DockerExecutor {
         cancel: &CancellationToken,
     ) -> End {
         let job = &ctx.job;
-        let timeout = match job.runner_info.timeout {
-            0 => DEFAULT_JOB_TIMEOUT,
-            s => Duration::from_secs(s.min(MAX_TIMEOUT_SECS)),
+        // `0` (or less, which `gitlab::decode::check` refuses) is gitlab-runner's default.
+        let timeout = match u64::try_from(job.runner_info.timeout) {
+            Ok(0) | Err(_) => DEFAULT_JOB_TIMEOUT,
+            Ok(s) => Duration::from_secs(s.min(MAX_TIMEOUT_SECS)),
         };
         let deadline = Instant::now() + timeout;
         let docker = ctx.runner.docker.clone().unwrap_or_default();
@@ -371,7 +372,7 @@ impl DockerExecutor {
         let mut end = End::Success;
         let mut timed_out = false;
         for step in job.steps.iter().filter(|s| s.name != "after_script") {
-            if timed_out || !should_run(step.when, &end) {
+            if timed_out || !should_run(&step.when, &end) {
                 continue;
             }
             let section = format!("step_{}", step.name);
@@ -386,8 +387,8 @@ impl DockerExecutor {
             };
             let script = generate(&env.project_dir, &[], &step_commands(step, &ctx.runner));
             let archives = sources_archive.take().unwrap_or_default();
-            let step_deadline = match step.timeout {
-                Some(s) if s > 0 => {
+            let step_deadline = match u64::try_from(step.timeout) {
+                Ok(s) if s > 0 => {
                     deadline.min(Instant::now() + Duration::from_secs(s.min(MAX_TIMEOUT_SECS)))
                 }
                 _ => deadline,
@@ -436,8 +437,7 @@ impl DockerExecutor {
                             exit_code: None,
                             message: format!(
                                 "step \"{}\" took longer than {} seconds",
-                                step.name,
-                                step.timeout.unwrap_or_default()
+                                step.name, step.timeout
                             ),
                         }
                     };
@@ -490,7 +490,8 @@ impl DockerExecutor {
                 &runner_key,
                 self.storage.cache_max_bytes,
             ),
-            cache_plans: cache::cache_plans(&ctx.job, vars, trace),
+            cache_plans: cache::cache_plans(&ctx.job, vars, trace)
+                .map_err(|e| ExecutorError::Cache(e.to_string()))?,
         })
     }
 
@@ -536,13 +537,13 @@ impl DockerExecutor {
         let Some(step) = ctx.job.steps.iter().find(|s| s.name == "after_script") else {
             return end;
         };
-        if step.script.iter().all(|c| c.trim().is_empty()) || !should_run(step.when, &end) {
+        if step.script.iter().all(|c| c.trim().is_empty()) || !should_run(&step.when, &end) {
             return end;
         }
         trace.section_start("after_script", "Running after_script");
         trace.write_line("Running after script...");
-        let timeout = step
-            .timeout
+        let timeout = u64::try_from(step.timeout)
+            .ok()
             .filter(|t| *t > 0)
             .map(|t| Duration::from_secs(t.min(MAX_TIMEOUT_SECS)))
             .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
@@ -726,12 +727,7 @@ impl DockerExecutor {
         work: &mut JobFiles,
         trace: &TraceSink,
     ) -> Result<(), End> {
-        if !ctx
-            .job
-            .dependencies
-            .iter()
-            .any(|d| d.artifacts_file.is_some())
-        {
+        if !ctx.job.dependencies.iter().any(|d| d.has_artifacts()) {
             return Ok(());
         }
         trace.section_start("download_artifacts", "Downloading artifacts");
@@ -779,10 +775,10 @@ impl DockerExecutor {
         let succeeded = matches!(end, End::Success);
         let disable_cache = base.docker.disable_cache == Some(true);
         let cache_wanted = work.cache_plans.iter().any(|p| p.policy.pushes());
+        // An unknown `when` is warned about by the upload step.
         let artifacts_wanted = ctx.job.artifacts.iter().any(|a| {
-            artifacts::When::parse(a.when.as_deref())
-                .map(|w| w.applies(succeeded))
-                .unwrap_or(true)
+            let when = artifacts::When::parse(a.when.as_deref());
+            when.applies(succeeded) || matches!(when, artifacts::When::Unknown(_))
         });
         if !cache_wanted && !artifacts_wanted {
             return end;
@@ -1147,14 +1143,13 @@ fn step_commands(step: &Step, runner: &RunnerConfig) -> Vec<String> {
         .collect()
 }
 
-/// Whether a step with `when` runs given how the job stands.
-fn should_run(when: StepWhen, end: &End) -> bool {
-    match (when, end) {
-        (_, End::Canceled) => false,
-        (StepWhen::Always, _) => true,
-        (StepWhen::OnSuccess, End::Success) => true,
-        (StepWhen::OnFailure, End::Failed { .. }) => true,
-        _ => false,
+/// Whether a step with `when` runs given how the job stands (gitlab-runner's
+/// `StepWhen.OnSuccess`/`OnFailure`).
+fn should_run(when: &StepWhen, end: &End) -> bool {
+    match end {
+        End::Canceled => false,
+        End::Success => when.on_success(),
+        End::Failed { .. } => when.on_failure(),
     }
 }
 

@@ -48,6 +48,9 @@ pub enum ExecutorError {
     /// The sources provider failed to produce the repository.
     #[error("get sources: {0}")]
     Sources(String),
+    /// A `cache` entry gitlab-runner refuses too (unknown `policy`).
+    #[error("{0}")]
+    Cache(String),
 }
 
 impl ExecutorError {

@@ -603,10 +603,10 @@ async fn huge_timeouts_do_not_overflow() {
     let api = fake();
     let job = job_json(
         serde_json::json!([
-            {"name": "script", "script": ["true"], "when": "on_success", "timeout": u64::MAX},
-            {"name": "after_script", "script": ["true"], "when": "always", "timeout": u64::MAX}
+            {"name": "script", "script": ["true"], "when": "on_success", "timeout": i64::MAX},
+            {"name": "after_script", "script": ["true"], "when": "always", "timeout": i64::MAX}
         ]),
-        serde_json::json!({"runner_info": {"timeout": u64::MAX}}),
+        serde_json::json!({"runner_info": {"timeout": i64::MAX}}),
     );
     let (out, _) = run(&api, &ctx(job, "")).await;
     assert_eq!(out, JobOutcome::Success);
@@ -652,4 +652,20 @@ async fn a_script_killed_by_a_signal_with_the_daemon_up_is_a_script_failure() {
     let job = script_job(&["kill -TERM $$"], &[]);
     let (out, _) = run(&api, &ctx(job, "")).await;
     assert_eq!(out, failed(FailureReason::ScriptFailure, Some(143)));
+}
+
+/// An unknown cache `policy` fails the job, as gitlab-runner's `CheckPolicy` error does.
+#[tokio::test]
+async fn unknown_cache_policy_fails_the_job_naming_it() {
+    let api = fake();
+    let job = job_json(
+        steps(&["echo hi"], &[]),
+        serde_json::json!({"cache": [{"key": "deps", "paths": ["vendor/"], "policy": "fetch"}]}),
+    );
+    let (out, trace) = run(&api, &ctx(job, "")).await;
+    assert_eq!(out, failed(FailureReason::RunnerSystemFailure, None));
+    assert!(
+        trace.contains("cache \"deps\": unknown cache policy \"fetch\""),
+        "{trace}"
+    );
 }

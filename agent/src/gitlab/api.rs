@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
+use super::decode::UnrunnableJob;
 use super::types::JobResponse;
 
 /// Errors from the GitLab runner API.
@@ -126,6 +127,12 @@ pub struct RegisterOptions {
 pub enum JobRequest {
     /// `201`: a job to run.
     Job(Box<JobResponse>),
+    /// `201` with a job that cannot run (payload does not decode, or refused by
+    /// [`super::decode::check`]): report it failed.
+    Unrunnable(Box<UnrunnableJob>),
+    /// `201` with a body from which not even the job's `id` and `token` could be read: the
+    /// job cannot be reported and stays running in GitLab until its timeout.
+    Lost { reason: String },
     /// `204`: nothing to do; send `last_update` back next time.
     NoJob { last_update: Option<String> },
 }

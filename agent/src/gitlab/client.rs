@@ -24,10 +24,10 @@ use super::api::{
     ArtifactUpload, GitLab, GitLabError, JobRequest, JobUpdate, RegisterOptions, RunnerAuth,
     RunnerCredentials, TraceAnswer, UpdateAnswer, retried_status,
 };
+use super::decode::{JobDecode, decode_job};
 use super::features::features_json;
 use super::headers;
 use super::stats::{ApiStats, NO_RESPONSE, endpoint};
-use super::types::JobResponse;
 
 /// Longest body excerpt kept in [`GitLabError::Status`].
 const BODY_EXCERPT: usize = 200;
@@ -548,9 +548,17 @@ impl GitLab for HttpGitLab {
             .json(&body);
         let resp = self.send(ep, req).await?;
         match resp.status() {
-            StatusCode::CREATED => Ok(JobRequest::Job(Box::new(
-                decode::<JobResponse>(ep, resp).await?,
-            ))),
+            StatusCode::CREATED => {
+                let body = resp.bytes().await.map_err(|e| GitLabError::Transport {
+                    endpoint: ep,
+                    source: Box::new(e.without_url()),
+                })?;
+                Ok(match decode_job(&body) {
+                    JobDecode::Job(job) => JobRequest::Job(job),
+                    JobDecode::Unrunnable(job) => JobRequest::Unrunnable(job),
+                    JobDecode::Lost { reason } => JobRequest::Lost { reason },
+                })
+            }
             StatusCode::NO_CONTENT => Ok(JobRequest::NoJob {
                 last_update: headers::last_update(resp.headers()),
             }),

@@ -13,6 +13,7 @@ use super::api::{
     ArtifactUpload, GitLab, GitLabError, JobRequest, JobUpdate, RegisterOptions, RunnerAuth,
     RunnerCredentials, TraceAnswer, UpdateAnswer,
 };
+use super::decode::{JobDecode, decode_job};
 use super::types::JobResponse;
 
 /// The endpoints a failure can be scripted for.
@@ -61,9 +62,16 @@ pub struct FakeJob {
     token: String,
 }
 
+/// A queued answer to `request_job`.
+enum Queued {
+    Job(Box<JobResponse>),
+    /// A `201` body as bytes, read as the HTTP client reads it ([`decode_job`]).
+    Raw(Vec<u8>),
+}
+
 #[derive(Default)]
 struct Inner {
-    queue: VecDeque<JobResponse>,
+    queue: VecDeque<Queued>,
     jobs: HashMap<i64, FakeJob>,
     /// Next answers per endpoint: an HTTP status to fail with (`0` = transport error) and
     /// the wait a `Retry-After` header would carry.
@@ -97,7 +105,12 @@ impl FakeGitLab {
 
     /// Queues a job for the next `request_job`.
     pub fn push_job(&self, job: JobResponse) {
-        self.lock().queue.push_back(job);
+        self.lock().queue.push_back(Queued::Job(Box::new(job)));
+    }
+
+    /// Queues a raw `201` body (any bytes), decoded as [`super::HttpGitLab`] decodes it.
+    pub fn push_raw(&self, body: impl Into<Vec<u8>>) {
+        self.lock().queue.push_back(Queued::Raw(body.into()));
     }
 
     /// The next `count` calls to `endpoint` fail with `status` (`0` = transport error).
@@ -301,16 +314,33 @@ impl GitLab for FakeGitLab {
                     job_status: None,
                 });
             }
-            if let Some(job) = g.queue.pop_front() {
-                g.jobs.insert(
-                    job.id,
-                    FakeJob {
-                        state: "running".into(),
-                        token: job.token.expose_secret().to_string(),
-                        ..FakeJob::default()
+            if let Some(next) = g.queue.pop_front() {
+                let answer = match next {
+                    Queued::Job(job) => JobRequest::Job(job),
+                    Queued::Raw(body) => match decode_job(&body) {
+                        JobDecode::Job(job) => JobRequest::Job(job),
+                        JobDecode::Unrunnable(job) => JobRequest::Unrunnable(job),
+                        JobDecode::Lost { reason } => JobRequest::Lost { reason },
                     },
-                );
-                return Ok(JobRequest::Job(Box::new(job)));
+                };
+                let taken = match &answer {
+                    JobRequest::Job(job) => Some((job.id, job.token.expose_secret().to_string())),
+                    JobRequest::Unrunnable(job) => {
+                        Some((job.id, job.token.expose_secret().to_string()))
+                    }
+                    _ => None,
+                };
+                if let Some((id, token)) = taken {
+                    g.jobs.insert(
+                        id,
+                        FakeJob {
+                            state: "running".into(),
+                            token,
+                            ..FakeJob::default()
+                        },
+                    );
+                }
+                return Ok(answer);
             }
             g.request_delay
         };

@@ -2,8 +2,10 @@
 
 pub mod api;
 pub mod client;
+pub mod decode;
 pub mod fake;
 pub mod features;
+pub mod fixtures;
 pub mod headers;
 pub mod stats;
 pub mod system_id;
@@ -14,4 +16,5 @@ pub use api::{
     RunnerCredentials, TraceAnswer, UpdateAnswer,
 };
 pub use client::{ClientBuildError, ClientOptions, HttpGitLab};
+pub use decode::{JobDecode, UnrunnableJob, decode_job};
 pub use stats::{ApiStat, ApiStats};

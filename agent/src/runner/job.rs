@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{RunnerEvent, RunnerSettings, RunnerStats};
 use crate::executor::{Executor, FailureReason, JobContext, JobOutcome};
 use crate::gitlab::GitLab;
+use crate::gitlab::UnrunnableJob;
 use crate::gitlab::types::JobResponse;
 use crate::trace::{FinalState, TraceSink, TraceUploader};
 
@@ -38,28 +39,117 @@ pub fn job_secrets(job: &JobResponse) -> Vec<SecretString> {
     v
 }
 
+/// A started job's trace and uploader.
+struct Started {
+    job_id: i64,
+    sink: TraceSink,
+    uploader: TraceUploader,
+    cancel: CancellationToken,
+}
+
+/// A job GitLab handed out.
+pub(crate) enum Taken {
+    /// Run it.
+    Run(Box<JobResponse>),
+    /// It cannot run: report it failed.
+    Report(Box<UnrunnableJob>),
+}
+
 impl JobRun {
+    /// Runs or reports `taken`; returns how it ended.
+    pub async fn handle(self, taken: Taken) -> JobOutcome {
+        match taken {
+            Taken::Run(job) => self.run(*job).await,
+            Taken::Report(job) => self.report_unrunnable(*job).await,
+        }
+    }
+
     /// Runs `job` and reports it; returns how it ended.
     pub async fn run(self, job: JobResponse) -> JobOutcome {
-        let s = &self.settings;
-        let job_id = job.id;
         let secrets = job_secrets(&job);
-        let sink = TraceSink::with_masks(&secrets, s.output_limit);
+        let started = self.begin(
+            job.id,
+            &job.token,
+            &secrets,
+            job.features.failure_reasons.clone(),
+        );
+        let s = &self.settings;
+        let ctx = JobContext {
+            job,
+            runner: s.config.clone(),
+            agent_id: s.agent_id.clone(),
+            runner_short_token: s.short_token.clone(),
+            slot: self.slot,
+            gitlab: self.gitlab.clone(),
+        };
+        let mut outcome = self
+            .executor
+            .run(&ctx, &started.sink, started.cancel.clone())
+            .await;
+        // The executor wrote the result line; only a shutdown adds why the job was canceled.
+        if self.stop_now.is_cancelled() && outcome == JobOutcome::Canceled {
+            started
+                .sink
+                .write_line("\x1b[31;1mERROR: Job failed: aborted: shutting down\x1b[0;m");
+            outcome = JobOutcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                exit_code: None,
+            };
+        }
+        self.end(started, outcome).await
+    }
+
+    /// Reports a job the agent took but cannot run: `failed` with `runner_system_failure`
+    /// (as `features.failure_reasons` allows) and a trace line saying why.
+    pub async fn report_unrunnable(self, job: UnrunnableJob) -> JobOutcome {
+        tracing::error!(
+            runner = %self.settings.name,
+            job = job.id,
+            reason = %job.reason,
+            "job taken but cannot run; reporting it failed"
+        );
+        let started = self.begin(
+            job.id,
+            &job.token,
+            std::slice::from_ref(&job.token),
+            job.failure_reasons,
+        );
+        started.sink.write_line(&format!(
+            "\x1b[31;1mERROR: Job failed (system failure): {}\x1b[0;m",
+            job.reason
+        ));
+        let outcome = JobOutcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None,
+        };
+        self.end(started, outcome).await
+    }
+
+    /// Starts the trace and its uploader, records the job in flight, writes the header.
+    fn begin(
+        &self,
+        job_id: i64,
+        token: &SecretString,
+        secrets: &[SecretString],
+        failure_reasons: Vec<String>,
+    ) -> Started {
+        let s = &self.settings;
+        let sink = TraceSink::with_masks(secrets, s.output_limit);
         let cancel = self.stop_now.child_token();
         let uploader = TraceUploader::start(
             self.gitlab.clone(),
             job_id,
-            job.token.clone(),
+            token.clone(),
             sink.clone(),
             cancel.clone(),
-            job.features.failure_reasons.clone(),
+            failure_reasons,
             s.upload.clone(),
         );
         self.tracking.running.add(job_id);
         if let Some(store) = &self.tracking.inflight {
             let rec = crate::inflight::InflightJob {
                 job_id,
-                token: job.token.clone(),
+                token: token.clone(),
                 url: s.config.url.clone(),
                 tls_ca_file: s.config.tls_ca_file.clone(),
                 runner: s.name.clone(),
@@ -83,26 +173,21 @@ impl JobRun {
             "\x1b[0K  on {} {}, system ID: {}\x1b[0;m",
             s.name, s.short_token, s.system_id
         ));
-
-        let ctx = JobContext {
-            job,
-            runner: s.config.clone(),
-            agent_id: s.agent_id.clone(),
-            runner_short_token: s.short_token.clone(),
-            slot: self.slot,
-            gitlab: self.gitlab.clone(),
-        };
-        let mut outcome = self.executor.run(&ctx, &sink, cancel.clone()).await;
-        // The executor wrote the result line; only a shutdown adds why the job was canceled.
-        if self.stop_now.is_cancelled() && outcome == JobOutcome::Canceled {
-            sink.write_line("\x1b[31;1mERROR: Job failed: aborted: shutting down\x1b[0;m");
-            outcome = JobOutcome::Failed {
-                reason: FailureReason::RunnerSystemFailure,
-                exit_code: None,
-            };
+        Started {
+            job_id,
+            sink,
+            uploader,
+            cancel,
         }
+    }
+
+    /// Sends the rest of the trace and the final state, then updates records and stats.
+    async fn end(&self, started: Started, outcome: JobOutcome) -> JobOutcome {
+        let s = &self.settings;
+        let job_id = started.job_id;
+        drop(started.cancel);
         self.tracking.running.remove(job_id);
-        let report = uploader.finish(FinalState::from(&outcome)).await;
+        let report = started.uploader.finish(FinalState::from(&outcome)).await;
         if report.update_accepted
             && let Some(store) = &self.tracking.inflight
             && let Err(e) = store.remove(job_id)

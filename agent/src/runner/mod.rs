@@ -14,6 +14,9 @@
 //!   `unhealthy_requests_limit` / `unhealthy_interval` pauses a runner after failures.
 //! - `request_concurrency` request workers per runner (default 1) share its `limit`, its
 //!   `last_update` cursor and its failure count.
+//! - A job GitLab handed out is run, or, when it cannot run (`JobRequest::Unrunnable`),
+//!   reported failed with a trace line saying why: never dropped while GitLab shows it
+//!   running. Only a body without a readable id and token is lost, logged and counted.
 //! - "Stop at once" ([`Shutdown::now`]) cancels running jobs, which are then reported
 //!   failed (`runner_system_failure`) through the normal trace path; "graceful"
 //!   ([`Shutdown::graceful`]) only stops requesting. Either way [`run`] returns once every
@@ -32,7 +35,7 @@ use std::time::Duration;
 
 use drover_proto::spec::RunnerConfig;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -346,6 +349,36 @@ impl Loop {
         }
     }
 
+    /// Runs or reports a job GitLab handed out in its own task. The job (runnable or not)
+    /// holds its permits and a slot until it has reported.
+    fn take(
+        &self,
+        taken: job::Taken,
+        local: OwnedSemaphorePermit,
+        global: OwnedSemaphorePermit,
+        backoff: &mut Backoff,
+    ) -> Duration {
+        self.answered();
+        backoff.reset();
+        let slot = self.slots.take();
+        let run = job::JobRun {
+            settings: self.settings.clone(),
+            gitlab: self.deps.gitlab.clone(),
+            executor: self.deps.executor.clone(),
+            stats: self.deps.stats.clone(),
+            events: self.deps.events.clone(),
+            tracking: self.deps.tracking.clone(),
+            stop_now: self.shutdown.now.clone(),
+            slot: slot.number(),
+        };
+        self.jobs.spawn(async move {
+            let outcome = run.handle(taken).await;
+            drop((local, global, slot));
+            outcome
+        });
+        Duration::ZERO
+    }
+
     /// One request worker: take slots, request a job, run it in its own task, repeat.
     async fn request_worker(&self, worker: usize) {
         let settings = &self.settings;
@@ -387,25 +420,21 @@ impl Loop {
             deps.stats.beat();
             let wait = match answer {
                 Ok(JobRequest::Job(job)) => {
+                    self.take(job::Taken::Run(job), local, global, &mut backoff)
+                }
+                Ok(JobRequest::Unrunnable(job)) => {
+                    self.take(job::Taken::Report(job), local, global, &mut backoff)
+                }
+                Ok(JobRequest::Lost { reason }) => {
                     self.answered();
-                    backoff.reset();
-                    let slot = self.slots.take();
-                    let run = job::JobRun {
-                        settings: settings.clone(),
-                        gitlab: deps.gitlab.clone(),
-                        executor: deps.executor.clone(),
-                        stats: deps.stats.clone(),
-                        events: deps.events.clone(),
-                        tracking: deps.tracking.clone(),
-                        stop_now: self.shutdown.now.clone(),
-                        slot: slot.number(),
-                    };
-                    self.jobs.spawn(async move {
-                        let outcome = run.run(*job).await;
-                        drop((local, global, slot));
-                        outcome
-                    });
-                    Duration::ZERO
+                    deps.stats.job_lost();
+                    let msg = format!(
+                        "gitlab handed out a job whose id and token cannot be read; it stays \
+                         running in gitlab until its timeout: {reason}"
+                    );
+                    tracing::error!(runner = %name, error = %msg, "job lost");
+                    deps.stats.error(msg);
+                    settings.check_interval.saturating_sub(started.elapsed())
                 }
                 Ok(JobRequest::NoJob { last_update: lu }) => {
                     self.answered();

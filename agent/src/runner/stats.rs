@@ -31,6 +31,9 @@ pub struct RunnerStatsSnapshot {
     pub jobs_succeeded: u64,
     pub jobs_failed: u64,
     pub jobs_canceled: u64,
+    /// Jobs GitLab handed out whose payload did not even hold a readable `id` and `token`,
+    /// so they could not be reported (they stay running in GitLab until their timeout).
+    pub jobs_lost: u64,
     /// The last error talking to GitLab (cleared by nothing: it is history).
     pub last_error: Option<String>,
     /// Last answer from GitLab of any kind.
@@ -56,6 +59,7 @@ impl Default for RunnerStats {
                 jobs_succeeded: 0,
                 jobs_failed: 0,
                 jobs_canceled: 0,
+                jobs_lost: 0,
                 last_error: None,
                 last_contact: None,
                 last_beat: None,
@@ -92,6 +96,10 @@ impl RunnerStats {
 
     pub(crate) fn job_started(&self) {
         self.lock().jobs_running += 1;
+    }
+
+    pub(crate) fn job_lost(&self) {
+        self.lock().jobs_lost += 1;
     }
 
     pub(crate) fn job_finished(&self, outcome: &JobOutcome) {

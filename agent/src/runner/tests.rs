@@ -522,3 +522,161 @@ fn error_chain_names_the_cause_once() {
     let io = std::io::Error::other(e);
     assert_eq!(error_chain(&io), "request job: connection refused");
 }
+
+/// Each fixture (GitLab's own payload shapes, `gitlab/fixtures/`) runs through the loop.
+#[tokio::test]
+async fn gitlab_fixtures_run() {
+    let gl = Arc::new(FakeGitLab::new());
+    let mut ids = Vec::new();
+    for (_, body) in crate::gitlab::fixtures::ALL {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        ids.push(v["id"].as_i64().unwrap());
+        gl.push_raw(body.as_bytes());
+    }
+    let h = start(None, 3, FakeExecutor::default(), gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &ids))
+            .await
+    );
+    for id in &ids {
+        assert_eq!(h.gl.job(*id).unwrap().state, "success", "job {id}");
+    }
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+}
+
+/// Every optional field of every fixture, alone absent or `null`: the job still runs.
+#[tokio::test]
+async fn every_optional_field_absent_or_null_still_runs() {
+    use crate::gitlab::decode::tests::{optional_paths, unset};
+    let gl = Arc::new(FakeGitLab::new());
+    let mut ids = Vec::new();
+    let mut next = 10_000;
+    for (_, body) in crate::gitlab::fixtures::ALL {
+        let base: serde_json::Value = serde_json::from_str(body).unwrap();
+        for path in optional_paths(&base) {
+            for remove in [false, true] {
+                let mut v = base.clone();
+                unset(&mut v, &path, remove);
+                next += 1;
+                v["id"] = serde_json::json!(next);
+                v["token"] = serde_json::json!(format!("tok-{next}"));
+                ids.push(next);
+                gl.push_raw(serde_json::to_vec(&v).unwrap());
+            }
+        }
+    }
+    let h = start(None, 16, FakeExecutor::default(), gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(120), |g| finished(g, &ids))
+            .await,
+        "{} jobs did not all finish",
+        ids.len()
+    );
+    let failed: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| h.gl.job(*id).unwrap().state != "success")
+        .collect();
+    assert!(failed.is_empty(), "failed: {failed:?}");
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+}
+
+/// A job taken but not runnable is reported failed (`runner_system_failure`) with a trace
+/// line saying why, and the loop goes on to the next job.
+#[tokio::test]
+async fn unrunnable_jobs_are_reported_failed_with_why() {
+    let gl = Arc::new(FakeGitLab::new());
+    let base: serde_json::Value =
+        serde_json::from_str(crate::gitlab::fixtures::ARTIFACTS_UNSET).unwrap();
+    let hostile = [
+        (
+            21,
+            serde_json::json!({"runner_info": {"timeout": -30}}),
+            "runner_info.timeout: -30 is negative",
+        ),
+        (
+            22,
+            serde_json::json!({"variables": [{"key": null, "value": "v"}]}),
+            "variables[0].key: empty",
+        ),
+        (
+            23,
+            serde_json::json!({"variables": [{"key": 5, "value": "v"}]}),
+            "variables[0].key: invalid type: integer, expected a string",
+        ),
+        (
+            24,
+            serde_json::json!({"steps": [{"script": ["echo"]}]}),
+            "steps[0].name: empty",
+        ),
+    ];
+    for (id, patch, _) in &hostile {
+        let mut v = base.clone();
+        v["id"] = serde_json::json!(id);
+        v["token"] = serde_json::json!(format!("tok-{id}"));
+        for (k, val) in patch.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        gl.push_raw(serde_json::to_vec(&v).unwrap());
+    }
+    gl.push_raw(br#"{"id": 25, "token": "tok-25", "steps": [{"name": "#.to_vec());
+    gl.push_raw(b"<html>not json at all</html>".to_vec());
+    gl.push_job(job(26, &["echo next"]));
+    let h = start(None, 1, FakeExecutor::default(), gl);
+    let ids = [21, 22, 23, 24, 25, 26];
+    assert!(
+        h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &ids))
+            .await
+    );
+    for (id, _, why) in &hostile {
+        let j = h.gl.job(*id).unwrap();
+        assert_eq!(j.state, "failed", "job {id}");
+        assert_eq!(j.failure_reason.as_deref(), Some("runner_system_failure"));
+        let t = String::from_utf8(j.trace).unwrap();
+        assert!(
+            t.contains("ERROR: Job failed (system failure): ") && t.contains(why),
+            "job {id}: {t}"
+        );
+    }
+    let j = h.gl.job(25).unwrap();
+    assert_eq!(j.state, "failed");
+    // No `features` read: the reason is sent as is.
+    assert_eq!(j.failure_reason.as_deref(), Some("runner_system_failure"));
+    assert!(
+        String::from_utf8(j.trace)
+            .unwrap()
+            .contains("job payload does not decode")
+    );
+    assert_eq!(h.gl.job(26).unwrap().state, "success");
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+    let st = h.stats.snapshot();
+    assert_eq!((st.jobs_failed, st.jobs_succeeded, st.jobs_lost), (5, 1, 1));
+    assert!(st.last_error.is_some());
+}
+
+/// `features.failure_reasons` without `runner_system_failure`: it is sent all the same, as
+/// gitlab-runner does (every GitLab accepts it: `alwaysSupportedFailureReasons`).
+#[tokio::test]
+async fn unrunnable_job_reason_is_always_accepted() {
+    let gl = Arc::new(FakeGitLab::new());
+    gl.push_raw(
+        serde_json::to_vec(&serde_json::json!({
+            "id": 31, "token": "tok-31", "runner_info": {"timeout": -1},
+            "features": {"failure_reasons": ["unknown_failure", "script_failure"]}
+        }))
+        .unwrap(),
+    );
+    let h = start(None, 1, FakeExecutor::default(), gl);
+    assert!(
+        h.gl.wait_until(Duration::from_secs(10), |g| finished(g, &[31]))
+            .await
+    );
+    let j = h.gl.job(31).unwrap();
+    assert_eq!(j.state, "failed");
+    assert_eq!(j.failure_reason.as_deref(), Some("runner_system_failure"));
+    h.shutdown.graceful.cancel();
+    h.task.await.unwrap().unwrap();
+}

@@ -101,7 +101,8 @@ pub fn plan(
         }
     };
     let depth = match var("GIT_DEPTH") {
-        None => job.git_info.depth,
+        // Go `int`: `0` or less is the whole history.
+        None => u32::try_from(job.git_info.depth.max(0)).unwrap_or(u32::MAX),
         Some(v) => v.parse::<u32>().map_err(|_| PlanError::InvalidVariable {
             key: "GIT_DEPTH",
             value: v.to_string(),

@@ -424,18 +424,27 @@ impl Uploader {
     }
 }
 
-/// The `failure_reason` to send: only values this GitLab lists in `features.failure_reasons`
-/// (an empty list means an older GitLab that does not tell: send as is), else
-/// `unknown_failure` when listed, else none (gitlab-runner's behaviour).
+/// The `failure_reason` to send, as gitlab-runner's `failureReasonMapper`
+/// (`common/failure_reason_mapper.go`): a reason this GitLab lists in
+/// `features.failure_reasons`, or one every GitLab accepts (`script_failure`,
+/// `runner_system_failure`, `job_execution_timeout`), is sent as is; `image_pull_failure`
+/// not listed falls back to `runner_system_failure`; anything else to `unknown_failure`.
 pub fn supported_reason(reason: FailureReason, supported: &[String]) -> Option<&'static str> {
-    let r = reason.as_str();
-    if supported.is_empty() || supported.iter().any(|s| s == r) {
-        Some(r)
-    } else if supported.iter().any(|s| s == "unknown_failure") {
-        Some("unknown_failure")
+    const ALWAYS: [FailureReason; 3] = [
+        FailureReason::ScriptFailure,
+        FailureReason::RunnerSystemFailure,
+        FailureReason::JobExecutionTimeout,
+    ];
+    let accepted =
+        |r: FailureReason| ALWAYS.contains(&r) || supported.iter().any(|s| s == r.as_str());
+    let sent = if accepted(reason) {
+        reason
+    } else if reason == FailureReason::ImagePullFailure {
+        FailureReason::RunnerSystemFailure
     } else {
-        None
-    }
+        FailureReason::UnknownFailure
+    };
+    Some(sent.as_str())
 }
 
 #[cfg(test)]

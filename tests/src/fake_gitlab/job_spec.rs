@@ -1,5 +1,12 @@
 //! [`JobSpec`]: what a test enqueues; the fake turns it into the payload GitLab sends with
 //! `201` from `POST /jobs/request`.
+//!
+//! Payloads are shaped as GitLab shapes them, `null`s included: they start from the agent's
+//! `gitlab::fixtures::FULL` (every key GitLab's `JobRequest` entities expose; see
+//! `agent/src/gitlab/fixtures/README.md` for the GitLab source of each), and the builders
+//! emit what GitLab emits for the `.gitlab-ci.yml` they stand for (`artifact_paths` is
+//! `artifacts: paths:` alone, so `name`, `when` and `expire_in` are `null`). So the fake
+//! cannot accept a payload shape GitLab would not send, nor miss one it would.
 
 use serde_json::{Map, Value, json};
 
@@ -77,6 +84,9 @@ pub struct JobSpec {
     pub overrides: Map<String, Value>,
     /// Job token; `None` = generated (`glcbt-...`).
     pub token: Option<String>,
+    /// The `201` body sent instead of the payload (hostile tests): `{id}` and `{token}` are
+    /// replaced by the job's id and token.
+    pub raw_body: Option<String>,
 }
 
 impl Default for JobSpec {
@@ -109,6 +119,7 @@ impl JobSpec {
             git_info: Map::new(),
             overrides: Map::new(),
             token: None,
+            raw_body: None,
         }
     }
 
@@ -181,9 +192,10 @@ impl JobSpec {
         self
     }
 
-    /// A service by image name.
+    /// A service by image name, as GitLab sends `services: [name]` (the `Service` entity:
+    /// `null` for every field not set).
     pub fn service(self, name: &str) -> Self {
-        self.service_json(json!({"name": name, "entrypoint": null, "command": null, "alias": null, "variables": [], "pull_policy": null}))
+        self.service_json(json!({"name": name, "entrypoint": null, "alias": null, "command": null, "ports": [], "variables": null, "pull_policy": null}))
     }
 
     pub fn service_json(mut self, service: Value) -> Self {
@@ -191,13 +203,13 @@ impl JobSpec {
         self
     }
 
-    /// An `archive` artifact (zip, `on_success`) of `paths`.
+    /// `artifacts: paths: [...]` and nothing else, as `Ci::BuildRunnerPresenter` sends it:
+    /// `name`, `when`, `expire_in` `null`, no `untracked` nor `exclude`, an `archive` zip.
     pub fn artifact_paths<I: IntoIterator<Item = S>, S: Into<String>>(self, paths: I) -> Self {
         let paths: Vec<String> = paths.into_iter().map(Into::into).collect();
         self.artifact_json(json!({
-            "name": "artifacts", "untracked": false, "paths": paths, "exclude": [],
-            "when": "on_success", "artifact_type": "archive", "artifact_format": "zip",
-            "expire_in": "1 day",
+            "name": null, "paths": paths, "when": null, "expire_in": null,
+            "artifact_type": "archive", "artifact_format": "zip",
         }))
     }
 
@@ -249,6 +261,13 @@ impl JobSpec {
         self.token = Some(token.to_owned());
         self
     }
+
+    /// Sends `body` as the `201` body instead of a payload; `{id}` and `{token}` in it are
+    /// replaced by the job's id and token.
+    pub fn raw_body(mut self, body: &str) -> Self {
+        self.raw_body = Some(body.to_owned());
+        self
+    }
 }
 
 /// What the fake knows of an enqueued job's dependency when building the payload.
@@ -277,16 +296,29 @@ pub(crate) fn build_payload(
         .map(|(s, _)| s)
         .unwrap_or("http");
     let repo_url = format!("{scheme}://gitlab-ci-token:{token}@{host}/{project_path}.git");
-    let mut git_info = json!({
-        "repo_url": repo_url,
-        "ref": "main",
-        "sha": "0123456789abcdef0123456789abcdef01234567",
-        "before_sha": "0000000000000000000000000000000000000000",
-        "ref_type": "branch",
-        "refspecs": ["+refs/heads/main:refs/remotes/origin/main", "+refs/tags/*:refs/tags/*"],
-        "depth": 20,
-        "repo_object_format": "sha1",
-    });
+    let mut payload: Value = serde_json::from_str(drover_agent::gitlab::fixtures::FULL)
+        .expect("the agent's GitLab fixture is JSON");
+    let mut git_info = payload["git_info"].take();
+    for (k, v) in [
+        ("repo_url", json!(repo_url)),
+        ("ref", json!("main")),
+        ("sha", json!("0123456789abcdef0123456789abcdef01234567")),
+        (
+            "before_sha",
+            json!("0000000000000000000000000000000000000000"),
+        ),
+        ("ref_type", json!("branch")),
+        (
+            "refspecs",
+            json!([
+                "+refs/heads/main:refs/remotes/origin/main",
+                "+refs/tags/*:refs/tags/*"
+            ]),
+        ),
+        ("depth", json!(20)),
+    ] {
+        git_info[k] = v;
+    }
     for (k, v) in &spec.git_info {
         git_info[k] = v.clone();
     }
@@ -320,6 +352,8 @@ pub(crate) fn build_payload(
     let dependencies: Vec<Value> = dependencies
         .iter()
         .map(|d| {
+            // `artifacts_file` only when the dependency has artifacts (`if:` in the
+            // `Dependency` entity).
             let mut dep = json!({"id": d.id, "name": d.name, "token": d.token});
             if let Some((filename, size)) = &d.artifacts_file {
                 dep["artifacts_file"] = json!({"filename": filename, "size": size});
@@ -327,34 +361,63 @@ pub(crate) fn build_payload(
             dep
         })
         .collect();
-    let mut payload = json!({
-        "id": id,
-        "token": token,
-        "allow_git_fetch": true,
-        "job_info": {
-            "id": id,
-            "name": spec.name,
-            "stage": spec.stage,
-            "project_id": spec.project_id,
-            "project_name": spec.project_name,
-            "time_in_queue_seconds": 1,
-            "project_jobs_running_on_instance_runners_count": "0",
-        },
-        "git_info": git_info,
-        "runner_info": {"timeout": spec.timeout, "runner_session_url": null},
-        "variables": variables,
-        "steps": spec.steps,
-        "image": spec.image.clone().unwrap_or(Value::Null),
-        "services": spec.services,
-        "artifacts": spec.artifacts,
-        "cache": spec.cache,
-        "credentials": spec.credentials,
-        "dependencies": dependencies,
-        "features": {"trace_sections": true, "failure_reasons": FAILURE_REASONS},
-        "hooks": [],
-    });
+    let mut job_info = payload["job_info"].take();
+    for (k, v) in [
+        ("id", json!(id)),
+        ("name", json!(spec.name)),
+        ("stage", json!(spec.stage)),
+        ("project_id", json!(spec.project_id)),
+        ("project_name", json!(spec.project_name)),
+        ("project_full_path", json!(project_path)),
+    ] {
+        job_info[k] = v;
+    }
+    let mut runner_info = payload["runner_info"].take();
+    runner_info["timeout"] = json!(spec.timeout);
+    for (k, v) in [
+        ("id", json!(id)),
+        ("token", json!(token)),
+        ("allow_git_fetch", json!(true)),
+        ("job_info", job_info),
+        ("git_info", git_info),
+        ("runner_info", runner_info),
+        ("variables", json!(variables)),
+        ("steps", json!(spec.steps)),
+        ("hooks", json!([])),
+        ("image", spec.image.clone().unwrap_or(Value::Null)),
+        ("services", json!(spec.services)),
+        // `BuildRunnerPresenter#artifacts` is nil without `artifacts:`.
+        (
+            "artifacts",
+            if spec.artifacts.is_empty() {
+                Value::Null
+            } else {
+                json!(spec.artifacts)
+            },
+        ),
+        ("cache", json!(spec.cache)),
+        ("credentials", json!(spec.credentials)),
+        ("dependencies", json!(dependencies)),
+        (
+            "features",
+            json!({"trace_sections": true, "failure_reasons": FAILURE_REASONS}),
+        ),
+    ] {
+        payload[k] = v;
+    }
     for (k, v) in &spec.overrides {
         payload[k] = v.clone();
     }
     payload
+}
+
+/// The `201` body for a job: the payload as JSON, or the spec's raw body.
+pub(crate) fn body(spec: &JobSpec, id: i64, token: &str, payload: &Value) -> bytes::Bytes {
+    match &spec.raw_body {
+        Some(raw) => bytes::Bytes::from(
+            raw.replace("{id}", &id.to_string())
+                .replace("{token}", token),
+        ),
+        None => bytes::Bytes::from(payload.to_string()),
+    }
 }

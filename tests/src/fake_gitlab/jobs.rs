@@ -57,7 +57,12 @@ pub(crate) async fn request(AxState(shared): AxState<Arc<Shared>>, body: Bytes) 
             if let Some(payload) = st.dequeue_for(runner_id) {
                 drop(st);
                 shared.changed();
-                return (StatusCode::CREATED, axum::Json(payload)).into_response();
+                return (
+                    StatusCode::CREATED,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    payload,
+                )
+                    .into_response();
             }
             let version = st.queue_version;
             let sent = str_field(&body, "last_update");

@@ -72,7 +72,7 @@ use tokio_util::sync::CancellationToken;
 pub use job_spec::{FAILURE_REASONS, JobSpec};
 pub use state::{Endpoint, JobRecord, JobState, RunnerRecord, StoredArtifact};
 
-use job_spec::{DependencyInfo, build_payload};
+use job_spec::{DependencyInfo, body, build_payload};
 use state::{Fault, Shared, random_alnum};
 
 /// A running fake GitLab; stops when dropped.
@@ -583,6 +583,7 @@ fn enqueue(shared: &Shared, spec: JobSpec) -> EnqueuedJob {
         })
         .collect();
     let payload = build_payload(&spec, id, &token, &shared.url, &deps);
+    let body = body(&spec, id, &token, &payload);
     st.jobs.insert(
         id,
         JobRecord {
@@ -591,6 +592,7 @@ fn enqueue(shared: &Shared, spec: JobSpec) -> EnqueuedJob {
             token: token.clone(),
             tags: spec.tags.clone(),
             payload,
+            body,
             state: JobState::Pending,
             runner_id: None,
             failure_reason: None,

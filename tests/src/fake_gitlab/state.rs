@@ -145,6 +145,8 @@ pub struct JobRecord {
     pub token: String,
     pub tags: Vec<String>,
     pub payload: Value,
+    /// The `201` body served: `payload` as JSON, or [`super::JobSpec::raw_body`].
+    pub body: Bytes,
     pub state: JobState,
     pub runner_id: Option<i64>,
     pub failure_reason: Option<String>,
@@ -261,7 +263,7 @@ impl State {
     }
 
     /// Takes the first queued job this runner may run and marks it running.
-    pub fn dequeue_for(&mut self, runner_id: i64) -> Option<Value> {
+    pub fn dequeue_for(&mut self, runner_id: i64) -> Option<Bytes> {
         let runner = self.runners.get(&runner_id)?;
         let pos = self.queue.iter().position(|id| {
             self.jobs
@@ -274,7 +276,7 @@ impl State {
         job.state = JobState::Running;
         job.runner_id = Some(runner_id);
         job.picked_at = Some(Instant::now());
-        Some(job.payload.clone())
+        Some(job.body.clone())
     }
 
     pub fn token_expiry(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {

@@ -195,23 +195,44 @@ async fn large_trace_is_sent_in_bounded_patches() {
 }
 
 #[test]
-fn unsupported_failure_reasons_fall_back() {
+fn unsupported_failure_reasons_fall_back_as_gitlab_runner() {
     let listed = vec!["script_failure".to_string(), "unknown_failure".to_string()];
+    let sent = |r, l: &[String]| supported_reason(r, l);
     assert_eq!(
-        supported_reason(FailureReason::ScriptFailure, &listed),
+        sent(FailureReason::ScriptFailure, &listed),
         Some("script_failure")
     );
+    // Always accepted, listed or not (`alwaysSupportedFailureReasons`).
+    for r in [
+        FailureReason::RunnerSystemFailure,
+        FailureReason::JobExecutionTimeout,
+        FailureReason::ScriptFailure,
+    ] {
+        assert_eq!(sent(r, &[]), Some(r.as_str()));
+        assert_eq!(sent(r, &["unknown_failure".into()]), Some(r.as_str()));
+    }
+    // `failureReasonsCompatibilityMap`: image_pull_failure → runner_system_failure.
     assert_eq!(
-        supported_reason(FailureReason::ImagePullFailure, &listed),
+        sent(FailureReason::ImagePullFailure, &listed),
+        Some("runner_system_failure")
+    );
+    assert_eq!(
+        sent(
+            FailureReason::ImagePullFailure,
+            &["image_pull_failure".into()]
+        ),
+        Some("image_pull_failure")
+    );
+    assert_eq!(
+        sent(FailureReason::MissingDependencyFailure, &listed),
         Some("unknown_failure")
     );
     assert_eq!(
-        supported_reason(FailureReason::ImagePullFailure, &["script_failure".into()]),
-        None
-    );
-    assert_eq!(
-        supported_reason(FailureReason::ImagePullFailure, &[]),
-        Some("image_pull_failure")
+        sent(
+            FailureReason::MissingDependencyFailure,
+            &["missing_dependency_failure".into()]
+        ),
+        Some("missing_dependency_failure")
     );
 }
 
