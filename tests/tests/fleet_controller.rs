@@ -70,6 +70,7 @@ impl FakeAgent {
             kind: Some(AgentKind::Hello(v1::Hello {
                 facts: Some(facts),
                 applied_generation: 0,
+                instance: format!("test-{hostname}"),
             })),
         })
         .await

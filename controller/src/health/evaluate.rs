@@ -62,6 +62,10 @@ pub struct Thresholds {
     /// A rotation is overdue this long after its rotation point (5 min), or half the time
     /// from the rotation point to the expiry when that is shorter.
     pub token_rotation_margin: Duration,
+    /// A second process refused with this agent's identity within this long is a problem
+    /// (3 min: longer than the agent's longest reconnect backoff, so a duplicate that keeps
+    /// trying keeps the reason).
+    pub duplicate_window: Duration,
 }
 
 impl Thresholds {
@@ -75,6 +79,7 @@ impl Thresholds {
             max_clock_skew: Duration::seconds(60),
             token_expiry_warning: Duration::hours(24),
             token_rotation_margin: Duration::minutes(5),
+            duplicate_window: Duration::minutes(3),
         }
     }
 }
@@ -113,6 +118,8 @@ pub struct Input<'a> {
     pub behind_since: Option<OffsetDateTime>,
     /// Why it refused the target generation, if it did.
     pub refusal: Option<&'a str>,
+    /// When a second process with this agent's identity was last refused.
+    pub duplicate_at: Option<OffsetDateTime>,
 }
 
 /// The outcome: a state and its reasons (empty when healthy).
@@ -200,6 +207,15 @@ pub fn evaluate(i: &Input<'_>, t: &Thresholds) -> Evaluation {
         reasons.push(format!(
             "disconnected: last heartbeat {} ago",
             short_duration(i.now - last.unwrap_or(i.now))
+        ));
+    }
+    if let Some(at) = i
+        .duplicate_at
+        .filter(|at| i.now - *at <= t.duplicate_window)
+    {
+        reasons.push(format!(
+            "duplicate identity: a second process with this agent's identity was refused {} ago (a copied state dir?)",
+            short_duration(i.now - at)
         ));
     }
     if let Some(hb) = i.heartbeat {
@@ -404,6 +420,7 @@ mod tests {
             target_generation: 2,
             behind_since: None,
             refusal: None,
+            duplicate_at: None,
         }
     }
 
@@ -655,6 +672,21 @@ mod tests {
         // Enrolled but never connected: lost even right after the start.
         i.now = t0() + Duration::seconds(1);
         assert_eq!(eval(&i).state, State::Lost);
+    }
+
+    #[test]
+    fn duplicate_identity_is_a_reason_for_a_while() {
+        let hb = hb();
+        let mut i = input(&hb);
+        i.duplicate_at = Some(i.now - Duration::seconds(30));
+        assert_eq!(
+            eval(&i).reasons,
+            [
+                "duplicate identity: a second process with this agent's identity was refused 30s ago (a copied state dir?)"
+            ]
+        );
+        i.duplicate_at = Some(i.now - Duration::minutes(4));
+        assert_eq!(eval(&i).state, State::Healthy);
     }
 
     #[test]

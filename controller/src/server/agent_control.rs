@@ -61,6 +61,28 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
             }
         };
         let facts = hello.facts.as_ref().map(Facts::from);
+        let instance: String = hello.instance.chars().take(64).collect();
+        let live_within = time::Duration::try_from(self.state.heartbeat_interval * 2)
+            .unwrap_or(time::Duration::MAX)
+            .max(time::Duration::seconds(2));
+        if let Err(d) = self.state.health.leases.admit(&id, &instance, live_within) {
+            let from = facts.as_ref().map_or_else(String::new, |f| {
+                format!(" (host {}, {})", f.hostname, f.ips.join(","))
+            });
+            tracing::warn!(agent = %id, instance = %instance, connected = %d.connected, "refused a second process with this agent's identity");
+            self.state.health.agent_event(
+                &id,
+                "duplicate-identity",
+                "",
+                format!(
+                    "refused a session from process {instance}{from}: process {} holds this identity's session",
+                    d.connected
+                ),
+            );
+            return Err(Status::already_exists(format!(
+                "duplicate identity: another process of agent {id} is connected; two agents must not share a state dir (enroll this one with its own token)"
+            )));
+        }
         self.state.store.agent_seen(
             &id,
             now(),
