@@ -95,7 +95,7 @@ struct Runtime {
     runners: Vec<v1::RunnerStatus>,
     /// Last failure to advance this agent (registration).
     error: Option<String>,
-    /// Last re-registration per runner.
+    /// Last `token-invalid` acted on (checked with GitLab) per runner.
     healed: HashMap<String, std::time::Instant>,
 }
 
@@ -885,7 +885,7 @@ impl Fleet {
             .and_then(|r| r.healed.get(runner).copied())
             && at.elapsed() < HEAL_INTERVAL
         {
-            tracing::warn!(agent = %agent_id, runner, "token-invalid again within {} s of the last re-registration; ignored", HEAL_INTERVAL.as_secs());
+            tracing::warn!(agent = %agent_id, runner, "token-invalid again within {} s of the last one acted on; ignored", HEAL_INTERVAL.as_secs());
             return Ok(Heal::Skipped);
         }
         if !old.registered {
@@ -906,7 +906,15 @@ impl Fleet {
         // GitLab still accepting the recorded token of the recorded runner means the claim
         // is false: nothing is registered or deleted.
         let recorded = self.sealer.open_secret(RUNNER_TOKEN, &old.token_sealed)?;
-        if let Ok(v) = self.registrar.verify(&old.url, &recorded).await
+        let checked = self.registrar.verify(&old.url, &recorded).await;
+        // Attempts, refused ones included, are spaced by HEAL_INTERVAL: a repeated false
+        // claim costs GitLab one verify per interval.
+        self.runtime()
+            .entry(agent_id.to_string())
+            .or_default()
+            .healed
+            .insert(runner.to_string(), std::time::Instant::now());
+        if let Ok(v) = checked
             && v.id == old.gitlab_runner_id
         {
             return Ok(Heal::Refused(format!(
@@ -921,11 +929,6 @@ impl Fleet {
             assignment: old,
             after_generation: 0,
         })?;
-        self.runtime()
-            .entry(agent_id.to_string())
-            .or_default()
-            .healed
-            .insert(runner.to_string(), std::time::Instant::now());
         tracing::info!(agent = %agent_id, runner, gitlab_runner_id = fresh.gitlab_runner_id, "re-registered runner after token-invalid");
         Ok(Heal::Done)
     }

@@ -303,7 +303,11 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
     );
     assert_eq!(w.gitlab.live().len(), 1);
     assert!(w.gitlab.unregistered().is_empty());
+    // Attempts are spaced: at once again, it is not even checked.
     w.gitlab.revoke(old.gitlab_runner_id);
+    w.fleet.on_runner_event("a1", &token_invalid()).await;
+    assert_eq!(w.gitlab.live().len(), 1, "ignored within HEAL_INTERVAL");
+    w.fleet.runtime().get_mut("a1").unwrap().healed.clear(); // HEAL_INTERVAL later
     w.fleet.on_runner_event("a1", &token_invalid()).await;
     let new = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
     assert_ne!(new.runner_token, old.runner_token);
