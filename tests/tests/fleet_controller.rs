@@ -70,6 +70,7 @@ impl FakeAgent {
             kind: Some(AgentKind::Hello(v1::Hello {
                 facts: Some(facts),
                 applied_generation: 0,
+                instance: format!("test-{hostname}"),
             })),
         })
         .await
@@ -297,7 +298,9 @@ async fn apply_ack_heal_delete_undo() {
     let got = json(&c.drover(&["runner", "get", "lab-docker", "-o", "json"]));
     assert_eq!(got["agents"][0]["agent_id"], lab.id.as_str());
 
-    // token-invalid: a new registration, the new token pushed, the old runner unregistered.
+    // token-invalid (GitLab revoked the token): a new registration, the new token pushed.
+    // The old runner's own token is dead, so nothing can unregister it: it stays, revoked.
+    assert!(gitlab.revoke_token(&first.runner_token));
     lab.send(AgentKind::RunnerEvent(v1::RunnerEvent {
         runner: "lab-docker".into(),
         kind: "token-invalid".into(),
@@ -310,20 +313,18 @@ async fn apply_ack_heal_delete_undo() {
     let healed = ds.runners[0].clone();
     assert_ne!(healed.runner_token, first.runner_token);
     assert_ne!(healed.gitlab_runner_id, first.gitlab_runner_id);
-    wait_for(Duration::from_secs(20), "old runner unregistered", || {
-        let ids: Vec<i64> = gitlab.runners().iter().map(|r| r.id).collect();
-        (ids == [healed.gitlab_runner_id]).then_some(())
-    });
+    let ids: Vec<i64> = live(&gitlab).iter().map(|r| r.id).collect();
+    assert_eq!(ids, [healed.gitlab_runner_id]);
 
     // Delete the spec: pushed without it; unregistered once the agent runs generation 2.
     let out = c.drover(&["runner", "delete", "lab-docker", "--strategy", "all"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let ds = lab.desired().await;
     assert_eq!((ds.generation, ds.runners.len()), (2, 0));
-    assert_eq!(gitlab.runners().len(), 1, "kept until the agent moved on");
+    assert_eq!(live(&gitlab).len(), 1, "kept until the agent moved on");
     lab.ack(2, None).await;
     wait_for(Duration::from_secs(20), "runner unregistered", || {
-        gitlab.runners().is_empty().then_some(())
+        live(&gitlab).is_empty().then_some(())
     });
 
     // Undo: generation 3 brings the runner back with a fresh registration.
@@ -331,8 +332,8 @@ async fn apply_ack_heal_delete_undo() {
     assert!(out.status.success(), "{}", stderr(&out));
     let ds = lab.desired().await;
     assert_eq!((ds.generation, ds.runners.len()), (3, 1));
-    assert_eq!(gitlab.runners().len(), 1);
-    assert_eq!(gitlab.runners()[0].token, ds.runners[0].runner_token);
+    assert_eq!(live(&gitlab).len(), 1);
+    assert_eq!(live(&gitlab)[0].token, ds.runners[0].runner_token);
 
     // A refusal halts the rollout and `rollout status --wait` says so.
     lab.ack(3, Some("image alpine:3.20 not present")).await;
@@ -384,7 +385,7 @@ async fn apply_ack_heal_delete_undo() {
         .collect();
     assert_eq!(names, ["lab-docker", "old-box"]);
     assert_eq!(
-        gitlab.runners().len(),
+        live(&gitlab).len(),
         2,
         "no registration for a token used as is"
     );
@@ -396,14 +397,14 @@ async fn apply_ack_heal_delete_undo() {
         Duration::from_secs(20),
         "deleted agent's runner unregistered",
         || {
-            let ids: Vec<i64> = gitlab.runners().iter().map(|r| r.id).collect();
+            let ids: Vec<i64> = live(&gitlab).iter().map(|r| r.id).collect();
             (ids == [imported_id]).then_some(())
         },
     );
     let out = c.drover(&["agent", "delete", &other.id]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        gitlab.runners().len(),
+        live(&gitlab).len(),
         1,
         "the imported runner is the operator's"
     );
@@ -463,7 +464,7 @@ async fn rolling_rollout_halts_on_first_batch_and_undo_works() {
     assert_eq!(gitlab.runners().len(), 2);
 
     // The agent rotated its token: the controller keeps the new one and its expiry.
-    let first_token = agents[0].desired_token_after_rotation().await;
+    let first_token = agents[0].desired_token_after_rotation(&gitlab).await;
     let got = wait_for(Duration::from_secs(20), "rotated expiry", || {
         let g = json(&c.drover(&["runner", "get", "lab-docker", "-o", "json"]));
         g["agents"]
@@ -559,10 +560,27 @@ async fn rolling_rollout_halts_on_first_batch_and_undo_works() {
 }
 
 impl FakeAgent {
-    /// Reports a rotation of its runner token (new token, expiry 2033-05-18T03:33:20Z);
-    /// returns the new token.
-    async fn desired_token_after_rotation(&self) -> String {
-        let token = format!("glrt-rotated-{}", self.id);
+    /// Rotates its runner token at GitLab (`reset_authentication_token`, expiry set to
+    /// 2033-05-18T03:33:20Z) and reports it; returns the new token.
+    async fn desired_token_after_rotation(&self, gitlab: &FakeGitLab) -> String {
+        use drover_agent::gitlab::{ClientOptions, GitLab, HttpGitLab};
+        use secrecy::ExposeSecret;
+        let old = gitlab
+            .runners()
+            .into_iter()
+            .find(|r| r.description.contains(&self.id))
+            .expect("this agent's runner")
+            .token;
+        let client = HttpGitLab::new(gitlab.url(), ClientOptions::default()).unwrap();
+        let token = client
+            .reset_token(&SecretString::from(old))
+            .await
+            .unwrap()
+            .token
+            .expose_secret()
+            .to_string();
+        let expires = time::OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap();
+        assert!(gitlab.set_token_expiry(&token, Some(expires)));
         self.send(AgentKind::TokenRotated(v1::TokenRotated {
             runner: "lab-docker".into(),
             token: token.clone(),
@@ -746,4 +764,113 @@ async fn gitlab_runner_files_import_and_refusals_name_the_key() {
 
 fn path_str(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// The fake GitLab's runners whose token was not revoked by the test.
+fn live(gitlab: &FakeGitLab) -> Vec<drover_tests::fake_gitlab::RunnerRecord> {
+    gitlab
+        .runners()
+        .into_iter()
+        .filter(|r| !r.revoked)
+        .collect()
+}
+
+/// Issue 15 item 1: a hand-made session from one agent's certificate claims another
+/// agent's GitLab runner (by id, and by that runner's token). The controller refuses both
+/// (events say so), no `DELETE /runners/:id` of the foreign runner reaches GitLab, and
+/// after a true `token-invalid` the agent's own runner is the one deleted (not orphaned).
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_claims_of_foreign_runners_change_nothing_in_gitlab() {
+    use drover_tests::fake_gitlab::Endpoint;
+    init();
+    let gitlab = FakeGitLab::start().await;
+    gitlab.add_access_token("glpat-e2e-creation");
+    let c = Controller::start();
+    let token = c.create_token(&["--label", "site=lab", "--uses", "2"]);
+    let mut a = FakeAgent::enroll_and_connect(&c, &token, "box-a").await;
+    let mut b = FakeAgent::enroll_and_connect(&c, &token, "box-b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runners.toml");
+    let text = spec(gitlab.url(), "alpine:3.20", "docker").replace(
+        "registration_token = \"GR1348941-e2e-secret\"",
+        "runner_creation_token = \"glpat-e2e-creation\"",
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = c.drover(&[
+        "runner",
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--strategy",
+        "all",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let own = a.desired().await.runners[0].clone();
+    let foreign = b.desired().await.runners[0].clone();
+    assert_ne!(own.gitlab_runner_id, foreign.gitlab_runner_id);
+
+    let rotated = |token: &str, id: i64| {
+        AgentKind::TokenRotated(v1::TokenRotated {
+            runner: "lab-docker".into(),
+            token: token.into(),
+            token_expires_at: None,
+            gitlab_runner_id: id,
+        })
+    };
+    a.send(rotated("glrt-made-up", foreign.gitlab_runner_id))
+        .await;
+    a.send(rotated(&foreign.runner_token, 0)).await;
+    // GitLab revokes a's token; a says so.
+    assert!(gitlab.revoke_token(&own.runner_token));
+    a.send(AgentKind::RunnerEvent(v1::RunnerEvent {
+        runner: "lab-docker".into(),
+        kind: "token-invalid".into(),
+        message: "job request: forbidden (403)".into(),
+        at: None,
+    }))
+    .await;
+    let healed = a.desired().await.runners[0].clone();
+    assert_ne!(healed.gitlab_runner_id, own.gitlab_runner_id);
+    assert_ne!(healed.gitlab_runner_id, foreign.gitlab_runner_id);
+    wait_for(
+        Duration::from_secs(20),
+        "a's old runner deleted by id",
+        || gitlab.runner(own.gitlab_runner_id).is_none().then_some(()),
+    );
+    assert!(
+        gitlab.runner(foreign.gitlab_runner_id).is_some(),
+        "the foreign runner is untouched"
+    );
+    let deletes: u64 = gitlab
+        .request_counts()
+        .iter()
+        .filter(|((e, _), _)| *e == Endpoint::DeleteRunner)
+        .map(|(_, n)| *n)
+        .sum();
+    assert_eq!(
+        deletes,
+        1,
+        "only a's own old runner: {:?}",
+        gitlab.request_counts()
+    );
+    // Both refusals are events of agent a, saying why.
+    let refused = wait_for(Duration::from_secs(20), "refusal events", || {
+        let events = json(&c.drover(&["events", "--agent", &a.id, "-o", "json"]));
+        let refused: Vec<String> = events
+            .as_array()?
+            .iter()
+            .filter(|e| e["kind"] == "agent-claim-refused")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (refused.len() == 2).then_some(refused)
+    });
+    assert!(
+        refused
+            .iter()
+            .any(|m| m.contains(&format!("names gitlab runner {}", foreign.gitlab_runner_id)))
+            && refused
+                .iter()
+                .any(|m| m.contains("belongs to gitlab runner")),
+        "{refused:?}"
+    );
 }

@@ -457,3 +457,93 @@ fn http_listener_beyond_loopback_needs_a_token() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Copies the files of state dir `from` into a new state dir `to` (0700, modes kept).
+fn copy_state_dir(from: &Path, to: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(to)
+        .expect("create the copy");
+    for entry in std::fs::read_dir(from).expect("read the state dir") {
+        let entry = entry.expect("state dir entry");
+        if entry.file_type().expect("file type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy a state file");
+        }
+    }
+}
+
+/// `agent-connected` events of `id` so far.
+fn connects(c: &Controller, id: &str) -> usize {
+    json(
+        c,
+        &["events", "--agent", id, "--limit", "1000", "-o", "json"],
+    )
+    .as_array()
+    .expect("events array")
+    .iter()
+    .filter(|e| e["kind"] == "agent-connected")
+    .count()
+}
+
+/// Issue 15 (Low): a second process runs with a copy of an agent's state dir. Before, the
+/// two replaced each other's session every half second forever. Now the second is refused
+/// while the first heartbeats, the agent shows `duplicate identity` in `drover agents`, a
+/// `duplicate-identity` event says so, and the first keeps its session.
+#[test]
+fn a_copied_state_dir_is_refused_and_reported_as_duplicate_identity() {
+    let c = Controller::start();
+    let token = c.create_token(&["--label", "site=lab"]);
+    let mut first = Agent::new();
+    let id = first.enroll_ok(&c.url(), &token);
+    first.run();
+    wait_for(Duration::from_secs(30), "the first agent connected", || {
+        c.agent(&id).filter(|a| a["connected"] == true)
+    });
+    let mut second = Agent::new();
+    copy_state_dir(&first.state_dir(), &second.state_dir());
+    second.run();
+    let agent = wait_for(
+        Duration::from_secs(30),
+        "duplicate identity reported",
+        || {
+            c.agent(&id).filter(|a| {
+                a["reasons"].as_array().is_some_and(|r| {
+                    r.iter().any(|r| {
+                        r.as_str()
+                            .is_some_and(|r| r.starts_with("duplicate identity"))
+                    })
+                })
+            })
+        },
+    );
+    assert_eq!(agent["state"], "degraded", "{agent:#}");
+    wait_for(
+        Duration::from_secs(30),
+        "the refusal in the second's log",
+        || {
+            second
+                .proc
+                .as_ref()?
+                .log_text()
+                .contains("duplicate identity")
+                .then_some(())
+        },
+    );
+    let events = json(&c, &["events", "--agent", &id, "-o", "json"]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "duplicate-identity"),
+        "{events:#}"
+    );
+    // No more session churn: the first keeps its session.
+    let before = connects(&c, &id);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(connects(&c, &id), before, "sessions replaced meanwhile");
+    assert!(c.agent(&id).is_some_and(|a| a["connected"] == true));
+    let table = drover_ok(&c, &["agents"]);
+    assert!(table.contains("duplicate identity"), "{table}");
+}

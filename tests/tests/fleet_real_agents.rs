@@ -357,16 +357,18 @@ async fn revoked_token_heals() {
     )
     .await;
     assert_eq!(agent["runners"][0]["name"], "real-revoke");
-    // The controller tried to unregister the revoked runner; GitLab's runner API refuses
-    // its dead token (403), so its entry stays for GitLab's own stale-runner cleanup. No
-    // token of it is used any more.
+    // The controller checked the revoked runner's token with GitLab (verify: 403, once to
+    // check the agent's token-invalid, once before unregistering) and so did not try to
+    // unregister with it: its entry stays for GitLab's own stale-runner cleanup. No token of
+    // it is used any more.
     wait_until(
         WAIT,
-        "an unregister attempt for the revoked runner",
-        || (gitlab.request_count(Endpoint::UnregisterRunner, 403) >= 1).then_some(()),
+        "the revoked runner's token checked",
+        || (gitlab.request_count(Endpoint::VerifyRunner, 403) >= 2).then_some(()),
         ctx,
     )
     .await;
+    assert_eq!(gitlab.request_count(Endpoint::UnregisterRunner, 403), 0);
     assert!(gitlab.runner(first.id).is_none_or(|r| r.revoked));
     assert!(!a.read("applied.json").contains(&first.token));
 }
@@ -458,6 +460,86 @@ async fn expiring_token_rotates_and_expired_token_heals() {
     })
     .await;
     assert_eq!(job_ok(gitlab, &image, "healed", &[], ctx).await, healed.id);
+}
+
+/// Issue 14 item 5: runner tokens that expire after 40 s, rotated by the agent at 75 % of
+/// their lifetime, keep the agent `healthy` over three rotations (the agent was degraded
+/// with `token expiring: in 11s` before); every rotation reaches the controller checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_tokens_that_rotate_on_time_stay_healthy() {
+    init_crypto();
+    let Some(image) = docker_image().await else {
+        return;
+    };
+    let f = OneAgent::start("real-short", |g| {
+        g.add_registration_token("GR1348941-real-short");
+        g.set_token_lifetime(Some(Duration::from_secs(40)));
+    })
+    .await;
+    let (gitlab, c, id) = (&f.gitlab, &f.c, &f.id);
+    let ctx = || f.logs();
+    let spec = registration_spec(
+        "real-short",
+        gitlab.url(),
+        "GR1348941-real-short",
+        "real-short",
+        &image,
+    );
+    let first = f.apply_one_runner(&spec, "one registered runner").await;
+    wait_until(
+        WAIT,
+        "the runner running",
+        || {
+            c.agent(id)
+                .filter(|a| a["runners"][0]["state"] == "running")
+        },
+        ctx,
+    )
+    .await;
+    // Only token reasons count: the host this runs on may have its own (a full disk).
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while gitlab.request_count(Endpoint::ResetToken, 201) < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "three rotations within 150 s\n{}",
+            ctx()
+        );
+        if let Some(a) = c.agent(id) {
+            seen.extend(
+                a["reasons"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.as_str())
+                    .filter(|r| r.contains("token"))
+                    .map(|r| format!("{}: {r}", a["state"])),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(seen.is_empty(), "token reasons: {seen:#?}\n{}", ctx());
+    // Same runner, its current token is the one the controller pushes.
+    let now = gitlab.runner(first.id).expect("the runner is kept");
+    assert_ne!(now.token, first.token);
+    let events = json(&c.drover(&["events", "--agent", id, "-o", "json"]));
+    let rotated = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"] == "runner-token-rotated"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("verified with gitlab")
+        })
+        .count();
+    assert!(rotated >= 2, "{events:#}");
+    assert!(
+        !events.to_string().contains("agent-claim-refused"),
+        "{events:#}"
+    );
 }
 
 /// An agent in its own network namespace: its address changes, it reports `ips-changed`

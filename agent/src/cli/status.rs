@@ -209,6 +209,8 @@ mod tests {
                 last_error: Some("gitlab answered 403 on request job".into()),
                 gitlab_runner_id: 11,
                 token_expires_at: Some("2026-12-01T00:00:00Z".into()),
+                token_rotate_at: None,
+                token_rotation_error: None,
                 jobs_running: 0,
                 jobs_succeeded: 4,
                 jobs_failed: 1,

@@ -97,6 +97,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    // This process's id in every Hello: the controller tells a reconnect of this process
+    // from a second process with the same identity (a copied state dir), which it refuses.
+    let instance = format!("{:016x}", rand::random::<u64>());
     // Messages taken from the queue that the last session could not send.
     let mut pending: Vec<v1::AgentMessage> = Vec::new();
     loop {
@@ -110,7 +113,7 @@ pub async fn run(
         }
         let result = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = session(&state, &identity, &mut link, &mut pending) => r,
+            r = session(&state, &identity, &instance, &mut link, &mut pending) => r,
         };
         match result {
             Ok(SessionEnd::Renewed) => {
@@ -152,6 +155,7 @@ async fn dial(identity: &Identity) -> anyhow::Result<Channel> {
 async fn session(
     state: &StateDir,
     identity: &Identity,
+    instance: &str,
     link: &mut Link,
     pending: &mut Vec<v1::AgentMessage>,
 ) -> Result<SessionEnd, SessionError> {
@@ -169,6 +173,7 @@ async fn session(
         kind: Some(AgentKind::Hello(v1::Hello {
             facts: Some(facts.to_proto()),
             applied_generation: link.report.borrow().applied_generation,
+            instance: instance.to_string(),
         })),
     };
     tx.send(hello)

@@ -21,6 +21,12 @@ pub struct UnitReport {
     pub last_error: Option<String>,
     pub gitlab_runner_id: i64,
     pub token_expires_at: Option<String>,
+    /// When the agent rotates the token (75 % of its lifetime); `None` = never expires.
+    #[serde(default)]
+    pub token_rotate_at: Option<String>,
+    /// Why the last rotation attempt failed (cleared by a successful one).
+    #[serde(default)]
+    pub token_rotation_error: Option<String>,
     pub jobs_running: u32,
     pub jobs_succeeded: u64,
     pub jobs_failed: u64,
@@ -43,6 +49,8 @@ impl UnitReport {
             jobs_succeeded: self.jobs_succeeded,
             jobs_failed: self.jobs_failed + self.jobs_canceled,
             last_gitlab_contact: timestamp(self.last_gitlab_contact.as_deref()),
+            token_rotate_at: timestamp(self.token_rotate_at.as_deref()),
+            token_rotation_error: self.token_rotation_error.clone().unwrap_or_default(),
         }
     }
 }

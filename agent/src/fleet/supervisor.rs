@@ -127,6 +127,8 @@ struct UnitEntry {
     rotated_from: Option<String>,
     /// No rotation attempt before this time (after a failed one).
     rotation_retry: Option<OffsetDateTime>,
+    /// Why the last rotation attempt failed; `None` after a success or a new token.
+    rotation_error: Option<String>,
     /// The unit asked for its loop to stop (watchdog) while its state still wants one: the
     /// engine leaves it out until the loop ended.
     stop_loop: bool,
@@ -492,6 +494,7 @@ impl Supervisor {
                 log: VecDeque::new(),
                 rotated_from: None,
                 rotation_retry: None,
+                rotation_error: None,
                 stop_loop: false,
                 token_invalid_at: None,
             });
@@ -503,6 +506,7 @@ impl Supervisor {
                 if token_changed {
                     entry.rotated_from = None;
                     entry.rotation_retry = None;
+                    entry.rotation_error = None;
                     entry.token_invalid_at = None;
                 }
                 entry.assignment = a;
@@ -803,6 +807,7 @@ impl Supervisor {
         let old_raw = std::mem::replace(&mut e.assignment, assignment);
         e.rotated_from = Some(old_raw.raw.runner_token.clone());
         e.rotation_retry = None;
+        e.rotation_error = None;
         e.log(format!(
             "token rotated; expires {}",
             raw.token_expires_at.as_deref().unwrap_or("never")
@@ -833,11 +838,22 @@ impl Supervisor {
         self.dirty = true;
     }
 
+    /// A failed rotation is retried after a minute, or after a quarter of the token's
+    /// remaining lifetime when that is sooner (at least 2 s), so a short-lived token gets
+    /// more tries before it expires.
     fn rotation_failed(&mut self, name: &str, why: String) {
-        tracing::warn!(runner = %name, error = %why, "token rotation failed; retrying in a minute");
+        let now_t = OffsetDateTime::now_utc();
         if let Some(e) = self.units.get_mut(name) {
-            e.rotation_retry = Some(OffsetDateTime::now_utc() + time::Duration::minutes(1));
+            let left = e
+                .assignment
+                .token_expires_at
+                .map_or(time::Duration::minutes(4), |exp| exp - now_t);
+            let wait: time::Duration =
+                (left / 4_i32).clamp(time::Duration::seconds(2), time::Duration::minutes(1));
+            tracing::warn!(runner = %name, error = %why, retry_in_s = wait.whole_seconds(), "token rotation failed; will retry");
+            e.rotation_retry = Some(now_t + wait);
             e.log(format!("token rotation failed: {why}"));
+            e.rotation_error = Some(why);
         }
     }
 
@@ -1076,6 +1092,7 @@ impl Supervisor {
 
     /// The current report.
     pub fn report(&self) -> Report {
+        let now_t = OffsetDateTime::now_utc();
         let units = self
             .units
             .iter()
@@ -1088,6 +1105,8 @@ impl Supervisor {
                     last_error: e.unit.last_error.clone(),
                     gitlab_runner_id: e.assignment.raw.gitlab_runner_id,
                     token_expires_at: e.assignment.raw.token_expires_at.clone(),
+                    token_rotate_at: e.assignment.rotate_at(now_t).map(rfc3339),
+                    token_rotation_error: e.rotation_error.clone(),
                     jobs_running: snap.as_ref().map_or(0, |s| s.jobs_running),
                     jobs_succeeded: e.base.0 + snap.as_ref().map_or(0, |s| s.jobs_succeeded),
                     jobs_failed: e.base.1 + snap.as_ref().map_or(0, |s| s.jobs_failed),

@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// Degraded when an agent's clock is off by more than this.
     #[arg(long, default_value = "60s")]
     pub max_clock_skew: String,
-    /// Degraded when a runner token expires within this.
+    /// Degraded when a runner token the agent does not rotate expires within this (a token
+    /// it rotates degrades only when its rotation failed or is overdue).
     #[arg(long, default_value = "24h")]
     pub token_expiry_warning: String,
     /// Lifetime of issued agent certificates (e.g. `7d`, `10s` in tests).

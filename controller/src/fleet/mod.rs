@@ -12,7 +12,10 @@
 //! pushed only generations the rollout plan let through; a GitLab runner the controller
 //! registered is unregistered once nothing uses it (after the agent acknowledged the
 //! generation that replaced it), never while an agent may still run it; runner and
-//! registration tokens exist in clear only in memory and on the wire to their agent.
+//! registration tokens exist in clear only in memory and on the wire to their agent; the
+//! controller acts in GitLab only on runner ids GitLab gave it (at registration or
+//! creation), and what an agent reports (runner id, token, expiry, `token-invalid`) is a
+//! claim checked against that record and against GitLab before anything is kept or done.
 
 pub mod fits;
 pub mod registrar;
@@ -21,4 +24,4 @@ pub mod selector;
 pub mod service;
 pub mod spec;
 
-pub use service::{ApplyOutcome, ApplyRequest, Fleet, FleetError};
+pub use service::{ApplyOutcome, ApplyRequest, Claim, Fleet, FleetError};

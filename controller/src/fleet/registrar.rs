@@ -91,6 +91,10 @@ pub trait Registrar: Send + Sync {
         access_token: &SecretString,
         id: i64,
     ) -> Result<(), RegistrarError>;
+    /// `POST /runners/verify` without a `system_id` (so no runner manager is made): which
+    /// runner `token` belongs to, and its expiry, as GitLab says. `forbidden` = GitLab does
+    /// not accept the token. This is how the controller checks a token an agent reports.
+    async fn verify(&self, url: &str, token: &SecretString) -> Result<Registered, RegistrarError>;
 }
 
 fn register_options(r: &Registration) -> drover_agent::gitlab::RegisterOptions {
@@ -205,6 +209,21 @@ impl Registrar for HttpRegistrar {
             .await
             .map_err(|e| gitlab_error(url, e))
     }
+
+    async fn verify(&self, url: &str, token: &SecretString) -> Result<Registered, RegistrarError> {
+        use drover_agent::gitlab::{GitLab, RunnerAuth};
+        // An empty system_id is left out of GitLab's runner-manager bookkeeping
+        // (`params[:system_id].blank?`), so verifying here makes no manager.
+        let auth = RunnerAuth {
+            token: token.clone(),
+            system_id: String::new(),
+        };
+        let creds = client(url)?
+            .verify(&auth)
+            .await
+            .map_err(|e| gitlab_error(url, e))?;
+        registered(url, "POST /runners/verify", creds)
+    }
 }
 
 /// In-memory [`Registrar`] for unit tests: accepts one registration token, hands out
@@ -222,6 +241,8 @@ struct FakeInner {
     next_id: i64,
     /// Live runners: id → (token, registration).
     live: BTreeMap<i64, (String, Registration)>,
+    /// Token expiry per live runner (absent = never).
+    expiry: BTreeMap<i64, OffsetDateTime>,
     unregistered: Vec<i64>,
     fail: bool,
 }
@@ -265,6 +286,20 @@ impl FakeRegistrar {
     /// Ids unregistered so far.
     pub fn unregistered(&self) -> Vec<i64> {
         self.lock().unregistered.clone()
+    }
+
+    /// Rotates a live runner's token as `reset_authentication_token` does (the old one
+    /// stops working), with a new expiry; returns the new token.
+    pub fn rotate(&self, id: i64, expires_at: Option<OffsetDateTime>) -> Option<String> {
+        let mut g = self.lock();
+        let (t, _) = g.live.get_mut(&id)?;
+        let token = format!("{t}-rotated");
+        *t = token.clone();
+        match expires_at {
+            Some(at) => g.expiry.insert(id, at),
+            None => g.expiry.remove(&id),
+        };
+        Some(token)
     }
 }
 
@@ -374,5 +409,33 @@ impl Registrar for FakeRegistrar {
             g.unregistered.push(id);
         }
         Ok(())
+    }
+
+    async fn verify(&self, url: &str, token: &SecretString) -> Result<Registered, RegistrarError> {
+        let g = self.lock();
+        if g.fail {
+            return Err(RegistrarError {
+                url: url.into(),
+                message: "connection refused".into(),
+                forbidden: false,
+            });
+        }
+        let found = g
+            .live
+            .iter()
+            .find(|(_, (t, _))| t == token.expose_secret())
+            .map(|(id, (t, _))| (*id, t.clone()));
+        match found {
+            Some((id, t)) => Ok(Registered {
+                id,
+                token: SecretString::from(t),
+                token_expires_at: g.expiry.get(&id).copied(),
+            }),
+            None => Err(RegistrarError {
+                url: url.into(),
+                message: "POST /runners/verify: forbidden (403)".into(),
+                forbidden: true,
+            }),
+        }
     }
 }

@@ -95,7 +95,7 @@ struct Runtime {
     runners: Vec<v1::RunnerStatus>,
     /// Last failure to advance this agent (registration).
     error: Option<String>,
-    /// Last re-registration per runner.
+    /// Last `token-invalid` acted on (checked with GitLab) per runner.
     healed: HashMap<String, std::time::Instant>,
 }
 
@@ -646,7 +646,17 @@ impl Fleet {
                         .delete(&a.url, &access, a.gitlab_runner_id)
                         .await
                 }
-                _ => self.registrar.unregister(&a.url, &token).await,
+                _ => match self.registrar.verify(&a.url, &token).await {
+                    // The token may have come from the agent (a rotation kept unverified):
+                    // unregister with it only when GitLab says it is the recorded runner's.
+                    Ok(v) if v.id != a.gitlab_runner_id => {
+                        tracing::warn!(agent = %a.agent_id, runner = %a.runner, gitlab_runner_id = a.gitlab_runner_id, token_of = v.id, "the retired runner's token belongs to another gitlab runner; not unregistered");
+                        let _ = self.store.delete_retired(r.id);
+                        continue;
+                    }
+                    Ok(_) => self.registrar.unregister(&a.url, &token).await,
+                    Err(e) => Err(e),
+                },
             };
             match result {
                 Ok(()) => {
@@ -754,61 +764,114 @@ impl Fleet {
         self.reconcile().await;
     }
 
-    /// The agent rotated a runner token: keep the new one (sealed) for later pushes.
-    pub fn on_token_rotated(&self, agent_id: &str, t: &v1::TokenRotated) {
-        let result = (|| -> Result<bool, FleetError> {
-            let Some(mut a) = self
-                .store
-                .assignments(agent_id)?
-                .into_iter()
-                .find(|a| a.runner == t.runner)
-            else {
-                return Ok(false);
-            };
-            a.token_sealed = self
-                .sealer
-                .seal_secret(RUNNER_TOKEN, &SecretString::from(t.token.clone()));
-            a.token_expires_at = t.token_expires_at.as_ref().and_then(timefmt::from_proto);
-            if t.gitlab_runner_id != 0 {
-                a.gitlab_runner_id = t.gitlab_runner_id;
+    /// The agent reports that it rotated a runner token. Everything in the message is a
+    /// claim: the runner must be one this agent is assigned, a runner id (when given) must
+    /// be the one the controller recorded from GitLab, and GitLab itself must say the new
+    /// token belongs to that runner (its expiry is then GitLab's, not the agent's). Only
+    /// the token is kept; the recorded runner id never changes here. While GitLab cannot
+    /// be asked, the token is kept unverified (the old one is already dead at GitLab):
+    /// nothing acts on it in GitLab before [`Fleet::unregister_retired`] checks it again.
+    pub async fn on_token_rotated(&self, agent_id: &str, t: &v1::TokenRotated) -> Claim {
+        let outcome = self.check_rotation(agent_id, t).await;
+        match &outcome {
+            Ok(Claim::Refused(why)) => {
+                tracing::warn!(agent = %agent_id, runner = %t.runner, reason = %why, "rotated token refused")
             }
-            self.store.put_assignment(&a)?;
-            Ok(true)
-        })();
-        match result {
-            Ok(true) => {
-                tracing::info!(agent = %agent_id, runner = %t.runner, "runner token rotated")
-            }
-            Ok(false) => {
-                tracing::warn!(agent = %agent_id, runner = %t.runner, "token rotated for a runner not assigned to this agent; ignored")
+            Ok(Claim::Accepted(how)) => {
+                tracing::info!(agent = %agent_id, runner = %t.runner, how = %how, "runner token rotated")
             }
             Err(e) => {
                 tracing::warn!(agent = %agent_id, runner = %t.runner, error = %e, "record rotated token")
             }
         }
+        outcome.unwrap_or_else(|e| Claim::Refused(format!("not recorded: {e}")))
     }
 
-    /// A runner event. `token-invalid`: register anew, push the new token, and retire the
-    /// old GitLab runner entry at once (best effort: GitLab may refuse its dead token).
-    pub async fn on_runner_event(&self, agent_id: &str, ev: &v1::RunnerEvent) {
+    async fn check_rotation(
+        &self,
+        agent_id: &str,
+        t: &v1::TokenRotated,
+    ) -> Result<Claim, FleetError> {
+        let Some(mut a) = self
+            .store
+            .assignments(agent_id)?
+            .into_iter()
+            .find(|a| a.runner == t.runner)
+        else {
+            return Ok(Claim::Refused(format!(
+                "token rotation for runner {:?}, which is not assigned to this agent",
+                t.runner
+            )));
+        };
+        if t.gitlab_runner_id != 0 && t.gitlab_runner_id != a.gitlab_runner_id {
+            return Ok(Claim::Refused(format!(
+                "token rotation names gitlab runner {}, but this agent's runner {} is gitlab runner {}",
+                t.gitlab_runner_id, a.runner, a.gitlab_runner_id
+            )));
+        }
+        if t.token.trim().is_empty() {
+            return Ok(Claim::Refused("token rotation without a token".into()));
+        }
+        let token = SecretString::from(t.token.clone());
+        let claimed_expiry = t.token_expires_at.as_ref().and_then(timefmt::from_proto);
+        let how = match self.registrar.verify(&a.url, &token).await {
+            Ok(v) if a.gitlab_runner_id != 0 && v.id != a.gitlab_runner_id => {
+                return Ok(Claim::Refused(format!(
+                    "the reported token belongs to gitlab runner {}, not to this agent's runner {} (gitlab runner {})",
+                    v.id, a.runner, a.gitlab_runner_id
+                )));
+            }
+            Ok(v) => {
+                a.token_expires_at = v.token_expires_at;
+                "verified with gitlab".to_string()
+            }
+            Err(e) if e.forbidden => {
+                return Ok(Claim::Refused(
+                    "gitlab does not accept the reported token".into(),
+                ));
+            }
+            Err(e) => {
+                a.token_expires_at = claimed_expiry;
+                format!("kept unverified: {}", e.message)
+            }
+        };
+        a.token_sealed = self.sealer.seal_secret(RUNNER_TOKEN, &token);
+        self.store.put_assignment(&a)?;
+        Ok(Claim::Accepted(how))
+    }
+
+    /// A runner event. `token-invalid` is a claim too: when GitLab still accepts the token
+    /// the controller recorded for that runner, it is refused; otherwise the runner is
+    /// registered anew, the new token pushed, and the old GitLab runner (the one the
+    /// controller recorded) retired at once (best effort: GitLab may refuse its dead token).
+    pub async fn on_runner_event(&self, agent_id: &str, ev: &v1::RunnerEvent) -> Claim {
         tracing::info!(agent = %agent_id, runner = %ev.runner, kind = %ev.kind, message = %ev.message, "runner event");
         if ev.kind != "token-invalid" {
-            return;
+            return Claim::Accepted(String::new());
         }
-        match self.heal(agent_id, &ev.runner).await {
-            Ok(true) => self.sessions.kick(agent_id),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(agent = %agent_id, runner = %ev.runner, error = %e, "re-register runner")
+        let claim = match self.heal(agent_id, &ev.runner).await {
+            Ok(Heal::Done) => {
+                self.sessions.kick(agent_id);
+                Claim::Accepted("re-registered".into())
             }
-        }
+            Ok(Heal::Skipped) => Claim::Accepted(String::new()),
+            Ok(Heal::Refused(why)) => {
+                tracing::warn!(agent = %agent_id, runner = %ev.runner, reason = %why, "token-invalid refused");
+                Claim::Refused(why)
+            }
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, runner = %ev.runner, error = %e, "re-register runner");
+                Claim::Accepted(String::new())
+            }
+        };
         self.unregister_retired().await;
+        claim
     }
 
-    async fn heal(&self, agent_id: &str, runner: &str) -> Result<bool, AdvanceError> {
+    async fn heal(&self, agent_id: &str, runner: &str) -> Result<Heal, AdvanceError> {
         let _g = self.lock.lock().await;
         let Some(agent) = self.store.get_agent(agent_id)? else {
-            return Ok(false);
+            return Ok(Heal::Skipped);
         };
         let Some(old) = self
             .store
@@ -816,7 +879,7 @@ impl Fleet {
             .into_iter()
             .find(|a| a.runner == runner)
         else {
-            return Ok(false);
+            return Ok(Heal::Skipped);
         };
         if let Some(at) = self
             .runtime()
@@ -824,12 +887,12 @@ impl Fleet {
             .and_then(|r| r.healed.get(runner).copied())
             && at.elapsed() < HEAL_INTERVAL
         {
-            tracing::warn!(agent = %agent_id, runner, "token-invalid again within {} s of the last re-registration; ignored", HEAL_INTERVAL.as_secs());
-            return Ok(false);
+            tracing::warn!(agent = %agent_id, runner, "token-invalid again within {} s of the last one acted on; ignored", HEAL_INTERVAL.as_secs());
+            return Ok(Heal::Skipped);
         }
         if !old.registered {
             tracing::warn!(agent = %agent_id, runner, "the runner token given in the spec is invalid; put a valid `token` in the spec, or use `registration_token` or `runner_creation_token`");
-            return Ok(false);
+            return Ok(Heal::Skipped);
         }
         let target = self
             .store
@@ -837,11 +900,30 @@ impl Fleet {
             .map(|r| r.target_generation)
             .unwrap_or(0);
         let Some(runners) = self.generation_runners(target)? else {
-            return Ok(false);
+            return Ok(Heal::Skipped);
         };
         let Some(r) = runners.iter().find(|r| r.name == runner) else {
-            return Ok(false);
+            return Ok(Heal::Skipped);
         };
+        // GitLab still accepting the recorded token of the recorded runner means the claim
+        // is false: nothing is registered or deleted.
+        let recorded = self.sealer.open_secret(RUNNER_TOKEN, &old.token_sealed)?;
+        let checked = self.registrar.verify(&old.url, &recorded).await;
+        // Attempts, refused ones included, are spaced by HEAL_INTERVAL: a repeated false
+        // claim costs GitLab one verify per interval.
+        self.runtime()
+            .entry(agent_id.to_string())
+            .or_default()
+            .healed
+            .insert(runner.to_string(), std::time::Instant::now());
+        if let Ok(v) = checked
+            && v.id == old.gitlab_runner_id
+        {
+            return Ok(Heal::Refused(format!(
+                "token-invalid, but gitlab accepts the token of gitlab runner {}",
+                old.gitlab_runner_id
+            )));
+        }
         let fresh = self.obtain(&agent, r, spec::registration_key(r)).await?;
         self.store.put_assignment(&fresh)?;
         self.store.add_retired(&Retired {
@@ -849,13 +931,8 @@ impl Fleet {
             assignment: old,
             after_generation: 0,
         })?;
-        self.runtime()
-            .entry(agent_id.to_string())
-            .or_default()
-            .healed
-            .insert(runner.to_string(), std::time::Instant::now());
         tracing::info!(agent = %agent_id, runner, gitlab_runner_id = fresh.gitlab_runner_id, "re-registered runner after token-invalid");
-        Ok(true)
+        Ok(Heal::Done)
     }
 
     /// Keeps the runner statuses of a heartbeat for `drover agents`.
@@ -934,6 +1011,26 @@ impl Fleet {
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
+}
+
+/// What the controller made of an agent's report (a rotated token, a runner event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Taken (how it was checked, or empty).
+    Accepted(String),
+    /// Refused, and why: nothing was recorded and nothing done in GitLab.
+    Refused(String),
+}
+
+/// The outcome of a `token-invalid`.
+#[derive(Debug)]
+enum Heal {
+    /// Registered anew.
+    Done,
+    /// Nothing to do (no such runner, a spec token, rate-limited).
+    Skipped,
+    /// The claim is false.
+    Refused(String),
 }
 
 /// Why an agent could not be advanced.

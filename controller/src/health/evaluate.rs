@@ -55,8 +55,17 @@ pub struct Thresholds {
     pub min_memory_available_bytes: u64,
     /// A clock further off than this is skewed (60 s).
     pub max_clock_skew: Duration,
-    /// A runner token expiring sooner than this is a problem (24 h).
+    /// A runner token the agent does not rotate, expiring sooner than this, is a problem
+    /// (24 h). A token the agent rotates is a problem only when its rotation failed or is
+    /// overdue, however short its lifetime.
     pub token_expiry_warning: Duration,
+    /// A rotation is overdue this long after its rotation point (5 min), or half the time
+    /// from the rotation point to the expiry when that is shorter.
+    pub token_rotation_margin: Duration,
+    /// A second process refused with this agent's identity within this long is a problem
+    /// (3 min: longer than the agent's longest reconnect backoff, so a duplicate that keeps
+    /// trying keeps the reason).
+    pub duplicate_window: Duration,
 }
 
 impl Thresholds {
@@ -69,6 +78,8 @@ impl Thresholds {
             min_memory_available_bytes: 256 << 20,
             max_clock_skew: Duration::seconds(60),
             token_expiry_warning: Duration::hours(24),
+            token_rotation_margin: Duration::minutes(5),
+            duplicate_window: Duration::minutes(3),
         }
     }
 }
@@ -107,6 +118,8 @@ pub struct Input<'a> {
     pub behind_since: Option<OffsetDateTime>,
     /// Why it refused the target generation, if it did.
     pub refusal: Option<&'a str>,
+    /// When a second process with this agent's identity was last refused.
+    pub duplicate_at: Option<OffsetDateTime>,
 }
 
 /// The outcome: a state and its reasons (empty when healthy).
@@ -194,6 +207,15 @@ pub fn evaluate(i: &Input<'_>, t: &Thresholds) -> Evaluation {
         reasons.push(format!(
             "disconnected: last heartbeat {} ago",
             short_duration(i.now - last.unwrap_or(i.now))
+        ));
+    }
+    if let Some(at) = i
+        .duplicate_at
+        .filter(|at| i.now - *at <= t.duplicate_window)
+    {
+        reasons.push(format!(
+            "duplicate identity: a second process with this agent's identity was refused {} ago (a copied state dir?)",
+            short_duration(i.now - at)
         ));
     }
     if let Some(hb) = i.heartbeat {
@@ -297,20 +319,66 @@ fn heartbeat_reasons(hb: &v1::Heartbeat, i: &Input<'_>, t: &Thresholds) -> Vec<S
             "degraded" => out.push(format!("runner {} degraded{err}", r.name)),
             _ => {}
         }
-        if let Some(exp) = r.token_expires_at.as_ref().and_then(timefmt::from_proto) {
-            let left = exp - i.now;
-            if left <= Duration::ZERO {
-                out.push(format!("runner {} token expired", r.name));
-            } else if left < t.token_expiry_warning {
-                out.push(format!(
-                    "runner {} token expiring: in {}",
-                    r.name,
-                    short_duration(left)
-                ));
-            }
-        }
+        out.extend(token_reason(r, hb, i, t));
     }
     out
+}
+
+/// What is wrong with a runner's token, if anything. A token the agent rotates is judged
+/// as of the heartbeat's send time on the agent's clock (the report is a snapshot of that
+/// moment, and the rotation point is on that clock too, so clock skew and heartbeat age do
+/// not count): a problem only once its rotation failed or is overdue, or it expired. A token
+/// the agent does not rotate is a problem within `token_expiry_warning` of its expiry.
+fn token_reason(
+    r: &v1::RunnerStatus,
+    hb: &v1::Heartbeat,
+    i: &Input<'_>,
+    t: &Thresholds,
+) -> Option<String> {
+    let exp = r.token_expires_at.as_ref().and_then(timefmt::from_proto)?;
+    let Some(rotate_at) = r.token_rotate_at.as_ref().and_then(timefmt::from_proto) else {
+        let left = exp - i.now;
+        return if left <= Duration::ZERO {
+            Some(format!("runner {} token expired", r.name))
+        } else if left < t.token_expiry_warning {
+            Some(format!(
+                "runner {} token expiring: in {}",
+                r.name,
+                short_duration(left)
+            ))
+        } else {
+            None
+        };
+    };
+    let as_of = hb
+        .sent_at
+        .as_ref()
+        .and_then(timefmt::from_proto)
+        .or(i.heartbeat_at)
+        .unwrap_or(i.now);
+    if exp <= as_of {
+        return Some(format!("runner {} token expired", r.name));
+    }
+    if !r.token_rotation_error.is_empty() {
+        return Some(format!(
+            "runner {} token rotation failing: {} (expires in {})",
+            r.name,
+            r.token_rotation_error.chars().take(120).collect::<String>(),
+            short_duration(exp - as_of)
+        ));
+    }
+    let margin = t
+        .token_rotation_margin
+        .min((exp - rotate_at) / 2)
+        .max(Duration::ZERO);
+    (as_of > rotate_at + margin).then(|| {
+        format!(
+            "runner {} token rotation overdue: due {} ago (expires in {})",
+            r.name,
+            short_duration(as_of - rotate_at),
+            short_duration(exp - as_of)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -352,6 +420,7 @@ mod tests {
             target_generation: 2,
             behind_since: None,
             refusal: None,
+            duplicate_at: None,
         }
     }
 
@@ -446,6 +515,106 @@ mod tests {
         );
     }
 
+    /// A runner whose 40 s token was obtained at `obtained` (agent clock), rotated at 75 %.
+    fn short_token(obtained: OffsetDateTime) -> v1::RunnerStatus {
+        v1::RunnerStatus {
+            name: "lab".into(),
+            state: "running".into(),
+            token_expires_at: Some(timefmt::to_proto(obtained + Duration::seconds(40))),
+            token_rotate_at: Some(timefmt::to_proto(obtained + Duration::seconds(30))),
+            ..Default::default()
+        }
+    }
+
+    /// Issue 14 item 5: 40 s tokens rotated on time at 75 % keep the agent healthy,
+    /// evaluated every second over five rotations, with heartbeats every 10 s.
+    #[test]
+    fn short_lived_tokens_rotated_on_time_stay_healthy() {
+        let mut obtained = t0();
+        let mut beat = hb();
+        let mut beat_at = t0();
+        for s in 0..200 {
+            let now = t0() + Duration::seconds(s);
+            // The agent rotates one second after the rotation point (its timer tick).
+            if now >= obtained + Duration::seconds(31) {
+                obtained = now;
+            }
+            if s % 10 == 0 {
+                beat = hb();
+                beat.sent_at = Some(timefmt::to_proto(now));
+                beat.runners = vec![short_token(obtained)];
+                beat_at = now;
+            }
+            let mut i = input(&beat);
+            i.heartbeat_at = Some(beat_at);
+            i.last_contact = Some(beat_at);
+            i.now = now;
+            assert_eq!(eval(&i).reasons, Vec::<String>::new(), "at {s}s");
+        }
+    }
+
+    #[test]
+    fn rotation_overdue_or_failing_degrades() {
+        let obtained = t0() - Duration::seconds(36);
+        let mut beat = hb();
+        // 6 s past the rotation point: the margin is half of the 10 s before expiry.
+        beat.runners = vec![short_token(obtained)];
+        assert_eq!(
+            eval(&input(&beat)).reasons,
+            ["runner lab token rotation overdue: due 6s ago (expires in 4s)"]
+        );
+        // Within the margin: fine.
+        beat.runners = vec![short_token(t0() - Duration::seconds(34))];
+        assert_eq!(eval(&input(&beat)).state, State::Healthy);
+        // A failed attempt is reported at once, even before the margin.
+        beat.runners[0].token_rotation_error = "reset_authentication_token: 500".into();
+        assert_eq!(
+            eval(&input(&beat)).reasons,
+            ["runner lab token rotation failing: reset_authentication_token: 500 (expires in 6s)"]
+        );
+        // Expired as of the heartbeat.
+        beat.runners = vec![short_token(t0() - Duration::seconds(41))];
+        assert_eq!(eval(&input(&beat)).reasons, ["runner lab token expired"]);
+        // A 30-day token: the margin is 5 minutes.
+        let mut long = short_token(t0());
+        long.token_rotate_at = Some(timefmt::to_proto(t0() - Duration::minutes(4)));
+        long.token_expires_at = Some(timefmt::to_proto(t0() + Duration::days(7)));
+        beat.runners = vec![long.clone()];
+        assert_eq!(eval(&input(&beat)).state, State::Healthy);
+        long.token_rotate_at = Some(timefmt::to_proto(t0() - Duration::minutes(6)));
+        beat.runners = vec![long];
+        assert_eq!(
+            eval(&input(&beat)).reasons,
+            ["runner lab token rotation overdue: due 6m ago (expires in 7d)"]
+        );
+    }
+
+    #[test]
+    fn rotation_is_judged_on_the_agent_clock() {
+        // The agent's clock is 90 s behind: its heartbeat says it was sent 90 s "ago".
+        let beat_sent = t0() - Duration::seconds(90);
+        let mut beat = hb();
+        beat.sent_at = Some(timefmt::to_proto(beat_sent));
+        beat.host.as_mut().unwrap().clock_skew_seconds = -90.0;
+        beat.runners = vec![short_token(beat_sent - Duration::seconds(20))];
+        assert_eq!(eval(&input(&beat)).reasons, ["clock skew: -90s"]);
+    }
+
+    #[test]
+    fn tokens_the_agent_does_not_rotate_warn_before_expiry() {
+        let mut beat = hb();
+        let mut r = short_token(t0());
+        r.token_rotate_at = None;
+        beat.runners = vec![r.clone()];
+        assert_eq!(
+            eval(&input(&beat)).reasons,
+            ["runner lab token expiring: in 39s"]
+        );
+        r.token_expires_at = Some(timefmt::to_proto(t0()));
+        beat.runners = vec![r];
+        assert_eq!(eval(&input(&beat)).reasons, ["runner lab token expired"]);
+    }
+
     #[test]
     fn generation_behind_only_after_the_grace_period() {
         let hb = hb();
@@ -503,6 +672,21 @@ mod tests {
         // Enrolled but never connected: lost even right after the start.
         i.now = t0() + Duration::seconds(1);
         assert_eq!(eval(&i).state, State::Lost);
+    }
+
+    #[test]
+    fn duplicate_identity_is_a_reason_for_a_while() {
+        let hb = hb();
+        let mut i = input(&hb);
+        i.duplicate_at = Some(i.now - Duration::seconds(30));
+        assert_eq!(
+            eval(&i).reasons,
+            [
+                "duplicate identity: a second process with this agent's identity was refused 30s ago (a copied state dir?)"
+            ]
+        );
+        i.duplicate_at = Some(i.now - Duration::minutes(4));
+        assert_eq!(eval(&i).state, State::Healthy);
     }
 
     #[test]

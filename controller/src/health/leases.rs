@@ -39,6 +39,20 @@ pub struct Lease {
     pub last: Option<Evaluation>,
     /// last_contact not yet written to the store.
     seen_dirty: bool,
+    /// The process id (`Hello.instance`) of the session last admitted.
+    instance: String,
+    /// When a second process with this identity was last refused.
+    pub duplicate_at: Option<OffsetDateTime>,
+}
+
+/// A second process presenting an agent's identity while the first is connected and
+/// heard from (see [`Leases::admit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// The process (`Hello.instance`) holding the session.
+    pub connected: String,
+    /// When it was last heard from.
+    pub last_contact: OffsetDateTime,
 }
 
 /// What a heartbeat changed that must be stored at once.
@@ -130,6 +144,32 @@ impl Leases {
         }
         l.seen_dirty = true;
         session
+    }
+
+    /// Whether a session from process `instance` (`Hello.instance`, random per agent
+    /// process) may open. A session of another process that is connected and was heard
+    /// from within `live_within` means two processes share this identity (a copied state
+    /// dir): the newcomer is refused and the lease notes when. The same process
+    /// reconnecting, a connected session gone quiet, and agents that send no instance are
+    /// admitted (the new session replaces the old one).
+    pub fn admit(&self, id: &str, instance: &str, live_within: Duration) -> Result<(), Duplicate> {
+        let now = self.clock.now();
+        let mut g = self.lock();
+        let l = g.1.entry(id.to_string()).or_default();
+        if l.connected
+            && !instance.is_empty()
+            && !l.instance.is_empty()
+            && l.instance != instance
+            && let Some(at) = l.last_contact.filter(|at| now - *at <= live_within)
+        {
+            l.duplicate_at = Some(now);
+            return Err(Duplicate {
+                connected: l.instance.clone(),
+                last_contact: at,
+            });
+        }
+        l.instance = instance.to_string();
+        Ok(())
     }
 
     /// A heartbeat arrived (`ips` already cleaned).
@@ -275,6 +315,7 @@ impl Leases {
                 target_generation: target,
                 behind_since: l.behind_since,
                 refusal,
+                duplicate_at: l.duplicate_at,
             },
             t,
         )
@@ -526,5 +567,37 @@ mod tests {
         l.revoked("a");
         assert_eq!(sweep(&l, &t)[0].1, State::Revoked);
         assert_eq!(l.counts().get(&State::Revoked), Some(&1));
+    }
+
+    #[test]
+    fn a_second_process_with_the_same_identity_is_refused_while_the_first_is_live() {
+        let clock = Arc::new(FakeClock::new(t0()));
+        let leases = Leases::new(clock.clone());
+        let live = Duration::seconds(2);
+        assert_eq!(leases.admit("a1", "p1", live), Ok(()));
+        leases.hello("a1", 0, &[]);
+        // The same process reconnecting (new address, renewed certificate): admitted.
+        assert_eq!(leases.admit("a1", "p1", live), Ok(()));
+        // Another process while the first is heard from: refused, and noted.
+        assert_eq!(
+            leases.admit("a1", "p2", live),
+            Err(Duplicate {
+                connected: "p1".into(),
+                last_contact: t0(),
+            })
+        );
+        assert_eq!(leases.get("a1").unwrap().duplicate_at, Some(t0()));
+        // An agent that sends no instance (older version) is never refused.
+        assert_eq!(leases.admit("a1", "", live), Ok(()));
+        // The first went quiet (its host died without closing TCP): the newcomer replaces it.
+        leases.hello("a1", 0, &[]);
+        assert_eq!(leases.admit("a1", "p1", live), Ok(()));
+        clock.advance(Duration::seconds(3));
+        assert_eq!(leases.admit("a1", "p2", live), Ok(()));
+        // Or it disconnected.
+        leases.hello("a1", 0, &[]);
+        let s = leases.hello("a1", 0, &[]);
+        assert!(leases.disconnected("a1", s));
+        assert_eq!(leases.admit("a1", "p3", live), Ok(()));
     }
 }

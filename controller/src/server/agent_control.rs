@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth;
 use super::convert;
 use super::state::AppState;
+use crate::fleet::Claim;
 use crate::pki::identity::Identity;
 use crate::pki::policy;
 use crate::store::{EventRecord, Facts};
@@ -60,6 +61,28 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
             }
         };
         let facts = hello.facts.as_ref().map(Facts::from);
+        let instance: String = hello.instance.chars().take(64).collect();
+        let live_within = time::Duration::try_from(self.state.heartbeat_interval * 2)
+            .unwrap_or(time::Duration::MAX)
+            .max(time::Duration::seconds(2));
+        if let Err(d) = self.state.health.leases.admit(&id, &instance, live_within) {
+            let from = facts.as_ref().map_or_else(String::new, |f| {
+                format!(" (host {}, {})", f.hostname, f.ips.join(","))
+            });
+            tracing::warn!(agent = %id, instance = %instance, connected = %d.connected, "refused a second process with this agent's identity");
+            self.state.health.agent_event(
+                &id,
+                "duplicate-identity",
+                "",
+                format!(
+                    "refused a session from process {instance}{from}: process {} holds this identity's session",
+                    d.connected
+                ),
+            );
+            return Err(Status::already_exists(format!(
+                "duplicate identity: another process of agent {id} is connected; two agents must not share a state dir (enroll this one with its own token)"
+            )));
+        }
         self.state.store.agent_seen(
             &id,
             now(),
@@ -208,22 +231,51 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
 enum FleetWork {
     Ack(v1::Ack),
     Event(v1::RunnerEvent),
+    Rotated(v1::TokenRotated),
 }
 
-/// Runs the fleet work of one session in arrival order until the session ends.
+/// Runs the fleet work of one session in arrival order until the session ends. What the
+/// fleet refuses of an agent's claims is recorded as an `agent-claim-refused` event.
 fn fleet_worker(state: &AppState, id: &str) -> mpsc::UnboundedSender<FleetWork> {
     let (tx, mut rx) = mpsc::unbounded_channel::<FleetWork>();
     let fleet = state.fleet.clone();
+    let health = state.health.clone();
     let id = id.to_string();
     tokio::spawn(async move {
         while let Some(w) = rx.recv().await {
-            match w {
-                FleetWork::Ack(ack) => fleet.on_ack(&id, &ack).await,
-                FleetWork::Event(ev) => fleet.on_runner_event(&id, &ev).await,
+            let (runner, claim) = match w {
+                FleetWork::Ack(ack) => {
+                    fleet.on_ack(&id, &ack).await;
+                    continue;
+                }
+                FleetWork::Event(ev) => {
+                    let claim = fleet.on_runner_event(&id, &ev).await;
+                    (ev.runner, claim)
+                }
+                FleetWork::Rotated(t) => {
+                    let claim = fleet.on_token_rotated(&id, &t).await;
+                    if let Claim::Accepted(how) = &claim {
+                        health.agent_event(
+                            &id,
+                            "runner-token-rotated",
+                            &clip_runner(&t.runner),
+                            format!("runner token rotated ({how})"),
+                        );
+                    }
+                    (t.runner, claim)
+                }
+            };
+            if let Claim::Refused(why) = claim {
+                health.agent_event(&id, "agent-claim-refused", &clip_runner(&runner), why);
             }
         }
     });
     tx
+}
+
+/// A runner name from an agent, as events keep it.
+fn clip_runner(runner: &str) -> String {
+    runner.chars().take(100).collect()
 }
 
 /// Applies one message of an open session. A heartbeat touches only the lease table;
@@ -291,13 +343,7 @@ async fn handle(
         }
         Some(AgentKind::TokenRotated(t)) => {
             health.leases.touch(id);
-            health.agent_event(
-                id,
-                "runner-token-rotated",
-                &t.runner,
-                "runner token rotated".to_string(),
-            );
-            state.fleet.on_token_rotated(id, &t);
+            let _ = fleet_work.send(FleetWork::Rotated(t));
             Ok(())
         }
         Some(AgentKind::RunnerEvent(ev)) => {
@@ -312,7 +358,7 @@ async fn handle(
                 at: ev.at.as_ref().and_then(timefmt::from_proto),
                 agent_id: id.to_string(),
                 kind: format!("runner-{kind}"),
-                runner: ev.runner.chars().take(100).collect(),
+                runner: clip_runner(&ev.runner),
                 message: ev.message.clone(),
                 ..EventRecord::default()
             });

@@ -163,6 +163,7 @@ async fn agent(
         kind: Some(AgentKind::Hello(v1::Hello {
             facts: Some(facts(i)),
             applied_generation: 0,
+            instance: format!("sim-{i}"),
         })),
     })
     .await?;

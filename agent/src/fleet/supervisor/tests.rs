@@ -29,6 +29,8 @@ struct TokenGitLab {
     persisted_before_use: Mutex<Vec<bool>>,
     state_file: PathBuf,
     resets: Mutex<u32>,
+    /// `reset_token` answers 500 while set.
+    reset_down: Mutex<bool>,
 }
 
 impl TokenGitLab {
@@ -42,6 +44,7 @@ impl TokenGitLab {
             persisted_before_use: Mutex::new(Vec::new()),
             state_file,
             resets: Mutex::new(0),
+            reset_down: Mutex::new(false),
         }
     }
 
@@ -105,6 +108,13 @@ impl GitLab for TokenGitLab {
     }
     async fn reset_token(&self, token: &SecretString) -> Result<RunnerCredentials, GitLabError> {
         self.check(token, "reset token")?;
+        if *self.reset_down.lock().unwrap() {
+            return Err(GitLabError::Status {
+                endpoint: "reset token",
+                status: 500,
+                body: "internal server error".into(),
+            });
+        }
         *self.resets.lock().unwrap() += 1;
         let new = self.next_token.lock().unwrap().clone();
         self.revoke(token.expose_secret());
@@ -572,13 +582,9 @@ async fn forbidden_job_request_degrades_until_a_new_token_arrives() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn token_rotation_persists_before_use_and_tells_the_controller() {
-    let dir = tempfile::tempdir().unwrap();
-    let gl = new_gl(&dir, &["glrt-a"]);
-    *gl.next_expiry.lock().unwrap() = Some("2099-01-01T00:00:00Z".into());
-    // A token obtained long ago that expires soon: rotation is due at once.
-    let now = OffsetDateTime::now_utc();
+/// A state file with generation 2 running runner `a` on `glrt-a` (gitlab runner 11),
+/// obtained and expiring at these times.
+fn save_a(dir: &tempfile::TempDir, obtained: OffsetDateTime, expires: OffsetDateTime) {
     Store::new(dir.path())
         .save(&Applied {
             generation: 2,
@@ -587,11 +593,25 @@ async fn token_rotation_persists_before_use_and_tells_the_controller() {
                 spec_json: SPEC.into(),
                 runner_token: "glrt-a".into(),
                 gitlab_runner_id: 11,
-                token_expires_at: Some(rfc3339(now + time::Duration::hours(1))),
-                token_obtained_at: Some(rfc3339(now - time::Duration::hours(10))),
+                token_expires_at: Some(rfc3339(expires)),
+                token_obtained_at: Some(rfc3339(obtained)),
             }],
         })
         .unwrap();
+}
+
+#[tokio::test]
+async fn token_rotation_persists_before_use_and_tells_the_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    *gl.next_expiry.lock().unwrap() = Some("2099-01-01T00:00:00Z".into());
+    // A token obtained long ago that expires soon: rotation is due at once.
+    let now = OffsetDateTime::now_utc();
+    save_a(
+        &dir,
+        now - time::Duration::hours(10),
+        now + time::Duration::hours(1),
+    );
     let mut h = start(dir, gl, true).await;
     let m = h.message(|k| matches!(k, AgentKind::TokenRotated(_))).await;
     let AgentKind::TokenRotated(t) = m else {
@@ -632,6 +652,49 @@ async fn token_rotation_persists_before_use_and_tells_the_controller() {
     let saved = Store::new(h.dir.path()).load().unwrap().unwrap();
     assert_eq!(saved.generation, 3);
     assert_eq!(saved.runners[0].runner_token, "glrt-rotated");
+    h.stop().await;
+}
+
+/// Issue 14 item 5: heartbeats say when a token is rotated and why its last rotation
+/// failed, so the controller degrades the agent only for a rotation overdue or failing.
+#[tokio::test]
+async fn reports_carry_the_rotation_point_and_a_failed_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    *gl.reset_down.lock().unwrap() = true;
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let obtained = now - time::Duration::seconds(35);
+    let expires = now + time::Duration::seconds(5);
+    save_a(&dir, obtained, expires);
+    let mut h = start(dir, gl, true).await;
+    let r = h
+        .wait_report("a failed rotation", |r| {
+            unit(r, "a").token_rotation_error.is_some()
+        })
+        .await;
+    let u = unit(&r, "a");
+    assert_eq!(
+        u.token_rotate_at.as_deref(),
+        Some(rfc3339(obtained + time::Duration::seconds(30)).as_str())
+    );
+    let wire = u.to_proto();
+    assert!(
+        wire.token_rotation_error.contains("500"),
+        "{}",
+        wire.token_rotation_error
+    );
+    assert_eq!(
+        wire.token_rotate_at.unwrap().seconds,
+        (obtained + time::Duration::seconds(30)).unix_timestamp()
+    );
+    // With 5 s left the retry comes within seconds, not a minute later; a success clears
+    // the error.
+    *h.gl.reset_down.lock().unwrap() = false;
+    h.wait_report("rotated on the retry", |r| {
+        let u = unit(r, "a");
+        u.token_rotation_error.is_none() && u.token_expires_at.as_deref() != Some(&rfc3339(expires))
+    })
+    .await;
     h.stop().await;
 }
 

@@ -295,21 +295,26 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
     w.agent("a1", "lab");
     w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
     let old = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
-    w.fleet
-        .on_runner_event(
-            "a1",
-            &v1::RunnerEvent {
-                runner: "lab-docker".into(),
-                kind: "token-invalid".into(),
-                message: "403 on job request".into(),
-                at: None,
-            },
-        )
-        .await;
+    // GitLab still takes the token: the claim is refused, nothing registered or deleted.
+    let claim = w.fleet.on_runner_event("a1", &token_invalid()).await;
+    assert!(
+        matches!(&claim, Claim::Refused(why) if why.contains("gitlab accepts the token of gitlab runner 1")),
+        "{claim:?}"
+    );
+    assert_eq!(w.gitlab.live().len(), 1);
+    assert!(w.gitlab.unregistered().is_empty());
+    // Attempts are spaced: at once again, it is not even checked.
+    w.gitlab.revoke(old.gitlab_runner_id);
+    w.fleet.on_runner_event("a1", &token_invalid()).await;
+    assert_eq!(w.gitlab.live().len(), 1, "ignored within HEAL_INTERVAL");
+    w.fleet.runtime().get_mut("a1").unwrap().healed.clear(); // HEAL_INTERVAL later
+    w.fleet.on_runner_event("a1", &token_invalid()).await;
     let new = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
     assert_ne!(new.runner_token, old.runner_token);
     assert_eq!(new.gitlab_runner_id, 2);
-    assert_eq!(w.gitlab.unregistered(), [old.gitlab_runner_id]);
+    // The old runner's own token is dead: nothing can unregister it (GitLab keeps it
+    // listed; a runner_creation_token deletes it by id, see below), and it is not retried.
+    assert!(w.gitlab.unregistered().is_empty());
     assert!(w.store.list_retired().unwrap().is_empty());
     // Repeated at once: not registered again.
     w.fleet
@@ -323,32 +328,175 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
             },
         )
         .await;
-    assert_eq!(w.gitlab.live().len(), 1);
+    assert_eq!(w.gitlab.live().len(), 2);
     assert_eq!(
         w.fleet.desired_state("a1").unwrap().unwrap().runners[0].runner_token,
         new.runner_token
     );
 
-    // A rotation reported by the agent is what later pushes carry.
-    w.fleet.on_token_rotated(
-        "a1",
-        &v1::TokenRotated {
-            runner: "lab-docker".into(),
-            token: "glrt-rotated".into(),
-            token_expires_at: Some(prost_types::Timestamp {
-                seconds: 2_000_000_000,
-                nanos: 0,
-            }),
-            gitlab_runner_id: 0,
-        },
-    );
+    // A rotation reported by the agent, checked with GitLab, is what later pushes carry,
+    // with GitLab's expiry (not the one the agent claims).
+    let expires = OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap();
+    let rotated = w.gitlab.rotate(2, Some(expires)).unwrap();
+    let claim = w
+        .fleet
+        .on_token_rotated("a1", &rotation(&rotated, 2, 2_100_000_000))
+        .await;
+    assert_eq!(claim, Claim::Accepted("verified with gitlab".into()));
     let ds = w.fleet.desired_state("a1").unwrap().unwrap();
-    assert_eq!(ds.runners[0].runner_token, "glrt-rotated");
+    assert_eq!(ds.runners[0].runner_token, rotated);
     assert_eq!(
         ds.runners[0].token_expires_at.unwrap().seconds,
         2_000_000_000
     );
     assert_eq!(ds.runners[0].gitlab_runner_id, 2);
+}
+
+fn token_invalid() -> v1::RunnerEvent {
+    v1::RunnerEvent {
+        runner: "lab-docker".into(),
+        kind: "token-invalid".into(),
+        message: "403 on job request".into(),
+        at: None,
+    }
+}
+
+fn rotation(token: &str, gitlab_runner_id: i64, expires: i64) -> v1::TokenRotated {
+    v1::TokenRotated {
+        runner: "lab-docker".into(),
+        token: token.into(),
+        token_expires_at: Some(prost_types::Timestamp {
+            seconds: expires,
+            nanos: 0,
+        }),
+        gitlab_runner_id,
+    }
+}
+
+/// Issue 15 item 1: an agent's certificate (cloned or stolen) sends another runner's id or
+/// token. The controller keeps its own record, never deletes the foreign runner, and the
+/// agent's own runner is the one retired after a (true) `token-invalid`.
+#[tokio::test]
+async fn agent_claims_of_foreign_runners_are_refused_and_never_acted_on() {
+    const ACCESS: &str = "glpat-creation-secret";
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let gitlab = Arc::new(FakeRegistrar::new(REG).with_access_token(ACCESS));
+    let sessions = Sessions::default();
+    let fleet = Fleet::new(
+        store.clone(),
+        Sealer::from_key([3; 32]),
+        gitlab.clone(),
+        sessions.clone(),
+    );
+    let mut w = World {
+        fleet,
+        store,
+        gitlab,
+        sessions,
+        root: CancellationToken::new(),
+        guards: Vec::new(),
+    };
+    w.agent("a1", "lab");
+    w.agent("a2", "lab");
+    let text = format!(
+        r#"
+[[runners]]
+name = "lab-docker"
+url = "https://gitlab.example.com"
+runner_creation_token = "{ACCESS}"
+executor = "docker"
+[runners.docker]
+image = "alpine:3.20"
+"#
+    );
+    w.apply(&text, all()).await.unwrap();
+    let own = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    let foreign = w.fleet.desired_state("a2").unwrap().unwrap().runners[0].clone();
+    assert_ne!(own.gitlab_runner_id, foreign.gitlab_runner_id);
+
+    // A foreign runner id: refused, nothing recorded.
+    let claim = w
+        .fleet
+        .on_token_rotated(
+            "a1",
+            &rotation("glrt-made-up", foreign.gitlab_runner_id, 2_000_000_000),
+        )
+        .await;
+    assert!(
+        matches!(&claim, Claim::Refused(why) if why.contains(&format!("names gitlab runner {}", foreign.gitlab_runner_id))),
+        "{claim:?}"
+    );
+    // The foreign runner's own token, without an id: GitLab says whose it is; refused.
+    let claim = w
+        .fleet
+        .on_token_rotated("a1", &rotation(&foreign.runner_token, 0, 2_000_000_000))
+        .await;
+    assert!(
+        matches!(&claim, Claim::Refused(why) if why.contains("belongs to gitlab runner")),
+        "{claim:?}"
+    );
+    // A token GitLab does not know: refused.
+    let claim = w
+        .fleet
+        .on_token_rotated("a1", &rotation("glrt-made-up", 0, 2_000_000_000))
+        .await;
+    assert_eq!(
+        claim,
+        Claim::Refused("gitlab does not accept the reported token".into())
+    );
+    // A runner this agent does not have: refused.
+    let mut other = rotation("glrt-made-up", 0, 2_000_000_000);
+    other.runner = "elsewhere".into();
+    assert!(matches!(
+        w.fleet.on_token_rotated("a1", &other).await,
+        Claim::Refused(_)
+    ));
+    let kept = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    assert_eq!(kept, own, "the record is unchanged");
+
+    // The agent's own token is revoked and it says so: its own runner is the one deleted.
+    w.gitlab.revoke(own.gitlab_runner_id);
+    let claim = w.fleet.on_runner_event("a1", &token_invalid()).await;
+    assert_eq!(claim, Claim::Accepted("re-registered".into()));
+    assert_eq!(w.gitlab.unregistered(), [own.gitlab_runner_id]);
+    let new = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    let mut live: Vec<i64> = w.gitlab.live().keys().copied().collect();
+    live.sort();
+    assert_eq!(live, [foreign.gitlab_runner_id, new.gitlab_runner_id]);
+}
+
+/// A rotation GitLab cannot be asked about is kept (the old token is dead at GitLab), and
+/// retiring the runner later checks the token first: a token that turns out to be another
+/// runner's never unregisters that runner.
+#[tokio::test]
+async fn an_unverified_token_never_unregisters_another_runner() {
+    let mut w = world();
+    w.agent("a1", "lab");
+    w.agent("a2", "lab");
+    w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
+    let foreign = w.fleet.desired_state("a2").unwrap().unwrap().runners[0].clone();
+    w.gitlab.set_down(true);
+    let claim = w
+        .fleet
+        .on_token_rotated("a1", &rotation(&foreign.runner_token, 0, 2_000_000_000))
+        .await;
+    assert!(
+        matches!(&claim, Claim::Accepted(how) if how.starts_with("kept unverified")),
+        "{claim:?}"
+    );
+    w.gitlab.set_down(false);
+    // The runner is deleted from the spec; a1 moves on: its retired runner is checked.
+    w.apply(&spec("alpine:3.20", "site = \"elsewhere\""), all())
+        .await
+        .unwrap();
+    w.ack("a1", 2, None).await;
+    w.fleet.reconcile().await;
+    assert!(
+        !w.gitlab.unregistered().contains(&foreign.gitlab_runner_id),
+        "{:?}",
+        w.gitlab.unregistered()
+    );
+    assert!(w.gitlab.live().contains_key(&foreign.gitlab_runner_id));
 }
 
 #[tokio::test]
@@ -424,15 +572,20 @@ async fn secrets_are_encrypted_at_rest() {
         .runner_token
         .clone();
     assert!(token.starts_with("glrt-fake-"));
-    w.fleet.on_token_rotated(
-        "a1",
-        &v1::TokenRotated {
-            runner: "lab-docker".into(),
-            token: "glrt-rotated-secret".into(),
-            token_expires_at: None,
-            gitlab_runner_id: 0,
-        },
-    );
+    let rotated = w.gitlab.rotate(1, None).unwrap();
+    let claim = w
+        .fleet
+        .on_token_rotated(
+            "a1",
+            &v1::TokenRotated {
+                runner: "lab-docker".into(),
+                token: rotated.clone(),
+                token_expires_at: None,
+                gitlab_runner_id: 0,
+            },
+        )
+        .await;
+    assert!(matches!(claim, Claim::Accepted(_)), "{claim:?}");
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
@@ -443,7 +596,7 @@ async fn secrets_are_encrypted_at_rest() {
             .all(|w| w != b"alpine:3.20"),
         "specs are sealed"
     );
-    for secret in [REG, &token, "glrt-rotated-secret"] {
+    for secret in [REG, &token, &rotated] {
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "{secret} found in the database files"
