@@ -1,11 +1,12 @@
 //! Property tests for the controller's parsers of bytes that come from the network or an
 //! operator: CSRs and enrollment tokens (from any client of the open Enrollment service),
 //! heartbeats (protobuf → lease and health evaluation), protobuf timestamps, and durations
-//! given on the command line. Arbitrary input never panics; what is accepted keeps the
+//! and sizes and labels given on the command line. Arbitrary input never panics; what is accepted keeps the
 //! parser's promise.
 
 use std::sync::Arc;
 
+use drover_controller::cli::serve::parse_size;
 use drover_controller::health::clock::FakeClock;
 use drover_controller::health::evaluate::Thresholds;
 use drover_controller::health::leases::Leases;
@@ -91,6 +92,27 @@ proptest! {
         prop_assert_eq!(d.whole_seconds(), n * unit.1);
         let negative = format!("-{n}{}", unit.0);
         prop_assert!(tokens::parse_duration(&negative).is_err());
+    }
+
+    /// `serve --max-*` sizes: never a panic; whole sizes in a unit mean what they say.
+    #[test]
+    fn cli_sizes_never_panic(
+        text in "[0-9.]{0,30} ?[kKmMgGtTiIbB]{0,3}|.{0,30}",
+        n in 0u64..1_000_000,
+        unit in proptest::sample::select(vec![("", 0u32), ("KiB", 10), ("MiB", 20), ("GiB", 30)]),
+    ) {
+        let _ = parse_size(&text);
+        prop_assert_eq!(parse_size(&format!("{n}{}", unit.0)), Ok(n << unit.1));
+    }
+
+    /// `--label`, `--selector`: an accepted label is a clean key and a printable value.
+    #[test]
+    fn cli_labels_are_clean(text in "[a-z=./_-]{0,20}|.{0,80}") {
+        if let Ok((k, v)) = tokens::parse_label(&text) {
+            prop_assert!(!k.is_empty() && k.len() <= 63);
+            prop_assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b)));
+            prop_assert!(v.len() <= 63 && !v.chars().any(char::is_control));
+        }
     }
 
     #[test]
