@@ -39,11 +39,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(drover_agent::log_filter::env_filter(
+            std::env::var("DROVER_LOG")
+                .or_else(|_| std::env::var("RUST_LOG"))
+                .ok()
+                .as_deref(),
+        ))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .finish()

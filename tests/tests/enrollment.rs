@@ -215,6 +215,30 @@ async fn bad_tokens_are_refused() {
     );
 }
 
+/// A state dir that cannot hold an enrollment (here a file) is refused before the token is
+/// sent: the token keeps its use and no agent is stored, so it works once the dir is fixed.
+#[tokio::test(flavor = "multi_thread")]
+async fn unusable_state_dir_is_refused_before_the_token_is_used() {
+    init();
+    let c = Controller::start();
+    let token = c.create_token(&[]);
+    let agent = Agent::new();
+    std::fs::write(agent.state_dir(), "not a dir").unwrap();
+    let out = agent.enroll(&c.url(), &token);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("not a directory") && err.contains("the token was not used"),
+        "{err}"
+    );
+    assert_eq!(c.tokens()[0]["uses_left"], 1, "{:?}", c.tokens());
+    assert!(c.agents().is_empty(), "no ghost agent: {:?}", c.agents());
+
+    std::fs::remove_file(agent.state_dir()).unwrap();
+    agent.enroll_ok(&c.url(), &token);
+    assert_eq!(c.agents().len(), 1);
+}
+
 /// A token from another controller is refused by the agent (CA mismatch); nothing stored.
 #[tokio::test(flavor = "multi_thread")]
 async fn token_for_another_controller_is_refused() {

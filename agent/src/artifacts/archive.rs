@@ -10,8 +10,8 @@
 //! `artifactFilename`: `<name>.zip`, `<name>.gz`, `<name>` for raw, `name` defaulting to
 //! `artifacts`.
 
-use std::collections::HashSet;
-use std::io::{Read, Seek, Write};
+use std::collections::{HashMap, HashSet};
+use std::io::{Seek, Write};
 
 use flate2::{Compression, GzBuilder};
 use zip::write::SimpleFileOptions;
@@ -58,7 +58,17 @@ fn zip_time(mtime: u64) -> zip::DateTime {
         .unwrap_or_default()
 }
 
-/// Writes the selected entries of `tar` as a zip to `out` (tar order).
+fn zip_options(entry: &ProjectEntry, size: u64) -> SimpleFileOptions {
+    SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .last_modified_time(zip_time(entry.mtime))
+        .unix_permissions(entry.mode)
+        .large_file(size >= u64::from(u32::MAX))
+}
+
+/// Writes the selected entries of `tar` as a zip to `out` (tar order, hard links last). File
+/// content is streamed: a hard link's content is copied from its target's tar entry, never
+/// read into memory.
 pub fn write_zip<W: Write + Seek>(
     tar: &ProjectTar,
     selected: &[ProjectEntry],
@@ -67,15 +77,16 @@ pub fn write_zip<W: Write + Seek>(
     let wanted: HashSet<&str> = selected.iter().map(|e| e.path.as_str()).collect();
     let mut zip = zip::ZipWriter::new(out);
     let mut hardlinks = Vec::new();
+    // Sizes of regular files, for the zip64 flag of the hard links to them.
+    let mut sizes: HashMap<String, u64> = HashMap::new();
     tar.walk(|entry, reader| {
+        if entry.kind == EntryKind::File {
+            sizes.entry(entry.path.clone()).or_insert(entry.size);
+        }
         if !wanted.contains(entry.path.as_str()) {
             return Ok(());
         }
-        let opts = SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .last_modified_time(zip_time(entry.mtime))
-            .unix_permissions(entry.mode)
-            .large_file(entry.size >= u64::from(u32::MAX));
+        let opts = zip_options(entry, entry.size);
         match &entry.kind {
             EntryKind::Dir => zip.add_directory(format!("{}/", entry.path), opts)?,
             EntryKind::File => {
@@ -93,20 +104,17 @@ pub fn write_zip<W: Write + Seek>(
         let EntryKind::Hardlink { target } = &link.kind else {
             continue;
         };
-        let content = tar.read_file(target)?;
-        let opts = SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .last_modified_time(zip_time(link.mtime))
-            .unix_permissions(link.mode);
-        zip.start_file(link.path.as_str(), opts)?;
-        zip.write_all(&content)
-            .map_err(|e| ArchiveError::io(tar.path(), e))?;
+        let size = *sizes
+            .get(target)
+            .ok_or_else(|| ArchiveError::MissingLinkTarget(target.clone()))?;
+        zip.start_file(link.path.as_str(), zip_options(&link, size))?;
+        tar.copy_file(target, &mut zip)?;
     }
     Ok(zip.finish()?)
 }
 
-/// Writes the selected regular files as concatenated gzip members (one per file) to `out`.
-/// Returns how many files were written.
+/// Writes the selected regular files as concatenated gzip members (one per file) to `out`,
+/// streaming their content. Returns how many files were written.
 pub fn write_gzip<W: Write>(
     tar: &ProjectTar,
     selected: &[ProjectEntry],
@@ -118,14 +126,16 @@ pub fn write_gzip<W: Write>(
         .map(|e| e.path.as_str())
         .collect();
     let mut count = 0;
-    let mut emit = |entry: &ProjectEntry, data: &mut dyn Read| -> Result<(), ArchiveError> {
+    let mut emit = |entry: &ProjectEntry,
+                    content: &mut dyn FnMut(&mut dyn Write) -> Result<(), ArchiveError>|
+     -> Result<(), ArchiveError> {
         let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
         let mut gz = GzBuilder::new()
             .filename(name)
             .comment(entry.path.as_str())
             .mtime(u32::try_from(entry.mtime).unwrap_or(0))
             .write(&mut out, Compression::default());
-        std::io::copy(data, &mut gz).map_err(|e| ArchiveError::io(tar.path(), e))?;
+        content(&mut gz)?;
         gz.finish().map_err(|e| ArchiveError::io(tar.path(), e))?;
         count += 1;
         Ok(())
@@ -140,17 +150,19 @@ pub fn write_gzip<W: Write>(
                 hardlinks.push((entry.clone(), target.clone()));
                 Ok(())
             }
-            _ => emit(entry, reader),
+            _ => emit(entry, &mut |gz| {
+                std::io::copy(reader, gz).map_err(|e| ArchiveError::io(tar.path(), e))?;
+                Ok(())
+            }),
         }
     })?;
     for (entry, target) in hardlinks {
-        let content = tar.read_file(&target)?;
-        emit(&entry, &mut content.as_slice())?;
+        emit(&entry, &mut |gz| tar.copy_file(&target, gz).map(|_| ()))?;
     }
     Ok(count)
 }
 
-/// Copies the single selected regular file to `out`; refuses zero or several files.
+/// Streams the single selected regular file to `out`; refuses zero or several files.
 /// Returns the file's relative path.
 pub fn write_raw<W: Write>(
     tar: &ProjectTar,
@@ -164,18 +176,16 @@ pub fn write_raw<W: Write>(
         });
     };
     let source = match &file.kind {
-        EntryKind::Hardlink { target } => target.clone(),
-        _ => file.path.clone(),
+        EntryKind::Hardlink { target } => target.as_str(),
+        _ => file.path.as_str(),
     };
-    let content = tar.read_file(&source)?;
-    out.write_all(&content)
-        .map_err(|e| ArchiveError::io(tar.path(), e))?;
+    tar.copy_file(source, &mut out)?;
     Ok(file.path.clone())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::Cursor;
+    use std::io::{Cursor, Read};
 
     use super::*;
     use crate::artifacts::project_tar::{SelectSpec, select};

@@ -233,6 +233,54 @@ mod tests {
         );
     }
 
+    /// Sets the uncompressed size of every entry (local and central headers) of a zip.
+    fn patch_sizes(zip: &mut [u8], size: u32) {
+        let le = size.to_le_bytes();
+        let mut i = 0;
+        while i + 4 <= zip.len() {
+            match &zip[i..i + 4] {
+                [0x50, 0x4b, 0x03, 0x04] => zip[i + 22..i + 26].copy_from_slice(&le),
+                [0x50, 0x4b, 0x01, 0x02] => zip[i + 24..i + 28].copy_from_slice(&le),
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+
+    /// A stored entry whose declared size differs from its content: the tar entry must
+    /// never carry other bytes than its header says, or the extra bytes would be read as
+    /// further tar entries (here one that escapes), unchecked.
+    #[test]
+    fn declared_size_must_match_content() {
+        let mut smuggled = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut smuggled);
+            let mut h = tar::Header::new_ustar();
+            h.set_size(0);
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.as_ustar_mut().unwrap().name[..7].copy_from_slice(b"escaped");
+            h.set_link_name("/etc").unwrap();
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        }
+        smuggled.truncate(512);
+        for declared in [0u32, 100, 4096] {
+            let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+            let opts =
+                SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+            w.start_file("a.txt", opts).unwrap();
+            w.write_all(&smuggled).unwrap();
+            let mut bytes = w.finish().unwrap().into_inner();
+            patch_sizes(&mut bytes, declared);
+            let err = zip_to_tar(Cursor::new(bytes), Vec::new(), Owner::default())
+                .expect_err("a size that does not match the content is refused");
+            assert!(
+                err.to_string().contains("a.txt"),
+                "declared {declared}: {err}"
+            );
+        }
+    }
+
     proptest::proptest! {
         /// Whatever the names and link targets, an accepted archive only holds relative
         /// paths without `..`, and its symlinks stay inside the root.

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::ArchiveError;
@@ -97,7 +97,8 @@ impl ProjectTar {
     }
 
     /// Calls `f` for every entry under the project directory, in tar order, with a reader
-    /// over its content (empty for anything but regular files).
+    /// over its content (empty for anything but regular files). Content `f` does not read is
+    /// skipped by seeking, so a walk costs one header read per entry.
     pub fn walk(
         &self,
         mut f: impl FnMut(&ProjectEntry, &mut dyn Read) -> Result<(), ArchiveError>,
@@ -105,7 +106,7 @@ impl ProjectTar {
         let file = File::open(&self.path).map_err(|e| ArchiveError::io(&self.path, e))?;
         let mut archive = tar::Archive::new(file);
         let entries = archive
-            .entries()
+            .entries_with_seek()
             .map_err(|e| ArchiveError::io(&self.path, e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| ArchiveError::io(&self.path, e))?;
@@ -145,20 +146,19 @@ impl ProjectTar {
         Ok(())
     }
 
-    /// The content of the regular file at relative `path` (used for hard links).
-    pub fn read_file(&self, path: &str) -> Result<Vec<u8>, ArchiveError> {
-        let mut found = None;
+    /// Streams the content of the regular file at relative `path` (the first one, as a hard
+    /// link refers to) into `out`, never holding more than a copy buffer of it. Returns the
+    /// number of bytes copied.
+    pub fn copy_file(&self, path: &str, out: &mut dyn Write) -> Result<u64, ArchiveError> {
+        let mut copied = None;
         self.walk(|entry, reader| {
-            if found.is_none() && entry.path == path && entry.kind == EntryKind::File {
-                let mut buf = Vec::new();
-                reader
-                    .read_to_end(&mut buf)
-                    .map_err(|e| ArchiveError::io(&self.path, e))?;
-                found = Some(buf);
+            if copied.is_none() && entry.path == path && entry.kind == EntryKind::File {
+                let n = std::io::copy(reader, out).map_err(|e| ArchiveError::io(&self.path, e))?;
+                copied = Some(n);
             }
             Ok(())
         })?;
-        found.ok_or_else(|| ArchiveError::MissingLinkTarget(path.to_string()))
+        copied.ok_or_else(|| ArchiveError::MissingLinkTarget(path.to_string()))
     }
 }
 

@@ -38,6 +38,12 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
             state.root().display()
         );
     }
+    state.check_writable().with_context(|| {
+        format!(
+            "state dir {} cannot hold an enrollment; the token was not used",
+            state.root().display()
+        )
+    })?;
     let pin = token::parse(args.token.expose_secret()).map_err(anyhow::Error::msg)?;
     tls::dial_addr(&args.controller)?;
 

@@ -14,7 +14,7 @@ pub mod certs;
 pub mod tls;
 pub mod token;
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
@@ -131,6 +131,70 @@ impl StateDir {
                 .map_err(err)?;
         }
         std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)).map_err(err)
+    }
+
+    /// Checks, changing nothing, that an enrollment can be stored here, so that a one-time
+    /// token is never used up for nothing: the dir (or, when it is missing, its nearest
+    /// existing ancestor, where it will be created) must be a directory that takes a new
+    /// file; a probe file is created and removed to find out.
+    pub fn check_writable(&self) -> Result<(), StateError> {
+        let mut dir = self.root.clone();
+        loop {
+            let at = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir.clone()
+            };
+            match std::fs::metadata(&at) {
+                Ok(m) if m.is_dir() => {
+                    dir = at;
+                    break;
+                }
+                Ok(_) => {
+                    return Err(StateError::Invalid {
+                        path: at,
+                        detail: "not a directory".to_string(),
+                    });
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    match at.parent() {
+                        Some(parent) => dir = parent.to_path_buf(),
+                        None => {
+                            return Err(StateError::Io {
+                                action: "inspect",
+                                path: at,
+                                source: e,
+                            });
+                        }
+                    }
+                }
+                Err(source) => {
+                    return Err(StateError::Io {
+                        action: "inspect",
+                        path: at,
+                        source,
+                    });
+                }
+            }
+        }
+        let probe = dir.join(format!(".drover-agent-probe-{}", std::process::id()));
+        let err = |source| StateError::Io {
+            action: "write a file in",
+            path: dir.clone(),
+            source,
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&probe)
+            .map_err(err)?;
+        std::fs::remove_file(&probe).map_err(err)
     }
 
     /// Whether an enrollment finished here.
@@ -293,5 +357,30 @@ mod tests {
         s.finish_pending().unwrap();
         assert_eq!(std::fs::read_to_string(s.key_file()).unwrap(), "K2");
         assert!(!s.pending(&s.key_file()).exists());
+    }
+
+    #[test]
+    fn check_writable_refuses_files_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        for root in [file.clone(), file.join("state")] {
+            let err = StateDir::new(&root).check_writable().unwrap_err();
+            assert!(err.to_string().contains("not a directory"), "{err}");
+        }
+        let err = StateDir::new("/proc/self/state")
+            .check_writable()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("write a file in /proc/self"),
+            "{err}"
+        );
+        // Missing dirs are fine (created later); nothing is left behind.
+        let missing = StateDir::new(dir.path().join("a/b"));
+        missing.check_writable().unwrap();
+        assert!(!dir.path().join("a").exists());
+        StateDir::new(dir.path()).check_writable().unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only the file remains");
     }
 }

@@ -8,14 +8,22 @@ use std::time::{Duration, Instant};
 
 use drover_tests::standalone_agent::{AgentOptions, StandaloneAgent};
 
+/// `DROVER_LOG` of the agents these tests start: debug for Drover.
+pub const DEFAULT_LOG: &str = "info,drover_agent=debug";
+
 /// A running `drover-agent run --config` at debug level for Drover; killed on drop.
 pub struct Agent(StandaloneAgent);
 
 impl Agent {
     /// Writes `config_toml` to a fresh temp dir and starts the agent on it.
     pub fn start(config_toml: &str) -> Agent {
+        Agent::start_logged(config_toml, DEFAULT_LOG)
+    }
+
+    /// [`Agent::start`] with `DROVER_LOG=log_filter`.
+    pub fn start_logged(config_toml: &str, log_filter: &str) -> Agent {
         let options = AgentOptions {
-            log_filter: "info,drover_agent=debug".to_string(),
+            log_filter: log_filter.to_string(),
             args: Vec::new(),
         };
         Agent(StandaloneAgent::start(config_toml, options).expect("start drover-agent"))
@@ -73,6 +81,16 @@ pub struct E2e {
 /// Starts everything for test `name`; `None` (with the reason printed) when Docker or the
 /// busybox image is unavailable. `docker_toml` is appended to `[runners.docker]`.
 pub async fn start(name: &str, concurrent: u32, docker_toml: &str) -> Option<E2e> {
+    start_logged(name, concurrent, docker_toml, DEFAULT_LOG).await
+}
+
+/// [`start`] with the agent at `DROVER_LOG=log_filter`.
+pub async fn start_logged(
+    name: &str,
+    concurrent: u32,
+    docker_toml: &str,
+    log_filter: &str,
+) -> Option<E2e> {
     let (docker, image) = drover_tests::images::docker_and_busybox(name).await?;
     let gitlab = drover_tests::fake_gitlab::FakeGitLab::start().await;
     gitlab.set_trace_update_interval(1);
@@ -86,7 +104,7 @@ pub async fn start(name: &str, concurrent: u32, docker_toml: &str) -> Option<E2e
          tls_verify = false\n    privileged = false\n    volumes = [\"/cache\"]\n{docker_toml}\n",
         url = gitlab.url(),
     );
-    let agent = Agent::start(&config);
+    let agent = Agent::start_logged(&config, log_filter);
     Some(E2e {
         gitlab,
         agent,
