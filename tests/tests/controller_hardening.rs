@@ -130,7 +130,7 @@ async fn out_of_range_input_fails_that_request_only() {
                 labels,
                 ..Default::default()
             },
-            "labels: 9000 given",
+            "9000 labels; at most 64 are accepted",
         ),
     ] {
         let err = a.create_token(req).await.unwrap_err();

@@ -688,6 +688,10 @@ async fn faults_and_counters(
     }
     let resp = match injected {
         Some(status) => {
+            // Read the request body first, as GitLab behind Workhorse does: an HTTP/1.1
+            // server that answers before the body is read closes the connection under the
+            // client, which shows as a transport error instead of the injected status.
+            let _ = axum::body::to_bytes(req.into_body(), usize::MAX).await;
             let code = axum::http::StatusCode::from_u16(status)
                 .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
             let mut resp = respond::message(code);

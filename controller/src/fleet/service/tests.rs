@@ -43,7 +43,11 @@ struct World {
 }
 
 fn world_with(store: Arc<dyn Store>) -> World {
-    let gitlab = Arc::new(FakeRegistrar::new(REG));
+    world_of(store, FakeRegistrar::new(REG))
+}
+
+fn world_of(store: Arc<dyn Store>, gitlab: FakeRegistrar) -> World {
+    let gitlab = Arc::new(gitlab);
     let sessions = Sessions::default();
     let fleet = Fleet::new(
         store.clone(),
@@ -379,23 +383,10 @@ fn rotation(token: &str, gitlab_runner_id: i64, expires: i64) -> v1::TokenRotate
 #[tokio::test]
 async fn agent_claims_of_foreign_runners_are_refused_and_never_acted_on() {
     const ACCESS: &str = "glpat-creation-secret";
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let gitlab = Arc::new(FakeRegistrar::new(REG).with_access_token(ACCESS));
-    let sessions = Sessions::default();
-    let fleet = Fleet::new(
-        store.clone(),
-        Sealer::from_key([3; 32]),
-        gitlab.clone(),
-        sessions.clone(),
+    let mut w = world_of(
+        Arc::new(MemoryStore::new()),
+        FakeRegistrar::new(REG).with_access_token(ACCESS),
     );
-    let mut w = World {
-        fleet,
-        store,
-        gitlab,
-        sessions,
-        root: CancellationToken::new(),
-        guards: Vec::new(),
-    };
     w.agent("a1", "lab");
     w.agent("a2", "lab");
     let text = format!(
@@ -607,23 +598,10 @@ async fn secrets_are_encrypted_at_rest() {
 #[tokio::test]
 async fn runner_creation_token_creates_runners_and_deletes_dead_ones_by_id() {
     const ACCESS: &str = "glpat-creation-secret";
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let gitlab = Arc::new(FakeRegistrar::new(REG).with_access_token(ACCESS));
-    let sessions = Sessions::default();
-    let fleet = Fleet::new(
-        store.clone(),
-        Sealer::from_key([3; 32]),
-        gitlab.clone(),
-        sessions.clone(),
+    let mut w = world_of(
+        Arc::new(MemoryStore::new()),
+        FakeRegistrar::new(REG).with_access_token(ACCESS),
     );
-    let mut w = World {
-        fleet,
-        store,
-        gitlab,
-        sessions,
-        root: CancellationToken::new(),
-        guards: Vec::new(),
-    };
     w.agent("a1", "lab");
     let text = format!(
         r#"
