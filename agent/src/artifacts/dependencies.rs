@@ -111,7 +111,6 @@ pub async fn download_dependencies(
             dep.name, dep.id
         ));
         let zip_file = temp_in(tmp_dir, "drover-dependency-zip-")?;
-        let mut wait = retry.backoff;
         let attempts = retry.attempts.max(1);
         let mut attempt = 1;
         let size = loop {
@@ -135,8 +134,7 @@ pub async fn download_dependencies(
                     trace.write_line(&format!(
                         "\x1b[0;33mWARNING: Downloading artifacts from coordinator... failed: {e}; retrying (attempt {attempt}/{attempts})\x1b[0;m"
                     ));
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
+                    tokio::time::sleep(retry.wait(&e, attempt)).await;
                     attempt += 1;
                 }
                 Err(source) => {

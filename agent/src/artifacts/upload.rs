@@ -14,6 +14,7 @@ use super::when::When;
 use crate::executor::FailureReason;
 use crate::gitlab::types::{Artifact, JobResponse, JobVariable};
 use crate::gitlab::{ArtifactUpload, GitLab, GitLabError};
+use crate::runner::backoff::RETRY_AFTER_MAX;
 use crate::sources::TrackedFiles;
 use crate::trace::TraceSink;
 
@@ -68,10 +69,28 @@ pub struct Retry {
 }
 
 impl Default for Retry {
+    /// Six attempts 1, 2, 4, 8 and 16 s apart: a transfer rides out 31 s of 5xx (a GitLab
+    /// storm; `RELIABILITY.md`). gitlab-runner tries 3 times (6 on `503`,
+    /// `commands/helpers/artifacts_uploader.go`), each try repeating a retried status up to
+    /// 5 times from 100 ms on (`network/retry_requester.go`): about 10 s of 5xx.
     fn default() -> Self {
         Retry {
-            attempts: 3,
+            attempts: 6,
             backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Retry {
+    /// The wait after attempt `attempt` (1-based) failed with `e`: what GitLab asked for
+    /// (`Retry-After`, `RateLimit-ResetTime`; at most [`RETRY_AFTER_MAX`]), else
+    /// `backoff` doubled per failed attempt.
+    pub fn wait(&self, e: &GitLabError, attempt: u32) -> Duration {
+        match e.retry_after() {
+            Some(after) => after.min(RETRY_AFTER_MAX),
+            None => self
+                .backoff
+                .saturating_mul(1u32 << attempt.saturating_sub(1).min(16)),
         }
     }
 }
@@ -197,7 +216,6 @@ pub async fn upload_artifact(
         "Uploading artifacts as {:?} to coordinator...",
         built.upload.artifact_type
     );
-    let mut wait = retry.backoff;
     let attempts = retry.attempts.max(1);
     for attempt in 1..=attempts {
         match gitlab
@@ -225,12 +243,12 @@ pub async fn upload_artifact(
                 });
             }
             Err(e) if e.is_retryable() && attempt < attempts => {
+                let wait = retry.wait(&e, attempt);
                 trace.write_line(&format!(
                     "\x1b[0;33mWARNING: {what} failed: {e}; retrying in {}s (attempt {attempt}/{attempts})\x1b[0;m",
                     wait.as_secs_f32()
                 ));
                 tokio::time::sleep(wait).await;
-                wait *= 2;
             }
             Err(source) => {
                 trace.write_line(&format!("\x1b[31;1mERROR: {what} failed: {source}\x1b[0;m"));
@@ -345,6 +363,36 @@ pub async fn upload_job_artifacts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(status: u16) -> GitLabError {
+        GitLabError::Status {
+            endpoint: "upload_artifacts",
+            status,
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn default_retries_ride_out_thirty_seconds_of_5xx() {
+        let r = Retry::default();
+        let waited: Duration = (1..r.attempts).map(|a| r.wait(&status(502), a)).sum();
+        assert!(waited >= Duration::from_secs(30), "{waited:?}");
+        assert_eq!(r.wait(&status(502), 1), Duration::from_secs(1));
+        assert_eq!(r.wait(&status(502), 5), Duration::from_secs(16));
+    }
+
+    #[test]
+    fn retry_after_replaces_the_doubling_within_its_bound() {
+        let r = Retry::default();
+        let later = |secs| GitLabError::RetryLater {
+            endpoint: "upload_artifacts",
+            status: 503,
+            after: Duration::from_secs(secs),
+            body: String::new(),
+        };
+        assert_eq!(r.wait(&later(7), 4), Duration::from_secs(7));
+        assert_eq!(r.wait(&later(3600), 1), RETRY_AFTER_MAX);
+    }
 
     #[test]
     fn archive_names_follow_gitlab_runner() {

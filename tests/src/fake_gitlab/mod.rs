@@ -44,6 +44,9 @@
 //! - Long polling: when `long_poll` is set and the runner's `last_update` equals the current
 //!   cursor, the request is held until a job is queued or the time is up (Workhorse does
 //!   this with Redis).
+//! - Faults: `fail_next`/`fail_next_with` (the next N requests), `fail_for` (every request
+//!   for a while), `storm` (a seeded share of requests for a while, see `storm.rs`), `delay`
+//!   (every answer held); injected answers never reach the handler.
 //! - `X-GitLab-Trace-Update-Interval` defaults to `3` (GitLab sends `3` while someone watches
 //!   the job, `60` otherwise) so tests run fast.
 
@@ -54,6 +57,7 @@ mod jobs;
 mod respond;
 mod runners;
 mod state;
+mod storm;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -71,6 +75,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use job_spec::{FAILURE_REASONS, JobSpec};
 pub use state::{Endpoint, JobRecord, JobState, RunnerRecord, StoredArtifact};
+pub use storm::Storm;
 
 use job_spec::{DependencyInfo, body, build_payload};
 use state::{Fault, Shared, random_alnum};
@@ -496,6 +501,14 @@ impl FakeGitLab {
         until
     }
 
+    /// A 5xx storm on `endpoint` (a share of its requests fail, see [`Storm`]); returns when
+    /// it ends. Checked before `fail_for` and `fail_next`.
+    pub fn storm(&self, endpoint: Endpoint, storm: &Storm) -> Instant {
+        let (raging, until) = storm::Raging::start(storm);
+        self.shared.lock().faults.entry(endpoint).or_default().storm = Some(raging);
+        until
+    }
+
     /// Delay every answer of `endpoint` (`None` removes the delay).
     pub fn delay(&self, endpoint: Endpoint, delay: Option<Duration>) {
         let mut st = self.shared.lock();
@@ -667,9 +680,23 @@ async fn faults_and_counters(
     let (injected, delay, headers) = {
         let mut st = shared.lock();
         let fault = st.faults.entry(endpoint).or_insert_with(Fault::default);
+        let now = Instant::now();
         let mut injected = None;
-        if let Some((status, until)) = fault.fail_until {
-            if Instant::now() < until {
+        let mut headers = fault.headers.clone();
+        if let Some(raging) = &mut fault.storm {
+            match raging.draw(now) {
+                storm::Draw::Fail(status) => {
+                    injected = Some(status);
+                    headers = raging.headers.clone();
+                }
+                storm::Draw::Pass => {}
+                storm::Draw::Over => fault.storm = None,
+            }
+        }
+        if injected.is_none()
+            && let Some((status, until)) = fault.fail_until
+        {
+            if now < until {
                 injected = Some(status);
             } else {
                 fault.fail_until = None;
@@ -681,7 +708,7 @@ async fn faults_and_counters(
             injected = Some(status);
             fault.fail_next = (remaining > 1).then(|| (status, remaining - 1));
         }
-        (injected, fault.delay, fault.headers.clone())
+        (injected, fault.delay, headers)
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;

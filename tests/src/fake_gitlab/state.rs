@@ -185,6 +185,8 @@ pub(crate) struct Fault {
     pub delay: Option<Duration>,
     /// Headers sent with every injected failure (`Retry-After`, `RateLimit-ResetTime`, ...).
     pub headers: Vec<(String, String)>,
+    /// A share of requests failing until the storm ends (see `storm.rs`).
+    pub storm: Option<super::storm::Raging>,
 }
 
 /// Server behaviour a test may change.
