@@ -222,10 +222,15 @@ impl Uploader {
                     }
                 }
                 Step::Idle => {
-                    if self.last_contact.elapsed() >= self.opts.keepalive {
-                        self.keepalive().await;
-                    }
-                    self.interval
+                    let retry = if self.last_contact.elapsed() >= self.opts.keepalive {
+                        self.keepalive().await
+                    } else {
+                        None
+                    };
+                    // A failed keepalive backs off like a failed patch: a quiet job on a
+                    // failing GitLab does not send one update per interval.
+                    retrying = retry.is_some();
+                    retry.unwrap_or(self.interval)
                 }
                 Step::Retry(d) => {
                     retrying = true;
@@ -327,7 +332,8 @@ impl Uploader {
     }
 
     /// `PUT /jobs/:id` `running`: tells GitLab we are alive and learns about cancellation.
-    async fn keepalive(&mut self) {
+    /// `Some(wait)` when it failed and the next attempt should wait that long.
+    async fn keepalive(&mut self) -> Option<Duration> {
         let (checksum, bytesize) = self.sink.checksum();
         let update = JobUpdate {
             state: "running",
@@ -343,11 +349,14 @@ impl Uploader {
         {
             Ok(a) => {
                 self.last_contact = Instant::now();
+                self.backoff.reset();
                 self.observe(a.job_status);
+                None
             }
-            Err(e) => {
-                let _ = self.on_error(e, "keepalive update");
-            }
+            Err(e) => match self.on_error(e, "keepalive update") {
+                Step::Retry(d) => Some(d),
+                _ => None,
+            },
         }
     }
 

@@ -166,6 +166,29 @@ async fn keepalive_update_sees_cancellation_without_output() {
     let _ = s.up.finish(FinalState::Success).await;
 }
 
+/// A quiet job on a GitLab failing its updates: keepalives back off (at least 100, 200,
+/// 200 ms apart here) instead of coming once per interval (20 ms).
+#[tokio::test]
+async fn failing_keepalives_back_off() {
+    let opts = UploadOptions {
+        keepalive: Duration::from_millis(100),
+        backoff_min: Duration::from_millis(200),
+        backoff_max: Duration::from_millis(400),
+        ..fast()
+    };
+    let s = setup(12, opts).await;
+    s.gl.fail_next(Endpoint::UpdateJob, 8, 502);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let updates =
+        s.gl.calls()
+            .iter()
+            .filter(|c| matches!(c, Call::UpdateJob { .. }))
+            .count();
+    assert!((1..=5).contains(&updates), "{updates} keepalives in 800 ms");
+    let report = s.up.finish(FinalState::Success).await;
+    assert!(report.update_accepted);
+}
+
 #[tokio::test]
 async fn failure_reason_and_exit_code_are_reported() {
     let s = setup(7, fast()).await;
