@@ -246,3 +246,46 @@ async fn storm_with_retry_after_is_honoured() {
         assert!(n >= 2, "{n} failed {ep:?}: the storm was not met");
     }
 }
+
+/// A storm whose failed requests GitLab applied before answering `502` (a proxy timing out
+/// on a slow backend): the agent resends trace patches GitLab already holds and the final
+/// update it already took. GitLab answers the resent patch `416` with its size and the
+/// agent goes on from there: the output is in the trace once, nothing duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_of_applied_502s_duplicates_nothing() {
+    let Some(e) = start("storm-applied", 1, "").await else {
+        return;
+    };
+    let (spec, expected) = noisy_job(&e, "storm-applied", 1);
+    let storm = Storm {
+        statuses: vec![502],
+        applied: true,
+        ..Storm::new(0.5, Duration::from_secs(30), 5)
+    };
+    let before = e.gitlab.request_counts();
+    e.gitlab.storm(Endpoint::PatchTrace, &storm);
+    e.gitlab.storm(Endpoint::UpdateJob, &storm);
+    let id = e.gitlab.enqueue_job(spec).id;
+    let f = e.finished(id, JOB_WAIT).await;
+    assert_complete(&e, id, &f, &expected);
+    settle().await;
+    let counts = requests_since(&e, &before);
+    println!("storm of applied 502s: requests (all, 5xx): {counts:?}");
+    assert!(failed(&counts, Endpoint::PatchTrace) >= 1, "{counts:?}");
+    assert!(
+        e.gitlab.request_count(Endpoint::PatchTrace, 416) >= 1,
+        "{counts:?}"
+    );
+    // The final update GitLab took behind a 502 is, once retried (403, `Job-Status:
+    // success`), known as accepted.
+    let end = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let stderr = e.agent.stderr();
+        if let Some(l) = stderr.lines().find(|l| l.contains("job finished")) {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < end, "no job finished line:\n{stderr}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(line.contains("update_accepted=true"), "{line}");
+}

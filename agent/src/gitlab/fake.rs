@@ -171,8 +171,14 @@ impl FakeGitLab {
 
     /// Cancels a job as a user would in the UI.
     pub fn cancel(&self, job_id: i64) {
+        self.set_state(job_id, "canceled");
+    }
+
+    /// Sets a job's state as GitLab holds it (e.g. `success`: a final update GitLab took
+    /// whose answer the runner never got).
+    pub fn set_state(&self, job_id: i64, state: &str) {
         if let Some(j) = self.lock().jobs.get_mut(&job_id) {
-            j.state = "canceled".into();
+            j.state = state.into();
         }
     }
 

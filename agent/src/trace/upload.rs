@@ -421,6 +421,20 @@ impl Uploader {
                         .unwrap_or(self.interval)
                         .clamp(Duration::from_millis(100), Duration::from_secs(60))
                 }
+                // GitLab already holds the state we send: an earlier attempt was applied
+                // but its answer was lost (a proxy's `502` after its backend took it).
+                Err(GitLabError::Forbidden {
+                    job_status: Some(s),
+                    ..
+                }) if s == update.state => {
+                    tracing::info!(
+                        job = self.job_id,
+                        state = %s,
+                        "final job update: gitlab already holds this state (an earlier answer was lost)"
+                    );
+                    self.job_status = Some(s);
+                    return true;
+                }
                 Err(e) => match self.on_error(e, "final job update") {
                     Step::Retry(d) => d,
                     _ => return false,

@@ -46,7 +46,8 @@
 //!   this with Redis).
 //! - Faults: `fail_next`/`fail_next_with` (the next N requests), `fail_for` (every request
 //!   for a while), `storm` (a seeded share of requests for a while, see `storm.rs`), `delay`
-//!   (every answer held); injected answers never reach the handler.
+//!   (every answer held); injected answers never reach the handler, except a storm's with
+//!   `applied` (the handler runs, then its answer is replaced).
 //! - `X-GitLab-Trace-Update-Interval` defaults to `3` (GitLab sends `3` while someone watches
 //!   the job, `60` otherwise) so tests run fast.
 
@@ -677,17 +678,19 @@ async fn faults_and_counters(
     let Some(endpoint) = Endpoint::classify(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    let (injected, delay, headers) = {
+    let (injected, delay, headers, applied) = {
         let mut st = shared.lock();
         let fault = st.faults.entry(endpoint).or_insert_with(Fault::default);
         let now = Instant::now();
         let mut injected = None;
         let mut headers = fault.headers.clone();
+        let mut applied = false;
         if let Some(raging) = &mut fault.storm {
             match raging.draw(now) {
                 storm::Draw::Fail(status) => {
                     injected = Some(status);
                     headers = raging.headers.clone();
+                    applied = raging.applied;
                 }
                 storm::Draw::Pass => {}
                 storm::Draw::Over => fault.storm = None,
@@ -708,7 +711,7 @@ async fn faults_and_counters(
             injected = Some(status);
             fault.fail_next = (remaining > 1).then(|| (status, remaining - 1));
         }
-        (injected, fault.delay, headers)
+        (injected, fault.delay, headers, applied)
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -718,7 +721,11 @@ async fn faults_and_counters(
             // Read the request body first, as GitLab behind Workhorse does: an HTTP/1.1
             // server that answers before the body is read closes the connection under the
             // client, which shows as a transport error instead of the injected status.
-            let _ = axum::body::to_bytes(req.into_body(), usize::MAX).await;
+            if applied {
+                let _ = next.run(req).await;
+            } else {
+                let _ = axum::body::to_bytes(req.into_body(), usize::MAX).await;
+            }
             let code = axum::http::StatusCode::from_u16(status)
                 .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
             let mut resp = respond::message(code);

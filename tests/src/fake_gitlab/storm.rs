@@ -21,6 +21,9 @@ pub struct Storm {
     pub seed: u64,
     /// Headers on every failed answer (`Retry-After`, `RateLimit-ResetTime`).
     pub headers: Vec<(String, String)>,
+    /// GitLab applies a failed request before the failure is answered (a proxy answering
+    /// `502` after its backend did the work): the client cannot know the request took.
+    pub applied: bool,
 }
 
 impl Storm {
@@ -32,6 +35,7 @@ impl Storm {
             duration,
             seed,
             headers: Vec::new(),
+            applied: false,
         }
     }
 
@@ -50,6 +54,7 @@ pub(crate) struct Raging {
     share: f64,
     rng: StdRng,
     pub headers: Vec<(String, String)>,
+    pub applied: bool,
 }
 
 impl Raging {
@@ -61,6 +66,7 @@ impl Raging {
             share: storm.share.clamp(0.0, 1.0),
             rng: StdRng::seed_from_u64(storm.seed),
             headers: storm.headers.clone(),
+            applied: storm.applied,
         };
         (raging, until)
     }

@@ -189,6 +189,28 @@ async fn failing_keepalives_back_off() {
     assert!(report.update_accepted);
 }
 
+/// A final update GitLab applied but whose answer was lost: the retry meets `403` with
+/// `Job-Status` equal to the state sent, which is an accepted update; another state is not.
+#[tokio::test]
+async fn final_state_gitlab_already_holds_counts_as_accepted() {
+    let s = setup(13, fast()).await;
+    s.sink.write(b"done\n");
+    while s.gl.job(13).unwrap().trace.len() < 5 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // GitLab took a final `success` whose answer never arrived.
+    s.gl.set_state(13, "success");
+    let report = s.up.finish(FinalState::Success).await;
+    assert!(report.update_accepted, "{report:?}");
+    assert!(report.trace_complete);
+    assert!(!s.cancel.is_cancelled());
+
+    let s = setup(14, fast()).await;
+    s.gl.set_state(14, "failed");
+    let report = s.up.finish(FinalState::Success).await;
+    assert!(!report.update_accepted, "{report:?}");
+}
+
 #[tokio::test]
 async fn failure_reason_and_exit_code_are_reported() {
     let s = setup(7, fast()).await;
