@@ -11,17 +11,23 @@
 //! - a link that goes down and up every few seconds while jobs run: every job succeeds with
 //!   a complete trace.
 //!
+//! - without root: a standalone agent whose GitLab sits behind [`FlakyProxy`], which resets
+//!   every open connection, stalls them and refuses new ones mid-job: the job succeeds with
+//!   its exact trace.
+//!
 //! The CI variants cut for 25 s and flap for 45 s; the long ones (`#[ignore]`) cut for 2
 //! minutes and flap for 5, with their commands in `RELIABILITY.md`.
 
 use std::time::{Duration, Instant};
 
 use drover_tests::fake_gitlab::{Endpoint, FakeGitLab, JobSpec, JobState};
+use drover_tests::flaky_proxy::FlakyProxy;
 use drover_tests::fleet_support::{
     apply, docker_image, init_crypto, registration_spec, rollout_complete, wait_until,
 };
 use drover_tests::harness::{Agent, Controller};
 use drover_tests::netns::Netns;
+use drover_tests::standalone_agent::{AgentOptions, StandaloneAgent};
 
 const WAIT: Duration = Duration::from_secs(40);
 /// The agent's controller backoff cap (`agent/src/control/mod.rs`), plus a dial (connect
@@ -214,17 +220,20 @@ async fn cut_mid_job(site: &str, cut: Duration) {
     let during = String::from_utf8_lossy(&f.gitlab.trace(id)).into_owned();
     f.link(true);
     let cut_for = cut_at.elapsed();
-    let reconnect = f.back_on_controller().await;
-    let session_broke = f.agent_log_count("controller connection failed") > failed_before;
-
-    let Some(done) = f
-        .gitlab
-        .wait_for_job_finished(id, Duration::from_secs(120))
-        .await
-    else {
+    let restored = Instant::now();
+    let failed_at_restore = f.agent_log_count("controller connection failed");
+    let finished = async {
+        let done = f
+            .gitlab
+            .wait_for_job_finished(id, Duration::from_secs(120))
+            .await;
+        (done, restored.elapsed())
+    };
+    let (reconnect, (done, finished_after)) = tokio::join!(f.back_on_controller(), finished);
+    let Some(done) = done else {
         panic!("job did not finish after the link came back\n{}", ctx());
     };
-    let finished_after = cut_at.elapsed() - cut_for;
+    let session_broke = failed_at_restore > failed_before;
     assert_eq!(
         done.state,
         JobState::Success,
@@ -348,4 +357,104 @@ async fn link_flapping_five_minutes_loses_no_trace_and_fails_no_job() {
         Duration::from_secs(3),
     )
     .await;
+}
+
+/// Turns a fault on (`set(true)`) for `secs`, off, then waits a second.
+async fn fault_for(secs: u64, set: impl Fn(bool)) {
+    set(true);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    set(false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// No root needed: GitLab behind a proxy that, while a 30 s job runs, resets every open
+/// connection, stalls them all for 4 s, refuses new ones for 3 s and loses every answer for
+/// 3 s (patches GitLab took whose answer never came), twice over. The job succeeds, its
+/// trace is exact (a patch resent after a lost answer is refused with 416 and the upload
+/// goes on from GitLab's size), and the runner takes the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_reset_stalled_refused_and_answers_lost_mid_job_lose_no_trace() {
+    let Some((_, image)) = drover_tests::images::docker_and_busybox("link proxy").await else {
+        return;
+    };
+    let gitlab = FakeGitLab::start().await;
+    gitlab.set_trace_update_interval(1);
+    let target = gitlab
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the fake GitLab's address");
+    let proxy = FlakyProxy::start(target).await.expect("start the proxy");
+    let token = format!("glrt-link-proxy-{:08x}", rand::random::<u32>());
+    gitlab.add_runner(&token);
+    let config = format!(
+        "concurrent = 1\ncheck_interval = 1\n\n[[runners]]\n  name = \"link-proxy\"\n  \
+         url = \"http://{}\"\n  token = \"{token}\"\n  executor = \"docker\"\n  \
+         [runners.docker]\n    image = \"{image}\"\n    pull_policy = \"never\"\n",
+        proxy.addr()
+    );
+    let agent = StandaloneAgent::start(&config, AgentOptions::default()).expect("start agent");
+    let lines = 300;
+    let id = gitlab.enqueue_job(pattern_job(&image, "proxy", lines)).id;
+    wait_until(
+        Duration::from_secs(60),
+        "the job's first lines in GitLab",
+        || {
+            String::from_utf8_lossy(&gitlab.trace(id))
+                .contains("Jproxy-L0010-")
+                .then_some(())
+        },
+        || agent.stderr(),
+    )
+    .await;
+    let accepted = proxy.accepted();
+    for _ in 0..2 {
+        proxy.reset_all();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fault_for(4, |on| proxy.stall(on)).await;
+        fault_for(3, |on| {
+            proxy.refuse(on);
+            if on {
+                proxy.reset_all();
+            }
+        })
+        .await;
+        fault_for(3, |on| proxy.lose_answers(on)).await;
+    }
+    let Some(done) = gitlab
+        .wait_for_job_finished(id, Duration::from_secs(90))
+        .await
+    else {
+        panic!("job did not finish\n{}", agent.stderr());
+    };
+    assert_eq!(
+        done.state,
+        JobState::Success,
+        "{}\n{}",
+        done.trace_text(),
+        agent.stderr()
+    );
+    assert_trace_exact(&done.trace, "proxy", lines);
+    assert!(
+        gitlab.request_count(Endpoint::PatchTrace, 416) >= 1,
+        "a patch whose answer was lost is resent and refused with 416"
+    );
+    assert!(
+        proxy.accepted() > accepted + 2,
+        "the agent reconnected after each reset"
+    );
+    let next = gitlab.enqueue_job(pattern_job(&image, "next", 3)).id;
+    let Some(after) = gitlab.wait_for_job_finished(next, WAIT).await else {
+        panic!("no job taken after the faults\n{}", agent.stderr());
+    };
+    assert_eq!(after.state, JobState::Success, "{}", after.trace_text());
+    assert_trace_exact(&after.trace, "next", 3);
+    eprintln!(
+        "proxy reset, stalled 4 s, refused 3 s and lost answers 3 s, twice, mid-job: job succeeded, trace {} \
+         bytes, 0 lost, 0 duplicated, {} patches answered 416, {} connections",
+        done.trace.len(),
+        gitlab.request_count(Endpoint::PatchTrace, 416),
+        proxy.accepted()
+    );
 }
