@@ -5,6 +5,7 @@
 //! - `harness`: starts the real `drover` and `drover-agent` binaries with temporary dirs.
 //! - `images`: builds local test images (busybox) since no registry can be reached.
 //! - `git_server`: a smart-HTTP git server (`git http-backend` as CGI) with job-token auth.
+//! - `fake_agent`: enrollment and a Session stream spoken by hand (controller tests).
 //! - `fleet_support`: what the fleet end-to-end tests share (specs, jobs, status polling).
 //! - `flaky_proxy`: a TCP proxy that stalls, resets and refuses connections on command.
 //! - `netns`: network namespaces with a veth pair to the host (root only).
@@ -13,6 +14,7 @@
 //!   Docker objects are removed on drop (standalone tests and `bench-jobs`).
 //! - `scrape`: an agent's metrics address from its log, and plain HTTP GETs.
 
+pub mod fake_agent;
 pub mod fake_gitlab;
 pub mod flaky_proxy;
 pub mod fleet_support;
