@@ -27,6 +27,7 @@ pub mod artifacts;
 pub mod atomic_file;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod control;
 pub mod executor;
 pub mod fleet;

@@ -70,6 +70,10 @@ fn main() -> std::process::ExitCode {
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `drover-agent status -o json | grep -q ...`: the reader had what it wanted.
+        Err(e) if drover_proto::stdout::reader_went_away(e.as_ref()) => {
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

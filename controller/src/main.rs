@@ -29,6 +29,10 @@ fn main() -> std::process::ExitCode {
     };
     match rt.block_on(cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `drover agents -o json | grep -q ...`: the reader had what it wanted.
+        Err(e) if drover_proto::stdout::reader_went_away(e.as_ref()) => {
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {}", cli::output::clean(&cli::error_text(&e)));
             std::process::ExitCode::FAILURE

@@ -5,14 +5,18 @@
 //! - `harness`: starts the real `drover` and `drover-agent` binaries with temporary dirs.
 //! - `images`: builds local test images (busybox) since no registry can be reached.
 //! - `git_server`: a smart-HTTP git server (`git http-backend` as CGI) with job-token auth.
+//! - `fake_agent`: enrollment and a Session stream spoken by hand (controller tests).
 //! - `fleet_support`: what the fleet end-to-end tests share (specs, jobs, status polling).
+//! - `flaky_proxy`: a TCP proxy that stalls, resets and refuses connections on command.
 //! - `netns`: network namespaces with a veth pair to the host (root only).
 //! - `procstat`: memory and CPU figures of a process (for the benchmarks in `src/bin/`).
 //! - `standalone_agent`: a `drover-agent run --config` process with its temp dir, whose
 //!   Docker objects are removed on drop (standalone tests and `bench-jobs`).
 //! - `scrape`: an agent's metrics address from its log, and plain HTTP GETs.
 
+pub mod fake_agent;
 pub mod fake_gitlab;
+pub mod flaky_proxy;
 pub mod fleet_support;
 pub mod git_server;
 pub mod harness;

@@ -4,8 +4,10 @@
 //! Addresses: two private /30 networks, `10.X.Y.Z/30` and `10.X.Y.Z+4/30`; the host side
 //! holds `.Z+1` and `.Z+5`, the namespace starts on `.Z+2` (default route via `.Z+1`) and
 //! [`Netns::change_address`] moves it to `.Z+6` (default route via `.Z+5`), as a DHCP lease
-//! on a new network would. Names are unique per test run; everything is deleted on drop,
-//! also when the test fails.
+//! on a new network would. [`Netns::set_link`] takes the host end of the pair down and up,
+//! which cuts every route between the namespace and the host (packets are dropped, nothing
+//! is reset), as an unplugged cable would. Names are unique per test run; everything is
+//! deleted on drop, also when the test fails.
 
 use std::process::Command;
 
@@ -98,6 +100,12 @@ impl Netns {
     /// The namespace's current address.
     pub fn ns_ip(&self) -> String {
         self.addr(if self.moved { 6 } else { 2 })
+    }
+
+    /// Takes the host end of the veth pair up or down: down, the namespace's packets to the
+    /// host are dropped (established connections stall, new ones time out) until it is up.
+    pub fn set_link(&self, up: bool) -> Result<(), String> {
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }])
     }
 
     /// Moves the namespace to the second /30 (`ip addr del`/`add` inside it).

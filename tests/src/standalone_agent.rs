@@ -18,6 +18,8 @@ pub struct AgentOptions {
     pub log_filter: String,
     /// Arguments after `run --config FILE --state-dir DIR` (e.g. `--metrics-listen`).
     pub args: Vec<String>,
+    /// `--state-dir`; `None`: `state` in the agent's temp dir.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -25,6 +27,7 @@ impl Default for AgentOptions {
         AgentOptions {
             log_filter: "info".to_string(),
             args: Vec::new(),
+            state_dir: None,
         }
     }
 }
@@ -72,7 +75,7 @@ impl StandaloneAgent {
             .arg("--config")
             .arg(&self.config)
             .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
+            .arg(self.state_dir())
             .args(&self.options.args)
             .env("DROVER_LOG", &self.options.log_filter)
             .stdin(Stdio::null())
@@ -82,6 +85,14 @@ impl StandaloneAgent {
             .map_err(|e| context(e, "start drover-agent"))?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The agent's `--state-dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.options
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("state"))
     }
 
     fn log_path(&self) -> PathBuf {

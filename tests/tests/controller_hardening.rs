@@ -485,3 +485,46 @@ async fn a_broken_connection_mid_apply_leaves_the_outcome_unknown() {
     );
     assert!(!err.contains("refused"), "{err}");
 }
+
+/// `drover agents -o json | grep -q ...` under `set -o pipefail`: a reader that went away
+/// before the output was written ends the command quietly with success, for both binaries,
+/// instead of a panic ("failed printing to stdout: Broken pipe") and exit 101.
+#[test]
+fn a_reader_that_went_away_ends_output_quietly() {
+    use std::process::Stdio;
+    let c = Controller::start();
+    let _token = c.create_token(&["--label", "site=lab"]);
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../proto/tests/fixtures/gitlab-runner/register_free_text_names.toml");
+    let data_dir = c.data_dir().to_str().unwrap().to_owned();
+    let runs: [(std::path::PathBuf, Vec<&str>); 5] = [
+        (
+            drover_bin(),
+            vec!["--data-dir", &data_dir, "agents", "-o", "json"],
+        ),
+        (drover_bin(), vec!["--data-dir", &data_dir, "token", "list"]),
+        (
+            drover_bin(),
+            vec!["--data-dir", &data_dir, "token", "list", "-o", "json"],
+        ),
+        (drover_bin(), vec!["--data-dir", &data_dir, "status"]),
+        (
+            agent_bin(),
+            vec!["check", "--config", config.to_str().unwrap()],
+        ),
+    ];
+    for (bin, args) in runs {
+        let mut child = Command::new(&bin)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader leaves before anything is written: every write meets a broken pipe.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -15,6 +15,7 @@ use drover_controller::client::{self, ClientIdentity};
 use drover_proto::v1;
 use drover_proto::v1::agent_message::Kind as AgentKind;
 use drover_proto::v1::controller_message::Kind as ControllerKind;
+use drover_tests::fake_agent;
 use drover_tests::fake_gitlab::FakeGitLab;
 use drover_tests::harness::{Controller, stderr, stdout, wait_for};
 use secrecy::SecretString;
@@ -33,57 +34,10 @@ struct FakeAgent {
 
 impl FakeAgent {
     async fn enroll_and_connect(c: &Controller, token: &str, hostname: &str) -> FakeAgent {
-        let ca = c.read("ca.crt");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap()
-            .der()
-            .to_vec();
-        let facts = v1::AgentFacts {
-            hostname: hostname.into(),
-            arch: "x86_64".into(),
-            os: "linux".into(),
-            agent_version: "test".into(),
-            system_id: "s_0123456789ab".into(),
-            ..Default::default()
-        };
-        let channel = client::connect(&c.grpc_addr, &ca, None).await.unwrap();
-        let enrolled = v1::enrollment_client::EnrollmentClient::new(channel)
-            .enroll(v1::EnrollRequest {
-                token: token.into(),
-                csr_der: csr,
-                facts: Some(facts.clone()),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let identity = ClientIdentity {
-            cert_pem: enrolled.certificate_pem,
-            key_pem: SecretString::from(key.serialize_pem()),
-        };
-        let channel = client::connect(&c.grpc_addr, &ca, Some(&identity))
+        let enrolled = fake_agent::enroll(c, token, hostname).await.unwrap();
+        let (tx, inbound) = fake_agent::open_session(&c.grpc_addr, &c.read("ca.crt"), &enrolled, 0)
             .await
             .unwrap();
-        let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
-        tx.send(v1::AgentMessage {
-            kind: Some(AgentKind::Hello(v1::Hello {
-                facts: Some(facts),
-                applied_generation: 0,
-                instance: format!("test-{hostname}"),
-            })),
-        })
-        .await
-        .unwrap();
-        let outbound =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        let mut inbound = v1::agent_control_client::AgentControlClient::new(channel)
-            .session(outbound)
-            .await
-            .unwrap()
-            .into_inner();
-        let welcome = inbound.message().await.unwrap().unwrap();
-        assert!(matches!(welcome.kind, Some(ControllerKind::Welcome(_))));
         let applied = Arc::new(AtomicU64::new(0));
         let runners = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (hb_tx, hb_applied, hb_runners) = (tx.clone(), applied.clone(), runners.clone());
@@ -105,7 +59,7 @@ impl FakeAgent {
             }
         });
         FakeAgent {
-            id: enrolled.agent_id,
+            id: enrolled.id,
             tx,
             inbound,
             applied,

@@ -23,11 +23,11 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         .iter()
         .map(|r| r.name.as_str())
         .collect();
-    println!(
+    drover_proto::stdout::line(&format!(
         "{}: valid, {} runner(s): {}",
         args.config.display(),
         names.len(),
         names.join(", ")
-    );
+    ))?;
     Ok(())
 }

@@ -119,6 +119,6 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
         certs::rfc3339(info.not_after),
         state.root().display()
     );
-    println!("{}", resp.agent_id);
+    drover_proto::stdout::line(&resp.agent_id)?;
     Ok(())
 }

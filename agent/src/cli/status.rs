@@ -90,10 +90,10 @@ pub fn staleness(report: &Report, now: OffsetDateTime, pid_alive: bool) -> Optio
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let shown = read(&args.state_dir, OffsetDateTime::now_utc())?;
     match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
+        Format::Json => drover_proto::stdout::line(&serde_json::to_string_pretty(&shown)?)?,
         Format::Text => {
             let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
-            print!("{}", render(&shown, OffsetDateTime::now_utc(), color));
+            drover_proto::stdout::write(&render(&shown, OffsetDateTime::now_utc(), color))?;
         }
     }
     Ok(())

@@ -12,6 +12,14 @@
 //! When the host's addresses change, a stream made from the old address is dead (it would
 //! only time out much later): the session ends at once and a new one is made; a message
 //! taken from the queue at that moment is kept for the next session.
+//!
+//! Renewal and expiry read the [`Clock`]: the renewal point is a [`Deadline`] on both the
+//! wall and the monotonic clock, looked at every [`RENEW_RECHECK`], so a wall clock that
+//! jumps forward past it renews at once and one that jumps back does not delay it. A
+//! renewal follows the last one in this process by at least a sixth of the certificate's
+//! lifetime, so a clock far ahead of the controller's (which makes every new certificate
+//! look two-thirds spent) cannot make a renewal storm. A certificate the clock says expired
+//! is a clear error at the next connect: enroll again.
 
 pub mod backoff;
 
@@ -29,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::clock::{Clock, Deadline};
 use crate::fleet::report::Report;
 use crate::health::{ClockSkew, HostHealth};
 use crate::host_facts::{self, HostFacts};
@@ -88,6 +97,60 @@ pub struct Link {
     pub health: watch::Receiver<HostHealth>,
     /// Fed with the controller's `Date` header.
     pub skew: Arc<ClockSkew>,
+    /// Where "now" comes from (certificate expiry and renewal).
+    pub clock: Arc<dyn Clock>,
+}
+
+/// How often a session looks at the renewal point besides its timer: a wall clock that
+/// jumps past it is noticed this late at most.
+pub const RENEW_RECHECK: Duration = Duration::from_secs(5);
+
+/// When the current certificate is renewed (see the module doc).
+#[derive(Debug, Clone, Copy)]
+struct Renewal {
+    /// Two thirds of the certificate's lifetime.
+    point: Deadline,
+    /// Monotonic time before which it is not renewed again (after a renewal).
+    not_before: Duration,
+}
+
+impl Renewal {
+    /// The renewal of `identity`'s certificate; `last` is the monotonic time of this
+    /// process's last renewal.
+    fn plan(identity: &Identity, clock: &dyn Clock, last: Option<Duration>) -> Renewal {
+        let lifetime =
+            Duration::try_from(identity.not_after - identity.not_before).unwrap_or(Duration::ZERO);
+        Renewal {
+            point: Deadline::new(
+                certs::renew_at(identity.not_before, identity.not_after),
+                clock,
+            ),
+            not_before: last.map_or(Duration::ZERO, |l| l + lifetime / 6),
+        }
+    }
+
+    /// How long until it is due (zero: renew now).
+    fn remaining(&self, clock: &dyn Clock) -> Duration {
+        let gap = self.not_before.saturating_sub(clock.monotonic());
+        self.point.remaining(clock).max(gap)
+    }
+
+    /// How long the session sleeps before looking again.
+    fn check_in(&self, clock: &dyn Clock) -> Duration {
+        self.remaining(clock).min(RENEW_RECHECK)
+    }
+}
+
+/// A certificate the clock says expired cannot connect: a clear error naming what to do.
+fn check_not_expired(identity: &Identity, clock: &dyn Clock) -> anyhow::Result<()> {
+    if clock.now() >= identity.not_after {
+        anyhow::bail!(
+            "certificate of agent {} expired at {}; enroll again with a new token",
+            identity.agent_id,
+            certs::rfc3339(identity.not_after)
+        );
+    }
+    Ok(())
 }
 
 /// Runs sessions until `shutdown` or a fatal refusal.
@@ -102,21 +165,19 @@ pub async fn run(
     let instance = format!("{:016x}", rand::random::<u64>());
     // Messages taken from the queue that the last session could not send.
     let mut pending: Vec<v1::AgentMessage> = Vec::new();
+    // Monotonic time of the last renewal.
+    let mut renewed: Option<Duration> = None;
     loop {
         let identity = state.load()?;
-        if OffsetDateTime::now_utc() >= identity.not_after {
-            anyhow::bail!(
-                "certificate of agent {} expired at {}; enroll again with a new token",
-                identity.agent_id,
-                certs::rfc3339(identity.not_after)
-            );
-        }
+        check_not_expired(&identity, &*link.clock)?;
+        let renewal = Renewal::plan(&identity, &*link.clock, renewed);
         let result = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = session(&state, &identity, &instance, &mut link, &mut pending) => r,
+            r = session(&state, &identity, &instance, &mut link, &mut pending, renewal) => r,
         };
         match result {
             Ok(SessionEnd::Renewed) => {
+                renewed = Some(link.clock.monotonic());
                 backoff.reset();
                 continue;
             }
@@ -158,6 +219,7 @@ async fn session(
     instance: &str,
     link: &mut Link,
     pending: &mut Vec<v1::AgentMessage>,
+    renewal: Renewal,
 ) -> Result<SessionEnd, SessionError> {
     let session_ips = sorted(host_facts::ips());
     let id = identity.agent_id.as_str();
@@ -209,11 +271,8 @@ async fn session(
     let interval = Duration::from_secs(u64::from(welcome.heartbeat_interval_seconds.max(1)));
     tracing::info!(agent = %id, heartbeat_s = interval.as_secs(), "connected to controller");
 
-    let renew_at = certs::renew_at(identity.not_before, identity.not_after);
-    let until_renew = (renew_at - OffsetDateTime::now_utc())
-        .try_into()
-        .unwrap_or(Duration::ZERO);
-    let renew = tokio::time::sleep(until_renew);
+    let clock = link.clock.clone();
+    let renew = tokio::time::sleep(renewal.check_in(&*clock));
     tokio::pin!(renew);
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
@@ -260,8 +319,11 @@ async fn session(
                 }
             }
             _ = &mut renew => {
-                renew_certificate(state, identity, channel.clone()).await?;
-                return Ok(SessionEnd::Renewed);
+                if renewal.remaining(&*clock).is_zero() {
+                    renew_certificate(state, identity, channel.clone()).await?;
+                    return Ok(SessionEnd::Renewed);
+                }
+                renew.as_mut().reset(tokio::time::Instant::now() + renewal.check_in(&*clock));
             }
         }
     }
@@ -333,7 +395,87 @@ async fn renew_certificate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::FakeClock;
     use crate::fleet::report::UnitReport;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    /// A certificate valid for 3 h from `t0()`: renewal at `t0() + 2 h`.
+    fn identity() -> Identity {
+        Identity {
+            agent_id: "agent-clock".into(),
+            controller: "https://controller:7443".into(),
+            ca_pem: String::new(),
+            cert_pem: String::new(),
+            key_pem: secrecy::SecretString::from(String::new()),
+            not_before: t0(),
+            not_after: t0() + time::Duration::hours(3),
+        }
+    }
+
+    /// Issue 20: the wall clock jumps +1 h past the renewal point mid-session: the next
+    /// look (within `RENEW_RECHECK`) renews; it is not skipped or left to the timer set
+    /// before the jump.
+    #[test]
+    fn renewal_after_a_forward_jump_past_the_point_is_at_once() {
+        let c = FakeClock::new(t0() + time::Duration::minutes(90));
+        let r = Renewal::plan(&identity(), &c, None);
+        assert_eq!(r.remaining(&c), HOUR / 2);
+        assert_eq!(r.check_in(&c), RENEW_RECHECK);
+        c.advance(RENEW_RECHECK);
+        c.jump(time::Duration::hours(1));
+        assert_eq!(r.remaining(&c), Duration::ZERO);
+        assert_eq!(r.check_in(&c), Duration::ZERO);
+    }
+
+    /// Issue 20: the wall clock jumps −1 h: no renewal before the point, and none an hour
+    /// late either (the monotonic side holds the time that was left).
+    #[test]
+    fn renewal_after_a_backward_jump_is_neither_early_nor_an_hour_late() {
+        let c = FakeClock::new(t0() + time::Duration::minutes(110));
+        let r = Renewal::plan(&identity(), &c, None);
+        c.jump(time::Duration::hours(-1));
+        assert_eq!(r.remaining(&c), Duration::from_secs(600));
+        c.advance(Duration::from_secs(599));
+        assert!(!r.remaining(&c).is_zero());
+        c.advance(Duration::from_secs(1));
+        assert!(r.remaining(&c).is_zero());
+    }
+
+    /// Issue 20: a clock far ahead of the controller makes each new certificate look
+    /// two-thirds spent; renewals still come at most every sixth of the lifetime.
+    #[test]
+    fn no_renewal_storm_when_the_clock_is_ahead_of_the_controller() {
+        // The controller issued at t0() (3 h lifetime); this clock reads t0() + 2.5 h.
+        let c = FakeClock::new(t0() + time::Duration::minutes(150));
+        let first = Renewal::plan(&identity(), &c, None);
+        assert!(first.remaining(&c).is_zero(), "first renewal at once");
+        // Renewed just now: the same picture again, but not due for 30 min (3 h / 6).
+        let again = Renewal::plan(&identity(), &c, Some(c.monotonic()));
+        assert_eq!(again.remaining(&c), HOUR / 2);
+        c.advance(HOUR / 2);
+        assert!(again.remaining(&c).is_zero());
+    }
+
+    /// Issue 20: a wall clock that jumped past the certificate's end: a clear error naming
+    /// the agent, the end and what to do; before that, none.
+    #[test]
+    fn an_expired_certificate_is_a_clear_error() {
+        let c = FakeClock::new(t0() + time::Duration::minutes(150));
+        check_not_expired(&identity(), &c).unwrap();
+        c.jump(time::Duration::hours(1));
+        let e = check_not_expired(&identity(), &c).unwrap_err().to_string();
+        assert!(e.contains("agent-clock"), "{e}");
+        assert!(
+            e.contains(&certs::rfc3339(t0() + time::Duration::hours(3))),
+            "{e}"
+        );
+        assert!(e.contains("enroll again"), "{e}");
+    }
 
     #[test]
     fn heartbeat_carries_generation_units_host_and_version() {

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, SystemClock};
 use crate::executor::{ConnectOptions, DockerExecutor, Executor};
 use crate::gitlab::{ClientOptions, GitLab, HttpGitLab, system_id};
 use crate::health::{ClockSkew, DockerStatus, HostHealth, ProcProbe};
@@ -80,6 +81,7 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
         crate::standalone::observe::start_server(addr, metrics.clone(), background.clone()).await?;
     }
     let skew = Arc::new(ClockSkew::default());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (gitlab, forget_clients) = http_factory(metrics.clone());
     let deps = Deps {
         gitlab,
@@ -96,6 +98,7 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
         ips: Arc::new(crate::host_facts::ips),
         on_ips_changed: Some(forget_clients),
         timings: Timings::default(),
+        clock: clock.clone(),
     };
     let liveness = Heartbeat::new();
     let mut sup = Supervisor::new(deps)
@@ -134,6 +137,7 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
         report: report_rx,
         health: health_rx,
         skew,
+        clock,
     };
     let control = crate::control::run(state, link, shutdown.clone()).await;
     lifecycle.stopping();

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
 use super::report::{self, Report, UnitReport};
+use crate::clock::{Clock, Deadline};
 use crate::executor::{Executor, JobOutcome};
 use crate::gitlab::{GitLab, GitLabError, RunnerAuth};
 use crate::health::DockerStatus;
@@ -110,6 +111,9 @@ pub struct Deps {
     /// connections made from a vanished address are dead, so the GitLab clients drop them.
     pub on_ips_changed: Option<Arc<dyn Fn() + Send + Sync>>,
     pub timings: Timings,
+    /// Where "now" comes from for token rotation: its points are [`Deadline`]s, so a wall
+    /// clock jump neither skips nor delays one (see `crate::clock`).
+    pub clock: Arc<dyn Clock>,
 }
 
 const LOG_LINES: usize = 10;
@@ -125,8 +129,10 @@ struct UnitEntry {
     /// The token this runner had before the agent rotated it: a push that still carries it
     /// (the controller has not seen `TokenRotated` yet) keeps the rotated one.
     rotated_from: Option<String>,
+    /// The rotation point of the current token, held on both clocks.
+    rotate: Option<Deadline>,
     /// No rotation attempt before this time (after a failed one).
-    rotation_retry: Option<OffsetDateTime>,
+    rotation_retry: Option<Deadline>,
     /// Why the last rotation attempt failed; `None` after a success or a new token.
     rotation_error: Option<String>,
     /// The unit asked for its loop to stop (watchdog) while its state still wants one: the
@@ -372,7 +378,7 @@ impl Supervisor {
     }
 
     async fn try_apply(&mut self, ds: v1::DesiredState) -> Result<(), String> {
-        let now_t = OffsetDateTime::now_utc();
+        let now_t = self.deps.clock.now();
         let mut raws: Vec<Raw> = ds.runners.iter().map(desired::raw_from_proto).collect();
         for r in &mut raws {
             if let Some(cur) = self.units.get(&r.name) {
@@ -493,6 +499,7 @@ impl Supervisor {
                 base: (0, 0, 0),
                 log: VecDeque::new(),
                 rotated_from: None,
+                rotate: None,
                 rotation_retry: None,
                 rotation_error: None,
                 stop_loop: false,
@@ -734,13 +741,21 @@ impl Supervisor {
 
     /// Rotates the tokens that reached 75 % of their lifetime.
     async fn rotate_due(&mut self) {
-        let now_t = OffsetDateTime::now_utc();
+        let clock = self.deps.clock.clone();
+        let now_t = clock.now();
+        for e in self.units.values_mut() {
+            // Anchored when the point changes (a new token), not on every tick.
+            let at = e.assignment.rotate_at(now_t);
+            if e.rotate.map(|d| d.at()) != at {
+                e.rotate = at.map(|a| Deadline::new(a, &*clock));
+            }
+        }
         let due: Vec<String> = self
             .units
             .iter()
             .filter(|(_, e)| e.unit.state.wants_loop())
-            .filter(|(_, e)| e.rotation_retry.is_none_or(|r| now_t >= r))
-            .filter(|(_, e)| e.assignment.rotate_at(now_t).is_some_and(|r| now_t >= r))
+            .filter(|(_, e)| e.rotation_retry.is_none_or(|r| r.due(&*clock)))
+            .filter(|(_, e)| e.rotate.is_some_and(|r| r.due(&*clock)))
             .map(|(k, _)| k.clone())
             .collect();
         for name in due {
@@ -779,7 +794,7 @@ impl Supervisor {
                 return;
             }
         };
-        let now_t = OffsetDateTime::now_utc();
+        let now_t = self.deps.clock.now();
         let Some(e) = self.units.get_mut(name) else {
             return;
         };
@@ -842,7 +857,8 @@ impl Supervisor {
     /// remaining lifetime when that is sooner (at least 2 s), so a short-lived token gets
     /// more tries before it expires.
     fn rotation_failed(&mut self, name: &str, why: String) {
-        let now_t = OffsetDateTime::now_utc();
+        let clock = self.deps.clock.clone();
+        let now_t = clock.now();
         if let Some(e) = self.units.get_mut(name) {
             let left = e
                 .assignment
@@ -851,7 +867,7 @@ impl Supervisor {
             let wait: time::Duration =
                 (left / 4_i32).clamp(time::Duration::seconds(2), time::Duration::minutes(1));
             tracing::warn!(runner = %name, error = %why, retry_in_s = wait.whole_seconds(), "token rotation failed; will retry");
-            e.rotation_retry = Some(now_t + wait);
+            e.rotation_retry = Some(Deadline::new(now_t + wait, &*clock));
             e.log(format!("token rotation failed: {why}"));
             e.rotation_error = Some(why);
         }
@@ -1092,7 +1108,7 @@ impl Supervisor {
 
     /// The current report.
     pub fn report(&self) -> Report {
-        let now_t = OffsetDateTime::now_utc();
+        let now_t = self.deps.clock.now();
         let units = self
             .units
             .iter()

@@ -102,7 +102,12 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
     let _stop_metrics = stop_metrics.clone().drop_guard();
     if let Some(addr) = metrics_addr {
         observe::start_server(addr, observed.metrics.clone(), stop_metrics.clone()).await?;
-        observe::spawn_host_probe(docker.clone(), observed.metrics.clone(), stop_metrics);
+        observe::spawn_host_probe(
+            docker.clone(),
+            observed.metrics.clone(),
+            args.state_dir.clone(),
+            stop_metrics,
+        );
     }
     let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
     observe::spawn_event_feed(events_rx, observed.metrics.clone());

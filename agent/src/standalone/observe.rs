@@ -4,6 +4,7 @@
 //! a periodic host probe.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -183,14 +184,28 @@ pub fn spawn_event_feed(mut rx: mpsc::UnboundedReceiver<RunnerEvent>, metrics: M
     });
 }
 
-/// Probes Docker and the host every [`HOST_PROBE_INTERVAL`] until `stop`.
-pub fn spawn_host_probe(docker: Arc<DockerExecutor>, metrics: Metrics, stop: CancellationToken) {
+/// Probes Docker and the host every [`HOST_PROBE_INTERVAL`] until `stop`. `state_dir`
+/// (caches, in-flight records, archives in transit) is reported as the `builds` disk.
+pub fn spawn_host_probe(
+    docker: Arc<DockerExecutor>,
+    metrics: Metrics,
+    state_dir: PathBuf,
+    stop: CancellationToken,
+) {
     tokio::spawn(async move {
         let probe = ProcProbe::default();
         let skew = ClockSkew::default();
+        let thresholds = health::Thresholds::default();
+        let mut last_kinds = Vec::new();
         loop {
-            let h = snapshot(&docker, &probe, &skew).await;
+            let h = snapshot(&docker, &probe, &skew, &state_dir).await;
             metrics.set_host(&h);
+            let reasons = health::degraded_reasons(&h, &thresholds);
+            match degraded_change(&mut last_kinds, &reasons) {
+                Some(DegradedChange::Degraded(why)) => tracing::warn!("host degraded: {why}"),
+                Some(DegradedChange::Healthy) => tracing::info!("host healthy again"),
+                None => {}
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(HOST_PROBE_INTERVAL) => {}
@@ -199,10 +214,44 @@ pub fn spawn_host_probe(docker: Arc<DockerExecutor>, metrics: Metrics, stop: Can
     });
 }
 
+/// What changed in the host's degraded reasons since the last snapshot.
+#[derive(Debug, Clone, PartialEq)]
+enum DegradedChange {
+    /// Degraded now, or for other reasons than before: every reason, `; `-joined.
+    Degraded(String),
+    /// No reason left.
+    Healthy,
+}
+
+/// Compares `reasons` with the kinds of the last ones (the text before the first `:`, digit
+/// or sign, so changing figures like `3 MiB free` or `-90s` do not repeat the log line) and
+/// keeps the new kinds.
+fn degraded_change(last_kinds: &mut Vec<String>, reasons: &[String]) -> Option<DegradedChange> {
+    let kinds: Vec<String> = reasons
+        .iter()
+        .map(|r| {
+            r.split(|c: char| c == ':' || c == '+' || c == '-' || c.is_ascii_digit())
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    if kinds == *last_kinds {
+        return None;
+    }
+    *last_kinds = kinds;
+    Some(if reasons.is_empty() {
+        DegradedChange::Healthy
+    } else {
+        DegradedChange::Degraded(reasons.join("; "))
+    })
+}
+
 async fn snapshot(
     docker: &DockerExecutor,
     probe: &dyn HostProbe,
     skew: &ClockSkew,
+    state_dir: &Path,
 ) -> health::HostHealth {
     let status = match docker.ping().await {
         Ok(i) => Some(DockerStatus {
@@ -214,12 +263,45 @@ async fn snapshot(
             None
         }
     };
-    health::collect(probe, status, skew, &health::CollectOptions::default())
+    let opts = health::CollectOptions {
+        builds_dir: Some(state_dir.to_path_buf()),
+    };
+    health::collect(probe, status, skew, &opts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn degraded_change_logs_each_new_kind_once_and_the_recovery() {
+        let mut last = Vec::new();
+        assert_eq!(degraded_change(&mut last, &[]), None);
+        let low = |free: &str| vec![format!("disk low on builds dir: {free} free of 8 MiB")];
+        assert_eq!(
+            degraded_change(&mut last, &low("1 MiB")),
+            Some(DegradedChange::Degraded(
+                "disk low on builds dir: 1 MiB free of 8 MiB".into()
+            ))
+        );
+        // Same reason, other figures: nothing new.
+        assert_eq!(degraded_change(&mut last, &low("0 MiB")), None);
+        let two = vec![low("0 MiB")[0].clone(), "docker engine unreachable".into()];
+        assert_eq!(
+            degraded_change(&mut last, &two),
+            Some(DegradedChange::Degraded(
+                "disk low on builds dir: 0 MiB free of 8 MiB; docker engine unreachable".into()
+            ))
+        );
+        assert_eq!(
+            degraded_change(&mut last, &[]),
+            Some(DegradedChange::Healthy)
+        );
+        assert_eq!(degraded_change(&mut last, &[]), None);
+        let skew = |s: &str| vec![format!("clock skewed by {s}s")];
+        assert!(degraded_change(&mut last, &skew("-90")).is_some());
+        assert_eq!(degraded_change(&mut last, &skew("-95")), None);
+    }
 
     #[test]
     fn flag_wins_then_listen_address_forms() {

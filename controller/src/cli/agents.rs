@@ -61,11 +61,11 @@ pub async fn run(cli: &super::Cli, args: &AgentsArgs) -> anyhow::Result<()> {
     match args.output {
         Format::Json => {
             let arr: Vec<serde_json::Value> = agents.iter().map(agent_json).collect();
-            println!("{}", serde_json::to_string_pretty(&arr)?);
+            drover_proto::stdout::line(&serde_json::to_string_pretty(&arr)?)?;
         }
         Format::Table => {
             let colour = output::colour();
-            output::print(&agents_table(&agents, colour), colour)
+            output::print(&agents_table(&agents, colour), colour)?
         }
     }
     Ok(())

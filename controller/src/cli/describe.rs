@@ -251,11 +251,11 @@ pub async fn run(cli: &super::Cli, cmd: &DescribeCommand) -> anyhow::Result<()> 
                 .into();
             v["events"] = events.iter().map(event_json).collect::<Vec<_>>().into();
             v["jobs"] = jobs.iter().map(event_json).collect::<Vec<_>>().into();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            drover_proto::stdout::line(&serde_json::to_string_pretty(&v)?)?;
         }
         Format::Table => {
             let colour = output::colour();
-            output::print(&describe_text(&agent, &events, &jobs, colour), colour)
+            output::print(&describe_text(&agent, &events, &jobs, colour), colour)?
         }
     }
     Ok(())

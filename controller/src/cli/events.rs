@@ -103,11 +103,11 @@ pub async fn run(cli: &super::Cli, args: &EventsArgs) -> anyhow::Result<()> {
         match (args.output, args.follow) {
             (Format::Json, false) => {
                 let arr: Vec<serde_json::Value> = events.iter().map(event_json).collect();
-                println!("{}", serde_json::to_string_pretty(&arr)?);
+                drover_proto::stdout::line(&serde_json::to_string_pretty(&arr)?)?;
             }
             (Format::Json, true) => {
                 for e in &events {
-                    println!("{}", event_json(e));
+                    drover_proto::stdout::line(&event_json(e).to_string())?;
                 }
             }
             (Format::Table, _) => {
@@ -115,7 +115,7 @@ pub async fn run(cli: &super::Cli, args: &EventsArgs) -> anyhow::Result<()> {
                     eprintln!("no events");
                 }
                 for e in &events {
-                    output::print(&format!("{}\n", event_line(e)), false);
+                    output::print(&format!("{}\n", event_line(e)), false)?;
                 }
             }
         }

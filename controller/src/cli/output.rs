@@ -72,9 +72,10 @@ pub fn human(text: &str, colour: bool) -> String {
     out
 }
 
-/// Prints `text` to stdout through [`human`].
-pub fn print(text: &str, colour: bool) {
-    print!("{}", human(text, colour));
+/// Prints `text` to stdout through [`human`]; a reader that went away is an error for
+/// `main` to end on quietly (see [`drover_proto::stdout`]).
+pub fn print(text: &str, colour: bool) -> std::io::Result<()> {
+    drover_proto::stdout::write(&human(text, colour))
 }
 
 /// Renders rows as left-aligned columns separated by two spaces. Cells go through

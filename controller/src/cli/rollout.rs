@@ -62,7 +62,9 @@ pub fn status_json(s: &v1::RolloutStatusResponse) -> serde_json::Value {
 
 fn print_status(s: &v1::RolloutStatusResponse, format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&status_json(s))?),
+        Format::Json => {
+            drover_proto::stdout::line(&serde_json::to_string_pretty(&status_json(s))?)?
+        }
         Format::Table => {
             let mut text = format!(
                 "generation {}: {}{}\n",
@@ -92,7 +94,7 @@ fn print_status(s: &v1::RolloutStatusResponse, format: Format) -> anyhow::Result
                 &["AGENT", "HOSTNAME", "TARGET", "APPLIED", "STATE", "ERROR"],
                 &rows,
             ));
-            output::print(&text, false);
+            output::print(&text, false)?;
         }
     }
     Ok(())
@@ -144,7 +146,7 @@ pub async fn run(cli: &super::Cli, cmd: &RolloutCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| super::change_error("rollout undo", s, super::CHECK_RUNNERS))?
                 .into_inner();
-            print_outcome(&resp, false);
+            print_outcome(&resp, false)?;
             Ok(())
         }
     }

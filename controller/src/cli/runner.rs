@@ -134,7 +134,7 @@ pub fn runner_json(r: &v1::RunnerInfo) -> serde_json::Value {
 }
 
 /// Prints an apply's outcome: warnings on stderr, the diff on stdout.
-pub fn print_outcome(resp: &v1::ApplyRunnersResponse, dry_run: bool) {
+pub fn print_outcome(resp: &v1::ApplyRunnersResponse, dry_run: bool) -> std::io::Result<()> {
     for w in &resp.warnings {
         eprintln!("warning: {}", output::clean(w));
     }
@@ -151,7 +151,7 @@ pub fn print_outcome(resp: &v1::ApplyRunnersResponse, dry_run: bool) {
         for d in &c.details {
             text.push_str(&format!("    {}\n", output::clean(d)));
         }
-        output::print(&text, false);
+        output::print(&text, false)?;
     }
     if dry_run {
         eprintln!("dry run: nothing stored");
@@ -159,13 +159,14 @@ pub fn print_outcome(resp: &v1::ApplyRunnersResponse, dry_run: bool) {
         eprintln!("no changes");
     } else {
         if !changed {
-            println!("= same runners as before, new generation");
+            drover_proto::stdout::line("= same runners as before, new generation")?;
         }
         eprintln!(
             "generation {} stored; rollout started (`drover rollout status --wait`)",
             resp.generation
         );
     }
+    Ok(())
 }
 
 async fn apply(
@@ -196,7 +197,7 @@ async fn apply(
             )
         })?
         .into_inner();
-    print_outcome(&resp, dry_run);
+    print_outcome(&resp, dry_run)?;
     Ok(())
 }
 
@@ -254,7 +255,7 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
             match a.output {
                 Format::Json => {
                     let arr: Vec<_> = resp.runners.iter().map(runner_json).collect();
-                    println!("{}", serde_json::to_string_pretty(&arr)?);
+                    drover_proto::stdout::line(&serde_json::to_string_pretty(&arr)?)?;
                 }
                 Format::Table => {
                     let rows: Vec<Vec<String>> = resp
@@ -277,7 +278,7 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                             &rows,
                         ),
                         false,
-                    );
+                    )?;
                     eprintln!("generation {}", resp.generation);
                 }
             }
@@ -293,11 +294,13 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                 .map_err(|s| super::status_error(&format!("get runner {}", a.name), s))?
                 .into_inner();
             match a.output {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&runner_json(&r))?),
+                Format::Json => {
+                    drover_proto::stdout::line(&serde_json::to_string_pretty(&runner_json(&r))?)?
+                }
                 Format::Table => {
                     let spec: serde_json::Value =
                         serde_json::from_str(&r.spec_json).unwrap_or_default();
-                    println!("{}", serde_json::to_string_pretty(&spec)?);
+                    drover_proto::stdout::line(&serde_json::to_string_pretty(&spec)?)?;
                     let rows: Vec<Vec<String>> = r
                         .placements
                         .iter()
@@ -316,7 +319,7 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                             &rows,
                         ),
                         false,
-                    );
+                    )?;
                 }
             }
             Ok(())
@@ -337,7 +340,7 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                     )
                 })?
                 .into_inner();
-            print_outcome(&resp, false);
+            print_outcome(&resp, false)?;
             Ok(())
         }
     }

@@ -132,10 +132,12 @@ pub async fn run(cli: &super::Cli, args: &StatusArgs) -> anyhow::Result<()> {
         .map_err(|s| super::status_error("fleet status", s))?
         .into_inner();
     match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&status_json(&s))?),
+        Format::Json => {
+            drover_proto::stdout::line(&serde_json::to_string_pretty(&status_json(&s))?)?
+        }
         Format::Table => {
             let colour = output::colour();
-            output::print(&status_text(&s, colour), colour)
+            output::print(&status_text(&s, colour), colour)?
         }
     }
     Ok(())

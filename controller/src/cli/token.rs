@@ -96,7 +96,7 @@ pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                         .unwrap_or_default()
                 );
             }
-            println!("{}", resp.token);
+            drover_proto::stdout::line(&resp.token)?;
         }
         TokenCommand::List(a) => {
             let tokens = client
@@ -128,7 +128,7 @@ pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                             })
                         })
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&arr)?);
+                    drover_proto::stdout::line(&serde_json::to_string_pretty(&arr)?)?;
                 }
                 Format::Table => {
                     let rows: Vec<Vec<String>> = tokens
@@ -146,7 +146,7 @@ pub async fn run(cli: &super::Cli, cmd: &TokenCommand) -> anyhow::Result<()> {
                     output::print(
                         &output::table(&["ID", "LABELS", "EXPIRES", "USES LEFT", "STATUS"], &rows),
                         false,
-                    );
+                    )?;
                 }
             }
         }

@@ -22,9 +22,9 @@ use crate::store::{
 use crate::timefmt;
 
 /// Sealing purpose of a generation's runner list.
-const SPECS: &str = "drover runner specs";
+pub const SPECS: &str = "drover runner specs";
 /// Sealing purpose of a runner authentication token.
-const RUNNER_TOKEN: &str = "drover runner token";
+pub const RUNNER_TOKEN: &str = "drover runner token";
 
 /// Errors of fleet operations.
 #[derive(Debug, thiserror::Error)]

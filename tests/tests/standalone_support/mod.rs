@@ -24,8 +24,13 @@ impl Agent {
     pub fn start_logged(config_toml: &str, log_filter: &str) -> Agent {
         let options = AgentOptions {
             log_filter: log_filter.to_string(),
-            args: Vec::new(),
+            ..AgentOptions::default()
         };
+        Agent::start_with(config_toml, options)
+    }
+
+    /// Starts the agent with `options` (its state dir, extra arguments).
+    pub fn start_with(config_toml: &str, options: AgentOptions) -> Agent {
         Agent(StandaloneAgent::start(config_toml, options).expect("start drover-agent"))
     }
 
@@ -91,6 +96,20 @@ pub async fn start_logged(
     docker_toml: &str,
     log_filter: &str,
 ) -> Option<E2e> {
+    let options = AgentOptions {
+        log_filter: log_filter.to_string(),
+        ..AgentOptions::default()
+    };
+    start_with(name, concurrent, docker_toml, options).await
+}
+
+/// [`start`] with the agent started with `options`.
+pub async fn start_with(
+    name: &str,
+    concurrent: u32,
+    docker_toml: &str,
+    options: AgentOptions,
+) -> Option<E2e> {
     let (docker, image) = drover_tests::images::docker_and_busybox(name).await?;
     let gitlab = drover_tests::fake_gitlab::FakeGitLab::start().await;
     gitlab.set_trace_update_interval(1);
@@ -104,7 +123,7 @@ pub async fn start_logged(
          tls_verify = false\n    privileged = false\n    volumes = [\"/cache\"]\n{docker_toml}\n",
         url = gitlab.url(),
     );
-    let agent = Agent::start_logged(&config, log_filter);
+    let agent = Agent::start_with(&config, options);
     Some(E2e {
         gitlab,
         agent,

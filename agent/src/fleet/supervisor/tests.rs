@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use super::*;
+use crate::clock::{FakeClock, SystemClock};
 use crate::gitlab::fake::{Call, FakeGitLab, job};
 use crate::gitlab::{
     ArtifactUpload, JobRequest, JobUpdate, RegisterOptions, RunnerCredentials, TraceAnswer,
@@ -255,6 +256,17 @@ async fn start_with(
     policy: RestartPolicy,
     hold: Duration,
 ) -> Harness {
+    start_clocked(dir, gl, docker_up, policy, hold, Arc::new(SystemClock)).await
+}
+
+async fn start_clocked(
+    dir: tempfile::TempDir,
+    gl: Arc<TokenGitLab>,
+    docker_up: bool,
+    policy: RestartPolicy,
+    hold: Duration,
+    clock: Arc<dyn Clock>,
+) -> Harness {
     let (out_tx, out) = mpsc::channel(256);
     let (report_tx, report) = watch::channel(Report::default());
     let (desired, desired_rx) = mpsc::unbounded_channel();
@@ -292,6 +304,7 @@ async fn start_with(
                 s.backoff_max = Duration::from_millis(20);
             })),
         },
+        clock,
     };
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let mut sup = Supervisor::new(deps).with_commands(commands_rx);
@@ -695,6 +708,61 @@ async fn reports_carry_the_rotation_point_and_a_failed_rotation() {
         u.token_rotation_error.is_none() && u.token_expires_at.as_deref() != Some(&rfc3339(expires))
     })
     .await;
+    h.stop().await;
+}
+
+/// Runs runner `a` with a 4 h token obtained `age` ago, on `clock`, until it runs and the
+/// rotation point is anchored; returns the harness.
+async fn run_a_clocked(age: time::Duration, clock: Arc<FakeClock>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    *gl.next_expiry.lock().unwrap() = Some("2099-01-01T00:00:00Z".into());
+    let obtained = clock.now() - age;
+    save_a(&dir, obtained, obtained + time::Duration::hours(4));
+    let mut h = start_clocked(dir, gl, true, policy(), Duration::ZERO, clock).await;
+    h.wait_report("a running", |r| is_running(r, "a")).await;
+    // A few ticks: the rotation point is anchored on the clock as it stands.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h
+}
+
+fn resets(h: &Harness) -> u32 {
+    *h.gl.resets.lock().unwrap()
+}
+
+/// Issue 20: the wall clock jumps +1 h past a token's rotation point (75 % of its 4 h, 30
+/// min away): the token is rotated at once, once.
+#[tokio::test]
+async fn a_forward_clock_jump_past_the_rotation_point_rotates_at_once() {
+    let clock = Arc::new(FakeClock::new(OffsetDateTime::now_utc()));
+    let mut h = run_a_clocked(time::Duration::minutes(150), clock.clone()).await;
+    assert_eq!(resets(&h), 0, "not due before the jump");
+    clock.jump(time::Duration::hours(1));
+    let m = h.message(|k| matches!(k, AgentKind::TokenRotated(_))).await;
+    assert!(matches!(m, AgentKind::TokenRotated(t) if t.token == "glrt-rotated"));
+    h.wait_report("running on the new token", |r| {
+        unit(r, "a").token_expires_at.as_deref() == Some("2099-01-01T00:00:00Z")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(resets(&h), 1, "one rotation, no storm");
+    h.stop().await;
+}
+
+/// Issue 20: the wall clock jumps −1 h 10 min before a token's rotation point: no rotation
+/// before the 10 minutes passed, and not an hour later either.
+#[tokio::test]
+async fn a_backward_clock_jump_neither_advances_nor_delays_rotation() {
+    let clock = Arc::new(FakeClock::new(OffsetDateTime::now_utc()));
+    let mut h = run_a_clocked(time::Duration::minutes(170), clock.clone()).await;
+    clock.jump(time::Duration::hours(-1));
+    clock.advance(Duration::from_secs(9 * 60));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(resets(&h), 0, "not due before its point");
+    clock.advance(Duration::from_secs(60));
+    h.message(|k| matches!(k, AgentKind::TokenRotated(_))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(resets(&h), 1, "one rotation, no storm");
     h.stop().await;
 }
 
