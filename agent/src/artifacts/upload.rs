@@ -14,7 +14,7 @@ use super::when::When;
 use crate::executor::FailureReason;
 use crate::gitlab::types::{Artifact, JobResponse, JobVariable};
 use crate::gitlab::{ArtifactUpload, GitLab, GitLabError};
-use crate::runner::backoff::RETRY_AFTER_MAX;
+use crate::runner::backoff::asked_wait;
 use crate::sources::TrackedFiles;
 use crate::trace::TraceSink;
 
@@ -83,15 +83,13 @@ impl Default for Retry {
 
 impl Retry {
     /// The wait after attempt `attempt` (1-based) failed with `e`: what GitLab asked for
-    /// (`Retry-After`, `RateLimit-ResetTime`; at most [`RETRY_AFTER_MAX`]), else
+    /// ([`asked_wait`]: `Retry-After`, `RateLimit-ResetTime`, bounded), else
     /// `backoff` doubled per failed attempt.
     pub fn wait(&self, e: &GitLabError, attempt: u32) -> Duration {
-        match e.retry_after() {
-            Some(after) => after.min(RETRY_AFTER_MAX),
-            None => self
-                .backoff
-                .saturating_mul(1u32 << attempt.saturating_sub(1).min(16)),
-        }
+        asked_wait(e).unwrap_or_else(|| {
+            self.backoff
+                .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        })
     }
 }
 
@@ -391,7 +389,10 @@ mod tests {
             body: String::new(),
         };
         assert_eq!(r.wait(&later(7), 4), Duration::from_secs(7));
-        assert_eq!(r.wait(&later(3600), 1), RETRY_AFTER_MAX);
+        assert_eq!(
+            r.wait(&later(3600), 1),
+            crate::runner::backoff::RETRY_AFTER_MAX
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Parsing of the response headers GitLab's runner API uses for flow control.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
 use time::OffsetDateTime;
@@ -81,26 +81,25 @@ pub fn retry_wait(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> 
 /// `Retry-After`: whole seconds (what gitlab-runner reads) or an HTTP date (RFC 9110);
 /// `None` when zero, past, or not understood.
 pub fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
-    let value = value.trim();
-    match value.parse::<u64>() {
-        Ok(secs) => (secs > 0).then(|| Duration::from_secs(secs)),
-        Err(_) => until_http_date(value, now),
-    }
+    parse_interval(value).or_else(|| until_http_date(value, now))
 }
 
 /// Time from `now` until an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`, Go's
 /// `time.RFC1123` as GitLab writes it); `None` when past or not a date.
 pub fn until_http_date(value: &str, now: OffsetDateTime) -> Option<Duration> {
-    let format = time::macros::format_description!(
+    let at = OffsetDateTime::from(parse_http_date(value).ok()?);
+    Duration::try_from(at - now).ok().filter(|d| !d.is_zero())
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form servers may send
+/// (`Date`, `Retry-After`, `RateLimit-ResetTime`).
+pub fn parse_http_date(value: &str) -> Result<SystemTime, String> {
+    let fmt = time::macros::format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
     );
-    let at = time::PrimitiveDateTime::parse(value.trim(), &format)
-        .ok()?
-        .assume_utc();
-    let d = at - now;
-    (d.is_positive())
-        .then(|| Duration::try_from(d).ok())
-        .flatten()
+    let dt = time::PrimitiveDateTime::parse(value.trim(), &fmt)
+        .map_err(|e| format!("date header {value:?}: {e}"))?;
+    Ok(dt.assume_utc().into())
 }
 
 /// `Content-Range` value for a patch of `len` (> 0) bytes at `offset`: inclusive bounds.

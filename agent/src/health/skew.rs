@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+pub use crate::gitlab::headers::parse_http_date;
+
 /// Skew samples fed by callers that saw a `Date` header. Cheap to share (`Arc`).
 #[derive(Debug, Default)]
 pub struct ClockSkew {
@@ -55,16 +57,6 @@ impl ClockSkew {
             (v[mid - 1] + v[mid]) / 2.0
         })
     }
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form servers may send.
-pub fn parse_http_date(value: &str) -> Result<SystemTime, String> {
-    let fmt = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    let dt = time::PrimitiveDateTime::parse(value.trim(), &fmt)
-        .map_err(|e| format!("date header {value:?}: {e}"))?;
-    Ok(dt.assume_utc().into())
 }
 
 #[cfg(test)]

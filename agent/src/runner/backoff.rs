@@ -11,14 +11,16 @@ use crate::gitlab::GitLabError;
 /// park a runner for an hour.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 
-/// The wait before retrying after `e`: what GitLab asked for, bounded by
-/// [`RETRY_AFTER_MAX`], else the backoff's next delay (gitlab-runner's `calculateWaitTime`:
-/// the header wins and the backoff does not advance).
+/// What GitLab asked to wait after `e` (`RateLimit-ResetTime`, `Retry-After`), bounded by
+/// [`RETRY_AFTER_MAX`]; `None` when it asked nothing.
+pub fn asked_wait(e: &GitLabError) -> Option<Duration> {
+    e.retry_after().map(|after| after.min(RETRY_AFTER_MAX))
+}
+
+/// The wait before retrying after `e`: [`asked_wait`], else the backoff's next delay
+/// (gitlab-runner's `calculateWaitTime`: the header wins and the backoff does not advance).
 pub fn retry_delay(e: &GitLabError, backoff: &mut Backoff) -> Duration {
-    match e.retry_after() {
-        Some(after) => after.min(RETRY_AFTER_MAX),
-        None => backoff.next_delay(),
-    }
+    asked_wait(e).unwrap_or_else(|| backoff.next_delay())
 }
 
 /// Doubles from `min` to `max`; each delay is drawn from `[d/2, d]` so many runners that
