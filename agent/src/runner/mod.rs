@@ -46,6 +46,7 @@ use crate::trace::UploadOptions;
 use backoff::{Backoff, retry_delay};
 use unhealthy::{Health, UnhealthyPolicy};
 
+pub use drover_proto::error_chain::error_chain;
 pub use job::job_secrets;
 pub use slots::{Slot, Slots};
 pub use stats::{RunnerEvent, RunnerState, RunnerStats, RunnerStatsSnapshot};
@@ -161,22 +162,6 @@ pub fn short_token(token: &SecretString) -> String {
     let t = token.expose_secret();
     let t = t.strip_prefix("glrt-").unwrap_or(t);
     t.chars().take(8).collect()
-}
-
-/// `e` and its sources, `: `-joined, each cause once (a source already in the text is not
-/// repeated), so logs say "connection refused" rather than only "error sending request".
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
-    }
-    out
 }
 
 /// Why a runner's loop ended early.

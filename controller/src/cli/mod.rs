@@ -112,18 +112,7 @@ pub(crate) async fn admin_client(
 /// already holds (errors that print their source inside their own message) is skipped,
 /// so `connect ...: Connection refused` is not followed by `: Connection refused` again.
 pub fn error_text(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if msg.is_empty() || out.contains(&msg) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&msg);
-    }
-    out
+    drover_proto::error_chain::error_chain(e.as_ref())
 }
 
 /// How to see whether a runner spec call whose answer was lost took effect.
