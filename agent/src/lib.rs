@@ -1,7 +1,8 @@
 //! `drover-agent`: runs GitLab CI jobs in Docker, supervised, on an edge box.
 //!
+//! The GitLab runner API client is the `drover-gitlab` crate (`agent/gitlab/`).
+//!
 //! Layout:
-//! - [`gitlab`]: the GitLab runner API client (verify, job request, trace, update, tokens).
 //! - [`executor`]: the Docker executor (the only module that talks to Docker).
 //! - [`trace`]: the job trace pipeline (masking, limits, upload).
 //! - [`sources`], [`cache`], [`artifacts`]: host-side git checkout, local caches and job
@@ -31,7 +32,6 @@ pub mod clock;
 pub mod control;
 pub mod executor;
 pub mod fleet;
-pub mod gitlab;
 pub mod health;
 pub mod host_facts;
 pub mod identity;

@@ -2,6 +2,10 @@
 //! and a second semver-incompatible rustls are kept out of the resolved graph (every
 //! platform, dev and build dependencies included), each refusal naming the path from a
 //! workspace crate that pulls the package in.
+//!
+//! And the crate boundaries: the controller (and the GitLab client it uses) depend on neither
+//! the agent nor Docker nor the archive code, checked over normal dependencies (what ends up
+//! in the binary; dev and build dependencies are not followed).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -131,8 +135,98 @@ fn violations(metadata: &Value) -> Vec<String> {
     out
 }
 
-#[test]
-fn resolved_graph_has_one_tls_stack() {
+/// Workspace crates and the packages their resolved normal dependencies must not contain.
+const KEPT_OUT: &[(&str, &[&str])] = &[
+    ("drover-controller", &["drover-agent", "bollard", "zip"]),
+    ("drover-gitlab", &["drover-agent", "bollard", "zip"]),
+];
+
+/// The packages of `banned` that `root` reaches through normal dependencies (any target
+/// platform), each with the path that pulls it in; a `root` missing from the workspace is a
+/// refusal too, so a rename cannot make the check pass by finding nothing.
+fn normal_dependency_violations(metadata: &Value, root: &str, banned: &[&str]) -> Vec<String> {
+    let packages: HashMap<&str, (&str, &str)> = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["id"].as_str()?,
+                (p["name"].as_str()?, p["version"].as_str()?),
+            ))
+        })
+        .collect();
+    let normal_edges: HashMap<&str, Vec<&str>> = metadata["resolve"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            let deps = n["deps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| {
+                    d["dep_kinds"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|k| k["kind"].is_null())
+                })
+                .filter_map(|d| d["pkg"].as_str())
+                .collect();
+            Some((n["id"].as_str()?, deps))
+        })
+        .collect();
+    let Some(root_id) = metadata["workspace_members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|id| packages.get(id).is_some_and(|(name, _)| *name == root))
+    else {
+        return vec![format!("{root} is not a workspace member")];
+    };
+    let mut parent: HashMap<&str, Option<&str>> = HashMap::from([(root_id, None)]);
+    let mut queue = VecDeque::from([root_id]);
+    while let Some(id) = queue.pop_front() {
+        for dep in normal_edges.get(id).into_iter().flatten() {
+            if !parent.contains_key(dep) {
+                parent.insert(dep, Some(id));
+                queue.push_back(dep);
+            }
+        }
+    }
+    let label = |id: &str| match packages.get(id) {
+        Some((name, version)) => format!("{name} {version}"),
+        None => id.to_string(),
+    };
+    let mut out: Vec<String> = parent
+        .keys()
+        .filter(|id| {
+            packages
+                .get(*id)
+                .is_some_and(|(name, _)| banned.contains(name))
+        })
+        .map(|id| {
+            let mut chain = vec![label(id)];
+            let mut at = *id;
+            while let Some(Some(up)) = parent.get(at) {
+                chain.push(label(up));
+                at = up;
+            }
+            chain.reverse();
+            format!(
+                "{root} must not depend on {}: {}",
+                label(id),
+                chain.join(" -> ")
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn cargo_metadata() -> Value {
     let out = std::process::Command::new(env!("CARGO"))
         .args(["metadata", "--locked", "--format-version", "1"])
         .arg("--manifest-path")
@@ -151,8 +245,53 @@ fn resolved_graph_has_one_tls_stack() {
             .is_some_and(|n| n.len() > 100),
         "cargo metadata resolved no graph"
     );
-    let found = violations(&metadata);
+    metadata
+}
+
+#[test]
+fn resolved_graph_has_one_tls_stack() {
+    let found = violations(&cargo_metadata());
     assert!(found.is_empty(), "dependency policy:\n{}", found.join("\n"));
+}
+
+#[test]
+fn controller_depends_on_neither_the_agent_nor_docker() {
+    let metadata = cargo_metadata();
+    let found: Vec<String> = KEPT_OUT
+        .iter()
+        .flat_map(|(root, banned)| normal_dependency_violations(&metadata, root, banned))
+        .collect();
+    assert!(found.is_empty(), "crate boundaries:\n{}", found.join("\n"));
+}
+
+/// The boundary check itself: a normal path to a banned package is refused with that path;
+/// the same package reached only as a dev or build dependency is not.
+#[test]
+fn boundary_check_follows_normal_dependencies_only() {
+    let pkg = |name: &str| serde_json::json!({"id": format!("{name}@1.0.0"), "name": name, "version": "1.0.0"});
+    let dep = |name: &str, kind: Value| serde_json::json!({"pkg": format!("{name}@1.0.0"), "dep_kinds": [{"kind": kind, "target": null}]});
+    let metadata = serde_json::json!({
+        "workspace_members": ["ctl@1.0.0", "agent@1.0.0"],
+        "packages": [pkg("ctl"), pkg("client"), pkg("agent"), pkg("bollard"), pkg("zip"), pkg("testkit")],
+        "resolve": {"nodes": [
+            {"id": "ctl@1.0.0", "deps": [dep("client", Value::Null), dep("testkit", "dev".into())]},
+            {"id": "client@1.0.0", "deps": [dep("agent", Value::Null)]},
+            {"id": "agent@1.0.0", "deps": [dep("bollard", Value::Null)]},
+            {"id": "testkit@1.0.0", "deps": [dep("zip", Value::Null)]},
+        ]},
+    });
+    let found = normal_dependency_violations(&metadata, "ctl", &["agent", "bollard", "zip"]);
+    assert_eq!(
+        found,
+        [
+            "ctl must not depend on agent 1.0.0: ctl 1.0.0 -> client 1.0.0 -> agent 1.0.0",
+            "ctl must not depend on bollard 1.0.0: ctl 1.0.0 -> client 1.0.0 -> agent 1.0.0 -> bollard 1.0.0",
+        ]
+    );
+    assert_eq!(
+        normal_dependency_violations(&metadata, "nope", &["zip"]),
+        ["nope is not a workspace member"]
+    );
 }
 
 /// The check itself: a graph that pulls OpenSSL through native-tls, and two rustls lines,

@@ -9,8 +9,8 @@ use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions, Remov
 use drover_agent::executor::{
     ConnectOptions, DockerExecutor, Executor, FailureReason, JobContext, JobOutcome,
 };
-use drover_agent::gitlab::types::JobResponse;
 use drover_agent::trace::TraceSink;
+use drover_gitlab::types::JobResponse;
 use drover_proto::spec::RunnerConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -94,7 +94,7 @@ fn ctx(job: JobResponse, runner: RunnerConfig, agent: &str) -> JobContext {
         agent_id: agent.to_string(),
         runner_short_token: format!("t{:07x}", rand::random::<u32>() & 0xfffffff),
         slot: 0,
-        gitlab: Arc::new(drover_agent::gitlab::fake::FakeGitLab::new()),
+        gitlab: Arc::new(drover_gitlab::fake::FakeGitLab::new()),
     }
 }
 

@@ -16,16 +16,16 @@ use drover_agent::cache::{
     CachePlan, CacheStore, RestoredCache, SaveOutcome, cache_plans, restore_caches, save_caches,
 };
 use drover_agent::executor::FailureReason;
-use drover_agent::gitlab::api::{JobRequest, RunnerAuth, TraceAnswer};
-use drover_agent::gitlab::types::JobResponse;
-use drover_agent::gitlab::{
-    ArtifactUpload, GitLab, GitLabError, JobUpdate, RegisterOptions, RunnerCredentials,
-    UpdateAnswer,
-};
 use drover_agent::sources::{
     GitSource, SourcesError, SourcesOutcome, host_work_dir, plan, tar_work_dir, write_dir_tar,
 };
 use drover_agent::trace::TraceSink;
+use drover_gitlab::api::{JobRequest, RunnerAuth, TraceAnswer};
+use drover_gitlab::types::JobResponse;
+use drover_gitlab::{
+    ArtifactUpload, GitLab, GitLabError, JobUpdate, RegisterOptions, RunnerCredentials,
+    UpdateAnswer,
+};
 use drover_tests::git_server::{GitServer, WorkRepo, git};
 use secrecy::SecretString;
 

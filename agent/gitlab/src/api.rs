@@ -109,16 +109,25 @@ pub struct RunnerCredentials {
     pub token_expires_at: Option<String>,
 }
 
-/// What `POST /runners` (legacy registration) sends besides the registration token.
-#[derive(Debug, Clone, Default)]
+/// What `POST /runners` (legacy registration) and `POST /user/runners` send besides the
+/// token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegisterOptions {
+    /// Shown in GitLab's runner list.
     pub description: String,
+    /// Runner tags.
     pub tag_list: Vec<String>,
+    /// Take jobs without tags.
     pub run_untagged: bool,
+    /// Locked to its projects.
     pub locked: bool,
+    /// `not_protected` or `ref_protected`.
     pub access_level: Option<String>,
+    /// Seconds.
     pub maximum_timeout: Option<u64>,
+    /// Registered paused.
     pub paused: bool,
+    /// Note for GitLab admins.
     pub maintenance_note: Option<String>,
 }
 

@@ -1,4 +1,17 @@
-//! GitLab runner REST API: payload types, the client trait, and its HTTP implementation.
+//! `drover-gitlab`: GitLab's runner REST API as Drover speaks it, used by the agent (job API,
+//! verify, token reset) and by the controller (runner lifecycle on agents' behalf).
+//!
+//! Layout:
+//! - [`api`]: the [`GitLab`] trait (the IO seam) and [`GitLabError`].
+//! - [`client`]: [`HttpGitLab`], the trait over reqwest and rustls (ring).
+//! - [`fake`]: `FakeGitLab`, a scripted in-memory [`GitLab`] for tests.
+//! - [`types`], [`decode`]: the job payload, read with gitlab-runner's rules; [`fixtures`]
+//!   holds payloads exactly as GitLab sends them.
+//! - [`headers`]: flow-control headers (`Retry-After`, `RateLimit-ResetTime`, `Date`).
+//! - [`features`]: the runner features declared to GitLab; [`stats`]: requests per endpoint.
+//!
+//! `STATUS.md` beside this file maps every endpoint and status to what the agent does.
+//! The crate holds no token and writes no file but the artifact downloads it is asked for.
 
 pub mod api;
 pub mod client;
@@ -8,7 +21,6 @@ pub mod features;
 pub mod fixtures;
 pub mod headers;
 pub mod stats;
-pub mod system_id;
 pub mod types;
 
 pub use api::{

@@ -8,9 +8,9 @@ use super::extract::zip_to_tar;
 use super::tar_writer::Owner;
 use super::upload::Retry;
 use crate::executor::FailureReason;
-use crate::gitlab::types::JobResponse;
-use crate::gitlab::{GitLab, GitLabError};
 use crate::trace::TraceSink;
+use drover_gitlab::types::JobResponse;
+use drover_gitlab::{GitLab, GitLabError};
 
 /// Errors fetching dependency artifacts.
 #[derive(Debug, thiserror::Error)]

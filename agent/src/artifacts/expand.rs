@@ -2,8 +2,8 @@
 //! `cache:paths`, as gitlab-runner does with the job's variables before using them. Unknown
 //! variables expand to nothing; `$$` is a literal `$`.
 
-use crate::gitlab::types::JobVariable;
 use crate::sources::plan::variable;
+use drover_gitlab::types::JobVariable;
 
 /// Expands variables in `value` from `vars` (the last definition of a key wins).
 pub fn expand(value: &str, vars: &[JobVariable]) -> String {

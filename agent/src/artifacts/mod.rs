@@ -1,6 +1,6 @@
 //! Job artifacts and the archive plumbing that caches share: collecting files from a tar of
 //! `CI_PROJECT_DIR`, building zip/gzip/raw archives, uploading them through the
-//! [`GitLab`](crate::gitlab::GitLab) trait, and turning dependency artifacts (zips) into tar
+//! [`GitLab`](drover_gitlab::GitLab) trait, and turning dependency artifacts (zips) into tar
 //! streams for Docker's "put archive", refusing entries that escape the project directory.
 //!
 //! Invariant: no Docker here. The executor downloads the project directory as a tar

@@ -12,11 +12,11 @@ use super::expand::expand;
 use super::project_tar::{ProjectEntry, ProjectTar, SelectSpec, select};
 use super::when::When;
 use crate::executor::FailureReason;
-use crate::gitlab::types::{Artifact, JobResponse, JobVariable};
-use crate::gitlab::{ArtifactUpload, GitLab, GitLabError};
 use crate::runner::backoff::asked_wait;
 use crate::sources::TrackedFiles;
 use crate::trace::TraceSink;
+use drover_gitlab::types::{Artifact, JobResponse, JobVariable};
+use drover_gitlab::{ArtifactUpload, GitLab, GitLabError};
 
 /// Errors collecting or uploading artifacts.
 #[derive(Debug, thiserror::Error)]

@@ -23,10 +23,10 @@ pub use policy::{CachePlan, CachePlanError, CachePolicy};
 pub use store::{CacheHit, CacheStore, DEFAULT_MAX_BYTES, SaveOutcome};
 
 use crate::artifacts::{ArchiveError, Owner, ProjectTar, SelectSpec, expand};
-use crate::gitlab::types::{JobResponse, JobVariable};
 use crate::sources::TrackedFiles;
 use crate::sources::plan::variable;
 use crate::trace::TraceSink;
+use drover_gitlab::types::{JobResponse, JobVariable};
 
 /// Errors of the cache store.
 #[derive(Debug, thiserror::Error)]

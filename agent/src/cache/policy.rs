@@ -3,7 +3,7 @@
 //! `CACHE_FALLBACK_KEY` and the runner's `disable_cache`.
 
 use crate::artifacts::When;
-use crate::gitlab::types::Cache;
+use drover_gitlab::types::Cache;
 
 /// `cache:policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

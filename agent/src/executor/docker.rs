@@ -41,9 +41,9 @@ use super::variables::{JobEnv, job_env};
 use super::{Executor, ExecutorError, FailureReason, JobContext, JobOutcome};
 use crate::artifacts::{self, Owner, ProjectTar, Retry};
 use crate::cache::{self, CachePlan, CacheStore};
-use crate::gitlab::types::{JobVariable, Step, StepWhen};
 use crate::sources::{self, GitSource, SourcesError, SourcesOutcome, TrackedFiles, host_work_dir};
 use crate::trace::TraceSink;
+use drover_gitlab::types::{JobVariable, Step, StepWhen};
 
 /// Job timeout when GitLab sends none (gitlab-runner's default: 1 hour).
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -279,7 +279,7 @@ impl DockerExecutor {
         cancel: &CancellationToken,
     ) -> End {
         let job = &ctx.job;
-        // `0` (or less, which `gitlab::decode::check` refuses) is gitlab-runner's default.
+        // `0` (or less, which `drover_gitlab::decode::check` refuses) is gitlab-runner's default.
         let timeout = match u64::try_from(job.runner_info.timeout) {
             Ok(0) | Err(_) => DEFAULT_JOB_TIMEOUT,
             Ok(s) => Duration::from_secs(s.min(MAX_TIMEOUT_SECS)),

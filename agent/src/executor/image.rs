@@ -7,8 +7,8 @@ use secrecy::ExposeSecret;
 
 use super::ExecutorError;
 use super::api::ContainerApi;
-use crate::gitlab::types::{Credentials, JobResponse};
 use crate::trace::TraceSink;
+use drover_gitlab::types::{Credentials, JobResponse};
 
 /// The image name for the job: the job's `image.name`, else `[runners.docker] image`.
 pub fn image_name(job: &JobResponse, docker: &DockerConfig) -> Result<String, ExecutorError> {

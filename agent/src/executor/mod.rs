@@ -59,9 +59,9 @@ use async_trait::async_trait;
 use drover_proto::spec::RunnerConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::gitlab::GitLab;
-use crate::gitlab::types::JobResponse;
 use crate::trace::TraceSink;
+use drover_gitlab::GitLab;
+use drover_gitlab::types::JobResponse;
 
 pub use api::ContainerApi;
 pub use bollard_api::BollardApi;

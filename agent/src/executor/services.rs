@@ -26,8 +26,8 @@ use super::api::ContainerApi;
 use super::image::{check_allowed, credentials_for, ensure_image, glob_match, pull_policies};
 use super::names::JobNames;
 use super::variables::JobEnv;
-use crate::gitlab::types::{JobResponse, Service};
 use crate::trace::TraceSink;
+use drover_gitlab::types::{JobResponse, Service};
 
 /// `wait_for_services_timeout` when the runner sets none (gitlab-runner: 30 s).
 pub const DEFAULT_WAIT_FOR_SERVICES: Duration = Duration::from_secs(30);

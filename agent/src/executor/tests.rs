@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use super::fake::{Behavior, FakeApi, FakeContainer};
 use super::names::{LABEL_AGENT, LABEL_JOB, LABEL_KIND};
 use super::*;
-use crate::gitlab::types::JobResponse;
 use crate::trace::TraceSink;
+use drover_gitlab::types::JobResponse;
 
 const IMAGE: &str = "busybox:test";
 
@@ -61,7 +61,7 @@ fn ctx(job: JobResponse, docker_toml: &str) -> JobContext {
         agent_id: "agent-x".into(),
         runner_short_token: "short123".into(),
         slot: 1,
-        gitlab: Arc::new(crate::gitlab::fake::FakeGitLab::new()),
+        gitlab: Arc::new(drover_gitlab::fake::FakeGitLab::new()),
     }
 }
 

@@ -241,7 +241,7 @@ mod tests {
     use drover_proto::spec::RunnerConfig;
 
     use super::*;
-    use crate::gitlab::types::JobResponse;
+    use drover_gitlab::types::JobResponse;
 
     fn ctx(vars: serde_json::Value, environment: &[&str]) -> JobContext {
         let job: JobResponse = serde_json::from_value(serde_json::json!({
@@ -262,7 +262,7 @@ mod tests {
             agent_id: "a".into(),
             runner_short_token: "abcd1234".into(),
             slot: 3,
-            gitlab: Arc::new(crate::gitlab::fake::FakeGitLab::new()),
+            gitlab: Arc::new(drover_gitlab::fake::FakeGitLab::new()),
         }
     }
 

@@ -24,14 +24,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use drover_gitlab::{ClientOptions, GitLab, HttpGitLab};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::executor::{ConnectOptions, DockerExecutor, Executor};
-use crate::gitlab::{ClientOptions, GitLab, HttpGitLab, system_id};
 use crate::health::{ClockSkew, DockerStatus, HostHealth, ProcProbe};
 use crate::identity::StateDir;
+use crate::identity::system_id;
 use crate::metrics::Metrics;
 use crate::systemd::{self, Heartbeat, Notifier};
 use supervisor::{Deps, DockerDep, SharedGitLabFactory, Supervisor, Timings};

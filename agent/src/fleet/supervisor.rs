@@ -29,7 +29,6 @@ use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
 use super::report::{self, Report, UnitReport};
 use crate::clock::{Clock, Deadline};
 use crate::executor::{Executor, JobOutcome};
-use crate::gitlab::{GitLab, GitLabError, RunnerAuth};
 use crate::health::DockerStatus;
 use crate::metrics::{Metrics, RunnerInfo, RunnerLabels};
 use crate::runner::{
@@ -38,6 +37,7 @@ use crate::runner::{
 use crate::standalone::engine::{Engine, GitLabFactory};
 use crate::systemd::Heartbeat as Liveness;
 use crate::units::{Action, Event, RestartPolicy, Unit, UnitState};
+use drover_gitlab::{GitLab, GitLabError, RunnerAuth};
 
 /// Builds (and shares) the GitLab client of a runner table.
 pub type SharedGitLabFactory =

@@ -1,7 +1,7 @@
 //! One runner = one job loop: request jobs and run each in its own task. Like gitlab-runner's
 //! `run` (`commands/multi.go`), nothing is verified first: the first `POST /jobs/request`
 //! carrying `system_id` is what makes GitLab create the runner manager. How each answer is
-//! handled, per endpoint and status: `agent/src/gitlab/STATUS.md`.
+//! handled, per endpoint and status: `agent/gitlab/src/STATUS.md`.
 //!
 //! Invariants:
 //! - A slot of the global `concurrent` semaphore and of the runner's `limit` is taken
@@ -41,9 +41,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::executor::Executor;
-use crate::gitlab::{GitLab, GitLabError, JobRequest, RunnerAuth};
 use crate::trace::UploadOptions;
 use backoff::{Backoff, retry_delay};
+use drover_gitlab::{GitLab, GitLabError, JobRequest, RunnerAuth};
 use unhealthy::{Health, UnhealthyPolicy};
 
 pub use drover_proto::error_chain::error_chain;

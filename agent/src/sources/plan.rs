@@ -5,7 +5,7 @@
 
 use secrecy::ExposeSecret;
 
-use crate::gitlab::types::{JobResponse, JobVariable};
+use drover_gitlab::types::{JobResponse, JobVariable};
 
 /// `GIT_STRATEGY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,7 +261,7 @@ mod tests {
     use secrecy::SecretString;
 
     use super::*;
-    use crate::gitlab::types::GitInfo;
+    use drover_gitlab::types::GitInfo;
 
     fn job(allow_fetch: bool) -> JobResponse {
         let mut job: JobResponse = serde_json::from_value(serde_json::json!({

@@ -18,11 +18,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::executor::Executor;
-use crate::gitlab::GitLab;
 use crate::runner::{
     self, DEFAULT_CHECK_INTERVAL, RunnerDeps, RunnerError, RunnerEvent, RunnerSettings,
     RunnerStats, Shutdown,
 };
+use drover_gitlab::GitLab;
 
 /// Builds the GitLab client a runner talks to (one per url and CA file, shared).
 pub type GitLabFactory =

@@ -25,10 +25,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{ConnectOptions, DockerExecutor, StorageOptions};
-use crate::gitlab::{ClientOptions, GitLab, HttpGitLab};
 use crate::inflight::{InflightStore, JobTracking, Recovered};
 use crate::janitor::{DEFAULT_JANITOR_INTERVAL, Janitor, RunningJobs};
 use crate::metrics::Metrics;
+use drover_gitlab::{ClientOptions, GitLab, HttpGitLab};
 pub use engine::{Engine, GitLabFactory};
 
 /// Serves every docker runner in `config` until a signal says stop.

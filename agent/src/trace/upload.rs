@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::TraceSink;
 use crate::executor::{FailureReason, JobOutcome};
-use crate::gitlab::{GitLab, GitLabError, JobUpdate, TraceAnswer};
 use crate::runner::backoff::Backoff;
+use drover_gitlab::{GitLab, GitLabError, JobUpdate, TraceAnswer};
 
 /// Timing of the uploader (defaults are gitlab-runner's).
 #[derive(Debug, Clone)]

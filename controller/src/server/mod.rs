@@ -247,7 +247,7 @@ pub async fn run(
     let fleet = Arc::new(crate::fleet::Fleet::new(
         store.clone(),
         sealer,
-        Arc::new(crate::fleet::registrar::HttpRegistrar),
+        Arc::new(crate::fleet::registrar::HttpRegistrar::new()),
         sessions.clone(),
     ));
     let state = state::AppState {

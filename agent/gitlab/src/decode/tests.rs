@@ -3,7 +3,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::gitlab::fixtures;
+use crate::fixtures::{self, optional_paths, unset};
 
 fn value(fixture: &str) -> Value {
     serde_json::from_str(fixture).expect("fixture is JSON")
@@ -178,81 +178,6 @@ fn values_stay_out_of_the_reason() {
         "{}",
         u.reason
     );
-}
-
-/// Every path of `v` that GitLab may leave unset (object keys and list elements), except
-/// what no job can run without: `id`, `token`, a step or its `name`, a variable or its `key`.
-pub(crate) fn optional_paths(v: &Value) -> Vec<Vec<String>> {
-    fn walk(v: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-        let children: Vec<(String, &Value)> = match v {
-            Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
-            Value::Array(a) => a
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i.to_string(), v))
-                .collect(),
-            _ => return,
-        };
-        for (k, child) in children {
-            path.push(k);
-            if !required(path) {
-                out.push(path.clone());
-            }
-            walk(child, path, out);
-            path.pop();
-        }
-    }
-    fn required(p: &[String]) -> bool {
-        let p: Vec<&str> = p.iter().map(String::as_str).collect();
-        matches!(
-            p.as_slice(),
-            ["id"]
-                | ["token"]
-                | ["steps", _]
-                | ["steps", _, "name"]
-                | ["variables", _]
-                | ["variables", _, "key"]
-        )
-    }
-    let mut out = Vec::new();
-    walk(v, &mut Vec::new(), &mut out);
-    out
-}
-
-/// `null` at `path`, or the key removed (list elements become `null`: a list has no absent
-/// element). A path under something already removed changes nothing.
-pub(crate) fn unset(root: &mut Value, path: &[String], remove: bool) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut at = root;
-    for p in parents {
-        let next = match at {
-            Value::Object(m) => m.get_mut(p),
-            Value::Array(a) => p.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
-            _ => None,
-        };
-        match next {
-            Some(n) => at = n,
-            None => return,
-        }
-    }
-    match at {
-        Value::Object(m) if remove => {
-            m.remove(last);
-        }
-        Value::Object(m) => {
-            if let Some(v) = m.get_mut(last) {
-                *v = Value::Null;
-            }
-        }
-        Value::Array(a) => {
-            if let Some(v) = last.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
-                *v = Value::Null;
-            }
-        }
-        _ => {}
-    }
 }
 
 #[test]

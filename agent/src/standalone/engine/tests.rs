@@ -4,8 +4,8 @@ use std::time::Duration;
 use drover_proto::spec::parse_config;
 
 use super::*;
-use crate::gitlab::fake::{Call, FakeGitLab, job};
 use crate::runner::fake_executor::FakeExecutor;
+use drover_gitlab::fake::{Call, FakeGitLab, job};
 
 fn config(text: &str) -> Config {
     parse_config(text, "test.toml").unwrap().config

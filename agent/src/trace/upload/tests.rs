@@ -5,7 +5,7 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::gitlab::fake::{Call, Endpoint, FakeGitLab, job};
+use drover_gitlab::fake::{Call, Endpoint, FakeGitLab, job};
 
 fn fast() -> UploadOptions {
     UploadOptions {
@@ -31,7 +31,7 @@ async fn setup(id: i64, opts: UploadOptions) -> Setup {
     let reasons = j.features.failure_reasons.clone();
     gl.push_job(j);
     // Hand the job out so the fake knows it.
-    let auth = crate::gitlab::RunnerAuth {
+    let auth = drover_gitlab::RunnerAuth {
         token: SecretString::from("glrt-x".to_string()),
         system_id: "s_0123456789ab".into(),
     };
