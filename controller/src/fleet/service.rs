@@ -792,7 +792,10 @@ impl Fleet {
         agent_id: &str,
         t: &v1::TokenRotated,
     ) -> Result<Claim, FleetError> {
-        let Some(mut a) = self
+        // Held across the GitLab check, like a reconciliation's registrations: a pass that
+        // replaces this runner meanwhile would retire it with the token that just died.
+        let _g = self.lock.lock().await;
+        let Some(a) = self
             .store
             .assignments(agent_id)?
             .into_iter()
@@ -814,6 +817,7 @@ impl Fleet {
         }
         let token = SecretString::from(t.token.clone());
         let claimed_expiry = t.token_expires_at.as_ref().and_then(timefmt::from_proto);
+        let expires_at;
         let how = match self.registrar.verify(&a.url, &token).await {
             Ok(v) if a.gitlab_runner_id != 0 && v.id != a.gitlab_runner_id => {
                 return Ok(Claim::Refused(format!(
@@ -822,7 +826,7 @@ impl Fleet {
                 )));
             }
             Ok(v) => {
-                a.token_expires_at = v.token_expires_at;
+                expires_at = v.token_expires_at;
                 "verified with gitlab".to_string()
             }
             Err(e) if e.forbidden => {
@@ -831,12 +835,20 @@ impl Fleet {
                 ));
             }
             Err(e) => {
-                a.token_expires_at = claimed_expiry;
+                expires_at = claimed_expiry;
                 format!("kept unverified: {}", e.message)
             }
         };
-        a.token_sealed = self.sealer.seal_secret(RUNNER_TOKEN, &token);
-        self.store.put_assignment(&a)?;
+        let sealed = self.sealer.seal_secret(RUNNER_TOKEN, &token);
+        if !self
+            .store
+            .rotate_assignment_token(&a, &sealed, expires_at)?
+        {
+            return Ok(Claim::Refused(format!(
+                "runner {} was changed while its rotated token was checked",
+                a.runner
+            )));
+        }
         Ok(Claim::Accepted(how))
     }
 
@@ -925,12 +937,9 @@ impl Fleet {
             )));
         }
         let fresh = self.obtain(&agent, r, spec::registration_key(r)).await?;
-        self.store.put_assignment(&fresh)?;
-        self.store.add_retired(&Retired {
-            id: 0,
-            assignment: old,
-            after_generation: 0,
-        })?;
+        // The fresh runner and the retirement of the old one land together: a failure
+        // between them would leave a GitLab runner that nothing unregisters.
+        self.store.replace_assignment(&fresh)?;
         tracing::info!(agent = %agent_id, runner, gitlab_runner_id = fresh.gitlab_runner_id, "re-registered runner after token-invalid");
         Ok(Heal::Done)
     }
@@ -987,20 +996,7 @@ impl Fleet {
 
     /// A deleted agent: retire every GitLab runner it had and unregister them now.
     pub async fn on_agent_deleted(&self, agent_id: &str) {
-        let result = (|| -> Result<(), StoreError> {
-            for a in self.store.assignments(agent_id)? {
-                self.store.delete_assignment(agent_id, &a.runner)?;
-                if a.registered {
-                    self.store.add_retired(&Retired {
-                        id: 0,
-                        assignment: a,
-                        after_generation: 0,
-                    })?;
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
+        if let Err(e) = self.store.retire_agent_runners(agent_id) {
             tracing::warn!(agent = %agent_id, error = %e, "retire runners of deleted agent");
         }
         self.runtime().remove(agent_id);

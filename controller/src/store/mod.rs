@@ -83,6 +83,9 @@ pub enum StoreError {
     /// An agent with this id already exists.
     #[error("agent {0} already exists")]
     AgentExists(String),
+    /// A failure injected by a test fake ([`memory::MemoryStore::failing_on`]).
+    #[error("injected failure writing to {0}")]
+    Injected(&'static str),
     /// A generation was added that does not follow the newest one (a concurrent apply).
     #[error("generation {got} does not follow the newest generation {newest}")]
     GenerationConflict {
@@ -354,17 +357,29 @@ pub trait Store: Send + Sync {
         reason: &str,
     ) -> Result<bool, StoreError>;
 
-    /// Inserts or replaces the assignment of (`agent_id`, `runner`).
-    fn put_assignment(&self, a: &Assignment) -> Result<(), StoreError>;
     /// An agent's assignments, by runner name.
     fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError>;
     /// Every assignment, by agent then runner.
     fn all_assignments(&self) -> Result<Vec<Assignment>, StoreError>;
-    /// Removes one assignment; `false` when there was none.
-    fn delete_assignment(&self, agent_id: &str, runner: &str) -> Result<bool, StoreError>;
+    /// In one transaction: removes every assignment of `agent_id` and queues the ones the
+    /// controller registered as retired at once (`after_generation` 0); returns how many
+    /// were queued. All or nothing: a failure leaves every assignment in place.
+    fn retire_agent_runners(&self, agent_id: &str) -> Result<usize, StoreError>;
+    /// In one transaction: puts `fresh` in place of the assignment of (`fresh.agent_id`,
+    /// `fresh.runner`) and queues the replaced one, when the controller registered it, as
+    /// retired at once. Returns the replaced assignment. All or nothing.
+    fn replace_assignment(&self, fresh: &Assignment) -> Result<Option<Assignment>, StoreError>;
+    /// Compare-and-swap of a rotated runner token: sets the token and its expiry of the
+    /// assignment of (`expected.agent_id`, `expected.runner`) only while that assignment is
+    /// still `expected` (same GitLab runner, registration and token); `false` when it
+    /// changed or is gone, and then nothing is written.
+    fn rotate_assignment_token(
+        &self,
+        expected: &Assignment,
+        token_sealed: &[u8],
+        token_expires_at: Option<OffsetDateTime>,
+    ) -> Result<bool, StoreError>;
 
-    /// Queues a retired GitLab runner entry; returns its id.
-    fn add_retired(&self, r: &Retired) -> Result<i64, StoreError>;
     /// Every queued retired entry, oldest first.
     fn list_retired(&self) -> Result<Vec<Retired>, StoreError>;
     /// Drops a retired entry once unregistered.

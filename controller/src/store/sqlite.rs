@@ -523,10 +523,6 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
-    fn put_assignment(&self, a: &Assignment) -> Result<(), StoreError> {
-        put_assignment(&self.conn(), a)
-    }
-
     fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError> {
         self.query_assignments(
             &format!("SELECT {ASSIGN_COLS} FROM assignments WHERE agent_id = ?1 ORDER BY runner"),
@@ -541,12 +537,80 @@ impl Store for SqliteStore {
         )
     }
 
-    fn delete_assignment(&self, agent_id: &str, runner: &str) -> Result<bool, StoreError> {
-        delete_assignment(&self.conn(), agent_id, runner)
+    fn retire_agent_runners(&self, agent_id: &str) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let current = select_assignments(
+            &tx,
+            &format!("SELECT {ASSIGN_COLS} FROM assignments WHERE agent_id = ?1 ORDER BY runner"),
+            &[&agent_id],
+        )?;
+        let mut queued = 0;
+        for a in current {
+            delete_assignment(&tx, agent_id, &a.runner)?;
+            if a.registered {
+                add_retired(
+                    &tx,
+                    &Retired {
+                        id: 0,
+                        assignment: a,
+                        after_generation: 0,
+                    },
+                )?;
+                queued += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(queued)
     }
 
-    fn add_retired(&self, r: &Retired) -> Result<i64, StoreError> {
-        add_retired(&self.conn(), r)
+    fn replace_assignment(&self, fresh: &Assignment) -> Result<Option<Assignment>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let old = select_assignments(
+            &tx,
+            &format!("SELECT {ASSIGN_COLS} FROM assignments WHERE agent_id = ?1 AND runner = ?2"),
+            &[&fresh.agent_id, &fresh.runner],
+        )?
+        .pop();
+        put_assignment(&tx, fresh)?;
+        if let Some(old) = old.as_ref().filter(|a| a.registered) {
+            add_retired(
+                &tx,
+                &Retired {
+                    id: 0,
+                    assignment: old.clone(),
+                    after_generation: 0,
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(old)
+    }
+
+    fn rotate_assignment_token(
+        &self,
+        expected: &Assignment,
+        token_sealed: &[u8],
+        token_expires_at: Option<OffsetDateTime>,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE assignments SET token_sealed = ?6, token_expires_at = ?7
+                 WHERE agent_id = ?1 AND runner = ?2 AND gitlab_runner_id = ?3
+                   AND registration_key = ?4 AND token_sealed = ?5",
+            )?
+            .execute(params![
+                expected.agent_id,
+                expected.runner,
+                expected.gitlab_runner_id,
+                expected.registration_key,
+                expected.token_sealed,
+                token_sealed,
+                token_expires_at.map(ts)
+            ])?;
+        Ok(n > 0)
     }
 
     fn list_retired(&self) -> Result<Vec<Retired>, StoreError> {
@@ -843,10 +907,7 @@ impl SqliteStore {
         sql: &str,
         p: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<Assignment>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(p, assign_row)?;
-        rows.map(|r| assignment("assignments", r?)).collect()
+        select_assignments(&self.conn(), sql, p)
     }
 
     fn rollout_row(tx: &rusqlite::Transaction<'_>, agent_id: &str) -> Result<(), StoreError> {
@@ -854,6 +915,17 @@ impl SqliteStore {
             .execute(params![agent_id])?;
         Ok(())
     }
+}
+
+/// The assignments `sql` selects (alone or inside a transaction).
+fn select_assignments(
+    conn: &Connection,
+    sql: &str,
+    p: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<Assignment>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(p, assign_row)?;
+    rows.map(|r| assignment("assignments", r?)).collect()
 }
 
 /// Inserts or replaces an assignment (alone or inside a transaction).
@@ -906,9 +978,25 @@ fn add_retired(conn: &Connection, r: &Retired) -> Result<i64, StoreError> {
 mod tests {
     use super::*;
 
+    /// A store whose every write to `table` fails, as a constraint would.
+    fn failing_on(table: &'static str) -> SqliteStore {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.conn()
+            .execute_batch(&format!(
+                "CREATE TRIGGER fail_insert BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'injected'); END;
+                 CREATE TRIGGER fail_update BEFORE UPDATE ON {table} BEGIN SELECT RAISE(ABORT, 'injected'); END;
+                 CREATE TRIGGER fail_delete BEFORE DELETE ON {table} BEGIN SELECT RAISE(ABORT, 'injected'); END;"
+            ))
+            .unwrap();
+        s
+    }
+
     #[test]
     fn suite() {
-        crate::store::suite::run_all(&|| Box::new(SqliteStore::open_in_memory().unwrap()));
+        crate::store::suite::run_all(
+            &|| Box::new(SqliteStore::open_in_memory().unwrap()),
+            &|table| Box::new(failing_on(table)),
+        );
     }
 
     #[test]
