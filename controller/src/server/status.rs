@@ -13,7 +13,10 @@ impl From<StoreError> for Status {
             StoreError::Token(refusal) => Status::permission_denied(refusal.to_string()),
             StoreError::AgentExists(_) => Status::already_exists(e.to_string()),
             StoreError::GenerationConflict { .. } => Status::aborted(e.to_string()),
-            StoreError::Db(_) | StoreError::Corrupt { .. } | StoreError::Injected(_) => {
+            StoreError::Db(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::TooNew { .. }
+            | StoreError::Injected(_) => {
                 tracing::error!(error = %e, "store");
                 Status::internal("controller store failed; see the controller log")
             }

@@ -69,6 +69,18 @@ pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The database was written by a newer build; nothing was changed.
+    #[error(
+        "database {path} has schema version {found}, newer than the {supported} this drover knows: run a newer drover, or restore a backup taken before the upgrade"
+    )]
+    TooNew {
+        /// The database file.
+        path: String,
+        /// Its `user_version`.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
     /// A stored row does not decode.
     #[error("corrupt row in {table}: {detail}")]
     Corrupt {

@@ -13,7 +13,13 @@ use super::{
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
-const SCHEMA: &str = "
+/// The schema, as an ordered list of migrations: `MIGRATIONS[i]` moves a database from
+/// version `i` (its `user_version`) to `i + 1`. Append only; never edit one that shipped.
+/// The first three keep `IF NOT EXISTS`: version 1 wrote no `user_version`, so a version-1
+/// database reads as version 0 and migration 1 must leave its tables as they are.
+const MIGRATIONS: &[&str] = &[
+    // 1: enrollment tokens and agents.
+    "
 CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,
     secret_hash BLOB NOT NULL,
@@ -35,11 +41,9 @@ CREATE TABLE IF NOT EXISTS agents (
     applied_generation INTEGER NOT NULL DEFAULT 0,
     token_id           TEXT NOT NULL
 );
-";
-
-/// Version 2: runner spec generations, assignments, retired GitLab runners, rollout progress.
-/// Only new tables, so `IF NOT EXISTS` migrates a version-1 database in place.
-const SCHEMA_V2: &str = "
+",
+    // 2: runner spec generations, assignments, retired GitLab runners, rollout progress.
+    "
 CREATE TABLE IF NOT EXISTS generations (
     generation     INTEGER PRIMARY KEY,
     created_at     INTEGER NOT NULL,
@@ -77,11 +81,9 @@ CREATE TABLE IF NOT EXISTS agent_rollouts (
     ack_generation    INTEGER NOT NULL DEFAULT 0,
     ack_error         TEXT
 );
-PRAGMA user_version = 2;
-";
-
-/// Version 3: events (`drover events`), newest kept per agent and in all.
-const SCHEMA_V3: &str = "
+",
+    // 3: events (`drover events`), newest kept per agent and in all.
+    "
 CREATE TABLE IF NOT EXISTS events (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
     at        INTEGER,
@@ -93,8 +95,41 @@ CREATE TABLE IF NOT EXISTS events (
     job_state TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_agent ON events (agent_id, id);
-PRAGMA user_version = 3;
-";
+",
+];
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The database's schema version; refuses one newer than this build before anything is
+/// written to it.
+fn check_version(conn: &Connection, name: &str) -> Result<i64, StoreError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: name.to_string(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(found)
+}
+
+/// Applies the migrations after `from`, each in its own transaction with its new
+/// `user_version`, so a failure leaves the database at the last complete version.
+fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(from).unwrap_or(0))
+    {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
 
 /// SQLite-backed store. One connection behind a mutex: calls are short.
 pub struct SqliteStore {
@@ -215,16 +250,19 @@ fn agent_record(row: AgentRow) -> Result<AgentRecord, StoreError> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
+    /// Migrates it to [`SCHEMA_VERSION`]; refuses, unchanged, a database of a newer build.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        SqliteStore::init(Connection::open(path)?)
+        SqliteStore::init(Connection::open(path)?, &path.display().to_string())
     }
 
     /// A private in-memory database (tests).
     pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
-        SqliteStore::init(Connection::open_in_memory()?)
+        SqliteStore::init(Connection::open_in_memory()?, ":memory:")
     }
 
-    fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
+    fn init(mut conn: Connection, name: &str) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version = check_version(&conn, name)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // WAL with synchronous=NORMAL: a commit is one WAL append, fsynced at checkpoints,
         // not per transaction. The file stays consistent whatever happens; a crash of the
@@ -232,14 +270,11 @@ impl SqliteStore {
         // re-report their applied generation in every hello). A rollout to 10,000 agents
         // is several writes per agent, which per-commit fsyncs made take minutes.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // 16 MiB of page cache (the default is 2 MiB): a fleet of 10,000 agents fits, so a
         // reconciliation reads no page twice from the file.
         conn.pragma_update(None, "cache_size", -16384)?;
         conn.set_prepared_statement_cache_capacity(64);
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(SCHEMA_V2)?;
-        conn.execute_batch(SCHEMA_V3)?;
+        migrate(&mut conn, version)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -999,24 +1034,128 @@ mod tests {
         );
     }
 
-    #[test]
-    fn migrates_a_version_1_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("drover.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(SCHEMA).unwrap();
-        }
-        let s = SqliteStore::open(&path).unwrap();
-        let version: i64 = s
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A database file made from `fixture` (old DDL and rows, as that release wrote them).
+    fn database_from(dir: &Path, fixture: &str) -> std::path::PathBuf {
+        let path = dir.join("drover.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(fixture)
             .unwrap();
-        assert_eq!(version, 3);
+        path
+    }
+
+    #[test]
+    fn upgrades_a_version_1_database_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = database_from(dir.path(), include_str!("sqlite/fixtures/v1.sql"));
+        assert_eq!(user_version(&path), 0, "version 1 wrote no user_version");
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+        let tokens = s.list_tokens().unwrap();
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[0].uses_left, 2);
+        let a = s.get_agent("a1").unwrap().unwrap();
+        assert_eq!(a.facts.hostname, "box");
+        assert_eq!(a.facts.ips, ["10.0.0.1"]);
+        assert_eq!(a.labels.get("site").map(String::as_str), Some("lab"));
+        // The new tables are there and empty.
         assert_eq!(s.latest_generation().unwrap(), None);
         assert!(s.all_assignments().unwrap().is_empty());
+        assert!(
+            s.list_events(&EventFilter {
+                limit: 10,
+                ..EventFilter::default()
+            })
+            .unwrap()
+            .is_empty()
+        );
         drop(s);
         SqliteStore::open(&path).unwrap();
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn opens_a_database_of_the_release_before_versioned_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = database_from(dir.path(), include_str!("sqlite/fixtures/v3.sql"));
+        assert_eq!(user_version(&path), 3);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+        assert_eq!(s.list_agents().unwrap().len(), 1);
+        let g = s.latest_generation().unwrap().unwrap();
+        assert_eq!((g.generation, g.state), (1, RolloutState::Complete));
+        assert_eq!(g.runners_sealed, [1, 2, 3]);
+        let a = &s.assignments("a1").unwrap()[0];
+        assert_eq!((a.gitlab_runner_id, a.registered), (42, true));
+        assert_eq!(a.token_sealed, [4, 5]);
+        let r = &s.list_retired().unwrap()[0];
+        assert_eq!(
+            (r.assignment.runner.as_str(), r.after_generation),
+            ("old", 1)
+        );
+        assert_eq!(s.agent_rollout("a1").unwrap().unwrap().ack_generation, 1);
+        let events = s
+            .list_events(&EventFilter {
+                limit: 10,
+                ..EventFilter::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (events[0].job_id, events[0].job_state.as_str()),
+            (7, "success")
+        );
+    }
+
+    #[test]
+    fn refuses_a_newer_database_and_leaves_it_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = database_from(
+            dir.path(),
+            &format!(
+                "{}PRAGMA user_version = {};",
+                include_str!("sqlite/fixtures/v3.sql"),
+                SCHEMA_VERSION + 1
+            ),
+        );
+        let before = std::fs::read(&path).unwrap();
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found, supported, .. }
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION));
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(
+            text.contains(&format!("version {}", SCHEMA_VERSION + 1)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("the {SCHEMA_VERSION} this drover knows")),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn a_failed_migration_leaves_the_last_complete_version() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        // Version 2 already holds an `events` that is a view: migration 3's index fails.
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.execute_batch(
+            "CREATE VIEW events AS SELECT 1 AS id, '' AS agent_id; PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        assert!(migrate(&mut conn, 2).is_err());
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 2);
     }
 
     #[test]
