@@ -313,7 +313,7 @@ impl Health {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
-    use crate::store::{EventFilter, Facts};
+    use crate::store::{AgentStore, EnrollmentStore, EventFilter, EventStore, Facts};
     use time::Duration;
 
     fn t0() -> OffsetDateTime {

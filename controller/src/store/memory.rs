@@ -7,8 +7,9 @@ use std::sync::Mutex;
 use time::OffsetDateTime;
 
 use super::{
-    AckRecord, AgentRecord, AgentRollout, AgentStep, Assignment, EventFilter, EventRecord, Facts,
-    GenerationRecord, Retention, Retired, RolloutState, Store, StoreError,
+    AckRecord, AgentRecord, AgentRollout, AgentStep, AgentStore, Assignment, EnrollmentStore,
+    EventFilter, EventRecord, EventStore, Facts, GenerationRecord, Retention, Retired,
+    RolloutState, RolloutStore, RunnerStore, StoreError,
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
@@ -80,7 +81,7 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
+impl EnrollmentStore for MemoryStore {
     fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         self.lock().tokens.insert(token.id.clone(), token.clone());
         Ok(())
@@ -128,7 +129,9 @@ impl Store for MemoryStore {
         g.agents.insert(agent.id.clone(), agent.clone());
         Ok(agent)
     }
+}
 
+impl AgentStore for MemoryStore {
     fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         Ok(self.lock().agents.get(id).cloned())
     }
@@ -199,7 +202,9 @@ impl Store for MemoryStore {
             })
             .is_some())
     }
+}
 
+impl RolloutStore for MemoryStore {
     fn add_generation(&self, g: &GenerationRecord) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let newest = inner.generations.keys().next_back().copied().unwrap_or(0);
@@ -238,6 +243,80 @@ impl Store for MemoryStore {
             .is_some())
     }
 
+    fn agent_rollouts(&self) -> Result<Vec<AgentRollout>, StoreError> {
+        Ok(self.lock().rollouts.values().cloned().collect())
+    }
+
+    fn agent_rollout(&self, agent_id: &str) -> Result<Option<AgentRollout>, StoreError> {
+        Ok(self.lock().rollouts.get(agent_id).cloned())
+    }
+
+    fn advance_agents(&self, steps: &[AgentStep]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if steps
+            .iter()
+            .any(|s| !s.put.is_empty() || !s.delete.is_empty())
+        {
+            inner.fail_if_injected("assignments")?;
+        }
+        if steps.iter().any(|s| !s.retire.is_empty()) {
+            inner.fail_if_injected("retired")?;
+        }
+        for step in steps {
+            for a in &step.put {
+                inner
+                    .assignments
+                    .insert((a.agent_id.clone(), a.runner.clone()), a.clone());
+            }
+            for runner in &step.delete {
+                inner
+                    .assignments
+                    .remove(&(step.agent_id.clone(), runner.clone()));
+            }
+            for r in &step.retire {
+                inner.add_retired(r);
+            }
+            inner.rollout_mut(&step.agent_id).target_generation = step.generation;
+        }
+        Ok(())
+    }
+
+    fn rollout_progress(&self) -> Result<Vec<AgentRollout>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .agents
+            .values()
+            .filter(|a| a.revoked_at.is_none())
+            .map(|a| {
+                inner
+                    .rollouts
+                    .get(&a.id)
+                    .cloned()
+                    .unwrap_or_else(|| AgentRollout {
+                        agent_id: a.id.clone(),
+                        ..AgentRollout::default()
+                    })
+            })
+            .collect())
+    }
+
+    fn record_acks(&self, acks: &[AckRecord]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for ack in acks {
+            let r = inner.rollout_mut(&ack.agent_id);
+            r.ack_generation = ack.generation;
+            r.ack_error = ack.error.clone();
+            if ack.error.is_none()
+                && let Some(a) = inner.agents.get_mut(&ack.agent_id)
+            {
+                a.applied_generation = ack.generation;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RunnerStore for MemoryStore {
     fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError> {
         Ok(self
             .lock()
@@ -330,79 +409,9 @@ impl Store for MemoryStore {
         self.lock().retired.remove(&id);
         Ok(())
     }
+}
 
-    fn agent_rollouts(&self) -> Result<Vec<AgentRollout>, StoreError> {
-        Ok(self.lock().rollouts.values().cloned().collect())
-    }
-
-    fn agent_rollout(&self, agent_id: &str) -> Result<Option<AgentRollout>, StoreError> {
-        Ok(self.lock().rollouts.get(agent_id).cloned())
-    }
-
-    fn advance_agents(&self, steps: &[AgentStep]) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        if steps
-            .iter()
-            .any(|s| !s.put.is_empty() || !s.delete.is_empty())
-        {
-            inner.fail_if_injected("assignments")?;
-        }
-        if steps.iter().any(|s| !s.retire.is_empty()) {
-            inner.fail_if_injected("retired")?;
-        }
-        for step in steps {
-            for a in &step.put {
-                inner
-                    .assignments
-                    .insert((a.agent_id.clone(), a.runner.clone()), a.clone());
-            }
-            for runner in &step.delete {
-                inner
-                    .assignments
-                    .remove(&(step.agent_id.clone(), runner.clone()));
-            }
-            for r in &step.retire {
-                inner.add_retired(r);
-            }
-            inner.rollout_mut(&step.agent_id).target_generation = step.generation;
-        }
-        Ok(())
-    }
-
-    fn rollout_progress(&self) -> Result<Vec<AgentRollout>, StoreError> {
-        let inner = self.lock();
-        Ok(inner
-            .agents
-            .values()
-            .filter(|a| a.revoked_at.is_none())
-            .map(|a| {
-                inner
-                    .rollouts
-                    .get(&a.id)
-                    .cloned()
-                    .unwrap_or_else(|| AgentRollout {
-                        agent_id: a.id.clone(),
-                        ..AgentRollout::default()
-                    })
-            })
-            .collect())
-    }
-
-    fn record_acks(&self, acks: &[AckRecord]) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        for ack in acks {
-            let r = inner.rollout_mut(&ack.agent_id);
-            r.ack_generation = ack.generation;
-            r.ack_error = ack.error.clone();
-            if ack.error.is_none()
-                && let Some(a) = inner.agents.get_mut(&ack.agent_id)
-            {
-                a.applied_generation = ack.generation;
-            }
-        }
-        Ok(())
-    }
-
+impl EventStore for MemoryStore {
     fn add_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         let mut g = self.lock();
         for e in events {

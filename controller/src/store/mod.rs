@@ -226,7 +226,7 @@ pub struct AckRecord {
     pub error: Option<String>,
 }
 
-/// What moving one agent to a generation writes (see [`Store::advance_agents`]).
+/// What moving one agent to a generation writes (see [`RolloutStore::advance_agents`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentStep {
     /// The agent.
@@ -306,8 +306,14 @@ impl Default for Retention {
     }
 }
 
-/// Persistent controller state.
-pub trait Store: Send + Sync {
+/// Persistent controller state: one handle over every aggregate, so callers keep one
+/// `Arc<dyn Store>`. Each aggregate's trait is imported where its calls are made.
+pub trait Store: EnrollmentStore + AgentStore + RolloutStore + RunnerStore + EventStore {}
+
+impl<T: EnrollmentStore + AgentStore + RolloutStore + RunnerStore + EventStore> Store for T {}
+
+/// Enrollment tokens, and enrollment (which takes a token use and inserts an agent).
+pub trait EnrollmentStore: Send + Sync {
     /// Stores a new token.
     fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     /// All tokens, newest first.
@@ -325,6 +331,10 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
         agent: AgentRecord,
     ) -> Result<AgentRecord, StoreError>;
+}
+
+/// Enrolled agents: facts, last contact, certificates, revocation.
+pub trait AgentStore: Send + Sync {
     /// One agent.
     fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError>;
     /// All agents, by id.
@@ -354,7 +364,11 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Marks the agent revoked; `false` when unknown. Idempotent.
     fn revoke_agent(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
+}
 
+/// Runner spec generations and each agent's progress towards them. Advancing agents writes
+/// their runner assignments too, in the same transaction.
+pub trait RolloutStore: Send + Sync {
     /// Adds generation `g.generation`, which must be the newest + 1.
     fn add_generation(&self, g: &GenerationRecord) -> Result<(), StoreError>;
     /// The newest generation.
@@ -369,6 +383,26 @@ pub trait Store: Send + Sync {
         reason: &str,
     ) -> Result<bool, StoreError>;
 
+    /// Every agent's rollout progress (agents never pushed are absent).
+    fn agent_rollouts(&self) -> Result<Vec<AgentRollout>, StoreError>;
+    /// One agent's rollout progress (`None` before it was first pushed).
+    fn agent_rollout(&self, agent_id: &str) -> Result<Option<AgentRollout>, StoreError>;
+    /// Moves agents to a generation, all in one transaction (all or nothing): each step's
+    /// assignments put, its dropped assignments deleted, its retired entries queued, and
+    /// its agent's target generation set.
+    fn advance_agents(&self, steps: &[AgentStep]) -> Result<(), StoreError>;
+    /// Every agent not revoked with its rollout progress (zeros before it was first
+    /// pushed), by id: what a reconciliation plans from, without the agents' labels and
+    /// facts.
+    fn rollout_progress(&self) -> Result<Vec<AgentRollout>, StoreError>;
+    /// Records acknowledgements in one transaction, in order; an applied one also sets its
+    /// agent's `applied_generation`.
+    fn record_acks(&self, acks: &[AckRecord]) -> Result<(), StoreError>;
+}
+
+/// The GitLab runners the controller holds per agent (assignments) and the ones waiting to
+/// be unregistered (retired). Each write is one intent, done whole or not at all.
+pub trait RunnerStore: Send + Sync {
     /// An agent's assignments, by runner name.
     fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError>;
     /// Every assignment, by agent then runner.
@@ -396,23 +430,10 @@ pub trait Store: Send + Sync {
     fn list_retired(&self) -> Result<Vec<Retired>, StoreError>;
     /// Drops a retired entry once unregistered.
     fn delete_retired(&self, id: i64) -> Result<(), StoreError>;
+}
 
-    /// Every agent's rollout progress (agents never pushed are absent).
-    fn agent_rollouts(&self) -> Result<Vec<AgentRollout>, StoreError>;
-    /// One agent's rollout progress (`None` before it was first pushed).
-    fn agent_rollout(&self, agent_id: &str) -> Result<Option<AgentRollout>, StoreError>;
-    /// Moves agents to a generation, all in one transaction (all or nothing): each step's
-    /// assignments put, its dropped assignments deleted, its retired entries queued, and
-    /// its agent's target generation set.
-    fn advance_agents(&self, steps: &[AgentStep]) -> Result<(), StoreError>;
-    /// Every agent not revoked with its rollout progress (zeros before it was first
-    /// pushed), by id: what a reconciliation plans from, without the agents' labels and
-    /// facts.
-    fn rollout_progress(&self) -> Result<Vec<AgentRollout>, StoreError>;
-    /// Records acknowledgements in one transaction, in order; an applied one also sets its
-    /// agent's `applied_generation`.
-    fn record_acks(&self, acks: &[AckRecord]) -> Result<(), StoreError>;
-
+/// Fleet events (`drover events`).
+pub trait EventStore: Send + Sync {
     /// Appends events in one transaction (ids and order as given).
     fn add_events(&self, events: &[EventRecord]) -> Result<(), StoreError>;
     /// The newest `filter.limit` events matching `filter`, oldest first.
