@@ -16,6 +16,7 @@ impl From<StoreError> for Status {
             StoreError::Db(_)
             | StoreError::Corrupt { .. }
             | StoreError::TooNew { .. }
+            | StoreError::Interrupted(_)
             | StoreError::Injected(_) => {
                 tracing::error!(error = %e, "store");
                 Status::internal("controller store failed; see the controller log")

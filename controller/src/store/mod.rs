@@ -13,6 +13,7 @@ pub mod sqlite;
 pub(crate) mod suite;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -95,6 +96,9 @@ pub enum StoreError {
     /// An agent with this id already exists.
     #[error("agent {0} already exists")]
     AgentExists(String),
+    /// The blocking task running a store call ended without an answer (runtime shutdown).
+    #[error("store call did not finish: {0}")]
+    Interrupted(String),
     /// A failure injected by a test fake ([`memory::MemoryStore::failing_on`]).
     #[error("injected failure writing to {0}")]
     Injected(&'static str),
@@ -303,6 +307,23 @@ impl Default for Retention {
             per_agent: 500,
             total: 50_000,
         }
+    }
+}
+
+/// Runs store calls on tokio's blocking pool and waits for them: how async code calls the
+/// store, so a transaction (or a wait for SQLite's lock or the disk) never holds an async
+/// worker thread. Group the calls one decision needs in one closure. A panic in `f` is
+/// resumed in the caller.
+pub async fn blocking<R, F>(store: &Arc<dyn Store>, f: F) -> Result<R, StoreError>
+where
+    F: FnOnce(&dyn Store) -> Result<R, StoreError> + Send + 'static,
+    R: Send + 'static,
+{
+    let store = Arc::clone(store);
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(StoreError::Interrupted(e.to_string())),
     }
 }
 
