@@ -278,7 +278,15 @@ async fn rolling_rollout_halts_on_refusal_and_undo_restores() {
         (1, 1),
         "halted: nobody else gets it"
     );
-    assert_eq!(w.fleet.desired_state("a2").await.unwrap().unwrap().generation, 1);
+    assert_eq!(
+        w.fleet
+            .desired_state("a2")
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
+        1
+    );
 
     let out = w.fleet.undo(rolling(1)).await.unwrap();
     assert_eq!(out.generation, 3);
@@ -503,7 +511,13 @@ async fn deleted_spec_unregisters_once_the_agent_moved_on_and_deleted_agent_at_o
     let out = w.fleet.delete_runner("lab-docker", all()).await.unwrap();
     assert_eq!(out.generation, 2);
     assert_eq!(
-        w.fleet.desired_state("a1").await.unwrap().unwrap().runners.len(),
+        w.fleet
+            .desired_state("a1")
+            .await
+            .unwrap()
+            .unwrap()
+            .runners
+            .len(),
         0
     );
     assert!(
