@@ -1065,9 +1065,15 @@ impl Fleet {
 
     /// A deleted agent: retire every GitLab runner it had and unregister them now.
     pub async fn on_agent_deleted(&self, agent_id: &str) {
-        let id = agent_id.to_string();
-        if let Err(e) = store::blocking(&self.store, move |s| s.retire_agent_runners(&id)).await {
-            tracing::warn!(agent = %agent_id, error = %e, "retire runners of deleted agent");
+        {
+            // After a pass that was advancing this agent: what it registered is retired too
+            // (the agent is revoked already, so no later pass selects it).
+            let _g = self.lock.lock().await;
+            let id = agent_id.to_string();
+            if let Err(e) = store::blocking(&self.store, move |s| s.retire_agent_runners(&id)).await
+            {
+                tracing::warn!(agent = %agent_id, error = %e, "retire runners of deleted agent");
+            }
         }
         self.runtime().remove(agent_id);
         self.reconcile().await;

@@ -67,6 +67,20 @@ fn agent(id: &str) -> AgentRecord {
     }
 }
 
+/// A token with `uses`, and agents `ids` enrolled with it.
+fn enrolled(s: &dyn Store, uses: u32, ids: &[&str]) {
+    s.create_token(&token(uses)).unwrap();
+    for id in ids {
+        s.enroll(
+            "0011223344556677",
+            &tokens::hash_secret("s"),
+            now(),
+            agent(id),
+        )
+        .unwrap();
+    }
+}
+
 fn enroll_takes_a_use_and_copies_labels(s: Box<dyn Store>) {
     s.create_token(&token(1)).unwrap();
     let a = s
@@ -144,14 +158,7 @@ fn refused_enrollment_changes_nothing(s: Box<dyn Store>) {
 }
 
 fn seen_renewed_revoked(s: Box<dyn Store>) {
-    s.create_token(&token(1)).unwrap();
-    s.enroll(
-        "0011223344556677",
-        &tokens::hash_secret("s"),
-        now(),
-        agent("a1"),
-    )
-    .unwrap();
+    enrolled(&*s, 1, &["a1"]);
     s.agent_seen("a1", now(), None, Some(&["10.0.0.1".to_string()]), Some(3))
         .unwrap();
     let a = s.get_agent("a1").unwrap().unwrap();
@@ -230,6 +237,22 @@ fn put(s: &dyn Store, assignments: &[Assignment]) {
     s.advance_agents(&steps).unwrap();
 }
 
+/// A rollout step of `old`'s agent to `generation`: `new` put, `old` dropped and retired
+/// until the agent runs `generation`.
+fn swap_step(generation: u64, new: Assignment, old: Assignment) -> AgentStep {
+    AgentStep {
+        agent_id: old.agent_id.clone(),
+        generation,
+        put: vec![new],
+        delete: vec![old.runner.clone()],
+        retire: vec![Retired {
+            id: 0,
+            assignment: old,
+            after_generation: generation,
+        }],
+    }
+}
+
 /// Queues a retired entry the way a rollout does.
 fn retire(s: &dyn Store, a: Assignment, after_generation: u64) {
     s.advance_agents(&[AgentStep {
@@ -273,14 +296,7 @@ fn assignments_and_retired(s: Box<dyn Store>) {
 }
 
 fn rollouts_and_acks(s: Box<dyn Store>) {
-    s.create_token(&token(2)).unwrap();
-    s.enroll(
-        "0011223344556677",
-        &tokens::hash_secret("s"),
-        now(),
-        agent("a1"),
-    )
-    .unwrap();
+    enrolled(&*s, 2, &["a1"]);
     assert!(s.agent_rollouts().unwrap().is_empty());
     assert_eq!(s.agent_rollout("a1").unwrap(), None);
     s.advance_agents(&[AgentStep {
@@ -350,17 +366,7 @@ fn advance_agents_in_one_go(s: Box<dyn Store>) {
         &[assignment("a1", "old", 1), assignment("a2", "keep", 2)],
     );
     s.advance_agents(&[
-        AgentStep {
-            agent_id: "a1".into(),
-            generation: 5,
-            put: vec![assignment("a1", "new", 3)],
-            delete: vec!["old".into()],
-            retire: vec![Retired {
-                id: 0,
-                assignment: assignment("a1", "old", 1),
-                after_generation: 5,
-            }],
-        },
+        swap_step(5, assignment("a1", "new", 3), assignment("a1", "old", 1)),
         AgentStep {
             agent_id: "a2".into(),
             generation: 5,
@@ -505,17 +511,7 @@ fn intents_fail_whole(failing: MakeFailing<'_>) {
         "replaced without retiring"
     );
 
-    let step = AgentStep {
-        agent_id: "a1".into(),
-        generation: 2,
-        put: vec![assignment("a1", "r3", 3)],
-        delete: vec!["r2".into()],
-        retire: vec![Retired {
-            id: 0,
-            assignment: assignment("a1", "r2", 2),
-            after_generation: 2,
-        }],
-    };
+    let step = swap_step(2, assignment("a1", "r3", 3), assignment("a1", "r2", 2));
     assert!(s.advance_agents(&[step]).is_err());
     assert_eq!(s.all_assignments().unwrap(), before, "advanced in part");
     assert_eq!(s.agent_rollouts().unwrap(), targets);
@@ -527,16 +523,7 @@ fn intents_fail_whole(failing: MakeFailing<'_>) {
 }
 
 fn batched_last_seen(s: Box<dyn Store>) {
-    s.create_token(&token(2)).unwrap();
-    for id in ["a1", "a2"] {
-        s.enroll(
-            "0011223344556677",
-            &tokens::hash_secret("s"),
-            now(),
-            agent(id),
-        )
-        .unwrap();
-    }
+    enrolled(&*s, 2, &["a1", "a2"]);
     let later = now() + Duration::seconds(30);
     s.agents_seen(&[
         ("a1".into(), later),
