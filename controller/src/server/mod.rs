@@ -334,7 +334,7 @@ pub async fn run(
     let _ = files::remove_if_unchanged(&dir.http_addr(), &http_addr_text);
     // Sessions have ended: their disconnects and the last contacts reach the store.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    health.flush_all();
+    health.flush_all().await;
     match http_task.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
         Err(e) => tracing::warn!(error = %e, "http server task"),
