@@ -29,12 +29,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
-use crate::executor::{ConnectOptions, DockerExecutor, Executor};
 use crate::health::{ClockSkew, DockerStatus, HostHealth, ProcProbe};
 use crate::identity::StateDir;
 use crate::identity::system_id;
 use crate::metrics::Metrics;
 use crate::systemd::{self, Heartbeat, Notifier};
+use drover_job::executor::{ConnectOptions, DockerExecutor, Executor};
 use supervisor::{Deps, DockerDep, SharedGitLabFactory, Supervisor, Timings};
 
 /// How long a stop may take to cancel and report running jobs.

@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
 use super::report::{self, Report, UnitReport};
 use crate::clock::{Clock, Deadline};
-use crate::executor::{Executor, JobOutcome};
 use crate::health::DockerStatus;
 use crate::metrics::{Metrics, RunnerInfo, RunnerLabels};
 use crate::runner::{
@@ -38,6 +37,7 @@ use crate::standalone::engine::{Engine, GitLabFactory};
 use crate::systemd::Heartbeat as Liveness;
 use crate::units::{Action, Event, RestartPolicy, Unit, UnitState};
 use drover_gitlab::{GitLab, GitLabError, RunnerAuth};
+use drover_job::executor::{Executor, JobOutcome};
 
 /// Builds (and shares) the GitLab client of a runner table.
 pub type SharedGitLabFactory =

@@ -24,11 +24,11 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{ConnectOptions, DockerExecutor, StorageOptions};
 use crate::inflight::{InflightStore, JobTracking, Recovered};
 use crate::janitor::{DEFAULT_JANITOR_INTERVAL, Janitor, RunningJobs};
 use crate::metrics::Metrics;
 use drover_gitlab::{ClientOptions, GitLab, HttpGitLab};
+use drover_job::executor::{ConnectOptions, DockerExecutor, StorageOptions};
 pub use engine::{Engine, GitLabFactory};
 
 /// Serves every docker runner in `config` until a signal says stop.

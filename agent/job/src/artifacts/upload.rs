@@ -11,10 +11,10 @@ use super::archive::{ArtifactFormat, write_gzip, write_raw, write_zip};
 use super::expand::expand;
 use super::project_tar::{ProjectEntry, ProjectTar, SelectSpec, select};
 use super::when::When;
-use crate::executor::FailureReason;
-use crate::runner::backoff::asked_wait;
+use crate::FailureReason;
 use crate::sources::TrackedFiles;
 use crate::trace::TraceSink;
+use drover_gitlab::backoff::asked_wait;
 use drover_gitlab::types::{Artifact, JobResponse, JobVariable};
 use drover_gitlab::{ArtifactUpload, GitLab, GitLabError};
 
@@ -391,7 +391,7 @@ mod tests {
         assert_eq!(r.wait(&later(7), 4), Duration::from_secs(7));
         assert_eq!(
             r.wait(&later(3600), 1),
-            crate::runner::backoff::RETRY_AFTER_MAX
+            drover_gitlab::backoff::RETRY_AFTER_MAX
         );
     }
 

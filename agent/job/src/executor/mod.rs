@@ -1,6 +1,6 @@
 //! The Docker executor: runs one GitLab job in containers through the Docker Engine API.
 //!
-//! Invariant: only this module talks to Docker.
+//! Invariant: only this module of the job crate talks to Docker.
 //!
 //! Layout:
 //! - [`docker`]: [`DockerExecutor`], the job flow (steps, timeouts, cancel, cleanup).
@@ -45,7 +45,6 @@ mod fake;
 mod host_config;
 mod image;
 pub mod names;
-mod outcome;
 mod ping;
 mod script;
 mod services;
@@ -63,11 +62,13 @@ use crate::trace::TraceSink;
 use drover_gitlab::GitLab;
 use drover_gitlab::types::JobResponse;
 
+/// How a job ended lives in [`crate::outcome`] (shared with sources, artifacts and trace);
+/// re-exported here because [`Executor::run`] returns it.
+pub use crate::outcome::{FailureReason, JobOutcome};
 pub use api::ContainerApi;
 pub use bollard_api::BollardApi;
 pub use docker::{CleanupReport, ConnectOptions, DockerExecutor, KeptVolume, StorageOptions};
 pub use error::ExecutorError;
-pub use outcome::{FailureReason, JobOutcome};
 pub use ping::DockerInfo;
 pub use services::{derived_names, service_aliases};
 
