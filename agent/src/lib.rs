@@ -16,7 +16,9 @@
 //!   host is degraded.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
 //! - [`runner`]: one runner's job loop (verify, request, run jobs in slots, stats, events).
-//! - [`standalone`]: standalone mode (`--config`), reload by difference.
+//! - [`engine`]: serves a set of runners (one job loop each), reload by difference; both
+//!   modes run on it.
+//! - [`standalone`]: standalone mode (`--config`).
 //! - [`units`]: the runner unit state machine (fleet mode).
 //! - [`fleet`]: fleet mode: desired state from the controller, applied as units.
 //! - [`cli`]: one module per `drover-agent` subcommand.
@@ -26,6 +28,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod clock;
 pub mod control;
+pub mod engine;
 pub mod fleet;
 pub mod health;
 pub mod host_facts;

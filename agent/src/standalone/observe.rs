@@ -14,7 +14,7 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Engine;
+use crate::engine::Engine;
 use crate::health::{self, ClockSkew, DockerStatus, HostProbe, ProcProbe};
 use crate::metrics::{Metrics, RunnerInfo, RunnerLabels, UnitSource, UnitStatus};
 use crate::runner::{RunnerEvent, RunnerState, RunnerStats, short_token};
