@@ -8,6 +8,8 @@
 //! - [`sources`], [`cache`], [`artifacts`]: host-side git checkout, local caches and job
 //!   artifacts as host files and tar streams (no Docker; the executor moves the tars).
 //! - [`trace`]: the job trace pipeline (masking, limits, upload).
+//! - [`expand`]: `$VAR` expansion with gitlab-runner's rules, for variables, artifacts and
+//!   caches alike.
 //!
 //! The crate knows nothing of supervision, fleets or the controller: the agent's runner loop
 //! hands it a job and a [`trace::TraceSink`] and gets a [`JobOutcome`] back.
@@ -15,6 +17,7 @@
 pub mod artifacts;
 pub mod cache;
 pub mod executor;
+pub mod expand;
 pub mod outcome;
 pub mod sources;
 pub mod trace;

@@ -8,10 +8,10 @@ use secrecy::SecretString;
 
 use super::ArchiveError;
 use super::archive::{ArtifactFormat, write_gzip, write_raw, write_zip};
-use super::expand::expand;
 use super::project_tar::{ProjectEntry, ProjectTar, SelectSpec, select};
 use super::when::When;
 use crate::FailureReason;
+use crate::expand::expand_vars;
 use crate::sources::TrackedFiles;
 use crate::trace::TraceSink;
 use drover_gitlab::backoff::asked_wait;
@@ -291,9 +291,17 @@ pub async fn upload_job_artifacts(
         }
         if when.applies(job_succeeded) {
             let mut artifact = artifact.clone();
-            artifact.name = expand(&artifact.name, vars);
-            artifact.paths = artifact.paths.iter().map(|p| expand(p, vars)).collect();
-            artifact.exclude = artifact.exclude.iter().map(|p| expand(p, vars)).collect();
+            artifact.name = expand_vars(&artifact.name, vars);
+            artifact.paths = artifact
+                .paths
+                .iter()
+                .map(|p| expand_vars(p, vars))
+                .collect();
+            artifact.exclude = artifact
+                .exclude
+                .iter()
+                .map(|p| expand_vars(p, vars))
+                .collect();
             wanted.push(artifact);
         }
     }

@@ -6,7 +6,7 @@
 //! - [`docker`]: [`DockerExecutor`], the job flow (steps, timeouts, cancel, cleanup).
 //! - [`api`]: the [`ContainerApi`] seam; `bollard_api` implements it on the engine.
 //! - `script`: the POSIX script fed to the container's shell.
-//! - `variables` + `expand`: the job environment.
+//! - `variables`: the job environment (values expanded by [`crate::expand`]).
 //! - `host_config`: `[runners.docker]` → `HostConfig`.
 //! - `image`: image choice, `allowed_images`, pull policies, registry credentials.
 //! - `names`: container/volume names and labels.
@@ -39,7 +39,6 @@ pub mod api;
 mod bollard_api;
 pub mod docker;
 mod error;
-mod expand;
 #[cfg(test)]
 mod fake;
 mod host_config;
