@@ -16,8 +16,8 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::executor::FailureReason;
 use drover_gitlab::{GitLab, GitLabError, JobUpdate, TraceAnswer};
+use drover_job::executor::FailureReason;
 
 /// Errors of the in-flight store.
 #[derive(Debug, thiserror::Error)]

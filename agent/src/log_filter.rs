@@ -10,7 +10,12 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
 /// Targets of Drover's own code, which a bare level applies to in full.
-pub const OWN_TARGETS: &[&str] = &["drover_agent", "drover_proto"];
+pub const OWN_TARGETS: &[&str] = &[
+    "drover_agent",
+    "drover_job",
+    "drover_gitlab",
+    "drover_proto",
+];
 
 /// The most a bare level lets through for any other target.
 pub const DEPENDENCY_CAP: LevelFilter = LevelFilter::INFO;
@@ -63,11 +68,11 @@ mod tests {
     fn bare_levels_above_info_stop_at_drover_code() {
         assert_eq!(
             directives("debug"),
-            "info,drover_agent=debug,drover_proto=debug"
+            "info,drover_agent=debug,drover_job=debug,drover_gitlab=debug,drover_proto=debug"
         );
         assert_eq!(
             directives(" TRACE "),
-            "info,drover_agent=trace,drover_proto=trace"
+            "info,drover_agent=trace,drover_job=trace,drover_gitlab=trace,drover_proto=trace"
         );
         assert_eq!(directives("warn"), "warn");
         assert_eq!(
@@ -80,7 +85,7 @@ mod tests {
     fn named_targets_are_kept_as_written() {
         assert_eq!(
             directives("trace,bollard=debug,drover_agent=info"),
-            "info,drover_proto=trace,bollard=debug,drover_agent=info"
+            "info,drover_job=trace,drover_gitlab=trace,drover_proto=trace,bollard=debug,drover_agent=info"
         );
         assert_eq!(directives("hyper[conn]=trace"), "hyper[conn]=trace");
     }
@@ -108,7 +113,7 @@ mod tests {
             || tracing::info!(target: "bollard::docker", "x")
         ));
         assert!(passes_trace(
-            || tracing::trace!(target: "drover_agent::executor", "x")
+            || tracing::trace!(target: "drover_job::executor", "x")
         ));
         assert_eq!(
             env_filter(Some("not a [filter")).to_string(),

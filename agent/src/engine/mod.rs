@@ -17,12 +17,12 @@ use secrecy::SecretString;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::executor::Executor;
 use crate::runner::{
     self, DEFAULT_CHECK_INTERVAL, RunnerDeps, RunnerError, RunnerEvent, RunnerSettings,
     RunnerStats, Shutdown,
 };
 use drover_gitlab::GitLab;
+use drover_job::executor::Executor;
 
 /// Builds the GitLab client a runner talks to (one per url and CA file, shared).
 pub type GitLabFactory =

@@ -7,8 +7,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use drover_agent::artifacts::archive::{write_gzip, write_raw, write_zip};
-use drover_agent::artifacts::{ProjectEntry, ProjectTar};
+use drover_job::artifacts::archive::{write_gzip, write_raw, write_zip};
+use drover_job::artifacts::{ProjectEntry, ProjectTar};
 
 struct Counting;
 

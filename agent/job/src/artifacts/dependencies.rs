@@ -7,7 +7,7 @@ use super::ArchiveError;
 use super::extract::zip_to_tar;
 use super::tar_writer::Owner;
 use super::upload::Retry;
-use crate::executor::FailureReason;
+use crate::FailureReason;
 use crate::trace::TraceSink;
 use drover_gitlab::types::JobResponse;
 use drover_gitlab::{GitLab, GitLabError};

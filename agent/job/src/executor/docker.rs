@@ -9,7 +9,7 @@
 //! Invariants:
 //! - Every container and network the job creates is removed before [`Executor::run`]
 //!   returns, whatever happened (cancel, timeout, Docker errors); a killed agent's leftovers
-//!   go with the janitor ([`crate::janitor`]).
+//!   go with the agent's janitor (`drover_agent::janitor`).
 //! - The executor prints everything the user sees, up to and including the result line
 //!   (`Job succeeded` / `ERROR: Job failed: ...`); the runner loop prints nothing after it.
 //! - After cancel nothing more runs but cleanup.

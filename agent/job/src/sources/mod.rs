@@ -34,8 +34,8 @@ pub use plan::{GitStrategy, PlanError, SourcesPlan, SubmoduleStrategy, plan};
 pub use tarball::write_dir_tar;
 pub use tracked::TrackedFiles;
 
+use crate::FailureReason;
 use crate::artifacts::Owner;
-use crate::executor::FailureReason;
 
 /// Errors getting sources.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use drover_gitlab::GitLabError;
+use crate::GitLabError;
 
 /// Largest wait taken from a `RateLimit-ResetTime` or `Retry-After` header (gitlab-runner's
 /// `backOffMaxDelay`, `network/retry_requester.go`): a GitLab asking for an hour does not

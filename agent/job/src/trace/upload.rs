@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::TraceSink;
-use crate::executor::{FailureReason, JobOutcome};
-use crate::runner::backoff::Backoff;
+use crate::outcome::{FailureReason, JobOutcome};
+use drover_gitlab::backoff::Backoff;
 use drover_gitlab::{GitLab, GitLabError, JobUpdate, TraceAnswer};
 
 /// Timing of the uploader (defaults are gitlab-runner's).
@@ -311,8 +311,8 @@ impl Uploader {
                 Step::Gone
             }
             e => {
-                let d = crate::runner::backoff::retry_delay(&e, &mut self.backoff);
-                let msg = crate::runner::error_chain(&e);
+                let d = drover_gitlab::backoff::retry_delay(&e, &mut self.backoff);
+                let msg = drover_proto::error_chain::error_chain(&e);
                 tracing::warn!(job = self.job_id, error = %msg, retry_in = ?d, "{what} failed");
                 Step::Retry(d)
             }

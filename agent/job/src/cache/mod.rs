@@ -22,7 +22,8 @@ pub use key::{KeyError, sanitize_key};
 pub use policy::{CachePlan, CachePlanError, CachePolicy};
 pub use store::{CacheHit, CacheStore, DEFAULT_MAX_BYTES, SaveOutcome};
 
-use crate::artifacts::{ArchiveError, Owner, ProjectTar, SelectSpec, expand};
+use crate::artifacts::{ArchiveError, Owner, ProjectTar, SelectSpec};
+use crate::expand::expand_vars;
 use crate::sources::TrackedFiles;
 use crate::sources::plan::variable;
 use crate::trace::TraceSink;
@@ -63,15 +64,19 @@ pub fn cache_plans(
     vars: &[JobVariable],
     trace: &TraceSink,
 ) -> Result<Vec<CachePlan>, CachePlanError> {
-    let fallback = variable(vars, "CACHE_FALLBACK_KEY").map(|k| expand(k, vars));
+    let fallback = variable(vars, "CACHE_FALLBACK_KEY").map(|k| expand_vars(k, vars));
     job.cache
         .iter()
         .map(|c| {
             let mut c = c.clone();
-            c.key = expand(&c.key, vars);
-            c.paths = c.paths.iter().map(|p| expand(p, vars)).collect();
-            c.fallback_keys = c.fallback_keys.iter().map(|k| expand(k, vars)).collect();
-            c.policy = c.policy.as_deref().map(|p| expand(p, vars));
+            c.key = expand_vars(&c.key, vars);
+            c.paths = c.paths.iter().map(|p| expand_vars(p, vars)).collect();
+            c.fallback_keys = c
+                .fallback_keys
+                .iter()
+                .map(|k| expand_vars(k, vars))
+                .collect();
+            c.policy = c.policy.as_deref().map(|p| expand_vars(p, vars));
             c
         })
         .map(|c| {

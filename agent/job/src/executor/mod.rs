@@ -1,12 +1,12 @@
 //! The Docker executor: runs one GitLab job in containers through the Docker Engine API.
 //!
-//! Invariant: only this module talks to Docker.
+//! Invariant: only this module of the job crate talks to Docker.
 //!
 //! Layout:
 //! - [`docker`]: [`DockerExecutor`], the job flow (steps, timeouts, cancel, cleanup).
 //! - [`api`]: the [`ContainerApi`] seam; `bollard_api` implements it on the engine.
 //! - `script`: the POSIX script fed to the container's shell.
-//! - `variables` + `expand`: the job environment.
+//! - `variables`: the job environment (values expanded by [`crate::expand`]).
 //! - `host_config`: `[runners.docker]` → `HostConfig`.
 //! - `image`: image choice, `allowed_images`, pull policies, registry credentials.
 //! - `names`: container/volume names and labels.
@@ -39,13 +39,11 @@ pub mod api;
 mod bollard_api;
 pub mod docker;
 mod error;
-mod expand;
 #[cfg(test)]
 mod fake;
 mod host_config;
 mod image;
 pub mod names;
-mod outcome;
 mod ping;
 mod script;
 mod services;
@@ -63,11 +61,13 @@ use crate::trace::TraceSink;
 use drover_gitlab::GitLab;
 use drover_gitlab::types::JobResponse;
 
+/// How a job ended lives in [`crate::outcome`] (shared with sources, artifacts and trace);
+/// re-exported here because [`Executor::run`] returns it.
+pub use crate::outcome::{FailureReason, JobOutcome};
 pub use api::ContainerApi;
 pub use bollard_api::BollardApi;
 pub use docker::{CleanupReport, ConnectOptions, DockerExecutor, KeptVolume, StorageOptions};
 pub use error::ExecutorError;
-pub use outcome::{FailureReason, JobOutcome};
 pub use ping::DockerInfo;
 pub use services::{derived_names, service_aliases};
 

@@ -8,13 +8,13 @@ use secrecy::SecretString;
 
 use super::ArchiveError;
 use super::archive::{ArtifactFormat, write_gzip, write_raw, write_zip};
-use super::expand::expand;
 use super::project_tar::{ProjectEntry, ProjectTar, SelectSpec, select};
 use super::when::When;
-use crate::executor::FailureReason;
-use crate::runner::backoff::asked_wait;
+use crate::FailureReason;
+use crate::expand::expand_vars;
 use crate::sources::TrackedFiles;
 use crate::trace::TraceSink;
+use drover_gitlab::backoff::asked_wait;
 use drover_gitlab::types::{Artifact, JobResponse, JobVariable};
 use drover_gitlab::{ArtifactUpload, GitLab, GitLabError};
 
@@ -291,9 +291,17 @@ pub async fn upload_job_artifacts(
         }
         if when.applies(job_succeeded) {
             let mut artifact = artifact.clone();
-            artifact.name = expand(&artifact.name, vars);
-            artifact.paths = artifact.paths.iter().map(|p| expand(p, vars)).collect();
-            artifact.exclude = artifact.exclude.iter().map(|p| expand(p, vars)).collect();
+            artifact.name = expand_vars(&artifact.name, vars);
+            artifact.paths = artifact
+                .paths
+                .iter()
+                .map(|p| expand_vars(p, vars))
+                .collect();
+            artifact.exclude = artifact
+                .exclude
+                .iter()
+                .map(|p| expand_vars(p, vars))
+                .collect();
             wanted.push(artifact);
         }
     }
@@ -391,7 +399,7 @@ mod tests {
         assert_eq!(r.wait(&later(7), 4), Duration::from_secs(7));
         assert_eq!(
             r.wait(&later(3600), 1),
-            crate::runner::backoff::RETRY_AFTER_MAX
+            drover_gitlab::backoff::RETRY_AFTER_MAX
         );
     }
 

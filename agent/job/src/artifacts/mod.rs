@@ -9,7 +9,6 @@
 
 pub mod archive;
 pub mod dependencies;
-pub mod expand;
 pub mod extract;
 pub mod glob;
 pub mod project_tar;
@@ -21,7 +20,6 @@ use std::path::Path;
 
 pub use archive::ArtifactFormat;
 pub use dependencies::{DependencyArchive, DependencyError, download_dependencies};
-pub use expand::expand;
 pub use extract::zip_to_tar;
 pub use project_tar::{EntryKind, ProjectEntry, ProjectTar, SelectSpec, Selection, select};
 pub use tar_writer::{Owner, TarWriter};

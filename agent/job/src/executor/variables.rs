@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 
 use super::ExecutorError;
 use super::JobContext;
-use super::expand::expand;
+use crate::expand::expand;
 
 /// Default `builds_dir` inside containers.
 pub const DEFAULT_BUILDS_DIR: &str = "/builds";
