@@ -64,6 +64,18 @@ async fn bounded<T>(
     }
 }
 
+/// `call` on the engine bounded by `after`; its error and its timeout name `op`.
+async fn engine_call<T>(
+    op: &str,
+    after: Duration,
+    call: impl Future<Output = Result<T, BollardError>>,
+) -> Result<T, ExecutorError> {
+    bounded(op, after, async {
+        call.await.map_err(|e| ExecutorError::docker(op, e))
+    })
+    .await
+}
+
 /// Resolves once `docker` has answered no `/_ping` for [`STALL_LIMIT`], with how long.
 async fn stalled(docker: &Docker) -> Duration {
     let mut answered = Instant::now();
@@ -199,14 +211,13 @@ impl ContainerApi for BollardApi {
             name: Some(name.to_string()),
             ..Default::default()
         };
-        bounded(&op, CALL_TIMEOUT, async {
-            self.docker
-                .create_container(Some(opts), body)
-                .await
-                .map(|r| r.id)
-                .map_err(|e| ExecutorError::docker(&op, e))
-        })
+        engine_call(
+            &op,
+            CALL_TIMEOUT,
+            self.docker.create_container(Some(opts), body),
+        )
         .await
+        .map(|r| r.id)
     }
 
     async fn attach(&self, id: &str) -> Result<Attached, ExecutorError> {
@@ -224,12 +235,11 @@ impl ContainerApi for BollardApi {
         // Only the handshake is bounded: the stream lasts as long as the container, and
         // the job's wait ends it when the engine stalls.
         let op = format!("attach container {id}");
-        let res = bounded(&op, CALL_TIMEOUT, async {
-            self.docker
-                .attach_container(id, Some(opts))
-                .await
-                .map_err(|e| ExecutorError::docker(&op, e))
-        })
+        let res = engine_call(
+            &op,
+            CALL_TIMEOUT,
+            self.docker.attach_container(id, Some(opts)),
+        )
         .await?;
         let cid = id.to_string();
         let output = res
@@ -253,13 +263,7 @@ impl ContainerApi for BollardApi {
 
     async fn start(&self, id: &str) -> Result<(), ExecutorError> {
         let op = format!("start container {id}");
-        bounded(&op, CALL_TIMEOUT, async {
-            self.docker
-                .start_container(id, None)
-                .await
-                .map_err(|e| ExecutorError::docker(&op, e))
-        })
-        .await
+        engine_call(&op, CALL_TIMEOUT, self.docker.start_container(id, None)).await
     }
 
     async fn wait(&self, id: &str) -> Result<i64, ExecutorError> {
@@ -358,13 +362,7 @@ impl ContainerApi for BollardApi {
             filters: Some(filters),
             ..Default::default()
         };
-        let list = bounded(&op, CALL_TIMEOUT, async {
-            self.docker
-                .list_containers(Some(opts))
-                .await
-                .map_err(|e| ExecutorError::docker(&op, e))
-        })
-        .await?;
+        let list = engine_call(&op, CALL_TIMEOUT, self.docker.list_containers(Some(opts))).await?;
         Ok(list
             .into_iter()
             .map(|c| ContainerInfo {
@@ -386,13 +384,7 @@ impl ContainerApi for BollardApi {
         let opts = ListVolumesOptions {
             filters: Some(filters),
         };
-        let list = bounded(&op, CALL_TIMEOUT, async {
-            self.docker
-                .list_volumes(Some(opts))
-                .await
-                .map_err(|e| ExecutorError::docker(&op, e))
-        })
-        .await?;
+        let list = engine_call(&op, CALL_TIMEOUT, self.docker.list_volumes(Some(opts))).await?;
         Ok(list
             .volumes
             .unwrap_or_default()
@@ -422,25 +414,13 @@ impl ContainerApi for BollardApi {
 
     async fn image_user(&self, image: &str) -> Result<String, ExecutorError> {
         let op = format!("inspect image {image}");
-        let info = bounded(&op, CALL_TIMEOUT, async {
-            self.docker
-                .inspect_image(image)
-                .await
-                .map_err(|e| ExecutorError::docker(&op, e))
-        })
-        .await?;
+        let info = engine_call(&op, CALL_TIMEOUT, self.docker.inspect_image(image)).await?;
         Ok(info.config.and_then(|c| c.user).unwrap_or_default())
     }
 
     async fn image_tcp_ports(&self, image: &str) -> Result<Vec<u16>, ExecutorError> {
         let op = format!("inspect image {image}");
-        let info = bounded(&op, CALL_TIMEOUT, async {
-            self.docker
-                .inspect_image(image)
-                .await
-                .map_err(|e| ExecutorError::docker(&op, e))
-        })
-        .await?;
+        let info = engine_call(&op, CALL_TIMEOUT, self.docker.inspect_image(image)).await?;
         let mut ports: Vec<u16> = info
             .config
             .and_then(|c| c.exposed_ports)
@@ -495,14 +475,9 @@ impl ContainerApi for BollardApi {
             labels: Some(labels),
             ..Default::default()
         };
-        bounded(&op, CALL_TIMEOUT, async {
-            self.docker
-                .create_network(req)
-                .await
-                .map(|r| r.id)
-                .map_err(|e| ExecutorError::docker(&op, e))
-        })
-        .await
+        engine_call(&op, CALL_TIMEOUT, self.docker.create_network(req))
+            .await
+            .map(|r| r.id)
     }
 
     async fn remove_network(&self, id: &str) -> Result<(), ExecutorError> {
@@ -528,13 +503,7 @@ impl ContainerApi for BollardApi {
         let opts = ListNetworksOptions {
             filters: Some(filters),
         };
-        let list = bounded(&op, CALL_TIMEOUT, async {
-            self.docker
-                .list_networks(Some(opts))
-                .await
-                .map_err(|e| ExecutorError::docker(&op, e))
-        })
-        .await?;
+        let list = engine_call(&op, CALL_TIMEOUT, self.docker.list_networks(Some(opts))).await?;
         Ok(list
             .into_iter()
             .map(|n| NetworkInfo {
@@ -610,13 +579,7 @@ impl BollardApi {
         id: &str,
     ) -> Result<bollard::models::ContainerInspectResponse, ExecutorError> {
         let op = format!("inspect container {id}");
-        bounded(&op, CALL_TIMEOUT, async {
-            self.docker
-                .inspect_container(id, None)
-                .await
-                .map_err(|e| ExecutorError::docker(&op, e))
-        })
-        .await
+        engine_call(&op, CALL_TIMEOUT, self.docker.inspect_container(id, None)).await
     }
 }
 
