@@ -18,6 +18,12 @@ pub enum ExecutorError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// A Docker API call got no answer in time (a stalled engine); `op` names the call.
+    #[error("{op}: docker engine did not answer for {}s", after.as_secs())]
+    NoAnswer {
+        op: String,
+        after: std::time::Duration,
+    },
     /// A `[runners.docker]` value could not be used.
     #[error("invalid [runners.docker] {key} = {value:?}: {reason}")]
     Config {
