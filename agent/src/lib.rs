@@ -10,9 +10,7 @@
 //! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
 //! - [`inflight`]: jobs in flight on disk; a restarted agent reports them failed.
-//! - [`atomic_file`]: crash-safe replacement of state files (temp file, fsync, rename).
 //! - [`janitor`]: removes this agent's Docker leftovers at start and periodically.
-//! - [`log_filter`]: `DROVER_LOG`, keeping dependencies at `info` under a bare level.
 //! - [`health`]: host health snapshots (Docker, disk, memory, load, clock skew) and when a
 //!   host is degraded.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
@@ -24,7 +22,6 @@
 //! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
 pub mod artifacts;
-pub mod atomic_file;
 pub mod cache;
 pub mod cli;
 pub mod clock;
@@ -37,7 +34,6 @@ pub mod host_facts;
 pub mod identity;
 pub mod inflight;
 pub mod janitor;
-pub mod log_filter;
 pub mod metrics;
 pub mod runner;
 pub mod sources;

@@ -203,14 +203,18 @@ fn ensure_admin_cert(dir: &DataDir, ca: &Ca) -> Result<(), ServerError> {
     }
     let admin = policy::issue_admin(ca, "local", now)?;
     use secrecy::ExposeSecret;
-    files::write_atomic(
+    drover_runtime::atomic_file::write(
         &dir.admin_key(),
         admin.key_pem.expose_secret().as_bytes(),
         files::PRIVATE,
     )
     .map_err(io("write", dir.admin_key()))?;
-    files::write_atomic(&dir.admin_cert(), admin.cert.pem.as_bytes(), files::PRIVATE)
-        .map_err(io("write", dir.admin_cert()))?;
+    drover_runtime::atomic_file::write(
+        &dir.admin_cert(),
+        admin.cert.pem.as_bytes(),
+        files::PRIVATE,
+    )
+    .map_err(io("write", dir.admin_cert()))?;
     Ok(())
 }
 
@@ -295,9 +299,9 @@ pub async fn run(
 
     let grpc_addr_text = format!("{grpc_addr}\n");
     let http_addr_text = format!("{http_addr}\n");
-    files::write_atomic(&dir.grpc_addr(), grpc_addr_text.as_bytes(), files::PUBLIC)
+    drover_runtime::atomic_file::write(&dir.grpc_addr(), grpc_addr_text.as_bytes(), files::PUBLIC)
         .map_err(io("write", dir.grpc_addr()))?;
-    files::write_atomic(&dir.http_addr(), http_addr_text.as_bytes(), files::PUBLIC)
+    drover_runtime::atomic_file::write(&dir.http_addr(), http_addr_text.as_bytes(), files::PUBLIC)
         .map_err(io("write", dir.http_addr()))?;
     tracing::info!(
         grpc = %grpc_addr,
