@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::datadir::DataDir;
 use crate::server::http::HttpAuth;
-use crate::server::{self, ServerOptions};
+use crate::server::{self, ServeConfig, ServerOptions};
 use crate::tokens::parse_duration;
 
 /// Arguments of `drover serve`.
@@ -105,22 +105,31 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(&args.http_listen)
         .await
         .with_context(|| format!("bind --http-listen {}", args.http_listen))?;
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        drover_runtime::signal::terminated().await;
-        tracing::info!("shutting down");
-        on_signal.cancel();
-    });
-    let options = ServerOptions {
-        cert_ttl,
-        heartbeat_interval,
-        thresholds,
-        http_auth,
+    let config = ServeConfig {
+        dir,
+        lock,
+        options: ServerOptions {
+            cert_ttl,
+            heartbeat_interval,
+            thresholds,
+            http_auth,
+        },
+        grpc,
+        http,
     };
-    server::run(&dir, lock, options, grpc, http, shutdown)
-        .await
-        .with_context(|| format!("serve from data dir {}", cli.data_dir.display()))
+    // The signal only cancels the root token; `server::run` stops everything under it.
+    let shutdown = CancellationToken::new();
+    let serve = server::run(config, shutdown.clone());
+    tokio::pin!(serve);
+    let result = tokio::select! {
+        result = &mut serve => result,
+        () = drover_runtime::signal::terminated() => {
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            serve.await
+        }
+    };
+    result.with_context(|| format!("serve from data dir {}", cli.data_dir.display()))
 }
 
 /// A size flag (`2GiB`, `500MiB`, `1.5G`, `1048576` bytes): `drover_proto::spec::size`.
