@@ -16,8 +16,8 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::executor::FailureReason;
-use crate::gitlab::{GitLab, GitLabError, JobUpdate, TraceAnswer};
+use drover_gitlab::{GitLab, GitLabError, JobUpdate, TraceAnswer};
+use drover_job::executor::FailureReason;
 
 /// Errors of the in-flight store.
 #[derive(Debug, thiserror::Error)]
@@ -300,7 +300,7 @@ async fn report_failed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gitlab::fake::FakeGitLab;
+    use drover_gitlab::fake::FakeGitLab;
 
     fn job(id: i64) -> InflightJob {
         InflightJob {
@@ -353,13 +353,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = InflightStore::new(dir.path());
         let fake = Arc::new(FakeGitLab::new());
-        let payload: crate::gitlab::types::JobResponse = serde_json::from_value(
+        let payload: drover_gitlab::types::JobResponse = serde_json::from_value(
             serde_json::json!({"id": 7, "token": "tok-7", "job_info": {}, "git_info": {}, "runner_info": {}}),
         )
         .expect("job");
         fake.push_job(payload);
         // Hand the job out so the fake knows it as running, with some trace already.
-        let auth = crate::gitlab::RunnerAuth {
+        let auth = drover_gitlab::RunnerAuth {
             token: SecretString::from("glrt-x".to_string()),
             system_id: "s_000000000000".into(),
         };

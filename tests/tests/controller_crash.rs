@@ -25,7 +25,7 @@ use drover_controller::datadir::DataDir;
 use drover_controller::fleet::service::{RUNNER_TOKEN, SPECS};
 use drover_controller::secrets::Sealer;
 use drover_controller::store::sqlite::SqliteStore;
-use drover_controller::store::{RolloutState, Store};
+use drover_controller::store::{AgentStore, RolloutState, RolloutStore, RunnerStore};
 use drover_proto::v1;
 use drover_proto::v1::agent_message::Kind as AgentKind;
 use drover_proto::v1::controller_message::Kind as ControllerKind;

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions, RemoveVolumeOptions};
-use drover_agent::executor::{
+use drover_gitlab::types::JobResponse;
+use drover_job::executor::{
     ConnectOptions, DockerExecutor, Executor, FailureReason, JobContext, JobOutcome,
 };
-use drover_agent::gitlab::types::JobResponse;
-use drover_agent::trace::TraceSink;
+use drover_job::trace::TraceSink;
 use drover_proto::spec::RunnerConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -94,7 +94,7 @@ fn ctx(job: JobResponse, runner: RunnerConfig, agent: &str) -> JobContext {
         agent_id: agent.to_string(),
         runner_short_token: format!("t{:07x}", rand::random::<u32>() & 0xfffffff),
         slot: 0,
-        gitlab: Arc::new(drover_agent::gitlab::fake::FakeGitLab::new()),
+        gitlab: Arc::new(drover_gitlab::fake::FakeGitLab::new()),
     }
 }
 

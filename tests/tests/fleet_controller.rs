@@ -517,7 +517,7 @@ impl FakeAgent {
     /// Rotates its runner token at GitLab (`reset_authentication_token`, expiry set to
     /// 2033-05-18T03:33:20Z) and reports it; returns the new token.
     async fn desired_token_after_rotation(&self, gitlab: &FakeGitLab) -> String {
-        use drover_agent::gitlab::{ClientOptions, GitLab, HttpGitLab};
+        use drover_gitlab::{ClientOptions, GitLab, HttpGitLab};
         use secrecy::ExposeSecret;
         let old = gitlab
             .runners()

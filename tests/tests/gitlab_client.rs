@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use drover_agent::gitlab::features::features_json;
-use drover_agent::gitlab::stats::endpoint;
-use drover_agent::gitlab::types::{JobResponse, StepWhen};
-use drover_agent::gitlab::{
+use drover_gitlab::features::features_json;
+use drover_gitlab::stats::endpoint;
+use drover_gitlab::types::{JobResponse, StepWhen};
+use drover_gitlab::{
     ArtifactUpload, ClientOptions, GitLab, GitLabError, HttpGitLab, JobRequest, JobUpdate,
     RegisterOptions, RunnerAuth, TraceAnswer,
 };
@@ -886,7 +886,7 @@ async fn api_timeout_does_not_cut_artifact_transfers() {
     );
 }
 
-/// The client half of `agent/src/gitlab/STATUS.md`: one case per (endpoint, status,
+/// The client half of `agent/gitlab/src/STATUS.md`: one case per (endpoint, status,
 /// headers) row, answered by the fake with fault injection, and the error it becomes:
 /// its kind, whether it is retried, and the wait GitLab asked for.
 #[tokio::test]

@@ -28,16 +28,16 @@ use tokio_util::sync::CancellationToken;
 use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
 use super::report::{self, Report, UnitReport};
 use crate::clock::{Clock, Deadline};
-use crate::executor::{Executor, JobOutcome};
-use crate::gitlab::{GitLab, GitLabError, RunnerAuth};
+use crate::engine::{Engine, GitLabFactory};
 use crate::health::DockerStatus;
 use crate::metrics::{Metrics, RunnerInfo, RunnerLabels};
 use crate::runner::{
     RunnerError, RunnerEvent, RunnerSettings, RunnerState, RunnerStats, error_chain, short_token,
 };
-use crate::standalone::engine::{Engine, GitLabFactory};
 use crate::systemd::Heartbeat as Liveness;
 use crate::units::{Action, Event, RestartPolicy, Unit, UnitState};
+use drover_gitlab::{GitLab, GitLabError, RunnerAuth};
+use drover_job::executor::{Executor, JobOutcome};
 
 /// Builds (and shares) the GitLab client of a runner table.
 pub type SharedGitLabFactory =

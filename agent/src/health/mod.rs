@@ -9,7 +9,7 @@
 //! - `wire`: the conversion to `drover_proto::v1::HostHealth` (only there).
 //!
 //! Invariant: nothing here talks to Docker; the caller passes what
-//! [`crate::executor::DockerExecutor::ping`] returned.
+//! [`drover_job::executor::DockerExecutor::ping`] returned.
 
 pub mod probe;
 pub mod skew;

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-pub use crate::gitlab::headers::parse_http_date;
+pub use drover_gitlab::headers::parse_http_date;
 
 /// Skew samples fed by callers that saw a `Date` header. Cheap to share (`Arc`).
 #[derive(Debug, Default)]

@@ -6,11 +6,13 @@
 //! agent.key    private key, PKCS#8 PEM, 0600 (generated here, never sent)
 //! agent.crt    client certificate issued by the controller
 //! ca.crt       the controller CA, pinned by the token's fingerprint at enrollment
+//! system_id    the GitLab runner-manager id (`system_id.rs`, also used in standalone mode)
 //! ```
 //! Invariants: the key never leaves the box; only the controller chooses the agent id
 //! (it is read back from the certificate and must match `agent.json`).
 
 pub mod certs;
+pub mod system_id;
 pub mod tls;
 pub mod token;
 

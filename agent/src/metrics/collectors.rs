@@ -15,8 +15,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::errors_layer::{ERRORS, WARNINGS};
 use super::{LabelText, RunnerLabels, lock, unix_seconds};
-use crate::gitlab::stats::{ApiStats, NO_RESPONSE};
 use crate::health::Memory;
+use drover_gitlab::stats::{ApiStats, NO_RESPONSE};
 
 /// One runner unit as a scrape sees it.
 #[derive(Debug, Clone, PartialEq)]

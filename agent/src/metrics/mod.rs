@@ -4,7 +4,7 @@
 //! - [`Metrics`]: the registry and the handle the runner loop, the GitLab client and the
 //!   health task report through.
 //! - `collectors`: families computed on each scrape (`gitlab_runner_jobs_total`, API
-//!   request statuses from [`crate::gitlab::stats::ApiStats`], runner unit states, errors).
+//!   request statuses from [`drover_gitlab::stats::ApiStats`], runner unit states, errors).
 //! - [`server`]: `GET /metrics` (OpenMetrics text) and `GET /healthz`.
 //! - [`ErrorCountLayer`]: a `tracing` layer counting warnings and errors
 //!   (`gitlab_runner_errors_total{level}`), as gitlab-runner's log hook does.
@@ -52,10 +52,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::executor::JobOutcome;
-use crate::gitlab::stats::ApiStats;
 use crate::health::HostHealth;
 use crate::runner::RunnerEvent;
+use drover_gitlab::stats::ApiStats;
+use drover_job::executor::JobOutcome;
 
 pub use collectors::{UnitSource, UnitStatus};
 pub use errors_layer::ErrorCountLayer;

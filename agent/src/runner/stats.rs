@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::executor::JobOutcome;
+use drover_job::executor::JobOutcome;
 
 /// Where a runner's loop is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use tokio::sync::Semaphore;
 
 use super::fake_executor::FakeExecutor;
 use super::*;
-use crate::executor::{FailureReason, JobOutcome};
-use crate::gitlab::fake::{Call, Endpoint, FakeGitLab, job};
+use drover_gitlab::fake::{Call, Endpoint, FakeGitLab, job};
+use drover_job::executor::{FailureReason, JobOutcome};
 
 fn settings(limit: Option<u32>) -> RunnerSettings {
     let mut s = RunnerSettings::from_config(
@@ -254,7 +254,7 @@ async fn server_errors_back_off_then_recover() {
     h.task.await.unwrap().unwrap();
 }
 
-/// One row per non-403 failure of `POST /jobs/request` in `agent/src/gitlab/STATUS.md`
+/// One row per non-403 failure of `POST /jobs/request` in `agent/gitlab/src/STATUS.md`
 /// (`0` = no answer): the runner never stops, keeps polling with backoff, and takes the job
 /// that is queued behind the failures.
 #[tokio::test]
@@ -528,7 +528,7 @@ fn error_chain_names_the_cause_once() {
 async fn gitlab_fixtures_run() {
     let gl = Arc::new(FakeGitLab::new());
     let mut ids = Vec::new();
-    for (_, body) in crate::gitlab::fixtures::ALL {
+    for (_, body) in drover_gitlab::fixtures::ALL {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         ids.push(v["id"].as_i64().unwrap());
         gl.push_raw(body.as_bytes());
@@ -548,11 +548,11 @@ async fn gitlab_fixtures_run() {
 /// Every optional field of every fixture, alone absent or `null`: the job still runs.
 #[tokio::test]
 async fn every_optional_field_absent_or_null_still_runs() {
-    use crate::gitlab::decode::tests::{optional_paths, unset};
+    use drover_gitlab::fixtures::{optional_paths, unset};
     let gl = Arc::new(FakeGitLab::new());
     let mut ids = Vec::new();
     let mut next = 10_000;
-    for (_, body) in crate::gitlab::fixtures::ALL {
+    for (_, body) in drover_gitlab::fixtures::ALL {
         let base: serde_json::Value = serde_json::from_str(body).unwrap();
         for path in optional_paths(&base) {
             for remove in [false, true] {
@@ -589,7 +589,7 @@ async fn every_optional_field_absent_or_null_still_runs() {
 async fn unrunnable_jobs_are_reported_failed_with_why() {
     let gl = Arc::new(FakeGitLab::new());
     let base: serde_json::Value =
-        serde_json::from_str(crate::gitlab::fixtures::ARTIFACTS_UNSET).unwrap();
+        serde_json::from_str(drover_gitlab::fixtures::ARTIFACTS_UNSET).unwrap();
     let hostile = [
         (
             21,

@@ -6,7 +6,7 @@ use anyhow::Context;
 use drover_proto::spec::{Parsed, parse_config};
 use sha2::{Digest, Sha256};
 
-use crate::gitlab::system_id;
+use crate::identity::system_id;
 
 /// Reads and validates `path`. Errors name the file (and line, from the parser).
 pub fn load(path: &Path) -> anyhow::Result<Parsed> {

@@ -1,36 +1,19 @@
 //! Registering GitLab runners on an agent's behalf: the [`Registrar`] seam, its HTTP
-//! implementation over the agent crate's GitLab client, and a fake for unit tests.
+//! implementation over `drover-gitlab`'s client, and a fake for unit tests. What a
+//! registration sends is `drover_gitlab::RegisterOptions`.
 //! Registration tokens and runner-creation (access) tokens are used here and nowhere else;
 //! they never leave the controller.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use drover_gitlab::{
+    ClientOptions, GitLab, GitLabError, HttpGitLab, RegisterOptions, RunnerAuth, RunnerCredentials,
+};
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-
-/// What `POST /runners` sends besides the registration token.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Registration {
-    /// Shown in GitLab's runner list (the spec's description template, filled in).
-    pub description: String,
-    /// Runner tags.
-    pub tag_list: Vec<String>,
-    /// Take jobs without tags.
-    pub run_untagged: bool,
-    /// Locked to its projects.
-    pub locked: bool,
-    /// `not_protected` or `ref_protected`.
-    pub access_level: Option<String>,
-    /// Seconds.
-    pub maximum_timeout: Option<u64>,
-    /// Registered paused.
-    pub paused: bool,
-    /// Note for GitLab admins.
-    pub maintenance_note: Option<String>,
-}
 
 /// Where `POST /user/runners` creates a runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +55,7 @@ pub trait Registrar: Send + Sync {
         &self,
         url: &str,
         registration_token: &SecretString,
-        registration: &Registration,
+        registration: &RegisterOptions,
     ) -> Result<Registered, RegistrarError>;
     /// `DELETE /runners` with the runner's authentication token.
     async fn unregister(&self, url: &str, token: &SecretString) -> Result<(), RegistrarError>;
@@ -82,7 +65,7 @@ pub trait Registrar: Send + Sync {
         url: &str,
         access_token: &SecretString,
         scope: &RunnerScope,
-        registration: &Registration,
+        registration: &RegisterOptions,
     ) -> Result<Registered, RegistrarError>;
     /// `DELETE /runners/:id` with an access token; a runner already gone is `Ok`.
     async fn delete(
@@ -97,23 +80,10 @@ pub trait Registrar: Send + Sync {
     async fn verify(&self, url: &str, token: &SecretString) -> Result<Registered, RegistrarError>;
 }
 
-fn register_options(r: &Registration) -> drover_agent::gitlab::RegisterOptions {
-    drover_agent::gitlab::RegisterOptions {
-        description: r.description.clone(),
-        tag_list: r.tag_list.clone(),
-        run_untagged: r.run_untagged,
-        locked: r.locked,
-        access_level: r.access_level.clone(),
-        maximum_timeout: r.maximum_timeout,
-        paused: r.paused,
-        maintenance_note: r.maintenance_note.clone(),
-    }
-}
-
 fn registered(
     url: &str,
     what: &str,
-    creds: drover_agent::gitlab::RunnerCredentials,
+    creds: RunnerCredentials,
 ) -> Result<Registered, RegistrarError> {
     let id = creds.id.ok_or_else(|| RegistrarError {
         url: url.to_string(),
@@ -130,27 +100,46 @@ fn registered(
     })
 }
 
-/// [`Registrar`] over HTTP with [`drover_agent::gitlab::HttpGitLab`].
+/// [`Registrar`] over HTTP with [`HttpGitLab`]: one client per GitLab URL, built on first
+/// use and kept, so the system roots are loaded once per URL and connections are reused.
 #[derive(Debug, Default)]
-pub struct HttpRegistrar;
-
-fn client(url: &str) -> Result<drover_agent::gitlab::HttpGitLab, RegistrarError> {
-    let opts = drover_agent::gitlab::ClientOptions {
-        request_timeout: std::time::Duration::from_secs(30),
-        user_agent: format!("drover {}", env!("CARGO_PKG_VERSION")),
-        ..Default::default()
-    };
-    drover_agent::gitlab::HttpGitLab::new(url, opts).map_err(|e| RegistrarError {
-        url: url.to_string(),
-        message: e.to_string(),
-        forbidden: false,
-    })
+pub struct HttpRegistrar {
+    /// GitLab URL → its client (cheap to clone: the pool and stats are shared).
+    clients: Mutex<HashMap<String, HttpGitLab>>,
 }
 
-fn gitlab_error(url: &str, e: drover_agent::gitlab::GitLabError) -> RegistrarError {
+impl HttpRegistrar {
+    /// A registrar with no client built yet.
+    pub fn new() -> HttpRegistrar {
+        HttpRegistrar::default()
+    }
+
+    /// The client for `url`, built once. A failed build is not kept: the next call retries
+    /// (the system roots or the URL may be fixed meanwhile).
+    fn client(&self, url: &str) -> Result<HttpGitLab, RegistrarError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(url) {
+            return Ok(c.clone());
+        }
+        let opts = ClientOptions {
+            request_timeout: std::time::Duration::from_secs(30),
+            user_agent: format!("drover {}", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        let c = HttpGitLab::new(url, opts).map_err(|e| RegistrarError {
+            url: url.to_string(),
+            message: e.to_string(),
+            forbidden: false,
+        })?;
+        clients.insert(url.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+fn gitlab_error(url: &str, e: GitLabError) -> RegistrarError {
     RegistrarError {
         url: url.to_string(),
-        forbidden: matches!(e, drover_agent::gitlab::GitLabError::Forbidden { .. }),
+        forbidden: matches!(e, GitLabError::Forbidden { .. }),
         message: e.to_string(),
     }
 }
@@ -161,11 +150,11 @@ impl Registrar for HttpRegistrar {
         &self,
         url: &str,
         registration_token: &SecretString,
-        r: &Registration,
+        r: &RegisterOptions,
     ) -> Result<Registered, RegistrarError> {
-        use drover_agent::gitlab::GitLab;
-        let creds = client(url)?
-            .register(registration_token, &register_options(r))
+        let creds = self
+            .client(url)?
+            .register(registration_token, r)
             .await
             .map_err(|e| gitlab_error(url, e))?;
         registered(url, "POST /runners", creds)
@@ -176,15 +165,11 @@ impl Registrar for HttpRegistrar {
         url: &str,
         access_token: &SecretString,
         scope: &RunnerScope,
-        r: &Registration,
+        r: &RegisterOptions,
     ) -> Result<Registered, RegistrarError> {
-        let creds = client(url)?
-            .create_runner(
-                access_token,
-                &scope.runner_type,
-                scope.scope_id,
-                &register_options(r),
-            )
+        let creds = self
+            .client(url)?
+            .create_runner(access_token, &scope.runner_type, scope.scope_id, r)
             .await
             .map_err(|e| gitlab_error(url, e))?;
         registered(url, "POST /user/runners", creds)
@@ -196,29 +181,28 @@ impl Registrar for HttpRegistrar {
         access_token: &SecretString,
         id: i64,
     ) -> Result<(), RegistrarError> {
-        match client(url)?.delete_runner(access_token, id).await {
-            Ok(()) | Err(drover_agent::gitlab::GitLabError::NotFound { .. }) => Ok(()),
+        match self.client(url)?.delete_runner(access_token, id).await {
+            Ok(()) | Err(GitLabError::NotFound { .. }) => Ok(()),
             Err(e) => Err(gitlab_error(url, e)),
         }
     }
 
     async fn unregister(&self, url: &str, token: &SecretString) -> Result<(), RegistrarError> {
-        use drover_agent::gitlab::GitLab;
-        client(url)?
+        self.client(url)?
             .unregister(token)
             .await
             .map_err(|e| gitlab_error(url, e))
     }
 
     async fn verify(&self, url: &str, token: &SecretString) -> Result<Registered, RegistrarError> {
-        use drover_agent::gitlab::{GitLab, RunnerAuth};
         // An empty system_id is left out of GitLab's runner-manager bookkeeping
         // (`params[:system_id].blank?`), so verifying here makes no manager.
         let auth = RunnerAuth {
             token: token.clone(),
             system_id: String::new(),
         };
-        let creds = client(url)?
+        let creds = self
+            .client(url)?
             .verify(&auth)
             .await
             .map_err(|e| gitlab_error(url, e))?;
@@ -240,7 +224,7 @@ struct FakeInner {
     access: Option<String>,
     next_id: i64,
     /// Live runners: id → (token, registration).
-    live: BTreeMap<i64, (String, Registration)>,
+    live: BTreeMap<i64, (String, RegisterOptions)>,
     /// Token expiry per live runner (absent = never).
     expiry: BTreeMap<i64, OffsetDateTime>,
     unregistered: Vec<i64>,
@@ -271,7 +255,7 @@ impl FakeRegistrar {
     }
 
     /// Live runners: id → (token, registration).
-    pub fn live(&self) -> BTreeMap<i64, (String, Registration)> {
+    pub fn live(&self) -> BTreeMap<i64, (String, RegisterOptions)> {
         self.lock().live.clone()
     }
 
@@ -309,7 +293,7 @@ impl Registrar for FakeRegistrar {
         &self,
         url: &str,
         registration_token: &SecretString,
-        registration: &Registration,
+        registration: &RegisterOptions,
     ) -> Result<Registered, RegistrarError> {
         let mut g = self.lock();
         if g.fail {
@@ -370,7 +354,7 @@ impl Registrar for FakeRegistrar {
         url: &str,
         access_token: &SecretString,
         _scope: &RunnerScope,
-        registration: &Registration,
+        registration: &RegisterOptions,
     ) -> Result<Registered, RegistrarError> {
         let mut g = self.lock();
         if g.fail || g.access.as_deref() != Some(access_token.expose_secret()) {

@@ -16,8 +16,8 @@ use super::spec::{self, Change, SpecRefusal};
 use crate::secrets::{Sealer, SecretsError};
 use crate::server::sessions::Sessions;
 use crate::store::{
-    AckRecord, AgentRecord, AgentStep, Assignment, GenerationRecord, Retired, RolloutState, Store,
-    StoreError, Strategy, StrategyKind,
+    self, AckRecord, AgentRecord, AgentStep, Assignment, GenerationRecord, Retired, RolloutState,
+    Store, StoreError, Strategy, StrategyKind,
 };
 use crate::timefmt;
 
@@ -193,14 +193,14 @@ impl Fleet {
 
     /// The runners of generation `generation` (`None` when there is no such generation),
     /// unsealed once and then kept.
-    fn generation_runners(
+    async fn generation_runners(
         &self,
         generation: u64,
     ) -> Result<Option<Arc<Vec<RunnerConfig>>>, FleetError> {
         if let Some(r) = self.unsealed_cache().get(&generation) {
             return Ok(Some(r.clone()));
         }
-        match self.store.get_generation(generation)? {
+        match store::blocking(&self.store, move |s| s.get_generation(generation)).await? {
             Some(g) => Ok(Some(self.unsealed_runners(&g)?)),
             None => Ok(None),
         }
@@ -225,8 +225,10 @@ impl Fleet {
     }
 
     /// The newest generation and its runners (`None` before the first apply).
-    pub fn current(&self) -> Result<Option<(GenerationRecord, Vec<RunnerConfig>)>, FleetError> {
-        match self.store.latest_generation()? {
+    pub async fn current(
+        &self,
+    ) -> Result<Option<(GenerationRecord, Vec<RunnerConfig>)>, FleetError> {
+        match store::blocking(&self.store, |s| s.latest_generation()).await? {
             Some(g) => {
                 let r = self.unsealed_runners(&g)?.as_ref().clone();
                 Ok(Some((g, r)))
@@ -235,10 +237,9 @@ impl Fleet {
         }
     }
 
-    fn default_strategy(&self) -> Result<Strategy, FleetError> {
-        let agents = self
-            .store
-            .list_agents()?
+    async fn default_strategy(&self) -> Result<Strategy, FleetError> {
+        let agents = store::blocking(&self.store, |s| s.list_agents())
+            .await?
             .iter()
             .filter(|a| a.revoked_at.is_none())
             .count();
@@ -259,7 +260,7 @@ impl Fleet {
     ) -> Result<(u64, Vec<Change>), FleetError> {
         let generation = {
             let _g = self.lock.lock().await;
-            let current = self.current()?;
+            let current = self.current().await?;
             let old = current.as_ref().map(|c| c.1.clone()).unwrap_or_default();
             let changes = spec::diff(&old, &runners);
             if !force && changes.iter().all(|c| c.kind == "unchanged") && current.is_some() {
@@ -267,7 +268,7 @@ impl Fleet {
             }
             let strategy = match strategy {
                 Some(s) => s,
-                None => self.default_strategy()?,
+                None => self.default_strategy().await?,
             };
             // RunnerConfig serializes its tokens in clear: that is what gets sealed.
             let json = serde_json::to_vec(&runners)
@@ -280,9 +281,10 @@ impl Fleet {
                 state: RolloutState::Progressing,
                 reason,
             };
-            self.store.add_generation(&g)?;
-            tracing::info!(generation = g.generation, "runner specs stored");
-            (g.generation, changes)
+            let generation = g.generation;
+            store::blocking(&self.store, move |s| s.add_generation(&g)).await?;
+            tracing::info!(generation, "runner specs stored");
+            (generation, changes)
         };
         self.reconcile().await;
         Ok(generation)
@@ -294,7 +296,7 @@ impl Fleet {
         let file = spec::parse_spec(&req.text, &req.file, &req.selector)?;
         let mut runners = file.runners;
         if req.merge
-            && let Some((_, current)) = self.current()?
+            && let Some((_, current)) = self.current().await?
         {
             let named: Vec<String> = runners.iter().map(|r| r.name.clone()).collect();
             let mut kept: Vec<RunnerConfig> = current
@@ -307,7 +309,7 @@ impl Fleet {
         super::fits::check_runner_set(&runners)
             .map_err(|e| FleetError::Invalid(format!("{}: {e}", req.file)))?;
         if req.dry_run {
-            let old = self.current()?.map(|c| c.1).unwrap_or_default();
+            let old = self.current().await?.map(|c| c.1).unwrap_or_default();
             return Ok(ApplyOutcome {
                 generation: 0,
                 changes: spec::diff(&old, &runners),
@@ -335,7 +337,7 @@ impl Fleet {
         name: &str,
         strategy: Option<Strategy>,
     ) -> Result<ApplyOutcome, FleetError> {
-        let current = self.current()?.map(|c| c.1).unwrap_or_default();
+        let current = self.current().await?.map(|c| c.1).unwrap_or_default();
         if !current.iter().any(|r| r.name == name) {
             return Err(FleetError::NoRunner(name.to_string()));
         }
@@ -353,18 +355,16 @@ impl Fleet {
     /// `drover rollout undo`: a new generation with the runners of the one before the
     /// newest.
     pub async fn undo(&self, strategy: Option<Strategy>) -> Result<ApplyOutcome, FleetError> {
-        let latest = self
-            .store
-            .latest_generation()?
+        let latest = store::blocking(&self.store, |s| s.latest_generation())
+            .await?
             .map(|g| g.generation)
             .unwrap_or(0);
         let previous = match latest.checked_sub(1).filter(|p| *p > 0) {
             Some(p) => p,
             None => return Err(FleetError::NothingToUndo(latest)),
         };
-        let g = self
-            .store
-            .get_generation(previous)?
+        let g = store::blocking(&self.store, move |s| s.get_generation(previous))
+            .await?
             .ok_or(FleetError::NothingToUndo(latest))?;
         let runners = self.runners_of(&g)?;
         let (generation, changes) = self
@@ -401,7 +401,7 @@ impl Fleet {
             let _g = self.lock.lock().await;
             self.reconcile_queued.store(false, Ordering::Release);
             let started = std::time::Instant::now();
-            self.record_pending_acks();
+            self.record_pending_acks().await;
             let result = self.try_reconcile().await;
             let took = started.elapsed().min(PASS_GAP_MAX);
             *self.pass_gap.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -416,13 +416,12 @@ impl Fleet {
 
     /// One reconciliation pass; the caller holds `lock`.
     async fn try_reconcile(&self) -> Result<(), FleetError> {
-        let Some((generation, runners)) = self.current()? else {
+        let Some((generation, runners)) = self.current().await? else {
             return Ok(());
         };
         let connected = self.sessions.connected();
-        let views: Vec<AgentView> = self
-            .store
-            .rollout_progress()?
+        let views: Vec<AgentView> = store::blocking(&self.store, |s| s.rollout_progress())
+            .await?
             .into_iter()
             .map(|p| AgentView {
                 connected: connected.contains(&p.agent_id),
@@ -437,20 +436,33 @@ impl Fleet {
         }
         let plan = rollout::plan(generation.generation, generation.strategy, &views);
         if plan.state != generation.state {
-            self.store
-                .set_rollout_state(generation.generation, plan.state, &plan.reason)?;
+            let (g, state, reason) = (generation.generation, plan.state, plan.reason.clone());
+            store::blocking(&self.store, move |s| s.set_rollout_state(g, state, &reason)).await?;
             if plan.state == RolloutState::Halted {
                 tracing::warn!(generation = generation.generation, reason = %plan.reason, "rollout halted");
             }
         }
         let chosen = &plan.candidates[..plan.budget.min(plan.candidates.len())];
         for batch in chosen.chunks(ADVANCE_BATCH) {
-            let mut steps = Vec::with_capacity(batch.len());
-            for id in batch {
-                let Some(agent) = self.store.get_agent(id)? else {
-                    continue;
-                };
-                match self.step(&agent, generation.generation, &runners).await {
+            let ids = batch.to_vec();
+            // The batch's agents and their assignments in one read.
+            let agents = store::blocking(&self.store, move |s| {
+                let mut out = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    if let Some(agent) = s.get_agent(id)? {
+                        let assignments = s.assignments(id)?;
+                        out.push((agent, assignments));
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+            let mut steps = Vec::with_capacity(agents.len());
+            for (agent, assignments) in agents {
+                match self
+                    .step(&agent, assignments, generation.generation, &runners)
+                    .await
+                {
                     Ok(step) => steps.push(step),
                     Err(e) => {
                         tracing::warn!(agent = %agent.id, generation = generation.generation, error = %e, "advance agent");
@@ -459,7 +471,11 @@ impl Fleet {
                     }
                 }
             }
-            self.store.advance_agents(&steps)?;
+            let steps = store::blocking(&self.store, move |s| {
+                s.advance_agents(&steps)?;
+                Ok(steps)
+            })
+            .await?;
             let mut runtime = self.runtime();
             for step in &steps {
                 if let Some(rt) = runtime.get_mut(&step.agent_id) {
@@ -480,12 +496,11 @@ impl Fleet {
     async fn step(
         &self,
         agent: &AgentRecord,
+        assignments: Vec<Assignment>,
         generation: u64,
         runners: &[RunnerConfig],
     ) -> Result<AgentStep, AdvanceError> {
-        let current: HashMap<String, Assignment> = self
-            .store
-            .assignments(&agent.id)?
+        let current: HashMap<String, Assignment> = assignments
             .into_iter()
             .map(|a| (a.runner.clone(), a))
             .collect();
@@ -587,10 +602,14 @@ impl Fleet {
 
     /// The runner-creation token of the spec a retired runner was created from, found by
     /// its registration key in the stored generations (newest first, at most 100 back).
-    fn creation_token_for(&self, a: &Assignment) -> Option<SecretString> {
-        let newest = self.store.latest_generation().ok()??.generation;
+    async fn creation_token_for(&self, a: &Assignment) -> Option<SecretString> {
+        let newest = store::blocking(&self.store, |s| s.latest_generation())
+            .await
+            .ok()??
+            .generation;
         for g in (1..=newest).rev().take(100) {
-            let Ok(Some(rec)) = self.store.get_generation(g) else {
+            let Ok(Some(rec)) = store::blocking(&self.store, move |s| s.get_generation(g)).await
+            else {
                 continue;
             };
             let Ok(runners) = self.runners_of(&rec) else {
@@ -612,7 +631,7 @@ impl Fleet {
     /// (whatever its own token's state); otherwise it is unregistered with its own token,
     /// and a 403 means GitLab no longer accepts that token: nothing more can be done.
     async fn unregister_retired(&self) {
-        let retired = match self.store.list_retired() {
+        let retired = match store::blocking(&self.store, |s| s.list_retired()).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "list retired runners");
@@ -621,8 +640,9 @@ impl Fleet {
         };
         for r in retired {
             let a = &r.assignment;
+            let agent_id = a.agent_id.clone();
             let due = r.after_generation == 0
-                || match self.store.get_agent(&a.agent_id) {
+                || match store::blocking(&self.store, move |s| s.get_agent(&agent_id)).await {
                     Ok(Some(agent)) => {
                         agent.revoked_at.is_some() || agent.applied_generation >= r.after_generation
                     }
@@ -636,11 +656,11 @@ impl Fleet {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(agent = %a.agent_id, runner = %a.runner, error = %e, "retired runner token");
-                    let _ = self.store.delete_retired(r.id);
+                    self.drop_retired(r.id).await;
                     continue;
                 }
             };
-            let result = match self.creation_token_for(a) {
+            let result = match self.creation_token_for(a).await {
                 Some(access) if a.gitlab_runner_id > 0 => {
                     self.registrar
                         .delete(&a.url, &access, a.gitlab_runner_id)
@@ -651,7 +671,7 @@ impl Fleet {
                     // unregister with it only when GitLab says it is the recorded runner's.
                     Ok(v) if v.id != a.gitlab_runner_id => {
                         tracing::warn!(agent = %a.agent_id, runner = %a.runner, gitlab_runner_id = a.gitlab_runner_id, token_of = v.id, "the retired runner's token belongs to another gitlab runner; not unregistered");
-                        let _ = self.store.delete_retired(r.id);
+                        self.drop_retired(r.id).await;
                         continue;
                     }
                     Ok(_) => self.registrar.unregister(&a.url, &token).await,
@@ -661,11 +681,11 @@ impl Fleet {
             match result {
                 Ok(()) => {
                     tracing::info!(agent = %a.agent_id, runner = %a.runner, gitlab_runner_id = a.gitlab_runner_id, "unregistered gitlab runner");
-                    let _ = self.store.delete_retired(r.id);
+                    self.drop_retired(r.id).await;
                 }
                 Err(e) if e.forbidden => {
                     tracing::info!(agent = %a.agent_id, runner = %a.runner, gitlab_runner_id = a.gitlab_runner_id, "gitlab no longer accepts the retired runner's token; nothing to unregister");
-                    let _ = self.store.delete_retired(r.id);
+                    self.drop_retired(r.id).await;
                 }
                 Err(e) => {
                     tracing::warn!(agent = %a.agent_id, runner = %a.runner, error = %e, "unregister gitlab runner; will retry");
@@ -676,24 +696,28 @@ impl Fleet {
 
     /// The desired state pushed to `agent_id`: its target generation's runners that select
     /// it, each with its own token. `None` before it was targeted.
-    pub fn desired_state(&self, agent_id: &str) -> Result<Option<v1::DesiredState>, FleetError> {
-        let Some(labels) = self.store.agent_labels(agent_id)? else {
+    pub async fn desired_state(
+        &self,
+        agent_id: &str,
+    ) -> Result<Option<v1::DesiredState>, FleetError> {
+        let id = agent_id.to_string();
+        let read = store::blocking(&self.store, move |s| {
+            let Some(labels) = s.agent_labels(&id)? else {
+                return Ok(None);
+            };
+            let target = s.agent_rollout(&id)?.map(|r| r.target_generation);
+            match target {
+                None | Some(0) => Ok(None),
+                Some(target) => Ok(Some((labels, target, s.assignments(&id)?))),
+            }
+        });
+        let Some((labels, target, assignments)) = read.await? else {
             return Ok(None);
         };
-        let target = self
-            .store
-            .agent_rollout(agent_id)?
-            .map(|r| r.target_generation)
-            .unwrap_or(0);
-        if target == 0 {
-            return Ok(None);
-        }
-        let Some(runners) = self.generation_runners(target)? else {
+        let Some(runners) = self.generation_runners(target).await? else {
             return Ok(None);
         };
-        let assignments: HashMap<String, Assignment> = self
-            .store
-            .assignments(agent_id)?
+        let assignments: HashMap<String, Assignment> = assignments
             .into_iter()
             .map(|a| (a.runner.clone(), a))
             .collect();
@@ -723,16 +747,21 @@ impl Fleet {
 
     /// Writes the acknowledgements that arrived since the last pass, in one transaction;
     /// if the store fails they stay queued for the next pass.
-    fn record_pending_acks(&self) {
+    async fn record_pending_acks(&self) {
         let acks = std::mem::take(&mut *self.pending_acks());
         if acks.is_empty() {
             return;
         }
-        if let Err(e) = self.store.record_acks(&acks) {
-            tracing::warn!(error = %e, acks = acks.len(), "record acknowledgements; kept for the next pass");
-            let mut pending = self.pending_acks();
-            let newer = std::mem::replace(&mut *pending, acks);
-            pending.extend(newer);
+        let written = store::blocking(&self.store, move |s| Ok((s.record_acks(&acks), acks)));
+        match written.await {
+            Ok((Ok(()), _)) => {}
+            Ok((Err(e), acks)) => {
+                tracing::warn!(error = %e, acks = acks.len(), "record acknowledgements; kept for the next pass");
+                let mut pending = self.pending_acks();
+                let newer = std::mem::replace(&mut *pending, acks);
+                pending.extend(newer);
+            }
+            Err(e) => tracing::warn!(error = %e, "record acknowledgements"),
         }
     }
 
@@ -792,9 +821,12 @@ impl Fleet {
         agent_id: &str,
         t: &v1::TokenRotated,
     ) -> Result<Claim, FleetError> {
-        let Some(mut a) = self
-            .store
-            .assignments(agent_id)?
+        // Held across the GitLab check, like a reconciliation's registrations: a pass that
+        // replaces this runner meanwhile would retire it with the token that just died.
+        let _g = self.lock.lock().await;
+        let id = agent_id.to_string();
+        let Some(a) = store::blocking(&self.store, move |s| s.assignments(&id))
+            .await?
             .into_iter()
             .find(|a| a.runner == t.runner)
         else {
@@ -814,6 +846,7 @@ impl Fleet {
         }
         let token = SecretString::from(t.token.clone());
         let claimed_expiry = t.token_expires_at.as_ref().and_then(timefmt::from_proto);
+        let expires_at;
         let how = match self.registrar.verify(&a.url, &token).await {
             Ok(v) if a.gitlab_runner_id != 0 && v.id != a.gitlab_runner_id => {
                 return Ok(Claim::Refused(format!(
@@ -822,7 +855,7 @@ impl Fleet {
                 )));
             }
             Ok(v) => {
-                a.token_expires_at = v.token_expires_at;
+                expires_at = v.token_expires_at;
                 "verified with gitlab".to_string()
             }
             Err(e) if e.forbidden => {
@@ -831,12 +864,21 @@ impl Fleet {
                 ));
             }
             Err(e) => {
-                a.token_expires_at = claimed_expiry;
+                expires_at = claimed_expiry;
                 format!("kept unverified: {}", e.message)
             }
         };
-        a.token_sealed = self.sealer.seal_secret(RUNNER_TOKEN, &token);
-        self.store.put_assignment(&a)?;
+        let sealed = self.sealer.seal_secret(RUNNER_TOKEN, &token);
+        let runner = a.runner.clone();
+        if !store::blocking(&self.store, move |s| {
+            s.rotate_assignment_token(&a, &sealed, expires_at)
+        })
+        .await?
+        {
+            return Ok(Claim::Refused(format!(
+                "runner {runner} was changed while its rotated token was checked"
+            )));
+        }
         Ok(Claim::Accepted(how))
     }
 
@@ -870,15 +912,16 @@ impl Fleet {
 
     async fn heal(&self, agent_id: &str, runner: &str) -> Result<Heal, AdvanceError> {
         let _g = self.lock.lock().await;
-        let Some(agent) = self.store.get_agent(agent_id)? else {
-            return Ok(Heal::Skipped);
-        };
-        let Some(old) = self
-            .store
-            .assignments(agent_id)?
-            .into_iter()
-            .find(|a| a.runner == runner)
-        else {
+        let (id, name) = (agent_id.to_string(), runner.to_string());
+        let read = store::blocking(&self.store, move |s| {
+            let Some(agent) = s.get_agent(&id)? else {
+                return Ok(None);
+            };
+            let old = s.assignments(&id)?.into_iter().find(|a| a.runner == name);
+            let target = s.agent_rollout(&id)?.map(|r| r.target_generation);
+            Ok(old.map(|old| (agent, old, target.unwrap_or(0))))
+        });
+        let Some((agent, old, target)) = read.await? else {
             return Ok(Heal::Skipped);
         };
         if let Some(at) = self
@@ -894,12 +937,7 @@ impl Fleet {
             tracing::warn!(agent = %agent_id, runner, "the runner token given in the spec is invalid; put a valid `token` in the spec, or use `registration_token` or `runner_creation_token`");
             return Ok(Heal::Skipped);
         }
-        let target = self
-            .store
-            .agent_rollout(agent_id)?
-            .map(|r| r.target_generation)
-            .unwrap_or(0);
-        let Some(runners) = self.generation_runners(target)? else {
+        let Some(runners) = self.generation_runners(target).await? else {
             return Ok(Heal::Skipped);
         };
         let Some(r) = runners.iter().find(|r| r.name == runner) else {
@@ -925,13 +963,11 @@ impl Fleet {
             )));
         }
         let fresh = self.obtain(&agent, r, spec::registration_key(r)).await?;
-        self.store.put_assignment(&fresh)?;
-        self.store.add_retired(&Retired {
-            id: 0,
-            assignment: old,
-            after_generation: 0,
-        })?;
-        tracing::info!(agent = %agent_id, runner, gitlab_runner_id = fresh.gitlab_runner_id, "re-registered runner after token-invalid");
+        // The fresh runner and the retirement of the old one land together: a failure
+        // between them would leave a GitLab runner that nothing unregisters.
+        let gitlab_runner_id = fresh.gitlab_runner_id;
+        store::blocking(&self.store, move |s| s.replace_assignment(&fresh)).await?;
+        tracing::info!(agent = %agent_id, runner, gitlab_runner_id, "re-registered runner after token-invalid");
         Ok(Heal::Done)
     }
 
@@ -948,16 +984,58 @@ impl Fleet {
     /// still stopping would name the retired runner); the last heartbeat says how the unit
     /// runs. Units the agent still reports but no longer has an assignment for (being
     /// stopped) follow, as reported.
-    pub fn runner_statuses(&self, agent_id: &str) -> Vec<v1::RunnerStatus> {
+    pub async fn runner_statuses(&self, agent_id: &str) -> Vec<v1::RunnerStatus> {
+        let id = agent_id.to_string();
+        let assignments = store::blocking(&self.store, move |s| s.assignments(&id))
+            .await
+            .unwrap_or_default();
+        self.statuses_of(agent_id, assignments)
+    }
+
+    /// [`Fleet::runner_statuses`] of every agent in `ids`, from one read of the store.
+    pub async fn runner_statuses_of(&self, ids: &[String]) -> Vec<Vec<v1::RunnerStatus>> {
+        let all = store::blocking(&self.store, |s| s.all_assignments())
+            .await
+            .unwrap_or_default();
+        let mut by_agent = self.statuses_by_agent(&all);
+        ids.iter()
+            .map(|id| {
+                by_agent
+                    .remove(id)
+                    .unwrap_or_else(|| self.statuses_of(id, Vec::new()))
+            })
+            .collect()
+    }
+
+    /// [`Fleet::runner_statuses`] of every agent holding one of `assignments`.
+    pub fn statuses_by_agent(
+        &self,
+        assignments: &[Assignment],
+    ) -> HashMap<String, Vec<v1::RunnerStatus>> {
+        let mut grouped: HashMap<String, Vec<Assignment>> = HashMap::new();
+        for a in assignments {
+            grouped
+                .entry(a.agent_id.clone())
+                .or_default()
+                .push(a.clone());
+        }
+        grouped
+            .into_iter()
+            .map(|(id, a)| {
+                let statuses = self.statuses_of(&id, a);
+                (id, statuses)
+            })
+            .collect()
+    }
+
+    /// The statuses of `agent_id`'s runners, given its assignments.
+    fn statuses_of(&self, agent_id: &str, assignments: Vec<Assignment>) -> Vec<v1::RunnerStatus> {
         let mut reported = self
             .runtime()
             .get(agent_id)
             .map(|rt| rt.runners.clone())
             .unwrap_or_default();
-        let mut out: Vec<v1::RunnerStatus> = self
-            .store
-            .assignments(agent_id)
-            .unwrap_or_default()
+        let mut out: Vec<v1::RunnerStatus> = assignments
             .into_iter()
             .map(|a| {
                 let unit = reported
@@ -987,24 +1065,26 @@ impl Fleet {
 
     /// A deleted agent: retire every GitLab runner it had and unregister them now.
     pub async fn on_agent_deleted(&self, agent_id: &str) {
-        let result = (|| -> Result<(), StoreError> {
-            for a in self.store.assignments(agent_id)? {
-                self.store.delete_assignment(agent_id, &a.runner)?;
-                if a.registered {
-                    self.store.add_retired(&Retired {
-                        id: 0,
-                        assignment: a,
-                        after_generation: 0,
-                    })?;
-                }
+        {
+            // After a pass that was advancing this agent: what it registered is retired too
+            // (the agent is revoked already, so no later pass selects it).
+            let _g = self.lock.lock().await;
+            let id = agent_id.to_string();
+            if let Err(e) = store::blocking(&self.store, move |s| s.retire_agent_runners(&id)).await
+            {
+                tracing::warn!(agent = %agent_id, error = %e, "retire runners of deleted agent");
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::warn!(agent = %agent_id, error = %e, "retire runners of deleted agent");
         }
         self.runtime().remove(agent_id);
         self.reconcile().await;
+    }
+
+    /// Drops a retired entry once unregistered (or found beyond help); a failure leaves it
+    /// for the next pass.
+    async fn drop_retired(&self, id: i64) {
+        if let Err(e) = store::blocking(&self.store, move |s| s.delete_retired(id)).await {
+            tracing::warn!(error = %e, retired = id, "drop retired runner entry");
+        }
     }
 
     /// The store (for read-only admin views).

@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use drover_gitlab::RegisterOptions;
 use drover_proto::spec::{ParseMode, RunnerConfig, SpecError, parse_with};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-
-use super::registrar::Registration;
 
 /// A refused spec file: the shared parser's error, with file, line, column, key path and
 /// value in its text.
@@ -107,9 +106,9 @@ pub const DEFAULT_DESCRIPTION: &str = "{name} on {hostname}";
 
 /// The registration for runner `r` on an agent: `{name}`, `{hostname}` and `{agent_id}`
 /// in the description template are filled in.
-pub fn registration(r: &RunnerConfig, hostname: &str, agent_id: &str) -> Registration {
+pub fn registration(r: &RunnerConfig, hostname: &str, agent_id: &str) -> RegisterOptions {
     let template = r.description.as_deref().unwrap_or(DEFAULT_DESCRIPTION);
-    Registration {
+    RegisterOptions {
         description: template
             .replace("{name}", &r.name)
             .replace("{hostname}", hostname)

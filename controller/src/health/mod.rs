@@ -25,7 +25,7 @@ pub use evaluate::{Evaluation, State, Thresholds};
 pub use leases::Leases;
 
 use crate::store::{
-    AgentRecord, AgentRollout, EventRecord, Retention, RolloutState, Store, StoreError,
+    self, AgentRecord, AgentRollout, EventRecord, Retention, RolloutState, Store, StoreError,
 };
 
 /// How often last contacts are written and old events pruned.
@@ -125,31 +125,34 @@ impl Health {
     }
 
     /// Writes buffered events in one transaction.
-    pub fn flush_events(&self) {
+    pub async fn flush_events(&self) {
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.store.add_events(&batch) {
-            tracing::warn!(error = %e, events = batch.len(), "store events");
+        let n = batch.len();
+        if let Err(e) = store::blocking(&self.store, move |s| s.add_events(&batch)).await {
+            tracing::warn!(error = %e, events = n, "store events");
         }
     }
 
     /// Writes changed last contacts in one transaction and prunes old events.
-    pub fn flush_seen(&self) {
+    pub async fn flush_seen(&self) {
         let seen = self.leases.take_seen();
+        let n = seen.len();
         if !seen.is_empty()
-            && let Err(e) = self.store.agents_seen(&seen)
+            && let Err(e) = store::blocking(&self.store, move |s| s.agents_seen(&seen)).await
         {
-            tracing::warn!(error = %e, agents = seen.len(), "store last seen");
+            tracing::warn!(error = %e, agents = n, "store last seen");
         }
-        if let Err(e) = self.store.prune_events(self.retention) {
+        let retention = self.retention;
+        if let Err(e) = store::blocking(&self.store, move |s| s.prune_events(retention)).await {
             tracing::warn!(error = %e, "prune events");
         }
     }
 
-    fn rollouts(&self) -> HashMap<String, AgentRollout> {
-        match self.store.agent_rollouts() {
+    async fn rollouts(&self) -> HashMap<String, AgentRollout> {
+        match store::blocking(&self.store, |s| s.agent_rollouts()).await {
             Ok(v) => v.into_iter().map(|r| (r.agent_id.clone(), r)).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "read rollout progress");
@@ -160,12 +163,12 @@ impl Health {
 
     /// Evaluates every lease, records state changes and rollout state changes, and writes
     /// buffered events.
-    pub fn sweep(&self) {
-        let latest = self.store.latest_generation();
+    pub async fn sweep(&self) {
+        let latest = store::blocking(&self.store, |s| s.latest_generation()).await;
         // Without any generation no agent has a target: skip reading rollout progress.
         let rollouts = match &latest {
             Ok(None) => HashMap::new(),
-            _ => self.rollouts(),
+            _ => self.rollouts().await,
         };
         for tr in self.leases.sweep(&rollouts, &self.thresholds) {
             let to = tr.to.state;
@@ -214,7 +217,7 @@ impl Health {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "read latest generation"),
         }
-        self.flush_events();
+        self.flush_events().await;
     }
 
     /// Sweeps every [`SWEEP_INTERVAL`] and flushes every [`FLUSH_INTERVAL`] until `stop`.
@@ -228,16 +231,16 @@ impl Health {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = sweep.tick() => self.sweep(),
-                _ = flush.tick() => self.flush_seen(),
+                _ = sweep.tick() => self.sweep().await,
+                _ = flush.tick() => self.flush_seen().await,
             }
         }
     }
 
     /// Writes everything buffered (at shutdown).
-    pub fn flush_all(&self) {
-        self.flush_events();
-        self.flush_seen();
+    pub async fn flush_all(&self) {
+        self.flush_events().await;
+        self.flush_seen().await;
     }
 
     fn view_of(&self, a: AgentRecord, rollout: Option<&AgentRollout>) -> AgentView {
@@ -280,11 +283,10 @@ impl Health {
     }
 
     /// Every agent, evaluated now, by id.
-    pub fn views(&self) -> Result<Vec<AgentView>, StoreError> {
-        let rollouts = self.rollouts();
-        Ok(self
-            .store
-            .list_agents()?
+    pub async fn views(&self) -> Result<Vec<AgentView>, StoreError> {
+        let rollouts = self.rollouts().await;
+        Ok(store::blocking(&self.store, |s| s.list_agents())
+            .await?
             .into_iter()
             .map(|a| {
                 let r = rollouts.get(&a.id);
@@ -294,11 +296,12 @@ impl Health {
     }
 
     /// One agent, evaluated now.
-    pub fn view(&self, id: &str) -> Result<Option<AgentView>, StoreError> {
-        let Some(a) = self.store.get_agent(id)? else {
+    pub async fn view(&self, id: &str) -> Result<Option<AgentView>, StoreError> {
+        let owned = id.to_string();
+        let Some(a) = store::blocking(&self.store, move |s| s.get_agent(&owned)).await? else {
             return Ok(None);
         };
-        let rollouts = self.rollouts();
+        let rollouts = self.rollouts().await;
         let r = rollouts.get(id);
         Ok(Some(self.view_of(a, r)))
     }
@@ -313,15 +316,15 @@ impl Health {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
-    use crate::store::{EventFilter, Facts};
+    use crate::store::{AgentStore, EnrollmentStore, EventFilter, EventStore, Facts};
     use time::Duration;
 
     fn t0() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
     }
 
-    #[test]
-    fn state_changes_become_events_and_seen_is_flushed_in_batches() {
+    #[tokio::test]
+    async fn state_changes_become_events_and_seen_is_flushed_in_batches() {
         let store = Arc::new(MemoryStore::new());
         store.create_token(&crate::store::suite::token(1)).unwrap();
         store
@@ -346,13 +349,13 @@ mod tests {
         let h = Health::new(store.clone(), clock.clone(), Thresholds::default()).unwrap();
         let s = h.leases.hello("a1", 0, &[]);
         h.leases.heartbeat("a1", &v1::Heartbeat::default(), &[]);
-        h.sweep();
-        assert_eq!(h.views().unwrap()[0].eval.state, State::Healthy);
+        h.sweep().await;
+        assert_eq!(h.views().await.unwrap()[0].eval.state, State::Healthy);
         assert_eq!(store.get_agent("a1").unwrap().unwrap().last_seen, None);
         h.leases.disconnected("a1", s);
         clock.advance(Duration::seconds(31));
-        h.sweep();
-        let v = h.view("a1").unwrap().unwrap();
+        h.sweep().await;
+        let v = h.view("a1").await.unwrap().unwrap();
         assert_eq!(v.eval.state, State::Lost);
         let events = store
             .list_events(&EventFilter {
@@ -367,7 +370,7 @@ mod tests {
                 .message
                 .starts_with("healthy -> lost: no heartbeat")
         );
-        h.flush_all();
+        h.flush_all().await;
         assert_eq!(
             store.get_agent("a1").unwrap().unwrap().last_seen,
             Some(t0())

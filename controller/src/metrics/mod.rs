@@ -181,7 +181,7 @@ impl Metrics {
     }
 
     /// Sets the scrape-time gauges from `health` and encodes everything.
-    pub fn render(&self, health: &Health) -> Result<String, std::fmt::Error> {
+    pub async fn render(&self, health: &Health) -> Result<String, std::fmt::Error> {
         let counts = health.leases.counts();
         for s in State::ALL {
             self.inner
@@ -194,7 +194,7 @@ impl Metrics {
         self.inner
             .sessions
             .set(i64::try_from(health.leases.connected()).unwrap_or(i64::MAX));
-        let (generation, applied, pending, refused) = rollout_counts(health);
+        let (generation, applied, pending, refused) = rollout_counts(health).await;
         self.inner
             .generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
@@ -218,13 +218,20 @@ impl Metrics {
 
 /// (generation, applied, pending, refused) of the newest generation over agents not
 /// revoked.
-fn rollout_counts(health: &Health) -> (u64, i64, i64, i64) {
-    let store = health.store();
-    let Ok(Some(g)) = store.latest_generation() else {
+async fn rollout_counts(health: &Health) -> (u64, i64, i64, i64) {
+    let read = crate::store::blocking(health.store(), |s| {
+        let Some(g) = s.latest_generation()? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            g,
+            s.agent_rollouts().unwrap_or_default(),
+            s.list_agents().unwrap_or_default(),
+        )))
+    });
+    let Ok(Some((g, rollouts, agents))) = read.await else {
         return (0, 0, 0, 0);
     };
-    let rollouts = store.agent_rollouts().unwrap_or_default();
-    let agents = store.list_agents().unwrap_or_default();
     let (mut applied, mut pending, mut refused) = (0, 0, 0);
     for a in agents.iter().filter(|a| a.revoked_at.is_none()) {
         match rollouts.iter().find(|r| r.agent_id == a.id) {
@@ -244,8 +251,8 @@ fn rollout_counts(health: &Health) -> (u64, i64, i64, i64) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_family_is_exposed() {
+    #[tokio::test]
+    async fn every_family_is_exposed() {
         let store: Arc<dyn crate::store::Store> =
             Arc::new(crate::store::memory::MemoryStore::new());
         let h = Health::new(
@@ -259,7 +266,7 @@ mod tests {
         m.enrollment(true);
         m.enrollment(false);
         m.rpc_error("/drover.v1.Admin/GetAgent", tonic::Code::NotFound);
-        let text = m.render(&h).unwrap();
+        let text = m.render(&h).await.unwrap();
         for line in [
             "drover_agents{state=\"lost\"} 0",
             "drover_agents{state=\"healthy\"} 0",

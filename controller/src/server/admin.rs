@@ -12,7 +12,7 @@ use super::convert;
 use super::state::AppState;
 use crate::fleet::{ApplyOutcome, ApplyRequest, FleetError, fits};
 use crate::health::{AgentView, State};
-use crate::store::{EventFilter, Strategy, StrategyKind};
+use crate::store::{self, EventFilter, Strategy, StrategyKind};
 use crate::tokens::{self, TokenRecord};
 
 impl From<FleetError> for Status {
@@ -130,7 +130,8 @@ impl v1::admin_server::Admin for AdminService {
             uses_left: uses,
             revoked: false,
         };
-        self.state.store.create_token(&record)?;
+        let stored = record.clone();
+        store::blocking(&self.state.store, move |s| s.create_token(&stored)).await?;
         tracing::info!(token = %record.id, %admin, uses, "enrollment token created");
         Ok(Response::new(v1::CreateTokenResponse {
             token: text.expose_secret().to_string(),
@@ -143,7 +144,7 @@ impl v1::admin_server::Admin for AdminService {
         req: Request<v1::ListTokensRequest>,
     ) -> Result<Response<v1::ListTokensResponse>, Status> {
         auth::admin(&req)?;
-        let tokens = self.state.store.list_tokens()?;
+        let tokens = store::blocking(&self.state.store, |s| s.list_tokens()).await?;
         Ok(Response::new(v1::ListTokensResponse {
             tokens: tokens.iter().map(convert::token_info).collect(),
         }))
@@ -155,7 +156,8 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
         let admin = auth::admin(&req)?;
         let id = &req.get_ref().id;
-        if !self.state.store.revoke_token(id)? {
+        let owned = id.clone();
+        if !store::blocking(&self.state.store, move |s| s.revoke_token(&owned)).await? {
             return Err(Status::not_found(format!(
                 "no enrollment token with id {id:?}"
             )));
@@ -169,11 +171,14 @@ impl v1::admin_server::Admin for AdminService {
         req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
         auth::admin(&req)?;
-        let agents = self.state.health.views()?;
+        let agents = self.state.health.views().await?;
+        let ids: Vec<String> = agents.iter().map(|v| v.record.id.clone()).collect();
+        let statuses = self.state.fleet.runner_statuses_of(&ids).await;
         Ok(Response::new(v1::ListAgentsResponse {
             agents: agents
                 .iter()
-                .map(|v| convert::agent_info(v, self.state.fleet.runner_statuses(&v.record.id)))
+                .zip(statuses)
+                .map(|(v, runners)| convert::agent_info(v, runners))
                 .collect(),
         }))
     }
@@ -187,11 +192,12 @@ impl v1::admin_server::Admin for AdminService {
         let view = self
             .state
             .health
-            .view(id)?
+            .view(id)
+            .await?
             .ok_or_else(|| Status::not_found(format!("no agent with id {id:?}")))?;
         Ok(Response::new(convert::agent_info(
             &view,
-            self.state.fleet.runner_statuses(id),
+            self.state.fleet.runner_statuses(id).await,
         )))
     }
 
@@ -201,11 +207,9 @@ impl v1::admin_server::Admin for AdminService {
     ) -> Result<Response<v1::DeleteAgentResponse>, Status> {
         let admin = auth::admin(&req)?;
         let id = &req.get_ref().id;
-        if !self
-            .state
-            .store
-            .revoke_agent(id, OffsetDateTime::now_utc())?
-        {
+        let owned = id.clone();
+        let now = OffsetDateTime::now_utc();
+        if !store::blocking(&self.state.store, move |s| s.revoke_agent(&owned, now)).await? {
             return Err(Status::not_found(format!("no agent with id {id:?}")));
         }
         self.state.sessions.close(id);
@@ -255,7 +259,7 @@ impl v1::admin_server::Admin for AdminService {
         req: Request<v1::ListRunnersRequest>,
     ) -> Result<Response<v1::ListRunnersResponse>, Status> {
         auth::admin(&req)?;
-        let Some((g, runners)) = self.state.fleet.current()? else {
+        let Some((g, runners)) = self.state.fleet.current().await? else {
             return Ok(Response::new(v1::ListRunnersResponse::default()));
         };
         // Paged so that no answer exceeds the message limit, however many runners and
@@ -279,11 +283,12 @@ impl v1::admin_server::Admin for AdminService {
                 }
             }
         };
-        let assignments = self.state.fleet.store().all_assignments()?;
+        let assignments = store::blocking(&self.state.store, |s| s.all_assignments()).await?;
+        let statuses = self.state.fleet.statuses_by_agent(&assignments);
         let infos = runners
             .iter()
             .skip(start)
-            .map(|r| self.runner_info(r, g.generation, &assignments))
+            .map(|r| runner_info(r, g.generation, &assignments, &statuses))
             .collect::<Result<Vec<_>, Status>>()?;
         let (page, next) = fits::page(g.generation, &infos, 0);
         let next = start + next;
@@ -307,17 +312,20 @@ impl v1::admin_server::Admin for AdminService {
         let (g, runners) = self
             .state
             .fleet
-            .current()?
+            .current()
+            .await?
             .ok_or_else(|| Status::not_found(format!("no runner named {name:?}")))?;
         let r = runners
             .iter()
             .find(|r| &r.name == name)
             .ok_or_else(|| Status::not_found(format!("no runner named {name:?}")))?;
-        let assignments = self.state.fleet.store().all_assignments()?;
-        Ok(Response::new(self.runner_info(
+        let assignments = store::blocking(&self.state.store, |s| s.all_assignments()).await?;
+        let statuses = self.state.fleet.statuses_by_agent(&assignments);
+        Ok(Response::new(runner_info(
             r,
             g.generation,
             &assignments,
+            &statuses,
         )?))
     }
 
@@ -341,7 +349,7 @@ impl v1::admin_server::Admin for AdminService {
         req: Request<v1::RolloutStatusRequest>,
     ) -> Result<Response<v1::RolloutStatusResponse>, Status> {
         auth::admin(&req)?;
-        Ok(Response::new(rollout_status(&self.state)?))
+        Ok(Response::new(rollout_status(&self.state).await?))
     }
 
     async fn fleet_status(
@@ -349,11 +357,11 @@ impl v1::admin_server::Admin for AdminService {
         req: Request<v1::FleetStatusRequest>,
     ) -> Result<Response<v1::FleetStatusResponse>, Status> {
         auth::admin(&req)?;
-        let views = self.state.health.views()?;
+        let views = self.state.health.views().await?;
         Ok(Response::new(fleet_status(
             &views,
             self.state.health.leases.connected(),
-            rollout_status(&self.state)?,
+            rollout_status(&self.state).await?,
         )))
     }
 
@@ -365,8 +373,8 @@ impl v1::admin_server::Admin for AdminService {
         let r = req.into_inner();
         // Bring state changes up to now and write what is buffered, so the answer agrees
         // with `drover agents`.
-        self.state.health.sweep();
-        let events = self.state.store.list_events(&EventFilter {
+        self.state.health.sweep().await;
+        let filter = EventFilter {
             agent_id: r.agent_id,
             kind: r.kind,
             since: r.since.as_ref().map(crate::timefmt::from_proto_clamped),
@@ -375,7 +383,8 @@ impl v1::admin_server::Admin for AdminService {
                 0 => 100,
                 n => n.min(1000) as usize,
             },
-        })?;
+        };
+        let events = store::blocking(&self.state.store, move |s| s.list_events(&filter)).await?;
         Ok(Response::new(v1::ListEventsResponse {
             events: events.iter().map(convert::event).collect(),
         }))
@@ -394,25 +403,25 @@ impl v1::admin_server::Admin for AdminService {
 }
 
 /// Per-agent progress of the newest generation (`drover rollout status`, `drover status`).
-pub fn rollout_status(state: &AppState) -> Result<v1::RolloutStatusResponse, Status> {
-    let store = state.fleet.store();
-    let Some(g) = store.latest_generation()? else {
+pub async fn rollout_status(state: &AppState) -> Result<v1::RolloutStatusResponse, Status> {
+    let read = store::blocking(&state.store, |s| {
+        let Some(g) = s.latest_generation()? else {
+            return Ok(None);
+        };
+        Ok(Some((g, s.agent_rollouts()?, s.list_agents()?)))
+    });
+    let Some((g, rollouts, all_agents)) = read.await? else {
         return Ok(v1::RolloutStatusResponse {
             state: "none".into(),
             ..Default::default()
         });
     };
-    let progress: std::collections::HashMap<String, crate::store::AgentRollout> = store
-        .agent_rollouts()?
+    let progress: std::collections::HashMap<String, crate::store::AgentRollout> = rollouts
         .into_iter()
         .map(|r| (r.agent_id.clone(), r))
         .collect();
     let mut agents = Vec::new();
-    for a in store
-        .list_agents()?
-        .into_iter()
-        .filter(|a| a.revoked_at.is_none())
-    {
+    for a in all_agents.into_iter().filter(|a| a.revoked_at.is_none()) {
         let p = progress.get(&a.id).cloned().unwrap_or_default();
         let connected = state.sessions.is_connected(&a.id);
         let fleet_error = state.fleet.agent_error(&a.id);
@@ -452,51 +461,48 @@ pub fn rollout_status(state: &AppState) -> Result<v1::RolloutStatusResponse, Sta
     })
 }
 
-impl AdminService {
-    fn runner_info(
-        &self,
-        r: &drover_proto::spec::RunnerConfig,
-        generation: u64,
-        assignments: &[crate::store::Assignment],
-    ) -> Result<v1::RunnerInfo, Status> {
-        let placements = assignments
-            .iter()
-            .filter(|a| a.runner == r.name)
-            .cloned()
-            .map(|a| {
-                let state = self
-                    .state
-                    .fleet
-                    .runner_statuses(&a.agent_id)
-                    .into_iter()
-                    .find(|s| s.name == r.name)
-                    .map(|s| s.state)
-                    .unwrap_or_default();
-                v1::RunnerPlacement {
-                    agent_id: a.agent_id,
-                    gitlab_runner_id: a.gitlab_runner_id,
-                    token_expires_at: a.token_expires_at.map(crate::timefmt::to_proto),
-                    state,
-                }
-            })
-            .collect();
-        Ok(v1::RunnerInfo {
-            name: r.name.clone(),
-            url: r.url.clone(),
-            selector: r.selector.clone().into_iter().collect(),
-            tag_list: r.tag_list.clone(),
-            token_source: if r.token.is_some() {
-                "token".into()
-            } else if r.runner_creation_token.is_some() {
-                "runner_creation_token".into()
-            } else {
-                "registration_token".into()
-            },
-            spec_json: crate::fleet::spec::redacted_json(r).to_string(),
-            generation,
-            placements,
+/// A runner spec with its placements; `statuses` are the runner statuses by agent
+/// ([`crate::fleet::service::Fleet::statuses_by_agent`]).
+fn runner_info(
+    r: &drover_proto::spec::RunnerConfig,
+    generation: u64,
+    assignments: &[crate::store::Assignment],
+    statuses: &std::collections::HashMap<String, Vec<v1::RunnerStatus>>,
+) -> Result<v1::RunnerInfo, Status> {
+    let placements = assignments
+        .iter()
+        .filter(|a| a.runner == r.name)
+        .cloned()
+        .map(|a| {
+            let state = statuses
+                .get(&a.agent_id)
+                .and_then(|v| v.iter().find(|s| s.name == r.name))
+                .map(|s| s.state.clone())
+                .unwrap_or_default();
+            v1::RunnerPlacement {
+                agent_id: a.agent_id,
+                gitlab_runner_id: a.gitlab_runner_id,
+                token_expires_at: a.token_expires_at.map(crate::timefmt::to_proto),
+                state,
+            }
         })
-    }
+        .collect();
+    Ok(v1::RunnerInfo {
+        name: r.name.clone(),
+        url: r.url.clone(),
+        selector: r.selector.clone().into_iter().collect(),
+        tag_list: r.tag_list.clone(),
+        token_source: if r.token.is_some() {
+            "token".into()
+        } else if r.runner_creation_token.is_some() {
+            "runner_creation_token".into()
+        } else {
+            "registration_token".into()
+        },
+        spec_json: crate::fleet::spec::redacted_json(r).to_string(),
+        generation,
+        placements,
+    })
 }
 
 /// The fleet summary from agent views: counts per state, problems (lost first, at most

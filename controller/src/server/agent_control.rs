@@ -17,7 +17,7 @@ use super::state::AppState;
 use crate::fleet::Claim;
 use crate::pki::identity::Identity;
 use crate::pki::policy;
-use crate::store::{EventRecord, Facts};
+use crate::store::{self, EventRecord, Facts};
 use crate::timefmt;
 
 /// The AgentControl service.
@@ -44,7 +44,7 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
         &self,
         req: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        let agent = auth::agent(&req, self.state.store.as_ref())?;
+        let agent = auth::enrolled_agent(&self.state.store, auth::agent_id(&req)?).await?;
         let id = agent.id.clone();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -83,13 +83,11 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                 "duplicate identity: another process of agent {id} is connected; two agents must not share a state dir (enroll this one with its own token)"
             )));
         }
-        self.state.store.agent_seen(
-            &id,
-            now(),
-            facts.as_ref(),
-            None,
-            Some(hello.applied_generation),
-        )?;
+        let (seen_id, seen_facts, applied) = (id.clone(), facts.clone(), hello.applied_generation);
+        store::blocking(&self.state.store, move |s| {
+            s.agent_seen(&seen_id, now(), seen_facts.as_ref(), None, Some(applied))
+        })
+        .await?;
         let guard = self.state.sessions.register(&id, &self.state.shutdown);
         let hello_ips = facts.as_ref().map(|f| f.ips.clone()).unwrap_or_default();
         let lease = self
@@ -151,7 +149,7 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                     _ = tx.closed() => break "agent went away",
                     _ = &mut idle => break "no heartbeat for three intervals",
                     _ = guard.kick.notified() => {
-                        match state.fleet.desired_state(&id) {
+                        match state.fleet.desired_state(&id).await {
                             Ok(Some(ds)) if last_sent.as_ref() != Some(&ds) => {
                                 tracing::info!(agent = %id, generation = ds.generation, runners = ds.runners.len(), "pushing desired state");
                                 let msg = v1::ControllerMessage {
@@ -177,8 +175,11 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                 }
             };
             if guard.cancel.is_cancelled() {
-                let revoked =
-                    matches!(state.store.get_agent(&id), Ok(Some(a)) if a.revoked_at.is_some());
+                let lookup = id.clone();
+                let revoked = matches!(
+                    store::blocking(&state.store, move |s| s.get_agent(&lookup)).await,
+                    Ok(Some(a)) if a.revoked_at.is_some()
+                );
                 let status = if revoked {
                     Status::unauthenticated(format!("agent {id} was revoked"))
                 } else if state.shutdown.is_cancelled() {
@@ -207,7 +208,7 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
         &self,
         req: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
-        let agent = auth::agent(&req, self.state.store.as_ref())?;
+        let agent = auth::enrolled_agent(&self.state.store, auth::agent_id(&req)?).await?;
         let csr = policy::verify_csr(&req.get_ref().csr_der)?;
         let issued = policy::sign_client(
             &self.state.ca,
@@ -216,9 +217,12 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
             now(),
             self.state.cert_ttl,
         )?;
-        self.state
-            .store
-            .agent_cert_renewed(&agent.id, &issued.serial, issued.not_after)?;
+        let (renewed, serial, not_after) =
+            (agent.id.clone(), issued.serial.clone(), issued.not_after);
+        store::blocking(&self.state.store, move |s| {
+            s.agent_cert_renewed(&renewed, &serial, not_after)
+        })
+        .await?;
         tracing::info!(agent = %agent.id, not_after = %timefmt::rfc3339(issued.not_after), "certificate renewed");
         Ok(Response::new(v1::RenewResponse {
             certificate_pem: issued.pem,
@@ -308,13 +312,13 @@ async fn handle(
                 }
             }
             if out.ips_changed.is_some() || out.generation_changed {
-                state.store.agent_seen(
-                    id,
-                    now(),
-                    None,
-                    out.ips_changed.as_ref().map(|(_, new)| new.as_slice()),
-                    out.generation_changed.then_some(hb.applied_generation),
-                )
+                let seen_id = id.to_string();
+                let ips = out.ips_changed.map(|(_, new)| new);
+                let applied = out.generation_changed.then_some(hb.applied_generation);
+                store::blocking(&state.store, move |s| {
+                    s.agent_seen(&seen_id, now(), None, ips.as_deref(), applied)
+                })
+                .await
             } else {
                 Ok(())
             }

@@ -5,6 +5,8 @@
 //! anything but Enrollment fails with `Unauthenticated`; a valid certificate of the wrong
 //! kind with `PermissionDenied`.
 
+use std::sync::Arc;
+
 use tonic::{Request, Status};
 
 use super::tls::PeerInfo;
@@ -26,18 +28,22 @@ pub fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
     identity::from_cert_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))
 }
 
-/// The calling agent: its certificate names an agent that exists and is not revoked.
-pub fn agent<T>(req: &Request<T>, store: &dyn Store) -> Result<AgentRecord, Status> {
-    let id = match caller(req)? {
-        Identity::Agent(id) => id,
-        Identity::Admin(_) => {
-            return Err(Status::permission_denied(
-                "admin certificates cannot call agent services",
-            ));
-        }
-    };
-    let record = store
-        .get_agent(&id)?
+/// The calling agent's id, from its certificate (an admin certificate is refused). Then
+/// [`enrolled_agent`] checks it against the store.
+pub fn agent_id<T>(req: &Request<T>) -> Result<String, Status> {
+    match caller(req)? {
+        Identity::Agent(id) => Ok(id),
+        Identity::Admin(_) => Err(Status::permission_denied(
+            "admin certificates cannot call agent services",
+        )),
+    }
+}
+
+/// The agent `id` (from [`agent_id`]): it exists and is not revoked.
+pub async fn enrolled_agent(store: &Arc<dyn Store>, id: String) -> Result<AgentRecord, Status> {
+    let lookup = id.clone();
+    let record = crate::store::blocking(store, move |s| s.get_agent(&lookup))
+        .await?
         .ok_or_else(|| Status::unauthenticated(format!("agent {id} is not enrolled")))?;
     if record.revoked_at.is_some() {
         return Err(Status::unauthenticated(format!(
@@ -80,7 +86,6 @@ mod tests {
 
     #[test]
     fn no_certificate_is_unauthenticated() {
-        let store = MemoryStore::new();
         assert_eq!(
             caller(&Request::new(())).unwrap_err().code(),
             Code::Unauthenticated
@@ -90,22 +95,22 @@ mod tests {
             Code::Unauthenticated
         );
         assert_eq!(
-            agent(&request(None), &store).unwrap_err().code(),
+            agent_id(&request(None)).unwrap_err().code(),
             Code::Unauthenticated
         );
     }
 
-    #[test]
-    fn wrong_kind_is_permission_denied_and_unknown_agent_unauthenticated() {
+    #[tokio::test]
+    async fn wrong_kind_is_permission_denied_and_unknown_agent_unauthenticated() {
         let ca = Ca::generate().unwrap();
         let now = OffsetDateTime::now_utc();
         let admin_cert = policy::issue_admin(&ca, "local", now).unwrap().cert.der;
-        let store = MemoryStore::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         assert_eq!(
             admin(&request(Some(vec![admin_cert.clone()]))).unwrap(),
             "local"
         );
-        let err = agent(&request(Some(vec![admin_cert])), &store).unwrap_err();
+        let err = agent_id(&request(Some(vec![admin_cert]))).unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
 
         let key = rcgen::KeyPair::generate().unwrap();
@@ -124,7 +129,9 @@ mod tests {
         .der;
         let err = admin(&request(Some(vec![agent_cert.clone()]))).unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
-        let err = agent(&request(Some(vec![agent_cert])), &store).unwrap_err();
+        let id = agent_id(&request(Some(vec![agent_cert]))).unwrap();
+        assert_eq!(id, "a1");
+        let err = enrolled_agent(&store, id).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "not enrolled");
     }
 }

@@ -8,7 +8,7 @@ use super::attempts::AttemptLimiter;
 use super::state::AppState;
 use crate::pki::identity::Identity;
 use crate::pki::policy;
-use crate::store::{AgentRecord, Facts};
+use crate::store::{self, AgentRecord, Facts};
 use crate::timefmt;
 use crate::tokens::{self, Token, TokenRefusal};
 
@@ -45,14 +45,15 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
         let now = OffsetDateTime::now_utc()
             .replace_nanosecond(0)
             .unwrap_or(OffsetDateTime::now_utc());
-        let result = self
-            .admit(&r.token, now)
-            .inspect_err(|_| {
+        let result = match self.admit(&r.token, now).await {
+            Ok(token) => self.enroll(token, r, now).await,
+            Err(e) => {
                 if let Some(ip) = ip {
                     self.attempts.failed(ip, std::time::Instant::now());
                 }
-            })
-            .and_then(|token| self.enroll(token, r, now));
+                Err(e)
+            }
+        };
         self.state.metrics.enrollment(result.is_ok());
         match &result {
             Ok(resp) => tracing::info!(agent = %resp.agent_id, ?peer, "agent enrolled"),
@@ -66,17 +67,16 @@ impl EnrollmentService {
     /// The token, checked before anything else is looked at (the CSR is neither parsed nor
     /// signed for a caller without a valid secret); the secret is compared in constant time
     /// ([`tokens::check`]). The store checks it again when it takes the use.
-    fn admit(&self, text: &str, now: OffsetDateTime) -> Result<Token, Status> {
+    async fn admit(&self, text: &str, now: OffsetDateTime) -> Result<Token, Status> {
         let token = Token::parse(text)?;
         if token.ca_fingerprint != self.state.ca.fingerprint() {
             return Err(Status::permission_denied(
                 "enrollment token was made by another controller: its CA fingerprint differs",
             ));
         }
-        let record = self
-            .state
-            .store
-            .get_token(&token.id)?
+        let id = token.id.clone();
+        let record = store::blocking(&self.state.store, move |s| s.get_token(&id))
+            .await?
             .ok_or_else(|| TokenRefusal::Unknown(token.id.clone()))
             .map_err(|r| Status::permission_denied(r.to_string()))?;
         tokens::check(&record, &token.secret_hash(), now)
@@ -84,7 +84,7 @@ impl EnrollmentService {
         Ok(token)
     }
 
-    fn enroll(
+    async fn enroll(
         &self,
         token: Token,
         r: v1::EnrollRequest,
@@ -110,10 +110,11 @@ impl EnrollmentService {
             revoked_at: None,
             applied_generation: 0,
         };
-        let agent = self
-            .state
-            .store
-            .enroll(&token.id, &token.secret_hash(), now, agent)?;
+        let (token_id, secret_hash) = (token.id.clone(), token.secret_hash());
+        let agent = store::blocking(&self.state.store, move |s| {
+            s.enroll(&token_id, &secret_hash, now, agent)
+        })
+        .await?;
         self.state.health.leases.load(std::slice::from_ref(&agent));
         let labels: Vec<String> = agent
             .labels

@@ -289,7 +289,7 @@ async fn run_on(
     let fleet = Arc::new(crate::fleet::Fleet::new(
         store.clone(),
         sealer,
-        Arc::new(crate::fleet::registrar::HttpRegistrar),
+        Arc::new(crate::fleet::registrar::HttpRegistrar::new()),
         sessions.clone(),
     ));
     let state = state::AppState {
@@ -390,7 +390,7 @@ async fn run_on(
         );
     }
     // Sessions have ended: their disconnects and the last contacts reach the store.
-    health.flush_all();
+    health.flush_all().await;
     match http_task.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
         Err(e) => tracing::warn!(error = %e, "http server task"),

@@ -13,7 +13,11 @@ impl From<StoreError> for Status {
             StoreError::Token(refusal) => Status::permission_denied(refusal.to_string()),
             StoreError::AgentExists(_) => Status::already_exists(e.to_string()),
             StoreError::GenerationConflict { .. } => Status::aborted(e.to_string()),
-            StoreError::Db(_) | StoreError::Corrupt { .. } => {
+            StoreError::Db(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::TooNew { .. }
+            | StoreError::Interrupted(_)
+            | StoreError::Injected(_) => {
                 tracing::error!(error = %e, "store");
                 Status::internal("controller store failed; see the controller log")
             }

@@ -7,8 +7,9 @@ use std::sync::Mutex;
 use time::OffsetDateTime;
 
 use super::{
-    AckRecord, AgentRecord, AgentRollout, AgentStep, Assignment, EventFilter, EventRecord, Facts,
-    GenerationRecord, Retention, Retired, RolloutState, Store, StoreError,
+    AckRecord, AgentRecord, AgentRollout, AgentStep, AgentStore, Assignment, EnrollmentStore,
+    EventFilter, EventRecord, EventStore, Facts, GenerationRecord, Retention, Retired,
+    RolloutState, RolloutStore, RunnerStore, StoreError,
 };
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
@@ -23,9 +24,20 @@ struct Inner {
     rollouts: BTreeMap<String, AgentRollout>,
     events: BTreeMap<u64, EventRecord>,
     next_event: u64,
+    /// A table whose every write fails (see [`MemoryStore::failing_on`]).
+    fail_on: Option<&'static str>,
 }
 
 impl Inner {
+    /// The injected failure of a write to `table`, checked before an operation changes
+    /// anything (so a failed operation, as in SQLite, leaves nothing half done).
+    fn fail_if_injected(&self, table: &'static str) -> Result<(), StoreError> {
+        match self.fail_on {
+            Some(t) if t == table => Err(StoreError::Injected(table)),
+            _ => Ok(()),
+        }
+    }
+
     /// The agent's rollout progress, created at zero when it has none.
     fn rollout_mut(&mut self, agent_id: &str) -> &mut AgentRollout {
         self.rollouts
@@ -56,12 +68,20 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
+    /// A store whose every write to `table` fails with [`StoreError::Injected`]: for tests
+    /// showing that an operation fails whole.
+    pub fn failing_on(table: &'static str) -> MemoryStore {
+        let store = MemoryStore::default();
+        store.lock().fail_on = Some(table);
+        store
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-impl Store for MemoryStore {
+impl EnrollmentStore for MemoryStore {
     fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         self.lock().tokens.insert(token.id.clone(), token.clone());
         Ok(())
@@ -109,7 +129,9 @@ impl Store for MemoryStore {
         g.agents.insert(agent.id.clone(), agent.clone());
         Ok(agent)
     }
+}
 
+impl AgentStore for MemoryStore {
     fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         Ok(self.lock().agents.get(id).cloned())
     }
@@ -180,7 +202,9 @@ impl Store for MemoryStore {
             })
             .is_some())
     }
+}
 
+impl RolloutStore for MemoryStore {
     fn add_generation(&self, g: &GenerationRecord) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let newest = inner.generations.keys().next_back().copied().unwrap_or(0);
@@ -219,48 +243,6 @@ impl Store for MemoryStore {
             .is_some())
     }
 
-    fn put_assignment(&self, a: &Assignment) -> Result<(), StoreError> {
-        self.lock()
-            .assignments
-            .insert((a.agent_id.clone(), a.runner.clone()), a.clone());
-        Ok(())
-    }
-
-    fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError> {
-        Ok(self
-            .lock()
-            .assignments
-            .values()
-            .filter(|a| a.agent_id == agent_id)
-            .cloned()
-            .collect())
-    }
-
-    fn all_assignments(&self) -> Result<Vec<Assignment>, StoreError> {
-        Ok(self.lock().assignments.values().cloned().collect())
-    }
-
-    fn delete_assignment(&self, agent_id: &str, runner: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .assignments
-            .remove(&(agent_id.to_string(), runner.to_string()))
-            .is_some())
-    }
-
-    fn add_retired(&self, r: &Retired) -> Result<i64, StoreError> {
-        Ok(self.lock().add_retired(r))
-    }
-
-    fn list_retired(&self) -> Result<Vec<Retired>, StoreError> {
-        Ok(self.lock().retired.values().cloned().collect())
-    }
-
-    fn delete_retired(&self, id: i64) -> Result<(), StoreError> {
-        self.lock().retired.remove(&id);
-        Ok(())
-    }
-
     fn agent_rollouts(&self) -> Result<Vec<AgentRollout>, StoreError> {
         Ok(self.lock().rollouts.values().cloned().collect())
     }
@@ -271,6 +253,15 @@ impl Store for MemoryStore {
 
     fn advance_agents(&self, steps: &[AgentStep]) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        if steps
+            .iter()
+            .any(|s| !s.put.is_empty() || !s.delete.is_empty())
+        {
+            inner.fail_if_injected("assignments")?;
+        }
+        if steps.iter().any(|s| !s.retire.is_empty()) {
+            inner.fail_if_injected("retired")?;
+        }
         for step in steps {
             for a in &step.put {
                 inner
@@ -323,7 +314,104 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+}
 
+impl RunnerStore for MemoryStore {
+    fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError> {
+        Ok(self
+            .lock()
+            .assignments
+            .values()
+            .filter(|a| a.agent_id == agent_id)
+            .cloned()
+            .collect())
+    }
+
+    fn all_assignments(&self) -> Result<Vec<Assignment>, StoreError> {
+        Ok(self.lock().assignments.values().cloned().collect())
+    }
+
+    fn retire_agent_runners(&self, agent_id: &str) -> Result<usize, StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("assignments")?;
+        let current: Vec<Assignment> = g
+            .assignments
+            .values()
+            .filter(|a| a.agent_id == agent_id)
+            .cloned()
+            .collect();
+        if current.iter().any(|a| a.registered) {
+            g.fail_if_injected("retired")?;
+        }
+        let mut queued = 0;
+        for a in current {
+            g.assignments
+                .remove(&(a.agent_id.clone(), a.runner.clone()));
+            if a.registered {
+                g.add_retired(&Retired {
+                    id: 0,
+                    assignment: a,
+                    after_generation: 0,
+                });
+                queued += 1;
+            }
+        }
+        Ok(queued)
+    }
+
+    fn replace_assignment(&self, fresh: &Assignment) -> Result<Option<Assignment>, StoreError> {
+        let mut g = self.lock();
+        let key = (fresh.agent_id.clone(), fresh.runner.clone());
+        let old = g.assignments.get(&key).cloned();
+        g.fail_if_injected("assignments")?;
+        if old.as_ref().is_some_and(|a| a.registered) {
+            g.fail_if_injected("retired")?;
+        }
+        g.assignments.insert(key, fresh.clone());
+        if let Some(old) = old.as_ref().filter(|a| a.registered) {
+            g.add_retired(&Retired {
+                id: 0,
+                assignment: old.clone(),
+                after_generation: 0,
+            });
+        }
+        Ok(old)
+    }
+
+    fn rotate_assignment_token(
+        &self,
+        expected: &Assignment,
+        token_sealed: &[u8],
+        token_expires_at: Option<OffsetDateTime>,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("assignments")?;
+        let key = (expected.agent_id.clone(), expected.runner.clone());
+        match g.assignments.get_mut(&key) {
+            Some(a)
+                if a.gitlab_runner_id == expected.gitlab_runner_id
+                    && a.registration_key == expected.registration_key
+                    && a.token_sealed == expected.token_sealed =>
+            {
+                a.token_sealed = token_sealed.to_vec();
+                a.token_expires_at = token_expires_at;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn list_retired(&self) -> Result<Vec<Retired>, StoreError> {
+        Ok(self.lock().retired.values().cloned().collect())
+    }
+
+    fn delete_retired(&self, id: i64) -> Result<(), StoreError> {
+        self.lock().retired.remove(&id);
+        Ok(())
+    }
+}
+
+impl EventStore for MemoryStore {
     fn add_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         let mut g = self.lock();
         for e in events {

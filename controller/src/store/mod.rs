@@ -13,6 +13,7 @@ pub mod sqlite;
 pub(crate) mod suite;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -69,6 +70,18 @@ pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The database was written by a newer build; nothing was changed.
+    #[error(
+        "database {path} has schema version {found}, newer than the {supported} this drover knows: run a newer drover, or restore a backup taken before the upgrade"
+    )]
+    TooNew {
+        /// The database file.
+        path: String,
+        /// Its `user_version`.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
     /// A stored row does not decode.
     #[error("corrupt row in {table}: {detail}")]
     Corrupt {
@@ -83,6 +96,12 @@ pub enum StoreError {
     /// An agent with this id already exists.
     #[error("agent {0} already exists")]
     AgentExists(String),
+    /// The blocking task running a store call ended without an answer (runtime shutdown).
+    #[error("store call did not finish: {0}")]
+    Interrupted(String),
+    /// A failure injected by a test fake ([`memory::MemoryStore::failing_on`]).
+    #[error("injected failure writing to {0}")]
+    Injected(&'static str),
     /// A generation was added that does not follow the newest one (a concurrent apply).
     #[error("generation {got} does not follow the newest generation {newest}")]
     GenerationConflict {
@@ -211,7 +230,7 @@ pub struct AckRecord {
     pub error: Option<String>,
 }
 
-/// What moving one agent to a generation writes (see [`Store::advance_agents`]).
+/// What moving one agent to a generation writes (see [`RolloutStore::advance_agents`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentStep {
     /// The agent.
@@ -291,8 +310,31 @@ impl Default for Retention {
     }
 }
 
-/// Persistent controller state.
-pub trait Store: Send + Sync {
+/// Runs store calls on tokio's blocking pool and waits for them: how async code calls the
+/// store, so a transaction (or a wait for SQLite's lock or the disk) never holds an async
+/// worker thread. Group the calls one decision needs in one closure. A panic in `f` is
+/// resumed in the caller.
+pub async fn blocking<R, F>(store: &Arc<dyn Store>, f: F) -> Result<R, StoreError>
+where
+    F: FnOnce(&dyn Store) -> Result<R, StoreError> + Send + 'static,
+    R: Send + 'static,
+{
+    let store = Arc::clone(store);
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(StoreError::Interrupted(e.to_string())),
+    }
+}
+
+/// Persistent controller state: one handle over every aggregate, so callers keep one
+/// `Arc<dyn Store>`. Each aggregate's trait is imported where its calls are made.
+pub trait Store: EnrollmentStore + AgentStore + RolloutStore + RunnerStore + EventStore {}
+
+impl<T: EnrollmentStore + AgentStore + RolloutStore + RunnerStore + EventStore> Store for T {}
+
+/// Enrollment tokens, and enrollment (which takes a token use and inserts an agent).
+pub trait EnrollmentStore: Send + Sync {
     /// Stores a new token.
     fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     /// All tokens, newest first.
@@ -310,6 +352,10 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
         agent: AgentRecord,
     ) -> Result<AgentRecord, StoreError>;
+}
+
+/// Enrolled agents: facts, last contact, certificates, revocation.
+pub trait AgentStore: Send + Sync {
     /// One agent.
     fn get_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError>;
     /// All agents, by id.
@@ -339,7 +385,11 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Marks the agent revoked; `false` when unknown. Idempotent.
     fn revoke_agent(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
+}
 
+/// Runner spec generations and each agent's progress towards them. Advancing agents writes
+/// their runner assignments too, in the same transaction.
+pub trait RolloutStore: Send + Sync {
     /// Adds generation `g.generation`, which must be the newest + 1.
     fn add_generation(&self, g: &GenerationRecord) -> Result<(), StoreError>;
     /// The newest generation.
@@ -353,22 +403,6 @@ pub trait Store: Send + Sync {
         state: RolloutState,
         reason: &str,
     ) -> Result<bool, StoreError>;
-
-    /// Inserts or replaces the assignment of (`agent_id`, `runner`).
-    fn put_assignment(&self, a: &Assignment) -> Result<(), StoreError>;
-    /// An agent's assignments, by runner name.
-    fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError>;
-    /// Every assignment, by agent then runner.
-    fn all_assignments(&self) -> Result<Vec<Assignment>, StoreError>;
-    /// Removes one assignment; `false` when there was none.
-    fn delete_assignment(&self, agent_id: &str, runner: &str) -> Result<bool, StoreError>;
-
-    /// Queues a retired GitLab runner entry; returns its id.
-    fn add_retired(&self, r: &Retired) -> Result<i64, StoreError>;
-    /// Every queued retired entry, oldest first.
-    fn list_retired(&self) -> Result<Vec<Retired>, StoreError>;
-    /// Drops a retired entry once unregistered.
-    fn delete_retired(&self, id: i64) -> Result<(), StoreError>;
 
     /// Every agent's rollout progress (agents never pushed are absent).
     fn agent_rollouts(&self) -> Result<Vec<AgentRollout>, StoreError>;
@@ -385,7 +419,42 @@ pub trait Store: Send + Sync {
     /// Records acknowledgements in one transaction, in order; an applied one also sets its
     /// agent's `applied_generation`.
     fn record_acks(&self, acks: &[AckRecord]) -> Result<(), StoreError>;
+}
 
+/// The GitLab runners the controller holds per agent (assignments) and the ones waiting to
+/// be unregistered (retired). Each write is one intent, done whole or not at all.
+pub trait RunnerStore: Send + Sync {
+    /// An agent's assignments, by runner name.
+    fn assignments(&self, agent_id: &str) -> Result<Vec<Assignment>, StoreError>;
+    /// Every assignment, by agent then runner.
+    fn all_assignments(&self) -> Result<Vec<Assignment>, StoreError>;
+    /// In one transaction: removes every assignment of `agent_id` and queues the ones the
+    /// controller registered as retired at once (`after_generation` 0); returns how many
+    /// were queued. All or nothing: a failure leaves every assignment in place.
+    fn retire_agent_runners(&self, agent_id: &str) -> Result<usize, StoreError>;
+    /// In one transaction: puts `fresh` in place of the assignment of (`fresh.agent_id`,
+    /// `fresh.runner`) and queues the replaced one, when the controller registered it, as
+    /// retired at once. Returns the replaced assignment. All or nothing.
+    fn replace_assignment(&self, fresh: &Assignment) -> Result<Option<Assignment>, StoreError>;
+    /// Compare-and-swap of a rotated runner token: sets the token and its expiry of the
+    /// assignment of (`expected.agent_id`, `expected.runner`) only while that assignment is
+    /// still `expected` (same GitLab runner, registration and token); `false` when it
+    /// changed or is gone, and then nothing is written.
+    fn rotate_assignment_token(
+        &self,
+        expected: &Assignment,
+        token_sealed: &[u8],
+        token_expires_at: Option<OffsetDateTime>,
+    ) -> Result<bool, StoreError>;
+
+    /// Every queued retired entry, oldest first.
+    fn list_retired(&self) -> Result<Vec<Retired>, StoreError>;
+    /// Drops a retired entry once unregistered.
+    fn delete_retired(&self, id: i64) -> Result<(), StoreError>;
+}
+
+/// Fleet events (`drover events`).
+pub trait EventStore: Send + Sync {
     /// Appends events in one transaction (ids and order as given).
     fn add_events(&self, events: &[EventRecord]) -> Result<(), StoreError>;
     /// The newest `filter.limit` events matching `filter`, oldest first.

@@ -11,14 +11,22 @@ use super::{
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
 type Make<'a> = &'a dyn Fn() -> Box<dyn Store>;
+/// A fresh store whose every write to the named table fails.
+type MakeFailing<'a> = &'a dyn Fn(&'static str) -> Box<dyn Store>;
 
-/// Runs every case against fresh stores from `make`.
-pub fn run_all(make: Make<'_>) {
+/// Runs every case against fresh stores from `make`, and the atomicity cases against
+/// stores from `failing`.
+pub fn run_all(make: Make<'_>, failing: MakeFailing<'_>) {
+    retire_agent_runners_at_once(make());
+    replace_assignment_replaces_the_old(make());
+    rotated_token_is_a_compare_and_swap(make());
+    intents_fail_whole(&failing);
     enroll_takes_a_use_and_copies_labels(make());
     refused_enrollment_changes_nothing(make());
     seen_renewed_revoked(make());
     generations_follow_each_other(make());
-    assignments_retired_and_acks(make());
+    assignments_and_retired(make());
+    rollouts_and_acks(make());
     advance_agents_in_one_go(make());
     batched_last_seen(make());
     events_filter_and_order(make());
@@ -56,6 +64,20 @@ fn agent(id: &str) -> AgentRecord {
         cert_not_after: now() + Duration::days(7),
         revoked_at: None,
         applied_generation: 0,
+    }
+}
+
+/// A token with `uses`, and agents `ids` enrolled with it.
+fn enrolled(s: &dyn Store, uses: u32, ids: &[&str]) {
+    s.create_token(&token(uses)).unwrap();
+    for id in ids {
+        s.enroll(
+            "0011223344556677",
+            &tokens::hash_secret("s"),
+            now(),
+            agent(id),
+        )
+        .unwrap();
     }
 }
 
@@ -136,14 +158,7 @@ fn refused_enrollment_changes_nothing(s: Box<dyn Store>) {
 }
 
 fn seen_renewed_revoked(s: Box<dyn Store>) {
-    s.create_token(&token(1)).unwrap();
-    s.enroll(
-        "0011223344556677",
-        &tokens::hash_secret("s"),
-        now(),
-        agent("a1"),
-    )
-    .unwrap();
+    enrolled(&*s, 1, &["a1"]);
     s.agent_seen("a1", now(), None, Some(&["10.0.0.1".to_string()]), Some(3))
         .unwrap();
     let a = s.get_agent("a1").unwrap().unwrap();
@@ -208,54 +223,80 @@ fn assignment(agent: &str, runner: &str, id: i64) -> Assignment {
     }
 }
 
-fn assignments_retired_and_acks(s: Box<dyn Store>) {
-    s.create_token(&token(2)).unwrap();
-    s.enroll(
-        "0011223344556677",
-        &tokens::hash_secret("s"),
-        now(),
-        agent("a1"),
-    )
+/// Puts assignments the way a rollout does (the store has no bare put).
+fn put(s: &dyn Store, assignments: &[Assignment]) {
+    let steps: Vec<AgentStep> = assignments
+        .iter()
+        .map(|a| AgentStep {
+            agent_id: a.agent_id.clone(),
+            generation: 1,
+            put: vec![a.clone()],
+            ..AgentStep::default()
+        })
+        .collect();
+    s.advance_agents(&steps).unwrap();
+}
+
+/// A rollout step of `old`'s agent to `generation`: `new` put, `old` dropped and retired
+/// until the agent runs `generation`.
+fn swap_step(generation: u64, new: Assignment, old: Assignment) -> AgentStep {
+    AgentStep {
+        agent_id: old.agent_id.clone(),
+        generation,
+        put: vec![new],
+        delete: vec![old.runner.clone()],
+        retire: vec![Retired {
+            id: 0,
+            assignment: old,
+            after_generation: generation,
+        }],
+    }
+}
+
+/// Queues a retired entry the way a rollout does.
+fn retire(s: &dyn Store, a: Assignment, after_generation: u64) {
+    s.advance_agents(&[AgentStep {
+        agent_id: a.agent_id.clone(),
+        generation: 1,
+        retire: vec![Retired {
+            id: 0,
+            assignment: a,
+            after_generation,
+        }],
+        ..AgentStep::default()
+    }])
     .unwrap();
-    s.put_assignment(&assignment("a1", "r2", 2)).unwrap();
-    s.put_assignment(&assignment("a1", "r1", 1)).unwrap();
-    s.put_assignment(&assignment("a2", "r1", 3)).unwrap();
+}
+
+fn assignments_and_retired(s: Box<dyn Store>) {
     let replaced = Assignment {
         token_expires_at: None,
         registered: false,
         ..assignment("a1", "r1", 4)
     };
-    s.put_assignment(&replaced).unwrap();
+    put(&*s, &[assignment("a1", "r2", 2), assignment("a1", "r1", 1)]);
+    put(&*s, &[assignment("a2", "r1", 3)]);
+    put(&*s, std::slice::from_ref(&replaced));
     assert_eq!(
         s.assignments("a1").unwrap(),
         vec![replaced.clone(), assignment("a1", "r2", 2)]
     );
     assert_eq!(s.all_assignments().unwrap().len(), 3);
-    assert!(s.delete_assignment("a1", "r2").unwrap());
-    assert!(!s.delete_assignment("a1", "r2").unwrap());
 
-    let id1 = s
-        .add_retired(&Retired {
-            id: 0,
-            assignment: assignment("a1", "r1", 1),
-            after_generation: 2,
-        })
-        .unwrap();
-    let id2 = s
-        .add_retired(&Retired {
-            id: 0,
-            assignment: assignment("a2", "r1", 3),
-            after_generation: 0,
-        })
-        .unwrap();
+    retire(&*s, assignment("a1", "r1", 1), 2);
+    retire(&*s, assignment("a2", "r1", 3), 0);
     let list = s.list_retired().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!(list[0].id, id1);
+    let (id1, id2) = (list[0].id, list[1].id);
+    assert!(id1 < id2, "oldest first");
     assert_eq!(list[0].assignment, assignment("a1", "r1", 1));
     assert_eq!(list[0].after_generation, 2);
     s.delete_retired(id1).unwrap();
     assert_eq!(s.list_retired().unwrap()[0].id, id2);
+}
 
+fn rollouts_and_acks(s: Box<dyn Store>) {
+    enrolled(&*s, 2, &["a1"]);
     assert!(s.agent_rollouts().unwrap().is_empty());
     assert_eq!(s.agent_rollout("a1").unwrap(), None);
     s.advance_agents(&[AgentStep {
@@ -320,20 +361,12 @@ fn assignments_retired_and_acks(s: Box<dyn Store>) {
 
 /// Several agents advanced at once: every write of every step lands.
 fn advance_agents_in_one_go(s: Box<dyn Store>) {
-    s.put_assignment(&assignment("a1", "old", 1)).unwrap();
-    s.put_assignment(&assignment("a2", "keep", 2)).unwrap();
+    put(
+        &*s,
+        &[assignment("a1", "old", 1), assignment("a2", "keep", 2)],
+    );
     s.advance_agents(&[
-        AgentStep {
-            agent_id: "a1".into(),
-            generation: 5,
-            put: vec![assignment("a1", "new", 3)],
-            delete: vec!["old".into()],
-            retire: vec![Retired {
-                id: 0,
-                assignment: assignment("a1", "old", 1),
-                after_generation: 5,
-            }],
-        },
+        swap_step(5, assignment("a1", "new", 3), assignment("a1", "old", 1)),
         AgentStep {
             agent_id: "a2".into(),
             generation: 5,
@@ -365,20 +398,132 @@ fn advance_agents_in_one_go(s: Box<dyn Store>) {
 
 #[test]
 fn memory_store_passes_the_suite() {
-    run_all(&|| Box::new(super::memory::MemoryStore::new()));
+    use super::memory::MemoryStore;
+    run_all(&|| Box::new(MemoryStore::new()), &|table| {
+        Box::new(MemoryStore::failing_on(table))
+    });
+}
+
+/// Deleting an agent retires the GitLab runners the controller registered for it, in one
+/// go; a spec `token` (not registered) is dropped without being queued.
+fn retire_agent_runners_at_once(s: Box<dyn Store>) {
+    let spec_token = Assignment {
+        registered: false,
+        ..assignment("a1", "given", 7)
+    };
+    put(
+        &*s,
+        &[
+            assignment("a1", "r1", 1),
+            assignment("a1", "r2", 2),
+            spec_token,
+            assignment("a2", "r1", 3),
+        ],
+    );
+    assert_eq!(s.retire_agent_runners("a1").unwrap(), 2);
+    assert!(s.assignments("a1").unwrap().is_empty());
+    assert_eq!(s.assignments("a2").unwrap().len(), 1);
+    let retired = s.list_retired().unwrap();
+    assert_eq!(
+        retired
+            .iter()
+            .map(|r| (r.assignment.clone(), r.after_generation))
+            .collect::<Vec<_>>(),
+        [
+            (assignment("a1", "r1", 1), 0),
+            (assignment("a1", "r2", 2), 0)
+        ]
+    );
+    assert_eq!(s.retire_agent_runners("a1").unwrap(), 0);
+    assert_eq!(s.retire_agent_runners("nobody").unwrap(), 0);
+}
+
+/// A re-registration puts the fresh runner and queues the old one in one go.
+fn replace_assignment_replaces_the_old(s: Box<dyn Store>) {
+    assert_eq!(
+        s.replace_assignment(&assignment("a1", "r1", 1)).unwrap(),
+        None
+    );
+    assert!(s.list_retired().unwrap().is_empty());
+    assert_eq!(
+        s.replace_assignment(&assignment("a1", "r1", 2)).unwrap(),
+        Some(assignment("a1", "r1", 1))
+    );
+    assert_eq!(s.assignments("a1").unwrap(), [assignment("a1", "r1", 2)]);
+    let retired = s.list_retired().unwrap();
+    assert_eq!(retired.len(), 1);
+    assert_eq!(retired[0].assignment, assignment("a1", "r1", 1));
+    assert_eq!(retired[0].after_generation, 0);
+    // A spec token replaced is the operator's: not queued.
+    let given = Assignment {
+        registered: false,
+        ..assignment("a1", "r2", 0)
+    };
+    s.replace_assignment(&given).unwrap();
+    s.replace_assignment(&assignment("a1", "r2", 3)).unwrap();
+    assert_eq!(s.list_retired().unwrap().len(), 1);
+}
+
+/// A rotated token is written only over the assignment it was checked against.
+fn rotated_token_is_a_compare_and_swap(s: Box<dyn Store>) {
+    let a = assignment("a1", "r1", 1);
+    put(&*s, std::slice::from_ref(&a));
+    let later = Some(now() + Duration::days(30));
+    assert!(s.rotate_assignment_token(&a, &[9, 9], later).unwrap());
+    let rotated = Assignment {
+        token_sealed: vec![9, 9],
+        token_expires_at: later,
+        ..a.clone()
+    };
+    assert_eq!(s.assignments("a1").unwrap(), std::slice::from_ref(&rotated));
+    // `a` is stale now (its token changed), and so is an assignment of another runner id.
+    assert!(!s.rotate_assignment_token(&a, &[7], None).unwrap());
+    let other = Assignment {
+        gitlab_runner_id: 2,
+        ..rotated.clone()
+    };
+    assert!(!s.rotate_assignment_token(&other, &[7], None).unwrap());
+    assert!(
+        !s.rotate_assignment_token(&assignment("a1", "gone", 1), &[7], None)
+            .unwrap()
+    );
+    assert_eq!(s.assignments("a1").unwrap(), [rotated]);
+}
+
+/// An operation whose write to one table fails leaves every other table as it was.
+fn intents_fail_whole(failing: MakeFailing<'_>) {
+    let s = failing("retired");
+    put(&*s, &[assignment("a1", "r1", 1), assignment("a1", "r2", 2)]);
+    let before = s.all_assignments().unwrap();
+    let targets = s.agent_rollouts().unwrap();
+
+    assert!(s.retire_agent_runners("a1").is_err());
+    assert_eq!(
+        s.all_assignments().unwrap(),
+        before,
+        "deleted without retiring"
+    );
+
+    assert!(s.replace_assignment(&assignment("a1", "r1", 9)).is_err());
+    assert_eq!(
+        s.all_assignments().unwrap(),
+        before,
+        "replaced without retiring"
+    );
+
+    let step = swap_step(2, assignment("a1", "r3", 3), assignment("a1", "r2", 2));
+    assert!(s.advance_agents(&[step]).is_err());
+    assert_eq!(s.all_assignments().unwrap(), before, "advanced in part");
+    assert_eq!(s.agent_rollouts().unwrap(), targets);
+    assert!(s.list_retired().unwrap().is_empty());
+
+    let s = failing("assignments");
+    assert!(s.replace_assignment(&assignment("a1", "r1", 1)).is_err());
+    assert!(s.list_retired().unwrap().is_empty());
 }
 
 fn batched_last_seen(s: Box<dyn Store>) {
-    s.create_token(&token(2)).unwrap();
-    for id in ["a1", "a2"] {
-        s.enroll(
-            "0011223344556677",
-            &tokens::hash_secret("s"),
-            now(),
-            agent(id),
-        )
-        .unwrap();
-    }
+    enrolled(&*s, 2, &["a1", "a2"]);
     let later = now() + Duration::seconds(30);
     s.agents_seen(&[
         ("a1".into(), later),

@@ -148,7 +148,7 @@ mod tests {
             || tracing::info!(target: "bollard::docker", "x")
         ));
         assert!(passes_trace(
-            || tracing::trace!(target: "drover_agent::executor", "x")
+            || tracing::trace!(target: "drover_job::executor", "x")
         ));
         assert!(passes_trace(
             || tracing::trace!(target: "drover_controller::server", "x")

@@ -3,7 +3,7 @@
 //!
 //! Payloads are shaped as GitLab shapes them, `null`s included: they start from the agent's
 //! `gitlab::fixtures::FULL` (every key GitLab's `JobRequest` entities expose; see
-//! `agent/src/gitlab/fixtures/README.md` for the GitLab source of each), and the builders
+//! `agent/gitlab/src/fixtures/README.md` for the GitLab source of each), and the builders
 //! emit what GitLab emits for the `.gitlab-ci.yml` they stand for (`artifact_paths` is
 //! `artifacts: paths:` alone, so `name`, `when` and `expire_in` are `null`). So the fake
 //! cannot accept a payload shape GitLab would not send, nor miss one it would.
@@ -296,7 +296,7 @@ pub(crate) fn build_payload(
         .map(|(s, _)| s)
         .unwrap_or("http");
     let repo_url = format!("{scheme}://gitlab-ci-token:{token}@{host}/{project_path}.git");
-    let mut payload: Value = serde_json::from_str(drover_agent::gitlab::fixtures::FULL)
+    let mut payload: Value = serde_json::from_str(drover_gitlab::fixtures::FULL)
         .expect("the agent's GitLab fixture is JSON");
     let mut git_info = payload["git_info"].take();
     for (k, v) in [

@@ -8,12 +8,12 @@ use secrecy::SecretString;
 
 use super::*;
 use crate::clock::{FakeClock, SystemClock};
-use crate::gitlab::fake::{Call, FakeGitLab, job};
-use crate::gitlab::{
+use crate::runner::fake_executor::FakeExecutor;
+use drover_gitlab::fake::{Call, FakeGitLab, job};
+use drover_gitlab::{
     ArtifactUpload, JobRequest, JobUpdate, RegisterOptions, RunnerCredentials, TraceAnswer,
     UpdateAnswer,
 };
-use crate::runner::fake_executor::FakeExecutor;
 
 /// A GitLab that knows which runner tokens are valid (verify and job request answer `403`
 /// to others), rotates them, and notes what the agent's state file held when a rotated
@@ -808,11 +808,11 @@ async fn only_403_on_the_verify_of_a_new_token_refuses_it() {
     // other answer is logged and ignored.
     let mut h = start_a(true).await;
     h.gl.jobs
-        .fail_next(crate::gitlab::fake::Endpoint::Verify, 1, 404);
+        .fail_next(drover_gitlab::fake::Endpoint::Verify, 1, 404);
     assert!(h.push(1, vec![assignment("a", "glrt-a")]).await.applied);
     h.wait_report("a running", |r| is_running(r, "a")).await;
     h.gl.jobs
-        .fail_next(crate::gitlab::fake::Endpoint::Verify, 1, 502);
+        .fail_next(drover_gitlab::fake::Endpoint::Verify, 1, 502);
     h.gl.allow("glrt-b");
     let ack = h
         .push(

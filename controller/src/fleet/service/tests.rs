@@ -186,7 +186,7 @@ async fn apply_registers_for_selected_agents_and_builds_desired_state() {
     let (token, reg) = live.values().next().unwrap().clone();
     assert_eq!(reg.description, "lab-docker on host-a1");
 
-    let ds = w.fleet.desired_state("a1").unwrap().unwrap();
+    let ds = w.fleet.desired_state("a1").await.unwrap().unwrap();
     assert_eq!(ds.generation, 1);
     assert_eq!(ds.runners.len(), 1);
     assert_eq!(ds.runners[0].runner_token, token);
@@ -195,7 +195,7 @@ async fn apply_registers_for_selected_agents_and_builds_desired_state() {
         !ds.runners[0].spec_json.contains(REG),
         "registration token never leaves"
     );
-    let other = w.fleet.desired_state("a2").unwrap().unwrap();
+    let other = w.fleet.desired_state("a2").await.unwrap().unwrap();
     assert_eq!((other.generation, other.runners.len()), (1, 0));
 
     // Same file again: nothing new. A refused file: nothing changes.
@@ -236,7 +236,7 @@ async fn apply_registers_for_selected_agents_and_builds_desired_state() {
     );
     assert_eq!(w.gitlab.live().len(), 1);
     assert_eq!(
-        w.fleet.desired_state("a1").unwrap().unwrap().runners[0].runner_token,
+        w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].runner_token,
         token
     );
 }
@@ -278,11 +278,19 @@ async fn rolling_rollout_halts_on_refusal_and_undo_restores() {
         (1, 1),
         "halted: nobody else gets it"
     );
-    assert_eq!(w.fleet.desired_state("a2").unwrap().unwrap().generation, 1);
+    assert_eq!(
+        w.fleet
+            .desired_state("a2")
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
+        1
+    );
 
     let out = w.fleet.undo(rolling(1)).await.unwrap();
     assert_eq!(out.generation, 3);
-    let ds = w.fleet.desired_state("a1").unwrap().unwrap();
+    let ds = w.fleet.desired_state("a1").await.unwrap().unwrap();
     assert_eq!(ds.generation, 3);
     assert!(ds.runners[0].spec_json.contains("alpine:3.20"));
     assert_eq!(w.target("a2"), 1);
@@ -298,7 +306,7 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
     let mut w = world();
     w.agent("a1", "lab");
     w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
-    let old = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    let old = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].clone();
     // GitLab still takes the token: the claim is refused, nothing registered or deleted.
     let claim = w.fleet.on_runner_event("a1", &token_invalid()).await;
     assert!(
@@ -313,7 +321,7 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
     assert_eq!(w.gitlab.live().len(), 1, "ignored within HEAL_INTERVAL");
     w.fleet.runtime().get_mut("a1").unwrap().healed.clear(); // HEAL_INTERVAL later
     w.fleet.on_runner_event("a1", &token_invalid()).await;
-    let new = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    let new = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].clone();
     assert_ne!(new.runner_token, old.runner_token);
     assert_eq!(new.gitlab_runner_id, 2);
     // The old runner's own token is dead: nothing can unregister it (GitLab keeps it
@@ -334,7 +342,7 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
         .await;
     assert_eq!(w.gitlab.live().len(), 2);
     assert_eq!(
-        w.fleet.desired_state("a1").unwrap().unwrap().runners[0].runner_token,
+        w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].runner_token,
         new.runner_token
     );
 
@@ -347,7 +355,7 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
         .on_token_rotated("a1", &rotation(&rotated, 2, 2_100_000_000))
         .await;
     assert_eq!(claim, Claim::Accepted("verified with gitlab".into()));
-    let ds = w.fleet.desired_state("a1").unwrap().unwrap();
+    let ds = w.fleet.desired_state("a1").await.unwrap().unwrap();
     assert_eq!(ds.runners[0].runner_token, rotated);
     assert_eq!(
         ds.runners[0].token_expires_at.unwrap().seconds,
@@ -401,8 +409,8 @@ image = "alpine:3.20"
 "#
     );
     w.apply(&text, all()).await.unwrap();
-    let own = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
-    let foreign = w.fleet.desired_state("a2").unwrap().unwrap().runners[0].clone();
+    let own = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].clone();
+    let foreign = w.fleet.desired_state("a2").await.unwrap().unwrap().runners[0].clone();
     assert_ne!(own.gitlab_runner_id, foreign.gitlab_runner_id);
 
     // A foreign runner id: refused, nothing recorded.
@@ -442,7 +450,7 @@ image = "alpine:3.20"
         w.fleet.on_token_rotated("a1", &other).await,
         Claim::Refused(_)
     ));
-    let kept = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    let kept = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].clone();
     assert_eq!(kept, own, "the record is unchanged");
 
     // The agent's own token is revoked and it says so: its own runner is the one deleted.
@@ -450,7 +458,7 @@ image = "alpine:3.20"
     let claim = w.fleet.on_runner_event("a1", &token_invalid()).await;
     assert_eq!(claim, Claim::Accepted("re-registered".into()));
     assert_eq!(w.gitlab.unregistered(), [own.gitlab_runner_id]);
-    let new = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    let new = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].clone();
     let mut live: Vec<i64> = w.gitlab.live().keys().copied().collect();
     live.sort();
     assert_eq!(live, [foreign.gitlab_runner_id, new.gitlab_runner_id]);
@@ -465,7 +473,7 @@ async fn an_unverified_token_never_unregisters_another_runner() {
     w.agent("a1", "lab");
     w.agent("a2", "lab");
     w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
-    let foreign = w.fleet.desired_state("a2").unwrap().unwrap().runners[0].clone();
+    let foreign = w.fleet.desired_state("a2").await.unwrap().unwrap().runners[0].clone();
     w.gitlab.set_down(true);
     let claim = w
         .fleet
@@ -503,7 +511,13 @@ async fn deleted_spec_unregisters_once_the_agent_moved_on_and_deleted_agent_at_o
     let out = w.fleet.delete_runner("lab-docker", all()).await.unwrap();
     assert_eq!(out.generation, 2);
     assert_eq!(
-        w.fleet.desired_state("a1").unwrap().unwrap().runners.len(),
+        w.fleet
+            .desired_state("a1")
+            .await
+            .unwrap()
+            .unwrap()
+            .runners
+            .len(),
         0
     );
     assert!(
@@ -545,7 +559,7 @@ async fn gitlab_outage_blocks_the_agent_and_is_retried() {
             .unwrap()
             .contains("connection refused")
     );
-    assert!(w.fleet.desired_state("a1").unwrap().is_none());
+    assert!(w.fleet.desired_state("a1").await.unwrap().is_none());
     w.gitlab.set_down(false);
     w.fleet.reconcile().await;
     assert_eq!(w.target("a1"), 1);
@@ -559,7 +573,7 @@ async fn secrets_are_encrypted_at_rest() {
     let mut w = world_with(Arc::new(store));
     w.agent("a1", "lab");
     w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
-    let token = w.fleet.desired_state("a1").unwrap().unwrap().runners[0]
+    let token = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0]
         .runner_token
         .clone();
     assert!(token.starts_with("glrt-fake-"));
@@ -617,7 +631,7 @@ image = "alpine:3.20"
 "#
     );
     w.apply(&text, all()).await.unwrap();
-    let ds = w.fleet.desired_state("a1").unwrap().unwrap();
+    let ds = w.fleet.desired_state("a1").await.unwrap().unwrap();
     let old = ds.runners[0].clone();
     assert_eq!(w.gitlab.live().len(), 1);
     assert!(
@@ -638,7 +652,7 @@ image = "alpine:3.20"
             },
         )
         .await;
-    let new = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].clone();
+    let new = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].clone();
     assert_ne!(new.gitlab_runner_id, old.gitlab_runner_id);
     assert_eq!(w.gitlab.unregistered(), [old.gitlab_runner_id]);
     assert_eq!(
@@ -662,9 +676,9 @@ async fn runner_statuses_take_identity_from_assignments_and_state_from_heartbeat
     let mut w = world();
     w.agent("a1", "lab");
     w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
-    let current = w.fleet.desired_state("a1").unwrap().unwrap().runners[0].gitlab_runner_id;
+    let current = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].gitlab_runner_id;
     // Before any heartbeat: the assignment, state unknown.
-    let before = w.fleet.runner_statuses("a1");
+    let before = w.fleet.runner_statuses("a1").await;
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].gitlab_runner_id, current);
     assert_eq!(before[0].state, "");
@@ -687,7 +701,7 @@ async fn runner_statuses_take_identity_from_assignments_and_state_from_heartbeat
             },
         ],
     );
-    let got = w.fleet.runner_statuses("a1");
+    let got = w.fleet.runner_statuses("a1").await;
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0].gitlab_runner_id, current);
     assert_eq!(got[0].state, "running");

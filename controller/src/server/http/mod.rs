@@ -133,11 +133,13 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Response {
 }
 
 async fn fleet_page(State(s): State<HttpState>, Query(filter): Query<pages::Filter>) -> Response {
-    let views = match s.app.health.views() {
+    let views = match s.app.health.views().await {
         Ok(v) => v,
         Err(e) => return internal("read agents", e),
     };
-    let rollout = super::admin::rollout_status(&s.app).unwrap_or_default();
+    let rollout = super::admin::rollout_status(&s.app)
+        .await
+        .unwrap_or_default();
     let now = s.app.health.leases.now();
     let now = now.replace_nanosecond(0).unwrap_or(now);
     Html(pages::fleet(&views, &rollout, &filter, now)).into_response()
@@ -154,7 +156,7 @@ async fn agent_page(
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    let view = match s.app.health.view(&id) {
+    let view = match s.app.health.view(&id).await {
         Ok(Some(v)) => v,
         Ok(None) => {
             return (
@@ -174,17 +176,23 @@ async fn agent_page(
         }
         Err(e) => return internal("read agent", e),
     };
-    s.app.health.sweep();
-    let store = &s.app.store;
+    s.app.health.sweep().await;
     let filter = |kind: &str, limit| EventFilter {
         agent_id: id.clone(),
         kind: kind.into(),
         limit,
         ..EventFilter::default()
     };
-    let events = store.list_events(&filter("", 50)).unwrap_or_default();
-    let jobs = store.list_events(&filter("job", 20)).unwrap_or_default();
-    let runners = s.app.fleet.runner_statuses(&id);
+    let (all, job) = (filter("", 50), filter("job", 20));
+    let (events, jobs) = crate::store::blocking(&s.app.store, move |s| {
+        Ok((
+            s.list_events(&all).unwrap_or_default(),
+            s.list_events(&job).unwrap_or_default(),
+        ))
+    })
+    .await
+    .unwrap_or_default();
+    let runners = s.app.fleet.runner_statuses(&id).await;
     let now = s.app.health.leases.now();
     let now = now.replace_nanosecond(0).unwrap_or(now);
     Html(pages::agent(
@@ -199,7 +207,7 @@ async fn agent_page(
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    match s.app.metrics.render(&s.app.health) {
+    match s.app.metrics.render(&s.app.health).await {
         Ok(body) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response(),
         Err(e) => internal("encode metrics", e),
     }
