@@ -144,7 +144,7 @@ impl InflightStore {
             source,
         })?;
         let path = self.path(job.job_id);
-        crate::atomic_file::write(&path, &body, 0o600).map_err(|e| io(&path, e))
+        drover_runtime::atomic_file::write(&path, &body, 0o600).map_err(|e| io(&path, e))
     }
 
     /// Removes the record of `job_id` (a missing record is not an error).

@@ -9,9 +9,7 @@
 //! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
 //! - [`inflight`]: jobs in flight on disk; a restarted agent reports them failed.
-//! - [`atomic_file`]: crash-safe replacement of state files (temp file, fsync, rename).
 //! - [`janitor`]: removes this agent's Docker leftovers at start and periodically.
-//! - [`log_filter`]: `DROVER_LOG`, keeping dependencies at `info` under a bare level.
 //! - [`health`]: host health snapshots (Docker, disk, memory, load, clock skew) and when a
 //!   host is degraded.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
@@ -24,7 +22,6 @@
 //! - [`cli`]: one module per `drover-agent` subcommand.
 //! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
-pub mod atomic_file;
 pub mod cli;
 pub mod clock;
 pub mod control;
@@ -35,7 +32,6 @@ pub mod host_facts;
 pub mod identity;
 pub mod inflight;
 pub mod janitor;
-pub mod log_filter;
 pub mod metrics;
 pub mod runner;
 pub mod standalone;

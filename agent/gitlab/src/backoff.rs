@@ -1,8 +1,8 @@
-//! Exponential backoff with jitter, for every retry towards GitLab.
+//! Waits before retrying towards GitLab: what GitLab asked, else the backoff.
 
 use std::time::Duration;
 
-use rand::Rng;
+pub use drover_runtime::backoff::Backoff;
 
 use crate::GitLabError;
 
@@ -23,58 +23,9 @@ pub fn retry_delay(e: &GitLabError, backoff: &mut Backoff) -> Duration {
     asked_wait(e).unwrap_or_else(|| backoff.next_delay())
 }
 
-/// Doubles from `min` to `max`; each delay is drawn from `[d/2, d]` so many runners that
-/// failed together do not retry together.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// A backoff starting at `min`, never above `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        let min = min.min(max);
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    /// The delay before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let half = d / 2;
-        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-        half + Duration::from_millis(if jitter_ms == 0 {
-            0
-        } else {
-            rand::rng().random_range(0..=jitter_ms)
-        })
-    }
-
-    /// Back to `min` after a success.
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grows_to_max_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
-        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
-        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
-        assert!(d[5] >= Duration::from_millis(400) && d[5] <= Duration::from_millis(800));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn retry_after_wins_within_its_bound() {

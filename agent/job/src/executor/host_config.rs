@@ -115,42 +115,10 @@ fn opt_size(
     match v.map(str::trim) {
         None | Some("") => Ok(None),
         Some("-1") if allow_unlimited => Ok(Some(-1)),
-        Some(s) => parse_size(s)
-            .map(Some)
-            .map_err(|reason| ExecutorError::config(key, s, reason)),
+        Some(s) => drover_proto::spec::parse_size(s)
+            .map(|n| Some(i64::try_from(n).unwrap_or(i64::MAX)))
+            .map_err(|e| ExecutorError::config(key, s, e.to_string())),
     }
-}
-
-/// Parses a Docker memory size (`512m`, `2g`, `1.5G`, `1024k`, `100b`, `64mb`, plain bytes)
-/// into bytes, binary units as Docker's `RAMInBytes` does.
-pub fn parse_size(s: &str) -> Result<i64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let digits_end = lower
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(lower.len());
-    let (num, unit) = lower.split_at(digits_end);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| "expected a size like 512m or 2g".to_string())?;
-    let unit = unit.trim();
-    let unit = unit
-        .strip_suffix("ib")
-        .or_else(|| unit.strip_suffix('b').filter(|u| !u.is_empty()))
-        .unwrap_or(unit);
-    let mult: f64 = match unit {
-        "" | "b" => 1.0,
-        "k" => 1024.0,
-        "m" => 1024.0 * 1024.0,
-        "g" => 1024.0 * 1024.0 * 1024.0,
-        "t" => 1024.0f64.powi(4),
-        "p" => 1024.0f64.powi(5),
-        _ => return Err(format!("unknown unit {unit:?} (use b, k, m, g, t or p)")),
-    };
-    let bytes = num * mult;
-    if !bytes.is_finite() || bytes >= i64::MAX as f64 {
-        return Err("size too large".to_string());
-    }
-    Ok(bytes as i64)
 }
 
 /// `cpus = "1.5"` → NanoCpus.
@@ -318,25 +286,6 @@ mod tests {
     fn memory_swap_may_be_unlimited() {
         let hc = host_config(&cfg(r#"memory_swap = "-1""#)).expect("hc");
         assert_eq!(hc.memory_swap, Some(-1));
-    }
-
-    #[test]
-    fn parses_sizes_like_docker() {
-        for (s, n) in [
-            ("100", 100),
-            ("100b", 100),
-            ("1k", 1024),
-            ("1K", 1024),
-            ("2g", 2 << 30),
-            ("64mb", 64 << 20),
-            ("1.5g", 3 << 29),
-            ("1t", 1 << 40),
-        ] {
-            assert_eq!(parse_size(s), Ok(n), "{s}");
-        }
-        for s in ["", "m", "12x", "1.2.3g", "-5m"] {
-            assert!(parse_size(s).is_err(), "{s}");
-        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Crash-safe file replacement: the one way the agent writes a state file.
+//! Crash-safe file replacement with an exact mode: the one way either binary writes a
+//! state, key or address file.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -52,6 +53,10 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+        // The mode is exact whatever the umask and whatever mode the old file had.
+        write(&path, b"public", 0o644).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
     }
 
     #[test]

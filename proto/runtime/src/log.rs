@@ -1,21 +1,21 @@
-//! The agent's log filter, from `DROVER_LOG` (tracing's `EnvFilter` syntax, default `info`).
+//! Logging of both binaries: to stderr (colours on a terminal only), filtered by
+//! `DROVER_LOG`, else `RUST_LOG` when `DROVER_LOG` is unset (tracing's `EnvFilter` syntax;
+//! `info` when unset or unreadable), as `drover_proto::LOG_HELP` tells users.
 //!
 //! A bare level above `info` (`DROVER_LOG=debug`, `trace`) applies to Drover's own code only:
 //! every other crate stays at `info`. Dependencies log what they carry at debug and trace
 //! (bollard logs a container's whole create request, `Env` included: masked variables and
-//! `CI_JOB_TOKEN`), so their detail is shown only when a directive names them
-//! (`DROVER_LOG=debug,bollard=debug`), never by a bare level.
+//! `CI_JOB_TOKEN`; HTTP and TLS crates log headers), so their detail is shown only when a
+//! directive names them (`DROVER_LOG=debug,bollard=debug`), never by a bare level.
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-/// Targets of Drover's own code, which a bare level applies to in full.
-pub const OWN_TARGETS: &[&str] = &[
-    "drover_agent",
-    "drover_job",
-    "drover_gitlab",
-    "drover_proto",
-];
+/// Targets of Drover's own code, which a bare level applies to in full: a directive's target
+/// matches every target it begins, so this one covers every `drover_*` crate.
+pub const OWN_TARGETS: &[&str] = &["drover"];
 
 /// The most a bare level lets through for any other target.
 pub const DEPENDENCY_CAP: LevelFilter = LevelFilter::INFO;
@@ -53,11 +53,41 @@ pub fn directives(spec: &str) -> String {
     out.join(",")
 }
 
-/// The filter for `DROVER_LOG`'s value (`None`: unset); `info` when it cannot be parsed.
+/// The filter for a filter variable's value (`None`: unset); `info` when it cannot be parsed.
 pub fn env_filter(value: Option<&str>) -> EnvFilter {
     value
         .and_then(|v| EnvFilter::try_new(directives(v)).ok())
         .unwrap_or_else(|| EnvFilter::new("info"))
+}
+
+/// The filter variable in force: `DROVER_LOG`, else `RUST_LOG` when `DROVER_LOG` is unset.
+pub fn filter_value(
+    drover_log: Option<String>,
+    rust_log: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    drover_log.or_else(rust_log)
+}
+
+/// Installs the process's subscriber: the filter from the environment, lines on stderr,
+/// and `extra` (a layer that sees the events the filter lets through).
+pub fn init_with<L: Layer<Registry> + Send + Sync + 'static>(extra: L) {
+    let value = filter_value(std::env::var("DROVER_LOG").ok(), || {
+        std::env::var("RUST_LOG").ok()
+    });
+    tracing_subscriber::registry()
+        .with(extra)
+        .with(env_filter(value.as_deref()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+}
+
+/// [`init_with`] without an extra layer.
+pub fn init() {
+    init_with(tracing_subscriber::layer::Identity::new());
 }
 
 #[cfg(test)]
@@ -66,14 +96,8 @@ mod tests {
 
     #[test]
     fn bare_levels_above_info_stop_at_drover_code() {
-        assert_eq!(
-            directives("debug"),
-            "info,drover_agent=debug,drover_job=debug,drover_gitlab=debug,drover_proto=debug"
-        );
-        assert_eq!(
-            directives(" TRACE "),
-            "info,drover_agent=trace,drover_job=trace,drover_gitlab=trace,drover_proto=trace"
-        );
+        assert_eq!(directives("debug"), "info,drover=debug");
+        assert_eq!(directives(" TRACE "), "info,drover=trace");
         assert_eq!(directives("warn"), "warn");
         assert_eq!(
             directives("info,drover_agent=debug"),
@@ -85,9 +109,20 @@ mod tests {
     fn named_targets_are_kept_as_written() {
         assert_eq!(
             directives("trace,bollard=debug,drover_agent=info"),
-            "info,drover_job=trace,drover_gitlab=trace,drover_proto=trace,bollard=debug,drover_agent=info"
+            "info,drover=trace,bollard=debug,drover_agent=info"
         );
+        assert_eq!(directives("debug,drover=info"), "info,drover=info");
         assert_eq!(directives("hyper[conn]=trace"), "hyper[conn]=trace");
+    }
+
+    #[test]
+    fn drover_log_wins_over_rust_log() {
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(filter_value(some("debug"), || some("warn")), some("debug"));
+        assert_eq!(filter_value(None, || some("warn")), some("warn"));
+        assert_eq!(filter_value(None, || None), None);
+        // Set but unreadable: `info`, not RUST_LOG.
+        assert_eq!(filter_value(some("[bad"), || some("warn")), some("[bad"));
     }
 
     /// Whether `emit`'s event passes `env_filter(Some("trace"))`.
@@ -115,6 +150,10 @@ mod tests {
         assert!(passes_trace(
             || tracing::trace!(target: "drover_job::executor", "x")
         ));
+        assert!(passes_trace(
+            || tracing::trace!(target: "drover_controller::server", "x")
+        ));
+        assert!(!passes_trace(|| tracing::debug!(target: "h2::codec", "x")));
         assert_eq!(
             env_filter(Some("not a [filter")).to_string(),
             EnvFilter::new("info").to_string()
