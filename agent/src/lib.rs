@@ -19,6 +19,7 @@
 //! - [`standalone`]: standalone mode (`--config`).
 //! - [`units`]: the runner unit state machine (fleet mode).
 //! - [`fleet`]: fleet mode: desired state from the controller, applied as units.
+//! - [`shutdown`]: the shutdown tree (root token, child tokens, one task tracker).
 //! - [`cli`]: one module per `drover-agent` subcommand.
 //! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
@@ -34,6 +35,7 @@ pub mod inflight;
 pub mod janitor;
 pub mod metrics;
 pub mod runner;
+pub mod shutdown;
 pub mod standalone;
 pub mod systemd;
 pub mod units;

@@ -27,6 +27,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::shutdown::Tasks;
+
 /// Environment variable naming the notification socket.
 pub const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
 /// Environment variable with the watchdog interval in microseconds.
@@ -163,13 +165,14 @@ impl Notifier {
         Ok(())
     }
 
-    /// Starts the watchdog task on the current tokio runtime: every `interval / 2`, runs
+    /// Starts the watchdog task on `tasks` (task `systemd watchdog`): every `interval / 2`, runs
     /// `health_check` and sends `WATCHDOG=1` only if it returned `true` (otherwise sets
     /// `STATUS=` to say why pings stopped, so systemd restarts a stuck agent). Ends when
     /// `shutdown` is cancelled. `health_check` runs on the runtime: keep it cheap and
     /// non-blocking (e.g. compare an atomic heartbeat timestamp with now).
     pub fn spawn_watchdog<F>(
         &self,
+        tasks: &Tasks,
         interval: Duration,
         health_check: F,
         shutdown: CancellationToken,
@@ -179,7 +182,7 @@ impl Notifier {
     {
         let notifier = self.clone();
         let period = (interval / 2).max(Duration::from_millis(1));
-        tokio::spawn(async move {
+        tasks.spawn("systemd watchdog", async move {
             let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut healthy = true;
@@ -270,6 +273,7 @@ pub fn parse_watchdog_interval(
 /// [`Notifier::spawn_watchdog`]). Returns `None`, and starts nothing, when not under
 /// systemd or when the unit has no `WatchdogSec=`.
 pub fn spawn_watchdog<F>(
+    tasks: &Tasks,
     health_check: F,
     shutdown: CancellationToken,
 ) -> Result<Option<JoinHandle<()>>, NotifyError>
@@ -279,6 +283,7 @@ where
     let notifier = Notifier::from_env()?;
     match (notifier.is_enabled(), watchdog_interval()) {
         (true, Some(interval)) => Ok(Some(notifier.spawn_watchdog(
+            tasks,
             interval,
             health_check,
             shutdown,
@@ -421,6 +426,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let h = healthy.clone();
         let task = n.spawn_watchdog(
+            &Tasks::new(),
             Duration::from_secs(10),
             move || h.load(Ordering::SeqCst),
             shutdown.clone(),

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use tokio_util::sync::CancellationToken;
+
 /// Arguments of `drover-agent run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -20,22 +22,39 @@ pub struct RunArgs {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// Runs the mode the arguments select under one root token. Fleet mode: SIGINT/SIGTERM
+/// only cancel the root, and the mode stops everything under it. Standalone mode maps its
+/// own signals (TERM/INT cancel the root, QUIT stops gracefully, HUP reloads).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
     match args.config {
         Some(config) => {
-            crate::standalone::run(crate::standalone::StandaloneOptions {
-                config,
-                state_dir: args.state_dir,
-                metrics_listen: args.metrics_listen,
-            })
+            crate::standalone::run(
+                crate::standalone::StandaloneOptions {
+                    config,
+                    state_dir: args.state_dir,
+                    metrics_listen: args.metrics_listen,
+                },
+                shutdown,
+            )
             .await
         }
         None => {
-            crate::fleet::run(crate::fleet::FleetOptions {
-                state_dir: args.state_dir,
-                metrics_listen: args.metrics_listen,
-            })
-            .await
+            let fleet = crate::fleet::run(
+                crate::fleet::FleetOptions {
+                    state_dir: args.state_dir,
+                    metrics_listen: args.metrics_listen,
+                },
+                shutdown.clone(),
+            );
+            tokio::pin!(fleet);
+            tokio::select! {
+                result = &mut fleet => result,
+                () = drover_runtime::signal::terminated() => {
+                    shutdown.cancel();
+                    fleet.await
+                }
+            }
         }
     }
 }

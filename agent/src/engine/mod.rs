@@ -16,11 +16,13 @@ use drover_proto::spec::{Config, RunnerConfig};
 use secrecy::SecretString;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::runner::{
     self, DEFAULT_CHECK_INTERVAL, RunnerDeps, RunnerError, RunnerEvent, RunnerSettings,
     RunnerStats, Shutdown,
 };
+use crate::shutdown::Tasks;
 use drover_gitlab::GitLab;
 use drover_job::executor::Executor;
 
@@ -67,6 +69,16 @@ pub struct Engine {
     tune: Option<Tuning>,
     /// In-flight records and running job ids, shared by every runner loop.
     tracking: crate::inflight::JobTracking,
+    /// Where the engine's own helper tasks go (the agent's tracker in standalone mode).
+    helpers: Tasks,
+    /// Cancelled when the engine is dropped: its helper tasks end with it.
+    dropped: CancellationToken,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.dropped.cancel();
+    }
 }
 
 impl Engine {
@@ -92,7 +104,15 @@ impl Engine {
             events: None,
             tune: None,
             tracking: Default::default(),
+            helpers: Tasks::new(),
+            dropped: CancellationToken::new(),
         }
+    }
+
+    /// Starts the engine's helper tasks on `tasks` (the agent's tracker).
+    pub fn with_tasks(mut self, tasks: Tasks) -> Self {
+        self.helpers = tasks;
+        self
     }
 
     /// Records jobs in flight and running job ids in `tracking`.
@@ -126,9 +146,15 @@ impl Engine {
             left -= self.concurrent.forget_permits(left);
             if left > 0 {
                 let sem = self.concurrent.clone();
-                tokio::spawn(async move {
-                    if let Ok(p) = sem.acquire_many_owned(left as u32).await {
-                        p.forget();
+                let dropped = self.dropped.clone();
+                self.helpers.spawn("engine permit release", async move {
+                    tokio::select! {
+                        p = sem.acquire_many_owned(left as u32) => {
+                            if let Ok(p) = p {
+                                p.forget();
+                            }
+                        }
+                        _ = dropped.cancelled() => {}
                     }
                 });
             }

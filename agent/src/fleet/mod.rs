@@ -16,6 +16,8 @@ pub mod desired;
 pub mod observe;
 pub mod report;
 pub mod supervisor;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +36,7 @@ use crate::health::{ClockSkew, DockerStatus, HostHealth, ProcProbe};
 use crate::identity::StateDir;
 use crate::identity::system_id;
 use crate::metrics::Metrics;
+use crate::shutdown::{TASKS_WAIT, Tree};
 use crate::systemd::{self, Heartbeat, Notifier};
 use drover_job::executor::{ConnectOptions, DockerExecutor, Executor};
 use supervisor::{Deps, DockerDep, SharedGitLabFactory, Supervisor, Timings};
@@ -50,9 +53,23 @@ pub struct FleetOptions {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// Runs the agent in fleet mode from `opts.state_dir` until SIGINT/SIGTERM or until the
-/// controller refuses this agent.
-pub async fn run(opts: FleetOptions) -> anyhow::Result<()> {
+/// Runs the agent in fleet mode from `opts.state_dir` until `shutdown` (the root token,
+/// cancelled on SIGINT/SIGTERM by `drover-agent run`) or until the controller refuses this
+/// agent. Returns once every task it started ended (see [`crate::shutdown`]): the session
+/// ends, the supervisor drains (at most [`SHUTDOWN_DRAIN`]), then the services stop.
+pub async fn run(opts: FleetOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_on(opts, &Tree::new(shutdown)).await
+}
+
+/// [`run`] on `tree` (a test's, to see that no task is left).
+async fn run_on(opts: FleetOptions, tree: &Tree) -> anyhow::Result<()> {
+    let result = run_in(opts, tree).await;
+    tree.close(TASKS_WAIT).await;
+    result
+}
+
+/// [`run`] on `tree`; the services stop when the caller closes the tree.
+async fn run_in(opts: FleetOptions, tree: &Tree) -> anyhow::Result<()> {
     let state = StateDir::new(&opts.state_dir);
     let identity = state.load()?;
     tracing::info!(agent = %identity.agent_id, controller = %identity.controller, "starting in fleet mode");
@@ -61,12 +78,7 @@ pub async fn run(opts: FleetOptions) -> anyhow::Result<()> {
         system_id::Salt::StateDir(&opts.state_dir),
     )
     .context("system id")?;
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        drover_runtime::signal::terminated().await;
-        on_signal.cancel();
-    });
+    let tasks = tree.tasks();
 
     let (out_tx, out_rx) = mpsc::channel(256);
     let (report_tx, report_rx) = watch::channel(report::Report::default());
@@ -75,10 +87,9 @@ pub async fn run(opts: FleetOptions) -> anyhow::Result<()> {
     let (health_tx, health_rx) = watch::channel(HostHealth::default());
     let metrics = Metrics::new();
     metrics.set_unit_source(Arc::new(observe::ReportUnits::new(report_rx.clone())));
-    let background = CancellationToken::new();
-    let _background = background.clone().drop_guard();
     if let Some(addr) = opts.metrics_listen {
-        crate::standalone::observe::start_server(addr, metrics.clone(), background.clone()).await?;
+        crate::standalone::observe::start_server(tasks, addr, metrics.clone(), tree.service())
+            .await?;
     }
     let skew = Arc::new(ClockSkew::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -110,8 +121,10 @@ pub async fn run(opts: FleetOptions) -> anyhow::Result<()> {
         tracing::error!(error = %format!("{e:#}"), "cannot run the persisted generation; waiting for the controller");
     }
     sup.publish();
-    let sup_stop = CancellationToken::new();
-    let sup_task = tokio::spawn(sup.run(desired_rx, sup_stop.clone(), SHUTDOWN_DRAIN));
+    let sup_task = tasks.spawn(
+        "fleet supervisor",
+        sup.run(desired_rx, tree.engine(), SHUTDOWN_DRAIN),
+    );
     observe::HostProbeTask {
         probe: Arc::new(ProcProbe::default()),
         report: report_rx.clone(),
@@ -121,14 +134,14 @@ pub async fn run(opts: FleetOptions) -> anyhow::Result<()> {
         metrics: Some(metrics.clone()),
         every: observe::HOST_PROBE_INTERVAL,
     }
-    .spawn(background.clone());
+    .spawn(tasks, tree.service());
     let lifecycle = observe::Lifecycle::new(Notifier::from_env().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "systemd notifications off");
         Notifier::disabled()
     }));
     lifecycle.ready(&report_rx.borrow());
     if let Some(interval) = systemd::watchdog_interval() {
-        lifecycle.spawn_watchdog(interval, liveness, background.clone());
+        lifecycle.spawn_watchdog(tasks, interval, liveness, tree.service());
     }
     let link = crate::control::Link {
         desired: desired_tx,
@@ -139,9 +152,10 @@ pub async fn run(opts: FleetOptions) -> anyhow::Result<()> {
         skew,
         clock,
     };
-    let control = crate::control::run(state, link, shutdown.clone()).await;
+    let control = crate::control::run(state, link, tree.session()).await;
     lifecycle.stopping();
-    sup_stop.cancel();
+    // However the session ended (a signal, a refusal), the supervisor stops and drains.
+    tree.root().cancel();
     if let Err(e) = sup_task.await {
         tracing::error!(error = %e, "fleet supervisor task failed");
     }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::report::Report;
 use crate::health::{self, ClockSkew, DockerStatus, HostHealth, HostProbe};
 use crate::metrics::{Metrics, UnitSource, UnitStatus};
+use crate::shutdown::Tasks;
 use crate::systemd::{Heartbeat, Notifier};
 
 /// How often the host is probed (memory, load, disks) for heartbeats and metrics.
@@ -96,9 +97,10 @@ pub struct HostProbeTask {
 
 impl HostProbeTask {
     /// Probes at once, then every `every` and whenever the Docker status in the report
-    /// changes (so the Docker disk follows the engine coming up), until `stop`.
-    pub fn spawn(mut self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
+    /// changes (so the Docker disk follows the engine coming up), until `stop`; on `tasks`
+    /// (task `host probe`).
+    pub fn spawn(mut self, tasks: &Tasks, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tasks.spawn("host probe", async move {
             let docker_key = |r: &Report| {
                 (
                     r.docker_reachable,
@@ -165,12 +167,13 @@ impl Lifecycle {
     /// (the supervisor's loop beats it on every turn, at least once per tick).
     pub fn spawn_watchdog(
         &self,
+        tasks: &Tasks,
         interval: Duration,
         liveness: Heartbeat,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         self.notifier
-            .spawn_watchdog(interval, move || liveness.is_fresh(interval), stop)
+            .spawn_watchdog(tasks, interval, move || liveness.is_fresh(interval), stop)
     }
 
     /// `STOPPING=1`.
@@ -219,7 +222,12 @@ mod tests {
 
         let liveness = Heartbeat::new();
         let stop = CancellationToken::new();
-        let task = life.spawn_watchdog(Duration::from_millis(200), liveness.clone(), stop.clone());
+        let task = life.spawn_watchdog(
+            &Tasks::new(),
+            Duration::from_millis(200),
+            liveness.clone(),
+            stop.clone(),
+        );
         // Alive: pings arrive.
         for _ in 0..3 {
             liveness.beat();
@@ -326,7 +334,7 @@ mod tests {
             metrics: None,
             every: Duration::from_secs(3600),
         }
-        .spawn(stop.clone());
+        .spawn(&Tasks::new(), stop.clone());
         out_rx.changed().await.unwrap();
         assert!(out_rx.borrow_and_update().docker_disk.is_none());
         report_tx.send_replace(Report {

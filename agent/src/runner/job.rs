@@ -25,6 +25,8 @@ pub(crate) struct JobRun {
     /// Fired by "stop at once".
     pub stop_now: CancellationToken,
     pub slot: u32,
+    /// The runner's job tracker: the trace uploader's task goes there.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// The secret values a job's trace must never show: masked variables and the job token.
@@ -137,6 +139,7 @@ impl JobRun {
         let sink = TraceSink::with_masks(secrets, s.output_limit);
         let cancel = self.stop_now.child_token();
         let uploader = TraceUploader::start(
+            &self.tasks,
             self.gitlab.clone(),
             job_id,
             token.clone(),

@@ -354,6 +354,7 @@ impl Loop {
             tracking: self.deps.tracking.clone(),
             stop_now: self.shutdown.now.clone(),
             slot: slot.number(),
+            tasks: self.jobs.clone(),
         };
         self.jobs.spawn(async move {
             let outcome = run.handle(taken).await;

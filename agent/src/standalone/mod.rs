@@ -28,6 +28,7 @@ use crate::engine::{Engine, GitLabFactory};
 use crate::inflight::{InflightStore, JobTracking, Recovered};
 use crate::janitor::{DEFAULT_JANITOR_INTERVAL, Janitor, RunningJobs};
 use crate::metrics::Metrics;
+use crate::shutdown::{TASKS_WAIT, Tree};
 use drover_gitlab::{ClientOptions, GitLab, HttpGitLab};
 use drover_job::executor::{ConnectOptions, DockerExecutor, StorageOptions};
 
@@ -44,8 +45,19 @@ pub struct StandaloneOptions {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// Serves every docker runner in `opts.config` until a signal says stop.
-pub async fn run(opts: StandaloneOptions) -> anyhow::Result<()> {
+/// Serves every docker runner in `opts.config` until a signal says stop, or until
+/// `shutdown` (the root token: SIGTERM/SIGINT cancel it, a caller may too) is cancelled,
+/// which stops at once like SIGTERM. Returns once every task it started ended (see
+/// [`crate::shutdown`]): the engine drains, then the services stop.
+pub async fn run(opts: StandaloneOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tree = Tree::new(shutdown);
+    let result = run_in(opts, &tree).await;
+    tree.close(TASKS_WAIT).await;
+    result
+}
+
+/// [`run`] on `tree`; the services stop when the caller closes the tree.
+async fn run_in(opts: StandaloneOptions, tree: &Tree) -> anyhow::Result<()> {
     let config = opts.config.clone();
     let parsed = load::load(&config)?;
     for w in &parsed.warnings {
@@ -103,28 +115,29 @@ pub async fn run(opts: StandaloneOptions) -> anyhow::Result<()> {
     }
 
     // Leftover containers/networks/volumes now, then every few minutes.
+    let tasks = tree.tasks();
     let running = RunningJobs::default();
     let janitor = Janitor::new(docker.clone(), agent_id.clone(), running.clone());
-    let janitor_stop = tokio_util::sync::CancellationToken::new();
     janitor.sweep().await;
-    tokio::spawn(janitor.run(DEFAULT_JANITOR_INTERVAL, janitor_stop.clone()));
-    let _janitor_guard = janitor_stop.drop_guard();
+    tasks.spawn(
+        "janitor",
+        janitor.run(DEFAULT_JANITOR_INTERVAL, tree.service()),
+    );
 
     let docker = Arc::new(docker);
     let observed = observe::Observed::new(Metrics::new(), system_id.clone());
-    let stop_metrics = CancellationToken::new();
-    let _stop_metrics = stop_metrics.clone().drop_guard();
     if let Some(addr) = metrics_addr {
-        observe::start_server(addr, observed.metrics.clone(), stop_metrics.clone()).await?;
+        observe::start_server(tasks, addr, observed.metrics.clone(), tree.service()).await?;
         observe::spawn_host_probe(
+            tasks,
             docker.clone(),
             observed.metrics.clone(),
             opts.state_dir.clone(),
-            stop_metrics,
+            tree.service(),
         );
     }
     let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    observe::spawn_event_feed(events_rx, observed.metrics.clone());
+    observe::spawn_event_feed(tasks, events_rx, observed.metrics.clone(), tree.service());
 
     let mut engine = Engine::new(
         docker,
@@ -136,14 +149,23 @@ pub async fn run(opts: StandaloneOptions) -> anyhow::Result<()> {
     .with_tracking(JobTracking {
         inflight: Some(inflight),
         running,
-    });
+    })
+    .with_tasks(tasks.clone());
     engine.apply(&parsed.config)?;
     observed.applied(&engine, &parsed.config);
     let shutdown_timeout = match parsed.config.shutdown_timeout {
         None | Some(0) => DEFAULT_SHUTDOWN_TIMEOUT,
         Some(s) => Duration::from_secs(s),
     };
-    serve(&mut engine, &config, shutdown_timeout, &observed).await
+    serve(
+        &mut engine,
+        &config,
+        shutdown_timeout,
+        &observed,
+        tree.root(),
+        tree.engine(),
+    )
+    .await
 }
 
 /// gitlab-runner's default `shutdown_timeout`: how long a forceful stop may take to cancel
@@ -175,12 +197,15 @@ fn http_factory(metrics: Metrics) -> GitLabFactory {
     })
 }
 
-/// Waits for signals and for runner loops until every loop has ended.
+/// Waits for signals and for runner loops until every loop has ended. SIGTERM and SIGINT
+/// cancel `root`; `stop` (the engine's child of it) stops at once.
 async fn serve(
     engine: &mut Engine,
     config: &std::path::Path,
     shutdown_timeout: Duration,
     observed: &observe::Observed,
+    root: &CancellationToken,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
@@ -193,11 +218,19 @@ async fn serve(
         tokio::select! {
             _ = term.recv() => {
                 tracing::info!("SIGTERM: canceling running jobs and stopping");
+                root.cancel();
                 engine.stop_now();
                 deadline.get_or_insert(tokio::time::Instant::now() + shutdown_timeout);
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: canceling running jobs and stopping");
+                root.cancel();
+                engine.stop_now();
+                deadline.get_or_insert(tokio::time::Instant::now() + shutdown_timeout);
+            }
+            // The root cancelled by the caller (not by a signal above): stop at once too.
+            _ = stop.cancelled(), if deadline.is_none() => {
+                tracing::info!("stop requested: canceling running jobs and stopping");
                 engine.stop_now();
                 deadline.get_or_insert(tokio::time::Instant::now() + shutdown_timeout);
             }

@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::health::{self, ClockSkew, DockerStatus, HostProbe, ProcProbe};
 use crate::metrics::{Metrics, RunnerInfo, RunnerLabels, UnitSource, UnitStatus};
 use crate::runner::{RunnerEvent, RunnerState, RunnerStats, short_token};
+use crate::shutdown::Tasks;
 use drover_job::executor::DockerExecutor;
 
 /// How often the host is probed for the metrics.
@@ -46,9 +47,11 @@ pub fn metrics_address(
     Ok(Some(SocketAddr::new(ip, port)))
 }
 
-/// Binds `addr` and serves `metrics` until `stop`; logs `metrics listening on ADDR` with
-/// the bound address (tests bind port 0 and read it from the log).
+/// Binds `addr` and serves `metrics` on `tasks` (task `metrics server`) until `stop`; logs
+/// `metrics listening on ADDR` with the bound address (tests bind port 0 and read it from
+/// the log).
 pub async fn start_server(
+    tasks: &Tasks,
     addr: SocketAddr,
     metrics: Metrics,
     stop: CancellationToken,
@@ -58,7 +61,7 @@ pub async fn start_server(
         .with_context(|| format!("bind metrics address {addr}"))?;
     let bound = listener.local_addr().context("metrics listener address")?;
     tracing::info!("metrics listening on {bound}");
-    tokio::spawn(async move {
+    tasks.spawn("metrics server", async move {
         if let Err(e) = crate::metrics::serve(listener, metrics, stop).await {
             tracing::error!(error = %e, "metrics server stopped");
         }
@@ -175,24 +178,38 @@ pub fn unit_state(s: &RunnerState) -> &'static str {
     }
 }
 
-/// Feeds runner events into `metrics` until the channel closes.
-pub fn spawn_event_feed(mut rx: mpsc::UnboundedReceiver<RunnerEvent>, metrics: Metrics) {
-    tokio::spawn(async move {
-        while let Some(e) = rx.recv().await {
-            metrics.observe_event(&e);
+/// Feeds runner events into `metrics` on `tasks` (task `event feed`) until the channel
+/// closes or `stop`.
+pub fn spawn_event_feed(
+    tasks: &Tasks,
+    mut rx: mpsc::UnboundedReceiver<RunnerEvent>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    tasks.spawn("event feed", async move {
+        loop {
+            tokio::select! {
+                e = rx.recv() => match e {
+                    Some(e) => metrics.observe_event(&e),
+                    None => return,
+                },
+                _ = stop.cancelled() => return,
+            }
         }
     });
 }
 
-/// Probes Docker and the host every [`HOST_PROBE_INTERVAL`] until `stop`. `state_dir`
-/// (caches, in-flight records, archives in transit) is reported as the `builds` disk.
+/// Probes Docker and the host every [`HOST_PROBE_INTERVAL`] on `tasks` (task `host probe`)
+/// until `stop`. `state_dir` (caches, in-flight records, archives in transit) is reported as
+/// the `builds` disk.
 pub fn spawn_host_probe(
+    tasks: &Tasks,
     docker: Arc<DockerExecutor>,
     metrics: Metrics,
     state_dir: PathBuf,
     stop: CancellationToken,
 ) {
-    tokio::spawn(async move {
+    tasks.spawn("host probe", async move {
         let probe = ProcProbe::default();
         let skew = ClockSkew::default();
         let thresholds = health::Thresholds::default();

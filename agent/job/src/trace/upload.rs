@@ -15,6 +15,7 @@ use secrecy::SecretString;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::TraceSink;
 use crate::outcome::{FailureReason, JobOutcome};
@@ -98,9 +99,12 @@ pub struct TraceUploader {
 }
 
 impl TraceUploader {
-    /// Starts shipping `sink` for job `job_id`. `job_cancel` fires when GitLab cancels the
-    /// job. `failure_reasons` is the payload's `features.failure_reasons`.
+    /// Starts shipping `sink` for job `job_id`, in a task on `tasks` (the runner's job
+    /// tracker, so the task is waited for with the job). `job_cancel` fires when GitLab
+    /// cancels the job. `failure_reasons` is the payload's `features.failure_reasons`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
+        tasks: &TaskTracker,
         gitlab: Arc<dyn GitLab>,
         job_id: i64,
         job_token: SecretString,
@@ -126,7 +130,7 @@ impl TraceUploader {
             job_status: None,
             last_contact: Instant::now(),
         };
-        let task = tokio::spawn(up.run(stop.clone()));
+        let task = tasks.spawn(up.run(stop.clone()));
         TraceUploader { stop, task }
     }
 

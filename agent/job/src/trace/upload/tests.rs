@@ -39,6 +39,7 @@ async fn setup(id: i64, opts: UploadOptions) -> Setup {
     let cancel = CancellationToken::new();
     gl.request_job(&auth, None).await.unwrap();
     let up = TraceUploader::start(
+        &tokio_util::task::TaskTracker::new(),
         gl.clone(),
         id,
         SecretString::from(format!("job-token-{id}")),
