@@ -82,6 +82,37 @@ impl Clock for FakeClock {
     }
 }
 
+/// Clocks that follow tokio's clock (tests): under `start_paused` they move with virtual
+/// time, so a unit's restart delay or watchdog passes exactly when the timers say so.
+#[cfg(test)]
+#[derive(Debug)]
+pub struct TokioClock {
+    wall: OffsetDateTime,
+    origin: tokio::time::Instant,
+}
+
+#[cfg(test)]
+impl TokioClock {
+    /// Clocks standing at the system's wall time now.
+    pub fn new() -> TokioClock {
+        TokioClock {
+            wall: OffsetDateTime::now_utc(),
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Clock for TokioClock {
+    fn now(&self) -> OffsetDateTime {
+        self.wall + self.origin.elapsed()
+    }
+
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
 /// A wall-clock point held on both clocks (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline {

@@ -186,29 +186,27 @@ impl Lifecycle {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::net::UnixDatagram;
-
     use super::*;
     use crate::fleet::report::UnitReport;
     use crate::health::{DiskSpace, FakeProbe, Memory};
 
-    fn recv(socket: &UnixDatagram) -> Option<String> {
+    /// The next datagram within `within` (virtual time), if any.
+    async fn recv(socket: &tokio::net::UnixDatagram, within: Duration) -> Option<String> {
         let mut buf = [0u8; 512];
-        match socket.recv(&mut buf) {
-            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(_) => None,
+        match tokio::time::timeout(within, socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            _ => None,
         }
     }
 
-    // Multi-threaded: the test blocks on the socket while the watchdog task runs.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Paused time: the watchdog's ticks and the liveness heartbeat run on tokio's clock, so
+    // "no ping for a second" is ten of its ticks, however slow the machine.
+    #[tokio::test(start_paused = true)]
     async fn lifecycle_sends_ready_watchdog_while_alive_and_stopping() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+        let wait = Duration::from_secs(5);
         let life = Lifecycle::new(Notifier::for_socket(path.to_str().unwrap()).unwrap());
         let report = Report {
             applied_generation: 3,
@@ -216,7 +214,7 @@ mod tests {
             ..Report::default()
         };
         life.ready(&report);
-        let ready = recv(&socket).unwrap();
+        let ready = recv(&socket, wait).await.unwrap();
         assert!(ready.starts_with("READY=1\n"), "{ready}");
         assert!(ready.contains("generation 3, 1 runner unit(s)"), "{ready}");
 
@@ -231,30 +229,28 @@ mod tests {
         // Alive: pings arrive.
         for _ in 0..3 {
             liveness.beat();
-            assert_eq!(recv(&socket).as_deref(), Some("WATCHDOG=1"));
+            assert_eq!(recv(&socket, wait).await.as_deref(), Some("WATCHDOG=1"));
         }
-        // The loop stops beating: a status line says why, then no more pings.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut after = Vec::new();
-        while let Some(m) = recv(&socket) {
-            after.push(m);
+        // The loop stops beating: pings until the last beat is too old, then a status line
+        // says why, then no more pings.
+        let mut before = Vec::new();
+        loop {
+            let m = recv(&socket, wait).await.expect("a status line");
+            if m.starts_with("STATUS=unhealthy") {
+                break;
+            }
+            before.push(m);
         }
-        assert!(
-            after.iter().any(|m| m.starts_with("STATUS=unhealthy")),
-            "{after:?}"
+        assert!(before.iter().all(|m| m == "WATCHDOG=1"), "{before:?}");
+        assert_eq!(
+            recv(&socket, Duration::from_secs(1)).await,
+            None,
+            "no ping while the loop is stuck"
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(recv(&socket), None, "no ping while the loop is stuck");
         stop.cancel();
         task.await.unwrap();
         life.stopping();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        assert_eq!(recv(&socket).as_deref(), Some("STOPPING=1"));
+        assert_eq!(recv(&socket, wait).await.as_deref(), Some("STOPPING=1"));
     }
 
     #[test]

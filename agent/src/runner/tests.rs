@@ -299,7 +299,9 @@ async fn retry_after_is_honoured_on_job_requests() {
     h.task.await.unwrap().unwrap();
 }
 
-#[tokio::test]
+// Paused time: the clock moves only when every task waits, so the measured pause is the
+// loop's own, not the machine's speed.
+#[tokio::test(start_paused = true)]
 async fn unhealthy_settings_pause_only_when_set() {
     let run_with = |policy: Option<unhealthy::UnhealthyPolicy>| async move {
         let gl = Arc::new(FakeGitLab::new());
@@ -329,7 +331,9 @@ async fn unhealthy_settings_pause_only_when_set() {
     assert!(set >= pause, "two failures pause for the interval: {set:?}");
 }
 
-#[tokio::test]
+// Paused time: the 500 ms pass only once every worker waits on its held request, so the
+// count is every request sent, whatever the machine's speed.
+#[tokio::test(start_paused = true)]
 async fn request_concurrency_sends_that_many_requests_at_once() {
     let count = |n: usize| async move {
         let gl = Arc::new(FakeGitLab::new());

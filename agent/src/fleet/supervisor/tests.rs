@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use super::*;
-use crate::clock::{FakeClock, SystemClock};
+use crate::clock::{FakeClock, TokioClock};
 use crate::runner::fake_executor::FakeExecutor;
 use drover_gitlab::fake::{Call, FakeGitLab, job};
 use drover_gitlab::{
@@ -218,6 +218,11 @@ const SPEC: &str =
     r#"{"url":"http://gitlab.test","executor":"docker","docker":{"image":"busybox"}}"#;
 const WAIT: Duration = Duration::from_secs(10);
 
+// Tests that show "nothing happened" run on paused time (`start_paused`): a `sleep` there
+// lets every task run until all wait while tokio's clock moves on, and the units' clock
+// (`TokioClock`, or a `FakeClock` moved by hand) follows it, so "no restart in 300 ms" is
+// fifteen supervisor ticks on any machine, not whatever a slow one managed.
+
 fn assignment(name: &str, token: &str) -> v1::RunnerAssignment {
     v1::RunnerAssignment {
         name: name.into(),
@@ -256,7 +261,15 @@ async fn start_with(
     policy: RestartPolicy,
     hold: Duration,
 ) -> Harness {
-    start_clocked(dir, gl, docker_up, policy, hold, Arc::new(SystemClock)).await
+    start_clocked(
+        dir,
+        gl,
+        docker_up,
+        policy,
+        hold,
+        Arc::new(TokioClock::new()),
+    )
+    .await
 }
 
 async fn start_clocked(
@@ -559,7 +572,7 @@ async fn restart_runs_the_persisted_generation_without_a_controller() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn forbidden_job_request_degrades_until_a_new_token_arrives() {
     let mut h = start_a(true).await;
     h.run_a().await;
@@ -732,7 +745,7 @@ fn resets(h: &Harness) -> u32 {
 
 /// Issue 20: the wall clock jumps +1 h past a token's rotation point (75 % of its 4 h, 30
 /// min away): the token is rotated at once, once.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_forward_clock_jump_past_the_rotation_point_rotates_at_once() {
     let clock = Arc::new(FakeClock::new(OffsetDateTime::now_utc()));
     let mut h = run_a_clocked(time::Duration::minutes(150), clock.clone()).await;
@@ -751,7 +764,7 @@ async fn a_forward_clock_jump_past_the_rotation_point_rotates_at_once() {
 
 /// Issue 20: the wall clock jumps −1 h 10 min before a token's rotation point: no rotation
 /// before the 10 minutes passed, and not an hour later either.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_backward_clock_jump_neither_advances_nor_delays_rotation() {
     let clock = Arc::new(FakeClock::new(OffsetDateTime::now_utc()));
     let mut h = run_a_clocked(time::Duration::minutes(170), clock.clone()).await;
@@ -834,7 +847,7 @@ async fn only_403_on_the_verify_of_a_new_token_refuses_it() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn units_wait_for_docker_instead_of_crash_looping() {
     let mut h = start_a(false).await;
     assert!(h.push(1, vec![assignment("a", "glrt-a")]).await.applied);
@@ -864,7 +877,7 @@ fn persist_one(dir: &tempfile::TempDir, token: &str) {
         .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_loop_that_keeps_stalling_hits_the_start_limit() {
     let dir = tempfile::tempdir().unwrap();
     persist_one(&dir, "glrt-a");
@@ -918,7 +931,7 @@ async fn the_watchdog_restarts_a_stalled_job_request_loop() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn drain_lets_running_jobs_finish_and_takes_no_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let gl = new_gl(&dir, &["glrt-a", "glrt-b"]);
@@ -981,7 +994,7 @@ async fn drain_lets_running_jobs_finish_and_takes_no_new_ones() {
 /// Issue 20: the wall clock jumps an hour either way while a loop's job request hangs: the
 /// watchdog, timed on the monotonic clock, does not fire (before, a +1 h jump fired it);
 /// it fires once the monotonic clock passed it.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_wall_clock_jump_does_not_fire_the_watchdog() {
     let clock = Arc::new(FakeClock::new(OffsetDateTime::now_utc()));
     let dir = tempfile::tempdir().unwrap();
