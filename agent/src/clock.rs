@@ -103,6 +103,13 @@ impl TokioClock {
 }
 
 #[cfg(test)]
+impl Default for TokioClock {
+    fn default() -> Self {
+        TokioClock::new()
+    }
+}
+
+#[cfg(test)]
 impl Clock for TokioClock {
     fn now(&self) -> OffsetDateTime {
         self.wall + self.origin.elapsed()
