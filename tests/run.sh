@@ -42,6 +42,8 @@ cargo test --workspace --locked
 # 1. the dockerd-restart test: it restarts the daemon, so nothing else may use it meanwhile.
 DROVER_TEST_DOCKERD_RESTART=1 cargo test --locked -p drover-tests --test standalone_recovery \
   dockerd_restart
+# 1b. the dockerd-stall test: it freezes the daemon (SIGSTOP) for a minute, same reason.
+DROVER_TEST_DOCKERD_STOP=1 cargo test --locked -p drover-tests --test standalone_docker_stall
 # 2. the README's demo command: controller, two enrolled agents, a job in Docker.
 bash deploy/demo.sh
 # 3. the same fleet in containers: deploy/compose.yaml end to end, with images of the dev

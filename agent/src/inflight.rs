@@ -16,8 +16,8 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::executor::FailureReason;
 use drover_gitlab::{GitLab, GitLabError, JobUpdate, TraceAnswer};
+use drover_job::executor::FailureReason;
 
 /// Errors of the in-flight store.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +144,7 @@ impl InflightStore {
             source,
         })?;
         let path = self.path(job.job_id);
-        crate::atomic_file::write(&path, &body, 0o600).map_err(|e| io(&path, e))
+        drover_runtime::atomic_file::write(&path, &body, 0o600).map_err(|e| io(&path, e))
     }
 
     /// Removes the record of `job_id` (a missing record is not an error).

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{CleanupReport, DockerExecutor};
+use drover_job::executor::{CleanupReport, DockerExecutor};
 
 /// How often the janitor runs when nobody says otherwise.
 pub const DEFAULT_JANITOR_INTERVAL: Duration = Duration::from_secs(300);

@@ -1,47 +1,39 @@
 //! `drover-agent`: runs GitLab CI jobs in Docker, supervised, on an edge box.
 //!
-//! The GitLab runner API client is the `drover-gitlab` crate (`agent/gitlab/`).
+//! The GitLab runner API client is the `drover-gitlab` crate (`agent/gitlab/`); running one
+//! job (executor, sources, caches, artifacts, trace) is the `drover-job` crate (`agent/job/`).
+//! This crate keeps supervision, control and identity.
 //!
 //! Layout:
-//! - [`executor`]: the Docker executor (the only module that talks to Docker).
-//! - [`trace`]: the job trace pipeline (masking, limits, upload).
-//! - [`sources`], [`cache`], [`artifacts`]: host-side git checkout, local caches and job
-//!   artifacts as host files and tar streams (no Docker; the executor moves the tars).
 //! - [`identity`]: the state dir (key, certificate, pinned CA) and TLS to the controller.
 //! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
 //! - [`inflight`]: jobs in flight on disk; a restarted agent reports them failed.
-//! - [`atomic_file`]: crash-safe replacement of state files (temp file, fsync, rename).
 //! - [`janitor`]: removes this agent's Docker leftovers at start and periodically.
-//! - [`log_filter`]: `DROVER_LOG`, keeping dependencies at `info` under a bare level.
 //! - [`health`]: host health snapshots (Docker, disk, memory, load, clock skew) and when a
 //!   host is degraded.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
 //! - [`runner`]: one runner's job loop (verify, request, run jobs in slots, stats, events).
-//! - [`standalone`]: standalone mode (`--config`), reload by difference.
+//! - [`engine`]: serves a set of runners (one job loop each), reload by difference; both
+//!   modes run on it.
+//! - [`standalone`]: standalone mode (`--config`).
 //! - [`units`]: the runner unit state machine (fleet mode).
 //! - [`fleet`]: fleet mode: desired state from the controller, applied as units.
 //! - [`cli`]: one module per `drover-agent` subcommand.
 //! - [`systemd`]: `sd_notify` readiness/stopping/status and the health-gated watchdog.
 
-pub mod artifacts;
-pub mod atomic_file;
-pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod control;
-pub mod executor;
+pub mod engine;
 pub mod fleet;
 pub mod health;
 pub mod host_facts;
 pub mod identity;
 pub mod inflight;
 pub mod janitor;
-pub mod log_filter;
 pub mod metrics;
 pub mod runner;
-pub mod sources;
 pub mod standalone;
 pub mod systemd;
-pub mod trace;
 pub mod units;

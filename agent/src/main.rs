@@ -3,8 +3,6 @@
 
 use clap::{Parser, Subcommand};
 use drover_agent::cli;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// Drover agent: runs GitLab CI jobs in Docker on this box.
 #[derive(Debug, Parser)]
@@ -38,18 +36,7 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(drover_agent::log_filter::env_filter(
-            std::env::var("DROVER_LOG")
-                .or_else(|_| std::env::var("RUST_LOG"))
-                .ok()
-                .as_deref(),
-        ))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .finish()
-        .with(drover_agent::metrics::ErrorCountLayer)
-        .init();
+    drover_runtime::log::init_with(drover_agent::metrics::ErrorCountLayer);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -5,12 +5,12 @@
 
 use std::io::{Cursor, Write};
 
-use drover_agent::artifacts::{Owner, ProjectTar, zip_to_tar};
-use drover_agent::cache::key::sanitize_key;
 use drover_agent::fleet::desired::{Raw, validate_all};
 use drover_agent::fleet::messages::DesiredState;
 use drover_agent::identity::token;
 use drover_gitlab::headers;
+use drover_job::artifacts::{Owner, ProjectTar, zip_to_tar};
+use drover_job::cache::key::sanitize_key;
 use drover_proto::v1;
 use proptest::prelude::*;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};

@@ -187,6 +187,11 @@ pub async fn connect(
     ca_pem: &str,
     identity: Option<&ClientIdentity>,
 ) -> Result<Channel, ClientError> {
+    tracing::debug!(
+        controller = addr,
+        client_certificate = identity.is_some(),
+        "dialing"
+    );
     Ok(dial(addr, client_config(ca_pem, identity)?).await?)
 }
 

@@ -7,16 +7,7 @@ use drover_controller::cli;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // DROVER_LOG, else RUST_LOG, else `info` (see `drover --help`).
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    drover_runtime::log::init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

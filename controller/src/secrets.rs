@@ -78,7 +78,7 @@ impl Sealer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 rand::rng().fill_bytes(&mut key);
-                crate::files::write_atomic(path, &key, crate::files::PRIVATE).map_err(
+                drover_runtime::atomic_file::write(path, &key, crate::files::PRIVATE).map_err(
                     |source| SecretsError::Io {
                         action: "write",
                         path: path.to_path_buf(),

@@ -3,7 +3,7 @@
 //!
 //! The types here are plain data with serde; parsing with file/line errors, warnings for
 //! keys Drover does not implement ([`parse`]), bounds on sizes and counts ([`limits`]) and
-//! validation ([`validate`]) sit beside them.
+//! validation ([`validate`]) sit beside them, with the one size grammar ([`size`]).
 //! Entry point: [`parse_config`] (standalone `config.toml`) or [`parse_with`].
 
 mod docker;
@@ -13,6 +13,7 @@ pub mod limits;
 mod locate;
 pub mod parse;
 mod runner;
+pub mod size;
 pub mod validate;
 
 pub use docker::{DockerConfig, PullPolicy, PullPolicyList};
@@ -21,3 +22,4 @@ pub use label::{MAX_LABEL_LEN, validate_label, validate_labels};
 pub use locate::{Segment, TomlPath};
 pub use parse::{ParseMode, Parsed, SpecError, Warning, parse_config, parse_with};
 pub use runner::{CacheConfig, Config, RunnerConfig, SessionServer};
+pub use size::{SizeError, parse_size};

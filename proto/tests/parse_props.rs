@@ -1,6 +1,6 @@
 //! Property: parsing never panics, whatever the input, and errors always name the file.
 
-use drover_proto::spec::{SpecError, parse_config};
+use drover_proto::spec::{SpecError, parse_config, parse_size};
 use proptest::prelude::*;
 
 const SEED: &str = include_str!("fixtures/every_key.toml");
@@ -26,6 +26,23 @@ proptest! {
         check(&s);
         let truncated: String = SEED.chars().take(cut).collect();
         check(&truncated);
+    }
+
+    /// Sizes (`[runners.docker] memory`, `serve --min-disk-free`): never a panic; whole
+    /// sizes in a unit mean what they say.
+    #[test]
+    fn sizes_never_panic(
+        text in "[0-9.]{0,30} ?[kKmMgGtTpPiIbB]{0,3}|.{0,30}",
+        n in 0u64..8192,
+        unit in proptest::sample::select(vec![
+            ("", 0u32), ("b", 0), ("k", 10), ("KiB", 10), ("mb", 20), ("MiB", 20), ("g", 30),
+            ("GiB", 30), ("t", 40), ("p", 50),
+        ]),
+    ) {
+        if let Ok(bytes) = parse_size(&text) {
+            prop_assert!(bytes <= drover_proto::spec::size::MAX_SIZE);
+        }
+        prop_assert_eq!(parse_size(&format!("{n}{}", unit.0)), Ok(n << unit.1));
     }
 }
 

@@ -389,7 +389,8 @@ async fn agent_text_cannot_drive_the_terminal() {
     assert_eq!(agents[0]["hostname"], hostname, "JSON stays exact");
 }
 
-/// `RUST_LOG` is read when `DROVER_LOG` is unset; `--help` of both binaries says so.
+/// `RUST_LOG` is read when `DROVER_LOG` is unset; `--help` of both binaries says so. A bare
+/// level reaches Drover's own code only (the CLI logs where it dials at debug).
 #[test]
 fn log_filter_variables() {
     for bin in [drover_bin(), agent_bin()] {
@@ -418,6 +419,12 @@ fn log_filter_variables() {
     assert!(!agents(&[]).contains("DEBUG"));
     let log = agents(&[("RUST_LOG", "debug")]);
     assert!(log.contains("DEBUG"), "{log}");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("DEBUG"))
+            .all(|l| l.contains(" drover")),
+        "dependencies stay at info: {log}"
+    );
     let log = agents(&[("RUST_LOG", "debug"), ("DROVER_LOG", "info")]);
     assert!(!log.contains("DEBUG"), "DROVER_LOG wins: {log}");
 }

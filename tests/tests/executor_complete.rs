@@ -11,11 +11,11 @@ use bollard::query_parameters::{
     ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveVolumeOptions,
     TagImageOptions,
 };
-use drover_agent::executor::{
+use drover_gitlab::{ClientOptions, GitLab, HttpGitLab, JobRequest, RunnerAuth};
+use drover_job::executor::{
     ConnectOptions, DockerExecutor, Executor, FailureReason, JobContext, JobOutcome, StorageOptions,
 };
-use drover_agent::trace::TraceSink;
-use drover_gitlab::{ClientOptions, GitLab, HttpGitLab, JobRequest, RunnerAuth};
+use drover_job::trace::TraceSink;
 use drover_proto::spec::RunnerConfig;
 use drover_tests::fake_gitlab::{FakeGitLab, JobSpec, StoredArtifact};
 use drover_tests::git_server::GitServer;

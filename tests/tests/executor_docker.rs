@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions, RemoveVolumeOptions};
-use drover_agent::executor::{
+use drover_gitlab::types::JobResponse;
+use drover_job::executor::{
     ConnectOptions, DockerExecutor, Executor, FailureReason, JobContext, JobOutcome,
 };
-use drover_agent::trace::TraceSink;
-use drover_gitlab::types::JobResponse;
+use drover_job::trace::TraceSink;
 use drover_proto::spec::RunnerConfig;
 use tokio_util::sync::CancellationToken;
 

@@ -130,8 +130,12 @@ async fn serve_fake(
     let config = drover_controller::server::tls::server_config(&ca, &cert).expect("tls config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let incoming =
-        drover_controller::server::tls::incoming(listener, Arc::new(config), shutdown.clone());
+    let incoming = drover_controller::server::tls::incoming(
+        listener,
+        Arc::new(config),
+        shutdown.clone(),
+        tokio_util::task::TaskTracker::new(),
+    );
     let control = FakeControl::default();
     let svc = v1::agent_control_server::AgentControlServer::new(control.clone());
     tokio::spawn(async move {

@@ -8,24 +8,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use drover_agent::artifacts::{
-    ArtifactsError, DependencyArchive, DependencyError, Owner, ProjectTar, Retry,
-    download_dependencies, upload_job_artifacts,
-};
-use drover_agent::cache::{
-    CachePlan, CacheStore, RestoredCache, SaveOutcome, cache_plans, restore_caches, save_caches,
-};
-use drover_agent::executor::FailureReason;
-use drover_agent::sources::{
-    GitSource, SourcesError, SourcesOutcome, host_work_dir, plan, tar_work_dir, write_dir_tar,
-};
-use drover_agent::trace::TraceSink;
 use drover_gitlab::api::{JobRequest, RunnerAuth, TraceAnswer};
 use drover_gitlab::types::JobResponse;
 use drover_gitlab::{
     ArtifactUpload, GitLab, GitLabError, JobUpdate, RegisterOptions, RunnerCredentials,
     UpdateAnswer,
 };
+use drover_job::artifacts::{
+    ArtifactsError, DependencyArchive, DependencyError, Owner, ProjectTar, Retry,
+    download_dependencies, upload_job_artifacts,
+};
+use drover_job::cache::{
+    CachePlan, CacheStore, RestoredCache, SaveOutcome, cache_plans, restore_caches, save_caches,
+};
+use drover_job::executor::FailureReason;
+use drover_job::sources::{
+    GitSource, SourcesError, SourcesOutcome, host_work_dir, plan, tar_work_dir, write_dir_tar,
+};
+use drover_job::trace::TraceSink;
 use drover_tests::git_server::{GitServer, WorkRepo, git};
 use secrecy::SecretString;
 

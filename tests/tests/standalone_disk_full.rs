@@ -220,7 +220,7 @@ async fn state_disk_full_then_space_returns() {
 
     // A state file written before the disk fills.
     let state_file = fs.path().join("applied.json");
-    drover_agent::atomic_file::write(&state_file, b"{\"generation\":1}", 0o600).unwrap();
+    drover_runtime::atomic_file::write(&state_file, b"{\"generation\":1}", 0o600).unwrap();
 
     // The disk fills while a job runs: its cache save fails with a warning in the trace;
     // the job's result stands, and its in-flight record (written before) is removed.
@@ -273,7 +273,7 @@ async fn state_disk_full_then_space_returns() {
 
     // A state write on the full disk fails and leaves the old file whole.
     let big = vec![b'x'; 1 << 20];
-    let err = drover_agent::atomic_file::write(&state_file, &big, 0o600).unwrap_err();
+    let err = drover_runtime::atomic_file::write(&state_file, &big, 0o600).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
     assert_eq!(std::fs::read(&state_file).unwrap(), b"{\"generation\":1}");
     assert_eq!(

@@ -33,6 +33,8 @@ const SIDES: &[(&str, &[&str])] = &[
             "cli/enroll.rs",
         ],
     ),
+    // Job execution knows nothing of the controller.
+    ("agent/job/src", &[]),
 ];
 
 fn workspace_root() -> PathBuf {

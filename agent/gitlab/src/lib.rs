@@ -9,11 +9,14 @@
 //!   holds payloads exactly as GitLab sends them.
 //! - [`headers`]: flow-control headers (`Retry-After`, `RateLimit-ResetTime`, `Date`).
 //! - [`features`]: the runner features declared to GitLab; [`stats`]: requests per endpoint.
+//! - [`backoff`]: how long a caller waits before retrying a GitLab call (jittered exponential
+//!   backoff, or what GitLab asked for, bounded).
 //!
 //! `STATUS.md` beside this file maps every endpoint and status to what the agent does.
 //! The crate holds no token and writes no file but the artifact downloads it is asked for.
 
 pub mod api;
+pub mod backoff;
 pub mod client;
 pub mod decode;
 pub mod fake;

@@ -21,8 +21,21 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    match args.config.clone() {
-        Some(config) => crate::standalone::run(config, args).await,
-        None => crate::fleet::run(args).await,
+    match args.config {
+        Some(config) => {
+            crate::standalone::run(crate::standalone::StandaloneOptions {
+                config,
+                state_dir: args.state_dir,
+                metrics_listen: args.metrics_listen,
+            })
+            .await
+        }
+        None => {
+            crate::fleet::run(crate::fleet::FleetOptions {
+                state_dir: args.state_dir,
+                metrics_listen: args.metrics_listen,
+            })
+            .await
+        }
     }
 }

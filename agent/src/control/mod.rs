@@ -21,7 +21,6 @@
 //! look two-thirds spent) cannot make a renewal storm. A certificate the clock says expired
 //! is a clear error at the next connect: enroll again.
 
-pub mod backoff;
 pub mod wire;
 
 use std::sync::Arc;
@@ -44,7 +43,7 @@ use crate::fleet::report::Report;
 use crate::health::{ClockSkew, HostHealth};
 use crate::host_facts::{self, HostFacts};
 use crate::identity::{Identity, StateDir, certs, tls};
-use backoff::Backoff;
+use drover_runtime::backoff::{Backoff, Jitter};
 
 /// How a session ended without a fatal error.
 #[derive(Debug)]
@@ -161,7 +160,8 @@ pub async fn run(
     mut link: Link,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut backoff =
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(Jitter::Full);
     // This process's id in every Hello: the controller tells a reconnect of this process
     // from a second process with the same identity (a copied state dir), which it refuses.
     let instance = format!("{:016x}", rand::random::<u64>());

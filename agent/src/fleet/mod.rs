@@ -19,6 +19,7 @@ pub mod report;
 pub mod supervisor;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,43 +31,41 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
-use crate::executor::{ConnectOptions, DockerExecutor, Executor};
 use crate::health::{ClockSkew, DockerStatus, HostHealth, ProcProbe};
 use crate::identity::StateDir;
 use crate::identity::system_id;
 use crate::metrics::Metrics;
 use crate::systemd::{self, Heartbeat, Notifier};
+use drover_job::executor::{ConnectOptions, DockerExecutor, Executor};
 use supervisor::{Deps, DockerDep, SharedGitLabFactory, Supervisor, Timings};
 
 /// How long a stop may take to cancel and report running jobs.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 
-/// Runs the agent in fleet mode from `args.state_dir` until SIGINT/SIGTERM or until the
+/// What fleet mode runs with (from `drover-agent run`).
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// The state dir written by `drover-agent enroll`; also holds job data.
+    pub state_dir: PathBuf,
+    /// Where to serve `/metrics` and `/healthz`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Runs the agent in fleet mode from `opts.state_dir` until SIGINT/SIGTERM or until the
 /// controller refuses this agent.
-pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
-    let state = StateDir::new(&args.state_dir);
+pub async fn run(opts: FleetOptions) -> anyhow::Result<()> {
+    let state = StateDir::new(&opts.state_dir);
     let identity = state.load()?;
     tracing::info!(agent = %identity.agent_id, controller = %identity.controller, "starting in fleet mode");
     let system_id = system_id::load_or_create(
-        &args.state_dir.join("system_id"),
-        system_id::Salt::StateDir(&args.state_dir),
+        &opts.state_dir.join("system_id"),
+        system_id::Salt::StateDir(&opts.state_dir),
     )
     .context("system id")?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
+        drover_runtime::signal::terminated().await;
         on_signal.cancel();
     });
 
@@ -79,7 +78,7 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
     metrics.set_unit_source(Arc::new(observe::ReportUnits::new(report_rx.clone())));
     let background = CancellationToken::new();
     let _background = background.clone().drop_guard();
-    if let Some(addr) = args.metrics_listen {
+    if let Some(addr) = opts.metrics_listen {
         crate::standalone::observe::start_server(addr, metrics.clone(), background.clone()).await?;
     }
     let skew = Arc::new(ClockSkew::default());
@@ -118,7 +117,7 @@ pub async fn run(args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
         probe: Arc::new(ProcProbe::default()),
         report: report_rx.clone(),
         skew: skew.clone(),
-        builds_dir: args.state_dir.clone(),
+        builds_dir: opts.state_dir.clone(),
         out: health_tx,
         metrics: Some(metrics.clone()),
         every: observe::HOST_PROBE_INTERVAL,

@@ -27,16 +27,16 @@ use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
 use super::messages::{Command, DesiredState, JobState, RunnerEventKind, ToController};
 use super::report::{self, Report, UnitReport};
 use crate::clock::{Clock, Deadline};
-use crate::executor::{Executor, JobOutcome};
+use crate::engine::{Engine, GitLabFactory};
 use crate::health::DockerStatus;
 use crate::metrics::{Metrics, RunnerInfo, RunnerLabels};
 use crate::runner::{
     RunnerError, RunnerEvent, RunnerSettings, RunnerState, RunnerStats, error_chain, short_token,
 };
-use crate::standalone::engine::{Engine, GitLabFactory};
 use crate::systemd::Heartbeat as Liveness;
-use crate::units::{Action, Event, RestartPolicy, Unit, UnitState};
+use crate::units::{Action, Event, Now, RestartPolicy, Unit, UnitState};
 use drover_gitlab::{GitLab, GitLabError, RunnerAuth};
+use drover_job::executor::{Executor, JobOutcome};
 
 /// Builds (and shares) the GitLab client of a runner table.
 pub type SharedGitLabFactory =
@@ -137,8 +137,12 @@ struct UnitEntry {
     /// The unit asked for its loop to stop (watchdog) while its state still wants one: the
     /// engine leaves it out until the loop ended.
     stop_loop: bool,
-    /// When `token-invalid` was last reported, while the unit waits for a new token.
-    token_invalid_at: Option<(SystemTime, String)>,
+    /// When `token-invalid` was last reported (monotonic), while the unit waits for a new
+    /// token.
+    token_invalid_at: Option<(Duration, String)>,
+    /// The loop's beat count as last seen and when it was seen (monotonic): the watchdog
+    /// times a loop's silence on the supervisor's clock, never on the wall clock.
+    beat_seen: Option<(u64, Duration)>,
 }
 
 impl UnitEntry {
@@ -175,8 +179,9 @@ pub struct Supervisor {
     dirty: bool,
 }
 
-fn now() -> SystemTime {
-    SystemTime::now()
+/// Now on `clock`: units time restarts on its monotonic side (see `units`).
+fn now(clock: &Arc<dyn Clock>) -> Now {
+    Now::of(clock.as_ref())
 }
 
 impl Supervisor {
@@ -293,7 +298,8 @@ impl Supervisor {
 
     async fn shutdown(&mut self, drain: Duration) {
         for e in self.units.values_mut() {
-            e.unit.handle(Event::Stop, now(), self.docker_up);
+            e.unit
+                .handle(Event::Stop, now(&self.deps.clock), self.docker_up);
         }
         if let Some(engine) = self.engine.as_mut() {
             engine.stop_now();
@@ -309,7 +315,11 @@ impl Supervisor {
             }
         }
         for e in self.units.values_mut() {
-            e.unit.handle(Event::LoopEnded(None), now(), self.docker_up);
+            e.unit.handle(
+                Event::LoopEnded(None),
+                now(&self.deps.clock),
+                self.docker_up,
+            );
         }
         self.dirty = true;
         self.publish();
@@ -338,7 +348,8 @@ impl Supervisor {
         let mut changes = Vec::new();
         for (name, e) in self.units.iter_mut() {
             let before = e.unit.state;
-            e.unit.handle(Event::Drain, now(), docker_up);
+            e.unit
+                .handle(Event::Drain, now(&self.deps.clock), docker_up);
             e.log("drain requested by the controller");
             changes.push((name.clone(), before, e.unit.state));
         }
@@ -470,7 +481,7 @@ impl Supervisor {
     /// Makes `desired` the running set: removed units stop, new and changed ones start,
     /// unchanged ones are untouched.
     fn switch(&mut self, desired: Desired) {
-        let t = now();
+        let t = now(&self.deps.clock);
         let keep: Vec<String> = desired.runners.iter().map(|a| a.raw.name.clone()).collect();
         let removed: Vec<String> = self
             .units
@@ -504,6 +515,7 @@ impl Supervisor {
                 rotation_error: None,
                 stop_loop: false,
                 token_invalid_at: None,
+                beat_seen: None,
             });
             let token_changed = entry.assignment.raw.runner_token != a.raw.runner_token;
             let draining = self.draining;
@@ -612,6 +624,7 @@ impl Supervisor {
                             e.base.2 += o.jobs_canceled;
                         }
                         e.stats = Some(s);
+                        e.beat_seen = None;
                     }
                 }
             }
@@ -646,9 +659,11 @@ impl Supervisor {
                 }
                 for entry in self.units.values_mut() {
                     let before = entry.unit.state;
-                    entry
-                        .unit
-                        .handle(Event::DockerDown(format!("docker: {e}")), now(), false);
+                    entry.unit.handle(
+                        Event::DockerDown(format!("docker: {e}")),
+                        now(&self.deps.clock),
+                        false,
+                    );
                     if before != entry.unit.state {
                         entry.log(format!("waiting for docker: {e}"));
                     }
@@ -675,7 +690,7 @@ impl Supervisor {
     }
 
     async fn tick(&mut self) {
-        let t = now();
+        let t = now(&self.deps.clock);
         let docker_up = self.docker_up;
         let mut changes = Vec::new();
         let watchdog = self.deps.timings.policy.watchdog;
@@ -687,12 +702,18 @@ impl Supervisor {
                 && let Some(s) = &e.stats
             {
                 let snap = s.snapshot();
+                // Silence is timed from when the supervisor saw the count last move.
+                let silent = match e.beat_seen {
+                    Some((n, at)) if n == snap.beats => t.mono.saturating_sub(at),
+                    _ => {
+                        e.beat_seen = Some((snap.beats, t.mono));
+                        Duration::ZERO
+                    }
+                };
                 if matches!(snap.state, RunnerState::Running | RunnerState::Starting)
                     && snap.jobs_running < e.assignment.limit()
-                    && snap
-                        .last_beat
-                        .and_then(|b| t.duration_since(b).ok())
-                        .is_some_and(|d| d > watchdog)
+                    && snap.beats > 0
+                    && silent > watchdog
                 {
                     let msg = format!(
                         "watchdog: no job-request activity for over {}s; restarting",
@@ -717,7 +738,7 @@ impl Supervisor {
     }
 
     /// Repeats `token-invalid` for units still waiting for a new token.
-    fn repeat_token_invalid(&mut self, t: SystemTime) {
+    fn repeat_token_invalid(&mut self, t: Now) {
         let every = self.deps.timings.token_invalid_repeat;
         let due: Vec<(String, String)> = self
             .units
@@ -725,8 +746,8 @@ impl Supervisor {
             .filter(|(_, e)| e.unit.state == UnitState::Degraded)
             .filter_map(|(name, e)| {
                 let (at, why) = e.token_invalid_at.as_mut()?;
-                if t.duration_since(*at).is_ok_and(|d| d >= every) {
-                    *at = t;
+                if t.mono.saturating_sub(*at) >= every {
+                    *at = t.mono;
                     Some((name.clone(), why.clone()))
                 } else {
                     None
@@ -883,10 +904,13 @@ impl Supervisor {
             return;
         }
         let before = e.unit.state;
-        e.unit
-            .handle(Event::TokenInvalid(why.clone()), now(), docker_up);
+        e.unit.handle(
+            Event::TokenInvalid(why.clone()),
+            now(&self.deps.clock),
+            docker_up,
+        );
         e.log(format!("token invalid: {why}"));
-        e.token_invalid_at = Some((now(), why.clone()));
+        e.token_invalid_at = Some((now(&self.deps.clock).mono, why.clone()));
         let after = e.unit.state;
         tracing::error!(runner = %name, error = %why, "gitlab refused the runner token; waiting for a new one from the controller");
         self.event(name, RunnerEventKind::TokenInvalid, &why);
@@ -960,7 +984,8 @@ impl Supervisor {
             RunnerEvent::Connected { runner } => {
                 if let Some(e) = self.units.get_mut(&runner) {
                     let before = e.unit.state;
-                    e.unit.handle(Event::Connected, now(), docker_up);
+                    e.unit
+                        .handle(Event::Connected, now(&self.deps.clock), docker_up);
                     let after = e.unit.state;
                     self.transition(&runner, before, after);
                 }
@@ -1024,7 +1049,8 @@ impl Supervisor {
         if let Some(er) = &err {
             e.log(format!("loop ended: {er}"));
         }
-        e.unit.handle(Event::LoopEnded(err), now(), docker_up);
+        e.unit
+            .handle(Event::LoopEnded(err), now(&self.deps.clock), docker_up);
         let after = e.unit.state;
         self.transition(&runner, before, after);
         self.sync_engine();

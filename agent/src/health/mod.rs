@@ -9,7 +9,7 @@
 //! - The conversion to and from the wire is `crate::control::wire::host`.
 //!
 //! Invariant: nothing here talks to Docker; the caller passes what
-//! [`crate::executor::DockerExecutor::ping`] returned.
+//! [`drover_job::executor::DockerExecutor::ping`] returned.
 
 pub mod probe;
 pub mod skew;

@@ -314,7 +314,7 @@ fn read(path: &Path) -> Result<String, StateError> {
 
 /// Writes `bytes` to `path` via a temp file and rename, created with `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    crate::atomic_file::write(path, bytes, mode).map_err(|source| StateError::Io {
+    drover_runtime::atomic_file::write(path, bytes, mode).map_err(|source| StateError::Io {
         action: "write",
         path: path.to_path_buf(),
         source,

@@ -159,7 +159,7 @@ fn persist(state_file: &Path, id: &str) -> Result<(), SystemIdError> {
     if let Some(dir) = state_file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(write_err)?;
     }
-    crate::atomic_file::write(state_file, id.as_bytes(), 0o600).map_err(write_err)
+    drover_runtime::atomic_file::write(state_file, id.as_bytes(), 0o600).map_err(write_err)
 }
 
 #[cfg(test)]

@@ -52,10 +52,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::executor::JobOutcome;
 use crate::health::HostHealth;
 use crate::runner::RunnerEvent;
 use drover_gitlab::stats::ApiStats;
+use drover_job::executor::JobOutcome;
 
 pub use collectors::{UnitSource, UnitStatus};
 pub use errors_layer::ErrorCountLayer;

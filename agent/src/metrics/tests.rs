@@ -2,9 +2,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
-use crate::executor::FailureReason;
 use crate::health::{DiskSpace, DockerStatus};
 use drover_gitlab::stats::{NO_RESPONSE, endpoint};
+use drover_job::executor::FailureReason;
 
 /// One sample: name and labels → value.
 type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;

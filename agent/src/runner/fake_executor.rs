@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{Executor, JobContext, JobOutcome};
-use crate::trace::TraceSink;
+use drover_job::executor::{Executor, JobContext, JobOutcome};
+use drover_job::trace::TraceSink;
 
 /// Writes the job's script lines to the trace, waits `hold`, and ends as scripted; counts
 /// how many jobs run at once.

@@ -7,11 +7,11 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use super::{RunnerEvent, RunnerSettings, RunnerStats};
-use crate::executor::{Executor, FailureReason, JobContext, JobOutcome};
-use crate::trace::{FinalState, TraceSink, TraceUploader};
 use drover_gitlab::GitLab;
 use drover_gitlab::UnrunnableJob;
 use drover_gitlab::types::JobResponse;
+use drover_job::executor::{Executor, FailureReason, JobContext, JobOutcome};
+use drover_job::trace::{FinalState, TraceSink, TraceUploader};
 
 /// Everything one job task needs (the permits it holds are dropped when it ends).
 pub(crate) struct JobRun {

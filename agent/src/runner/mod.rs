@@ -22,7 +22,6 @@
 //!   ([`Shutdown::graceful`]) only stops requesting. Either way [`run`] returns once every
 //!   job task has reported.
 
-pub mod backoff;
 #[cfg(test)]
 pub(crate) mod fake_executor;
 mod job;
@@ -40,10 +39,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::executor::Executor;
-use crate::trace::UploadOptions;
-use backoff::{Backoff, retry_delay};
+use drover_gitlab::backoff::{Backoff, retry_delay};
 use drover_gitlab::{GitLab, GitLabError, JobRequest, RunnerAuth};
+use drover_job::executor::Executor;
+use drover_job::trace::UploadOptions;
 use unhealthy::{Health, UnhealthyPolicy};
 
 pub use drover_proto::error_chain::error_chain;
@@ -143,7 +142,7 @@ impl RunnerSettings {
             output_limit: config
                 .output_limit
                 .map(|kib| usize::try_from(kib.saturating_mul(1024)).unwrap_or(usize::MAX))
-                .unwrap_or(crate::trace::DEFAULT_OUTPUT_LIMIT),
+                .unwrap_or(drover_job::trace::DEFAULT_OUTPUT_LIMIT),
             config,
             token,
             system_id,

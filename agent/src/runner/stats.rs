@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::executor::JobOutcome;
+use drover_job::executor::JobOutcome;
 
 /// Where a runner's loop is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,10 +38,10 @@ pub struct RunnerStatsSnapshot {
     pub last_error: Option<String>,
     /// Last answer from GitLab of any kind.
     pub last_contact: Option<SystemTime>,
-    /// Last sign of life of the job-request loop (an answer or an error, before waiting for a
-    /// slot): fleet mode's watchdog restarts a loop whose beat is old while it has a free
-    /// slot.
-    pub last_beat: Option<SystemTime>,
+    /// Signs of life of the job-request loop so far (an answer or an error, before waiting
+    /// for a slot): fleet mode's watchdog restarts a loop whose count has not moved for too
+    /// long (timed on its own monotonic clock) while it has a free slot.
+    pub beats: u64,
 }
 
 /// Live counters of one runner.
@@ -62,7 +62,7 @@ impl Default for RunnerStats {
                 jobs_lost: 0,
                 last_error: None,
                 last_contact: None,
-                last_beat: None,
+                beats: 0,
             }),
         }
     }
@@ -87,7 +87,8 @@ impl RunnerStats {
     }
 
     pub(crate) fn beat(&self) {
-        self.lock().last_beat = Some(SystemTime::now());
+        let mut s = self.lock();
+        s.beats = s.beats.wrapping_add(1);
     }
 
     pub(crate) fn error(&self, e: String) {

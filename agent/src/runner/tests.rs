@@ -8,8 +8,8 @@ use tokio::sync::Semaphore;
 
 use super::fake_executor::FakeExecutor;
 use super::*;
-use crate::executor::{FailureReason, JobOutcome};
 use drover_gitlab::fake::{Call, Endpoint, FakeGitLab, job};
+use drover_job::executor::{FailureReason, JobOutcome};
 
 fn settings(limit: Option<u32>) -> RunnerSettings {
     let mut s = RunnerSettings::from_config(

@@ -2,7 +2,7 @@
 //!
 //! - [`load`]: reads and validates the file; the system id (`.runner_system_id` next to the
 //!   config, as gitlab-runner keeps it, else `<state-dir>/system_id`) and the agent id.
-//! - [`engine`]: serves the runners; fleet mode reuses it.
+//! - the runners are served by [`crate::engine`], which fleet mode uses too.
 //! - [`observe`]: metrics (`--metrics-listen`, else `listen_address` of the file; read at
 //!   start only) fed by runner events, engine stats, GitLab client counters, a host probe.
 //!
@@ -11,11 +11,11 @@
 //! `SIGTERM`/`SIGINT` then cancels them); `SIGHUP` re-reads the file: if it is invalid the
 //! error is logged and the old configuration keeps running, else changed runners restart.
 
-pub mod engine;
 pub mod load;
 pub mod observe;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,15 +24,29 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{ConnectOptions, DockerExecutor, StorageOptions};
+use crate::engine::{Engine, GitLabFactory};
 use crate::inflight::{InflightStore, JobTracking, Recovered};
 use crate::janitor::{DEFAULT_JANITOR_INTERVAL, Janitor, RunningJobs};
 use crate::metrics::Metrics;
 use drover_gitlab::{ClientOptions, GitLab, HttpGitLab};
-pub use engine::{Engine, GitLabFactory};
+use drover_job::executor::{ConnectOptions, DockerExecutor, StorageOptions};
 
-/// Serves every docker runner in `config` until a signal says stop.
-pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Result<()> {
+/// What standalone mode runs with (from `drover-agent run --config`).
+#[derive(Debug, Clone)]
+pub struct StandaloneOptions {
+    /// The gitlab-runner `config.toml` whose runners are served.
+    pub config: PathBuf,
+    /// Job data, in-flight records and (without a `.runner_system_id` beside the config)
+    /// the system id.
+    pub state_dir: PathBuf,
+    /// Where to serve `/metrics` and `/healthz`; `None` falls back to the file's
+    /// `listen_address`.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Serves every docker runner in `opts.config` until a signal says stop.
+pub async fn run(opts: StandaloneOptions) -> anyhow::Result<()> {
+    let config = opts.config.clone();
     let parsed = load::load(&config)?;
     for w in &parsed.warnings {
         tracing::warn!("{w}");
@@ -46,8 +60,8 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
         );
     }
     let metrics_addr =
-        observe::metrics_address(args.metrics_listen, parsed.config.listen_address.as_deref())?;
-    let system_id = load::system_id(&config, &args.state_dir)?;
+        observe::metrics_address(opts.metrics_listen, parsed.config.listen_address.as_deref())?;
+    let system_id = load::system_id(&config, &opts.state_dir)?;
     let agent_id = load::agent_id(&system_id, &config);
     tracing::info!(
         config = %config.display(),
@@ -60,10 +74,10 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
     let docker = DockerExecutor::connect(ConnectOptions::default())
         .await
         .context("connect to the docker engine")?
-        .with_storage(StorageOptions::new(args.state_dir.join("data")));
+        .with_storage(StorageOptions::new(opts.state_dir.join("data")));
 
     // Jobs a previous run left unfinished (kill -9, crash): report them failed.
-    let inflight = InflightStore::new(&args.state_dir);
+    let inflight = InflightStore::new(&opts.state_dir);
     // Recovery talks to GitLab before the metrics registry exists; its counters are not kept.
     let factory = http_factory(Metrics::new());
     let gitlab_for = move |job: &crate::inflight::InflightJob| {
@@ -105,7 +119,7 @@ pub async fn run(config: PathBuf, args: crate::cli::run::RunArgs) -> anyhow::Res
         observe::spawn_host_probe(
             docker.clone(),
             observed.metrics.clone(),
-            args.state_dir.clone(),
+            opts.state_dir.clone(),
             stop_metrics,
         );
     }

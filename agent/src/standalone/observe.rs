@@ -14,11 +14,11 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Engine;
-use crate::executor::DockerExecutor;
+use crate::engine::Engine;
 use crate::health::{self, ClockSkew, DockerStatus, HostProbe, ProcProbe};
 use crate::metrics::{Metrics, RunnerInfo, RunnerLabels, UnitSource, UnitStatus};
 use crate::runner::{RunnerEvent, RunnerState, RunnerStats, short_token};
+use drover_job::executor::DockerExecutor;
 
 /// How often the host is probed for the metrics.
 pub const HOST_PROBE_INTERVAL: Duration = Duration::from_secs(15);

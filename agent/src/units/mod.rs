@@ -1,8 +1,11 @@
 //! Runner units: the systemd-style state machine fleet mode keeps for every runner.
 //!
-//! A [`Unit`] is pure: it takes events with the time they happened (`now`, a wall-clock
-//! [`SystemTime`] so tests pass a fake clock) and answers what the supervisor must do
-//! ([`Action`]). It never sleeps nor does IO.
+//! A [`Unit`] is pure: it takes events with the time they happened ([`Now`], read from the
+//! injectable [`Clock`] so tests pass a fake one) and answers what the supervisor must do
+//! ([`Action`]). It never sleeps nor does IO. Restart delays and the start-limit window run
+//! on the monotonic clock, so a wall-clock jump (NTP stepping the box, an operator setting
+//! the date) neither delays a restart by an hour nor makes one early; only `since`, which
+//! is shown, is wall time.
 //!
 //! States: `starting` (loop started, no answer from GitLab yet) → `running` (GitLab answered
 //! a job request: the token works);
@@ -23,6 +26,43 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
+
+use crate::clock::Clock;
+
+/// A moment on both clocks: `mono` ([`Clock::monotonic`]) times restarts and the start
+/// limit; `wall` is only shown (`since`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub wall: SystemTime,
+    pub mono: Duration,
+}
+
+impl Now {
+    /// `clock` as it stands.
+    pub fn of(clock: &dyn Clock) -> Now {
+        Now {
+            wall: SystemTime::from(clock.now()),
+            mono: clock.monotonic(),
+        }
+    }
+}
+
+impl std::ops::Add<Duration> for Now {
+    type Output = Now;
+    /// Time passes: both clocks move.
+    fn add(self, d: Duration) -> Now {
+        Now {
+            wall: self.wall + d,
+            mono: self.mono + d,
+        }
+    }
+}
+
+impl std::ops::AddAssign<Duration> for Now {
+    fn add_assign(&mut self, d: Duration) {
+        *self = *self + d;
+    }
+}
 
 /// Where a unit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -130,14 +170,14 @@ pub enum Action {
 #[derive(Debug, Clone)]
 pub struct Unit {
     pub state: UnitState,
-    /// When `state` was entered.
+    /// When `state` was entered (wall clock, shown).
     pub since: SystemTime,
     pub last_error: Option<String>,
-    /// When the next restart is due (`backoff`).
-    pub retry_at: Option<SystemTime>,
+    /// When the next restart is due (`backoff`), on the monotonic clock ([`Now::mono`]).
+    pub retry_at: Option<Duration>,
     policy: RestartPolicy,
-    /// Times of recent starts, for the start limit.
-    starts: VecDeque<SystemTime>,
+    /// Monotonic times of recent starts, for the start limit.
+    starts: VecDeque<Duration>,
     /// Restarts since the last loop GitLab answered (sets the next delay).
     failures: u32,
     /// A loop is running (started and not yet reported ended).
@@ -150,10 +190,10 @@ pub struct Unit {
 
 impl Unit {
     /// A unit that has not started yet (`stopped` until [`Event::Start`]).
-    pub fn new(policy: RestartPolicy, now: SystemTime) -> Unit {
+    pub fn new(policy: RestartPolicy, now: Now) -> Unit {
         Unit {
             state: UnitState::Stopped,
-            since: now,
+            since: now.wall,
             last_error: None,
             retry_at: None,
             policy,
@@ -170,16 +210,16 @@ impl Unit {
         self.loop_alive
     }
 
-    fn enter(&mut self, s: UnitState, now: SystemTime) {
+    fn enter(&mut self, s: UnitState, now: Now) {
         if self.state != s {
             self.state = s;
-            self.since = now;
+            self.since = now.wall;
         }
     }
 
     /// Feeds `event` at `now`; `docker_up` says whether the engine answered its last ping.
     /// Returns what to do.
-    pub fn handle(&mut self, event: Event, now: SystemTime, docker_up: bool) -> Action {
+    pub fn handle(&mut self, event: Event, now: Now, docker_up: bool) -> Action {
         match event {
             Event::Start => {
                 self.token_invalid = false;
@@ -238,7 +278,7 @@ impl Unit {
                 Action::StopLoop
             }
             Event::Tick => match self.state {
-                UnitState::Backoff if self.retry_at.is_none_or(|t| now >= t) => {
+                UnitState::Backoff if self.retry_at.is_none_or(|t| now.mono >= t) => {
                     self.try_start(now, docker_up)
                 }
                 UnitState::WaitingForDocker if docker_up => self.try_start(now, docker_up),
@@ -276,7 +316,7 @@ impl Unit {
         }
     }
 
-    fn try_start(&mut self, now: SystemTime, docker_up: bool) -> Action {
+    fn try_start(&mut self, now: Now, docker_up: bool) -> Action {
         // Docker gates new loops; a live loop (new settings) is replaced whatever Docker does,
         // so a unit never waits for Docker with a loop still running.
         if !docker_up && !self.loop_alive {
@@ -285,10 +325,7 @@ impl Unit {
             return Action::Nothing;
         }
         while let Some(t) = self.starts.front() {
-            if now
-                .duration_since(*t)
-                .is_ok_and(|d| d >= self.policy.start_limit_interval)
-            {
+            if now.mono.saturating_sub(*t) >= self.policy.start_limit_interval {
                 self.starts.pop_front();
             } else {
                 break;
@@ -309,14 +346,14 @@ impl Unit {
             self.enter(UnitState::Stopped, now);
             return Action::Nothing;
         }
-        self.starts.push_back(now);
+        self.starts.push_back(now.mono);
         self.loop_alive = true;
         self.retry_at = None;
         self.enter(UnitState::Starting, now);
         Action::StartLoop
     }
 
-    fn schedule_restart(&mut self, now: SystemTime) {
+    fn schedule_restart(&mut self, now: Now) {
         let shift = self.failures.min(20);
         let delay = self
             .policy
@@ -324,7 +361,7 @@ impl Unit {
             .saturating_mul(1u32 << shift)
             .min(self.policy.backoff_max);
         self.failures = self.failures.saturating_add(1);
-        self.retry_at = Some(now + delay);
+        self.retry_at = Some(now.mono + delay);
         self.enter(UnitState::Backoff, now);
     }
 }

@@ -1,11 +1,18 @@
 use std::time::{Duration, SystemTime};
 
+use time::OffsetDateTime;
+
+use crate::clock::FakeClock;
+
 use proptest::prelude::*;
 
 use super::*;
 
-fn t0() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+fn t0() -> Now {
+    Now {
+        wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        mono: Duration::from_secs(1000),
+    }
 }
 
 fn policy() -> RestartPolicy {
@@ -26,7 +33,7 @@ fn start_verify_run() {
     let t1 = t0() + Duration::from_secs(2);
     u.handle(Event::Connected, t1, true);
     assert_eq!(u.state, UnitState::Running);
-    assert_eq!(u.since, t1);
+    assert_eq!(u.since, t1.wall);
 }
 
 #[test]
@@ -86,10 +93,10 @@ fn failure_backs_off_exponentially_and_verified_resets() {
         u.handle(Event::LoopEnded(Some("verify: 500".into())), now, true);
         assert_eq!(u.state, UnitState::Backoff);
         let at = u.retry_at.unwrap();
-        delays.push(at.duration_since(now).unwrap().as_secs());
+        delays.push((at - now.mono).as_secs());
         // Not due yet.
         assert_eq!(u.handle(Event::Tick, now, true), Action::Nothing);
-        now = at;
+        now += at - now.mono;
         // Spread the starts so the start limit does not interfere.
         now += Duration::from_secs(60);
         assert_eq!(u.handle(Event::Tick, now, true), Action::StartLoop);
@@ -97,10 +104,7 @@ fn failure_backs_off_exponentially_and_verified_resets() {
     assert_eq!(delays, vec![1, 2, 4]);
     u.handle(Event::Connected, now, true);
     u.handle(Event::LoopEnded(Some("x".into())), now, true);
-    assert_eq!(
-        u.retry_at.unwrap().duration_since(now).unwrap().as_secs(),
-        1
-    );
+    assert_eq!((u.retry_at.unwrap() - now.mono).as_secs(), 1);
 }
 
 #[test]
@@ -111,7 +115,7 @@ fn start_limit_stops_the_unit_with_the_reason() {
     let mut started = 1;
     for _ in 0..10 {
         u.handle(Event::LoopEnded(Some("boom".into())), now, true);
-        now = u.retry_at.unwrap_or(now);
+        now += u.retry_at.unwrap_or(now.mono) - now.mono;
         if u.handle(Event::Tick, now, true) == Action::StartLoop {
             started += 1;
         }
@@ -200,7 +204,7 @@ proptest! {
         let p = policy();
         let mut u = Unit::new(p.clone(), t0());
         let mut now = t0();
-        let mut starts: Vec<SystemTime> = Vec::new();
+        let mut starts: Vec<Now> = Vec::new();
         for (ev, dt, docker) in steps {
             now += Duration::from_secs(dt);
             let before_alive = u.loop_alive();
@@ -213,7 +217,7 @@ proptest! {
                 prop_assert!(!before_alive || is_start);
                 prop_assert!(docker || before_alive);
                 starts.push(now);
-                let recent = starts.iter().filter(|t| now.duration_since(**t).unwrap() < p.start_limit_interval).count();
+                let recent = starts.iter().filter(|t| now.mono - t.mono < p.start_limit_interval).count();
                 prop_assert!(recent <= p.start_limit_burst as usize);
             }
             if a == Action::StopLoop {
@@ -235,5 +239,78 @@ proptest! {
                 prop_assert!(u.retry_at.is_none());
             }
         }
+    }
+}
+
+/// Issue 20: the wall clock jumps an hour either way while a unit is in backoff: the
+/// restart comes after the backoff delay on the monotonic clock, neither at once nor an hour
+/// late, and `since` stays wall time.
+#[test]
+fn a_wall_clock_jump_neither_delays_nor_advances_a_restart() {
+    for jump in [time::Duration::hours(-1), time::Duration::hours(1)] {
+        let clock = FakeClock::new(OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap());
+        let p = RestartPolicy {
+            backoff_min: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(60),
+            ..policy()
+        };
+        let mut u = Unit::new(p, Now::of(&clock));
+        u.handle(Event::Start, Now::of(&clock), true);
+        u.handle(Event::LoopEnded(Some("boom".into())), Now::of(&clock), true);
+        assert_eq!(u.state, UnitState::Backoff);
+        assert_eq!(u.since, SystemTime::from(clock.now()));
+        clock.jump(jump);
+        for _ in 0..9 {
+            clock.advance(Duration::from_secs(1));
+            assert_eq!(
+                u.handle(Event::Tick, Now::of(&clock), true),
+                Action::Nothing,
+                "restarted early after a {jump} jump"
+            );
+        }
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            u.handle(Event::Tick, Now::of(&clock), true),
+            Action::StartLoop,
+            "not restarted on time after a {jump} jump"
+        );
+        assert_eq!(u.since, SystemTime::from(clock.now()));
+    }
+}
+
+/// Issue 20: a backward jump does not stretch the start-limit window by an hour (starts an
+/// hour old on the monotonic clock no longer count), nor does a forward one shrink it.
+#[test]
+fn a_wall_clock_jump_does_not_move_the_start_limit_window() {
+    for jump in [time::Duration::hours(-1), time::Duration::hours(1)] {
+        let clock = FakeClock::new(OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap());
+        let mut u = Unit::new(policy(), Now::of(&clock));
+        // Three starts (the burst) within the window...
+        u.handle(Event::Start, Now::of(&clock), true);
+        for _ in 0..2 {
+            u.handle(Event::LoopEnded(Some("boom".into())), Now::of(&clock), true);
+            clock.advance(Duration::from_secs(8));
+            assert_eq!(
+                u.handle(Event::Tick, Now::of(&clock), true),
+                Action::StartLoop
+            );
+        }
+        u.handle(Event::LoopEnded(Some("boom".into())), Now::of(&clock), true);
+        clock.jump(jump);
+        // ...a fourth within the window is refused whatever the wall clock says...
+        clock.advance(Duration::from_secs(8));
+        let mut v = u.clone();
+        assert_eq!(
+            v.handle(Event::Tick, Now::of(&clock), true),
+            Action::Nothing
+        );
+        assert_eq!(v.state, UnitState::Stopped, "after a {jump} jump");
+        // ...and allowed once the window passed on the monotonic clock.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(
+            u.handle(Event::Tick, Now::of(&clock), true),
+            Action::StartLoop,
+            "after a {jump} jump"
+        );
     }
 }

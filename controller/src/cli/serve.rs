@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::datadir::DataDir;
 use crate::server::http::HttpAuth;
-use crate::server::{self, ServerOptions};
+use crate::server::{self, ServeConfig, ServerOptions};
 use crate::tokens::parse_duration;
 
 /// Arguments of `drover serve`.
@@ -35,10 +35,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10.0)]
     pub min_disk_free_percent: f64,
     /// ... or less than this free (`2GiB`, `500MiB`).
-    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    #[arg(long, default_value = "2GiB", value_parser = size)]
     pub min_disk_free: u64,
     /// Degraded when less memory than this is available.
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "256MiB", value_parser = size)]
     pub min_memory_available: u64,
     /// Degraded when an agent's clock is off by more than this.
     #[arg(long, default_value = "60s")]
@@ -105,22 +105,36 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(&args.http_listen)
         .await
         .with_context(|| format!("bind --http-listen {}", args.http_listen))?;
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        on_signal.cancel();
-    });
-    let options = ServerOptions {
-        cert_ttl,
-        heartbeat_interval,
-        thresholds,
-        http_auth,
+    let config = ServeConfig {
+        dir,
+        lock,
+        options: ServerOptions {
+            cert_ttl,
+            heartbeat_interval,
+            thresholds,
+            http_auth,
+        },
+        grpc,
+        http,
     };
-    server::run(&dir, lock, options, grpc, http, shutdown)
-        .await
-        .with_context(|| format!("serve from data dir {}", cli.data_dir.display()))
+    // The signal only cancels the root token; `server::run` stops everything under it.
+    let shutdown = CancellationToken::new();
+    let serve = server::run(config, shutdown.clone());
+    tokio::pin!(serve);
+    let result = tokio::select! {
+        result = &mut serve => result,
+        () = drover_runtime::signal::terminated() => {
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            serve.await
+        }
+    };
+    result.with_context(|| format!("serve from data dir {}", cli.data_dir.display()))
+}
+
+/// A size flag (`2GiB`, `500MiB`, `1.5G`, `1048576` bytes): `drover_proto::spec::size`.
+fn size(s: &str) -> Result<u64, drover_proto::spec::SizeError> {
+    drover_proto::spec::parse_size(s)
 }
 
 fn http_auth(args: &ServeArgs) -> anyhow::Result<HttpAuth> {
@@ -137,69 +151,4 @@ fn http_auth(args: &ServeArgs) -> anyhow::Result<HttpAuth> {
             .with_context(|| format!("--http-basic-auth-file {}", path.display()));
     }
     Ok(HttpAuth::Open)
-}
-
-/// `2GiB`, `500MiB`, `1.5G`, `1048576` (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a size such as 2GiB or 500MiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-                "{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB, TiB)"
-            ));
-        }
-    };
-    let bytes = n * mult as f64;
-    // `as` would saturate silently: 2^64 bytes and more are refused instead.
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("{s:?}: too large (at most 16EiB)"));
-    }
-    Ok(bytes as u64)
-}
-
-async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes() {
-        assert_eq!(super::parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(super::parse_size("500MiB"), Ok(500 << 20));
-        assert_eq!(super::parse_size("1.5G"), Ok(3 << 29));
-        assert_eq!(super::parse_size("4096"), Ok(4096));
-        assert!(super::parse_size("lots").is_err());
-        assert!(super::parse_size("2 parsecs").is_err());
-        assert!(
-            super::parse_size("16777216TiB")
-                .unwrap_err()
-                .contains("too large")
-        );
-        let e = super::parse_size(&"9".repeat(400)).unwrap_err();
-        assert!(e.contains("too large"), "{e}");
-    }
 }

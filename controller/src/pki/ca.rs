@@ -46,19 +46,22 @@ impl Ca {
         let key_path = dir.join(CA_KEY_FILE);
         if !cert_path.exists() && !key_path.exists() {
             let ca = Ca::generate()?;
-            files::write_atomic(&key_path, ca.key.serialize_pem().as_bytes(), files::PRIVATE)
+            drover_runtime::atomic_file::write(
+                &key_path,
+                ca.key.serialize_pem().as_bytes(),
+                files::PRIVATE,
+            )
+            .map_err(|source| PkiError::Io {
+                action: "write",
+                path: key_path.clone(),
+                source,
+            })?;
+            drover_runtime::atomic_file::write(&cert_path, ca.cert_pem.as_bytes(), files::PUBLIC)
                 .map_err(|source| PkiError::Io {
-                    action: "write",
-                    path: key_path.clone(),
-                    source,
-                })?;
-            files::write_atomic(&cert_path, ca.cert_pem.as_bytes(), files::PUBLIC).map_err(
-                |source| PkiError::Io {
-                    action: "write",
-                    path: cert_path.clone(),
-                    source,
-                },
-            )?;
+                action: "write",
+                path: cert_path.clone(),
+                source,
+            })?;
             return Ok(ca);
         }
         let read = |p: &Path| {

@@ -134,12 +134,13 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
             .heartbeat_interval
             .max(std::time::Duration::from_secs(1))
             * 3;
-        tokio::spawn(async move {
+        let tasks = self.state.tasks.clone();
+        tasks.clone().spawn(async move {
             let idle = tokio::time::sleep(idle_limit);
             tokio::pin!(idle);
             // A newly connected agent may be next in a rollout.
             let fleet = state.fleet.clone();
-            tokio::spawn(async move { fleet.reconcile().await });
+            tasks.spawn(async move { fleet.reconcile().await });
             let mut last_sent: Option<v1::DesiredState> = None;
             let fleet_work = fleet_worker(&state, &id);
             guard.kick.notify_one();
@@ -247,7 +248,7 @@ fn fleet_worker(state: &AppState, id: &str) -> mpsc::UnboundedSender<FleetWork> 
     let fleet = state.fleet.clone();
     let health = state.health.clone();
     let id = id.to_string();
-    tokio::spawn(async move {
+    state.tasks.spawn(async move {
         while let Some(w) = rx.recv().await {
             let (runner, claim) = match w {
                 FleetWork::Ack(ack) => {

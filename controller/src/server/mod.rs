@@ -1,5 +1,10 @@
 //! `drover serve`: the gRPC server (mutual TLS) and the HTTP listener.
 //!
+//! Shutdown is one tree: [`run`] takes the root token; each subsystem (the TLS accept loop,
+//! agent sessions, the HTTP listener, the background loops) gets a child of it, and every
+//! task the server starts is on one `TaskTracker`, so `run` returns only once they all
+//! ended (then the last contacts are flushed). A signal only cancels the root.
+//!
 //! - [`tls`]: rustls config and the accept loop exposing the peer chain to handlers.
 //! - [`auth`]: per-call identity checks (revocation included).
 //! - [`enrollment`], [`agent_control`], [`admin`]: the three services.
@@ -24,6 +29,7 @@ use drover_proto::v1;
 use time::{Duration, OffsetDateTime};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::datadir::DataDir;
 use crate::files;
@@ -34,6 +40,26 @@ use crate::store::sqlite::SqliteStore;
 
 /// How often the fleet is reconciled besides after every event.
 const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a shutdown waits for the server's tasks (a session ending mid-way through a
+/// GitLab call) before it flushes and returns anyway.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What `drover serve` runs with: the data dir and the lock held on it for the server's
+/// life (from [`DataDir::lock`]), the tunables, and the listeners, already bound.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// The data dir.
+    pub dir: DataDir,
+    /// The data dir's lock, released when [`run`] returns.
+    pub lock: crate::datadir::DataDirLock,
+    /// Tunables.
+    pub options: ServerOptions,
+    /// The gRPC listener (agents and admins, mutual TLS).
+    pub grpc: TcpListener,
+    /// The HTTP listener (status pages, `/metrics`, `/healthz`).
+    pub http: TcpListener,
+}
 
 /// Tunables of the server.
 #[derive(Debug, Clone)]
@@ -95,11 +121,13 @@ pub enum ServerError {
     TaskPanicked(&'static str),
 }
 
-/// Spawns a background loop the controller cannot run without (health sweeps, the
-/// reconciliation tick). A call's panic fails that call only (see [`catch_panic`]); a
-/// loop's panic cancels `shutdown`, so the controller stops and its supervisor restarts
-/// it, rather than serving on with the loop gone. The handle answers whether it panicked.
+/// Spawns on `tasks` a background loop the controller cannot run without (health sweeps,
+/// the reconciliation tick). A call's panic fails that call only (see [`catch_panic`]); a
+/// loop's panic cancels `shutdown` (the root), so the controller stops and its supervisor
+/// restarts it, rather than serving on with the loop gone. The handle answers whether it
+/// panicked.
 fn spawn_essential<F>(
+    tasks: &TaskTracker,
     name: &'static str,
     fut: F,
     shutdown: CancellationToken,
@@ -107,8 +135,8 @@ fn spawn_essential<F>(
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let task = tokio::spawn(fut);
-    tokio::spawn(async move {
+    let task = tasks.spawn(fut);
+    tasks.spawn(async move {
         match task.await {
             Err(e) if e.is_panic() => {
                 tracing::error!(
@@ -202,27 +230,41 @@ fn ensure_admin_cert(dir: &DataDir, ca: &Ca) -> Result<(), ServerError> {
     }
     let admin = policy::issue_admin(ca, "local", now)?;
     use secrecy::ExposeSecret;
-    files::write_atomic(
+    drover_runtime::atomic_file::write(
         &dir.admin_key(),
         admin.key_pem.expose_secret().as_bytes(),
         files::PRIVATE,
     )
     .map_err(io("write", dir.admin_key()))?;
-    files::write_atomic(&dir.admin_cert(), admin.cert.pem.as_bytes(), files::PRIVATE)
-        .map_err(io("write", dir.admin_cert()))?;
+    drover_runtime::atomic_file::write(
+        &dir.admin_cert(),
+        admin.cert.pem.as_bytes(),
+        files::PRIVATE,
+    )
+    .map_err(io("write", dir.admin_cert()))?;
     Ok(())
 }
 
-/// Runs the controller on already-bound listeners until `shutdown` is cancelled, holding
-/// the data dir's lock (`_lock`, from [`DataDir::lock`]) until it returns.
-pub async fn run(
-    dir: &DataDir,
-    _lock: crate::datadir::DataDirLock,
-    options: ServerOptions,
-    grpc: TcpListener,
-    http: TcpListener,
+/// Runs the controller until `shutdown` (the root token) is cancelled, holding the data
+/// dir's lock until it returns; it returns once every task it started has ended.
+pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    run_on(config, shutdown, TaskTracker::new()).await
+}
+
+/// [`run`] with its tasks on `tasks` (a test's, to see that none is left).
+async fn run_on(
+    config: ServeConfig,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) -> Result<(), ServerError> {
+    let ServeConfig {
+        dir,
+        lock: _lock,
+        options,
+        grpc,
+        http,
+    } = config;
+    let dir = &dir;
     let (ca, store) = prepare(dir)?;
     let server_cert = policy::issue_server(&ca, OffsetDateTime::now_utc())?;
     let tls_config = Arc::new(tls::server_config(&ca, &server_cert)?);
@@ -256,28 +298,32 @@ pub async fn run(
         fleet: fleet.clone(),
         cert_ttl: options.cert_ttl,
         heartbeat_interval: options.heartbeat_interval,
-        shutdown: shutdown.clone(),
+        shutdown: shutdown.child_token(),
+        tasks: tasks.clone(),
         health: health.clone(),
         metrics: metrics.clone(),
     };
 
-    let http_task = tokio::spawn(http::serve(
+    let http_task = tasks.spawn(http::serve(
         http,
         http::HttpState {
             app: state.clone(),
             auth: Arc::new(options.http_auth.clone()),
         },
-        shutdown.clone(),
+        shutdown.child_token(),
     ));
+    let loops_stop = shutdown.child_token();
     let health_task = spawn_essential(
+        &tasks,
         "health sweep",
-        health.clone().run(shutdown.clone()),
+        health.clone().run(loops_stop.clone()),
         shutdown.clone(),
     );
     // Retries what events could not finish (a GitLab outage during registration, retired
     // runners to unregister) and advances rollouts whose agents went away.
-    let tick_stop = shutdown.clone();
+    let tick_stop = loops_stop;
     let reconcile_task = spawn_essential(
+        &tasks,
         "fleet reconciliation",
         async move {
             let mut every = tokio::time::interval(RECONCILE_INTERVAL);
@@ -290,13 +336,13 @@ pub async fn run(
         },
         shutdown.clone(),
     );
-    let incoming = tls::incoming(grpc, tls_config, shutdown.clone());
+    let incoming = tls::incoming(grpc, tls_config, shutdown.child_token(), tasks.clone());
 
     let grpc_addr_text = format!("{grpc_addr}\n");
     let http_addr_text = format!("{http_addr}\n");
-    files::write_atomic(&dir.grpc_addr(), grpc_addr_text.as_bytes(), files::PUBLIC)
+    drover_runtime::atomic_file::write(&dir.grpc_addr(), grpc_addr_text.as_bytes(), files::PUBLIC)
         .map_err(io("write", dir.grpc_addr()))?;
-    files::write_atomic(&dir.http_addr(), http_addr_text.as_bytes(), files::PUBLIC)
+    drover_runtime::atomic_file::write(&dir.http_addr(), http_addr_text.as_bytes(), files::PUBLIC)
         .map_err(io("write", dir.http_addr()))?;
     tracing::info!(
         grpc = %grpc_addr,
@@ -326,13 +372,23 @@ pub async fn run(
         }))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await;
-    // However the server ended, the loops end with it.
+    // However the server ended, every subsystem ends with it.
     shutdown.cancel();
     // Only what this process wrote: a file rewritten since belongs to another controller.
     let _ = files::remove_if_unchanged(&dir.grpc_addr(), &grpc_addr_text);
     let _ = files::remove_if_unchanged(&dir.http_addr(), &http_addr_text);
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_WAIT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = tasks.len(),
+            "tasks still running after {}s; stopping without them",
+            SHUTDOWN_WAIT.as_secs()
+        );
+    }
     // Sessions have ended: their disconnects and the last contacts reach the store.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     health.flush_all().await;
     match http_task.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
@@ -351,21 +407,84 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
 
     /// A background loop that panics stops the controller (its shutdown is cancelled), one
     /// that ends does not.
     #[tokio::test]
     async fn a_panicking_loop_stops_the_controller() {
         let shutdown = CancellationToken::new();
-        let ended = super::spawn_essential("quiet loop", async {}, shutdown.clone());
+        let tasks = TaskTracker::new();
+        let ended = super::spawn_essential(&tasks, "quiet loop", async {}, shutdown.clone());
         assert_eq!(ended.await.unwrap(), None);
         assert!(!shutdown.is_cancelled());
         let broken = super::spawn_essential(
+            &tasks,
             "broken loop",
             async { panic!("the loop hit a bug") },
             shutdown.clone(),
         );
         assert_eq!(broken.await.unwrap(), Some("broken loop"));
         assert!(shutdown.is_cancelled());
+    }
+
+    /// A serve started in-process stops when its root token is cancelled, with every task
+    /// it started ended: the HTTP listener that answered, the loops, the accept loop and a
+    /// connection still in its TLS handshake.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cancelling_the_root_ends_every_task() {
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = crate::datadir::DataDir::new(tmp.path().join("data"));
+        crate::files::create_private_dir(dir.root()).unwrap();
+        let lock = dir.lock().unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let config = super::ServeConfig {
+            dir: dir.clone(),
+            lock,
+            options: super::ServerOptions::default(),
+            grpc,
+            http,
+        };
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let serve = tokio::spawn(super::run_on(config, shutdown.clone(), tasks.clone()));
+
+        // Serving: `/healthz` answers on a connection kept open.
+        let mut web = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+        web.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 12];
+        web.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        // A client that connected and never starts its TLS handshake: its task is running
+        // once the tracker counts one more task.
+        let running = tasks.len();
+        let _silent = tokio::net::TcpStream::connect(grpc_addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.len() <= running {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the handshake task starts");
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), serve)
+            .await
+            .expect("serve returns at once, not after the handshake timeout")
+            .unwrap()
+            .unwrap();
+        assert!(tasks.is_closed());
+        assert!(tasks.is_empty(), "{} tasks left", tasks.len());
+        tokio::time::timeout(Duration::from_secs(1), tasks.wait())
+            .await
+            .expect("no task left to wait for");
+        assert!(!dir.grpc_addr().exists(), "address files are removed");
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::sessions::Sessions;
 use crate::fleet::Fleet;
@@ -25,8 +26,10 @@ pub struct AppState {
     pub cert_ttl: Duration,
     /// Heartbeat interval told to agents in Welcome.
     pub heartbeat_interval: std::time::Duration,
-    /// The server's shutdown; sessions end with it.
+    /// The sessions' shutdown (a child of the server's): sessions end with it.
     pub shutdown: CancellationToken,
+    /// Every task the server starts; shutdown waits for them.
+    pub tasks: TaskTracker,
     /// Runner specs, rollouts and GitLab registrations.
     pub fleet: Arc<Fleet>,
     /// Leases and events.

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::pki::ca::Ca;
 use crate::pki::policy::IssuedWithKey;
@@ -104,16 +105,18 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Accepts TCP connections, runs the TLS handshake on each (in its own task, bounded by a
-/// timeout) and yields the successful ones. Handshake failures are logged, with the reason.
+/// Accepts TCP connections, runs the TLS handshake on each (in its own task on `tasks`,
+/// bounded by a timeout and by `shutdown`) and yields the successful ones. Handshake
+/// failures are logged, with the reason.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    tokio::spawn(async move {
+    tasks.clone().spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -128,8 +131,14 @@ pub fn incoming(
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let outcome = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    outcome = handshake => outcome,
+                };
+                match outcome {
                     Ok(Ok(stream)) => {
                         let certs =
                             stream.get_ref().1.peer_certificates().map(|c| {

@@ -252,12 +252,9 @@ fn validate_runner(r: &RunnerConfig, index: usize, mode: ParseMode) -> Result<()
             ("memory_reservation", &d.memory_reservation),
         ] {
             if let Some(v) = v
-                && parse_memory(v).is_none()
+                && let Err(e) = super::parse_size(v)
             {
-                return Err(bad(
-                    dp.key(k),
-                    format!("{who}: {k} = {v:?}: expected a size like 512m or 2g"),
-                ));
+                return Err(bad(dp.key(k), format!("{who}: {k} = {v:?}: {e}")));
             }
         }
         if let Some(c) = &d.cpus
@@ -305,25 +302,6 @@ fn check_url(url: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Docker's memory size syntax (`512m`, `2g`, `1073741824`, `100kb`) in bytes.
-pub fn parse_memory(s: &str) -> Option<i64> {
-    let s = s.trim().to_ascii_lowercase();
-    let s = s.strip_suffix('b').unwrap_or(&s);
-    let (num, mult) = match s.chars().last()? {
-        'k' => (&s[..s.len() - 1], 1i64 << 10),
-        'm' => (&s[..s.len() - 1], 1 << 20),
-        'g' => (&s[..s.len() - 1], 1 << 30),
-        't' => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    let n: f64 = num.parse().ok()?;
-    if !n.is_finite() || n < 0.0 {
-        return None;
-    }
-    let v = n * mult as f64;
-    (v <= i64::MAX as f64).then_some(v as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,15 +315,5 @@ mod tests {
         assert!(check_url("https://").is_err());
         assert!(check_url("https://host:99999").is_err());
         assert!(check_url("https://a b").is_err());
-    }
-
-    #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_memory("512m"), Some(512 << 20));
-        assert_eq!(parse_memory("2g"), Some(2 << 30));
-        assert_eq!(parse_memory("100kb"), Some(100 << 10));
-        assert_eq!(parse_memory("1024"), Some(1024));
-        assert_eq!(parse_memory("lots"), None);
-        assert_eq!(parse_memory(""), None);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use drover_tests::standalone_agent::{AgentOptions, StandaloneAgent};
 
 /// `DROVER_LOG` of the agents these tests start: debug for Drover.
-pub const DEFAULT_LOG: &str = "info,drover_agent=debug";
+pub const DEFAULT_LOG: &str = "info,drover_agent=debug,drover_job=debug,drover_gitlab=debug";
 
 /// A running `drover-agent run --config` at debug level for Drover; killed on drop.
 pub struct Agent(StandaloneAgent);

@@ -1034,3 +1034,36 @@ async fn drain_lets_running_jobs_finish_and_takes_no_new_ones() {
     assert_eq!(h.gl.jobs.queued(), 1);
     h.stop().await;
 }
+
+/// Issue 20: the wall clock jumps an hour either way while a loop's job request hangs: the
+/// watchdog, timed on the monotonic clock, does not fire (before, a +1 h jump fired it);
+/// it fires once the monotonic clock passed it.
+#[tokio::test]
+async fn a_wall_clock_jump_does_not_fire_the_watchdog() {
+    let clock = Arc::new(FakeClock::new(OffsetDateTime::now_utc()));
+    let dir = tempfile::tempdir().unwrap();
+    persist_one(&dir, "glrt-a");
+    let gl = new_gl(&dir, &["glrt-a"]);
+    gl.jobs.set_request_delay(Duration::from_secs(30));
+    let mut h = start_clocked(dir, gl, true, policy(), Duration::ZERO, clock.clone()).await;
+    let fired = |r: &Report| {
+        r.units
+            .iter()
+            .any(|u| u.log.iter().any(|l| l.contains("watchdog")))
+    };
+    h.wait_report("a starting", |r| !r.units.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.jump(time::Duration::hours(1));
+    clock.advance(Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    clock.jump(time::Duration::hours(-2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !fired(&h.report.borrow()),
+        "the watchdog fired on a wall-clock jump"
+    );
+    assert_eq!(h.gl.requests(), 1, "no restart");
+    clock.advance(Duration::from_secs(31));
+    h.wait_report("restarted by the watchdog", fired).await;
+    h.stop().await;
+}
