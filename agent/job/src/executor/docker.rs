@@ -19,9 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
-};
 use bytes::Bytes;
 use drover_proto::spec::{DockerConfig, RunnerConfig};
 use futures::StreamExt;
@@ -31,12 +28,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{ArchiveStream, ContainerApi};
-use super::bollard_api::BollardApi;
+#[cfg(feature = "docker")]
+use super::engine::BollardApi;
 use super::host_config::host_config;
 use super::image::{check_allowed, credentials_for, ensure_image, image_name, pull_policies};
 use super::names::{JobNames, LABEL_AGENT, LABEL_JOB, LABEL_KIND, LABEL_PROJECT, LABEL_RUNNER};
 use super::script::{generate, quote, shell_command};
 use super::services;
+use super::spec::{ContainerSpec, HostSpec, VolumeMount};
 use super::variables::{JobEnv, job_env};
 use super::{Executor, ExecutorError, FailureReason, JobContext, JobOutcome};
 use crate::artifacts::{self, Owner, ProjectTar, Retry};
@@ -181,6 +180,7 @@ struct JobState {
 
 impl DockerExecutor {
     /// Connects to the engine (see [`ConnectOptions`]) and negotiates the API version.
+    #[cfg(feature = "docker")]
     pub async fn connect(opts: ConnectOptions) -> Result<Self, ExecutorError> {
         let api = BollardApi::connect(opts.host.as_deref()).await?;
         Ok(Self::with_api(Arc::new(api)))
@@ -593,7 +593,7 @@ impl DockerExecutor {
         ctx: &JobContext,
         docker: &DockerConfig,
         trace: &TraceSink,
-    ) -> Result<(String, HostConfig), End> {
+    ) -> Result<(String, HostSpec), End> {
         let hc = host_config(docker).map_err(End::system)?;
         let image = image_name(&ctx.job, docker).map_err(End::system)?;
         trace.write_line(&format!("Using Docker executor with image {image} ..."));
@@ -1198,7 +1198,7 @@ fn layout_archive(env: &JobEnv) -> Result<Vec<u8>, ExecutorError> {
 /// What every script container of a job shares.
 struct BuildBase<'a> {
     image_id: String,
-    hc: HostConfig,
+    hc: HostSpec,
     docker: &'a DockerConfig,
     env: &'a JobEnv,
     /// The job's `image.entrypoint` (empty = keep the image's).
@@ -1210,52 +1210,29 @@ struct BuildBase<'a> {
 }
 
 impl BuildBase<'_> {
-    fn body(
-        &self,
-        names: &JobNames,
-        kind: &str,
-        extra_env: &[(&str, &str)],
-    ) -> ContainerCreateBody {
+    fn body(&self, names: &JobNames, kind: &str, extra_env: &[(&str, &str)]) -> ContainerSpec {
         let mut hc = self.hc.clone();
-        let mut mounts = hc.mounts.take().unwrap_or_default();
         let user_covers_builds = hc
             .binds
             .iter()
-            .flatten()
             .any(|b| b.split(':').nth(1) == Some(self.env.builds_dir.as_str()))
-            || mounts
-                .iter()
-                .any(|m| m.target.as_deref() == Some(self.env.builds_dir.as_str()));
+            || hc.mounts.iter().any(|m| m.target == self.env.builds_dir);
         if !user_covers_builds {
-            mounts.push(Mount {
-                target: Some(self.env.builds_dir.clone()),
-                source: Some(names.builds_volume(&self.env.builds_dir)),
-                typ: Some(MountType::VOLUME),
-                volume_options: Some(MountVolumeOptions {
-                    labels: Some(names.labels("builds", false)),
-                    ..Default::default()
-                }),
-                ..Default::default()
+            hc.mounts.push(VolumeMount {
+                target: self.env.builds_dir.clone(),
+                volume: Some(names.builds_volume(&self.env.builds_dir)),
+                labels: names.labels("builds", false),
             });
         }
-        mounts.push(Mount {
-            target: Some(self.env.tmp_dir.clone()),
-            source: Some(names.tmp_volume()),
-            typ: Some(MountType::VOLUME),
-            volume_options: Some(MountVolumeOptions {
-                labels: Some(names.labels("tmp", true)),
-                ..Default::default()
-            }),
-            ..Default::default()
+        hc.mounts.push(VolumeMount {
+            target: self.env.tmp_dir.clone(),
+            volume: Some(names.tmp_volume()),
+            labels: names.labels("tmp", true),
         });
-        hc.mounts = Some(mounts);
         // The job trace is the build container's log: its output is read from the attach
         // stream, so the engine keeping a second copy (json-file) only halves throughput
         // and fills the disk.
-        hc.log_config = Some(HostConfigLogConfig {
-            typ: Some("none".to_string()),
-            config: None,
-        });
+        hc.log_driver = Some("none".to_string());
         let entrypoint = if self.docker.disable_entrypoint_overwrite == Some(true)
             || self.entrypoint.is_empty()
         {
@@ -1270,22 +1247,17 @@ impl BuildBase<'_> {
                     .collect(),
             )
         };
-        ContainerCreateBody {
-            image: Some(self.image_id.clone()),
+        ContainerSpec {
+            image: self.image_id.clone(),
             cmd: Some(shell_command()),
             entrypoint,
-            env: Some(self.env.docker_env(extra_env)),
+            env: self.env.docker_env(extra_env),
             working_dir: Some(self.env.builds_dir.clone()),
             user: self.docker.user.clone().filter(|u| !u.is_empty()),
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            open_stdin: Some(true),
-            stdin_once: Some(true),
-            tty: Some(false),
-            labels: Some(names.labels(kind, true)),
-            host_config: Some(hc),
-            ..Default::default()
+            stdin: true,
+            labels: names.labels(kind, true),
+            host: hc,
+            network_aliases: None,
         }
     }
 }
