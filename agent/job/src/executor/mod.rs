@@ -1,9 +1,11 @@
 //! The Docker executor: runs one GitLab job in containers through the Docker Engine API.
 //!
-//! Invariant: only this module of the job crate talks to Docker.
+//! Invariant: only this module of the job crate talks to Docker, and within it only
+//! `engine` (the rest goes through [`ContainerApi`]).
 //!
 //! Layout:
-//! - [`docker`]: [`DockerExecutor`], the job flow (steps, timeouts, cancel, cleanup).
+//! - [`docker`]: [`DockerExecutor`]: the job flow, host-side job files, the container
+//!   lifecycle, orphan cleanup (one file each).
 //! - [`api`]: the [`ContainerApi`] seam, over the executor's own types ([`spec`]);
 //!   `engine` implements it on the Docker engine and is the only module naming bollard.
 //! - `script`: the POSIX script fed to the container's shell.
