@@ -42,20 +42,6 @@ impl HostFacts {
             system_id: String::new(),
         }
     }
-
-    /// As the wire type.
-    pub fn to_proto(&self) -> drover_proto::v1::AgentFacts {
-        drover_proto::v1::AgentFacts {
-            hostname: self.hostname.clone(),
-            arch: self.arch.clone(),
-            os: self.os.clone(),
-            kernel: self.kernel.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            ips: self.ips.clone(),
-            docker_version: String::new(),
-            system_id: self.system_id.clone(),
-        }
-    }
 }
 
 /// Non-loopback, non-link-local addresses of this host.

@@ -5,7 +5,8 @@
 
 use std::io::{Cursor, Write};
 
-use drover_agent::fleet::desired::{raw_from_proto, validate_all};
+use drover_agent::fleet::desired::{Raw, validate_all};
+use drover_agent::fleet::messages::DesiredState;
 use drover_agent::identity::token;
 use drover_gitlab::headers;
 use drover_job::artifacts::{Owner, ProjectTar, zip_to_tar};
@@ -108,8 +109,8 @@ proptest! {
     #[test]
     fn pushed_desired_states_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         if let Ok(state) = <v1::DesiredState as prost::Message>::decode(bytes.as_slice()) {
-            let raws: Vec<_> = state.runners.iter().map(raw_from_proto).collect();
-            if let Ok(desired) = validate_all(state.generation, &raws) {
+            let state = DesiredState::from(state);
+            if let Ok(desired) = validate_all(state.generation, &state.runners) {
                 for r in &desired.runners {
                     prop_assert!(!r.raw.name.trim().is_empty());
                     prop_assert!(!r.raw.runner_token.trim().is_empty());
@@ -138,7 +139,7 @@ proptest! {
             gitlab_runner_id: expires.wrapping_mul(31),
             token_expires_at: Some(prost_types::Timestamp { seconds: expires, nanos }),
         };
-        let _ = validate_all(1, &[raw_from_proto(&a)]);
+        let _ = validate_all(1, &[Raw::from(a)]);
     }
 
     /// Arbitrary bytes as a zip (a restored cache, a dependency's artifacts) are refused

@@ -9,6 +9,7 @@
 //! - [`secrets`]: encryption at rest of runner and registration tokens.
 //! - [`server`]: gRPC services over our own mutual-TLS accept loop, per-call auth, live
 //!   sessions, and the HTTP listener.
+//! - [`wire`]: the edge: every conversion between protobuf and domain types.
 //! - [`client`]: dialing the controller (admin CLI, tests).
 //! - [`datadir`], [`files`]: the data dir layout and atomic, mode-aware file writes.
 //! - [`cli`]: one module per subcommand.
@@ -26,3 +27,4 @@ pub mod server;
 pub mod store;
 pub mod timefmt;
 pub mod tokens;
+pub mod wire;

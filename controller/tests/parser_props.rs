@@ -116,14 +116,16 @@ proptest! {
         }
     }
 
-    /// Whatever an enrolled agent sends as a heartbeat, the lease takes it and the health
-    /// evaluation runs without a panic.
+    /// Whatever an enrolled agent sends as a heartbeat, the conversion takes or refuses it,
+    /// and the lease takes what it accepted and the health evaluation runs, without a panic.
     #[test]
     fn heartbeats_never_panic(
         bytes in proptest::collection::vec(any::<u8>(), 0..512),
         ips in proptest::collection::vec(".{0,40}", 0..3),
     ) {
-        if let Ok(hb) = <v1::Heartbeat as prost::Message>::decode(bytes.as_slice()) {
+        if let Ok(hb) = <v1::Heartbeat as prost::Message>::decode(bytes.as_slice())
+            && let Ok(hb) = drover_controller::health::report::Heartbeat::try_from(hb)
+        {
             let start = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
             let clock = Arc::new(FakeClock::new(start));
             let leases = Leases::new(clock.clone());

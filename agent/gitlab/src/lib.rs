@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - [`api`]: the [`GitLab`] trait (the IO seam) and [`GitLabError`].
-//! - [`client`]: [`HttpGitLab`], the trait over reqwest and rustls (ring).
+//! - [`client`]: [`HttpGitLab`], the trait over reqwest and rustls (ring), one file per
+//!   endpoint group, the status mapping in one place.
 //! - [`fake`]: `FakeGitLab`, a scripted in-memory [`GitLab`] for tests.
 //! - [`types`], [`decode`]: the job payload, read with gitlab-runner's rules; [`fixtures`]
 //!   holds payloads exactly as GitLab sends them.

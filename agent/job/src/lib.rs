@@ -1,8 +1,8 @@
 //! `drover-job`: runs one GitLab job, from the payload to the final trace update.
 //!
 //! Layout:
-//! - [`executor`]: the Docker executor (the only module that talks to Docker) behind the
-//!   [`executor::Executor`] trait.
+//! - [`executor`]: the Docker executor behind the [`executor::Executor`] trait; only its
+//!   engine module talks to Docker (through bollard), behind [`executor::ContainerApi`].
 //! - [`outcome`]: how a job ended ([`JobOutcome`], GitLab's [`FailureReason`]), shared by
 //!   every module that can fail a job.
 //! - [`sources`], [`cache`], [`artifacts`]: host-side git checkout, local caches and job

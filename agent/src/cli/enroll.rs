@@ -75,7 +75,7 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
         .enroll(v1::EnrollRequest {
             token: args.token.expose_secret().to_string(),
             csr_der: key.csr_der.clone(),
-            facts: Some(facts.to_proto()),
+            facts: Some(v1::AgentFacts::from(&facts)),
         })
         .await;
     let resp = match resp {

@@ -21,6 +21,8 @@
 //! look two-thirds spent) cannot make a renewal storm. A certificate the clock says expired
 //! is a clear error at the next connect: enroll again.
 
+pub mod wire;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +38,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::clock::{Clock, Deadline};
+use crate::fleet::messages::{Command, DesiredState, ToController};
 use crate::fleet::report::Report;
 use crate::health::{ClockSkew, HostHealth};
 use crate::host_facts::{self, HostFacts};
@@ -83,12 +86,12 @@ fn from_status(s: tonic::Status, agent_id: &str, established: bool) -> SessionEr
 /// What the stream carries for fleet mode.
 pub struct Link {
     /// Desired states from the controller, in order.
-    pub desired: mpsc::UnboundedSender<v1::DesiredState>,
+    pub desired: mpsc::UnboundedSender<DesiredState>,
     /// Commands from the controller (drain), in order.
-    pub commands: mpsc::UnboundedSender<v1::Command>,
+    pub commands: mpsc::UnboundedSender<Command>,
     /// Messages for the controller; read only while a session is up, so they wait in the
     /// channel while the controller is away.
-    pub outbound: mpsc::Receiver<v1::AgentMessage>,
+    pub outbound: mpsc::Receiver<ToController>,
     /// The latest report (applied generation, units) for Hello and heartbeats.
     pub report: watch::Receiver<Report>,
     /// The latest host health snapshot, for heartbeats.
@@ -232,7 +235,7 @@ async fn session(
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(16);
     let hello = v1::AgentMessage {
         kind: Some(AgentKind::Hello(v1::Hello {
-            facts: Some(facts.to_proto()),
+            facts: Some(v1::AgentFacts::from(&facts)),
             applied_generation: link.report.borrow().applied_generation,
             instance: instance.to_string(),
         })),
@@ -294,14 +297,19 @@ async fn session(
             msg = inbound.message() => match msg {
                 Ok(Some(v1::ControllerMessage { kind: Some(ControllerKind::DesiredState(ds)) })) => {
                     tracing::info!(agent = %id, generation = ds.generation, runners = ds.runners.len(), "desired state received");
-                    if link.desired.send(ds).is_err() {
+                    if link.desired.send(DesiredState::from(ds)).is_err() {
                         return Err(SessionError::Fatal(anyhow::anyhow!("fleet supervisor stopped")));
                     }
                 }
                 Ok(Some(v1::ControllerMessage { kind: Some(ControllerKind::Command(cmd)) })) => {
                     tracing::info!(agent = %id, command = ?cmd.kind, "command received");
-                    if link.commands.send(cmd).is_err() {
-                        return Err(SessionError::Fatal(anyhow::anyhow!("fleet supervisor stopped")));
+                    match Command::try_from(cmd) {
+                        Ok(cmd) => {
+                            if link.commands.send(cmd).is_err() {
+                                return Err(SessionError::Fatal(anyhow::anyhow!("fleet supervisor stopped")));
+                            }
+                        }
+                        Err(e) => tracing::warn!(agent = %id, error = %e, "command from the controller ignored"),
                     }
                 }
                 Ok(Some(_)) => tracing::debug!(agent = %id, "unexpected controller message ignored"),
@@ -309,6 +317,7 @@ async fn session(
                 Err(s) => return Err(from_status(s, id, true)),
             },
             Some(out) = link.outbound.recv() => {
+                let out = v1::AgentMessage::from(out);
                 if sorted(host_facts::ips()) != session_ips {
                     pending.push(out);
                     return Ok(SessionEnd::IpsChanged);
@@ -354,7 +363,7 @@ fn heartbeat(report: &Report, host: &HostHealth, ips: Vec<String>) -> v1::AgentM
             }),
             applied_generation: report.applied_generation,
             host: Some(health),
-            runners: report.units.iter().map(|u| u.to_proto()).collect(),
+            runners: report.units.iter().map(v1::RunnerStatus::from).collect(),
             ips,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         })),

@@ -1,6 +1,7 @@
 //! The controller's desired state as the agent validates, persists and runs it.
 //!
-//! Wire type [`v1::DesiredState`] → [`Raw`] (the same fields, persistable, tokens included)
+//! A pushed [`super::messages::DesiredState`] (converted from the wire in
+//! `crate::control::wire`) holds [`Raw`] (the same fields, persistable, tokens included)
 //! → [`Desired`] (validated: every `spec_json` parsed and checked with the shared spec
 //! validator, token present, names unique). The persisted file holds [`Raw`] and is
 //! validated again when loaded, so a file edited by hand cannot run what a push could not.
@@ -9,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use drover_proto::spec::validate::{self, MAX_JOBS};
 use drover_proto::spec::{Config, ParseMode, RunnerConfig};
-use drover_proto::v1;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -121,32 +121,6 @@ fn parse_time(name: &str, field: &'static str, v: &str) -> Result<OffsetDateTime
         name: name.to_string(),
         field,
         value: v.to_string(),
-    })
-}
-
-/// The wire assignment as [`Raw`] (`token_obtained_at` is the caller's to set).
-pub fn raw_from_proto(a: &v1::RunnerAssignment) -> Raw {
-    Raw {
-        name: a.name.clone(),
-        spec_json: a.spec_json.clone(),
-        runner_token: a.runner_token.clone(),
-        gitlab_runner_id: a.gitlab_runner_id,
-        token_expires_at: a
-            .token_expires_at
-            .as_ref()
-            .filter(|t| t.seconds > 0)
-            .and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-            .map(rfc3339),
-        token_obtained_at: None,
-    }
-}
-
-/// Protobuf timestamp of an RFC 3339 string (`None` when absent or unparsable).
-pub fn timestamp(v: Option<&str>) -> Option<prost_types::Timestamp> {
-    let t = OffsetDateTime::parse(v?, &Rfc3339).ok()?;
-    Some(prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: 0,
     })
 }
 

@@ -13,6 +13,7 @@
 //! reconciles by pushing what it wants.
 
 pub mod desired;
+pub mod messages;
 pub mod observe;
 pub mod report;
 pub mod supervisor;

@@ -1,12 +1,10 @@
-//! What fleet mode reports about its units: to the controller in heartbeats
-//! ([`v1::RunnerStatus`]) and to `drover-agent status` through `<state dir>/status.json`.
+//! What fleet mode reports about its units: to the controller in heartbeats (converted in
+//! `crate::control::wire`) and to `drover-agent status` through `<state dir>/status.json`.
 
 use std::path::{Path, PathBuf};
 
-use drover_proto::v1;
 use serde::{Deserialize, Serialize};
 
-use super::desired::timestamp;
 use crate::identity::write_atomic;
 
 /// One unit as `drover-agent status` shows it. Times are RFC 3339.
@@ -34,25 +32,6 @@ pub struct UnitReport {
     pub last_gitlab_contact: Option<String>,
     /// The unit's last log lines, oldest first.
     pub log: Vec<String>,
-}
-
-impl UnitReport {
-    /// As the heartbeat's wire type.
-    pub fn to_proto(&self) -> v1::RunnerStatus {
-        v1::RunnerStatus {
-            name: self.name.clone(),
-            state: self.state.clone(),
-            last_error: self.last_error.clone().unwrap_or_default(),
-            gitlab_runner_id: self.gitlab_runner_id,
-            token_expires_at: timestamp(self.token_expires_at.as_deref()),
-            jobs_running: self.jobs_running,
-            jobs_succeeded: self.jobs_succeeded,
-            jobs_failed: self.jobs_failed + self.jobs_canceled,
-            last_gitlab_contact: timestamp(self.last_gitlab_contact.as_deref()),
-            token_rotate_at: timestamp(self.token_rotate_at.as_deref()),
-            token_rotation_error: self.token_rotation_error.clone().unwrap_or_default(),
-        }
-    }
 }
 
 /// The whole agent: what heartbeats carry and what `status.json` holds.

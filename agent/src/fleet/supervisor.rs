@@ -18,14 +18,13 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use drover_proto::spec::{Config, RunnerConfig};
-use drover_proto::v1;
-use drover_proto::v1::agent_message::Kind as AgentKind;
 use secrecy::ExposeSecret;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::desired::{self, Applied, Assignment, Desired, Raw, Store, rfc3339};
+use super::messages::{Command, DesiredState, JobState, RunnerEventKind, ToController};
 use super::report::{self, Report, UnitReport};
 use crate::clock::{Clock, Deadline};
 use crate::engine::{Engine, GitLabFactory};
@@ -102,7 +101,7 @@ pub struct Deps {
     pub agent_id: String,
     /// Messages for the controller (acks, events, rotated tokens); kept while disconnected
     /// up to the channel's bound, then dropped with a warning.
-    pub outbound: mpsc::Sender<v1::AgentMessage>,
+    pub outbound: mpsc::Sender<ToController>,
     /// The current report, for heartbeats.
     pub report: watch::Sender<Report>,
     /// This host's IP addresses.
@@ -173,7 +172,7 @@ pub struct Supervisor {
     docker: Option<DockerStatus>,
     /// The controller said drain: no unit starts until the agent restarts.
     draining: bool,
-    commands: Option<mpsc::UnboundedReceiver<v1::Command>>,
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
     metrics: Option<Metrics>,
     liveness: Option<Liveness>,
     ips: Vec<String>,
@@ -211,7 +210,7 @@ impl Supervisor {
     }
 
     /// Takes commands (drain) from the controller.
-    pub fn with_commands(mut self, rx: mpsc::UnboundedReceiver<v1::Command>) -> Self {
+    pub fn with_commands(mut self, rx: mpsc::UnboundedReceiver<Command>) -> Self {
         self.commands = Some(rx);
         self
     }
@@ -256,7 +255,7 @@ impl Supervisor {
     /// shutdown running jobs are canceled and reported (bounded by `drain`).
     pub async fn run(
         mut self,
-        mut desired: mpsc::UnboundedReceiver<v1::DesiredState>,
+        mut desired: mpsc::UnboundedReceiver<DesiredState>,
         shutdown: CancellationToken,
         drain: Duration,
     ) {
@@ -327,10 +326,9 @@ impl Supervisor {
     }
 
     /// A command from the controller.
-    fn command(&mut self, cmd: v1::Command) {
-        match cmd.kind {
-            Some(v1::command::Kind::Drain(_)) => self.drain(),
-            None => tracing::warn!("empty command from the controller ignored"),
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Drain => self.drain(),
         }
     }
 
@@ -363,34 +361,32 @@ impl Supervisor {
     }
 
     /// Validates, verifies and applies a pushed generation; acks it either way.
-    pub async fn apply(&mut self, ds: v1::DesiredState) {
+    pub async fn apply(&mut self, ds: DesiredState) {
         let generation = ds.generation;
         match self.try_apply(ds).await {
             Ok(()) => {
                 self.last_refusal = None;
                 tracing::info!(generation, "generation applied");
-                self.send(AgentKind::Ack(v1::Ack {
+                self.send(ToController::Ack {
                     generation,
-                    applied: true,
-                    error: String::new(),
-                }));
+                    refused: None,
+                });
             }
             Err(e) => {
                 tracing::error!(generation, error = %e, "generation refused; keeping the running one");
                 self.last_refusal = Some(format!("generation {generation}: {e}"));
-                self.send(AgentKind::Ack(v1::Ack {
+                self.send(ToController::Ack {
                     generation,
-                    applied: false,
-                    error: e,
-                }));
+                    refused: Some(e),
+                });
             }
         }
         self.dirty = true;
     }
 
-    async fn try_apply(&mut self, ds: v1::DesiredState) -> Result<(), String> {
+    async fn try_apply(&mut self, ds: DesiredState) -> Result<(), String> {
         let now_t = self.deps.clock.now();
-        let mut raws: Vec<Raw> = ds.runners.iter().map(desired::raw_from_proto).collect();
+        let mut raws: Vec<Raw> = ds.runners;
         for r in &mut raws {
             if let Some(cur) = self.units.get(&r.name) {
                 // A push still carrying the token this agent rotated away from keeps the
@@ -496,7 +492,11 @@ impl Supervisor {
         for k in removed {
             if let Some(mut e) = self.units.remove(&k) {
                 e.unit.handle(Event::Stop, t, self.docker_up);
-                self.event(&k, "stopped", "removed from the desired state");
+                self.event(
+                    &k,
+                    RunnerEventKind::Stopped,
+                    "removed from the desired state",
+                );
             }
         }
         for a in desired.runners {
@@ -756,7 +756,7 @@ impl Supervisor {
             .collect();
         for (name, why) in due {
             tracing::warn!(runner = %name, "still waiting for a new runner token; reporting token-invalid again");
-            self.event(&name, "token-invalid", &why);
+            self.event(&name, RunnerEventKind::TokenInvalid, &why);
         }
     }
 
@@ -862,12 +862,12 @@ impl Supervisor {
             tracing::error!(runner = %name, error = %err, "persist the rotated token");
         }
         tracing::info!(runner = %name, expires = raw.token_expires_at.as_deref().unwrap_or("never"), "runner token rotated");
-        self.send(AgentKind::TokenRotated(v1::TokenRotated {
+        self.send(ToController::TokenRotated {
             runner: name.to_string(),
-            token: raw.runner_token.clone(),
-            token_expires_at: desired::timestamp(raw.token_expires_at.as_deref()),
+            token: raw.runner_token.clone().into(),
+            token_expires_at: raw.token_expires_at.clone(),
             gitlab_runner_id: raw.gitlab_runner_id,
-        }));
+        });
         // The engine sees a changed runner table: the old loop drains, a new one starts.
         self.sync_engine();
         self.refresh_metrics();
@@ -913,7 +913,7 @@ impl Supervisor {
         e.token_invalid_at = Some((now(&self.deps.clock).mono, why.clone()));
         let after = e.unit.state;
         tracing::error!(runner = %name, error = %why, "gitlab refused the runner token; waiting for a new one from the controller");
-        self.event(name, "token-invalid", &why);
+        self.event(name, RunnerEventKind::TokenInvalid, &why);
         self.transition_quiet(name, before, after);
         self.sync_engine();
         self.dirty = true;
@@ -941,7 +941,7 @@ impl Supervisor {
         }
         let names: Vec<String> = self.units.keys().cloned().collect();
         for name in &names {
-            self.event(name, "ips-changed", &msg);
+            self.event(name, RunnerEventKind::IpsChanged, &msg);
             if let Some(e) = self.units.get_mut(name) {
                 e.log(&msg);
                 if e.unit.state.wants_loop() {
@@ -997,7 +997,7 @@ impl Supervisor {
                 if let Some(e) = self.units.get_mut(&runner) {
                     e.log(format!("job {job_id} started"));
                 }
-                self.job_event(&runner, job_id, "running", "");
+                self.job_event(&runner, job_id, JobState::Running, "");
             }
             RunnerEvent::JobFinished {
                 runner,
@@ -1008,11 +1008,11 @@ impl Supervisor {
                     e.log(format!("job {job_id} finished: {outcome:?}"));
                 }
                 match outcome {
-                    JobOutcome::Success => self.job_event(&runner, job_id, "success", ""),
+                    JobOutcome::Success => self.job_event(&runner, job_id, JobState::Success, ""),
                     JobOutcome::Failed { reason, .. } => {
-                        self.job_event(&runner, job_id, "failed", reason.as_str())
+                        self.job_event(&runner, job_id, JobState::Failed, reason.as_str())
                     }
-                    JobOutcome::Canceled => self.job_event(&runner, job_id, "canceled", ""),
+                    JobOutcome::Canceled => self.job_event(&runner, job_id, JobState::Canceled, ""),
                 }
             }
             RunnerEvent::Stopped { .. } => {}
@@ -1062,12 +1062,12 @@ impl Supervisor {
             return;
         }
         let kind = match after {
-            UnitState::Running => "started",
-            UnitState::Backoff => "backoff",
-            UnitState::WaitingForDocker => "waiting-for-docker",
-            UnitState::Stopped => "stopped",
-            UnitState::Draining => "draining",
-            UnitState::Starting | UnitState::Degraded => "",
+            UnitState::Running => Some(RunnerEventKind::Started),
+            UnitState::Backoff => Some(RunnerEventKind::Backoff),
+            UnitState::WaitingForDocker => Some(RunnerEventKind::WaitingForDocker),
+            UnitState::Stopped => Some(RunnerEventKind::Stopped),
+            UnitState::Draining => Some(RunnerEventKind::Draining),
+            UnitState::Starting | UnitState::Degraded => None,
         };
         let message = self
             .units
@@ -1079,7 +1079,7 @@ impl Supervisor {
                 _ => None,
             })
             .unwrap_or_default();
-        if !kind.is_empty() {
+        if let Some(kind) = kind {
             self.event(name, kind, &message);
         }
         self.transition_quiet(name, before, after);
@@ -1097,37 +1097,27 @@ impl Supervisor {
     }
 
     /// Tells the controller a job started or ended (its "recent jobs").
-    fn job_event(&self, runner: &str, job_id: i64, state: &str, failure_reason: &str) {
-        self.send(AgentKind::JobEvent(v1::JobEvent {
+    fn job_event(&self, runner: &str, job_id: i64, state: JobState, failure_reason: &str) {
+        self.send(ToController::Job {
             runner: runner.to_string(),
             job_id,
-            state: state.to_string(),
+            state,
             failure_reason: failure_reason.to_string(),
-            at: Some(prost_types::Timestamp {
-                seconds: OffsetDateTime::now_utc().unix_timestamp(),
-                nanos: 0,
-            }),
-        }));
+            at: OffsetDateTime::now_utc(),
+        });
     }
 
-    fn event(&self, runner: &str, kind: &str, message: &str) {
-        self.send(AgentKind::RunnerEvent(v1::RunnerEvent {
+    fn event(&self, runner: &str, kind: RunnerEventKind, message: &str) {
+        self.send(ToController::Event {
             runner: runner.to_string(),
-            kind: kind.to_string(),
+            kind,
             message: message.to_string(),
-            at: Some(prost_types::Timestamp {
-                seconds: OffsetDateTime::now_utc().unix_timestamp(),
-                nanos: 0,
-            }),
-        }));
+            at: OffsetDateTime::now_utc(),
+        });
     }
 
-    fn send(&self, kind: AgentKind) {
-        if let Err(e) = self
-            .deps
-            .outbound
-            .try_send(v1::AgentMessage { kind: Some(kind) })
-        {
+    fn send(&self, msg: ToController) {
+        if let Err(e) = self.deps.outbound.try_send(msg) {
             tracing::warn!(error = %e, "message for the controller dropped (queue full)");
         }
     }

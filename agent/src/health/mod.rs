@@ -6,7 +6,7 @@
 //! - [`skew`]: [`ClockSkew`], fed with the `Date` header of controller/GitLab answers.
 //! - [`thresholds`]: [`Thresholds`] and [`degraded_reasons`], the one place that decides
 //!   when a host is degraded (the controller calls the same function on heartbeats).
-//! - `wire`: the conversion to `drover_proto::v1::HostHealth` (only there).
+//! - The conversion to and from the wire is `crate::control::wire::host`.
 //!
 //! Invariant: nothing here talks to Docker; the caller passes what
 //! [`drover_job::executor::DockerExecutor::ping`] returned.
@@ -14,7 +14,6 @@
 pub mod probe;
 pub mod skew;
 pub mod thresholds;
-mod wire;
 
 use std::path::PathBuf;
 

@@ -2,7 +2,9 @@
 //! the desired state each agent is pushed.
 //!
 //! - [`spec`]: spec files (shared parser + fleet checks), diff, redaction, `spec_json`.
-//! - [`fits`]: what is sent must fit one gRPC message (runner set check, `ListRunners` pages).
+//! - [`messages`]: what is pushed to agents and read from them (desired state, acks,
+//!   runner events, rotated tokens), as domain types.
+//! - [`progress`]: where the newest generation's rollout stands, per agent.
 //! - [`selector`]: which agents a runner selects.
 //! - [`rollout`]: pure rollout planning (batches, halt).
 //! - [`registrar`]: the GitLab seam (`Registrar`, HTTP and fake).
@@ -17,7 +19,8 @@
 //! creation), and what an agent reports (runner id, token, expiry, `token-invalid`) is a
 //! claim checked against that record and against GitLab before anything is kept or done.
 
-pub mod fits;
+pub mod messages;
+pub mod progress;
 pub mod registrar;
 pub mod rollout;
 pub mod selector;

@@ -5,21 +5,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use drover_proto::spec::RunnerConfig;
-use drover_proto::v1;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 
+use super::messages::{
+    Ack, DesiredState, RunnerAssignment, RunnerEvent, RunnerEventKind, TokenRotated,
+};
 use super::registrar::{Registrar, RegistrarError, RunnerScope};
 use super::rollout::{self, AgentView};
 use super::selector;
 use super::spec::{self, Change, SpecRefusal};
+use crate::health::report::RunnerStatus;
 use crate::secrets::{Sealer, SecretsError};
 use crate::server::sessions::Sessions;
 use crate::store::{
     self, AckRecord, AgentRecord, AgentStep, Assignment, GenerationRecord, Retired, RolloutState,
     Store, StoreError, Strategy, StrategyKind,
 };
-use crate::timefmt;
 
 /// Sealing purpose of a generation's runner list.
 pub const SPECS: &str = "drover runner specs";
@@ -92,7 +94,7 @@ const HEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// What the controller knows of an agent's runners from its last heartbeat.
 #[derive(Debug, Clone, Default)]
 struct Runtime {
-    runners: Vec<v1::RunnerStatus>,
+    runners: Vec<RunnerStatus>,
     /// Last failure to advance this agent (registration).
     error: Option<String>,
     /// Last `token-invalid` acted on (checked with GitLab) per runner.
@@ -306,7 +308,7 @@ impl Fleet {
             kept.append(&mut runners);
             runners = kept;
         }
-        super::fits::check_runner_set(&runners)
+        crate::wire::fits::check_runner_set(&runners)
             .map_err(|e| FleetError::Invalid(format!("{}: {e}", req.file)))?;
         if req.dry_run {
             let old = self.current().await?.map(|c| c.1).unwrap_or_default();
@@ -696,10 +698,7 @@ impl Fleet {
 
     /// The desired state pushed to `agent_id`: its target generation's runners that select
     /// it, each with its own token. `None` before it was targeted.
-    pub async fn desired_state(
-        &self,
-        agent_id: &str,
-    ) -> Result<Option<v1::DesiredState>, FleetError> {
+    pub async fn desired_state(&self, agent_id: &str) -> Result<Option<DesiredState>, FleetError> {
         let id = agent_id.to_string();
         let read = store::blocking(&self.store, move |s| {
             let Some(labels) = s.agent_labels(&id)? else {
@@ -731,15 +730,15 @@ impl Fleet {
                 continue;
             };
             let token = self.sealer.open_secret(RUNNER_TOKEN, &a.token_sealed)?;
-            out.push(v1::RunnerAssignment {
+            out.push(RunnerAssignment {
                 name: r.name.clone(),
                 spec_json: spec::agent_spec_json(r),
-                runner_token: token.expose_secret().to_string(),
+                runner_token: token,
                 gitlab_runner_id: a.gitlab_runner_id,
-                token_expires_at: a.token_expires_at.map(timefmt::to_proto),
+                token_expires_at: a.token_expires_at,
             });
         }
-        Ok(Some(v1::DesiredState {
+        Ok(Some(DesiredState {
             generation: target,
             runners: out,
         }))
@@ -772,12 +771,12 @@ impl Fleet {
     /// An agent acknowledged (or refused) a generation: queued, and written by the
     /// reconciliation pass this starts (or the one already waiting), so acks arriving
     /// together share one transaction.
-    pub async fn on_ack(&self, agent_id: &str, ack: &v1::Ack) {
-        let error = (!ack.applied).then(|| {
-            if ack.error.is_empty() {
+    pub async fn on_ack(&self, agent_id: &str, ack: &Ack) {
+        let error = ack.refused.as_ref().map(|e| {
+            if e.is_empty() {
                 "refused without a reason".to_string()
             } else {
-                ack.error.chars().take(1000).collect::<String>()
+                e.chars().take(1000).collect::<String>()
             }
         });
         if let Some(e) = &error {
@@ -800,7 +799,7 @@ impl Fleet {
     /// the token is kept; the recorded runner id never changes here. While GitLab cannot
     /// be asked, the token is kept unverified (the old one is already dead at GitLab):
     /// nothing acts on it in GitLab before [`Fleet::unregister_retired`] checks it again.
-    pub async fn on_token_rotated(&self, agent_id: &str, t: &v1::TokenRotated) -> Claim {
+    pub async fn on_token_rotated(&self, agent_id: &str, t: &TokenRotated) -> Claim {
         let outcome = self.check_rotation(agent_id, t).await;
         match &outcome {
             Ok(Claim::Refused(why)) => {
@@ -816,11 +815,7 @@ impl Fleet {
         outcome.unwrap_or_else(|e| Claim::Refused(format!("not recorded: {e}")))
     }
 
-    async fn check_rotation(
-        &self,
-        agent_id: &str,
-        t: &v1::TokenRotated,
-    ) -> Result<Claim, FleetError> {
+    async fn check_rotation(&self, agent_id: &str, t: &TokenRotated) -> Result<Claim, FleetError> {
         // Held across the GitLab check, like a reconciliation's registrations: a pass that
         // replaces this runner meanwhile would retire it with the token that just died.
         let _g = self.lock.lock().await;
@@ -841,11 +836,11 @@ impl Fleet {
                 t.gitlab_runner_id, a.runner, a.gitlab_runner_id
             )));
         }
-        if t.token.trim().is_empty() {
+        if t.token.expose_secret().trim().is_empty() {
             return Ok(Claim::Refused("token rotation without a token".into()));
         }
-        let token = SecretString::from(t.token.clone());
-        let claimed_expiry = t.token_expires_at.as_ref().and_then(timefmt::from_proto);
+        let token = t.token.clone();
+        let claimed_expiry = t.token_expires_at;
         let expires_at;
         let how = match self.registrar.verify(&a.url, &token).await {
             Ok(v) if a.gitlab_runner_id != 0 && v.id != a.gitlab_runner_id => {
@@ -886,9 +881,9 @@ impl Fleet {
     /// the controller recorded for that runner, it is refused; otherwise the runner is
     /// registered anew, the new token pushed, and the old GitLab runner (the one the
     /// controller recorded) retired at once (best effort: GitLab may refuse its dead token).
-    pub async fn on_runner_event(&self, agent_id: &str, ev: &v1::RunnerEvent) -> Claim {
+    pub async fn on_runner_event(&self, agent_id: &str, ev: &RunnerEvent) -> Claim {
         tracing::info!(agent = %agent_id, runner = %ev.runner, kind = %ev.kind, message = %ev.message, "runner event");
-        if ev.kind != "token-invalid" {
+        if ev.kind != RunnerEventKind::TokenInvalid {
             return Claim::Accepted(String::new());
         }
         let claim = match self.heal(agent_id, &ev.runner).await {
@@ -972,7 +967,7 @@ impl Fleet {
     }
 
     /// Keeps the runner statuses of a heartbeat for `drover agents`.
-    pub fn on_heartbeat(&self, agent_id: &str, runners: &[v1::RunnerStatus]) {
+    pub fn on_heartbeat(&self, agent_id: &str, runners: &[RunnerStatus]) {
         self.runtime()
             .entry(agent_id.to_string())
             .or_default()
@@ -984,7 +979,7 @@ impl Fleet {
     /// still stopping would name the retired runner); the last heartbeat says how the unit
     /// runs. Units the agent still reports but no longer has an assignment for (being
     /// stopped) follow, as reported.
-    pub async fn runner_statuses(&self, agent_id: &str) -> Vec<v1::RunnerStatus> {
+    pub async fn runner_statuses(&self, agent_id: &str) -> Vec<RunnerStatus> {
         let id = agent_id.to_string();
         let assignments = store::blocking(&self.store, move |s| s.assignments(&id))
             .await
@@ -993,7 +988,7 @@ impl Fleet {
     }
 
     /// [`Fleet::runner_statuses`] of every agent in `ids`, from one read of the store.
-    pub async fn runner_statuses_of(&self, ids: &[String]) -> Vec<Vec<v1::RunnerStatus>> {
+    pub async fn runner_statuses_of(&self, ids: &[String]) -> Vec<Vec<RunnerStatus>> {
         let all = store::blocking(&self.store, |s| s.all_assignments())
             .await
             .unwrap_or_default();
@@ -1011,7 +1006,7 @@ impl Fleet {
     pub fn statuses_by_agent(
         &self,
         assignments: &[Assignment],
-    ) -> HashMap<String, Vec<v1::RunnerStatus>> {
+    ) -> HashMap<String, Vec<RunnerStatus>> {
         let mut grouped: HashMap<String, Vec<Assignment>> = HashMap::new();
         for a in assignments {
             grouped
@@ -1029,13 +1024,13 @@ impl Fleet {
     }
 
     /// The statuses of `agent_id`'s runners, given its assignments.
-    fn statuses_of(&self, agent_id: &str, assignments: Vec<Assignment>) -> Vec<v1::RunnerStatus> {
+    fn statuses_of(&self, agent_id: &str, assignments: Vec<Assignment>) -> Vec<RunnerStatus> {
         let mut reported = self
             .runtime()
             .get(agent_id)
             .map(|rt| rt.runners.clone())
             .unwrap_or_default();
-        let mut out: Vec<v1::RunnerStatus> = assignments
+        let mut out: Vec<RunnerStatus> = assignments
             .into_iter()
             .map(|a| {
                 let unit = reported
@@ -1046,10 +1041,10 @@ impl Fleet {
                     })
                     .map(|i| reported.remove(i))
                     .unwrap_or_default();
-                v1::RunnerStatus {
+                RunnerStatus {
                     name: a.runner,
                     gitlab_runner_id: a.gitlab_runner_id,
-                    token_expires_at: a.token_expires_at.map(timefmt::to_proto),
+                    token_expires_at: a.token_expires_at,
                     ..unit
                 }
             })

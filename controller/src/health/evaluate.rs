@@ -1,11 +1,10 @@
 //! The one place that decides an agent's lease state and why: a pure function of what the
 //! lease table knows, the clock and the thresholds.
 
-use drover_proto::v1;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use crate::timefmt;
+use super::report::{Heartbeat, RunnerStatus, UnitState};
 
 /// An agent's lease state, as `drover agents` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -107,7 +106,7 @@ pub struct Input<'a> {
     /// The last heartbeat or other message (or the stored last_seen when none since start).
     pub last_contact: Option<OffsetDateTime>,
     /// The last heartbeat, when one arrived since the controller started.
-    pub heartbeat: Option<&'a v1::Heartbeat>,
+    pub heartbeat: Option<&'a Heartbeat>,
     /// When that heartbeat arrived.
     pub heartbeat_at: Option<OffsetDateTime>,
     /// The generation it runs.
@@ -256,7 +255,7 @@ fn disk_reason(what: &str, free: u64, total: u64, t: &Thresholds) -> Option<Stri
     })
 }
 
-fn heartbeat_reasons(hb: &v1::Heartbeat, i: &Input<'_>, t: &Thresholds) -> Vec<String> {
+fn heartbeat_reasons(hb: &Heartbeat, i: &Input<'_>, t: &Thresholds) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(h) = &hb.host {
         if !h.docker_reachable {
@@ -294,7 +293,7 @@ fn heartbeat_reasons(hb: &v1::Heartbeat, i: &Input<'_>, t: &Thresholds) -> Vec<S
         .map(|h| h.clock_skew_seconds)
         .filter(|s| *s != 0.0)
         .or_else(|| {
-            let sent = hb.sent_at.as_ref().and_then(timefmt::from_proto)?;
+            let sent = hb.sent_at?;
             let at = i.heartbeat_at?;
             Some((sent - at).as_seconds_f64())
         });
@@ -313,10 +312,12 @@ fn heartbeat_reasons(hb: &v1::Heartbeat, i: &Input<'_>, t: &Thresholds) -> Vec<S
         } else {
             format!(" ({})", r.last_error.chars().take(120).collect::<String>())
         };
-        match r.state.as_str() {
-            "backoff" => out.push(format!("runner {} in backoff{err}", r.name)),
-            "waiting-for-docker" => out.push(format!("runner {} waiting for docker", r.name)),
-            "degraded" => out.push(format!("runner {} degraded{err}", r.name)),
+        match r.state {
+            Some(UnitState::Backoff) => out.push(format!("runner {} in backoff{err}", r.name)),
+            Some(UnitState::WaitingForDocker) => {
+                out.push(format!("runner {} waiting for docker", r.name))
+            }
+            Some(UnitState::Degraded) => out.push(format!("runner {} degraded{err}", r.name)),
             _ => {}
         }
         out.extend(token_reason(r, hb, i, t));
@@ -329,14 +330,9 @@ fn heartbeat_reasons(hb: &v1::Heartbeat, i: &Input<'_>, t: &Thresholds) -> Vec<S
 /// moment, and the rotation point is on that clock too, so clock skew and heartbeat age do
 /// not count): a problem only once its rotation failed or is overdue, or it expired. A token
 /// the agent does not rotate is a problem within `token_expiry_warning` of its expiry.
-fn token_reason(
-    r: &v1::RunnerStatus,
-    hb: &v1::Heartbeat,
-    i: &Input<'_>,
-    t: &Thresholds,
-) -> Option<String> {
-    let exp = r.token_expires_at.as_ref().and_then(timefmt::from_proto)?;
-    let Some(rotate_at) = r.token_rotate_at.as_ref().and_then(timefmt::from_proto) else {
+fn token_reason(r: &RunnerStatus, hb: &Heartbeat, i: &Input<'_>, t: &Thresholds) -> Option<String> {
+    let exp = r.token_expires_at?;
+    let Some(rotate_at) = r.token_rotate_at else {
         let left = exp - i.now;
         return if left <= Duration::ZERO {
             Some(format!("runner {} token expired", r.name))
@@ -350,12 +346,7 @@ fn token_reason(
             None
         };
     };
-    let as_of = hb
-        .sent_at
-        .as_ref()
-        .and_then(timefmt::from_proto)
-        .or(i.heartbeat_at)
-        .unwrap_or(i.now);
+    let as_of = hb.sent_at.or(i.heartbeat_at).unwrap_or(i.now);
     if exp <= as_of {
         return Some(format!("runner {} token expired", r.name));
     }
@@ -384,15 +375,16 @@ fn token_reason(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::report::HostHealth;
 
     fn t0() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
     }
 
-    fn hb() -> v1::Heartbeat {
-        v1::Heartbeat {
-            sent_at: Some(timefmt::to_proto(t0())),
-            host: Some(v1::HostHealth {
+    fn hb() -> Heartbeat {
+        Heartbeat {
+            sent_at: Some(t0()),
+            host: Some(HostHealth {
                 docker_reachable: true,
                 disk_free_bytes: 50 << 30,
                 disk_total_bytes: 100 << 30,
@@ -406,7 +398,7 @@ mod tests {
         }
     }
 
-    fn input(hb: &v1::Heartbeat) -> Input<'_> {
+    fn input(hb: &Heartbeat) -> Input<'_> {
         Input {
             now: t0() + Duration::seconds(1),
             started_at: t0() - Duration::hours(1),
@@ -465,8 +457,8 @@ mod tests {
 
     #[test]
     fn unreported_values_never_degrade() {
-        let hb = v1::Heartbeat {
-            host: Some(v1::HostHealth {
+        let hb = Heartbeat {
+            host: Some(HostHealth {
                 docker_reachable: true,
                 ..Default::default()
             }),
@@ -478,7 +470,7 @@ mod tests {
     #[test]
     fn skew_from_send_time_when_the_agent_does_not_measure() {
         let mut hb = hb();
-        hb.sent_at = Some(timefmt::to_proto(t0() + Duration::seconds(300)));
+        hb.sent_at = Some(t0() + Duration::seconds(300));
         assert_eq!(eval(&input(&hb)).reasons, ["clock skew: +300s"]);
     }
 
@@ -486,22 +478,22 @@ mod tests {
     fn runner_units_and_tokens_are_named() {
         let mut hb = hb();
         hb.runners = vec![
-            v1::RunnerStatus {
+            RunnerStatus {
                 name: "lab".into(),
-                state: "backoff".into(),
+                state: Some(UnitState::Backoff),
                 last_error: "verify: 500".into(),
                 ..Default::default()
             },
-            v1::RunnerStatus {
+            RunnerStatus {
                 name: "arm".into(),
-                state: "waiting-for-docker".into(),
-                token_expires_at: Some(timefmt::to_proto(t0() + Duration::hours(5))),
+                state: Some(UnitState::WaitingForDocker),
+                token_expires_at: Some(t0() + Duration::hours(5)),
                 ..Default::default()
             },
-            v1::RunnerStatus {
+            RunnerStatus {
                 name: "ok".into(),
-                state: "running".into(),
-                token_expires_at: Some(timefmt::to_proto(t0() + Duration::days(30))),
+                state: Some(UnitState::Running),
+                token_expires_at: Some(t0() + Duration::days(30)),
                 ..Default::default()
             },
         ];
@@ -516,12 +508,12 @@ mod tests {
     }
 
     /// A runner whose 40 s token was obtained at `obtained` (agent clock), rotated at 75 %.
-    fn short_token(obtained: OffsetDateTime) -> v1::RunnerStatus {
-        v1::RunnerStatus {
+    fn short_token(obtained: OffsetDateTime) -> RunnerStatus {
+        RunnerStatus {
             name: "lab".into(),
-            state: "running".into(),
-            token_expires_at: Some(timefmt::to_proto(obtained + Duration::seconds(40))),
-            token_rotate_at: Some(timefmt::to_proto(obtained + Duration::seconds(30))),
+            state: Some(UnitState::Running),
+            token_expires_at: Some(obtained + Duration::seconds(40)),
+            token_rotate_at: Some(obtained + Duration::seconds(30)),
             ..Default::default()
         }
     }
@@ -541,7 +533,7 @@ mod tests {
             }
             if s % 10 == 0 {
                 beat = hb();
-                beat.sent_at = Some(timefmt::to_proto(now));
+                beat.sent_at = Some(now);
                 beat.runners = vec![short_token(obtained)];
                 beat_at = now;
             }
@@ -577,11 +569,11 @@ mod tests {
         assert_eq!(eval(&input(&beat)).reasons, ["runner lab token expired"]);
         // A 30-day token: the margin is 5 minutes.
         let mut long = short_token(t0());
-        long.token_rotate_at = Some(timefmt::to_proto(t0() - Duration::minutes(4)));
-        long.token_expires_at = Some(timefmt::to_proto(t0() + Duration::days(7)));
+        long.token_rotate_at = Some(t0() - Duration::minutes(4));
+        long.token_expires_at = Some(t0() + Duration::days(7));
         beat.runners = vec![long.clone()];
         assert_eq!(eval(&input(&beat)).state, State::Healthy);
-        long.token_rotate_at = Some(timefmt::to_proto(t0() - Duration::minutes(6)));
+        long.token_rotate_at = Some(t0() - Duration::minutes(6));
         beat.runners = vec![long];
         assert_eq!(
             eval(&input(&beat)).reasons,
@@ -594,7 +586,7 @@ mod tests {
         // The agent's clock is 90 s behind: its heartbeat says it was sent 90 s "ago".
         let beat_sent = t0() - Duration::seconds(90);
         let mut beat = hb();
-        beat.sent_at = Some(timefmt::to_proto(beat_sent));
+        beat.sent_at = Some(beat_sent);
         beat.host.as_mut().unwrap().clock_skew_seconds = -90.0;
         beat.runners = vec![short_token(beat_sent - Duration::seconds(20))];
         assert_eq!(eval(&input(&beat)).reasons, ["clock skew: -90s"]);
@@ -610,7 +602,7 @@ mod tests {
             eval(&input(&beat)).reasons,
             ["runner lab token expiring: in 39s"]
         );
-        r.token_expires_at = Some(timefmt::to_proto(t0()));
+        r.token_expires_at = Some(t0());
         beat.runners = vec![r];
         assert_eq!(eval(&input(&beat)).reasons, ["runner lab token expired"]);
     }

@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use drover_proto::v1;
 use time::{Duration, OffsetDateTime};
 
 use super::clock::Clock;
 use super::evaluate::{Evaluation, Input, State, Thresholds, evaluate};
+use super::report::Heartbeat;
 use crate::store::{AgentRecord, AgentRollout};
 
 /// What the table holds for one agent.
@@ -28,7 +28,7 @@ pub struct Lease {
     /// When the last heartbeat arrived.
     pub heartbeat_at: Option<OffsetDateTime>,
     /// The last heartbeat.
-    pub heartbeat: Option<v1::Heartbeat>,
+    pub heartbeat: Option<Heartbeat>,
     /// The generation it runs (hello, heartbeats, acks).
     pub applied_generation: u64,
     /// IP addresses last stored.
@@ -173,7 +173,7 @@ impl Leases {
     }
 
     /// A heartbeat arrived (`ips` already cleaned).
-    pub fn heartbeat(&self, id: &str, hb: &v1::Heartbeat, ips: &[String]) -> HeartbeatOutcome {
+    pub fn heartbeat(&self, id: &str, hb: &Heartbeat, ips: &[String]) -> HeartbeatOutcome {
         let now = self.clock.now();
         let mut g = self.lock();
         let l = g.1.entry(id.to_string()).or_default();
@@ -368,9 +368,9 @@ mod tests {
         OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
     }
 
-    fn hb(docker: bool) -> v1::Heartbeat {
-        v1::Heartbeat {
-            host: Some(v1::HostHealth {
+    fn hb(docker: bool) -> Heartbeat {
+        Heartbeat {
+            host: Some(crate::health::report::HostHealth {
                 docker_reachable: docker,
                 ..Default::default()
             }),

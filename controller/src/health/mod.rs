@@ -3,6 +3,7 @@
 //! - [`clock`]: the [`Clock`] seam ([`SystemClock`], [`FakeClock`]).
 //! - [`evaluate`]: the pure [`evaluate::evaluate`] (state and reasons) and [`Thresholds`].
 //! - [`leases`]: the in-memory lease table fed by the session stream.
+//! - [`report`]: what an agent reports in a heartbeat (host, runner units).
 //! - [`Health`] (here): the table, the store, buffered events and the periodic work (sweep
 //!   every second; last contacts and event retention every [`FLUSH_INTERVAL`]).
 //!
@@ -12,11 +13,11 @@
 pub mod clock;
 pub mod evaluate;
 pub mod leases;
+pub mod report;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use drover_proto::v1;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +54,7 @@ pub struct AgentView {
     /// Its IP addresses.
     pub ips: Vec<String>,
     /// Host health of the last heartbeat.
-    pub host: Option<v1::HostHealth>,
+    pub host: Option<report::HostHealth>,
 }
 
 /// Leases, events and their periodic work.
@@ -348,7 +349,7 @@ mod tests {
         let clock = Arc::new(FakeClock::new(t0()));
         let h = Health::new(store.clone(), clock.clone(), Thresholds::default()).unwrap();
         let s = h.leases.hello("a1", 0, &[]);
-        h.leases.heartbeat("a1", &v1::Heartbeat::default(), &[]);
+        h.leases.heartbeat("a1", &report::Heartbeat::default(), &[]);
         h.sweep().await;
         assert_eq!(h.views().await.unwrap()[0].eval.state, State::Healthy);
         assert_eq!(store.get_agent("a1").unwrap().unwrap().last_seen, None);

@@ -8,12 +8,14 @@ use time::{Duration, OffsetDateTime};
 use tonic::{Request, Response, Status};
 
 use super::auth;
-use super::convert;
 use super::state::AppState;
-use crate::fleet::{ApplyOutcome, ApplyRequest, FleetError, fits};
+use crate::fleet::progress::{AgentProgress, AgentRolloutState, RolloutStatus};
+use crate::fleet::{ApplyOutcome, ApplyRequest, FleetError};
+use crate::health::report::RunnerStatus;
 use crate::health::{AgentView, State};
 use crate::store::{self, EventFilter, Strategy, StrategyKind};
 use crate::tokens::{self, TokenRecord};
+use crate::wire;
 
 impl From<FleetError> for Status {
     fn from(e: FleetError) -> Status {
@@ -64,16 +66,6 @@ fn apply_response(o: ApplyOutcome) -> v1::ApplyRunnersResponse {
             })
             .collect(),
         warnings: o.warnings,
-    }
-}
-
-fn strategy_info(s: Strategy) -> v1::RolloutStrategy {
-    v1::RolloutStrategy {
-        kind: match s.kind {
-            StrategyKind::Rolling => "rolling".into(),
-            StrategyKind::All => "all".into(),
-        },
-        max_unavailable: s.max_unavailable,
     }
 }
 
@@ -135,7 +127,7 @@ impl v1::admin_server::Admin for AdminService {
         tracing::info!(token = %record.id, %admin, uses, "enrollment token created");
         Ok(Response::new(v1::CreateTokenResponse {
             token: text.expose_secret().to_string(),
-            info: Some(convert::token_info(&record)),
+            info: Some(wire::token_info(&record)),
         }))
     }
 
@@ -146,7 +138,7 @@ impl v1::admin_server::Admin for AdminService {
         auth::admin(&req)?;
         let tokens = store::blocking(&self.state.store, |s| s.list_tokens()).await?;
         Ok(Response::new(v1::ListTokensResponse {
-            tokens: tokens.iter().map(convert::token_info).collect(),
+            tokens: tokens.iter().map(wire::token_info).collect(),
         }))
     }
 
@@ -178,7 +170,7 @@ impl v1::admin_server::Admin for AdminService {
             agents: agents
                 .iter()
                 .zip(statuses)
-                .map(|(v, runners)| convert::agent_info(v, runners))
+                .map(|(v, runners)| wire::agent_info(v, runners))
                 .collect(),
         }))
     }
@@ -195,7 +187,7 @@ impl v1::admin_server::Admin for AdminService {
             .view(id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no agent with id {id:?}")))?;
-        Ok(Response::new(convert::agent_info(
+        Ok(Response::new(wire::agent_info(
             &view,
             self.state.fleet.runner_statuses(id).await,
         )))
@@ -268,7 +260,7 @@ impl v1::admin_server::Admin for AdminService {
         let start = if token.is_empty() {
             0
         } else {
-            match fits::parse_page_token(token) {
+            match wire::fits::parse_page_token(token) {
                 Some((gen_, i)) if gen_ == g.generation => i,
                 Some((gen_, _)) => {
                     return Err(Status::failed_precondition(format!(
@@ -290,13 +282,13 @@ impl v1::admin_server::Admin for AdminService {
             .skip(start)
             .map(|r| runner_info(r, g.generation, &assignments, &statuses))
             .collect::<Result<Vec<_>, Status>>()?;
-        let (page, next) = fits::page(g.generation, &infos, 0);
+        let (page, next) = wire::fits::page(g.generation, &infos, 0);
         let next = start + next;
         Ok(Response::new(v1::ListRunnersResponse {
             generation: g.generation,
             runners: page,
             next_page_token: if next < runners.len() {
-                fits::page_token(g.generation, next)
+                wire::fits::page_token(g.generation, next)
             } else {
                 String::new()
             },
@@ -349,7 +341,7 @@ impl v1::admin_server::Admin for AdminService {
         req: Request<v1::RolloutStatusRequest>,
     ) -> Result<Response<v1::RolloutStatusResponse>, Status> {
         auth::admin(&req)?;
-        Ok(Response::new(rollout_status(&self.state).await?))
+        Ok(Response::new(rollout_status(&self.state).await?.into()))
     }
 
     async fn fleet_status(
@@ -361,7 +353,7 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(fleet_status(
             &views,
             self.state.health.leases.connected(),
-            rollout_status(&self.state).await?,
+            rollout_status(&self.state).await?.into(),
         )))
     }
 
@@ -386,7 +378,7 @@ impl v1::admin_server::Admin for AdminService {
         };
         let events = store::blocking(&self.state.store, move |s| s.list_events(&filter)).await?;
         Ok(Response::new(v1::ListEventsResponse {
-            events: events.iter().map(convert::event).collect(),
+            events: events.iter().map(wire::event).collect(),
         }))
     }
 
@@ -403,7 +395,7 @@ impl v1::admin_server::Admin for AdminService {
 }
 
 /// Per-agent progress of the newest generation (`drover rollout status`, `drover status`).
-pub async fn rollout_status(state: &AppState) -> Result<v1::RolloutStatusResponse, Status> {
+pub async fn rollout_status(state: &AppState) -> Result<RolloutStatus, Status> {
     let read = store::blocking(&state.store, |s| {
         let Some(g) = s.latest_generation()? else {
             return Ok(None);
@@ -411,10 +403,7 @@ pub async fn rollout_status(state: &AppState) -> Result<v1::RolloutStatusRespons
         Ok(Some((g, s.agent_rollouts()?, s.list_agents()?)))
     });
     let Some((g, rollouts, all_agents)) = read.await? else {
-        return Ok(v1::RolloutStatusResponse {
-            state: "none".into(),
-            ..Default::default()
-        });
+        return Ok(RolloutStatus::default());
     };
     let progress: std::collections::HashMap<String, crate::store::AgentRollout> = rollouts
         .into_iter()
@@ -429,35 +418,38 @@ pub async fn rollout_status(state: &AppState) -> Result<v1::RolloutStatusRespons
             && p.target_generation > 0
             && p.ack_error.is_some()
         {
-            ("refused", p.ack_error.clone().unwrap_or_default())
+            (
+                AgentRolloutState::Refused,
+                p.ack_error.clone().unwrap_or_default(),
+            )
         } else if p.target_generation == g.generation && p.ack_generation >= g.generation {
-            ("applied", String::new())
+            (AgentRolloutState::Applied, String::new())
         } else if p.target_generation < g.generation && fleet_error.is_some() {
-            ("failed", fleet_error.unwrap_or_default())
+            (AgentRolloutState::Failed, fleet_error.unwrap_or_default())
         } else if !connected {
-            ("offline", String::new())
+            (AgentRolloutState::Offline, String::new())
         } else if p.target_generation == g.generation {
-            ("pushed", String::new())
+            (AgentRolloutState::Pushed, String::new())
         } else {
-            ("waiting", String::new())
+            (AgentRolloutState::Waiting, String::new())
         };
-        agents.push(v1::AgentRollout {
+        agents.push(AgentProgress {
             agent_id: a.id.clone(),
             hostname: a.facts.hostname.clone(),
             target_generation: p.target_generation,
             applied_generation: a.applied_generation,
-            state: state.into(),
+            state,
             error,
             connected,
         });
     }
-    Ok(v1::RolloutStatusResponse {
+    Ok(RolloutStatus {
         generation: g.generation,
-        state: g.state.as_str().into(),
+        state: Some(g.state),
         reason: g.reason,
-        strategy: Some(strategy_info(g.strategy)),
+        strategy: Some(g.strategy),
         agents,
-        created_at: Some(crate::timefmt::to_proto(g.created_at)),
+        created_at: Some(g.created_at),
     })
 }
 
@@ -467,7 +459,7 @@ fn runner_info(
     r: &drover_proto::spec::RunnerConfig,
     generation: u64,
     assignments: &[crate::store::Assignment],
-    statuses: &std::collections::HashMap<String, Vec<v1::RunnerStatus>>,
+    statuses: &std::collections::HashMap<String, Vec<RunnerStatus>>,
 ) -> Result<v1::RunnerInfo, Status> {
     let placements = assignments
         .iter()
@@ -477,7 +469,7 @@ fn runner_info(
             let state = statuses
                 .get(&a.agent_id)
                 .and_then(|v| v.iter().find(|s| s.name == r.name))
-                .map(|s| s.state.clone())
+                .map(|s| s.state_name().to_string())
                 .unwrap_or_default();
             v1::RunnerPlacement {
                 agent_id: a.agent_id,

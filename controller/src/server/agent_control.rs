@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth;
-use super::convert;
 use super::state::AppState;
 use crate::fleet::Claim;
+use crate::fleet::messages::{Ack, RunnerEvent, TokenRotated};
+use crate::health::report::Heartbeat;
 use crate::pki::identity::Identity;
 use crate::pki::policy;
 use crate::store::{self, EventRecord, Facts};
@@ -150,7 +151,8 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                     _ = &mut idle => break "no heartbeat for three intervals",
                     _ = guard.kick.notified() => {
                         match state.fleet.desired_state(&id).await {
-                            Ok(Some(ds)) if last_sent.as_ref() != Some(&ds) => {
+                            Ok(Some(ds)) if last_sent.as_ref() != Some(&v1::DesiredState::from(ds.clone())) => {
+                                let ds = v1::DesiredState::from(ds);
                                 tracing::info!(agent = %id, generation = ds.generation, runners = ds.runners.len(), "pushing desired state");
                                 let msg = v1::ControllerMessage {
                                     kind: Some(ControllerKind::DesiredState(ds.clone())),
@@ -234,9 +236,9 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
 
 /// Agent reports the fleet handles off the session loop.
 enum FleetWork {
-    Ack(v1::Ack),
-    Event(v1::RunnerEvent),
-    Rotated(v1::TokenRotated),
+    Ack(Ack),
+    Event(RunnerEvent),
+    Rotated(TokenRotated),
 }
 
 /// Runs the fleet work of one session in arrival order until the session ends. What the
@@ -293,36 +295,13 @@ async fn handle(
 ) {
     let health = &state.health;
     let result = match m.kind {
-        Some(AgentKind::Heartbeat(hb)) => {
-            let ips = convert::ips(&hb.ips);
-            state.fleet.on_heartbeat(id, &hb.runners);
-            let out = health.leases.heartbeat(id, &hb, &ips);
-            if let Some(gap) = out.gap {
-                state.metrics.heartbeat_gap(gap);
-            }
-            if let Some((old, new)) = &out.ips_changed {
-                tracing::info!(agent = %id, ?old, ?new, "agent ip addresses changed");
-                if !old.is_empty() {
-                    health.agent_event(
-                        id,
-                        "agent-ips-changed",
-                        "",
-                        format!("{} -> {}", old.join(","), new.join(",")),
-                    );
-                }
-            }
-            if out.ips_changed.is_some() || out.generation_changed {
-                let seen_id = id.to_string();
-                let ips = out.ips_changed.map(|(_, new)| new);
-                let applied = out.generation_changed.then_some(hb.applied_generation);
-                store::blocking(&state.store, move |s| {
-                    s.agent_seen(&seen_id, now(), None, ips.as_deref(), applied)
-                })
-                .await
-            } else {
+        Some(AgentKind::Heartbeat(hb)) => match Heartbeat::try_from(hb) {
+            Ok(hb) => on_heartbeat(state, id, hb).await,
+            Err(e) => {
+                refused(state, id, "heartbeat", &e);
                 Ok(())
             }
-        }
+        },
         // Fleet work may call GitLab: it runs on the session's fleet worker, in order, so
         // heartbeats keep flowing meanwhile.
         Some(AgentKind::Ack(ack)) => {
@@ -343,24 +322,31 @@ async fn handle(
                     format!("refused generation {}: {}", ack.generation, ack.error),
                 );
             }
-            let _ = fleet_work.send(FleetWork::Ack(ack));
+            let _ = fleet_work.send(FleetWork::Ack(Ack::from(ack)));
             Ok(())
         }
         Some(AgentKind::TokenRotated(t)) => {
-            health.leases.touch(id);
-            let _ = fleet_work.send(FleetWork::Rotated(t));
+            match TokenRotated::try_from(t) {
+                Ok(t) => {
+                    health.leases.touch(id);
+                    let _ = fleet_work.send(FleetWork::Rotated(t));
+                }
+                Err(e) => refused(state, id, "token rotation", &e),
+            }
             Ok(())
         }
         Some(AgentKind::RunnerEvent(ev)) => {
+            let ev = match RunnerEvent::try_from(ev) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    refused(state, id, "runner event", &e);
+                    return;
+                }
+            };
             health.leases.touch(id);
-            let kind: String = ev
-                .kind
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .take(40)
-                .collect();
+            let kind = &ev.kind;
             health.record(EventRecord {
-                at: ev.at.as_ref().and_then(timefmt::from_proto),
+                at: ev.at,
                 agent_id: id.to_string(),
                 kind: format!("runner-{kind}"),
                 runner: clip_runner(&ev.runner),
@@ -401,4 +387,43 @@ async fn handle(
     if let Err(e) = result {
         tracing::warn!(agent = %id, error = %e, "record agent message");
     }
+}
+
+/// A heartbeat: the lease table and the fleet's runner statuses; IP and generation changes
+/// are written at once.
+async fn on_heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> Result<(), store::StoreError> {
+    let health = &state.health;
+    state.fleet.on_heartbeat(id, &hb.runners);
+    let out = health.leases.heartbeat(id, &hb, &hb.ips);
+    if let Some(gap) = out.gap {
+        state.metrics.heartbeat_gap(gap);
+    }
+    if let Some((old, new)) = &out.ips_changed {
+        tracing::info!(agent = %id, ?old, ?new, "agent ip addresses changed");
+        if !old.is_empty() {
+            health.agent_event(
+                id,
+                "agent-ips-changed",
+                "",
+                format!("{} -> {}", old.join(","), new.join(",")),
+            );
+        }
+    }
+    if out.ips_changed.is_some() || out.generation_changed {
+        let seen_id = id.to_string();
+        let ips = out.ips_changed.map(|(_, new)| new);
+        let applied = out.generation_changed.then_some(hb.applied_generation);
+        store::blocking(&state.store, move |s| {
+            s.agent_seen(&seen_id, now(), None, ips.as_deref(), applied)
+        })
+        .await
+    } else {
+        Ok(())
+    }
+}
+
+/// A message no conforming agent sends: logged, and counted as contact.
+fn refused(state: &AppState, id: &str, what: &str, e: &crate::wire::WireError) {
+    tracing::warn!(agent = %id, error = %e, "refused {what} from agent");
+    state.health.leases.touch(id);
 }

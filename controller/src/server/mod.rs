@@ -16,7 +16,6 @@ pub mod agent_control;
 pub mod attempts;
 pub mod auth;
 pub mod catch_panic;
-pub mod convert;
 pub mod enrollment;
 pub mod http;
 pub mod sessions;

@@ -1,19 +1,21 @@
 //! The Docker seam: the few engine calls the executor makes, as a trait, so the job flow
 //! (steps, timeouts, cancel, cleanup) is unit-tested against a fake without an engine.
 //!
+//! The trait speaks the executor's own types ([`ContainerSpec`], [`RegistryAuth`], the
+//! infos and streams below): no engine client type crosses it.
+//!
 //! Invariant: implementations hold no job logic; they translate one call to the engine.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 
 use async_trait::async_trait;
-use bollard::auth::DockerCredentials;
-use bollard::models::ContainerCreateBody;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio::io::AsyncWrite;
 
 use super::ExecutorError;
+use super::spec::{ContainerSpec, RegistryAuth};
 
 /// Output and input of an attached container.
 pub struct Attached {
@@ -58,11 +60,11 @@ pub trait ContainerApi: Send + Sync {
     async fn pull(
         &self,
         image: &str,
-        credentials: Option<DockerCredentials>,
+        credentials: Option<RegistryAuth>,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<(), ExecutorError>;
     /// Creates a container named `name`; returns its id.
-    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, ExecutorError>;
+    async fn create(&self, name: &str, spec: ContainerSpec) -> Result<String, ExecutorError>;
     /// Attaches to stdin, stdout and stderr (call before `start` so no output is lost).
     async fn attach(&self, id: &str) -> Result<Attached, ExecutorError>;
     async fn start(&self, id: &str) -> Result<(), ExecutorError>;

@@ -1,5 +1,9 @@
 //! What can go wrong in the executor, naming the Docker operation and object.
 
+/// The engine client's own error, boxed so that no client type crosses the executor's
+/// seam (its text is kept as the engine client wrote it).
+pub type EngineError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Executor errors. Each names what failed: the Docker operation and its object, the
 /// `[runners.docker]` key and value, or the image.
 #[derive(Debug, thiserror::Error)]
@@ -9,14 +13,14 @@ pub enum ExecutorError {
     Connect {
         host: String,
         #[source]
-        source: bollard::errors::Error,
+        source: EngineError,
     },
     /// A Docker API call failed; `op` reads like `create container runner-...`.
     #[error("{op}: {source}")]
     Docker {
         op: String,
         #[source]
-        source: bollard::errors::Error,
+        source: EngineError,
     },
     /// A Docker API call got no answer in time (a stalled engine); `op` names the call.
     #[error("{op}: docker engine did not answer for {}s", after.as_secs())]
@@ -60,11 +64,12 @@ pub enum ExecutorError {
 }
 
 impl ExecutorError {
-    /// Wraps a bollard error with the operation and object it concerns.
-    pub(crate) fn docker(op: impl Into<String>, source: bollard::errors::Error) -> Self {
+    /// Wraps an engine client error with the operation and object it concerns (for
+    /// [`ContainerApi`](super::ContainerApi) implementations).
+    pub fn docker(op: impl Into<String>, source: impl Into<EngineError>) -> Self {
         ExecutorError::Docker {
             op: op.into(),
-            source,
+            source: source.into(),
         }
     }
 

@@ -6,8 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::auth::DockerCredentials;
-use bollard::models::ContainerCreateBody;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
@@ -16,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::ExecutorError;
 use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo};
 use super::names::LABEL_KIND;
+use super::spec::{ContainerSpec, RegistryAuth};
 
 /// What a container of some kind does when started.
 #[derive(Debug, Clone)]
@@ -47,7 +46,7 @@ impl Behavior {
 pub struct FakeContainer {
     pub id: String,
     pub name: String,
-    pub body: ContainerCreateBody,
+    pub body: ContainerSpec,
     pub stdin: Arc<Mutex<Vec<u8>>>,
     pub archives: Vec<(String, Vec<u8>)>,
     pub started: bool,
@@ -88,11 +87,11 @@ fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     s.lock().expect("fake state lock")
 }
 
-fn server_error(code: u16, message: &str) -> bollard::errors::Error {
-    bollard::errors::Error::DockerResponseServerError {
-        status_code: code,
-        message: message.to_string(),
-    }
+/// An error as the engine client words a refusal.
+fn server_error(code: u16, message: &str) -> std::io::Error {
+    std::io::Error::other(format!(
+        "Docker responded with status code {code}: {message}"
+    ))
 }
 
 impl FakeApi {
@@ -125,8 +124,8 @@ impl FakeApi {
         st.containers.push(FakeContainer {
             id,
             name: name.to_string(),
-            body: ContainerCreateBody {
-                labels: Some(labels),
+            body: ContainerSpec {
+                labels,
                 ..Default::default()
             },
             stdin: Arc::default(),
@@ -191,12 +190,8 @@ impl FakeApi {
         f(&lock(&self.state).containers)
     }
 
-    fn kind_of(body: &ContainerCreateBody) -> String {
-        body.labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_KIND))
-            .cloned()
-            .unwrap_or_default()
+    fn kind_of(body: &ContainerSpec) -> String {
+        body.labels.get(LABEL_KIND).cloned().unwrap_or_default()
     }
 }
 
@@ -216,7 +211,7 @@ impl ContainerApi for FakeApi {
     async fn pull(
         &self,
         image: &str,
-        _credentials: Option<DockerCredentials>,
+        _credentials: Option<RegistryAuth>,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<(), ExecutorError> {
         let mut st = lock(&self.state);
@@ -233,7 +228,7 @@ impl ContainerApi for FakeApi {
         Ok(())
     }
 
-    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, ExecutorError> {
+    async fn create(&self, name: &str, body: ContainerSpec) -> Result<String, ExecutorError> {
         let mut st = lock(&self.state);
         if st.fail_create.as_deref() == Some(Self::kind_of(&body).as_str()) {
             return Err(ExecutorError::docker(
@@ -411,18 +406,11 @@ impl ContainerApi for FakeApi {
             .containers
             .iter()
             .filter(|c| !c.removed)
-            .filter(|c| {
-                c.body
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(key))
-                    .map(String::as_str)
-                    == Some(value)
-            })
+            .filter(|c| c.body.labels.get(key).map(String::as_str) == Some(value))
             .map(|c| ContainerInfo {
                 id: c.id.clone(),
                 name: c.name.clone(),
-                labels: c.body.labels.clone().unwrap_or_default(),
+                labels: c.body.labels.clone(),
             })
             .collect())
     }

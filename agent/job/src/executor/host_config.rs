@@ -1,29 +1,26 @@
-//! `[runners.docker]` → the build container's `HostConfig`: a pure mapping, every bad value
+//! `[runners.docker]` → the build container's [`HostSpec`]: a pure mapping, every bad value
 //! rejected with the key and value named.
 
 use std::collections::HashMap;
 
-use bollard::models::{DeviceMapping, HostConfig, Mount, MountType, ResourcesUlimits};
 use drover_proto::spec::DockerConfig;
 
 use super::ExecutorError;
+use super::spec::{Device, HostSpec, Ulimit, VolumeMount};
 
 /// Maps the `[runners.docker]` keys that shape the build container. Mounts for the builds
 /// directory are added by the caller.
-pub fn host_config(cfg: &DockerConfig) -> Result<HostConfig, ExecutorError> {
+pub fn host_config(cfg: &DockerConfig) -> Result<HostSpec, ExecutorError> {
     let (binds, mounts) = volumes(&cfg.volumes)?;
-    let nonempty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     let map = |m: &std::collections::BTreeMap<String, String>| {
-        (!m.is_empty()).then(|| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<HashMap<_, _>>()
-        })
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<HashMap<_, _>>()
     };
-    Ok(HostConfig {
+    Ok(HostSpec {
         privileged: cfg.privileged,
-        binds: nonempty(&binds),
-        mounts: nonempty_mounts(mounts),
+        binds,
+        mounts,
         shm_size: match cfg.shm_size {
             Some(s) if s < 0 => {
                 return Err(ExecutorError::config(
@@ -45,51 +42,40 @@ pub fn host_config(cfg: &DockerConfig) -> Result<HostConfig, ExecutorError> {
         cpuset_cpus: cfg.cpuset_cpus.clone().filter(|s| !s.is_empty()),
         cpu_shares: cfg.cpu_shares,
         network_mode: cfg.network_mode.clone().filter(|s| !s.is_empty()),
-        extra_hosts: nonempty(&cfg.extra_hosts),
-        dns: nonempty(&cfg.dns),
-        dns_search: nonempty(&cfg.dns_search),
-        cap_add: nonempty(&cfg.cap_add),
-        cap_drop: nonempty(&cfg.cap_drop),
-        devices: {
-            let d = cfg
-                .devices
-                .iter()
-                .map(|d| device(d))
-                .collect::<Result<Vec<_>, _>>()?;
-            (!d.is_empty()).then_some(d)
-        },
-        security_opt: nonempty(&cfg.security_opt),
+        extra_hosts: cfg.extra_hosts.clone(),
+        dns: cfg.dns.clone(),
+        dns_search: cfg.dns_search.clone(),
+        cap_add: cfg.cap_add.clone(),
+        cap_drop: cfg.cap_drop.clone(),
+        devices: cfg
+            .devices
+            .iter()
+            .map(|d| device(d))
+            .collect::<Result<Vec<_>, _>>()?,
+        security_opt: cfg.security_opt.clone(),
         sysctls: map(&cfg.sysctls),
         oom_kill_disable: cfg.oom_kill_disable,
         tmpfs: map(&cfg.tmpfs),
-        ulimits: {
-            let u = cfg
-                .ulimit
-                .iter()
-                .map(|(k, v)| ulimit(k, v))
-                .collect::<Result<Vec<_>, _>>()?;
-            (!u.is_empty()).then_some(u)
-        },
+        ulimits: cfg
+            .ulimit
+            .iter()
+            .map(|(k, v)| ulimit(k, v))
+            .collect::<Result<Vec<_>, _>>()?,
         userns_mode: cfg.userns_mode.clone().filter(|s| !s.is_empty()),
         runtime: cfg.runtime.clone().filter(|s| !s.is_empty()),
         ..Default::default()
     })
 }
 
-fn nonempty_mounts(m: Vec<Mount>) -> Option<Vec<Mount>> {
-    (!m.is_empty()).then_some(m)
-}
-
 /// `host:container[:mode]` → binds; a bare container path → an anonymous volume mount.
-fn volumes(vols: &[String]) -> Result<(Vec<String>, Vec<Mount>), ExecutorError> {
+fn volumes(vols: &[String]) -> Result<(Vec<String>, Vec<VolumeMount>), ExecutorError> {
     let mut binds = Vec::new();
     let mut mounts = Vec::new();
     for v in vols {
         let parts: Vec<&str> = v.split(':').collect();
         match parts.as_slice() {
-            [path] if path.starts_with('/') => mounts.push(Mount {
-                target: Some(path.to_string()),
-                typ: Some(MountType::VOLUME),
+            [path] if path.starts_with('/') => mounts.push(VolumeMount {
+                target: path.to_string(),
                 ..Default::default()
             }),
             [host, target] | [host, target, _] if !host.is_empty() && target.starts_with('/') => {
@@ -138,7 +124,7 @@ fn nano_cpus(s: &str) -> Result<i64, ExecutorError> {
 }
 
 /// `/dev/x[:/dev/y[:rwm]]`.
-fn device(d: &str) -> Result<DeviceMapping, ExecutorError> {
+fn device(d: &str) -> Result<Device, ExecutorError> {
     let parts: Vec<&str> = d.split(':').collect();
     let bad = |reason: &str| ExecutorError::config("devices", d, reason);
     let (host, cont, perms) = match parts.as_slice() {
@@ -154,15 +140,15 @@ fn device(d: &str) -> Result<DeviceMapping, ExecutorError> {
     if perms.is_empty() || !perms.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
         return Err(bad("permissions must be made of r, w and m"));
     }
-    Ok(DeviceMapping {
-        path_on_host: Some(host.to_string()),
-        path_in_container: Some(cont.to_string()),
-        cgroup_permissions: Some(perms.to_string()),
+    Ok(Device {
+        path_on_host: host.to_string(),
+        path_in_container: cont.to_string(),
+        permissions: perms.to_string(),
     })
 }
 
 /// `ulimit = { nofile = "1024:2048" }` (soft[:hard]).
-fn ulimit(name: &str, v: &str) -> Result<ResourcesUlimits, ExecutorError> {
+fn ulimit(name: &str, v: &str) -> Result<Ulimit, ExecutorError> {
     let bad = || {
         ExecutorError::config(
             "ulimit",
@@ -176,10 +162,10 @@ fn ulimit(name: &str, v: &str) -> Result<ResourcesUlimits, ExecutorError> {
     };
     let soft: i64 = soft.trim().parse().map_err(|_| bad())?;
     let hard: i64 = hard.trim().parse().map_err(|_| bad())?;
-    Ok(ResourcesUlimits {
-        name: Some(name.to_string()),
-        soft: Some(soft),
-        hard: Some(hard),
+    Ok(Ulimit {
+        name: name.to_string(),
+        soft,
+        hard,
     })
 }
 
@@ -200,7 +186,7 @@ mod tests {
     #[test]
     fn empty_config_sets_nothing() {
         let hc = host_config(&DockerConfig::default()).expect("hc");
-        assert_eq!(hc, HostConfig::default());
+        assert_eq!(hc, HostSpec::default());
     }
 
     #[test]
@@ -234,16 +220,12 @@ mod tests {
         assert_eq!(hc.privileged, Some(true));
         assert_eq!(
             hc.binds,
-            Some(vec![
-                "/srv/cache:/cache:ro".to_string(),
-                "/a:/b".to_string()
-            ])
+            vec!["/srv/cache:/cache:ro".to_string(), "/a:/b".to_string()]
         );
-        let m = hc.mounts.expect("mounts");
+        let m = hc.mounts;
         assert_eq!(m.len(), 1);
-        assert_eq!(m[0].target.as_deref(), Some("/data"));
-        assert_eq!(m[0].typ, Some(MountType::VOLUME));
-        assert_eq!(m[0].source, None);
+        assert_eq!(m[0].target, "/data");
+        assert_eq!(m[0].volume, None);
         assert_eq!(hc.shm_size, Some(64 << 20));
         assert_eq!(hc.memory, Some(512 << 20));
         assert_eq!(hc.memory_swap, Some(1 << 30));
@@ -252,32 +234,26 @@ mod tests {
         assert_eq!(hc.cpuset_cpus.as_deref(), Some("0-1"));
         assert_eq!(hc.cpu_shares, Some(512));
         assert_eq!(hc.network_mode.as_deref(), Some("host"));
-        assert_eq!(hc.extra_hosts, Some(vec!["db:10.0.0.5".to_string()]));
-        assert_eq!(hc.dns, Some(vec!["1.1.1.1".to_string()]));
-        assert_eq!(hc.dns_search, Some(vec!["example.internal".to_string()]));
-        assert_eq!(hc.cap_add, Some(vec!["NET_ADMIN".to_string()]));
-        assert_eq!(hc.cap_drop, Some(vec!["MKNOD".to_string()]));
-        let d = hc.devices.expect("devices");
-        assert_eq!(d[0].path_on_host.as_deref(), Some("/dev/fuse"));
-        assert_eq!(d[0].path_in_container.as_deref(), Some("/dev/fuse"));
-        assert_eq!(d[0].cgroup_permissions.as_deref(), Some("rwm"));
-        assert_eq!(d[1].path_in_container.as_deref(), Some("/dev/kvm2"));
-        assert_eq!(d[1].cgroup_permissions.as_deref(), Some("rw"));
-        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
-        assert_eq!(hc.sysctls.expect("sysctls")["net.ipv4.ip_forward"], "1");
+        assert_eq!(hc.extra_hosts, vec!["db:10.0.0.5".to_string()]);
+        assert_eq!(hc.dns, vec!["1.1.1.1".to_string()]);
+        assert_eq!(hc.dns_search, vec!["example.internal".to_string()]);
+        assert_eq!(hc.cap_add, vec!["NET_ADMIN".to_string()]);
+        assert_eq!(hc.cap_drop, vec!["MKNOD".to_string()]);
+        let d = hc.devices;
+        assert_eq!(d[0].path_on_host, "/dev/fuse");
+        assert_eq!(d[0].path_in_container, "/dev/fuse");
+        assert_eq!(d[0].permissions, "rwm");
+        assert_eq!(d[1].path_in_container, "/dev/kvm2");
+        assert_eq!(d[1].permissions, "rw");
+        assert_eq!(hc.security_opt, vec!["no-new-privileges".to_string()]);
+        assert_eq!(hc.sysctls["net.ipv4.ip_forward"], "1");
         assert_eq!(hc.oom_kill_disable, Some(true));
-        assert_eq!(hc.tmpfs.expect("tmpfs")["/run"], "rw,size=64m");
-        let u = hc.ulimits.expect("ulimits");
-        let nofile = u
-            .iter()
-            .find(|u| u.name.as_deref() == Some("nofile"))
-            .expect("nofile");
-        assert_eq!((nofile.soft, nofile.hard), (Some(1024), Some(2048)));
-        let nproc = u
-            .iter()
-            .find(|u| u.name.as_deref() == Some("nproc"))
-            .expect("nproc");
-        assert_eq!((nproc.soft, nproc.hard), (Some(512), Some(512)));
+        assert_eq!(hc.tmpfs["/run"], "rw,size=64m");
+        let u = hc.ulimits;
+        let nofile = u.iter().find(|u| u.name == "nofile").expect("nofile");
+        assert_eq!((nofile.soft, nofile.hard), (1024, 2048));
+        let nproc = u.iter().find(|u| u.name == "nproc").expect("nproc");
+        assert_eq!((nproc.soft, nproc.hard), (512, 512));
         assert_eq!(hc.userns_mode.as_deref(), Some("host"));
         assert_eq!(hc.runtime.as_deref(), Some("runc"));
     }

@@ -1,12 +1,11 @@
 //! Which image a job runs in and how it gets there: `allowed_images`, pull policies
 //! (`always`, `if-not-present`, `never`, a list tried in order) and registry credentials.
 
-use bollard::auth::DockerCredentials;
 use drover_proto::spec::{DockerConfig, PullPolicy};
-use secrecy::ExposeSecret;
 
 use super::ExecutorError;
 use super::api::ContainerApi;
+use super::spec::RegistryAuth;
 use crate::trace::TraceSink;
 use drover_gitlab::types::{Credentials, JobResponse};
 
@@ -128,7 +127,7 @@ pub fn registry_host(image: &str) -> &str {
 }
 
 /// Registry credentials from the job payload for `image`'s registry.
-pub fn credentials_for(image: &str, creds: &[Credentials]) -> Option<DockerCredentials> {
+pub fn credentials_for(image: &str, creds: &[Credentials]) -> Option<RegistryAuth> {
     let host = registry_host(image);
     let same = |url: &str| {
         let u = url
@@ -145,11 +144,10 @@ pub fn credentials_for(image: &str, creds: &[Credentials]) -> Option<DockerCrede
     creds
         .iter()
         .find(|c| c.kind == "registry" && same(&c.url))
-        .map(|c| DockerCredentials {
-            username: Some(c.username.clone()),
-            password: Some(c.password.expose_secret().to_string()),
-            serveraddress: Some(c.url.clone()),
-            ..Default::default()
+        .map(|c| RegistryAuth {
+            username: c.username.clone(),
+            password: c.password.clone(),
+            server: c.url.clone(),
         })
 }
 
@@ -159,7 +157,7 @@ pub async fn ensure_image(
     api: &dyn ContainerApi,
     image: &str,
     policies: &[PullPolicy],
-    credentials: Option<DockerCredentials>,
+    credentials: Option<RegistryAuth>,
     trace: &TraceSink,
 ) -> Result<String, ExecutorError> {
     let mut last_err = String::new();
@@ -205,7 +203,7 @@ pub async fn ensure_image(
 async fn pull(
     api: &dyn ContainerApi,
     image: &str,
-    credentials: Option<DockerCredentials>,
+    credentials: Option<RegistryAuth>,
     trace: &TraceSink,
 ) -> Result<String, String> {
     trace.write_line(&format!("Pulling docker image {image} ..."));
@@ -341,14 +339,11 @@ mod tests {
         ]))
         .expect("creds");
         let c = credentials_for("registry.example.com/g/img:1", &creds).expect("creds");
-        assert_eq!(c.username.as_deref(), Some("u"));
-        assert_eq!(c.password.as_deref(), Some("p"));
+        assert_eq!(c.username, "u");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&c.password), "p");
         assert_eq!(
-            credentials_for("busybox", &creds)
-                .expect("hub")
-                .username
-                .as_deref(),
-            Some("hub")
+            credentials_for("busybox", &creds).expect("hub").username,
+            "hub"
         );
         assert!(credentials_for("other.example.com/x", &creds).is_none());
         assert_eq!(registry_host("localhost:5000/x"), "localhost:5000");

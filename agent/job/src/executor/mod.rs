@@ -1,13 +1,16 @@
 //! The Docker executor: runs one GitLab job in containers through the Docker Engine API.
 //!
-//! Invariant: only this module of the job crate talks to Docker.
+//! Invariant: only this module of the job crate talks to Docker, and within it only
+//! `engine` (the rest goes through [`ContainerApi`]).
 //!
 //! Layout:
-//! - [`docker`]: [`DockerExecutor`], the job flow (steps, timeouts, cancel, cleanup).
-//! - [`api`]: the [`ContainerApi`] seam; `bollard_api` implements it on the engine.
+//! - [`docker`]: [`DockerExecutor`]: the job flow, host-side job files, the container
+//!   lifecycle, orphan cleanup (one file each).
+//! - [`api`]: the [`ContainerApi`] seam, over the executor's own types ([`spec`]);
+//!   `engine` implements it on the Docker engine and is the only module naming bollard.
 //! - `script`: the POSIX script fed to the container's shell.
 //! - `variables`: the job environment (values expanded by [`crate::expand`]).
-//! - `host_config`: `[runners.docker]` → `HostConfig`.
+//! - `host_config`: `[runners.docker]` → [`spec::HostSpec`].
 //! - `image`: image choice, `allowed_images`, pull policies, registry credentials.
 //! - `names`: container/volume names and labels.
 //! - `services`: the per-job network, service containers, aliases and the port wait.
@@ -36,8 +39,9 @@
 //!   runner loop must not print another one.
 
 pub mod api;
-mod bollard_api;
 pub mod docker;
+#[cfg(feature = "docker")]
+mod engine;
 mod error;
 #[cfg(test)]
 mod fake;
@@ -47,6 +51,7 @@ pub mod names;
 mod ping;
 mod script;
 mod services;
+pub mod spec;
 #[cfg(test)]
 mod tests;
 mod variables;
@@ -65,9 +70,10 @@ use drover_gitlab::types::JobResponse;
 /// re-exported here because [`Executor::run`] returns it.
 pub use crate::outcome::{FailureReason, JobOutcome};
 pub use api::ContainerApi;
-pub use bollard_api::BollardApi;
 pub use docker::{CleanupReport, ConnectOptions, DockerExecutor, KeptVolume, StorageOptions};
-pub use error::ExecutorError;
+#[cfg(feature = "docker")]
+pub use engine::BollardApi;
+pub use error::{EngineError, ExecutorError};
 pub use ping::DockerInfo;
 pub use services::{derived_names, service_aliases};
 

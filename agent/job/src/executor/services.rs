@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig};
 use drover_proto::spec::DockerConfig;
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
@@ -25,6 +24,7 @@ use super::ExecutorError;
 use super::api::ContainerApi;
 use super::image::{check_allowed, credentials_for, ensure_image, glob_match, pull_policies};
 use super::names::JobNames;
+use super::spec::{ContainerSpec, HostSpec};
 use super::variables::JobEnv;
 use crate::trace::TraceSink;
 use drover_gitlab::types::{JobResponse, Service};
@@ -173,31 +173,19 @@ pub async fn start_services(
                 "\x1b[0;33mWARNING: network_mode {network:?} is not a user-defined network: services cannot be reached by name\x1b[0;m"
             ));
         }
-        let mut endpoints = HashMap::new();
-        if user_defined {
-            endpoints.insert(
-                network.to_string(),
-                EndpointSettings {
-                    aliases: Some(aliases.clone()),
-                    ..Default::default()
-                },
-            );
-        }
-        let body = ContainerCreateBody {
-            image: Some(image_id.clone()),
-            env: Some(vars.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        let body = ContainerSpec {
+            image: image_id.clone(),
+            env: vars.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             entrypoint: (!service.entrypoint.is_empty()).then(|| service.entrypoint.clone()),
             cmd: (!service.command.is_empty()).then(|| service.command.clone()),
-            labels: Some(labels),
-            host_config: Some(HostConfig {
+            labels,
+            host: HostSpec {
                 network_mode: Some(network.to_string()),
                 privileged,
-                tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+                tmpfs,
                 ..Default::default()
-            }),
-            networking_config: user_defined.then_some(NetworkingConfig {
-                endpoints_config: Some(endpoints),
-            }),
+            },
+            network_aliases: user_defined.then(|| (network.to_string(), aliases.clone())),
             ..Default::default()
         };
         let id = api.create(&name, body).await?;

@@ -98,11 +98,7 @@ async fn run(api: &FakeApi, c: &JobContext) -> (JobOutcome, String) {
 
 /// A container's kind label (`build`, `after-script`, ...).
 fn kind_of(c: &FakeContainer) -> Option<&str> {
-    c.body
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(LABEL_KIND))
-        .map(String::as_str)
+    c.body.labels.get(LABEL_KIND).map(String::as_str)
 }
 
 fn kinds(api: &FakeApi) -> Vec<String> {
@@ -129,7 +125,7 @@ fn stdin_of(api: &FakeApi, kind: &str) -> String {
 }
 
 fn env_of(api: &FakeApi, kind: &str) -> Vec<String> {
-    with_kind(api, kind, |c| c.body.env.clone().expect("env"))
+    with_kind(api, kind, |c| c.body.env.clone())
 }
 
 #[tokio::test]
@@ -160,22 +156,21 @@ async fn success_runs_the_script_in_a_labelled_build_container() {
     api.with_containers(|cs| {
         let c = &cs[0];
         assert_eq!(c.name, "runner-short123-project-5-concurrent-1-77-build");
-        let l = c.body.labels.as_ref().expect("labels");
+        let l = &c.body.labels;
         assert_eq!(l[LABEL_AGENT], "agent-x");
         assert_eq!(l[LABEL_JOB], "77");
-        assert_eq!(c.body.image.as_deref(), Some("sha256:feed"));
-        assert_eq!(c.body.open_stdin, Some(true));
-        assert_eq!(c.body.stdin_once, Some(true));
+        assert_eq!(c.body.image, "sha256:feed");
+        assert!(c.body.stdin);
         assert_eq!(c.body.entrypoint, None);
-        let env = c.body.env.as_ref().expect("env");
+        let env = &c.body.env;
         assert!(env.contains(&"CI_PROJECT_DIR=/builds/g/demo".to_string()));
-        let mounts = c
+        let targets: Vec<_> = c
             .body
-            .host_config
-            .as_ref()
-            .and_then(|h| h.mounts.clone())
-            .expect("mounts");
-        let targets: Vec<_> = mounts.iter().filter_map(|m| m.target.clone()).collect();
+            .host
+            .mounts
+            .iter()
+            .map(|m| m.target.clone())
+            .collect();
         assert_eq!(
             targets,
             vec!["/builds".to_string(), "/builds/g/demo.tmp".to_string()]
@@ -493,24 +488,15 @@ async fn services_get_a_network_aliases_and_a_warning_with_logs_when_not_up() {
         (svc, build)
     });
     let net = "runner-short123-project-5-concurrent-1-77-network";
-    let aliases = svc
-        .networking_config
-        .and_then(|n| n.endpoints_config)
-        .and_then(|mut e| e.remove(net))
-        .and_then(|e| e.aliases);
     assert_eq!(
-        aliases,
-        Some(vec!["db".to_string(), "postgres".to_string()])
+        svc.network_aliases,
+        Some((
+            net.to_string(),
+            vec!["db".to_string(), "postgres".to_string()]
+        ))
     );
-    assert!(
-        svc.env
-            .unwrap_or_default()
-            .contains(&"POSTGRES_PASSWORD=pw".to_string())
-    );
-    assert_eq!(
-        build.host_config.and_then(|h| h.network_mode),
-        Some(net.to_string())
-    );
+    assert!(svc.env.contains(&"POSTGRES_PASSWORD=pw".to_string()));
+    assert_eq!(build.host.network_mode, Some(net.to_string()));
     assert!(trace.contains("probably didn't start properly"), "{trace}");
     assert!(trace.contains("database system is starting"), "{trace}");
     assert!(api.networks().is_empty(), "network removed");

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::*;
 use crate::clock::{FakeClock, TokioClock};
@@ -200,11 +200,11 @@ impl DockerDep for FakeDocker {
 }
 
 struct Harness {
-    desired: mpsc::UnboundedSender<v1::DesiredState>,
-    commands: mpsc::UnboundedSender<v1::Command>,
-    out: mpsc::Receiver<v1::AgentMessage>,
+    desired: mpsc::UnboundedSender<DesiredState>,
+    commands: mpsc::UnboundedSender<Command>,
+    out: mpsc::Receiver<ToController>,
     /// Every message read from `out` so far.
-    seen: Vec<AgentKind>,
+    seen: Vec<ToController>,
     report: watch::Receiver<Report>,
     gl: Arc<TokenGitLab>,
     docker: Arc<FakeDocker>,
@@ -223,21 +223,37 @@ const WAIT: Duration = Duration::from_secs(10);
 // (`TokioClock`, or a `FakeClock` moved by hand) follows it, so "no restart in 300 ms" is
 // fifteen supervisor ticks on any machine, not whatever a slow one managed.
 
-fn assignment(name: &str, token: &str) -> v1::RunnerAssignment {
-    v1::RunnerAssignment {
+fn assignment(name: &str, token: &str) -> Raw {
+    Raw {
         name: name.into(),
         spec_json: SPEC.into(),
         runner_token: token.into(),
         gitlab_runner_id: 11,
         token_expires_at: None,
+        token_obtained_at: None,
     }
 }
 
-fn state(generation: u64, runners: Vec<v1::RunnerAssignment>) -> v1::DesiredState {
-    v1::DesiredState {
+fn state(generation: u64, runners: Vec<Raw>) -> DesiredState {
+    DesiredState {
         generation,
         runners,
     }
+}
+
+/// An ack as the tests read it.
+#[derive(Debug)]
+struct Ack {
+    generation: u64,
+    applied: bool,
+    error: String,
+}
+
+/// A runner event as the tests read it.
+#[derive(Debug)]
+struct Event {
+    runner: String,
+    message: String,
 }
 
 fn policy() -> RestartPolicy {
@@ -341,28 +357,35 @@ async fn start_clocked(
 
 impl Harness {
     /// Reads the next message (noting it in `seen`); panics at `end` naming `what`.
-    async fn next_message(&mut self, end: tokio::time::Instant, what: &str) -> AgentKind {
+    async fn next_message(&mut self, end: tokio::time::Instant, what: &str) -> ToController {
         let m = tokio::time::timeout_at(end, self.out.recv())
             .await
             .unwrap_or_else(|_| panic!("{what} in time"))
             .expect("outbound open");
-        let kind = m.kind.unwrap();
-        self.seen.push(kind.clone());
-        kind
+        self.seen.push(m.clone());
+        m
     }
 
     /// Reads messages until the next ack.
-    async fn ack(&mut self) -> v1::Ack {
+    async fn ack(&mut self) -> Ack {
         let end = tokio::time::Instant::now() + WAIT;
         loop {
-            if let AgentKind::Ack(a) = self.next_message(end, "an ack").await {
-                return a;
+            if let ToController::Ack {
+                generation,
+                refused,
+            } = self.next_message(end, "an ack").await
+            {
+                return Ack {
+                    generation,
+                    applied: refused.is_none(),
+                    error: refused.unwrap_or_default(),
+                };
             }
         }
     }
 
     /// Pushes generation `generation` with `runners`; returns its ack.
-    async fn push(&mut self, generation: u64, runners: Vec<v1::RunnerAssignment>) -> v1::Ack {
+    async fn push(&mut self, generation: u64, runners: Vec<Raw>) -> Ack {
         self.desired.send(state(generation, runners)).unwrap();
         self.ack().await
     }
@@ -382,7 +405,7 @@ impl Harness {
     }
 
     /// Reads messages until one matches `f` (or returns one seen already).
-    async fn message(&mut self, f: impl Fn(&AgentKind) -> bool) -> AgentKind {
+    async fn message(&mut self, f: impl Fn(&ToController) -> bool) -> ToController {
         if let Some(k) = self.seen.iter().find(|k| f(k)) {
             return k.clone();
         }
@@ -396,12 +419,14 @@ impl Harness {
     }
 
     /// The first runner event of `kind` (seen already, or read now).
-    async fn runner_event(&mut self, kind: &str) -> v1::RunnerEvent {
+    async fn runner_event(&mut self, kind: RunnerEventKind) -> Event {
         match self
-            .message(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == kind))
+            .message(|m| matches!(m, ToController::Event { kind: k, .. } if *k == kind))
             .await
         {
-            AgentKind::RunnerEvent(e) => e,
+            ToController::Event {
+                runner, message, ..
+            } => Event { runner, message },
             _ => unreachable!("message matched a runner event"),
         }
     }
@@ -474,10 +499,28 @@ async fn pushed_generation_is_acked_persisted_and_runs_jobs() {
     assert_eq!(r.applied_generation, 1);
     assert_eq!(unit(&r, "a").gitlab_runner_id, 11);
     assert!(unit(&r, "a").log.iter().any(|l| l.contains("job 5")));
-    h.message(|k| matches!(k, AgentKind::JobEvent(e) if e.job_id == 5 && e.state == "running"))
-        .await;
-    h.message(|k| matches!(k, AgentKind::JobEvent(e) if e.job_id == 5 && e.state == "success"))
-        .await;
+    h.message(|k| {
+        matches!(
+            k,
+            ToController::Job {
+                job_id: 5,
+                state: JobState::Running,
+                ..
+            }
+        )
+    })
+    .await;
+    h.message(|k| {
+        matches!(
+            k,
+            ToController::Job {
+                job_id: 5,
+                state: JobState::Success,
+                ..
+            }
+        )
+    })
+    .await;
     let saved = Store::new(h.dir.path()).load().unwrap().unwrap();
     assert_eq!(saved.generation, 1);
     assert_eq!(saved.runners[0].runner_token, "glrt-a");
@@ -577,7 +620,7 @@ async fn forbidden_job_request_degrades_until_a_new_token_arrives() {
     let mut h = start_a(true).await;
     h.run_a().await;
     h.gl.revoke("glrt-a");
-    let ev = h.runner_event("token-invalid").await;
+    let ev = h.runner_event(RunnerEventKind::TokenInvalid).await;
     assert_eq!(ev.runner, "a");
     let r = h
         .wait_report("degraded", |r| unit(r, "a").state == "degraded")
@@ -592,7 +635,15 @@ async fn forbidden_job_request_degrades_until_a_new_token_arrives() {
     let count = |h: &Harness| {
         h.seen
             .iter()
-            .filter(|k| matches!(k, AgentKind::RunnerEvent(e) if e.kind == "token-invalid"))
+            .filter(|k| {
+                matches!(
+                    k,
+                    ToController::Event {
+                        kind: RunnerEventKind::TokenInvalid,
+                        ..
+                    }
+                )
+            })
             .count()
     };
     while count(&h) < 2 {
@@ -639,15 +690,28 @@ async fn token_rotation_persists_before_use_and_tells_the_controller() {
         now + time::Duration::hours(1),
     );
     let mut h = start(dir, gl, true).await;
-    let m = h.message(|k| matches!(k, AgentKind::TokenRotated(_))).await;
-    let AgentKind::TokenRotated(t) = m else {
+    let m = h
+        .message(|k| matches!(k, ToController::TokenRotated { .. }))
+        .await;
+    let ToController::TokenRotated {
+        runner,
+        token,
+        token_expires_at,
+        gitlab_runner_id,
+    } = m
+    else {
         unreachable!()
     };
-    assert_eq!(t.runner, "a");
-    assert_eq!(t.token, "glrt-rotated");
-    assert_eq!(t.gitlab_runner_id, 42);
+    assert_eq!(runner, "a");
+    assert_eq!(token.expose_secret(), "glrt-rotated");
+    assert_eq!(gitlab_runner_id, 42);
     assert_eq!(
-        t.token_expires_at.unwrap().seconds,
+        OffsetDateTime::parse(
+            &token_expires_at.unwrap(),
+            &time::format_description::well_known::Rfc3339
+        )
+        .unwrap()
+        .unix_timestamp(),
         OffsetDateTime::parse(
             "2099-01-01T00:00:00Z",
             &time::format_description::well_known::Rfc3339
@@ -703,16 +767,8 @@ async fn reports_carry_the_rotation_point_and_a_failed_rotation() {
         u.token_rotate_at.as_deref(),
         Some(rfc3339(obtained + time::Duration::seconds(30)).as_str())
     );
-    let wire = u.to_proto();
-    assert!(
-        wire.token_rotation_error.contains("500"),
-        "{}",
-        wire.token_rotation_error
-    );
-    assert_eq!(
-        wire.token_rotate_at.unwrap().seconds,
-        (obtained + time::Duration::seconds(30)).unix_timestamp()
-    );
+    let error = u.token_rotation_error.as_deref().unwrap_or_default();
+    assert!(error.contains("500"), "{error}");
     // With 5 s left the retry comes within seconds, not a minute later; a success clears
     // the error.
     *h.gl.reset_down.lock().unwrap() = false;
@@ -751,8 +807,12 @@ async fn a_forward_clock_jump_past_the_rotation_point_rotates_at_once() {
     let mut h = run_a_clocked(time::Duration::minutes(150), clock.clone()).await;
     assert_eq!(resets(&h), 0, "not due before the jump");
     clock.jump(time::Duration::hours(1));
-    let m = h.message(|k| matches!(k, AgentKind::TokenRotated(_))).await;
-    assert!(matches!(m, AgentKind::TokenRotated(t) if t.token == "glrt-rotated"));
+    let m = h
+        .message(|k| matches!(k, ToController::TokenRotated { .. }))
+        .await;
+    assert!(
+        matches!(m, ToController::TokenRotated { token, .. } if token.expose_secret() == "glrt-rotated")
+    );
     h.wait_report("running on the new token", |r| {
         unit(r, "a").token_expires_at.as_deref() == Some("2099-01-01T00:00:00Z")
     })
@@ -773,7 +833,8 @@ async fn a_backward_clock_jump_neither_advances_nor_delays_rotation() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(resets(&h), 0, "not due before its point");
     clock.advance(Duration::from_secs(60));
-    h.message(|k| matches!(k, AgentKind::TokenRotated(_))).await;
+    h.message(|k| matches!(k, ToController::TokenRotated { .. }))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(resets(&h), 1, "one rotation, no storm");
     h.stop().await;
@@ -785,7 +846,7 @@ async fn ip_change_is_reported_and_restarts_loops_without_verify() {
     h.run_a().await;
     let verifies = h.gl.verifies();
     *h.ips.lock().unwrap() = vec!["10.0.0.2".to_string()];
-    let e = h.runner_event("ips-changed").await;
+    let e = h.runner_event(RunnerEventKind::IpsChanged).await;
     assert!(e.message.contains("10.0.0.2"), "{}", e.message);
     h.wait_report("loop restarted", |r| {
         unit(r, "a")
@@ -809,7 +870,7 @@ async fn ip_change_is_reported_and_restarts_loops_without_verify() {
     // A 403 on the restarted loop's job request follows the token-invalid path.
     h.gl.revoke("glrt-a");
     *h.ips.lock().unwrap() = vec!["10.0.0.3".to_string()];
-    h.runner_event("token-invalid").await;
+    h.runner_event(RunnerEventKind::TokenInvalid).await;
     h.wait_report("degraded", |r| unit(r, "a").state == "degraded")
         .await;
     h.stop().await;
@@ -900,7 +961,7 @@ async fn a_loop_that_keeps_stalling_hits_the_start_limit() {
     assert_eq!(h.gl.requests(), 5, "one job request per start");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.gl.requests(), 5, "a stopped unit does not start again");
-    h.runner_event("backoff").await;
+    h.runner_event(RunnerEventKind::Backoff).await;
     h.stop().await;
 }
 
@@ -948,11 +1009,7 @@ async fn drain_lets_running_jobs_finish_and_takes_no_new_ones() {
     h.gl.jobs.push_job(job(21, &["sleep"]));
     h.wait_report("job taken", |r| r.units.iter().any(|u| u.jobs_running == 1))
         .await;
-    h.commands
-        .send(v1::Command {
-            kind: Some(v1::command::Kind::Drain(v1::Drain {})),
-        })
-        .unwrap();
+    h.commands.send(Command::Drain).unwrap();
     let r = h
         .wait_report("draining", |r| {
             r.draining && r.units.iter().any(|u| u.state == "draining")
@@ -979,7 +1036,7 @@ async fn drain_lets_running_jobs_finish_and_takes_no_new_ones() {
         "the running job finished"
     );
     assert_eq!(h.gl.jobs.queued(), 1, "no job taken after the drain");
-    h.runner_event("draining").await;
+    h.runner_event(RunnerEventKind::Draining).await;
     // A generation pushed while draining is acked and persisted, but nothing starts.
     let ack = h.push(2, vec![assignment("a", "glrt-a")]).await;
     assert!(ack.applied && ack.generation == 2, "{ack:?}");

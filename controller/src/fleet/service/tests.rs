@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use drover_proto::v1;
+use crate::fleet::messages::{Ack, RunnerAssignment, RunnerEvent, RunnerEventKind, TokenRotated};
+use crate::health::report::{RunnerStatus, UnitState};
 use time::{Duration, OffsetDateTime};
 use tokio_util::sync::CancellationToken;
 
@@ -138,10 +139,9 @@ impl World {
         self.fleet
             .on_ack(
                 id,
-                &v1::Ack {
+                &Ack {
                     generation,
-                    applied: error.is_none(),
-                    error: error.unwrap_or_default().into(),
+                    refused: error.map(str::to_string),
                 },
             )
             .await;
@@ -189,7 +189,7 @@ async fn apply_registers_for_selected_agents_and_builds_desired_state() {
     let ds = w.fleet.desired_state("a1").await.unwrap().unwrap();
     assert_eq!(ds.generation, 1);
     assert_eq!(ds.runners.len(), 1);
-    assert_eq!(ds.runners[0].runner_token, token);
+    assert_eq!(ds.runners[0].runner_token.expose_secret(), token);
     assert_eq!(ds.runners[0].gitlab_runner_id, 1);
     assert!(
         !ds.runners[0].spec_json.contains(REG),
@@ -236,7 +236,9 @@ async fn apply_registers_for_selected_agents_and_builds_desired_state() {
     );
     assert_eq!(w.gitlab.live().len(), 1);
     assert_eq!(
-        w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].runner_token,
+        w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0]
+            .runner_token
+            .expose_secret(),
         token
     );
 }
@@ -322,7 +324,10 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
     w.fleet.runtime().get_mut("a1").unwrap().healed.clear(); // HEAL_INTERVAL later
     w.fleet.on_runner_event("a1", &token_invalid()).await;
     let new = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].clone();
-    assert_ne!(new.runner_token, old.runner_token);
+    assert_ne!(
+        new.runner_token.expose_secret(),
+        old.runner_token.expose_secret()
+    );
     assert_eq!(new.gitlab_runner_id, 2);
     // The old runner's own token is dead: nothing can unregister it (GitLab keeps it
     // listed; a runner_creation_token deletes it by id, see below), and it is not retried.
@@ -332,9 +337,9 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
     w.fleet
         .on_runner_event(
             "a1",
-            &v1::RunnerEvent {
+            &RunnerEvent {
                 runner: "lab-docker".into(),
-                kind: "token-invalid".into(),
+                kind: RunnerEventKind::TokenInvalid,
                 message: "again".into(),
                 at: None,
             },
@@ -342,8 +347,10 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
         .await;
     assert_eq!(w.gitlab.live().len(), 2);
     assert_eq!(
-        w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].runner_token,
-        new.runner_token
+        w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0]
+            .runner_token
+            .expose_secret(),
+        new.runner_token.expose_secret()
     );
 
     // A rotation reported by the agent, checked with GitLab, is what later pushes carry,
@@ -356,33 +363,41 @@ async fn token_invalid_re_registers_and_retires_the_old_runner() {
         .await;
     assert_eq!(claim, Claim::Accepted("verified with gitlab".into()));
     let ds = w.fleet.desired_state("a1").await.unwrap().unwrap();
-    assert_eq!(ds.runners[0].runner_token, rotated);
+    assert_eq!(ds.runners[0].runner_token.expose_secret(), rotated);
     assert_eq!(
-        ds.runners[0].token_expires_at.unwrap().seconds,
+        ds.runners[0].token_expires_at.unwrap().unix_timestamp(),
         2_000_000_000
     );
     assert_eq!(ds.runners[0].gitlab_runner_id, 2);
 }
 
-fn token_invalid() -> v1::RunnerEvent {
-    v1::RunnerEvent {
+fn token_invalid() -> RunnerEvent {
+    RunnerEvent {
         runner: "lab-docker".into(),
-        kind: "token-invalid".into(),
+        kind: RunnerEventKind::TokenInvalid,
         message: "403 on job request".into(),
         at: None,
     }
 }
 
-fn rotation(token: &str, gitlab_runner_id: i64, expires: i64) -> v1::TokenRotated {
-    v1::TokenRotated {
+fn rotation(token: &str, gitlab_runner_id: i64, expires: i64) -> TokenRotated {
+    TokenRotated {
         runner: "lab-docker".into(),
         token: token.into(),
-        token_expires_at: Some(prost_types::Timestamp {
-            seconds: expires,
-            nanos: 0,
-        }),
+        token_expires_at: Some(OffsetDateTime::from_unix_timestamp(expires).unwrap()),
         gitlab_runner_id,
     }
+}
+
+/// What a pushed runner says, secret exposed, to compare two pushes.
+fn plain(r: &RunnerAssignment) -> (String, String, String, i64, Option<OffsetDateTime>) {
+    (
+        r.name.clone(),
+        r.spec_json.clone(),
+        r.runner_token.expose_secret().to_string(),
+        r.gitlab_runner_id,
+        r.token_expires_at,
+    )
 }
 
 /// Issue 15 item 1: an agent's certificate (cloned or stolen) sends another runner's id or
@@ -428,7 +443,10 @@ image = "alpine:3.20"
     // The foreign runner's own token, without an id: GitLab says whose it is; refused.
     let claim = w
         .fleet
-        .on_token_rotated("a1", &rotation(&foreign.runner_token, 0, 2_000_000_000))
+        .on_token_rotated(
+            "a1",
+            &rotation(foreign.runner_token.expose_secret(), 0, 2_000_000_000),
+        )
         .await;
     assert!(
         matches!(&claim, Claim::Refused(why) if why.contains("belongs to gitlab runner")),
@@ -451,7 +469,7 @@ image = "alpine:3.20"
         Claim::Refused(_)
     ));
     let kept = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0].clone();
-    assert_eq!(kept, own, "the record is unchanged");
+    assert_eq!(plain(&kept), plain(&own), "the record is unchanged");
 
     // The agent's own token is revoked and it says so: its own runner is the one deleted.
     w.gitlab.revoke(own.gitlab_runner_id);
@@ -477,7 +495,10 @@ async fn an_unverified_token_never_unregisters_another_runner() {
     w.gitlab.set_down(true);
     let claim = w
         .fleet
-        .on_token_rotated("a1", &rotation(&foreign.runner_token, 0, 2_000_000_000))
+        .on_token_rotated(
+            "a1",
+            &rotation(foreign.runner_token.expose_secret(), 0, 2_000_000_000),
+        )
         .await;
     assert!(
         matches!(&claim, Claim::Accepted(how) if how.starts_with("kept unverified")),
@@ -575,16 +596,17 @@ async fn secrets_are_encrypted_at_rest() {
     w.apply(&spec("alpine:3.20", ""), all()).await.unwrap();
     let token = w.fleet.desired_state("a1").await.unwrap().unwrap().runners[0]
         .runner_token
-        .clone();
+        .expose_secret()
+        .to_string();
     assert!(token.starts_with("glrt-fake-"));
     let rotated = w.gitlab.rotate(1, None).unwrap();
     let claim = w
         .fleet
         .on_token_rotated(
             "a1",
-            &v1::TokenRotated {
+            &TokenRotated {
                 runner: "lab-docker".into(),
-                token: rotated.clone(),
+                token: rotated.clone().into(),
                 token_expires_at: None,
                 gitlab_runner_id: 0,
             },
@@ -644,9 +666,9 @@ image = "alpine:3.20"
     w.fleet
         .on_runner_event(
             "a1",
-            &v1::RunnerEvent {
+            &RunnerEvent {
                 runner: "lab-docker".into(),
-                kind: "token-invalid".into(),
+                kind: RunnerEventKind::TokenInvalid,
                 message: "403 on job request".into(),
                 at: None,
             },
@@ -681,20 +703,20 @@ async fn runner_statuses_take_identity_from_assignments_and_state_from_heartbeat
     let before = w.fleet.runner_statuses("a1").await;
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].gitlab_runner_id, current);
-    assert_eq!(before[0].state, "");
+    assert_eq!(before[0].state, None);
     // A heartbeat sent while the retired unit was still stopping and the new one running.
     w.fleet.on_heartbeat(
         "a1",
         &[
-            v1::RunnerStatus {
+            RunnerStatus {
                 name: "lab-docker".into(),
-                state: "stopped".into(),
+                state: Some(UnitState::Stopped),
                 gitlab_runner_id: current + 100,
                 ..Default::default()
             },
-            v1::RunnerStatus {
+            RunnerStatus {
                 name: "lab-docker".into(),
-                state: "running".into(),
+                state: Some(UnitState::Running),
                 gitlab_runner_id: current,
                 jobs_succeeded: 3,
                 ..Default::default()
@@ -704,10 +726,10 @@ async fn runner_statuses_take_identity_from_assignments_and_state_from_heartbeat
     let got = w.fleet.runner_statuses("a1").await;
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0].gitlab_runner_id, current);
-    assert_eq!(got[0].state, "running");
+    assert_eq!(got[0].state, Some(UnitState::Running));
     assert_eq!(got[0].jobs_succeeded, 3);
     assert_eq!(got[1].gitlab_runner_id, current + 100);
-    assert_eq!(got[1].state, "stopped");
+    assert_eq!(got[1].state, Some(UnitState::Stopped));
 }
 
 /// Imports that each fit their bounds but add up past what a fleet can carry are refused,

@@ -2,10 +2,11 @@
 
 use std::fmt::Write;
 
-use drover_proto::v1;
 use time::OffsetDateTime;
 
 use super::html::{badge, esc, page, table, url_enc};
+use crate::fleet::progress::{AgentRolloutState, RolloutStatus};
+use crate::health::report::{RunnerStatus, UnitState};
 use crate::health::{AgentView, State};
 use crate::store::EventRecord;
 use crate::timefmt;
@@ -83,7 +84,7 @@ fn labels(v: &AgentView) -> String {
 /// The fleet page: summary cards, the filter form and the agents table.
 pub fn fleet(
     views: &[AgentView],
-    rollout: &v1::RolloutStatusResponse,
+    rollout: &RolloutStatus,
     filter: &Filter,
     now: OffsetDateTime,
 ) -> String {
@@ -115,12 +116,12 @@ pub fn fleet(
         let applied = rollout
             .agents
             .iter()
-            .filter(|a| a.state == "applied")
+            .filter(|a| a.state == AgentRolloutState::Applied)
             .count();
         format!(
             "generation {} {} ({applied}/{} applied)",
             rollout.generation,
-            rollout.state,
+            rollout.state_name(),
             rollout.agents.len()
         )
     };
@@ -213,7 +214,7 @@ fn bytes_pair(free: u64, total: u64) -> String {
 /// One agent: facts, host health, runner units, recent events and jobs.
 pub fn agent(
     v: &AgentView,
-    runners: &[v1::RunnerStatus],
+    runners: &[RunnerStatus],
     events: &[EventRecord],
     jobs: &[EventRecord],
     token: Option<&str>,
@@ -295,15 +296,13 @@ pub fn agent(
         .map(|r| {
             vec![
                 esc(&r.name),
-                badge_unit(&r.state),
+                badge_unit(r.state.as_ref()),
                 r.gitlab_runner_id.to_string(),
                 format!(
                     "{} running, {} ok, {} failed",
                     r.jobs_running, r.jobs_succeeded, r.jobs_failed
                 ),
                 r.token_expires_at
-                    .as_ref()
-                    .and_then(timefmt::from_proto)
                     .map(|t| esc(&timefmt::rfc3339(t)))
                     .unwrap_or_else(|| "never".into()),
                 esc(&r.last_error),
@@ -370,14 +369,22 @@ pub fn agent(
     )
 }
 
-fn badge_unit(state: &str) -> String {
+fn badge_unit(state: Option<&UnitState>) -> String {
     let class = match state {
-        "running" => "healthy",
-        "backoff" | "degraded" | "waiting-for-docker" | "starting" => "degraded",
-        "stopped" => "revoked",
+        Some(UnitState::Running) => "healthy",
+        Some(
+            UnitState::Backoff
+            | UnitState::Degraded
+            | UnitState::WaitingForDocker
+            | UnitState::Starting,
+        ) => "degraded",
+        Some(UnitState::Stopped) => "revoked",
         _ => "unknown",
     };
-    format!("<span class=\"state {class}\">{}</span>", esc(state))
+    format!(
+        "<span class=\"state {class}\">{}</span>",
+        esc(state.map_or("", UnitState::as_str))
+    )
 }
 
 #[cfg(test)]
@@ -476,9 +483,9 @@ mod tests {
     #[test]
     fn agent_page_escapes_events_and_units() {
         let v = view("a1", "box", State::Degraded);
-        let units = vec![v1::RunnerStatus {
+        let units = vec![RunnerStatus {
             name: "<r>".into(),
-            state: "backoff".into(),
+            state: Some(UnitState::Backoff),
             last_error: "\"quoted\"".into(),
             ..Default::default()
         }];

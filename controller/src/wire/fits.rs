@@ -8,7 +8,7 @@ use drover_proto::v1;
 use prost::Message;
 use secrecy::ExposeSecret;
 
-use super::spec;
+use crate::fleet::spec;
 
 /// Room left for the envelope around a desired state or a page of runners.
 const ENVELOPE: usize = 64 * 1024;

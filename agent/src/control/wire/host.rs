@@ -1,5 +1,4 @@
-//! [`HostHealth`] ⇄ `drover_proto::v1::HostHealth`: the only place the wire type is built
-//! or read.
+//! [`HostHealth`] ⇄ `drover_proto::v1::HostHealth`.
 //!
 //! Mapping: `disk_*` is the Docker root's filesystem, `builds_disk_*` the builds dir's; an
 //! unread value goes out as 0 and a 0 total comes back as "unknown". Probe error texts and
@@ -7,7 +6,7 @@
 
 use drover_proto::v1 as pb;
 
-use super::{DiskSpace, DockerStatus, HostHealth, LoadAverage, Memory};
+use crate::health::{DiskSpace, DockerStatus, HostHealth, LoadAverage, Memory};
 
 impl From<&HostHealth> for pb::HostHealth {
     fn from(h: &HostHealth) -> Self {
@@ -34,7 +33,7 @@ impl From<&HostHealth> for pb::HostHealth {
 }
 
 /// What the controller can rebuild from a heartbeat, to run
-/// [`super::degraded_reasons`] on it. Only the 1-minute load travels; a zero clock skew
+/// [`crate::health::degraded_reasons`] on it. Only the 1-minute load travels; a zero clock skew
 /// reads as "in sync".
 impl From<&pb::HostHealth> for HostHealth {
     fn from(p: &pb::HostHealth) -> Self {

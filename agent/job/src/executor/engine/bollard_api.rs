@@ -1,31 +1,14 @@
-//! [`ContainerApi`] on the real engine, through bollard.
-//!
-//! Every call is bounded. A stalled engine (a `SIGSTOP`ped or wedged `dockerd`) accepts
-//! connections and never answers; bollard bounds only the wait for response headers (2 min)
-//! and never a body or a stream, so the bounds are here, each named in its error
-//! ([`ExecutorError::NoAnswer`]: `create container X: docker engine did not answer for 30s`):
-//! - [`PING_TIMEOUT`] (10 s): version and info, the version negotiation at connect;
-//! - [`CALL_TIMEOUT`] (30 s): create, start, inspect, kill, list, network create, the attach
-//!   handshake (not its stream);
-//! - [`REMOVE_TIMEOUT`] (60 s): removals of containers (with their anonymous volumes),
-//!   volumes and networks, which wait on the disk;
-//! - calls that last as long as their work (wait, pull, archive upload, logs) have no fixed
-//!   bound: they end when the engine has answered no `/_ping` for [`STALL_LIMIT`] (90 s),
-//!   probed every [`STALL_PROBE_EVERY`] while they run; an archive download ends when it
-//!   receives nothing for [`STALL_LIMIT`]. A job's attached output stream ends with its
-//!   wait. So a healthy engine never cuts a long job short, and a stall of up to a minute
-//!   only delays the job (its containers run on without `dockerd`).
+//! [`ContainerApi`] on the real engine, through bollard: each call converts its arguments
+//! ([`super::convert`]), makes the call bounded ([`super::bounds`]) and converts the answer.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
-use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, NetworkCreateRequest};
+use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
     DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
@@ -33,67 +16,17 @@ use bollard::query_parameters::{
     UploadToContainerOptions, WaitContainerOptions,
 };
 use futures::StreamExt;
-use tokio::time::Instant;
 
-use super::ExecutorError;
-use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo};
-
-/// Bound of a ping (`version`, `info`).
-pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound of a short call (create, start, inspect, kill, list, attach handshake).
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound of a removal (container, volume, network).
-pub(crate) const REMOVE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A long call (wait, pull, upload, logs) ends when the engine answered no ping for this long.
-pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(90);
-/// How often a long call pings the engine.
-pub(crate) const STALL_PROBE_EVERY: Duration = Duration::from_secs(10);
-
-/// `call` bounded by `after`; past it, the error names `op`.
-async fn bounded<T>(
-    op: impl Into<String>,
-    after: Duration,
-    call: impl Future<Output = Result<T, ExecutorError>>,
-) -> Result<T, ExecutorError> {
-    match tokio::time::timeout(after, call).await {
-        Ok(r) => r,
-        Err(_) => Err(ExecutorError::NoAnswer {
-            op: op.into(),
-            after,
-        }),
-    }
-}
-
-/// `call` on the engine bounded by `after`; its error and its timeout name `op`.
-async fn engine_call<T>(
-    op: &str,
-    after: Duration,
-    call: impl Future<Output = Result<T, BollardError>>,
-) -> Result<T, ExecutorError> {
-    bounded(op, after, async {
-        call.await.map_err(|e| ExecutorError::docker(op, e))
-    })
-    .await
-}
-
-/// Resolves once `docker` has answered no `/_ping` for [`STALL_LIMIT`], with how long.
-async fn stalled(docker: &Docker) -> Duration {
-    let mut answered = Instant::now();
-    loop {
-        let pinged = async {
-            tokio::time::sleep(STALL_PROBE_EVERY).await;
-            tokio::time::timeout(PING_TIMEOUT, docker.ping()).await
-        };
-        tokio::select! {
-            _ = tokio::time::sleep_until(answered + STALL_LIMIT) => return answered.elapsed(),
-            r = pinged => {
-                if let Ok(Ok(_)) = r {
-                    answered = Instant::now();
-                }
-            }
-        }
-    }
-}
+use super::bounds::{
+    CALL_TIMEOUT, PING_TIMEOUT, REMOVE_TIMEOUT, STALL_LIMIT, bounded, engine_call, stalled,
+};
+use super::convert::{create_body, docker_credentials};
+use crate::executor::ExecutorError;
+use crate::executor::api::{
+    ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo,
+};
+use crate::executor::ping::DockerInfo;
+use crate::executor::spec::{ContainerSpec, RegistryAuth};
 
 /// The Docker engine, reached through bollard.
 #[derive(Clone)]
@@ -116,18 +49,18 @@ impl BollardApi {
                 ),
             },
         };
-        let docker = docker.map_err(|source| ExecutorError::Connect {
+        let docker = docker.map_err(|e| ExecutorError::Connect {
             host: shown.clone(),
-            source,
+            source: e.into(),
         })?;
         let op = format!("connect to docker engine at {shown}");
         let docker = bounded(op, PING_TIMEOUT, async {
             docker
                 .negotiate_version()
                 .await
-                .map_err(|source| ExecutorError::Connect {
+                .map_err(|e| ExecutorError::Connect {
                     host: shown.clone(),
-                    source,
+                    source: e.into(),
                 })
         })
         .await?;
@@ -181,7 +114,7 @@ impl ContainerApi for BollardApi {
     async fn pull(
         &self,
         image: &str,
-        credentials: Option<DockerCredentials>,
+        credentials: Option<RegistryAuth>,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<(), ExecutorError> {
         let op = format!("pull image {image}");
@@ -189,7 +122,9 @@ impl ContainerApi for BollardApi {
             from_image: Some(image.to_string()),
             ..Default::default()
         };
-        let mut stream = self.docker.create_image(Some(opts), None, credentials);
+        let mut stream =
+            self.docker
+                .create_image(Some(opts), None, credentials.map(docker_credentials));
         self.while_answering(&op, async {
             while let Some(item) = stream.next().await {
                 let info = item.map_err(|e| ExecutorError::docker(&op, e))?;
@@ -205,7 +140,7 @@ impl ContainerApi for BollardApi {
         .await
     }
 
-    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, ExecutorError> {
+    async fn create(&self, name: &str, spec: ContainerSpec) -> Result<String, ExecutorError> {
         let op = format!("create container {name}");
         let opts = CreateContainerOptions {
             name: Some(name.to_string()),
@@ -214,7 +149,7 @@ impl ContainerApi for BollardApi {
         engine_call(
             &op,
             CALL_TIMEOUT,
-            self.docker.create_container(Some(opts), body),
+            self.docker.create_container(Some(opts), create_body(spec)),
         )
         .await
         .map(|r| r.id)
@@ -550,7 +485,7 @@ impl ContainerApi for BollardApi {
         .await
     }
 
-    async fn engine_info(&self) -> Result<super::ping::DockerInfo, ExecutorError> {
+    async fn engine_info(&self) -> Result<DockerInfo, ExecutorError> {
         let (v, i) = bounded("docker version and info", PING_TIMEOUT, async {
             let v = self
                 .docker
@@ -565,7 +500,7 @@ impl ContainerApi for BollardApi {
             Ok((v, i))
         })
         .await?;
-        Ok(super::ping::DockerInfo {
+        Ok(DockerInfo {
             version: v.version.unwrap_or_default(),
             api_version: v.api_version.unwrap_or_default(),
             root_dir: i.docker_root_dir.unwrap_or_default().into(),
@@ -592,6 +527,10 @@ mod tests {
     use std::path::Path;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use std::time::Duration;
+
+    use tokio::time::Instant;
 
     use super::*;
 
@@ -682,7 +621,7 @@ mod tests {
             PING_TIMEOUT,
         );
         assert_eq!(t.elapsed(), PING_TIMEOUT);
-        let body = ContainerCreateBody::default();
+        let body = ContainerSpec::default();
         no_answer(
             api.create("c1", body).await,
             "create container c1",

@@ -1,0 +1,265 @@
+//! The agent's edge: every conversion between the wire (`drover_proto::v1`) and the agent's
+//! domain types happens here. Besides this module only the session (`control/mod.rs`) and
+//! enrollment (`cli/enroll.rs`) name wire types, to send and receive them; a test
+//! (`tests/tests/wire_boundary.rs`) keeps `v1::` out of every other module.
+//!
+//! - [`host`]: the host health snapshot of heartbeats.
+//! - here: facts (Hello), runner units (heartbeats), pushed desired states and commands in,
+//!   acks, events and rotated tokens out.
+//!
+//! Inward conversions refuse what no conforming controller sends with a [`WireError`]
+//! naming the field and value; outward ones are `From`.
+
+pub mod host;
+
+use drover_proto::v1;
+use drover_proto::v1::agent_message::Kind as AgentKind;
+use secrecy::ExposeSecret;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::fleet::desired::{Raw, rfc3339};
+use crate::fleet::messages::{Command, DesiredState, ToController};
+use crate::fleet::report::UnitReport;
+use crate::host_facts::HostFacts;
+
+/// A message from the controller that no conforming controller sends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct WireError {
+    /// The field, as a path (`command.kind`).
+    pub field: String,
+    /// What is wrong with its value.
+    pub problem: String,
+}
+
+/// A domain time on the wire (whole seconds, as the agent always sent).
+fn time_out(t: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: 0,
+    }
+}
+
+/// Protobuf timestamp of an RFC 3339 string (`None` when absent or unparsable).
+fn rfc3339_out(v: Option<&str>) -> Option<prost_types::Timestamp> {
+    let t = OffsetDateTime::parse(v?, &Rfc3339).ok()?;
+    Some(time_out(t))
+}
+
+impl From<&HostFacts> for v1::AgentFacts {
+    fn from(f: &HostFacts) -> v1::AgentFacts {
+        v1::AgentFacts {
+            hostname: f.hostname.clone(),
+            arch: f.arch.clone(),
+            os: f.os.clone(),
+            kernel: f.kernel.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            ips: f.ips.clone(),
+            docker_version: String::new(),
+            system_id: f.system_id.clone(),
+        }
+    }
+}
+
+impl From<&UnitReport> for v1::RunnerStatus {
+    fn from(u: &UnitReport) -> v1::RunnerStatus {
+        v1::RunnerStatus {
+            name: u.name.clone(),
+            state: u.state.clone(),
+            last_error: u.last_error.clone().unwrap_or_default(),
+            gitlab_runner_id: u.gitlab_runner_id,
+            token_expires_at: rfc3339_out(u.token_expires_at.as_deref()),
+            jobs_running: u.jobs_running,
+            jobs_succeeded: u.jobs_succeeded,
+            jobs_failed: u.jobs_failed + u.jobs_canceled,
+            last_gitlab_contact: rfc3339_out(u.last_gitlab_contact.as_deref()),
+            token_rotate_at: rfc3339_out(u.token_rotate_at.as_deref()),
+            token_rotation_error: u.token_rotation_error.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A pushed generation as the supervisor reads it. Nothing is refused here: the supervisor
+/// validates every runner and acks a refusal ([`crate::fleet::desired::validate_all`]); an
+/// expiry that is absent, not positive or out of range reads as "never expires", as before.
+impl From<v1::DesiredState> for DesiredState {
+    fn from(ds: v1::DesiredState) -> DesiredState {
+        DesiredState {
+            generation: ds.generation,
+            runners: ds.runners.into_iter().map(Raw::from).collect(),
+        }
+    }
+}
+
+impl From<v1::RunnerAssignment> for Raw {
+    fn from(a: v1::RunnerAssignment) -> Raw {
+        Raw {
+            token_expires_at: a
+                .token_expires_at
+                .as_ref()
+                .filter(|t| t.seconds > 0)
+                .and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+                .map(rfc3339),
+            name: a.name,
+            spec_json: a.spec_json,
+            runner_token: a.runner_token,
+            gitlab_runner_id: a.gitlab_runner_id,
+            token_obtained_at: None,
+        }
+    }
+}
+
+impl TryFrom<v1::Command> for Command {
+    type Error = WireError;
+
+    fn try_from(c: v1::Command) -> Result<Command, WireError> {
+        match c.kind {
+            Some(v1::command::Kind::Drain(_)) => Ok(Command::Drain),
+            None => Err(WireError {
+                field: "command.kind".into(),
+                problem: "empty (a command this agent does not know?)".into(),
+            }),
+        }
+    }
+}
+
+impl From<ToController> for v1::AgentMessage {
+    fn from(m: ToController) -> v1::AgentMessage {
+        let kind = match m {
+            ToController::Ack {
+                generation,
+                refused,
+            } => AgentKind::Ack(v1::Ack {
+                generation,
+                applied: refused.is_none(),
+                error: refused.unwrap_or_default(),
+            }),
+            ToController::Event {
+                runner,
+                kind,
+                message,
+                at,
+            } => AgentKind::RunnerEvent(v1::RunnerEvent {
+                runner,
+                kind: kind.as_str().into(),
+                message,
+                at: Some(time_out(at)),
+            }),
+            ToController::Job {
+                runner,
+                job_id,
+                state,
+                failure_reason,
+                at,
+            } => AgentKind::JobEvent(v1::JobEvent {
+                runner,
+                job_id,
+                state: state.as_str().into(),
+                failure_reason,
+                at: Some(time_out(at)),
+            }),
+            ToController::TokenRotated {
+                runner,
+                token,
+                token_expires_at,
+                gitlab_runner_id,
+            } => AgentKind::TokenRotated(v1::TokenRotated {
+                runner,
+                token: token.expose_secret().to_string(),
+                token_expires_at: rfc3339_out(token_expires_at.as_deref()),
+                gitlab_runner_id,
+            }),
+        };
+        v1::AgentMessage { kind: Some(kind) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::messages::{JobState, RunnerEventKind};
+
+    #[test]
+    fn a_unit_goes_out_with_its_times_and_canceled_jobs_counted_as_failed() {
+        let u = UnitReport {
+            name: "a".into(),
+            state: "running".into(),
+            token_rotate_at: Some("2030-01-01T00:00:30Z".into()),
+            token_expires_at: Some("not a time".into()),
+            token_rotation_error: Some("reset token: 500".into()),
+            jobs_failed: 1,
+            jobs_canceled: 2,
+            ..UnitReport::default()
+        };
+        let wire = v1::RunnerStatus::from(&u);
+        assert_eq!(wire.token_rotation_error, "reset token: 500");
+        assert_eq!(wire.token_rotate_at.unwrap().seconds, 1_893_456_030);
+        assert_eq!(wire.token_expires_at, None);
+        assert_eq!(wire.jobs_failed, 3);
+    }
+
+    #[test]
+    fn an_empty_command_is_refused_naming_the_field() {
+        let e = Command::try_from(v1::Command { kind: None }).unwrap_err();
+        assert!(e.to_string().starts_with("command.kind: empty"), "{e}");
+        let drain = v1::Command {
+            kind: Some(v1::command::Kind::Drain(v1::Drain {})),
+        };
+        assert_eq!(Command::try_from(drain), Ok(Command::Drain));
+    }
+
+    #[test]
+    fn messages_go_out_with_the_names_the_controller_reads() {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let ev = v1::AgentMessage::from(ToController::Event {
+            runner: "a".into(),
+            kind: RunnerEventKind::TokenInvalid,
+            message: "403".into(),
+            at,
+        });
+        let Some(AgentKind::RunnerEvent(e)) = ev.kind else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (e.kind.as_str(), e.at.unwrap().seconds),
+            ("token-invalid", 1_700_000_000)
+        );
+        let job = v1::AgentMessage::from(ToController::Job {
+            runner: "a".into(),
+            job_id: 5,
+            state: JobState::Failed,
+            failure_reason: "script_failure".into(),
+            at,
+        });
+        let Some(AgentKind::JobEvent(j)) = job.kind else {
+            panic!("{job:?}")
+        };
+        assert_eq!(
+            (j.state.as_str(), j.failure_reason.as_str()),
+            ("failed", "script_failure")
+        );
+        let ack = v1::AgentMessage::from(ToController::Ack {
+            generation: 2,
+            refused: Some("bad".into()),
+        });
+        assert!(matches!(ack.kind, Some(AgentKind::Ack(a)) if !a.applied && a.error == "bad"));
+    }
+
+    #[test]
+    fn a_pushed_expiry_that_is_not_a_time_reads_as_never() {
+        let ds = DesiredState::from(v1::DesiredState {
+            generation: 3,
+            runners: vec![v1::RunnerAssignment {
+                name: "a".into(),
+                token_expires_at: Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }],
+        });
+        assert_eq!(ds.generation, 3);
+        assert_eq!(ds.runners[0].token_expires_at, None);
+    }
+}

@@ -1,0 +1,109 @@
+//! What fleet mode receives from the controller and sends to it, as domain types. The
+//! session (`crate::control`) converts them from and to the wire in `control/wire/`.
+
+use secrecy::SecretString;
+use time::OffsetDateTime;
+
+use super::desired::Raw;
+
+/// A generation pushed by the controller, before validation ([`super::desired`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    /// The generation.
+    pub generation: u64,
+    /// Its runners as pushed (`token_obtained_at` unset).
+    pub runners: Vec<Raw>,
+}
+
+/// A command from the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Stop taking jobs; running jobs finish.
+    Drain,
+}
+
+/// What the supervisor tells the controller (heartbeats are the session's own).
+#[derive(Debug, Clone)]
+pub enum ToController {
+    /// The answer to a pushed generation.
+    Ack {
+        generation: u64,
+        /// Why it was refused; `None` when applied.
+        refused: Option<String>,
+    },
+    /// Something happened to a runner unit.
+    Event {
+        runner: String,
+        kind: RunnerEventKind,
+        message: String,
+        at: OffsetDateTime,
+    },
+    /// A job started or ended.
+    Job {
+        runner: String,
+        job_id: i64,
+        state: JobState,
+        /// GitLab's failure reason (`script_failure`, ...), empty unless failed.
+        failure_reason: String,
+        at: OffsetDateTime,
+    },
+    /// A runner token was rotated and persisted.
+    TokenRotated {
+        runner: String,
+        token: SecretString,
+        /// RFC 3339, as persisted.
+        token_expires_at: Option<String>,
+        gitlab_runner_id: i64,
+    },
+}
+
+/// What happened to a runner unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerEventKind {
+    Started,
+    Stopped,
+    Backoff,
+    WaitingForDocker,
+    Draining,
+    /// GitLab answered 403 to verify or a job request: the controller re-registers.
+    TokenInvalid,
+    VerifyFailed,
+    IpsChanged,
+}
+
+impl RunnerEventKind {
+    /// The name on the wire and in the controller's events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerEventKind::Started => "started",
+            RunnerEventKind::Stopped => "stopped",
+            RunnerEventKind::Backoff => "backoff",
+            RunnerEventKind::WaitingForDocker => "waiting-for-docker",
+            RunnerEventKind::Draining => "draining",
+            RunnerEventKind::TokenInvalid => "token-invalid",
+            RunnerEventKind::VerifyFailed => "verify-failed",
+            RunnerEventKind::IpsChanged => "ips-changed",
+        }
+    }
+}
+
+/// A job's state in a job event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Success,
+    Failed,
+    Canceled,
+}
+
+impl JobState {
+    /// The name on the wire and in the controller's events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Success => "success",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+        }
+    }
+}
