@@ -8,11 +8,14 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::*;
 use crate::clock::{FakeClock, TokioClock};
+use crate::fleet::desired::{Applied, Raw};
+use crate::fleet::messages::{JobState, RunnerEventKind};
+use crate::fleet::report::{self, UnitReport};
 use crate::runner::fake_executor::FakeExecutor;
 use drover_gitlab::fake::{Call, FakeGitLab, job};
 use drover_gitlab::{
-    ArtifactUpload, JobRequest, JobUpdate, RegisterOptions, RunnerCredentials, TraceAnswer,
-    UpdateAnswer,
+    ArtifactUpload, GitLabError, JobRequest, JobUpdate, RegisterOptions, RunnerAuth,
+    RunnerCredentials, TraceAnswer, UpdateAnswer,
 };
 
 /// A GitLab that knows which runner tokens are valid (verify and job request answer `403`
