@@ -13,7 +13,7 @@ use super::*;
 use crate::fleet::registrar::FakeRegistrar;
 use crate::server::sessions::SessionGuard;
 use crate::store::memory::MemoryStore;
-use crate::store::{Facts, StrategyKind};
+use crate::store::{AgentRecord, Facts, RolloutState, Strategy, StrategyKind};
 use crate::tokens::{self, TokenRecord};
 
 const REG: &str = "GR1348941-registration-secret";
