@@ -11,8 +11,18 @@ use crate::units::Event;
 use drover_job::executor::Executor;
 
 impl Supervisor {
+    /// The engine's `concurrent`: the units' limits summed, at least 1.
+    pub(super) fn concurrent(&self) -> u32 {
+        self.units
+            .values()
+            .map(|e| e.assignment.limit())
+            .sum::<u32>()
+            .max(1)
+    }
+
     /// Brings the engine's runner set in line with the units that want a loop.
     pub(super) fn sync_engine(&mut self) {
+        let concurrent = self.concurrent();
         let Some(engine) = self.engine.as_mut() else {
             return;
         };
@@ -22,12 +32,6 @@ impl Supervisor {
             .filter(|e| e.unit.state.wants_loop() && !e.stop_loop)
             .map(|e| e.assignment.config.clone())
             .collect();
-        let concurrent: u32 = self
-            .units
-            .values()
-            .map(|e| e.assignment.limit())
-            .sum::<u32>()
-            .max(1);
         let config = Config {
             concurrent: Some(concurrent),
             runners,
@@ -117,15 +121,10 @@ impl Supervisor {
     /// Replaces every running job loop with a new one (new GitLab clients, new
     /// connections); running jobs finish in the old loops. Units keep their state.
     pub(super) fn restart_loops(&mut self) {
+        let concurrent = self.concurrent();
         let Some(engine) = self.engine.as_mut() else {
             return;
         };
-        let concurrent: u32 = self
-            .units
-            .values()
-            .map(|e| e.assignment.limit())
-            .sum::<u32>()
-            .max(1);
         let none = Config {
             concurrent: Some(concurrent),
             ..Config::default()

@@ -42,13 +42,7 @@ impl Supervisor {
             })
             .collect();
         m.set_runners(&infos);
-        m.set_concurrent(
-            self.units
-                .values()
-                .map(|e| e.assignment.limit())
-                .sum::<u32>()
-                .max(1),
-        );
+        m.set_concurrent(self.concurrent());
     }
 
     /// Tells the controller a job started or ended (its "recent jobs").
