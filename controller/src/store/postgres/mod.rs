@@ -33,7 +33,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
 pub use migrations::SCHEMA_VERSION;
-pub use url::{DatabaseUrl, UrlError};
+pub use url::{DatabaseUrl, UrlError, redact};
 
 type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
