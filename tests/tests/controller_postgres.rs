@@ -48,7 +48,7 @@ async fn serve_on_postgres_keeps_its_state_across_a_restart() {
             .unwrap_or_default();
         ids
     };
-    assert_eq!(listed(&c), [enrolled.id.clone()]);
+    assert_eq!(listed(&c), [enrolled.id.as_str()]);
     assert_eq!(
         json(&c.drover(&["rollout", "status", "-o", "json"]))["generation"],
         1
@@ -81,7 +81,7 @@ async fn serve_on_postgres_keeps_its_state_across_a_restart() {
     );
 
     c.restart();
-    assert_eq!(listed(&c), [enrolled.id.clone()]);
+    assert_eq!(listed(&c), [enrolled.id.as_str()]);
     assert_eq!(
         json(&c.drover(&["rollout", "status", "-o", "json"]))["generation"],
         1
