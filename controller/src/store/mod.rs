@@ -8,6 +8,7 @@
 //! (tokens as SHA-256 of their secret; runner specs and runner tokens sealed by
 //! [`crate::secrets::Sealer`] before they reach the store).
 
+mod columns;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
