@@ -12,6 +12,8 @@ command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v docker >/dev/null 2>&1 || need_pkgs+=(docker.io)
 # the status page test (tests/tests/fleet_health.rs) loads the page in headless Chromium
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+# the store suite and the controller's PostgreSQL tests start a throwaway server (initdb)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: missing ${need_pkgs[*]}; run as root or install them" >&2

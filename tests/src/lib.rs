@@ -12,6 +12,8 @@
 //! - `procstat`: memory and CPU figures of a process (for the benchmarks in `src/bin/`).
 //! - `standalone_agent`: a `drover-agent run --config` process with its temp dir, whose
 //!   Docker objects are removed on drop (standalone tests and `bench-jobs`).
+//! - `postgres`: a throwaway PostgreSQL server (the controller's, shared with its store
+//!   tests).
 //! - `scrape`: an agent's metrics address from its log, and plain HTTP GETs.
 
 pub mod fake_agent;
@@ -22,6 +24,7 @@ pub mod git_server;
 pub mod harness;
 pub mod images;
 pub mod netns;
+pub mod postgres;
 pub mod procstat;
 pub mod scrape;
 pub mod standalone_agent;

@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// it rotates degrades only when its rotation failed or is overdue).
     #[arg(long, default_value = "24h")]
     pub token_expiry_warning: String,
+    /// The store on PostgreSQL: `postgres://USER[:PASSWORD]@HOST:PORT/DB`, with
+    /// `?sslmode=require|verify-ca|verify-full&sslrootcert=FILE` for TLS. Default: SQLite in
+    /// the data dir. One controller per database (several replicas: not yet).
+    #[arg(long, env = "DROVER_DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
     /// Lifetime of issued agent certificates (e.g. `7d`, `10s` in tests).
     #[arg(long, default_value = "7d", hide = true, env = "DROVER_CERT_TTL")]
     pub cert_ttl: String,
@@ -91,6 +96,16 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
     thresholds.token_expiry_warning = parse_duration(&args.token_expiry_warning)
         .map_err(|e| anyhow::anyhow!("--token-expiry-warning: {e}"))?;
     let http_auth = http_auth(args)?;
+    let database = args
+        .database
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            crate::store::postgres::DatabaseUrl::parse(u).map_err(|e| {
+                anyhow::anyhow!("--database {}: {e}", crate::store::postgres::redact(u))
+            })
+        })
+        .transpose()?;
     if let Ok(addr) = args.http_listen.parse::<std::net::SocketAddr>() {
         http_auth.check_listener(addr)?;
     }
@@ -113,6 +128,7 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
             heartbeat_interval,
             thresholds,
             http_auth,
+            database,
         },
         grpc,
         http,

@@ -35,8 +35,9 @@ use crate::datadir::DataDir;
 use crate::files;
 use crate::pki::ca::Ca;
 use crate::pki::{PkiError, policy};
-use crate::store::StoreError;
+use crate::store::postgres::{DatabaseUrl, PgStore};
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
 
 /// How often the fleet is reconciled besides after every event.
 const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -72,6 +73,8 @@ pub struct ServerOptions {
     pub thresholds: crate::health::Thresholds,
     /// Who may read the status page and `/metrics`.
     pub http_auth: http::HttpAuth,
+    /// The store on PostgreSQL (`--database`); `None`: SQLite in the data dir.
+    pub database: Option<DatabaseUrl>,
 }
 
 impl Default for ServerOptions {
@@ -81,6 +84,7 @@ impl Default for ServerOptions {
             heartbeat_interval: std::time::Duration::from_secs(10),
             thresholds: crate::health::Thresholds::default(),
             http_auth: http::HttpAuth::Open,
+            database: None,
         }
     }
 }
@@ -163,22 +167,34 @@ fn io(
 }
 
 /// Prepares the data dir (0700, CA, store, admin credentials) without serving. Idempotent.
-pub fn prepare(dir: &DataDir) -> Result<(Ca, SqliteStore), ServerError> {
+/// The store is SQLite in the data dir, or PostgreSQL at `database`.
+pub fn prepare(
+    dir: &DataDir,
+    database: Option<&DatabaseUrl>,
+) -> Result<(Ca, Arc<dyn Store>), ServerError> {
     files::create_private_dir(dir.root()).map_err(io("create", dir.root().to_path_buf()))?;
+    if database.is_none() {
+        files::create_private(&dir.db()).map_err(io("create", dir.db()))?;
+    }
     make_files_private(dir)?;
     let ca = Ca::load_or_create(dir.root())?;
-    let store = SqliteStore::open(&dir.db())?;
+    let store: Arc<dyn Store> = match database {
+        Some(url) => {
+            tracing::info!(database = %url.redacted(), "store on PostgreSQL");
+            Arc::new(PgStore::open(url)?)
+        }
+        None => Arc::new(SqliteStore::open(&dir.db())?),
+    };
     ensure_admin_cert(dir, &ca)?;
     Ok((ca, store))
 }
 
-/// Keys and the store are the owner's only: the database is created 0600 before SQLite
-/// opens it (its `-wal` and `-shm` files take its mode), and a key or store file that group
+/// Keys and the store are the owner's only: the SQLite database is created 0600 (by
+/// [`prepare`]) before SQLite opens it (its `-wal` and `-shm` files take its mode), and a key or store file that group
 /// or others may read (an older install, a restore, a copy) is set back to 0600 with a
 /// warning naming the file and its old mode. Fixed rather than refused: the fix is
 /// certain, and a controller that will not start drops every agent session.
 fn make_files_private(dir: &DataDir) -> Result<(), ServerError> {
-    files::create_private(&dir.db()).map_err(io("create", dir.db()))?;
     let db = dir.db().display().to_string();
     let files = [
         dir.ca_key(),
@@ -265,7 +281,7 @@ async fn run_on(
         http,
     } = config;
     let dir = &dir;
-    let (ca, store) = prepare(dir)?;
+    let (ca, store) = prepare(dir, options.database.as_ref())?;
     let server_cert = policy::issue_server(&ca, OffsetDateTime::now_utc())?;
     let tls_config = Arc::new(tls::server_config(&ca, &server_cert)?);
     let grpc_addr = grpc
@@ -277,7 +293,6 @@ async fn run_on(
 
     options.http_auth.check_listener(http_addr)?;
     let sealer = crate::secrets::Sealer::load_or_create(&dir.secrets_key())?;
-    let store: Arc<dyn crate::store::Store> = Arc::new(store);
     let health = Arc::new(crate::health::Health::new(
         store.clone(),
         Arc::new(crate::health::SystemClock),

@@ -13,7 +13,13 @@ impl From<StoreError> for Status {
             StoreError::Token(refusal) => Status::permission_denied(refusal.to_string()),
             StoreError::AgentExists(_) => Status::already_exists(e.to_string()),
             StoreError::GenerationConflict { .. } => Status::aborted(e.to_string()),
+            StoreError::Pool(_) => {
+                tracing::error!(error = %e, "store");
+                Status::unavailable("controller database unreachable; see the controller log")
+            }
             StoreError::Db(_)
+            | StoreError::Postgres(_)
+            | StoreError::InUse(_)
             | StoreError::Corrupt { .. }
             | StoreError::TooNew { .. }
             | StoreError::Interrupted(_)

@@ -1,13 +1,16 @@
 //! The controller's state: enrollment tokens, agents, runner spec generations, per-agent
 //! runner registrations and rollout progress.
 //!
-//! [`Store`] is the seam; [`sqlite::SqliteStore`] is the embedded implementation and
-//! [`memory::MemoryStore`] the fake; both pass the same suite (`suite.rs`).
+//! [`Store`] is the seam; [`sqlite::SqliteStore`] is the embedded implementation,
+//! [`postgres::PgStore`] the one on a PostgreSQL server and [`memory::MemoryStore`] the
+//! fake; all three pass the same suite (`suite.rs`).
 //! Invariant: the store knows nothing about gRPC or TLS, and holds no secret in clear
 //! (tokens as SHA-256 of their secret; runner specs and runner tokens sealed by
 //! [`crate::secrets::Sealer`] before they reach the store).
 
+mod columns;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
@@ -70,6 +73,17 @@ pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// PostgreSQL failed (or could not be reached).
+    #[error("postgresql: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// No pooled PostgreSQL connection could be had in time.
+    #[error("postgresql connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// Another controller holds the database (several replicas are not supported yet).
+    #[error(
+        "database {0} is in use by another drover controller; several controllers on one database are not supported yet"
+    )]
+    InUse(String),
     /// The database was written by a newer build; nothing was changed.
     #[error(
         "database {path} has schema version {found}, newer than the {supported} this drover knows: run a newer drover, or restore a backup taken before the upgrade"

@@ -13,7 +13,6 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::Connection;
-use time::OffsetDateTime;
 
 use super::StoreError;
 pub use migrations::SCHEMA_VERSION;
@@ -29,44 +28,7 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// A time as stored: unix seconds.
-pub(super) fn ts(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-}
-
-/// A stored time; a value out of range is a corrupt row of `table`.
-pub(super) fn from_ts(table: &'static str, v: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(v).map_err(|e| StoreError::Corrupt {
-        table,
-        detail: format!("timestamp {v}: {e}"),
-    })
-}
-
-/// A JSON column of `table`, decoded.
-pub(super) fn json<T: serde::de::DeserializeOwned>(
-    table: &'static str,
-    s: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
-        table,
-        detail: e.to_string(),
-    })
-}
-
-/// A value as a JSON column.
-pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
-}
-
-/// A count or generation as an SQLite integer (saturating).
-pub(super) fn u(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// A stored count or generation (a negative one reads as 0).
-pub(super) fn from_u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
+pub(super) use crate::store::columns::{from_ts, from_u, json, to_json, ts, u};
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
