@@ -23,7 +23,10 @@ pub trait Named: Copy + Eq + TryFrom<i32> + Into<i32> + 'static {
 
     /// The value named `name`; `None` for an unknown or empty name.
     fn from_name(name: &str) -> Option<Self> {
-        Self::NAMES.iter().find(|(_, n)| *n == name).map(|(v, _)| *v)
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(v, _)| *v)
     }
 }
 

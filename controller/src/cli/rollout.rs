@@ -121,7 +121,11 @@ pub async fn run(cli: &super::Cli, cmd: &RolloutCommand) -> anyhow::Result<()> {
                 let state = v1::RolloutState::from_name(&s.state);
                 let done = matches!(
                     state,
-                    Some(v1::RolloutState::Complete | v1::RolloutState::Halted | v1::RolloutState::None)
+                    Some(
+                        v1::RolloutState::Complete
+                            | v1::RolloutState::Halted
+                            | v1::RolloutState::None
+                    )
                 );
                 if !a.wait || done || std::time::Instant::now() >= deadline {
                     print_status(&s, a.output)?;

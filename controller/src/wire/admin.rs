@@ -130,7 +130,10 @@ impl From<AgentProgress> for v1::AgentRollout {
 }
 
 /// One runner's placement on an agent, with the unit state of its last heartbeat.
-pub fn placement(a: crate::store::Assignment, status: Option<&RunnerStatus>) -> v1::RunnerPlacement {
+pub fn placement(
+    a: crate::store::Assignment,
+    status: Option<&RunnerStatus>,
+) -> v1::RunnerPlacement {
     let (unit_state, state) = super::enums::unit_state_out(status.and_then(|s| s.state.as_ref()));
     v1::RunnerPlacement {
         agent_id: a.agent_id,
@@ -181,7 +184,11 @@ mod tests {
         let current = v1::RolloutStrategy::from(all);
         assert_eq!((current.kind.as_str(), current.strategy_kind), ("all", 2));
         assert_eq!(strategy_in(Some(&current)), Ok(Some(all)));
-        assert_eq!(strategy_in(Some(&s(0, "all", 0))), Ok(Some(all)), "an older CLI");
+        assert_eq!(
+            strategy_in(Some(&s(0, "all", 0))),
+            Ok(Some(all)),
+            "an older CLI"
+        );
         assert_eq!(strategy_in(Some(&s(0, "", 0))), Ok(None));
         assert_eq!(strategy_in(None), Ok(None));
         assert_eq!(
@@ -189,6 +196,9 @@ mod tests {
             StrategyKind::Rolling
         );
         let e = strategy_in(Some(&s(9, "canary", 0))).unwrap_err();
-        assert_eq!(e.to_string(), "strategy: \"canary\": expected rolling or all");
+        assert_eq!(
+            e.to_string(),
+            "strategy: \"canary\": expected rolling or all"
+        );
     }
 }

@@ -225,7 +225,10 @@ mod tests {
         }
         for s in AgentRolloutState::ALL {
             let (n, name) = agent_rollout_state_out(s);
-            assert_eq!(names::read::<v1::AgentRolloutState>(n, "").name(), s.as_str());
+            assert_eq!(
+                names::read::<v1::AgentRolloutState>(n, "").name(),
+                s.as_str()
+            );
             assert_eq!(name, s.as_str());
         }
         for s in [

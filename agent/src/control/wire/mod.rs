@@ -342,9 +342,18 @@ mod tests {
             };
             let read = drover_proto::names::read::<v1::RunnerEventKind>(e.event_kind, "");
             assert_eq!(read.name(), e.kind, "{kind:?}");
-            assert_eq!(read, drover_proto::names::read(0, &e.kind), "an older controller");
+            assert_eq!(
+                read,
+                drover_proto::names::read(0, &e.kind),
+                "an older controller"
+            );
         }
-        for state in [JobState::Running, JobState::Success, JobState::Failed, JobState::Canceled] {
+        for state in [
+            JobState::Running,
+            JobState::Success,
+            JobState::Failed,
+            JobState::Canceled,
+        ] {
             let m = v1::AgentMessage::from(ToController::Job {
                 runner: "a".into(),
                 job_id: 1,
