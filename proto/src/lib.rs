@@ -4,11 +4,14 @@
 //!   each side converts them into its own domain types with `TryFrom`.
 //! - [`spec`]: gitlab-runner `config.toml` / runner spec types and their validation,
 //!   used by the controller (`drover runner apply`) and the agent (standalone mode).
+//! - [`names`]: the documented name of every wire enum value, and how an enum field is read
+//!   with the deprecated string field beside it.
 //! - [`error_chain`]: an error and its causes as one line, each cause once.
 //! - [`stdout`]: command output that a closed pipe ends quietly instead of a panic.
 //! - [`transport`]: how clients dial a controller (TLS, verified as [`transport::SERVER_NAME`]).
 
 pub mod error_chain;
+pub mod names;
 pub mod spec;
 pub mod stdout;
 pub mod transport;

@@ -255,11 +255,13 @@ async fn apply_ack_heal_delete_undo() {
     // token-invalid (GitLab revoked the token): a new registration, the new token pushed.
     // The old runner's own token is dead, so nothing can unregister it: it stays, revoked.
     assert!(gitlab.revoke_token(&first.runner_token));
+    // As an agent before the enum fields says it: the kind by name only.
     lab.send(AgentKind::RunnerEvent(v1::RunnerEvent {
         runner: "lab-docker".into(),
         kind: "token-invalid".into(),
         message: "job request: forbidden (403)".into(),
         at: None,
+        event_kind: 0,
     }))
     .await;
     let ds = lab.desired().await;
@@ -776,11 +778,13 @@ async fn agent_claims_of_foreign_runners_change_nothing_in_gitlab() {
     a.send(rotated(&foreign.runner_token, 0)).await;
     // GitLab revokes a's token; a says so.
     assert!(gitlab.revoke_token(&own.runner_token));
+    // As a current agent says it: the enum, with the name for older controllers.
     a.send(AgentKind::RunnerEvent(v1::RunnerEvent {
         runner: "lab-docker".into(),
         kind: "token-invalid".into(),
         message: "job request: forbidden (403)".into(),
         at: None,
+        event_kind: v1::RunnerEventKind::TokenInvalid.into(),
     }))
     .await;
     let healed = a.desired().await.runners[0].clone();

@@ -57,7 +57,8 @@ pub enum ToController {
     },
 }
 
-/// What happened to a runner unit.
+/// What happened to a runner unit. Its name on the wire and in the controller's events is
+/// `drover_proto::names`' (mapped in `crate::control::wire`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunnerEventKind {
     Started,
@@ -71,39 +72,11 @@ pub enum RunnerEventKind {
     IpsChanged,
 }
 
-impl RunnerEventKind {
-    /// The name on the wire and in the controller's events.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunnerEventKind::Started => "started",
-            RunnerEventKind::Stopped => "stopped",
-            RunnerEventKind::Backoff => "backoff",
-            RunnerEventKind::WaitingForDocker => "waiting-for-docker",
-            RunnerEventKind::Draining => "draining",
-            RunnerEventKind::TokenInvalid => "token-invalid",
-            RunnerEventKind::VerifyFailed => "verify-failed",
-            RunnerEventKind::IpsChanged => "ips-changed",
-        }
-    }
-}
-
-/// A job's state in a job event.
+/// A job's state in a job event (named on the wire as [`RunnerEventKind`] is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
     Running,
     Success,
     Failed,
     Canceled,
-}
-
-impl JobState {
-    /// The name on the wire and in the controller's events.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Running => "running",
-            JobState::Success => "success",
-            JobState::Failed => "failed",
-            JobState::Canceled => "canceled",
-        }
-    }
 }

@@ -57,7 +57,10 @@ pub async fn run(cli: &super::Cli, args: &AgentsArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| super::status_error("list agents", s))?
         .into_inner()
-        .agents;
+        .agents
+        .into_iter()
+        .map(super::read::agent)
+        .collect::<Vec<_>>();
     match args.output {
         Format::Json => {
             let arr: Vec<serde_json::Value> = agents.iter().map(agent_json).collect();

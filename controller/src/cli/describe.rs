@@ -196,6 +196,7 @@ pub async fn run(cli: &super::Cli, cmd: &DescribeCommand) -> anyhow::Result<()> 
         .await
         .map_err(|s| super::status_error(&format!("describe agent {}", args.id), s))?
         .into_inner();
+    let agent = super::read::agent(agent);
     let list = |kind: &str, limit| v1::ListEventsRequest {
         agent_id: args.id.clone(),
         kind: kind.into(),
@@ -207,13 +208,19 @@ pub async fn run(cli: &super::Cli, cmd: &DescribeCommand) -> anyhow::Result<()> 
         .await
         .map_err(|s| super::status_error("list events", s))?
         .into_inner()
-        .events;
+        .events
+        .into_iter()
+        .map(super::read::event)
+        .collect::<Vec<_>>();
     let jobs = client
         .list_events(list("job", 10))
         .await
         .map_err(|s| super::status_error("list jobs", s))?
         .into_inner()
-        .events;
+        .events
+        .into_iter()
+        .map(super::read::event)
+        .collect::<Vec<_>>();
     match args.output {
         Format::Json => {
             let mut v = agent_json(&agent);

@@ -96,7 +96,10 @@ pub async fn run(cli: &super::Cli, args: &EventsArgs) -> anyhow::Result<()> {
             .await
             .map_err(|s| super::status_error("list events", s))?
             .into_inner()
-            .events;
+            .events
+            .into_iter()
+            .map(super::read::event)
+            .collect::<Vec<_>>();
         if let Some(last) = events.last() {
             req.after_id = last.id;
         }

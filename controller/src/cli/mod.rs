@@ -7,6 +7,7 @@ pub mod agents;
 pub mod describe;
 pub mod events;
 pub mod output;
+pub mod read;
 pub mod rollout;
 pub mod runner;
 pub mod serve;

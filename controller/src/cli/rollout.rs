@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use drover_proto::names::Named;
 use drover_proto::v1;
 
 use super::output::{self, Format};
@@ -116,10 +117,19 @@ pub async fn run(cli: &super::Cli, cmd: &RolloutCommand) -> anyhow::Result<()> {
                     .await
                     .map_err(|e| super::status_error("rollout status", e))?
                     .into_inner();
-                let done = matches!(s.state.as_str(), "complete" | "halted" | "none");
+                let s = super::read::rollout(s);
+                let state = v1::RolloutState::from_name(&s.state);
+                let done = matches!(
+                    state,
+                    Some(
+                        v1::RolloutState::Complete
+                            | v1::RolloutState::Halted
+                            | v1::RolloutState::None
+                    )
+                );
                 if !a.wait || done || std::time::Instant::now() >= deadline {
                     print_status(&s, a.output)?;
-                    if a.wait && s.state == "halted" {
+                    if a.wait && state == Some(v1::RolloutState::Halted) {
                         anyhow::bail!(
                             "rollout of generation {} halted: {}",
                             s.generation,

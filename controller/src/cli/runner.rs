@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use drover_proto::names::Named;
 use drover_proto::v1;
 
 use super::output::{self, Format};
@@ -44,8 +45,11 @@ impl StrategyArgs {
         if self.strategy.is_none() && self.max_unavailable.is_none() {
             return None;
         }
+        let kind = self.strategy.as_deref().unwrap_or("rolling");
         Some(v1::RolloutStrategy {
-            kind: self.strategy.clone().unwrap_or_else(|| "rolling".into()),
+            kind: kind.to_string(),
+            // `--strategy` takes only the names of this enum.
+            strategy_kind: v1::RolloutStrategyKind::from_name(kind).map_or(0, Into::into),
             max_unavailable: self.max_unavailable.unwrap_or(0),
         })
     }
@@ -215,7 +219,8 @@ async fn list_all(
             .map_err(|s| super::status_error("list runners", s))?
             .into_inner();
         all.generation = page.generation;
-        all.runners.extend(page.runners);
+        all.runners
+            .extend(page.runners.into_iter().map(super::read::runner));
         all.next_page_token = page.next_page_token;
         if all.next_page_token.is_empty() {
             return Ok(all);
@@ -293,6 +298,7 @@ pub async fn run(cli: &super::Cli, cmd: &RunnerCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| super::status_error(&format!("get runner {}", a.name), s))?
                 .into_inner();
+            let r = super::read::runner(r);
             match a.output {
                 Format::Json => {
                     drover_proto::stdout::line(&serde_json::to_string_pretty(&runner_json(&r))?)?

@@ -131,6 +131,7 @@ pub async fn run(cli: &super::Cli, args: &StatusArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| super::status_error("fleet status", s))?
         .into_inner();
+    let s = super::read::fleet_status(s);
     match args.output {
         Format::Json => {
             drover_proto::stdout::line(&serde_json::to_string_pretty(&status_json(&s))?)?
@@ -154,10 +155,12 @@ mod tests {
                 v1::StateCount {
                     state: "healthy".into(),
                     agents: 198,
+                    ..Default::default()
                 },
                 v1::StateCount {
                     state: "lost".into(),
                     agents: 2,
+                    ..Default::default()
                 },
             ],
             connected: 198,
@@ -166,10 +169,12 @@ mod tests {
                 hostname: "edge-box-with-a-long-name-17".into(),
                 state: "lost".into(),
                 reasons: vec!["no heartbeat: last contact 14m ago and more words".into()],
+                ..Default::default()
             }],
             top_reasons: vec![v1::StateCount {
                 state: "no heartbeat".into(),
                 agents: 2,
+                ..Default::default()
             }],
             ..Default::default()
         };

@@ -115,24 +115,77 @@ impl RunnerEventKind {
         }
     }
 
-    /// The kind named `s`; an unknown name is kept as [`RunnerEventKind::Other`], reduced
-    /// to at most 40 ASCII letters, digits and `-` (it becomes part of an event kind).
-    pub fn from_name(s: &str) -> RunnerEventKind {
-        RunnerEventKind::KNOWN
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .unwrap_or_else(|| {
-                RunnerEventKind::Other(
-                    s.chars()
-                        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                        .take(40)
-                        .collect(),
-                )
-            })
+    /// A kind this controller does not know, named `raw` by a newer agent: reduced to at
+    /// most 40 ASCII letters, digits and `-` (it becomes part of an event kind).
+    pub fn other(raw: &str) -> RunnerEventKind {
+        RunnerEventKind::Other(
+            raw.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect(),
+        )
     }
 }
 
 impl std::fmt::Display for RunnerEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job started or ended on an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    /// The runner.
+    pub runner: String,
+    /// The GitLab job id.
+    pub job_id: i64,
+    /// Its state.
+    pub state: JobState,
+    /// GitLab's failure reason (`script_failure`, ...), free text; empty unless failed.
+    pub failure_reason: String,
+    /// When (agent clock); `None` when absent or out of range.
+    pub at: Option<OffsetDateTime>,
+}
+
+/// A job's state in a job event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// Picked up and running.
+    Running,
+    /// Succeeded.
+    Success,
+    /// Failed.
+    Failed,
+    /// Canceled.
+    Canceled,
+    /// A state this controller does not know (a newer agent), kept (at most 40
+    /// characters) for the event log.
+    Other(String),
+}
+
+impl JobState {
+    /// The known states.
+    pub const KNOWN: [JobState; 4] = [
+        JobState::Running,
+        JobState::Success,
+        JobState::Failed,
+        JobState::Canceled,
+    ];
+
+    /// The name in the event log (`drover events`).
+    pub fn as_str(&self) -> &str {
+        match self {
+            JobState::Running => "running",
+            JobState::Success => "success",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+            JobState::Other(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }

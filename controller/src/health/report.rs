@@ -125,14 +125,6 @@ impl UnitState {
             UnitState::Unknown(s) => s,
         }
     }
-
-    /// The state named `s`; an unknown name is kept as [`UnitState::Unknown`].
-    pub fn from_name(s: &str) -> UnitState {
-        UnitState::KNOWN
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .unwrap_or_else(|| UnitState::Unknown(s.to_string()))
-    }
 }
 
 impl std::fmt::Display for UnitState {

@@ -13,7 +13,7 @@ use crate::fleet::progress::{AgentProgress, AgentRolloutState, RolloutStatus};
 use crate::fleet::{ApplyOutcome, ApplyRequest, FleetError};
 use crate::health::report::RunnerStatus;
 use crate::health::{AgentView, State};
-use crate::store::{self, EventFilter, Strategy, StrategyKind};
+use crate::store::{self, EventFilter, Strategy};
 use crate::tokens::{self, TokenRecord};
 use crate::wire;
 
@@ -36,21 +36,7 @@ impl From<FleetError> for Status {
 
 /// The wire strategy as a domain one; `None` = the default.
 fn strategy(s: Option<&v1::RolloutStrategy>) -> Result<Option<Strategy>, Status> {
-    let Some(s) = s else { return Ok(None) };
-    let kind = match s.kind.as_str() {
-        "" if s.max_unavailable == 0 => return Ok(None),
-        "" | "rolling" => StrategyKind::Rolling,
-        "all" => StrategyKind::All,
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "strategy {other:?}: expected rolling or all"
-            )));
-        }
-    };
-    Ok(Some(Strategy {
-        kind,
-        max_unavailable: s.max_unavailable.max(1),
-    }))
+    wire::admin::strategy_in(s).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn apply_response(o: ApplyOutcome) -> v1::ApplyRunnersResponse {
@@ -466,17 +452,10 @@ fn runner_info(
         .filter(|a| a.runner == r.name)
         .cloned()
         .map(|a| {
-            let state = statuses
+            let status = statuses
                 .get(&a.agent_id)
-                .and_then(|v| v.iter().find(|s| s.name == r.name))
-                .map(|s| s.state_name().to_string())
-                .unwrap_or_default();
-            v1::RunnerPlacement {
-                agent_id: a.agent_id,
-                gitlab_runner_id: a.gitlab_runner_id,
-                token_expires_at: a.token_expires_at.map(crate::timefmt::to_proto),
-                state,
-            }
+                .and_then(|v| v.iter().find(|s| s.name == r.name));
+            wire::admin::placement(a, status)
         })
         .collect();
     Ok(v1::RunnerInfo {
@@ -506,9 +485,9 @@ pub fn fleet_status(
 ) -> v1::FleetStatusResponse {
     let counts = State::ALL
         .iter()
-        .map(|s| v1::StateCount {
-            state: s.as_str().into(),
-            agents: views.iter().filter(|v| v.eval.state == *s).count() as u32,
+        .map(|s| {
+            let agents = views.iter().filter(|v| v.eval.state == *s).count() as u32;
+            wire::admin::state_count(*s, agents)
         })
         .collect();
     let mut bad: Vec<&AgentView> = views
@@ -540,17 +519,16 @@ pub fn fleet_status(
         problems: bad
             .iter()
             .take(20)
-            .map(|v| v1::Problem {
-                agent_id: v.record.id.clone(),
-                hostname: v.record.facts.hostname.clone(),
-                state: v.eval.state.as_str().into(),
-                reasons: v.eval.reasons.clone(),
-            })
+            .map(|v| wire::admin::problem(v))
             .collect(),
         top_reasons: top
             .into_iter()
             .take(10)
-            .map(|(state, agents)| v1::StateCount { state, agents })
+            .map(|(state, agents)| v1::StateCount {
+                state,
+                agents,
+                ..Default::default()
+            })
             .collect(),
     }
 }

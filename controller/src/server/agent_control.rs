@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth;
 use super::state::AppState;
 use crate::fleet::Claim;
-use crate::fleet::messages::{Ack, RunnerEvent, TokenRotated};
+use crate::fleet::messages::{Ack, JobEvent, RunnerEvent, TokenRotated};
 use crate::health::report::Heartbeat;
 use crate::pki::identity::Identity;
 use crate::pki::policy;
@@ -357,6 +357,7 @@ async fn handle(
             Ok(())
         }
         Some(AgentKind::JobEvent(j)) => {
+            let j = JobEvent::from(j);
             health.leases.touch(id);
             let reason = if j.failure_reason.is_empty() {
                 String::new()
@@ -364,13 +365,13 @@ async fn handle(
                 format!(" ({})", j.failure_reason)
             };
             health.record(EventRecord {
-                at: j.at.as_ref().and_then(timefmt::from_proto),
+                at: j.at,
                 agent_id: id.to_string(),
                 kind: "job".into(),
                 runner: j.runner.chars().take(100).collect(),
                 message: format!("job {} {}{reason}", j.job_id, j.state),
                 job_id: j.job_id,
-                job_state: j.state.chars().take(40).collect(),
+                job_state: j.state.as_str().to_string(),
                 ..EventRecord::default()
             });
             Ok(())

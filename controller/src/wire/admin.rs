@@ -2,6 +2,11 @@
 
 use drover_proto::v1;
 
+use super::WireError;
+use super::enums::{
+    agent_rollout_state_out, agent_state_out, job_state_number, rollout_state_out,
+    strategy_kind_in, strategy_kind_out,
+};
 use crate::fleet::progress::{AgentProgress, RolloutStatus};
 use crate::health::AgentView;
 use crate::health::report::RunnerStatus;
@@ -26,11 +31,13 @@ pub fn agent_info(v: &AgentView, runners: Vec<RunnerStatus>) -> v1::AgentInfo {
     let a = &v.record;
     let mut facts: v1::AgentFacts = (&a.facts).into();
     facts.ips = v.ips.clone();
+    let (agent_state, state) = agent_state_out(v.eval.state);
     v1::AgentInfo {
         id: a.id.clone(),
         labels: a.labels.clone().into_iter().collect(),
         facts: Some(facts),
-        state: v.eval.state.as_str().to_string(),
+        state,
+        agent_state,
         reasons: v.eval.reasons.clone(),
         connected: v.connected,
         last_seen: v.last_seen.map(timefmt::to_proto),
@@ -54,17 +61,38 @@ pub fn event(e: &EventRecord) -> v1::Event {
         runner: e.runner.clone(),
         message: e.message.clone(),
         job_id: e.job_id,
+        job_status: job_state_number(&e.job_state),
         job_state: e.job_state.clone(),
     }
 }
 
+/// The strategy a call asks for; `None` lets the controller choose (neither a kind nor
+/// `max_unavailable` given). A kind this controller does not know is refused.
+pub fn strategy_in(s: Option<&v1::RolloutStrategy>) -> Result<Option<Strategy>, WireError> {
+    let Some(s) = s else { return Ok(None) };
+    let kind = match strategy_kind_in(s.strategy_kind, &s.kind) {
+        Ok(None) if s.max_unavailable == 0 => return Ok(None),
+        Ok(None) => StrategyKind::Rolling,
+        Ok(Some(kind)) => kind,
+        Err(other) => {
+            return Err(WireError::new(
+                "strategy",
+                format!("{other:?}: expected rolling or all"),
+            ));
+        }
+    };
+    Ok(Some(Strategy {
+        kind,
+        max_unavailable: s.max_unavailable.max(1),
+    }))
+}
+
 impl From<Strategy> for v1::RolloutStrategy {
     fn from(s: Strategy) -> v1::RolloutStrategy {
+        let (strategy_kind, kind) = strategy_kind_out(s.kind);
         v1::RolloutStrategy {
-            kind: match s.kind {
-                StrategyKind::Rolling => "rolling".into(),
-                StrategyKind::All => "all".into(),
-            },
+            kind,
+            strategy_kind,
             max_unavailable: s.max_unavailable,
         }
     }
@@ -72,8 +100,10 @@ impl From<Strategy> for v1::RolloutStrategy {
 
 impl From<RolloutStatus> for v1::RolloutStatusResponse {
     fn from(r: RolloutStatus) -> v1::RolloutStatusResponse {
+        let (rollout_state, state) = rollout_state_out(r.state);
         v1::RolloutStatusResponse {
-            state: r.state_name().into(),
+            state,
+            rollout_state,
             generation: r.generation,
             reason: r.reason,
             strategy: r.strategy.map(v1::RolloutStrategy::from),
@@ -85,8 +115,10 @@ impl From<RolloutStatus> for v1::RolloutStatusResponse {
 
 impl From<AgentProgress> for v1::AgentRollout {
     fn from(a: AgentProgress) -> v1::AgentRollout {
+        let (rollout_state, state) = agent_rollout_state_out(a.state);
         v1::AgentRollout {
-            state: a.state.as_str().into(),
+            state,
+            rollout_state,
             agent_id: a.agent_id,
             hostname: a.hostname,
             target_generation: a.target_generation,
@@ -94,5 +126,79 @@ impl From<AgentProgress> for v1::AgentRollout {
             error: a.error,
             connected: a.connected,
         }
+    }
+}
+
+/// One runner's placement on an agent, with the unit state of its last heartbeat.
+pub fn placement(
+    a: crate::store::Assignment,
+    status: Option<&RunnerStatus>,
+) -> v1::RunnerPlacement {
+    let (unit_state, state) = super::enums::unit_state_out(status.and_then(|s| s.state.as_ref()));
+    v1::RunnerPlacement {
+        agent_id: a.agent_id,
+        gitlab_runner_id: a.gitlab_runner_id,
+        token_expires_at: a.token_expires_at.map(crate::timefmt::to_proto),
+        state,
+        unit_state,
+    }
+}
+
+/// An agent state count of `drover status`.
+pub fn state_count(s: crate::health::State, agents: u32) -> v1::StateCount {
+    let (agent_state, state) = agent_state_out(s);
+    v1::StateCount {
+        state,
+        agents,
+        agent_state,
+    }
+}
+
+/// A lost or degraded agent of `drover status`.
+pub fn problem(v: &AgentView) -> v1::Problem {
+    let (agent_state, state) = agent_state_out(v.eval.state);
+    v1::Problem {
+        agent_id: v.record.id.clone(),
+        hostname: v.record.facts.hostname.clone(),
+        state,
+        reasons: v.eval.reasons.clone(),
+        agent_state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_strategy_reads_from_either_field_and_an_unknown_kind_is_refused() {
+        let s = |strategy_kind: i32, kind: &str, max_unavailable| v1::RolloutStrategy {
+            strategy_kind,
+            kind: kind.into(),
+            max_unavailable,
+        };
+        let all = Strategy {
+            kind: StrategyKind::All,
+            max_unavailable: 1,
+        };
+        let current = v1::RolloutStrategy::from(all);
+        assert_eq!((current.kind.as_str(), current.strategy_kind), ("all", 2));
+        assert_eq!(strategy_in(Some(&current)), Ok(Some(all)));
+        assert_eq!(
+            strategy_in(Some(&s(0, "all", 0))),
+            Ok(Some(all)),
+            "an older CLI"
+        );
+        assert_eq!(strategy_in(Some(&s(0, "", 0))), Ok(None));
+        assert_eq!(strategy_in(None), Ok(None));
+        assert_eq!(
+            strategy_in(Some(&s(0, "", 3))).unwrap().unwrap().kind,
+            StrategyKind::Rolling
+        );
+        let e = strategy_in(Some(&s(9, "canary", 0))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "strategy: \"canary\": expected rolling or all"
+        );
     }
 }

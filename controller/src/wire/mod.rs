@@ -13,8 +13,11 @@
 //! - [`admin`]: what the admin calls answer (agents, tokens, events, rollout status).
 //! - [`fits`]: what is sent must fit one gRPC message (runner set check, `ListRunners`
 //!   pages).
+//! - [`enums`]: the domain enums to and from the proto enums (names in
+//!   `drover_proto::names`), with the deprecated string fields beside them.
 
 pub mod admin;
+pub mod enums;
 pub mod fits;
 pub mod report;
 

@@ -4,11 +4,12 @@
 use drover_proto::v1;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::enums::{job_state_in, runner_event_kind_in, unit_state_in, unit_state_out};
 use super::{WireError, ips, time_in, time_out};
 use crate::fleet::messages::{
-    Ack, DesiredState, RunnerAssignment, RunnerEvent, RunnerEventKind, TokenRotated,
+    Ack, DesiredState, JobEvent, RunnerAssignment, RunnerEvent, TokenRotated,
 };
-use crate::health::report::{Heartbeat, HostHealth, RunnerStatus, UnitState};
+use crate::health::report::{Heartbeat, HostHealth, RunnerStatus};
 
 impl TryFrom<v1::Heartbeat> for Heartbeat {
     type Error = WireError;
@@ -65,18 +66,12 @@ impl From<HostHealth> for v1::HostHealth {
     }
 }
 
-/// A unit state from the wire: empty is "not reported", an unknown name is kept for
-/// display (a newer agent may know more states).
-fn unit_state_in(name: &str) -> Option<UnitState> {
-    (!name.is_empty()).then(|| UnitState::from_name(name))
-}
-
 impl TryFrom<v1::RunnerStatus> for RunnerStatus {
     type Error = WireError;
 
     fn try_from(r: v1::RunnerStatus) -> Result<RunnerStatus, WireError> {
         Ok(RunnerStatus {
-            state: unit_state_in(&r.state),
+            state: unit_state_in(r.unit_state, &r.state),
             token_expires_at: time_in("token_expires_at", r.token_expires_at.as_ref())?,
             last_gitlab_contact: time_in("last_gitlab_contact", r.last_gitlab_contact.as_ref())?,
             token_rotate_at: time_in("token_rotate_at", r.token_rotate_at.as_ref())?,
@@ -93,8 +88,10 @@ impl TryFrom<v1::RunnerStatus> for RunnerStatus {
 
 impl From<RunnerStatus> for v1::RunnerStatus {
     fn from(r: RunnerStatus) -> v1::RunnerStatus {
+        let (unit_state, state) = unit_state_out(r.state.as_ref());
         v1::RunnerStatus {
-            state: r.state_name().to_string(),
+            state,
+            unit_state,
             name: r.name,
             last_error: r.last_error,
             gitlab_runner_id: r.gitlab_runner_id,
@@ -137,10 +134,23 @@ impl TryFrom<v1::RunnerEvent> for RunnerEvent {
     fn try_from(ev: v1::RunnerEvent) -> Result<RunnerEvent, WireError> {
         Ok(RunnerEvent {
             at: time_in("at", ev.at.as_ref())?,
-            kind: RunnerEventKind::from_name(&ev.kind),
+            kind: runner_event_kind_in(ev.event_kind, &ev.kind),
             runner: ev.runner,
             message: ev.message,
         })
+    }
+}
+
+/// Nothing is refused: a time absent or out of range reads as `None`, as before the edge.
+impl From<v1::JobEvent> for JobEvent {
+    fn from(j: v1::JobEvent) -> JobEvent {
+        JobEvent {
+            state: job_state_in(j.job_state, &j.state),
+            at: time_in("at", j.at.as_ref()).unwrap_or(None),
+            runner: j.runner,
+            job_id: j.job_id,
+            failure_reason: j.failure_reason,
+        }
     }
 }
 
@@ -172,6 +182,8 @@ impl From<RunnerAssignment> for v1::RunnerAssignment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::messages::{JobState, RunnerEventKind};
+    use crate::health::report::UnitState;
 
     #[test]
     fn a_time_out_of_range_is_refused_naming_the_field_and_value() {
@@ -217,28 +229,68 @@ mod tests {
         })
         .unwrap();
         assert_eq!(r.state, Some(UnitState::Unknown("hibernating".into())));
-        assert_eq!(v1::RunnerStatus::from(r).state, "hibernating");
+        let back = v1::RunnerStatus::from(r);
+        assert_eq!((back.unit_state, back.state.as_str()), (0, "hibernating"));
         let unreported = RunnerStatus::try_from(v1::RunnerStatus::default()).unwrap();
         assert_eq!(unreported.state, None);
+        // A newer agent: a number this build does not know, with its name beside it.
+        let newer = RunnerStatus::try_from(v1::RunnerStatus {
+            unit_state: 99,
+            state: "hibernating".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(newer.state, Some(UnitState::Unknown("hibernating".into())));
         let ev = RunnerEvent::try_from(v1::RunnerEvent {
+            event_kind: 99,
             kind: "new kind!\n".into(),
             ..Default::default()
         })
         .unwrap();
         assert_eq!(ev.kind, RunnerEventKind::Other("newkind".into()));
+        let job = JobEvent::from(v1::JobEvent {
+            job_state: 99,
+            state: "paused".into(),
+            ..Default::default()
+        });
+        assert_eq!(job.state, JobState::Other("paused".into()));
     }
 
     #[test]
-    fn known_names_round_trip() {
+    fn an_older_agents_message_reads_as_a_current_ones() {
         for s in UnitState::KNOWN {
-            let wire = v1::RunnerStatus::from(RunnerStatus {
+            let current = v1::RunnerStatus::from(RunnerStatus {
                 state: Some(s.clone()),
                 ..Default::default()
             });
-            assert_eq!(RunnerStatus::try_from(wire).unwrap().state, Some(s));
+            assert_ne!(current.unit_state, 0);
+            let older = v1::RunnerStatus {
+                unit_state: 0,
+                ..current.clone()
+            };
+            let read = RunnerStatus::try_from(current).unwrap();
+            assert_eq!(read.state, Some(s));
+            assert_eq!(RunnerStatus::try_from(older).unwrap(), read);
         }
-        for k in RunnerEventKind::KNOWN {
-            assert_eq!(RunnerEventKind::from_name(k.as_str()), k);
-        }
+        let older = RunnerEvent::try_from(v1::RunnerEvent {
+            kind: "token-invalid".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(older.kind, RunnerEventKind::TokenInvalid);
+        let current = RunnerEvent::try_from(v1::RunnerEvent {
+            event_kind: v1::RunnerEventKind::TokenInvalid.into(),
+            kind: "token-invalid".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(current, older);
+        let older = JobEvent::from(v1::JobEvent {
+            state: "failed".into(),
+            failure_reason: "script_failure".into(),
+            ..Default::default()
+        });
+        assert_eq!(older.state, JobState::Failed);
+        assert_eq!(older.failure_reason, "script_failure");
     }
 }

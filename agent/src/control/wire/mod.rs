@@ -12,6 +12,7 @@
 
 pub mod host;
 
+use drover_proto::names::Named;
 use drover_proto::v1;
 use drover_proto::v1::agent_message::Kind as AgentKind;
 use secrecy::ExposeSecret;
@@ -19,7 +20,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::fleet::desired::{Raw, rfc3339};
-use crate::fleet::messages::{Command, DesiredState, ToController};
+use crate::fleet::messages::{Command, DesiredState, JobState, RunnerEventKind, ToController};
 use crate::fleet::report::UnitReport;
 use crate::host_facts::HostFacts;
 
@@ -62,10 +63,37 @@ impl From<&HostFacts> for v1::AgentFacts {
     }
 }
 
+/// A runner event kind on the wire.
+fn runner_event_kind(k: RunnerEventKind) -> v1::RunnerEventKind {
+    match k {
+        RunnerEventKind::Started => v1::RunnerEventKind::Started,
+        RunnerEventKind::Stopped => v1::RunnerEventKind::Stopped,
+        RunnerEventKind::Backoff => v1::RunnerEventKind::Backoff,
+        RunnerEventKind::WaitingForDocker => v1::RunnerEventKind::WaitingForDocker,
+        RunnerEventKind::Draining => v1::RunnerEventKind::Draining,
+        RunnerEventKind::TokenInvalid => v1::RunnerEventKind::TokenInvalid,
+        RunnerEventKind::VerifyFailed => v1::RunnerEventKind::VerifyFailed,
+        RunnerEventKind::IpsChanged => v1::RunnerEventKind::IpsChanged,
+    }
+}
+
+/// A job state on the wire.
+fn job_state(s: JobState) -> v1::JobState {
+    match s {
+        JobState::Running => v1::JobState::Running,
+        JobState::Success => v1::JobState::Success,
+        JobState::Failed => v1::JobState::Failed,
+        JobState::Canceled => v1::JobState::Canceled,
+    }
+}
+
+/// A unit is reported by its state's name ([`crate::units::UnitState::as_str`], the wire's
+/// names), sent in both fields: the enum for current controllers, the name for older ones.
 impl From<&UnitReport> for v1::RunnerStatus {
     fn from(u: &UnitReport) -> v1::RunnerStatus {
         v1::RunnerStatus {
             name: u.name.clone(),
+            unit_state: v1::UnitState::from_name(&u.state).map_or(0, Into::into),
             state: u.state.clone(),
             last_error: u.last_error.clone().unwrap_or_default(),
             gitlab_runner_id: u.gitlab_runner_id,
@@ -140,25 +168,33 @@ impl From<ToController> for v1::AgentMessage {
                 kind,
                 message,
                 at,
-            } => AgentKind::RunnerEvent(v1::RunnerEvent {
-                runner,
-                kind: kind.as_str().into(),
-                message,
-                at: Some(time_out(at)),
-            }),
+            } => {
+                let kind = runner_event_kind(kind);
+                AgentKind::RunnerEvent(v1::RunnerEvent {
+                    runner,
+                    kind: kind.name().into(),
+                    event_kind: kind.into(),
+                    message,
+                    at: Some(time_out(at)),
+                })
+            }
             ToController::Job {
                 runner,
                 job_id,
                 state,
                 failure_reason,
                 at,
-            } => AgentKind::JobEvent(v1::JobEvent {
-                runner,
-                job_id,
-                state: state.as_str().into(),
-                failure_reason,
-                at: Some(time_out(at)),
-            }),
+            } => {
+                let state = job_state(state);
+                AgentKind::JobEvent(v1::JobEvent {
+                    runner,
+                    job_id,
+                    state: state.name().into(),
+                    job_state: state.into(),
+                    failure_reason,
+                    at: Some(time_out(at)),
+                })
+            }
             ToController::TokenRotated {
                 runner,
                 token,
@@ -178,7 +214,7 @@ impl From<ToController> for v1::AgentMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::messages::{JobState, RunnerEventKind};
+    use crate::units::UnitState;
 
     #[test]
     fn a_unit_goes_out_with_its_times_and_canceled_jobs_counted_as_failed() {
@@ -261,5 +297,64 @@ mod tests {
         });
         assert_eq!(ds.generation, 3);
         assert_eq!(ds.runners[0].token_expires_at, None);
+    }
+
+    #[test]
+    fn every_unit_state_kind_and_job_state_goes_out_in_both_fields() {
+        // Every wire name is a unit state's name (the agent reads them with serde).
+        for (v, name) in v1::UnitState::NAMES {
+            let s: UnitState = serde_json::from_value(serde_json::json!(name)).unwrap();
+            let wire = v1::RunnerStatus::from(&UnitReport {
+                state: s.as_str().into(),
+                ..UnitReport::default()
+            });
+            assert_eq!((wire.unit_state, wire.state.as_str()), ((*v).into(), *name));
+        }
+        // Every wire kind comes from exactly one of the agent's kinds.
+        let from_wire = |k: v1::RunnerEventKind| match k {
+            v1::RunnerEventKind::Unspecified => None,
+            v1::RunnerEventKind::Started => Some(RunnerEventKind::Started),
+            v1::RunnerEventKind::Stopped => Some(RunnerEventKind::Stopped),
+            v1::RunnerEventKind::Backoff => Some(RunnerEventKind::Backoff),
+            v1::RunnerEventKind::WaitingForDocker => Some(RunnerEventKind::WaitingForDocker),
+            v1::RunnerEventKind::Draining => Some(RunnerEventKind::Draining),
+            v1::RunnerEventKind::TokenInvalid => Some(RunnerEventKind::TokenInvalid),
+            v1::RunnerEventKind::VerifyFailed => Some(RunnerEventKind::VerifyFailed),
+            v1::RunnerEventKind::IpsChanged => Some(RunnerEventKind::IpsChanged),
+        };
+        let at = OffsetDateTime::UNIX_EPOCH;
+        for (v, name) in v1::RunnerEventKind::NAMES {
+            let kind = from_wire(*v).unwrap();
+            let m = v1::AgentMessage::from(ToController::Event {
+                runner: "a".into(),
+                kind,
+                message: String::new(),
+                at,
+            });
+            let Some(AgentKind::RunnerEvent(e)) = m.kind else {
+                panic!("{m:?}")
+            };
+            assert_eq!((e.event_kind, e.kind.as_str()), ((*v).into(), *name));
+        }
+        for state in [
+            JobState::Running,
+            JobState::Success,
+            JobState::Failed,
+            JobState::Canceled,
+        ] {
+            let m = v1::AgentMessage::from(ToController::Job {
+                runner: "a".into(),
+                job_id: 1,
+                state,
+                failure_reason: String::new(),
+                at,
+            });
+            let Some(AgentKind::JobEvent(j)) = m.kind else {
+                panic!("{m:?}")
+            };
+            let read = drover_proto::names::read::<v1::JobState>(j.job_state, "");
+            assert_eq!(read.name(), j.state, "{state:?}");
+            assert_ne!(j.job_state, 0);
+        }
     }
 }
