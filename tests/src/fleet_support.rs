@@ -94,6 +94,23 @@ pub async fn wait_until<T>(
     }
 }
 
+/// Waits until every agent of `ids` has a live session (`connected` in `drover agents -o
+/// json`). A rollout does not wait for offline agents, so a test that applies before its
+/// agents connected could see the rollout complete with nothing pushed.
+pub async fn agents_connected(c: &Controller, ids: &[&str], context: impl Fn() -> String) {
+    wait_until(
+        Duration::from_secs(40),
+        &format!("agents {ids:?} connected"),
+        || {
+            ids.iter()
+                .all(|id| c.agent(id).is_some_and(|a| a["connected"] == true))
+                .then_some(())
+        },
+        context,
+    )
+    .await;
+}
+
 /// Waits until `drover rollout status` says `complete` for `generation`.
 pub async fn rollout_complete(c: &Controller, generation: u64, context: impl Fn() -> String) {
     wait_until(

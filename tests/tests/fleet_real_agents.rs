@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use drover_tests::fake_gitlab::{Endpoint, FakeGitLab, JobSpec, JobState, RunnerRecord};
 use drover_tests::fleet_support::{
-    apply, docker_image, init_crypto, job_ok, json, registration_spec, rollout_complete,
-    status_until, wait_until,
+    agents_connected, apply, docker_image, init_crypto, job_ok, json, registration_spec,
+    rollout_complete, status_until, wait_until,
 };
 use drover_tests::harness::{Agent, Controller, stderr};
 use drover_tests::netns::Netns;
@@ -118,6 +118,7 @@ impl OneAgent {
     /// Applies `spec`, waits for its rollout and returns the one runner GitLab then has.
     async fn apply_one_runner(&self, spec: &str, what: &str) -> RunnerRecord {
         let ctx = || self.logs();
+        agents_connected(&self.c, &[&self.id], ctx).await;
         apply(&self.c, self.dir.path(), spec);
         rollout_complete(&self.c, 1, ctx).await;
         wait_until(WAIT, what, || self.gitlab.runners().into_iter().next(), ctx).await
@@ -161,6 +162,7 @@ async fn two_agents_register_run_jobs_and_are_unregistered() {
         "real-two",
         &image,
     );
+    agents_connected(&c, &[&id_a, &id_b], ctx).await;
     apply(&c, dir.path(), &spec);
     rollout_complete(&c, 1, ctx).await;
 
@@ -575,6 +577,7 @@ async fn ip_change_is_reported_and_loops_restart() {
     let id = a.enroll_ok(&format!("https://{host_ip}:{grpc_port}"), &token);
     a.run_with(&["ip", "netns", "exec", &ns.name], &[], &[]);
     let ctx = || logs(&c, &[&a]);
+    agents_connected(&c, &[&id], ctx).await;
     let dir = tempfile::tempdir().unwrap();
     apply(
         &c,

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use drover_tests::fake_gitlab::{Endpoint, FakeGitLab, JobSpec, JobState};
 use drover_tests::flaky_proxy::FlakyProxy;
 use drover_tests::fleet_support::{
-    apply, docker_image, init_crypto, registration_spec, rollout_complete, wait_until,
+    agents_connected, apply, docker_image, init_crypto, registration_spec, rollout_complete,
+    wait_until,
 };
 use drover_tests::harness::{Agent, Controller};
 use drover_tests::netns::Netns;
@@ -86,6 +87,7 @@ impl LinkedAgent {
             _dir: dir,
         };
         let spec = registration_spec(site, f.gitlab.url(), &reg, site, &f.image);
+        agents_connected(&f.c, &[&f.id], || f.logs()).await;
         apply(&f.c, f._dir.path(), &spec);
         rollout_complete(&f.c, 1, || f.logs()).await;
         wait_until(
