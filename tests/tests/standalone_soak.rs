@@ -46,6 +46,12 @@ fn kind(i: usize) -> Kind {
     }
 }
 
+/// The last 200 lines of the agent's log, for a failure message.
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(200)..].join("\n")
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -238,6 +244,18 @@ async fn soak(jobs: usize) -> Option<Figures> {
             );
         }
     }
+    // GitLab shows a canceled job canceled at once; the agent learns it from its next trace
+    // patch or keepalive (up to 10 s later) and only then kills and removes the job's
+    // containers. Look for leftovers once the agent has finished every job.
+    let end = Instant::now() + JOB_WAIT;
+    while agent.stderr().matches("job finished").count() < jobs {
+        assert!(
+            Instant::now() < end,
+            "the agent did not finish all {jobs} jobs:\n{}",
+            log_tail(&agent.stderr())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Quiet for a moment so the figures are not those of a job's tail.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss_last, fds_last) = (rss_kib(pid), open_fds(pid));
@@ -260,11 +278,20 @@ async fn soak(jobs: usize) -> Option<Figures> {
         volumes.len(),
         volumes.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(),
     );
-    assert_eq!(containers, Vec::<String>::new(), "containers left");
-    assert_eq!(networks, Vec::<String>::new(), "networks left");
+    assert!(
+        containers.is_empty(),
+        "containers left: {containers:?}\nagent log:\n{}",
+        log_tail(&agent.stderr())
+    );
+    assert!(
+        networks.is_empty(),
+        "networks left: {networks:?}\nagent log:\n{}",
+        log_tail(&agent.stderr())
+    );
     assert!(
         volumes.iter().all(|(_, k)| k == "builds"),
-        "per-job volumes left: {volumes:?}"
+        "per-job volumes left: {volumes:?}\nagent log:\n{}",
+        log_tail(&agent.stderr())
     );
     // One builds volume per runner, project and slot at most.
     assert!(volumes.len() <= RUNNERS * RUNNERS, "{volumes:?}");
