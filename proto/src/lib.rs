@@ -8,8 +8,11 @@
 //!   with the deprecated string field beside it.
 //! - [`error_chain`]: an error and its causes as one line, each cause once.
 //! - [`stdout`]: command output that a closed pipe ends quietly instead of a panic.
+//! - [`cert_check`]: a TLS server verifier made of a certificate check, the handshake's
+//!   signatures verified with the provider's algorithms.
 //! - [`transport`]: how clients dial a controller (TLS, verified as [`transport::SERVER_NAME`]).
 
+pub mod cert_check;
 pub mod error_chain;
 pub mod names;
 pub mod spec;

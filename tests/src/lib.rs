@@ -15,6 +15,8 @@
 //! - `postgres`: a throwaway PostgreSQL server (the controller's, shared with its store
 //!   tests).
 //! - `scrape`: an agent's metrics address from its log, and plain HTTP GETs.
+//! - `source_scan`: the non-test lines of a source tree matching a pattern (the structure
+//!   tests).
 
 pub mod fake_agent;
 pub mod fake_gitlab;
@@ -27,4 +29,5 @@ pub mod netns;
 pub mod postgres;
 pub mod procstat;
 pub mod scrape;
+pub mod source_scan;
 pub mod standalone_agent;

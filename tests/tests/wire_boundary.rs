@@ -1,9 +1,12 @@
 //! Wire types stop at the edge: outside the modules listed here, no source file of the
 //! controller or the agent names a protobuf type (`drover_proto::v1`). Domain code works on
 //! each side's own types; the edge modules convert (`TryFrom` inward, refusing what no
-//! conforming peer sends; `From` outward).
+//! conforming peer sends; `From` outward). Test code and comments are not read
+//! (`drover_tests::source_scan`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use drover_tests::source_scan::{Hit, report, scan, workspace};
 
 /// Crate source roots and the paths under them (a file, or a directory ending in `/`)
 /// that may name wire types.
@@ -37,62 +40,16 @@ const SIDES: &[(&str, &[&str])] = &[
     ("agent/job/src", &[]),
 ];
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries {
-        let p = e.expect("read dir entry").path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
-
-/// `file:line: text` of every line outside the allowed paths that names a wire type.
-fn offenders(root: &Path, allowed: &[&str]) -> Vec<String> {
-    let mut files = Vec::new();
-    rust_files(root, &mut files);
-    assert!(!files.is_empty(), "no sources under {}", root.display());
-    let mut out = Vec::new();
-    for f in files {
-        let rel = f
-            .strip_prefix(root)
-            .expect("under root")
-            .to_string_lossy()
-            .replace('\\', "/");
-        if allowed
-            .iter()
-            .any(|a| rel == *a || (a.ends_with('/') && rel.starts_with(a)))
-        {
-            continue;
-        }
-        let text = std::fs::read_to_string(&f).expect("read source");
-        for (n, line) in text.lines().enumerate() {
-            let code = line.trim_start();
-            if code.starts_with("//") {
-                continue;
-            }
-            if code.contains("v1::") || code.contains("proto::v1") {
-                out.push(format!("{}:{}: {}", f.display(), n + 1, code));
-            }
-        }
-    }
-    out
+/// Every line of non-test code under `root`, outside the `allowed` paths, naming a wire type.
+fn offenders(root: &Path, allowed: &[&str]) -> Vec<Hit> {
+    scan(root, allowed, |code| {
+        code.contains("v1::") || code.contains("proto::v1")
+    })
 }
 
 #[test]
 fn wire_types_stop_at_the_edge() {
-    let root = workspace_root();
+    let root = workspace();
     let mut all = Vec::new();
     for (dir, allowed) in SIDES {
         all.extend(offenders(&root.join(dir), allowed));
@@ -100,7 +57,7 @@ fn wire_types_stop_at_the_edge() {
     assert!(
         all.is_empty(),
         "wire types outside the edge modules (convert in the side's wire module instead):\n{}",
-        all.join("\n")
+        report(&all)
     );
 }
 
@@ -116,5 +73,9 @@ fn the_check_sees_a_wire_type() {
     .expect("write");
     let found = offenders(dir.path(), &["wire/"]);
     assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].ends_with("domain.rs:2: fn f(_: &v1::Heartbeat) {}"));
+    assert!(
+        found[0]
+            .to_string()
+            .ends_with("domain.rs:2: fn f(_: &v1::Heartbeat) {}")
+    );
 }

@@ -47,12 +47,12 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
     let pin = token::parse(args.token.expose_secret()).map_err(anyhow::Error::msg)?;
     tls::dial_addr(&args.controller)?;
 
-    let verifier = Arc::new(tls::PinnedCaVerifier::new(&pin.ca_fingerprint));
+    let verifier = Arc::new(tls::PinnedCa::new(&pin.ca_fingerprint));
     let config = tls::pinned_config(verifier.clone())?;
     let key = certs::new_key_and_csr().context("generate key and csr")?;
     let facts = HostFacts::collect();
 
-    let mismatch = |verifier: &tls::PinnedCaVerifier| -> Option<anyhow::Error> {
+    let mismatch = |verifier: &tls::PinnedCa| -> Option<anyhow::Error> {
         let seen = verifier.mismatch.lock().ok()?.clone()?;
         Some(anyhow::anyhow!(
             "refusing controller {}: its CA (sha256 {}) does not match the token's fingerprint {}; \

@@ -1,15 +1,16 @@
 //! TLS to the controller. At enrollment the agent has only the token's CA fingerprint:
-//! [`PinnedCaVerifier`] accepts the server only if its chain holds a certificate with that
+//! [`PinnedCa`] accepts the server only if its chain holds a certificate with that
 //! SHA-256 and the server certificate verifies under it. Afterwards the stored `ca.crt` is
 //! the only trust root. The server name is always [`SERVER_NAME`], whatever host is dialed.
 
 use std::sync::{Arc, Mutex};
 
+use drover_proto::cert_check::{CertCheck, CheckedVerifier};
 use drover_proto::transport::{DialError, dial};
+use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use secrecy::ExposeSecret;
@@ -45,19 +46,20 @@ pub enum TlsError {
     Dial(#[from] DialError),
 }
 
-/// Accepts a server whose chain contains the pinned CA and verifies under it.
+/// Accepts a server whose chain contains the pinned CA and verifies under it (the
+/// handshake's signatures are checked by [`CheckedVerifier`], see [`pinned_config`]).
 #[derive(Debug)]
-pub struct PinnedCaVerifier {
+pub struct PinnedCa {
     fingerprint: String,
     provider: Arc<CryptoProvider>,
     /// Fingerprints the controller presented when none matched (for the error message).
     pub mismatch: Mutex<Option<Vec<String>>>,
 }
 
-impl PinnedCaVerifier {
+impl PinnedCa {
     /// Pins `fingerprint` (lower-case hex SHA-256 of the CA's DER).
-    pub fn new(fingerprint: &str) -> PinnedCaVerifier {
-        PinnedCaVerifier {
+    pub fn new(fingerprint: &str) -> PinnedCa {
+        PinnedCa {
             fingerprint: fingerprint.to_ascii_lowercase(),
             provider: provider(),
             mismatch: Mutex::new(None),
@@ -65,8 +67,8 @@ impl PinnedCaVerifier {
     }
 }
 
-impl ServerCertVerifier for PinnedCaVerifier {
-    fn verify_server_cert(
+impl CertCheck for PinnedCa {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -94,45 +96,13 @@ impl ServerCertVerifier for PinnedCaVerifier {
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Client config for enrollment: pinned CA, no client certificate.
-pub fn pinned_config(verifier: Arc<PinnedCaVerifier>) -> Result<rustls::ClientConfig, TlsError> {
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+pub fn pinned_config(pin: Arc<PinnedCa>) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(CheckedVerifier::new(pin, provider.clone()));
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
@@ -220,9 +190,9 @@ mod tests {
     fn pinned_verifier_accepts_only_the_pinned_ca() {
         let (ca, server) = ca_and_server();
         let name = ServerName::try_from(SERVER_NAME).unwrap();
-        let good = PinnedCaVerifier::new(&fingerprint(&ca));
+        let good = PinnedCa::new(&fingerprint(&ca));
         assert!(
-            good.verify_server_cert(
+            good.check(
                 &server,
                 std::slice::from_ref(&ca),
                 &name,
@@ -232,9 +202,9 @@ mod tests {
             .is_ok()
         );
         let (other_ca, _) = ca_and_server();
-        let bad = PinnedCaVerifier::new(&fingerprint(&other_ca));
+        let bad = PinnedCa::new(&fingerprint(&other_ca));
         assert!(
-            bad.verify_server_cert(
+            bad.check(
                 &server,
                 std::slice::from_ref(&ca),
                 &name,
@@ -250,7 +220,7 @@ mod tests {
         // The pinned CA presented beside a server certificate it did not sign: refused.
         let (_, foreign_server) = ca_and_server();
         assert!(
-            good.verify_server_cert(&foreign_server, &[ca], &name, &[], UnixTime::now())
+            good.check(&foreign_server, &[ca], &name, &[], UnixTime::now())
                 .is_err()
         );
     }

@@ -88,7 +88,7 @@ async fn enroll(
     let pin = token::parse(token_text).map_err(anyhow::Error::msg)?;
     let mut channels = Vec::new();
     for _ in 0..4 {
-        let verifier = Arc::new(tls::PinnedCaVerifier::new(&pin.ca_fingerprint));
+        let verifier = Arc::new(tls::PinnedCa::new(&pin.ca_fingerprint));
         let config = tls::pinned_config(verifier)?;
         channels.push(tls::connect(url, config).await?);
     }

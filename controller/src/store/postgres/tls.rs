@@ -6,11 +6,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use drover_proto::cert_check::{CertCheck, CheckedVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, RootCertStore};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::url::UrlError;
@@ -58,12 +59,12 @@ pub(super) fn connector(mode: TlsMode, roots: Option<RootCertStore>) -> MakeRust
                 .build()
             {
                 Ok(webpki) if mode == TlsMode::VerifyFull => webpki,
-                Ok(webpki) => Arc::new(AnyName(webpki)),
+                Ok(webpki) => Arc::new(CheckedVerifier::new(AnyName(webpki), provider.clone())),
                 // Only an empty root store fails, which `read_roots` refuses.
-                Err(_) => Arc::new(Unchecked(provider.clone())),
+                Err(_) => Arc::new(CheckedVerifier::new(Unchecked, provider.clone())),
             }
         }
-        _ => Arc::new(Unchecked(provider.clone())),
+        _ => Arc::new(CheckedVerifier::new(Unchecked, provider.clone())),
     };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -84,12 +85,12 @@ pub(super) fn connector(mode: TlsMode, roots: Option<RootCertStore>) -> MakeRust
 }
 
 /// `require` and `prefer`: encryption without checking who the server is (libpq's meaning);
-/// the handshake's signatures are still verified.
+/// the handshake's signatures are still verified (by [`CheckedVerifier`]).
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
+struct Unchecked;
 
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
+impl CertCheck for Unchecked {
+    fn check(
         &self,
         _end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
@@ -99,46 +100,14 @@ impl ServerCertVerifier for Unchecked {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// `verify-ca`: the chain must lead to the given CA; the host name is not checked.
 #[derive(Debug)]
 struct AnyName(Arc<WebPkiServerVerifier>);
 
-impl ServerCertVerifier for AnyName {
-    fn verify_server_cert(
+impl CertCheck for AnyName {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -155,27 +124,5 @@ impl ServerCertVerifier for AnyName {
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
     }
 }

@@ -1,5 +1,5 @@
 //! [`ContainerApi`](crate::executor::ContainerApi) on the real engine, through bollard: the only module of the crate that
-//! names bollard (`agent/job/tests/bollard_confined.rs` keeps it so).
+//! names bollard (`tests/tests/structure.rs` keeps it so).
 //!
 //! - `bollard_api`: [`BollardApi`], the calls.
 //! - `convert`: the executor's [`ContainerSpec`](crate::executor::spec::ContainerSpec) and
