@@ -13,7 +13,9 @@
 # busybox-static. Safe to rerun: every `up` starts with a `down`.
 # Env: CARGO_TARGET_DIR (default target), DEMO_DIR (state and logs; default target/demo),
 # DEMO_PROFILE (debug or release; default debug: builds faster), DEMO_GRPC_PORT (17443),
-# DEMO_HTTP_PORT (17080), DEMO_GITLAB_PORT (18080).
+# DEMO_HTTP_PORT (17080), DEMO_GITLAB_PORT (18080), DEMO_NO_BUILD=1 (use the binaries already
+# in the target dir, as the test command does after its test build: a plain `cargo build`
+# there would compile a second dependency tree, since tests unify more features).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -153,12 +155,18 @@ up() {
     mkdir -p "$demo_dir"
     trap on_failure EXIT
 
-    say "building drover, drover-agent, fake-gitlab ($profile; the first build takes minutes)"
-    local release=()
-    [ "$profile" = release ] && release=(--release)
-    (cd "$repo" && cargo build --quiet "${release[@]}" \
-        -p drover-controller -p drover-agent -p drover-tests \
-        --bin drover --bin drover-agent --bin fake-gitlab)
+    if [ "${DEMO_NO_BUILD:-}" = 1 ]; then
+        local b
+        for b in drover drover-agent fake-gitlab; do
+            [ -x "$(bin "$b")" ] || die "DEMO_NO_BUILD=1 but $(bin "$b") is missing"
+        done
+    else
+        say "building drover, drover-agent, fake-gitlab ($profile; the first build takes minutes)"
+        local release=()
+        [ "$profile" = release ] && release=(--release)
+        (cd "$repo" && cargo build --quiet "${release[@]}" \
+            --workspace --bin drover --bin drover-agent --bin fake-gitlab)
+    fi
 
     say "importing the job image $demo_job_image from /bin/busybox"
     import_job_image

@@ -2,19 +2,22 @@
 # Tests the Debian packages and install.sh in a throwaway Debian container (the local
 # debootstrap base image; nothing is pulled):
 # - drover-agent amd64: files, modes, conffile, `drover` user, state dir 0700, Docker group,
-#   unit, `--version`/`--help`; the agent is never started by the package; conffile edits
+#   unit, `--version`/`--help`, man pages and completions (bash completion loads); the agent is never started by the package; conffile edits
 #   survive a reinstall; remove keeps conffile and state; purge deletes both.
 # - drover amd64: the same for the controller (data dir 0750).
 # - install.sh: dry run; a failed enroll leaves the state dir empty and starts nothing;
 #   an enrolled box gets the service enabled and started; a second run changes nothing;
 #   then a real enrollment against `drover serve` from the controller package in the same
-#   container, and the installed agent connecting to it.
+#   container, and the installed agent connecting to it; then `drover agent upgrade` of
+#   that agent to a restamped copy (9.9.9) beside the package: reinstalling the same
+#   package keeps it, a newer package (10.0.0, repacked) installed after it wins.
 #   systemctl is a stub that logs its calls (no systemd in the container).
 # - the arm64 agent package: architecture, ELF machine, same file list as amd64.
 #
 # Usage: bash deploy/test-packages.sh [--debs DIR]
 #   --debs DIR   test the packages in DIR instead of running deploy/package.sh
-# Env: IMAGE_PREFIX (base image ${IMAGE_PREFIX}/base:bookworm, default drover).
+# Env: IMAGE_PREFIX (base image ${IMAGE_PREFIX}/base:bookworm, default drover);
+#      DROVER_BUILD_VERSION (the packages' version, as for package.sh).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,10 +34,11 @@ say() { printf 'test-packages.sh: %s\n' "$*" >&2; }
 die() { say "FAILED: $*" && exit 1; }
 
 docker info >/dev/null 2>&1 || die "Docker is not reachable; this test needs it"
-version="$(awk '
+# The packages' version: DROVER_BUILD_VERSION when set (as package.sh), else Cargo.toml's.
+version="${DROVER_BUILD_VERSION:-$(awk '
     /^\[/ { in_pkg = ($0 == "[workspace.package]") }
     in_pkg && $1 == "version" { gsub(/[" ]/, "", $3); print $3; exit }
-' Cargo.toml)"
+' Cargo.toml)}"
 if [ -z "$debs" ]; then
     bash deploy/package.sh
     debs="$repo/target/packages"
@@ -54,6 +58,35 @@ diff <(dpkg-deb -c "$debs/drover-agent_${version}_amd64.deb" | awk '{ print $1, 
     <(dpkg-deb -c "$debs/drover-agent_${version}_arm64.deb" | awk '{ print $1, $2, $6 }') ||
     die "amd64 and arm64 agent packages differ in files or modes"
 say "arm64 package: architecture, AArch64 binary and file list OK"
+
+# --- man pages and completions: in both packages, one page per subcommand ----------------
+# contents PACKAGE BINARY SUBCOMMAND...: man pages of the binary and of each subcommand
+# (gzipped roff), and the bash/zsh/fish completions in the usual directories.
+contents() {
+    local deb="$1" name="$2" files
+    shift 2
+    files="$(dpkg-deb -c "$deb" | awk '{ print $1, $6 }')"
+    for page in "$name" "$@"; do
+        echo "$files" | grep -qx -- "-rw-r--r-- ./usr/share/man/man1/$page.1.gz" ||
+            die "$deb lacks man page $page.1.gz (0644)"
+    done
+    for f in "usr/share/bash-completion/completions/$name" "usr/share/zsh/vendor-completions/_$name" \
+        "usr/share/fish/vendor_completions.d/$name.fish"; do
+        echo "$files" | grep -qx -- "-rw-r--r-- ./$f" || die "$deb lacks $f (0644)"
+    done
+    x="$(mktemp -d)"
+    dpkg-deb -x "$deb" "$x"
+    zcat "$x/usr/share/man/man1/$name.1.gz" | grep -q '^\.SH ENVIRONMENT' ||
+        die "$name.1 has no ENVIRONMENT section"
+    bash --norc -c "source '$x/usr/share/bash-completion/completions/$name' && complete -p $name" >/dev/null ||
+        die "$name bash completion does not load"
+    rm -rf "$x"
+}
+contents "$debs/drover_${version}_amd64.deb" drover drover-serve drover-agents drover-agent-delete \
+    drover-token-create drover-runner-apply drover-rollout-status drover-completion
+contents "$debs/drover-agent_${version}_amd64.deb" drover-agent drover-agent-enroll drover-agent-run \
+    drover-agent-status drover-agent-check drover-agent-completion
+say "man pages and bash/zsh/fish completions in both packages OK"
 
 # --- container tests --------------------------------------------------------------------------
 base="${IMAGE_PREFIX:-drover}/base:bookworm"
@@ -102,6 +135,9 @@ uid="$(id -u drover)"
 [ "$(drover-agent --version)" = "drover-agent $VERSION" ] || fail "--version says '$(drover-agent --version)'"
 drover-agent --help | grep -q enroll || fail "--help lacks enroll"
 drover-agent enroll --help | grep -q -- '--controller' || fail "enroll --help lacks --controller"
+drover-agent --help | grep -q 'DROVER_AGENT_STATE_DIR' || fail "--help does not name DROVER_AGENT_STATE_DIR"
+bash -c 'source /usr/share/bash-completion/completions/drover-agent && complete -p drover-agent' >/dev/null ||
+    fail "installed bash completion does not load"
 grep -q '^Type=notify' /usr/lib/systemd/system/drover-agent.service || fail "unit is not Type=notify"
 grep -Eq '^(start|enable|restart|reload-or-restart)' /tmp/systemctl.log && fail "postinst started or enabled the agent: $(cat /tmp/systemctl.log)"
 grep -qx 'daemon-reload' /tmp/systemctl.log || fail "postinst did not reload systemd"
@@ -202,8 +238,70 @@ for _ in $(seq 1 100); do
 done
 [ -n "$connected" ] || { cat /tmp/agent.log; drover --data-dir /tmp/ctl agents -o json; fail "the enrolled agent never connected"; }
 drover --data-dir /tmp/ctl agents -o json | grep -q '"site": *"pkgtest"' || fail "agent lacks the token's label"
-kill "$agent_pid" 2>/dev/null || true
 ok "install.sh with a real controller: enrolled (key 0600 drover), enabled, and the agent connects"
+
+# Upgrades from the controller beside the package (dpkg owns /usr/bin/drover-agent): the
+# controller upgrades the agent to B (9.9.9, a restamped copy of the packaged binary) and
+# the packaged binary launches B; reinstalling the same package leaves B running; a newer
+# package (10.0.0) installed after the switch wins at the next start.
+restamp() { # FILE FROM TO: rewrite the version stamp in place (same length, NUL padded)
+    FROM="$2" TO="$3" perl -0777 -i -pe \
+        's/DROVER-VERSION-STAMP:\Q$ENV{FROM}\E(\0+)/"DROVER-VERSION-STAMP:$ENV{TO}" . ("\0" x (length($ENV{FROM}) + length($1) - length($ENV{TO})))/ge' "$1"
+}
+agent_version() {
+    drover --data-dir /tmp/ctl agents -o json 2>/dev/null |
+        perl -0777 -ne 'print $1 if /"version":\s*"([^"]*)"/'
+}
+stop_agent() { # SIGTERM to the launcher and its child; wait until both are gone
+    local pids=() p
+    for p in /proc/[0-9]*; do
+        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q 'run --state-dir /var/lib/drover-agent' && pids+=("${p#/proc/}")
+    done
+    [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null
+    for p in "${pids[@]}"; do # (a zombie, not yet waited for, has stopped)
+        for _ in $(seq 1 200); do grep -qs '^State:.*[RSDT]' "/proc/$p/status" || break; sleep 0.1; done
+        grep -qs '^State:.*[RSDT]' "/proc/$p/status" && fail "agent process $p did not stop"
+    done
+    wait "$agent_pid" 2>/dev/null || true
+}
+start_agent() {
+    runuser -u drover -- drover-agent run --state-dir /var/lib/drover-agent >>/tmp/agent.log 2>&1 &
+    agent_pid=$!
+}
+launched_b() { grep -c 'running the selected binary.*9\.9\.9\|version=9\.9\.9.*running the selected binary' /tmp/agent.log || true; }
+wait_version() { # VERSION WHAT
+    for _ in $(seq 1 300); do [ "$(agent_version)" = "$1" ] && return 0; sleep 0.2; done
+    cat /tmp/agent.log; drover --data-dir /tmp/ctl agent upgrade status 2>&1 || true
+    fail "$2: the agent reports '$(agent_version)', not $1"
+}
+cp /usr/bin/drover-agent /tmp/drover-agent-b && restamp /tmp/drover-agent-b "$VERSION" 9.9.9
+[ "$(/tmp/drover-agent-b --version)" = "drover-agent 9.9.9" ] || fail "restamp: $(/tmp/drover-agent-b --version)"
+drover --data-dir /tmp/ctl agent upgrade --binary /tmp/drover-agent-b --health-timeout 60s >/tmp/upgrade.log 2>&1 ||
+    { cat /tmp/upgrade.log; fail "drover agent upgrade"; }
+wait_version 9.9.9 "upgrade to B"
+[ "$(drover-agent --version)" = "drover-agent $VERSION" ] || fail "the upgrade changed the packaged binary"
+[ "$(launched_b)" -ge 1 ] || { cat /tmp/agent.log; fail "the launcher did not log running B"; }
+before="$(launched_b)"
+dpkg -i "$deb_agent" >/tmp/dpkg.log 2>&1 || { cat /tmp/dpkg.log; fail "reinstall beside B"; }
+stop_agent
+start_agent
+for _ in $(seq 1 100); do [ "$(launched_b)" -gt "$before" ] && break; sleep 0.2; done
+[ "$(launched_b)" -gt "$before" ] || { cat /tmp/agent.log; fail "after reinstalling the same package, B was not launched"; }
+wait_version 9.9.9 "the same package reinstalled"
+ok "agent upgraded to B by the controller beside the package; reinstalling the package keeps B"
+newer=/tmp/pkg-newer
+dpkg-deb -R "$deb_agent" "$newer"
+restamp "$newer/usr/bin/drover-agent" "$VERSION" 10.0.0
+sed -i 's/^Version: .*/Version: 10.0.0/' "$newer/DEBIAN/control"
+dpkg-deb -b "$newer" /tmp/drover-agent_10.0.0.deb >/dev/null || fail "build the newer package"
+dpkg -i /tmp/drover-agent_10.0.0.deb >/tmp/dpkg.log 2>&1 || { cat /tmp/dpkg.log; fail "dpkg -i the newer package"; }
+stop_agent
+start_agent
+wait_version 10.0.0 "a newer package installed after the switch"
+grep -q 'was installed after the switch to 9.9.9 and is not older' /tmp/agent.log ||
+    { cat /tmp/agent.log; fail "the launcher did not say why the package runs"; }
+stop_agent
+ok "a newer package installed after the switch wins over the upgraded binary"
 dpkg -P drover-agent >/dev/null
 IN_CONTAINER
 say "all package and install.sh checks passed"

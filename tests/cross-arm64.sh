@@ -3,7 +3,9 @@
 # agent's unit tests, under qemu-aarch64-static.
 #   1. installs what is missing (as root): rustup target, gcc-aarch64-linux-gnu (the linker
 #      named in .cargo/config.toml), libc6-dev-arm64-cross, qemu-user-static
-#   2. cargo build -p drover-agent --target aarch64-unknown-linux-gnu (debug profile)
+#   2. cargo test --no-run -p drover-agent --target aarch64-unknown-linux-gnu (debug
+#      profile): the unit tests and the binary in one build (a separate `cargo build`
+#      would compile the dependencies a second time, without the dev-dependencies' features)
 #   3. smoke under qemu: `drover-agent --version`, `--help`, `check --config` on a valid
 #      and an invalid file (the error must name file and line), and `run --config` on a
 #      missing file (must fail naming it)
@@ -43,7 +45,7 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L $sy
 
 total_start=$SECONDS
 step "cross-building drover-agent for $target"
-nice -n 10 cargo build --locked -p drover-agent --target "$target" >&2
+nice -n 10 cargo test --no-run --locked -p drover-agent --target "$target" >&2
 took
 bin="target/$target/debug/drover-agent"
 readelf -h "$bin" | grep -q AArch64 || die "$bin is not an AArch64 binary"

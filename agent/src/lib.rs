@@ -8,8 +8,11 @@
 //! - [`identity`]: the state dir (key, certificate, pinned CA) and TLS to the controller.
 //! - [`control`]: the control stream (hello, heartbeats, renewal, reconnect backoff).
 //! - [`host_facts`]: hostname, arch, kernel, IPs.
+//! - [`images`]: images the controller delivers (only missing layers fetched, resumable).
 //! - [`inflight`]: jobs in flight on disk; a restarted agent reports them failed.
 //! - [`janitor`]: removes this agent's Docker leftovers at start and periodically.
+//! - [`disk`]: keeps builds volumes and pulled images within `[runners.drover_gc]` and
+//!   reports the disk budgets.
 //! - [`health`]: host health snapshots (Docker, disk, memory, load, clock skew) and when a
 //!   host is degraded.
 //! - [`metrics`]: the Prometheus registry and the `/metrics` server.
@@ -26,16 +29,20 @@
 pub mod cli;
 pub mod clock;
 pub mod control;
+pub mod disk;
 pub mod engine;
 pub mod fleet;
 pub mod health;
 pub mod host_facts;
 pub mod identity;
+pub mod images;
 pub mod inflight;
 pub mod janitor;
 pub mod metrics;
 pub mod runner;
 pub mod shutdown;
 pub mod standalone;
+pub mod stop_signals;
 pub mod systemd;
 pub mod units;
+pub mod upgrade;

@@ -1,28 +1,8 @@
 //! `drover-agent` binary: parses arguments, sets up logging and the crypto provider, and
 //! hands over to the subcommand in [`drover_agent::cli`].
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use drover_agent::cli;
-
-/// Drover agent: runs GitLab CI jobs in Docker on this box.
-#[derive(Debug, Parser)]
-#[command(name = "drover-agent", version, about, after_help = drover_proto::LOG_HELP)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Enroll this box with a controller (one-time token).
-    Enroll(cli::enroll::EnrollArgs),
-    /// Run the agent: fleet mode, or standalone with --config.
-    Run(cli::run::RunArgs),
-    /// Validate a gitlab-runner config.toml as `run --config` would, without running it.
-    Check(cli::check::CheckArgs),
-    /// Show the runner units of the agent running in fleet mode, like `systemctl status`.
-    Status(cli::status::StatusArgs),
-}
 
 fn main() -> std::process::ExitCode {
     // Release builds stop on any panic, as `panic = "abort"` did before the workspace
@@ -34,7 +14,7 @@ fn main() -> std::process::ExitCode {
             std::process::abort();
         }));
     }
-    let cli = Cli::parse();
+    let cli = cli::Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     drover_runtime::log::init_with(drover_agent::metrics::ErrorCountLayer);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -47,14 +27,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Enroll(a) => cli::enroll::run(a).await,
-            Command::Run(a) => cli::run::run(a).await,
-            Command::Status(a) => cli::status::run(a).await,
-            Command::Check(a) => cli::check::run(a).await,
-        }
-    });
+    let result = rt.block_on(cli::run(cli));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // `drover-agent status -o json | grep -q ...`: the reader had what it wanted.

@@ -138,6 +138,7 @@ proptest! {
             runner_token,
             gitlab_runner_id: expires.wrapping_mul(31),
             token_expires_at: Some(prost_types::Timestamp { seconds: expires, nanos }),
+            ..Default::default()
         };
         let _ = validate_all(1, &[Raw::from(a)]);
     }

@@ -9,7 +9,9 @@
 //!   admin.key          its key (0600)
 //!   grpc.addr          the bound gRPC address, for the admin CLI
 //!   http.addr          the bound HTTP address
-//!   secrets.key        master key sealing runner tokens and specs (0600)
+//!   secrets.key        master key sealing runner tokens and specs (0600; SQLite only)
+//!   kek.key            with --database and no --secrets-key-file: the key-encryption key
+//!                      sealing the replicas' shared secrets in the database (0600)
 //!   serve.lock         locked by the one `drover serve` using this dir; holds its pid
 //! ```
 
@@ -57,6 +59,10 @@ impl DataDir {
     /// The master key for secrets at rest (0600).
     pub fn secrets_key(&self) -> PathBuf {
         self.root.join("secrets.key")
+    }
+    /// The default key-encryption key of the replicas' shared secrets (0600).
+    pub fn kek(&self) -> PathBuf {
+        self.root.join("kek.key")
     }
     /// The CA private key (0600).
     pub fn ca_key(&self) -> PathBuf {

@@ -45,6 +45,8 @@ pub enum SecretsError {
 #[derive(Clone)]
 pub struct Sealer {
     cipher: ChaCha20Poly1305,
+    /// The upgrade signing key, derived from the same key (see `upgrade/signing.rs`).
+    upgrade_key: std::sync::Arc<crate::upgrade::signing::SigningKey>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -58,40 +60,64 @@ impl Sealer {
     pub fn from_key(key: [u8; 32]) -> Sealer {
         Sealer {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            upgrade_key: std::sync::Arc::new(crate::upgrade::signing::SigningKey::derive(&key)),
         }
     }
 
-    /// Loads `path`, creating a random key (0600) when it does not exist.
-    pub fn load_or_create(path: &Path) -> Result<Sealer, SecretsError> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let key: [u8; 32] =
-                    bytes
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| SecretsError::BadKey {
-                            path: path.to_path_buf(),
-                            len: bytes.len(),
-                        })?;
-                Ok(Sealer::from_key(key))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                rand::rng().fill_bytes(&mut key);
-                drover_runtime::atomic_file::write(path, &key, crate::files::PRIVATE).map_err(
-                    |source| SecretsError::Io {
-                        action: "write",
-                        path: path.to_path_buf(),
-                        source,
-                    },
-                )?;
-                Ok(Sealer::from_key(key))
-            }
-            Err(source) => Err(SecretsError::Io {
-                action: "read",
+    /// The upgrade signing key derived from this key.
+    pub fn upgrade_key(&self) -> std::sync::Arc<crate::upgrade::signing::SigningKey> {
+        self.upgrade_key.clone()
+    }
+
+    /// Loads the key at `path` (which must exist).
+    pub fn load(path: &Path) -> Result<Sealer, SecretsError> {
+        let bytes = std::fs::read(path).map_err(|source| SecretsError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| SecretsError::BadKey {
                 path: path.to_path_buf(),
-                source,
-            }),
+                len: bytes.len(),
+            })?;
+        Ok(Sealer::from_key(key))
+    }
+
+    /// Loads `path`, creating a random key (0600) when it does not exist. Creation is
+    /// exclusive (a complete temp file hard-linked into place), so two processes creating
+    /// the same file at once both end up with the one that won.
+    pub fn load_or_create(path: &Path) -> Result<Sealer, SecretsError> {
+        let io = |action, source| SecretsError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => return Sealer::load(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("read", e)),
+        }
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(
+            ".{name}.new-{}",
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
+        drover_runtime::atomic_file::write(&tmp, &key, crate::files::PRIVATE)
+            .map_err(|e| io("write", e))?;
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(Sealer::from_key(key)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Sealer::load(path),
+            Err(e) => Err(io("write", e)),
         }
     }
 

@@ -6,6 +6,8 @@
 #   ${IMAGE_PREFIX}/controller:VERSION  `drover serve` (controller.Dockerfile)
 #   ${IMAGE_PREFIX}/agent:VERSION       `drover-agent run` (agent.Dockerfile)
 #   ${IMAGE_PREFIX}/fake-gitlab:VERSION the test fake GitLab, when its binary is built
+#   ${IMAGE_PREFIX}/postgres:VERSION    with --postgres: PostgreSQL 15 from the base's apt
+#                                       mirror, for deploy/compose-replicas.yaml
 # (each also tagged :latest, unless --tag). IMAGE_PREFIX defaults to "drover".
 #
 # Why debootstrap: no base image can be pulled here, and the binaries link glibc
@@ -13,13 +15,14 @@
 # userland (bash, passwd, ca-certificates, git) that is rebuilt offline from the local apt mirror.
 #
 # Usage: bash deploy/docker/build-images.sh [--profile release|dev] [--no-build] [--tag TAG]
-#                                           [--base-only] [--rebuild-base]
+#                                           [--base-only] [--rebuild-base] [--postgres]
 #   --profile       cargo profile of the binaries (default release, from target/release;
 #                   dev reads target/debug: what CI builds anyway, stripped of debug info)
 #   --no-build      use the binaries already built for that profile
 #   --tag TAG       tag the application images TAG only (not VERSION and latest)
 #   --base-only     only make the base image
 #   --rebuild-base  re-run debootstrap even if the base image exists
+#   --postgres      also make the PostgreSQL image (controller replicas' demo)
 # Needs root for debootstrap (installs it with apt-get if missing). Mirror override:
 # DEBIAN_MIRROR=URL.
 set -euo pipefail
@@ -32,6 +35,7 @@ base="$prefix/base:$suite"
 build=1
 base_only=0
 rebuild_base=0
+postgres=0
 profile=release
 tag=""
 while [ $# -gt 0 ]; do
@@ -52,7 +56,8 @@ while [ $# -gt 0 ]; do
         ;;
     --base-only) base_only=1 ;;
     --rebuild-base) rebuild_base=1 ;;
-    -h | --help) sed -n '2,24p' "$0" && exit 0 ;;
+    --postgres) postgres=1 ;;
+    -h | --help) sed -n '2,27p' "$0" && exit 0 ;;
     *) echo "build-images.sh: unknown argument '$1' (see --help)" >&2 && exit 2 ;;
     esac
     shift
@@ -165,4 +170,7 @@ if [ -x "$bin_dir/fake-gitlab" ]; then
     build_image fake-gitlab fake-gitlab.Dockerfile fake-gitlab
 else
     say "no $bin_dir/fake-gitlab yet: skipping the fake-gitlab image (needed by the demo)"
+fi
+if [ "$postgres" = 1 ]; then
+    build_image postgres postgres.Dockerfile
 fi

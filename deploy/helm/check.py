@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Checks the key fields of the Drover chart's renderings (called by test.sh).
 
-Usage: check.py DEFAULT_YAML CUSTOM_YAML NOTES_TXT
+Usage: check.py DEFAULT_YAML CUSTOM_YAML NOTES_TXT REPLICAS_YAML
 DEFAULT_YAML is rendered with default values and release `drover` in `default`;
-CUSTOM_YAML with release `edge` in `fleet` and the overrides listed in test.sh.
+CUSTOM_YAML with release `edge` in `fleet` and the overrides listed in test.sh;
+REPLICAS_YAML with release `ha`, replicas=3, a database URL and a key.
 """
 
 import sys
@@ -77,8 +78,28 @@ def check_rendering(path, release, namespace, expect):
     check(secret.get("DROVER_DATABASE_URL") == expect["db"], f"{path}: secret {sorted(secret)}")
 
 
+def check_replicas(path, release):
+    """Several replicas on PostgreSQL: the count, and the key file every replica shares."""
+    d = docs(path)
+    sts = d["StatefulSet"]["spec"]
+    check(sts["replicas"] == 3, f"{path}: replicas {sts['replicas']}")
+    pod = sts["template"]["spec"]
+    c = pod["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    check(mounts.get("secrets-key") == "/etc/drover/secrets-key", f"{path}: key mount {mounts}")
+    vols = {v["name"]: v for v in pod["volumes"]}
+    sec = vols["secrets-key"]["secret"]
+    check(sec["secretName"] == release and sec["items"] == [{"key": "kek.key", "path": "kek.key"}],
+          f"{path}: key volume {sec}")
+    check(d["ConfigMap"]["data"].get("DROVER_SECRETS_KEY_FILE") == "/etc/drover/secrets-key/kek.key",
+          f"{path}: DROVER_SECRETS_KEY_FILE")
+    check(d["Secret"]["data"]["kek.key"] == "a2V5", f"{path}: secret data")
+    check("kek.key" not in (d["Secret"].get("stringData") or {}), f"{path}: key not in env")
+
+
 def main():
-    default, custom, notes = sys.argv[1:4]
+    default, custom, notes, replicas = sys.argv[1:5]
+    check_replicas(replicas, "ha")
     check_rendering(default, "drover", "default", {
         "tag": "0.1.0", "size": "1Gi", "storage_class": None, "service_type": "ClusterIP",
         "db": None,
@@ -89,7 +110,7 @@ def main():
     })
     text = open(notes).read()
     check("{{" not in text and "drover-0" in text and "7443" in text, "NOTES.txt rendering")
-    print("check.py: key fields OK in both renderings and NOTES.txt", file=sys.stderr)
+    print("check.py: key fields OK in every rendering and NOTES.txt", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 Supports exactly the subset of Go templates the chart uses, and fails on anything else:
 - `{{ .Values.a.b }}`, `{{ .Release.Name }}`, `{{ .Release.Namespace }}`, `{{ .Chart.X }}`
 - pipes into `quote`, `nindent N`, `indent N`; `toYaml VALUE`
-- `{{ if PIPELINE }} ... {{ else }} ... {{ end }}` (Go truthiness)
+- `{{ if PIPELINE }} ... {{ else }} ... {{ end }}` (Go truthiness), with conditions
+  `not .Values.a`, `gt (int .Values.a) N`
+- `{{ fail "message" }}` (the rendering fails with the message, as helm's does)
 - whitespace trimming with `{{-` and `-}}`
 
 Usage: render.py CHART_DIR [--values FILE]... [--set a.b=value]... [--name NAME]
@@ -123,8 +125,17 @@ def go_str(v):
 
 
 def evaluate(expr, ctx, where):
+    failing = re.fullmatch(r'fail\s+("(?:[^"\\]|\\.)*")', expr)
+    if failing:
+        raise TemplateError(f"{where}: {json.loads(failing.group(1))}")
+    greater = re.fullmatch(r"gt\s+\(int\s+(\.[\w.]+)\)\s+(\d+)", expr)
+    if greater:
+        v = lookup(greater.group(1), ctx, where)
+        return int(v or 0) > int(greater.group(2))
     stages = [s.strip() for s in expr.split("|")]
     head = stages[0].split()
+    if len(head) == 2 and head[0] == "not" and head[1].startswith(".") and len(stages) == 1:
+        return not truthy(lookup(head[1], ctx, where))
     if len(head) == 1 and head[0].startswith("."):
         value = lookup(head[0], ctx, where)
     elif len(head) == 2 and head[0] == "toYaml" and head[1].startswith("."):

@@ -6,7 +6,8 @@
 #   default values and with overrides; every document must parse as YAML, pass
 #   kubernetes-validate (Kubernetes' OpenAPI schemas, from PyPI) and have the key fields
 #   checked in check.py (StatefulSet + volumeClaimTemplate, Service ports, ConfigMap/Secret
-#   wired through envFrom, non-root, probes on /healthz).
+#   wired through envFrom, non-root, probes on /healthz; replicas > 1 with the shared key
+#   file mounted, and refused without the database URL or the key).
 # Installs pyyaml and kubernetes-validate into a venv under target/ when missing.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,18 +30,35 @@ trap 'rm -rf "$out"' EXIT
     --set service.type=LoadBalancer \
     --set image.tag=9.9.9 >"$out/custom.yaml"
 "$py" "$here/render.py" "$chart" --notes >"$out/NOTES.txt"
+"$py" "$here/render.py" "$chart" --name ha --set replicas=3 \
+    --set secret.databaseUrl=postgres://drover@db/drover --set secret.secretsKey=a2V5 \
+    --set secret.httpToken=t0ken >"$out/replicas.yaml"
+# Several replicas without the database URL (or the shared key) are refused, saying why.
+for missing in "secret.secretsKey=a2V5" "secret.databaseUrl=postgres://drover@db/drover"; do
+    if "$py" "$here/render.py" "$chart" --set replicas=2 --set "$missing" \
+        >/dev/null 2>"$out/refused.txt"; then
+        echo "test.sh: replicas=2 with only $missing rendered; it must be refused" >&2 && exit 1
+    fi
+    grep -q "replicas > 1 needs secret\." "$out/refused.txt" ||
+        { echo "test.sh: unexpected refusal: $(cat "$out/refused.txt")" >&2 && exit 1; }
+done
 
-"$py" "$here/check.py" "$out/default.yaml" "$out/custom.yaml" "$out/NOTES.txt"
+"$py" "$here/check.py" "$out/default.yaml" "$out/custom.yaml" "$out/NOTES.txt" "$out/replicas.yaml"
 
-for f in default custom; do
+for f in default custom replicas; do
     "$venv/bin/kubernetes-validate" --strict --quiet "$out/$f.yaml" ||
         { echo "test.sh: kubernetes-validate rejected the $f rendering" >&2 && exit 1; }
 done
-echo "test.sh: kubernetes-validate: both renderings valid" >&2
+echo "test.sh: kubernetes-validate: every rendering valid" >&2
 
 if command -v helm >/dev/null; then
     helm lint --strict "$chart"
     helm template drover "$chart" >"$out/helm.yaml"
+    for missing in "secret.secretsKey=a2V5" "secret.databaseUrl=postgres://drover@db/drover"; do
+        if helm template drover "$chart" --set replicas=2 --set "$missing" >/dev/null 2>&1; then
+            echo "test.sh: helm rendered replicas=2 with only $missing" >&2 && exit 1
+        fi
+    done
     "$py" - "$out/helm.yaml" "$out/default.yaml" <<'PY'
 import sys, yaml
 load = lambda p: [d for d in yaml.safe_load_all(open(p)) if d]

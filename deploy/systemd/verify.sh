@@ -20,6 +20,15 @@ cp "$here"/*.service "$root/etc/systemd/system/"
 units=()
 for f in "$here"/*.service; do units+=("/etc/systemd/system/$(basename "$f")"); done
 systemd-analyze verify --root="$root" "${units[@]}"
+# The agent stops gracefully: running jobs finish on `systemctl stop`, upgrades and reboots.
+grep -qx 'KillSignal=SIGQUIT' "$here/drover-agent.service" || {
+    echo "verify.sh: drover-agent.service must stop with KillSignal=SIGQUIT (graceful stop)" >&2
+    exit 1
+}
+grep -qx 'TimeoutStopSec=1h' "$here/drover-agent.service" || {
+    echo "verify.sh: drover-agent.service: TimeoutStopSec must leave a job time to finish (1h)" >&2
+    exit 1
+}
 for u in "${units[@]}"; do
     systemd-analyze security --offline=yes --root="$root" "$u" | tail -n 1
 done

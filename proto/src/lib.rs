@@ -29,10 +29,3 @@ pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("drover.v1");
 }
-
-/// The logging paragraph of `drover --help` and `drover-agent --help`: one text for both
-/// binaries, which read the same variables.
-pub const LOG_HELP: &str = "Logging (to stderr):\n  \
-    DROVER_LOG  log filter, e.g. `debug` or `info,drover_controller=debug` (tracing \
-    EnvFilter syntax); default `info`\n  \
-    RUST_LOG    used when DROVER_LOG is unset";

@@ -135,6 +135,17 @@ names!(v1::AgentRolloutState {
     Failed => "failed",
 });
 
+names!(v1::UpgradeStep {
+    Pending => "pending",
+    Draining => "draining",
+    Downloading => "downloading",
+    Switching => "switching",
+    Healthy => "healthy",
+    RolledBack => "rolled-back",
+    Refused => "refused",
+    TimedOut => "timed-out",
+});
+
 names!(v1::AgentState {
     Healthy => "healthy",
     Degraded => "degraded",
@@ -171,6 +182,7 @@ mod tests {
         complete::<v1::RolloutState>();
         complete::<v1::AgentRolloutState>();
         complete::<v1::AgentState>();
+        complete::<v1::UpgradeStep>();
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! validation ([`validate`]) sit beside them, with the one size grammar ([`size`]).
 //! Entry point: [`parse_config`] (standalone `config.toml`) or [`parse_with`].
 
+mod cache;
+mod disk_gc;
 mod docker;
+mod drover_images;
 mod go_duration;
 mod label;
 pub mod limits;
@@ -16,10 +19,16 @@ mod runner;
 pub mod size;
 pub mod validate;
 
+pub use cache::{CacheConfig, CacheS3Config, CacheSecrets, S3AuthType, S3Encryption};
+pub use disk_gc::{
+    DEFAULT_IMAGES_MAX_IDLE, DEFAULT_IMAGES_MAX_SIZE, DEFAULT_VOLUMES_MAX_IDLE,
+    DEFAULT_VOLUMES_MAX_SIZE, DiskGcConfig,
+};
 pub use docker::{DockerConfig, PullPolicy, PullPolicyList};
+pub use drover_images::{DroverImagesConfig, MAX_IMAGE_REF_LEN, image_ref_problem};
 pub use go_duration::{GoDuration, parse_go_duration};
 pub use label::{MAX_LABEL_LEN, validate_label, validate_labels};
 pub use locate::{Segment, TomlPath};
 pub use parse::{ParseMode, Parsed, SpecError, Warning, parse_config, parse_with};
-pub use runner::{CacheConfig, Config, RunnerConfig, SessionServer};
+pub use runner::{Config, RunnerConfig, SessionServer};
 pub use size::{SizeError, parse_size};

@@ -446,3 +446,179 @@ fn tags_are_what_gitlab_keeps() {
     );
     parse_with(&text, "ok.toml", ParseMode::Spec).unwrap();
 }
+
+/// `[runners.drover_gc]` parses in both modes, quietly; a bad value names file, line,
+/// column and key.
+#[test]
+fn drover_gc_parses_in_both_modes_and_bad_values_name_the_key() {
+    let gc = "[runners.drover_gc]\nvolumes_max_size = \"512MiB\"\nvolumes_max_idle = \"24h\"\n\
+              images_max_size = \"1g\"\nimages_max_idle = \"0\"\nremove_foreign_images = true\n";
+    let spec = format!("{SPEC}{gc}");
+    let parsed = parse_with(&spec, "runners.toml", ParseMode::Spec).unwrap();
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    let g = parsed.config.runners[0].drover_gc.clone().unwrap();
+    assert_eq!(g.volumes_max_size.as_deref(), Some("512MiB"));
+    assert_eq!(
+        g.volumes_max_idle.map(|d| d.0),
+        Some(std::time::Duration::from_secs(86400))
+    );
+    assert_eq!(
+        g.images_max_idle.map(|d| d.0),
+        Some(std::time::Duration::ZERO)
+    );
+    assert_eq!(g.remove_foreign_images, Some(true));
+    let standalone = spec
+        .replace(
+            "registration_token = \"GR1348941abc\"",
+            "token = \"glrt-x\"",
+        )
+        .replace("[runners.selector]\nsite = \"lab\"\n", "")
+        .replace("tag_list = [\"edge\", \"arm64\"]\n", "");
+    let parsed = parse_config(&standalone, "config.toml").unwrap();
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    assert!(parsed.config.runners[0].drover_gc.is_some());
+
+    let bad = spec.replace("\"512MiB\"", "\"lots\"");
+    assert_eq!(
+        spec_error(&bad),
+        "bad.toml:16:20: runners[0].drover_gc.volumes_max_size: runner \"lab-docker\": \
+         volumes_max_size = \"lots\": expected a size like 512m, 2g or 500MiB"
+    );
+    let bad = spec.replace("\"24h\"", "\"a day\"");
+    assert!(
+        spec_error(&bad).starts_with("bad.toml:17:20: runners[0].drover_gc.volumes_max_idle: "),
+        "{}",
+        spec_error(&bad)
+    );
+    let bad = spec.replace(
+        "remove_foreign_images = true",
+        "remove_foreign_images = \"yes\"",
+    );
+    assert!(
+        spec_error(&bad)
+            .starts_with("bad.toml:20:25: runners[0].drover_gc.remove_foreign_images: "),
+        "{}",
+        spec_error(&bad)
+    );
+    // An unknown key in the table is warned about like any other.
+    let typo = standalone.replace("remove_foreign_images", "remove_foreign_imagez");
+    let w = parse_config(&typo, "config.toml").unwrap().warnings;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].to_string()
+            .contains("runners[0].drover_gc.remove_foreign_imagez"),
+        "{}",
+        w[0]
+    );
+}
+
+/// `[runners.drover_images] required` parses quietly; a bad reference names file, line,
+/// column, key and index.
+#[test]
+fn drover_images_parse_and_bad_references_name_the_entry() {
+    let spec = format!("{SPEC}[runners.drover_images]\nrequired = [\"app:1\", \"tools:2\"]\n");
+    let parsed = parse_with(&spec, "runners.toml", ParseMode::Spec).unwrap();
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    assert_eq!(
+        parsed.config.runners[0]
+            .drover_images
+            .as_ref()
+            .map(|i| i.required.clone()),
+        Some(vec!["app:1".to_string(), "tools:2".to_string()])
+    );
+    let bad = spec.replace("\"tools:2\"", "\"tools 2\"");
+    let err = spec_error(&bad);
+    assert!(
+        err.starts_with("bad.toml:16:22: runners[0].drover_images.required[1]: runner \"lab-docker\": image \"tools 2\": "),
+        "{err}"
+    );
+    let bad = spec.replace("[\"app:1\", \"tools:2\"]", "\"app:1\"");
+    assert!(
+        spec_error(&bad).contains("runners[0].drover_images.required"),
+        "{}",
+        spec_error(&bad)
+    );
+}
+
+const S3_CACHE: &str = "[runners.cache]\nType = \"s3\"\nShared = true\nPath = \"ci\"\nMaxUploadedArchiveSize = 1000\n[runners.cache.s3]\nServerAddress = \"minio:9000\"\nAccessKey = \"AKIA1\"\nSecretKey = \"sekrit\"\nBucketName = \"cache\"\nInsecure = true\n[runners.selector]";
+
+#[test]
+fn s3_cache_parses_with_gitlab_runner_keys_and_bad_values_name_the_key() {
+    let text = SPEC.replace("[runners.selector]", S3_CACHE);
+    let parsed = parse_with(&text, "ok.toml", ParseMode::Spec).unwrap();
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    let cache = parsed.config.runners[0].cache.as_ref().unwrap();
+    let s3 = cache.s3_access_keys().unwrap();
+    assert_eq!(s3.endpoint(), "http://minio:9000");
+    assert_eq!(s3.secret_key.as_ref().unwrap().expose_secret(), "sekrit");
+    assert!(cache.is_shared());
+    assert_eq!(cache.max_upload_bytes(), Some(1000));
+    assert!(!format!("{parsed:?}").contains("sekrit"));
+    // Standalone mode reads the same keys.
+    let standalone = text.replace("registration_token", "token");
+    parse_config(&standalone, "config.toml").unwrap();
+
+    let bad = |from: &str, to: &str| {
+        spec_error(&SPEC.replace("[runners.selector]", &S3_CACHE.replace(from, to)))
+    };
+    assert!(
+        bad("Insecure = true", "Insecure = \"yes\"")
+            .starts_with("bad.toml:20:12: runners[0].cache.s3.Insecure: invalid type"),
+        "{}",
+        bad("Insecure = true", "Insecure = \"yes\"")
+    );
+    assert_eq!(
+        bad("Type = \"s3\"", "Type = \"s4\""),
+        "bad.toml:11:8: runners[0].cache.Type: runner \"lab-docker\": cache Type \"s4\" is not known; expected \"s3\", \"gcs\" or \"azure\" (or none for a cache on this box)"
+    );
+    assert!(bad("BucketName = \"cache\"", "").contains("runners[0].cache.s3.BucketName"));
+    assert!(
+        bad("minio:9000", "http://minio:9000")
+            .contains("runners[0].cache.s3.ServerAddress: runner \"lab-docker\": ServerAddress \"http://minio:9000\": expected host[:port]")
+    );
+    assert!(
+        bad("Insecure = true", "AuthenticationType = \"oauth\"")
+            .contains("AuthenticationType \"oauth\" is not known")
+    );
+    assert!(
+        bad(
+            "Insecure = true",
+            "AuthenticationType = \"access-key\"\nServerSideEncryption = \"rot13\""
+        )
+        .contains("ServerSideEncryption \"rot13\"")
+    );
+    assert!(bad("= 1000", "= -1").contains("MaxUploadedArchiveSize = -1"));
+    assert!(
+        bad(
+            "SecretKey = \"sekrit\"",
+            "AuthenticationType = \"access-key\""
+        )
+        .contains("needs AccessKey and SecretKey")
+    );
+
+    // IAM (no keys) and gcs are warned about, not refused: the cache stays on the box.
+    let iam = SPEC.replace(
+        "[runners.selector]",
+        &S3_CACHE.replace("AccessKey = \"AKIA1\"\n", ""),
+    );
+    let w = parse_with(&iam, "iam.toml", ParseMode::Spec)
+        .unwrap()
+        .warnings;
+    assert!(
+        w[0].to_string()
+            .contains("runners[0].cache.s3: IAM authentication"),
+        "{w:?}"
+    );
+    let gcs = SPEC.replace(
+        "[runners.selector]",
+        "[runners.cache]\nType = \"gcs\"\n[runners.selector]",
+    );
+    let w = parse_with(&gcs, "gcs.toml", ParseMode::Spec)
+        .unwrap()
+        .warnings;
+    assert!(
+        w[0].to_string()
+            .contains("gcs and azure caches are not implemented"),
+        "{w:?}"
+    );
+}

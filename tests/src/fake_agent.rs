@@ -80,6 +80,7 @@ pub async fn open_session(
             facts: Some(e.facts.clone()),
             applied_generation: applied,
             instance: format!("test-{}", e.facts.hostname),
+            upgrade: None,
         })),
     })
     .await?;

@@ -1,8 +1,10 @@
 //! Starts the real `drover` and `drover-agent` binaries on loopback with temporary dirs.
 //!
-//! Binaries are found next to the test executable (`target/<profile>/`). `cargo test` does
-//! not build a dependency's binaries, so the first use of each runs `cargo build --bin NAME`
-//! (a no-op when it is fresh); `DROVER_BIN` / `DROVER_AGENT_BIN` override the path.
+//! Binaries are found next to the test executable (`target/<profile>/`). `cargo test -p
+//! drover-tests` does not build another package's binaries, so the first use of a binary
+//! runs `cargo test --workspace --no-run` (a no-op when the workspace's test build is fresh,
+//! and it builds every package's binaries); `DROVER_BIN` / `DROVER_AGENT_BIN` override the
+//! path.
 //! Every child process is killed when its handle drops; its stderr goes to a log file that
 //! is printed when the test panics.
 
@@ -23,25 +25,33 @@ pub fn binary(package: &str, name: &str, env: &str) -> PathBuf {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    // One build makes every binary, so it runs once per test process.
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == name) {
+    if !*built {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", package, "--bin", name])
+        // The very build `cargo test --workspace` makes, not `cargo build --bin NAME`: a
+        // plain build leaves dev-dependencies out of feature unification (tokio's
+        // `test-util`, ...), so it compiled a second copy of the whole dependency tree
+        // (minutes, and gigabytes of a small CI disk) and the next test build a third.
+        cmd.args(["test", "--quiet", "--workspace", "--no-run"])
             .arg("--manifest-path")
             .arg(&manifest);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build --bin {name} failed");
-        built.push(name.to_string());
+        let status = cmd.status().expect("run cargo test --no-run");
+        assert!(
+            status.success(),
+            "cargo test --workspace --no-run (for {name} of package {package}) failed"
+        );
+        *built = true;
     }
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} missing after cargo build",
+        "{} missing after cargo test --workspace --no-run",
         path.display()
     );
     path
@@ -186,6 +196,30 @@ impl Controller {
         }
     }
 
+    /// Starts a controller on a copy of `data` (another controller's data dir, copied
+    /// whole: its database, CA and keys) listening on `listen`: the same controller
+    /// brought up elsewhere, as after a failover or a restore.
+    pub fn start_from_copy(data: &Path, listen: &str, extra: &[&str]) -> Controller {
+        let dir = tempfile::tempdir().expect("temp data dir");
+        let copy = dir.path().join("data");
+        copy_dir(data, &copy);
+        Controller::start_on(dir, listen, extra)
+    }
+
+    /// Starts a controller on `dir/data` as it is (a data dir the caller prepared).
+    pub fn start_on(dir: TempDir, listen: &str, extra: &[&str]) -> Controller {
+        let data = dir.path().join("data");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (proc, grpc_addr, http_addr) = Controller::spawn(dir.path(), &data, listen, &extra);
+        Controller {
+            dir,
+            proc,
+            grpc_addr,
+            http_addr,
+            extra,
+        }
+    }
+
     fn spawn(tmp: &Path, data: &Path, listen: &str, extra: &[String]) -> (Proc, String, String) {
         let _ = std::fs::remove_file(data.join("grpc.addr"));
         let mut cmd = Command::new(drover_bin());
@@ -193,6 +227,12 @@ impl Controller {
             .arg(data)
             .args(["serve", "--listen", listen, "--http-listen", "127.0.0.1:0"])
             .args(extra);
+        // The test machine's own disk says nothing about what a test checks: a CI box with
+        // little free space would otherwise turn every real agent `degraded`. A test of the
+        // disk thresholds passes them itself.
+        if !extra.iter().any(|a| a.starts_with("--min-disk-free")) {
+            cmd.args(["--min-disk-free-percent", "0", "--min-disk-free", "0"]);
+        }
         let mut proc = Proc::spawn("drover-serve", cmd, tmp);
         let grpc = wait_for(Duration::from_secs(30), "grpc.addr", || {
             if let Some(status) = proc.try_exit() {
@@ -337,6 +377,19 @@ impl Agent {
             .expect("run drover-agent enroll")
     }
 
+    /// `drover-agent enroll --controller URL1 --controller URL2 ... --token TOKEN`.
+    pub fn enroll_many(&self, urls: &[&str], token: &str) -> Output {
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("enroll");
+        for url in urls {
+            cmd.args(["--controller", url]);
+        }
+        cmd.args(["--token", token, "--state-dir"])
+            .arg(self.state_dir())
+            .output()
+            .expect("run drover-agent enroll")
+    }
+
     /// Enrolls, asserting success; returns the agent id.
     pub fn enroll_ok(&self, url: &str, token: &str) -> String {
         let out = self.enroll(url, token);
@@ -381,9 +434,47 @@ impl Agent {
     }
 }
 
+/// Copies the directory `from` into `to` (created), files and subdirectories, keeping
+/// each file's permissions.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy dir");
+    for entry in std::fs::read_dir(from).expect("read dir to copy") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
 /// stdout as text.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `drover --data-dir DATA serve` on a free loopback gRPC port and its HTTP listener on
+/// `http_listen`, to add flags to and run.
+pub fn serve_command(data: &Path, http_listen: &str) -> Command {
+    let mut cmd = Command::new(drover_bin());
+    cmd.arg("--data-dir").arg(data).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        http_listen,
+    ]);
+    cmd
+}
+
+/// Runs [`serve_command`] with `extra` flags to completion: for a start that must be
+/// refused (it exits at once).
+pub fn serve_refused(data: &Path, extra: &[&str]) -> Output {
+    serve_command(data, "127.0.0.1:0")
+        .args(extra)
+        .output()
+        .expect("run drover serve")
 }
 
 /// stderr as text.

@@ -137,6 +137,14 @@ async fn import_rootfs(
 }
 
 /// The rootfs: busybox, one symlink per applet (`busybox --list-full`), `/tmp`, `/etc`.
+/// The busybox rootfs as a layer tar (`drover image push` tests build archives from it).
+pub fn busybox_rootfs_tar() -> Result<Vec<u8>> {
+    if let Some(why) = busybox_unavailable() {
+        bail!("cannot build the busybox rootfs: {why}");
+    }
+    busybox_tar(Path::new(BUSYBOX_BIN))
+}
+
 fn busybox_tar(bin: &Path) -> Result<Vec<u8>> {
     busybox_tar_with(bin, &[])
 }

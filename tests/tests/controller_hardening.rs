@@ -12,7 +12,9 @@ use base64::Engine;
 use drover_controller::client::{self, ClientIdentity};
 use drover_proto::v1;
 use drover_tests::fleet_support::{csr_der, init_crypto as init, json};
-use drover_tests::harness::{Controller, agent_bin, drover_bin, stderr, stdout, wait_for};
+use drover_tests::harness::{
+    Controller, agent_bin, drover_bin, serve_command, stderr, stdout, wait_for,
+};
 use secrecy::SecretString;
 use tonic::Code;
 
@@ -176,16 +178,7 @@ fn one_controller_per_data_dir() {
     let mut c = Controller::start();
     let grpc_addr = c.read("grpc.addr");
     let log = c.dir.path().join("second-serve.log");
-    let mut second = Command::new(drover_bin())
-        .arg("--data-dir")
-        .arg(c.data_dir())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
+    let mut second = serve_command(&c.data_dir(), "127.0.0.1:0")
         .stdin(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -46,6 +46,16 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::ControllerMessage, Sta
 #[tonic::async_trait]
 impl v1::agent_control_server::AgentControl for FakeControl {
     type SessionStream = SessionStream;
+    type DownloadBlobStream = Pin<Box<dyn Stream<Item = Result<v1::BlobChunk, Status>> + Send>>;
+
+    async fn download_blob(
+        &self,
+        _req: Request<v1::DownloadBlobRequest>,
+    ) -> Result<Response<Self::DownloadBlobStream>, Status> {
+        Err(Status::unimplemented(
+            "this fake controller holds no images",
+        ))
+    }
 
     async fn session(
         &self,
@@ -65,6 +75,7 @@ impl v1::agent_control_server::AgentControl for FakeControl {
                             agent_id: String::new(),
                             labels: Default::default(),
                             heartbeat_interval_seconds: 1,
+                            upgrade_public_key: Vec::new(),
                         })),
                     }));
                     g.push = Some(tx.clone());
@@ -81,6 +92,15 @@ impl v1::agent_control_server::AgentControl for FakeControl {
         &self,
         _req: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    type DownloadBinaryStream = Pin<Box<dyn Stream<Item = Result<v1::BinaryChunk, Status>> + Send>>;
+
+    async fn download_binary(
+        &self,
+        _req: Request<v1::DownloadBinaryRequest>,
+    ) -> Result<Response<Self::DownloadBinaryStream>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
 }
@@ -162,6 +182,7 @@ fn assignment(name: &str, spec: serde_json::Value, token: &str) -> v1::RunnerAss
         runner_token: token.into(),
         gitlab_runner_id: 1,
         token_expires_at: None,
+        ..Default::default()
     }
 }
 

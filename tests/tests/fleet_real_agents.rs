@@ -3,7 +3,9 @@
 //! and real Docker with the local busybox image.
 //!
 //! - two agents selected by one spec are each registered as their own GitLab runner (own
-//!   system id), each runs a job; metrics and systemd notifications of a fleet agent;
+//!   system id), each runs a job, and one job fails; `drover jobs -o json` shows both
+//!   agents' jobs with their outcomes and its filters work; metrics and systemd
+//!   notifications of a fleet agent;
 //!   deleting the spec, then an agent, unregisters their runners;
 //! - a token revoked in GitLab heals: 403 → `token-invalid` → re-registration → new token
 //!   pushed → running → job;
@@ -213,6 +215,68 @@ async fn two_agents_register_run_jobs_and_are_unregistered() {
     let mut want: Vec<i64> = runners.iter().map(|r| r.id).collect();
     want.sort();
     assert_eq!(ran_on, want, "each agent's runner ran one job");
+
+    // A job that fails, on whichever agent takes it; then the fleet's jobs as the
+    // controller keeps them: both agents' jobs with their outcomes, and the filters.
+    let failing = gitlab
+        .enqueue_job(
+            JobSpec::new("both-fails")
+                .image(&image)
+                .variable("GIT_STRATEGY", "none")
+                .script(["exit 3".to_string()]),
+        )
+        .id;
+    let Some(f) = gitlab
+        .wait_for_job_finished(failing, Duration::from_secs(60))
+        .await
+    else {
+        panic!("job {failing} did not finish\n{}", ctx());
+    };
+    assert_eq!(f.state, JobState::Failed, "{}", f.trace_text());
+    let jobs = wait_until(
+        WAIT,
+        "three finished jobs in drover jobs",
+        || {
+            let v = json(&c.drover(&["jobs", "-o", "json"]));
+            let v = v.as_array()?.clone();
+            (v.len() == 3 && v.iter().all(|j| j["state"] != "running")).then_some(v)
+        },
+        ctx,
+    )
+    .await;
+    for id in [&id_a, &id_b] {
+        assert!(
+            jobs.iter()
+                .any(|j| j["agent_id"] == id.as_str() && j["state"] == "success"),
+            "a successful job of {id} in {jobs:#?}"
+        );
+    }
+    let failed: Vec<&serde_json::Value> = jobs.iter().filter(|j| j["state"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{jobs:#?}");
+    assert_eq!(failed[0]["job_id"], failing, "{jobs:#?}");
+    assert_eq!(failed[0]["failure_reason"], "script_failure", "{jobs:#?}");
+    assert_eq!(failed[0]["runner"], "real-two", "{jobs:#?}");
+    for j in &jobs {
+        let d = j["duration_seconds"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..120.0).contains(&d), "a duration: {j}");
+        assert!(
+            j["queue_wait_seconds"].as_f64().is_some(),
+            "GitLab's queue time: {j}"
+        );
+        assert!(
+            j["started_at"].is_string() && j["finished_at"].is_string(),
+            "{j}"
+        );
+    }
+    let only_a = json(&c.drover(&["jobs", "--agent", &id_a, "-o", "json"]));
+    let only_a = only_a.as_array().unwrap();
+    assert!(!only_a.is_empty() && only_a.iter().all(|j| j["agent_id"] == id_a.as_str()));
+    let only_failed = json(&c.drover(&["jobs", "--state", "failed", "-o", "json"]));
+    assert_eq!(only_failed.as_array().unwrap().len(), 1, "{only_failed}");
+    let by_runner = json(&c.drover(&[
+        "jobs", "--runner", "real-two", "--since", "1h", "-o", "json",
+    ]));
+    assert_eq!(by_runner.as_array().unwrap().len(), 3, "{by_runner}");
 
     // Fleet mode serves metrics for its units, with gitlab-runner's names.
     let addr = metrics_addr(&a).await;

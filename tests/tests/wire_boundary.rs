@@ -19,6 +19,7 @@ const SIDES: &[(&str, &[&str])] = &[
             // The gRPC services, which receive and answer wire messages.
             "server/admin.rs",
             "server/agent_control.rs",
+            "server/images.rs",
             "server/enrollment.rs",
             "server/catch_panic.rs",
             "server/mod.rs",
@@ -33,6 +34,7 @@ const SIDES: &[(&str, &[&str])] = &[
             "control/wire/",
             // The session with the controller and enrollment, which send and receive.
             "control/mod.rs",
+            "control/blobs.rs",
             "cli/enroll.rs",
         ],
     ),

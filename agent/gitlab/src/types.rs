@@ -75,6 +75,10 @@ pub struct JobInfo {
     pub project_id: i64,
     #[serde(deserialize_with = "go")]
     pub project_name: String,
+    /// Seconds the job waited in GitLab's queue (`lib/api/entities/ci/job_request/
+    /// job_info.rb`; Go `float64`, so `null` or missing is 0: unknown).
+    #[serde(deserialize_with = "go")]
+    pub time_in_queue_seconds: f64,
 }
 
 /// `Debug` redacts the credentials GitLab embeds in `repo_url`

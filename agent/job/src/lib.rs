@@ -7,6 +7,8 @@
 //!   every module that can fail a job.
 //! - [`sources`], [`cache`], [`artifacts`]: host-side git checkout, local caches and job
 //!   artifacts as host files and tar streams (no Docker; the executor moves the tars).
+//! - [`disk`]: the disk budget of builds volumes and pulled images, the last-use ledger
+//!   and the collector's policy.
 //! - [`trace`]: the job trace pipeline (masking, limits, upload).
 //! - [`expand`]: `$VAR` expansion with gitlab-runner's rules, for variables, artifacts and
 //!   caches alike.
@@ -16,6 +18,7 @@
 
 pub mod artifacts;
 pub mod cache;
+pub mod disk;
 pub mod executor;
 pub mod expand;
 pub mod outcome;

@@ -1,4 +1,6 @@
-//! `drover-agent enroll --controller https://HOST:PORT --token TOKEN [--state-dir DIR]`.
+//! `drover-agent enroll --controller https://HOST:PORT [--controller URL2 ...] --token TOKEN
+//! [--state-dir DIR]`: enrolls with the first controller that answers; all addresses are
+//! kept, in order, in `agent.json` (the agent fails over between them, see `control`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,9 +16,10 @@ use crate::identity::{AgentFile, StateDir, certs, tls, token};
 /// Arguments of `drover-agent enroll`.
 #[derive(Debug, clap::Args)]
 pub struct EnrollArgs {
-    /// The controller's gRPC address, `https://HOST:PORT`.
-    #[arg(long)]
-    pub controller: String,
+    /// A controller's gRPC address, `https://HOST:PORT`; repeat it for the replicas of one
+    /// controller, preferred first.
+    #[arg(long = "controller", required = true)]
+    pub controllers: Vec<String>,
     /// A one-time enrollment token from `drover token create`.
     #[arg(long, env = "DROVER_ENROLL_TOKEN", hide_env_values = true)]
     pub token: secrecy::SecretString,
@@ -45,19 +48,18 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
         )
     })?;
     let pin = token::parse(args.token.expose_secret()).map_err(anyhow::Error::msg)?;
-    tls::dial_addr(&args.controller)?;
+    let controllers = distinct(&args.controllers)?;
 
     let verifier = Arc::new(tls::PinnedCa::new(&pin.ca_fingerprint));
     let config = tls::pinned_config(verifier.clone())?;
     let key = certs::new_key_and_csr().context("generate key and csr")?;
     let facts = HostFacts::collect();
 
-    let mismatch = |verifier: &tls::PinnedCa| -> Option<anyhow::Error> {
+    let mismatch = |controller: &str, verifier: &tls::PinnedCa| -> Option<anyhow::Error> {
         let seen = verifier.mismatch.lock().ok()?.clone()?;
         Some(anyhow::anyhow!(
-            "refusing controller {}: its CA (sha256 {}) does not match the token's fingerprint {}; \
-             the token was made by another controller",
-            args.controller,
+            "refusing controller {controller}: its CA (sha256 {}) does not match the token's \
+             fingerprint {}; the token was made by another controller",
             if seen.is_empty() {
                 "none presented".to_string()
             } else {
@@ -67,30 +69,55 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
         ))
     };
 
-    let channel = match tls::connect(&args.controller, config).await {
-        Ok(c) => c,
-        Err(e) => return Err(mismatch(&verifier).unwrap_or_else(|| e.into())),
-    };
-    let resp = v1::enrollment_client::EnrollmentClient::new(channel)
-        .enroll(v1::EnrollRequest {
-            token: args.token.expose_secret().to_string(),
-            csr_der: key.csr_der.clone(),
-            facts: Some(v1::AgentFacts::from(&facts)),
-        })
-        .await;
-    let resp = match resp {
-        Ok(r) => r.into_inner(),
-        Err(status) => {
-            if let Some(e) = mismatch(&verifier) {
-                return Err(e);
+    // The first controller that answers takes the enrollment; one that cannot be reached,
+    // or a replica that is not serving (`unavailable`), passes it on to the next.
+    let mut failures = Vec::new();
+    let mut answer = None;
+    for controller in &controllers {
+        let channel = match tls::connect(controller, config.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(e) = mismatch(controller, &verifier) {
+                    return Err(e);
+                }
+                failures.push(format!("{e}"));
+                continue;
             }
-            bail!(
-                "controller refused enrollment with token {}: {} ({:?})",
-                pin.id,
-                status.message(),
-                status.code()
-            );
+        };
+        let resp = v1::enrollment_client::EnrollmentClient::new(channel)
+            .enroll(v1::EnrollRequest {
+                token: args.token.expose_secret().to_string(),
+                csr_der: key.csr_der.clone(),
+                facts: Some(v1::AgentFacts::from(&facts)),
+            })
+            .await;
+        match resp {
+            Ok(r) => {
+                answer = Some(r.into_inner());
+                break;
+            }
+            Err(status) => {
+                if let Some(e) = mismatch(controller, &verifier) {
+                    return Err(e);
+                }
+                if status.code() == tonic::Code::Unavailable {
+                    failures.push(format!("{controller}: {}", status.message()));
+                    continue;
+                }
+                bail!(
+                    "controller {controller} refused enrollment with token {}: {} ({:?})",
+                    pin.id,
+                    status.message(),
+                    status.code()
+                );
+            }
         }
+    }
+    let Some(resp) = answer else {
+        bail!(
+            "no controller answered; the token was not used: {}",
+            failures.join("; ")
+        );
     };
 
     let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(resp.ca_pem.as_bytes())
@@ -109,10 +136,11 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
     state.create()?;
     state.write_ca(&resp.ca_pem)?;
     state.write_credentials(key.key_pem.expose_secret(), &resp.certificate_pem)?;
-    state.write_agent_file(&AgentFile {
-        agent_id: resp.agent_id.clone(),
-        controller: args.controller.clone(),
-    })?;
+    state.write_agent_file(&AgentFile::new(resp.agent_id.clone(), controllers))?;
+    if !resp.upgrade_public_key.is_empty() {
+        crate::upgrade::key::pin(state.root(), &resp.upgrade_public_key)
+            .context("pin the controller's upgrade signing key")?;
+    }
     eprintln!(
         "enrolled as agent {} (certificate valid until {}); state in {}",
         resp.agent_id,
@@ -121,4 +149,38 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
     );
     drover_proto::stdout::line(&resp.agent_id)?;
     Ok(())
+}
+
+/// The controller addresses in the order given, each checked (`https://HOST[:PORT]`), a
+/// repeated one kept once.
+fn distinct(controllers: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for c in controllers {
+        tls::dial_addr(c)?;
+        if !out.contains(c) {
+            out.push(c.clone());
+        }
+    }
+    if out.is_empty() {
+        bail!("--controller is required");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controllers_keep_their_order_once_each_and_are_checked() {
+        let got = distinct(&[
+            "https://b:1".to_string(),
+            "https://a:1".to_string(),
+            "https://b:1".to_string(),
+        ])
+        .unwrap();
+        assert_eq!(got, ["https://b:1", "https://a:1"]);
+        let e = distinct(&["https://a:1".to_string(), "a:1".to_string()]).unwrap_err();
+        assert!(e.to_string().contains("\"a:1\""), "{e}");
+    }
 }

@@ -1,5 +1,7 @@
 //! `drover-agent status`: the fleet-mode runner units, like `systemctl status`, from the
-//! `status.json` the running agent rewrites every few seconds.
+//! `status.json` the running agent rewrites every few seconds, and the disk budgets (builds
+//! volumes, pulled images, local cache) from `disk.json`, which agents of both modes
+//! rewrite after each collection (a standalone agent has only the latter).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,6 +10,8 @@ use anyhow::Context;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::control::connection::{self, Connection};
+use crate::disk::DiskReport;
 use crate::fleet::report::{self, Report, UnitReport};
 
 /// A file older than this is stale (the agent rewrites it every 5 s).
@@ -42,6 +46,12 @@ pub struct Shown {
     pub report: Report,
     /// Why the file cannot be current (the agent is not running), if so.
     pub stale: Option<String>,
+    /// The disk budgets as of the agent's last collection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskReport>,
+    /// The controller the agent is connected to (`controller.json` of the same process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<Connection>,
 }
 
 /// Reads `<state_dir>/status.json` and says whether it is stale.
@@ -56,7 +66,15 @@ pub fn read(state_dir: &Path, now: OffsetDateTime) -> anyhow::Result<Shown> {
     let report: Report =
         serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
     let stale = staleness(&report, now, pid_alive(report.pid));
-    Ok(Shown { report, stale })
+    let disk = crate::disk::report::read(state_dir)?;
+    // A file another process wrote (an earlier run) says nothing about this one.
+    let connection = connection::read(state_dir)?.filter(|c| c.pid == report.pid);
+    Ok(Shown {
+        report,
+        stale,
+        disk,
+        connection,
+    })
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -88,7 +106,32 @@ pub fn staleness(report: &Report, now: OffsetDateTime, pid_alive: bool) -> Optio
 
 /// Runs the subcommand.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let shown = read(&args.state_dir, OffsetDateTime::now_utc())?;
+    let shown = match read(&args.state_dir, OffsetDateTime::now_utc()) {
+        Ok(s) => s,
+        // A standalone agent writes no status.json, only disk.json.
+        Err(e) => match crate::disk::report::read(&args.state_dir)? {
+            Some(disk) => {
+                match args.output {
+                    Format::Json => drover_proto::stdout::line(&serde_json::to_string_pretty(
+                        &serde_json::json!({ "disk": disk }),
+                    )?)?,
+                    Format::Text => {
+                        let mut out = String::new();
+                        if !pid_alive(disk.pid) {
+                            out.push_str(&format!(
+                                "WARNING: stale status: the agent (pid {}) is not running\n",
+                                disk.pid
+                            ));
+                        }
+                        out.push_str(&crate::disk::report::render(&disk));
+                        drover_proto::stdout::write(&out)?
+                    }
+                }
+                return Ok(());
+            }
+            None => return Err(e),
+        },
+    };
     match args.output {
         Format::Json => drover_proto::stdout::line(&serde_json::to_string_pretty(&shown)?)?,
         Format::Text => {
@@ -144,6 +187,9 @@ pub fn render(shown: &Shown, now: OffsetDateTime, color: bool) -> String {
     if let Some(s) = &shown.stale {
         out.push_str(&format!("WARNING: stale status: {s}\n"));
     }
+    if let Some(c) = &shown.connection {
+        out.push_str(&render_connection(c, now));
+    }
     if let Some(x) = &r.last_refusal {
         out.push_str(&format!("last refused: {x}\n"));
     }
@@ -180,7 +226,38 @@ pub fn render(shown: &Shown, now: OffsetDateTime, color: bool) -> String {
             }
         }
     }
+    if let Some(d) = &shown.disk {
+        out.push('\n');
+        out.push_str(&crate::disk::report::render(d));
+    }
     out
+}
+
+/// `controller: URL (ADDR), connected since ...` or `controller: disconnected since ...`.
+fn render_connection(c: &Connection, now: OffsetDateTime) -> String {
+    match (&c.controller, &c.address) {
+        (Some(url), address) => format!(
+            "controller: {url}{}{}, connected since {}\n",
+            address
+                .as_ref()
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default(),
+            if c.preferred {
+                ""
+            } else {
+                ", failed over from the preferred controller"
+            },
+            ago(&c.since, now)
+        ),
+        (None, _) => format!(
+            "controller: disconnected since {}{}\n",
+            ago(&c.since, now),
+            c.last_error
+                .as_ref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +303,8 @@ mod tests {
         let shown = Shown {
             report: sample(),
             stale: None,
+            disk: None,
+            connection: None,
         };
         let text = render(&shown, t("2026-11-25T17:00:05Z"), false);
         let want = "\
@@ -257,11 +336,74 @@ agent ag-1: generation 3, docker 20.10.24 reachable
             &Shown {
                 report: r,
                 stale: Some(s),
+                disk: None,
+                connection: None,
             },
             t("2026-11-25T17:00:10Z"),
             false,
         );
         assert!(text.contains("WARNING: stale status"), "{text}");
+    }
+
+    #[test]
+    fn shows_the_connected_controller_or_why_it_is_not() {
+        let mut c = Connection {
+            pid: 42,
+            controller: Some("https://c2:7443".into()),
+            address: Some("10.0.0.2:7443".into()),
+            preferred: false,
+            since: "2026-11-25T16:59:00Z".into(),
+            last_error: None,
+        };
+        let mut shown = Shown {
+            report: sample(),
+            stale: None,
+            disk: None,
+            connection: Some(c.clone()),
+        };
+        let text = render(&shown, t("2026-11-25T17:00:00Z"), false);
+        assert!(
+            text.contains(
+                "controller: https://c2:7443 (10.0.0.2:7443), failed over from the preferred \
+                 controller, connected since 2026-11-25T16:59:00Z; 60s ago\n"
+            ),
+            "{text}"
+        );
+        c.controller = None;
+        c.address = None;
+        c.last_error = Some("connection refused".into());
+        shown.connection = Some(c);
+        let text = render(&shown, t("2026-11-25T17:00:00Z"), false);
+        assert!(
+            text.contains("controller: disconnected since 2026-11-25T16:59:00Z; 60s ago; last error: connection refused"),
+            "{text}"
+        );
+        // The JSON form carries it too.
+        let json = serde_json::to_value(&shown).unwrap();
+        assert_eq!(json["connection"]["last_error"], "connection refused");
+
+        // A controller.json of another process is not shown.
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = sample();
+        report.pid = std::process::id();
+        report::write(&report::status_file(dir.path()), &report).unwrap();
+        let mut other = shown.connection.clone().unwrap();
+        other.pid = 1;
+        connection::write(dir.path(), &other).unwrap();
+        assert_eq!(
+            read(dir.path(), t("2026-11-25T17:00:00Z"))
+                .unwrap()
+                .connection,
+            None
+        );
+        other.pid = std::process::id();
+        connection::write(dir.path(), &other).unwrap();
+        assert_eq!(
+            read(dir.path(), t("2026-11-25T17:00:00Z"))
+                .unwrap()
+                .connection,
+            Some(other)
+        );
     }
 
     #[test]

@@ -20,12 +20,22 @@
 //! lifetime, so a clock far ahead of the controller's (which makes every new certificate
 //! look two-thirds spent) cannot make a renewal storm. A certificate the clock says expired
 //! is a clear error at the next connect: enroll again.
+//!
+//! Which controller is dialed is [`endpoints`]' choice: `agent.json` may list several
+//! (replicas), a name may resolve to several addresses; a session that ends or an attempt
+//! that fails moves to the next endpoint after a full-jitter backoff, and a session on a
+//! lower-preference controller probes the preferred one after a random 5–15 min and moves
+//! back only if it answers. `controller.json` ([`connection`]) says where it is connected.
 
+pub mod blobs;
+pub mod connection;
+pub mod endpoints;
 pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context;
 use drover_proto::v1;
 use drover_proto::v1::agent_control_client::AgentControlClient;
 use drover_proto::v1::agent_message::Kind as AgentKind;
@@ -44,6 +54,7 @@ use crate::health::{ClockSkew, HostHealth};
 use crate::host_facts::{self, HostFacts};
 use crate::identity::{Identity, StateDir, certs, tls};
 use drover_runtime::backoff::{Backoff, Jitter};
+use endpoints::{Endpoint, Failover, Resolver, SystemResolver};
 
 /// How a session ended without a fatal error.
 #[derive(Debug)]
@@ -52,6 +63,8 @@ enum SessionEnd {
     Renewed,
     /// The host's addresses changed; reconnect at once from the new one.
     IpsChanged,
+    /// The preferred controller answered a failback probe: reconnect there at once.
+    FellBack(Endpoint, Channel),
 }
 
 /// Why a session ended with an error.
@@ -87,8 +100,12 @@ fn from_status(s: tonic::Status, agent_id: &str, established: bool) -> SessionEr
 pub struct Link {
     /// Desired states from the controller, in order.
     pub desired: mpsc::UnboundedSender<DesiredState>,
-    /// Commands from the controller (drain), in order.
+    /// Commands from the controller (drain, undrain), in order.
     pub commands: mpsc::UnboundedSender<Command>,
+    /// Image fetches from the controller, for the image fetcher.
+    pub images: mpsc::UnboundedSender<crate::images::FetchImage>,
+    /// The current session's channel (the image fetcher downloads blobs on it).
+    pub channel: watch::Sender<Option<Channel>>,
     /// Messages for the controller; read only while a session is up, so they wait in the
     /// channel while the controller is away.
     pub outbound: mpsc::Receiver<ToController>,
@@ -100,6 +117,62 @@ pub struct Link {
     pub skew: Arc<ClockSkew>,
     /// Where "now" comes from (certificate expiry and renewal).
     pub clock: Arc<dyn Clock>,
+    /// Binary upgrades: orders in, progress out (Hello, heartbeats).
+    pub upgrader: Arc<crate::upgrade::Upgrader>,
+}
+
+/// A binary's bytes from the controller's `DownloadBinary`, over the session's channel;
+/// a stream that ended or failed is opened again from the offset asked for.
+struct GrpcSource {
+    channel: Channel,
+    stream: Option<(u64, tonic::Streaming<v1::BinaryChunk>)>,
+}
+
+#[async_trait::async_trait]
+impl crate::upgrade::download::Source for GrpcSource {
+    async fn next(&mut self, sha256: &str, offset: u64) -> Result<Option<Vec<u8>>, String> {
+        let reuse = matches!(&self.stream, Some((at, _)) if *at == offset);
+        if !reuse {
+            let s = AgentControlClient::new(self.channel.clone())
+                .max_decoding_message_size(drover_proto::MAX_MESSAGE_BYTES)
+                .download_binary(v1::DownloadBinaryRequest {
+                    sha256: sha256.to_string(),
+                    offset,
+                })
+                .await
+                .map_err(|s| format!("download binary {sha256}: {} ({:?})", s.message(), s.code()))?
+                .into_inner();
+            self.stream = Some((offset, s));
+        }
+        let Some((at, stream)) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        match stream.message().await {
+            Ok(Some(c)) if c.offset == *at => {
+                *at += c.data.len() as u64;
+                Ok(Some(c.data))
+            }
+            Ok(Some(c)) => {
+                self.stream = None;
+                Err(format!(
+                    "the controller sent offset {} where {offset} was expected",
+                    c.offset
+                ))
+            }
+            Ok(None) => {
+                self.stream = None;
+                Ok(None)
+            }
+            Err(s) => {
+                self.stream = None;
+                Err(format!(
+                    "download binary {sha256}: {} ({:?})",
+                    s.message(),
+                    s.code()
+                ))
+            }
+        }
+    }
 }
 
 /// How often a session looks at the renewal point besides its timer: a wall clock that
@@ -160,6 +233,10 @@ pub async fn run(
     mut link: Link,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let window = endpoints::failback_window(std::env::var(endpoints::FAILBACK_ENV).ok().as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let resolver = SystemResolver;
+    let mut failover = Failover::new(window);
     let mut backoff =
         Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(Jitter::Full);
     // This process's id in every Hello: the controller tells a reconnect of this process
@@ -169,13 +246,32 @@ pub async fn run(
     let mut pending: Vec<v1::AgentMessage> = Vec::new();
     // Monotonic time of the last renewal.
     let mut renewed: Option<Duration> = None;
+    // A channel to the preferred controller that a failback probe opened.
+    let mut probed: Option<(Endpoint, Channel)> = None;
+    let mut shown = Shown::new(state.root());
     loop {
         let identity = state.load()?;
         check_not_expired(&identity, &*link.clock)?;
         let renewal = Renewal::plan(&identity, &*link.clock, renewed);
+        let attempt = async {
+            let (endpoint, channel) = match probed.take() {
+                Some(p) => p,
+                None => connect(&identity, &resolver, &mut failover).await?,
+            };
+            let mut ctx = SessionCtx {
+                state: &state,
+                identity: &identity,
+                instance: &instance,
+                endpoint: &endpoint,
+                failover: &mut failover,
+                resolver: &resolver,
+                shown: &mut shown,
+            };
+            session(&mut ctx, channel, &mut link, &mut pending, renewal).await
+        };
         let result = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = session(&state, &identity, &instance, &mut link, &mut pending, renewal) => r,
+            r = attempt => r,
         };
         match result {
             Ok(SessionEnd::Renewed) => {
@@ -188,17 +284,29 @@ pub async fn run(
                 backoff.reset();
                 continue;
             }
-            Err(SessionError::Fatal(e)) => return Err(e),
+            Ok(SessionEnd::FellBack(endpoint, channel)) => {
+                tracing::info!(controller = %endpoint, "preferred controller answers; moving back to it");
+                failover.fell_back(&endpoint);
+                probed = Some((endpoint, channel));
+                backoff.reset();
+                continue;
+            }
+            Err(SessionError::Fatal(e)) => {
+                shown.disconnected(&format!("{e:#}"));
+                return Err(e);
+            }
             Err(SessionError::Transient { error, established }) => {
+                failover.failed();
                 if established {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
+                shown.disconnected(&format!("{error:#}"));
                 tracing::warn!(
                     attempt = backoff.attempt(),
                     retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     error = %format!("{error:#}"),
-                    "controller connection failed"
+                    "controller connection failed; trying the next controller endpoint"
                 );
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -209,23 +317,134 @@ pub async fn run(
     }
 }
 
-async fn dial(identity: &Identity) -> anyhow::Result<Channel> {
+/// What a session needs besides the link.
+struct SessionCtx<'a> {
+    state: &'a StateDir,
+    identity: &'a Identity,
+    instance: &'a str,
+    endpoint: &'a Endpoint,
+    failover: &'a mut Failover,
+    resolver: &'a dyn Resolver,
+    shown: &'a mut Shown,
+}
+
+/// `controller.json` as the loop last wrote it (rewritten only when it changes).
+struct Shown {
+    root: std::path::PathBuf,
+    connected: bool,
+    since: String,
+}
+
+impl Shown {
+    fn new(root: &std::path::Path) -> Shown {
+        Shown {
+            root: root.to_path_buf(),
+            connected: true,
+            since: String::new(),
+        }
+    }
+
+    fn write(&self, c: &connection::Connection) {
+        if let Err(e) = connection::write(&self.root, c) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot record the controller connection");
+        }
+    }
+
+    fn connected(&mut self, endpoint: &Endpoint) {
+        self.connected = true;
+        self.since = certs::rfc3339(OffsetDateTime::now_utc());
+        self.write(&connection::Connection {
+            pid: std::process::id(),
+            controller: Some(endpoint.controller.clone()),
+            address: Some(endpoint.addr.to_string()),
+            preferred: endpoint.rank == 0,
+            since: self.since.clone(),
+            last_error: None,
+        });
+    }
+
+    fn disconnected(&mut self, error: &str) {
+        if self.connected {
+            self.connected = false;
+            self.since = certs::rfc3339(OffsetDateTime::now_utc());
+        }
+        self.write(&connection::Connection {
+            pid: std::process::id(),
+            controller: None,
+            address: None,
+            preferred: false,
+            since: self.since.clone(),
+            last_error: Some(error.to_string()),
+        });
+    }
+}
+
+/// Resolves the controller addresses and dials the endpoint `failover` chooses.
+async fn connect(
+    identity: &Identity,
+    resolver: &dyn Resolver,
+    failover: &mut Failover,
+) -> Result<(Endpoint, Channel), SessionError> {
+    let (list, errors) = endpoints::resolve(&identity.controllers, resolver).await;
+    for e in &errors {
+        tracing::warn!(error = %e, "controller address not resolved");
+    }
+    let Some(endpoint) = failover.choose(&list).cloned() else {
+        return Err(transient(false)(anyhow::anyhow!(
+            "no controller address resolved: {}",
+            errors.join("; ")
+        )));
+    };
+    let channel = dial(identity, &endpoint)
+        .await
+        .with_context(|| format!("controller {}", endpoint.controller))
+        .map_err(transient(false))?;
+    Ok((endpoint, channel))
+}
+
+async fn dial(identity: &Identity, endpoint: &Endpoint) -> anyhow::Result<Channel> {
     let config = tls::agent_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
-    Ok(tls::connect(&identity.controller, config).await?)
+    Ok(drover_proto::transport::dial(&endpoint.addr.to_string(), config).await?)
+}
+
+/// How long a failback probe may take in all.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Dials the preferred controller's endpoints in turn; the first that answers (TLS with
+/// this agent's certificate, verified as the controller) is returned with its channel.
+async fn probe_preferred(
+    identity: &Identity,
+    resolver: &dyn Resolver,
+) -> Option<(Endpoint, Channel)> {
+    let probe = async {
+        let (list, _) = endpoints::resolve(&identity.controllers[..1], resolver).await;
+        for endpoint in list {
+            match dial(identity, &endpoint).await {
+                Ok(channel) => return Some((endpoint, channel)),
+                Err(e) => {
+                    tracing::info!(controller = %endpoint, error = %format!("{e:#}"), "preferred controller does not answer yet")
+                }
+            }
+        }
+        None
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// One session: hello, welcome, heartbeats until the stream ends or renewal is due.
 async fn session(
-    state: &StateDir,
-    identity: &Identity,
-    instance: &str,
+    ctx: &mut SessionCtx<'_>,
+    channel: Channel,
     link: &mut Link,
     pending: &mut Vec<v1::AgentMessage>,
     renewal: Renewal,
 ) -> Result<SessionEnd, SessionError> {
+    let (state, identity, instance) = (ctx.state, ctx.identity, ctx.instance);
     let session_ips = sorted(host_facts::ips());
     let id = identity.agent_id.as_str();
-    let channel = dial(identity).await.map_err(transient(false))?;
     let mut client = AgentControlClient::new(channel.clone());
     let mut facts = HostFacts::collect();
     // Fleet mode keeps the GitLab system id (`s_` + 12 hex) in the state dir.
@@ -238,6 +457,11 @@ async fn session(
             facts: Some(v1::AgentFacts::from(&facts)),
             applied_generation: link.report.borrow().applied_generation,
             instance: instance.to_string(),
+            upgrade: link
+                .upgrader
+                .progress()
+                .as_ref()
+                .map(v1::UpgradeReport::from),
         })),
     };
     tx.send(hello)
@@ -270,12 +494,22 @@ async fn session(
             )));
         }
     };
+    link.upgrader.pin_key(&welcome.upgrade_public_key);
+    link.upgrader.session_up();
     let interval = Duration::from_secs(u64::from(welcome.heartbeat_interval_seconds.max(1)));
-    tracing::info!(agent = %id, heartbeat_s = interval.as_secs(), "connected to controller");
+    tracing::info!(agent = %id, controller = %ctx.endpoint, heartbeat_s = interval.as_secs(), "connected to controller");
 
     let clock = link.clock.clone();
+    ctx.failover
+        .connected(ctx.endpoint, clock.monotonic(), &mut rand::rng());
+    ctx.shown.connected(ctx.endpoint);
+    let _ = link.channel.send(Some(channel.clone()));
     let renew = tokio::time::sleep(renewal.check_in(&*clock));
     tokio::pin!(renew);
+    // Far away when there is nothing to probe (on the preferred controller).
+    const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let failback = tokio::time::sleep(ctx.failover.failback_in(clock.monotonic()).unwrap_or(NEVER));
+    tokio::pin!(failback);
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     for m in pending.drain(..) {
@@ -289,7 +523,10 @@ async fn session(
                 if sorted(host_facts::ips()) != session_ips {
                     return Ok(SessionEnd::IpsChanged);
                 }
-                let hb = heartbeat(&link.report.borrow(), &link.health.borrow(), host_facts::ips());
+                let mut hb = heartbeat(&link.report.borrow(), &link.health.borrow(), host_facts::ips());
+                if let Some(AgentKind::Heartbeat(h)) = &mut hb.kind {
+                    h.upgrade = link.upgrader.progress().as_ref().map(v1::UpgradeReport::from);
+                }
                 if tx.send(hb).await.is_err() {
                     return Err(transient(true)(anyhow::anyhow!("session stream closed")));
                 }
@@ -299,6 +536,27 @@ async fn session(
                     tracing::info!(agent = %id, generation = ds.generation, runners = ds.runners.len(), "desired state received");
                     if link.desired.send(DesiredState::from(ds)).is_err() {
                         return Err(SessionError::Fatal(anyhow::anyhow!("fleet supervisor stopped")));
+                    }
+                }
+                Ok(Some(v1::ControllerMessage { kind: Some(ControllerKind::Command(v1::Command { kind: Some(v1::command::Kind::Upgrade(u)) })) })) => {
+                    match crate::upgrade::Order::try_from(&u) {
+                        Ok(order) => {
+                            tracing::info!(agent = %id, upgrade = order.upgrade_id, version = %order.version, "upgrade received");
+                            link.upgrader.start(order, Box::new(GrpcSource { channel: channel.clone(), stream: None }));
+                        }
+                        Err(e) => tracing::warn!(agent = %id, error = %e, "upgrade from the controller ignored"),
+                    }
+                }
+                Ok(Some(v1::ControllerMessage { kind: Some(ControllerKind::Command(v1::Command { kind: Some(v1::command::Kind::FetchImage(f)) })) })) => {
+                    match crate::images::FetchImage::try_from(f) {
+                        Ok(f) => {
+                            tracing::info!(agent = %id, image = %f.image_id, reference = %f.reference, "image fetch received");
+                            let _ = link.channel.send(Some(channel.clone()));
+                            if link.images.send(f).is_err() {
+                                tracing::warn!(agent = %id, "image fetcher stopped; fetch ignored");
+                            }
+                        }
+                        Err(e) => tracing::warn!(agent = %id, error = %e, "image fetch from the controller ignored"),
                     }
                 }
                 Ok(Some(v1::ControllerMessage { kind: Some(ControllerKind::Command(cmd)) })) => {
@@ -333,6 +591,16 @@ async fn session(
                 }
                 renew.as_mut().reset(tokio::time::Instant::now() + renewal.check_in(&*clock));
             }
+            _ = &mut failback => {
+                if ctx.failover.failback_in(clock.monotonic()).is_some_and(|d| d.is_zero()) {
+                    if let Some((endpoint, channel)) = probe_preferred(identity, ctx.resolver).await {
+                        return Ok(SessionEnd::FellBack(endpoint, channel));
+                    }
+                    ctx.failover.probe_failed(clock.monotonic(), &mut rand::rng());
+                }
+                let next = ctx.failover.failback_in(clock.monotonic()).unwrap_or(NEVER);
+                failback.as_mut().reset(tokio::time::Instant::now() + next);
+            }
         }
     }
 }
@@ -365,7 +633,9 @@ fn heartbeat(report: &Report, host: &HostHealth, ips: Vec<String>) -> v1::AgentM
             host: Some(health),
             runners: report.units.iter().map(v1::RunnerStatus::from).collect(),
             ips,
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            agent_version: drover_runtime::version().to_string(),
+            draining: report.draining,
+            upgrade: None,
         })),
     }
 }
@@ -416,7 +686,7 @@ mod tests {
     fn identity() -> Identity {
         Identity {
             agent_id: "agent-clock".into(),
-            controller: "https://controller:7443".into(),
+            controllers: vec!["https://controller:7443".into()],
             ca_pem: String::new(),
             cert_pem: String::new(),
             key_pem: secrecy::SecretString::from(String::new()),
@@ -556,7 +826,7 @@ mod tests {
             panic!("not a heartbeat");
         };
         assert_eq!(hb.applied_generation, 9);
-        assert_eq!(hb.agent_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(hb.agent_version, drover_runtime::version());
         assert_eq!(hb.ips, ["10.0.0.2"]);
         let h = hb.host.unwrap();
         assert!(h.docker_reachable);

@@ -61,6 +61,9 @@ pub struct Engine {
     /// Fired on every loop, current and retiring, by [`Engine::stop_now`] /
     /// [`Engine::stop_graceful`].
     root: Shutdown,
+    /// The `now` token (child of the root's) and reason every loop started since the last
+    /// [`Engine::cancel_jobs`] shares; that call fires it and starts a new one.
+    epoch: Shutdown,
     active: HashMap<String, Active>,
     tasks: JoinSet<(String, u64, Result<(), RunnerError>)>,
     generation: u64,
@@ -90,6 +93,12 @@ impl Engine {
         system_id: String,
         agent_id: String,
     ) -> Self {
+        let root = Shutdown::default();
+        let epoch = Shutdown {
+            now: root.now.child_token(),
+            graceful: CancellationToken::new(),
+            reason: Arc::default(),
+        };
         Engine {
             executor,
             gitlab,
@@ -97,7 +106,8 @@ impl Engine {
             agent_id,
             concurrent: Arc::new(Semaphore::new(0)),
             concurrent_n: 0,
-            root: Shutdown::default(),
+            root,
+            epoch,
             active: HashMap::new(),
             tasks: JoinSet::new(),
             generation: 0,
@@ -207,8 +217,9 @@ impl Engine {
             }
             self.generation += 1;
             let shutdown = Shutdown {
-                now: self.root.now.child_token(),
+                now: self.epoch.now.child_token(),
                 graceful: self.root.graceful.child_token(),
+                reason: self.epoch.reason.clone(),
             };
             let stats = Arc::new(RunnerStats::default());
             let deps = RunnerDeps {
@@ -252,6 +263,20 @@ impl Engine {
     /// Stop at once: cancel every job (reported failed), end every loop.
     pub fn stop_now(&self) {
         self.root.now.cancel();
+    }
+
+    /// Cancels every job running now, current and retiring loops alike (reported failed
+    /// with a trace line `aborted: REASON`), and ends their loops; loops started later are
+    /// not affected.
+    pub fn cancel_jobs(&mut self, reason: &str) {
+        let _ = self.epoch.reason.set(reason.to_string());
+        self.epoch.now.cancel();
+        self.epoch = Shutdown {
+            now: self.root.now.child_token(),
+            graceful: CancellationToken::new(),
+            reason: Arc::default(),
+        };
+        self.active.clear();
     }
 
     /// Stop requesting jobs; running jobs finish.

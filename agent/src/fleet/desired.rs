@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use drover_proto::spec::validate::{self, MAX_JOBS};
-use drover_proto::spec::{Config, ParseMode, RunnerConfig};
+use drover_proto::spec::{CacheSecrets, Config, ParseMode, RunnerConfig};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -41,7 +41,7 @@ pub enum DesiredError {
 }
 
 /// One assignment as received and persisted (tokens included: the file is 0600).
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Raw {
     pub name: String,
     pub spec_json: String,
@@ -55,6 +55,14 @@ pub struct Raw {
     /// of `token_obtained_at..token_expires_at`.
     #[serde(default)]
     pub token_obtained_at: Option<String>,
+    /// `[runners.cache.s3]` `AccessKey`, `SecretKey`, `SessionToken` (RunnerAssignment
+    /// fields 10-12; empty = unset), put back into the runner config on validation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cache_s3_access_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cache_s3_secret_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cache_s3_session_token: String,
 }
 
 impl std::fmt::Debug for Raw {
@@ -64,6 +72,7 @@ impl std::fmt::Debug for Raw {
             .field("gitlab_runner_id", &self.gitlab_runner_id)
             .field("token_expires_at", &self.token_expires_at)
             .field("runner_token", &"<redacted>")
+            .field("cache_s3_secrets", &"<redacted>")
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +157,12 @@ pub fn validate_one(raw: &Raw, index: usize) -> Result<Assignment, DesiredError>
     let token = SecretString::from(raw.runner_token.clone());
     config.name = name.clone();
     config.token = Some(token.clone());
+    CacheSecrets::from_wire(
+        raw.cache_s3_access_key.clone(),
+        raw.cache_s3_secret_key.clone(),
+        raw.cache_s3_session_token.clone(),
+    )
+    .put_into(&mut config);
     config.limit = Some(config.limit.filter(|l| *l > 0).unwrap_or(1));
     let file = Config {
         runners: vec![config.clone()],
@@ -267,6 +282,7 @@ mod tests {
             gitlab_runner_id: 7,
             token_expires_at: None,
             token_obtained_at: None,
+            ..Default::default()
         }
     }
 

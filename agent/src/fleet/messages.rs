@@ -18,8 +18,19 @@ pub struct DesiredState {
 /// A command from the controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    /// Stop taking jobs; running jobs finish.
-    Drain,
+    /// Stop taking jobs; running jobs finish, or are canceled once `deadline` passed.
+    Drain { deadline: Option<DrainDeadline> },
+    /// Take jobs again after a drain.
+    Undrain,
+}
+
+/// When a drain cancels the jobs still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainDeadline {
+    /// At this time (set by the controller when the drain was asked for).
+    At(OffsetDateTime),
+    /// This long after the agent received the command.
+    After(std::time::Duration),
 }
 
 /// What the supervisor tells the controller (heartbeats are the session's own).
@@ -46,6 +57,12 @@ pub enum ToController {
         /// GitLab's failure reason (`script_failure`, ...), empty unless failed.
         failure_reason: String,
         at: OffsetDateTime,
+        /// How long GitLab queued it, when GitLab said.
+        queue_wait: Option<std::time::Duration>,
+        /// When it started (wall clock); `None` when out of range.
+        started_at: Option<OffsetDateTime>,
+        /// How long it ran; `None` while running.
+        duration: Option<std::time::Duration>,
     },
     /// A runner token was rotated and persisted.
     TokenRotated {
@@ -55,6 +72,8 @@ pub enum ToController {
         token_expires_at: Option<String>,
         gitlab_runner_id: i64,
     },
+    /// The image fetcher's progress or result (`crate::images`).
+    Image(crate::images::ImageReport),
 }
 
 /// What happened to a runner unit. Its name on the wire and in the controller's events is

@@ -13,6 +13,7 @@
 //! reconciles by pushing what it wants.
 
 pub mod desired;
+pub mod drain_file;
 pub mod messages;
 pub mod observe;
 pub mod report;
@@ -33,13 +34,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
+use crate::disk::{DiskKeeper, KeeperOptions};
 use crate::health::{ClockSkew, DockerStatus, HostHealth, ProcProbe};
 use crate::identity::StateDir;
 use crate::identity::system_id;
 use crate::metrics::Metrics;
 use crate::shutdown::{TASKS_WAIT, Tree};
 use crate::systemd::{self, Heartbeat, Notifier};
-use drover_job::executor::{ConnectOptions, DockerExecutor, Executor};
+use drover_job::executor::{ConnectOptions, DockerExecutor, Executor, StorageOptions};
 use supervisor::{Deps, DockerDep, SharedGitLabFactory, Supervisor, Timings};
 
 /// How long a stop may take to cancel and report running jobs.
@@ -52,11 +54,18 @@ pub struct FleetOptions {
     pub state_dir: PathBuf,
     /// Where to serve `/metrics` and `/healthz`, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Cancelled to stop gracefully (SIGQUIT): no new jobs, the heartbeats say draining,
+    /// and `run` returns once the running jobs finished. Cancelling the root then
+    /// cancels the jobs still running.
+    pub stop_gracefully: CancellationToken,
+    /// Where the upgrader asks `drover-agent run` to switch binaries.
+    pub upgrade_switch: Arc<crate::upgrade::Switch>,
 }
 
 /// Runs the agent in fleet mode from `opts.state_dir` until `shutdown` (the root token,
-/// cancelled on SIGINT/SIGTERM by `drover-agent run`) or until the controller refuses this
-/// agent. Returns once every task it started ended (see [`crate::shutdown`]): the session
+/// cancelled on SIGINT/SIGTERM by `drover-agent run`), until a graceful stop
+/// (`opts.stop_gracefully`, SIGQUIT) saw the running jobs finish, or until the controller
+/// refuses this agent. Returns once every task it started ended (see [`crate::shutdown`]): the session
 /// ends, the supervisor drains (at most [`SHUTDOWN_DRAIN`]), then the services stop.
 pub async fn run(opts: FleetOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     run_on(opts, &Tree::new(shutdown)).await
@@ -73,7 +82,7 @@ async fn run_on(opts: FleetOptions, tree: &Tree) -> anyhow::Result<()> {
 async fn run_in(opts: FleetOptions, tree: &Tree) -> anyhow::Result<()> {
     let state = StateDir::new(&opts.state_dir);
     let identity = state.load()?;
-    tracing::info!(agent = %identity.agent_id, controller = %identity.controller, "starting in fleet mode");
+    tracing::info!(agent = %identity.agent_id, controllers = ?identity.controllers, "starting in fleet mode");
     let system_id = system_id::load_or_create(
         &opts.state_dir.join("system_id"),
         system_id::Salt::StateDir(&opts.state_dir),
@@ -94,18 +103,43 @@ async fn run_in(opts: FleetOptions, tree: &Tree) -> anyhow::Result<()> {
     }
     let skew = Arc::new(ClockSkew::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Disk budgets of the applied generation's runners (read at each collection).
+    let storage = StorageOptions::in_state_dir(&opts.state_dir);
+    let applied = desired::Store::new(state.root());
+    let keeper = DiskKeeper::new(KeeperOptions {
+        agent_id: identity.agent_id.clone(),
+        state_dir: opts.state_dir.clone(),
+        data_dir: storage.data_dir.clone(),
+        cache_max_bytes: storage.cache_max_bytes,
+        probe: Arc::new(ProcProbe::default()),
+        thresholds: crate::health::Thresholds::default(),
+        metrics: Some(metrics.clone()),
+        docker: None,
+        runners_source: Some(Box::new(move || {
+            let a = applied.load().ok()??;
+            let d = desired::validate_all(a.generation, &a.runners).ok()?;
+            Some(d.runners.into_iter().map(|r| r.config).collect())
+        })),
+        publish: true,
+    });
+    tasks.spawn(
+        "disk collector",
+        keeper.clone().run(crate::disk::GC_INTERVAL, tree.service()),
+    );
     let (gitlab, forget_clients) = http_factory(metrics.clone());
     let deps = Deps {
         gitlab,
         docker: Arc::new(RealDocker {
             agent_id: identity.agent_id.clone(),
             client: tokio::sync::Mutex::new(None),
+            keeper: keeper.clone(),
+            storage: storage.clone(),
         }),
         store: desired::Store::new(state.root()),
         status_path: Some(report::status_file(state.root())),
         system_id,
         agent_id: identity.agent_id.clone(),
-        outbound: out_tx,
+        outbound: out_tx.clone(),
         report: report_tx,
         ips: Arc::new(crate::host_facts::ips),
         on_ips_changed: Some(forget_clients),
@@ -115,6 +149,7 @@ async fn run_in(opts: FleetOptions, tree: &Tree) -> anyhow::Result<()> {
     let liveness = Heartbeat::new();
     let mut sup = Supervisor::new(deps)
         .with_commands(command_rx)
+        .with_graceful_stop(opts.stop_gracefully.clone())
         .with_metrics(metrics.clone())
         .with_liveness(liveness.clone());
     if let Err(e) = sup.restore().await {
@@ -122,10 +157,14 @@ async fn run_in(opts: FleetOptions, tree: &Tree) -> anyhow::Result<()> {
         tracing::error!(error = %format!("{e:#}"), "cannot run the persisted generation; waiting for the controller");
     }
     sup.publish();
-    let sup_task = tasks.spawn(
-        "fleet supervisor",
-        sup.run(desired_rx, tree.engine(), SHUTDOWN_DRAIN),
-    );
+    // Cancelled when the supervisor ended by itself (a graceful stop completed).
+    let sup_done = CancellationToken::new();
+    let done = sup_done.clone();
+    let sup_run = sup.run(desired_rx, tree.engine(), SHUTDOWN_DRAIN);
+    let sup_task = tasks.spawn("fleet supervisor", async move {
+        sup_run.await;
+        done.cancel();
+    });
     observe::HostProbeTask {
         probe: Arc::new(ProcProbe::default()),
         report: report_rx.clone(),
@@ -134,6 +173,7 @@ async fn run_in(opts: FleetOptions, tree: &Tree) -> anyhow::Result<()> {
         out: health_tx,
         metrics: Some(metrics.clone()),
         every: observe::HOST_PROBE_INTERVAL,
+        disk: Some(keeper),
     }
     .spawn(tasks, tree.service());
     let lifecycle = observe::Lifecycle::new(Notifier::from_env().unwrap_or_else(|e| {
@@ -144,16 +184,47 @@ async fn run_in(opts: FleetOptions, tree: &Tree) -> anyhow::Result<()> {
     if let Some(interval) = systemd::watchdog_interval() {
         lifecycle.spawn_watchdog(tasks, interval, liveness, tree.service());
     }
+    // Images the controller delivers: fetched over the session's channel, one at a time.
+    let (images_tx, images_rx) = mpsc::unbounded_channel();
+    let (channel_tx, channel_rx) = watch::channel(None);
+    let fetcher = crate::images::worker::Worker {
+        dir: crate::images::blobs::BlobDir::in_state_dir(&opts.state_dir),
+        source: Arc::new(crate::control::blobs::SessionBlobs {
+            channel: channel_rx,
+        }),
+        engine: Arc::new(crate::images::worker::DockerImages::default()),
+        ledger: drover_job::disk::ledger::Ledger::in_state_dir(&opts.state_dir),
+        out: out_tx,
+        retry: Duration::from_secs(5),
+        metrics: metrics.clone(),
+    };
+    tasks.spawn("image fetcher", fetcher.run(images_rx, tree.service()));
     let link = crate::control::Link {
         desired: desired_tx,
         commands: command_tx,
+        images: images_tx,
+        channel: channel_tx,
         outbound: out_rx,
         report: report_rx,
         health: health_rx,
         skew,
         clock,
+        upgrader: crate::upgrade::Upgrader::new(
+            state.root().to_path_buf(),
+            tasks.clone(),
+            opts.upgrade_switch.clone(),
+        ),
     };
-    let control = crate::control::run(state, link, tree.session()).await;
+    let control = crate::control::run(state, link, tree.session());
+    tokio::pin!(control);
+    let control = tokio::select! {
+        r = &mut control => r,
+        _ = sup_done.cancelled() => {
+            tracing::info!("running jobs finished; stopping");
+            tree.root().cancel();
+            control.await
+        }
+    };
     lifecycle.stopping();
     // However the session ended (a signal, a refusal), the supervisor stops and drains.
     tree.root().cancel();
@@ -198,6 +269,27 @@ struct RealDocker {
     agent_id: String,
     /// The client pings go through, kept once connected.
     client: tokio::sync::Mutex<Option<Arc<DockerExecutor>>>,
+    /// Jobs record their uses in its ledger and collect first when the disk is low.
+    keeper: DiskKeeper,
+    /// Where jobs keep their host-side files (`STATE_DIR/data`).
+    storage: StorageOptions,
+}
+
+impl RealDocker {
+    /// The client pings and pre-flights go through, connected on first use and kept.
+    async fn client(&self) -> Result<Arc<DockerExecutor>, String> {
+        let mut client = self.client.lock().await;
+        if let Some(d) = client.as_ref() {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(
+            DockerExecutor::connect(ConnectOptions::default())
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        *client = Some(d.clone());
+        Ok(d)
+    }
 }
 
 #[async_trait]
@@ -206,21 +298,12 @@ impl DockerDep for RealDocker {
     /// only module talking to Docker); bounded by 10 s.
     async fn ping(&self) -> Result<DockerStatus, String> {
         let attempt = async {
-            let mut client = self.client.lock().await;
-            let docker = match client.as_ref() {
-                Some(d) => d.clone(),
-                None => {
-                    let d = Arc::new(
-                        DockerExecutor::connect(ConnectOptions::default())
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    );
-                    *client = Some(d.clone());
-                    d
-                }
-            };
-            drop(client);
-            let info = docker.ping().await.map_err(|e| e.to_string())?;
+            let info = self
+                .client()
+                .await?
+                .ping()
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(DockerStatus {
                 version: info.version,
                 root_dir: info.root_dir,
@@ -231,10 +314,34 @@ impl DockerDep for RealDocker {
             .map_err(|_| "docker engine did not answer within 10s".to_string())?
     }
 
+    /// Bounded by 20 s in all (the engine's answers, then registry checks of 3 s each, in
+    /// parallel).
+    async fn preflight(
+        &self,
+        runners: &[drover_proto::spec::RunnerConfig],
+    ) -> Result<Vec<String>, String> {
+        let Some(first) = runners.first() else {
+            return Ok(Vec::new());
+        };
+        let attempt = async {
+            let client = self.client().await.map_err(|e| {
+                format!(
+                    "runner {:?}: docker engine does not answer: {e}",
+                    first.name
+                )
+            })?;
+            client.preflight(runners).await
+        };
+        tokio::time::timeout(Duration::from_secs(20), attempt)
+            .await
+            .map_err(|_| "pre-flight of the runners did not finish within 20s".to_string())?
+    }
+
     async fn executor(&self) -> anyhow::Result<Arc<dyn Executor>> {
         let docker = DockerExecutor::connect(ConnectOptions::default())
             .await
-            .context("connect to the docker engine")?;
+            .context("connect to the docker engine")?
+            .with_storage(self.storage.clone());
         match docker.cleanup_orphans(&self.agent_id, &[]).await {
             Ok(r) => {
                 if !r.containers_removed.is_empty() || !r.volumes_removed.is_empty() {
@@ -250,6 +357,10 @@ impl DockerDep for RealDocker {
             }
             Err(e) => tracing::warn!(error = %e, "orphan cleanup failed"),
         }
+        let docker = docker.with_disk(
+            self.keeper.ledger(),
+            Some(Arc::new(self.keeper.clone()) as Arc<dyn drover_job::disk::DiskHook>),
+        );
         Ok(Arc::new(docker))
     }
 }

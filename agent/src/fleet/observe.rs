@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::report::Report;
+use crate::disk::DiskKeeper;
 use crate::health::{self, ClockSkew, DockerStatus, HostHealth, HostProbe};
 use crate::metrics::{Metrics, UnitSource, UnitStatus};
 use crate::shutdown::Tasks;
@@ -93,6 +94,8 @@ pub struct HostProbeTask {
     pub out: watch::Sender<HostHealth>,
     pub metrics: Option<Metrics>,
     pub every: Duration,
+    /// Collects when a disk is low, and gives the budgets heartbeats carry.
+    pub disk: Option<DiskKeeper>,
 }
 
 impl HostProbeTask {
@@ -111,7 +114,22 @@ impl HostProbeTask {
             loop {
                 let r = self.report.borrow_and_update().clone();
                 let probed = docker_key(&r);
-                let snap = host_snapshot(&r, self.probe.as_ref(), &self.skew, &self.builds_dir);
+                let mut snap = host_snapshot(&r, self.probe.as_ref(), &self.skew, &self.builds_dir);
+                // Disk low: collect first, then report what was freed and what remains.
+                if let Some(k) = &self.disk
+                    && crate::standalone::observe::is_disk_low(&crate::health::degraded_reasons(
+                        &snap,
+                        &crate::health::Thresholds::default(),
+                    ))
+                    && k.on_disk_low().await.is_some()
+                {
+                    snap = host_snapshot(&r, self.probe.as_ref(), &self.skew, &self.builds_dir);
+                }
+                snap.disk_budgets = self
+                    .disk
+                    .as_ref()
+                    .and_then(DiskKeeper::report)
+                    .map(|d| crate::health::DiskBudgets::from_report(&d));
                 for e in &snap.errors {
                     tracing::debug!(error = %e, "host probe");
                 }
@@ -329,6 +347,7 @@ mod tests {
             out: out_tx,
             metrics: None,
             every: Duration::from_secs(3600),
+            disk: None,
         }
         .spawn(&Tasks::new(), stop.clone());
         out_rx.changed().await.unwrap();

@@ -53,7 +53,7 @@ pub struct Report {
     /// `DockerRootDir` of the engine: its filesystem is the "docker" disk in health.
     #[serde(default)]
     pub docker_root_dir: Option<String>,
-    /// The controller said drain: units take no new jobs until the agent restarts.
+    /// The controller said drain: units take no new jobs until it says undrain.
     #[serde(default)]
     pub draining: bool,
     pub units: Vec<UnitReport>,

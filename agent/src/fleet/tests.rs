@@ -24,10 +24,10 @@ fn enrolled(root: &std::path::Path) -> StateDir {
         .unwrap();
     state.write_ca(&cert.pem()).unwrap();
     state
-        .write_agent_file(&AgentFile {
-            agent_id: "a1".into(),
-            controller: "https://127.0.0.1:1".into(),
-        })
+        .write_agent_file(&AgentFile::new(
+            "a1".into(),
+            vec!["https://127.0.0.1:1".into()],
+        ))
         .unwrap();
     state
 }
@@ -43,6 +43,8 @@ async fn cancelling_the_root_ends_every_task() {
     let opts = FleetOptions {
         state_dir: dir.path().to_path_buf(),
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        stop_gracefully: CancellationToken::new(),
+        upgrade_switch: crate::upgrade::Switch::new(),
     };
     let t = tree.clone();
     let run = tokio::spawn(async move { run_on(opts, &t).await });

@@ -47,6 +47,57 @@ pub struct HostHealth {
     pub clock_skew_seconds: Option<f64>,
     /// Why a probe failed (`read /proc/meminfo: ...`), for logs and `last_error`.
     pub errors: Vec<String>,
+    /// What the agent keeps between jobs against its budgets, as of the last collection
+    /// (`None` before the first).
+    pub disk_budgets: Option<DiskBudgets>,
+}
+
+/// Use of one budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BudgetUse {
+    pub used_bytes: u64,
+    pub max_bytes: u64,
+    /// Objects counted (volumes, images; 0 for the cache dir).
+    pub count: u64,
+}
+
+/// The three disk budgets (builds volumes, pulled images, local cache) and the last
+/// collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskBudgets {
+    pub volumes: BudgetUse,
+    pub images: BudgetUse,
+    pub cache: BudgetUse,
+    /// When the last collection ran (RFC 3339).
+    pub collected_at: String,
+    pub last_freed_bytes: u64,
+    pub last_removed: u64,
+}
+
+impl DiskBudgets {
+    /// From the keeper's report.
+    pub fn from_report(r: &crate::disk::DiskReport) -> Self {
+        DiskBudgets {
+            volumes: BudgetUse {
+                used_bytes: r.volumes.bytes,
+                max_bytes: r.volumes.max_bytes,
+                count: r.volumes.count,
+            },
+            images: BudgetUse {
+                used_bytes: r.images.bytes,
+                max_bytes: r.images.max_bytes,
+                count: r.images.count,
+            },
+            cache: BudgetUse {
+                used_bytes: r.cache.bytes,
+                max_bytes: r.cache.max_bytes(),
+                count: 0,
+            },
+            collected_at: r.collected_at.clone(),
+            last_freed_bytes: r.last_freed_bytes,
+            last_removed: r.last_removed,
+        }
+    }
 }
 
 /// What [`collect`] needs to know about this host.
@@ -83,6 +134,7 @@ pub fn collect(
         load,
         clock_skew_seconds: skew.estimate_seconds(),
         errors,
+        disk_budgets: None,
     }
 }
 

@@ -49,10 +49,14 @@ pub fn degraded_reasons(h: &HostHealth, t: &Thresholds) -> Vec<String> {
         };
         if d.free_bytes < t.min_disk_free_bytes || ratio < t.min_disk_free_ratio {
             out.push(format!(
-                "disk low on {what}: {} free of {} ({:.1}%)",
+                "disk low on {what}: {} free of {} ({:.1}%){}",
                 bytes(d.free_bytes),
                 bytes(d.total_bytes),
-                ratio * 100.0
+                ratio * 100.0,
+                h.disk_budgets
+                    .as_ref()
+                    .map(after_cleanup)
+                    .unwrap_or_default()
             ));
         }
     }
@@ -71,6 +75,21 @@ pub fn degraded_reasons(h: &HostHealth, t: &Thresholds) -> Vec<String> {
         out.push(format!("clock skewed by {s:+.0}s"));
     }
     out
+}
+
+/// What the last collection freed and what the agent still keeps, for a disk-low reason.
+fn after_cleanup(b: &super::DiskBudgets) -> String {
+    format!(
+        " after cleanup freed {} ({} removed); kept: volumes {} of {}, images {} of {}, cache {} of {}",
+        bytes(b.last_freed_bytes),
+        b.last_removed,
+        bytes(b.volumes.used_bytes),
+        bytes(b.volumes.max_bytes),
+        bytes(b.images.used_bytes),
+        bytes(b.images.max_bytes),
+        bytes(b.cache.used_bytes),
+        bytes(b.cache.max_bytes),
+    )
 }
 
 fn bytes(n: u64) -> String {
@@ -110,6 +129,7 @@ mod tests {
             load: None,
             clock_skew_seconds: Some(0.5),
             errors: vec![],
+            disk_budgets: None,
         }
     }
 

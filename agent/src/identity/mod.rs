@@ -2,7 +2,8 @@
 //!
 //! State dir (0700, default `/var/lib/drover-agent`):
 //! ```text
-//! agent.json   agent id and controller address (written last: marks a finished enrollment)
+//! agent.json   agent id and controller addresses in order of preference (written last:
+//!              marks a finished enrollment)
 //! agent.key    private key, PKCS#8 PEM, 0600 (generated here, never sent)
 //! agent.crt    client certificate issued by the controller
 //! ca.crt       the controller CA, pinned by the token's fingerprint at enrollment
@@ -48,21 +49,59 @@ pub enum StateError {
     },
 }
 
-/// `agent.json`.
+/// `agent.json`: `{"agent_id", "controller", "controllers"}`. `controllers` lists every
+/// controller address in order of preference; `controller` is its first entry, the only
+/// field an agent.json written before failover has and the one older readers take, so a
+/// downgraded agent still connects (to the preferred controller).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct AgentFile {
     /// The id the controller chose.
     pub agent_id: String,
-    /// The controller's gRPC address, `https://HOST:PORT`.
+    /// The preferred controller's gRPC address, `https://HOST:PORT` (`controllers[0]`).
     pub controller: String,
+    /// All controller addresses, preferred first (absent in an older file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<String>,
+}
+
+impl AgentFile {
+    /// The file for `controllers` (preferred first; at least one).
+    pub fn new(agent_id: String, controllers: Vec<String>) -> AgentFile {
+        AgentFile {
+            agent_id,
+            controller: controllers.first().cloned().unwrap_or_default(),
+            controllers,
+        }
+    }
+
+    /// The controller addresses in order of preference, whichever format the file has.
+    /// `controller` stays the preferred one: when it differs from `controllers[0]` (the
+    /// file was edited by hand, or rewritten by an older agent, as the docs for moving a
+    /// controller say), it goes first and the rest keep their order.
+    pub fn controllers(&self) -> Vec<String> {
+        if self.controllers.is_empty() {
+            return vec![self.controller.clone()];
+        }
+        if self.controller.is_empty() || self.controllers[0] == self.controller {
+            return self.controllers.clone();
+        }
+        let mut all = vec![self.controller.clone()];
+        all.extend(
+            self.controllers
+                .iter()
+                .filter(|c| **c != self.controller)
+                .cloned(),
+        );
+        all
+    }
 }
 
 /// Everything the agent needs to connect.
 pub struct Identity {
     /// The id the controller chose (also in the certificate).
     pub agent_id: String,
-    /// The controller's gRPC address, `https://HOST:PORT`.
-    pub controller: String,
+    /// The controllers' gRPC addresses, `https://HOST:PORT`, preferred first (never empty).
+    pub controllers: Vec<String>,
     /// The pinned controller CA, PEM.
     pub ca_pem: String,
     /// The client certificate, PEM.
@@ -79,7 +118,7 @@ impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")
             .field("agent_id", &self.agent_id)
-            .field("controller", &self.controller)
+            .field("controllers", &self.controllers)
             .field("not_after", &self.not_after)
             .field("key_pem", &"<redacted>")
             .finish_non_exhaustive()
@@ -278,6 +317,13 @@ impl StateDir {
                 path: self.agent_file(),
                 detail: e.to_string(),
             })?;
+        let controllers = agent.controllers();
+        if controllers.iter().any(|c| c.is_empty()) {
+            return Err(StateError::Invalid {
+                path: self.agent_file(),
+                detail: "empty controller address".to_string(),
+            });
+        }
         let cert_pem = read(&self.cert_file())?;
         let info = certs::inspect(&cert_pem).map_err(|detail| StateError::Invalid {
             path: self.cert_file(),
@@ -294,7 +340,7 @@ impl StateDir {
         }
         Ok(Identity {
             agent_id: agent.agent_id,
-            controller: agent.controller,
+            controllers,
             ca_pem: read(&self.ca_file())?,
             cert_pem,
             key_pem: SecretString::from(read(&self.key_file())?),
@@ -359,6 +405,42 @@ mod tests {
         s.finish_pending().unwrap();
         assert_eq!(std::fs::read_to_string(s.key_file()).unwrap(), "K2");
         assert!(!s.pending(&s.key_file()).exists());
+    }
+
+    /// An agent.json of the single-controller format still loads; the new format keeps
+    /// `controller` (the first address) for older readers.
+    #[test]
+    fn agent_file_reads_the_old_format_and_writes_one_older_readers_take() {
+        let old: AgentFile =
+            serde_json::from_str(r#"{"agent_id":"a1","controller":"https://c1:7443"}"#).unwrap();
+        assert_eq!(old.controllers(), ["https://c1:7443"]);
+        let new = AgentFile::new(
+            "a1".into(),
+            vec!["https://c1:7443".into(), "https://c2:7443".into()],
+        );
+        let text = serde_json::to_string(&new).unwrap();
+        #[derive(serde::Deserialize)]
+        struct OlderReader {
+            controller: String,
+        }
+        let older: OlderReader = serde_json::from_str(&text).unwrap();
+        assert_eq!(older.controller, "https://c1:7443");
+        let back: AgentFile = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.controllers(), ["https://c1:7443", "https://c2:7443"]);
+        // `controller` edited by hand (moving to a new controller): it is preferred.
+        let edited = AgentFile {
+            controller: "https://c3:7443".into(),
+            ..back.clone()
+        };
+        assert_eq!(
+            edited.controllers(),
+            ["https://c3:7443", "https://c1:7443", "https://c2:7443"]
+        );
+        let edited = AgentFile {
+            controller: "https://c2:7443".into(),
+            ..back.clone()
+        };
+        assert_eq!(edited.controllers(), ["https://c2:7443", "https://c1:7443"]);
     }
 
     #[test]

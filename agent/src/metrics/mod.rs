@@ -31,12 +31,14 @@
 //!   `drover_agent_host_disk_total_bytes{disk}` (`disk` = `docker` | `builds`),
 //!   `drover_agent_host_memory_available_bytes`, `drover_agent_host_memory_total_bytes`,
 //!   `drover_agent_host_load1`, `drover_agent_clock_skew_seconds`, `drover_agent_build_info{version,revision}`.
+//! - `drover_agent_image_*`: images the controller delivers, listed in [`images`].
 //!
 //! Invariant: a value that is not known is absent, never a made-up 0 (host values appear
 //! after the first [`Metrics::set_host`]).
 
 mod collectors;
 mod errors_layer;
+pub mod images;
 mod label_text;
 pub mod server;
 
@@ -114,6 +116,11 @@ struct DiskLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VersionLabels {
     name: String,
     version: String,
@@ -144,6 +151,12 @@ struct Inner {
     token_expires: Family<TokenLabels, Gauge>,
     disk_free: Family<DiskLabels, Gauge>,
     disk_total: Family<DiskLabels, Gauge>,
+    kept_bytes: Family<KindLabels, Gauge>,
+    kept_budget: Family<KindLabels, Gauge>,
+    kept_count: Family<KindLabels, Gauge>,
+    gc_removed: Family<KindLabels, Counter>,
+    gc_freed: Counter,
+    images: images::ImageMetrics,
     scraped: collectors::Scraped,
     /// Runner name → labels, from the last [`Metrics::set_runners`].
     runners: Mutex<HashMap<String, RunnerLabels>>,
@@ -213,7 +226,7 @@ impl Metrics {
             "A metric with a constant '1' value labeled by different build stats fields.",
             Info::new(VersionLabels {
                 name: "drover-agent".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
+                version: drover_runtime::version().into(),
                 revision: revision(),
                 os: std::env::consts::OS.into(),
                 architecture: std::env::consts::ARCH.into(),
@@ -223,7 +236,7 @@ impl Metrics {
             "drover_agent_build",
             "Drover agent build: constant 1 labeled by version and revision.",
             Info::new(BuildLabels {
-                version: env!("CARGO_PKG_VERSION").into(),
+                version: drover_runtime::version().into(),
                 revision: revision(),
             }),
         );
@@ -245,6 +258,37 @@ impl Metrics {
             "Size of the Docker root (disk=docker) and builds dir (disk=builds) filesystems.",
             disk_total.clone(),
         );
+        let kept_bytes = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "drover_agent_disk_kept_bytes",
+            "Bytes this agent keeps between jobs: builds volumes (kind=volumes), pulled images (kind=images), the local cache dir (kind=cache), as of the last collection.",
+            kept_bytes.clone(),
+        );
+        let kept_budget = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "drover_agent_disk_budget_bytes",
+            "The size bound of each kind (volumes and images: [runners.drover_gc]; cache: per-runner bound times runners).",
+            kept_budget.clone(),
+        );
+        let kept_count = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "drover_agent_disk_kept_objects",
+            "Builds volumes (kind=volumes) and images (kind=images) counted against the budget.",
+            kept_count.clone(),
+        );
+        let gc_removed = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "drover_agent_disk_gc_removed",
+            "Volumes (kind=volume) and images (kind=image) the disk collector removed.",
+            gc_removed.clone(),
+        );
+        let gc_freed = Counter::default();
+        registry.register(
+            "drover_agent_disk_gc_freed_bytes",
+            "Bytes the disk collector freed.",
+            gc_freed.clone(),
+        );
+        let images = images::ImageMetrics::register(&mut registry);
         let scraped = collectors::Scraped::default();
         registry.register_collector(Box::new(scraped.clone()));
         Metrics {
@@ -258,11 +302,22 @@ impl Metrics {
                 token_expires,
                 disk_free,
                 disk_total,
+                kept_bytes,
+                kept_budget,
+                kept_count,
+                gc_removed,
+                gc_freed,
+                images,
                 scraped,
                 runners: Mutex::new(HashMap::new()),
                 started: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The image-delivery families.
+    pub fn images(&self) -> &images::ImageMetrics {
+        &self.inner.images
     }
 
     /// The registry as OpenMetrics text (what `GET /metrics` answers).
@@ -344,7 +399,7 @@ impl Metrics {
     /// Feeds a runner event: job start and end (the duration is measured between the two).
     pub fn observe_event(&self, event: &RunnerEvent) {
         match event {
-            RunnerEvent::JobStarted { runner, job_id } => {
+            RunnerEvent::JobStarted { runner, job_id, .. } => {
                 lock(&self.inner.started).insert((runner.clone(), *job_id), Instant::now());
                 self.job_started(runner);
             }
@@ -352,6 +407,7 @@ impl Metrics {
                 runner,
                 job_id,
                 outcome,
+                ..
             } => {
                 let began = lock(&self.inner.started).remove(&(runner.clone(), *job_id));
                 let duration = began.map(|t| t.elapsed()).unwrap_or_default();
@@ -393,6 +449,37 @@ impl Metrics {
             load1: h.load.map(|l| l.one),
             clock_skew_seconds: h.clock_skew_seconds,
         });
+    }
+
+    /// The budgets after a collection, and what it removed.
+    pub fn set_disk(&self, r: &crate::disk::DiskReport, gc: &drover_job::executor::GcReport) {
+        let i = &self.inner;
+        let k = |s: &str| KindLabels { kind: s.into() };
+        for (name, used, max, count) in [
+            (
+                "volumes",
+                r.volumes.bytes,
+                r.volumes.max_bytes,
+                Some(r.volumes.count),
+            ),
+            (
+                "images",
+                r.images.bytes,
+                r.images.max_bytes,
+                Some(r.images.count),
+            ),
+            ("cache", r.cache.bytes, r.cache.max_bytes(), None),
+        ] {
+            i.kept_bytes.get_or_create(&k(name)).set(clamp(used));
+            i.kept_budget.get_or_create(&k(name)).set(clamp(max));
+            if let Some(c) = count {
+                i.kept_count.get_or_create(&k(name)).set(clamp(c));
+            }
+        }
+        for x in &gc.removed {
+            i.gc_removed.get_or_create(&k(x.kind.as_str())).inc();
+        }
+        i.gc_freed.inc_by(gc.freed_bytes);
     }
 
     fn labels(&self, runner_name: &str) -> RunnerLabels {

@@ -80,6 +80,7 @@ fn jobs_are_counted_per_runner_with_gitlab_runner_labels() {
     m.observe_event(&RunnerEvent::JobStarted {
         runner: "edge".into(),
         job_id: 7,
+        queue_wait: None,
     });
     let s = parse(&m.encode().unwrap());
     let running = [
@@ -119,6 +120,8 @@ fn jobs_are_counted_per_runner_with_gitlab_runner_labels() {
             reason: FailureReason::ScriptFailure,
             exit_code: Some(1),
         },
+        duration: Duration::from_secs(1),
+        queue_wait: None,
     });
     m.job_started("edge");
     m.job_finished("edge", &JobOutcome::Success, Duration::from_secs(45));
@@ -297,6 +300,7 @@ fn host_values_appear_once_known() {
         load: None,
         clock_skew_seconds: Some(-1.5),
         errors: vec![],
+        disk_budgets: None,
     });
     let s = parse(&m.encode().unwrap());
     assert_eq!(get(&s, "drover_agent_docker_up", &[]), Some(1.0));
@@ -420,4 +424,38 @@ fn free_text_runner_names_are_escaped_in_every_family() {
             .count();
         assert_eq!(unescaped_quotes % 2, 0, "{line}");
     }
+}
+
+#[test]
+fn image_deliveries_are_counted_from_zero() {
+    let m = Metrics::new();
+    let s = parse(&m.encode().unwrap());
+    for name in [
+        "drover_agent_image_bytes_received_total",
+        "drover_agent_image_loads_total",
+        "drover_agent_image_fetch_failures_total",
+        "drover_agent_image_transfer_interruptions_total",
+    ] {
+        assert_eq!(get(&s, name, &[]), Some(0.0), "{name}");
+    }
+    m.images().received(65_536);
+    m.images().received(10);
+    m.images().loaded();
+    m.images().failed();
+    m.images().interrupted();
+    m.images().interrupted();
+    let s = parse(&m.encode().unwrap());
+    assert_eq!(
+        get(&s, "drover_agent_image_bytes_received_total", &[]),
+        Some(65_546.0)
+    );
+    assert_eq!(get(&s, "drover_agent_image_loads_total", &[]), Some(1.0));
+    assert_eq!(
+        get(&s, "drover_agent_image_fetch_failures_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(&s, "drover_agent_image_transfer_interruptions_total", &[]),
+        Some(2.0)
+    );
 }

@@ -24,6 +24,8 @@ pub(crate) struct JobRun {
     pub tracking: crate::inflight::JobTracking,
     /// Fired by "stop at once".
     pub stop_now: CancellationToken,
+    /// Why `stop_now` fired when it was not a shutdown.
+    pub stop_reason: Arc<std::sync::OnceLock<String>>,
     pub slot: u32,
     /// The runner's job tracker: the trace uploader's task goes there.
     pub tasks: tokio_util::task::TaskTracker,
@@ -41,9 +43,19 @@ pub fn job_secrets(job: &JobResponse) -> Vec<SecretString> {
     v
 }
 
+/// How long GitLab queued a job, from `job_info.time_in_queue_seconds`: `None` when GitLab
+/// did not say (0, as Go reads `null`) or the value is not a duration.
+pub fn queue_wait(info: &drover_gitlab::types::JobInfo) -> Option<std::time::Duration> {
+    let v = info.time_in_queue_seconds;
+    (v.is_finite() && v > 0.0 && v <= 31.0 * 86_400.0)
+        .then(|| std::time::Duration::from_secs_f64(v))
+}
+
 /// A started job's trace and uploader.
 struct Started {
     job_id: i64,
+    began: std::time::Instant,
+    queue_wait: Option<std::time::Duration>,
     sink: TraceSink,
     uploader: TraceUploader,
     cancel: CancellationToken,
@@ -74,6 +86,7 @@ impl JobRun {
             &job.token,
             &secrets,
             job.features.failure_reasons.clone(),
+            queue_wait(&job.job_info),
         );
         let s = &self.settings;
         let ctx = JobContext {
@@ -90,9 +103,13 @@ impl JobRun {
             .await;
         // The executor wrote the result line; only a shutdown adds why the job was canceled.
         if self.stop_now.is_cancelled() && outcome == JobOutcome::Canceled {
-            started
-                .sink
-                .write_line("\x1b[31;1mERROR: Job failed: aborted: shutting down\x1b[0;m");
+            let why = self
+                .stop_reason
+                .get()
+                .map_or("shutting down", String::as_str);
+            started.sink.write_line(&format!(
+                "\x1b[31;1mERROR: Job failed: aborted: {why}\x1b[0;m"
+            ));
             outcome = JobOutcome::Failed {
                 reason: FailureReason::RunnerSystemFailure,
                 exit_code: None,
@@ -115,6 +132,7 @@ impl JobRun {
             &job.token,
             std::slice::from_ref(&job.token),
             job.failure_reasons,
+            None,
         );
         started.sink.write_line(&format!(
             "\x1b[31;1mERROR: Job failed (system failure): {}\x1b[0;m",
@@ -134,6 +152,7 @@ impl JobRun {
         token: &SecretString,
         secrets: &[SecretString],
         failure_reasons: Vec<String>,
+        queue_wait: Option<std::time::Duration>,
     ) -> Started {
         let s = &self.settings;
         let sink = TraceSink::with_masks(secrets, s.output_limit);
@@ -166,11 +185,12 @@ impl JobRun {
         self.emit(RunnerEvent::JobStarted {
             runner: s.name.clone(),
             job_id,
+            queue_wait,
         });
         tracing::info!(runner = %s.name, job = job_id, slot = self.slot, "job started");
         sink.write_line(&format!(
             "\x1b[0KRunning with drover-agent {}\x1b[0;m",
-            env!("CARGO_PKG_VERSION")
+            drover_runtime::version()
         ));
         sink.write_line(&format!(
             "\x1b[0K  on {} {}, system ID: {}\x1b[0;m",
@@ -178,6 +198,8 @@ impl JobRun {
         ));
         Started {
             job_id,
+            began: std::time::Instant::now(),
+            queue_wait,
             sink,
             uploader,
             cancel,
@@ -211,6 +233,8 @@ impl JobRun {
             runner: s.name.clone(),
             job_id,
             outcome: outcome.clone(),
+            duration: started.began.elapsed(),
+            queue_wait: started.queue_wait,
         });
         outcome
     }
@@ -218,6 +242,26 @@ impl JobRun {
     fn emit(&self, e: RunnerEvent) {
         if let Some(tx) = &self.events {
             let _ = tx.send(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod queue_wait_tests {
+    use drover_gitlab::types::JobInfo;
+
+    #[test]
+    fn queue_wait_is_known_only_when_gitlab_said() {
+        let info = |v: f64| JobInfo {
+            time_in_queue_seconds: v,
+            ..JobInfo::default()
+        };
+        assert_eq!(
+            super::queue_wait(&info(1.25)),
+            Some(std::time::Duration::from_millis(1250))
+        );
+        for unknown in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e12] {
+            assert_eq!(super::queue_wait(&info(unknown)), None, "{unknown}");
         }
     }
 }

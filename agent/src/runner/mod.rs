@@ -70,6 +70,9 @@ pub struct Shutdown {
     pub now: CancellationToken,
     /// Stop requesting, let running jobs finish, return.
     pub graceful: CancellationToken,
+    /// Why `now` fired when it was not a shutdown (set before it fires): the trace line of
+    /// a job it cancels says so (`agent is draining ...`).
+    pub reason: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Shutdown {
@@ -353,6 +356,7 @@ impl Loop {
             events: self.deps.events.clone(),
             tracking: self.deps.tracking.clone(),
             stop_now: self.shutdown.now.clone(),
+            stop_reason: self.shutdown.reason.clone(),
             slot: slot.number(),
             tasks: self.jobs.clone(),
         };

@@ -118,25 +118,25 @@ impl RunnerStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunnerEvent {
     /// GitLab answered the loop's first job request (`201`/`204`): the token works.
-    Connected {
-        runner: String,
-    },
+    Connected { runner: String },
     /// GitLab refused the token: the runner stopped requesting jobs.
-    NeedsRegistration {
-        runner: String,
-        endpoint: String,
-    },
+    NeedsRegistration { runner: String, endpoint: String },
     JobStarted {
         runner: String,
         job_id: i64,
+        /// How long GitLab queued it (`job_info.time_in_queue_seconds`); `None` when
+        /// GitLab did not say.
+        queue_wait: Option<std::time::Duration>,
     },
     JobFinished {
         runner: String,
         job_id: i64,
         outcome: JobOutcome,
+        /// How long it ran (monotonic clock).
+        duration: std::time::Duration,
+        /// How long GitLab queued it, as in `JobStarted`.
+        queue_wait: Option<std::time::Duration>,
     },
     /// The loop ended (all its jobs are done).
-    Stopped {
-        runner: String,
-    },
+    Stopped { runner: String },
 }

@@ -24,11 +24,14 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use crate::disk::{DiskKeeper, GC_INTERVAL, KeeperOptions};
 use crate::engine::{Engine, GitLabFactory};
+use crate::health::{ProcProbe, Thresholds};
 use crate::inflight::{InflightStore, JobTracking, Recovered};
 use crate::janitor::{DEFAULT_JANITOR_INTERVAL, Janitor, RunningJobs};
 use crate::metrics::Metrics;
 use crate::shutdown::{TASKS_WAIT, Tree};
+use crate::stop_signals::{Stop, StopSignals};
 use drover_gitlab::{ClientOptions, GitLab, HttpGitLab};
 use drover_job::executor::{ConnectOptions, DockerExecutor, StorageOptions};
 
@@ -83,10 +86,28 @@ async fn run_in(opts: StandaloneOptions, tree: &Tree) -> anyhow::Result<()> {
         "standalone mode"
     );
 
+    let storage = StorageOptions::in_state_dir(&opts.state_dir);
     let docker = DockerExecutor::connect(ConnectOptions::default())
         .await
         .context("connect to the docker engine")?
-        .with_storage(StorageOptions::new(opts.state_dir.join("data")));
+        .with_storage(storage.clone());
+    let metrics = Metrics::new();
+    // Disk budgets: the keeper collects with the plain executor; jobs record their uses in
+    // its ledger and collect first when the disk is low.
+    let keeper = DiskKeeper::new(KeeperOptions {
+        agent_id: agent_id.clone(),
+        state_dir: opts.state_dir.clone(),
+        data_dir: storage.data_dir.clone(),
+        cache_max_bytes: storage.cache_max_bytes,
+        probe: Arc::new(ProcProbe::default()),
+        thresholds: Thresholds::default(),
+        metrics: Some(metrics.clone()),
+        docker: Some(docker.clone()),
+        runners_source: None,
+        publish: true,
+    });
+    keeper.set_runners(&parsed.config.runners);
+    let docker = docker.with_disk(keeper.ledger(), Some(Arc::new(keeper.clone())));
 
     // Jobs a previous run left unfinished (kill -9, crash): report them failed.
     let inflight = InflightStore::new(&opts.state_dir);
@@ -124,18 +145,25 @@ async fn run_in(opts: StandaloneOptions, tree: &Tree) -> anyhow::Result<()> {
         janitor.run(DEFAULT_JANITOR_INTERVAL, tree.service()),
     );
 
+    tasks.spawn(
+        "disk collector",
+        keeper.clone().run(GC_INTERVAL, tree.service()),
+    );
+
     let docker = Arc::new(docker);
-    let observed = observe::Observed::new(Metrics::new(), system_id.clone());
+    let observed = observe::Observed::new(metrics, system_id.clone()).with_disk(keeper.clone());
     if let Some(addr) = metrics_addr {
         observe::start_server(tasks, addr, observed.metrics.clone(), tree.service()).await?;
-        observe::spawn_host_probe(
-            tasks,
-            docker.clone(),
-            observed.metrics.clone(),
-            opts.state_dir.clone(),
-            tree.service(),
-        );
     }
+    // The host probe feeds the metrics and, when the disk is low, collects first.
+    observe::spawn_host_probe(
+        tasks,
+        docker.clone(),
+        observed.metrics.clone(),
+        opts.state_dir.clone(),
+        Some(keeper),
+        tree.service(),
+    );
     let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
     observe::spawn_event_feed(tasks, events_rx, observed.metrics.clone(), tree.service());
 
@@ -198,7 +226,8 @@ fn http_factory(metrics: Metrics) -> GitLabFactory {
 }
 
 /// Waits for signals and for runner loops until every loop has ended. SIGTERM and SIGINT
-/// cancel `root`; `stop` (the engine's child of it) stops at once.
+/// cancel `root`; `stop` (the engine's child of it) stops at once; SIGQUIT stops
+/// gracefully (see [`crate::stop_signals`]).
 async fn serve(
     engine: &mut Engine,
     config: &std::path::Path,
@@ -207,27 +236,25 @@ async fn serve(
     root: &CancellationToken,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let mut quit = signal(SignalKind::quit()).context("install SIGQUIT handler")?;
+    let mut stops = StopSignals::install()?;
     let mut hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
     let mut failures: Vec<String> = Vec::new();
     // Set by the first forceful stop: the process exits by then whatever is left.
     let mut deadline: Option<tokio::time::Instant> = None;
     while engine.running() > 0 {
         tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: canceling running jobs and stopping");
-                root.cancel();
-                engine.stop_now();
-                deadline.get_or_insert(tokio::time::Instant::now() + shutdown_timeout);
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: canceling running jobs and stopping");
-                root.cancel();
-                engine.stop_now();
-                deadline.get_or_insert(tokio::time::Instant::now() + shutdown_timeout);
-            }
+            stop = stops.next() => match stop {
+                Stop::Now(name) => {
+                    tracing::info!("{name}: canceling running jobs and stopping");
+                    root.cancel();
+                    engine.stop_now();
+                    deadline.get_or_insert(tokio::time::Instant::now() + shutdown_timeout);
+                }
+                Stop::Graceful => {
+                    tracing::info!("SIGQUIT: taking no new jobs; stopping when running jobs finish");
+                    engine.stop_graceful();
+                }
+            },
             // The root cancelled by the caller (not by a signal above): stop at once too.
             _ = stop.cancelled(), if deadline.is_none() => {
                 tracing::info!("stop requested: canceling running jobs and stopping");
@@ -240,10 +267,6 @@ async fn serve(
                     shutdown_timeout.as_secs(),
                     engine.running()
                 );
-            }
-            _ = quit.recv() => {
-                tracing::info!("SIGQUIT: taking no new jobs; stopping when running jobs finish");
-                engine.stop_graceful();
             }
             _ = hup.recv() => {
                 if engine.stopping() {

@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::disk::DiskKeeper;
 use crate::engine::Engine;
 use crate::health::{self, ClockSkew, DockerStatus, HostProbe, ProcProbe};
 use crate::metrics::{Metrics, RunnerInfo, RunnerLabels, UnitSource, UnitStatus};
@@ -112,6 +113,7 @@ pub struct Observed {
     pub metrics: Metrics,
     units: Arc<EngineUnits>,
     system_id: String,
+    disk: Option<DiskKeeper>,
 }
 
 impl Observed {
@@ -123,7 +125,14 @@ impl Observed {
             metrics,
             units,
             system_id,
+            disk: None,
         }
+    }
+
+    /// The disk keeper whose budget follows each applied configuration.
+    pub fn with_disk(mut self, keeper: DiskKeeper) -> Self {
+        self.disk = Some(keeper);
+        self
     }
 
     /// After `engine` applied `config`: runner labels, `concurrent`, the unit list.
@@ -133,6 +142,9 @@ impl Observed {
         self.metrics
             .set_concurrent(config.concurrent.unwrap_or(1).max(1));
         self.units.refresh(engine);
+        if let Some(k) = &self.disk {
+            k.set_runners(&config.runners);
+        }
     }
 }
 
@@ -207,6 +219,7 @@ pub fn spawn_host_probe(
     docker: Arc<DockerExecutor>,
     metrics: Metrics,
     state_dir: PathBuf,
+    disk: Option<DiskKeeper>,
     stop: CancellationToken,
 ) {
     tasks.spawn("host probe", async move {
@@ -215,7 +228,18 @@ pub fn spawn_host_probe(
         let thresholds = health::Thresholds::default();
         let mut last_kinds = Vec::new();
         loop {
-            let h = snapshot(&docker, &probe, &skew, &state_dir).await;
+            let mut h = snapshot(&docker, &probe, &skew, &state_dir).await;
+            // Disk low: collect first, then report what was freed and what remains.
+            if let Some(k) = &disk
+                && is_disk_low(&health::degraded_reasons(&h, &thresholds))
+                && k.on_disk_low().await.is_some()
+            {
+                h = snapshot(&docker, &probe, &skew, &state_dir).await;
+            }
+            h.disk_budgets = disk
+                .as_ref()
+                .and_then(DiskKeeper::report)
+                .map(|r| health::DiskBudgets::from_report(&r));
             metrics.set_host(&h);
             let reasons = health::degraded_reasons(&h, &thresholds);
             match degraded_change(&mut last_kinds, &reasons) {
@@ -229,6 +253,11 @@ pub fn spawn_host_probe(
             }
         }
     });
+}
+
+/// Whether one of `reasons` is a low disk.
+pub fn is_disk_low(reasons: &[String]) -> bool {
+    reasons.iter().any(|r| r.starts_with("disk low"))
 }
 
 /// What changed in the host's degraded reasons since the last snapshot.

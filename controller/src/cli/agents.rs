@@ -40,6 +40,13 @@ pub fn agent_json(a: &v1::AgentInfo) -> serde_json::Value {
         "cert_not_after": ts(&a.cert_not_after),
         "target_generation": a.target_generation,
         "last_heartbeat": ts(&a.last_heartbeat),
+        "draining": a.draining,
+        "upgrade": (a.upgrade_step != 0).then(|| serde_json::json!({
+            "step": drover_proto::names::name_of::<v1::UpgradeStep>(a.upgrade_step, ""),
+            "detail": a.upgrade_detail,
+        })),
+        "drain_requested_at": ts(&a.drain_requested_at),
+        "drain_deadline_at": ts(&a.drain_deadline_at),
         "runners": a.runners.iter().map(|r| serde_json::json!({
             "name": r.name,
             "state": r.state,
@@ -153,5 +160,16 @@ mod tests {
         assert!(t.contains("degraded"));
         assert!(t.contains("runner lab"), "{t}");
         assert!(t.contains("site=lab"));
+    }
+
+    #[test]
+    fn json_says_whether_the_agent_is_draining() {
+        let mut a = v1::AgentInfo {
+            id: "a1".into(),
+            ..Default::default()
+        };
+        assert_eq!(agent_json(&a)["draining"], serde_json::json!(false));
+        a.draining = true;
+        assert_eq!(agent_json(&a)["draining"], serde_json::json!(true));
     }
 }

@@ -84,6 +84,28 @@ pub fn describe_text(
     );
     kv("Last heartbeat", ago(&a.last_heartbeat));
     kv(
+        "Draining",
+        if a.draining {
+            "yes (takes no new jobs)"
+        } else {
+            "no"
+        }
+        .to_string(),
+    );
+    if a.drain_requested_at.is_some() {
+        let deadline = ts(&a.drain_deadline_at).map_or_else(
+            || "running jobs finish".to_string(),
+            |d| format!("jobs canceled at {d}"),
+        );
+        kv(
+            "Drain",
+            format!(
+                "asked at {} ({deadline})",
+                ts(&a.drain_requested_at).unwrap_or_default()
+            ),
+        );
+    }
+    kv(
         "Generation",
         format!("{} (target {})", a.applied_generation, a.target_generation),
     );
@@ -110,6 +132,13 @@ pub fn describe_text(
             kv(
                 "Disk (builds)",
                 bytes_pair(h.builds_disk_free_bytes, h.builds_disk_total_bytes),
+            );
+            kv(
+                "Disk budgets",
+                h.disk_budgets
+                    .as_ref()
+                    .map(|b| crate::wire::report::disk_budgets_in(b).summary())
+                    .unwrap_or_else(|| "not reported".into()),
             );
             kv(
                 "Memory",
@@ -237,6 +266,10 @@ pub async fn run(cli: &super::Cli, cmd: &DescribeCommand) -> anyhow::Result<()> 
                     "memory_total_bytes": host.memory_total_bytes,
                     "load1": host.load1,
                     "clock_skew_seconds": host.clock_skew_seconds,
+                    "disk_budgets": host
+                        .disk_budgets
+                        .as_ref()
+                        .map(|b| crate::wire::report::disk_budgets_in(b).to_json()),
                 }),
                 None => serde_json::Value::Null,
             };
@@ -298,5 +331,15 @@ mod tests {
         }
         assert!(t.contains("  11-14 22:13:20  agent-state"), "{t}");
         assert!(t.contains("Load (1 min):     not reported"), "{t}");
+        assert!(t.contains("Draining:         no"), "{t}");
+        let drained = v1::AgentInfo {
+            draining: true,
+            ..a
+        };
+        let t = describe_text(&drained, &[], &[], false);
+        assert!(
+            t.contains("Draining:         yes (takes no new jobs)"),
+            "{t}"
+        );
     }
 }

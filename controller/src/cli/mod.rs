@@ -4,8 +4,15 @@
 
 pub mod agent;
 pub mod agents;
+pub mod backup;
+pub mod completion;
 pub mod describe;
+pub mod drain;
+pub mod environment;
 pub mod events;
+pub mod image;
+pub mod jobs;
+pub mod man;
 pub mod output;
 pub mod read;
 pub mod rollout;
@@ -13,6 +20,7 @@ pub mod runner;
 pub mod serve;
 pub mod status;
 pub mod token;
+pub mod upgrade;
 
 use std::path::PathBuf;
 
@@ -23,7 +31,7 @@ use crate::datadir::DataDir;
 
 /// Drover controller and admin CLI.
 #[derive(Debug, clap::Parser)]
-#[command(name = "drover", version, about, after_help = drover_proto::LOG_HELP)]
+#[command(name = "drover", version = drover_runtime::version(), about, after_help = environment::help())]
 pub struct Cli {
     /// The controller's data dir (state, CA, admin credentials, bound address).
     #[arg(
@@ -45,7 +53,7 @@ pub struct Cli {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Run the controller.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage enrollment tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -58,6 +66,8 @@ pub enum Command {
     Describe(describe::DescribeCommand),
     /// Fleet events: state changes, connects, runner and job events, rollout steps.
     Events(events::EventsArgs),
+    /// The fleet's recent jobs: agent, runner, state, failure reason, duration, queue wait.
+    Jobs(jobs::JobsArgs),
     /// Act on one agent.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
@@ -67,6 +77,16 @@ pub enum Command {
     /// Rollouts of runner spec generations: status, undo.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
+    /// Images for air-gapped boxes: push (only missing layers travel), ls.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Copy the running controller's SQLite database into FILE (consistent, 0600).
+    Backup(backup::BackupArgs),
+    /// Print the shell completion script: `source <(drover completion bash)`.
+    Completion(completion::CompletionArgs),
+    /// Write the man pages into a directory (packaging).
+    #[command(hide = true)]
+    Man(man::ManArgs),
 }
 
 impl Cli {
@@ -94,9 +114,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(&cli, args).await,
         Command::Describe(cmd) => describe::run(&cli, cmd).await,
         Command::Events(args) => events::run(&cli, args).await,
+        Command::Jobs(args) => jobs::run(&cli, args).await,
         Command::Agent(cmd) => agent::run(&cli, cmd).await,
         Command::Runner(cmd) => runner::run(&cli, cmd).await,
         Command::Rollout(cmd) => rollout::run(&cli, cmd).await,
+        Command::Image(cmd) => image::run(&cli, cmd).await,
+        Command::Backup(args) => backup::run(&cli, args).await,
+        Command::Completion(args) => completion::run(args),
+        Command::Man(args) => man::run(args),
     }
 }
 

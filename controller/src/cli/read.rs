@@ -54,6 +54,12 @@ pub fn event(mut e: v1::Event) -> v1::Event {
     e
 }
 
+/// A job: `state` from the enum, else the stored name.
+pub fn job(mut j: v1::Job) -> v1::Job {
+    j.state = name_of::<v1::JobState>(j.job_state, &j.state);
+    j
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

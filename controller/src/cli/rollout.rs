@@ -47,7 +47,16 @@ pub fn status_json(s: &v1::RolloutStatusResponse) -> serde_json::Value {
         "generation": s.generation,
         "state": s.state,
         "reason": s.reason,
-        "strategy": {"kind": strategy.kind, "max_unavailable": strategy.max_unavailable},
+        "strategy": {
+            "kind": strategy.kind,
+            "max_unavailable": strategy.max_unavailable,
+            "gate": strategy.gated.then(|| serde_json::json!({
+                "canary": strategy.canary,
+                "window_seconds": strategy.gate_window_seconds,
+                "max_failure_ratio": strategy.max_failure_ratio,
+                "auto_rollback": strategy.auto_rollback,
+            })),
+        },
         "created_at": s.created_at.as_ref().and_then(timefmt::from_proto).map(timefmt::rfc3339),
         "agents": s.agents.iter().map(|a| serde_json::json!({
             "id": a.agent_id,
@@ -77,6 +86,19 @@ fn print_status(s: &v1::RolloutStatusResponse, format: Format) -> anyhow::Result
                     format!(" ({})", output::clean(&s.reason))
                 }
             );
+            if let Some(g) = s.strategy.as_ref().filter(|g| g.gated) {
+                text.push_str(&format!(
+                    "gated: canary {}, window {}s, max failure ratio {}{}\n",
+                    g.canary,
+                    g.gate_window_seconds,
+                    g.max_failure_ratio,
+                    if g.auto_rollback {
+                        ", auto-rollback"
+                    } else {
+                        ""
+                    }
+                ));
+            }
             let rows: Vec<Vec<String>> = s
                 .agents
                 .iter()

@@ -8,7 +8,7 @@ use drover_proto::v1;
 
 use super::output::{self, Format};
 use crate::timefmt;
-use crate::tokens::parse_label;
+use crate::tokens::{parse_duration, parse_label};
 
 /// `drover runner ...`
 #[derive(Debug, clap::Subcommand)]
@@ -37,12 +37,43 @@ pub struct StrategyArgs {
     /// Rolling: how many agents may be updating at once.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_unavailable: Option<u32>,
+    /// Gate the rollout on health, first pushing to this many agents only; each batch is
+    /// watched for --gate-window before the next (any gate flag gates the rollout).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub canary: Option<u32>,
+    /// Gated rollout: how long each batch is watched after it applied (default 2m).
+    #[arg(long, value_parser = parse_duration)]
+    pub gate_window: Option<time::Duration>,
+    /// Gated rollout: highest share (0 to 1) of the watched agents' finished jobs that may
+    /// end with a system failure (runner_system_failure, image_pull_failure, api_failure,
+    /// unknown_failure); default 0: any halts. A unit in backoff or a lost agent halts too.
+    #[arg(long, value_parser = parse_ratio)]
+    pub max_failure_ratio: Option<f64>,
+    /// Gated rollout: when the gate halts it, undo it (as `rollout undo`).
+    #[arg(long)]
+    pub auto_rollback: bool,
+}
+
+/// A ratio from 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?}: expected a number from 0 to 1, like 0.1")),
+    }
 }
 
 impl StrategyArgs {
+    /// Whether any gate flag was given.
+    fn gated(&self) -> bool {
+        self.canary.is_some()
+            || self.gate_window.is_some()
+            || self.max_failure_ratio.is_some()
+            || self.auto_rollback
+    }
+
     /// The wire form; `None` lets the controller choose.
     pub fn to_proto(&self) -> Option<v1::RolloutStrategy> {
-        if self.strategy.is_none() && self.max_unavailable.is_none() {
+        if self.strategy.is_none() && self.max_unavailable.is_none() && !self.gated() {
             return None;
         }
         let kind = self.strategy.as_deref().unwrap_or("rolling");
@@ -51,6 +82,13 @@ impl StrategyArgs {
             // `--strategy` takes only the names of this enum.
             strategy_kind: v1::RolloutStrategyKind::from_name(kind).map_or(0, Into::into),
             max_unavailable: self.max_unavailable.unwrap_or(0),
+            gated: self.gated(),
+            canary: self.canary.unwrap_or(0),
+            gate_window_seconds: self
+                .gate_window
+                .map_or(0, |d| u64::try_from(d.whole_seconds()).unwrap_or(0).max(1)),
+            max_failure_ratio: self.max_failure_ratio.unwrap_or(0.0),
+            auto_rollback: self.auto_rollback,
         })
     }
 }

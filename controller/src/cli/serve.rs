@@ -12,11 +12,11 @@ use crate::tokens::parse_duration;
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// gRPC listener for agents and admins (mutual TLS).
-    #[arg(long, default_value = "0.0.0.0:7443")]
+    #[arg(long, default_value = "0.0.0.0:7443", env = "DROVER_LISTEN")]
     pub listen: String,
     /// HTTP listener for the status page, `/metrics` and `/healthz`. Beyond loopback it
     /// needs --http-token or --http-basic-auth.
-    #[arg(long, default_value = "127.0.0.1:7080")]
+    #[arg(long, default_value = "127.0.0.1:7080", env = "DROVER_HTTP_LISTEN")]
     pub http_listen: String,
     /// Token for the status page and `/metrics` (`Authorization: Bearer TOKEN` or
     /// `?token=TOKEN`).
@@ -49,9 +49,15 @@ pub struct ServeArgs {
     pub token_expiry_warning: String,
     /// The store on PostgreSQL: `postgres://USER[:PASSWORD]@HOST:PORT/DB`, with
     /// `?sslmode=require|verify-ca|verify-full&sslrootcert=FILE` for TLS. Default: SQLite in
-    /// the data dir. One controller per database (several replicas: not yet).
+    /// the data dir. Replicas started on one database with the same --secrets-key-file
+    /// form one controller.
     #[arg(long, env = "DROVER_DATABASE_URL", hide_env_values = true)]
     pub database: Option<String>,
+    /// With --database: the key-encryption key sealing the CA and secrets key the
+    /// replicas share in the database (32 bytes, 0600). The first replica creates it when
+    /// missing; give every other replica a copy. Default: DATA_DIR/kek.key.
+    #[arg(long, env = "DROVER_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<std::path::PathBuf>,
     /// Lifetime of issued agent certificates (e.g. `7d`, `10s` in tests).
     #[arg(long, default_value = "7d", hide = true, env = "DROVER_CERT_TTL")]
     pub cert_ttl: String,
@@ -106,6 +112,11 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
             })
         })
         .transpose()?;
+    if args.secrets_key_file.is_some() && database.is_none() {
+        anyhow::bail!(
+            "--secrets-key-file needs --database: it seals the secrets replicas share in PostgreSQL (with SQLite the secrets key is DATA_DIR/secrets.key)"
+        );
+    }
     if let Ok(addr) = args.http_listen.parse::<std::net::SocketAddr>() {
         http_auth.check_listener(addr)?;
     }
@@ -129,6 +140,7 @@ pub async fn run(cli: &super::Cli, args: &ServeArgs) -> anyhow::Result<()> {
             thresholds,
             http_auth,
             database,
+            secrets_key_file: args.secrets_key_file.clone(),
         },
         grpc,
         http,

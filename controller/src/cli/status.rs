@@ -45,6 +45,12 @@ pub fn status_json(s: &v1::FleetStatusResponse) -> serde_json::Value {
             "reason": r.state,
             "agents": r.agents,
         })).collect::<Vec<_>>(),
+        "disk": s.disk.as_ref().map(|d| crate::wire::report::disk_budgets_in(d).to_json()),
+        "versions": s.versions.iter().map(|v| serde_json::json!({
+            "version": v.state,
+            "agents": v.agents,
+        })).collect::<Vec<_>>(),
+        "upgrade": s.upgrade.as_ref().map(super::upgrade::status_json),
     })
 }
 
@@ -85,6 +91,29 @@ pub fn status_text(s: &v1::FleetStatusResponse, colour: bool) -> String {
             } else {
                 format!(" ({})", output::clip(&r.reason, 30))
             }
+        );
+    }
+    if s.versions.len() > 1 {
+        let parts: Vec<String> = s
+            .versions
+            .iter()
+            .map(|v| format!("{} {}", v.agents, output::clip(&v.state, 20)))
+            .collect();
+        let _ = writeln!(out, "Versions: {} (skew)", parts.join(", "));
+    } else if let Some(v) = s.versions.first() {
+        let _ = writeln!(out, "Versions: all {}", output::clip(&v.state, 40));
+    }
+    if let Some(u) = &s.upgrade {
+        let _ = writeln!(out, "Upgrade:  {}", super::upgrade::summary(u));
+    }
+    if let Some(d) = &s.disk {
+        let d = crate::wire::report::disk_budgets_in(d);
+        let _ = writeln!(
+            out,
+            "Disk:     {} agent{}: {}",
+            d.agents,
+            if d.agents == 1 { "" } else { "s" },
+            d.summary()
         );
     }
     if s.problems.is_empty() {

@@ -26,6 +26,8 @@ pub struct RunnerAssignment {
     pub gitlab_runner_id: i64,
     /// When the token expires.
     pub token_expires_at: Option<OffsetDateTime>,
+    /// The `[runners.cache.s3]` secrets, which `spec_json` never carries.
+    pub cache_secrets: drover_proto::spec::CacheSecrets,
 }
 
 /// An agent's answer to a desired state.
@@ -146,6 +148,25 @@ pub struct JobEvent {
     pub failure_reason: String,
     /// When (agent clock); `None` when absent or out of range.
     pub at: Option<OffsetDateTime>,
+    /// How long GitLab queued it; `None` when GitLab did not say or the value is out of
+    /// range.
+    pub queue_wait: Option<std::time::Duration>,
+    /// When it started (agent clock); `None` when absent or out of range.
+    pub started_at: Option<OffsetDateTime>,
+    /// How long it ran (a finished job); `None` when absent or out of range.
+    pub duration: Option<std::time::Duration>,
+}
+
+/// The longest job duration or queue wait taken from an agent (GitLab's longest job
+/// timeout is a month); a longer or unreadable one is read as unknown.
+pub const MAX_JOB_SECONDS: f64 = 31.0 * 86_400.0;
+
+/// A duration an agent sent, in seconds: finite, not negative, at most
+/// [`MAX_JOB_SECONDS`]; anything else is unknown.
+pub fn job_seconds(v: Option<f64>) -> Option<std::time::Duration> {
+    let v = v?;
+    (v.is_finite() && (0.0..=MAX_JOB_SECONDS).contains(&v))
+        .then(|| std::time::Duration::from_secs_f64(v))
 }
 
 /// A job's state in a job event.

@@ -7,6 +7,7 @@
 //! - [`progress`]: where the newest generation's rollout stands, per agent.
 //! - [`selector`]: which agents a runner selects.
 //! - [`rollout`]: pure rollout planning (batches, halt).
+//! - [`gate`]: the pure health gate of a gated rollout (canary, window, failure ratio).
 //! - [`registrar`]: the GitLab seam (`Registrar`, HTTP and fake).
 //! - [`service`]: [`Fleet`], which ties them to the store and the live sessions.
 //!
@@ -19,6 +20,7 @@
 //! creation), and what an agent reports (runner id, token, expiry, `token-invalid`) is a
 //! claim checked against that record and against GitLab before anything is kept or done.
 
+pub mod gate;
 pub mod messages;
 pub mod progress;
 pub mod registrar;
@@ -27,4 +29,4 @@ pub mod selector;
 pub mod service;
 pub mod spec;
 
-pub use service::{ApplyOutcome, ApplyRequest, Claim, Fleet, FleetError};
+pub use service::{ApplyOutcome, ApplyRequest, Claim, Fleet, FleetError, Presence};

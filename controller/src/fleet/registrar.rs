@@ -123,7 +123,7 @@ impl HttpRegistrar {
         }
         let opts = ClientOptions {
             request_timeout: std::time::Duration::from_secs(30),
-            user_agent: format!("drover {}", env!("CARGO_PKG_VERSION")),
+            user_agent: format!("drover {}", drover_runtime::version()),
             ..Default::default()
         };
         let c = HttpGitLab::new(url, opts).map_err(|e| RegistrarError {

@@ -9,7 +9,11 @@
 //! - A refusal of the generation by any agent halts the rollout: nobody else receives it;
 //!   `drover rollout undo` (or a fixed spec) is the way on.
 //! - Complete: every connected agent applied it and none is waiting.
+//! - Gated ([`plan_gated`], `Strategy::gate`): whole batches, one at a time, each watched by
+//!   `crate::fleet::gate` before the next: the first batch is `canary` agents, the next ones
+//!   `max_unavailable`; the gate's halt halts the rollout.
 
+use super::gate::Verdict;
 use crate::store::{RolloutState, Strategy, StrategyKind};
 
 /// What the planner knows about one agent.
@@ -95,6 +99,56 @@ pub fn plan(generation: u64, strategy: Strategy, agents: &[AgentView]) -> Plan {
     }
 }
 
+/// Plans generation `generation` under its strategy's health gate, given the gate's
+/// `verdict` on the agents that applied it; an ungated strategy plans as [`plan`] does.
+pub fn plan_gated(
+    generation: u64,
+    strategy: Strategy,
+    agents: &[AgentView],
+    verdict: &Verdict,
+) -> Plan {
+    let base = plan(generation, strategy, agents);
+    let Some(gate) = strategy.gate else {
+        return base;
+    };
+    if base.state == RolloutState::Halted {
+        return base;
+    }
+    if let Verdict::Halt(reason) = verdict {
+        return Plan {
+            candidates: Vec::new(),
+            budget: 0,
+            state: RolloutState::Halted,
+            reason: reason.clone(),
+        };
+    }
+    let applied = |a: &AgentView| a.ack_generation >= generation && a.ack_error.is_none();
+    let pushed = agents.iter().filter(|a| a.target >= generation).count();
+    let in_flight = agents
+        .iter()
+        .filter(|a| a.connected && a.target >= generation && !applied(a))
+        .count();
+    let batch = usize::try_from(strategy.max_unavailable.max(1)).unwrap_or(usize::MAX);
+    let budget = if in_flight > 0 || *verdict == Verdict::Hold {
+        0
+    } else if pushed == 0 && gate.canary > 0 {
+        usize::try_from(gate.canary).unwrap_or(usize::MAX)
+    } else {
+        batch
+    };
+    let state = if base.candidates.is_empty() && in_flight == 0 && *verdict == Verdict::Pass {
+        RolloutState::Complete
+    } else {
+        RolloutState::Progressing
+    };
+    Plan {
+        candidates: base.candidates,
+        budget,
+        state,
+        reason: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +167,7 @@ mod tests {
         Strategy {
             kind: StrategyKind::Rolling,
             max_unavailable: n,
+            gate: None,
         }
     }
 
@@ -181,10 +236,79 @@ mod tests {
         let all = Strategy {
             kind: StrategyKind::All,
             max_unavailable: 0,
+            gate: None,
         };
         let agents = [view("a", 0, 0, None), view("b", 0, 0, None)];
         assert_eq!(plan(1, all, &agents).budget, 2);
         assert_eq!(plan(1, all, &[]).state, RolloutState::Complete);
+    }
+
+    fn gated(canary: u32, batch: u32) -> Strategy {
+        Strategy {
+            kind: StrategyKind::Rolling,
+            max_unavailable: batch,
+            gate: Some(crate::store::Gate {
+                canary,
+                window_secs: 60,
+                max_failure_permille: 0,
+                auto_rollback: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn gated_rollouts_go_canary_first_then_batches_after_each_window() {
+        let s = gated(1, 2);
+        let fresh = [
+            view("a", 1, 1, None),
+            view("b", 1, 1, None),
+            view("c", 1, 1, None),
+            view("d", 1, 1, None),
+        ];
+        let p = plan_gated(2, s, &fresh, &Verdict::Pass);
+        assert_eq!((p.budget, p.state), (1, RolloutState::Progressing));
+        // The canary is in flight: nothing more.
+        let canary_pushed = [
+            view("a", 2, 1, None),
+            view("b", 1, 1, None),
+            view("c", 1, 1, None),
+            view("d", 1, 1, None),
+        ];
+        assert_eq!(plan_gated(2, s, &canary_pushed, &Verdict::Pass).budget, 0);
+        // Applied, in its window: held.
+        let canary_applied = [
+            view("a", 2, 2, None),
+            view("b", 1, 1, None),
+            view("c", 1, 1, None),
+            view("d", 1, 1, None),
+        ];
+        let p = plan_gated(2, s, &canary_applied, &Verdict::Hold);
+        assert_eq!((p.budget, p.state), (0, RolloutState::Progressing));
+        // Window passed: a batch of max_unavailable.
+        assert_eq!(plan_gated(2, s, &canary_applied, &Verdict::Pass).budget, 2);
+        // The gate halts: nobody else, halted with its reason.
+        let p = plan_gated(2, s, &canary_applied, &Verdict::Halt("bad".into()));
+        assert_eq!(
+            (p.budget, p.state, p.reason.as_str()),
+            (0, RolloutState::Halted, "bad")
+        );
+        // Everyone applied: complete only once the last window passed.
+        let done = [
+            view("a", 2, 2, None),
+            view("b", 2, 2, None),
+            view("c", 2, 2, None),
+            view("d", 2, 2, None),
+        ];
+        assert_eq!(
+            plan_gated(2, s, &done, &Verdict::Hold).state,
+            RolloutState::Progressing
+        );
+        assert_eq!(
+            plan_gated(2, s, &done, &Verdict::Pass).state,
+            RolloutState::Complete
+        );
+        // Ungated strategies ignore the verdict.
+        assert_eq!(plan_gated(2, rolling(2), &fresh, &Verdict::Hold).budget, 2);
     }
 
     #[test]

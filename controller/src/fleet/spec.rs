@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use drover_gitlab::RegisterOptions;
-use drover_proto::spec::{ParseMode, RunnerConfig, SpecError, parse_with};
+use drover_proto::spec::{CacheSecrets, ParseMode, RunnerConfig, SpecError, parse_with};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
@@ -50,8 +50,18 @@ pub fn agent_spec_json(r: &RunnerConfig) -> String {
     r.token = None;
     r.registration_token = None;
     r.runner_creation_token = None;
+    // They travel in the assignment's own fields ([`cache_secrets`]).
+    CacheSecrets::take(&mut r);
     serde_json::to_string(&r).unwrap_or_else(|_| "{}".into())
 }
+
+/// The `[runners.cache.s3]` secrets of `r`, delivered beside [`agent_spec_json`].
+pub fn cache_secrets(r: &RunnerConfig) -> CacheSecrets {
+    CacheSecrets::take(&mut r.clone())
+}
+
+/// Secret keys of `[runners.cache.s3]`, redacted wherever the spec is shown.
+const CACHE_SECRET_KEYS: [&str; 3] = ["AccessKey", "SecretKey", "SessionToken"];
 
 /// The spec as JSON with every secret replaced by `<redacted>`.
 pub fn redacted_json(r: &RunnerConfig) -> serde_json::Value {
@@ -60,6 +70,17 @@ pub fn redacted_json(r: &RunnerConfig) -> serde_json::Value {
         for k in ["token", "registration_token", "runner_creation_token"] {
             if o.contains_key(k) {
                 o.insert(k.into(), "<redacted>".into());
+            }
+        }
+        if let Some(s3) = o
+            .get_mut("cache")
+            .and_then(|c| c.get_mut("s3"))
+            .and_then(|s| s.as_object_mut())
+        {
+            for k in CACHE_SECRET_KEYS {
+                if s3.contains_key(k) {
+                    s3.insert(k.into(), "<redacted>".into());
+                }
             }
         }
     }
@@ -190,7 +211,15 @@ pub fn diff(old: &[RunnerConfig], new: &[RunnerConfig]) -> Vec<Change> {
                         format!("{k}: {} -> {}", show(fa.get(k)), show(fb.get(k)))
                     })
                     .collect();
+                let (ca, cb) = (cache_secrets(a), cache_secrets(b));
                 for (k, x, y) in [
+                    ("cache.s3.AccessKey", &ca.access_key, &cb.access_key),
+                    ("cache.s3.SecretKey", &ca.secret_key, &cb.secret_key),
+                    (
+                        "cache.s3.SessionToken",
+                        &ca.session_token,
+                        &cb.session_token,
+                    ),
                     ("token", &a.token, &b.token),
                     (
                         "registration_token",

@@ -119,6 +119,9 @@ pub struct Input<'a> {
     pub refusal: Option<&'a str>,
     /// When a second process with this agent's identity was last refused.
     pub duplicate_at: Option<OffsetDateTime>,
+    /// Connected to another replica: the host-health reasons that replica stored (its
+    /// heartbeats are not seen here).
+    pub elsewhere_reasons: &'a [String],
 }
 
 /// The outcome: a state and its reasons (empty when healthy).
@@ -217,8 +220,9 @@ pub fn evaluate(i: &Input<'_>, t: &Thresholds) -> Evaluation {
             short_duration(i.now - at)
         ));
     }
-    if let Some(hb) = i.heartbeat {
-        reasons.extend(heartbeat_reasons(hb, i, t));
+    match i.heartbeat {
+        Some(hb) => reasons.extend(heartbeat_reasons(hb, i, t)),
+        None => reasons.extend(i.elsewhere_reasons.iter().cloned()),
     }
     if let Some(e) = i.refusal {
         reasons.push(format!("generation refused: {} ({e})", i.target_generation));
@@ -413,6 +417,7 @@ mod tests {
             behind_since: None,
             refusal: None,
             duplicate_at: None,
+            elsewhere_reasons: &[],
         }
     }
 

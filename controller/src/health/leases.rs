@@ -43,6 +43,21 @@ pub struct Lease {
     instance: String,
     /// When a second process with this identity was last refused.
     pub duplicate_at: Option<OffsetDateTime>,
+    /// Its session is on another replica: `last_contact` and `applied_generation` come
+    /// from the store ([`Leases::merge_stored`]); its heartbeats are not seen here.
+    pub elsewhere: bool,
+    /// While `elsewhere`: the host-health reasons the replica holding its session stored
+    /// ([`Leases::merge_host_reasons`]).
+    pub elsewhere_reasons: Vec<String>,
+    /// The host-health reasons this replica last stored for it ([`Leases::take_host_reasons`]).
+    stored_reasons: Vec<String>,
+}
+
+impl Lease {
+    /// Connected here, or on another replica that wrote its last contact within `within`.
+    pub fn is_live(&self, now: OffsetDateTime, within: Duration) -> bool {
+        self.connected || (self.elsewhere && self.last_contact.is_some_and(|at| now - at <= within))
+    }
 }
 
 /// A second process presenting an agent's identity while the first is connected and
@@ -126,6 +141,87 @@ impl Leases {
         }
     }
 
+    /// With several replicas: agents whose stored last contact is newer than this table's
+    /// and who have no session here are connected to another replica (which writes their
+    /// last contact every few seconds): their lease follows the store.
+    pub fn merge_stored(&self, agents: &[AgentRecord]) {
+        let mut g = self.lock();
+        for a in agents {
+            let l = g.1.entry(a.id.clone()).or_default();
+            l.revoked |= a.revoked_at.is_some();
+            if l.connected {
+                continue;
+            }
+            if let Some(seen) = a.last_seen
+                && l.last_contact.is_none_or(|c| seen > c)
+            {
+                l.last_contact = Some(seen);
+                l.heartbeat_at = None;
+                l.heartbeat = None;
+                l.seen_since_start = true;
+                l.elsewhere = true;
+                l.applied_generation = a.applied_generation;
+                if !a.facts.ips.is_empty() {
+                    l.ips = a.facts.ips.clone();
+                }
+            }
+        }
+    }
+
+    /// With several replicas: the host-health reasons other replicas stored, for the agents
+    /// connected to them.
+    pub fn merge_host_reasons(&self, stored: &std::collections::BTreeMap<String, Vec<String>>) {
+        let mut g = self.lock();
+        for (id, l) in g.1.iter_mut() {
+            if l.elsewhere && !l.connected {
+                l.elsewhere_reasons = stored.get(id).cloned().unwrap_or_default();
+            }
+        }
+    }
+
+    /// With several replicas: the host-health reasons of the agents connected here, for the
+    /// other replicas, evaluated from their heartbeats alone (no rollout, no lease state):
+    /// every agent that has some (rewritten each time, so a replica that cleared them after
+    /// the agent left does not hide them), and an empty list for one whose reasons went
+    /// away or that left this replica.
+    pub fn take_host_reasons(&self, t: &Thresholds) -> Vec<(String, Vec<String>)> {
+        let now = self.clock.now();
+        let started_at = self.started_at;
+        let mut g = self.lock();
+        let mut out = Vec::new();
+        for (id, l) in g.1.iter_mut() {
+            let reasons = if l.connected {
+                evaluate(
+                    &Input {
+                        now,
+                        started_at,
+                        revoked: false,
+                        connected: true,
+                        seen_since_start: true,
+                        last_contact: Some(now),
+                        heartbeat: l.heartbeat.as_ref(),
+                        heartbeat_at: Some(now),
+                        applied_generation: l.applied_generation,
+                        target_generation: l.applied_generation,
+                        behind_since: None,
+                        refusal: None,
+                        duplicate_at: l.duplicate_at,
+                        elsewhere_reasons: &[],
+                    },
+                    t,
+                )
+                .reasons
+            } else {
+                Vec::new()
+            };
+            if !reasons.is_empty() || !l.stored_reasons.is_empty() {
+                l.stored_reasons = reasons.clone();
+                out.push((id.clone(), reasons));
+            }
+        }
+        out
+    }
+
     /// A session opened with a hello; returns the session number for [`Leases::disconnected`].
     pub fn hello(&self, id: &str, applied_generation: u64, ips: &[String]) -> u64 {
         let now = self.clock.now();
@@ -134,6 +230,8 @@ impl Leases {
         let session = g.0;
         let l = g.1.entry(id.to_string()).or_default();
         l.connected = true;
+        l.elsewhere = false;
+        l.elsewhere_reasons.clear();
         l.session = session;
         l.seen_since_start = true;
         l.last_contact = Some(now);
@@ -220,6 +318,7 @@ impl Leases {
         match g.1.get_mut(id) {
             Some(l) if l.session == session && l.connected => {
                 l.connected = false;
+                l.elsewhere = false;
                 l.last_contact = Some(now);
                 l.seen_dirty = true;
                 true
@@ -239,6 +338,18 @@ impl Leases {
     /// A copy of one lease.
     pub fn get(&self, id: &str) -> Option<Lease> {
         self.lock().1.get(id).cloned()
+    }
+
+    /// Agents with a session here, or on another replica that wrote their last contact
+    /// within `within`: the agents a rollout may push to.
+    pub fn live(&self, within: Duration) -> std::collections::HashSet<String> {
+        let now = self.clock.now();
+        self.lock()
+            .1
+            .iter()
+            .filter(|(_, l)| !l.revoked && l.is_live(now, within))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Open sessions.
@@ -306,7 +417,7 @@ impl Leases {
                 now,
                 started_at: self.started_at,
                 revoked: l.revoked,
-                connected: l.connected,
+                connected: l.connected || l.elsewhere,
                 seen_since_start: l.seen_since_start,
                 last_contact: l.last_contact,
                 heartbeat: l.heartbeat.as_ref(),
@@ -316,6 +427,11 @@ impl Leases {
                 behind_since: l.behind_since,
                 refusal,
                 duplicate_at: l.duplicate_at,
+                elsewhere_reasons: if l.elsewhere && !l.connected {
+                    &l.elsewhere_reasons
+                } else {
+                    &[]
+                },
             },
             t,
         )
@@ -394,6 +510,104 @@ mod tests {
 
     fn state(l: &Leases, t: &Thresholds) -> State {
         l.evaluate("a", None, t).unwrap().state
+    }
+
+    /// An agent connected to another replica: alive while the store's last contact is
+    /// fresh, lost a grace period after it stops moving; a session here takes over.
+    #[test]
+    fn an_agent_on_another_replica_follows_the_store() {
+        let (clock, l, t) = setup();
+        let mut rec = AgentRecord {
+            id: "a".into(),
+            labels: Default::default(),
+            facts: Default::default(),
+            enrolled_at: t0(),
+            last_seen: None,
+            cert_serial: "01".into(),
+            cert_not_after: t0(),
+            revoked_at: None,
+            applied_generation: 3,
+        };
+        l.load(std::slice::from_ref(&rec));
+        clock.advance(Duration::seconds(5));
+        rec.last_seen = Some(clock.now());
+        l.merge_stored(std::slice::from_ref(&rec));
+        let lease = l.get("a").unwrap();
+        assert!(lease.elsewhere && !lease.connected);
+        assert_eq!(lease.applied_generation, 3);
+        assert_eq!(state(&l, &t), State::Healthy);
+        assert!(l.live(t.grace).contains("a"), "a rollout may push to it");
+        // The other replica stops writing it (the agent left): lost after the grace.
+        clock.advance(t.grace + Duration::seconds(1));
+        l.merge_stored(std::slice::from_ref(&rec));
+        assert_eq!(state(&l, &t), State::Lost);
+        assert!(l.live(t.grace).is_empty());
+        // An older stored contact does not move the lease back; a session here wins.
+        l.hello("a", 4, &[]);
+        rec.last_seen = Some(t0());
+        l.merge_stored(std::slice::from_ref(&rec));
+        let lease = l.get("a").unwrap();
+        assert!(lease.connected && !lease.elsewhere);
+        assert_eq!(lease.applied_generation, 4);
+    }
+
+    /// Host-health reasons across replicas: the replica holding the session stores the
+    /// reasons its heartbeats give (and clears them when they go or the agent leaves);
+    /// another replica shows the agent degraded with them, and a session here ignores them.
+    #[test]
+    fn host_reasons_travel_between_replicas() {
+        let (clock, holder, t) = setup();
+        holder.hello("a", 1, &[]);
+        holder.heartbeat("a", &hb(false), &[]);
+        let written = holder.take_host_reasons(&t);
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert!(
+            written[0].1.iter().any(|r| r.starts_with("docker")),
+            "{written:?}"
+        );
+        // Rewritten while they last, so a clear by another replica does not hide them.
+        assert_eq!(holder.take_host_reasons(&t), written);
+
+        let other = Leases::new(clock.clone());
+        let rec = AgentRecord {
+            id: "a".into(),
+            labels: Default::default(),
+            facts: Default::default(),
+            enrolled_at: t0(),
+            last_seen: Some(clock.now()),
+            cert_serial: "01".into(),
+            cert_not_after: t0(),
+            revoked_at: None,
+            applied_generation: 1,
+        };
+        other.load(std::slice::from_ref(&rec));
+        clock.advance(Duration::seconds(1));
+        let rec = AgentRecord {
+            last_seen: Some(clock.now()),
+            ..rec
+        };
+        other.merge_stored(std::slice::from_ref(&rec));
+        let stored: std::collections::BTreeMap<String, Vec<String>> = written.into_iter().collect();
+        other.merge_host_reasons(&stored);
+        let e = other.evaluate("a", None, &t).unwrap();
+        assert_eq!(e.state, State::Degraded, "{e:?}");
+        assert_eq!(e.reasons, stored["a"]);
+
+        // Healthy again on the holder: an empty list clears them, once.
+        holder.heartbeat("a", &hb(true), &[]);
+        assert_eq!(
+            holder.take_host_reasons(&t),
+            vec![("a".to_string(), vec![])]
+        );
+        assert!(holder.take_host_reasons(&t).is_empty());
+        other.merge_host_reasons(&Default::default());
+        assert_eq!(state(&other, &t), State::Healthy);
+
+        // A session here: stored reasons of another replica no longer count.
+        other.merge_host_reasons(&stored);
+        other.hello("a", 1, &[]);
+        other.heartbeat("a", &hb(true), &[]);
+        assert_eq!(state(&other, &t), State::Healthy);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod clock;
 pub mod evaluate;
+pub mod jobs;
 pub mod leases;
 pub mod report;
 
@@ -25,14 +26,18 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use evaluate::{Evaluation, State, Thresholds};
 pub use leases::Leases;
 
+use crate::fleet::messages::JobEvent;
 use crate::store::{
-    self, AgentRecord, AgentRollout, EventRecord, Retention, RolloutState, Store, StoreError,
+    self, AgentRecord, AgentRollout, DrainRecord, EventRecord, FleetSample, JobRecord,
+    JobRetention, Retention, RolloutState, Store, StoreError,
 };
 
 /// How often last contacts are written and old events pruned.
 pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// How often leases are evaluated and buffered events written.
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often agents per state are sampled into the store (the status page's history).
+pub const SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One agent as every read-only surface shows it: stored facts plus the live lease.
 #[derive(Debug, Clone)]
@@ -55,6 +60,15 @@ pub struct AgentView {
     pub ips: Vec<String>,
     /// Host health of the last heartbeat.
     pub host: Option<report::HostHealth>,
+    /// Whether the agent drains: the controller holds a drain for it (`drain`, from the
+    /// command on, before any heartbeat) or its last heartbeat said it drains (it may
+    /// also drain on its own: a graceful stop on SIGQUIT).
+    pub draining: bool,
+    /// The drain the controller holds for it (`drover agent drain`), the source of truth
+    /// of what was asked; `None` when none.
+    pub drain: Option<DrainRecord>,
+    /// The agent's last heartbeat said it drains (what it does, as of that heartbeat).
+    pub heartbeat_draining: bool,
 }
 
 /// Leases, events and their periodic work.
@@ -65,8 +79,18 @@ pub struct Health {
     pub thresholds: Thresholds,
     /// How many events are kept.
     pub retention: Retention,
+    /// How many jobs and fleet samples are kept.
+    pub job_retention: JobRetention,
     store: Arc<dyn Store>,
+    /// Where pruning writes: with several replicas a handle fenced by the lease.
+    fenced: Arc<dyn Store>,
+    /// How often last contacts are written ([`FLUSH_INTERVAL`] alone; a few seconds with
+    /// several replicas, since the leader judges other replicas' agents by them).
+    contacts_every: std::time::Duration,
+    /// Several replicas share the store.
+    replica: bool,
     pending: Mutex<Vec<EventRecord>>,
+    pending_jobs: Mutex<Vec<JobRecord>>,
     rollout: Mutex<Option<(u64, RolloutState)>>,
 }
 
@@ -90,10 +114,29 @@ impl Health {
             leases,
             thresholds,
             retention: Retention::default(),
+            job_retention: JobRetention::default(),
+            fenced: store.clone(),
+            contacts_every: FLUSH_INTERVAL,
+            replica: false,
             store,
             pending: Mutex::new(Vec::new()),
+            pending_jobs: Mutex::new(Vec::new()),
             rollout: Mutex::new(rollout),
         })
+    }
+
+    /// Health of one replica among several: last contacts written every `contacts_every`
+    /// (the cost: one batched write per replica that often, of the agents heard from),
+    /// other replicas' contacts merged from the store, pruning through `fenced`.
+    pub fn in_cluster(
+        mut self,
+        contacts_every: std::time::Duration,
+        fenced: Arc<dyn Store>,
+    ) -> Health {
+        self.contacts_every = contacts_every;
+        self.fenced = fenced;
+        self.replica = true;
+        self
     }
 
     /// Buffers an event (written within a second); `at` defaults to now.
@@ -125,8 +168,58 @@ impl Health {
         });
     }
 
-    /// Writes buffered events in one transaction.
+    /// Buffers the job row an agent's job event updates (written within a second, with
+    /// the events); returns it, or `None` when the event names no job or the buffer is
+    /// full ([`jobs::MAX_PENDING_JOBS`]).
+    pub fn record_job(&self, agent_id: &str, ev: &JobEvent) -> Option<JobRecord> {
+        let now = self.leases.now();
+        let now = now.replace_nanosecond(0).unwrap_or(now);
+        let Some(row) = jobs::job_record(agent_id, ev, now) else {
+            tracing::debug!(agent = %agent_id, job = ev.job_id, "job event without a job id dropped");
+            return None;
+        };
+        let mut pending = self.pending_jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= jobs::MAX_PENDING_JOBS {
+            tracing::warn!(agent = %agent_id, job = ev.job_id, "job update dropped: {} waiting to be stored", pending.len());
+            return None;
+        }
+        pending.push(row.clone());
+        Some(row)
+    }
+
+    /// Writes buffered jobs in one transaction.
+    async fn flush_jobs(&self) {
+        let batch =
+            std::mem::take(&mut *self.pending_jobs.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len();
+        if let Err(e) = store::blocking(&self.store, move |s| s.upsert_jobs(&batch)).await {
+            tracing::warn!(error = %e, jobs = n, "store jobs");
+        }
+    }
+
+    /// Records how many agents are in each state now (the status page's history).
+    pub async fn sample(&self) {
+        let counts = self.leases.counts();
+        let n = |s: State| u32::try_from(counts.get(&s).copied().unwrap_or(0)).unwrap_or(u32::MAX);
+        let now = self.leases.now();
+        let sample = FleetSample {
+            at: now.replace_nanosecond(0).unwrap_or(now),
+            healthy: n(State::Healthy),
+            degraded: n(State::Degraded),
+            lost: n(State::Lost),
+            revoked: n(State::Revoked),
+        };
+        if let Err(e) = store::blocking(&self.fenced, move |s| s.add_fleet_sample(&sample)).await {
+            tracing::warn!(error = %e, "store fleet sample");
+        }
+    }
+
+    /// Writes buffered events in one transaction (and buffered jobs in another).
     pub async fn flush_events(&self) {
+        self.flush_jobs().await;
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if batch.is_empty() {
             return;
@@ -137,8 +230,18 @@ impl Health {
         }
     }
 
-    /// Writes changed last contacts in one transaction and prunes old events.
-    pub async fn flush_seen(&self) {
+    /// Writes changed last contacts in one transaction.
+    pub async fn flush_contacts(&self) {
+        if self.replica {
+            let reasons = self.leases.take_host_reasons(&self.thresholds);
+            let n = reasons.len();
+            if !reasons.is_empty()
+                && let Err(e) =
+                    store::blocking(&self.store, move |s| s.set_host_reasons(&reasons)).await
+            {
+                tracing::warn!(error = %e, agents = n, "store host-health reasons");
+            }
+        }
         let seen = self.leases.take_seen();
         let n = seen.len();
         if !seen.is_empty()
@@ -146,9 +249,41 @@ impl Health {
         {
             tracing::warn!(error = %e, agents = n, "store last seen");
         }
+    }
+
+    /// Prunes old events (the leader's work).
+    pub async fn prune(&self) {
         let retention = self.retention;
-        if let Err(e) = store::blocking(&self.store, move |s| s.prune_events(retention)).await {
+        if let Err(e) = store::blocking(&self.fenced, move |s| s.prune_events(retention)).await {
             tracing::warn!(error = %e, "prune events");
+        }
+        let keep = self.job_retention;
+        let now = self.leases.now();
+        if let Err(e) = store::blocking(&self.fenced, move |s| s.prune_jobs(keep, now)).await {
+            tracing::warn!(error = %e, "prune jobs");
+        }
+    }
+
+    /// Writes changed last contacts and prunes old events.
+    pub async fn flush_seen(&self) {
+        self.flush_contacts().await;
+        self.prune().await;
+    }
+
+    /// Agents connected here or (with several replicas) on another replica lately: what a
+    /// rollout may push to.
+    pub fn live(&self) -> std::collections::HashSet<String> {
+        self.leases.live(self.thresholds.grace)
+    }
+
+    /// With several replicas: the last contacts other replicas wrote, into the leases.
+    async fn merge_stored(&self) {
+        match store::blocking(&self.store, |s| Ok((s.list_agents()?, s.host_reasons()?))).await {
+            Ok((agents, reasons)) => {
+                self.leases.merge_stored(&agents);
+                self.leases.merge_host_reasons(&reasons);
+            }
+            Err(e) => tracing::warn!(error = %e, "read last contacts"),
         }
     }
 
@@ -221,19 +356,52 @@ impl Health {
         self.flush_events().await;
     }
 
-    /// Sweeps every [`SWEEP_INTERVAL`] and flushes every [`FLUSH_INTERVAL`] until `stop`.
-    /// The caller flushes once more after the sessions have ended ([`Health::flush_all`]).
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    /// The leader's loop until `stop`: sweeps every [`SWEEP_INTERVAL`] (with several
+    /// replicas, after merging the last contacts they write, as often as they write them)
+    /// and prunes
+    /// every [`FLUSH_INTERVAL`].
+    pub async fn run_leader(self: Arc<Self>, stop: CancellationToken) {
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut flush = tokio::time::interval(FLUSH_INTERVAL);
-        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        flush.tick().await;
+        let mut prune = tokio::time::interval(FLUSH_INTERVAL);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        prune.tick().await;
+        let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut merged = tokio::time::Instant::now();
+        if self.replica {
+            self.merge_stored().await;
+        }
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = sweep.tick() => self.sweep().await,
-                _ = flush.tick() => self.flush_seen().await,
+                _ = sweep.tick() => {
+                    if self.replica && merged.elapsed() >= self.contacts_every {
+                        merged = tokio::time::Instant::now();
+                        self.merge_stored().await;
+                    }
+                    self.sweep().await;
+                }
+                _ = prune.tick() => self.prune().await,
+                _ = sample.tick() => self.sample().await,
+            }
+        }
+    }
+
+    /// Every replica's loop until `stop`: writes buffered events every [`SWEEP_INTERVAL`]
+    /// and last contacts at the health's interval. The caller flushes once more after the
+    /// sessions have ended ([`Health::flush_all`]).
+    pub async fn run_replica(self: Arc<Self>, stop: CancellationToken) {
+        let mut events = tokio::time::interval(SWEEP_INTERVAL);
+        events.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut contacts = tokio::time::interval(self.contacts_every);
+        contacts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        contacts.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = events.tick() => self.flush_events().await,
+                _ = contacts.tick() => self.flush_contacts().await,
             }
         }
     }
@@ -241,10 +409,15 @@ impl Health {
     /// Writes everything buffered (at shutdown).
     pub async fn flush_all(&self) {
         self.flush_events().await;
-        self.flush_seen().await;
+        self.flush_contacts().await;
     }
 
-    fn view_of(&self, a: AgentRecord, rollout: Option<&AgentRollout>) -> AgentView {
+    fn view_of(
+        &self,
+        a: AgentRecord,
+        rollout: Option<&AgentRollout>,
+        drain: Option<DrainRecord>,
+    ) -> AgentView {
         let eval = self
             .leases
             .evaluate(&a.id, rollout, &self.thresholds)
@@ -258,13 +431,15 @@ impl Health {
                     })
             });
         let lease = self.leases.get(&a.id).unwrap_or_default();
+        let heartbeat_draining = lease.heartbeat.as_ref().is_some_and(|h| h.draining);
+        let live = lease.is_live(self.leases.now(), self.thresholds.grace);
         let last_seen = match (lease.last_contact, a.last_seen) {
             (Some(x), Some(y)) => Some(x.max(y)),
             (x, y) => x.or(y),
         };
         AgentView {
             eval,
-            connected: lease.connected && !lease.revoked,
+            connected: live && !lease.revoked,
             last_seen,
             last_heartbeat: lease.heartbeat_at,
             applied_generation: if lease.seen_since_start {
@@ -278,6 +453,9 @@ impl Health {
             } else {
                 lease.ips.clone()
             },
+            draining: drain.is_some() || heartbeat_draining,
+            heartbeat_draining,
+            drain,
             host: lease.heartbeat.and_then(|h| h.host),
             record: a,
         }
@@ -286,12 +464,29 @@ impl Health {
     /// Every agent, evaluated now, by id.
     pub async fn views(&self) -> Result<Vec<AgentView>, StoreError> {
         let rollouts = self.rollouts().await;
-        Ok(store::blocking(&self.store, |s| s.list_agents())
-            .await?
+        let replica = self.replica;
+        let (agents, drains, reasons) = store::blocking(&self.store, move |s| {
+            Ok((
+                s.list_agents()?,
+                s.list_drains()?,
+                others_reasons(s, replica)?,
+            ))
+        })
+        .await?;
+        if self.replica {
+            self.leases.merge_stored(&agents);
+            self.leases.merge_host_reasons(&reasons);
+        }
+        let mut drains: HashMap<String, DrainRecord> = drains
+            .into_iter()
+            .map(|d| (d.agent_id.clone(), d))
+            .collect();
+        Ok(agents
             .into_iter()
             .map(|a| {
                 let r = rollouts.get(&a.id);
-                self.view_of(a, r)
+                let d = drains.remove(&a.id);
+                self.view_of(a, r, d)
             })
             .collect())
     }
@@ -299,17 +494,42 @@ impl Health {
     /// One agent, evaluated now.
     pub async fn view(&self, id: &str) -> Result<Option<AgentView>, StoreError> {
         let owned = id.to_string();
-        let Some(a) = store::blocking(&self.store, move |s| s.get_agent(&owned)).await? else {
+        let replica = self.replica;
+        let Some((a, drain, reasons)) = store::blocking(&self.store, move |s| {
+            Ok(match s.get_agent(&owned)? {
+                Some(a) => Some((a, s.agent_drain(&owned)?, others_reasons(s, replica)?)),
+                None => None,
+            })
+        })
+        .await?
+        else {
             return Ok(None);
         };
+        if self.replica {
+            self.leases.merge_stored(std::slice::from_ref(&a));
+            self.leases.merge_host_reasons(&reasons);
+        }
         let rollouts = self.rollouts().await;
         let r = rollouts.get(id);
-        Ok(Some(self.view_of(a, r)))
+        Ok(Some(self.view_of(a, r, drain)))
     }
 
     /// The store (read-only views).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+}
+
+/// With several replicas, the host-health reasons the replicas holding agents' sessions
+/// stored (what [`Leases::merge_host_reasons`] takes); nothing to read with one controller.
+fn others_reasons(
+    s: &dyn Store,
+    replica: bool,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, StoreError> {
+    if replica {
+        s.host_reasons()
+    } else {
+        Ok(Default::default())
     }
 }
 

@@ -11,9 +11,19 @@
 //! - `drover_enrollments_total`, `drover_enrollment_errors_total`.
 //! - `drover_rpc_errors_total{method,code}`: gRPC calls answered with an error status.
 //! - `drover_build_info{version,revision}`.
+//! - `drover_jobs_total{outcome,reason}`: jobs that ended on any agent, by outcome
+//!   (`success`, `failed`, `canceled`, or a newer agent's state) and GitLab's failure reason
+//!   (empty unless failed; at most [`MAX_REASONS`] distinct reasons, the rest `other`).
+//! - `drover_job_duration_seconds`: histogram of how long finished jobs ran;
+//!   `drover_job_queue_wait_seconds`: of how long started jobs waited in GitLab's queue
+//!   (when GitLab said).
+//!
+//! - the image-delivery families (`drover_image_*`), listed in [`images`].
 //!
 //! - [`rpc`]: the tower layer that counts RPC errors.
+//! - [`images`]: the image-delivery families.
 
+pub mod images;
 pub mod rpc;
 
 use std::sync::Arc;
@@ -40,6 +50,12 @@ struct RpcLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    outcome: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     revision: String,
@@ -55,6 +71,41 @@ struct Inner {
     enrollments: Counter,
     enrollment_errors: Counter,
     rpc_errors: Family<RpcLabels, Counter>,
+    jobs: Family<JobLabels, Counter>,
+    job_duration: Histogram,
+    queue_wait: Histogram,
+    images: images::ImageMetrics,
+    reasons: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Job updates already observed, so an agent that repeats an event (a resend after a
+    /// reconnect) is counted once.
+    observed: std::sync::Mutex<ObservedJobs>,
+}
+
+/// How many (agent, job, ended) keys are remembered to count each job once.
+const OBSERVED_JOBS: usize = 20_000;
+
+/// The newest [`OBSERVED_JOBS`] job updates observed: a set with its insertion order.
+#[derive(Default)]
+struct ObservedJobs {
+    keys: std::collections::HashSet<(String, i64, bool)>,
+    order: std::collections::VecDeque<(String, i64, bool)>,
+}
+
+impl ObservedJobs {
+    /// True the first time `key` is seen (among the newest [`OBSERVED_JOBS`]).
+    fn first(&mut self, key: (String, i64, bool)) -> bool {
+        if self.keys.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= OBSERVED_JOBS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.keys.remove(&old);
+        }
+        self.keys.insert(key.clone());
+        self.order.push_back(key);
+        true
+    }
 }
 
 /// The registry and its handles. Cheap to clone.
@@ -78,6 +129,20 @@ impl Default for Metrics {
 /// Heartbeat gaps: around the default 10 s interval and well past a 30 s grace period.
 const LAG_BUCKETS: [f64; 11] = [
     0.5, 1.0, 2.0, 5.0, 10.0, 12.0, 15.0, 20.0, 30.0, 60.0, 120.0,
+];
+
+/// Distinct failure reasons counted as labels; agents are untrusted, so any further reason
+/// is counted as `other` instead of growing the series without bound.
+pub const MAX_REASONS: usize = 64;
+
+/// Job durations: seconds to hours.
+const DURATION_BUCKETS: [f64; 12] = [
+    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+
+/// Queue waits: under a second to an hour.
+const QUEUE_BUCKETS: [f64; 11] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
 ];
 
 impl Metrics {
@@ -132,11 +197,30 @@ impl Metrics {
             "gRPC calls answered with an error status, by method and code.",
             rpc_errors.clone(),
         );
+        let jobs = Family::<JobLabels, Counter>::default();
+        registry.register(
+            "drover_jobs",
+            "Jobs that ended on the fleet's agents, by outcome and GitLab failure reason.",
+            jobs.clone(),
+        );
+        let job_duration = Histogram::new(DURATION_BUCKETS);
+        registry.register(
+            "drover_job_duration_seconds",
+            "How long finished jobs ran on their agent.",
+            job_duration.clone(),
+        );
+        let queue_wait = Histogram::new(QUEUE_BUCKETS);
+        registry.register(
+            "drover_job_queue_wait_seconds",
+            "How long started jobs waited in GitLab's queue (when GitLab said).",
+            queue_wait.clone(),
+        );
+        let images = images::ImageMetrics::register(&mut registry);
         registry.register(
             "drover_build",
             "Drover controller build: constant 1 labeled by version and revision.",
             Info::new(BuildLabels {
-                version: env!("CARGO_PKG_VERSION").into(),
+                version: drover_runtime::version().into(),
                 revision: option_env!("DROVER_REVISION").unwrap_or("").into(),
             }),
         );
@@ -151,8 +235,19 @@ impl Metrics {
                 enrollments,
                 enrollment_errors,
                 rpc_errors,
+                jobs,
+                job_duration,
+                queue_wait,
+                images,
+                reasons: Default::default(),
+                observed: Default::default(),
             }),
         }
+    }
+
+    /// The image-delivery families.
+    pub fn images(&self) -> &images::ImageMetrics {
+        &self.inner.images
     }
 
     /// A heartbeat came `gap` after the previous one.
@@ -178,6 +273,49 @@ impl Metrics {
                 code: format!("{code:?}"),
             })
             .inc();
+    }
+
+    /// A job row was updated: a start observes its queue wait, an end counts the job and
+    /// observes its duration.
+    /// An update seen before (the same agent, job and start or end) changes nothing.
+    pub fn job(&self, j: &crate::store::JobRecord) {
+        let key = (j.agent_id.clone(), j.job_id, j.finished());
+        if !self
+            .inner
+            .observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first(key)
+        {
+            return;
+        }
+        if !j.finished() {
+            if let Some(ms) = j.queue_wait_ms {
+                self.inner.queue_wait.observe(ms as f64 / 1000.0);
+            }
+            return;
+        }
+        let reason = {
+            let mut seen = self.inner.reasons.lock().unwrap_or_else(|p| p.into_inner());
+            if j.failure_reason.is_empty() || seen.contains(&j.failure_reason) {
+                j.failure_reason.clone()
+            } else if seen.len() < MAX_REASONS {
+                seen.insert(j.failure_reason.clone());
+                j.failure_reason.clone()
+            } else {
+                "other".to_string()
+            }
+        };
+        self.inner
+            .jobs
+            .get_or_create(&JobLabels {
+                outcome: j.state.clone(),
+                reason,
+            })
+            .inc();
+        if let Some(ms) = j.duration_ms {
+            self.inner.job_duration.observe(ms as f64 / 1000.0);
+        }
     }
 
     /// Sets the scrape-time gauges from `health` and encodes everything.
@@ -209,6 +347,11 @@ impl Metrics {
                     state: state.into(),
                 })
                 .set(n);
+        }
+        let deliveries = crate::store::blocking(health.store(), |s| s.list_deliveries(None)).await;
+        match deliveries {
+            Ok(rows) => self.inner.images.set_deliveries(&rows),
+            Err(e) => tracing::warn!(error = %e, "metrics: image deliveries"),
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)?;
@@ -251,6 +394,81 @@ async fn rollout_counts(health: &Health) -> (u64, i64, i64, i64) {
 mod tests {
     use super::*;
 
+    fn health(store: Arc<dyn crate::store::Store>) -> Health {
+        Health::new(
+            store,
+            Arc::new(crate::health::SystemClock),
+            crate::health::Thresholds::default(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn image_families_count_pushes_sent_bytes_and_deliveries_by_state() {
+        use crate::images::DeliveryState;
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::memory::MemoryStore::new());
+        let image = crate::store::ImageRecord {
+            id: "sha256:c".into(),
+            reference: "app:1".into(),
+            manifest_json: "{}".into(),
+            created_at: time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+        };
+        let delivery = |agent: &str, state: DeliveryState| crate::store::DeliveryRecord {
+            agent_id: agent.into(),
+            image_id: image.id.clone(),
+            state: state.as_str().into(),
+            ..Default::default()
+        };
+        store
+            .add_push(
+                &image,
+                &[
+                    delivery("a1", DeliveryState::Pending),
+                    delivery("a2", DeliveryState::Fetching),
+                    delivery("a3", DeliveryState::Delivered),
+                    delivery("a4", DeliveryState::Delivered),
+                ],
+            )
+            .unwrap();
+        let h = health(store);
+        let m = Metrics::new();
+        let before = m.render(&h).await.unwrap();
+        for line in [
+            "drover_image_pushes_total 0",
+            "drover_image_push_bytes_sent_total 0",
+            "drover_image_deliveries_finished_total{state=\"failed\"} 0",
+        ] {
+            assert!(before.contains(line), "missing {line:?} in:\n{before}");
+        }
+        m.images().push(300);
+        m.images().push(0);
+        m.images().sent(65_536);
+        m.images().sent(100);
+        m.images().finished(DeliveryState::Delivered);
+        m.images().finished(DeliveryState::Failed);
+        // An open state is no end.
+        m.images().finished(DeliveryState::Fetching);
+        let text = m.render(&h).await.unwrap();
+        for line in [
+            "drover_image_pushes_total 2",
+            "drover_image_push_stored_bytes_total 300",
+            "drover_image_push_bytes_sent_total 65636",
+            "drover_image_deliveries{state=\"pending\"} 1",
+            "drover_image_deliveries{state=\"fetching\"} 1",
+            "drover_image_deliveries{state=\"delivered\"} 2",
+            "drover_image_deliveries{state=\"failed\"} 0",
+            "drover_image_deliveries_finished_total{state=\"delivered\"} 1",
+            "drover_image_deliveries_finished_total{state=\"failed\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("drover_image_deliveries_finished_total{state=\"fetching\"}"),
+            "{text}"
+        );
+    }
+
     #[tokio::test]
     async fn every_family_is_exposed() {
         let store: Arc<dyn crate::store::Store> =
@@ -266,6 +484,29 @@ mod tests {
         m.enrollment(true);
         m.enrollment(false);
         m.rpc_error("/drover.v1.Admin/GetAgent", tonic::Code::NotFound);
+        let t = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let row = |job_id: i64, state: &str, reason: &str| crate::store::JobRecord {
+            agent_id: "a1".into(),
+            job_id,
+            runner: "r".into(),
+            state: state.into(),
+            failure_reason: reason.into(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: Some(90_000),
+            queue_wait_ms: Some(3_000),
+            updated_at: t,
+        };
+        m.job(&row(1, "running", ""));
+        m.job(&row(1, "success", ""));
+        m.job(&row(2, "failed", "script_failure"));
+        // An agent that repeats its events (a resend after a reconnect) counts once.
+        m.job(&row(1, "running", ""));
+        m.job(&row(1, "success", ""));
+        m.job(&row(2, "failed", "script_failure"));
+        for i in 0..MAX_REASONS + 3 {
+            m.job(&row(10 + i as i64, "failed", &format!("reason_{i}")));
+        }
         let text = m.render(&h).await.unwrap();
         for line in [
             "drover_agents{state=\"lost\"} 0",
@@ -277,6 +518,13 @@ mod tests {
             "drover_enrollment_errors_total 1",
             "drover_rpc_errors_total{method=\"/drover.v1.Admin/GetAgent\",code=\"NotFound\"} 1",
             "drover_build_info{version=",
+            "drover_jobs_total{outcome=\"success\",reason=\"\"} 1",
+            "drover_jobs_total{outcome=\"failed\",reason=\"script_failure\"} 1",
+            "drover_jobs_total{outcome=\"failed\",reason=\"other\"} 4",
+            "drover_job_duration_seconds_count 69",
+            "drover_job_duration_seconds_bucket{le=\"120.0\"} 69",
+            "drover_job_queue_wait_seconds_count 1",
+            "drover_job_queue_wait_seconds_bucket{le=\"2.5\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

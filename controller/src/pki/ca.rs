@@ -138,6 +138,12 @@ impl Ca {
         super::fingerprint(&self.cert_der)
     }
 
+    /// The key as PEM, only to be sealed into the shared store under the key-encryption
+    /// key (`replicas::shared_secrets`): it goes to no file, log or peer.
+    pub(crate) fn key_pem(&self) -> secrecy::SecretString {
+        secrecy::SecretString::from(self.key.serialize_pem())
+    }
+
     /// The issuer used by [`super::policy`] to sign.
     pub(super) fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, PkiError> {
         Ok(Issuer::from_ca_cert_der(&self.cert_der, &self.key)?)

@@ -5,15 +5,14 @@ use std::collections::BTreeMap;
 use drover_proto::v1;
 use secrecy::ExposeSecret;
 use time::{Duration, OffsetDateTime};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
-use super::auth;
 use super::state::AppState;
 use crate::fleet::progress::{AgentProgress, AgentRolloutState, RolloutStatus};
 use crate::fleet::{ApplyOutcome, ApplyRequest, FleetError};
 use crate::health::report::RunnerStatus;
 use crate::health::{AgentView, State};
-use crate::store::{self, EventFilter, Strategy};
+use crate::store::{self, EventFilter, JobFilter, Strategy};
 use crate::tokens::{self, TokenRecord};
 use crate::wire;
 
@@ -70,7 +69,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         req: Request<v1::CreateTokenRequest>,
     ) -> Result<Response<v1::CreateTokenResponse>, Status> {
-        let admin = auth::admin(&req)?;
+        let admin = self.state.admin(&req)?;
         let r = req.into_inner();
         drover_proto::spec::validate_labels(r.labels.iter()).map_err(Status::invalid_argument)?;
         let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
@@ -121,7 +120,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         req: Request<v1::ListTokensRequest>,
     ) -> Result<Response<v1::ListTokensResponse>, Status> {
-        auth::admin(&req)?;
+        self.state.admin(&req)?;
         let tokens = store::blocking(&self.state.store, |s| s.list_tokens()).await?;
         Ok(Response::new(v1::ListTokensResponse {
             tokens: tokens.iter().map(wire::token_info).collect(),
@@ -132,7 +131,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         req: Request<v1::RevokeTokenRequest>,
     ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
-        let admin = auth::admin(&req)?;
+        let admin = self.state.admin(&req)?;
         let id = &req.get_ref().id;
         let owned = id.clone();
         if !store::blocking(&self.state.store, move |s| s.revoke_token(&owned)).await? {
@@ -148,15 +147,20 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        auth::admin(&req)?;
+        self.state.admin(&req)?;
         let agents = self.state.health.views().await?;
         let ids: Vec<String> = agents.iter().map(|v| v.record.id.clone()).collect();
         let statuses = self.state.fleet.runner_statuses_of(&ids).await;
+        let upgrade = self.state.upgrades.status().await?;
         Ok(Response::new(v1::ListAgentsResponse {
             agents: agents
                 .iter()
                 .zip(statuses)
-                .map(|(v, runners)| wire::agent_info(v, runners))
+                .map(|(v, runners)| {
+                    let mut info = wire::agent_info(v, runners);
+                    wire::upgrade::annotate(&mut info, upgrade.as_ref());
+                    info
+                })
                 .collect(),
         }))
     }
@@ -165,7 +169,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         req: Request<v1::GetAgentRequest>,
     ) -> Result<Response<v1::AgentInfo>, Status> {
-        auth::admin(&req)?;
+        self.state.admin(&req)?;
         let id = &req.get_ref().id;
         let view = self
             .state
@@ -173,17 +177,17 @@ impl v1::admin_server::Admin for AdminService {
             .view(id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no agent with id {id:?}")))?;
-        Ok(Response::new(wire::agent_info(
-            &view,
-            self.state.fleet.runner_statuses(id).await,
-        )))
+        let mut info = wire::agent_info(&view, self.state.fleet.runner_statuses(id).await);
+        let upgrade = self.state.upgrades.status().await?;
+        wire::upgrade::annotate(&mut info, upgrade.as_ref());
+        Ok(Response::new(info))
     }
 
     async fn delete_agent(
         &self,
         req: Request<v1::DeleteAgentRequest>,
     ) -> Result<Response<v1::DeleteAgentResponse>, Status> {
-        let admin = auth::admin(&req)?;
+        let admin = self.state.admin(&req)?;
         let id = &req.get_ref().id;
         let owned = id.clone();
         let now = OffsetDateTime::now_utc();
@@ -200,11 +204,32 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(v1::DeleteAgentResponse {}))
     }
 
+    async fn drain_agents(
+        &self,
+        req: Request<v1::DrainAgentsRequest>,
+    ) -> Result<Response<v1::DrainAgentsResponse>, Status> {
+        let admin = self.state.admin(&req)?;
+        let r = req.into_inner();
+        let sel = wire::drains::selection_in(r.agents.as_ref())?;
+        let out = super::drains::drain(&self.state, &admin, &sel, r.deadline_seconds).await?;
+        Ok(Response::new(wire::drains::drained_out(&out)))
+    }
+
+    async fn undrain_agents(
+        &self,
+        req: Request<v1::UndrainAgentsRequest>,
+    ) -> Result<Response<v1::DrainAgentsResponse>, Status> {
+        let admin = self.state.admin(&req)?;
+        let sel = wire::drains::selection_in(req.get_ref().agents.as_ref())?;
+        let out = super::drains::undrain(&self.state, &admin, &sel).await?;
+        Ok(Response::new(wire::drains::drained_out(&out)))
+    }
+
     async fn apply_runners(
         &self,
         req: Request<v1::ApplyRunnersRequest>,
     ) -> Result<Response<v1::ApplyRunnersResponse>, Status> {
-        let admin = auth::admin(&req)?;
+        let admin = self.state.admin(&req)?;
         let r = req.into_inner();
         drover_proto::spec::validate_labels(r.selector.iter())
             .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?;
@@ -236,7 +261,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         req: Request<v1::ListRunnersRequest>,
     ) -> Result<Response<v1::ListRunnersResponse>, Status> {
-        auth::admin(&req)?;
+        self.state.admin(&req)?;
         let Some((g, runners)) = self.state.fleet.current().await? else {
             return Ok(Response::new(v1::ListRunnersResponse::default()));
         };
@@ -285,7 +310,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         req: Request<v1::GetRunnerRequest>,
     ) -> Result<Response<v1::RunnerInfo>, Status> {
-        auth::admin(&req)?;
+        self.state.admin(&req)?;
         let name = &req.get_ref().name;
         let (g, runners) = self
             .state
@@ -311,7 +336,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         req: Request<v1::DeleteRunnerRequest>,
     ) -> Result<Response<v1::ApplyRunnersResponse>, Status> {
-        let admin = auth::admin(&req)?;
+        let admin = self.state.admin(&req)?;
         let r = req.into_inner();
         let outcome = self
             .state
@@ -322,11 +347,85 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(apply_response(outcome)))
     }
 
+    async fn upgrade_agents(
+        &self,
+        req: Request<Streaming<v1::UpgradeAgentsRequest>>,
+    ) -> Result<Response<v1::UpgradeStatusResponse>, Status> {
+        let admin = self.state.admin(&req)?;
+        let mut inbound = req.into_inner();
+        let Some(v1::UpgradeAgentsRequest {
+            kind: Some(v1::upgrade_agents_request::Kind::Plan(plan)),
+        }) = inbound.message().await?
+        else {
+            return Err(Status::invalid_argument(
+                "the first message of an upgrade must be its plan",
+            ));
+        };
+        let count = usize::try_from(plan.binaries).unwrap_or(usize::MAX);
+        if count == 0 || count > drover_runtime::binary_file::ARCHES.len() {
+            return Err(Status::invalid_argument(format!(
+                "binaries: {count}; give 1 to {} (one per architecture)",
+                drover_runtime::binary_file::ARCHES.len()
+            )));
+        }
+        let selector: BTreeMap<String, String> = plan.selector.into_iter().collect();
+        drover_proto::spec::validate_labels(selector.iter())
+            .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?;
+        let mut binaries: Vec<Vec<u8>> = vec![Vec::new(); count];
+        while let Some(m) = inbound.message().await? {
+            let Some(v1::upgrade_agents_request::Kind::Part(part)) = m.kind else {
+                return Err(Status::invalid_argument(
+                    "only binary parts follow the plan",
+                ));
+            };
+            let index = usize::try_from(part.index).unwrap_or(usize::MAX);
+            let Some(b) = binaries.get_mut(index) else {
+                return Err(Status::invalid_argument(format!(
+                    "binary part for binary {index}; the plan has {count}"
+                )));
+            };
+            if b.len() + part.data.len() > crate::upgrade::MAX_BINARY_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "binary {index} is larger than {} MiB",
+                    crate::upgrade::MAX_BINARY_BYTES >> 20
+                )));
+            }
+            b.extend_from_slice(&part.data);
+        }
+        let status = self
+            .state
+            .upgrades
+            .create(
+                crate::upgrade::NewUpgrade {
+                    selector,
+                    max_unavailable: plan.max_unavailable,
+                    health_timeout_seconds: plan.health_timeout_seconds,
+                },
+                binaries,
+            )
+            .await
+            .map_err(|e| match e {
+                crate::upgrade::UpgradeError::Store(s) => Status::from(s),
+                other => Status::invalid_argument(other.to_string()),
+            })?;
+        tracing::info!(%admin, upgrade = status.upgrade.id, "agent upgrade started");
+        Ok(Response::new(wire::upgrade::status_out(Some(status))))
+    }
+
+    async fn upgrade_status(
+        &self,
+        req: Request<v1::UpgradeStatusRequest>,
+    ) -> Result<Response<v1::UpgradeStatusResponse>, Status> {
+        self.state.admin(&req)?;
+        let status = self.state.upgrades.status().await?;
+        Ok(Response::new(wire::upgrade::status_out(status)))
+    }
+
     async fn rollout_status(
         &self,
         req: Request<v1::RolloutStatusRequest>,
     ) -> Result<Response<v1::RolloutStatusResponse>, Status> {
-        auth::admin(&req)?;
+        self.state.admin(&req)?;
         Ok(Response::new(rollout_status(&self.state).await?.into()))
     }
 
@@ -334,20 +433,36 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         req: Request<v1::FleetStatusRequest>,
     ) -> Result<Response<v1::FleetStatusResponse>, Status> {
-        auth::admin(&req)?;
+        self.state.admin(&req)?;
         let views = self.state.health.views().await?;
-        Ok(Response::new(fleet_status(
+        let mut status = fleet_status(
             &views,
             self.state.health.leases.connected(),
             rollout_status(&self.state).await?.into(),
-        )))
+        );
+        let agents = store::blocking(&self.state.store, |s| s.list_agents()).await?;
+        status.versions = crate::upgrade::Upgrades::versions(&agents)
+            .into_iter()
+            .map(|(state, agents)| v1::StateCount {
+                state,
+                agents,
+                ..Default::default()
+            })
+            .collect();
+        status.upgrade = self
+            .state
+            .upgrades
+            .status()
+            .await?
+            .map(|s| wire::upgrade::status_out(Some(s)));
+        Ok(Response::new(status))
     }
 
     async fn list_events(
         &self,
         req: Request<v1::ListEventsRequest>,
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
-        auth::admin(&req)?;
+        self.state.admin(&req)?;
         let r = req.into_inner();
         // Bring state changes up to now and write what is buffered, so the answer agrees
         // with `drover agents`.
@@ -368,11 +483,55 @@ impl v1::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn list_jobs(
+        &self,
+        req: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        self.state.admin(&req)?;
+        let r = req.into_inner();
+        let state = wire::job_state_filter(r.job_state)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Write what is buffered, so a job an agent just reported is listed.
+        self.state.health.flush_events().await;
+        let filter = JobFilter {
+            agent_id: r.agent_id,
+            runner: r.runner,
+            state,
+            since: r.since.as_ref().map(crate::timefmt::from_proto_clamped),
+            limit: match r.limit {
+                0 => 100,
+                n => n.min(1000) as usize,
+            },
+        };
+        let jobs = store::blocking(&self.state.store, move |s| s.list_jobs(&filter)).await?;
+        Ok(Response::new(v1::ListJobsResponse {
+            jobs: jobs.iter().map(wire::job).collect(),
+        }))
+    }
+
+    async fn push_image(
+        &self,
+        req: Request<tonic::Streaming<v1::PushImageChunk>>,
+    ) -> Result<Response<v1::PushImageResponse>, Status> {
+        let admin = self.state.admin(&req)?;
+        super::images::push(&self.state, &admin, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_images(
+        &self,
+        req: Request<v1::ListImagesRequest>,
+    ) -> Result<Response<v1::ListImagesResponse>, Status> {
+        self.state.admin(&req)?;
+        super::images::list(&self.state).await.map(Response::new)
+    }
+
     async fn rollout_undo(
         &self,
         req: Request<v1::RolloutUndoRequest>,
     ) -> Result<Response<v1::ApplyRunnersResponse>, Status> {
-        let admin = auth::admin(&req)?;
+        let admin = self.state.admin(&req)?;
         let s = strategy(req.get_ref().strategy.as_ref())?;
         let outcome = self.state.fleet.undo(s).await?;
         tracing::info!(%admin, generation = outcome.generation, "rollout undone");
@@ -396,9 +555,14 @@ pub async fn rollout_status(state: &AppState) -> Result<RolloutStatus, Status> {
         .map(|r| (r.agent_id.clone(), r))
         .collect();
     let mut agents = Vec::new();
+    if state.cluster.is_replica() {
+        // Agents on other replicas, by the last contacts those write.
+        state.health.leases.merge_stored(&all_agents);
+    }
+    let live = state.fleet.connected_agents();
     for a in all_agents.into_iter().filter(|a| a.revoked_at.is_none()) {
         let p = progress.get(&a.id).cloned().unwrap_or_default();
-        let connected = state.sessions.is_connected(&a.id);
+        let connected = live.contains(&a.id);
         let fleet_error = state.fleet.agent_error(&a.id);
         let (state, error) = if p.ack_generation == p.target_generation
             && p.target_generation > 0
@@ -512,7 +676,19 @@ pub fn fleet_status(
     }
     let mut top: Vec<(String, u32)> = kinds.into_iter().collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    // Disk budgets summed over the connected agents that report them.
+    let mut disk = crate::health::report::DiskBudgets::default();
+    for b in views
+        .iter()
+        .filter(|v| v.connected)
+        .filter_map(|v| v.host.as_ref().and_then(|h| h.disk_budgets.as_ref()))
+    {
+        disk.add(b);
+    }
     v1::FleetStatusResponse {
+        versions: Vec::new(),
+        upgrade: None,
+        disk: (disk.agents > 0).then(|| wire::report::disk_budgets_out(&disk)),
         counts,
         connected: connected as u32,
         rollout: Some(rollout),

@@ -20,6 +20,8 @@ use crate::pki::identity::Identity;
 use crate::pki::policy;
 use crate::store::{self, EventRecord, Facts};
 use crate::timefmt;
+use crate::wire;
+use crate::wire::images::ImageReport;
 
 /// The AgentControl service.
 pub struct AgentControlService {
@@ -36,15 +38,92 @@ fn now() -> OffsetDateTime {
 const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::ControllerMessage, Status>> + Send>>;
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<v1::BinaryChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl v1::agent_control_server::AgentControl for AgentControlService {
     type SessionStream = SessionStream;
+    type DownloadBinaryStream = DownloadStream;
+
+    async fn download_binary(
+        &self,
+        req: Request<v1::DownloadBinaryRequest>,
+    ) -> Result<Response<DownloadStream>, Status> {
+        self.state.serving()?;
+        let agent = auth::enrolled_agent(&self.state.store, auth::agent_id(&req)?).await?;
+        let r = req.into_inner();
+        if r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(
+                "sha256: not 64 hexadecimal characters",
+            ));
+        }
+        let Some(binary) = self
+            .state
+            .upgrades
+            .downloadable(&agent.id, &r.sha256)
+            .await?
+        else {
+            return Err(Status::not_found(format!(
+                "binary {} is in no running upgrade sent to agent {}",
+                r.sha256, agent.id
+            )));
+        };
+        if r.offset > binary.size {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of binary {} ({} bytes)",
+                r.offset, r.sha256, binary.size
+            )));
+        }
+        let (tx, rx) = mpsc::channel::<Result<v1::BinaryChunk, Status>>(2);
+        let upgrades = self.state.upgrades.clone();
+        let stop = self.state.shutdown.clone();
+        self.state.tasks.spawn(async move {
+            let mut offset = r.offset;
+            while offset < binary.size {
+                let data = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    d = upgrades.chunk(&binary.sha256, offset) => d,
+                };
+                let msg = match data {
+                    Ok(d) if d.is_empty() => Err(Status::data_loss(format!(
+                        "binary {} is cut short at {offset} bytes",
+                        binary.sha256
+                    ))),
+                    Ok(d) => Ok(v1::BinaryChunk { offset, data: d }),
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = msg.is_err();
+                if let Ok(c) = &msg {
+                    offset += c.data.len() as u64;
+                }
+                if tx.send(msg).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type DownloadBlobStream = super::images::BlobStream;
+
+    async fn download_blob(
+        &self,
+        req: Request<v1::DownloadBlobRequest>,
+    ) -> Result<Response<Self::DownloadBlobStream>, Status> {
+        self.state.serving()?;
+        let agent = auth::enrolled_agent(&self.state.store, auth::agent_id(&req)?).await?;
+        super::images::download(&self.state, &agent.id, req.into_inner())
+            .await
+            .map(Response::new)
+    }
 
     async fn session(
         &self,
         req: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        self.state.serving()?;
         let agent = auth::enrolled_agent(&self.state.store, auth::agent_id(&req)?).await?;
         let id = agent.id.clone();
         let mut inbound = req.into_inner();
@@ -84,6 +163,7 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                 "duplicate identity: another process of agent {id} is connected; two agents must not share a state dir (enroll this one with its own token)"
             )));
         }
+        let hello_upgrade = hello.upgrade.clone();
         let (seen_id, seen_facts, applied) = (id.clone(), facts.clone(), hello.applied_generation);
         store::blocking(&self.state.store, move |s| {
             s.agent_seen(&seen_id, now(), seen_facts.as_ref(), None, Some(applied))
@@ -121,10 +201,14 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                     self.state.heartbeat_interval.as_secs().max(1),
                 )
                 .unwrap_or(u32::MAX),
+                upgrade_public_key: self.state.upgrades.public_key(),
             })),
         };
         if tx.send(Ok(welcome)).await.is_err() {
             return Err(Status::cancelled("agent went away"));
+        }
+        if let Some(r) = hello_upgrade {
+            on_upgrade_report(&self.state, &id, &r).await;
         }
         let state = self.state.clone();
         // An agent silent for three heartbeat intervals is gone (e.g. its network dropped
@@ -142,6 +226,10 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
             let fleet = state.fleet.clone();
             tasks.spawn(async move { fleet.reconcile().await });
             let mut last_sent: Option<v1::DesiredState> = None;
+            let mut last_upgrade: Option<v1::Upgrade> = None;
+            let mut drain_sent: super::drains::Sent = None;
+            // Images told to fetch on this session (see `images::send_fetches`).
+            let mut fetches_sent = std::collections::HashSet::new();
             let fleet_work = fleet_worker(&state, &id);
             guard.kick.notify_one();
             let end = loop {
@@ -150,20 +238,69 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                     _ = tx.closed() => break "agent went away",
                     _ = &mut idle => break "no heartbeat for three intervals",
                     _ = guard.kick.notified() => {
-                        match state.fleet.desired_state(&id).await {
-                            Ok(Some(ds)) if last_sent.as_ref() != Some(&v1::DesiredState::from(ds.clone())) => {
-                                let ds = v1::DesiredState::from(ds);
-                                tracing::info!(agent = %id, generation = ds.generation, runners = ds.runners.len(), "pushing desired state");
+                        // Store reads below may hang while the database is unreachable: a
+                        // session closed meanwhile (a detached replica) must still end.
+                        let kick = async {
+                            // One batched read for every session kicked meanwhile.
+                            let look = match state.session_reads.look(&id).await {
+                                Ok(l) => l,
+                                Err(e) => {
+                                    tracing::warn!(agent = %id, error = %e, "desired state");
+                                    return Ok(());
+                                }
+                            };
+                            // The drain first: a generation pushed to an agent that lost its
+                            // drain file must not start taking jobs before it hears it.
+                            if let Some(drain) = super::drains::due(look.read.drain.clone(), &mut drain_sent) {
+                                tracing::info!(agent = %id, draining = drain.is_some(), "sending drain state");
+                                let cmd = wire::drains::drain_command_out(drain.as_ref(), OffsetDateTime::now_utc());
                                 let msg = v1::ControllerMessage {
-                                    kind: Some(ControllerKind::DesiredState(ds.clone())),
+                                    kind: Some(ControllerKind::Command(cmd)),
                                 };
                                 if tx.send(Ok(msg)).await.is_err() {
-                                    break "agent went away";
+                                    return Err("agent went away");
                                 }
-                                last_sent = Some(ds);
                             }
-                            Ok(_) => {}
-                            Err(e) => tracing::warn!(agent = %id, error = %e, "desired state"),
+                            match state.fleet.desired_from(&id, &look.read).await {
+                                Ok(Some(ds)) if last_sent.as_ref() != Some(&v1::DesiredState::from(ds.clone())) => {
+                                    let ds = v1::DesiredState::from(ds);
+                                    tracing::info!(agent = %id, generation = ds.generation, runners = ds.runners.len(), "pushing desired state");
+                                    let msg = v1::ControllerMessage {
+                                        kind: Some(ControllerKind::DesiredState(ds.clone())),
+                                    };
+                                    if tx.send(Ok(msg)).await.is_err() {
+                                        return Err("agent went away");
+                                    }
+                                    last_sent = Some(ds);
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(agent = %id, error = %e, "desired state"),
+                            }
+                            match state.upgrades.command_for(look.upgrade.clone(), &id).await {
+                                Ok(Some(c)) if last_upgrade.as_ref() != Some(&v1::Upgrade::from(c.clone())) => {
+                                    let c = v1::Upgrade::from(c);
+                                    tracing::info!(agent = %id, upgrade = c.upgrade_id, version = %c.version, "sending upgrade");
+                                    let msg = v1::ControllerMessage {
+                                        kind: Some(ControllerKind::Command(v1::Command {
+                                            kind: Some(v1::command::Kind::Upgrade(c.clone())),
+                                        })),
+                                    };
+                                    if tx.send(Ok(msg)).await.is_err() {
+                                        return Err("agent went away");
+                                    }
+                                    last_upgrade = Some(c);
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(agent = %id, error = %e, "upgrade command"),
+                            }
+                            if super::images::send_fetches(&state, &id, &look.read.deliveries, &tx, &mut fetches_sent).await.is_err() {
+                                return Err("agent went away");
+                            }
+                            Ok(())
+                        };
+                        tokio::select! {
+                            _ = guard.cancel.cancelled() => break "closed by controller",
+                            r = kick => if let Err(why) = r { break why; },
                         }
                     }
                     msg = inbound.message() => match msg {
@@ -184,6 +321,8 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
                 );
                 let status = if revoked {
                     Status::unauthenticated(format!("agent {id} was revoked"))
+                } else if let Err(detached) = state.serving() {
+                    detached
                 } else if state.shutdown.is_cancelled() {
                     Status::unavailable("controller is shutting down")
                 } else {
@@ -210,6 +349,7 @@ impl v1::agent_control_server::AgentControl for AgentControlService {
         &self,
         req: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
+        self.state.serving()?;
         let agent = auth::enrolled_agent(&self.state.store, auth::agent_id(&req)?).await?;
         let csr = policy::verify_csr(&req.get_ref().csr_der)?;
         let issued = policy::sign_client(
@@ -285,6 +425,18 @@ fn clip_runner(runner: &str) -> String {
     runner.chars().take(100).collect()
 }
 
+/// Records an agent's upgrade report (a bad one is refused as any bad message is).
+async fn on_upgrade_report(state: &AppState, id: &str, r: &v1::UpgradeReport) {
+    match crate::upgrade::step::Report::try_from(r) {
+        Ok(report) => {
+            if let Err(e) = state.upgrades.report(id, report).await {
+                tracing::warn!(agent = %id, error = %e, "upgrade report");
+            }
+        }
+        Err(e) => refused(state, id, "upgrade report", &e),
+    }
+}
+
 /// Applies one message of an open session. A heartbeat touches only the lease table;
 /// what must be durable (IP and generation changes) is written at once.
 async fn handle(
@@ -295,9 +447,14 @@ async fn handle(
 ) {
     let health = &state.health;
     let result = match m.kind {
-        Some(AgentKind::Heartbeat(hb)) => match Heartbeat::try_from(hb) {
-            Ok(hb) => on_heartbeat(state, id, hb).await,
-            Err(e) => {
+        Some(AgentKind::Heartbeat(hb)) => match (hb.upgrade.clone(), Heartbeat::try_from(hb)) {
+            (upgrade, Ok(hb)) => {
+                if let Some(r) = upgrade {
+                    on_upgrade_report(state, id, &r).await;
+                }
+                on_heartbeat(state, id, hb).await
+            }
+            (_, Err(e)) => {
                 refused(state, id, "heartbeat", &e);
                 Ok(())
             }
@@ -374,6 +531,25 @@ async fn handle(
                 job_state: j.state.as_str().to_string(),
                 ..EventRecord::default()
             });
+            if let Some(row) = health.record_job(id, &j) {
+                state.metrics.job(&row);
+            }
+            Ok(())
+        }
+        Some(AgentKind::ImageLoaded(l)) => {
+            health.leases.touch(id);
+            match ImageReport::try_from(l) {
+                Ok(r) => super::images::on_report(state, id, r).await,
+                Err(e) => refused(state, id, "image report", &e),
+            }
+            Ok(())
+        }
+        Some(AgentKind::ImageProgress(p)) => {
+            health.leases.touch(id);
+            match ImageReport::try_from(p) {
+                Ok(r) => super::images::on_report(state, id, r).await,
+                Err(e) => refused(state, id, "image progress", &e),
+            }
             Ok(())
         }
         Some(AgentKind::Hello(_)) => {

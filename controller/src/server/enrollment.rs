@@ -26,6 +26,7 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
         &self,
         req: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
+        self.state.serving()?;
         let peer = req
             .extensions()
             .get::<super::tls::PeerInfo>()
@@ -142,6 +143,7 @@ impl EnrollmentService {
             ca_pem: self.state.ca.cert_pem().to_string(),
             not_after: Some(timefmt::to_proto(issued.not_after)),
             labels: agent.labels.into_iter().collect(),
+            upgrade_public_key: self.state.upgrades.public_key(),
         })
     }
 }

@@ -16,8 +16,12 @@ pub mod agent_control;
 pub mod attempts;
 pub mod auth;
 pub mod catch_panic;
+pub mod drains;
 pub mod enrollment;
 pub mod http;
+pub mod images;
+mod replica;
+pub mod session_reads;
 pub mod sessions;
 pub mod state;
 pub mod status;
@@ -38,9 +42,6 @@ use crate::pki::{PkiError, policy};
 use crate::store::postgres::{DatabaseUrl, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
-
-/// How often the fleet is reconciled besides after every event.
-const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a shutdown waits for the server's tasks (a session ending mid-way through a
 /// GitLab call) before it flushes and returns anyway.
@@ -75,6 +76,9 @@ pub struct ServerOptions {
     pub http_auth: http::HttpAuth,
     /// The store on PostgreSQL (`--database`); `None`: SQLite in the data dir.
     pub database: Option<DatabaseUrl>,
+    /// With `database`: the key-encryption key of the replicas' shared secrets
+    /// (`--secrets-key-file`); `None`: `DATA_DIR/kek.key`.
+    pub secrets_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -85,6 +89,7 @@ impl Default for ServerOptions {
             thresholds: crate::health::Thresholds::default(),
             http_auth: http::HttpAuth::Open,
             database: None,
+            secrets_key_file: None,
         }
     }
 }
@@ -111,6 +116,9 @@ pub enum ServerError {
     /// The secrets key failed to load.
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretsError),
+    /// The replicas' shared secrets failed to open (nothing was written).
+    #[error(transparent)]
+    Shared(#[from] crate::replicas::shared_secrets::SharedSecretsError),
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
@@ -166,27 +174,72 @@ fn io(
     }
 }
 
+/// What [`prepare`] opened.
+pub struct Prepared {
+    /// The CA (the data dir's, or with PostgreSQL the replicas' shared one).
+    pub ca: Ca,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The secrets key.
+    pub sealer: crate::secrets::Sealer,
+    /// The PostgreSQL store, when there is one (the replicas' lease and fan-out).
+    pub pg: Option<Arc<PgStore>>,
+}
+
 /// Prepares the data dir (0700, CA, store, admin credentials) without serving. Idempotent.
-/// The store is SQLite in the data dir, or PostgreSQL at `database`.
+/// The store is SQLite in the data dir, with the CA and secrets key there too; or
+/// PostgreSQL at `database`, holding the CA and secrets key every replica shares, sealed
+/// under the key-encryption key at `kek` (default `DATA_DIR/kek.key`): then the data dir
+/// gets `ca.crt` and an admin certificate from that CA, never the CA key.
 pub fn prepare(
     dir: &DataDir,
     database: Option<&DatabaseUrl>,
-) -> Result<(Ca, Arc<dyn Store>), ServerError> {
+    kek: Option<&std::path::Path>,
+) -> Result<Prepared, ServerError> {
     files::create_private_dir(dir.root()).map_err(io("create", dir.root().to_path_buf()))?;
     if database.is_none() {
         files::create_private(&dir.db()).map_err(io("create", dir.db()))?;
     }
     make_files_private(dir)?;
-    let ca = Ca::load_or_create(dir.root())?;
-    let store: Arc<dyn Store> = match database {
+    let prepared = match database {
+        None => Prepared {
+            ca: Ca::load_or_create(dir.root())?,
+            store: Arc::new(SqliteStore::open(&dir.db())?),
+            sealer: crate::secrets::Sealer::load_or_create(&dir.secrets_key())?,
+            pg: None,
+        },
         Some(url) => {
             tracing::info!(database = %url.redacted(), "store on PostgreSQL");
-            Arc::new(PgStore::open(url)?)
+            let pg = Arc::new(PgStore::open(url)?);
+            let kek = kek.map_or_else(|| dir.kek(), std::path::Path::to_path_buf);
+            let shared = crate::replicas::shared_secrets::open(
+                pg.as_ref(),
+                &kek,
+                dir.root(),
+                &url.redacted(),
+            )?;
+            if shared.created {
+                tracing::info!(key_file = %kek.display(), "stored the shared CA and secrets key, sealed under this key file: give every replica a copy of it (--secrets-key-file)");
+            }
+            let pem = shared.ca.cert_pem().as_bytes();
+            if std::fs::read(dir.ca_cert()).ok().as_deref() != Some(pem) {
+                drover_runtime::atomic_file::write(&dir.ca_cert(), pem, files::PUBLIC)
+                    .map_err(io("write", dir.ca_cert()))?;
+            }
+            if dir.ca_key().exists() {
+                tracing::warn!(file = %dir.ca_key().display(), "this CA key file is not used: the replicas' CA is in the database (sealed); remove the file");
+            }
+            let store: Arc<dyn Store> = pg.clone();
+            Prepared {
+                ca: shared.ca,
+                store,
+                sealer: shared.sealer,
+                pg: Some(pg),
+            }
         }
-        None => Arc::new(SqliteStore::open(&dir.db())?),
     };
-    ensure_admin_cert(dir, &ca)?;
-    Ok((ca, store))
+    ensure_admin_cert(dir, &prepared.ca)?;
+    Ok(prepared)
 }
 
 /// Keys and the store are the owner's only: the SQLite database is created 0600 (by
@@ -199,6 +252,7 @@ fn make_files_private(dir: &DataDir) -> Result<(), ServerError> {
     let files = [
         dir.ca_key(),
         dir.secrets_key(),
+        dir.kek(),
         dir.admin_key(),
         dir.admin_cert(),
         dir.db(),
@@ -281,7 +335,16 @@ async fn run_on(
         http,
     } = config;
     let dir = &dir;
-    let (ca, store) = prepare(dir, options.database.as_ref())?;
+    let Prepared {
+        ca,
+        store,
+        sealer,
+        pg,
+    } = prepare(
+        dir,
+        options.database.as_ref(),
+        options.secrets_key_file.as_deref(),
+    )?;
     let server_cert = policy::issue_server(&ca, OffsetDateTime::now_utc())?;
     let tls_config = Arc::new(tls::server_config(&ca, &server_cert)?);
     let grpc_addr = grpc
@@ -292,31 +355,77 @@ async fn run_on(
         .map_err(io("read address of", dir.http_addr()))?;
 
     options.http_auth.check_listener(http_addr)?;
-    let sealer = crate::secrets::Sealer::load_or_create(&dir.secrets_key())?;
-    let health = Arc::new(crate::health::Health::new(
+    let replica = pg.as_ref().map(replica::Parts::new);
+    let fenced = replica
+        .as_ref()
+        .map_or_else(|| store.clone(), |r| r.fenced.clone());
+    let cluster = replica
+        .as_ref()
+        .map_or_else(crate::replicas::Cluster::solo, |r| r.cluster.clone());
+    let mut health = crate::health::Health::new(
         store.clone(),
         Arc::new(crate::health::SystemClock),
         options.thresholds.clone(),
-    )?);
+    )?;
+    if replica.is_some() {
+        health = health.in_cluster(
+            replica::contacts_every(options.heartbeat_interval),
+            fenced.clone(),
+        );
+    }
+    let health = Arc::new(health);
     let metrics = crate::metrics::Metrics::new();
     let sessions = sessions::Sessions::default();
-    let fleet = Arc::new(crate::fleet::Fleet::new(
+    if let Some(r) = &replica {
+        sessions.publish_to(r.publisher.clone());
+    }
+    let upgrade_key = sealer.upgrade_key();
+    let upgrade_fenced = fenced.clone();
+    let fleet = Arc::new(
+        crate::fleet::Fleet::new(
+            store.clone(),
+            sealer,
+            Arc::new(crate::fleet::registrar::HttpRegistrar::new()),
+            sessions.clone(),
+        )
+        .in_cluster(
+            cluster.clone(),
+            fenced,
+            replica.as_ref().map(|_| {
+                let health = health.clone();
+                Arc::new(move || health.live()) as crate::fleet::Presence
+            }),
+        ),
+    );
+    let upgrades = Arc::new(crate::upgrade::Upgrades::new(
         store.clone(),
-        sealer,
-        Arc::new(crate::fleet::registrar::HttpRegistrar::new()),
+        upgrade_fenced,
+        upgrade_key,
         sessions.clone(),
+        {
+            let fleet = fleet.clone();
+            Arc::new(move || fleet.connected_agents())
+        },
     ));
+    let sessions_stop = shutdown.child_token();
+    let (session_reads, session_reads_loop) =
+        session_reads::SessionReads::new(store.clone(), sessions_stop.clone());
+    tasks.spawn(session_reads_loop);
     let state = state::AppState {
+        session_reads,
+        upgrades: upgrades.clone(),
         store,
         ca: Arc::new(ca),
         sessions,
         fleet: fleet.clone(),
         cert_ttl: options.cert_ttl,
         heartbeat_interval: options.heartbeat_interval,
-        shutdown: shutdown.child_token(),
+        shutdown: sessions_stop,
         tasks: tasks.clone(),
         health: health.clone(),
         metrics: metrics.clone(),
+        cluster: cluster.clone(),
+        transfers: Arc::new(crate::images::Transfers::new(dir.root().join("spool"))),
     };
 
     let http_task = tasks.spawn(http::serve(
@@ -330,27 +439,30 @@ async fn run_on(
     let loops_stop = shutdown.child_token();
     let health_task = spawn_essential(
         &tasks,
-        "health sweep",
-        health.clone().run(loops_stop.clone()),
+        "health flush",
+        health.clone().run_replica(loops_stop.clone()),
         shutdown.clone(),
     );
-    // Retries what events could not finish (a GitLab outage during registration, retired
-    // runners to unregister) and advances rollouts whose agents went away.
-    let tick_stop = loops_stop;
+    // The health sweep, pruning, and the reconciliation tick (which retries what events
+    // could not finish and advances rollouts whose agents went away) run on the leader:
+    // alone, always; among replicas, while this one holds the lease.
     let reconcile_task = spawn_essential(
         &tasks,
-        "fleet reconciliation",
-        async move {
-            let mut every = tokio::time::interval(RECONCILE_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = tick_stop.cancelled() => break,
-                    _ = every.tick() => fleet.reconcile().await,
-                }
-            }
-        },
+        "leader loops",
+        replica::leader_loops(
+            cluster.watch(),
+            health.clone(),
+            fleet.clone(),
+            upgrades,
+            tasks.clone(),
+            loops_stop.clone(),
+        ),
         shutdown.clone(),
     );
+    let mut replica_tasks = Vec::new();
+    if let (Some(parts), Some(pg)) = (replica, pg) {
+        replica_tasks = parts.start(pg, &state, loops_stop.clone(), shutdown.clone());
+    }
     let incoming = tls::incoming(grpc, tls_config, shutdown.child_token(), tasks.clone());
 
     let grpc_addr_text = format!("{grpc_addr}\n");
@@ -410,7 +522,10 @@ async fn run_on(
         Err(e) => tracing::warn!(error = %e, "http server task"),
         Ok(Ok(())) => {}
     }
-    for task in [health_task, reconcile_task] {
+    for task in [health_task, reconcile_task]
+        .into_iter()
+        .chain(replica_tasks)
+    {
         if let Ok(Some(name)) = task.await {
             return Err(ServerError::TaskPanicked(name));
         }

@@ -1,11 +1,17 @@
 //! Live agent sessions: one cancel token per connected agent, so a revoked agent's stream
 //! is closed at once and `drover agents` knows who is connected.
+//!
+//! With several replicas an agent's session may be on another replica: [`Sessions::kick`]
+//! and [`Sessions::close`] act here and publish the change to every replica
+//! (`replicas::fanout`), whose listener calls the `_local` forms.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::replicas::fanout::{Change, Publisher};
 
 #[derive(Debug)]
 struct Entry {
@@ -18,6 +24,7 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
     inner: Arc<Mutex<(u64, HashMap<String, Entry>)>>,
+    publisher: Arc<std::sync::OnceLock<Publisher>>,
 }
 
 /// Handle of one registered session; unregisters itself on drop.
@@ -74,11 +81,44 @@ impl Sessions {
         }
     }
 
-    /// Tells the agent's session to look at its desired state again.
+    /// Publishes kicks and closes to the other replicas from now on.
+    pub fn publish_to(&self, publisher: Publisher) {
+        let _ = self.publisher.set(publisher);
+    }
+
+    fn publish(&self, change: Change) {
+        if let Some(p) = self.publisher.get() {
+            p.send(change);
+        }
+    }
+
+    /// Tells the agent's session, on whichever replica, to look at its desired state again.
     pub fn kick(&self, agent_id: &str) {
+        self.kick_local(agent_id);
+        self.publish(Change::Kick(agent_id.to_string()));
+    }
+
+    /// Tells the agent's session to look again, if it is on this replica.
+    pub fn kick_local(&self, agent_id: &str) {
         if let Some(e) = self.lock().1.get(agent_id) {
             e.kick.notify_one();
         }
+    }
+
+    /// Tells every session on this replica to look again.
+    pub fn kick_all_local(&self) {
+        for e in self.lock().1.values() {
+            e.kick.notify_one();
+        }
+    }
+
+    /// Closes every session on this replica (it lost its database); returns how many.
+    pub fn close_all_local(&self) -> usize {
+        let closed: Vec<Entry> = self.lock().1.drain().map(|(_, e)| e).collect();
+        for e in &closed {
+            e.cancel.cancel();
+        }
+        closed.len()
     }
 
     /// Whether `agent_id` has an open session.
@@ -91,8 +131,14 @@ impl Sessions {
         self.lock().1.keys().cloned().collect()
     }
 
-    /// Closes the agent's session, if any.
+    /// Closes the agent's session, on whichever replica.
     pub fn close(&self, agent_id: &str) {
+        self.close_local(agent_id);
+        self.publish(Change::Close(agent_id.to_string()));
+    }
+
+    /// Closes the agent's session, if it is on this replica.
+    pub fn close_local(&self, agent_id: &str) {
         if let Some(e) = self.lock().1.remove(agent_id) {
             e.cancel.cancel();
         }
@@ -119,5 +165,32 @@ mod tests {
         s.close("a");
         assert!(b.cancel.is_cancelled());
         assert!(!s.is_connected("a"));
+    }
+
+    #[test]
+    fn kicks_and_closes_reach_other_replicas_and_a_lost_database_closes_all() {
+        let s = Sessions::default();
+        let (publisher, mut queue) = Publisher::new();
+        s.publish_to(publisher);
+        let root = CancellationToken::new();
+        let a = s.register("a", &root);
+        s.kick("a");
+        s.kick("elsewhere");
+        s.close("gone");
+        let sent: Vec<Change> = std::iter::from_fn(|| queue.try_recv().ok()).collect();
+        assert_eq!(
+            sent,
+            [
+                Change::Kick("a".into()),
+                Change::Kick("elsewhere".into()),
+                Change::Close("gone".into())
+            ]
+        );
+        s.kick_local("b");
+        assert!(queue.try_recv().is_err(), "local forms publish nothing");
+        let b = s.register("b", &root);
+        assert_eq!(s.close_all_local(), 2);
+        assert!(a.cancel.is_cancelled() && b.cancel.is_cancelled());
+        assert!(s.connected().is_empty());
     }
 }

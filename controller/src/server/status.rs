@@ -12,7 +12,9 @@ impl From<StoreError> for Status {
         match e {
             StoreError::Token(refusal) => Status::permission_denied(refusal.to_string()),
             StoreError::AgentExists(_) => Status::already_exists(e.to_string()),
+            StoreError::UnknownAgent(_) => Status::not_found(e.to_string()),
             StoreError::GenerationConflict { .. } => Status::aborted(e.to_string()),
+            StoreError::NotLeader => Status::unavailable(e.to_string()),
             StoreError::Pool(_) => {
                 tracing::error!(error = %e, "store");
                 Status::unavailable("controller database unreachable; see the controller log")
@@ -23,6 +25,7 @@ impl From<StoreError> for Status {
             | StoreError::Corrupt { .. }
             | StoreError::TooNew { .. }
             | StoreError::Interrupted(_)
+            | StoreError::BlobRead { .. }
             | StoreError::Injected(_) => {
                 tracing::error!(error = %e, "store");
                 Status::internal("controller store failed; see the controller log")

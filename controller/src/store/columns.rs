@@ -43,3 +43,31 @@ pub(crate) fn u(v: u64) -> i64 {
 pub(crate) fn from_u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
+
+/// Reads one chunk's worth of `data` (less only at its end).
+pub(crate) fn read_chunk(
+    digest: &str,
+    data: &mut (dyn std::io::Read + Send),
+    left: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let want = usize::try_from(left)
+        .unwrap_or(usize::MAX)
+        .min(super::BLOB_CHUNK_BYTES);
+    let mut buf = vec![0u8; want];
+    data.read_exact(&mut buf)
+        .map_err(|e| StoreError::BlobRead {
+            digest: digest.to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok(buf)
+}
+
+/// The `agents.host_reasons` column: a JSON list, or empty when there are none (so a read
+/// skips the agents without any).
+pub(crate) fn host_reasons_column(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        String::new()
+    } else {
+        to_json(&reasons)
+    }
+}

@@ -6,11 +6,16 @@ use std::sync::Mutex;
 
 use time::OffsetDateTime;
 
+use super::upgrades::{
+    AgentUpgrade, BinaryRecord, CHUNK_BYTES, UpgradeRecord, UpgradeState, UpgradeStore,
+};
 use super::{
-    AckRecord, AgentRecord, AgentRollout, AgentStep, AgentStore, Assignment, EnrollmentStore,
-    EventFilter, EventRecord, EventStore, Facts, GenerationRecord, Retention, Retired,
+    AckRecord, AgentRecord, AgentRollout, AgentStep, AgentStore, Assignment, DrainRecord,
+    DrainStore, EnrollmentStore, EventFilter, EventRecord, EventStore, Facts, FleetSample,
+    GenerationRecord, JobFilter, JobRecord, JobRetention, JobStore, Retention, Retired,
     RolloutState, RolloutStore, RunnerStore, StoreError,
 };
+use super::{BLOB_CHUNK_BYTES, DeliveryRecord, ImageRecord, ImageStore};
 use crate::tokens::{self, TokenRecord, TokenRefusal};
 
 #[derive(Debug, Default)]
@@ -24,6 +29,16 @@ struct Inner {
     rollouts: BTreeMap<String, AgentRollout>,
     events: BTreeMap<u64, EventRecord>,
     next_event: u64,
+    jobs: BTreeMap<(String, i64), JobRecord>,
+    samples: BTreeMap<OffsetDateTime, FleetSample>,
+    drains: BTreeMap<String, DrainRecord>,
+    blobs: BTreeMap<String, Vec<u8>>,
+    images: BTreeMap<String, ImageRecord>,
+    deliveries: BTreeMap<(String, String), DeliveryRecord>,
+    binaries: BTreeMap<String, (BinaryRecord, Vec<u8>)>,
+    upgrades: BTreeMap<u64, UpgradeRecord>,
+    agent_upgrades: BTreeMap<(u64, String), AgentUpgrade>,
+    host_reasons: BTreeMap<String, Vec<String>>,
     /// A table whose every write fails (see [`MemoryStore::failing_on`]).
     fail_on: Option<&'static str>,
 }
@@ -61,6 +76,8 @@ impl Inner {
 pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
+
+impl super::BatchReadStore for MemoryStore {}
 
 impl MemoryStore {
     /// An empty store.
@@ -167,6 +184,26 @@ impl AgentStore for MemoryStore {
         Ok(())
     }
 
+    fn set_host_reasons(&self, reasons: &[(String, Vec<String>)]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("agents")?;
+        for (id, r) in reasons {
+            if !g.agents.contains_key(id) {
+                continue;
+            }
+            if r.is_empty() {
+                g.host_reasons.remove(id);
+            } else {
+                g.host_reasons.insert(id.clone(), r.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn host_reasons(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        Ok(self.lock().host_reasons.clone())
+    }
+
     fn agents_seen(&self, seen: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
         let mut g = self.lock();
         for (id, at) in seen {
@@ -193,14 +230,72 @@ impl AgentStore for MemoryStore {
     }
 
     fn revoke_agent(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .agents
-            .get_mut(id)
-            .map(|a| {
-                a.revoked_at.get_or_insert(at);
-            })
-            .is_some())
+        let mut g = self.lock();
+        let Some(a) = g.agents.get_mut(id) else {
+            return Ok(false);
+        };
+        a.revoked_at.get_or_insert(at);
+        g.drains.remove(id);
+        Ok(true)
+    }
+}
+
+impl Inner {
+    /// Refuses the first id of `ids` that is unknown or revoked.
+    fn live_agents(&self, ids: &[String]) -> Result<(), StoreError> {
+        match ids
+            .iter()
+            .find(|id| self.agents.get(*id).is_none_or(|a| a.revoked_at.is_some()))
+        {
+            Some(id) => Err(StoreError::UnknownAgent(id.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl DrainStore for MemoryStore {
+    fn drain_agents(
+        &self,
+        ids: &[String],
+        requested_at: OffsetDateTime,
+        deadline_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.live_agents(ids)?;
+        g.fail_if_injected("agent_drains")?;
+        for id in ids {
+            g.drains.insert(
+                id.clone(),
+                DrainRecord {
+                    agent_id: id.clone(),
+                    requested_at,
+                    deadline_at,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn undrain_agents(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut g = self.lock();
+        g.live_agents(ids)?;
+        g.fail_if_injected("agent_drains")?;
+        let mut out: Vec<String> = ids
+            .iter()
+            .filter(|id| g.drains.remove(*id).is_some())
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn agent_drain(&self, id: &str) -> Result<Option<DrainRecord>, StoreError> {
+        Ok(self.lock().drains.get(id).cloned())
+    }
+
+    fn list_drains(&self) -> Result<Vec<DrainRecord>, StoreError> {
+        Ok(self.lock().drains.values().cloned().collect())
     }
 }
 
@@ -459,5 +554,268 @@ impl EventStore for MemoryStore {
             g.events.remove(id);
         }
         Ok(before - g.events.len())
+    }
+}
+
+/// Newest first: by `updated_at`, then job id, then agent (the SQL stores' order).
+fn newest_first(a: &JobRecord, b: &JobRecord) -> std::cmp::Ordering {
+    b.updated_at
+        .cmp(&a.updated_at)
+        .then(b.job_id.cmp(&a.job_id))
+        .then(a.agent_id.cmp(&b.agent_id))
+}
+
+impl JobStore for MemoryStore {
+    fn upsert_jobs(&self, jobs: &[JobRecord]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("jobs")?;
+        for j in jobs {
+            match g.jobs.get_mut(&(j.agent_id.clone(), j.job_id)) {
+                Some(old) => old.merge(j),
+                None => {
+                    g.jobs.insert((j.agent_id.clone(), j.job_id), j.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let g = self.lock();
+        let mut v: Vec<JobRecord> = g
+            .jobs
+            .values()
+            .filter(|j| filter.matches(j))
+            .cloned()
+            .collect();
+        v.sort_by(newest_first);
+        v.truncate(filter.limit);
+        Ok(v)
+    }
+
+    fn prune_jobs(&self, keep: JobRetention, now: OffsetDateTime) -> Result<usize, StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("jobs")?;
+        let before = g.jobs.len() + g.samples.len();
+        let cutoff = now.checked_sub(keep.max_age).unwrap_or(now);
+        g.jobs.retain(|_, j| j.updated_at >= cutoff);
+        let mut all: Vec<JobRecord> = g.jobs.values().cloned().collect();
+        all.sort_by(newest_first);
+        let mut per_agent: BTreeMap<String, usize> = BTreeMap::new();
+        let mut kept = 0usize;
+        for j in all {
+            let n = per_agent.entry(j.agent_id.clone()).or_default();
+            *n += 1;
+            let drop_it = *n > keep.per_agent || {
+                // Counted only among the rows the per-agent rule kept, as the SQL does.
+                kept += 1;
+                kept > keep.total
+            };
+            if drop_it {
+                g.jobs.remove(&(j.agent_id, j.job_id));
+            }
+        }
+        let extra: Vec<OffsetDateTime> =
+            g.samples.keys().rev().skip(keep.samples).copied().collect();
+        for at in extra {
+            g.samples.remove(&at);
+        }
+        Ok(before - g.jobs.len() - g.samples.len())
+    }
+
+    fn add_fleet_sample(&self, sample: &FleetSample) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("fleet_samples")?;
+        g.samples.insert(sample.at, *sample);
+        Ok(())
+    }
+
+    fn list_fleet_samples(&self, since: OffsetDateTime) -> Result<Vec<FleetSample>, StoreError> {
+        Ok(self
+            .lock()
+            .samples
+            .range(since..)
+            .map(|(_, s)| *s)
+            .collect())
+    }
+}
+
+impl ImageStore for MemoryStore {
+    fn blob_size(&self, digest: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.lock().blobs.get(digest).map(|b| b.len() as u64))
+    }
+
+    fn put_blob(
+        &self,
+        digest: &str,
+        size: u64,
+        data: &mut (dyn std::io::Read + Send),
+    ) -> Result<bool, StoreError> {
+        if self.lock().blobs.contains_key(digest) {
+            return Ok(false);
+        }
+        let mut bytes = Vec::new();
+        let read = std::io::Read::read_to_end(&mut std::io::Read::take(data, size), &mut bytes)
+            .map_err(|e| StoreError::BlobRead {
+                digest: digest.to_string(),
+                detail: e.to_string(),
+            })?;
+        if read as u64 != size {
+            return Err(StoreError::BlobRead {
+                digest: digest.to_string(),
+                detail: format!("{read} bytes of {size}"),
+            });
+        }
+        let mut g = self.lock();
+        g.fail_if_injected("image_blobs")?;
+        g.blobs.insert(digest.to_string(), bytes);
+        Ok(true)
+    }
+
+    fn blob_chunk(&self, digest: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let g = self.lock();
+        let Some(b) = g.blobs.get(digest) else {
+            return Ok(None);
+        };
+        let start = usize::try_from(index)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(BLOB_CHUNK_BYTES);
+        if start >= b.len() {
+            return Ok(None);
+        }
+        let end = (start + BLOB_CHUNK_BYTES).min(b.len());
+        Ok(Some(b[start..end].to_vec()))
+    }
+
+    fn add_push(
+        &self,
+        image: &ImageRecord,
+        deliveries: &[DeliveryRecord],
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("images")?;
+        g.fail_if_injected("image_deliveries")?;
+        g.images
+            .entry(image.id.clone())
+            .or_insert_with(|| image.clone());
+        for d in deliveries {
+            g.deliveries
+                .insert((d.agent_id.clone(), d.image_id.clone()), d.clone());
+        }
+        Ok(())
+    }
+
+    fn get_image(&self, id: &str) -> Result<Option<ImageRecord>, StoreError> {
+        Ok(self.lock().images.get(id).cloned())
+    }
+
+    fn update_delivery(&self, d: &DeliveryRecord) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("image_deliveries")?;
+        match g
+            .deliveries
+            .get_mut(&(d.agent_id.clone(), d.image_id.clone()))
+        {
+            Some(old) => {
+                *old = d.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn list_deliveries(&self, agent_id: Option<&str>) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let g = self.lock();
+        let mut v: Vec<DeliveryRecord> = g
+            .deliveries
+            .values()
+            .filter(|d| agent_id.is_none_or(|a| d.agent_id == a))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.agent_id, &a.reference, &a.image_id).cmp(&(&b.agent_id, &b.reference, &b.image_id))
+        });
+        Ok(v)
+    }
+}
+
+impl UpgradeStore for MemoryStore {
+    fn add_binary(&self, b: &BinaryRecord, content: &[u8]) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        if g.binaries.contains_key(&b.sha256) {
+            return Ok(false);
+        }
+        g.fail_if_injected("upgrade_binaries")?;
+        g.fail_if_injected("upgrade_chunks")?;
+        g.binaries
+            .insert(b.sha256.clone(), (b.clone(), content.to_vec()));
+        Ok(true)
+    }
+
+    fn get_binary(&self, sha256: &str) -> Result<Option<BinaryRecord>, StoreError> {
+        Ok(self.lock().binaries.get(sha256).map(|(b, _)| b.clone()))
+    }
+
+    fn binary_chunk(&self, sha256: &str, offset: u64) -> Result<Vec<u8>, StoreError> {
+        let g = self.lock();
+        let Some((_, content)) = g.binaries.get(sha256) else {
+            return Ok(Vec::new());
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        if start >= content.len() {
+            return Ok(Vec::new());
+        }
+        let end = (start / CHUNK_BYTES + 1) * CHUNK_BYTES;
+        Ok(content[start..end.min(content.len())].to_vec())
+    }
+
+    fn add_upgrade(&self, up: &UpgradeRecord) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("upgrades")?;
+        let id = g.upgrades.keys().next_back().copied().unwrap_or(0) + 1;
+        g.upgrades.insert(id, UpgradeRecord { id, ..up.clone() });
+        Ok(id)
+    }
+
+    fn latest_upgrade(&self) -> Result<Option<UpgradeRecord>, StoreError> {
+        Ok(self.lock().upgrades.values().next_back().cloned())
+    }
+
+    fn set_upgrade_state(
+        &self,
+        id: u64,
+        state: UpgradeState,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("upgrades")?;
+        Ok(match g.upgrades.get_mut(&id) {
+            Some(up) => {
+                up.state = state;
+                up.reason = reason.to_string();
+                true
+            }
+            None => false,
+        })
+    }
+
+    fn set_agent_upgrades(&self, progress: &[AgentUpgrade]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.fail_if_injected("upgrade_agents")?;
+        for p in progress {
+            g.agent_upgrades
+                .insert((p.upgrade_id, p.agent_id.clone()), p.clone());
+        }
+        Ok(())
+    }
+
+    fn agent_upgrades(&self, upgrade_id: u64) -> Result<Vec<AgentUpgrade>, StoreError> {
+        Ok(self
+            .lock()
+            .agent_upgrades
+            .range((upgrade_id, String::new())..)
+            .take_while(|((id, _), _)| *id == upgrade_id)
+            .map(|(_, p)| p.clone())
+            .collect())
     }
 }

@@ -8,12 +8,24 @@
 //! (tokens as SHA-256 of their secret; runner specs and runner tokens sealed by
 //! [`crate::secrets::Sealer`] before they reach the store).
 
+mod batch_reads;
 mod columns;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
+#[cfg(test)]
+mod suite_batch_reads;
+#[cfg(test)]
+mod suite_drains;
+#[cfg(test)]
+mod suite_images;
+#[cfg(test)]
+mod suite_jobs;
+#[cfg(test)]
+mod suite_upgrades;
+pub mod upgrades;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::tokens::{TokenRecord, TokenRefusal};
+pub use batch_reads::{BatchReadStore, SessionRead};
+pub use upgrades::UpgradeStore;
 
 /// What an agent reports about its host (domain form of `AgentFacts`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,11 +93,16 @@ pub enum StoreError {
     /// No pooled PostgreSQL connection could be had in time.
     #[error("postgresql connection pool: {0}")]
     Pool(#[from] r2d2::Error),
-    /// Another controller holds the database (several replicas are not supported yet).
+    /// A controller of an earlier build, which runs one controller per database, holds the
+    /// database (or, for that build, replicas of this one do).
     #[error(
-        "database {0} is in use by another drover controller; several controllers on one database are not supported yet"
+        "database {0} is in use by a drover controller of an earlier version (one controller per database); stop it before starting replicas of this version"
     )]
     InUse(String),
+    /// A leader-only write from a replica that does not hold the leader lease (lost, or
+    /// expired by the database's clock); nothing was written.
+    #[error("this replica does not hold the leader lease; nothing was written")]
+    NotLeader,
     /// The database was written by a newer build; nothing was changed.
     #[error(
         "database {path} has schema version {found}, newer than the {supported} this drover knows: run a newer drover, or restore a backup taken before the upgrade"
@@ -116,6 +135,17 @@ pub enum StoreError {
     /// A failure injected by a test fake ([`memory::MemoryStore::failing_on`]).
     #[error("injected failure writing to {0}")]
     Injected(&'static str),
+    /// An agent id that names no enrolled agent, or a revoked one; nothing was written.
+    #[error("agent {0} not found (or deleted)")]
+    UnknownAgent(String),
+    /// A blob's bytes could not be read while storing it; nothing was stored.
+    #[error("read blob {digest}: {detail}")]
+    BlobRead {
+        /// The blob.
+        digest: String,
+        /// What failed.
+        detail: String,
+    },
     /// A generation was added that does not follow the newest one (a concurrent apply).
     #[error("generation {got} does not follow the newest generation {newest}")]
     GenerationConflict {
@@ -133,6 +163,25 @@ pub struct Strategy {
     pub kind: StrategyKind,
     /// Rolling: agents that may be pushed but not yet acknowledged at once.
     pub max_unavailable: u32,
+    /// Health gate (`runner apply --canary/--gate-window/...`): `None` for an ungated
+    /// rollout. Kept in the generation's strategy JSON (absent in earlier rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+}
+
+/// A rollout gated on health (see `crate::fleet::gate`): batches go one at a time, each
+/// watched for `window_secs` after it applied before the next is pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gate {
+    /// Agents in the first batch (0 = `max_unavailable`).
+    pub canary: u32,
+    /// How long each batch is watched after its last agent applied, seconds.
+    pub window_secs: u64,
+    /// Highest share of the watched agents' finished jobs that may end with a system-level
+    /// failure, in thousandths (0: any such failure halts).
+    pub max_failure_permille: u32,
+    /// On a halt, undo the rollout (a new generation with the previous runners).
+    pub auto_rollback: bool,
 }
 
 /// The rollout strategies.
@@ -324,6 +373,119 @@ impl Default for Retention {
     }
 }
 
+/// One job on one agent (one row per agent and GitLab job id, updated as its state changes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    /// The agent that ran it (from its certificate, never from a message).
+    pub agent_id: String,
+    /// GitLab's job id (positive).
+    pub job_id: i64,
+    /// The runner.
+    pub runner: String,
+    /// `running`, `success`, `failed`, `canceled`, or a newer agent's state by name.
+    pub state: String,
+    /// GitLab's failure reason, empty unless failed.
+    pub failure_reason: String,
+    /// When it started (agent clock).
+    pub started_at: Option<OffsetDateTime>,
+    /// When it ended (agent clock); `None` while running.
+    pub finished_at: Option<OffsetDateTime>,
+    /// How long it ran, milliseconds; `None` while running or unknown.
+    pub duration_ms: Option<i64>,
+    /// How long it waited in GitLab's queue, milliseconds; `None` when GitLab did not say.
+    pub queue_wait_ms: Option<i64>,
+    /// When the controller last heard of it (controller clock): order, `since`, age.
+    pub updated_at: OffsetDateTime,
+}
+
+impl JobRecord {
+    /// Whether the job's state is a final one (anything but `running`).
+    pub fn finished(&self) -> bool {
+        self.state != "running"
+    }
+
+    /// Folds a newer report of the same job into this row, as every store does on upsert:
+    /// a final state is never replaced by `running` (events may arrive out of order), the
+    /// first start time stays, known durations and waits are kept when the newer report
+    /// lacks them.
+    pub fn merge(&mut self, newer: &JobRecord) {
+        if newer.finished() || !self.finished() {
+            self.state = newer.state.clone();
+            self.failure_reason = newer.failure_reason.clone();
+        }
+        self.runner = newer.runner.clone();
+        self.started_at = self.started_at.or(newer.started_at);
+        self.finished_at = newer.finished_at.or(self.finished_at);
+        self.duration_ms = newer.duration_ms.or(self.duration_ms);
+        self.queue_wait_ms = newer.queue_wait_ms.or(self.queue_wait_ms);
+        self.updated_at = self.updated_at.max(newer.updated_at);
+    }
+}
+
+/// Which jobs to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only this agent's (empty = all).
+    pub agent_id: String,
+    /// Only this runner's (empty = all).
+    pub runner: String,
+    /// Only in this state (empty = all).
+    pub state: String,
+    /// Only updated at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// The newest `limit` matching (by `updated_at`), newest first.
+    pub limit: usize,
+}
+
+impl JobFilter {
+    /// Whether `j` passes every condition but the limit.
+    pub fn matches(&self, j: &JobRecord) -> bool {
+        (self.agent_id.is_empty() || j.agent_id == self.agent_id)
+            && (self.runner.is_empty() || j.runner == self.runner)
+            && (self.state.is_empty() || j.state == self.state)
+            && self.since.is_none_or(|s| j.updated_at >= s)
+    }
+}
+
+/// How many jobs and fleet samples are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobRetention {
+    /// Newest jobs kept per agent.
+    pub per_agent: usize,
+    /// Newest jobs kept in all.
+    pub total: usize,
+    /// Jobs not updated for this long are dropped.
+    pub max_age: time::Duration,
+    /// Newest fleet samples kept.
+    pub samples: usize,
+}
+
+impl Default for JobRetention {
+    fn default() -> Self {
+        JobRetention {
+            per_agent: 1000,
+            total: 50_000,
+            max_age: time::Duration::days(7),
+            samples: 1440,
+        }
+    }
+}
+
+/// Agents per state at one time (the status page's "agents per state over time").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetSample {
+    /// When (controller clock, whole seconds); one sample per time.
+    pub at: OffsetDateTime,
+    /// Agents `healthy`.
+    pub healthy: u32,
+    /// Agents `degraded`.
+    pub degraded: u32,
+    /// Agents `lost`.
+    pub lost: u32,
+    /// Agents `revoked`.
+    pub revoked: u32,
+}
+
 /// Runs store calls on tokio's blocking pool and waits for them: how async code calls the
 /// store, so a transaction (or a wait for SQLite's lock or the disk) never holds an async
 /// worker thread. Group the calls one decision needs in one closure. A panic in `f` is
@@ -343,9 +505,34 @@ where
 
 /// Persistent controller state: one handle over every aggregate, so callers keep one
 /// `Arc<dyn Store>`. Each aggregate's trait is imported where its calls are made.
-pub trait Store: EnrollmentStore + AgentStore + RolloutStore + RunnerStore + EventStore {}
+pub trait Store:
+    EnrollmentStore
+    + AgentStore
+    + RolloutStore
+    + RunnerStore
+    + EventStore
+    + JobStore
+    + DrainStore
+    + ImageStore
+    + UpgradeStore
+    + BatchReadStore
+{
+}
 
-impl<T: EnrollmentStore + AgentStore + RolloutStore + RunnerStore + EventStore> Store for T {}
+impl<
+    T: EnrollmentStore
+        + AgentStore
+        + RolloutStore
+        + RunnerStore
+        + EventStore
+        + JobStore
+        + DrainStore
+        + ImageStore
+        + UpgradeStore
+        + BatchReadStore,
+> Store for T
+{
+}
 
 /// Enrollment tokens, and enrollment (which takes a token use and inserts an agent).
 pub trait EnrollmentStore: Send + Sync {
@@ -390,6 +577,12 @@ pub trait AgentStore: Send + Sync {
     /// heartbeats this way instead of one write per heartbeat). Unknown ids are skipped; a
     /// time older than the stored one does not move it back.
     fn agents_seen(&self, seen: &[(String, OffsetDateTime)]) -> Result<(), StoreError>;
+    /// Records the host-health reasons the replica holding each agent's session evaluated
+    /// from its heartbeats (empty: none), so other replicas show the same state. Unknown ids
+    /// are skipped.
+    fn set_host_reasons(&self, reasons: &[(String, Vec<String>)]) -> Result<(), StoreError>;
+    /// The stored host-health reasons of every agent that has any, by id.
+    fn host_reasons(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError>;
     /// Records a renewed certificate.
     fn agent_cert_renewed(
         &self,
@@ -467,6 +660,39 @@ pub trait RunnerStore: Send + Sync {
     fn delete_retired(&self, id: i64) -> Result<(), StoreError>;
 }
 
+/// A drain of one agent (`drover agent drain`): it takes no new jobs; running ones finish,
+/// or are canceled once `deadline_at` passed. Kept until `drover agent undrain` or the
+/// agent's deletion; sent again on every new session of the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainRecord {
+    /// The agent.
+    pub agent_id: String,
+    /// When the (newest) drain command was given.
+    pub requested_at: OffsetDateTime,
+    /// When running jobs are canceled; `None` = they finish whenever they do.
+    pub deadline_at: Option<OffsetDateTime>,
+}
+
+/// Drained agents. Each write is one transaction over every agent it names: an unknown or
+/// revoked id refuses the whole write ([`StoreError::UnknownAgent`]) and changes nothing.
+/// Revoking an agent drops its drain.
+pub trait DrainStore: Send + Sync {
+    /// Drains every agent of `ids` from `requested_at`, with `deadline_at`; an agent
+    /// already drained takes the newer time and deadline.
+    fn drain_agents(
+        &self,
+        ids: &[String],
+        requested_at: OffsetDateTime,
+        deadline_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError>;
+    /// Ends the drain of every agent of `ids`; returns those that were drained, by id.
+    fn undrain_agents(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+    /// One agent's drain (`None`: not drained, unknown or revoked).
+    fn agent_drain(&self, id: &str) -> Result<Option<DrainRecord>, StoreError>;
+    /// Every drained agent's drain, by id.
+    fn list_drains(&self) -> Result<Vec<DrainRecord>, StoreError>;
+}
+
 /// Fleet events (`drover events`).
 pub trait EventStore: Send + Sync {
     /// Appends events in one transaction (ids and order as given).
@@ -476,4 +702,87 @@ pub trait EventStore: Send + Sync {
     /// Drops all but the newest `per_agent` events of each agent and the newest `total` in
     /// all; returns how many were dropped.
     fn prune_events(&self, keep: Retention) -> Result<usize, StoreError>;
+}
+
+/// The fleet's jobs (`drover jobs`, the status page) and the agents-per-state history.
+pub trait JobStore: Send + Sync {
+    /// Inserts or updates jobs in one transaction, in order; an existing row (same agent
+    /// and job id) is updated as [`JobRecord::merge`] says.
+    fn upsert_jobs(&self, jobs: &[JobRecord]) -> Result<(), StoreError>;
+    /// The newest `filter.limit` jobs matching `filter` (by `updated_at`, then agent and
+    /// job id), newest first.
+    fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError>;
+    /// Drops jobs not updated since `now - keep.max_age`, then all but the newest
+    /// `per_agent` of each agent and the newest `total` in all, and all but the newest
+    /// `keep.samples` fleet samples; returns how many rows were dropped.
+    fn prune_jobs(&self, keep: JobRetention, now: OffsetDateTime) -> Result<usize, StoreError>;
+    /// Records a fleet sample (a second one at the same time replaces it).
+    fn add_fleet_sample(&self, sample: &FleetSample) -> Result<(), StoreError>;
+    /// Fleet samples at or after `since`, oldest first.
+    fn list_fleet_samples(&self, since: OffsetDateTime) -> Result<Vec<FleetSample>, StoreError>;
+}
+
+/// Bytes per stored blob row: blobs are kept as consecutive chunks of this size (the last
+/// one shorter), so any replica serves any range with one row per chunk.
+pub const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// An image the controller holds (`drover image push`), by its id (the config digest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// `sha256:...` of the config blob.
+    pub id: String,
+    /// `name:tag`.
+    pub reference: String,
+    /// The layers and sizes ([`crate::images::Manifest`] as JSON).
+    pub manifest_json: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// One image on one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeliveryRecord {
+    pub agent_id: String,
+    pub image_id: String,
+    pub reference: String,
+    /// `pending`, `fetching`, `delivered` or `failed` ([`crate::images::DeliveryState`]).
+    pub state: String,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    /// Blob bytes the controller sent for it.
+    pub bytes_sent: u64,
+    pub layers_present: u32,
+    /// Why it failed.
+    pub error: String,
+    /// Bytes per second on the send side; 0 unlimited.
+    pub rate_limit: u64,
+    pub updated_at: Option<OffsetDateTime>,
+}
+
+/// Image blobs (content-addressed, chunked rows), images and their deliveries.
+pub trait ImageStore: Send + Sync {
+    /// The stored size of blob `digest`, `None` when it is not stored.
+    fn blob_size(&self, digest: &str) -> Result<Option<u64>, StoreError>;
+    /// Stores blob `digest` of `size` bytes read from `data`, in one transaction; a blob
+    /// already stored is left as is (`false`). The caller checked the digest.
+    fn put_blob(
+        &self,
+        digest: &str,
+        size: u64,
+        data: &mut (dyn std::io::Read + Send),
+    ) -> Result<bool, StoreError>;
+    /// Chunk `index` (of [`BLOB_CHUNK_BYTES`]) of blob `digest`.
+    fn blob_chunk(&self, digest: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores `image` (kept when already stored) and starts its `deliveries` (replacing
+    /// earlier ones of the same agent and image), in one transaction.
+    fn add_push(
+        &self,
+        image: &ImageRecord,
+        deliveries: &[DeliveryRecord],
+    ) -> Result<(), StoreError>;
+    fn get_image(&self, id: &str) -> Result<Option<ImageRecord>, StoreError>;
+    /// Replaces the stored delivery of `d.agent_id` and `d.image_id`; `false` when there
+    /// is none (nothing is written).
+    fn update_delivery(&self, d: &DeliveryRecord) -> Result<bool, StoreError>;
+    /// Deliveries, by agent then reference; only `agent_id`'s when given.
+    fn list_deliveries(&self, agent_id: Option<&str>) -> Result<Vec<DeliveryRecord>, StoreError>;
 }

@@ -29,11 +29,24 @@ pub fn run_all(make: Make<'_>, failing: MakeFailing<'_>) {
     rollouts_and_acks(make());
     advance_agents_in_one_go(make());
     batched_last_seen(make());
+    host_reasons_round_trip(make());
     events_filter_and_order(make());
     events_retention(make());
+    super::suite_jobs::jobs_merge_filter_and_order(make());
+    super::suite_jobs::jobs_retention(make());
+    super::suite_jobs::job_batch_fails_whole(failing("jobs"));
+    super::suite_upgrades::binaries_in_chunks(make());
+    super::suite_upgrades::upgrades_and_progress(make());
+    super::suite_upgrades::binary_fails_whole(failing("upgrade_chunks"));
+    super::suite_drains::drains_persist_and_go_with_the_agent(make(), &enrolled);
+    super::suite_drains::drain_writes_fail_whole(failing("agent_drains"), &enrolled);
+    super::suite_images::blobs_are_chunked_and_stored_once(make());
+    super::suite_images::pushes_and_deliveries(make());
+    super::suite_images::push_fails_whole(failing("image_deliveries"));
+    super::suite_batch_reads::batch_reads_match_one_agent_reads(make());
 }
 
-fn now() -> OffsetDateTime {
+pub(super) fn now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
 }
 
@@ -68,7 +81,7 @@ fn agent(id: &str) -> AgentRecord {
 }
 
 /// A token with `uses`, and agents `ids` enrolled with it.
-fn enrolled(s: &dyn Store, uses: u32, ids: &[&str]) {
+pub(crate) fn enrolled(s: &dyn Store, uses: u32, ids: &[&str]) {
     s.create_token(&token(uses)).unwrap();
     for id in ids {
         s.enroll(
@@ -182,6 +195,7 @@ fn generation(n: u64) -> GenerationRecord {
         strategy: Strategy {
             kind: StrategyKind::Rolling,
             max_unavailable: 1,
+            gate: None,
         },
         state: RolloutState::Progressing,
         reason: String::new(),
@@ -208,9 +222,32 @@ fn generations_follow_each_other(s: Box<dyn Store>) {
     assert_eq!(g.state, RolloutState::Halted);
     assert_eq!(g.reason, "agent a1 refused");
     assert!(!s.set_rollout_state(9, RolloutState::Complete, "").unwrap());
+    // A gated rollout keeps its gate and its halt reason.
+    let mut gated = generation(3);
+    gated.strategy.gate = Some(crate::store::Gate {
+        canary: 1,
+        window_secs: 30,
+        max_failure_permille: 250,
+        auto_rollback: true,
+    });
+    s.add_generation(&gated).unwrap();
+    assert_eq!(s.get_generation(3).unwrap(), Some(gated.clone()));
+    assert!(
+        s.set_rollout_state(3, RolloutState::Halted, "health gate: 1 of 1 jobs")
+            .unwrap()
+    );
+    let g = s.get_generation(3).unwrap().unwrap();
+    assert_eq!(
+        (g.strategy, g.state, g.reason.as_str()),
+        (
+            gated.strategy,
+            RolloutState::Halted,
+            "health gate: 1 of 1 jobs"
+        )
+    );
 }
 
-fn assignment(agent: &str, runner: &str, id: i64) -> Assignment {
+pub(super) fn assignment(agent: &str, runner: &str, id: i64) -> Assignment {
     Assignment {
         agent_id: agent.into(),
         runner: runner.into(),
@@ -224,7 +261,7 @@ fn assignment(agent: &str, runner: &str, id: i64) -> Assignment {
 }
 
 /// Puts assignments the way a rollout does (the store has no bare put).
-fn put(s: &dyn Store, assignments: &[Assignment]) {
+pub(super) fn put(s: &dyn Store, assignments: &[Assignment]) {
     let steps: Vec<AgentStep> = assignments
         .iter()
         .map(|a| AgentStep {
@@ -520,6 +557,24 @@ fn intents_fail_whole(failing: MakeFailing<'_>) {
     let s = failing("assignments");
     assert!(s.replace_assignment(&assignment("a1", "r1", 1)).is_err());
     assert!(s.list_retired().unwrap().is_empty());
+}
+
+fn host_reasons_round_trip(s: Box<dyn Store>) {
+    enrolled(&*s, 2, &["a1", "a2"]);
+    assert!(s.host_reasons().unwrap().is_empty());
+    let low = vec!["disk low for docker: 1.0 GiB free of 100.0 GiB (1.0%)".to_string()];
+    s.set_host_reasons(&[
+        ("a1".into(), low.clone()),
+        ("a2".into(), Vec::new()),
+        ("unknown".into(), low.clone()),
+    ])
+    .unwrap();
+    let stored = s.host_reasons().unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored["a1"], low);
+    // Cleared: no longer listed.
+    s.set_host_reasons(&[("a1".into(), Vec::new())]).unwrap();
+    assert!(s.host_reasons().unwrap().is_empty());
 }
 
 fn batched_last_seen(s: Box<dyn Store>) {

@@ -1,5 +1,6 @@
 //! What the admin calls answer: agents, tokens, events, the rollout status.
 
+use drover_proto::names::Named;
 use drover_proto::v1;
 
 use super::WireError;
@@ -7,10 +8,11 @@ use super::enums::{
     agent_rollout_state_out, agent_state_out, job_state_number, rollout_state_out,
     strategy_kind_in, strategy_kind_out,
 };
+use crate::fleet::gate;
 use crate::fleet::progress::{AgentProgress, RolloutStatus};
 use crate::health::AgentView;
 use crate::health::report::RunnerStatus;
-use crate::store::{EventRecord, Strategy, StrategyKind};
+use crate::store::{EventRecord, Gate, JobRecord, Strategy, StrategyKind};
 use crate::timefmt;
 use crate::tokens::TokenRecord;
 
@@ -33,6 +35,9 @@ pub fn agent_info(v: &AgentView, runners: Vec<RunnerStatus>) -> v1::AgentInfo {
     facts.ips = v.ips.clone();
     let (agent_state, state) = agent_state_out(v.eval.state);
     v1::AgentInfo {
+        // Set by `ListAgents`/`GetAgent` from the newest upgrade (`wire::upgrade`).
+        upgrade_step: 0,
+        upgrade_detail: String::new(),
         id: a.id.clone(),
         labels: a.labels.clone().into_iter().collect(),
         facts: Some(facts),
@@ -48,6 +53,14 @@ pub fn agent_info(v: &AgentView, runners: Vec<RunnerStatus>) -> v1::AgentInfo {
         host: v.host.clone().map(v1::HostHealth::from),
         target_generation: v.target_generation,
         last_heartbeat: v.last_heartbeat.map(timefmt::to_proto),
+        draining: v.draining,
+        drain_requested_at: v.drain.as_ref().map(|d| timefmt::to_proto(d.requested_at)),
+        drain_deadline_at: v
+            .drain
+            .as_ref()
+            .and_then(|d| d.deadline_at)
+            .map(timefmt::to_proto),
+        heartbeat_draining: v.heartbeat_draining,
     }
 }
 
@@ -66,12 +79,43 @@ pub fn event(e: &EventRecord) -> v1::Event {
     }
 }
 
+/// A stored job on the wire.
+pub fn job(j: &JobRecord) -> v1::Job {
+    v1::Job {
+        agent_id: j.agent_id.clone(),
+        runner: j.runner.clone(),
+        job_id: j.job_id,
+        job_state: job_state_number(&j.state),
+        state: j.state.clone(),
+        failure_reason: j.failure_reason.clone(),
+        started_at: j.started_at.map(timefmt::to_proto),
+        finished_at: j.finished_at.map(timefmt::to_proto),
+        duration_seconds: j.duration_ms.map(|ms| ms as f64 / 1000.0),
+        queue_wait_seconds: j.queue_wait_ms.map(|ms| ms as f64 / 1000.0),
+        updated_at: Some(timefmt::to_proto(j.updated_at)),
+    }
+}
+
+/// The state a `ListJobs` call filters on: empty for unspecified (all); a number this
+/// controller does not know is refused.
+pub fn job_state_filter(value: i32) -> Result<String, WireError> {
+    match v1::JobState::try_from(value) {
+        Ok(v1::JobState::Unspecified) => Ok(String::new()),
+        Ok(s) => Ok(s.name().to_string()),
+        Err(_) => Err(WireError::new(
+            "job_state",
+            format!("{value}: expected running, success, failed or canceled"),
+        )),
+    }
+}
+
 /// The strategy a call asks for; `None` lets the controller choose (neither a kind nor
-/// `max_unavailable` given). A kind this controller does not know is refused.
+/// `max_unavailable` nor a gate given). A kind this controller does not know is refused,
+/// and so are a gated `all`, a window over a day and a ratio outside 0..=1.
 pub fn strategy_in(s: Option<&v1::RolloutStrategy>) -> Result<Option<Strategy>, WireError> {
     let Some(s) = s else { return Ok(None) };
     let kind = match strategy_kind_in(s.strategy_kind, &s.kind) {
-        Ok(None) if s.max_unavailable == 0 => return Ok(None),
+        Ok(None) if s.max_unavailable == 0 && !s.gated => return Ok(None),
         Ok(None) => StrategyKind::Rolling,
         Ok(Some(kind)) => kind,
         Err(other) => {
@@ -81,19 +125,67 @@ pub fn strategy_in(s: Option<&v1::RolloutStrategy>) -> Result<Option<Strategy>, 
             ));
         }
     };
+    let gate = if s.gated {
+        Some(gate_in(s, kind)?)
+    } else {
+        None
+    };
     Ok(Some(Strategy {
         kind,
         max_unavailable: s.max_unavailable.max(1),
+        gate,
     }))
+}
+
+fn gate_in(s: &v1::RolloutStrategy, kind: StrategyKind) -> Result<Gate, WireError> {
+    if kind == StrategyKind::All {
+        return Err(WireError::new(
+            "strategy",
+            "a gated rollout goes in batches: use the rolling strategy",
+        ));
+    }
+    if s.gate_window_seconds > gate::MAX_WINDOW_SECS {
+        return Err(WireError::new(
+            "gate_window_seconds",
+            format!(
+                "{}: at most {} (one day)",
+                s.gate_window_seconds,
+                gate::MAX_WINDOW_SECS
+            ),
+        ));
+    }
+    let ratio = s.max_failure_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(WireError::new(
+            "max_failure_ratio",
+            format!("{ratio}: expected a number from 0 to 1"),
+        ));
+    }
+    Ok(Gate {
+        canary: s.canary,
+        window_secs: match s.gate_window_seconds {
+            0 => gate::DEFAULT_WINDOW_SECS,
+            w => w,
+        },
+        // In 0..=1000 by the check above.
+        max_failure_permille: (ratio * 1000.0).round() as u32,
+        auto_rollback: s.auto_rollback,
+    })
 }
 
 impl From<Strategy> for v1::RolloutStrategy {
     fn from(s: Strategy) -> v1::RolloutStrategy {
         let (strategy_kind, kind) = strategy_kind_out(s.kind);
+        let g = s.gate;
         v1::RolloutStrategy {
             kind,
             strategy_kind,
             max_unavailable: s.max_unavailable,
+            gated: g.is_some(),
+            canary: g.map_or(0, |g| g.canary),
+            gate_window_seconds: g.map_or(0, |g| g.window_secs),
+            max_failure_ratio: g.map_or(0.0, |g| f64::from(g.max_failure_permille) / 1000.0),
+            auto_rollback: g.is_some_and(|g| g.auto_rollback),
         }
     }
 }
@@ -171,15 +263,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_gate_round_trips_with_defaults_and_bounds() {
+        let wire = |ratio: f64, window: u64, kind: &str| v1::RolloutStrategy {
+            kind: kind.into(),
+            gated: true,
+            canary: 1,
+            gate_window_seconds: window,
+            max_failure_ratio: ratio,
+            auto_rollback: true,
+            ..v1::RolloutStrategy::default()
+        };
+        let s = strategy_in(Some(&wire(0.25, 0, ""))).unwrap().unwrap();
+        assert_eq!(s.kind, StrategyKind::Rolling);
+        assert_eq!(
+            s.gate,
+            Some(Gate {
+                canary: 1,
+                window_secs: gate::DEFAULT_WINDOW_SECS,
+                max_failure_permille: 250,
+                auto_rollback: true,
+            })
+        );
+        let back = v1::RolloutStrategy::from(s);
+        assert!(back.gated && back.auto_rollback);
+        assert_eq!((back.canary, back.gate_window_seconds), (1, 120));
+        assert!((back.max_failure_ratio - 0.25).abs() < 1e-9);
+        assert_eq!(strategy_in(Some(&back)), Ok(Some(s)));
+        for bad in [
+            wire(1.5, 10, ""),
+            wire(f64::NAN, 10, ""),
+            wire(0.0, 86_401, ""),
+        ] {
+            assert!(strategy_in(Some(&bad)).is_err(), "{bad:?}");
+        }
+        let e = strategy_in(Some(&wire(0.0, 10, "all"))).unwrap_err();
+        assert!(e.to_string().contains("rolling"), "{e}");
+    }
+
+    #[test]
     fn a_strategy_reads_from_either_field_and_an_unknown_kind_is_refused() {
         let s = |strategy_kind: i32, kind: &str, max_unavailable| v1::RolloutStrategy {
             strategy_kind,
             kind: kind.into(),
             max_unavailable,
+            ..v1::RolloutStrategy::default()
         };
         let all = Strategy {
             kind: StrategyKind::All,
             max_unavailable: 1,
+            gate: None,
         };
         let current = v1::RolloutStrategy::from(all);
         assert_eq!((current.kind.as_str(), current.strategy_kind), ("all", 2));

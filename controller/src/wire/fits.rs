@@ -49,18 +49,28 @@ fn worst_desired_state(runners: &[RunnerConfig]) -> v1::DesiredState {
         generation: u64::MAX,
         runners: runners
             .iter()
-            .map(|r| v1::RunnerAssignment {
-                name: r.name.clone(),
-                spec_json: spec::agent_spec_json(r),
-                runner_token: match &r.token {
-                    Some(t) => t.expose_secret().to_string(),
-                    None => "x".repeat(REGISTERED_TOKEN_LEN),
-                },
-                gitlab_runner_id: i64::MAX,
-                token_expires_at: Some(prost_types::Timestamp {
-                    seconds: i64::MAX,
-                    nanos: i32::MAX,
-                }),
+            .map(|r| {
+                let [
+                    cache_s3_access_key,
+                    cache_s3_secret_key,
+                    cache_s3_session_token,
+                ] = spec::cache_secrets(r).exposed();
+                v1::RunnerAssignment {
+                    cache_s3_access_key,
+                    cache_s3_secret_key,
+                    cache_s3_session_token,
+                    name: r.name.clone(),
+                    spec_json: spec::agent_spec_json(r),
+                    runner_token: match &r.token {
+                        Some(t) => t.expose_secret().to_string(),
+                        None => "x".repeat(REGISTERED_TOKEN_LEN),
+                    },
+                    gitlab_runner_id: i64::MAX,
+                    token_expires_at: Some(prost_types::Timestamp {
+                        seconds: i64::MAX,
+                        nanos: i32::MAX,
+                    }),
+                }
             })
             .collect(),
     }

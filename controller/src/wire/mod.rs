@@ -17,16 +17,19 @@
 //!   `drover_proto::names`), with the deprecated string fields beside them.
 
 pub mod admin;
+pub mod drains;
 pub mod enums;
 pub mod fits;
+pub mod images;
 pub mod report;
+pub mod upgrade;
 
 use drover_proto::v1;
 use time::OffsetDateTime;
 
 use crate::store::Facts;
 
-pub use admin::{agent_info, event, token_info};
+pub use admin::{agent_info, event, job, job_state_filter, token_info};
 
 /// A message from a peer that no conforming peer sends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,9 +7,9 @@ use secrecy::{ExposeSecret, SecretString};
 use super::enums::{job_state_in, runner_event_kind_in, unit_state_in, unit_state_out};
 use super::{WireError, ips, time_in, time_out};
 use crate::fleet::messages::{
-    Ack, DesiredState, JobEvent, RunnerAssignment, RunnerEvent, TokenRotated,
+    Ack, DesiredState, JobEvent, RunnerAssignment, RunnerEvent, TokenRotated, job_seconds,
 };
-use crate::health::report::{Heartbeat, HostHealth, RunnerStatus};
+use crate::health::report::{BudgetUse, DiskBudgets, Heartbeat, HostHealth, RunnerStatus};
 
 impl TryFrom<v1::Heartbeat> for Heartbeat {
     type Error = WireError;
@@ -28,6 +28,7 @@ impl TryFrom<v1::Heartbeat> for Heartbeat {
             runners,
             ips: ips(&hb.ips),
             agent_version: hb.agent_version,
+            draining: hb.draining,
         })
     }
 }
@@ -45,7 +46,55 @@ impl From<v1::HostHealth> for HostHealth {
             builds_disk_free_bytes: h.builds_disk_free_bytes,
             builds_disk_total_bytes: h.builds_disk_total_bytes,
             clock_skew_seconds: h.clock_skew_seconds,
+            disk_budgets: h.disk_budgets.as_ref().map(disk_budgets_in),
         }
+    }
+}
+
+fn use_in(u: Option<&v1::DiskBudgetUse>) -> BudgetUse {
+    u.map(|u| BudgetUse {
+        used_bytes: u.used_bytes,
+        max_bytes: u.max_bytes,
+        count: u.count,
+    })
+    .unwrap_or_default()
+}
+
+fn use_out(u: &BudgetUse) -> v1::DiskBudgetUse {
+    v1::DiskBudgetUse {
+        used_bytes: u.used_bytes,
+        max_bytes: u.max_bytes,
+        count: u.count,
+    }
+}
+
+/// An agent's disk budgets; an absent or out-of-range time reads as unknown (0): display
+/// only, nothing is decided on it.
+pub fn disk_budgets_in(p: &v1::DiskBudgets) -> DiskBudgets {
+    DiskBudgets {
+        volumes: use_in(p.volumes.as_ref()),
+        images: use_in(p.images.as_ref()),
+        cache: use_in(p.cache.as_ref()),
+        collected_at: p.collected_at.as_ref().map_or(0, |t| t.seconds.max(0)),
+        last_freed_bytes: p.last_freed_bytes,
+        last_removed: p.last_removed,
+        agents: p.agents,
+    }
+}
+
+/// Disk budgets on the wire.
+pub fn disk_budgets_out(b: &DiskBudgets) -> v1::DiskBudgets {
+    v1::DiskBudgets {
+        volumes: Some(use_out(&b.volumes)),
+        images: Some(use_out(&b.images)),
+        cache: Some(use_out(&b.cache)),
+        collected_at: (b.collected_at > 0).then_some(prost_types::Timestamp {
+            seconds: b.collected_at,
+            nanos: 0,
+        }),
+        last_freed_bytes: b.last_freed_bytes,
+        last_removed: b.last_removed,
+        agents: b.agents,
     }
 }
 
@@ -62,6 +111,7 @@ impl From<HostHealth> for v1::HostHealth {
             builds_disk_free_bytes: h.builds_disk_free_bytes,
             builds_disk_total_bytes: h.builds_disk_total_bytes,
             clock_skew_seconds: h.clock_skew_seconds,
+            disk_budgets: h.disk_budgets.as_ref().map(disk_budgets_out),
         }
     }
 }
@@ -150,6 +200,9 @@ impl From<v1::JobEvent> for JobEvent {
             runner: j.runner,
             job_id: j.job_id,
             failure_reason: j.failure_reason,
+            queue_wait: job_seconds(j.queue_wait_seconds),
+            started_at: time_in("started_at", j.started_at.as_ref()).unwrap_or(None),
+            duration: job_seconds(j.duration_seconds),
         }
     }
 }
@@ -169,7 +222,15 @@ impl From<DesiredState> for v1::DesiredState {
 
 impl From<RunnerAssignment> for v1::RunnerAssignment {
     fn from(r: RunnerAssignment) -> v1::RunnerAssignment {
+        let [
+            cache_s3_access_key,
+            cache_s3_secret_key,
+            cache_s3_session_token,
+        ] = r.cache_secrets.exposed();
         v1::RunnerAssignment {
+            cache_s3_access_key,
+            cache_s3_secret_key,
+            cache_s3_session_token,
             runner_token: r.runner_token.expose_secret().to_string(),
             name: r.name,
             spec_json: r.spec_json,
@@ -184,6 +245,16 @@ mod tests {
     use super::*;
     use crate::fleet::messages::{JobState, RunnerEventKind};
     use crate::health::report::UnitState;
+
+    #[test]
+    fn a_heartbeat_says_whether_the_agent_is_draining() {
+        let hb = |draining| v1::Heartbeat {
+            draining,
+            ..Default::default()
+        };
+        assert!(Heartbeat::try_from(hb(true)).unwrap().draining);
+        assert!(!Heartbeat::try_from(hb(false)).unwrap().draining);
+    }
 
     #[test]
     fn a_time_out_of_range_is_refused_naming_the_field_and_value() {
@@ -254,6 +325,27 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(job.state, JobState::Other("paused".into()));
+    }
+
+    #[test]
+    fn job_durations_from_an_agent_are_bounded() {
+        let j = JobEvent::from(v1::JobEvent {
+            job_id: 3,
+            state: "success".into(),
+            queue_wait_seconds: Some(1.5),
+            duration_seconds: Some(60.0),
+            ..Default::default()
+        });
+        assert_eq!(j.queue_wait, Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(j.duration, Some(std::time::Duration::from_secs(60)));
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e300, 32.0 * 86_400.0] {
+            let j = JobEvent::from(v1::JobEvent {
+                queue_wait_seconds: Some(bad),
+                duration_seconds: Some(bad),
+                ..Default::default()
+            });
+            assert_eq!((j.queue_wait, j.duration), (None, None), "{bad}");
+        }
     }
 
     #[test]

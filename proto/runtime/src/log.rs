@@ -1,6 +1,7 @@
 //! Logging of both binaries: to stderr (colours on a terminal only), filtered by
 //! `DROVER_LOG`, else `RUST_LOG` when `DROVER_LOG` is unset (tracing's `EnvFilter` syntax;
-//! `info` when unset or unreadable), as `drover_proto::LOG_HELP` tells users.
+//! `info` when unset or unreadable), as both binaries' `--help` tells users
+//! ([`crate::environment::LOG_VARS`]).
 //!
 //! A bare level above `info` (`DROVER_LOG=debug`, `trace`) applies to Drover's own code only:
 //! every other crate stays at `info`. Dependencies log what they carry at debug and trace

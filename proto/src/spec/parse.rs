@@ -105,24 +105,28 @@ const RUNNER_NOT_IMPLEMENTED: &[NotImplemented] = &[
         note: "not implemented; ignored",
     },
     NotImplemented {
-        key: &["cache", "Type"],
-        note: "distributed cache not implemented (caches stay on this box); ignored",
-    },
-    NotImplemented {
-        key: &["cache", "Shared"],
-        note: "distributed cache not implemented (caches stay on this box); ignored",
-    },
-    NotImplemented {
-        key: &["cache", "s3"],
-        note: "distributed cache not implemented (caches stay on this box); ignored",
-    },
-    NotImplemented {
         key: &["cache", "gcs"],
-        note: "distributed cache not implemented (caches stay on this box); ignored",
+        note: "gcs caches are not implemented (only s3); ignored",
     },
     NotImplemented {
         key: &["cache", "azure"],
-        note: "distributed cache not implemented (caches stay on this box); ignored",
+        note: "azure caches are not implemented (only s3); ignored",
+    },
+    NotImplemented {
+        key: &["cache", "s3", "RoleARN"],
+        note: "not implemented (AWS STS roles); the access keys are used; ignored",
+    },
+    NotImplemented {
+        key: &["cache", "s3", "UploadRoleARN"],
+        note: "not implemented (AWS STS roles); the access keys are used; ignored",
+    },
+    NotImplemented {
+        key: &["cache", "s3", "Accelerate"],
+        note: "not implemented (AWS transfer acceleration); ignored",
+    },
+    NotImplemented {
+        key: &["cache", "s3", "DualStack"],
+        note: "not implemented (AWS dual-stack endpoints); the address is used as given; ignored",
     },
     NotImplemented {
         key: &["docker", "host"],
@@ -242,6 +246,15 @@ pub fn parse_with(text: &str, file: &str, mode: ParseMode) -> Result<Parsed, Spe
                 p = p.key(k);
             }
             warnings.push_if_set(&p, ni.note);
+        }
+        if let Some(c) = &config.runners[i].cache {
+            for (key, note) in super::cache::cache_warnings(c) {
+                let mut p = base.clone();
+                for k in key {
+                    p = p.key(k);
+                }
+                warnings.push(&p, note);
+            }
         }
         if mode == ParseMode::Standalone {
             for k in SPEC_ONLY {

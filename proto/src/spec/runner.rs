@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use super::{DockerConfig, GoDuration};
+use super::{CacheConfig, DiskGcConfig, DockerConfig, GoDuration};
 
 /// A gitlab-runner `config.toml` (standalone mode) or a Drover runner spec file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -104,31 +104,23 @@ pub struct RunnerConfig {
     pub custom_build_dir: Option<toml::Table>,
     pub cache: Option<CacheConfig>,
     pub docker: Option<DockerConfig>,
+    /// Drover: `[runners.drover_gc]`, the disk budget of builds volumes and pulled images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drover_gc: Option<DiskGcConfig>,
+    /// Drover: `[runners.drover_images]`, images checked before a generation is
+    /// acknowledged and kept by the disk collector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drover_images: Option<super::DroverImagesConfig>,
     /// Drover: label selector for the agents that run this runner (spec files).
     pub selector: BTreeMap<String, String>,
     /// Feature flags, `FF_*` = bool.
     pub feature_flags: BTreeMap<String, bool>,
 }
 
-/// `[runners.cache]`. Drover keeps caches on the agent's disk; `s3`/`gcs`/`azure` are
-/// accepted and reported as not implemented.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct CacheConfig {
-    #[serde(rename = "Type")]
-    pub kind: Option<String>,
-    #[serde(rename = "Path")]
-    pub path: Option<String>,
-    #[serde(rename = "Shared")]
-    pub shared: Option<bool>,
-    #[serde(rename = "MaxUploadedArchiveSize")]
-    pub max_uploaded_archive_size: Option<u64>,
-    pub s3: Option<toml::Table>,
-    pub gcs: Option<toml::Table>,
-    pub azure: Option<toml::Table>,
-}
-
-fn ser_secret<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn ser_secret<S: serde::Serializer>(
+    v: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     use secrecy::ExposeSecret;
     match v {
         Some(t) => s.serialize_str(t.expose_secret()),

@@ -124,6 +124,9 @@ fn validate_runner(r: &RunnerConfig, index: usize, mode: ParseMode) -> Result<()
     if let Err(e) = check_url(&r.url) {
         return Err(bad(base.key("url"), format!("{who}: url {:?}: {e}", r.url)));
     }
+    if let Some(c) = &r.cache {
+        super::cache::validate_cache(c, &base, &who)?;
+    }
     let present = |t: &Option<secrecy::SecretString>| {
         t.as_ref()
             .is_some_and(|t| !t.expose_secret().trim().is_empty())
@@ -225,6 +228,29 @@ fn validate_runner(r: &RunnerConfig, index: usize, mode: ParseMode) -> Result<()
         for (k, v) in &r.selector {
             if let Err(e) = super::validate_label(k, v) {
                 return Err(bad(base.key("selector").key(k), format!("{who}: {e}")));
+            }
+        }
+    }
+    if let Some(g) = &r.drover_gc {
+        let gp = base.key("drover_gc");
+        for (k, v) in [
+            ("volumes_max_size", &g.volumes_max_size),
+            ("images_max_size", &g.images_max_size),
+        ] {
+            if let Some(v) = v
+                && let Err(e) = super::parse_size(v)
+            {
+                return Err(bad(gp.key(k), format!("{who}: {k} = {v:?}: {e}")));
+            }
+        }
+    }
+    if let Some(images) = &r.drover_images {
+        let ip = base.key("drover_images").key("required");
+        for (j, image) in images.required.iter().enumerate() {
+            if let Some(problem) = super::image_ref_problem(image) {
+                let mut p = ip.clone();
+                p.0.push(super::locate::Segment::Index(j));
+                return Err(bad(p, format!("{who}: image {image:?}: {problem}")));
             }
         }
     }

@@ -33,6 +33,7 @@ use secrecy::SecretString;
 
 pub use self::build::{ClientBuildError, ClientOptions};
 pub use self::info::architecture;
+pub use self::tls::tls_config;
 use crate::api::{
     ArtifactUpload, GitLab, GitLabError, JobRequest, JobUpdate, RegisterOptions, RunnerAuth,
     RunnerCredentials, TraceAnswer, UpdateAnswer,

@@ -31,7 +31,7 @@ fn system_roots() -> &'static rustls::RootCertStore {
 }
 
 /// rustls with the ring provider, trusting the system roots plus `ca_file`.
-pub(super) fn tls_config(
+pub fn tls_config(
     base_url: &str,
     ca_file: Option<&Path>,
 ) -> Result<rustls::ClientConfig, ClientBuildError> {

@@ -46,6 +46,14 @@ fn every_fixture_decodes() {
 fn full_fixture_fields() {
     let j = job(fixtures::FULL.as_bytes());
     assert_eq!(j.job_info.name, "spinach");
+    assert_eq!(j.job_info.time_in_queue_seconds, 1.25);
+    // Go reads `null` as 0.
+    assert_eq!(
+        job(fixtures::SPARSE.as_bytes())
+            .job_info
+            .time_in_queue_seconds,
+        0.0
+    );
     assert_eq!(j.git_info.depth, 20);
     assert_eq!(j.services.len(), 3);
     assert_eq!(j.services[0].alias, None);

@@ -3,6 +3,8 @@
 //! - [`key`]: cache keys as safe file names.
 //! - [`policy`]: pure decisions (`policy`, `when`, fallback keys, `disable_cache`).
 //! - [`store`]: the on-disk [`CacheStore`] with atomic writes and LRU eviction.
+//! - [`remote`]: the distributed cache (`[runners.cache] Type = "s3"`) behind a store:
+//!   restore downloads the archive into the local store first, save uploads what it wrote.
 //!
 //! [`restore_caches`] and [`save_caches`] are the two steps the executor calls around the
 //! job's script. A cache problem never fails a job: it is written to the trace as a warning,
@@ -13,6 +15,7 @@
 
 pub mod key;
 pub mod policy;
+pub mod remote;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +23,8 @@ use std::sync::Arc;
 
 pub use key::{KeyError, sanitize_key};
 pub use policy::{CachePlan, CachePlanError, CachePolicy};
-pub use store::{CacheHit, CacheStore, DEFAULT_MAX_BYTES, SaveOutcome};
+pub use remote::{ObjectNames, Remote, RemoteCache, RemoteError, S3Remote};
+pub use store::{CacheHit, CacheStore, DEFAULT_MAX_BYTES, SHARED_DIR, SaveOutcome};
 
 use crate::artifacts::{ArchiveError, Owner, ProjectTar, SelectSpec};
 use crate::expand::expand_vars;
@@ -130,6 +134,9 @@ pub async fn restore_caches(
         return out;
     }
     for plan in wanted {
+        if let Some(remote) = store.remote() {
+            download_first(store, remote, project_id, &plan.restore_keys, trace).await;
+        }
         let (store, keys, tmp_dir) = (
             store.clone(),
             plan.restore_keys.clone(),
@@ -219,6 +226,7 @@ pub async fn save_caches(
     } else {
         "Saving cache for failed job"
     });
+    let remote = store.remote().cloned();
     for plan in wanted {
         trace.write_line(&format!("\x1b[32;1mCreating cache {}...\x1b[0;m", plan.key));
         let spec = SelectSpec {
@@ -265,6 +273,11 @@ pub async fn save_caches(
                         }
                         trace
                             .write_line(&format!("\x1b[32;1mCreated cache\x1b[0;m ({size} bytes)"));
+                        if let (Some(remote), SaveOutcome::Saved { path, size, .. }) =
+                            (remote.as_ref(), &outcome)
+                        {
+                            upload(remote, project_id, &plan.key, path, *size, trace).await;
+                        }
                     }
                     SaveOutcome::Empty { .. } => {
                         warn(trace, "Skipping cache archiving due to empty cache")
@@ -282,6 +295,89 @@ pub async fn save_caches(
         }
     }
     out
+}
+
+/// Downloads the first of `keys` the distributed cache holds into the local store (where the
+/// local restore then finds it). A missing object is a line in the trace; a failure (server
+/// down, refused, too large) is a warning and the local cache is used as it is.
+async fn download_first(
+    store: &CacheStore,
+    remote: &Remote,
+    project_id: i64,
+    keys: &[String],
+    trace: &TraceSink,
+) {
+    for key in keys {
+        let (Ok(path), Ok(object)) = (
+            store.archive_path(project_id, key),
+            remote.names.object(project_id, key),
+        ) else {
+            // An unsafe key: the local restore says why.
+            continue;
+        };
+        let at = remote.client.describe(&object);
+        trace.write_line(&format!("Downloading cache from {at}"));
+        match remote
+            .client
+            .download(&object, &path, store.max_bytes())
+            .await
+        {
+            Ok(true) => {
+                trace.write_line(&format!(
+                    "\x1b[32;1mSuccessfully downloaded cache {key}\x1b[0;m"
+                ));
+                return;
+            }
+            Ok(false) => trace.write_line(&format!("No cache at {at}")),
+            Err(e) => {
+                warn(
+                    trace,
+                    &format!(
+                        "could not download cache {key:?} from the distributed cache: {e}; using the cache on this box"
+                    ),
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Uploads a saved archive to the distributed cache, unless it is over
+/// `MaxUploadedArchiveSize`; a failure is a warning (the job goes on, as with gitlab-runner).
+async fn upload(
+    remote: &Remote,
+    project_id: i64,
+    key: &str,
+    path: &Path,
+    size: u64,
+    trace: &TraceSink,
+) {
+    if let Some(max) = remote.max_upload_bytes
+        && size > max
+    {
+        warn(
+            trace,
+            &format!(
+                "cache archive is {size} bytes, more than MaxUploadedArchiveSize = {max}; not uploaded (kept on this box)"
+            ),
+        );
+        return;
+    }
+    let object = match remote.names.object(project_id, key) {
+        Ok(o) => o,
+        Err(e) => return warn(trace, &format!("Failed to upload cache: {e}")),
+    };
+    let at = remote.client.describe(&object);
+    trace.write_line(&format!("Uploading cache to {at}"));
+    match remote.client.upload(&object, path).await {
+        Ok(()) => trace.write_line(&format!("\x1b[32;1mUploaded cache\x1b[0;m to {at}")),
+        Err(e) => warn(
+            trace,
+            &format!(
+                "Failed to upload cache {key:?} to the distributed cache: {e}; kept on this box only"
+            ),
+        ),
+    }
 }
 
 /// Where a runner's caches live when the runner sets no `cache_dir`: `<data_dir>/cache`.

@@ -9,10 +9,14 @@ use std::time::SystemTime;
 
 use super::CacheError;
 use super::key::sanitize_key;
+use super::remote::Remote;
 use crate::artifacts::{
     ArchiveError, Owner, ProjectTar, SelectSpec, archive::write_zip, select, zip_to_tar,
 };
 use crate::sources::TrackedFiles;
+
+/// The directory, under the cache root, of the caches shared by all runners of a box.
+pub const SHARED_DIR: &str = "shared.runners";
 
 /// A reasonable bound when the runner configures none: 5 GiB.
 pub const DEFAULT_MAX_BYTES: u64 = 5 * 1024 * 1024 * 1024;
@@ -22,6 +26,8 @@ pub const DEFAULT_MAX_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 pub struct CacheStore {
     dir: PathBuf,
     max_bytes: u64,
+    /// The distributed cache behind this store, when `[runners.cache]` sets one.
+    remote: Option<Remote>,
 }
 
 /// A cache found on restore.
@@ -56,7 +62,34 @@ impl CacheStore {
         CacheStore {
             dir: root.join(crate::executor::names::dir_name(runner)),
             max_bytes,
+            remote: None,
         }
+    }
+
+    /// The store every runner of the box with `[runners.cache] Shared = true` uses:
+    /// `<root>/shared.runners` (a name [`crate::executor::names::dir_name`] never makes).
+    pub fn shared(root: &Path, max_bytes: u64) -> CacheStore {
+        CacheStore {
+            dir: root.join(SHARED_DIR),
+            max_bytes,
+            remote: None,
+        }
+    }
+
+    /// This store with `remote` behind it.
+    pub fn with_remote(mut self, remote: Option<Remote>) -> CacheStore {
+        self.remote = remote;
+        self
+    }
+
+    /// The distributed cache behind this store, if any.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    /// The bound of the store's total size in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// The directory holding this runner's caches.

@@ -48,12 +48,58 @@ pub struct NetworkInfo {
     pub labels: HashMap<String, String>,
 }
 
+/// A volume with the space it takes, from the engine's disk usage (`GET /system/df`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeUsage {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    /// Bytes on disk; `None` when the engine did not compute it.
+    pub size_bytes: Option<u64>,
+    /// Containers (running or not) that mount it; `None` when unknown.
+    pub containers: Option<u64>,
+}
+
+/// An image with the space it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUsage {
+    /// `sha256:...`.
+    pub id: String,
+    /// `name:tag` references (empty for a dangling image).
+    pub tags: Vec<String>,
+    /// Bytes, layers shared with other images included (Docker's `Size`).
+    pub size_bytes: u64,
+    /// Containers (running or not) made from it; `None` when unknown.
+    pub containers: Option<u64>,
+}
+
+/// What the engine stores, with sizes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub volumes: Vec<VolumeUsage>,
+    pub images: Vec<ImageUsage>,
+}
+
 /// A tar archive body streamed into a container.
 pub type ArchiveStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// What an image's registry says of it, asked through the engine without pulling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryAnswer {
+    /// The registry has it: a pull would find it.
+    Found,
+    /// The registry answered that it does not have it, or refused access (the text says
+    /// which).
+    Missing(String),
+    /// No answer within the bound, or the registry could not be reached: cannot tell.
+    Unknown(String),
+}
 
 /// The Docker Engine calls the executor needs.
 #[async_trait]
 pub trait ContainerApi: Send + Sync {
+    /// Asks `image`'s registry, through the engine (`GET /distribution/{name}/json`), whether
+    /// it holds the image, waiting at most `timeout`; never pulls.
+    async fn registry_answer(&self, image: &str, timeout: std::time::Duration) -> RegistryAnswer;
     /// The image's id (`sha256:...`) when the image is present locally, `None` when not.
     async fn image_id(&self, image: &str) -> Result<Option<String>, ExecutorError>;
     /// Pulls `image`; each progress line (`Pulling fs layer`...) goes to `progress`.
@@ -92,6 +138,17 @@ pub trait ContainerApi: Send + Sync {
     async fn list_volumes(&self, key: &str, value: &str) -> Result<Vec<VolumeInfo>, ExecutorError>;
     /// Removes a volume. A missing volume is not an error.
     async fn remove_volume(&self, name: &str) -> Result<(), ExecutorError>;
+    /// Every volume and image with its size (`docker system df -v`).
+    async fn disk_usage(&self) -> Result<DiskUsage, ExecutorError>;
+    /// Removes the image reference `reference` (a `name:tag` or an id), without force: the
+    /// engine refuses an image a container (running or not) uses. A missing image is not
+    /// an error.
+    async fn remove_image(&self, reference: &str) -> Result<(), ExecutorError>;
+    /// The layers of every image in the engine (`RootFS.Layers`: diff ids, base first).
+    async fn image_layers(&self) -> Result<Vec<Vec<String>>, ExecutorError>;
+    /// Loads a `docker save` archive (`POST /images/load`); returns the engine's output
+    /// (`Loaded image: ...`).
+    async fn load_image(&self, tar: ArchiveStream) -> Result<String, ExecutorError>;
     /// The user the image runs as (`Config.User`; empty means root).
     async fn image_user(&self, image: &str) -> Result<String, ExecutorError>;
     /// The TCP ports the image declares (`ExposedPorts` `"5432/tcp"`), sorted.

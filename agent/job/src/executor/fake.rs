@@ -12,7 +12,10 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::ExecutorError;
-use super::api::{ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo};
+use super::api::{
+    ArchiveStream, Attached, ContainerApi, ContainerInfo, DiskUsage, ImageUsage, NetworkInfo,
+    RegistryAnswer, VolumeInfo, VolumeUsage,
+};
 use super::names::LABEL_KIND;
 use super::spec::{ContainerSpec, RegistryAuth};
 
@@ -60,6 +63,8 @@ pub struct FakeContainer {
 #[derive(Default)]
 struct State {
     images: HashMap<String, String>,
+    /// What the registry says of an image (absent: it cannot be reached).
+    registry: HashMap<String, RegistryAnswer>,
     pulls: Vec<String>,
     fail_pulls: bool,
     behaviors: HashMap<String, Behavior>,
@@ -75,6 +80,14 @@ struct State {
     removed_networks: Vec<String>,
     /// The engine went away: inspections fail and waits end with an error.
     down: bool,
+    /// Bytes per volume name and per image id (absent: 0).
+    volume_sizes: HashMap<String, u64>,
+    image_sizes: HashMap<String, u64>,
+    removed_images: Vec<String>,
+    /// `RootFS.Layers` per image id.
+    layers: HashMap<String, Vec<String>>,
+    /// The entry names of every archive loaded, in order.
+    loads: Vec<Vec<String>>,
 }
 
 /// The fake engine.
@@ -100,6 +113,10 @@ impl FakeApi {
             .images
             .insert(name.to_string(), id.to_string());
     }
+    /// Sets what the registry says of `image` (by default it cannot be reached).
+    pub fn set_registry(&self, image: &str, answer: RegistryAnswer) {
+        lock(&self.state).registry.insert(image.to_string(), answer);
+    }
     pub fn fail_pulls(&self, fail: bool) {
         lock(&self.state).fail_pulls = fail;
     }
@@ -113,6 +130,40 @@ impl FakeApi {
     /// Makes `create` fail for containers of `kind`.
     pub fn fail_create(&self, kind: &str) {
         lock(&self.state).fail_create = Some(kind.to_string());
+    }
+    pub fn set_volume_size(&self, name: &str, bytes: u64) {
+        lock(&self.state)
+            .volume_sizes
+            .insert(name.to_string(), bytes);
+    }
+    /// Image `id` has layers `diff_ids`.
+    pub fn set_image_layers(&self, id: &str, diff_ids: &[&str]) {
+        lock(&self.state).layers.insert(
+            id.to_string(),
+            diff_ids.iter().map(|d| d.to_string()).collect(),
+        );
+    }
+    /// The entry names of each archive loaded.
+    pub fn loads(&self) -> Vec<Vec<String>> {
+        lock(&self.state).loads.clone()
+    }
+    pub fn set_image_size(&self, id: &str, bytes: u64) {
+        lock(&self.state).image_sizes.insert(id.to_string(), bytes);
+    }
+    /// The references `remove_image` removed, in order.
+    pub fn removed_images(&self) -> Vec<String> {
+        lock(&self.state).removed_images.clone()
+    }
+    /// Image names present now, sorted.
+    pub fn image_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.state).images.keys().cloned().collect();
+        v.sort();
+        v
+    }
+    pub fn volume_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.state).volumes.keys().cloned().collect();
+        v.sort();
+        v
     }
     pub fn add_volume(&self, name: &str, labels: HashMap<String, String>) {
         lock(&self.state).volumes.insert(name.to_string(), labels);
@@ -197,6 +248,14 @@ impl FakeApi {
 
 #[async_trait]
 impl ContainerApi for FakeApi {
+    async fn registry_answer(&self, image: &str, _timeout: std::time::Duration) -> RegistryAnswer {
+        lock(&self.state)
+            .registry
+            .get(image)
+            .cloned()
+            .unwrap_or_else(|| RegistryAnswer::Unknown("no registry (fake)".into()))
+    }
+
     async fn image_id(&self, image: &str) -> Result<Option<String>, ExecutorError> {
         let st = lock(&self.state);
         if st.down {
@@ -241,6 +300,14 @@ impl ContainerApi for FakeApi {
                 format!("create container {name}"),
                 server_error(409, "name in use"),
             ));
+        }
+        // The engine creates a named volume a mount names, with the mount's labels.
+        for m in &body.host.mounts {
+            if let Some(v) = &m.volume {
+                st.volumes
+                    .entry(v.clone())
+                    .or_insert_with(|| m.labels.clone());
+            }
         }
         let id = format!("id-{}", st.containers.len());
         let (exit_tx, _) = watch::channel(None);
@@ -433,6 +500,125 @@ impl ContainerApi for FakeApi {
         st.volumes.remove(name);
         st.removed_volumes.push(name.to_string());
         Ok(())
+    }
+
+    async fn disk_usage(&self) -> Result<DiskUsage, ExecutorError> {
+        let st = lock(&self.state);
+        let live = || st.containers.iter().filter(|c| !c.removed);
+        let volumes = st
+            .volumes
+            .iter()
+            .map(|(n, l)| VolumeUsage {
+                name: n.clone(),
+                labels: l.clone(),
+                size_bytes: Some(st.volume_sizes.get(n).copied().unwrap_or(0)),
+                containers: Some(
+                    live()
+                        .filter(|c| {
+                            c.body
+                                .host
+                                .mounts
+                                .iter()
+                                .any(|m| m.volume.as_deref() == Some(n.as_str()))
+                        })
+                        .count() as u64,
+                ),
+            })
+            .collect();
+        let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, id) in &st.images {
+            by_id.entry(id.clone()).or_default().push(name.clone());
+        }
+        let images = by_id
+            .into_iter()
+            .map(|(id, mut tags)| {
+                tags.sort();
+                let used = live()
+                    .filter(|c| c.body.image == id || tags.contains(&c.body.image))
+                    .count() as u64;
+                ImageUsage {
+                    size_bytes: st.image_sizes.get(&id).copied().unwrap_or(0),
+                    containers: Some(used),
+                    id,
+                    tags,
+                }
+            })
+            .collect();
+        Ok(DiskUsage { volumes, images })
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), ExecutorError> {
+        let mut st = lock(&self.state);
+        let id = match st.images.get(reference) {
+            Some(id) => id.clone(),
+            None if st.images.values().any(|i| i == reference) => reference.to_string(),
+            None => return Ok(()),
+        };
+        let in_use = st
+            .containers
+            .iter()
+            .any(|c| !c.removed && (c.body.image == id || c.body.image == reference));
+        if in_use {
+            return Err(ExecutorError::docker(
+                format!("remove image {reference}"),
+                server_error(409, "image is being used by a container"),
+            ));
+        }
+        if reference == id {
+            st.images.retain(|_, i| *i != id);
+        } else {
+            st.images.remove(reference);
+        }
+        st.removed_images.push(reference.to_string());
+        Ok(())
+    }
+
+    async fn image_layers(&self) -> Result<Vec<Vec<String>>, ExecutorError> {
+        Ok(lock(&self.state).layers.values().cloned().collect())
+    }
+
+    /// Reads the archive as the engine does: `manifest.json`'s first image is tagged with
+    /// its `RepoTags` and gets the id `sha256:<config file stem>`.
+    async fn load_image(&self, mut tar: ArchiveStream) -> Result<String, ExecutorError> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = tar.next().await {
+            let chunk = chunk.map_err(|e| ExecutorError::docker("load image archive", e))?;
+            bytes.extend_from_slice(&chunk);
+        }
+        let mut names = Vec::new();
+        let mut manifest = None;
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let entries = archive
+            .entries()
+            .map_err(|e| ExecutorError::docker("load image archive", e))?;
+        for e in entries {
+            let mut e = e.map_err(|e| ExecutorError::docker("load image archive", e))?;
+            let name = e
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            if name == "manifest.json" {
+                let mut m = String::new();
+                std::io::Read::read_to_string(&mut e, &mut m)
+                    .map_err(|e| ExecutorError::docker("load image archive", e))?;
+                manifest = Some(m);
+            }
+            names.push(name);
+        }
+        let m: serde_json::Value = manifest
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .ok_or_else(|| {
+                ExecutorError::docker("load image archive", server_error(500, "no manifest.json"))
+            })?;
+        let config = m[0]["Config"].as_str().unwrap_or_default();
+        let id = format!("sha256:{}", config.trim_end_matches(".json"));
+        let mut st = lock(&self.state);
+        for t in m[0]["RepoTags"].as_array().into_iter().flatten() {
+            st.images
+                .insert(t.as_str().unwrap_or_default().to_string(), id.clone());
+        }
+        st.loads.push(names);
+        Ok(format!("Loaded image ID: {id}\n"))
     }
 
     async fn image_user(&self, image: &str) -> Result<String, ExecutorError> {

@@ -52,7 +52,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     go(pattern.as_bytes(), text.as_bytes())
 }
 
-fn policy_name(p: PullPolicy) -> &'static str {
+/// A pull policy's name in `config.toml`.
+pub fn policy_name(p: PullPolicy) -> &'static str {
     match p {
         PullPolicy::Always => "always",
         PullPolicy::IfNotPresent => "if-not-present",
@@ -153,6 +154,7 @@ pub fn credentials_for(image: &str, creds: &[Credentials]) -> Option<RegistryAut
 
 /// Makes `image` available by trying `policies` in order; returns its id. Writes what it
 /// does to `trace`. The error text is the trace line users see.
+#[cfg(test)]
 pub async fn ensure_image(
     api: &dyn ContainerApi,
     image: &str,
@@ -160,26 +162,41 @@ pub async fn ensure_image(
     credentials: Option<RegistryAuth>,
     trace: &TraceSink,
 ) -> Result<String, ExecutorError> {
+    ensure_image_pulled(api, image, policies, credentials, trace)
+        .await
+        .map(|(id, _)| id)
+}
+
+/// [`ensure_image`], also saying whether the image was pulled (for the disk ledger: only
+/// images the agent pulled are collected).
+pub async fn ensure_image_pulled(
+    api: &dyn ContainerApi,
+    image: &str,
+    policies: &[PullPolicy],
+    credentials: Option<RegistryAuth>,
+    trace: &TraceSink,
+) -> Result<(String, bool), ExecutorError> {
     let mut last_err = String::new();
     for (i, policy) in policies.iter().enumerate() {
-        let attempt: Result<String, String> = match policy {
+        let pulled = |r: Result<String, String>| r.map(|id| (id, true));
+        let attempt: Result<(String, bool), String> = match policy {
             PullPolicy::Never | PullPolicy::IfNotPresent => match api.image_id(image).await? {
                 Some(id) => {
                     trace.write_line(&format!(
                         "Using locally found image version due to \"{}\" pull policy",
                         policy_name(*policy)
                     ));
-                    Ok(id)
+                    Ok((id, false))
                 }
                 None if *policy == PullPolicy::Never => Err(format!(
                     "image \"{image}\" is not present locally and pull_policy is \"never\""
                 )),
-                None => pull(api, image, credentials.clone(), trace).await,
+                None => pulled(pull(api, image, credentials.clone(), trace).await),
             },
-            PullPolicy::Always => pull(api, image, credentials.clone(), trace).await,
+            PullPolicy::Always => pulled(pull(api, image, credentials.clone(), trace).await),
         };
         match attempt {
-            Ok(id) => return Ok(id),
+            Ok(found) => return Ok(found),
             Err(e) => {
                 if i + 1 < policies.len() {
                     trace.write_line(&format!(

@@ -49,6 +49,7 @@ mod host_config;
 mod image;
 pub mod names;
 mod ping;
+pub mod preflight;
 mod script;
 mod services;
 pub mod spec;
@@ -70,7 +71,10 @@ use drover_gitlab::types::JobResponse;
 /// re-exported here because [`Executor::run`] returns it.
 pub use crate::outcome::{FailureReason, JobOutcome};
 pub use api::ContainerApi;
-pub use docker::{CleanupReport, ConnectOptions, DockerExecutor, KeptVolume, StorageOptions};
+pub use docker::{
+    CleanupReport, ConnectOptions, DockerExecutor, GcError, GcReport, GcRequest, KeptVolume,
+    KindUsage, Removed, StorageOptions, chain_ids,
+};
 #[cfg(feature = "docker")]
 pub use engine::BollardApi;
 pub use error::{EngineError, ExecutorError};

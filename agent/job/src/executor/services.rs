@@ -22,7 +22,9 @@ use tokio::time::Instant;
 
 use super::ExecutorError;
 use super::api::ContainerApi;
-use super::image::{check_allowed, credentials_for, ensure_image, glob_match, pull_policies};
+use super::image::{
+    check_allowed, credentials_for, ensure_image_pulled, glob_match, pull_policies,
+};
 use super::names::JobNames;
 use super::spec::{ContainerSpec, HostSpec};
 use super::variables::JobEnv;
@@ -127,6 +129,7 @@ pub async fn start_services(
     network: &str,
     trace: &TraceSink,
     created: &(dyn Fn(String) + Send + Sync),
+    image_used: &(dyn Fn(&str, &str, bool) + Send + Sync),
 ) -> Result<Vec<StartedService>, ExecutorError> {
     let mut out = Vec::new();
     if mounts_docker_socket(docker) && job.services.iter().any(|s| s.name.contains("dind")) {
@@ -146,7 +149,8 @@ pub async fn start_services(
         trace.write_line(&format!("Starting service {image} ..."));
         let policies = pull_policies(docker, &service.pull_policy)?;
         let creds = credentials_for(&image, &job.credentials);
-        let image_id = ensure_image(api, &image, &policies, creds, trace).await?;
+        let (image_id, pulled) = ensure_image_pulled(api, &image, &policies, creds, trace).await?;
+        image_used(&image, &image_id, pulled);
         let aliases = service_aliases(service);
         let kind = format!(
             "svc-{i}-{}",

@@ -459,6 +459,49 @@ async fn git_strategy_empty_empties_the_dir_and_puts_an_empty_tree() {
     assert_eq!(paths, vec!["/builds/g/demo".to_string()]);
 }
 
+/// `GIT_STRATEGY=none` with a cache to restore (or artifacts to download): the project dir
+/// may not exist yet, and the engine copies archives only into a directory that does, so a
+/// `get-sources` container makes it (keeping what is there) before the build container.
+#[tokio::test]
+async fn git_strategy_none_makes_the_project_dir_for_restored_archives() {
+    let api = fake();
+    let data = tempfile::tempdir().expect("tempdir");
+    let storage = StorageOptions::new(data.path());
+    let store = crate::cache::CacheStore::new(&storage.cache_root(), "r", 1 << 20);
+    let zip = store.archive_path(5, "deps").expect("archive path");
+    std::fs::create_dir_all(zip.parent().expect("parent")).expect("mkdir");
+    // An empty zip: the end-of-central-directory record alone.
+    let mut empty = b"PK\x05\x06".to_vec();
+    empty.extend([0u8; 18]);
+    std::fs::write(&zip, empty).expect("write zip");
+    let exec = DockerExecutor::with_api(Arc::new(api.clone())).with_storage(storage);
+    let job = job_json(
+        steps(&["true"], &[]),
+        serde_json::json!({"cache": [{"key": "deps", "paths": ["vendor/"], "policy": "pull"}]}),
+    );
+    let (out, trace) = run_with(&api, exec, &ctx(job, ""), CancellationToken::new()).await;
+    assert_eq!(out, JobOutcome::Success, "{trace}");
+    assert!(
+        trace.contains("Successfully extracted cache deps"),
+        "{trace}"
+    );
+    assert_eq!(kinds(&api), vec!["get-sources", "build"]);
+    let made = stdin_of(&api, "get-sources");
+    assert!(
+        made.contains("mkdir -p") && !made.contains("rm -rf"),
+        "{made}"
+    );
+    let paths: Vec<String> =
+        api.with_containers(|cs| cs[1].archives.iter().map(|(p, _)| p.clone()).collect());
+    assert_eq!(paths, vec!["/builds/g/demo".to_string()]);
+
+    // Nothing to copy: no extra container.
+    let api = fake();
+    let (out, _) = run(&api, &ctx(script_job(&["true"], &[]), "")).await;
+    assert_eq!(out, JobOutcome::Success);
+    assert_eq!(kinds(&api), vec!["build"]);
+}
+
 #[tokio::test]
 async fn services_get_a_network_aliases_and_a_warning_with_logs_when_not_up() {
     let api = fake();
@@ -654,4 +697,263 @@ async fn unknown_cache_policy_fails_the_job_naming_it() {
         trace.contains("cache \"deps\": unknown cache policy \"fetch\""),
         "{trace}"
     );
+}
+
+// ---- disk hygiene: the ledger the job flow keeps and the collector on the fake engine ----
+
+mod disk {
+    use super::*;
+    use crate::disk::{DiskBudget, ImageOrigin, ItemKind, Ledger};
+    use crate::executor::docker::GcRequest;
+
+    const GIB: u64 = 1 << 30;
+
+    fn gc_req<'a>(
+        budget: DiskBudget,
+        required: &'a [String],
+        dry_run: bool,
+        now: i64,
+    ) -> GcRequest<'a> {
+        GcRequest {
+            agent_id: "agent-x",
+            budget,
+            required_images: required,
+            need_bytes: 0,
+            dry_run,
+            now,
+        }
+    }
+
+    /// A context whose runner pulls (`always`), so the job's image is the agent's.
+    fn ctx_pulling(job: JobResponse) -> JobContext {
+        let mut c = ctx(job, "");
+        let mut r = (*c.runner).clone();
+        if let Some(d) = r.docker.as_mut() {
+            d.pull_policy = None;
+        }
+        c.runner = Arc::new(r);
+        c
+    }
+
+    fn small_budget() -> DiskBudget {
+        let mut b = DiskBudget::default();
+        b.volumes.max_bytes = 2 * GIB;
+        b.images.max_bytes = 2 * GIB;
+        b
+    }
+
+    fn job_in(project: i64, id: i64) -> JobResponse {
+        job_json(
+            steps(&["true"], &[]),
+            serde_json::json!({"id": id, "job_info": {"project_id": project, "project_name": "p"}}),
+        )
+    }
+
+    #[tokio::test]
+    async fn jobs_record_their_volume_and_pulled_image_and_release_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::in_state_dir(dir.path());
+        let api = fake();
+        let exec = DockerExecutor::with_api(Arc::new(api.clone())).with_disk(ledger.clone(), None);
+        let c = ctx_pulling(script_job(&["true"], &[]));
+        let (out, _) = run_with(&api, exec, &c, CancellationToken::new()).await;
+        assert_eq!(out, JobOutcome::Success);
+        let d = ledger.read().unwrap();
+        assert_eq!(d.volumes.len(), 1, "{d:?}");
+        let (id, e) = d.images.iter().next().unwrap();
+        assert_eq!(id, &format!("sha256:pulled-{IMAGE}"));
+        assert_eq!(e.origin, ImageOrigin::Pulled);
+        assert!(e.refs.contains(IMAGE));
+        assert!(d.jobs.is_empty(), "released at the end: {d:?}");
+    }
+
+    #[tokio::test]
+    async fn over_budget_the_least_recently_used_volumes_and_pulled_images_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::in_state_dir(dir.path());
+        let api = fake();
+        let exec = DockerExecutor::with_api(Arc::new(api.clone())).with_disk(ledger.clone(), None);
+        // Three projects, one job each, in order; each builds volume takes 1 GiB.
+        for (p, id) in [(1, 11), (2, 12), (3, 13)] {
+            let c = ctx(job_in(p, id), "");
+            assert_eq!(run(&api, &c).await.0, JobOutcome::Success);
+            let (out, _) = run_with(&api, exec.clone(), &c, CancellationToken::new()).await;
+            assert_eq!(out, JobOutcome::Success);
+            ledger
+                .update(|d| {
+                    for (n, v) in d.volumes.iter_mut() {
+                        if n.contains(&format!("project-{p}-")) {
+                            v.last_used = p;
+                        }
+                    }
+                })
+                .unwrap();
+        }
+        let vols = api.volume_names();
+        assert_eq!(vols.len(), 3, "{vols:?}");
+        for v in &vols {
+            api.set_volume_size(v, GIB);
+        }
+        // A volume of another agent and one of ours without the builds kind are left.
+        let mut other = HashMap::new();
+        other.insert(LABEL_AGENT.to_string(), "agent-other".to_string());
+        other.insert(LABEL_KIND.to_string(), "builds".to_string());
+        api.add_volume("theirs", other);
+        api.set_volume_size("theirs", 50 * GIB);
+        // Images: one pulled long ago, one pulled recently, one foreign, one required.
+        for (name, id, at, bytes) in [
+            ("old:1", "sha256:old", 1, GIB),
+            ("new:1", "sha256:new", 5, GIB),
+            ("req:1", "sha256:req", 0, 3 * GIB),
+        ] {
+            api.add_image(name, id);
+            api.set_image_size(id, bytes);
+            ledger.image_used(1000, name, id, true, at).unwrap();
+        }
+        ledger.job_ended(1000).unwrap();
+        api.add_image("foreign:1", "sha256:foreign");
+        api.set_image_size("sha256:foreign", 10 * GIB);
+        let required = vec!["req:1".to_string()];
+
+        // A dry run says what would go and changes nothing.
+        let before = ledger.read().unwrap();
+        let dry = exec
+            .collect_garbage(&ledger, &gc_req(small_budget(), &required, true, 10))
+            .await
+            .unwrap();
+        assert!(dry.dry_run);
+        assert_eq!(api.volume_names().len(), 4);
+        assert!(api.removed_images().is_empty());
+        assert_eq!(ledger.read().unwrap(), before, "a dry run writes nothing");
+
+        let r = exec
+            .collect_garbage(&ledger, &gc_req(small_budget(), &required, false, 10))
+            .await
+            .unwrap();
+        assert_eq!(r.removed, dry.removed, "the dry run said exactly this");
+        let gone: Vec<(ItemKind, &str)> = r
+            .removed
+            .iter()
+            .map(|x| (x.kind, x.name.as_str()))
+            .collect();
+        // Volumes: 3 GiB against 2: project 1's (least recently used) goes.
+        assert!(gone.contains(&(
+            ItemKind::Volume,
+            vols.iter().find(|v| v.contains("project-1-")).unwrap()
+        )));
+        // Images: the required one (3 GiB) counts, so both pulled ones go, oldest first;
+        // the foreign one is not counted nor touched.
+        let images: Vec<&str> = gone
+            .iter()
+            .filter(|g| g.0 == ItemKind::Image)
+            .map(|g| g.1)
+            .collect();
+        assert_eq!(images, vec!["old:1", "new:1"]);
+        assert_eq!(api.removed_images(), vec!["old:1", "new:1"]);
+        assert!(api.image_names().contains(&"req:1".to_string()));
+        assert!(api.image_names().contains(&"foreign:1".to_string()));
+        assert!(api.volume_names().contains(&"theirs".to_string()));
+        assert_eq!(r.volumes.count, 2);
+        assert_eq!(r.volumes.bytes, 2 * GIB);
+        assert_eq!(r.images.count, 1);
+        assert_eq!(r.images.protected, 1);
+        assert_eq!(r.freed_bytes, 3 * GIB);
+
+        // The next job on the removed volume says what it costs.
+        let c = ctx(job_in(1, 21), "");
+        let (out, trace) = run_with(&api, exec.clone(), &c, CancellationToken::new()).await;
+        assert_eq!(out, JobOutcome::Success);
+        assert!(
+            trace.contains("was removed by Drover's disk collector (over budget")
+                && trace.contains("fresh copy of the sources"),
+            "{trace}"
+        );
+        let (_, again) = run_with(&api, exec.clone(), &c, CancellationToken::new()).await;
+        assert!(!again.contains("disk collector"), "said once: {again}");
+    }
+
+    #[tokio::test]
+    async fn a_running_jobs_volume_and_image_are_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::in_state_dir(dir.path());
+        let api = fake();
+        api.behave("build", Behavior::hangs("working\n"));
+        let exec = DockerExecutor::with_api(Arc::new(api.clone())).with_disk(ledger.clone(), None);
+        let c = ctx_pulling(script_job(&["sleep 1000"], &[]));
+        let cancel = CancellationToken::new();
+        let job = {
+            let (api, exec, c, cancel) = (api.clone(), exec.clone(), c.clone(), cancel.clone());
+            tokio::spawn(async move { run_with(&api, exec, &c, cancel).await })
+        };
+        // Wait until the build container runs.
+        for _ in 0..200 {
+            if api.with_containers(|cs| cs.iter().any(|c| c.started && !c.removed)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let vols = api.volume_names();
+        for v in &vols {
+            api.set_volume_size(v, 5 * GIB);
+        }
+        api.set_image_size(&format!("sha256:pulled-{IMAGE}"), 5 * GIB);
+        let mut b = DiskBudget::default();
+        b.volumes.max_bytes = 0;
+        b.images.max_bytes = 0;
+        let mut req = gc_req(b, &[], false, i64::MAX / 2);
+        req.need_bytes = u64::MAX;
+        let r = exec.collect_garbage(&ledger, &req).await.unwrap();
+        assert!(r.removed.is_empty(), "{:?}", r.removed);
+        assert_eq!(api.volume_names(), vols);
+        cancel.cancel();
+        let (out, _) = job.await.unwrap();
+        assert_eq!(out, JobOutcome::Canceled);
+        // Once it ended, the same collection takes them.
+        let r = exec.collect_garbage(&ledger, &req).await.unwrap();
+        assert!(
+            r.removed
+                .iter()
+                .any(|x| x.kind == ItemKind::Volume && x.why == "idle"),
+            "{:?}",
+            r.removed
+        );
+        assert!(
+            r.removed.iter().any(|x| x.kind == ItemKind::Image),
+            "{:?}",
+            r.removed
+        );
+    }
+
+    #[tokio::test]
+    async fn foreign_images_go_only_when_the_operator_opts_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::in_state_dir(dir.path());
+        let api = fake();
+        api.set_image_size("sha256:feed", 3 * GIB);
+        let exec = DockerExecutor::with_api(Arc::new(api.clone())).with_disk(ledger.clone(), None);
+        let mut b = small_budget();
+        let r = exec
+            .collect_garbage(&ledger, &gc_req(b, &[], false, 10))
+            .await
+            .unwrap();
+        assert!(r.removed.is_empty());
+        assert_eq!(r.images.count, 0);
+        b.remove_foreign_images = true;
+        let r = exec
+            .collect_garbage(&ledger, &gc_req(b, &[], false, 10))
+            .await
+            .unwrap();
+        assert_eq!(r.removed.len(), 1, "{r:?}");
+        assert_eq!(api.removed_images(), vec![IMAGE.to_string()]);
+        // Delivered images never go.
+        api.add_image("app:1", "sha256:app");
+        api.set_image_size("sha256:app", 9 * GIB);
+        ledger.record_delivered("app:1", "sha256:app", 1).unwrap();
+        let r = exec
+            .collect_garbage(&ledger, &gc_req(b, &[], false, 10))
+            .await
+            .unwrap();
+        assert!(r.removed.is_empty(), "{r:?}");
+        assert_eq!(r.images.protected, 1);
+    }
 }

@@ -6,7 +6,9 @@
 
 use drover_proto::v1 as pb;
 
-use crate::health::{DiskSpace, DockerStatus, HostHealth, LoadAverage, Memory};
+use crate::health::{
+    BudgetUse, DiskBudgets, DiskSpace, DockerStatus, HostHealth, LoadAverage, Memory,
+};
 
 impl From<&HostHealth> for pb::HostHealth {
     fn from(h: &HostHealth) -> Self {
@@ -28,6 +30,59 @@ impl From<&HostHealth> for pb::HostHealth {
             builds_disk_free_bytes,
             builds_disk_total_bytes,
             clock_skew_seconds: h.clock_skew_seconds.unwrap_or(0.0),
+            disk_budgets: h.disk_budgets.as_ref().map(pb::DiskBudgets::from),
+        }
+    }
+}
+
+fn use_out(u: &BudgetUse) -> pb::DiskBudgetUse {
+    pb::DiskBudgetUse {
+        used_bytes: u.used_bytes,
+        max_bytes: u.max_bytes,
+        count: u.count,
+    }
+}
+
+fn use_in(u: Option<&pb::DiskBudgetUse>) -> BudgetUse {
+    u.map(|u| BudgetUse {
+        used_bytes: u.used_bytes,
+        max_bytes: u.max_bytes,
+        count: u.count,
+    })
+    .unwrap_or_default()
+}
+
+impl From<&DiskBudgets> for pb::DiskBudgets {
+    fn from(b: &DiskBudgets) -> Self {
+        pb::DiskBudgets {
+            volumes: Some(use_out(&b.volumes)),
+            images: Some(use_out(&b.images)),
+            cache: Some(use_out(&b.cache)),
+            collected_at: super::rfc3339_out(Some(&b.collected_at)),
+            last_freed_bytes: b.last_freed_bytes,
+            last_removed: b.last_removed,
+            agents: 0,
+        }
+    }
+}
+
+impl From<&pb::DiskBudgets> for DiskBudgets {
+    fn from(p: &pb::DiskBudgets) -> Self {
+        DiskBudgets {
+            volumes: use_in(p.volumes.as_ref()),
+            images: use_in(p.images.as_ref()),
+            cache: use_in(p.cache.as_ref()),
+            collected_at: p
+                .collected_at
+                .as_ref()
+                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default(),
+            last_freed_bytes: p.last_freed_bytes,
+            last_removed: p.last_removed,
         }
     }
 }
@@ -61,6 +116,7 @@ impl From<&pb::HostHealth> for HostHealth {
             }),
             clock_skew_seconds: Some(p.clock_skew_seconds),
             errors: Vec::new(),
+            disk_budgets: p.disk_budgets.as_ref().map(DiskBudgets::from),
         }
     }
 }
@@ -93,6 +149,17 @@ mod tests {
             }),
             clock_skew_seconds: Some(-2.0),
             errors: vec!["read /proc/x: gone".into()],
+            disk_budgets: Some(DiskBudgets {
+                volumes: BudgetUse {
+                    used_bytes: 3 << 30,
+                    max_bytes: 4 << 30,
+                    count: 7,
+                },
+                collected_at: "2026-01-02T03:04:05Z".into(),
+                last_freed_bytes: 5 << 30,
+                last_removed: 2,
+                ..Default::default()
+            }),
         };
         let p = pb::HostHealth::from(&h);
         assert!(p.docker_reachable);
@@ -104,8 +171,16 @@ mod tests {
         let back = HostHealth::from(&p);
         assert_eq!(back.builds_disk, None);
         assert_eq!(back.docker_disk, h.docker_disk);
+        assert_eq!(back.disk_budgets, h.disk_budgets);
         let t = Thresholds::default();
         assert_eq!(degraded_reasons(&back, &t), degraded_reasons(&h, &t));
+        let low = degraded_reasons(&h, &t);
+        assert!(
+            low[0].contains(
+                "after cleanup freed 5.0 GiB (2 removed); kept: volumes 3.0 GiB of 4.0 GiB"
+            ),
+            "{low:?}"
+        );
 
         let down = pb::HostHealth::from(&HostHealth::default());
         assert!(!down.docker_reachable);

@@ -20,7 +20,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::fleet::desired::{Raw, rfc3339};
-use crate::fleet::messages::{Command, DesiredState, JobState, RunnerEventKind, ToController};
+use crate::fleet::messages::{
+    Command, DesiredState, DrainDeadline, JobState, RunnerEventKind, ToController,
+};
 use crate::fleet::report::UnitReport;
 use crate::host_facts::HostFacts;
 
@@ -48,6 +50,75 @@ fn rfc3339_out(v: Option<&str>) -> Option<prost_types::Timestamp> {
     Some(time_out(t))
 }
 
+/// Longest upgrade detail sent.
+const MAX_UPGRADE_DETAIL: usize = 1024;
+
+impl From<&crate::upgrade::Progress> for v1::UpgradeReport {
+    fn from(p: &crate::upgrade::Progress) -> v1::UpgradeReport {
+        use crate::upgrade::Step;
+        let step = match p.step {
+            Step::Downloading => v1::UpgradeStep::Downloading,
+            Step::Draining => v1::UpgradeStep::Draining,
+            Step::Switching => v1::UpgradeStep::Switching,
+            Step::Healthy => v1::UpgradeStep::Healthy,
+            Step::RolledBack => v1::UpgradeStep::RolledBack,
+            Step::Refused => v1::UpgradeStep::Refused,
+        };
+        let mut detail = p.detail.clone();
+        let mut end = detail.len().min(MAX_UPGRADE_DETAIL);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        v1::UpgradeReport {
+            upgrade_id: p.upgrade_id,
+            step: step.into(),
+            detail,
+        }
+    }
+}
+
+impl TryFrom<&v1::Upgrade> for crate::upgrade::Order {
+    type Error = WireError;
+
+    fn try_from(u: &v1::Upgrade) -> Result<crate::upgrade::Order, WireError> {
+        let bad = |field: &str, problem: String| WireError {
+            field: format!("upgrade.{field}"),
+            problem,
+        };
+        if u.sha256.len() != 64 || !u.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(
+                "sha256",
+                format!("{:?} is not 64 hex characters", u.sha256),
+            ));
+        }
+        if u.size == 0 || u.size > MAX_UPGRADE_BYTES {
+            return Err(bad(
+                "size",
+                format!("{} is not 1 to {MAX_UPGRADE_BYTES} bytes", u.size),
+            ));
+        }
+        if u.signature.len() != 64 {
+            return Err(bad(
+                "signature",
+                format!("{} bytes; expected 64", u.signature.len()),
+            ));
+        }
+        drover_runtime::version_rule::check(&u.version).map_err(|e| bad("version", e))?;
+        Ok(crate::upgrade::Order {
+            upgrade_id: u.upgrade_id,
+            sha256: u.sha256.to_ascii_lowercase(),
+            size: u.size,
+            signature: u.signature.clone(),
+            version: u.version.clone(),
+            health_timeout_seconds: u.health_timeout_seconds,
+        })
+    }
+}
+
+/// Largest binary an upgrade may announce (the controller's cap).
+const MAX_UPGRADE_BYTES: u64 = 256 * 1024 * 1024;
+
 impl From<&HostFacts> for v1::AgentFacts {
     fn from(f: &HostFacts) -> v1::AgentFacts {
         v1::AgentFacts {
@@ -55,7 +126,7 @@ impl From<&HostFacts> for v1::AgentFacts {
             arch: f.arch.clone(),
             os: f.os.clone(),
             kernel: f.kernel.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            agent_version: drover_runtime::version().to_string(),
             ips: f.ips.clone(),
             docker_version: String::new(),
             system_id: f.system_id.clone(),
@@ -134,6 +205,9 @@ impl From<v1::RunnerAssignment> for Raw {
             runner_token: a.runner_token,
             gitlab_runner_id: a.gitlab_runner_id,
             token_obtained_at: None,
+            cache_s3_access_key: a.cache_s3_access_key,
+            cache_s3_secret_key: a.cache_s3_secret_key,
+            cache_s3_session_token: a.cache_s3_session_token,
         }
     }
 }
@@ -143,12 +217,49 @@ impl TryFrom<v1::Command> for Command {
 
     fn try_from(c: v1::Command) -> Result<Command, WireError> {
         match c.kind {
-            Some(v1::command::Kind::Drain(_)) => Ok(Command::Drain),
+            Some(v1::command::Kind::Drain(d)) => Ok(Command::Drain {
+                deadline: drain_deadline(&d)?,
+            }),
+            Some(v1::command::Kind::Undrain(_)) => Ok(Command::Undrain),
+            // The control stream takes upgrades itself (`control::session`), never here.
+            Some(v1::command::Kind::Upgrade(_)) => Err(WireError {
+                field: "command.upgrade".into(),
+                problem: "an upgrade is not a supervisor command".into(),
+            }),
+            Some(v1::command::Kind::FetchImage(_)) => Err(WireError {
+                field: "command.kind".into(),
+                problem: "fetch_image goes to the image fetcher, not the supervisor".into(),
+            }),
             None => Err(WireError {
                 field: "command.kind".into(),
                 problem: "empty (a command this agent does not know?)".into(),
             }),
         }
+    }
+}
+
+/// The longest drain deadline taken (36500 days, the controller's `MAX_DURATION`): no sum
+/// with "now" leaves the range of a date.
+const MAX_DRAIN_DEADLINE_SECS: u64 = 36_500 * 86_400;
+
+/// A drain's deadline: `deadline_at` when set, else `deadline_seconds` (0 = none).
+fn drain_deadline(d: &v1::Drain) -> Result<Option<DrainDeadline>, WireError> {
+    if let Some(t) = &d.deadline_at {
+        let at = OffsetDateTime::from_unix_timestamp(t.seconds).map_err(|_| WireError {
+            field: "drain.deadline_at".into(),
+            problem: format!("{} seconds is out of range", t.seconds),
+        })?;
+        return Ok(Some(DrainDeadline::At(at)));
+    }
+    match d.deadline_seconds {
+        0 => Ok(None),
+        s if s > MAX_DRAIN_DEADLINE_SECS => Err(WireError {
+            field: "drain.deadline_seconds".into(),
+            problem: format!("{s} is above {MAX_DRAIN_DEADLINE_SECS}"),
+        }),
+        s => Ok(Some(DrainDeadline::After(std::time::Duration::from_secs(
+            s,
+        )))),
     }
 }
 
@@ -184,6 +295,9 @@ impl From<ToController> for v1::AgentMessage {
                 state,
                 failure_reason,
                 at,
+                queue_wait,
+                started_at,
+                duration,
             } => {
                 let state = job_state(state);
                 AgentKind::JobEvent(v1::JobEvent {
@@ -193,6 +307,9 @@ impl From<ToController> for v1::AgentMessage {
                     job_state: state.into(),
                     failure_reason,
                     at: Some(time_out(at)),
+                    queue_wait_seconds: queue_wait.map(|d| d.as_secs_f64()),
+                    started_at: started_at.map(time_out),
+                    duration_seconds: duration.map(|d| d.as_secs_f64()),
                 })
             }
             ToController::TokenRotated {
@@ -206,10 +323,13 @@ impl From<ToController> for v1::AgentMessage {
                 token_expires_at: rfc3339_out(token_expires_at.as_deref()),
                 gitlab_runner_id,
             }),
+            ToController::Image(r) => images::report(r),
         };
         v1::AgentMessage { kind: Some(kind) }
     }
 }
+
+pub mod images;
 
 #[cfg(test)]
 mod tests {
@@ -240,9 +360,64 @@ mod tests {
         let e = Command::try_from(v1::Command { kind: None }).unwrap_err();
         assert!(e.to_string().starts_with("command.kind: empty"), "{e}");
         let drain = v1::Command {
-            kind: Some(v1::command::Kind::Drain(v1::Drain {})),
+            kind: Some(v1::command::Kind::Drain(v1::Drain::default())),
         };
-        assert_eq!(Command::try_from(drain), Ok(Command::Drain));
+        assert_eq!(
+            Command::try_from(drain),
+            Ok(Command::Drain { deadline: None })
+        );
+        let drain = v1::Command {
+            kind: Some(v1::command::Kind::Drain(v1::Drain {
+                deadline_seconds: 90,
+                deadline_at: None,
+            })),
+        };
+        assert_eq!(
+            Command::try_from(drain),
+            Ok(Command::Drain {
+                deadline: Some(DrainDeadline::After(std::time::Duration::from_secs(90)))
+            })
+        );
+        let drain = v1::Command {
+            kind: Some(v1::command::Kind::Drain(v1::Drain {
+                deadline_seconds: 90,
+                deadline_at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 0,
+                }),
+            })),
+        };
+        assert_eq!(
+            Command::try_from(drain),
+            Ok(Command::Drain {
+                deadline: Some(DrainDeadline::At(
+                    OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+                ))
+            })
+        );
+        let too_long = v1::Command {
+            kind: Some(v1::command::Kind::Drain(v1::Drain {
+                deadline_seconds: u64::MAX,
+                deadline_at: None,
+            })),
+        };
+        let e = Command::try_from(too_long).unwrap_err();
+        assert_eq!(e.field, "drain.deadline_seconds");
+        let out_of_range = v1::Command {
+            kind: Some(v1::command::Kind::Drain(v1::Drain {
+                deadline_seconds: 0,
+                deadline_at: Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+            })),
+        };
+        let e = Command::try_from(out_of_range).unwrap_err();
+        assert_eq!(e.field, "drain.deadline_at");
+        let undrain = v1::Command {
+            kind: Some(v1::command::Kind::Undrain(v1::Undrain {})),
+        };
+        assert_eq!(Command::try_from(undrain), Ok(Command::Undrain));
     }
 
     #[test]
@@ -267,10 +442,16 @@ mod tests {
             state: JobState::Failed,
             failure_reason: "script_failure".into(),
             at,
+            queue_wait: Some(std::time::Duration::from_millis(1500)),
+            started_at: Some(at),
+            duration: Some(std::time::Duration::from_secs(12)),
         });
         let Some(AgentKind::JobEvent(j)) = job.kind else {
             panic!("{job:?}")
         };
+        assert_eq!(j.queue_wait_seconds, Some(1.5));
+        assert_eq!(j.duration_seconds, Some(12.0));
+        assert_eq!(j.started_at, j.at);
         assert_eq!(
             (j.state.as_str(), j.failure_reason.as_str()),
             ("failed", "script_failure")
@@ -348,6 +529,9 @@ mod tests {
                 state,
                 failure_reason: String::new(),
                 at,
+                queue_wait: None,
+                started_at: None,
+                duration: None,
             });
             let Some(AgentKind::JobEvent(j)) = m.kind else {
                 panic!("{m:?}")

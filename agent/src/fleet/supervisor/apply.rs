@@ -61,6 +61,13 @@ impl Supervisor {
         // Verify every new or changed runner before touching anything.
         let changed: Vec<&Assignment> =
             desired.runners.iter().filter(|a| self.changed(a)).collect();
+        // Pre-flight of the new and changed runners (unchanged ones passed theirs when they
+        // were applied, and the disk collector keeps their images).
+        let configs: Vec<drover_proto::spec::RunnerConfig> =
+            changed.iter().map(|a| a.config.clone()).collect();
+        for w in self.deps.docker.preflight(&configs).await? {
+            tracing::warn!(generation = ds.generation, "pre-flight: {w}");
+        }
         let checks = changed.iter().map(|a| self.verify_new(a));
         let results = futures::future::join_all(checks).await;
         let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
@@ -88,6 +95,9 @@ impl Supervisor {
             Some(e) => {
                 e.assignment.raw.spec_json != a.raw.spec_json
                     || e.assignment.raw.runner_token != a.raw.runner_token
+                    || e.assignment.raw.cache_s3_access_key != a.raw.cache_s3_access_key
+                    || e.assignment.raw.cache_s3_secret_key != a.raw.cache_s3_secret_key
+                    || e.assignment.raw.cache_s3_session_token != a.raw.cache_s3_session_token
             }
         }
     }
@@ -169,7 +179,7 @@ impl Supervisor {
                 beat_seen: None,
             });
             let token_changed = entry.assignment.raw.runner_token != a.raw.runner_token;
-            let draining = self.draining;
+            let draining = self.draining || self.stopping;
             if !draining
                 && (changed || entry.unit.state == UnitState::Stopped && !entry.unit.loop_alive())
             {

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::desired::{self, Assignment, Store, rfc3339};
+use super::drain_file::DrainFile;
 use super::messages::{Command, DesiredState, ToController};
 use super::report::Report;
 use crate::clock::{Clock, Deadline};
@@ -36,6 +37,7 @@ use drover_gitlab::GitLab;
 use drover_job::executor::Executor;
 
 mod apply;
+mod drain;
 mod engine;
 mod ips;
 mod outbound;
@@ -53,6 +55,13 @@ pub trait DockerDep: Send + Sync {
     async fn ping(&self) -> Result<DockerStatus, String>;
     /// The executor jobs run on (called once, after a successful ping).
     async fn executor(&self) -> anyhow::Result<Arc<dyn Executor>>;
+    /// Pre-flight of runners about to be applied (`drover_job::executor::preflight`): the
+    /// engine answers and every image they name is usable under their `pull_policy`.
+    /// `Ok(warnings)` or the refusal, naming the runner and the image.
+    async fn preflight(
+        &self,
+        runners: &[drover_proto::spec::RunnerConfig],
+    ) -> Result<Vec<String>, String>;
 }
 
 /// Adjusts runner settings before a loop starts.
@@ -174,8 +183,18 @@ pub struct Supervisor {
     docker_up: bool,
     /// What the last successful ping said.
     docker: Option<DockerStatus>,
-    /// The controller said drain: no unit starts until the agent restarts.
+    /// The controller said drain (persisted in `drain.json`): no unit starts until it
+    /// says undrain.
     draining: bool,
+    /// When the jobs still running while draining are canceled.
+    drain_deadline: Option<OffsetDateTime>,
+    /// The deadline passed and running jobs were canceled.
+    drain_deadline_done: bool,
+    drain_file: DrainFile,
+    /// Cancelled to stop gracefully (SIGQUIT; see `drain.rs`).
+    graceful: Option<CancellationToken>,
+    /// Stopping gracefully: no unit starts, the run ends once no loop runs.
+    stopping: bool,
     commands: Option<mpsc::UnboundedReceiver<Command>>,
     metrics: Option<Metrics>,
     liveness: Option<Liveness>,
@@ -194,6 +213,12 @@ impl Supervisor {
     pub fn new(deps: Deps) -> Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let ips = (deps.ips)();
+        let drain_file = DrainFile::new(
+            deps.store
+                .path()
+                .parent()
+                .unwrap_or(std::path::Path::new(".")),
+        );
         Supervisor {
             deps,
             engine: None,
@@ -205,6 +230,11 @@ impl Supervisor {
             docker_up: false,
             docker: None,
             draining: false,
+            drain_deadline: None,
+            drain_deadline_done: false,
+            drain_file,
+            graceful: None,
+            stopping: false,
             commands: None,
             metrics: None,
             liveness: None,
@@ -213,9 +243,16 @@ impl Supervisor {
         }
     }
 
-    /// Takes commands (drain) from the controller.
+    /// Takes commands (drain, undrain) from the controller.
     pub fn with_commands(mut self, rx: mpsc::UnboundedReceiver<Command>) -> Self {
         self.commands = Some(rx);
+        self
+    }
+
+    /// Stops gracefully once `token` is cancelled (SIGQUIT): no new jobs, the report says
+    /// draining, and [`Supervisor::run`] returns once the running jobs finished.
+    pub fn with_graceful_stop(mut self, token: CancellationToken) -> Self {
+        self.graceful = Some(token);
         self
     }
 
@@ -240,6 +277,7 @@ impl Supervisor {
     /// at once (their loops verify). A missing file is no generation; an unreadable or
     /// invalid one is an error naming the file.
     pub async fn restore(&mut self) -> anyhow::Result<()> {
+        self.restore_drain()?;
         let Some(applied) = self.deps.store.load()? else {
             return Ok(());
         };
@@ -269,6 +307,7 @@ impl Supervisor {
         let mut status = tokio::time::interval(self.deps.timings.status_every);
         ip_poll.tick().await;
         let mut commands = self.commands.take();
+        let graceful = self.graceful.take().unwrap_or_default();
         loop {
             if let Some(l) = &self.liveness {
                 l.beat();
@@ -276,6 +315,7 @@ impl Supervisor {
             let engine_busy = self.engine.as_ref().is_some_and(|e| e.running() > 0);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = graceful.cancelled(), if !self.stopping => self.stop_gracefully(),
                 Some(ds) = desired.recv() => self.apply(ds).await,
                 Some(cmd) = async {
                     match commands.as_mut() {
@@ -296,6 +336,10 @@ impl Supervisor {
                 _ = status.tick() => self.dirty = true,
             }
             self.publish();
+            if self.stopping && self.engine.as_ref().is_none_or(|e| e.running() == 0) {
+                tracing::info!("graceful stop: no job running; stopping");
+                break;
+            }
         }
         self.shutdown(drain).await;
     }
@@ -306,6 +350,8 @@ impl Supervisor {
                 .handle(Event::Stop, now(&self.deps.clock), self.docker_up);
         }
         if let Some(engine) = self.engine.as_mut() {
+            // Jobs still running are canceled; their traces say why.
+            engine.cancel_jobs(drain::STOP_REASON);
             engine.stop_now();
             let ended =
                 tokio::time::timeout(drain, async { while engine.join_next().await.is_some() {} })
@@ -332,7 +378,8 @@ impl Supervisor {
     /// A command from the controller.
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Drain => self.drain(),
+            Command::Drain { deadline } => self.drain(deadline),
+            Command::Undrain => self.undrain(),
         }
     }
 }

@@ -45,20 +45,23 @@ impl Supervisor {
         m.set_concurrent(self.concurrent());
     }
 
-    /// Tells the controller a job started or ended (its "recent jobs").
-    pub(super) fn job_event(
-        &self,
-        runner: &str,
-        job_id: i64,
-        state: JobState,
-        failure_reason: &str,
-    ) {
+    /// Tells the controller a job started or ended (its "recent jobs" and the fleet's
+    /// jobs): the start time is now less the duration of a finished job.
+    pub(super) fn job_event(&self, r: JobReport<'_>) {
+        let at = OffsetDateTime::now_utc();
+        let started_at = match r.duration {
+            Some(d) => at.checked_sub(time::Duration::try_from(d).unwrap_or(time::Duration::ZERO)),
+            None => Some(at),
+        };
         self.send(ToController::Job {
-            runner: runner.to_string(),
-            job_id,
-            state,
-            failure_reason: failure_reason.to_string(),
-            at: OffsetDateTime::now_utc(),
+            runner: r.runner.to_string(),
+            job_id: r.job_id,
+            state: r.state,
+            failure_reason: r.failure_reason.to_string(),
+            at,
+            queue_wait: r.queue_wait,
+            started_at,
+            duration: r.duration,
         });
     }
 
@@ -122,7 +125,7 @@ impl Supervisor {
                 .docker
                 .as_ref()
                 .map(|d| d.root_dir.display().to_string()),
-            draining: self.draining,
+            draining: self.draining || self.stopping,
             units,
         }
     }
@@ -141,4 +144,16 @@ impl Supervisor {
             tracing::warn!(error = %format!("{e:#}"), path = %p.display(), "write status file");
         }
     }
+}
+
+/// A job's start or end, as the controller is told of it.
+pub(super) struct JobReport<'a> {
+    pub runner: &'a str,
+    pub job_id: i64,
+    pub state: JobState,
+    /// GitLab's failure reason, empty unless failed.
+    pub failure_reason: &'a str,
+    pub queue_wait: Option<std::time::Duration>,
+    /// How long it ran; `None` while running.
+    pub duration: Option<std::time::Duration>,
 }

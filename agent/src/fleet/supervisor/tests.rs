@@ -9,7 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 use super::*;
 use crate::clock::{FakeClock, TokioClock};
 use crate::fleet::desired::{Applied, Raw};
-use crate::fleet::messages::{JobState, RunnerEventKind};
+use crate::fleet::drain_file;
+use crate::fleet::messages::{DrainDeadline, JobState, RunnerEventKind};
 use crate::fleet::report::{self, UnitReport};
 use crate::runner::fake_executor::FakeExecutor;
 use drover_gitlab::fake::{Call, FakeGitLab, job};
@@ -178,6 +179,8 @@ impl GitLab for TokenGitLab {
 
 struct FakeDocker {
     up: AtomicBool,
+    /// Images missing on this fake box: a runner naming one is refused by pre-flight.
+    absent: Mutex<Vec<String>>,
     /// How long each job runs.
     hold: Duration,
 }
@@ -200,6 +203,31 @@ impl DockerDep for FakeDocker {
             ..FakeExecutor::default()
         }))
     }
+    async fn preflight(
+        &self,
+        runners: &[drover_proto::spec::RunnerConfig],
+    ) -> Result<Vec<String>, String> {
+        if let Some(first) = runners.first()
+            && !self.up.load(Ordering::SeqCst)
+        {
+            return Err(format!(
+                "runner {:?}: docker engine does not answer (fake)",
+                first.name
+            ));
+        }
+        let absent = self.absent.lock().unwrap().clone();
+        for r in runners {
+            for image in drover_job::disk::required_images(std::iter::once(r)) {
+                if absent.contains(&image) {
+                    return Err(format!(
+                        "runner {:?}: image {image:?} is not present and pull_policy is \"never\"",
+                        r.name
+                    ));
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
 }
 
 struct Harness {
@@ -214,6 +242,8 @@ struct Harness {
     ips: Arc<Mutex<Vec<String>>>,
     dir: tempfile::TempDir,
     stop: CancellationToken,
+    /// Cancel to stop gracefully (SIGQUIT).
+    graceful: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -234,6 +264,7 @@ fn assignment(name: &str, token: &str) -> Raw {
         gitlab_runner_id: 11,
         token_expires_at: None,
         token_obtained_at: None,
+        ..Default::default()
     }
 }
 
@@ -304,6 +335,7 @@ async fn start_clocked(
     let (desired, desired_rx) = mpsc::unbounded_channel();
     let docker = Arc::new(FakeDocker {
         up: AtomicBool::new(docker_up),
+        absent: Mutex::new(Vec::new()),
         hold,
     });
     let ips = Arc::new(Mutex::new(vec!["10.0.0.1".to_string()]));
@@ -339,7 +371,10 @@ async fn start_clocked(
         clock,
     };
     let (commands, commands_rx) = mpsc::unbounded_channel();
-    let mut sup = Supervisor::new(deps).with_commands(commands_rx);
+    let graceful = CancellationToken::new();
+    let mut sup = Supervisor::new(deps)
+        .with_commands(commands_rx)
+        .with_graceful_stop(graceful.clone());
     sup.restore().await.unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(sup.run(desired_rx, stop.clone(), Duration::from_secs(5)));
@@ -354,6 +389,7 @@ async fn start_clocked(
         ips,
         dir,
         stop,
+        graceful,
         task,
     }
 }
@@ -675,6 +711,7 @@ fn save_a(dir: &tempfile::TempDir, obtained: OffsetDateTime, expires: OffsetDate
                 gitlab_runner_id: 11,
                 token_expires_at: Some(rfc3339(expires)),
                 token_obtained_at: Some(rfc3339(obtained)),
+                ..Default::default()
             }],
         })
         .unwrap();
@@ -913,8 +950,12 @@ async fn only_403_on_the_verify_of_a_new_token_refuses_it() {
 
 #[tokio::test(start_paused = true)]
 async fn units_wait_for_docker_instead_of_crash_looping() {
-    let mut h = start_a(false).await;
-    assert!(h.push(1, vec![assignment("a", "glrt-a")]).await.applied);
+    // The generation persisted before a restart starts without pre-flight (it passed it
+    // when it was applied), while Docker is not up yet.
+    let dir = tempfile::tempdir().unwrap();
+    persist_one(&dir, "glrt-a");
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start(dir, gl, false).await;
     h.wait_report("waiting", |r| unit(r, "a").state == "waiting-for-docker")
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -922,6 +963,38 @@ async fn units_wait_for_docker_instead_of_crash_looping() {
     h.docker.up.store(true, Ordering::SeqCst);
     h.wait_report("running once docker answers", |r| is_running(r, "a"))
         .await;
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn preflight_refuses_a_missing_image_and_keeps_the_running_generation() {
+    let mut h = start_a(true).await;
+    assert!(h.push(1, vec![assignment("a", "glrt-a")]).await.applied);
+    h.wait_report("running", |r| is_running(r, "a")).await;
+    h.docker.absent.lock().unwrap().push("app:9".to_string());
+    let mut b = assignment("b", "glrt-b");
+    b.spec_json = r#"{"url":"http://gitlab.test","executor":"docker","docker":{"image":"busybox","pull_policy":"never"},"drover_images":{"required":["app:9"]}}"#.into();
+    let ack = h.push(2, vec![assignment("a", "glrt-a"), b]).await;
+    assert!(!ack.applied, "{ack:?}");
+    assert!(
+        ack.error
+            .contains("runner \"b\": image \"app:9\" is not present and pull_policy is \"never\""),
+        "{ack:?}"
+    );
+    // The running generation stays: a runs, b never started.
+    assert_eq!(h.report.borrow().applied_generation, 1);
+    assert!(is_running(&h.report.borrow(), "a"));
+    assert!(h.report.borrow().units.iter().all(|u| u.name != "b"));
+    // Docker silent: a changed generation is refused too, naming the runner.
+    h.docker.up.store(false, Ordering::SeqCst);
+    let ack = h.push(3, vec![assignment("c", "glrt-c")]).await;
+    assert!(
+        !ack.applied
+            && ack
+                .error
+                .contains("runner \"c\": docker engine does not answer"),
+        "{ack:?}"
+    );
     h.stop().await;
 }
 
@@ -936,6 +1009,7 @@ fn persist_one(dir: &tempfile::TempDir, token: &str) {
                 gitlab_runner_id: 11,
                 token_expires_at: None,
                 token_obtained_at: None,
+                ..Default::default()
             }],
         })
         .unwrap();
@@ -1012,7 +1086,7 @@ async fn drain_lets_running_jobs_finish_and_takes_no_new_ones() {
     h.gl.jobs.push_job(job(21, &["sleep"]));
     h.wait_report("job taken", |r| r.units.iter().any(|u| u.jobs_running == 1))
         .await;
-    h.commands.send(Command::Drain).unwrap();
+    h.commands.send(Command::Drain { deadline: None }).unwrap();
     let r = h
         .wait_report("draining", |r| {
             r.draining && r.units.iter().any(|u| u.state == "draining")
@@ -1082,4 +1156,143 @@ async fn a_wall_clock_jump_does_not_fire_the_watchdog() {
     clock.advance(Duration::from_secs(31));
     h.wait_report("restarted by the watchdog", fired).await;
     h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_drain_deadline_cancels_running_jobs_with_a_trace_line_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start_with(dir, gl, true, policy(), Duration::from_secs(600)).await;
+    assert!(h.push(1, vec![assignment("a", "glrt-a")]).await.applied);
+    h.wait_report("running", |r| is_running(r, "a")).await;
+    h.gl.jobs.push_job(job(31, &["long"]));
+    h.wait_report("job taken", |r| unit(r, "a").jobs_running == 1)
+        .await;
+    h.commands
+        .send(Command::Drain {
+            deadline: Some(DrainDeadline::After(Duration::from_secs(3))),
+        })
+        .unwrap();
+    h.wait_report("draining", |r| r.draining).await;
+    let drained = drain_file::DrainFile::new(h.dir.path()).load().unwrap();
+    assert!(drained.and_then(|d| d.deadline).is_some(), "{drained:?}");
+    // Before the deadline the job still runs.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.gl.jobs.job(31).unwrap().state, "running");
+    let end = tokio::time::Instant::now() + WAIT;
+    let done = loop {
+        let j = h.gl.jobs.job(31).unwrap();
+        if j.state != "running" {
+            break j;
+        }
+        assert!(tokio::time::Instant::now() < end, "job never canceled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.state, "failed");
+    let trace = String::from_utf8_lossy(&done.trace);
+    assert!(trace.contains("aborted: agent is draining"), "{trace}");
+    let r = h
+        .wait_report("stopped", |r| unit(r, "a").state == "stopped")
+        .await;
+    assert!(r.draining);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_survives_a_restart_and_undrain_takes_jobs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start_with(dir, gl.clone(), true, policy(), Duration::from_millis(200)).await;
+    assert!(h.push(1, vec![assignment("a", "glrt-a")]).await.applied);
+    h.wait_report("running", |r| is_running(r, "a")).await;
+    h.commands.send(Command::Drain { deadline: None }).unwrap();
+    h.wait_report("stopped", |r| r.draining && unit(r, "a").state == "stopped")
+        .await;
+    let dir = h.stop().await;
+    assert!(dir.path().join("drain.json").exists());
+
+    // A new agent process on the same state dir drains before any unit starts.
+    let mut h = start_with(dir, gl, true, policy(), Duration::from_millis(200)).await;
+    h.gl.jobs.push_job(job(41, &["quick"]));
+    let r = h
+        .wait_report("restored draining", |r| {
+            r.draining && unit(r, "a").state == "stopped"
+        })
+        .await;
+    assert_eq!(r.applied_generation, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.gl.jobs.queued(), 1, "no job taken while draining");
+    assert!(!is_running(&h.report.borrow().clone(), "a"));
+
+    h.commands.send(Command::Undrain).unwrap();
+    h.wait_report("taking jobs again", |r| !r.draining && is_running(r, "a"))
+        .await;
+    h.wait_report("job done", |r| unit(r, "a").jobs_succeeded == 1)
+        .await;
+    assert_eq!(h.gl.jobs.queued(), 0);
+    assert_eq!(h.gl.jobs.job(41).unwrap().state, "success");
+    assert!(!h.dir.path().join("drain.json").exists());
+    // Undrain when not draining changes nothing.
+    h.commands.send(Command::Undrain).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(is_running(&h.report.borrow().clone(), "a"));
+    h.stop().await;
+}
+
+/// Runner `a` running job `id` (each job lasting `hold`), then a graceful stop asked
+/// and the report saying draining.
+async fn gracefully_stopping_with_job(id: i64, hold: Duration) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start_with(dir, gl, true, policy(), hold).await;
+    assert!(h.push(1, vec![assignment("a", "glrt-a")]).await.applied);
+    h.wait_report("running", |r| is_running(r, "a")).await;
+    h.gl.jobs.push_job(job(id, &["long"]));
+    h.wait_report("job taken", |r| unit(r, "a").jobs_running == 1)
+        .await;
+    h.graceful.cancel();
+    h.wait_report("draining", |r| r.draining).await;
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_graceful_stop_lets_the_running_job_finish_takes_no_new_one_and_ends() {
+    let h = gracefully_stopping_with_job(51, Duration::from_secs(2)).await;
+    h.gl.jobs.push_job(job(52, &["quick"]));
+    let end = tokio::time::Instant::now() + WAIT;
+    while !h.task.is_finished() {
+        assert!(tokio::time::Instant::now() < end, "the run never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!h.stop.is_cancelled(), "ended by itself");
+    let done = h.gl.jobs.job(51).unwrap();
+    assert_eq!(done.state, "success");
+    assert_eq!(h.gl.jobs.queued(), 1, "no job taken while stopping");
+    assert!(
+        !h.dir.path().join("drain.json").exists(),
+        "a stop is not a drain: the next start takes jobs"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_during_a_graceful_stop_cancels_jobs_saying_the_agent_is_stopping() {
+    let h = gracefully_stopping_with_job(61, Duration::from_secs(600)).await;
+    // An undrain from the controller does not restart units while stopping.
+    h.commands.send(Command::Undrain).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(h.report.borrow().draining);
+    assert_eq!(h.gl.jobs.job(61).unwrap().state, "running");
+    h.stop.cancel();
+    let end = tokio::time::Instant::now() + WAIT;
+    let done = loop {
+        let j = h.gl.jobs.job(61).unwrap();
+        if j.state != "running" {
+            break j;
+        }
+        assert!(tokio::time::Instant::now() < end, "job never canceled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.state, "failed");
+    let trace = String::from_utf8_lossy(&done.trace);
+    assert!(trace.contains("aborted: agent is stopping"), "{trace}");
 }

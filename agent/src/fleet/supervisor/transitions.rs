@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::outbound::JobReport;
 use super::{Supervisor, now};
 use crate::fleet::messages::{JobState, RunnerEventKind};
 use crate::runner::{RunnerError, RunnerEvent, RunnerState};
@@ -10,35 +11,8 @@ use crate::units::{Action, Event, Now, UnitState};
 use drover_job::executor::JobOutcome;
 
 impl Supervisor {
-    /// Stops taking jobs on every unit; running jobs finish, then units are `stopped`.
-    /// Generations pushed later are still validated, persisted and acked, but no unit starts
-    /// until the agent restarts.
-    pub fn drain(&mut self) {
-        if self.draining {
-            return;
-        }
-        tracing::info!(
-            units = self.units.len(),
-            "drain: taking no new jobs; running jobs finish"
-        );
-        self.draining = true;
-        let docker_up = self.docker_up;
-        let mut changes = Vec::new();
-        for (name, e) in self.units.iter_mut() {
-            let before = e.unit.state;
-            e.unit
-                .handle(Event::Drain, now(&self.deps.clock), docker_up);
-            e.log("drain requested by the controller");
-            changes.push((name.clone(), before, e.unit.state));
-        }
-        for (name, before, after) in changes {
-            self.transition(&name, before, after);
-        }
-        self.sync_engine();
-        self.dirty = true;
-    }
-
     pub(super) async fn tick(&mut self) {
+        self.check_drain_deadline();
         let t = now(&self.deps.clock);
         let docker_up = self.docker_up;
         let mut changes = Vec::new();
@@ -152,27 +126,46 @@ impl Supervisor {
             RunnerEvent::NeedsRegistration { runner, endpoint } => {
                 self.token_invalid(&runner, format!("gitlab answered 403 on {endpoint}"));
             }
-            RunnerEvent::JobStarted { runner, job_id } => {
+            RunnerEvent::JobStarted {
+                runner,
+                job_id,
+                queue_wait,
+            } => {
                 if let Some(e) = self.units.get_mut(&runner) {
                     e.log(format!("job {job_id} started"));
                 }
-                self.job_event(&runner, job_id, JobState::Running, "");
+                self.job_event(JobReport {
+                    runner: &runner,
+                    job_id,
+                    state: JobState::Running,
+                    failure_reason: "",
+                    queue_wait,
+                    duration: None,
+                });
             }
             RunnerEvent::JobFinished {
                 runner,
                 job_id,
                 outcome,
+                duration,
+                queue_wait,
             } => {
                 if let Some(e) = self.units.get_mut(&runner) {
                     e.log(format!("job {job_id} finished: {outcome:?}"));
                 }
-                match outcome {
-                    JobOutcome::Success => self.job_event(&runner, job_id, JobState::Success, ""),
-                    JobOutcome::Failed { reason, .. } => {
-                        self.job_event(&runner, job_id, JobState::Failed, reason.as_str())
-                    }
-                    JobOutcome::Canceled => self.job_event(&runner, job_id, JobState::Canceled, ""),
-                }
+                let (state, failure_reason) = match &outcome {
+                    JobOutcome::Success => (JobState::Success, ""),
+                    JobOutcome::Failed { reason, .. } => (JobState::Failed, reason.as_str()),
+                    JobOutcome::Canceled => (JobState::Canceled, ""),
+                };
+                self.job_event(JobReport {
+                    runner: &runner,
+                    job_id,
+                    state,
+                    failure_reason,
+                    queue_wait,
+                    duration: Some(duration),
+                });
             }
             RunnerEvent::Stopped { .. } => {}
         }

@@ -24,9 +24,44 @@ impl Fleet {
                 Some(target) => Ok(Some((labels, target, s.assignments(&id)?))),
             }
         });
-        let Some((labels, target, assignments)) = read.await? else {
-            return Ok(None);
-        };
+        match read.await? {
+            Some((labels, target, assignments)) => {
+                self.desired_given(agent_id, &labels, target, assignments)
+                    .await
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The desired state of `agent_id` from what its session read (see
+    /// [`crate::store::SessionRead`]): the same as [`Fleet::desired_state`] without reading
+    /// the agent again.
+    pub async fn desired_from(
+        &self,
+        agent_id: &str,
+        read: &crate::store::SessionRead,
+    ) -> Result<Option<DesiredState>, FleetError> {
+        match &read.labels {
+            Some(labels) if read.target_generation > 0 => {
+                self.desired_given(
+                    agent_id,
+                    labels,
+                    read.target_generation,
+                    read.assignments.clone(),
+                )
+                .await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn desired_given(
+        &self,
+        agent_id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        target: u64,
+        assignments: Vec<Assignment>,
+    ) -> Result<Option<DesiredState>, FleetError> {
         let Some(runners) = self.generation_runners(target).await? else {
             return Ok(None);
         };
@@ -37,7 +72,7 @@ impl Fleet {
         let mut out = Vec::new();
         for r in runners
             .iter()
-            .filter(|r| selector::matches(&r.selector, &labels))
+            .filter(|r| selector::matches(&r.selector, labels))
         {
             let Some(a) = assignments.get(&r.name) else {
                 tracing::warn!(agent = %agent_id, runner = %r.name, "no gitlab runner assigned; left out");
@@ -50,6 +85,7 @@ impl Fleet {
                 runner_token: token,
                 gitlab_runner_id: a.gitlab_runner_id,
                 token_expires_at: a.token_expires_at,
+                cache_secrets: spec::cache_secrets(r),
             });
         }
         Ok(Some(DesiredState {

@@ -108,6 +108,7 @@ impl Fleet {
         Ok(Strategy {
             kind: StrategyKind::Rolling,
             max_unavailable: rollout::default_max_unavailable(agents),
+            gate: None,
         })
     }
 
@@ -122,34 +123,47 @@ impl Fleet {
     ) -> Result<(u64, Vec<Change>), FleetError> {
         let generation = {
             let _g = self.lock.lock().await;
-            let current = self.current().await?;
-            let old = current.as_ref().map(|c| c.1.clone()).unwrap_or_default();
-            let changes = spec::diff(&old, &runners);
-            if !force && changes.iter().all(|c| c.kind == "unchanged") && current.is_some() {
-                return Ok((0, changes));
-            }
-            let strategy = match strategy {
-                Some(s) => s,
-                None => self.default_strategy().await?,
-            };
-            // RunnerConfig serializes its tokens in clear: that is what gets sealed.
-            let json = serde_json::to_vec(&runners)
-                .map_err(|e| FleetError::Invalid(format!("serialize runners: {e}")))?;
-            let g = GenerationRecord {
-                generation: current.map(|c| c.0.generation).unwrap_or(0) + 1,
-                created_at: now(),
-                runners_sealed: self.sealer.seal(SPECS, &json),
-                strategy,
-                state: RolloutState::Progressing,
-                reason,
-            };
-            let generation = g.generation;
-            store::blocking(&self.store, move |s| s.add_generation(&g)).await?;
-            tracing::info!(generation, "runner specs stored");
-            (generation, changes)
+            self.add_generation_locked(runners, strategy, reason, force)
+                .await?
         };
         self.reconcile().await;
         Ok(generation)
+    }
+
+    /// Stores `runners` as the next generation (unless identical to the newest and not
+    /// `force`); the caller holds `lock`.
+    pub(super) async fn add_generation_locked(
+        &self,
+        runners: Vec<RunnerConfig>,
+        strategy: Option<Strategy>,
+        reason: String,
+        force: bool,
+    ) -> Result<(u64, Vec<Change>), FleetError> {
+        let current = self.current().await?;
+        let old = current.as_ref().map(|c| c.1.clone()).unwrap_or_default();
+        let changes = spec::diff(&old, &runners);
+        if !force && changes.iter().all(|c| c.kind == "unchanged") && current.is_some() {
+            return Ok((0, changes));
+        }
+        let strategy = match strategy {
+            Some(s) => s,
+            None => self.default_strategy().await?,
+        };
+        // RunnerConfig serializes its tokens in clear: that is what gets sealed.
+        let json = serde_json::to_vec(&runners)
+            .map_err(|e| FleetError::Invalid(format!("serialize runners: {e}")))?;
+        let g = GenerationRecord {
+            generation: current.map(|c| c.0.generation).unwrap_or(0) + 1,
+            created_at: now(),
+            runners_sealed: self.sealer.seal(SPECS, &json),
+            strategy,
+            state: RolloutState::Progressing,
+            reason,
+        };
+        let generation = g.generation;
+        store::blocking(&self.store, move |s| s.add_generation(&g)).await?;
+        tracing::info!(generation, "runner specs stored");
+        Ok((generation, changes))
     }
 
     /// `drover runner apply` / `import`: validates everything first; a refusal changes

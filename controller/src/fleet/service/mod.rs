@@ -16,6 +16,7 @@ use crate::server::sessions::Sessions;
 use crate::store::{AckRecord, Store, StoreError};
 
 mod desired;
+mod gating;
 mod generations;
 mod reconcile;
 mod reports;
@@ -71,9 +72,19 @@ struct Runtime {
     healed: HashMap<String, std::time::Instant>,
 }
 
+/// Which agents are connected to some replica.
+pub type Presence = Arc<dyn Fn() -> std::collections::HashSet<String> + Send + Sync>;
+
 /// The fleet service. Cheap to share behind an `Arc`.
 pub struct Fleet {
     store: Arc<dyn Store>,
+    /// The store for the leader's writes (advancing agents, rollout states, retired
+    /// runners): with several replicas a handle fenced by the lease's epoch.
+    fenced: Arc<dyn Store>,
+    /// This replica's role: only the leader reconciles.
+    cluster: crate::replicas::Cluster,
+    /// With several replicas: the agents connected to any replica (else the sessions here).
+    presence: Option<Presence>,
     sealer: Sealer,
     registrar: Arc<dyn Registrar>,
     sessions: Sessions,
@@ -84,6 +95,9 @@ pub struct Fleet {
     /// every change recorded before it starts, so callers meanwhile need not queue another.
     /// (10,000 acks arriving together cost a few passes, not 10,000.)
     reconcile_queued: std::sync::atomic::AtomicBool,
+    /// A replica that does not lead is writing queued acks: an ack queued meanwhile is
+    /// written by that writer's next round (see [`Fleet::reconcile`]).
+    acks_writing: std::sync::atomic::AtomicBool,
     runtime: Mutex<HashMap<String, Runtime>>,
     /// Unsealed runners of recently used generations (generations never change once
     /// stored), so pushing one generation to 10,000 agents opens it once.
@@ -92,6 +106,11 @@ pub struct Fleet {
     acks: Mutex<Vec<AckRecord>>,
     /// No reconciliation pass starts before this instant (see [`Fleet::reconcile`]).
     pass_gap: Mutex<std::time::Instant>,
+    /// Gated rollouts (leader): when a pass first saw each agent applied the generation
+    /// (`gating.rs`).
+    gate_seen: Mutex<HashMap<String, (u64, OffsetDateTime)>>,
+    /// The gate's clock (a fake in tests).
+    gate_clock: Arc<dyn crate::health::clock::Clock>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -126,16 +145,52 @@ impl Fleet {
         sessions: Sessions,
     ) -> Fleet {
         Fleet {
+            fenced: store.clone(),
+            cluster: crate::replicas::Cluster::solo(),
+            presence: None,
             store,
             sealer,
             registrar,
             sessions,
             lock: tokio::sync::Mutex::new(()),
             reconcile_queued: std::sync::atomic::AtomicBool::new(false),
+            acks_writing: std::sync::atomic::AtomicBool::new(false),
             runtime: Mutex::new(HashMap::new()),
             unsealed: Mutex::new(BTreeMap::new()),
             acks: Mutex::new(Vec::new()),
             pass_gap: Mutex::new(std::time::Instant::now()),
+            gate_seen: Mutex::new(HashMap::new()),
+            gate_clock: Arc::new(crate::health::clock::SystemClock),
+        }
+    }
+
+    /// The same fleet judging gated rollouts on `clock` (tests).
+    #[cfg(test)]
+    pub(crate) fn with_gate_clock(mut self, clock: Arc<dyn crate::health::clock::Clock>) -> Fleet {
+        self.gate_clock = clock;
+        self
+    }
+
+    /// The fleet of one replica among several: reconciles only while `cluster` leads,
+    /// writing the leader's writes through `fenced`, pushing to the agents `presence`
+    /// says are connected to any replica.
+    pub fn in_cluster(
+        mut self,
+        cluster: crate::replicas::Cluster,
+        fenced: Arc<dyn Store>,
+        presence: Option<Presence>,
+    ) -> Fleet {
+        self.cluster = cluster;
+        self.fenced = fenced;
+        self.presence = presence;
+        self
+    }
+
+    /// The agents connected now (to any replica).
+    pub fn connected_agents(&self) -> std::collections::HashSet<String> {
+        match &self.presence {
+            Some(p) => p(),
+            None => self.sessions.connected(),
         }
     }
 

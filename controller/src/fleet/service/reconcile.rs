@@ -7,6 +7,7 @@ use drover_proto::spec::RunnerConfig;
 use secrecy::ExposeSecret;
 
 use super::{Fleet, FleetError, RUNNER_TOKEN, creation_token, parse_time};
+use crate::fleet::gate::Verdict;
 use crate::fleet::registrar::{RegistrarError, RunnerScope};
 use crate::fleet::rollout::{self, AgentView};
 use crate::fleet::selector;
@@ -42,8 +43,15 @@ impl Fleet {
     /// Advances the newest generation's rollout as far as its plan allows, records its
     /// state, and unregisters retired GitLab runners no agent needs any more. Errors are
     /// logged: this runs after every event and on a timer.
+    ///
+    /// On a replica that does not lead, only the queued acks are written; the leader is
+    /// asked (through the fan-out) to run the pass.
     pub async fn reconcile(&self) {
         use std::sync::atomic::Ordering;
+        if !self.cluster.is_leader() {
+            self.write_acks_for_the_leader().await;
+            return;
+        }
         if self.reconcile_queued.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -59,7 +67,11 @@ impl Fleet {
             self.reconcile_queued.store(false, Ordering::Release);
             let started = std::time::Instant::now();
             self.record_pending_acks().await;
-            let result = self.try_reconcile().await;
+            let mut result = self.try_reconcile().await;
+            // An auto-rollback stored a new generation: plan it in the same pass.
+            if matches!(result, Ok(true)) {
+                result = self.try_reconcile().await;
+            }
             let took = started.elapsed().min(PASS_GAP_MAX);
             *self.pass_gap.lock().unwrap_or_else(|p| p.into_inner()) =
                 std::time::Instant::now() + 2 * took;
@@ -71,12 +83,13 @@ impl Fleet {
         self.unregister_retired().await;
     }
 
-    /// One reconciliation pass; the caller holds `lock`.
-    async fn try_reconcile(&self) -> Result<(), FleetError> {
+    /// One reconciliation pass; the caller holds `lock`. `true` when it halted a gated
+    /// rollout and rolled it back (a new generation to plan).
+    async fn try_reconcile(&self) -> Result<bool, FleetError> {
         let Some((generation, runners)) = self.current().await? else {
-            return Ok(());
+            return Ok(false);
         };
-        let connected = self.sessions.connected();
+        let connected = self.connected_agents();
         let views: Vec<AgentView> = store::blocking(&self.store, |s| s.rollout_progress())
             .await?
             .into_iter()
@@ -89,31 +102,48 @@ impl Fleet {
             })
             .collect();
         if generation.state == RolloutState::Halted {
-            return Ok(());
+            return Ok(false);
         }
-        let plan = rollout::plan(generation.generation, generation.strategy, &views);
+        let verdict = match &generation.strategy.gate {
+            Some(gate) => {
+                self.gate_verdict(gate, generation.generation, &views)
+                    .await?
+            }
+            None => Verdict::Pass,
+        };
+        let plan =
+            rollout::plan_gated(generation.generation, generation.strategy, &views, &verdict);
         if plan.state != generation.state {
-            let (g, state, reason) = (generation.generation, plan.state, plan.reason.clone());
-            store::blocking(&self.store, move |s| s.set_rollout_state(g, state, &reason)).await?;
+            // A halt says why; otherwise the generation keeps what it was (`undo: ...`,
+            // `auto-rollback of ...`).
+            let reason = if plan.reason.is_empty() {
+                generation.reason.clone()
+            } else {
+                plan.reason.clone()
+            };
+            let (g, state) = (generation.generation, plan.state);
+            store::blocking(&self.fenced, move |s| {
+                s.set_rollout_state(g, state, &reason)
+            })
+            .await?;
             if plan.state == RolloutState::Halted {
                 tracing::warn!(generation = generation.generation, reason = %plan.reason, "rollout halted");
+                if generation.strategy.gate.is_some_and(|g| g.auto_rollback) {
+                    return self.auto_rollback(&generation, &plan.reason).await;
+                }
             }
         }
         let chosen = &plan.candidates[..plan.budget.min(plan.candidates.len())];
         for batch in chosen.chunks(ADVANCE_BATCH) {
+            // Registrations call GitLab, which the lease's fencing does not cover: a
+            // replica that lost the lease stops before the next batch.
+            if !self.cluster.is_leader() {
+                return Err(FleetError::Store(StoreError::NotLeader));
+            }
             let ids = batch.to_vec();
             // The batch's agents and their assignments in one read.
-            let agents = store::blocking(&self.store, move |s| {
-                let mut out = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    if let Some(agent) = s.get_agent(id)? {
-                        let assignments = s.assignments(id)?;
-                        out.push((agent, assignments));
-                    }
-                }
-                Ok(out)
-            })
-            .await?;
+            let agents =
+                store::blocking(&self.store, move |s| s.agents_with_assignments(&ids)).await?;
             let mut steps = Vec::with_capacity(agents.len());
             for (agent, assignments) in agents {
                 match self
@@ -128,7 +158,7 @@ impl Fleet {
                     }
                 }
             }
-            let steps = store::blocking(&self.store, move |s| {
+            let steps = store::blocking(&self.fenced, move |s| {
                 s.advance_agents(&steps)?;
                 Ok(steps)
             })
@@ -144,7 +174,7 @@ impl Fleet {
                 self.sessions.kick(&step.agent_id);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// What moving `agent` to `generation` writes: a GitLab runner for every runner of the
@@ -257,23 +287,50 @@ impl Fleet {
         })
     }
 
+    /// On a replica that does not lead: writes the queued acks and asks the leader for a
+    /// pass. One writer at a time: acks queued while it writes are taken by its next
+    /// round, so 5,000 acks arriving together cost a few transactions, not 5,000. A
+    /// failed write leaves them queued for the next ack.
+    async fn write_acks_for_the_leader(&self) {
+        use std::sync::atomic::Ordering;
+        if self.acks_writing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        loop {
+            let written = self.record_pending_acks().await;
+            self.cluster
+                .publish(crate::replicas::fanout::Change::Reconcile);
+            self.acks_writing.store(false, Ordering::Release);
+            if !written || self.pending_acks().is_empty() {
+                return;
+            }
+            if self.acks_writing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+
     /// Writes the acknowledgements that arrived since the last pass, in one transaction;
-    /// if the store fails they stay queued for the next pass.
-    async fn record_pending_acks(&self) {
+    /// if the store fails they stay queued for the next pass (`false`).
+    async fn record_pending_acks(&self) -> bool {
         let acks = std::mem::take(&mut *self.pending_acks());
         if acks.is_empty() {
-            return;
+            return true;
         }
         let written = store::blocking(&self.store, move |s| Ok((s.record_acks(&acks), acks)));
         match written.await {
-            Ok((Ok(()), _)) => {}
+            Ok((Ok(()), _)) => true,
             Ok((Err(e), acks)) => {
                 tracing::warn!(error = %e, acks = acks.len(), "record acknowledgements; kept for the next pass");
                 let mut pending = self.pending_acks();
                 let newer = std::mem::replace(&mut *pending, acks);
                 pending.extend(newer);
+                false
             }
-            Err(e) => tracing::warn!(error = %e, "record acknowledgements"),
+            Err(e) => {
+                tracing::warn!(error = %e, "record acknowledgements");
+                false
+            }
         }
     }
 

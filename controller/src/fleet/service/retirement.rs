@@ -37,6 +37,10 @@ impl Fleet {
             }
         };
         for r in retired {
+            // GitLab calls are not fenced by the database: stop as soon as the lease is lost.
+            if !self.cluster.is_leader() {
+                return;
+            }
             let a = &r.assignment;
             let agent_id = a.agent_id.clone();
             let due = r.after_generation == 0
@@ -121,7 +125,7 @@ impl Fleet {
     /// Drops a retired entry once unregistered (or found beyond help); a failure leaves it
     /// for the next pass.
     async fn drop_retired(&self, id: i64) {
-        if let Err(e) = store::blocking(&self.store, move |s| s.delete_retired(id)).await {
+        if let Err(e) = store::blocking(&self.fenced, move |s| s.delete_retired(id)).await {
             tracing::warn!(error = %e, retired = id, "drop retired runner entry");
         }
     }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::fleet::messages::{Ack, RunnerAssignment, RunnerEvent, RunnerEventKind, TokenRotated};
+use crate::health::clock::Clock;
 use crate::health::report::{RunnerStatus, UnitState};
 use time::{Duration, OffsetDateTime};
 use tokio_util::sync::CancellationToken;
@@ -156,6 +157,7 @@ fn all() -> Option<Strategy> {
     Some(Strategy {
         kind: StrategyKind::All,
         max_unavailable: 1,
+        gate: None,
     })
 }
 
@@ -163,6 +165,7 @@ fn rolling(n: u32) -> Option<Strategy> {
     Some(Strategy {
         kind: StrategyKind::Rolling,
         max_unavailable: n,
+        gate: None,
     })
 }
 
@@ -782,4 +785,177 @@ async fn merged_imports_are_bounded_before_a_generation_is_stored() {
     );
     let dry = w.fleet.apply(import(file(n * 100, 400), true)).await;
     assert!(dry.is_err(), "a dry run says the same");
+}
+
+fn gated(canary: u32, window_secs: u64, auto_rollback: bool) -> Option<Strategy> {
+    Some(Strategy {
+        kind: StrategyKind::Rolling,
+        max_unavailable: 1,
+        gate: Some(crate::store::Gate {
+            canary,
+            window_secs,
+            max_failure_permille: 0,
+            auto_rollback,
+        }),
+    })
+}
+
+/// Agents a1 and a2 (site lab) on generation 1, the fleet judging gates on a fake clock.
+async fn gated_world() -> (World, Arc<crate::health::clock::FakeClock>) {
+    let clock = Arc::new(crate::health::clock::FakeClock::new(
+        OffsetDateTime::now_utc(),
+    ));
+    let mut w = world();
+    w.fleet = w.fleet.with_gate_clock(clock.clone());
+    for id in ["a1", "a2"] {
+        w.agent(id, "lab");
+    }
+    w.apply(&spec("alpine:3.20", "site = \"lab\""), all())
+        .await
+        .unwrap();
+    w.ack("a1", 1, None).await;
+    w.ack("a2", 1, None).await;
+    (w, clock)
+}
+
+fn system_failure(agent: &str, job_id: i64, at: OffsetDateTime) -> crate::store::JobRecord {
+    crate::store::JobRecord {
+        agent_id: agent.into(),
+        job_id,
+        runner: "lab-docker".into(),
+        state: "failed".into(),
+        failure_reason: "runner_system_failure".into(),
+        started_at: Some(at),
+        finished_at: Some(at),
+        duration_ms: Some(10),
+        queue_wait_ms: None,
+        updated_at: at,
+    }
+}
+
+#[tokio::test]
+async fn a_gated_rollout_holds_each_batch_for_its_window() {
+    let (w, clock) = gated_world().await;
+    w.apply(&spec("alpine:3.21", "site = \"lab\""), gated(1, 60, false))
+        .await
+        .unwrap();
+    assert_eq!((w.target("a1"), w.target("a2")), (2, 1), "the canary only");
+    w.ack("a1", 2, None).await;
+    clock.advance(Duration::seconds(59));
+    w.fleet.reconcile().await;
+    assert_eq!(w.target("a2"), 1, "held for the window");
+    // A script failure is the job's own: it does not count.
+    let mut script = system_failure("a1", 7, clock.now());
+    script.failure_reason = "script_failure".into();
+    w.store.upsert_jobs(&[script]).unwrap();
+    clock.advance(Duration::seconds(1));
+    w.fleet.reconcile().await;
+    assert_eq!(w.target("a2"), 2, "the window passed");
+    w.ack("a2", 2, None).await;
+    assert_eq!(
+        w.state(),
+        RolloutState::Progressing,
+        "the last batch is watched too"
+    );
+    clock.advance(Duration::seconds(60));
+    w.fleet.reconcile().await;
+    assert_eq!(w.state(), RolloutState::Complete);
+}
+
+#[tokio::test]
+async fn a_system_failure_halts_at_the_canary_and_auto_rollback_undoes() {
+    let (w, clock) = gated_world().await;
+
+    // Without auto-rollback: halted with the reason, nobody else gets it.
+    w.apply(&spec("alpine:bad", "site = \"lab\""), gated(1, 60, false))
+        .await
+        .unwrap();
+    w.ack("a1", 2, None).await;
+    clock.advance(Duration::seconds(5));
+    w.store
+        .upsert_jobs(&[system_failure("a1", 8, clock.now())])
+        .unwrap();
+    w.fleet.reconcile().await;
+    let g = w.store.latest_generation().unwrap().unwrap();
+    assert_eq!((g.generation, g.state), (2, RolloutState::Halted));
+    assert!(
+        g.reason.contains("1 of 1 jobs ended with a system failure")
+            && g.reason.contains("agent a1"),
+        "{}",
+        g.reason
+    );
+    clock.advance(Duration::seconds(120));
+    w.fleet.reconcile().await;
+    assert_eq!(w.target("a2"), 1, "halted at the canary");
+
+    // With auto-rollback: undone to the newest generation that did not halt (1).
+    w.apply(&spec("alpine:worse", "site = \"lab\""), gated(1, 60, true))
+        .await
+        .unwrap();
+    assert_eq!((w.target("a1"), w.target("a2")), (3, 1));
+    w.ack("a1", 3, None).await;
+    clock.advance(Duration::seconds(5));
+    w.store
+        .upsert_jobs(&[system_failure("a1", 9, clock.now())])
+        .unwrap();
+    w.fleet.reconcile().await;
+    let halted = w.store.get_generation(3).unwrap().unwrap();
+    assert_eq!(halted.state, RolloutState::Halted);
+    let back = w.store.latest_generation().unwrap().unwrap();
+    assert_eq!(back.generation, 4);
+    assert!(
+        back.reason
+            .starts_with("auto-rollback of generation 3: runners of generation 1 (health gate:"),
+        "{}",
+        back.reason
+    );
+    assert_eq!(
+        (w.target("a1"), w.target("a2")),
+        (4, 4),
+        "every agent at once"
+    );
+    let ds = w.fleet.desired_state("a1").await.unwrap().unwrap();
+    assert!(ds.runners[0].spec_json.contains("alpine:3.20"));
+}
+
+/// On a replica that does not lead, acks arriving together are written by one writer in
+/// a few rounds (each asking the leader for a pass), none lost.
+#[tokio::test]
+async fn a_follower_writes_acks_arriving_together_in_a_few_rounds() {
+    let w = world();
+    let (_role_tx, role) = tokio::sync::watch::channel(crate::replicas::Role::Follower);
+    let (publisher, mut published) = crate::replicas::fanout::Publisher::new();
+    let cluster = crate::replicas::Cluster::replica(role, publisher);
+    let fleet = Arc::new(w.fleet.in_cluster(cluster, w.store.clone(), None));
+    let ids: Vec<String> = (0..50).map(|i| format!("a{i:02}")).collect();
+    // Each session's worker is a task of its own.
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (fleet, id) = (fleet.clone(), id.clone());
+            tokio::spawn(async move {
+                let ack = Ack {
+                    generation: 3,
+                    refused: None,
+                };
+                fleet.on_ack(&id, &ack).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let written: Vec<(String, u64)> = w
+        .store
+        .agent_rollouts()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.agent_id, r.ack_generation))
+        .collect();
+    assert_eq!(
+        written,
+        ids.iter().map(|id| (id.clone(), 3)).collect::<Vec<_>>()
+    );
+    let rounds = std::iter::from_fn(|| published.try_recv().ok()).count();
+    assert!((1..=3).contains(&rounds), "{rounds} rounds for 50 acks");
 }

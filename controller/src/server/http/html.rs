@@ -53,6 +53,8 @@ input,select,button{font-size:14px;padding:3px 6px}
 h2{font-size:16px;margin:18px 0 8px}
 ul.reasons{margin:0;padding-left:16px}
 .muted{color:#778}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(380px,1fr));gap:12px;margin-bottom:16px}
+svg.chart{background:#fff;border-radius:6px;box-shadow:0 1px 2px #0002}
 ";
 
 /// A whole page: title, a meta refresh every `refresh_secs`, and `body`.

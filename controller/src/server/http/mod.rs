@@ -3,11 +3,14 @@
 //! `/healthz` needs the token or basic auth ([`auth`]).
 //!
 //! - [`auth`]: who may read.
-//! - [`html`]: escaping and layout; [`pages`]: the pages as pure functions.
+//! - [`html`]: escaping and layout; [`pages`]: the pages as pure functions;
+//!   [`fleet_jobs`]: the fleet page's jobs panel, drawn with [`svg`] charts.
 
 pub mod auth;
+pub mod fleet_jobs;
 pub mod html;
 pub mod pages;
+pub mod svg;
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
@@ -19,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::state::AppState;
-use crate::store::EventFilter;
+use crate::store::{EventFilter, JobFilter};
 pub use auth::HttpAuth;
 
 /// OpenMetrics 1.0 text.
@@ -142,7 +145,30 @@ async fn fleet_page(State(s): State<HttpState>, Query(filter): Query<pages::Filt
         .unwrap_or_default();
     let now = s.app.health.leases.now();
     let now = now.replace_nanosecond(0).unwrap_or(now);
-    Html(pages::fleet(&views, &rollout, &filter, now)).into_response()
+    s.app.health.flush_events().await;
+    let since = now - fleet_jobs::WINDOW;
+    let read = crate::store::blocking(&s.app.store, move |st| {
+        let recent = JobFilter {
+            since: Some(since),
+            limit: fleet_jobs::MAX_JOBS,
+            ..JobFilter::default()
+        };
+        let running = JobFilter {
+            state: "running".into(),
+            limit: fleet_jobs::MAX_RUNNING,
+            ..JobFilter::default()
+        };
+        Ok(fleet_jobs::FleetJobs {
+            recent: st.list_jobs(&recent)?,
+            running: st.list_jobs(&running)?,
+            samples: st.list_fleet_samples(since)?,
+        })
+    });
+    let jobs = match read.await {
+        Ok(j) => j,
+        Err(e) => return internal("read jobs", e),
+    };
+    Html(pages::fleet(&views, &rollout, &jobs, &filter, now)).into_response()
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

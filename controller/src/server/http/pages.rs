@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use time::OffsetDateTime;
 
+use super::fleet_jobs::FleetJobs;
 use super::html::{badge, esc, page, table, url_enc};
 use crate::fleet::progress::{AgentRolloutState, RolloutStatus};
 use crate::health::report::{RunnerStatus, UnitState};
@@ -81,10 +82,12 @@ fn labels(v: &AgentView) -> String {
         .join(" ")
 }
 
-/// The fleet page: summary cards, the filter form and the agents table.
+/// The fleet page: summary cards, the filter form, the agents table and the jobs panel
+/// with its charts.
 pub fn fleet(
     views: &[AgentView],
     rollout: &RolloutStatus,
+    jobs: &FleetJobs,
     filter: &Filter,
     now: OffsetDateTime,
 ) -> String {
@@ -166,7 +169,7 @@ pub fn fleet(
                     esc(&v.record.id)
                 ),
                 esc(&v.record.facts.hostname),
-                badge(v.eval.state.as_str()),
+                state_cell(v),
                 reasons(&v.eval.reasons),
                 labels(v),
                 format!("{}", v.applied_generation),
@@ -190,6 +193,12 @@ pub fn fleet(
         ],
         &rows,
         "no agents match",
+    ));
+    body.push_str(&super::fleet_jobs::panel(
+        views,
+        jobs,
+        &token_param(tok, true),
+        now,
     ));
     page(
         "Fleet status",
@@ -225,7 +234,7 @@ pub fn agent(
     let mut body = format!(
         "<h2>Agent <span class=\"mono\">{}</span> {}</h2>",
         esc(&a.id),
-        badge(v.eval.state.as_str())
+        state_cell(v)
     );
     body.push_str(&reasons(&v.eval.reasons));
     let facts: Vec<(&str, String)> = vec![
@@ -269,6 +278,13 @@ pub fn agent(
             host.push((
                 "Disk (builds)",
                 bytes_pair(h.builds_disk_free_bytes, h.builds_disk_total_bytes),
+            ));
+            host.push((
+                "Disk budgets",
+                match &h.disk_budgets {
+                    Some(b) => esc(&b.summary()),
+                    None => "<span class=\"muted\">not reported</span>".into(),
+                },
             ));
             host.push((
                 "Memory",
@@ -369,6 +385,15 @@ pub fn agent(
     )
 }
 
+/// The agent's state badge, with `draining` beside it while it drains.
+fn state_cell(v: &AgentView) -> String {
+    let mut s = badge(v.eval.state.as_str());
+    if v.draining {
+        s.push_str(" <span class=\"state degraded\">draining</span>");
+    }
+    s
+}
+
 fn badge_unit(state: Option<&UnitState>) -> String {
     let class = match state {
         Some(UnitState::Running) => "healthy",
@@ -425,6 +450,9 @@ mod tests {
             target_generation: 0,
             ips: vec![],
             host: None,
+            draining: false,
+            drain: None,
+            heartbeat_draining: false,
         }
     }
 
@@ -438,15 +466,33 @@ mod tests {
             view("a1", "<script>alert(1)</script>", State::Degraded),
             view("a2", "box2", State::Healthy),
         ];
-        let html = fleet(&views, &Default::default(), &Filter::default(), now());
+        let html = fleet(
+            &views,
+            &Default::default(),
+            &FleetJobs::default(),
+            &Filter::default(),
+            now(),
+        );
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("site=&lt;lab&gt;"));
         assert!(html.contains("docker unreachable &lt;now&gt;"));
         assert!(html.contains("http-equiv=\"refresh\""));
+        assert!(!html.contains(">draining<"), "{html}");
+        let mut drained = views.clone();
+        drained[1].draining = true;
+        let html = fleet(
+            &drained,
+            &Default::default(),
+            &FleetJobs::default(),
+            &Filter::default(),
+            now(),
+        );
+        assert!(html.contains("<span class=\"state degraded\">draining</span>"));
         let only = fleet(
             &views,
             &Default::default(),
+            &FleetJobs::default(),
             &Filter {
                 state: "healthy".into(),
                 ..Filter::default()
@@ -455,7 +501,10 @@ mod tests {
         );
         assert!(only.contains("Agents (1 of 2)"));
         assert!(only.contains("box2"));
-        assert!(!only.contains("href=\"/agents/a1\""));
+        // The agents table follows the filter; the jobs panel below it is fleet-wide.
+        let (agents_part, panel) = only.split_once("id=\"fleet-jobs\"").unwrap();
+        assert!(!agents_part.contains("href=\"/agents/a1\""));
+        assert!(panel.contains("Agent versions"));
         let by_label = Filter {
             label: "site=<lab>".into(),
             ..Filter::default()
@@ -475,7 +524,13 @@ mod tests {
             token: Some("t&k".into()),
             ..Filter::default()
         };
-        let html = fleet(&views, &Default::default(), &f, now());
+        let html = fleet(
+            &views,
+            &Default::default(),
+            &FleetJobs::default(),
+            &f,
+            now(),
+        );
         assert!(html.contains("href=\"/agents/a1?token=t%26k\""), "{html}");
         assert!(html.contains("name=\"token\" value=\"t&amp;k\""));
     }

@@ -10,7 +10,7 @@ use crate::store::{AgentRecord, AgentStore, Facts, StoreError};
 
 pub(super) const AGENT_COLS: &str = "id, labels, facts, enrolled_at, last_seen, cert_serial, cert_not_after, revoked_at, applied_generation";
 
-fn agent_record(r: &Row) -> Result<AgentRecord, StoreError> {
+pub(super) fn agent_record(r: &Row) -> Result<AgentRecord, StoreError> {
     Ok(AgentRecord {
         id: r.try_get(0)?,
         labels: json::<BTreeMap<String, String>>("agents", r.try_get(1)?)?,
@@ -110,6 +110,40 @@ impl AgentStore for PgStore {
         })
     }
 
+    fn set_host_reasons(&self, reasons: &[(String, Vec<String>)]) -> Result<(), StoreError> {
+        if reasons.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = reasons.iter().map(|(id, _)| id.as_str()).collect();
+        let texts: Vec<String> = reasons
+            .iter()
+            .map(|(_, r)| crate::store::columns::host_reasons_column(r))
+            .collect();
+        self.with(|c| {
+            c.execute(
+                "UPDATE agents a SET host_reasons = s.reasons
+                 FROM UNNEST($1::text[], $2::text[]) AS s(id, reasons)
+                 WHERE a.id = s.id",
+                &[&ids, &texts],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn host_reasons(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        self.with(|c| {
+            let mut out = BTreeMap::new();
+            for row in c.query(
+                "SELECT id, host_reasons FROM agents WHERE host_reasons <> ''",
+                &[],
+            )? {
+                let text: String = row.get(1);
+                out.insert(row.get(0), json::<Vec<String>>("agents", &text)?);
+            }
+            Ok(out)
+        })
+    }
+
     fn agents_seen(&self, seen: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
         if seen.is_empty() {
             return Ok(());
@@ -146,10 +180,14 @@ impl AgentStore for PgStore {
 
     fn revoke_agent(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
         self.with(|c| {
-            let n = c.execute(
+            let mut tx = c.transaction()?;
+            let n = tx.execute(
                 "UPDATE agents SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
                 &[&id, &ts(at)],
             )?;
+            // A deleted agent's drain goes with it.
+            tx.execute("DELETE FROM agent_drains WHERE agent_id = $1", &[&id])?;
+            tx.commit()?;
             Ok(n > 0)
         })
     }

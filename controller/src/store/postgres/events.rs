@@ -6,14 +6,29 @@ use crate::store::{EventFilter, EventRecord, EventStore, Retention, StoreError};
 impl EventStore for PgStore {
     fn add_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         self.with(|c| {
+            if events.is_empty() {
+                return Ok(());
+            }
             let mut tx = c.transaction()?;
+            // Ids from a counter row locked until commit, not a sequence: replicas writing
+            // at once commit their ids in order, so a reader following `id > last` never
+            // skips a row that commits later with a smaller id.
+            let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+            let last: i64 = tx
+                .query_one(
+                    "UPDATE drover_event_ids SET last = last + $1 RETURNING last",
+                    &[&n],
+                )?
+                .try_get(0)?;
             let stmt = tx.prepare(
-                "INSERT INTO events (at, agent_id, kind, runner, message, job_id, job_state) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO events (id, at, agent_id, kind, runner, message, job_id, job_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )?;
-            for e in events {
+            for (i, e) in events.iter().enumerate() {
+                let id = last - n + 1 + i64::try_from(i).unwrap_or(0);
                 tx.execute(
                     &stmt,
                     &[
+                        &id,
                         &e.at.map(ts),
                         &e.agent_id,
                         &e.kind,
@@ -70,6 +85,7 @@ impl EventStore for PgStore {
     fn prune_events(&self, keep: Retention) -> Result<usize, StoreError> {
         self.with(|c| {
             let mut tx = c.transaction()?;
+            self.fence_check(&mut tx)?;
             let per_agent = tx.execute(
                 "DELETE FROM events WHERE id IN (
                     SELECT id FROM (

@@ -82,6 +82,135 @@ CREATE TABLE events (
 );
 CREATE INDEX events_agent ON events (agent_id, id);
 ",
+    // 2: the fleet's jobs (one row per agent and job) and agents-per-state samples.
+    "
+CREATE TABLE jobs (
+    agent_id       TEXT NOT NULL,
+    job_id         BIGINT NOT NULL,
+    runner         TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    failure_reason TEXT NOT NULL DEFAULT '',
+    started_at     BIGINT,
+    finished_at    BIGINT,
+    duration_ms    BIGINT,
+    queue_wait_ms  BIGINT,
+    updated_at     BIGINT NOT NULL,
+    PRIMARY KEY (agent_id, job_id)
+);
+CREATE INDEX jobs_updated ON jobs (updated_at);
+CREATE TABLE fleet_samples (
+    at       BIGINT PRIMARY KEY,
+    healthy  BIGINT NOT NULL,
+    degraded BIGINT NOT NULL,
+    lost     BIGINT NOT NULL,
+    revoked  BIGINT NOT NULL
+);
+",
+    // 3: several replicas on one database. `drover_secrets`: the shared CA, secrets key and
+    // the key-encryption key's check value, each sealed under the key-encryption key.
+    // `drover_leader`: the one lease row (holder, fencing epoch, expiry by the database's
+    // clock). `drover_event_ids`: event ids handed out under a row lock, so ids commit in
+    // order whichever replica writes (a sequence does not: `events --follow` would skip).
+    "
+CREATE TABLE drover_secrets (
+    name   TEXT PRIMARY KEY,
+    value  BYTEA NOT NULL
+);
+CREATE TABLE drover_leader (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    holder      TEXT NOT NULL,
+    epoch       BIGINT NOT NULL,
+    expires_at  TIMESTAMPTZ NOT NULL
+);
+INSERT INTO drover_leader (id, holder, epoch, expires_at) VALUES (1, '', 0, 'epoch');
+CREATE TABLE drover_event_ids (last BIGINT NOT NULL);
+INSERT INTO drover_event_ids (last) SELECT COALESCE(MAX(id), 0) FROM events;
+",
+    // 4: drained agents (`drover agent drain`): one row per drained agent, dropped on
+    // undrain and when the agent is deleted.
+    "
+CREATE TABLE agent_drains (
+    agent_id     TEXT PRIMARY KEY,
+    requested_at BIGINT NOT NULL,
+    deadline_at  BIGINT
+);
+",
+    // 5: images pushed with `drover image push`: blobs by digest in chunks of
+    // `BLOB_CHUNK_BYTES` (so every replica serves them), images by config digest, and their
+    // delivery to each agent (`drover image ls`).
+    "
+CREATE TABLE image_blobs (
+    digest  TEXT PRIMARY KEY,
+    size    BIGINT NOT NULL
+);
+CREATE TABLE image_blob_chunks (
+    digest  TEXT NOT NULL,
+    idx     BIGINT NOT NULL,
+    data    BYTEA NOT NULL,
+    PRIMARY KEY (digest, idx)
+);
+CREATE TABLE images (
+    id          TEXT PRIMARY KEY,
+    reference   TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE image_deliveries (
+    agent_id        TEXT NOT NULL,
+    image_id        TEXT NOT NULL,
+    reference       TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    bytes_total     BIGINT NOT NULL,
+    bytes_done      BIGINT NOT NULL,
+    bytes_sent      BIGINT NOT NULL,
+    layers_present  BIGINT NOT NULL,
+    error           TEXT NOT NULL,
+    rate_limit      BIGINT NOT NULL,
+    updated_at      BIGINT,
+    PRIMARY KEY (agent_id, image_id)
+);
+",
+    // 6: agent binary upgrades: binaries (content-addressed, in 1 MiB chunks), upgrades and
+    // each agent's progress.
+    "
+CREATE TABLE upgrade_binaries (
+    sha256     TEXT PRIMARY KEY,
+    arch       TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    size       BIGINT NOT NULL,
+    signature  BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE upgrade_chunks (
+    sha256 TEXT NOT NULL,
+    seq    BIGINT NOT NULL,
+    data   BYTEA NOT NULL,
+    PRIMARY KEY (sha256, seq)
+);
+CREATE TABLE upgrades (
+    id                     BIGINT PRIMARY KEY,
+    created_at             BIGINT NOT NULL,
+    selector               TEXT NOT NULL,
+    max_unavailable        BIGINT NOT NULL,
+    health_timeout_seconds BIGINT NOT NULL,
+    binaries               TEXT NOT NULL,
+    state                  TEXT NOT NULL,
+    reason                 TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE upgrade_agents (
+    upgrade_id BIGINT NOT NULL,
+    agent_id   TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    detail     TEXT NOT NULL DEFAULT '',
+    since      BIGINT NOT NULL,
+    PRIMARY KEY (upgrade_id, agent_id)
+);
+",
+    // 7: the host-health reasons the replica holding an agent's session evaluated (a JSON
+    // list, empty when none), for the other replicas.
+    "
+ALTER TABLE agents ADD COLUMN host_reasons TEXT NOT NULL DEFAULT '';
+",
 ];
 
 /// The schema version this build writes and reads.

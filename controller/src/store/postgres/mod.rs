@@ -9,22 +9,31 @@
 //! worker of a multi-threaded runtime, and on a scoped thread of its own otherwise. The
 //! pool is dropped the same way.
 //!
-//! One controller per database: [`PgStore::open`] takes a session advisory lock on a
-//! connection kept for the store's life, and refuses when another process holds it.
-//! Several replicas on one database (a lease, fencing) are not supported yet.
+//! Several replicas share one database (`replicas.rs`): each holds a *shared* session
+//! advisory lock for its life, which a controller of the earlier one-per-database build
+//! (which takes it exclusively) cannot take, and which such a controller still running
+//! refuses to this build: the two never write at once. The leader lease, its fencing, the
+//! shared secrets and the fan-out channel are in `replicas.rs`; [`PgStore::fenced`] is a
+//! handle whose leader-only writes check the lease in their own transaction.
 
 mod agents;
+mod batch_reads;
+mod drains;
 mod events;
+mod images;
+mod jobs;
 mod migrations;
+mod replicas;
 mod rollouts;
 mod runners;
 #[cfg(any(test, feature = "pg-test-server"))]
 pub mod test_server;
 mod tls;
 mod tokens;
+mod upgrades;
 mod url;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use postgres::Client;
 use r2d2_postgres::PostgresConnectionManager;
@@ -32,11 +41,13 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
 pub use migrations::SCHEMA_VERSION;
+pub use replicas::{CHANNEL, Listener};
 pub use url::{DatabaseUrl, UrlError, redact};
 
 type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
-/// Session advisory lock key held by the one controller on a database: "drover1".
+/// Session advisory lock key: held shared by every replica of this build, exclusively by a
+/// controller of the earlier one-per-database build. "drover1".
 const CONTROLLER_LOCK: i64 = 0x0064_726f_7665_7231;
 
 /// Connections kept open at most: the blocking pool runs a few store calls at once.
@@ -46,8 +57,13 @@ const POOL_SIZE: u32 = 8;
 pub struct PgStore {
     /// `None` only while dropping.
     pool: Option<Pool>,
-    /// The connection holding [`CONTROLLER_LOCK`]; `None` only while dropping.
+    /// The connection holding [`CONTROLLER_LOCK`]; `None` while dropping and in a
+    /// [`PgStore::fenced`] handle (the store it came from holds it).
     lock: Mutex<Option<Client>>,
+    /// Set in a [`PgStore::fenced`] handle: the leader's term its leader-only writes check.
+    fence: Option<Arc<crate::replicas::Term>>,
+    /// Where the store is (the listener connects there too).
+    url: DatabaseUrl,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -83,16 +99,9 @@ impl PgStore {
     }
 
     fn open_here(url: &DatabaseUrl) -> Result<PgStore, StoreError> {
-        let tls = url.tls();
-        let mut lock = url.config().connect(tls.clone())?;
-        let held: bool = lock
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&CONTROLLER_LOCK])?
-            .try_get(0)?;
-        if !held {
-            return Err(StoreError::InUse(url.redacted()));
-        }
+        let mut lock = take_controller_lock(url)?;
         migrations::migrate(&mut lock, &url.redacted())?;
-        let manager = PostgresConnectionManager::new(url.config().clone(), tls);
+        let manager = PostgresConnectionManager::new(url.config().clone(), url.tls());
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -101,6 +110,45 @@ impl PgStore {
         Ok(PgStore {
             pool: Some(pool),
             lock: Mutex::new(Some(lock)),
+            fence: None,
+            url: url.clone(),
+        })
+    }
+
+    /// A handle on the same pool whose leader-only writes (advancing agents, rollout
+    /// states, retired runners, event pruning) first check, in their own transaction,
+    /// that `term` holds the lease: a replica that lost it (or whose lease expired by the
+    /// database's clock) writes nothing, with [`StoreError::NotLeader`].
+    pub fn fenced(&self, term: Arc<crate::replicas::Term>) -> PgStore {
+        PgStore {
+            pool: self.pool.clone(),
+            lock: Mutex::new(None),
+            fence: Some(term),
+            url: self.url.clone(),
+        }
+    }
+
+    /// Checks that the connection holding [`CONTROLLER_LOCK`] is alive, and when it is
+    /// not (the database restarted, the link was cut: a session lock ends with its
+    /// session) takes the lock again on a new connection, so a controller of the earlier
+    /// one-per-database build still cannot start beside this replica. Refused with
+    /// [`StoreError::InUse`] when such a controller took it meanwhile. Nothing to do in a
+    /// [`PgStore::fenced`] handle. Called with every lease round trip.
+    pub(super) fn keep_controller_lock(&self) -> Result<(), StoreError> {
+        off_runtime(|| {
+            let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(client) = held.as_mut() else {
+                return Ok(());
+            };
+            if !client.is_closed() && client.batch_execute("").is_ok() {
+                return Ok(());
+            }
+            let fresh = take_controller_lock(&self.url)?;
+            tracing::warn!(
+                "the connection holding the controller lock was lost: took the lock again"
+            );
+            *held = Some(fresh);
+            Ok(())
         })
     }
 
@@ -118,6 +166,22 @@ impl PgStore {
             f(&mut conn)
         })
     }
+}
+
+/// A new connection to `url` holding [`CONTROLLER_LOCK`] shared; [`StoreError::InUse`]
+/// when a controller of the earlier build holds it.
+fn take_controller_lock(url: &DatabaseUrl) -> Result<Client, StoreError> {
+    let mut lock = url.config().connect(url.tls())?;
+    let held: bool = lock
+        .query_one(
+            "SELECT pg_try_advisory_lock_shared($1)",
+            &[&CONTROLLER_LOCK],
+        )?
+        .try_get(0)?;
+    if !held {
+        return Err(StoreError::InUse(url.redacted()));
+    }
+    Ok(lock)
 }
 
 impl Drop for PgStore {

@@ -2,11 +2,13 @@
 
 use postgres::{GenericClient, Row};
 
-use super::runners::{add_retired, delete_assignment, put_assignment};
+use std::collections::BTreeMap;
+
+use super::runners::{ASSIGN_COLS, add_retired, delete_assignment, put_assignment};
 use super::{PgStore, from_ts, from_u, json, to_json, ts, u};
 use crate::store::{
-    AckRecord, AgentRollout, AgentStep, GenerationRecord, RolloutState, RolloutStore, StoreError,
-    Strategy,
+    AckRecord, AgentRollout, AgentStep, Assignment, GenerationRecord, RolloutState, RolloutStore,
+    StoreError, Strategy,
 };
 
 const GEN_COLS: &str = "generation, created_at, runners_sealed, strategy, state, reason";
@@ -107,10 +109,13 @@ impl RolloutStore for PgStore {
         reason: &str,
     ) -> Result<bool, StoreError> {
         self.with(|c| {
-            let n = c.execute(
+            let mut tx = c.transaction()?;
+            self.fence_check(&mut tx)?;
+            let n = tx.execute(
                 "UPDATE generations SET state = $2, reason = $3 WHERE generation = $1",
                 &[&u(generation), &state.as_str(), &reason],
             )?;
+            tx.commit()?;
             Ok(n > 0)
         })
     }
@@ -142,6 +147,26 @@ impl RolloutStore for PgStore {
     fn advance_agents(&self, steps: &[AgentStep]) -> Result<(), StoreError> {
         self.with(|c| {
             let mut tx = c.transaction()?;
+            self.fence_check(&mut tx)?;
+            let mut agents: Vec<&str> = steps.iter().map(|s| s.agent_id.as_str()).collect();
+            agents.sort_unstable();
+            agents.dedup();
+            let mut puts: Vec<(&str, &str)> = steps
+                .iter()
+                .flat_map(|s| &s.put)
+                .map(|a| (a.agent_id.as_str(), a.runner.as_str()))
+                .collect();
+            let put_count = puts.len();
+            puts.sort_unstable();
+            puts.dedup();
+            if agents.len() == steps.len() && puts.len() == put_count {
+                // One step per agent (a reconciliation's batch) and each runner put once:
+                // the writes touch disjoint rows, so each kind goes in one statement for
+                // the whole batch.
+                advance_at_once(&mut tx, steps)?;
+                tx.commit()?;
+                return Ok(());
+            }
             for step in steps {
                 for a in &step.put {
                     put_assignment(&mut tx, a)?;
@@ -177,30 +202,97 @@ impl RolloutStore for PgStore {
         })
     }
 
+    /// Two statements for any number of acks: each agent's last ack is its progress, its
+    /// last ack without an error its applied generation (as one write per ack, in order).
     fn record_acks(&self, acks: &[AckRecord]) -> Result<(), StoreError> {
+        let mut last: BTreeMap<&str, &AckRecord> = BTreeMap::new();
+        let mut applied: BTreeMap<&str, i64> = BTreeMap::new();
+        for ack in acks {
+            last.insert(&ack.agent_id, ack);
+            if ack.error.is_none() {
+                applied.insert(&ack.agent_id, u(ack.generation));
+            }
+        }
+        let ids: Vec<&str> = last.keys().copied().collect();
+        let generations: Vec<i64> = last.values().map(|a| u(a.generation)).collect();
+        let errors: Vec<Option<&str>> = last.values().map(|a| a.error.as_deref()).collect();
+        let applied_ids: Vec<&str> = applied.keys().copied().collect();
+        let applied_generations: Vec<i64> = applied.values().copied().collect();
         self.with(|c| {
             let mut tx = c.transaction()?;
-            for ack in acks {
-                record_ack(&mut tx, ack)?;
-            }
+            tx.execute(
+                "INSERT INTO agent_rollouts (agent_id, ack_generation, ack_error)
+                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[])
+                 ON CONFLICT (agent_id) DO UPDATE
+                 SET ack_generation = EXCLUDED.ack_generation, ack_error = EXCLUDED.ack_error",
+                &[&ids, &generations, &errors],
+            )?;
+            tx.execute(
+                "UPDATE agents SET applied_generation = v.g
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS v(id, g) WHERE agents.id = v.id",
+                &[&applied_ids, &applied_generations],
+            )?;
             tx.commit()?;
             Ok(())
         })
     }
 }
 
-fn record_ack(tx: &mut impl GenericClient, ack: &AckRecord) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO agent_rollouts (agent_id, ack_generation, ack_error) VALUES ($1, $2, $3)
-         ON CONFLICT (agent_id) DO UPDATE
-         SET ack_generation = EXCLUDED.ack_generation, ack_error = EXCLUDED.ack_error",
-        &[&ack.agent_id, &u(ack.generation), &ack.error],
-    )?;
-    if ack.error.is_none() {
+/// The writes of `steps`, one step per agent, a statement per kind of write.
+fn advance_at_once(tx: &mut impl GenericClient, steps: &[AgentStep]) -> Result<(), StoreError> {
+    let puts: Vec<&Assignment> = steps.iter().flat_map(|s| &s.put).collect();
+    if !puts.is_empty() {
+        let col = |f: &dyn Fn(&Assignment) -> String| puts.iter().map(|a| f(a)).collect::<Vec<_>>();
+        let agent_ids = col(&|a| a.agent_id.clone());
+        let runners = col(&|a| a.runner.clone());
+        let urls = col(&|a| a.url.clone());
+        let keys = col(&|a| a.registration_key.clone());
+        let ids: Vec<i64> = puts.iter().map(|a| a.gitlab_runner_id).collect();
+        let tokens: Vec<&[u8]> = puts.iter().map(|a| a.token_sealed.as_slice()).collect();
+        let expires: Vec<Option<i64>> = puts.iter().map(|a| a.token_expires_at.map(ts)).collect();
+        let registered: Vec<bool> = puts.iter().map(|a| a.registered).collect();
         tx.execute(
-            "UPDATE agents SET applied_generation = $2 WHERE id = $1",
-            &[&ack.agent_id, &u(ack.generation)],
+            &format!(
+                "INSERT INTO assignments ({ASSIGN_COLS})
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BYTEA[], $6::BIGINT[], $7::TEXT[], $8::BOOLEAN[])
+                 ON CONFLICT (agent_id, runner) DO UPDATE SET url = EXCLUDED.url,
+                   gitlab_runner_id = EXCLUDED.gitlab_runner_id, token_sealed = EXCLUDED.token_sealed,
+                   token_expires_at = EXCLUDED.token_expires_at,
+                   registration_key = EXCLUDED.registration_key, registered = EXCLUDED.registered"
+            ),
+            &[
+                &agent_ids,
+                &runners,
+                &urls,
+                &ids,
+                &tokens,
+                &expires,
+                &keys,
+                &registered,
+            ],
         )?;
     }
+    let (del_agents, del_runners): (Vec<&str>, Vec<&str>) = steps
+        .iter()
+        .flat_map(|s| s.delete.iter().map(|r| (s.agent_id.as_str(), r.as_str())))
+        .unzip();
+    if !del_agents.is_empty() {
+        tx.execute(
+            "DELETE FROM assignments a USING UNNEST($1::TEXT[], $2::TEXT[]) AS d(agent_id, runner)
+             WHERE a.agent_id = d.agent_id AND a.runner = d.runner",
+            &[&del_agents, &del_runners],
+        )?;
+    }
+    for r in steps.iter().flat_map(|s| &s.retire) {
+        add_retired(tx, r)?;
+    }
+    let agents: Vec<&str> = steps.iter().map(|s| s.agent_id.as_str()).collect();
+    let targets: Vec<i64> = steps.iter().map(|s| u(s.generation)).collect();
+    tx.execute(
+        "INSERT INTO agent_rollouts (agent_id, target_generation)
+         SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[])
+         ON CONFLICT (agent_id) DO UPDATE SET target_generation = EXCLUDED.target_generation",
+        &[&agents, &targets],
+    )?;
     Ok(())
 }

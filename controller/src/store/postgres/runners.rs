@@ -7,9 +7,9 @@ use time::OffsetDateTime;
 use super::{PgStore, from_ts, from_u, ts, u};
 use crate::store::{Assignment, Retired, RunnerStore, StoreError};
 
-const ASSIGN_COLS: &str = "agent_id, runner, url, gitlab_runner_id, token_sealed, token_expires_at, registration_key, registered";
+pub(super) const ASSIGN_COLS: &str = "agent_id, runner, url, gitlab_runner_id, token_sealed, token_expires_at, registration_key, registered";
 
-fn assignment(table: &'static str, r: &Row) -> Result<Assignment, StoreError> {
+pub(super) fn assignment(table: &'static str, r: &Row) -> Result<Assignment, StoreError> {
     Ok(Assignment {
         agent_id: r.try_get(0)?,
         runner: r.try_get(1)?,
@@ -162,7 +162,10 @@ impl RunnerStore for PgStore {
 
     fn delete_retired(&self, id: i64) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute("DELETE FROM retired WHERE id = $1", &[&id])?;
+            let mut tx = c.transaction()?;
+            self.fence_check(&mut tx)?;
+            tx.execute("DELETE FROM retired WHERE id = $1", &[&id])?;
+            tx.commit()?;
             Ok(())
         })
     }

@@ -126,6 +126,33 @@ impl AgentStore for SqliteStore {
         Ok(())
     }
 
+    fn set_host_reasons(&self, reasons: &[(String, Vec<String>)]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE agents SET host_reasons = ?2 WHERE id = ?1")?;
+            for (id, r) in reasons {
+                stmt.execute(params![id, crate::store::columns::host_reasons_column(r)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn host_reasons(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT id, host_reasons FROM agents WHERE host_reasons <> ''")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (id, text) = row?;
+            out.insert(id, json::<Vec<String>>("agents", &text)?);
+        }
+        Ok(out)
+    }
+
     fn agents_seen(&self, seen: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -155,10 +182,15 @@ impl AgentStore for SqliteStore {
     }
 
     fn revoke_agent(&self, id: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
             "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
             params![id, ts(at)],
         )?;
+        // A deleted agent's drain goes with it.
+        tx.execute("DELETE FROM agent_drains WHERE agent_id = ?1", params![id])?;
+        tx.commit()?;
         Ok(n > 0)
     }
 }

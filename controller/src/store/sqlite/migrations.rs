@@ -87,6 +87,115 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_agent ON events (agent_id, id);
 ",
+    // 4: the fleet's jobs (one row per agent and job) and agents-per-state samples.
+    "
+CREATE TABLE jobs (
+    agent_id       TEXT NOT NULL,
+    job_id         INTEGER NOT NULL,
+    runner         TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    failure_reason TEXT NOT NULL DEFAULT '',
+    started_at     INTEGER,
+    finished_at    INTEGER,
+    duration_ms    INTEGER,
+    queue_wait_ms  INTEGER,
+    updated_at     INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, job_id)
+);
+CREATE INDEX jobs_updated ON jobs (updated_at);
+CREATE TABLE fleet_samples (
+    at       INTEGER PRIMARY KEY,
+    healthy  INTEGER NOT NULL,
+    degraded INTEGER NOT NULL,
+    lost     INTEGER NOT NULL,
+    revoked  INTEGER NOT NULL
+);
+",
+    // 5: drained agents (`drover agent drain`): one row per drained agent, dropped on
+    // undrain and when the agent is deleted.
+    "
+CREATE TABLE agent_drains (
+    agent_id     TEXT PRIMARY KEY,
+    requested_at INTEGER NOT NULL,
+    deadline_at  INTEGER
+);
+",
+    // 6: images pushed with `drover image push`: blobs by digest in chunks of
+    // `BLOB_CHUNK_BYTES` (so every replica serves them), images by config digest, and their
+    // delivery to each agent (`drover image ls`).
+    "
+CREATE TABLE image_blobs (
+    digest  TEXT PRIMARY KEY,
+    size    INTEGER NOT NULL
+);
+CREATE TABLE image_blob_chunks (
+    digest  TEXT NOT NULL,
+    idx     INTEGER NOT NULL,
+    data    BLOB NOT NULL,
+    PRIMARY KEY (digest, idx)
+);
+CREATE TABLE images (
+    id          TEXT PRIMARY KEY,
+    reference   TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE image_deliveries (
+    agent_id        TEXT NOT NULL,
+    image_id        TEXT NOT NULL,
+    reference       TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    bytes_total     INTEGER NOT NULL,
+    bytes_done      INTEGER NOT NULL,
+    bytes_sent      INTEGER NOT NULL,
+    layers_present  INTEGER NOT NULL,
+    error           TEXT NOT NULL,
+    rate_limit      INTEGER NOT NULL,
+    updated_at      INTEGER,
+    PRIMARY KEY (agent_id, image_id)
+);
+",
+    // 7: agent binary upgrades: binaries (content-addressed, in 1 MiB chunks), upgrades and
+    // each agent's progress.
+    "
+CREATE TABLE upgrade_binaries (
+    sha256     TEXT PRIMARY KEY,
+    arch       TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    signature  BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE upgrade_chunks (
+    sha256 TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    data   BLOB NOT NULL,
+    PRIMARY KEY (sha256, seq)
+);
+CREATE TABLE upgrades (
+    id                     INTEGER PRIMARY KEY,
+    created_at             INTEGER NOT NULL,
+    selector               TEXT NOT NULL,
+    max_unavailable        INTEGER NOT NULL,
+    health_timeout_seconds INTEGER NOT NULL,
+    binaries               TEXT NOT NULL,
+    state                  TEXT NOT NULL,
+    reason                 TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE upgrade_agents (
+    upgrade_id INTEGER NOT NULL,
+    agent_id   TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    detail     TEXT NOT NULL DEFAULT '',
+    since      INTEGER NOT NULL,
+    PRIMARY KEY (upgrade_id, agent_id)
+);
+",
+    // 8: the host-health reasons the replica holding an agent's session evaluated (a JSON
+    // list, empty when none), for the other replicas.
+    "
+ALTER TABLE agents ADD COLUMN host_reasons TEXT NOT NULL DEFAULT '';
+",
 ];
 
 /// The schema version this build writes and reads.

@@ -3,11 +3,16 @@
 //! aggregate.
 
 mod agents;
+pub mod backup;
+mod drains;
 mod events;
+mod images;
+mod jobs;
 mod migrations;
 mod rollouts;
 mod runners;
 mod tokens;
+mod upgrades;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -21,6 +26,9 @@ pub use migrations::SCHEMA_VERSION;
 pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
+
+/// One agent at a time: each read is a local call on the one connection.
+impl crate::store::BatchReadStore for SqliteStore {}
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -20,7 +20,7 @@ use super::{
 use crate::executor::api::ArchiveStream;
 use crate::executor::host_config::host_config;
 use crate::executor::image::{
-    check_allowed, credentials_for, ensure_image, image_name, pull_policies,
+    check_allowed, credentials_for, ensure_image_pulled, image_name, pull_policies,
 };
 use crate::executor::script::generate;
 use crate::executor::services;
@@ -55,13 +55,21 @@ impl DockerExecutor {
             Ok(env) => env,
             Err(e) => return End::system(e),
         };
+        self.disk_job_started(st, &env.builds_dir, trace);
 
         // prepare_executor
         trace.section_start("prepare_executor", "Preparing the \"docker\" executor");
         let prepared = until_interrupted(cancel, deadline, self.prepare(ctx, &docker, trace))
             .await
             .unwrap_or_else(|i| Err(End::interrupted(i, || timeout_end(timeout))));
-        let (image_id, mut hc) = match prepared {
+        let image_id_hc = match prepared {
+            Ok((image, id, pulled, hc)) => {
+                self.disk_image_used(st, &image, &id, pulled);
+                Ok((id, hc))
+            }
+            Err(end) => Err(end),
+        };
+        let (image_id, mut hc) = match image_id_hc {
             Ok(p) => p,
             Err(end) => {
                 trace.section_end("prepare_executor");
@@ -109,6 +117,10 @@ impl DockerExecutor {
                 .await?;
             self.download_dependencies(ctx, &mut work, trace).await?;
             self.restore_caches(ctx, &docker, &mut work, trace).await;
+            if !work.pending.is_empty() && !work.project_dir_made {
+                self.make_project_dir(st, &base, false, trace, deadline, cancel)
+                    .await?;
+            }
             Ok::<(), End>(())
         }
         .await;
@@ -288,7 +300,7 @@ impl DockerExecutor {
         ctx: &JobContext,
         docker: &DockerConfig,
         trace: &TraceSink,
-    ) -> Result<(String, HostSpec), End> {
+    ) -> Result<(String, String, bool, HostSpec), End> {
         let hc = host_config(docker).map_err(End::system)?;
         let image = image_name(&ctx.job, docker).map_err(End::system)?;
         trace.write_line(&format!("Using Docker executor with image {image} ..."));
@@ -306,13 +318,14 @@ impl DockerExecutor {
             .unwrap_or_default();
         let policies = pull_policies(docker, &job_policies).map_err(pull_failure)?;
         let creds = credentials_for(&image, &ctx.job.credentials);
-        let id = match ensure_image(self.api.as_ref(), &image, &policies, creds, trace).await {
-            Ok(id) => id,
-            Err(e @ ExecutorError::Image(_)) => return Err(pull_failure(e)),
-            Err(e) => return Err(End::system(e)),
-        };
+        let (id, pulled) =
+            match ensure_image_pulled(self.api.as_ref(), &image, &policies, creds, trace).await {
+                Ok(found) => found,
+                Err(e @ ExecutorError::Image(_)) => return Err(pull_failure(e)),
+                Err(e) => return Err(End::system(e)),
+            };
         trace.write_line(&format!("Using docker image {id} for {image} ..."));
-        Ok((id, hc))
+        Ok((image, id, pulled, hc))
     }
 
     /// Starts the job's services on a per-job network (or `network_mode`) and waits for
@@ -357,6 +370,7 @@ impl DockerExecutor {
             &network,
             trace,
             &record,
+            &|image: &str, id: &str, pulled: bool| self.disk_image_used(st, image, id, pulled),
         )
         .await
         .map_err(|e| match e {

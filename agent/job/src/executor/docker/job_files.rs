@@ -40,6 +40,9 @@ pub(super) struct JobFiles {
     pub(super) tracked: Option<Arc<TrackedFiles>>,
     pub(super) cache_store: CacheStore,
     pub(super) cache_plans: Vec<CachePlan>,
+    /// `CI_PROJECT_DIR` was created by the `get-sources` container (not under
+    /// `GIT_STRATEGY=none`, where it may not exist when archives are queued for it).
+    pub(super) project_dir_made: bool,
 }
 
 impl DockerExecutor {
@@ -68,14 +71,41 @@ impl DockerExecutor {
             tmp_dir,
             pending: Vec::new(),
             tracked: None,
-            cache_store: CacheStore::new(
-                &self.storage.cache_root(),
-                &runner_key,
-                self.storage.cache_max_bytes,
-            ),
+            cache_store: self.cache_store(ctx, &runner_key, trace),
             cache_plans: cache::cache_plans(&ctx.job, vars, trace)
                 .map_err(|e| ExecutorError::Cache(e.to_string()))?,
+            project_dir_made: false,
         })
+    }
+
+    /// The job's cache store: the runner's own, or the box's shared one (`[runners.cache]
+    /// Shared = true`), with the distributed cache behind it when one is set. A distributed
+    /// cache that cannot be set up is a warning; the job caches on this box.
+    fn cache_store(&self, ctx: &JobContext, runner_key: &str, trace: &TraceSink) -> CacheStore {
+        let (root, max) = (self.storage.cache_root(), self.storage.cache_max_bytes);
+        let Some(cfg) = ctx.runner.cache.as_ref() else {
+            return CacheStore::new(&root, runner_key, max);
+        };
+        let store = if cfg.is_shared() {
+            CacheStore::shared(&root, max)
+        } else {
+            CacheStore::new(&root, runner_key, max)
+        };
+        let ca = ctx
+            .runner
+            .tls_ca_file
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(Path::new);
+        match cache::remote::remote_for(cfg, &ctx.runner_short_token, ca) {
+            Ok(remote) => store.with_remote(remote),
+            Err(e) => {
+                trace.write_line(&format!(
+                    "\x1b[0;33mWARNING: distributed cache not used: {e}; caching on this box\x1b[0;m"
+                ));
+                store
+            }
+        }
     }
 
     /// `cache`: restores each pulled cache into the queue for the first script container.
@@ -110,7 +140,7 @@ impl DockerExecutor {
     /// Handles `GIT_STRATEGY` with the host git ([`crate::sources`]): the work dir kept per
     /// runner, project and slot is brought up to date, `CI_PROJECT_DIR` is emptied in a
     /// `get-sources` container, and the work dir's tar is queued for the first script
-    /// container. `GIT_STRATEGY=none` touches nothing.
+    /// container. `GIT_STRATEGY=none` touches nothing here (see [`Self::make_project_dir`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn get_sources(
         &self,
@@ -157,12 +187,41 @@ impl DockerExecutor {
         }
         // Empty the directory in a container of its own, before the archive goes into the
         // first script container.
+        self.make_project_dir(st, base, true, trace, deadline, cancel)
+            .await?;
+        work.project_dir_made = true;
+        let tar = sources::tar_work_dir(&work_dir, "", work.owner, &work.tmp_dir)
+            .await
+            .map_err(sources_failure)?;
+        work.pending.push((base.env.project_dir.clone(), tar));
+        if outcome == SourcesOutcome::Repository {
+            match git.tracked_files(&work_dir).await {
+                Ok(t) => work.tracked = Some(Arc::new(t)),
+                Err(e) => tracing::warn!("tracked files of {}: {e}", work_dir.display()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates `CI_PROJECT_DIR` (emptied first when `empty`) in a `get-sources` container, as
+    /// gitlab-runner's get_sources stage does (`mkdir` of the project dir, also under
+    /// `GIT_STRATEGY=none`): the engine only copies an archive into a directory that exists.
+    pub(super) async fn make_project_dir(
+        &self,
+        st: &JobState,
+        base: &BuildBase<'_>,
+        empty: bool,
+        trace: &TraceSink,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<(), End> {
         let dir = quote(&base.env.project_dir);
-        let script = generate(
-            &base.env.builds_dir,
-            &[format!("rm -rf -- {dir}"), format!("mkdir -p {dir}")],
-            &[],
-        );
+        let mut commands = Vec::new();
+        if empty {
+            commands.push(format!("rm -rf -- {dir}"));
+        }
+        commands.push(format!("mkdir -p {dir}"));
+        let script = generate(&base.env.builds_dir, &commands, &[]);
         match self
             .run_container(
                 st,
@@ -177,27 +236,14 @@ impl DockerExecutor {
             )
             .await
         {
-            Ok(StepEnd::Exited(0)) => {}
-            Ok(StepEnd::Exited(code)) => {
-                return Err(End::system(format!(
-                    "emptying {dir} failed with exit code {code}"
-                )));
-            }
-            Ok(StepEnd::TimedOut) => return Err(job_timeout_end()),
-            Ok(StepEnd::Canceled) => return Err(End::Canceled),
-            Err(e) => return Err(End::system(e)),
+            Ok(StepEnd::Exited(0)) => Ok(()),
+            Ok(StepEnd::Exited(code)) => Err(End::system(format!(
+                "preparing {dir} failed with exit code {code}"
+            ))),
+            Ok(StepEnd::TimedOut) => Err(job_timeout_end()),
+            Ok(StepEnd::Canceled) => Err(End::Canceled),
+            Err(e) => Err(End::system(e)),
         }
-        let tar = sources::tar_work_dir(&work_dir, "", work.owner, &work.tmp_dir)
-            .await
-            .map_err(sources_failure)?;
-        work.pending.push((base.env.project_dir.clone(), tar));
-        if outcome == SourcesOutcome::Repository {
-            match git.tracked_files(&work_dir).await {
-                Ok(t) => work.tracked = Some(Arc::new(t)),
-                Err(e) => tracing::warn!("tracked files of {}: {e}", work_dir.display()),
-            }
-        }
-        Ok(())
     }
 
     /// `dependencies`: downloads each dependency's artifacts and queues them for the first

@@ -23,6 +23,9 @@
 
 mod container_body;
 mod containers;
+mod disk_gc;
+mod image_load;
+pub use image_load::chain_ids;
 mod flow;
 mod interrupt;
 mod janitor;
@@ -43,9 +46,11 @@ use super::engine::BollardApi;
 use super::names::JobNames;
 use super::{Executor, FailureReason, JobContext, JobOutcome};
 use crate::cache;
+use crate::disk::{DiskHook, Ledger};
 use crate::sources::GitSource;
 use crate::trace::TraceSink;
 
+pub use disk_gc::{GcError, GcReport, GcRequest, KindUsage, Removed};
 use interrupt::Interrupted;
 pub use janitor::{CleanupReport, KeptVolume};
 
@@ -68,6 +73,13 @@ pub struct ConnectOptions {
 pub struct DockerExecutor {
     pub(super) api: Arc<dyn ContainerApi>,
     storage: Arc<StorageOptions>,
+    disk: Option<Arc<DiskHooks>>,
+}
+
+/// The disk ledger jobs record their uses in, and what runs before each job.
+struct DiskHooks {
+    ledger: Ledger,
+    hook: Option<Arc<dyn DiskHook>>,
 }
 
 /// Where the agent keeps host-side job files, and their bounds.
@@ -83,6 +95,12 @@ pub struct StorageOptions {
 }
 
 impl StorageOptions {
+    /// Where an agent keeps job files: `STATE_DIR/data`, in both modes, so two agents on a
+    /// box (or a reboot clearing the temp dir) never share or lose caches and work dirs.
+    pub fn in_state_dir(state_dir: &std::path::Path) -> Self {
+        Self::new(state_dir.join("data"))
+    }
+
     /// Storage below `data_dir`, default cache bound, `git` from `PATH`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         StorageOptions {
@@ -160,6 +178,7 @@ impl DockerExecutor {
             storage: Arc::new(StorageOptions::new(
                 std::env::temp_dir().join("drover-agent"),
             )),
+            disk: None,
         }
     }
 
@@ -168,6 +187,55 @@ impl DockerExecutor {
         self.storage = Arc::new(storage);
         self
     }
+
+    /// Jobs record the builds volume and images they use in `ledger` (and hold them while
+    /// they run); `hook` runs around each job (the agent's collections).
+    pub fn with_disk(mut self, ledger: Ledger, hook: Option<Arc<dyn DiskHook>>) -> Self {
+        self.disk = Some(Arc::new(DiskHooks { ledger, hook }));
+        self
+    }
+
+    /// Job `st` starts on the builds volume for `builds_dir`: recorded and held; when the
+    /// collector removed that volume, the trace says what it costs.
+    fn disk_job_started(&self, st: &JobState, builds_dir: &str, trace: &TraceSink) {
+        let Some(d) = &self.disk else { return };
+        let volume = st.names.builds_volume(builds_dir);
+        match d.ledger.job_started(st.names.job_id, &volume, unix_now()) {
+            Ok(Some(removed)) => trace.write_line(&format!(
+                "\x1b[0;33mThe builds volume {volume} was removed by Drover's disk collector ({}, {}); this job starts from a fresh copy of the sources\x1b[0;m",
+                removed.why,
+                rfc3339(removed.at)
+            )),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(job = st.names.job_id, error = %e, "disk ledger"),
+        }
+    }
+
+    /// Job `st` uses image `id` (named `reference`), pulled for it or not.
+    fn disk_image_used(&self, st: &JobState, reference: &str, id: &str, pulled: bool) {
+        let Some(d) = &self.disk else { return };
+        if let Err(e) = d
+            .ledger
+            .image_used(st.names.job_id, reference, id, pulled, unix_now())
+        {
+            tracing::warn!(job = st.names.job_id, error = %e, "disk ledger");
+        }
+    }
+}
+
+/// Now, Unix seconds.
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
 }
 
 #[async_trait]
@@ -192,8 +260,19 @@ impl Executor for DockerExecutor {
             last_script: Mutex::new(None),
             prepared: Mutex::new(false),
         };
+        if let Some(b) = self.disk.as_ref().and_then(|d| d.hook.clone()) {
+            b.before_job(trace).await;
+        }
         let end = self.run_job(ctx, &st, trace, &cancel).await;
         self.cleanup(&st, trace).await;
+        if let Some(d) = &self.disk {
+            if let Err(e) = d.ledger.job_ended(st.names.job_id) {
+                tracing::warn!(job = st.names.job_id, error = %e, "disk ledger");
+            }
+            if let Some(h) = &d.hook {
+                h.after_job();
+            }
+        }
         match end {
             End::Success => {
                 trace.write_line("\x1b[32;1mJob succeeded\x1b[0;m");

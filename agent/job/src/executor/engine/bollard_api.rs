@@ -11,9 +11,10 @@ use bollard::errors::Error as BollardError;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
-    DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions,
-    UploadToContainerOptions, WaitContainerOptions,
+    DownloadFromContainerOptions, ImportImageOptions, KillContainerOptions, ListContainersOptions,
+    ListImagesOptions, ListNetworksOptions, ListVolumesOptions, LogsOptions,
+    RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions, UploadToContainerOptions,
+    WaitContainerOptions,
 };
 use futures::StreamExt;
 
@@ -23,7 +24,8 @@ use super::bounds::{
 use super::convert::{create_body, docker_credentials};
 use crate::executor::ExecutorError;
 use crate::executor::api::{
-    ArchiveStream, Attached, ContainerApi, ContainerInfo, NetworkInfo, VolumeInfo,
+    ArchiveStream, Attached, ContainerApi, ContainerInfo, DiskUsage, NetworkInfo, RegistryAnswer,
+    VolumeInfo,
 };
 use crate::executor::ping::DockerInfo;
 use crate::executor::spec::{ContainerSpec, RegistryAuth};
@@ -32,6 +34,8 @@ use crate::executor::spec::{ContainerSpec, RegistryAuth};
 #[derive(Clone)]
 pub struct BollardApi {
     docker: Docker,
+    /// The engine address (`unix:///var/run/docker.sock`), for the calls made by hand.
+    host: String,
 }
 
 impl BollardApi {
@@ -64,7 +68,10 @@ impl BollardApi {
                 })
         })
         .await?;
-        Ok(BollardApi { docker })
+        Ok(BollardApi {
+            docker,
+            host: shown,
+        })
     }
 
     /// `call`, which lasts as long as its work, ended when the engine stops answering
@@ -83,7 +90,10 @@ impl BollardApi {
     /// On `docker` as it is (tests: an engine that never answers).
     #[cfg(test)]
     pub(crate) fn from_docker(docker: Docker) -> Self {
-        BollardApi { docker }
+        BollardApi {
+            docker,
+            host: "unix:///var/run/docker.sock".to_string(),
+        }
     }
 }
 
@@ -99,6 +109,25 @@ fn is_not_found(e: &BollardError) -> bool {
 
 #[async_trait]
 impl ContainerApi for BollardApi {
+    async fn registry_answer(&self, image: &str, timeout: std::time::Duration) -> RegistryAnswer {
+        match tokio::time::timeout(timeout, self.docker.inspect_registry_image(image, None)).await {
+            Ok(Ok(_)) => RegistryAnswer::Found,
+            Ok(Err(BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            })) => RegistryAnswer::Missing(format!("the registry has no such image: {message}")),
+            Ok(Err(BollardError::DockerResponseServerError {
+                status_code: 401 | 403,
+                message,
+            })) => RegistryAnswer::Missing(format!("the registry refused access: {message}")),
+            Ok(Err(e)) => RegistryAnswer::Unknown(format!("registry not reached: {e}")),
+            Err(_) => RegistryAnswer::Unknown(format!(
+                "the registry did not answer within {}s",
+                timeout.as_secs()
+            )),
+        }
+    }
+
     async fn image_id(&self, image: &str) -> Result<Option<String>, ExecutorError> {
         let op = format!("inspect image {image}");
         bounded(&op, CALL_TIMEOUT, async {
@@ -343,6 +372,78 @@ impl ContainerApi for BollardApi {
                 Err(e) if is_not_found(&e) => Ok(()),
                 Err(e) => Err(ExecutorError::docker(&op, e)),
             }
+        })
+        .await
+    }
+
+    async fn disk_usage(&self) -> Result<DiskUsage, ExecutorError> {
+        let v = self.docker.client_version();
+        let version = format!("{}.{}", v.major_version, v.minor_version);
+        super::system_df::system_df(&self.host, &version).await
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), ExecutorError> {
+        let op = format!("remove image {reference}");
+        bounded(&op, REMOVE_TIMEOUT, async {
+            let opts = RemoveImageOptions {
+                force: false,
+                noprune: false,
+                ..Default::default()
+            };
+            match self.docker.remove_image(reference, Some(opts), None).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(ExecutorError::docker(&op, e)),
+            }
+        })
+        .await
+    }
+
+    async fn image_layers(&self) -> Result<Vec<Vec<String>>, ExecutorError> {
+        let op = "list images";
+        let images = engine_call(
+            op,
+            CALL_TIMEOUT,
+            self.docker.list_images(Some(ListImagesOptions::default())),
+        )
+        .await?;
+        let mut out = Vec::with_capacity(images.len());
+        for i in images {
+            let op = format!("inspect image {}", i.id);
+            match bounded(&op, CALL_TIMEOUT, async {
+                match self.docker.inspect_image(&i.id).await {
+                    Ok(info) => Ok(Some(info)),
+                    Err(e) if is_not_found(&e) => Ok(None),
+                    Err(e) => Err(ExecutorError::docker(&op, e)),
+                }
+            })
+            .await?
+            {
+                Some(info) => out.push(info.root_fs.and_then(|r| r.layers).unwrap_or_default()),
+                // Removed since the list: nothing to count.
+                None => continue,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_image(&self, tar: ArchiveStream) -> Result<String, ExecutorError> {
+        let op = "load image archive";
+        let mut stream = self
+            .docker
+            .import_image_stream(ImportImageOptions::default(), tar, None);
+        self.while_answering(op, async {
+            let mut said = String::new();
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(|e| ExecutorError::docker(op, e))?;
+                if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                    return Err(ExecutorError::docker(op, std::io::Error::other(detail)));
+                }
+                if let Some(s) = info.stream {
+                    said.push_str(&s);
+                }
+            }
+            Ok(said)
         })
         .await
     }

@@ -5,6 +5,7 @@
 //! - `convert`: the executor's [`ContainerSpec`](crate::executor::spec::ContainerSpec) and
 //!   [`RegistryAuth`](crate::executor::spec::RegistryAuth) as bollard's types.
 //! - `bounds`: the time bounds of every call.
+//! - `system_df`: `GET /system/df` read by hand (bollard's model reads only API 1.52).
 //!
 //! Every call is bounded. A stalled engine (a `SIGSTOP`ped or wedged `dockerd`) accepts
 //! connections and never answers; bollard bounds only the wait for response headers (2 min)
@@ -25,5 +26,6 @@
 mod bollard_api;
 mod bounds;
 mod convert;
+mod system_df;
 
 pub use bollard_api::BollardApi;
