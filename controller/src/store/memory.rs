@@ -818,4 +818,16 @@ impl UpgradeStore for MemoryStore {
             .map(|(_, p)| p.clone())
             .collect())
     }
+
+    fn agent_upgrade(
+        &self,
+        upgrade_id: u64,
+        agent_id: &str,
+    ) -> Result<Option<AgentUpgrade>, StoreError> {
+        Ok(self
+            .lock()
+            .agent_upgrades
+            .get(&(upgrade_id, agent_id.to_string()))
+            .cloned())
+    }
 }

@@ -109,6 +109,16 @@ pub fn upgrades_and_progress(s: Box<dyn Store>) {
         vec![("a", "healthy", "on 2.0.0"), ("b", "pending", "")]
     );
     assert_eq!(s.agent_upgrades(1).unwrap().len(), 1);
+    // one agent's row, as the per-session paths read it
+    let a = s.agent_upgrade(2, "a").unwrap().unwrap();
+    assert_eq!(
+        (a.state.as_str(), a.detail.as_str()),
+        ("healthy", "on 2.0.0")
+    );
+    assert_eq!(a, got[0]);
+    assert_eq!(s.agent_upgrade(2, "c").unwrap(), None);
+    assert_eq!(s.agent_upgrade(1, "c").unwrap().unwrap().state, "pending");
+    assert_eq!(s.agent_upgrade(3, "a").unwrap(), None);
 }
 
 /// A binary whose chunks cannot be written is not stored at all.

@@ -117,6 +117,12 @@ pub trait UpgradeStore: Send + Sync {
     fn set_agent_upgrades(&self, progress: &[AgentUpgrade]) -> Result<(), StoreError>;
     /// An upgrade's per-agent progress, by agent id.
     fn agent_upgrades(&self, upgrade_id: u64) -> Result<Vec<AgentUpgrade>, StoreError>;
+    /// One agent's progress in an upgrade (the per-session paths: one row, not the fleet's).
+    fn agent_upgrade(
+        &self,
+        upgrade_id: u64,
+        agent_id: &str,
+    ) -> Result<Option<AgentUpgrade>, StoreError>;
 }
 
 /// The chunks of `content`, in order.

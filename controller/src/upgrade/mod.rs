@@ -299,9 +299,9 @@ impl Upgrades {
         };
         let agent_id = agent_id.to_string();
         store::blocking(&self.store, move |s| {
-            let on_its_way = s.agent_upgrades(up.id)?.into_iter().any(|p| {
-                p.agent_id == agent_id && Step::parse(&p.state).is_some_and(Step::in_flight)
-            });
+            let on_its_way = s
+                .agent_upgrade(up.id, &agent_id)?
+                .is_some_and(|p| Step::parse(&p.state).is_some_and(Step::in_flight));
             let Some(agent) = s.get_agent(&agent_id)?.filter(|_| on_its_way) else {
                 return Ok(None);
             };
@@ -331,11 +331,7 @@ impl Upgrades {
             if up.id != report.upgrade_id {
                 return Ok(false);
             }
-            let Some(old) = s
-                .agent_upgrades(up.id)?
-                .into_iter()
-                .find(|p| p.agent_id == agent_id)
-            else {
+            let Some(old) = s.agent_upgrade(up.id, &agent_id)? else {
                 return Ok(false);
             };
             if old.state == report.step.as_str() && old.detail == report.detail {
@@ -379,10 +375,7 @@ impl Upgrades {
             let Some(up) = s.latest_upgrade()? else {
                 return Ok(None);
             };
-            let sent = s
-                .agent_upgrades(up.id)?
-                .iter()
-                .any(|p| p.agent_id == agent_id);
+            let sent = s.agent_upgrade(up.id, &agent_id)?.is_some();
             let arch = s.get_agent(&agent_id)?.map(|a| a.facts.arch);
             let addressed = arch.is_some_and(|arch| up.binaries.get(&arch) == Some(&sha256));
             if !(sent && addressed && up.state == UpgradeState::Running) {

@@ -172,4 +172,27 @@ impl UpgradeStore for PgStore {
             .collect()
         })
     }
+
+    fn agent_upgrade(
+        &self,
+        upgrade_id: u64,
+        agent_id: &str,
+    ) -> Result<Option<AgentUpgrade>, StoreError> {
+        self.with(|c| {
+            c.query_opt(
+                "SELECT state, detail, since FROM upgrade_agents WHERE upgrade_id = $1 AND agent_id = $2",
+                &[&u(upgrade_id), &agent_id],
+            )?
+            .map(|r| {
+                Ok(AgentUpgrade {
+                    upgrade_id,
+                    agent_id: agent_id.to_string(),
+                    state: r.try_get(0)?,
+                    detail: r.try_get(1)?,
+                    since: from_ts("upgrade_agents", r.try_get(2)?)?,
+                })
+            })
+            .transpose()
+        })
+    }
 }

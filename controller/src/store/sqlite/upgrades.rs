@@ -203,4 +203,34 @@ impl UpgradeStore for SqliteStore {
         }
         Ok(out)
     }
+
+    fn agent_upgrade(
+        &self,
+        upgrade_id: u64,
+        agent_id: &str,
+    ) -> Result<Option<AgentUpgrade>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT state, detail, since FROM upgrade_agents WHERE upgrade_id = ?1 AND agent_id = ?2",
+        )?;
+        let row = stmt
+            .query_row(params![u(upgrade_id), agent_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(state, detail, since)| {
+            Ok(AgentUpgrade {
+                upgrade_id,
+                agent_id: agent_id.to_string(),
+                state,
+                detail,
+                since: from_ts("upgrade_agents", since)?,
+            })
+        })
+        .transpose()
+    }
 }
