@@ -38,6 +38,16 @@ pub fn binary(package: &str, name: &str, env: &str) -> PathBuf {
         cmd.args(["test", "--quiet", "--workspace", "--no-run"])
             .arg("--manifest-path")
             .arg(&manifest);
+        // Without what cargo set for this test process: ring's build script reruns when
+        // `CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR` or `OUT_DIR` differ from the last build's,
+        // so inheriting them rebuilt ring and all above it here, and again in the next
+        // `cargo test` from a shell.
+        for (key, _) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            if set_by_cargo_for_tests(key) {
+                cmd.env_remove(key);
+            }
+        }
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -55,6 +65,22 @@ pub fn binary(package: &str, name: &str, env: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Whether `cargo test` sets `key` for the test process (it describes the test's package,
+/// not the user's build settings such as `CARGO_TARGET_DIR` or `CARGO_INCREMENTAL`).
+fn set_by_cargo_for_tests(key: &str) -> bool {
+    matches!(
+        key,
+        "CARGO_MANIFEST_DIR"
+            | "CARGO_MANIFEST_PATH"
+            | "CARGO_MANIFEST_LINKS"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_TARGET_TMPDIR"
+            | "OUT_DIR"
+    ) || key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_BIN_")
 }
 
 /// The `drover` binary.
@@ -480,4 +506,38 @@ pub fn serve_refused(data: &Path, extra: &[&str]) -> Output {
 /// stderr as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_by_cargo_for_tests;
+
+    #[test]
+    fn a_nested_cargo_gets_the_users_build_settings_not_the_tests_package() {
+        // `cargo test` describes this package to the test process...
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        for key in [
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_BIN_EXE_fake-gitlab",
+            "CARGO_CRATE_NAME",
+            "OUT_DIR",
+        ] {
+            assert!(set_by_cargo_for_tests(key), "{key}");
+        }
+        // ...while these are the user's, and a nested build must see them
+        for key in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "CARGO_PROFILE_DEV_DEBUG",
+            "CARGO_BUILD_JOBS",
+            "RUSTFLAGS",
+        ] {
+            assert!(!set_by_cargo_for_tests(key), "{key}");
+        }
+    }
 }
