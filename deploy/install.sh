@@ -93,8 +93,12 @@ installed_version() { dpkg-query -W -f='${Status} ${Version}' drover-agent 2>/de
     awk '$3 == "installed" { print $4 }'; }
 
 if [ -z "$deb" ] && [ -z "$binary" ]; then
-    if [ -n "$(installed_version)" ] || [ -x /usr/local/bin/drover-agent ]; then
-        say "drover-agent is already installed; keeping it"
+    if [ -n "$(installed_version)" ]; then
+        say "drover-agent $(installed_version) is already installed (package); keeping it"
+        bin_path=/usr/bin/drover-agent
+    elif [ -x /usr/local/bin/drover-agent ]; then
+        say "drover-agent is already installed at /usr/local/bin; keeping it"
+        bin_path=/usr/local/bin/drover-agent
     else
         shopt -s nullglob
         candidates=("$here"/drover-agent_*_"$arch".deb)

@@ -60,10 +60,9 @@ if [ -n "${DROVER_BUILD_VERSION:-}" ]; then
     [[ "$version" =~ ^[0-9][0-9A-Za-z.+~-]*$ ]] ||
         die "DROVER_BUILD_VERSION '$version' is not a Debian package version (a digit first, then letters, digits, . + ~ -)"
 else
-    version="$(awk '
-        /^\[/ { in_pkg = ($0 == "[workspace.package]") }
-        in_pkg && $1 == "version" { gsub(/[" ]/, "", $3); print $3; exit }
-    ' Cargo.toml)"
+    # shellcheck source=deploy/workspace-version.sh
+    . deploy/workspace-version.sh
+    version="$(workspace_version)"
     [[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+([.+~-][0-9A-Za-z.+~-]+)?$ ]] ||
         die "no usable version in Cargo.toml [workspace.package] (found '$version')"
 fi

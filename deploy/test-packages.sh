@@ -35,10 +35,9 @@ die() { say "FAILED: $*" && exit 1; }
 
 docker info >/dev/null 2>&1 || die "Docker is not reachable; this test needs it"
 # The packages' version: DROVER_BUILD_VERSION when set (as package.sh), else Cargo.toml's.
-version="${DROVER_BUILD_VERSION:-$(awk '
-    /^\[/ { in_pkg = ($0 == "[workspace.package]") }
-    in_pkg && $1 == "version" { gsub(/[" ]/, "", $3); print $3; exit }
-' Cargo.toml)}"
+# shellcheck source=deploy/workspace-version.sh
+. deploy/workspace-version.sh
+version="${DROVER_BUILD_VERSION:-$(workspace_version)}"
 if [ -z "$debs" ]; then
     bash deploy/package.sh
     debs="$repo/target/packages"
@@ -244,10 +243,7 @@ ok "install.sh with a real controller: enrolled (key 0600 drover), enabled, and 
 # controller upgrades the agent to B (9.9.9, a restamped copy of the packaged binary) and
 # the packaged binary launches B; reinstalling the same package leaves B running; a newer
 # package (10.0.0) installed after the switch wins at the next start.
-restamp() { # FILE FROM TO: rewrite the version stamp in place (same length, NUL padded)
-    FROM="$2" TO="$3" perl -0777 -i -pe \
-        's/DROVER-VERSION-STAMP:\Q$ENV{FROM}\E(\0+)/"DROVER-VERSION-STAMP:$ENV{TO}" . ("\0" x (length($ENV{FROM}) + length($1) - length($ENV{TO})))/ge' "$1"
-}
+. /deploy/testing/restamp.sh
 agent_version() {
     drover --data-dir /tmp/ctl agents -o json 2>/dev/null |
         perl -0777 -ne 'print $1 if /"version":\s*"([^"]*)"/'

@@ -83,4 +83,7 @@ disk "the ARM64 build"
 #    enrolled, upgraded, removed and purged in a throwaway Debian container.
 bash deploy/package.sh --profile dev --no-build
 bash deploy/test-packages.sh --debs target/packages
+# 6. the units under a real systemd (PID 1 in a container): sandbox, notify, watchdog, an
+#    upgrade in the same unit, the graceful stop.
+bash deploy/test-systemd.sh target/packages
 disk "the packages"

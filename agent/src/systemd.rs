@@ -130,6 +130,12 @@ impl Notifier {
         self.notify("STOPPING=1")
     }
 
+    /// Sends `RELOADING=1`: the service restarts in place (an upgraded binary takes over
+    /// in the same unit); the `READY=1` of what comes next ends the reload.
+    pub fn reloading(&self) -> Result<(), NotifyError> {
+        self.notify("RELOADING=1")
+    }
+
     /// Sends `WATCHDOG=1`: the service is alive and healthy.
     pub fn watchdog(&self) -> Result<(), NotifyError> {
         self.notify("WATCHDOG=1")

@@ -119,10 +119,9 @@ fi
 [ "$base_only" = 1 ] && exit 0
 
 # --- application images ----------------------------------------------------------------------
-version="$(awk '
-    /^\[/ { in_pkg = ($0 == "[workspace.package]") }
-    in_pkg && $1 == "version" { gsub(/[" ]/, "", $3); print $3; exit }
-' Cargo.toml)"
+# shellcheck source=deploy/workspace-version.sh
+. deploy/workspace-version.sh
+version="$(workspace_version)"
 # cargo's output dir of a profile: `dev` builds land in `debug`.
 bin_dir="target/$profile"
 if [ "$profile" = dev ]; then

@@ -225,7 +225,16 @@ async fn run_in(opts: FleetOptions, tree: &Tree) -> anyhow::Result<()> {
             control.await
         }
     };
-    lifecycle.stopping();
+    // A switch to an upgraded binary restarts the agent in the same unit: RELOADING=1, which
+    // the new binary's READY=1 ends. STOPPING=1 would leave systemd waiting for the main
+    // process to exit (the unit "deactivating" while the new binary runs, until
+    // TimeoutStopSec kills it). (A stop signal during the switch's drain: systemd is
+    // already stopping the unit and ignores RELOADING=1.)
+    if opts.upgrade_switch.order().is_some() {
+        lifecycle.reloading();
+    } else {
+        lifecycle.stopping();
+    }
     // However the session ended (a signal, a refusal), the supervisor stops and drains.
     tree.root().cancel();
     if let Err(e) = sup_task.await {

@@ -200,6 +200,13 @@ impl Lifecycle {
             tracing::warn!(error = %e, "sd_notify STOPPING");
         }
     }
+
+    /// `RELOADING=1`: the agent restarts on an upgraded binary in the same unit.
+    pub fn reloading(&self) {
+        if let Err(e) = self.notifier.reloading() {
+            tracing::warn!(error = %e, "sd_notify RELOADING");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -269,6 +276,8 @@ mod tests {
         task.await.unwrap();
         life.stopping();
         assert_eq!(recv(&socket, wait).await.as_deref(), Some("STOPPING=1"));
+        life.reloading();
+        assert_eq!(recv(&socket, wait).await.as_deref(), Some("RELOADING=1"));
     }
 
     #[test]
