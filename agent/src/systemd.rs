@@ -337,6 +337,21 @@ impl Heartbeat {
         let age = now_ms.saturating_sub(self.last_ms.load(Ordering::Relaxed));
         Duration::from_millis(age) <= max_age
     }
+
+    /// Runs `work`, beating every second until it ends. For the loop's own bounded waits (a
+    /// GitLab call under its timeout, a Docker ping): such a wait is the loop at work, not
+    /// a hung loop, and may outlast `WatchdogSec` (a token check waits up to 60 s). Only
+    /// for work with its own bound: beating through an unbounded wait would hide a hang.
+    pub async fn beat_while<F: std::future::Future>(&self, work: F) -> F::Output {
+        tokio::pin!(work);
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = every.tick() => self.beat(),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -486,5 +501,24 @@ mod tests {
         assert!(!hb.is_fresh(max_age), "beat 11 s ago");
         hb.beat();
         assert!(hb.is_fresh(max_age));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_wait_beaten_through_stays_fresh_and_a_plain_one_does_not() {
+        let hb = Heartbeat::new();
+        let max_age = Duration::from_secs(6);
+        let answer = hb
+            .beat_while(async {
+                tokio::time::sleep(Duration::from_secs(40)).await;
+                7
+            })
+            .await;
+        assert_eq!(answer, 7, "the work's output comes back");
+        assert!(
+            hb.is_fresh(Duration::from_secs(1)),
+            "beaten during the 40 s wait"
+        );
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert!(!hb.is_fresh(max_age), "a wait without beats goes stale");
     }
 }

@@ -316,7 +316,11 @@ impl Supervisor {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = graceful.cancelled(), if !self.stopping => self.stop_gracefully(),
-                Some(ds) = desired.recv() => self.apply(ds).await,
+                // The awaited work below is bounded (pre-flight 20 s, a token check 60 s,
+                // a Docker ping 10 s, a token rotation 30 s) and may outlast WatchdogSec:
+                // the loop beats meanwhile, so systemd does not kill an agent that waits
+                // on a slow GitLab or Docker.
+                Some(ds) = desired.recv() => alive(self.liveness.clone(), self.apply(ds)).await,
                 Some(cmd) = async {
                     match commands.as_mut() {
                         Some(rx) => rx.recv().await,
@@ -330,9 +334,9 @@ impl Supervisor {
                         None => None,
                     }
                 }, if engine_busy => self.loop_ended(ended.runner, ended.result),
-                _ = ping.tick() => self.check_docker().await,
+                _ = ping.tick() => alive(self.liveness.clone(), self.check_docker()).await,
                 _ = ip_poll.tick() => self.check_ips(),
-                _ = tick.tick() => self.tick().await,
+                _ = tick.tick() => alive(self.liveness.clone(), self.tick()).await,
                 _ = status.tick() => self.dirty = true,
             }
             self.publish();
@@ -381,6 +385,14 @@ impl Supervisor {
             Command::Drain { deadline } => self.drain(deadline),
             Command::Undrain => self.undrain(),
         }
+    }
+}
+
+/// `work`, with `liveness` beaten while it runs (see [`Liveness::beat_while`]).
+async fn alive<F: std::future::Future>(liveness: Option<Liveness>, work: F) -> F::Output {
+    match liveness {
+        Some(l) => l.beat_while(work).await,
+        None => work.await,
     }
 }
 
