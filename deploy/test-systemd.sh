@@ -12,18 +12,22 @@
 # - `drover agent upgrade` to a restamped 9.9.9: the agent re-executes itself and launches
 #   B as its child in the same unit (same main pid, no restart), and B's READY=1 and
 #   watchdog pings count (NotifyAccess=all);
-# - `systemctl stop drover-agent` sends SIGQUIT (KillSignal), the launcher passes it to B,
-#   and the unit stops with result `success` and exit status 0.
+# - a job running in Docker (the fake GitLab in the container, the busybox job image in the
+#   host's engine) through `systemctl stop drover-agent`: SIGQUIT (KillSignal), passed by
+#   the launcher to B, lets it finish (it succeeds, whole), then the unit stops with result
+#   `success` and exit status 0; the same through a package upgrade (postinst try-restart);
+#   and no watchdog timeout in the agent's journal.
 #
 # Usage: bash deploy/test-systemd.sh [DEBS_DIR]
 #   DEBS_DIR   the packages (default target/packages, made by deploy/package.sh)
 # Needs: root, Docker. Env: IMAGE_PREFIX (default drover), DROVER_BUILD_VERSION (the
-# packages' version, as for package.sh), KEEP_CONTAINER=1 (leave the container to look into).
+# packages' version, as for package.sh), FAKE_GITLAB_BIN (default target/debug/fake-gitlab),
+# KEEP_CONTAINER=1 (leave the container to look into).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-case "${1:-}" in -h | --help) sed -n '2,21p' "$0" && exit 0 ;; esac
+case "${1:-}" in -h | --help) sed -n '2,25p' "$0" && exit 0 ;; esac
 debs="$(cd "${1:-target/packages}" 2>/dev/null && pwd)" ||
     { echo "test-systemd.sh: no packages directory '${1:-target/packages}'" >&2 && exit 2; }
 say() { printf 'test-systemd.sh: %s\n' "$*" >&2; }
@@ -34,6 +38,13 @@ version="${DROVER_BUILD_VERSION:-$(workspace_version)}"
 for f in "drover_${version}_amd64.deb" "drover-agent_${version}_amd64.deb"; do
     [ -f "$debs/$f" ] || die "missing $debs/$f (make the packages: bash deploy/package.sh)"
 done
+
+fake_gitlab="$(realpath "${FAKE_GITLAB_BIN:-target/debug/fake-gitlab}")"
+[ -x "$fake_gitlab" ] || die "no fake GitLab binary at $fake_gitlab (cargo test --workspace --no-run builds it)"
+# The jobs' image, in the host's engine (which the agent in the container uses).
+# shellcheck source=deploy/demo/steps.sh
+. deploy/demo/steps.sh
+import_job_image
 
 prefix="${IMAGE_PREFIX:-drover}"
 base="$prefix/base:bookworm"
@@ -59,7 +70,7 @@ trap cleanup EXIT
 docker run -d --name "$name" --cap-add SYS_ADMIN --security-opt seccomp=unconfined --cgroupns=host \
     -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
     -v "$debs:/debs:ro" -v "$repo/deploy:/deploy:ro" \
-    -v /var/run/docker.sock:/run/docker.sock \
+    -v /var/run/docker.sock:/run/docker.sock -v "$fake_gitlab:/usr/local/bin/fake-gitlab:ro" \
     "$image" >/dev/null || die "could not start the systemd container"
 
 docker exec -i -e VERSION="$version" -e DOCKER_GID="$(stat -c %g /var/run/docker.sock)" "$name" \
@@ -111,13 +122,16 @@ ok "drover.service is active as user drover ($(stat -c '%a %U' /var/lib/drover) 
 # --- the agent's unit: enrolled and started by install.sh ---------------------------------------
 mkdir -p /etc/systemd/system/drover-agent.service.d
 printf '[Service]\nWatchdogSec=6s\n' >/etc/systemd/system/drover-agent.service.d/watchdog.conf
-token="$(ctl token create --label site=systemd)" || fail "token create"
+# site=demo: deploy/demo/runners.toml's selector (the jobs below)
+token="$(ctl token create --label site=demo)" || fail "token create"
 bash /deploy/install.sh --controller https://127.0.0.1:7443 --token "$token" >/tmp/install.log 2>&1 ||
     { cat /tmp/install.log; fail "install.sh"; }
 systemctl is-active --quiet drover-agent || fail "drover-agent.service is not active after install.sh"
 [ "$(prop drover-agent Type)" = notify ] || fail "the agent's unit is Type=$(prop drover-agent Type)"
-agent_state() { ctl agents -o json 2>/dev/null | perl -0777 -ne 'print $1 if /"state":\s*"([^"]*)"/'; }
-agent_version() { ctl agents -o json 2>/dev/null | perl -0777 -ne 'print $1 if /"version":\s*"([^"]*)"/'; }
+# The agent's own fields (4 spaces in), not its runners' `state`.
+agent_field() { ctl agents -o json 2>/dev/null | perl -0777 -ne 'print $1 if /^    "'"$1"'":\s*"([^"]*)"/m'; }
+agent_state() { agent_field state; }
+agent_version() { agent_field version; }
 healthy() { [ "$(agent_state)" = healthy ]; }
 wait_until 60 "the agent to report healthy (state '$(agent_state)')" healthy
 main_pid="$(prop drover-agent MainPID)"
@@ -154,17 +168,65 @@ exe="$(tr '\0' '\n' <"/proc/$child/cmdline" | head -n 1)"
 watchdog_checked "on B"
 ok "upgraded to 9.9.9 in the same unit: main pid $main_pid kept, no restart, B's watchdog pings count"
 
-# --- graceful stop ------------------------------------------------------------------------------
+# --- a running job through `systemctl stop` and through a package upgrade ------------------------
+gitlab=http://127.0.0.1:8080
+systemd-run --quiet --unit fake-gitlab /usr/local/bin/fake-gitlab --listen 127.0.0.1:8080 \
+    --url "$gitlab" --registration-token demo-registration-token
+wait_until 30 "the fake GitLab" curl -fsS -o /dev/null "$gitlab/fake/jobs"
+sed -e "s|http://127.0.0.1:18080|$gitlab|" -e 's|^name = "drover-demo"$|name = "drover-systemd"|' \
+    /deploy/demo/runners.toml >/tmp/runners.toml
+ctl runner apply -f /tmp/runners.toml >/dev/null || fail "drover runner apply"
+ctl rollout status --wait --timeout 3m >/dev/null || fail "the runner rollout did not complete"
+job_status() { curl -fsS "$gitlab/fake/jobs/$1" | perl -ne 'print $1 if /"status":\s*"([a-z_]+)"/'; }
+job_output() { curl -fsS "$gitlab/fake/jobs/$1" | grep -q "$2"; } # ID TEXT: the trace has TEXT
+job_ended() { case "$(job_status "$1")" in success | failed | canceled) return 0 ;; esac; return 1; }
+long_job() { # queues a job that sleeps 6 s; sets job to its id once its script runs
+    job="$(curl -fsS -X POST -H 'Content-Type: application/json' --data-binary \
+        '{"name":"long","image":"drover-demo/busybox:1","script":["echo script-started","sleep 6","echo done-$((40+2))"],"variables":{"GIT_STRATEGY":"none"}}' \
+        "$gitlab/fake/jobs" | perl -ne 'print $1 if /"id":\s*(\d+)/')"
+    [ -n "$job" ] || fail "the fake GitLab did not take the job"
+    wait_until 60 "job $job to start its script (status $(job_status "$job"))" job_output "$job" script-started
+}
+succeeded_whole() { # ID WHAT: the job succeeded and ran its last line
+    wait_until 20 "job $1 to end ($2)" job_ended "$1"
+    [ "$(job_status "$1")" = success ] || { curl -fsS "$gitlab/fake/jobs/$1"; fail "$2: job $1 ended $(job_status "$1")"; }
+    job_output "$1" done-42 || { curl -fsS "$gitlab/fake/jobs/$1"; fail "$2: job $1 did not run to its end"; }
+}
+
 [ "$(prop drover-agent KillSignal)" = 3 ] || fail "KillSignal is $(prop drover-agent KillSignal), not SIGQUIT (3)"
+stop_agent() { # WHAT: systemctl stop, clean (result success, exit 0); sets took (seconds)
+    local start=$SECONDS
+    systemctl stop drover-agent || fail "$1: systemctl stop drover-agent"
+    took=$((SECONDS - start))
+    [ "$(prop drover-agent Result)" = success ] || fail "$1: result $(prop drover-agent Result)"
+    [ "$(prop drover-agent ExecMainStatus)" = 0 ] || fail "$1: exit status $(prop drover-agent ExecMainStatus)"
+}
+long_job
+stop_agent "the stop with job $job running"
+[ "$took" -ge 3 ] || fail "systemctl stop returned in ${took}s: it did not wait for job $job"
+succeeded_whole "$job" "systemctl stop"
+ok "systemctl stop drover-agent waited ${took}s for the running job (SIGQUIT through the launcher to B), which succeeded; result success, exit 0"
+
+systemctl start drover-agent || fail "systemctl start drover-agent"
+wait_until 60 "the agent to report healthy again" healthy
+long_job
 start=$SECONDS
-systemctl stop drover-agent || fail "systemctl stop drover-agent"
+dpkg -i "/debs/drover-agent_${VERSION}_amd64.deb" >/tmp/dpkg.log 2>&1 || { cat /tmp/dpkg.log; fail "dpkg -i with job $job running"; }
 took=$((SECONDS - start))
-[ "$(prop drover-agent Result)" = success ] || fail "the agent's stop: result $(prop drover-agent Result)"
-[ "$(prop drover-agent ExecMainStatus)" = 0 ] || fail "the agent's stop: exit status $(prop drover-agent ExecMainStatus)"
+[ "$took" -ge 3 ] || fail "the package upgrade took ${took}s: its restart did not wait for job $job"
+succeeded_whole "$job" "the package upgrade"
+st="$(prop drover-agent ActiveState)/$(prop drover-agent SubState)"
+[ "$st" = active/running ] || fail "after the package upgrade the unit is $st"
+wait_until 60 "the agent to report healthy after the package upgrade" healthy
+ok "a package upgrade (postinst try-restart) waited ${took}s for the running job, which succeeded; the agent is back"
+
+# --- graceful stop with nothing running ---------------------------------------------------------
+stop_agent "the stop with nothing running"
 [ "$took" -lt 30 ] || fail "the agent took ${took}s to stop with no job running"
 pgrep -u drover drover-agent >/dev/null && fail "an agent process outlived its unit"
 ok "systemctl stop drover-agent: SIGQUIT through the launcher to B, result success, exit 0, ${took}s"
 
+journalctl -u drover-agent --no-pager | grep -i 'watchdog timeout' && fail "the watchdog fired at some point"
 systemctl stop drover || fail "systemctl stop drover"
 [ "$(prop drover Result)" = success ] || fail "the controller's stop: result $(prop drover Result)"
 ok "systemctl stop drover: result success"

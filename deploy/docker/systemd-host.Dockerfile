@@ -5,7 +5,7 @@ ARG BASE=drover/base:bookworm
 FROM ${BASE}
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends systemd systemd-sysv procps \
+ && apt-get install -y --no-install-recommends systemd systemd-sysv procps curl \
  && rm -rf /var/lib/apt/lists/* \
  && systemctl mask getty@tty1.service console-getty.service systemd-logind.service \
       systemd-remount-fs.service systemd-firstboot.service
