@@ -60,7 +60,7 @@ disk "set-up"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 disk "the test suite"
 
 # After the suite, one at a time (each leans on the shared Docker engine or the whole machine):

@@ -350,7 +350,8 @@ fn a_binary_not_signed_by_the_pinned_key_is_refused_and_halts() {
 fn a_download_cut_by_kill_9_resumes_from_the_part_written() {
     let c = controller();
     let tmp = tempfile::tempdir().unwrap();
-    let b = stamped("/bin/false", tmp.path(), "9.9.9-b", 24 << 20);
+    // 64 MiB: about half a second of download here, so the part is there to be cut.
+    let b = stamped("/bin/false", tmp.path(), "9.9.9-b", 64 << 20);
     let token = c.create_token(&[]);
     let mut a = Agent::new();
     let id = a.enroll_ok(&c.url(), &token);
@@ -372,10 +373,22 @@ fn a_download_cut_by_kill_9_resumes_from_the_part_written() {
         .to_string();
     let size = std::fs::metadata(&b).unwrap().len();
     let part = a.state_dir().join("upgrade").join(format!("{sha}.part"));
+    let kept = a.state_dir().join("upgrade").join(&sha);
     let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    wait_for(Duration::from_secs(30), "a part of the download", || {
-        Some(()).filter(|()| len(&part) > 0)
-    });
+    // Every 2 ms, not `wait_for`'s 100 ms: a busy machine oversleeps, and a download that
+    // ends between two looks leaves nothing to cut (it failed so once in CI).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while len(&part) == 0 {
+        assert!(
+            !kept.exists(),
+            "the download ended before a part of it was seen: nothing to cut"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for a part of the download"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     a.proc().kill();
     let cut = len(&part);
     assert!(cut > 0 && cut < size, "killed at {cut} of {size} bytes");
@@ -389,7 +402,6 @@ fn a_download_cut_by_kill_9_resumes_from_the_part_written() {
         })
     });
     assert!(agent_step(&s, &id).is_some(), "{s}");
-    let kept = a.state_dir().join("upgrade").join(&sha);
     assert_eq!(std::fs::read(&kept).unwrap(), std::fs::read(&b).unwrap());
     let log = a.proc().log_text();
     let resumed = log
