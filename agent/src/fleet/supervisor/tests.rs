@@ -183,6 +183,8 @@ struct FakeDocker {
     absent: Mutex<Vec<String>>,
     /// How long each job runs.
     hold: Duration,
+    /// How long pre-flight takes (a slow engine), in milliseconds.
+    preflight_ms: std::sync::atomic::AtomicU64,
 }
 
 #[async_trait]
@@ -207,6 +209,10 @@ impl DockerDep for FakeDocker {
         &self,
         runners: &[drover_proto::spec::RunnerConfig],
     ) -> Result<Vec<String>, String> {
+        let slow = self.preflight_ms.load(Ordering::SeqCst);
+        if slow > 0 {
+            tokio::time::sleep(Duration::from_millis(slow)).await;
+        }
         if let Some(first) = runners.first()
             && !self.up.load(Ordering::SeqCst)
         {
@@ -244,6 +250,8 @@ struct Harness {
     stop: CancellationToken,
     /// Cancel to stop gracefully (SIGQUIT).
     graceful: CancellationToken,
+    /// What the systemd watchdog's health check reads.
+    liveness: Liveness,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -337,6 +345,7 @@ async fn start_clocked(
         up: AtomicBool::new(docker_up),
         absent: Mutex::new(Vec::new()),
         hold,
+        preflight_ms: Default::default(),
     });
     let ips = Arc::new(Mutex::new(vec!["10.0.0.1".to_string()]));
     let ips_fn = ips.clone();
@@ -372,9 +381,11 @@ async fn start_clocked(
     };
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let graceful = CancellationToken::new();
+    let liveness = Liveness::new();
     let mut sup = Supervisor::new(deps)
         .with_commands(commands_rx)
-        .with_graceful_stop(graceful.clone());
+        .with_graceful_stop(graceful.clone())
+        .with_liveness(liveness.clone());
     sup.restore().await.unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(sup.run(desired_rx, stop.clone(), Duration::from_secs(5)));
@@ -390,6 +401,7 @@ async fn start_clocked(
         dir,
         stop,
         graceful,
+        liveness,
         task,
     }
 }
@@ -1295,4 +1307,43 @@ async fn a_stop_during_a_graceful_stop_cancels_jobs_saying_the_agent_is_stopping
     assert_eq!(done.state, "failed");
     let trace = String::from_utf8_lossy(&done.trace);
     assert!(trace.contains("aborted: agent is stopping"), "{trace}");
+}
+
+/// A generation whose pre-flight waits on a slow engine (8 s, bounded by its own timeout):
+/// the loop beats the watchdog's liveness meanwhile, so systemd (here a 3 s `WatchdogSec`)
+/// does not kill an agent that is only waiting. Without the beats it went 8 s stale.
+#[tokio::test(start_paused = true)]
+async fn a_slow_pre_flight_keeps_the_watchdog_fed() {
+    let dir = tempfile::tempdir().unwrap();
+    let gl = new_gl(&dir, &["glrt-a"]);
+    let mut h = start_with(dir, gl, true, policy(), Duration::ZERO).await;
+    h.docker.preflight_ms.store(8_000, Ordering::SeqCst);
+    let watchdog = Duration::from_secs(3);
+    let (liveness, done) = (h.liveness.clone(), CancellationToken::new());
+    let watch = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut stale_at = Vec::new();
+            let started = tokio::time::Instant::now();
+            while !done.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !liveness.is_fresh(watchdog) {
+                    stale_at.push(started.elapsed());
+                }
+            }
+            stale_at
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let ack = h.push(1, vec![assignment("a", "glrt-a")]).await;
+    let took = started.elapsed();
+    done.cancel();
+    assert!(ack.applied, "{ack:?}");
+    assert!(
+        took >= Duration::from_secs(8),
+        "the pre-flight took {took:?}"
+    );
+    let stale_at = watch.await.unwrap();
+    assert!(stale_at.is_empty(), "liveness went stale at {stale_at:?}");
+    h.stop().await;
 }
