@@ -9,7 +9,7 @@ use crate::store::{DrainRecord, DrainStore, StoreError};
 const TABLE: &str = "agent_drains";
 
 fn drain_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, Option<i64>)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    TryFrom::try_from(r)
 }
 
 fn drain_record(row: (String, i64, Option<i64>)) -> Result<DrainRecord, StoreError> {

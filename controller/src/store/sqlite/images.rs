@@ -154,7 +154,7 @@ impl ImageStore for SqliteStore {
             .query_row(
                 "SELECT id, reference, manifest, created_at FROM images WHERE id = ?1",
                 params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| TryFrom::try_from(r),
             )
             .optional()?;
         row.map(|(id, reference, manifest_json, at)| {
@@ -183,21 +183,7 @@ impl ImageStore for SqliteStore {
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM image_deliveries WHERE (?1 IS NULL OR agent_id = ?1) ORDER BY agent_id, reference, image_id"
         ))?;
-        let rows = stmt.query_map(params![agent_id], |r| -> rusqlite::Result<DeliveryRow> {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-            ))
-        })?;
+        let rows = stmt.query_map(params![agent_id], |r| DeliveryRow::try_from(r))?;
         rows.map(|r| delivery(r?)).collect()
     }
 }

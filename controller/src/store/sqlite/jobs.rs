@@ -77,20 +77,7 @@ impl JobStore for SqliteStore {
                 filter.since.map(ts),
                 i64::try_from(filter.limit).unwrap_or(i64::MAX)
             ],
-            |r| -> rusqlite::Result<Row> {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                ))
-            },
+            |r| Row::try_from(r),
         )?;
         let mut out = Vec::new();
         for row in rows {

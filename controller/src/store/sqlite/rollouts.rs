@@ -40,14 +40,7 @@ fn state_from(s: &str) -> Result<RolloutState, StoreError> {
 fn generation_row(
     r: &rusqlite::Row<'_>,
 ) -> rusqlite::Result<(i64, i64, Vec<u8>, String, String, String)> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
+    TryFrom::try_from(r)
 }
 
 fn generation_record(

@@ -20,16 +20,7 @@ type AssignRow = (
 );
 
 fn assign_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AssignRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-    ))
+    TryFrom::try_from(r)
 }
 
 fn assignment(table: &'static str, row: AssignRow) -> Result<Assignment, StoreError> {

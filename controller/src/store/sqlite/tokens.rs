@@ -12,15 +12,7 @@ type TokenRow = (String, Vec<u8>, String, i64, i64, i64, bool);
 const TOKEN_COLS: &str = "id, secret_hash, labels, created_at, expires_at, uses_left, revoked";
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-    ))
+    TryFrom::try_from(r)
 }
 
 fn token_record(row: TokenRow) -> Result<TokenRecord, StoreError> {

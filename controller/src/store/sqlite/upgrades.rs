@@ -112,16 +112,7 @@ impl UpgradeStore for SqliteStore {
                  FROM upgrades ORDER BY id DESC LIMIT 1",
                 [],
                 |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
+                    TryFrom::try_from(r)
                 },
             )
             .optional()?;
